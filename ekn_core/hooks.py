@@ -1,0 +1,116 @@
+"""The typed facade through which the core calls plugin hooks.
+
+Core code never touches ``pm.hook`` directly: it calls :func:`host` and the methods of
+:class:`Hooks`, which keep argument names in one place.
+
+Example:
+    >>> from ekn_core.hooks import host
+    >>> host().report_header({})  # lines from every plugin that adds some
+    []
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import pluggy
+
+from ekn_core import hookspecs
+from ekn_core.errors import PluginLoadError
+
+log = logging.getLogger("ekn.plugins")
+
+
+class Hooks:
+    """Owns the pluggy ``PluginManager`` and offers one method per hook.
+
+    Args:
+        autoload: Register the ``ekn.plugins`` entry points (subject to the loading policy).
+    """
+
+    def __init__(self, autoload: bool = True):
+        self.pm = pluggy.PluginManager("ekn")
+        self.pm.add_hookspecs(hookspecs)
+        if os.environ.get("EKN_TRACE_PLUGINS", "").lower() in {"1", "true", "yes"}:
+            self.pm.trace.root.setwriter(lambda msg: log.debug("hook: %s", msg.rstrip()))
+            self.pm.enable_tracing()
+        if autoload:
+            self._load_entry_points()
+
+    def _load_entry_points(self) -> None:
+        from ekn_core.plugins import registry, strict_mode
+
+        reg = registry("plugins")
+        for name in reg.names():
+            try:
+                self.register(reg.get(name), name=name)
+            except PluginLoadError as err:
+                if strict_mode():
+                    raise
+                log.warning("%s", err)
+
+    def register(self, plugin: Any, name: str | None = None) -> None:
+        """Registers a module or object holding ``@hookimpl`` functions."""
+        self.pm.register(plugin, name=name)
+
+    def unregister(self, plugin: Any) -> None:
+        """Removes a plugin registered with :meth:`register`."""
+        self.pm.unregister(plugin)
+
+    # -- configuration ---------------------------------------------------------------------
+    def configure(self, config: dict[str, Any]) -> None:
+        self.pm.hook.ekn_configure.call_historic(kwargs={"config": config})
+
+    def report_header(self, config: dict[str, Any]) -> list[str]:
+        lines: list[str] = []
+        for result in self.pm.hook.ekn_report_header(config=config):
+            lines.extend([result] if isinstance(result, str) else list(result or []))
+        return lines
+
+    # -- training loop -----------------------------------------------------------------------
+    def train_begin(self, trainer: Any) -> None:
+        self.pm.hook.ekn_on_train_begin(trainer=trainer)
+
+    def train_step_end(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        self.pm.hook.ekn_on_train_step_end(trainer=trainer, step=step, metrics=metrics)
+
+    def validation_end(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        self.pm.hook.ekn_on_validation_end(trainer=trainer, step=step, metrics=metrics)
+
+    def checkpoint_saved(self, trainer: Any, path: str) -> None:
+        self.pm.hook.ekn_on_checkpoint_saved(trainer=trainer, path=path)
+
+    def nan_detected(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
+        self.pm.hook.ekn_on_nan_detected(trainer=trainer, step=step, metrics=metrics)
+
+    def preview_written(self, trainer: Any, path: str) -> None:
+        self.pm.hook.ekn_on_preview_written(trainer=trainer, path=path)
+
+    def train_end(self, trainer: Any, status: str) -> None:
+        self.pm.hook.ekn_on_train_end(trainer=trainer, status=status)
+
+    def shell_started(self, trainer: Any, namespace: dict[str, Any]) -> None:
+        self.pm.hook.ekn_on_shell_started(trainer=trainer, namespace=namespace)
+
+    # -- data ----------------------------------------------------------------------------------
+    def get_reader(self, path: str) -> str | None:
+        return self.pm.hook.ekn_get_reader(path=path)
+
+
+_HOST: Hooks | None = None
+
+
+def host() -> Hooks:
+    """The process-wide :class:`Hooks` (created, and plugins registered, on first use)."""
+    global _HOST
+    if _HOST is None:
+        _HOST = Hooks()
+    return _HOST
+
+
+def reset_host() -> None:
+    """Drops the process-wide host; the next :func:`host` call rebuilds it."""
+    global _HOST
+    _HOST = None

@@ -1,0 +1,139 @@
+"""Hook specifications of ekn (pluggy project name ``"ekn"``).
+
+Runtime hooks (``ekn_on_*``) fire in the Python training loop *around* the compiled step, never
+inside a ``tf.function``: two training steps give two calls. Plugins implement them with
+:data:`hookimpl` and register the module under the ``ekn.plugins`` entry-point group.
+Core code calls them only through :class:`ekn_core.hooks.Hooks`.
+
+Every hook here is documented in ``docs/hooks.md`` with its exact arguments.
+
+Example:
+    >>> from ekn_core import hookimpl
+    >>> @hookimpl
+    ... def ekn_on_train_step_end(trainer, step, metrics):
+    ...     pass
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("ekn")
+hookimpl = pluggy.HookimplMarker("ekn")
+
+# ---------------------------------------------------------------------------------------------
+# Configuration and start-up
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def ekn_configure(config: dict[str, Any]) -> None:
+    """Called once when a command starts, with the resolved configuration dictionary.
+
+    :param config: The command's configuration (for ``ekn train`` the experiment config).
+    """
+
+
+@hookspec
+def ekn_report_header(config: dict[str, Any]) -> list[str] | str | None:
+    """Returns lines to add to the start-up banner of ``ekn train`` and ``ekn predict``.
+
+    :param config: The command's configuration.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop (runtime: called from Python around the compiled step)
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def ekn_on_train_begin(trainer: Any) -> None:
+    """Called once before the first training step (also after a resume).
+
+    :param trainer: The running :class:`~ekn_core.trainer.Trainer`.
+    """
+
+
+@hookspec
+def ekn_on_train_step_end(trainer: Any, step: int, metrics: dict[str, float]) -> None:
+    """Called after every training step.
+
+    :param trainer: The running trainer.
+    :param step: Number of steps done so far (1 after the first step).
+    :param metrics: At least ``loss``; also ``time_per_step`` and any monitored outputs.
+    """
+
+
+@hookspec
+def ekn_on_validation_end(trainer: Any, step: int, metrics: dict[str, float]) -> None:
+    """Called after the training/validation monitor batches were evaluated.
+
+    :param trainer: The running trainer.
+    :param step: Training step at which the evaluation ran.
+    :param metrics: ``train_loss``, ``valid_loss``, ``train_error``, ``valid_error`` and more.
+    """
+
+
+@hookspec
+def ekn_on_checkpoint_saved(trainer: Any, path: str) -> None:
+    """Called after a checkpoint or model file was written atomically.
+
+    :param trainer: The running trainer.
+    :param path: Path of the file that was written.
+    """
+
+
+@hookspec
+def ekn_on_nan_detected(trainer: Any, step: int, metrics: dict[str, float]) -> None:
+    """Called when a step produced a NaN or infinite loss, before the state is rolled back.
+
+    :param trainer: The running trainer.
+    :param step: The step that produced the non-finite value.
+    :param metrics: The metrics of that step.
+    """
+
+
+@hookspec
+def ekn_on_preview_written(trainer: Any, path: str) -> None:
+    """Called after a preview image was written.
+
+    :param trainer: The running trainer.
+    :param path: Path of the PNG file.
+    """
+
+
+@hookspec
+def ekn_on_train_end(trainer: Any, status: str) -> None:
+    """Called once when training ends.
+
+    :param trainer: The trainer.
+    :param status: ``"finished"``, ``"killed"``, ``"nan"`` or ``"error"``.
+    """
+
+
+@hookspec
+def ekn_on_shell_started(trainer: Any, namespace: dict[str, Any]) -> None:
+    """Called when the interactive training shell opens; plugins may add names to ``namespace``.
+
+    :param trainer: The paused trainer.
+    :param namespace: The shell's Python namespace (mutable).
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ekn_get_reader(path: str) -> str | None:
+    """Returns the ``ekn.readers`` registry name of a reader that can open ``path``, or None.
+
+    The first non-None answer wins; :func:`ekn_core.volumes.open_volume` uses it when no reader
+    is named explicitly.
+
+    :param path: A file, directory or URL, possibly with a ``:key`` suffix for container formats.
+    """

@@ -1,0 +1,324 @@
+"""Plugin discovery and the named registries, one per kind.
+
+Every extension of ekn, the built-ins in ``ekn_plugins`` included, is an entry point in one of
+the groups in :data:`GROUPS`. This module reads the entry-point metadata once per process
+(listing imports nothing), applies the user's loading policy, and imports an entry point only
+when it is asked for by name (through a stevedore named manager).
+
+Loading policy (environment variables, in order of precedence):
+
+1. ``EKN_BLOCK_PLUGINS=a,b``: distributions, or single entries written ``kind:name``, that are
+   never loaded. Blocking wins over everything else.
+2. Built-in entries (distribution ``ekn``) are always active unless blocked.
+3. ``EKN_LOAD_PLUGINS=dist1,dist2``: when set (even empty) only these third-party distributions
+   are active.
+4. ``EKN_DISABLE_PLUGIN_AUTOLOAD=1``: no third-party distribution is active (unless allowed by 3).
+5. ``EKN_STRICT_PLUGINS=1``: any load failure or duplicate name raises instead of being recorded.
+
+Duplicate names within one group: the built-in wins; between third parties, the distribution
+whose name sorts first wins. Either way a warning names both, and strict mode raises
+:class:`~ekn_core.errors.DuplicatePluginError`.
+
+Example:
+    >>> from ekn_core.plugins import registry
+    >>> "plugins" in registry("commands").names()
+    True
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ekn_core.errors import DuplicatePluginError, PluginLoadError, UnknownPluginError
+
+log = logging.getLogger("ekn.plugins")
+
+#: Registry kind → entry-point group.
+GROUPS: dict[str, str] = {
+    "layers": "ekn.layers",
+    "losses": "ekn.losses",
+    "optimisers": "ekn.optimisers",
+    "schedules": "ekn.schedules",
+    "augmenters": "ekn.augmenters",
+    "readers": "ekn.readers",
+    "commands": "ekn.commands",
+    "plugins": "ekn.plugins",
+}
+
+BUILTIN_DISTRIBUTION = "ekn"
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def strict_mode() -> bool:
+    """Whether ``EKN_STRICT_PLUGINS`` asks for every plugin failure to raise."""
+    return _env_flag("EKN_STRICT_PLUGINS")
+
+
+@dataclass
+class EntryInfo:
+    """One discovered entry point, described without importing it.
+
+    Attributes:
+        kind: Registry kind (``"layers"``, ...).
+        name: Entry-point name (the registry name).
+        value: ``module:attr`` target.
+        distribution: Providing distribution's name.
+        version: Providing distribution's version.
+        status: ``"available"``, ``"loaded"``, ``"failed"``, ``"blocked"``, ``"disabled"`` or
+            ``"shadowed"`` (lost a duplicate-name resolution).
+        error: The import error, when ``status == "failed"``.
+    """
+
+    kind: str
+    name: str
+    value: str
+    distribution: str
+    version: str
+    status: str = "available"
+    error: str = ""
+    entry_point: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: getattr(self, k) for k in ("kind", "name", "value", "distribution", "version", "status", "error")}
+
+
+def _policy_status(kind: str, name: str, dist: str) -> str:
+    blocked = _env_list("EKN_BLOCK_PLUGINS") or []
+    if dist in blocked or f"{kind}:{name}" in blocked:
+        return "blocked"
+    if dist == BUILTIN_DISTRIBUTION:
+        return "available"
+    allow = _env_list("EKN_LOAD_PLUGINS")
+    if allow is not None:
+        return "available" if dist in allow else "disabled"
+    if _env_flag("EKN_DISABLE_PLUGIN_AUTOLOAD"):
+        return "disabled"
+    return "available"
+
+
+def _dist_name(dist: metadata.Distribution) -> str:
+    name = dist.metadata["Name"] or "unknown"
+    return name.replace("_", "-").lower()
+
+
+def _discover() -> dict[str, list[EntryInfo]]:
+    """Reads every distribution's entry points for ekn's groups (no plugin import)."""
+    found: dict[str, list[EntryInfo]] = {kind: [] for kind in GROUPS}
+    kind_of_group = {group: kind for kind, group in GROUPS.items()}
+    seen: set[tuple[str, str, str, str]] = set()
+    for dist in metadata.distributions():
+        dist_name, version = _dist_name(dist), dist.version or "?"
+        for ep in dist.entry_points:
+            kind = kind_of_group.get(ep.group)
+            key = (ep.group, ep.name, ep.value, dist_name)
+            if kind is None or key in seen:
+                continue
+            seen.add(key)
+            status = _policy_status(kind, ep.name, dist_name)
+            found[kind].append(EntryInfo(kind, ep.name, ep.value, dist_name, version, status, entry_point=ep))
+    for entries in found.values():
+        _resolve_duplicates(entries)
+    return found
+
+
+def _resolve_duplicates(entries: list[EntryInfo]) -> None:
+    by_name: dict[str, list[EntryInfo]] = {}
+    for entry in entries:
+        if entry.status == "available":
+            by_name.setdefault(entry.name, []).append(entry)
+    for name, group in by_name.items():
+        if len(group) < 2:
+            continue
+        group.sort(key=lambda e: (not e.builtin, e.distribution))
+        winner, losers = group[0], group[1:]
+        message = (
+            f"{winner.kind} plugin name {name!r} is registered by several distributions: "
+            f"{', '.join(e.distribution for e in group)}; using {winner.distribution} "
+            f"({'built-ins win' if winner.builtin else 'first distribution name wins'}). "
+            f"Third-party plugins should prefix their names, e.g. 'foo.{name}'."
+        )
+        if strict_mode():
+            raise DuplicatePluginError(message)
+        log.warning(message)
+        for loser in losers:
+            loser.status = "shadowed"
+            loser.error = f"name taken by {winner.distribution}"
+
+
+_DISCOVERED: dict[str, list[EntryInfo]] | None = None
+_REGISTRIES: dict[str, Registry] = {}
+
+
+def discovered() -> dict[str, list[EntryInfo]]:
+    """All entry points of ekn's groups, by kind (read once per process, then cached)."""
+    global _DISCOVERED
+    if _DISCOVERED is None:
+        _DISCOVERED = _discover()
+    return _DISCOVERED
+
+
+def reset() -> None:
+    """Forgets the cached discovery, the registries and the hook host (tests, after installs)."""
+    global _DISCOVERED
+    _DISCOVERED = None
+    _REGISTRIES.clear()
+    from ekn_core import hooks
+
+    hooks.reset_host()
+
+
+def _load_entry_point(entry: EntryInfo) -> Any:
+    """Imports exactly one entry point through a stevedore named manager."""
+    from stevedore import NamedExtensionManager
+
+    errors: list[BaseException] = []
+
+    class _OneEntry(NamedExtensionManager):
+        def _load_one_plugin(self, ep, *args):  # only the entry our policy chose
+            if ep.value != entry.value:
+                return None
+            return super()._load_one_plugin(ep, *args)
+
+    manager = _OneEntry(
+        GROUPS[entry.kind],
+        names=[entry.name],
+        on_load_failure_callback=lambda _mgr, _ep, err: errors.append(err),
+        on_missing_entrypoints_callback=None,
+    )
+    if errors:
+        raise errors[0]
+    if entry.name not in manager.names():
+        # stevedore's cache can lag behind metadata changes made in this process (tests).
+        return entry.entry_point.load()
+    return manager[entry.name].plugin
+
+
+class Registry:
+    """Named, lazy registry of one plugin kind.
+
+    Args:
+        kind: One of :data:`GROUPS`' keys.
+
+    Example:
+        >>> from ekn_core.plugins import registry
+        >>> registry("commands").get("version").__name__
+        'VersionCommand'
+    """
+
+    def __init__(self, kind: str):
+        if kind not in GROUPS:
+            raise ValueError(f"unknown plugin kind {kind!r}; known kinds: {', '.join(GROUPS)}")
+        self.kind = kind
+        self._loaded: dict[str, Any] = {}
+
+    def entries(self) -> list[EntryInfo]:
+        """Every discovered entry of this kind, active or not, without importing any."""
+        return discovered()[self.kind]
+
+    def _active(self) -> dict[str, EntryInfo]:
+        return {e.name: e for e in self.entries() if e.status in {"available", "loaded", "failed"}}
+
+    def names(self) -> list[str]:
+        """Sorted names of the active entries (imports nothing)."""
+        return sorted(self._active())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._active()
+
+    def info(self, name: str) -> EntryInfo:
+        """The :class:`EntryInfo` of an active entry; raises :class:`UnknownPluginError`."""
+        active = self._active()
+        if name not in active:
+            hint = ""
+            inactive = [e for e in self.entries() if e.name == name]
+            if inactive:
+                hint = f" An entry from {inactive[0].distribution} exists but is {inactive[0].status}."
+            raise UnknownPluginError(self.kind, name, list(active), hint)
+        return active[name]
+
+    def get(self, name: str) -> Any:
+        """Imports and returns the object registered as ``name`` (only that entry point).
+
+        Raises:
+            UnknownPluginError: No active entry of that name.
+            PluginLoadError: The entry exists but its import failed.
+        """
+        if name in self._loaded:
+            return self._loaded[name]
+        entry = self.info(name)
+        try:
+            obj = _load_entry_point(entry)
+        except Exception as err:  # a plugin can raise anything on import
+            entry.status, entry.error = "failed", f"{type(err).__name__}: {err}"
+            raise PluginLoadError(self.kind, name, entry.distribution, entry.version, err) from err
+        entry.status = "loaded"
+        if isinstance(obj, type):
+            obj.registry_name = name
+        self._loaded[name] = obj
+        return obj
+
+    def load_all(self) -> dict[str, Any]:
+        """Imports every active entry; failures are recorded (or raised in strict mode)."""
+        loaded = {}
+        for name in self.names():
+            try:
+                loaded[name] = self.get(name)
+            except PluginLoadError as err:
+                if strict_mode():
+                    raise
+                log.warning("%s", err)
+                log.debug("traceback of %s:%s", self.kind, name, exc_info=err.__cause__)
+        return loaded
+
+    def name_of(self, obj: Any) -> str | None:
+        """The registry name of an already loaded object, or None."""
+        for name, loaded in self._loaded.items():
+            if loaded is obj:
+                return name
+        return getattr(obj, "registry_name", None) if getattr(obj, "registry_name", None) in self else None
+
+
+def registry(kind: str) -> Registry:
+    """The process-wide :class:`Registry` of ``kind`` (created on first use)."""
+    if kind not in _REGISTRIES:
+        _REGISTRIES[kind] = Registry(kind)
+    return _REGISTRIES[kind]
+
+
+def required_plugin(kind: str, name: str) -> dict[str, str]:
+    """The ``{"kind", "name", "distribution", "version"}`` record a saved file keeps for a type."""
+    entry = registry(kind).info(name)
+    return {"kind": kind, "name": name, "distribution": entry.distribution, "version": entry.version}
+
+
+def check_required(requirements: list[dict[str, str]]) -> None:
+    """Raises one clear error listing every required plugin that is not installed or too old."""
+    from ekn_core.errors import EknError
+
+    missing = []
+    for req in requirements:
+        reg = registry(req["kind"])
+        if req["name"] not in reg:
+            missing.append(f"{req['kind'][:-1] if req['kind'].endswith('s') else req['kind']} "
+                           f"{req['name']!r} from distribution {req['distribution']} >= {req['version']}")
+    if missing:
+        raise EknError("this file needs plugins that are not installed: " + "; ".join(missing)
+                       + ". Install them with pip (e.g. `pip install <distribution>`).")

@@ -1,0 +1,1 @@
+"""Built-in ``ekn`` subcommands and training-shell commands."""

@@ -1,0 +1,1 @@
+"""Built-in volume readers and writers (``ekn.readers``)."""

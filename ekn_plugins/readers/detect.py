@@ -1,0 +1,28 @@
+"""Built-in ``ekn_get_reader`` hook: picks a reader from a path's suffix or directory layout."""
+
+from __future__ import annotations
+
+import os
+
+from ekn_core import hookimpl
+
+_SUFFIXES = {".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5", ".zarr": "zarr", ".n5": "zarr"}
+_KNOSSOS_CONFIGS = (".k.toml", "knossos.conf", ".pyk.conf")
+
+
+@hookimpl(trylast=True)
+def ekn_get_reader(path: str) -> str | None:
+    """Returns ``hdf5``, ``zarr`` or ``knossos`` for paths those built-in readers understand."""
+    lower = path.lower().rstrip("/")
+    for suffix, name in _SUFFIXES.items():
+        if lower.endswith(suffix):
+            return name
+    if lower.endswith(_KNOSSOS_CONFIGS):
+        return "knossos"
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        if ".zarray" in names or ".zgroup" in names or "zarr.json" in names:
+            return "zarr"
+        if any(n.endswith(_KNOSSOS_CONFIGS) for n in names) or any(n.startswith("mag") for n in names):
+            return "knossos"
+    return None
