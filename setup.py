@@ -47,7 +47,7 @@ setup(
     license="GPL-3.0-or-later",
     python_requires=">=3.10",
     packages=find_packages(include=["ekn_core", "ekn_core.*", "ekn_plugins", "ekn_plugins.*"]),
-    package_data={"ekn_core": ["py.typed"], "ekn_plugins": ["templates/**/*", "templates/**/.*"]},
+    package_data={"ekn_core": ["py.typed"], "ekn_plugins": ["plugin_template/*", "plugin_template/**/*"]},
     include_package_data=True,
     install_requires=[
         "tensorflow>=2.16",
