@@ -16,25 +16,90 @@ with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
     LONG_DESCRIPTION = f.read()
 
 COMMANDS = [
+    "daemon = ekn_plugins.commands.daemon:DaemonCommand",
     "plugin = ekn_plugins.commands.plugin_new:PluginCommand",
+    "data = ekn_plugins.commands.data:DataCommand",
     "plugins = ekn_plugins.commands.plugins_list:PluginsCommand",
+    "predict = ekn_plugins.commands.predict:PredictCommand",
     "version = ekn_plugins.commands.version:VersionCommand",
+    "view = ekn_plugins.commands.view:ViewCommand",
 ]
 HOOK_PLUGINS = [
     "ekn_builtin_readers = ekn_plugins.readers.detect",
 ]
 LAYERS = [
+    "add = ekn_plugins.layers.merge:Add",
+    "apply_func = ekn_plugins.layers.reshape:ApplyFunc",
+    "auto_merge = ekn_plugins.layers.upconv:auto_merge",
+    "batch_norm = ekn_plugins.layers.normalisation:BatchNorm",
+    "concat = ekn_plugins.layers.basic:Concat",
+    "conv = ekn_plugins.layers.conv:Conv",
+    "crop = ekn_plugins.layers.basic:Crop",
+    "dropout = ekn_plugins.layers.dropout:Dropout",
+    "fragments_to_dense = ekn_plugins.layers.mfp:FragmentsToDense",
+    "gaussian_kl = ekn_plugins.layers.variational:GaussianKL",
+    "gaussian_noise = ekn_plugins.layers.dropout:GaussianNoise",
+    "gaussian_rv = ekn_plugins.layers.variational:GaussianRV",
+    "initial_state_like = ekn_plugins.layers.values:InitialStateLike",
+    "input = ekn_plugins.layers.basic:Input",
+    "input_like = ekn_plugins.layers.basic:InputLike",
+    "lrn = ekn_plugins.layers.normalisation:LRN",
+    "mult = ekn_plugins.layers.merge:Mult",
+    "mult_merge = ekn_plugins.layers.merge:Mult",
+    "pad = ekn_plugins.layers.reshape:Pad",
+    "perceptron = ekn_plugins.layers.dense:Perceptron",
+    "pool = ekn_plugins.layers.pool:Pool",
+    "reshape = ekn_plugins.layers.reshape:Reshape",
+    "split = ekn_plugins.layers.reshape:split",
+    "split_node = ekn_plugins.layers.reshape:Split",
+    "upconv = ekn_plugins.layers.upconv:UpConv",
+    "value_node = ekn_plugins.layers.values:ValueNode",
 ]
 LOSSES = [
+    "abs_loss = ekn_plugins.losses.nodes:AbsLoss",
+    "aggregate_loss = ekn_plugins.losses.nodes:AggregateLoss",
+    "bernoulli_nll = ekn_plugins.losses.nodes:BinaryNLL",
+    "binary_nll = ekn_plugins.losses.nodes:BinaryNLL",
+    "classification = ekn_plugins.losses.outputs:Classification",
+    "errors = ekn_plugins.losses.outputs:Errors",
+    "gaussian_nll = ekn_plugins.losses.nodes:GaussianNLL",
+    "multinoulli_nll = ekn_plugins.losses.nodes:MultinoulliNLL",
+    "one_hot = ekn_plugins.losses.outputs:OneHot",
+    "soft_dice = ekn_plugins.losses.nodes:SoftDice",
+    "softmax = ekn_plugins.losses.outputs:Softmax",
+    "squared_loss = ekn_plugins.losses.nodes:SquaredLoss",
 ]
 OPTIMISERS = [
+    "adadelta = ekn_plugins.optimisers.adadelta:AdaDelta",
+    "adagrad = ekn_plugins.optimisers.adagrad:AdaGrad",
+    "adam = ekn_plugins.optimisers.adam:Adam",
+    "adamw = ekn_plugins.optimisers.adam:AdamW",
+    "sgd = ekn_plugins.optimisers.sgd:SGD",
 ]
 SCHEDULES = [
+    "cosine = ekn_plugins.schedules.ramps:Cosine",
+    "dec = ekn_plugins.schedules.classic:Dec",
+    "lindec = ekn_plugins.schedules.classic:LinDec",
+    "updates = ekn_plugins.schedules.classic:Updates",
+    "warmup = ekn_plugins.schedules.ramps:Warmup",
 ]
 AUGMENTERS = [
+    "blur = ekn_plugins.augmenters.intensity:Blur",
+    "elastic = ekn_plugins.augmenters.geometric:Elastic",
+    "flip = ekn_plugins.augmenters.geometric:Flip",
+    "grey = ekn_plugins.augmenters.intensity:Grey",
+    "histogram = ekn_plugins.augmenters.intensity:Histogram",
+    "low_contrast = ekn_plugins.augmenters.defects:LowContrast",
+    "misalignment = ekn_plugins.augmenters.geometric:Misalignment",
+    "missing_section = ekn_plugins.augmenters.defects:MissingSection",
+    "noise = ekn_plugins.augmenters.intensity:Noise",
+    "warp = ekn_plugins.augmenters.geometric:Warp",
+]
+DATA_SOURCES = [
 ]
 READERS = [
     "hdf5 = ekn_plugins.readers.hdf5:HDF5Reader",
+    "knossos = ekn_plugins.readers.knossos:KnossosReader",
     "zarr = ekn_plugins.readers.zarr_reader:ZarrReader",
 ]
 
@@ -65,6 +130,7 @@ setup(
         "scikit-learn>=1.3",
         "pydot>=2.0",
         "psutil>=5.9",
+        "pillow>=9",
         "zarr>=2.16",
         "dask[array]>=2024.1",
         "distributed>=2024.1",
@@ -85,6 +151,7 @@ setup(
         "ekn.schedules": SCHEDULES,
         "ekn.augmenters": AUGMENTERS,
         "ekn.readers": READERS,
+        "ekn.data": DATA_SOURCES,
     },
     classifiers=[
         "Framework :: ekn",

@@ -77,3 +77,7 @@ def train_main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ekn-train`` console script (same as ``ekn train``)."""
     argv = sys.argv[1:] if argv is None else argv
     return main(["train", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -45,6 +45,7 @@ GROUPS: dict[str, str] = {
     "schedules": "ekn.schedules",
     "augmenters": "ekn.augmenters",
     "readers": "ekn.readers",
+    "data": "ekn.data",
     "commands": "ekn.commands",
     "plugins": "ekn.plugins",
 }

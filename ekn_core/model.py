@@ -1,0 +1,542 @@
+"""Model: the node graph of one network, its designated roles and the compiled training step.
+
+A :class:`Model` collects every node built while it is ``model_manager.current``, together with
+the JSON descriptor of each node's constructor call (the graph can be replayed from these
+descriptors: that is how files are loaded and models are rebuilt with changes).
+
+``designate_nodes`` names the roles (input, target, loss, prediction, ...). The training step
+computes the gradients of the loss node with respect to its trainable parameters and lets an
+optimiser from the ``ekn.optimisers`` registry apply them. It is compiled once per input
+signature; the meta-parameters (``lr``, ``mom``, ``wd``, ``beta2``, ``dropout_rates``,
+``mixing``) live in ``tf.Variable``\\ s, so changing them takes effect at the next step without a
+retrace.
+
+Example:
+    >>> import numpy as np
+    >>> from ekn_core import neuromancer as nm
+    >>> model = nm.model_manager.newmodel("doc_model")
+    >>> inp = nm.Input((None, 1, 8, 8), 'b,f,x,y', name='raw')
+    >>> out = nm.Conv(inp, 3, (3, 3), (2, 2), activation_func='lin')
+    >>> model.designate_nodes(input_node=inp, prediction_node=out)
+    >>> model.predict(np.zeros((2, 1, 8, 8), 'float32')).shape
+    (2, 3, 3, 3)
+    >>> print(model.summary().splitlines()[0])
+    Model 'doc_model': 2 nodes, 30 trainable parameters, cost 9.7e+02 multiply-adds
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ekn_core.errors import ConfigError, EknError, ShapeError
+from ekn_core.node import (GraphFunction, Node, Param, evaluate, random_input, tf,
+                           topological_order, union_inputs)
+
+log = logging.getLogger("ekn.model")
+
+_ROLES = ("input_node", "target_node", "loss_node", "prediction_node", "prediction_ext", "error_node",
+          "debug_outputs")
+
+#: Initial meta-parameters (ELEKTRONN2's global optimiser defaults, plus Adam's beta2).
+DEFAULT_META = {"lr": 1.0, "mom": 0.9, "wd": 0.0, "beta2": 0.999}
+
+
+def _optimiser_registry_name(name: str) -> str:
+    return name.strip().lower()
+
+
+class TrainStep(GraphFunction):
+    """Compiled training step: loss, gradients and the optimiser update in one function."""
+
+    def __init__(self, model: Model, optimiser: Any, params: list[Param]):
+        super().__init__([model.loss_node, *model.debug_outputs], inputs=model.loss_node.input_nodes,
+                         training=True, name=f"{model.name}:train")
+        self.optimiser, self.params = optimiser, params
+
+    def body(self, *tensors: Any) -> list[Any]:
+        self.traces += 1
+        T = tf()
+        feed = {n.name: t for n, t in zip(self.inputs, tensors)}
+        variables = [p.variable for p in self.params]
+        with T.GradientTape() as tape:
+            outs = evaluate(self.outputs, feed, True)
+            loss = T.reduce_mean(T.cast(outs[0], "float32"))
+        grads = tape.gradient(loss, variables, unconnected_gradients=T.UnconnectedGradients.ZERO)
+        self.optimiser.apply(grads, self.params)
+        return [loss, *outs[1:]]
+
+
+class GradientFunction(GraphFunction):
+    """Compiled gradients of the loss node with respect to the trainable parameters."""
+
+    def __init__(self, model: Model, params: list[Param]):
+        super().__init__([model.loss_node], inputs=model.loss_node.input_nodes, training=True,
+                         name=f"{model.name}:gradients")
+        self.params = params
+
+    def body(self, *tensors: Any) -> list[Any]:
+        self.traces += 1
+        T = tf()
+        feed = {n.name: t for n, t in zip(self.inputs, tensors)}
+        with T.GradientTape() as tape:
+            loss = T.reduce_mean(T.cast(evaluate(self.outputs, feed, True)[0], "float32"))
+        return tape.gradient(loss, [p.variable for p in self.params],
+                             unconnected_gradients=T.UnconnectedGradients.ZERO)
+
+
+class Model:
+    """A named graph of nodes with designated roles (ELEKTRONN2 ``Model``/``GraphManager``).
+
+    Attributes:
+        name: Model name (key in ``model_manager.models``).
+        nodes: ``{name: Node}`` in creation order.
+        descriptors: ``{name: descriptor}`` in creation order (JSON-serialisable).
+        iterations: Training steps done.
+        elapsed_time: Seconds spent in training steps.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: dict[str, Node] = {}
+        self.descriptors: dict[str, dict[str, Any]] = {}
+        self.classes: dict[str, type] = {}
+        self._designated: dict[str, Any] = {}
+        self.input_node: Node | None = None
+        self.target_node: Node | None = None
+        self.loss_node: Node | None = None
+        self.prediction_node: Node | None = None
+        self.prediction_ext: list[Node] = []
+        self.error_node: Node | None = None
+        self.debug_outputs: list[Node] = []
+        self.batch_size: int | None = None
+        self.ndim: int | None = None
+        self.iterations = 0
+        self.elapsed_time = 0.0
+        self._meta = dict(DEFAULT_META)
+        self.optimisers: dict[str, Any] = {}
+        self._functions: dict[str, GraphFunction] = {}
+
+    # ----------------------------------------------------------------------------- registration
+    def choose_name(self, name: str) -> str:
+        """A unique node name: ``conv`` → ``conv1`` → ``conv2`` (trailing digits are incremented).
+
+        Example:
+            >>> m = Model('naming'); m.nodes = {'conv': None, 'conv1': None}
+            >>> m.choose_name('conv'), m.choose_name('x')
+            ('conv2', 'x')
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"node names must be non-empty strings, got {name!r}")
+        if "/" in name:
+            raise ConfigError(f"node name {name!r} must not contain '/'")
+        while name in self.nodes:
+            match = re.match(r"^(.*?)(\d+)$", name)
+            name = f"{match.group(1)}{int(match.group(2)) + 1}" if match else f"{name}1"
+        return name
+
+    def register_node(self, node: Node, descriptor: dict[str, Any]) -> None:
+        """Adds a constructed node and its descriptor (called by the Node machinery)."""
+        if node.name in self.nodes:
+            raise EknError(f"model {self.name!r} already has a node named {node.name!r}")
+        self.nodes[node.name] = node
+        self.descriptors[node.name] = descriptor
+        self.classes[node.name] = type(node)
+        self._functions.clear()
+
+    def __getitem__(self, key: str | int) -> Node:
+        if isinstance(key, int):
+            return list(self.nodes.values())[key]
+        if key not in self.nodes:
+            raise KeyError(f"model {self.name!r} has no node {key!r}; nodes: {', '.join(self.nodes)}")
+        return self.nodes[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.nodes
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def node_count(self) -> int:
+        """Number of nodes."""
+        return len(self.nodes)
+
+    @property
+    def sources(self) -> list[Node]:
+        """Nodes without parents."""
+        return [n for n in self.nodes.values() if n.is_source]
+
+    @property
+    def sinks(self) -> list[Node]:
+        """Nodes without children."""
+        return [n for n in self.nodes.values() if not n.children]
+
+    # ----------------------------------------------------------------------------- roles
+    def _resolve(self, value: Node | str | None) -> Node | None:
+        if value is None or isinstance(value, Node):
+            return value
+        return self[value]
+
+    def designate_nodes(self, input_node: Node | str | None = "input", target_node: Node | str | None = None,
+                        loss_node: Node | str | None = None, prediction_node: Node | str | None = None,
+                        prediction_ext: Sequence[Node | str] | None = None, error_node: Node | str | None = None,
+                        debug_outputs: Sequence[Node | str] | None = None) -> None:
+        """Names the roles of nodes (nodes or node names; lists for ``prediction_ext``/``debug_outputs``).
+
+        Repairs the FOV of the prediction and target nodes when up-convolutions left it unknown
+        (U-Nets): ``fov = in - (strides * (out - 1) + 1)`` per spatial axis.
+        """
+        if input_node == "input" and "input" not in self.nodes:
+            input_node = None
+        self.input_node = self._resolve(input_node)
+        self.target_node = self._resolve(target_node)
+        self.loss_node = self._resolve(loss_node)
+        self.prediction_node = self._resolve(prediction_node)
+        self.error_node = self._resolve(error_node)
+        self.prediction_ext = [self._resolve(n) for n in (prediction_ext or [])]  # type: ignore[misc]
+        self.debug_outputs = [self._resolve(n) for n in (debug_outputs or [])]  # type: ignore[misc]
+        if self.input_node is None and self.prediction_node is not None:
+            self.input_node = self.prediction_node.input_nodes[0]
+        self._designated = {
+            "input_node": self.input_node.name if self.input_node else None,
+            "target_node": self.target_node.name if self.target_node else None,
+            "loss_node": self.loss_node.name if self.loss_node else None,
+            "prediction_node": self.prediction_node.name if self.prediction_node else None,
+            "prediction_ext": [n.name for n in self.prediction_ext],
+            "error_node": self.error_node.name if self.error_node else None,
+            "debug_outputs": [n.name for n in self.debug_outputs],
+        }
+        pred = self.prediction_node
+        if pred is not None:
+            self.batch_size = pred.shape["b"] if pred.shape.hastag("b") else None
+            self.ndim = pred.shape.ndim
+            if pred.shape.ndim and any(f < 0 for f in pred.shape.fov):
+                self._repair_fov()
+            elif pred.shape.ndim and not pred.shape.fov_all_centered:
+                log.warning("FOV %s of %r is not centered (not all odd)", pred.shape.fov, pred.name)
+        self._functions.clear()
+        self.optimisers.clear()
+        if pred is not None:
+            log.info("prediction %r: shape %s, fov %s, offsets %s, strides %s", pred.name, pred.shape.shape,
+                     pred.shape.fov, pred.shape.offsets, pred.shape.strides)
+
+    @property
+    def designated(self) -> dict[str, Any]:
+        """Role → node name(s), as saved in model files."""
+        return dict(self._designated)
+
+    def _repair_fov(self) -> None:
+        pred, inp = self.prediction_node, self.input_node
+        if inp is None or inp.shape.ndim != pred.shape.ndim:
+            log.warning("cannot repair the unknown FOV of %r: no spatial input node", pred.name)
+            return
+        fov = []
+        for s_in, s_out, st in zip(inp.shape.spatial_shape, pred.shape.spatial_shape, pred.shape.strides):
+            value = s_in - (st * (s_out - 1) + 1)
+            if value % 2:
+                raise ShapeError(f"FOV of {pred.name!r} is not centered: input {inp.shape.spatial_shape}, output "
+                                 f"{pred.shape.spatial_shape}, strides {pred.shape.strides}")
+            fov.append(int(value))
+        for node in (pred, self.target_node):
+            if node is not None and node.shape.ndim == len(fov):
+                node.shape = node.shape.updatefov(tuple(fov))
+        log.info("repaired FOV of %r to %s (up-convolutions made it unknown)", pred.name, tuple(fov))
+
+    def _need(self, role: str) -> Any:
+        value = getattr(self, role)
+        if value is None or value == []:
+            raise ConfigError(f"model {self.name!r} has no {role.replace('_', ' ')}; call "
+                              f"model.designate_nodes({role}=...) first")
+        return value
+
+    # ----------------------------------------------------------------------------- functions
+    def _function(self, role: str, outputs: Sequence[Node], training: bool = False) -> GraphFunction:
+        if role not in self._functions:
+            self._functions[role] = GraphFunction(outputs, training=training, name=f"{self.name}:{role}")
+        return self._functions[role]
+
+    def predict(self, *inputs: Any) -> np.ndarray:
+        """Output of the prediction node (inference mode)."""
+        return self._function("predict", [self._need("prediction_node")])(*inputs)
+
+    def predict_ext(self, *inputs: Any) -> list[np.ndarray]:
+        """Outputs of the ``prediction_ext`` nodes (inputs: union of their sources, in order)."""
+        out = self._function("predict_ext", self._need("prediction_ext"))(*inputs)
+        return out if isinstance(out, list) else [out]
+
+    def loss(self, *inputs: Any) -> float:
+        """Loss value on a batch (inference mode: no dropout, BN running statistics)."""
+        return float(np.mean(self._function("loss", [self._need("loss_node")])(*inputs)))
+
+    def activations(self, *inputs: Any) -> dict[str, np.ndarray]:
+        """Output of every non-source node the loss depends on (inference mode)."""
+        nodes = [n for n in topological_order([self._need("loss_node")]).values() if not n.is_source]
+        fn = self._function("activations", nodes)
+        fn.inputs = self.loss_node.input_nodes
+        out = fn(*inputs)
+        out = out if isinstance(out, list) else [out]
+        return {n.name: o for n, o in zip(nodes, out)}
+
+    def predict_dense(self, raw_img: np.ndarray, as_uint8: bool = False, pad_raw: bool = False) -> np.ndarray:
+        """Dense prediction with the prediction node (see :meth:`Node.predict_dense`)."""
+        return self._need("prediction_node").predict_dense(raw_img, as_uint8=as_uint8, pad_raw=pad_raw)
+
+    # ----------------------------------------------------------------------------- training
+    @property
+    def trainable_params(self) -> dict[str, Param]:
+        """Trainable parameters the loss depends on."""
+        return self._need("loss_node").all_trainable_params
+
+    @property
+    def nontrainable_params(self) -> dict[str, Param]:
+        """Non-trainable parameters the loss depends on."""
+        return self._need("loss_node").all_nontrainable_params
+
+    def get_optimiser(self, name: str = "SGD") -> Any:
+        """The optimiser instance for ``name`` (``'SGD'``, ``'Adam'``, ...: registry names, any case)."""
+        from ekn_core.plugins import registry
+
+        key = _optimiser_registry_name(name)
+        if key not in self.optimisers:
+            params = list(self.trainable_params.values())
+            opt = registry("optimisers").get(key)(lr=self._meta["lr"], mom=self._meta["mom"], wd=self._meta["wd"])
+            if "beta2" in getattr(opt, "meta", {}):
+                opt.meta["beta2"].assign(self._meta["beta2"])
+            opt.build(params)
+            self.optimisers[key] = opt
+            self._functions[f"train:{key}"] = TrainStep(self, opt, params)
+        return self.optimisers[key]
+
+    def trainingstep(self, *batch: Any, optimiser: str = "SGD", update_loss: bool = False) -> tuple[float, float, Any]:
+        """One optimisation step on a batch (arrays in ``loss_node.input_nodes`` order).
+
+        Returns:
+            ``(loss, seconds, debug_outputs or None)``.
+        """
+        self.get_optimiser(optimiser)
+        step = self._functions[f"train:{_optimiser_registry_name(optimiser)}"]
+        t0 = time.perf_counter()
+        outs = step.run_canonical(step.check_arrays(batch))
+        elapsed = time.perf_counter() - t0
+        self.iterations += 1
+        self.elapsed_time += elapsed
+        debug = [n.shape.from_canonical(o) for n, o in zip(self.debug_outputs, outs[1:])] or None
+        return float(outs[0]), elapsed, debug
+
+    def gradients(self, *batch: Any) -> dict[str, np.ndarray]:
+        """``{param key: gradient}`` of the loss on a batch (training mode, no update)."""
+        params = list(self.trainable_params.values())
+        if "gradients" not in self._functions:
+            self._functions["gradients"] = GradientFunction(self, params)
+        fn = self._functions["gradients"]
+        grads = fn.run_canonical(fn.check_arrays(batch))
+        return {p.key: g for p, g in zip(params, grads)}
+
+    # ----------------------------------------------------------------------------- meta-parameters
+    def _set_meta(self, key: str, value: float) -> None:
+        self._meta[key] = float(value)
+        for opt in self.optimisers.values():
+            if key in getattr(opt, "meta", {}):
+                opt.meta[key].assign(float(value))
+
+    lr = property(lambda self: self._meta["lr"], lambda self, v: self._set_meta("lr", v),
+                  doc="Learning rate of every optimiser of this model (no retrace when changed).")
+    mom = property(lambda self: self._meta["mom"], lambda self, v: self._set_meta("mom", v),
+                   doc="Momentum (Adam: beta1).")
+    wd = property(lambda self: self._meta["wd"], lambda self, v: self._set_meta("wd", v),
+                  doc="Weight decay (times each parameter's weight_decay multiplier).")
+    beta2 = property(lambda self: self._meta["beta2"], lambda self, v: self._set_meta("beta2", v),
+                     doc="Adam's second-moment decay.")
+
+    def _params_named(self, pname: str) -> list[Param]:
+        return [n.params[pname] for n in self.nodes.values() if pname in n.params]
+
+    @property
+    def dropout_rates(self) -> list[float]:
+        """Dropout rate of every node that has one (settable with a scalar or one value per node)."""
+        return [float(p.get_value()) for p in self._params_named("dropout_rate")]
+
+    @dropout_rates.setter
+    def dropout_rates(self, value: float | Sequence[float]) -> None:
+        params = self._params_named("dropout_rate")
+        values = [value] * len(params) if np.isscalar(value) else list(value)
+        if len(values) != len(params):
+            raise ConfigError(f"dropout_rates needs {len(params)} values (one per node with dropout), got {len(values)}")
+        for p, v in zip(params, values):
+            if not 0 <= float(v) < 1:
+                raise ConfigError(f"dropout rates must be in [0, 1), got {v}")
+            p.set_value(np.asarray(v, p.dtype).reshape(p.shape), force=True)
+
+    def _mixing_param(self) -> Param:
+        loss = self.loss_node
+        if loss is not None and "mixing_weights" in loss.params:
+            return loss.params["mixing_weights"]
+        found = self._params_named("mixing_weights")
+        if not found:
+            raise ConfigError(f"model {self.name!r} has no node with mixing weights (AggregateLoss)")
+        return found[0]
+
+    @property
+    def mixing(self) -> np.ndarray:
+        """Mixing weights of the AggregateLoss (settable; no retrace)."""
+        return self._mixing_param().get_value()
+
+    @mixing.setter
+    def mixing(self, value: Sequence[float]) -> None:
+        p = self._mixing_param()
+        p.set_value(np.asarray(value, p.dtype).reshape(p.shape), force=True)
+
+    @property
+    def batch_normalisation_active(self) -> bool:
+        """Whether any node uses batch statistics in training (batch_normalisation='train')."""
+        return any(getattr(n, "batch_normalisation", False) == "train" for n in self.nodes.values())
+
+    # ----------------------------------------------------------------------------- parameters
+    @property
+    def all_params(self) -> dict[str, Param]:
+        """Every parameter of the model, keyed ``'<node>/<param>'``."""
+        params: dict[str, Param] = {}
+        for node in self.nodes.values():
+            for p in node.params.values():
+                params[p.key] = p
+        return params
+
+    def get_param_values(self, skip_const: bool = False) -> dict[str, dict[str, np.ndarray]]:
+        """``{node: {param: array}}`` for every node with parameters."""
+        return {n.name: n.get_param_values(skip_const) for n in self.nodes.values() if n.params}
+
+    def set_param_values(self, value_dict: dict[str, dict[str, Any]] | str, skip_const: bool = False) -> None:
+        """Sets parameters from ``{node: {param: array}}`` or from a model file's weights."""
+        if isinstance(value_dict, str):
+            from ekn_core.persistence import read_model_file
+
+            value_dict = read_model_file(value_dict).weights
+        unknown = set(value_dict) - set(self.nodes)
+        if unknown:
+            raise EknError(f"model {self.name!r} has no node(s) {sorted(unknown)}")
+        for name, values in value_dict.items():
+            self.nodes[name].set_param_values(values, skip_const=skip_const)
+
+    # ----------------------------------------------------------------------------- statistics
+    @staticmethod
+    def _stats(arrays: dict[str, np.ndarray], title: str) -> dict[str, dict[str, float]]:
+        stats = {}
+        lines = [title]
+        for key, a in arrays.items():
+            a = np.asarray(a, dtype="float64")
+            s = {"mean": float(a.mean()), "std": float(a.std()), "median_abs": float(np.median(np.abs(a)))}
+            stats[key] = s
+            lines.append(f"  {key:<28} {str(a.shape):<22} mean={s['mean']:+.4g} std={s['std']:.4g} "
+                         f"median|x|={s['median_abs']:.4g}")
+        log.info("%s", "\n".join(lines))
+        return stats
+
+    def paramstats(self) -> dict[str, dict[str, float]]:
+        """Mean, std and median absolute value of every parameter (logged and returned)."""
+        return self._stats({k: p.get_value() for k, p in self.all_params.items()}, "parameter statistics")
+
+    def gradstats(self, *batch: Any) -> dict[str, dict[str, float]]:
+        """Statistics of the gradients on a batch."""
+        return self._stats(self.gradients(*batch), "gradient statistics")
+
+    def actstats(self, *batch: Any) -> dict[str, dict[str, float]]:
+        """Statistics of every activation on a batch."""
+        return self._stats(self.activations(*batch), "activation statistics")
+
+    def test_run_prediction(self) -> tuple[np.ndarray, float]:
+        """Runs the prediction node on random input (see :meth:`Node.test_run`)."""
+        return self._need("prediction_node").test_run()
+
+    def measure_exectimes(self, n_samples: int = 5, n_warmup: int = 4, print_info: bool = True) -> dict[str, float]:
+        """Local run time of every non-source node the prediction depends on (seconds)."""
+        nodes = [n for n in self._need("prediction_node").all_parents.values() if not n.is_source]
+        times = {n.name: n.measure_exectime(n_samples, n_warmup, print_info=False) for n in nodes}
+        if print_info:
+            total = sum(times.values()) or 1.0
+            log.info("execution times:\n%s", "\n".join(f"  {k:<20} {v * 1e3:9.3f} ms {100 * v / total:5.1f}%"
+                                                       for k, v in times.items()))
+        return times
+
+    # ----------------------------------------------------------------------------- text and pictures
+    def summary(self) -> str:
+        """Table of nodes: type, output shape, fov, strides, #trainable params, cost."""
+        total_params = sum(n.param_count for n in self.nodes.values())
+        total_cost = sum(n.computational_cost for n in self.nodes.values())
+        lines = [f"Model {self.name!r}: {len(self.nodes)} nodes, {total_params:,} trainable parameters, "
+                 f"cost {total_cost:.2g} multiply-adds",
+                 f"{'node':<18} {'type':<18} {'shape':<34} {'fov':<16} {'strides':<14} {'params':>10} {'cost':>10}"]
+        for node in self.nodes.values():
+            shape = ",".join(f"{'?' if s is None else s}{t}" for s, t in zip(node.shape.shape, node.shape.tags))
+            fov = "x".join(map(str, node.shape.fov)) if node.shape.ndim else "-"
+            strides = "x".join(map(str, node.shape.strides)) if node.shape.ndim else "-"
+            lines.append(f"{node.name:<18} {type(node).__name__:<18} {shape:<34} {fov:<16} {strides:<14} "
+                         f"{node.param_count:>10,} {node.computational_cost:>10.3g}")
+        pred = self.prediction_node
+        if pred is not None and pred.shape.ndim:
+            lines.append(f"cost per predicted voxel: {pred.all_computational_cost / max(pred.shape.spatial_size, 1):.4g}")
+        return "\n".join(lines)
+
+    def to_dot(self) -> str:
+        """The node graph in graphviz DOT syntax."""
+        lines = [f'digraph "{self.name}" {{', "  node [shape=box, fontname=Helvetica, fontsize=10];"]
+        for node in self.nodes.values():
+            shape = ",".join(f"{'?' if s is None else s}{t}" for s, t in zip(node.shape.shape, node.shape.tags))
+            label = f"{node.name}\\n{type(node).__name__}\\n{shape}"
+            if node.param_count:
+                label += f"\\n{node.param_count:,} params"
+            lines.append(f'  "{node.name}" [label="{label}"];')
+            for parent in node.parents:
+                lines.append(f'  "{parent.name}" -> "{node.name}";')
+        lines.append("}")
+        return "\n".join(lines)
+
+    def plot(self, path: str) -> str:
+        """Draws the graph to ``path`` (``.png``/``.svg``/``.pdf``; ``.dot`` writes DOT text).
+
+        Returns the written path. Without graphviz's ``dot`` program the DOT text is written next
+        to ``path`` (``.dot``) and :class:`EknError` says how to install graphviz.
+        """
+        import os
+        import shutil
+
+        fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+        dot_text = self.to_dot()
+        if fmt == "dot":
+            with open(path, "w") as f:
+                f.write(dot_text)
+            return path
+        if shutil.which("dot") is None:
+            dot_path = os.path.splitext(path)[0] + ".dot"
+            with open(dot_path, "w") as f:
+                f.write(dot_text)
+            raise EknError(f"graphviz's 'dot' program is not installed, so {path} was not drawn; the graph was "
+                           f"written to {dot_path}. Install graphviz (e.g. `apt-get install graphviz` or "
+                           f"`conda install graphviz`) or render the .dot file elsewhere.")
+        import pydot
+
+        (graph,) = pydot.graph_from_dot_data(dot_text)
+        graph.write(path, format=fmt)
+        return path
+
+    def save(self, path: str) -> str:
+        """Writes the model (graph, roles, weights) to one HDF5 file atomically; returns the path."""
+        from ekn_core.persistence import save_model
+
+        return save_model(self, path)
+
+    def __repr__(self) -> str:
+        return f"<Model {self.name!r}: {len(self.nodes)} nodes>"
+
+
+def random_batch(nodes: Sequence[Node]) -> list[np.ndarray]:
+    """Random arrays for the given source nodes (declared shapes, unknown sizes → 1)."""
+    return [random_input(n.shape, getattr(n, "dtype", "float32")) for n in nodes]
+
+
+__all__ = ["Model", "TrainStep", "GradientFunction", "DEFAULT_META", "random_batch", "union_inputs"]

@@ -1,0 +1,78 @@
+"""ELEKTRONN2 compatibility namespace: ``import ekn_core.neuromancer as nm``.
+
+Node names (``nm.Input``, ``nm.Conv``, ``nm.Softmax`` ...) resolve lazily through the plugin
+registries: ``ekn.layers`` first, then ``ekn.losses``. ELEKTRONN2's CamelCase names map to
+registry names (``Conv`` → ``conv``, ``MultinoulliNLL`` → ``multinoulli_nll``,
+``Input_like`` → ``input_like``, ``UpConvMerge`` → ``auto_merge``); the registry names work too
+(``nm.conv``). Only the entry point that is asked for is imported.
+
+Also here: ``model_manager``, ``modelload``, ``rebuild_model``, ``Model``, ``Node``,
+``TaggedShape``.
+
+Example:
+    >>> import ekn_core.neuromancer as nm
+    >>> nm.registry_name("MultinoulliNLL"), nm.registry_name("UpConvMerge")
+    ('multinoulli_nll', 'auto_merge')
+    >>> nm.Conv.__name__
+    'Conv'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ekn_core.errors import UnknownPluginError
+from ekn_core.model import Model
+from ekn_core.node import Node, model_manager
+from ekn_core.persistence import modelload, rebuild_model
+from ekn_core.plugins import registry
+from ekn_core.shapes import TaggedShape
+
+#: ELEKTRONN2 names whose registry name is not their snake_case form.
+ALIASES = {
+    "UpConv": "upconv",
+    "UpConvMerge": "auto_merge",
+    "Dot": "perceptron",
+    "FragmentsToDense": "fragments_to_dense",
+    "LRN": "lrn",
+    "GRU": "gru",
+    "LSTM": "lstm",
+}
+
+#: Registry kinds searched, in order.
+KINDS = ("layers", "losses")
+
+__all__ = ["model_manager", "modelload", "rebuild_model", "Model", "Node", "TaggedShape", "registry_name"]
+
+
+def registry_name(name: str) -> str:
+    """Registry name for an ELEKTRONN2 name (``'MultinoulliNLL'`` → ``'multinoulli_nll'``)."""
+    if name in ALIASES:
+        return ALIASES[name]
+    snake = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    snake = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", snake)
+    return snake.replace("__", "_").lower()
+
+
+class UnknownNodeTypeError(UnknownPluginError, AttributeError):
+    """``nm.<name>`` names no registered layer or loss (also an AttributeError for ``hasattr``)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name.startswith("_"):
+        raise AttributeError(name)
+    key = registry_name(name)
+    for kind in KINDS:
+        if key in registry(kind):
+            return registry(kind).get(key)
+    known = sorted(set(registry("layers").names()) | set(registry("losses").names()))
+    raise UnknownNodeTypeError("layers/losses", key, known,
+                             f" (asked for nm.{name}; ELEKTRONN2 names map to snake_case registry names).")
+
+
+def __dir__() -> list[str]:
+    names = set(__all__)
+    for kind in KINDS:
+        names.update(registry(kind).names())
+    return sorted(names)

@@ -1,0 +1,26 @@
+"""Dense prediction: whole images (:func:`predict_dense`), volumes larger than memory
+(:func:`predict_volume`, resumable) and blockwise on a Dask cluster (``scheduler=`` / ``workers=``).
+
+Nothing here imports TensorFlow; the nets do.
+
+Example:
+    >>> from ekn_core.prediction import predict_dense, predict_volume
+    >>> callable(predict_dense) and callable(predict_volume)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ekn_core.prediction.dense import predict_dense
+
+__all__ = ["predict_dense", "predict_volume"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "predict_volume":
+        from ekn_core.prediction.blockwise import predict_volume
+
+        return predict_volume
+    raise AttributeError(f"module 'ekn_core.prediction' has no attribute {name!r}")

@@ -1,0 +1,539 @@
+"""Out-of-core dense prediction: any ``open_volume`` input into a chunked ``create_volume``
+output, block by block, with peak memory bounded by a budget and not by the volume size.
+
+The output region (input coordinates; the whole volume or a ROI) is cut into blocks that are
+unions of tiles of one global :class:`~ekn_core.prediction.tiling.TileGrid`. A block reads its
+input once (its tiles' windows, the net's context included; mirrored beyond the volume border),
+is predicted by :func:`~ekn_core.prediction.dense.predict_region`, and is written to the output,
+whose chunks divide the block shape. Every finished block is appended to a progress log
+(``OUTPUT.ekn-progress``, fsync'ed after the output was flushed); a rerun of the same job skips
+finished blocks, so a killed run resumes and ends identical to an uninterrupted one.
+
+Example:
+    >>> import numpy as np, os, tempfile
+    >>> from ekn_core.prediction.tiling import TileGeometry
+    >>> plan = make_plan(TileGeometry((5, 9, 9), (1, 1, 1), (1, 4, 4)), in_shape=(40, 300, 300),
+    ...                  in_channels=1, n_lab=2, memory_budget=64 * 2**20)
+    >>> plan.out_shape, plan.block, len(plan.blocks()) > 1
+    ((40, 300, 300), (25, 188, 188), True)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ekn_core.errors import ConfigError, EknError, ShapeError
+from ekn_core.prediction.dense import auto_batch_size, predict_region, to_uint8
+from ekn_core.prediction.source import ChannelFirst, read_window, to_float
+from ekn_core.prediction.tiling import Shape, TileGeometry, TileGrid
+
+log = logging.getLogger("ekn.prediction")
+
+#: Largest block (output voxels) even when the budget allows more: keeps resume granularity.
+MAX_BLOCK_VOXELS = 2**25
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a volume is predicted: the global grid, the block shape and the batching.
+
+    Attributes:
+        geometry: Net geometry (3 spatial axes; 2-D nets are lifted with a z patch of 1).
+        origin, end: Output region in input coordinates.
+        block: Block shape in output voxels (a multiple of the grid step).
+        overlap: Tile overlap; blend: blend mode when tiles overlap (else None).
+        batch_size: Forward passes per call.
+    """
+
+    geometry: TileGeometry
+    origin: Shape
+    end: Shape
+    block: Shape
+    overlap: Shape
+    blend: str | None
+    batch_size: int
+
+    @property
+    def grid(self) -> TileGrid:
+        """The global tile grid."""
+        return TileGrid(self.geometry, self.origin, self.end, self.overlap)
+
+    @property
+    def out_shape(self) -> Shape:
+        """Spatial shape of the output volume."""
+        return tuple(e - o for o, e in zip(self.origin, self.end))
+
+    def blocks(self) -> list[tuple[Shape, Shape]]:
+        """``(lo, hi)`` of every block (input coordinates), in C order."""
+        ranges = [[(o + i, min(o + i + b, e)) for i in range(0, e - o, b)]
+                  for o, e, b in zip(self.origin, self.end, self.block)]
+        out = []
+        for parts in np.ndindex(*(len(r) for r in ranges)):
+            out.append((tuple(ranges[a][i][0] for a, i in enumerate(parts)),
+                        tuple(ranges[a][i][1] for a, i in enumerate(parts))))
+        return out
+
+    def chunks(self, cap: int = 128) -> Shape:
+        """Output chunk shape: per axis the largest divisor of the block size up to ``cap``
+        (the whole axis when one block covers it), so blocks write whole chunks."""
+        return tuple(min(e, max(d for d in range(1, min(b, cap) + 1) if b % d == 0))
+                     for b, e in zip(self.block, self.out_shape))
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able description (part of the resume fingerprint)."""
+        data = asdict(self)
+        data["geometry"] = asdict(self.geometry)
+        return json.loads(json.dumps(data))
+
+
+def _block_bytes(block: Shape, g: TileGeometry, in_channels: int, n_lab: int) -> float:
+    window = np.prod([b + t for b, t in zip(block, g.tile_in)])
+    return 4.0 * (2 * in_channels * window + 3 * n_lab * np.prod([b + t for b, t in zip(block, g.tile_out)]))
+
+
+def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: int,
+              roi: tuple[Shape, Shape] | None = None, pad: bool = True, overlap: int | Shape = 0,
+              blend: str = "gaussian", memory_budget: int = 2**31, batch_size: int | None = None,
+              bytes_per_voxel: float = 0.0, fixed_batch: int | None = None) -> Plan:
+    """Plans a volume prediction within ``memory_budget`` bytes.
+
+    Half the budget goes to the net (batched passes), half to the block buffers; blocks grow by
+    whole grid steps along the axis where they are smallest relative to the region.
+
+    Args:
+        geometry: Net geometry, 3 spatial axes.
+        in_shape: Spatial shape of the input volume.
+        in_channels, n_lab: Input and output channels.
+        roi: ``(lo, hi)`` output region in input coordinates (default: everything).
+        pad: Mirror at the volume border so the whole volume/ROI is predicted; False keeps only
+            voxels whose full context lies inside the volume.
+        overlap, blend: Tile overlap and blend mode.
+        memory_budget: Bytes.
+        batch_size: Forward passes per call (default from the budget).
+        bytes_per_voxel: Net memory per input voxel per pass (for the default batch size).
+        fixed_batch: The net's fixed batch size, if any.
+    """
+    g = geometry
+    lo, hi = roi if roi is not None else ((0,) * len(in_shape), tuple(in_shape))
+    lo, hi = tuple(int(v) for v in lo), tuple(int(v) for v in hi)
+    if any(l < 0 or h > s or l >= h for l, h, s in zip(lo, hi, in_shape)) or len(lo) != len(in_shape):
+        raise ConfigError(f"ROI {lo}..{hi} must be a non-empty box inside the volume {tuple(in_shape)}")
+    if not pad:
+        lo = tuple(max(l, c) for l, c in zip(lo, g.context_lo))
+        hi = tuple(min(h, s - c) for h, s, c in zip(hi, in_shape, g.context_hi))
+        if any(l >= h for l, h in zip(lo, hi)):
+            raise ShapeError(f"no voxel of {tuple(in_shape)} (ROI {roi}) has its full context "
+                             f"{tuple(x + 1 for x in g.lead)} inside the volume; predict with padding")
+    grid = TileGrid(g, lo, hi, overlap)
+    step = grid.step
+    extent = tuple(h - l for l, h in zip(lo, hi))
+
+    class _Budget:  # what auto_batch_size reads
+        batch, geometry = fixed_batch, g
+
+    _Budget.bytes_per_voxel = bytes_per_voxel or 1.0
+    batch = batch_size or auto_batch_size(_Budget(), memory_budget // 2)
+    block = list(step)
+    while True:
+        ratios = [b / e if b < e else np.inf for b, e in zip(block, extent)]
+        axis = int(np.argmin(ratios))
+        if ratios[axis] == np.inf:
+            break
+        trial = list(block)
+        trial[axis] += step[axis]
+        if (_block_bytes(tuple(trial), g, in_channels, n_lab) > memory_budget // 2
+                or np.prod(trial) > MAX_BLOCK_VOXELS):
+            break
+        block = trial
+    blend_mode = blend if any(s < t for s, t in zip(step, g.tile_out)) else None
+    ov = (overlap,) * len(step) if isinstance(overlap, (int, np.integer)) else tuple(overlap)
+    return Plan(g, lo, hi, tuple(block), tuple(int(o) for o in ov), blend_mode, int(batch))
+
+
+def as_channel_volume(volume: Any) -> Any:
+    """Input volume ``(z, y, x)`` or ``(c, z, y, x)`` → ``(c, z, y, x)`` view."""
+    if len(volume.shape) == 3:
+        return ChannelFirst(volume)
+    if len(volume.shape) == 4:
+        return volume
+    raise ShapeError(f"input volume must be (z, y, x) or (c, z, y, x), it has shape {tuple(volume.shape)}")
+
+
+def predict_block(net: Any, volume: Any, plan: Plan, index: int) -> np.ndarray:
+    """Predicts block ``index`` of ``plan`` from a ``(c, z, y, x)`` volume; ``(n_lab, *block)``."""
+    lo, hi = plan.blocks()[index]
+    g, grid = plan.geometry, plan.grid
+    tiles = grid.tiles(lo, hi)
+    in_lo = tuple(min(t[a] for t in tiles) - g.context_lo[a] for a in range(g.ndim))
+    in_hi = tuple(max(t[a] for t in tiles) - g.context_lo[a] + g.tile_in[a] for a in range(g.ndim))
+    data = to_float(read_window(volume, in_lo, in_hi))
+
+    def read(a: Shape, b: Shape) -> np.ndarray:
+        return data[(slice(None), *(slice(x - o, y - o) for x, y, o in zip(a, b, in_lo)))]
+
+    return predict_region(net, read, grid, lo, hi, blend=plan.blend, batch_size=plan.batch_size)
+
+
+class ProgressLog:
+    """Append-only record of finished blocks next to the output (crash-safe).
+
+    The first line is the job's JSON fingerprint (written atomically); each finished block adds
+    one fsync'ed line. A torn last line after a crash is ignored.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "out.ekn-progress")
+        >>> with ProgressLog(path, {"job": 1}) as plog:
+        ...     plog.mark(3)
+        >>> sorted(ProgressLog(path, {"job": 1}).done), ProgressLog(path, {"job": 2}).done
+        ([3], set())
+    """
+
+    def __init__(self, path: str, fingerprint: dict[str, Any]):
+        self.path, self.fingerprint = path, fingerprint
+        self.done: set[int] = set()
+        self.resumed = False
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().split("\n")
+            try:
+                header = json.loads(lines[0])
+            except ValueError:
+                header = None
+            if header == fingerprint:
+                self.resumed = True
+                for line in lines[1:]:
+                    if line.startswith("done ") and line[5:].isdigit():
+                        self.done.add(int(line[5:]))
+        self._file = None
+
+    def start(self) -> None:
+        """Opens the log for appending (a fresh log replaces one of another job)."""
+        if not self.resumed:
+            tmp = f"{self.path}.tmp{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(self.fingerprint) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            self.done.clear()
+            self.resumed = True
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def mark(self, index: int) -> None:
+        """Records block ``index`` as written (call after the output was flushed)."""
+        if self._file is None:
+            self.start()
+        self._file.write(f"done {index}\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.done.add(index)
+
+    def close(self) -> None:
+        """Closes the log file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "ProgressLog":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def progress_path(output: str) -> str:
+    """The progress log of an output path (``file.h5:key`` → ``file.h5.key.ekn-progress``).
+
+    Example:
+        >>> progress_path("pred.h5:probs"), progress_path("pred.zarr/")
+        ('pred.h5.probs.ekn-progress', 'pred.zarr.ekn-progress')
+    """
+    from ekn_core.volumes import split_key
+
+    base, key = split_key(os.fspath(output))
+    base = base.rstrip("/")
+    return f"{base}.{key}.ekn-progress" if key else f"{base}.ekn-progress"
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A picklable recipe that loads the net in any process (Dask workers included).
+
+    ``model`` is a saved model (``ekn_core.persistence.modelload``) or ``module:factory``, a
+    callable taking the same keyword options and returning a node or model.
+
+    Example:
+        >>> NetSpec("my_nets:build", mfp=True).options()
+        {'override_mfp_to_active': True, 'imposed_patch_size': None, 'imposed_batch_size': 1}
+    """
+
+    model: str
+    mfp: bool = False
+    patch: Shape | None = None
+    batch: int | None = None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for ``modelload`` / the factory (MFP needs batch 1)."""
+        return {"override_mfp_to_active": self.mfp, "imposed_patch_size": self.patch,
+                "imposed_batch_size": 1 if self.mfp else self.batch}
+
+    def is_factory(self) -> bool:
+        """True for ``module:callable`` specs."""
+        import re
+
+        return bool(re.fullmatch(r"[\w.]+:[\w.]+", self.model)) and not os.path.exists(self.model)
+
+    def load(self) -> Any:
+        """Loads and returns the prediction node."""
+        if self.is_factory():
+            import importlib
+
+            module, attr = self.model.split(":")
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            result = obj(**self.options())
+        else:
+            if not os.path.exists(self.model):
+                raise EknError(f"model {self.model!r} does not exist (give a saved model file or "
+                               "module:factory)")
+            from ekn_core.persistence import modelload
+
+            result = modelload(self.model, **self.options())
+        node = getattr(result, "prediction_node", None) or result
+        if not hasattr(node, "input_nodes"):
+            raise EknError(f"{self.model!r} gave {result!r}, which is neither a model with a prediction "
+                           "node nor a node")
+        return node
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the model for resume checks (file size and mtime for files)."""
+        data: dict[str, Any] = {"model": self.model, "mfp": self.mfp, "patch": self.patch, "batch": self.batch}
+        if os.path.exists(self.model):
+            st = os.stat(self.model)
+            data["size"], data["mtime_ns"] = st.st_size, st.st_mtime_ns
+        return json.loads(json.dumps(data))
+
+
+def node_fingerprint(node: Any) -> dict[str, Any]:
+    """Identity of an in-memory node for resume checks: class, geometry and a weights digest."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    params = node.get_param_values() if hasattr(node, "get_param_values") else {}
+    for name in sorted(params):
+        value = params[name]
+        for key in sorted(value) if isinstance(value, dict) else [None]:
+            array = np.ascontiguousarray(value[key] if key is not None else value)
+            digest.update(f"{name}/{key}{array.shape}{array.dtype}".encode())
+            digest.update(array.tobytes())
+    return {"class": f"{type(node).__module__}.{type(node).__qualname__}",
+            "geometry": repr(adapt(node).geometry), "weights": digest.hexdigest()}
+
+
+def output_reader(output: str) -> str | None:
+    """The reader for an output path: the detected one, else ``zarr`` (the default format).
+
+    Example:
+        >>> output_reader("pred.h5:probs"), output_reader("predictions")
+        (None, 'zarr')
+    """
+    from ekn_core.hooks import host
+    from ekn_core.volumes import split_key
+
+    return None if host().get_reader(split_key(os.fspath(output))[0]) else "zarr"
+
+
+def adapt(node: Any) -> Any:
+    """The engine's view of a node: 3-D nets as they are, 2-D nets slice-wise."""
+    from ekn_core.prediction.net import NetAdapter, SliceWise
+
+    net = NetAdapter(node)
+    return SliceWise(net) if net.ndim == 2 else net
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """``"1.5G"``, ``"512M"``, ``"2e9"`` → bytes.
+
+    Example:
+        >>> parse_size("1.5G"), parse_size("512M"), parse_size(1000)
+        (1610612736, 536870912, 1000)
+    """
+    if text is None or isinstance(text, int):
+        return text
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise ConfigError(f"cannot read memory size {text!r}; write e.g. 2G, 512M or 1e9") from None
+
+
+def default_memory_budget() -> int:
+    """Half the available memory, at most 8 GiB."""
+    import psutil
+
+    return int(min(8 * 2**30, psutil.virtual_memory().available // 2))
+
+
+def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
+                   roi: tuple[Shape, Shape] | None = None, pad: bool = True, mfp: bool = False,
+                   tile: Shape | str | None = "auto", overlap: int | Shape = 0, blend: str = "gaussian",
+                   as_uint8: bool = False, channel: int | None = None,
+                   memory_budget: int | str | None = None, batch_size: int | None = None,
+                   scheduler: str | None = None, workers: int | None = None,
+                   progress: bool = True, input_options: dict[str, Any] | None = None,
+                   output_options: dict[str, Any] | None = None,
+                   on_block: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Predicts a volume from ``input`` into ``output``, out of core and resumable.
+
+    Args:
+        model: Model file, ``module:factory``, a :class:`NetSpec`, or a node (single process only).
+        input: Input volume for ``open_volume`` (``file.h5:key``, ``x.zarr``, a KNOSSOS config).
+        output: Output for ``create_volume``: ``(n_lab, z, y, x)`` or, with ``channel``,
+            ``(z, y, x)``; zarr, HDF5 or KNOSSOS by its suffix.
+        roi: Output region ``(lo, hi)`` in input voxels (default the whole volume).
+        pad: Mirror at the volume border (output = volume/ROI shape); False: only voxels with
+            their full context inside the volume (``shape - (fov - 1)``).
+        mfp: Reload the model with MFP active (one pass per tile).
+        tile: ``"auto"`` (fastest patch within the budget), an explicit patch, or None (the
+            model's own patch).
+        overlap, blend: Tile overlap and blending.
+        as_uint8: Write uint8 (× 255) instead of float32.
+        channel: Write only this output channel.
+        memory_budget: Bytes (or ``"4G"``) for net and buffers; default half the free memory.
+        batch_size: Forward passes per call.
+        scheduler: Dask scheduler address; ``workers``: start a local cluster with N workers.
+        progress: tqdm bar in voxels.
+        input_options, output_options: Passed to ``open_volume`` / ``create_volume``.
+        on_block: Called with each block index after it was recorded (for tests and monitors).
+
+    Returns:
+        Summary: ``blocks``, ``skipped`` (already done), ``voxels``, ``seconds``, ``shape``.
+    """
+    from ekn_core.prediction.tiling import choose_patch
+    from ekn_core.volumes import create_volume, open_volume
+
+    budget = parse_size(memory_budget) or default_memory_budget()
+    spec = model if isinstance(model, NetSpec) else NetSpec(model, mfp=mfp) if isinstance(model, str) else None
+    node = spec.load() if spec is not None else model
+    net = adapt(node)
+    in_vol = open_volume(input, **(input_options or {}))
+    try:
+        volume = as_channel_volume(in_vol)
+        if volume.shape[0] != net.in_channels:
+            raise ShapeError(f"input {input!r} has {volume.shape[0]} channel(s), the net expects {net.in_channels}")
+        if tile is not None and spec is not None:
+            spec, node, net = _resize(spec, node, net, tile, volume.shape[1:], roi, budget, choose_patch)
+        plan = make_plan(net.geometry, volume.shape[1:], net.in_channels, net.n_lab, roi=roi, pad=pad,
+                         overlap=overlap, blend=blend, memory_budget=budget, batch_size=batch_size,
+                         bytes_per_voxel=net.bytes_per_voxel, fixed_batch=net.batch)
+        if channel is not None and not 0 <= channel < net.n_lab:
+            raise ConfigError(f"channel {channel} does not exist; the net predicts {net.n_lab} channels")
+        dtype = np.uint8 if as_uint8 else np.float32
+        out_shape = plan.out_shape if channel is not None else (net.n_lab, *plan.out_shape)
+        chunks = plan.chunks() if channel is not None else (net.n_lab, *plan.chunks())
+        fingerprint = {"version": 1, "model": spec.fingerprint() if spec else node_fingerprint(node),
+                       "input": os.fspath(input), "input_shape": list(volume.shape),
+                       "plan": plan.to_json(), "dtype": np.dtype(dtype).name, "channel": channel,
+                       "shape": list(out_shape)}
+        plog = ProgressLog(progress_path(output), fingerprint)
+        output_options = {"reader": output_reader(output), **(output_options or {})}
+        if plog.resumed:
+            out_vol = open_volume(output, mode="r+", **output_options)
+            if tuple(out_vol.shape) != tuple(out_shape):
+                raise EknError(f"{output!r} has shape {tuple(out_vol.shape)}, the resumed job writes "
+                               f"{tuple(out_shape)}; delete it and its progress log to start over")
+        else:
+            out_vol = create_volume(output, shape=out_shape, dtype=dtype, chunks=chunks, **output_options)
+        blocks = plan.blocks()
+        pending = [i for i in range(len(blocks)) if i not in plog.done]
+        summary = {"blocks": len(blocks), "skipped": len(blocks) - len(pending),
+                   "voxels": int(np.prod(plan.out_shape)), "shape": tuple(out_shape)}
+        log.info("predicting %s → %s: %d blocks of %s (%d done), tile %s, %d passes/tile, batch %d",
+                 input, output, len(blocks), plan.block, summary["skipped"], plan.geometry.patch,
+                 plan.geometry.passes, plan.batch_size)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=summary["voxels"], unit="vox", unit_scale=True, desc="predict",
+                       initial=sum(int(np.prod(np.subtract(blocks[i][1], blocks[i][0]))) for i in plog.done
+                                   if i < len(blocks)))
+        t0 = time.perf_counter()
+
+        def write(index: int, pred: np.ndarray) -> None:
+            lo, hi = blocks[index]
+            sel = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, plan.origin))
+            data = pred if channel is None else pred[channel]
+            data = to_uint8(data) if as_uint8 else data
+            out_vol[sel if channel is not None else (slice(None), *sel)] = data
+            flush = getattr(out_vol, "flush", None)
+            if flush is not None:
+                flush()
+            plog.mark(index)
+            if bar is not None:
+                bar.update(int(np.prod(np.subtract(hi, lo))))
+            if on_block is not None:
+                on_block(index)
+
+        try:
+            plog.start()
+            if scheduler or workers:
+                if spec is None:
+                    raise ConfigError("distributed prediction needs the model as a file or module:factory, "
+                                      "not a node object")
+                from ekn_core.prediction.distributed import BlockJob, run_blocks
+
+                job = BlockJob(spec, os.fspath(input), dict(input_options or {}), plan)
+                run_blocks(job, pending, write, scheduler=scheduler, workers=workers)
+            else:
+                for index in pending:
+                    write(index, predict_block(net, volume, plan, index))
+        finally:
+            plog.close()
+            if bar is not None:
+                bar.close()
+            out_vol.close()
+        summary["seconds"] = time.perf_counter() - t0
+        return summary
+    finally:
+        in_vol.close()
+
+
+def _resize(spec: NetSpec, node: Any, net: Any, tile: Any, in_shape: Shape, roi: Any, budget: int,
+            choose_patch: Callable) -> tuple[NetSpec, Any, Any]:
+    """Reloads the model with the requested or automatically chosen patch size."""
+    g = net.geometry
+    lifted = net.ndim != len(getattr(net, "net", net).geometry.patch)
+    if tile == "auto":
+        extent = tuple(h - l for l, h in zip(*roi)) if roi else tuple(in_shape)
+        patch = choose_patch(g, extent, net.bytes_per_voxel, budget // (4 * (net.batch or 1))).patch
+    else:
+        patch = tuple(int(t) for t in tile)
+        if lifted and len(patch) == 3:
+            patch = patch[1:]
+        patch = ((1,) if lifted else ()) + patch
+    if patch == g.patch:
+        return spec, node, net
+    model_patch = patch[1:] if lifted else patch
+    resized = NetSpec(spec.model, spec.mfp, tuple(int(p) for p in model_patch), spec.batch)
+    try:
+        new_node = resized.load()
+    except (EknError, ValueError) as err:
+        if tile != "auto":
+            raise
+        log.warning("keeping the model's patch %s: reloading with %s failed (%s)", g.patch, patch, err)
+        return spec, node, net
+    return resized, new_node, adapt(new_node)

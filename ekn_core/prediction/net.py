@@ -1,0 +1,204 @@
+"""Adapter between an ekn node and the prediction engine.
+
+:class:`NetAdapter` reads a node's geometry (input patch and channels, output shape, strides,
+shift period) and runs it on batches in the engine's layout ``(b, f, *spatial)`` whatever tag
+order the node declares (e.g. ``b,f,z,x,y`` or channels-last ``b,z,x,y,f``). A node with a fixed
+batch size is always called with exactly that many samples (the rest zero-filled).
+
+Example:
+    >>> import numpy as np
+    >>> class Shape:  # the TaggedShape attributes the adapter reads
+    ...     def __init__(self, shape, tags, strides):
+    ...         self.shape, self.tags, self.strides = shape, tags, strides
+    ...         self.spatial_shape = tuple(s for s, t in zip(shape, tags) if t in "zyx")
+    ...     def __getitem__(self, tag): return self.shape[self.tags.index(tag)]
+    >>> class Identity:  # a 1x1 "net" in channels-last layout
+    ...     input_nodes = [type("In", (), {"shape": Shape((None, 4, 4, 1), ("b", "x", "y", "f"), (1, 1))})()]
+    ...     shape = Shape((None, 4, 4, 1), ("b", "x", "y", "f"), (1, 1))
+    ...     def __call__(self, x): return x * 2
+    >>> net = NetAdapter(Identity())
+    >>> net.geometry.patch, net.in_channels, net.n_lab
+    ((4, 4), 1, 1)
+    >>> net(np.ones((3, 1, 4, 4), np.float32)).shape
+    (3, 1, 4, 4)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ekn_core.errors import ShapeError
+from ekn_core.prediction.tiling import TileGeometry
+
+SPATIAL_TAGS = ("z", "y", "x")
+
+
+def _size(shape: Any, tag: str) -> int | None:
+    tags = tuple(shape.tags)
+    return shape[tag] if tag in tags else None
+
+
+def _nodes_of(node: Any) -> list[Any]:
+    """All nodes of the node's graph up to itself, if the node exposes them (``all_parents``)."""
+    parents = getattr(node, "all_parents", None)
+    if parents is None:
+        return [node]
+    return list(parents.values()) if hasattr(parents, "values") else list(parents)
+
+
+def shift_period(node: Any) -> tuple[int, ...]:
+    """Window shifts under which the node's output is equivariant, per spatial axis.
+
+    A node may declare ``shift_period``; otherwise it is the least common multiple of the
+    integer strides of every node of the graph (for a U-Net: the total pooling factor).
+
+    Example:
+        >>> class S: tags, strides = ("b", "f", "x"), (4,)
+        >>> class N: shape = S()
+        >>> shift_period(N())
+        (4,)
+    """
+    declared = getattr(node, "shift_period", None)
+    if declared is not None:
+        return tuple(int(p) for p in declared)
+    ndim = len(tuple(node.shape.strides))
+    period = [1] * ndim
+    for n in _nodes_of(node):
+        strides = tuple(getattr(n.shape, "strides", ()) or ())
+        if len(strides) != ndim:
+            continue
+        for i, s in enumerate(strides):
+            if s is not None and float(s) >= 1 and float(s) == int(s):
+                period[i] = math.lcm(period[i], int(s))
+    return tuple(period)
+
+
+def activation_bytes_per_voxel(node: Any) -> float:
+    """Rough peak memory of a forward pass per input voxel of one sample (float32).
+
+    Sum of the two largest node outputs of the graph plus the input (what an inference pass
+    holds at once), divided by the input patch volume; without graph access a net with 64
+    feature maps at input resolution is assumed.
+    """
+    in_shape = node.input_nodes[0].shape
+    voxels = float(np.prod(in_shape.spatial_shape))
+    sizes = []
+    for n in _nodes_of(node):
+        shape = getattr(n, "shape", None)
+        dims = getattr(shape, "shape", None)
+        if dims is None:
+            continue
+        batch = _size(shape, "b") or 1
+        sizes.append(4.0 * float(np.prod([d for d in dims if d])) / batch)
+    in_bytes = 4.0 * voxels * (_size(in_shape, "f") or 1)
+    if len(sizes) < 2:
+        sizes = [4.0 * voxels * 64] * 2
+    sizes.sort()
+    return (sizes[-1] + sizes[-2] + in_bytes) / voxels
+
+
+class NetAdapter:
+    """A node seen by the prediction engine.
+
+    Args:
+        node: An ekn node (or any object with ``shape``, ``input_nodes`` and ``__call__``).
+        period: Shift period override (see :func:`shift_period`).
+
+    Attributes:
+        geometry: :class:`~ekn_core.prediction.tiling.TileGeometry` of the node.
+        in_channels: Input feature maps.
+        n_lab: Output feature maps.
+        batch: Fixed batch size of the node, or None if any batch works.
+        bytes_per_voxel: Estimate of :func:`activation_bytes_per_voxel`.
+    """
+
+    def __init__(self, node: Any, period: tuple[int, ...] | None = None):
+        inputs = list(getattr(node, "input_nodes", []))
+        if len(inputs) != 1:
+            raise ShapeError(f"dense prediction needs a node with exactly one image input, {node!r} "
+                             f"has {len(inputs)}")
+        in_shape, out_shape = inputs[0].shape, node.shape
+        self.node = node
+        self._in_tags, self._out_tags = tuple(in_shape.tags), tuple(out_shape.tags)
+        spatial = [t for t in self._in_tags if t in SPATIAL_TAGS]
+        if sorted(spatial) != sorted(t for t in self._out_tags if t in SPATIAL_TAGS):
+            raise ShapeError(f"input tags {self._in_tags} and output tags {self._out_tags} must "
+                             "have the same spatial axes")
+        if len(spatial) not in (2, 3):
+            raise ShapeError(f"dense prediction needs a 2-D or 3-D net, {node!r} has spatial axes {spatial}")
+        self._internal = ("b", "f", *spatial)
+        for tags, name in ((self._in_tags, "input"), (self._out_tags, "output")):
+            if set(tags) - set(self._internal) or "f" not in tags:
+                raise ShapeError(f"{name} tags {tags} of {node!r}: dense prediction supports only "
+                                 "the tags b, f, z, y, x (with f)")
+        self.in_channels = int(_size(in_shape, "f"))
+        self.n_lab = int(_size(out_shape, "f"))
+        self.batch = _size(in_shape, "b")
+        out_batch = _size(out_shape, "b")
+        if self.batch is not None and out_batch is not None and out_batch != self.batch:
+            raise ShapeError(f"the output batch {out_batch} differs from the input batch {self.batch}: "
+                             "MFP fragments must be merged by FragmentsToDense before the output node")
+        in_sp = dict(zip((t for t in self._in_tags if t in SPATIAL_TAGS), in_shape.spatial_shape))
+        out_sp = dict(zip((t for t in self._out_tags if t in SPATIAL_TAGS), out_shape.spatial_shape))
+        out_st = dict(zip((t for t in self._out_tags if t in SPATIAL_TAGS), out_shape.strides))
+        period = period or shift_period(node)
+        period_by_tag = dict(zip((t for t in self._out_tags if t in SPATIAL_TAGS), period))
+        self.geometry = TileGeometry(patch=tuple(in_sp[t] for t in spatial),
+                                     out=tuple(out_sp[t] for t in spatial),
+                                     strides=tuple(out_st[t] for t in spatial),
+                                     period=tuple(period_by_tag[t] for t in spatial))
+        self.bytes_per_voxel = activation_bytes_per_voxel(node)
+
+    @property
+    def ndim(self) -> int:
+        """Spatial axes of the net."""
+        return self.geometry.ndim
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Runs the node on ``batch`` ``(b, in_channels, *patch)``; returns ``(b, n_lab, *out)``."""
+        n = batch.shape[0]
+        if self.batch is not None and n != self.batch:
+            if n > self.batch:
+                return np.concatenate([self(batch[i:i + self.batch]) for i in range(0, n, self.batch)])
+            batch = np.concatenate([batch, np.zeros((self.batch - n, *batch.shape[1:]), batch.dtype)])
+        x = np.transpose(batch, [self._internal.index(t) for t in self._in_tags])
+        y = np.asarray(self.node(np.ascontiguousarray(x)))
+        y = np.transpose(y, [self._out_tags.index(t) for t in self._internal])
+        expected = (self.n_lab, *self.geometry.out)
+        if y.shape[1:] != expected:
+            raise ShapeError(f"{self.node!r} returned shape {y.shape[1:]} per sample, its declared "
+                             f"output is {expected}")
+        return y[:n]
+
+
+class SliceWise:
+    """A 2-D net applied to 3-D stacks slice by slice: a 3-D adapter with z patch 1.
+
+    Example:
+        >>> import numpy as np
+        >>> class Net2D:
+        ...     geometry = TileGeometry((4, 4), (4, 4), (1, 1)); in_channels = n_lab = 1
+        ...     batch, bytes_per_voxel = None, 4.0
+        ...     def __call__(self, x): return x + 1
+        >>> net = SliceWise(Net2D())
+        >>> net.geometry.patch, net(np.zeros((2, 1, 1, 4, 4), np.float32)).shape
+        ((1, 4, 4), (2, 1, 1, 4, 4))
+    """
+
+    def __init__(self, net: Any):
+        self.net = net
+        g = net.geometry
+        self.geometry = TileGeometry((1, *g.patch), (1, *g.out), (1, *g.strides), (1, *g.period))
+        self.in_channels, self.n_lab, self.batch = net.in_channels, net.n_lab, net.batch
+        self.bytes_per_voxel = net.bytes_per_voxel
+
+    @property
+    def ndim(self) -> int:
+        """Always 3."""
+        return 3
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.net(batch[:, :, 0])[:, :, None]

@@ -1,0 +1,456 @@
+"""Experiment configs: ELEKTRONN2's Python config files, validated, with command-line overrides.
+
+A config is a Python file that is executed; its top-level names are the settings (every
+variable of ELEKTRONN2's ``ExperimentConfig`` and the ``DefaultConfig`` keys that still make
+sense, plus a few of ekn's own, see :data:`SETTINGS`). ``np`` is predefined. Names starting with
+``_``, imported modules and functions or classes other than ``create_model`` are helpers and are
+not settings. Any other unknown name is an error that suggests the closest setting.
+
+``if __name__ == "__main__":`` blocks do not run when the trainer loads a config.
+
+Overrides (``ekn train CONFIG --set n_steps=100 --set optimiser_params.lr=1e-3``) are parsed
+with :func:`ast.literal_eval` (a bare word is a string) and applied after the file;
+``a.b=value`` sets key ``b`` of the dict setting ``a``.
+
+Example:
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "exp.py")
+    >>> _ = open(path, "w").write("data_class = 'MNISTData'\\nn_steps = 10\\nmodel_load_path = 'm.mdl'\\n_helper = 3\\n")
+    >>> cfg = ExperimentConfig.from_file(path, overrides=["n_steps=20", "optimiser_params.lr=0.01"])
+    >>> cfg.n_steps, cfg.optimiser_params["lr"], cfg.history_freq
+    (20, 0.01, 200)
+    >>> _ = open(path, "w").write("data_class = 'MNISTData'\\nn_step = 10\\n")
+    >>> ExperimentConfig.from_file(path)
+    Traceback (most recent call last):
+    ...
+    ekn_core.errors.ConfigError: ...unknown setting 'n_step' (did you mean 'n_steps'?)...
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import logging
+import os
+import time
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ekn_core.errors import ConfigError
+
+log = logging.getLogger("ekn.trainer")
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One config variable: default (:data:`REQUIRED` if it must be given) and documentation."""
+
+    default: Any
+    doc: str
+    origin: str = "ELEKTRONN2"
+
+
+#: Every setting an experiment config may define (name → :class:`Setting`).
+SETTINGS: dict[str, Setting] = {
+    # -- model ------------------------------------------------------------------------------------
+    "create_model": Setting(None, "Function returning a Model with designated nodes (one of "
+                            "create_model / model_load_path is required). Called with model_load_args "
+                            "as keyword arguments if those are set."),
+    "model_load_path": Setting(None, "Model file to load instead of create_model (fine-tuning); "
+                               "passed to modelload(path, **model_load_args). '~' is expanded."),
+    "model_load_args": Setting(None, "Keyword arguments for modelload (e.g. imposed_patch_size) or for "
+                               "create_model."),
+    # -- run directory ------------------------------------------------------------------------------
+    "save_name": Setting(None, "Name of the run directory; default '<config stem>__<yy-mm-dd_HH-MM-SS>'."),
+    "save_path": Setting("~/ekn_training/", "Parent folder of run directories ('~' is expanded)."),
+    "overwrite": Setting(False, "Delete an existing run directory of the same name instead of stopping "
+                         "with an error (ELEKTRONN2 defaulted to True; ekn does not delete silently)."),
+    # -- data -------------------------------------------------------------------------------------------
+    "data_class": Setting(REQUIRED, "Data source: a name in the 'ekn.data' registry (ELEKTRONN2 names "
+                          "such as 'BatchCreatorImage' or 'MNISTData' work, case-insensitively) or a "
+                          "tuple (path_to_py_file, class_name). Instantiated as "
+                          "cls(model.input_node, model.target_node, **data_init_kwargs)."),
+    "data_init_kwargs": Setting(None, "Keyword arguments of the data class constructor."),
+    "data_batch_args": Setting(None, "Keyword arguments of data.getbatch (the trainer adds batch_size and "
+                               "source)."),
+    "batch_size": Setting(None, "Examples per training step; must agree with the model's fixed batch size "
+                          "if it has one (then it may be left out)."),
+    "class_weights": Setting(None, "Appended to every batch as an extra input (the loss must have a "
+                             "matching Input node)."),
+    "background_processes": Setting(False, "False, or the number of background worker processes "
+                                    "preparing batches (True means 2)."),
+    # -- training length and monitoring ---------------------------------------------------------------
+    "n_steps": Setting(REQUIRED, "Number of training steps (iterations) to do in total."),
+    "max_runtime": Setting(None, "Stop after this many seconds spent in the training loop (None: no "
+                           "limit). Time counts across resumes."),
+    "history_freq": Setting(200, "Steps between monitoring (train/valid loss and errors), history rows, "
+                            "plots, the latest model file and the status line (0 disables)."),
+    "monitor_batch_size": Setting(None, "Examples in each train/valid monitor estimate (default: "
+                                  "batch_size); evaluated in chunks of batch_size."),
+    "print_status": Setting(True, "Log the status line every history_freq steps."),
+    "time_per_step_smoothing_length": Setting(50, "Steps in the moving average of the step time."),
+    "loss_smoothing_length": Setting(200, "Steps in the moving average of the loss (console and plots)."),
+    # -- optimisation ------------------------------------------------------------------------------
+    "optimiser": Setting("Adam", "Optimiser name from the 'ekn.optimisers' registry: 'SGD', 'AdaGrad', "
+                         "'AdaDelta', 'Adam', 'AdamW' (any case)."),
+    "optimiser_params": Setting(None, "Meta-parameters: lr, mom, wd, beta2 (Adam) and any other "
+                                "meta-parameter of the optimiser."),
+    "schedules": Setting(None, "{name: schedule} for lr, mom, wd, dropout_rates, mixing or a trainer "
+                         "setting, e.g. {'lr': {'dec': 0.995}} (see docs/optimisers.md)."),
+    # -- files -------------------------------------------------------------------------------------
+    "param_save_it": Setting(10000, "Steps between permanent model snapshots models/step-<N>.<ext>."),
+    "plot_on": Setting(True, "Write the PNG plots (loss, errors, lr, timeline) every history_freq steps."),
+    "preview_data_path": Setting(None, "Volume(s) for previews: an HDF5 file (every dataset), "
+                                 "'file.h5:key' or (file, key); '~' is expanded."),
+    "preview_kwargs": Setting(None, "Preview options: export_class ('all', an int or a list of channel "
+                              "numbers) and max_z_pred (slices per preview, default 5)."),
+    "initial_prev_h": Setting(1.0, "Hours of training before the first preview."),
+    "prev_save_h": Setting(3.0, "Hours of training between previews."),
+    "preview_freq": Setting(None, "Also preview every this many steps (None: only by the hour settings).",
+                            "ekn"),
+    "tensorboard": Setting(True, "Write TensorBoard event files (scalars, preview images).", "ekn"),
+    "tensorboard_freq": Setting(10, "Steps between TensorBoard training-loss scalars.", "ekn"),
+    # -- checkpoints, resume, robustness ----------------------------------------------------------
+    "checkpoint_freq": Setting(None, "Steps between checkpoints (default: history_freq, or 100 if that "
+                               "is 0). A checkpoint is also written at the start and the end.", "ekn"),
+    "keep_checkpoints": Setting(2, "Number of newest checkpoints kept.", "ekn"),
+    "seed": Setting(0, "Seed of weight initialisation, data sampling (per step) and TensorFlow random "
+                    "ops; the run is a function of the seed.", "ekn"),
+    "deterministic": Setting(False, "Enable TensorFlow op determinism (bit-identical reruns; may be "
+                             "slower).", "ekn"),
+    "nan_response": Setting("lower_lr", "What to do after rolling back to the last good checkpoint when a "
+                            "step's loss is NaN/Inf: 'lower_lr' (multiply lr by nan_lr_factor and go on) "
+                            "or 'stop'.", "ekn"),
+    "nan_lr_factor": Setting(0.5, "Learning-rate factor applied after each NaN rollback.", "ekn"),
+    "nan_max_retries": Setting(3, "Rollbacks allowed without a good checkpoint in between before the run "
+                               "stops.", "ekn"),
+    # -- hardware -------------------------------------------------------------------------------------
+    "device": Setting(None, "GPU to use: None (default device), an int, 'auto' (GPU with most free memory) "
+                      "or 'cpu'. The --gpu option wins."),
+    "compile_mode": Setting(None, "How steps are compiled: 'plain' (tf.function), 'xla' or 'eager'; None "
+                            "picks XLA on GPU, plain on CPU.", "ekn"),
+    "distribute": Setting(None, "Data-parallel training: None, 'mirrored' (several local GPUs) or "
+                          "'multiworker' (several hosts, TF_CONFIG).", "ekn"),
+}
+
+#: Names accepted for compatibility with ELEKTRONN2 configs but ignored (with a warning).
+IGNORED = {
+    "lazy_labels": "unused placeholder in ELEKTRONN2",
+    "lr_schedule": "legacy; use schedules = {'lr': ...}",
+    "wd_schedule": "legacy; use schedules = {'wd': ...}",
+    "mom_schedule": "legacy; use schedules = {'mom': ...}",
+    "dropout_schedule": "legacy; use schedules = {'dropout_rates': ...}",
+    "gradnet_schedule": "legacy; gradnet is not supported",
+    "param_save_h": "deprecated in ELEKTRONN2; use param_save_it",
+    "use_manual_cudnn_conv": "Theano back-end option",
+    "use_manual_cudnn_conv_not_w1": "Theano back-end option",
+    "use_manual_cudnn_pool": "Theano back-end option",
+    "allow_floatX_downcast": "Theano back-end option",
+    "show_axis_order_warning": "Theano back-end option",
+    "pad_b_warning_display": "Theano back-end option",
+    "use_ortho_init": "set init='ortho' on the layers instead",
+    "inspection": "use `ekn train -v` for debug logging",
+    "backupsrc": "ekn records its version in run.json instead",
+    "gui_plot": "plots are written as PNG files",
+}
+
+#: Names that name ELEKTRONN2 features ekn does not have (an error).
+UNSUPPORTED = {
+    "sequence_training": "the skeleton-tracing trainers of ELEKTRONN2 are not part of ekn",
+}
+
+#: Settings whose string value (or first tuple element) is a path with '~' to expand.
+_PATH_SETTINGS = ("save_path", "model_load_path", "preview_data_path", "data_class")
+_DICT_SETTINGS = ("model_load_args", "data_init_kwargs", "data_batch_args", "optimiser_params", "schedules",
+                  "preview_kwargs")
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Splits ``'name=value'``; the value is a Python literal or, failing that, a string.
+
+    Example:
+        >>> parse_override("n_steps=100"), parse_override("save_name=run1")
+        (('n_steps', 100), ('save_name', 'run1'))
+        >>> parse_override("optimiser_params.lr=1e-3")
+        ('optimiser_params.lr', 0.001)
+    """
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must have the form name=value, e.g. --set n_steps=100")
+    name, raw = text.split("=", 1)
+    name, raw = name.strip(), raw.strip()
+    if not name:
+        raise ConfigError(f"override {text!r} has no name before '='")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return name, value
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return os.path.expanduser(value)
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], str):
+        return type(value)([os.path.expanduser(value[0]), *value[1:]])
+    return value
+
+
+class ExperimentConfig:
+    """The settings of one training run (attribute access: ``cfg.n_steps``; assignable).
+
+    Create with :meth:`from_file`. Attributes that are not settings: ``path`` (config file),
+    ``source`` (its text), ``overrides`` (the ``--set`` strings applied), ``namespace`` (the
+    executed file's globals).
+    """
+
+    _OWN = ("path", "source", "overrides", "namespace", "_values")
+
+    def __init__(self, values: Mapping[str, Any], path: str = "<config>", source: str = "",
+                 overrides: Iterable[str] = (), namespace: dict[str, Any] | None = None):
+        object.__setattr__(self, "_values", {})
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "overrides", list(overrides))
+        object.__setattr__(self, "namespace", namespace if namespace is not None else {})
+        for name, setting in SETTINGS.items():
+            default = setting.default
+            self._values[name] = {} if default is None and name in _DICT_SETTINGS else default
+        for name, value in values.items():
+            self._set_checked(name, value)
+        for name in list(self._values):
+            self._values[name] = _expand(self._values[name]) if name in _PATH_SETTINGS else self._values[name]
+        self.validate()
+
+    # -- loading ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str, overrides: Iterable[str] = ()) -> ExperimentConfig:
+        """Executes a config file, applies ``--set`` overrides and validates the result.
+
+        Raises:
+            ConfigError: The file is missing or fails, or names/values are invalid.
+        """
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+        namespace: dict[str, Any] = {"__file__": path, "__name__": "ekn_config", "np": np}
+        try:
+            exec(compile(source, path, "exec"), namespace)  # noqa: S102 - configs are Python by design
+        except Exception as err:
+            raise ConfigError(f"config {path} failed to execute: {type(err).__name__}: {err}") from err
+        values = cls._settings_of_namespace(namespace, path)
+        overrides = list(overrides)
+        for text in overrides:
+            name, value = parse_override(text)
+            cls._apply_override(values, name, value)
+        values = cls._resolve_relative(values, path)
+        return cls(values, path=path, source=source, overrides=overrides, namespace=namespace)
+
+    @staticmethod
+    def _settings_of_namespace(namespace: Mapping[str, Any], path: str) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        unknown: list[str] = []
+        for name, value in namespace.items():
+            if name.startswith("_") or name == "np" or isinstance(value, types.ModuleType):
+                continue
+            if name in IGNORED:
+                log.warning("config %s: %r is ignored (%s)", os.path.basename(path), name, IGNORED[name])
+                continue
+            if name in UNSUPPORTED:
+                raise ConfigError(f"config {path}: {name!r} is not supported: {UNSUPPORTED[name]}")
+            if name not in SETTINGS:
+                if callable(value):  # helper functions and imported classes
+                    continue
+                unknown.append(name)
+                continue
+            values[name] = value
+        if unknown:
+            details = "; ".join(f"unknown setting {n!r}{_did_you_mean(n, SETTINGS)}" for n in unknown)
+            raise ConfigError(f"config {path}: {details}. Settings are listed in docs/training.md; prefix "
+                              "helper variables with '_'.")
+        return values
+
+    @staticmethod
+    def _apply_override(values: dict[str, Any], name: str, value: Any) -> None:
+        base, _, key = name.partition(".")
+        if base not in SETTINGS:
+            raise ConfigError(f"--set {name}: unknown setting {base!r}{_did_you_mean(base, SETTINGS)}")
+        if not key:
+            values[base] = value
+            return
+        current = values.get(base)
+        if current is None:
+            current = {}
+        if not isinstance(current, Mapping):
+            raise ConfigError(f"--set {name}: {base} is {current!r}, not a dict, so it has no key {key!r}")
+        values[base] = {**current, key: value}
+
+    @staticmethod
+    def _resolve_relative(values: dict[str, Any], path: str) -> dict[str, Any]:
+        """Makes a relative ``data_class`` file path relative to the config's folder if it exists there."""
+        dc = values.get("data_class")
+        if isinstance(dc, (tuple, list)) and len(dc) == 2 and isinstance(dc[0], str):
+            candidate = os.path.join(os.path.dirname(path), os.path.expanduser(dc[0]))
+            if not os.path.isabs(os.path.expanduser(dc[0])) and os.path.isfile(candidate):
+                values = {**values, "data_class": (candidate, dc[1])}
+        return values
+
+    # -- access ------------------------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "_values")
+        if name in values:
+            return values[name]
+        raise AttributeError(f"experiment config has no setting {name!r}{_did_you_mean(name, SETTINGS)}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            self._set_checked(name, value)
+
+    def _set_checked(self, name: str, value: Any) -> None:
+        if name not in SETTINGS:
+            raise ConfigError(f"unknown setting {name!r}{_did_you_mean(name, SETTINGS)}")
+        self._values[name] = value
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting (``create_model`` as its name), for logs, hooks and ``run.json``."""
+        out = dict(self._values)
+        if callable(out.get("create_model")):
+            out["create_model"] = getattr(out["create_model"], "__name__", "create_model")
+        return out
+
+    def jsonable(self) -> dict[str, Any]:
+        """:meth:`as_dict` with every value converted to JSON types (repr for the rest)."""
+        import json
+
+        def convert(value: Any) -> Any:
+            if isinstance(value, Mapping):
+                return {str(k): convert(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [convert(v) for v in value]
+            if isinstance(value, np.ndarray):
+                return value.tolist()
+            if isinstance(value, np.generic):
+                return value.item()
+            try:
+                json.dumps(value)
+                return value
+            except TypeError:
+                return repr(value)
+
+        return convert(self.as_dict())
+
+    # -- derived values ----------------------------------------------------------------------------------
+    @property
+    def stem(self) -> str:
+        """Config file name without folder and extension."""
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+    def default_save_name(self) -> str:
+        """``save_name`` if set, else ``<stem>__<yy-mm-dd_HH-MM-SS>``."""
+        return self.save_name or f"{self.stem}__{time.strftime('%y-%m-%d_%H-%M-%S')}"
+
+    @property
+    def effective_checkpoint_freq(self) -> int:
+        """Steps between checkpoints."""
+        if self.checkpoint_freq:
+            return int(self.checkpoint_freq)
+        return int(self.history_freq) if self.history_freq else 100
+
+    # -- validation ----------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Checks required settings, types and ranges; raises one :class:`ConfigError` listing all problems."""
+        v = self._values
+        problems = [f"{name} is required" for name, s in SETTINGS.items() if s.default is REQUIRED and
+                    v.get(name) is REQUIRED]
+        if v["create_model"] is None and v["model_load_path"] is None:
+            hint = ""
+            funcs = [k for k, f in self.namespace.items() if callable(f) and not isinstance(f, type)
+                     and not k.startswith("_") and getattr(f, "__module__", None) == "ekn_config"]
+            close = difflib.get_close_matches("create_model", funcs, n=1, cutoff=0.6)
+            if close:
+                hint = f" (the config defines {close[0]!r}: did you mean 'create_model'?)"
+            problems.append(f"one of create_model / model_load_path is required{hint}")
+        if v["create_model"] is not None and not callable(v["create_model"]):
+            problems.append(f"create_model must be a function, got {v['create_model']!r}")
+
+        def check_int(name: str, minimum: int, allow_none: bool = False) -> None:
+            value = v[name]
+            if value is REQUIRED or (allow_none and value is None):
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                problems.append(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        check_int("n_steps", 0)
+        check_int("history_freq", 0)
+        check_int("batch_size", 1, allow_none=True)
+        check_int("monitor_batch_size", 1, allow_none=True)
+        check_int("checkpoint_freq", 1, allow_none=True)
+        check_int("keep_checkpoints", 1)
+        check_int("param_save_it", 1)
+        check_int("seed", 0)
+        check_int("nan_max_retries", 0)
+        check_int("tensorboard_freq", 1)
+        check_int("preview_freq", 1, allow_none=True)
+        check_int("time_per_step_smoothing_length", 1)
+        check_int("loss_smoothing_length", 1)
+        for name in ("max_runtime", "initial_prev_h", "prev_save_h"):
+            value = v[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                problems.append(f"{name} must be a number >= 0{' or None' if name == 'max_runtime' else ''}, "
+                                f"got {value!r}")
+        for name in _DICT_SETTINGS:
+            if not isinstance(v[name], Mapping):
+                problems.append(f"{name} must be a dict, got {v[name]!r}")
+        dc = v["data_class"]
+        if dc is not REQUIRED and not (isinstance(dc, str) or (isinstance(dc, (tuple, list)) and len(dc) == 2
+                                                                and all(isinstance(x, str) for x in dc))):
+            problems.append(f"data_class must be a registry name or a (path_to_py_file, class_name) tuple, got {dc!r}")
+        if v["nan_response"] not in ("lower_lr", "stop"):
+            problems.append(f"nan_response must be 'lower_lr' or 'stop', got {v['nan_response']!r}")
+        if not (isinstance(v["nan_lr_factor"], (int, float)) and 0 < v["nan_lr_factor"] < 1):
+            problems.append(f"nan_lr_factor must be in (0, 1), got {v['nan_lr_factor']!r}")
+        if v["distribute"] not in (None, "mirrored", "multiworker"):
+            problems.append(f"distribute must be None, 'mirrored' or 'multiworker', got {v['distribute']!r}")
+        if v["compile_mode"] not in (None, "plain", "xla", "eager"):
+            problems.append(f"compile_mode must be None, 'plain', 'xla' or 'eager', got {v['compile_mode']!r}")
+        bp = v["background_processes"]
+        if not (isinstance(bp, (bool, int)) and bp >= 0):
+            problems.append(f"background_processes must be False or a number of processes, got {bp!r}")
+        if not isinstance(v["optimiser"], str):
+            problems.append(f"optimiser must be a name such as 'Adam', got {v['optimiser']!r}")
+        if problems:
+            raise ConfigError(f"config {self.path}: " + "; ".join(problems))
+
+    def __repr__(self) -> str:
+        return f"<ExperimentConfig {self.path}>"
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (used to check ``docs/training.md`` is complete).
+
+    Example:
+        >>> settings_table().splitlines()[0]
+        '| setting | default | meaning |'
+    """
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for name, s in SETTINGS.items():
+        default = "required" if s.default is REQUIRED else repr(s.default)
+        rows.append(f"| `{name}` | `{default}` | {s.doc} |")
+    return "\n".join(rows)

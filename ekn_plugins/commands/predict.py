@@ -1,0 +1,96 @@
+"""``ekn predict``: dense prediction of a volume of any size, resumable, optionally on Dask.
+
+Example:
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> PredictCommand().add_arguments(parser)
+    >>> args = parser.parse_args(["m.ekn", "raw.h5:raw", "out.zarr", "--roi", "0:10,5:50,5:50"])
+    >>> parse_roi(args.roi), args.tile
+    (((0, 5, 5), (10, 50, 50)), 'auto')
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ekn_core.commands import Command
+from ekn_core.errors import ConfigError
+
+
+def parse_roi(text: str | None) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``"z0:z1,y0:y1,x0:x1"`` → ``((z0, y0, x0), (z1, y1, x1))``.
+
+    Example:
+        >>> parse_roi("0:8,10:20,3:9")
+        ((0, 10, 3), (8, 20, 9))
+    """
+    if not text:
+        return None
+    try:
+        parts = [tuple(int(v) for v in axis.split(":")) for axis in text.split(",")]
+        if len(parts) != 3 or any(len(p) != 2 for p in parts):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--roi {text!r}: write three ranges start:stop for z, y, x, e.g. 0:64,0:512,0:512") from None
+    return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
+
+
+def parse_tile(text: str) -> tuple[int, ...] | str | None:
+    """``auto``, ``model`` (the model's own patch) or a patch ``Z,Y,X`` / ``Y,X``.
+
+    Example:
+        >>> parse_tile("23,185,185"), parse_tile("model"), parse_tile("auto")
+        ((23, 185, 185), None, 'auto')
+    """
+    if text in ("auto", "model"):
+        return None if text == "model" else text
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--tile {text!r}: use auto, model, or a patch such as 23,185,185") from None
+
+
+class PredictCommand(Command):
+    """Predict a volume densely with a trained model (out of core, resumable, optionally on Dask).
+
+    MODEL is a saved model file or module:factory; INPUT and OUTPUT are volumes (file.h5:key,
+    x.zarr, a KNOSSOS data set). OUTPUT gets (n_lab, z, y, x) float32 chunks (zarr by default)
+    as blocks finish; rerunning the same command after an interruption skips finished blocks.
+    """
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("model", help="saved model file, or module:factory returning a node")
+        parser.add_argument("input", help="input volume, e.g. raw.h5:raw, raw.zarr, knossos.conf")
+        parser.add_argument("output", help="output volume, e.g. pred.zarr (default format), pred.h5:probs")
+        parser.add_argument("--roi", help="output region z0:z1,y0:y1,x0:x1 in input voxels (default: all)")
+        parser.add_argument("--mfp", action="store_true", help="reload the model with max-fragment pooling "
+                            "active: one forward pass per tile")
+        parser.add_argument("--tile", default="auto", help="input patch per pass: auto (fastest within the "
+                            "memory budget), model (the model's own), or Z,Y,X")
+        parser.add_argument("--overlap", type=int, default=0, help="tile overlap in output voxels (blended)")
+        parser.add_argument("--blend", default="gaussian", choices=("gaussian", "linear", "constant"),
+                            help="blending of overlapping tiles")
+        parser.add_argument("--valid", action="store_true", help="predict only voxels whose whole field of "
+                            "view is inside the volume (default: mirror at the border, output = input shape)")
+        parser.add_argument("--uint8", action="store_true", help="write uint8 (probability x 255)")
+        parser.add_argument("--channel", type=int, help="write only this output channel, as (z, y, x)")
+        parser.add_argument("--memory-budget", help="memory for net and buffers, e.g. 4G (default: half the "
+                            "free memory, at most 8G)")
+        parser.add_argument("--batch-size", type=int, help="forward passes per call (default: from the budget)")
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786")
+        where.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster with N workers")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ekn_core.prediction.blockwise import predict_volume
+
+        summary = predict_volume(
+            args.model, args.input, args.output, roi=parse_roi(args.roi), pad=not args.valid, mfp=args.mfp,
+            tile=parse_tile(args.tile), overlap=args.overlap, blend=args.blend, as_uint8=args.uint8,
+            channel=args.channel, memory_budget=args.memory_budget, batch_size=args.batch_size,
+            scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
+        rate = summary["voxels"] / max(summary["seconds"], 1e-9)
+        print(f"wrote {args.output} {summary['shape']}: {summary['blocks']} blocks "
+              f"({summary['skipped']} already done) in {summary['seconds']:.1f} s, {rate:.3g} voxels/s")
+        return 0

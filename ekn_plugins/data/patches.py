@@ -1,0 +1,423 @@
+"""Patch source with ELEKTRONN2's ``BatchCreatorImage`` semantics.
+
+Training examples are patches cut at random positions from lists of (raw, label) volume pairs.
+Label cubes may be smaller than raw cubes; they are assumed centred in them. The targets cover
+the network's output: the input patch minus ``offsets`` (= fov // 2) on each side, sampled every
+``strides``-th voxel, so target ``[i, j, k]`` is the label of input voxel
+``offsets + strides * (i, j, k)`` (the centre of output voxel ``(i, j, k)``).
+
+A pipeline of augmenters (:mod:`ekn_plugins.augmenters`) is applied per example: geometric ones
+are composed into one transform used while cutting (image trilinear, labels nearest neighbour;
+the position is drawn so that the warped patch never reads outside the data), intensity ones
+change the image afterwards. Without geometric augmenters a patch is a plain crop.
+
+Modes: ``"img-img"`` (label volumes, dense per-voxel targets) and ``"img-scalar"`` (one target
+vector per cube, e.g. a class; ELEKTRONN2's ``border_mode`` pre-processing of the cubes).
+
+Data volumes are opened through :func:`ekn_core.volumes.open_volume` (HDF5, zarr, KNOSSOS, any
+reader plugin); raw volumes are ``(z, y, x)`` or ``(c, z, y, x)``, integer grey values are
+scaled to [0, 1]. The two lateral axes are used in storage order, so ELEKTRONN2's ``zxy`` files
+work unchanged with tags ``'b,f,z,x,y'``.
+
+Example:
+    >>> import numpy as np, tempfile, os, h5py
+    >>> d = tempfile.mkdtemp()
+    >>> with h5py.File(os.path.join(d, "raw.h5"), "w") as f:
+    ...     f["raw"] = np.random.default_rng(0).integers(0, 255, (12, 40, 40), dtype=np.uint8)
+    >>> with h5py.File(os.path.join(d, "lab.h5"), "w") as f:
+    ...     f["lab"] = np.ones((8, 30, 30), np.int16)
+    >>> src = PatchSource(patch_size=(6, 20, 20), offsets=(1, 4, 4), strides=(1, 2, 2), d_path=d, l_path=d,
+    ...                   d_files=[("raw.h5", "raw")], l_files=[("lab.h5", "lab")], seed=0,
+    ...                   augmenters=[{"type": "warp", "rotation": 20}, {"type": "grey"}])
+    >>> img, target = src.getbatch(2)
+    >>> img.shape, img.dtype, target.shape, target.dtype
+    ((2, 1, 6, 20, 20), dtype('float32'), (2, 1, 4, 6, 6), dtype('int16'))
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ekn_core.errors import ConfigError, ShapeError
+from ekn_plugins.augmenters.base import PatchContext, Pipeline
+from ekn_plugins.augmenters.sampling import warp
+from ekn_plugins.augmenters.transform import Transform, source_bounds, voxel_matrix
+from ekn_plugins.data.image import center_offset
+
+#: How often a random transform is redrawn when the warped patch does not fit into a cube.
+MAX_WARP_TRIES = 50
+
+
+def _volume_path(base: str | None, entry: Any) -> str:
+    """``"dir/file.h5:key"`` from ``(file, key)`` (or a ready path string) and a folder."""
+    if isinstance(entry, (tuple, list)):
+        if len(entry) != 2:
+            raise ConfigError(f"file entries are (file name, key) pairs, got {entry!r}")
+        name, key = entry
+        path = os.path.join(os.path.expanduser(base or ""), name)
+        return f"{path}:{key}" if key else path
+    return os.path.join(os.path.expanduser(base or ""), os.fspath(entry))
+
+
+def _grey_scale(dtype: np.dtype) -> float:
+    """Divisor that maps integer grey values to [0, 1] (1 for float data)."""
+    if np.issubdtype(dtype, np.floating):
+        return 1.0
+    if np.issubdtype(dtype, np.unsignedinteger):
+        return float(np.iinfo(dtype).max)
+    return 255.0
+
+
+@dataclass
+class Cube:
+    """One training cube in memory: ``raw (c, z, y, x)`` float32, labels ``(t, z, y, x)`` or a vector."""
+
+    raw: np.ndarray
+    label: np.ndarray
+    label_offset: tuple[int, int, int]
+    name: str
+
+
+def _layout_perm(tags: str | Sequence[str], n_spatial: int) -> tuple[list[int], bool]:
+    """Permutation from the internal ``(b, [f,] *spatial)`` order to ``tags``, and whether the
+    tags lack ``f`` (then the single channel axis is dropped first)."""
+    tags = [t.strip() for t in (tags.split(",") if isinstance(tags, str) else tags)]
+    spatial = [t for t in tags if t in ("z", "y", "x")]
+    if "b" not in tags or len(spatial) != n_spatial or set(tags) - {"b", "f", "z", "y", "x"} or len(set(tags)) != len(tags):
+        raise ConfigError(f"tags {','.join(tags)!r} need 'b', optionally 'f', and {n_spatial} spatial axes")
+    drop_f = "f" not in tags
+    internal = ["b"] + ([] if drop_f else ["f"]) + spatial
+    return [internal.index(t) for t in tags], drop_f
+
+
+class PatchSource:
+    """Random (augmented) training patches from volume pairs, as ELEKTRONN2's ``BatchCreatorImage``.
+
+    Args:
+        patch_size: Spatial input patch size, ``(z, y, x)`` or ``(y, x)`` for 2-D nets.
+        d_files: Raw volumes: ``(file, key)`` pairs relative to ``d_path``, or path strings.
+        l_files: Label volumes, one per raw volume, relative to ``l_path``.
+        offsets: Network offsets (fov // 2) per spatial axis.
+        strides: Network output strides per spatial axis.
+        target_shape: Spatial output shape of the net (checked against the one derived from
+            patch size, offsets and strides; default: derived).
+        d_path, l_path: Folders of the files.
+        aniso_factor: z spacing / lateral spacing of the data.
+        valid_cubes: Indices of the cubes that form the validation set.
+        cube_prios: Relative sampling weights of the training cubes (default: label size).
+        mode: ``"img-img"`` or ``"img-scalar"``.
+        target_dtype: dtype of the targets (``"int16"`` for class ids; float for dense targets).
+        target_discrete_ix: Target channels warped with nearest neighbour (default: all); the
+            others are interpolated trilinearly (continuous dense targets).
+        augmenters: Augmenter config list, e.g. ``[{"type": "warp"}, {"type": "grey"}]``.
+        augment_valid: Also augment validation patches.
+        class_weights: Per-class weights; ``getbatch`` then also returns a per-target-voxel weight array.
+        border_mode: img-scalar only: ``"crop"`` (centre crop to the patch), ``"keep"``,
+            ``"mirror"`` or ``"0-pad"`` (pad cubes smaller than the patch).
+        input_tags, target_tags: Axis tags of the returned arrays (the model's declared layout).
+        in_memory: Load all cubes into memory (True, ELEKTRONN2's default behaviour).
+        seed: Seed of the source's own random generator (``getbatch`` may be given one).
+    """
+
+    def __init__(self, patch_size: Sequence[int], d_files: Sequence[Any], l_files: Sequence[Any],
+                 offsets: Sequence[int] | None = None, strides: Sequence[int] | None = None,
+                 target_shape: Sequence[int] | None = None, d_path: str | None = None, l_path: str | None = None,
+                 aniso_factor: float = 2.0, valid_cubes: Sequence[int] = (), cube_prios: Sequence[float] | None = None,
+                 mode: str = "img-img", target_dtype: Any = "int16", target_discrete_ix: Sequence[int] | None = None,
+                 augmenters: Sequence[dict[str, Any]] | None = None, augment_valid: bool = False,
+                 class_weights: Sequence[float] | None = None, border_mode: str = "crop",
+                 input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None):
+        ndim = len(patch_size)
+        if ndim not in (2, 3):
+            raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
+        if mode not in ("img-img", "img-scalar"):
+            raise ConfigError(f"mode must be 'img-img' or 'img-scalar', got {mode!r}")
+        if len(d_files) != len(l_files) or not d_files:
+            raise ConfigError(f"d_files and l_files must be equally long, non-empty lists "
+                              f"(got {len(d_files)} and {len(l_files)})")
+        pad = (1,) * (3 - ndim)
+        self.ndim, self.mode = ndim, mode
+        self.patch_size = pad + tuple(int(s) for s in patch_size)
+        self.offsets = (0,) * (3 - ndim) + tuple(int(o) for o in (offsets or (0,) * ndim))
+        self.strides = (1,) * (3 - ndim) + tuple(int(s) for s in (strides or (1,) * ndim))
+        if len(self.offsets) != 3 or len(self.strides) != 3 or min(self.strides) < 1:
+            raise ConfigError(f"offsets and strides need {ndim} entries each, got {offsets} and {strides}")
+        label_ps = [p - 2 * o for p, o in zip(self.patch_size, self.offsets)]
+        if mode == "img-img" and min(label_ps) < 1:
+            raise ShapeError(f"patch_size {tuple(patch_size)} is smaller than the field of view "
+                             f"(offsets {tuple(offsets)} on each side); use a larger patch")
+        derived = tuple(-(-n // s) for n, s in zip(label_ps, self.strides))
+        if target_shape is not None and mode == "img-img":
+            given = (1,) * (3 - ndim) + tuple(int(s) for s in target_shape)
+            if given != derived:
+                raise ShapeError(f"the net's output shape {tuple(target_shape)} does not match patch_size - "
+                                 f"2*offsets sampled every strides voxel = {derived[3 - ndim:]}; check "
+                                 "the model's offsets and strides")
+        self.target_shape = derived
+        self.aniso_factor = float(aniso_factor)
+        self.target_dtype = np.dtype(target_dtype)
+        self.target_discrete_ix = None if target_discrete_ix is None else [int(i) for i in target_discrete_ix]
+        self.class_weights = None if class_weights is None else np.asarray(class_weights, dtype=np.float32)
+        if border_mode not in ("crop", "keep", "mirror", "0-pad"):
+            raise ConfigError(f"border_mode must be crop, keep, mirror or 0-pad, got {border_mode!r}")
+        self.border_mode = border_mode
+        self.pipeline = Pipeline.from_config(augmenters)
+        self.augment_valid = augment_valid
+        self.ctx = PatchContext(self.patch_size, self.aniso_factor)
+        spatial = "z,y,x" if ndim == 3 else "y,x"
+        self.input_perm, _ = _layout_perm(input_tags or f"b,f,{spatial}", ndim)
+        default_target = "b,f" if mode == "img-scalar" else f"b,f,{spatial}"
+        self.target_perm, self.target_drop_f = _layout_perm(target_tags or default_target,
+                                                            0 if mode == "img-scalar" else ndim)
+        self.rng = np.random.default_rng(seed)
+        self.warp_stats = {"ok": 0, "redrawn": 0}
+        cubes = [self._load(_volume_path(d_path, d), _volume_path(l_path, lab)) for d, lab in zip(d_files, l_files)]
+        self.n_f = cubes[0].raw.shape[0]
+        self.t_n_f = cubes[0].label.shape[0]
+        for cube in cubes:
+            if cube.raw.shape[0] != self.n_f or cube.label.shape[0] != self.t_n_f:
+                raise ShapeError(f"all cubes need the same channel counts: {cube.name} has {cube.raw.shape[0]} raw "
+                                 f"and {cube.label.shape[0]} label channel(s), the first has {self.n_f} and {self.t_n_f}")
+        bad = [i for i in valid_cubes if not 0 <= i < len(cubes)]
+        if bad:
+            raise ConfigError(f"valid_cubes {bad} do not exist; there are {len(cubes)} cubes")
+        self.train_cubes = [c for i, c in enumerate(cubes) if i not in set(valid_cubes)]
+        self.valid_cubes = [cubes[i] for i in valid_cubes]
+        if not self.train_cubes:
+            raise ConfigError("every cube is a validation cube; leave at least one for training")
+        prios = (np.asarray(cube_prios, dtype=np.float64) if cube_prios is not None
+                 else np.array([c.label.size for c in self.train_cubes], dtype=np.float64))
+        if len(prios) != len(self.train_cubes) or np.any(prios < 0) or prios.sum() <= 0:
+            raise ConfigError(f"cube_prios needs {len(self.train_cubes)} non-negative weights (one per training "
+                              f"cube), got {cube_prios}")
+        self.train_prios = prios / prios.sum()
+
+    # ------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_nodes(cls, input_node: Any, target_node: Any = None, **kwargs: Any) -> PatchSource:
+        """Geometry from the model: patch size and tags from the input node; offsets, strides,
+        output shape, tags and dtype from the target node (anything with ``.shape`` being a
+        TaggedShape-like object)."""
+        shape = input_node.shape
+        kwargs.setdefault("input_tags", ",".join(shape.tags))
+        if target_node is not None:
+            tshape = target_node.shape
+            kwargs.setdefault("target_tags", ",".join(tshape.tags))
+            if getattr(tshape, "ndim", len(tshape.spatial_shape)) < shape.ndim:
+                kwargs.setdefault("mode", "img-scalar")
+            else:
+                kwargs.setdefault("offsets", tshape.offsets)
+                kwargs.setdefault("strides", tshape.strides)
+                if all(s is not None for s in tshape.spatial_shape):
+                    kwargs.setdefault("target_shape", tshape.spatial_shape)
+            if getattr(target_node, "dtype", None) is not None:
+                kwargs.setdefault("target_dtype", target_node.dtype)
+        return cls(patch_size=shape.spatial_shape, **kwargs)
+
+    def _load(self, raw_path: str, label_path: str) -> Cube:
+        from ekn_core.volumes import open_volume
+
+        with open_volume(raw_path) as vol:
+            raw = np.asarray(vol[...])
+        raw = raw.astype(np.float32) / np.float32(_grey_scale(raw.dtype))
+        with open_volume(label_path) as vol:
+            label = np.asarray(vol[...])
+        raw = raw[(None,) * max(0, 4 - raw.ndim)] if raw.ndim >= 2 else raw  # (y, x) and (z, y, x) → (c, z, y, x)
+        if raw.ndim != 4:
+            raise ShapeError(f"{raw_path}: raw data must be (z, y, x) or (c, z, y, x), got shape {raw.shape}")
+        if self.mode == "img-scalar":
+            label = np.atleast_1d(label).reshape(-1)[:, None, None, None]
+            raw = self._border_treatment(raw, raw_path)
+            offset = (0, 0, 0)
+        else:
+            label = label[(None,) * max(0, 4 - label.ndim)] if label.ndim >= 2 else label
+            if label.ndim != 4:
+                raise ShapeError(f"{label_path}: labels must be (z, y, x) or (t, z, y, x), got shape {label.shape}")
+            offset = center_offset(raw.shape[1:], label.shape[1:])
+        if np.issubdtype(self.target_dtype, np.integer):
+            info = np.iinfo(self.target_dtype)
+            if label.size and (label.max() > info.max or label.min() < info.min):
+                raise ShapeError(f"{label_path}: label values [{label.min()}, {label.max()}] do not fit the target "
+                                 f"dtype {self.target_dtype}; choose a wider target dtype")
+        return Cube(raw, label.astype(self.target_dtype), offset, raw_path)
+
+    def _border_treatment(self, raw: np.ndarray, name: str) -> np.ndarray:
+        """img-scalar: crop cubes to the patch size or pad those smaller than it."""
+        ps = np.array(self.patch_size)
+        shape = np.array(raw.shape[1:])
+        if self.border_mode == "crop":
+            if np.any(shape < ps):
+                raise ShapeError(f"{name}: cube {tuple(shape)} is smaller than the patch {tuple(ps)}; use "
+                                 "border_mode 'mirror' or '0-pad'")
+            lo = (shape - ps) // 2
+            return raw[(slice(None), *(slice(a, a + p) for a, p in zip(lo, ps)))]
+        missing = np.maximum(ps - shape, 0)
+        if self.border_mode == "keep" or not missing.any():
+            return raw
+        pad = [(0, 0)] + [(m // 2, m - m // 2) for m in missing]
+        return np.pad(raw, pad, mode="symmetric" if self.border_mode == "mirror" else "constant")
+
+    # ------------------------------------------------------------------------------- sampling
+    def _target_grid(self, force_dense: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if force_dense:
+            return tuple(p - 2 * o for p, o in zip(self.patch_size, self.offsets)), (1, 1, 1)
+        return self.target_shape, self.strides
+
+    def _place(self, cube: Cube, transform: Transform, t_shape, t_step, rng) -> np.ndarray | None:
+        """The final voxel matrix of a transform at a random position that fits, or None."""
+        m0 = voxel_matrix(transform, self.patch_size, self.aniso_factor)
+        margin = transform.margin()
+        ps = np.array(self.patch_size)
+        lo_r, hi_r = source_bounds(m0, (0, 0, 0), ps - 1, margin)
+        raw_shape = np.array(cube.raw.shape[1:])
+        low = np.ceil(-lo_r - 1e-6)
+        high = np.floor(raw_shape - 1 - hi_r + 1e-6)
+        if self.mode == "img-img":
+            t_lo = np.array(self.offsets, dtype=np.float64)
+            t_hi = t_lo + (np.array(t_shape) - 1) * np.array(t_step)
+            lo_t, hi_t = source_bounds(m0, t_lo, t_hi, margin)
+            loff = np.array(cube.label_offset)
+            low = np.maximum(low, np.ceil(loff - lo_t - 1e-6))
+            high = np.minimum(high, np.floor(loff + np.array(cube.label.shape[1:]) - 1 - hi_t + 1e-6))
+        if np.any(low > high):
+            return None
+        start = np.array([rng.integers(a, b + 1) for a, b in zip(low.astype(np.int64), high.astype(np.int64))])
+        m = m0.copy()
+        m[:3] += np.outer(start, m0[3])
+        return m
+
+    def _cut(self, array: np.ndarray, matrix: np.ndarray, out_shape, order: int, origin, step,
+             transform: Transform, margin: np.ndarray) -> np.ndarray:
+        """Warps the part of ``array`` the output grid can reach (read as a bounding box first)."""
+        hi_grid = np.asarray(origin, dtype=np.float64) + (np.asarray(out_shape) - 1) * np.asarray(step)
+        lo, hi = source_bounds(matrix, origin, hi_grid, margin)
+        start = np.clip(np.floor(lo + 1e-6).astype(np.int64), 0, None)
+        stop = np.minimum(np.ceil(hi - 1e-6).astype(np.int64) + 2, array.shape[1:])
+        region = array[(slice(None), *(slice(a, b) for a, b in zip(start, stop)))]
+        shifted = matrix.copy()
+        shifted[:3] -= np.outer(start, matrix[3])
+        return warp(region, shifted, out_shape, order=order, origin=origin, step=step,
+                    displacement=transform.displacement, spacing=transform.spacing,
+                    slice_shift=transform.slice_shift)
+
+    def _example(self, cube: Cube, augment: bool, rng: np.random.Generator, force_dense: bool):
+        t_shape, t_step = self._target_grid(force_dense)
+        matrix = None
+        for _ in range(MAX_WARP_TRIES):
+            transform = self.pipeline.sample_transform(rng, self.ctx) if augment else Transform.identity()
+            matrix = self._place(cube, transform, t_shape, t_step, rng)
+            if matrix is not None:
+                break
+            self.warp_stats["redrawn"] += 1
+            if not augment:
+                break
+        if matrix is None:
+            raise ShapeError(f"{cube.name}: no position fits a patch of {self.patch_size} (labels "
+                             f"{tuple(cube.label.shape[1:])} at offset {cube.label_offset}, raw "
+                             f"{tuple(cube.raw.shape[1:])}) with the warp drawn {MAX_WARP_TRIES} times; use a "
+                             "smaller patch, bigger cubes or weaker warp parameters")
+        self.warp_stats["ok"] += 1
+        margin = transform.margin()
+        img = self._cut(cube.raw, matrix, self.patch_size, 1, (0, 0, 0), (1, 1, 1), transform, margin)
+        if augment:
+            img = self.pipeline.augment_image(img, rng, self.ctx)
+        if self.mode == "img-scalar":
+            return img, cube.label[:, 0, 0, 0]
+        lab_matrix = matrix.copy()
+        lab_matrix[:3] -= np.outer(cube.label_offset, matrix[3])
+        discrete = self.target_discrete_ix if self.target_discrete_ix is not None else range(self.t_n_f)
+        target = np.empty((self.t_n_f, *t_shape), dtype=self.target_dtype)
+        for order, channels in ((0, sorted(discrete)), (1, [c for c in range(self.t_n_f) if c not in discrete])):
+            if channels:
+                target[channels] = self._cut(cube.label[channels], lab_matrix, t_shape, order, self.offsets, t_step,
+                                             transform, margin)
+        return img, target
+
+    def _allocbatch(self, batch_size: int, force_dense: bool = False) -> list[np.ndarray]:
+        t_shape, _ = self._target_grid(force_dense)
+        img = np.empty((batch_size, self.n_f, *self.patch_size), dtype=np.float32)
+        if self.mode == "img-scalar":
+            target = np.empty((batch_size, self.t_n_f), dtype=self.target_dtype)
+        else:
+            target = np.empty((batch_size, self.t_n_f, *t_shape), dtype=self.target_dtype)
+        return [img, target]
+
+    def _layout(self, img: np.ndarray, target: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        if self.ndim == 2:
+            img = img[:, :, 0]
+            target = target if self.mode == "img-scalar" else target[:, :, 0]
+            weights = None if weights is None else weights[:, :, 0]
+        out = [np.ascontiguousarray(img.transpose(self.input_perm))]
+        for t in (target, weights):
+            if t is None:
+                continue
+            if self.target_drop_f:
+                if t.shape[1] != 1:
+                    raise ShapeError(f"target tags have no 'f' axis but there are {t.shape[1]} target channels")
+                t = t[:, 0]
+            out.append(np.ascontiguousarray(t.transpose(self.target_perm)))
+        return tuple(out)
+
+    def getbatch(self, batch_size: int = 1, source: str = "train", rng: np.random.Generator | None = None,
+                 force_dense: bool = False) -> tuple[np.ndarray, ...]:
+        """A batch of examples: ``(images, targets)``, plus per-voxel ``weights`` with ``class_weights``.
+
+        Args:
+            batch_size: Number of examples.
+            source: ``"train"`` (cubes drawn by priority, augmented) or ``"valid"`` (uniform,
+                augmented only with ``augment_valid``).
+            rng: Random generator for this batch (default: the source's own).
+            force_dense: Targets at every output-region voxel instead of every stride-th.
+
+        Returns:
+            Arrays in the layout of ``input_tags`` / ``target_tags``: images float32, targets in
+            ``target_dtype``, weights float32.
+        """
+        rng = self.rng if rng is None else rng
+        if source == "train":
+            cubes, prios, augment = self.train_cubes, self.train_prios, True
+        elif source == "valid":
+            if not self.valid_cubes:
+                raise ConfigError("no validation cubes: set valid_cubes to use source='valid'")
+            cubes, prios, augment = self.valid_cubes, None, self.augment_valid
+        else:
+            raise ConfigError(f"source must be 'train' or 'valid', got {source!r}")
+        img, target = self._allocbatch(batch_size, force_dense)
+        for b in range(batch_size):
+            cube = cubes[rng.choice(len(cubes), p=prios)]
+            img[b], target[b] = self._example(cube, augment and len(self.pipeline) > 0, rng, force_dense)
+        weights = None
+        if self.class_weights is not None:
+            if target.min() < 0 or target.max() >= len(self.class_weights):
+                raise ShapeError(f"targets hold classes {target.min()}..{target.max()} but class_weights has "
+                                 f"{len(self.class_weights)} entries")
+            weights = self.class_weights[target.astype(np.intp)]
+        return self._layout(img, target, weights)
+
+    def batch_spec(self, batch_size: int, force_dense: bool = False) -> list[tuple[tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes of what :meth:`getbatch` returns (for shared-memory buffers)."""
+        img, target = self._allocbatch(batch_size, force_dense)
+        weights = target.astype(np.float32) if self.class_weights is not None else None
+        return [(a.shape, a.dtype) for a in self._layout(img, target, weights)]
+
+    def __repr__(self) -> str:
+        return (f"PatchSource({self.mode}, patch {self.patch_size}, offsets {self.offsets}, strides {self.strides}, "
+                f"{len(self.train_cubes)} train / {len(self.valid_cubes)} valid cubes, n_f={self.n_f}, "
+                f"t_n_f={self.t_n_f}, augmenters={len(self.pipeline)})")
+
+
+def BatchCreatorImage(input_node: Any, target_node: Any = None, **kwargs: Any) -> PatchSource:  # noqa: N802
+    """ELEKTRONN2-compatible constructor: a :class:`PatchSource` with the geometry of the model.
+
+    Accepts ELEKTRONN2's keyword names (``d_path``, ``l_path``, ``d_files``, ``l_files``,
+    ``aniso_factor``, ``valid_cubes``, ``cube_prios``, ``border_mode``, ``target_discrete_ix``)
+    plus this source's own (``augmenters``, ``class_weights``, ...). ELEKTRONN2's ``zxy`` is
+    accepted and ignored (axes are used in storage order); ``h5stream`` is not needed.
+    """
+    kwargs.pop("zxy", None)
+    kwargs.pop("h5stream", None)
+    return PatchSource.from_nodes(input_node, target_node, **kwargs)

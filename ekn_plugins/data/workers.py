@@ -1,0 +1,267 @@
+"""Background batch workers: processes that fill shared-memory slots while the model trains.
+
+Each worker process builds its own data source from a picklable ``factory`` (so open files are
+never shared), computes batches and writes them into its own ``depth`` shared-memory slots
+(:mod:`multiprocessing.shared_memory`, no pickling of arrays); the parent copies a batch out and
+hands the slot back. Memory is bounded by ``n_workers × depth`` batches.
+
+Determinism: batch ``i`` is made by worker ``i % n_workers`` with the generator
+:func:`batch_rng` ``(seed, i)`` and handed out in order, so the stream of batches depends only on
+the seed, not on the number of workers or on timing (and equals a serial loop).
+
+Failures: an exception in a worker is reported (logged with the worker's traceback) and the
+worker is replaced, starting again at the batch it failed on; a worker that dies without a word
+(killed, segfault) is replaced too. A batch that fails ``max_restarts`` times raises
+:class:`~ekn_core.errors.EknError` with the traceback. Workers ignore SIGINT: on Ctrl-C the parent
+gets the KeyboardInterrupt and :meth:`BackgroundBatches.close` (also on ``with`` exit, at
+interpreter exit and on garbage collection) stops the workers and frees the shared memory.
+
+Example:
+    >>> import functools
+    >>> from ekn_plugins.data.mnist import DigitsSource
+    >>> with BackgroundBatches(functools.partial(DigitsSource), batch_size=4, n_workers=1, seed=0) as batches:
+    ...     img, label = batches.get()
+    >>> img.shape, label.shape
+    ((4, 1, 7, 7), (4, 1))
+    >>> ref = DigitsSource().getbatch(4, rng=batch_rng(0, 0))
+    >>> bool((ref[0] == img).all())
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import signal
+import traceback
+import weakref
+from multiprocessing import shared_memory
+from typing import Any, Callable
+
+import numpy as np
+
+from ekn_core.errors import EknError
+
+log = logging.getLogger("ekn.data.workers")
+
+#: Seconds between liveness checks while waiting for a worker.
+POLL_S = 0.5
+
+
+def batch_rng(seed: int, index: int) -> np.random.Generator:
+    """The random generator of batch ``index`` in a stream seeded with ``seed``."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+
+
+def _attach(names: list[list[str]]) -> list[list[shared_memory.SharedMemory]]:
+    return [[shared_memory.SharedMemory(name=n) for n in slot] for slot in names]
+
+
+def _worker_main(wid: int, n_workers: int, first: int, factory: Callable[[], Any], batch_size: int,
+                 source: str, batch_kwargs: dict, seed: int, depth: int, names: list[list[str]] | None,
+                 ctrl: Any, results: Any) -> None:
+    """Body of a worker process (module level so that it can be spawned)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    slots = None
+    index = first
+    try:
+        data = factory()
+        free = list(range(depth))
+        while True:
+            arrays = data.getbatch(batch_size, source, rng=batch_rng(seed, index), **batch_kwargs)
+            arrays = arrays if isinstance(arrays, tuple) else (arrays,)
+            if slots is None:
+                if names is None:
+                    results.put(("spec", wid, [(a.shape, a.dtype.str) for a in arrays]))
+                    while True:  # wait for the parent to allocate the slots
+                        msg = _next_message(ctrl, parent)
+                        if msg[0] == "slots":
+                            names = msg[1]
+                            break
+                        if msg[0] == "stop":
+                            return
+                slots = _attach(names)
+            while not free:
+                msg = _next_message(ctrl, parent)
+                if msg[0] == "stop":
+                    return
+                free.append(msg[1])
+            slot = free.pop(0)
+            for shm, a in zip(slots[slot], arrays):
+                np.ndarray(a.shape, a.dtype, buffer=shm.buf)[...] = a
+            results.put(("batch", index, slot))
+            index += n_workers
+    except Exception:
+        results.put(("error", index, traceback.format_exc()))
+    finally:
+        for slot in slots or ():
+            for shm in slot:
+                shm.close()
+
+
+def _next_message(ctrl: Any, parent: int) -> tuple:
+    """Next control message; ``("stop",)`` when the parent process has gone."""
+    while True:
+        try:
+            return ctrl.get(timeout=POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return ("stop",)
+
+
+class _Worker:
+    """Parent-side handle of one worker: process, queues, shared-memory slots."""
+
+    def __init__(self, wid: int):
+        self.wid, self.process, self.ctrl, self.results = wid, None, None, None
+        self.shms: list[list[shared_memory.SharedMemory]] = []
+        self.spec: list[tuple[tuple[int, ...], str]] | None = None
+
+
+class BackgroundBatches:
+    """Batches from ``n_workers`` background processes, in a deterministic order.
+
+    Args:
+        factory: Picklable callable that builds the data source in the worker (a class, or a
+            ``functools.partial`` of one); the source needs ``getbatch(batch_size, source, rng=...)``.
+        batch_size: Examples per batch.
+        n_workers: Worker processes (at least 1).
+        seed: Seed of the batch stream.
+        depth: Shared-memory slots per worker (batches computed ahead).
+        source: ``"train"`` or ``"valid"``, passed to ``getbatch``.
+        batch_kwargs: Further ``getbatch`` keyword arguments.
+        max_restarts: Failures of one batch before giving up.
+        start_method: multiprocessing start method; ``"spawn"`` (default) is safe with threads
+            (TensorFlow) in the parent.
+        start: Index of the first batch (to resume a stream).
+    """
+
+    def __init__(self, factory: Callable[[], Any], batch_size: int, n_workers: int = 2, seed: int = 0,
+                 depth: int = 2, source: str = "train", batch_kwargs: dict | None = None, max_restarts: int = 3,
+                 start_method: str = "spawn", start: int = 0):
+        if n_workers < 1 or depth < 1 or batch_size < 1:
+            raise EknError(f"need n_workers, depth and batch_size >= 1, got {n_workers}, {depth}, {batch_size}")
+        self._ctx = mp.get_context(start_method)
+        self.factory, self.batch_size, self.n_workers, self.seed = factory, batch_size, n_workers, seed
+        self.depth, self.source, self.batch_kwargs = depth, source, dict(batch_kwargs or {})
+        self.max_restarts = max_restarts
+        self.next_index = start
+        self.failures: dict[int, int] = {}
+        self.restarts = 0
+        self._closed = False
+        self._workers = [_Worker(w) for w in range(n_workers)]
+        for worker in self._workers:
+            self._start(worker, first=start + (worker.wid - start) % n_workers)
+        self._finalizer = weakref.finalize(self, BackgroundBatches._shutdown, self._workers)
+
+    # ----------------------------------------------------------------------------- processes
+    def _start(self, worker: _Worker, first: int) -> None:
+        worker.ctrl, worker.results = self._ctx.Queue(), self._ctx.Queue()
+        names = [[s.name for s in slot] for slot in worker.shms] if worker.shms else None
+        worker.process = self._ctx.Process(
+            target=_worker_main, name=f"ekn-data-{worker.wid}", daemon=True,
+            args=(worker.wid, self.n_workers, first, self.factory, self.batch_size, self.source,
+                  self.batch_kwargs, self.seed, self.depth, names, worker.ctrl, worker.results))
+        worker.process.start()
+
+    def _replace(self, worker: _Worker, index: int, reason: str) -> None:
+        count = self.failures[index] = self.failures.get(index, 0) + 1
+        if count > self.max_restarts:
+            self.close()
+            raise EknError(f"data worker {worker.wid} failed {count} times on batch {index}; giving up. "
+                           f"Last failure:\n{reason}")
+        log.warning("data worker %d failed on batch %d (restart %d of %d):\n%s", worker.wid, index, count,
+                    self.max_restarts, reason)
+        _stop_process(worker)
+        self.restarts += 1
+        self._start(worker, first=index)
+
+    def _allocate(self, worker: _Worker, spec: list) -> None:
+        worker.spec = [(tuple(shape), dtype) for shape, dtype in spec]
+        sizes = [max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize) for shape, dtype in worker.spec]
+        worker.shms = [[shared_memory.SharedMemory(create=True, size=s) for s in sizes] for _ in range(self.depth)]
+        worker.ctrl.put(("slots", [[s.name for s in slot] for slot in worker.shms]))
+
+    # ----------------------------------------------------------------------------- consumer side
+    def get(self) -> tuple[np.ndarray, ...]:
+        """The next batch (copies, in the source's ``getbatch`` layout)."""
+        if self._closed:
+            raise EknError("these background batches were closed")
+        index = self.next_index
+        worker = self._workers[index % self.n_workers]
+        while True:
+            try:
+                msg = worker.results.get(timeout=POLL_S)
+            except queue.Empty:
+                if not worker.process.is_alive():
+                    self._replace(worker, index, f"the process exited with code {worker.process.exitcode} "
+                                                 "without reporting an error (killed or crashed)")
+                continue
+            kind = msg[0]
+            if kind == "spec":
+                self._allocate(worker, msg[2])
+            elif kind == "error":
+                self._replace(worker, msg[1], msg[2])
+            elif kind == "batch":
+                if msg[1] != index:
+                    raise EknError(f"internal error: expected batch {index}, worker {worker.wid} sent {msg[1]}")
+                out = tuple(np.ndarray(shape, dtype, buffer=shm.buf).copy()
+                            for (shape, dtype), shm in zip(worker.spec, worker.shms[msg[2]]))
+                worker.ctrl.put(("free", msg[2]))
+                self.next_index += 1
+                return out
+
+    def __iter__(self):
+        while True:
+            yield self.get()
+
+    def close(self) -> None:
+        """Stops the workers and frees the shared memory (safe to call twice)."""
+        if not self._closed:
+            self._closed = True
+            self._finalizer()
+
+    @staticmethod
+    def _shutdown(workers: list[_Worker]) -> None:
+        for worker in workers:
+            if worker.ctrl is not None:
+                try:
+                    worker.ctrl.put(("stop",))
+                except (OSError, ValueError):
+                    pass
+        for worker in workers:
+            _stop_process(worker)
+            for slot in worker.shms:
+                for shm in slot:
+                    shm.close()
+                    try:
+                        shm.unlink()
+                    except FileNotFoundError:
+                        pass
+            worker.shms = []
+
+    def __enter__(self) -> BackgroundBatches:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _stop_process(worker: _Worker, timeout: float = 2.0) -> None:
+    """Joins a worker's process (terminating it if needed) and closes its queues."""
+    process = worker.process
+    if process is not None:
+        process.join(timeout)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    for q in (worker.ctrl, worker.results):
+        if q is not None:
+            q.cancel_join_thread()
+            q.close()

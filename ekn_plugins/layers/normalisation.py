@@ -1,0 +1,300 @@
+"""Batch normalisation with whole-data-set statistics, and local response normalisation (LRN).
+
+Batch normalisation
+-------------------
+``y = gamma * (x - mean) / std + b`` per feature, ``std = sqrt(var + 1e-5)``. The modes
+(``batch_normalisation=`` option of Conv, UpConv and Perceptron, or :class:`BatchNorm`):
+
+* ``'train'``: training steps normalise with the statistics of the batch (the gradient flows
+  through them) and *accumulate* the statistics over every voxel seen since the last reset
+  (exact pooled mean and variance, Chan et al.'s parallel update in float64; not a short moving
+  average). Inference uses the accumulated ``mean`` / ``std``.
+* ``'fadeout'``: as ``'train'``, but training steps normalise with
+  ``fade * batch + (1 - fade) * accumulated`` statistics; lowering the non-trainable parameter
+  ``bn_fade`` from 1 to 0 during training removes the train/inference discrepancy smoothly.
+* ``'predict'``: always the stored ``mean`` / ``std`` (frozen statistics; ``gamma`` trainable).
+* ``'const'``: frozen statistics and ``gamma``, all constants.
+* ``False``: off.
+
+Parameters: ``gamma`` (weight-decay ×3, as ELEKTRONN2), ``mean``, ``std`` (ELEKTRONN2's layout:
+the layer bias ``b`` acts as beta), ``bn_count`` (voxels accumulated) and ``bn_m2`` (summed
+squared deviations), both float64; ``bn_fade`` in ``'fadeout'`` mode. The parameter set is the
+same in every mode except ``bn_fade``, so a model can be restored with another mode.
+:func:`reset_statistics` restarts the accumulation (e.g. after the last learning-rate drop) and
+:func:`collect_statistics` recomputes the statistics of the final weights in one pass over data.
+
+LRN
+---
+:class:`LRN` divides by ``(k + alpha * mean_sq) ** beta``, where ``mean_sq`` is the mean of the
+squares over a spatial window of each feature map (``mode='spatial'``, zero padding, divided by
+the full window size) or over ``filter_shape`` neighbouring features (``mode='channel'``, edge
+features replicated).
+
+Example:
+    >>> import numpy as np
+    >>> from ekn_core import neuromancer as nm
+    >>> _ = nm.model_manager.newmodel("doc_bn")
+    >>> inp = nm.Input((None, 2), 'b,f')
+    >>> bn = nm.BatchNorm(inp)
+    >>> x = np.array([[1., 10.], [3., 30.]], 'float32')
+    >>> np.round(bn(x, training=True), 3)            # batch statistics
+    array([[-1., -1.],
+           [ 1.,  1.]], dtype=float32)
+    >>> np.round(bn.params['mean'].get_value(), 3), float(bn.params['bn_count'].get_value())
+    (array([ 2., 20.], dtype=float32), 2.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ekn_core.errors import ConfigError
+from ekn_core.lazy import tf
+from ekn_core.node import Node
+from ekn_core.shapes import TaggedShape
+
+BN_MODES = (False, "train", "fadeout", "predict", "const")
+BN_EPSILON = 1e-5
+#: Parameters that hold batch-normalisation statistics (reset by :func:`reset_statistics`).
+BN_STAT_PARAMS = ("mean", "std", "bn_count", "bn_m2")
+
+
+def check_bn_mode(mode: Any) -> str | bool:
+    """Normalises a ``batch_normalisation`` option (``True`` means ``'train'``).
+
+    Example:
+        >>> check_bn_mode(True), check_bn_mode(False)
+        ('train', False)
+    """
+    if mode is True:
+        return "train"
+    if mode is None or mode is False:
+        return False
+    if mode not in BN_MODES:
+        raise ConfigError(f"batch_normalisation must be one of {BN_MODES}, got {mode!r}")
+    return mode
+
+
+def add_batchnorm(node: Node, mode: Any, n: int, gamma: Any = None, mean: Any = None, std: Any = None,
+                  bn_count: Any = None, bn_m2: Any = None, bn_fade: Any = None) -> str | bool:
+    """Creates the batch-normalisation parameters of ``node`` for ``n`` features.
+
+    Returns:
+        The normalised mode (False: BN off, nothing created).
+    """
+    mode = check_bn_mode(mode)
+    if not mode:
+        return False
+    const = mode == "const"
+    node.add_param("gamma", gamma, shape=(n,), init="const", scale=1.0, weight_decay=3.0, constant=const)
+    node.add_param("mean", mean, shape=(n,), init="zeros", trainable=False, constant=const)
+    node.add_param("std", std, shape=(n,), init="const", scale=1.0, trainable=False, constant=const)
+    node.add_param("bn_count", bn_count, shape=(), init="zeros", trainable=False, constant=const, dtype="float64")
+    node.add_param("bn_m2", bn_m2, shape=(n,), init="zeros", trainable=False, constant=const, dtype="float64")
+    if mode == "fadeout":
+        node.add_param("bn_fade", bn_fade, shape=(), init="const", scale=1.0, trainable=False)
+    return mode
+
+
+def _accumulate(node: Node, x: Any, axes: list[int]) -> None:
+    """Adds the statistics of ``x`` (float64) to the node's accumulated ``mean``/``std``."""
+    p = node.params
+    x64 = tf.cast(x, "float64")
+    mean_b, var_b = tf.nn.moments(x64, axes)
+    n_b = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x64), axes)), "float64")
+    n_a = p["bn_count"].variable.read_value()
+    mean_a = tf.cast(p["mean"].variable.read_value(), "float64")
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = p["bn_m2"].variable.read_value() + var_b * n_b + tf.square(delta) * (n_a * n_b / n)
+    p["bn_count"].variable.assign(n)
+    p["bn_m2"].variable.assign(m2)
+    p["mean"].variable.assign(tf.cast(mean, p["mean"].variable.dtype))
+    p["std"].variable.assign(tf.cast(tf.sqrt(m2 / n + BN_EPSILON), p["std"].variable.dtype))
+
+
+def batch_normalise(node: Node, x: Any, training: bool, mode: str | bool) -> Any:
+    """``gamma * (x - mean) / std`` of a features-last tensor (the caller adds the bias/beta).
+
+    In training steps of the ``'train'``/``'fadeout'`` modes the batch statistics are used (and
+    accumulated); otherwise the stored ones. ``node`` must have the parameters of
+    :func:`add_batchnorm` (possibly shared: they are looked up in ``params`` then
+    ``shared_params``).
+    """
+    if not mode:
+        return x
+
+    def var(name: str) -> Any:
+        return (node.params.get(name) or node.shared_params[name]).variable
+
+    gamma = tf.cast(var("gamma"), x.dtype)
+    if training and mode in ("train", "fadeout"):
+        axes = list(range(len(x.shape) - 1))
+        stored_mean, stored_std = tf.cast(var("mean"), x.dtype), tf.cast(var("std"), x.dtype)
+        batch_mean, batch_var = tf.nn.moments(x, axes)
+        batch_std = tf.sqrt(batch_var + BN_EPSILON)
+        if mode == "fadeout":
+            fade = tf.cast(var("bn_fade"), x.dtype)
+            batch_mean = fade * batch_mean + (1.0 - fade) * stored_mean
+            batch_std = fade * batch_std + (1.0 - fade) * stored_std
+        _accumulate(node, tf.stop_gradient(x), axes)
+        return (x - batch_mean) * (gamma / batch_std)
+    return (x - tf.cast(var("mean"), x.dtype)) * (gamma / tf.cast(var("std"), x.dtype))
+
+
+def _bn_nodes(nodes: Iterable[Node]) -> list[Node]:
+    return [n for n in nodes if "bn_count" in n.params and not n.params["bn_count"].constant]
+
+
+def reset_statistics(nodes: Iterable[Node]) -> int:
+    """Restarts the accumulation of every batch-normalising node among ``nodes``.
+
+    The stored ``mean``/``std`` are kept until the next training step replaces them with the
+    statistics of that step's batch. Returns the number of nodes reset.
+    """
+    found = _bn_nodes(nodes)
+    for node in found:
+        node.params["bn_count"].set_value(np.zeros((), "float64"))
+        node.params["bn_m2"].set_value(np.zeros(node.params["bn_m2"].shape, "float64"))
+    return len(found)
+
+
+def collect_statistics(output: Node, batches: Iterable[Sequence[np.ndarray]]) -> int:
+    """Recomputes the batch-normalisation statistics of ``output``'s ancestors from data.
+
+    Resets the accumulators, then runs ``output`` in training mode on every batch (arrays in
+    ``output.input_nodes`` order) with all dropout rates of the graph set to 0 for the pass
+    (restored afterwards). No weight changes. Returns the number of batches used.
+    """
+    nodes = list(output.all_parents.values())
+    reset_statistics(nodes)
+    rates = [p for n in nodes for k, p in n.params.items() if k == "dropout_rate"]
+    saved = [p.get_value() for p in rates]
+    count = 0
+    try:
+        for p in rates:
+            p.set_value(np.zeros(p.shape, p.dtype))
+        for batch in batches:
+            output(*batch, training=True)
+            count += 1
+    finally:
+        for p, v in zip(rates, saved):
+            p.set_value(v)
+    return count
+
+
+class BatchNorm(Node):
+    """Batch normalisation as a node of its own (with its own beta ``b``), e.g. after an ``Add``.
+
+    Args:
+        parent: Input node (needs an ``f`` axis).
+        mode: ``'train'``, ``'fadeout'``, ``'predict'`` or ``'const'`` (see the module docs).
+        gamma, mean, std, b, bn_count, bn_m2, bn_fade: Initial values (arrays), ``[array, 'const']``
+            or Params to share.
+        name: Node name.
+
+    Shape rule: unchanged.
+    """
+
+    def __init__(self, parent: Node, mode: str = "train", gamma: Any = None, mean: Any = None, std: Any = None,
+                 b: Any = None, bn_count: Any = None, bn_m2: Any = None, bn_fade: Any = None,
+                 name: str = "batch_norm"):
+        super().__init__(parent, name)
+        if not parent.shape.hastag("f") or parent.shape["f"] is None:
+            raise ConfigError(f"BatchNorm {name!r}: {parent.name!r} needs an 'f' axis of known size")
+        n = parent.shape["f"]
+        self.mode = add_batchnorm(self, mode, n, gamma, mean, std, bn_count, bn_m2, bn_fade)
+        if not self.mode:
+            raise ConfigError(f"BatchNorm {name!r}: mode must be one of {BN_MODES[1:]}, got {mode!r}")
+        self.batch_normalisation = self.mode
+        self.add_param("b", b, shape=(n,), init="zeros", constant=self.mode == "const")
+
+    def _compute_cost(self) -> float:
+        return 2.0 * self.shape.stripnone_prod
+
+    def _forward(self, inputs: list[Any], training: bool) -> Any:
+        x = inputs[0]
+        return batch_normalise(self, x, training, self.mode) + tf.cast(self.params["b"].variable, x.dtype)
+
+    def _repr_extras(self) -> str:
+        return f"mode={self.mode}"
+
+
+class LRN(Node):
+    """Local response normalisation ``x / (k + alpha * mean_sq) ** beta``.
+
+    Args:
+        parent: Input node (needs an ``f`` axis; ``'spatial'`` also 1-3 spatial axes).
+        filter_shape: ``'spatial'``: odd window size per spatial axis (or one int);
+            ``'channel'``: odd number of neighbouring features.
+        mode: ``'spatial'`` or ``'channel'``.
+        alpha, k, beta: Constants (non-trainable parameters).
+        name: Node name.
+
+    Shape rule: unchanged; ``'spatial'`` widens the FOV by ``(filter - 1) * stride``.
+    """
+
+    def __init__(self, parent: Node, filter_shape: int | Sequence[int], mode: str = "spatial", alpha: float = 0.0001,
+                 k: float = 1.0, beta: float = 0.75, name: str = "LRN"):
+        super().__init__(parent, name)
+        shape = parent.shape
+        if mode not in ("spatial", "channel"):
+            raise ConfigError(f"LRN {name!r}: mode must be 'spatial' or 'channel', got {mode!r}")
+        if not shape.hastag("f"):
+            raise ConfigError(f"LRN {name!r}: {parent.name!r} needs an 'f' axis")
+        if mode == "spatial":
+            if shape.ndim == 0:
+                raise ConfigError(f"LRN {name!r}: mode 'spatial' needs spatial axes")
+            sizes = (filter_shape,) * shape.ndim if isinstance(filter_shape, int) else tuple(filter_shape)
+            if len(sizes) != shape.ndim:
+                raise ConfigError(f"LRN {name!r}: filter_shape needs {shape.ndim} entries, got {filter_shape}")
+        else:
+            if not isinstance(filter_shape, int):
+                raise ConfigError(f"LRN {name!r}: mode 'channel' needs an int filter_shape, got {filter_shape!r}")
+            sizes = (filter_shape,)
+        if any(not isinstance(s, int) or s < 1 or s % 2 == 0 for s in sizes):
+            raise ConfigError(f"LRN {name!r}: filter sizes must be odd positive ints (centred window), got {sizes}")
+        self.filter_shape, self.mode = sizes, mode
+        self.add_param("alpha", float(alpha), shape=(), trainable=False)
+        self.add_param("k", float(k), shape=(), trainable=False)
+        self.add_param("beta", float(beta), shape=(), trainable=False)
+
+    def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
+        shape = parent_shapes[0]
+        if self.mode == "channel":
+            return shape
+        fov = tuple(-1 if fv <= 0 else int(fv + (f - 1) * st)
+                    for fv, f, st in zip(shape.fov, self.filter_shape, shape.strides))
+        return shape.updatefov(fov)
+
+    def _compute_cost(self) -> float:
+        return float(self.shape.stripnone_prod * (int(np.prod(self.filter_shape)) + 3))
+
+    def _mean_square(self, sq: Any) -> Any:
+        if self.mode == "channel":
+            half = self.filter_shape[0] // 2
+            padded = tf.concat([sq[..., :1]] * half + [sq] + [sq[..., -1:]] * half, axis=-1)
+            n = sq.shape[-1]
+            return tf.add_n([padded[..., i:i + n] for i in range(self.filter_shape[0])]) / self.filter_shape[0]
+        ndim = len(self.filter_shape)
+        lead = len(sq.shape) - ndim - 1
+        perm = list(range(lead)) + [len(sq.shape) - 1] + list(range(lead, lead + ndim))
+        moved = tf.transpose(sq, perm)  # features next to the batch: each map filtered alone
+        dyn = tf.shape(moved)
+        flat = tf.reshape(moved, tf.concat([[-1], dyn[lead + 1:], [1]], axis=0))
+        kernel = tf.ones((*self.filter_shape, 1, 1), sq.dtype) / float(np.prod(self.filter_shape))
+        filtered = tf.nn.convolution(flat, kernel, padding="SAME")
+        back = tf.reshape(filtered, dyn)
+        return tf.transpose(back, np.argsort(perm).tolist())
+
+    def _forward(self, inputs: list[Any], training: bool) -> Any:
+        x = inputs[0]
+        p = {key: tf.cast(self.params[key].variable, x.dtype) for key in ("alpha", "k", "beta")}
+        return x / tf.pow(p["k"] + p["alpha"] * self._mean_square(tf.square(x)), p["beta"])
+
+    def _repr_extras(self) -> str:
+        return f"mode={self.mode} filter={self.filter_shape}"

@@ -1,0 +1,1 @@
+"""Built-in losses, output nodes and metrics (``ekn.losses``)."""

@@ -1,0 +1,185 @@
+"""Output and monitoring nodes: ``Softmax``, ``OneHot``, ``Classification`` and ``Errors``.
+
+Example:
+    >>> import numpy as np
+    >>> from ekn_core.node import model_manager
+    >>> from ekn_core.plugins import registry
+    >>> _ = model_manager.newmodel("doc_outputs")
+    >>> Input = registry("layers").get("input")
+    >>> logits = Input((2, 4, 6), 'b,x,f')
+    >>> sm = Softmax(logits, n_indep=2)
+    >>> labels = Input((2, 4, 2), 'b,x,f', dtype='int16', name='labels')
+    >>> err = Errors(sm, labels, target_is_sparse=True)
+    >>> sm.n_class, err.shape.shape
+    (3, (1,))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ekn_core.errors import ConfigError
+from ekn_core.node import Node
+from ekn_core.shapes import TaggedShape
+from ekn_plugins.losses import functional as F
+
+SIGMOID_NAMES = ("sig", "logistic", "sigmoid")
+
+
+def activation_of(node: Node) -> str:
+    """The node's ``activation_func`` in lower case (``'lin'`` when it has none)."""
+    return str(getattr(node, "activation_func", "lin")).strip().lower()
+
+
+def class_layout(pred: Node, n_class: int | str, n_indep: int | str) -> tuple[int, int, float | None]:
+    """``(n_class, n_indep, threshold)`` of a prediction node, as ELEKTRONN2's ``Classification``.
+
+    A :class:`Softmax` gives its groups; a sigmoid output gives ``n_indep = f`` binary tasks
+    (threshold 0.5); anything else needs ``n_class`` and ``n_indep`` explicitly.
+    """
+    if isinstance(pred, Softmax):
+        return pred.n_class, pred.n_indep, None
+    if activation_of(pred) in SIGMOID_NAMES:
+        return 2, int(pred.shape["f"]), 0.5
+    if n_class == "auto" or n_indep == "auto":
+        raise ConfigError(f"cannot infer the classes of {pred.name!r} (neither a Softmax nor a sigmoid output): "
+                          "pass n_class and n_indep.")
+    return int(n_class), int(n_indep), None
+
+
+class Softmax(Node):
+    """Softmax over the features, or over ``n_indep`` consecutive groups of ``n_class`` features.
+
+    The parent must have a linear activation. Loss nodes given a Softmax read its parent (the
+    logits) and use a fused log-softmax, which is exact for any logits.
+
+    Args:
+        parent: Node with ``f = n_class * n_indep`` features.
+        n_class: Classes per group, or ``'auto'`` (``f // n_indep``).
+        n_indep: Number of independent softmax groups (e.g. one per affinity channel).
+        name: Node name.
+        print_repr: Log the node description.
+    """
+
+    kind = "losses"
+
+    def __init__(self, parent: Node, n_class: int | str = "auto", n_indep: int = 1, name: str = "softmax",
+                 print_repr: bool = True):
+        super().__init__(parent, name, print_repr)
+        if activation_of(parent) not in ("lin", "linear"):
+            raise ConfigError(f"the parent of Softmax {name!r} must have a linear activation, "
+                              f"{parent.name!r} has {activation_of(parent)!r}; build it with activation_func='lin'.")
+        if not isinstance(n_indep, int) or n_indep < 1:
+            raise ConfigError(f"Softmax {name!r}: n_indep must be a positive integer, got {n_indep!r}.")
+        self.n_indep = n_indep
+        self.n_class = parent.shape["f"] // n_indep if n_class == "auto" else n_class
+
+    def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
+        n_f = parent_shapes[0]["f"]
+        self.shape_check(self.n_class * self.n_indep == n_f,
+                         f"cannot make {self.n_indep} softmax group(s) of {self.n_class} classes from {n_f} features")
+        return parent_shapes[0]
+
+    def _forward(self, inputs: list[Any], training: bool) -> Any:
+        return F.softmax(inputs[0], self.n_indep)
+
+    def _repr_extras(self) -> str:
+        return f"n_class={self.n_class} n_indep={self.n_indep}"
+
+
+class OneHot(Node):
+    """One-hot encoding of sparse class ids: ``f = n_indep`` ids → ``n_indep * n_class`` features.
+
+    Ids < 0 give all-zero rows (unlabelled).
+
+    Args:
+        target: Node of class ids.
+        n_class: Number of classes.
+        name: Node name.
+        print_repr: Log the node description.
+    """
+
+    kind = "losses"
+
+    def __init__(self, target: Node, n_class: int, name: str = "onehot", print_repr: bool = True):
+        super().__init__(target, name, print_repr)
+        self.n_class = int(n_class)
+
+    def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
+        return parent_shapes[0].updateshape("f", self.n_class, mode="mult")
+
+    def _forward(self, inputs: list[Any], training: bool) -> Any:
+        return F.one_hot(inputs[0], self.n_class)
+
+
+class Classification(Node):
+    """Predicted class ids, ``f = n_indep``: argmax per softmax group, or ``p > 0.5`` for sigmoids.
+
+    Args:
+        pred: A :class:`Softmax`, a sigmoid output, or any probability node (then give
+            ``n_class`` and ``n_indep``).
+        n_class: Classes per group or ``'auto'``.
+        n_indep: Number of groups or ``'auto'``.
+        name: Node name.
+        print_repr: Log the node description.
+    """
+
+    kind = "losses"
+
+    def __init__(self, pred: Node, n_class: int | str = "auto", n_indep: int | str = "auto", name: str = "cls",
+                 print_repr: bool = True):
+        super().__init__(pred, name, print_repr)
+        self.n_class, self.n_indep, self.threshold = class_layout(pred, n_class, n_indep)
+
+    def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
+        return parent_shapes[0].updateshape("f", self.n_indep)
+
+    def _forward(self, inputs: list[Any], training: bool) -> Any:
+        return F.classify(inputs[0], self.n_indep, self.threshold)
+
+
+class Errors(Node):
+    """Classification error rate over labelled voxels, shape ``(1,)``.
+
+    Unlike ELEKTRONN2, unlabelled voxels (negative ids, all-zero one-hot rows, ``ignore_label``)
+    are not counted.
+
+    Args:
+        pred: A :class:`Classification` node, or a prediction as accepted by it.
+        target: Sparse ids (``f = n_indep``) or one-hot targets.
+        target_is_sparse: Whether ``target`` holds class ids.
+        n_class, n_indep: As :class:`Classification` (when ``pred`` is not one).
+        ignore_label: A class id to ignore besides negative ids.
+        name: Node name.
+        print_repr: Log the node description.
+    """
+
+    kind = "losses"
+
+    def __init__(self, pred: Node, target: Node, target_is_sparse: bool = False, n_class: int | str = "auto",
+                 n_indep: int | str = "auto", ignore_label: int | None = None, name: str = "errors",
+                 print_repr: bool = True):
+        super().__init__([pred, target], name, print_repr)
+        if isinstance(pred, Classification):
+            self.n_class, self.n_indep, self.threshold = pred.n_class, pred.n_indep, pred.threshold
+        else:
+            self.n_class, self.n_indep, self.threshold = class_layout(pred, n_class, n_indep)
+        self.target_is_sparse, self.ignore_label = bool(target_is_sparse), ignore_label
+
+    def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
+        return TaggedShape((1,), "f")
+
+    def _compute_cost(self) -> float:
+        return float(self.parents[1].shape.stripnone_prod)
+
+    def _forward(self, inputs: list[Any], training: bool) -> Any:
+        import tensorflow as tf
+
+        pred, target = inputs
+        cls = pred if isinstance(self.parents[0], Classification) else F.classify(pred, self.n_indep, self.threshold)
+        if self.threshold is not None and not self.target_is_sparse:
+            ids = F.target_ids(target, 1, 1, target_is_sparse=True, ignore_label=self.ignore_label)
+            ids = tf.where(ids >= 0, tf.cast(tf.cast(target, tf.float32) > self.threshold, tf.int64), ids)
+        else:
+            ids = F.target_ids(target, self.n_class, self.n_indep, self.target_is_sparse, self.ignore_label)
+        return tf.reshape(F.classification_error(cls, ids), [1])

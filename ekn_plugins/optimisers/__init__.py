@@ -1,0 +1,1 @@
+"""Built-in optimisers (``ekn.optimisers``): SGD, AdaGrad, AdaDelta, Adam and AdamW."""

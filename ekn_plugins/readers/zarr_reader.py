@@ -1,0 +1,101 @@
+"""Zarr arrays (format 2 and 3) through zarr-python (``ekn.readers`` name ``zarr``).
+
+A path names either an array directly (``out.zarr``) or a group, with the array's key after a
+colon (``data.zarr:raw``; nested keys such as ``data.zarr:volumes/raw`` work too). Created
+arrays are chunked, so prediction output larger than memory can be written block by block.
+
+Example:
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.zarr")
+    >>> with ZarrReader.create(path, shape=(4, 6), dtype="uint8", key="raw", chunks=(2, 3)) as v:
+    ...     v[:2] = 7
+    >>> vol = ZarrReader.open(path, key="raw")
+    >>> vol.shape, vol.chunks, int(vol[1, 5]), int(vol[3, 0])
+    ((4, 6), (2, 3), 7, 0)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ekn_core.errors import EknError
+from ekn_core.volumes import VolumeBase
+
+_DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "czyx"}
+#: Default chunk edge along each spatial axis of a created array.
+DEFAULT_CHUNK = 64
+
+
+class ZarrVolume(VolumeBase):
+    """One zarr array, read and written lazily with numpy slicing."""
+
+    def __init__(self, array: Any, writable: bool):
+        self._array, self._writable = array, writable
+        self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
+        self.chunks = tuple(array.chunks)
+        self.axes = str(array.attrs.get("axes", _DEFAULT_AXES.get(len(self.shape), "")))
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self._array[index])
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if not self._writable:
+            raise EknError("this zarr volume was opened read-only; open it with mode='r+' to write")
+        self._array[index] = value
+
+
+def _default_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """One chunk per channel, ``DEFAULT_CHUNK`` voxels along the (up to three) spatial axes."""
+    n_spatial = min(3, len(shape))
+    lead = tuple(1 for _ in shape[: len(shape) - n_spatial])
+    return lead + tuple(max(1, min(s, DEFAULT_CHUNK)) for s in shape[len(shape) - n_spatial:])
+
+
+class ZarrReader:
+    """Reads and writes zarr arrays (``path.zarr`` or ``path.zarr:key``)."""
+
+    @classmethod
+    def open(cls, path: str, key: str | None = None, mode: str = "r", **_: Any) -> ZarrVolume:
+        """Opens an existing array; ``key`` selects one inside a group."""
+        import zarr
+
+        if not os.path.exists(path):
+            raise EknError(f"zarr store {path!r} does not exist")
+        try:
+            node = zarr.open(path, mode=mode)
+        except Exception as err:  # zarr raises several unrelated types for unreadable stores
+            raise EknError(f"{path!r} is not a readable zarr store: {err}") from err
+        if isinstance(node, zarr.Group):
+            if key is None:
+                names = sorted(node.array_keys())
+                if len(names) != 1:
+                    raise EknError(f"{path!r} is a zarr group with arrays {names}; name one as '{path}:KEY'")
+                key = names[0]
+            if key not in node:
+                raise EknError(f"{path!r} has no array {key!r}; it has {sorted(node.keys())}")
+            node = node[key]
+            if isinstance(node, zarr.Group):
+                raise EknError(f"{path}:{key} is a group, not an array; it has {sorted(node.keys())}")
+        elif key is not None:
+            raise EknError(f"{path!r} is a single zarr array, not a group; open it without ':{key}'")
+        return ZarrVolume(node, writable=mode != "r")
+
+    @classmethod
+    def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
+               chunks: tuple[int, ...] | None = None, axes: str | None = None,
+               fill_value: Any = 0, **_: Any) -> ZarrVolume:
+        """Creates (or replaces) a chunked array; ``key`` puts it inside a group at ``path``."""
+        import zarr
+
+        shape = tuple(int(s) for s in shape)
+        chunks = tuple(int(c) for c in chunks) if chunks else _default_chunks(shape)
+        if len(chunks) != len(shape):
+            raise EknError(f"chunks {chunks} must have one entry per axis of shape {shape}")
+        array = zarr.create_array(store=path, name=key, shape=shape, dtype=np.dtype(dtype), chunks=chunks,
+                                  fill_value=fill_value, overwrite=True)
+        if axes:
+            array.attrs["axes"] = axes
+        return ZarrVolume(array, writable=True)

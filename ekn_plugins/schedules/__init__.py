@@ -1,0 +1,1 @@
+"""Built-in meta-parameter schedules (``ekn.schedules``): dec, updates, lindec, warmup, cosine."""

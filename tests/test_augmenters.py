@@ -1,0 +1,176 @@
+"""Augmenters: resampling kernels against scipy, geometric properties, intensity ranges, config errors."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ekn_core.errors import ConfigError, UnknownPluginError
+from ekn_plugins.augmenters import sampling
+from ekn_plugins.augmenters import transform as T
+from ekn_plugins.augmenters.base import PatchContext, Pipeline
+from ekn_plugins.augmenters.defects import LowContrast, MissingSection
+from ekn_plugins.augmenters.geometric import Elastic, Flip, Misalignment, Warp
+from ekn_plugins.augmenters.intensity import Blur, Grey, Histogram, Noise
+
+CTX = PatchContext((8, 16, 16), aniso_factor=2.0)
+NUMBA = [pytest.param(True, marks=pytest.mark.skipif(not sampling.HAVE_NUMBA, reason="numba not installed")), False]
+
+
+def crop_matrix(transform, patch, start, aniso=2.0):
+    return T.voxel_matrix(transform, patch, aniso, start=start)
+
+
+@pytest.mark.parametrize("use_numba", NUMBA)
+def test_affine_warp_matches_scipy_affine_transform(use_numba):
+    rng = np.random.default_rng(0)
+    src = rng.random((2, 20, 40, 40), dtype=np.float32)
+    m = crop_matrix(T.Transform(T.random_rotation(rng, 0.7, True) @ T.random_affine(rng, 0.1, 0.1, True)),
+                    (6, 16, 16), (7, 12, 12))
+    out = sampling.warp(src, m, (6, 16, 16), order=1, use_numba=use_numba)
+    for c in range(2):
+        ref = ndimage.affine_transform(src[c].astype(np.float64), m[:3, :3], m[:3, 3], output_shape=(6, 16, 16),
+                                       order=1, prefilter=False)
+        np.testing.assert_allclose(out[c], ref, atol=1e-5)
+
+
+@pytest.mark.skipif(not sampling.HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("order", [0, 1])
+def test_numba_kernel_matches_reference_with_all_parts(order):
+    rng = np.random.default_rng(1)
+    src = rng.random((1, 30, 60, 60), dtype=np.float32) * 100
+    if order == 0:
+        src = src.astype(np.int16)
+    t = T.Transform(T.random_rotation(rng, 3.0, True) @ T.random_perspective(rng, 0.002, True),
+                    displacement=rng.normal(0, 2, (3, 3, 4, 5)), spacing=(4.0, 6.0, 5.0),
+                    slice_shift=rng.normal(0, 1, (10, 2)))
+    m = crop_matrix(t, (10, 24, 24), (10, 18, 18))
+    kw = dict(order=order, origin=(1, 2, 3), step=(1, 2, 2), displacement=t.displacement, spacing=t.spacing,
+              slice_shift=t.slice_shift)
+    fast = sampling.warp(src, m, (8, 10, 10), use_numba=True, **kw)
+    ref = sampling.warp(src, m, (8, 10, 10), use_numba=False, **kw)
+    assert fast.dtype == (np.int16 if order == 0 else np.float32)
+    np.testing.assert_allclose(fast, ref, atol=1e-3)
+
+
+def test_reference_coordinates_against_brute_force():
+    rng = np.random.default_rng(2)
+    disp = rng.normal(0, 2, (3, 3, 3, 4))
+    spacing = (3.0, 4.0, 3.0)
+    shift = rng.normal(0, 1, (7, 2))
+    m = T.random_perspective(rng, 0.01, False) @ T.translate(1, 2, 3)
+    crd = sampling.coordinates(m, (3, 4, 5), origin=(1, 0, 2), step=(2, 3, 1), displacement=disp, spacing=spacing,
+                               slice_shift=shift)
+    for idx in [(0, 0, 0), (2, 3, 4), (1, 2, 3)]:
+        p = np.array([1, 0, 2]) + np.array([2, 3, 1]) * np.array(idx)
+        g = np.minimum(p / spacing, np.array(disp.shape[1:]) - 1)  # trilinear, clamped at the grid edge
+        lo = np.minimum(np.floor(g).astype(int), np.array(disp.shape[1:]) - 2)
+        f = g - lo
+        d = np.zeros(3)
+        for corner in np.ndindex(2, 2, 2):
+            w = np.prod([f[a] if corner[a] else 1 - f[a] for a in range(3)])
+            d += w * disp[(slice(None), *(lo + corner))]
+        q = p + d + np.r_[0, shift[p[0]]]
+        h = m @ np.r_[q, 1]
+        np.testing.assert_allclose(crd[(slice(None), *idx)], h[:3] / h[3], rtol=1e-10)
+
+
+def test_flip_twice_is_identity_and_rot90():
+    rng = np.random.default_rng(3)
+    img = rng.random((1, 5, 12, 12), dtype=np.float32)
+    for _ in range(8):  # a random reflection applied twice gives the input back exactly
+        t = Flip(swap=False).transform(rng, CTX)
+        m = crop_matrix(t, (5, 12, 12), (0, 0, 0))
+        np.testing.assert_array_equal(sampling.warp(sampling.warp(img, m, (5, 12, 12)), m, (5, 12, 12)), img)
+        t = Flip().transform(rng, CTX)  # with a y/x swap: the inverse transform undoes it
+        inv = T.Transform(np.linalg.inv(t.linear))
+        once = sampling.warp(img, crop_matrix(t, (5, 12, 12), (0, 0, 0)), (5, 12, 12))
+        np.testing.assert_array_equal(sampling.warp(once, crop_matrix(inv, (5, 12, 12), (0, 0, 0)), (5, 12, 12)), img)
+    flips = T.Transform(T.scale(1, -1, 1))
+    m = crop_matrix(flips, (5, 12, 12), (0, 0, 0))
+    np.testing.assert_array_equal(sampling.warp(img, m, (5, 12, 12)), img[:, :, ::-1])
+    rot = T.Transform(T.rotate(0, np.pi / 2))
+    out = sampling.warp(img, crop_matrix(rot, (5, 12, 12), (0, 0, 0)), (5, 12, 12))
+    np.testing.assert_allclose(out, np.rot90(img, k=1, axes=(3, 2)), atol=1e-5)
+
+
+def test_label_sets_preserved_by_warps():
+    rng = np.random.default_rng(4)
+    labels = rng.choice(np.array([0, 3, 7, 1000], np.int32), size=(1, 16, 40, 40))
+    pipe = Pipeline([{"type": "warp", "perspective": 0.002}, {"type": "elastic", "alpha": 3, "spacing": 8},
+                     {"type": "misalignment", "probability": 1.0}])
+    for _ in range(4):
+        t = pipe.sample_transform(rng, PatchContext((8, 16, 16), 2.0))
+        out = sampling.warp(labels, crop_matrix(t, (8, 16, 16), (4, 12, 12)), (8, 16, 16), order=0,
+                            displacement=t.displacement, spacing=t.spacing, slice_shift=t.slice_shift)
+        assert out.dtype == np.int32 and set(np.unique(out)) <= {0, 3, 7, 1000}
+
+
+def test_transforms_are_deterministic_for_a_seed():
+    pipe = Pipeline([{"type": "warp"}, {"type": "elastic"}, {"type": "misalignment", "mode": "slip"}, {"type": "noise"}])
+    img = np.zeros((1, 8, 16, 16), np.float32)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    ta, tb = pipe.sample_transform(a, CTX), pipe.sample_transform(b, CTX)
+    np.testing.assert_array_equal(ta.linear, tb.linear)
+    np.testing.assert_array_equal(ta.displacement, tb.displacement)
+    np.testing.assert_array_equal(pipe.augment_image(img.copy(), a, CTX), pipe.augment_image(img.copy(), b, CTX))
+
+
+def test_warp_parts_respect_lock_z_and_aniso():
+    rng = np.random.default_rng(6)
+    for _ in range(10):
+        lin = Warp(perspective=0.002).transform(rng, CTX).linear
+        assert abs(abs(lin[0, 0]) - 1) < 1e-12 and np.allclose(lin[0, 1:3], 0) and np.allclose(lin[1:3, 0], 0)
+        assert lin[3, 0] == 0
+    t = Elastic(alpha=2.0, spacing=8, lock_z=True).transform(rng, CTX)
+    assert np.all(t.displacement[0] == 0) and t.spacing == (4.0, 8.0, 8.0)
+    shift = Misalignment(max_shift=3, mode="slip", probability=1).transform(rng, CTX).slice_shift
+    assert (np.abs(shift).sum(axis=1) > 0).sum() == 1 and np.abs(shift).max() <= 3
+    assert Warp(sample_aniso=False).transform(rng, CTX).iso_output
+
+
+def test_intensity_ranges():
+    rng = np.random.default_rng(7)
+    img = rng.random((2, 6, 16, 16), dtype=np.float32)
+    out = Grey(channels=[1])(img.copy(), rng, CTX)
+    np.testing.assert_array_equal(out[0], img[0])
+    assert 0 <= out.min() and out.max() <= 1
+    for _ in range(5):
+        h = Histogram(strength=0.4)(img.copy(), rng, CTX)
+        assert 0 <= h.min() and h.max() <= 1
+        order = np.argsort(img[0].ravel())
+        assert np.all(np.diff(h[0].ravel()[order]) >= -1e-6)  # monotone tone curve keeps grey-value order
+    n = Noise(std=0.2)(np.zeros((1, 20, 50, 50), np.float32), rng, CTX)
+    assert abs(n.std() - 0.2) < 0.01 and abs(n.mean()) < 0.01
+    u = Noise(std=0.2, distribution="uniform", clip=True)(np.full((1, 20, 50, 50), 0.5, np.float32), rng, CTX)
+    assert abs(u.std() - 0.2) < 0.01 and u.max() <= 0.5 + 0.2 * np.sqrt(3) + 1e-6
+    b = Blur(sigma=(1.0, 1.0))(img.copy(), rng, CTX)
+    assert b.std() < img.std() and abs(b.mean() - img.mean()) < 0.01
+    np.testing.assert_allclose(b[0], ndimage.gaussian_filter(img[0], (0.5, 1, 1), mode="reflect"), atol=1e-6)
+
+
+def test_defects():
+    rng = np.random.default_rng(8)
+    img = rng.random((1, 10, 8, 8), dtype=np.float32)
+    out = MissingSection(max_sections=3, fill=0.0, probability=1)(img.copy(), rng, CTX)
+    blank = np.all(out[0] == 0, axis=(1, 2))
+    assert 1 <= blank.sum() <= 3 and np.array_equal(out[0, ~blank], img[0, ~blank])
+    low = LowContrast(factor=(0.5, 0.5), probability=1)(img.copy(), rng, CTX)
+    z = np.flatnonzero(np.any(low[0] != img[0], axis=(1, 2)))
+    assert len(z) == 1
+    np.testing.assert_allclose(low[0, z].std(), 0.5 * img[0, z].std(), rtol=1e-4)
+    np.testing.assert_allclose(low[0, z].mean(), img[0, z].mean(), atol=1e-5)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="no option"):
+        Pipeline([{"type": "noise", "sigma": 1}])
+    with pytest.raises(UnknownPluginError, match="warp"):
+        Pipeline([{"type": "wrap"}])
+    with pytest.raises(ConfigError, match="type"):
+        Pipeline([{"std": 1}])
+    with pytest.raises(ConfigError, match="probability"):
+        Noise(probability=2)
+    with pytest.raises(ConfigError, match="only one"):
+        Pipeline([{"type": "elastic"}, {"type": "elastic"}]).sample_transform(np.random.default_rng(0), CTX)
+    with pytest.raises(ConfigError, match="channels"):
+        Grey(channels=[3])(np.zeros((1, 2, 2, 2), np.float32), np.random.default_rng(0), CTX)

@@ -1,0 +1,184 @@
+"""Patch source: target/output alignment for strided nets and U-Nets, warps, modes, layouts, errors."""
+
+import h5py
+import numpy as np
+import pytest
+
+from ekn_core.errors import ConfigError, ShapeError
+from ekn_plugins.augmenters.transform import source_bounds, voxel_matrix
+from ekn_plugins.data.patches import BatchCreatorImage, PatchSource
+
+RAW_SHAPE, LAB_SHAPE = (12, 40, 40), (8, 30, 30)
+LAB_OFF = np.array([2, 5, 5])
+WARPS = [
+    None,
+    [{"type": "warp", "rotation": 0, "shear": 0, "stretch": 0, "flip": False, "swap": False}],  # identity = crop
+    [{"type": "warp", "rotation": 30, "perspective": 0.002}],
+    [{"type": "warp", "rotation": 180, "lock_z": False, "sample_aniso": False}],
+    [{"type": "flip"}, {"type": "elastic", "alpha": 1.5, "spacing": 8},
+     {"type": "misalignment", "max_shift": 2, "probability": 1.0}],
+]
+
+
+@pytest.fixture
+def coord_files(tmp_path):
+    """Raw channels hold their own z, y, x coordinates; label channels the label-cube coordinates."""
+    raw = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in RAW_SHAPE], indexing="ij"))
+    lab = np.stack(np.meshgrid(*[np.arange(s, dtype=np.int32) for s in LAB_SHAPE], indexing="ij"))
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f["raw"] = raw
+    with h5py.File(tmp_path / "lab.h5", "w") as f:
+        f["lab"] = lab
+    return dict(d_path=str(tmp_path), l_path=str(tmp_path), d_files=[("raw.h5", "raw")], l_files=[("lab.h5", "lab")])
+
+
+def check_alignment(img, target, offsets, strides, exact):
+    """Target voxel idx must hold the label at the input voxel offsets + strides*idx."""
+    for b in range(img.shape[0]):
+        grid = tuple(slice(o, o + s * n, s) for o, s, n in zip(offsets, strides, target.shape[2:]))
+        raw_coords = img[b][(slice(None), *grid)]
+        label_coords = target[b] + LAB_OFF[:, None, None, None]
+        if exact:
+            np.testing.assert_array_equal(raw_coords, label_coords)
+        else:  # nearest-neighbour labels are within half a voxel of the trilinear coordinate
+            assert np.abs(raw_coords - label_coords).max() <= 0.5 + 1e-3
+
+
+@pytest.mark.parametrize("augmenters", WARPS, ids=["crop", "identity-warp", "warp", "free-3d", "elastic"])
+@pytest.mark.parametrize("geometry", [((6, 20, 20), (1, 4, 4), (1, 2, 2)), ((8, 24, 24), (2, 6, 6), (1, 1, 1))],
+                         ids=["strided", "unet"])
+def test_targets_align_with_output_centres(coord_files, geometry, augmenters):
+    ps, off, st = geometry
+    src = PatchSource(patch_size=ps, offsets=off, strides=st, target_dtype="int32", augmenters=augmenters,
+                      aniso_factor=2.0, seed=3, **coord_files)
+    img, target = src.getbatch(4)
+    assert img.shape == (4, 3, *ps)
+    assert target.shape == (4, 3, *[-(-(p - 2 * o) // s) for p, o, s in zip(ps, off, st)])
+    exact = augmenters is None or augmenters == WARPS[1]
+    check_alignment(img, target, off, st, exact)
+    if exact:  # a plain crop: coordinates are consecutive integers
+        np.testing.assert_array_equal(np.diff(img[:, 2], axis=-1), 1)
+
+
+def test_dense_targets_and_warp_never_reads_outside(coord_files):
+    src = PatchSource(patch_size=(6, 20, 20), offsets=(1, 4, 4), strides=(1, 2, 2), target_dtype="int32",
+                      augmenters=[{"type": "warp", "rotation": 45, "perspective": 0.003},
+                                  {"type": "elastic", "alpha": 2, "spacing": 6, "lock_z": True}], seed=1, **coord_files)
+    img, target = src.getbatch(2, force_dense=True)
+    assert target.shape == (2, 3, 4, 12, 12)
+    check_alignment(img, target, (1, 4, 4), (1, 1, 1), exact=False)
+    rng = np.random.default_rng(0)
+    cube = src.train_cubes[0]
+    for _ in range(30):
+        t = src.pipeline.sample_transform(rng, src.ctx)
+        m = src._place(cube, t, src.target_shape, src.strides, rng)
+        if m is None:
+            continue
+        lo, hi = source_bounds(m, (0, 0, 0), np.array(src.patch_size) - 1, t.margin())
+        assert np.all(lo >= -1e-6) and np.all(hi <= np.array(RAW_SHAPE) - 1 + 1e-6)
+        t_hi = np.array(src.offsets) + (np.array(src.target_shape) - 1) * src.strides
+        m_lab = m.copy()
+        m_lab[:3] -= np.outer(LAB_OFF, m[3])
+        lo, hi = source_bounds(m_lab, src.offsets, t_hi, t.margin())
+        assert np.all(lo >= -1e-6) and np.all(hi <= np.array(LAB_SHAPE) - 1 + 1e-6)
+
+
+def test_impossible_warp_raises_clear_error(coord_files):
+    src = PatchSource(patch_size=(12, 40, 40), offsets=(2, 5, 5), target_dtype="int32",
+                      augmenters=[{"type": "elastic", "alpha": 3}], **coord_files)
+    with pytest.raises(ShapeError, match="no position fits"):
+        src.getbatch(1)
+    assert src.warp_stats["redrawn"] > 0
+
+
+class _Shape:  # a TaggedShape stand-in (duck typing)
+    def __init__(self, spatial, tags, offsets=(0, 0, 0), strides=(1, 1, 1)):
+        self.spatial_shape, self.tags, self.offsets, self.strides = spatial, tags.split(","), offsets, strides
+        self.ndim = len(spatial)
+
+
+class _Node:
+    def __init__(self, shape, dtype=None):
+        self.shape, self.dtype = shape, dtype
+
+
+def test_batchcreatorimage_from_nodes_and_layout(coord_files):
+    inp = _Node(_Shape((6, 20, 20), "b,z,y,x,f"))
+    tgt = _Node(_Shape((4, 6, 6), "b,z,y,x,f", offsets=(1, 4, 4), strides=(1, 2, 2)), dtype="int32")
+    src = BatchCreatorImage(inp, tgt, aniso_factor=2, zxy=True, **coord_files)
+    img, target = src.getbatch(2)
+    assert img.shape == (2, 6, 20, 20, 3) and target.shape == (2, 4, 6, 6, 3)
+    check_alignment(np.moveaxis(img, -1, 1), np.moveaxis(target, -1, 1), (1, 4, 4), (1, 2, 2), exact=True)
+    assert src.batch_spec(2) == [((2, 6, 20, 20, 3), np.float32), ((2, 4, 6, 6, 3), np.int32)]
+    bad = _Node(_Shape((5, 6, 6), "b,z,y,x,f", offsets=(1, 4, 4), strides=(1, 2, 2)), dtype="int32")
+    with pytest.raises(ShapeError, match="does not match"):
+        BatchCreatorImage(inp, bad, **coord_files)
+
+
+def test_with_real_tagged_shape(coord_files):
+    from ekn_core.shapes import TaggedShape
+
+    inp = TaggedShape((None, 3, 6, 20, 20), "b,f,z,x,y")
+    out = TaggedShape((None, 3, 4, 6, 6), "b,f,z,x,y").updatefov((3, 9, 9)).updatestrides((1, 2, 2))
+    src = BatchCreatorImage(_Node(inp), _Node(out, "int32"), **coord_files)
+    assert src.offsets == (1, 4, 4)
+    img, target = src.getbatch(1)
+    check_alignment(img, target, (1, 4, 4), (1, 2, 2), exact=True)
+
+
+def test_sparse_classes_weights_valid_and_determinism(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        with h5py.File(tmp_path / f"raw_{i}.h5", "w") as f:
+            f["raw"] = rng.integers(0, 256, (10, 30, 30), dtype=np.uint8)
+        with h5py.File(tmp_path / f"lab_{i}.h5", "w") as f:
+            f["lab"] = rng.integers(0, 3, (6, 20, 20)).astype(np.int16)
+    kw = dict(patch_size=(4, 16, 16), offsets=(1, 2, 2), strides=(1, 2, 2), d_path=str(tmp_path), l_path=str(tmp_path),
+              d_files=[(f"raw_{i}.h5", "raw") for i in range(2)], l_files=[(f"lab_{i}.h5", "lab") for i in range(2)],
+              valid_cubes=[1], class_weights=[0.5, 1.0, 2.0], augmenters=[{"type": "warp"}, {"type": "grey"}])
+    src = PatchSource(seed=7, **kw)
+    img, target, weights = src.getbatch(3)
+    assert img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+    assert set(np.unique(target)) <= {0, 1, 2}
+    np.testing.assert_array_equal(weights, np.array([0.5, 1.0, 2.0], np.float32)[target])
+    again = PatchSource(seed=7, **kw).getbatch(3)
+    for a, b in zip((img, target, weights), again):
+        np.testing.assert_array_equal(a, b)
+    v_img, v_target, _ = src.getbatch(2, "valid")
+    with h5py.File(tmp_path / "raw_1.h5") as f:  # validation patches are plain crops of cube 1
+        raw1 = f["raw"][:] / np.float32(255)
+    for patch in v_img[:, 0]:
+        hits = [(z, y, x) for z in range(7) for y in range(15) for x in range(15)
+                if np.array_equal(raw1[z:z + 4, y:y + 16, x:x + 16], patch)]
+        assert len(hits) == 1
+    with pytest.raises(ConfigError, match="source must be"):
+        src.getbatch(1, "test")
+
+
+def test_img_scalar_mode_and_2d(tmp_path):
+    with h5py.File(tmp_path / "img.h5", "w") as f:
+        f["raw"] = np.full((1, 12, 12), 0.25, np.float32)
+    with h5py.File(tmp_path / "cls.h5", "w") as f:
+        f["lab"] = np.array([7], np.int16)
+    src = PatchSource(patch_size=(10, 10), mode="img-scalar", d_path=str(tmp_path), l_path=str(tmp_path),
+                      d_files=[("img.h5", "raw")], l_files=[("cls.h5", "lab")], input_tags="b,f,y,x")
+    img, target = src.getbatch(2)
+    assert img.shape == (2, 1, 10, 10) and target.shape == (2, 1) and target.tolist() == [[7], [7]]
+
+
+def test_errors(coord_files, tmp_path):
+    with pytest.raises(ShapeError, match="smaller than the field of view"):
+        PatchSource(patch_size=(6, 8, 8), offsets=(1, 4, 4), **coord_files)
+    with pytest.raises(ConfigError, match="equally long"):
+        PatchSource(patch_size=(6, 20, 20), d_files=coord_files["d_files"], l_files=[])
+    with pytest.raises(ConfigError, match="valid_cubes"):
+        PatchSource(patch_size=(6, 20, 20), valid_cubes=[3], **coord_files)
+    with h5py.File(tmp_path / "odd.h5", "w") as f:
+        f["lab"] = np.zeros((7, 30, 30), np.int16)
+        f["big"] = np.full((8, 30, 30), 1000, np.int16)
+    with pytest.raises(ShapeError, match="do not fit the target dtype"):
+        PatchSource(patch_size=(6, 20, 20), target_dtype="int8", d_path=coord_files["d_path"],
+                    d_files=coord_files["d_files"], l_files=[str(tmp_path / "odd.h5:big")])
+    with pytest.raises(ShapeError, match="even"):
+        PatchSource(patch_size=(6, 20, 20), d_path=coord_files["d_path"], d_files=coord_files["d_files"],
+                    l_files=[str(tmp_path / "odd.h5:lab")])
