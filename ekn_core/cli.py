@@ -31,7 +31,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser.add_argument("--version", action="version", version=f"ekn {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (repeat for debug)")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="ekn_command", metavar="COMMAND")
     commands: dict[str, object] = {}
     reg = registry("commands")
     for name in reg.names():
@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser, commands = build_parser()
     args = parser.parse_args(argv)
     setup_logging(verbosity=args.verbose - args.quiet)
-    if not args.command:
+    if not args.ekn_command:
         parser.print_help()
         return 0
     try:
-        return int(commands[args.command].run(args) or 0)
+        return int(commands[args.ekn_command].run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         from ekn_core.errors import EknError
 
         if isinstance(err, EknError):
-            print(f"ekn {args.command}: error: {err}", file=sys.stderr)
+            print(f"ekn {args.ekn_command}: error: {err}", file=sys.stderr)
             return 2
         raise
 

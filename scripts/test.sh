@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=2
 python3 -m pytest "$@"
-python3 -m pytest -q plugin_template/tests
+(cd plugin_template && python3 -m pytest -q)
 python3 -m sphinx -q -W --keep-going -b html docs docs/_build/html
 echo "docs built in docs/_build/html"

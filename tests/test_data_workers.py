@@ -89,17 +89,19 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_data_workers import CountingSource
     from ekn_plugins.data.workers import BackgroundBatches
-    batches = BackgroundBatches(CountingSource, batch_size=2, n_workers=2, seed=0)
-    batches.get(); batches.get()
-    print(" ".join(str(w.process.pid) for w in batches._workers), flush=True)
-    print(" ".join(s.name for w in batches._workers for slot in w.shms for s in slot), flush=True)
-    try:
-        while True:
-            batches.get()
-            time.sleep(0.01)
-    except KeyboardInterrupt:
-        batches.close()
-        print("interrupted", flush=True)
+
+    if __name__ == "__main__":  # spawned workers re-import this script
+        batches = BackgroundBatches(CountingSource, batch_size=2, n_workers=2, seed=0)
+        batches.get(); batches.get()
+        print(" ".join(str(w.process.pid) for w in batches._workers), flush=True)
+        print(" ".join(s.name for w in batches._workers for slot in w.shms for s in slot), flush=True)
+        try:
+            while True:
+                batches.get()
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            batches.close()
+            print("interrupted", flush=True)
 """)
 
 

@@ -30,7 +30,7 @@ def naive(net, raw):
     (0, NEURO_LIKE, (5, 19, 19), (8, 22, 25)),
     (1, [("conv", 3, (3, 3, 3)), ("pool", (2, 2, 2)), ("conv", 2, (2, 2, 2))], (8, 8, 8), (13, 11, 12)),
     (2, [("conv", 2, (2, 3, 3)), ("pool", (1, 3, 2)), ("conv", 3, (1, 2, 3)), ("pool", (2, 1, 2)),
-         ("conv", 2, (1, 1, 1))], (7, 11, 14), (10, 16, 20)),
+         ("conv", 2, (1, 1, 1))], (7, 11, 14), (9, 14, 17)),
 ])
 def test_stride_loop_and_mfp_equal_naive(seed, spec, patch, raw_shape):
     rng = np.random.default_rng(seed)
@@ -84,7 +84,7 @@ def test_image_smaller_than_one_tile():
 def test_batches_fixed_batch_and_channels_last_agree():
     rng = np.random.default_rng(6)
     layers = random_layers(rng, NEURO_LIKE, in_ch=2)
-    raw = (rng.random((2, 9, 30, 27)) * 255).astype(np.uint8)
+    raw = (rng.random((2, 7, 24, 25)) * 255).astype(np.uint8)
     reference = predict_dense(NumpyNet(layers, (5, 19, 19)), raw, batch_size=1)
     np.testing.assert_allclose(reference, naive(NumpyNet(layers, (5, 19, 19)), raw.astype(np.float32) / 255),
                                atol=1e-5)

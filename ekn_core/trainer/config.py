@@ -234,8 +234,14 @@ class ExperimentConfig:
 
     # -- loading ---------------------------------------------------------------------------------------
     @classmethod
-    def from_file(cls, path: str, overrides: Iterable[str] = ()) -> ExperimentConfig:
+    def from_file(cls, path: str, overrides: Iterable[str] = (), origin: str | None = None) -> ExperimentConfig:
         """Executes a config file, applies ``--set`` overrides and validates the result.
+
+        Args:
+            path: The config file.
+            overrides: ``name=value`` strings.
+            origin: Where the config originally lived, when ``path`` is a copy (a run directory's
+                ``config.py``): ``__file__`` and relative ``data_class`` files refer to it.
 
         Raises:
             ConfigError: The file is missing or fails, or names/values are invalid.
@@ -245,7 +251,8 @@ class ExperimentConfig:
             raise ConfigError(f"config file {path} does not exist")
         with open(path, encoding="utf-8") as f:
             source = f.read()
-        namespace: dict[str, Any] = {"__file__": path, "__name__": "ekn_config", "np": np}
+        origin = os.path.abspath(origin) if origin else path
+        namespace: dict[str, Any] = {"__file__": origin, "__name__": "ekn_config", "np": np}
         try:
             exec(compile(source, path, "exec"), namespace)  # noqa: S102 - configs are Python by design
         except Exception as err:
@@ -255,8 +262,8 @@ class ExperimentConfig:
         for text in overrides:
             name, value = parse_override(text)
             cls._apply_override(values, name, value)
-        values = cls._resolve_relative(values, path)
-        return cls(values, path=path, source=source, overrides=overrides, namespace=namespace)
+        values = cls._resolve_relative(values, origin)
+        return cls(values, path=origin, source=source, overrides=overrides, namespace=namespace)
 
     @staticmethod
     def _settings_of_namespace(namespace: Mapping[str, Any], path: str) -> dict[str, Any]:

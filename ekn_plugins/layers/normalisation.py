@@ -192,7 +192,8 @@ class BatchNorm(Node):
 
     Args:
         parent: Input node (needs an ``f`` axis).
-        mode: ``'train'``, ``'fadeout'``, ``'predict'`` or ``'const'`` (see the module docs).
+        batch_normalisation: ``'train'``, ``'fadeout'``, ``'predict'``, ``'const'`` (see the module
+            docs) or False (identity; what ``replace_bn='remove'`` gives on restore).
         gamma, mean, std, b, bn_count, bn_m2, bn_fade: Initial values (arrays), ``[array, 'const']``
             or Params to share.
         name: Node name.
@@ -200,28 +201,30 @@ class BatchNorm(Node):
     Shape rule: unchanged.
     """
 
-    def __init__(self, parent: Node, mode: str = "train", gamma: Any = None, mean: Any = None, std: Any = None,
-                 b: Any = None, bn_count: Any = None, bn_m2: Any = None, bn_fade: Any = None,
+    def __init__(self, parent: Node, batch_normalisation: str | bool = "train", gamma: Any = None, mean: Any = None,
+                 std: Any = None, b: Any = None, bn_count: Any = None, bn_m2: Any = None, bn_fade: Any = None,
                  name: str = "batch_norm"):
         super().__init__(parent, name)
         if not parent.shape.hastag("f") or parent.shape["f"] is None:
             raise ConfigError(f"BatchNorm {name!r}: {parent.name!r} needs an 'f' axis of known size")
         n = parent.shape["f"]
-        self.mode = add_batchnorm(self, mode, n, gamma, mean, std, bn_count, bn_m2, bn_fade)
-        if not self.mode:
-            raise ConfigError(f"BatchNorm {name!r}: mode must be one of {BN_MODES[1:]}, got {mode!r}")
-        self.batch_normalisation = self.mode
-        self.add_param("b", b, shape=(n,), init="zeros", constant=self.mode == "const")
+        self.batch_normalisation = add_batchnorm(self, batch_normalisation, n, gamma, mean, std, bn_count, bn_m2,
+                                                 bn_fade)
+        if self.batch_normalisation:
+            self.add_param("b", b, shape=(n,), init="zeros", constant=self.batch_normalisation == "const")
 
     def _compute_cost(self) -> float:
-        return 2.0 * self.shape.stripnone_prod
+        return 2.0 * self.shape.stripnone_prod if self.batch_normalisation else 0.0
 
     def _forward(self, inputs: list[Any], training: bool) -> Any:
         x = inputs[0]
-        return batch_normalise(self, x, training, self.mode) + tf.cast(self.params["b"].variable, x.dtype)
+        if not self.batch_normalisation:
+            return x
+        y = batch_normalise(self, x, training, self.batch_normalisation)
+        return y + tf.cast(self.params["b"].variable, x.dtype)
 
     def _repr_extras(self) -> str:
-        return f"mode={self.mode}"
+        return f"mode={self.batch_normalisation}"
 
 
 class LRN(Node):

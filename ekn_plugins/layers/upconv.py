@@ -10,14 +10,14 @@ Example:
     >>> from ekn_core import neuromancer as nm
     >>> _ = nm.model_manager.newmodel("doc_upconv")
     >>> inp = nm.Input((None, 2, 4, 8, 8), 'b,f,z,y,x')
-    >>> hi = nm.Conv(inp, 3, (1, 3, 3))
-    >>> lo = nm.Pool(nm.Conv(hi, 3, (1, 1, 1)), (1, 2, 2))
+    >>> hi = nm.Conv(inp, 3, (1, 1, 1))
+    >>> lo = nm.Pool(nm.Conv(hi, 3, (1, 3, 3)), (1, 2, 2))
     >>> up = nm.UpConv(lo, 5, (1, 2, 2))
     >>> up.shape.spatial_shape, up.shape.strides, up.shape.fov
     ((4, 6, 6), (1, 1, 1), (-1, -1, -1))
     >>> merged = nm.AutoMerge(hi, lo, 4)
-    >>> merged.shape['f'], merged.shape.spatial_shape, merged.parents[1].name
-    (7, (4, 6, 6), 'crop')
+    >>> merged.shape['f'], merged.shape.spatial_shape, [p.name for p in merged.parents]
+    (7, (4, 6, 6), ['upconv1', 'crop'])
 """
 
 from __future__ import annotations

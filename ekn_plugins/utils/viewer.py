@@ -401,8 +401,7 @@ def render_grid(volume: Any, path: str, overlay: Any = None, zs: Sequence[int] |
     if viewer.title:
         fig.suptitle(viewer.title, fontsize=10)
     fig.tight_layout()
-    from ekn_core.trainer.atomic import atomic_path
+    from ekn_core.persistence import atomic_write
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     return zs

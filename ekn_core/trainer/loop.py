@@ -1,0 +1,676 @@
+"""The training loop (:class:`Trainer`): ELEKTRONN2's ``Trainer.run`` with exact resume.
+
+Per step the trainer updates the due schedules, draws a batch (seeded by ``(seed, step)``, so the
+data of step *n* does not depend on what ran before), runs the model's compiled training step,
+and fires the ``ekn_on_train_step_end`` hook in Python (two steps, two calls). Every
+``history_freq`` steps it evaluates train/valid monitor batches, records a history row, saves
+``models/latest.mdl`` (and ``models/best.mdl`` when the validation loss improved), logs the
+status line and fires ``ekn_on_validation_end`` (the built-in plot plugin draws the PNGs then).
+Every ``checkpoint_freq`` steps it writes an exact-resume checkpoint; previews are written at
+the configured times.
+
+A non-finite loss is logged, fires ``ekn_on_nan_detected`` and rolls the whole state back to the
+last checkpoint; then ``nan_response`` applies (``lower_lr``: multiply lr by ``nan_lr_factor`` and
+continue; ``stop``).
+
+Ctrl-C only sets :attr:`Trainer.pause_requested`; at the next step boundary
+:meth:`Trainer.open_shell` runs ``ekn_core.trainer.shell.run_shell(trainer)`` (or a minimal
+stdin prompt when that module is absent), which returns ``"continue"`` or ``"kill"``. SIGTERM
+saves and stops (status ``"killed"``).
+
+Example (what ``ekn train examples/mnist.py --set n_steps=2`` does)::
+
+    cfg = ExperimentConfig.from_file("examples/mnist.py", overrides=["n_steps=2"])
+    trainer = Trainer(cfg)
+    status = trainer.run()        # "finished"; files in trainer.run_dir.path
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import inspect
+import logging
+import math
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ekn_core.errors import ConfigError, EknError
+from ekn_core.hooks import host
+from ekn_core.trainer.checkpoint import (CheckpointData, capture_host_rng, latest_checkpoint, prune_checkpoints,
+                                         read_checkpoint, restore_host_rng, write_checkpoint)
+from ekn_core.trainer.config import ExperimentConfig
+from ekn_core.trainer.history import History
+from ekn_core.trainer.rundir import RunDir
+
+log = logging.getLogger("ekn.trainer")
+
+#: Sub-streams of the per-step data seed.
+_STREAMS = {"train": 0, "monitor_train": 1, "monitor_valid": 2}
+_META = ("lr", "mom", "wd", "beta2")
+
+
+def normalised_name(name: str) -> str:
+    """Registry-name comparison key: ``'BatchCreatorImage'`` and ``'batch_creator_image'`` agree.
+
+    Example:
+        >>> normalised_name("MNISTData") == normalised_name("mnist_data")
+        True
+    """
+    return name.replace("_", "").replace("-", "").lower()
+
+
+def resolve_data_class(spec: Any) -> Any:
+    """The data-source factory named by a config's ``data_class``.
+
+    Args:
+        spec: A name in the ``ekn.data`` registry (case and underscores ignored, so ELEKTRONN2's
+            ``'BatchCreatorImage'`` finds ``batch_creator_image``) or ``(path_to_py_file, name)``.
+
+    Raises:
+        ConfigError: The file or the name does not exist.
+        UnknownPluginError: No such registry entry (with suggestions).
+    """
+    if isinstance(spec, (tuple, list)):
+        import importlib.util
+
+        path, name = os.path.expanduser(spec[0]), spec[1]
+        if not os.path.isfile(path):
+            raise ConfigError(f"data_class file {path} does not exist")
+        module_name = "ekn_data_" + normalised_name(os.path.splitext(os.path.basename(path))[0])
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, name):
+            raise ConfigError(f"data_class file {path} defines no {name!r}")
+        return getattr(module, name)
+    from ekn_core.plugins import registry
+
+    reg = registry("data")
+    by_key = {normalised_name(n): n for n in reg.names()}
+    return reg.get(by_key.get(normalised_name(spec), spec))
+
+
+def _takes_rng(method: Any) -> bool:
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "rng" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class Trainer:
+    """Trains a model from an :class:`ExperimentConfig` into a run directory.
+
+    Args:
+        config: The experiment config.
+        run_dir: The run directory (default ``save_path/save_name``).
+        resume: Continue the run in ``run_dir`` from its newest checkpoint.
+        device: GPU choice (``--gpu``): None, an int, ``'auto'`` or ``'cpu'``; overrides ``config.device``.
+
+    Attributes (read/write from the shell; changes take effect at the next step):
+        config, model, data, optimiser, schedules, history, run_dir, step (steps done),
+        elapsed (training seconds), pause_requested, stop_requested, status, batch_size.
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: RunDir | str | None = None, resume: bool = False,
+                 device: Any = None):
+        self.config = config
+        self.run_dir = RunDir(run_dir) if isinstance(run_dir, str) else run_dir or RunDir(
+            os.path.join(config.save_path, config.default_save_name()))
+        self.resume = resume
+        self.pause_requested = False
+        self.stop_requested = False
+        self.status = "created"
+        self.step = 0
+        self.elapsed = 0.0
+        self.best_valid = math.inf
+        self.next_preview_h = float(config.initial_prev_h)
+        self.nan_retries = 0
+        self.last_batch: tuple[np.ndarray, ...] | None = None
+        self.last_metrics: dict[str, float] = {}
+        self.history = History()
+        self.strategy: Any = None  # a tf.distribute strategy, set by distributed training
+        self._warned_rng = False
+        self._monitor_fn: Any = None
+        self._log_handler: logging.Handler | None = None
+
+        if resume:
+            if not self.run_dir.exists():
+                raise ConfigError(f"cannot resume: {self.run_dir.path} is not a run directory")
+        else:
+            self.run_dir.create(overwrite=bool(config.overwrite))
+            self._write_initial_files()
+        self._start_log()
+        self._setup_tensorflow(device)
+        with self.strategy_scope():
+            self._build_model()
+        self._build_data()
+        from ekn_core.schedules import bind_schedules
+
+        self.schedules = bind_schedules(config.schedules, self.model, self.config)
+        from ekn_core.trainer.preview import make_previewer
+
+        self.previewer = make_previewer(self.model, config, self.run_dir.previews)
+        if resume:
+            path = latest_checkpoint(self.run_dir.checkpoints)
+            if path is None:
+                log.warning("no checkpoint in %s: starting the run from step 0", self.run_dir.checkpoints)
+            else:
+                self.restore(read_checkpoint(path))
+                log.info("resumed %s from %s (step %d)", self.run_dir.name, path, self.step)
+        hooks = host()
+        hooks.configure(self.config.jsonable())
+        for line in hooks.report_header(self.config.jsonable()):
+            log.info("%s", line)
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _write_initial_files(self) -> None:
+        import shutil
+
+        shutil.copyfile(self.config.path, self.run_dir.config_copy)
+        self.run_dir.write_run_json(self._run_info(status="created"))
+
+    def _run_info(self, status: str) -> dict[str, Any]:
+        import importlib.metadata as metadata
+
+        from ekn_core._version import __version__
+
+        try:
+            tf_version = metadata.version("tensorflow")
+        except metadata.PackageNotFoundError:
+            tf_version = None
+        return {
+            "name": self.run_dir.name, "config_path": self.config.path, "overrides": self.config.overrides,
+            "settings": self.config.jsonable(), "status": status, "step": self.step, "ekn_version": __version__,
+            "tensorflow_version": tf_version, "python": platform.python_version(), "host": platform.node(),
+            "user": getpass.getuser(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv,
+        }
+
+    def _start_log(self) -> None:
+        from ekn_core.log import add_file_log
+
+        self._log_handler = add_file_log(self.run_dir.log)
+        log.info("%s run %s (pid %d, user %s, host %s)", "resuming" if self.resume else "starting",
+                 self.run_dir.path, os.getpid(), getpass.getuser(), platform.node())
+
+    def _setup_tensorflow(self, device: Any) -> None:
+        import random
+
+        import tensorflow as tf
+
+        from ekn_core.node import set_compile_mode, set_seed
+        from ekn_core.trainer.devices import select_device
+
+        log.info("device: %s", select_device(device if device is not None else self.config.device))
+        seed = int(self.config.seed)
+        if self.config.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        if self.config.compile_mode:
+            set_compile_mode(self.config.compile_mode)
+        tf.random.set_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        set_seed(seed)
+        # Random ops in layers should draw from the global generator: its state is checkpointed.
+        self.tf_generator = tf.random.Generator.from_seed(seed)
+        tf.random.set_global_generator(self.tf_generator)
+
+    @contextlib.contextmanager
+    def strategy_scope(self) -> Iterator[None]:
+        """Scope in which model and optimiser variables are created (a tf.distribute strategy's scope)."""
+        if self.strategy is None:
+            yield
+        else:
+            with self.strategy.scope():
+                yield
+
+    def _build_model(self) -> None:
+        """Creates the model, sets the optimiser meta-parameters and builds the optimiser + compiled step."""
+        cfg = self.config
+        args = dict(cfg.model_load_args)
+        if cfg.model_load_path:
+            from ekn_core.persistence import modelload
+
+            self.model = modelload(cfg.model_load_path, **args)
+            log.info("loaded model %s", cfg.model_load_path)
+        else:
+            from ekn_core.node import model_manager
+
+            model_manager.newmodel(self.run_dir.name)
+            self.model = cfg.create_model(**args)
+            if self.model is None:
+                self.model = model_manager.current
+        for role in ("input_node", "loss_node"):
+            if getattr(self.model, role, None) is None:
+                raise ConfigError(f"the model has no {role.replace('_', ' ')}: create_model must call "
+                                  f"model.designate_nodes(input_node=..., target_node=..., loss_node=..., "
+                                  f"prediction_node=...) and return the model")
+        params = dict(cfg.optimiser_params)
+        for key in _META:
+            if key in params:
+                setattr(self.model, key, params.pop(key))
+        self.optimiser = self.model.get_optimiser(cfg.optimiser)
+        if params:
+            unknown = [k for k in params if k not in getattr(self.optimiser, "meta", {})]
+            if unknown:
+                raise ConfigError(f"optimiser_params {unknown} are not meta-parameters of {cfg.optimiser}; it has "
+                                  f"{', '.join(getattr(self.optimiser, 'meta', {}))}")
+            self.optimiser.set_meta(**params)
+        model_b = self.model.batch_size
+        if cfg.batch_size is not None and model_b is not None and cfg.batch_size != model_b:
+            raise ConfigError(f"batch_size {cfg.batch_size} disagrees with the model's fixed batch size {model_b}")
+        self.batch_size = int(cfg.batch_size or model_b or 1)
+        if cfg.batch_size is None and model_b is None:
+            log.warning("neither the config nor the model fix the batch size: using 1")
+        log.info("%s", self.model.summary())
+
+    def _build_data(self) -> None:
+        cfg = self.config
+        factory = resolve_data_class(cfg.data_class)
+        kwargs = dict(cfg.data_init_kwargs)
+        make = getattr(factory, "from_nodes", factory)
+        self.data = make(self.model.input_node, self.model.target_node, **kwargs)
+        self._data_takes_rng = _takes_rng(self.data.getbatch)
+        log.info("data: %r", self.data)
+
+    # ------------------------------------------------------------------------------------------ batches
+    def _rng(self, stream: str, step: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([int(self.config.seed), int(step), _STREAMS[stream]]))
+
+    def get_batch(self, source: str = "train", size: int | None = None, step: int | None = None,
+                  stream: str | None = None) -> tuple[np.ndarray, ...]:
+        """A batch as the training step needs it (``class_weights`` appended), seeded by ``(seed, step)``."""
+        step = self.step if step is None else step
+        rng = self._rng(stream or source, step)
+        kwargs = dict(self.config.data_batch_args)
+        if self._data_takes_rng:
+            kwargs["rng"] = rng
+        elif hasattr(self.data, "rng"):
+            self.data.rng = rng
+        elif not self._warned_rng:
+            log.warning("the data source %s takes no rng: batches are not reproducible and --resume is not exact",
+                        type(self.data).__name__)
+            self._warned_rng = True
+        batch = tuple(self.data.getbatch(size or self.batch_size, source=source, **kwargs))
+        if self.config.class_weights is not None:
+            batch = (*batch, np.asarray(self.config.class_weights, dtype=np.float32))
+        return batch
+
+    def _voxels(self, batch: tuple[np.ndarray, ...]) -> int:
+        tags = self.model.input_node.shape.tags
+        shape = batch[0].shape
+        return int(np.prod([s for s, t in zip(shape, tags) if t != "f"])) if len(tags) == len(shape) else batch[0].size
+
+    # ------------------------------------------------------------------------------------------ monitoring
+    def _monitor_function(self) -> Any:
+        if self._monitor_fn is None:
+            from ekn_core.node import GraphFunction, union_inputs
+
+            loss = self.model.loss_node
+            outputs = [loss]
+            err = self.model.error_node
+            if err is not None and set(n.name for n in union_inputs([err])) <= {n.name for n in loss.input_nodes}:
+                outputs.append(err)
+            self._monitor_fn = GraphFunction(outputs, inputs=loss.input_nodes, training=False,
+                                             name=f"{self.model.name}:monitor")
+        return self._monitor_fn
+
+    def evaluate(self, source: str) -> tuple[float, float]:
+        """Mean loss and error on a monitor batch of ``source`` (``'train'``/``'valid'``); NaN if unavailable."""
+        n = int(self.config.monitor_batch_size or self.batch_size)
+        chunk = self.model.batch_size or self.batch_size
+        n = int(math.ceil(n / chunk) * chunk)
+        try:
+            batch = self.get_batch(source, size=n, stream=f"monitor_{source}")
+        except (ConfigError, ValueError) as err:
+            if source == "valid":
+                return math.nan, math.nan
+            raise EknError(f"cannot draw a training monitor batch: {err}") from err
+        fn = self._monitor_function()
+        losses, errors, weights = [], [], []
+        for start in range(0, n, chunk):
+            part = [a[start:start + chunk] if (np.ndim(a) and len(a) == n) else a for a in batch]
+            outs = fn(*part)
+            outs = outs if isinstance(outs, list) else [outs]
+            losses.append(float(np.mean(outs[0])))
+            errors.append(float(np.mean(outs[1])) if len(outs) > 1 else math.nan)
+            weights.append(len(part[0]))
+        w = np.asarray(weights, dtype=np.float64)
+        return float(np.dot(losses, w) / w.sum()), float(np.dot(errors, w) / w.sum())
+
+    def monitor(self) -> dict[str, float]:
+        """Evaluates the monitor batches, records a history row, saves the latest/best model and fires hooks."""
+        batch = self.last_batch
+        loss_after = self.model.loss(*batch) if batch is not None else math.nan
+        train_loss, train_err = self.evaluate("train")
+        valid_loss, valid_err = self.evaluate("valid")
+        metrics = {"train_loss": train_loss, "valid_loss": valid_loss, "train_error": train_err,
+                   "valid_error": valid_err, "loss_gain": loss_after - self.last_metrics.get("loss", math.nan),
+                   "lr": self.model.lr, "mom": self.model.mom, "wd": self.model.wd}
+        self.history.history.append(step=self.step, time=self.elapsed, **metrics)
+        self.save_model("latest")
+        score = valid_loss if math.isfinite(valid_loss) else train_loss
+        if math.isfinite(score) and score < self.best_valid:
+            self.best_valid = score
+            self.save_model("best")
+        self.history.save(self.run_dir.history_h5, self.run_dir.history_csv, self.run_dir.timeline_csv)
+        if self.config.print_status:
+            log.info("%s", self.status_line(metrics))
+        host().validation_end(self, self.step, metrics)
+        return metrics
+
+    def status_line(self, metrics: dict[str, float] | None = None) -> str:
+        """ELEKTRONN2's status line: step, smoothed/current loss, errors, loss gain, lr, speed, time."""
+        metrics = metrics or (self.history.history.last() if len(self.history.history) else {})
+        t = self.history.timeline
+        n = int(self.config.loss_smoothing_length)
+        loss_m = float(np.nanmean(t["loss"][-n:])) if len(t) else math.nan
+        loss = t["loss"][-1] if len(t) else math.nan
+        k = int(self.config.time_per_step_smoothing_length)
+        times = np.diff(t["time"][-k - 1:]) if len(t) > 1 else np.array([math.nan])
+        per_step = float(np.mean(times)) if len(times) else math.nan
+        vox = self.last_metrics.get("voxels", math.nan)
+        err = "%" if self.model.error_node is not None else ""
+        scale = 100.0 if err else 1.0
+        return (f"{self.step:05d} L_m={loss_m:.3f}, L={loss:.2f}, tr={metrics.get('train_error', math.nan) * scale:05.2f}"
+                f"{err}, vl={metrics.get('valid_error', math.nan) * scale:05.2f}{err}, "
+                f"tr_L={metrics.get('train_loss', math.nan):.4f}, vl_L={metrics.get('valid_loss', math.nan):.4f}, "
+                f"L_diff={metrics.get('loss_gain', math.nan):+.1e}, LR={self.model.lr:.2e}, "
+                f"{1.0 / per_step if per_step > 0 else math.nan:.2f} it/s, "
+                f"{vox / per_step / 1e6 if per_step > 0 else math.nan:.2f} MVx/s, t={self.elapsed / 60:.1f} min")
+
+    # ------------------------------------------------------------------------------------------ files
+    def save_model(self, which: str) -> str:
+        """Writes ``models/<which>.mdl`` atomically and fires ``ekn_on_checkpoint_saved``."""
+        path = self.model.save(self.run_dir.model_path(which))
+        host().checkpoint_saved(self, path)
+        return path
+
+    def save(self, path: str | None = None) -> str:
+        """Saves the model (to ``path``, default ``models/latest.mdl``); used by the shell's ``save``/``kill``."""
+        if path is None:
+            return self.save_model("latest")
+        path = self.model.save(path)
+        host().checkpoint_saved(self, path)
+        return path
+
+    def plot(self) -> list[str]:
+        """Writes the PNG plots into ``plots/``; returns their paths."""
+        from ekn_core.trainer.plots import plot_history
+
+        return plot_history(self.history, self.run_dir.plots, int(self.config.loss_smoothing_length),
+                            self.run_dir.name)
+
+    def preview(self) -> list[str]:
+        """Writes preview predictions (if ``preview_data_path`` is set) and fires ``ekn_on_preview_written``."""
+        if self.previewer is None:
+            log.info("no previews: preview_data_path is not set (or the prediction is not spatial)")
+            return []
+        t0 = time.perf_counter()
+        paths = self.previewer.write(self.step)
+        for path in paths:
+            host().preview_written(self, path)
+        log.info("wrote %d preview image(s) to %s in %.1f s", len(paths), self.run_dir.previews,
+                 time.perf_counter() - t0)
+        return paths
+
+    def checkpoint_data(self) -> CheckpointData:
+        """The complete training state (see :mod:`ekn_core.trainer.checkpoint`)."""
+        host_arrays, host_state = capture_host_rng()
+        rng = {"tf_generator": self.tf_generator.state.numpy(), **host_arrays}
+        state = {
+            "step": self.step, "elapsed": self.elapsed, "best_valid": self.best_valid if math.isfinite(
+                self.best_valid) else None, "next_preview_h": self.next_preview_h,
+            "meta": {k: getattr(self.model, k) for k in _META}, "iterations": self.model.iterations,
+            "model_elapsed": self.model.elapsed_time, "schedules": self.schedules.get_state(),
+            "host_rng": host_state, "tf_algorithm": int(self.tf_generator.algorithm),
+            "seed": int(self.config.seed), "last_loss": self.last_metrics.get("loss"),
+            "data": {"reproducible": bool(self._data_takes_rng or hasattr(self.data, "rng")),
+                     "scheme": "numpy SeedSequence([seed, step, stream]) per batch"},
+        }
+        return CheckpointData(step=self.step, params={k: p.get_value() for k, p in self.model.all_params.items()},
+                              optimisers={k: o.get_state() for k, o in self.model.optimisers.items()}, rng=rng,
+                              state=state, history=self.history)
+
+    def save_checkpoint(self) -> str:
+        """Writes a checkpoint atomically, prunes old ones, fires ``ekn_on_checkpoint_saved``."""
+        path = write_checkpoint(self.run_dir.checkpoints, self.checkpoint_data())
+        prune_checkpoints(self.run_dir.checkpoints, int(self.config.keep_checkpoints))
+        self.nan_retries = 0
+        host().checkpoint_saved(self, path)
+        return path
+
+    def restore(self, data: CheckpointData) -> None:
+        """Restores a checkpoint's state into the live model, optimiser, schedules, RNGs and history."""
+        params = self.model.all_params
+        missing, extra = sorted(set(params) - set(data.params)), sorted(set(data.params) - set(params))
+        if missing or extra:
+            raise EknError(f"checkpoint does not match the model (missing: {missing[:5]}, unexpected: {extra[:5]}); "
+                           "was the config's model changed since the run started?")
+        for key, param in params.items():
+            param.set_value(data.params[key], force=True)
+        for name, state in data.optimisers.items():
+            self.model.get_optimiser(name).set_state(state)
+        s = data.state
+        for key, value in s["meta"].items():
+            setattr(self.model, key, value)
+        self.model.iterations, self.model.elapsed_time = int(s["iterations"]), float(s["model_elapsed"])
+        self.schedules.set_state(s["schedules"])
+        self.tf_generator.reset(data.rng["tf_generator"])
+        restore_host_rng(data.rng, s["host_rng"])
+        self.history = data.history
+        self.step, self.elapsed = int(s["step"]), float(s["elapsed"])
+        self.best_valid = math.inf if s["best_valid"] is None else float(s["best_valid"])
+        self.next_preview_h = float(s["next_preview_h"])
+        self.last_metrics = {"loss": s["last_loss"]} if s.get("last_loss") is not None else {}
+
+    # ------------------------------------------------------------------------------------------ shell seam
+    def open_shell(self) -> str:
+        """Pauses for the interactive shell; returns ``"continue"`` or ``"kill"`` (then the run stops)."""
+        self.pause_requested = False
+        try:
+            from ekn_core.trainer.shell import run_shell
+        except ModuleNotFoundError as err:
+            if err.name != "ekn_core.trainer.shell":
+                raise
+            run_shell = _fallback_shell
+        result = run_shell(self)
+        if result == "kill":
+            self.stop_requested = True
+            self.status = "killed"
+        elif result != "continue":
+            raise EknError(f"the training shell returned {result!r}; expected 'continue' or 'kill'")
+        return result
+
+    # ------------------------------------------------------------------------------------------ NaN
+    def _handle_nan(self, loss: float, batch: tuple[np.ndarray, ...]) -> None:
+        bad_inputs = [i for i, a in enumerate(batch) if np.issubdtype(np.asarray(a).dtype, np.floating)
+                      and not np.all(np.isfinite(a))]
+        step = self.step + 1
+        log.error("step %d: the loss is %s. %s Rolling back to the last checkpoint.", step, loss,
+                  f"Batch input(s) {bad_inputs} contain NaN/Inf." if bad_inputs else
+                  "The batch is finite: the learning rate may be too high.")
+        host().nan_detected(self, step, {"loss": loss, "lr": self.model.lr})
+        self.nan_retries += 1
+        path = latest_checkpoint(self.run_dir.checkpoints)
+        if path is None:
+            raise EknError("non-finite loss and no checkpoint to roll back to")
+        self.restore(read_checkpoint(path))
+        if self.config.nan_response == "stop" or self.nan_retries > int(self.config.nan_max_retries):
+            why = ("nan_response is 'stop'" if self.config.nan_response == "stop" else
+                   f"{self.nan_retries} rollbacks without progress (nan_max_retries={self.config.nan_max_retries})")
+            log.error("stopping at step %d (%s); the state of step %d was restored", step, why, self.step)
+            self.status = "nan"
+            self.stop_requested = True
+            return
+        self.model.lr = self.model.lr * float(self.config.nan_lr_factor)
+        log.warning("rolled back to step %d; lr lowered to %.3g", self.step, self.model.lr)
+
+    # ------------------------------------------------------------------------------------------ loop
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_int(signum: int, frame: Any) -> None:
+            self.pause_requested = True
+
+        def on_term(signum: int, frame: Any) -> None:
+            self.stop_requested = True
+
+        return {signal.SIGINT: signal.signal(signal.SIGINT, on_int),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+
+    def _progress(self) -> Any:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=int(self.config.n_steps), initial=self.step, unit="step", dynamic_ncols=True,
+                    disable=not sys.stderr.isatty(), file=sys.stderr, desc=self.run_dir.name[:24])
+
+    def _previews_due(self) -> bool:
+        freq = self.config.preview_freq
+        if freq and self.step % int(freq) == 0:
+            return True
+        if self.previewer is not None and self.elapsed / 3600.0 >= self.next_preview_h:
+            self.next_preview_h += max(float(self.config.prev_save_h), 1e-9)
+            return True
+        return False
+
+    def train_step(self) -> float:
+        """Runs one training step (schedules, batch, compiled step, timeline, hook); returns the loss."""
+        t0 = time.perf_counter()
+        self.schedules.update(self.step)
+        batch = self.get_batch("train")
+        loss, step_time, debug = self.model.trainingstep(*batch, optimiser=self.config.optimiser)
+        if not math.isfinite(loss):
+            self.elapsed += time.perf_counter() - t0
+            self._handle_nan(loss, batch)
+            return loss
+        self.last_batch = batch
+        self.step += 1
+        self.elapsed += time.perf_counter() - t0
+        batch_char = float(np.mean(batch[1])) if len(batch) > 1 and np.issubdtype(np.asarray(batch[1]).dtype,
+                                                                                    np.number) else math.nan
+        row = {"step": self.step, "time": self.elapsed, "loss": loss, "batch_char": batch_char}
+        for node, value in zip(self.model.debug_outputs, debug or []):
+            row[f"debug/{node.name}"] = float(np.mean(value))
+        self.history.timeline.append(**row)
+        self.last_metrics = {"loss": loss, "time_per_step": step_time, "lr": self.model.lr,
+                             "voxels": float(self._voxels(batch)),
+                             **{k: v for k, v in row.items() if k.startswith("debug/")}}
+        host().train_step_end(self, self.step, dict(self.last_metrics))
+        return loss
+
+    def _finish_step(self) -> None:
+        cfg = self.config
+        if cfg.history_freq and self.step % int(cfg.history_freq) == 0:
+            t0 = time.perf_counter()
+            self.monitor()
+            self.elapsed += time.perf_counter() - t0
+        if self.step % int(cfg.param_save_it) == 0:
+            self.save_model(f"step-{self.step}")
+        if self.step % cfg.effective_checkpoint_freq == 0:
+            self.save_checkpoint()
+        if self._previews_due():
+            self._safe_preview()
+
+    def _safe_preview(self) -> None:
+        try:
+            self.preview()
+        except Exception as err:  # a failed preview must not end a long run
+            log.error("preview failed: %s: %s", type(err).__name__, err)
+
+    def _stop_reason(self) -> str | None:
+        if self.stop_requested:
+            return self.status if self.status in ("killed", "nan") else "killed"
+        if self.step >= int(self.config.n_steps):
+            return "finished"
+        if self.config.max_runtime is not None and self.elapsed >= float(self.config.max_runtime):
+            log.info("max_runtime of %s s reached", self.config.max_runtime)
+            return "finished"
+        return None
+
+    def run(self) -> str:
+        """Trains until ``n_steps``, ``max_runtime``, a kill or a NaN stop; returns the status
+        (``"finished"``, ``"killed"``, ``"nan"``)."""
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        previous = self._install_signals()
+        self.status = "running"
+        self.run_dir.update_run_json(status="running", step=self.step, overrides=self.config.overrides)
+        hooks = host()
+        hooks.train_begin(self)
+        if latest_checkpoint(self.run_dir.checkpoints) is None:
+            self.save_checkpoint()
+        bar = self._progress()
+        status = "error"
+        try:
+            with logging_redirect_tqdm(loggers=[logging.getLogger("ekn")]) if not bar.disable else \
+                    contextlib.nullcontext():
+                while (reason := self._stop_reason()) is None:
+                    loss = self.train_step()
+                    if not math.isfinite(loss):
+                        bar.n = self.step
+                        bar.refresh()
+                    else:
+                        self._finish_step()
+                        bar.update(1)
+                        per = self.last_metrics["time_per_step"]
+                        bar.set_postfix_str(f"loss {np.nanmean(self.history.timeline['loss'][-50:]):.4f}, "
+                                            f"{self.last_metrics['voxels'] / max(per, 1e-9) / 1e6:.2f} Mvox/s",
+                                            refresh=False)
+                    if self.pause_requested:
+                        self.open_shell()
+                status = reason
+                self._finish(status)
+        except BaseException:
+            self.status = "error"
+            self.run_dir.update_run_json(status="error", step=self.step)
+            hooks.train_end(self, "error")
+            raise
+        finally:
+            bar.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return status
+
+    def _finish(self, status: str) -> None:
+        self.status = status
+        if self.last_batch is not None and (not len(self.history.history)
+                                            or self.history.history["step"][-1] != self.step):
+            self.monitor()
+        self.save_checkpoint()
+        self.save_model("final")
+        self.save_model("latest")
+        self.history.save(self.run_dir.history_h5, self.run_dir.history_csv, self.run_dir.timeline_csv)
+        if self.previewer is not None and status != "nan":
+            self._safe_preview()
+        self.run_dir.update_run_json(status=status, step=self.step, elapsed=self.elapsed)
+        log.info("end of training: %s after %d steps (%.1f min); run directory %s", status, self.step,
+                 self.elapsed / 60, self.run_dir.path)
+        host().train_end(self, status)
+
+    def close(self) -> None:
+        """Detaches the run's log file (call when done with the trainer in a long-lived process)."""
+        if self._log_handler is not None:
+            logging.getLogger("ekn").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+
+def _fallback_shell(trainer: Trainer) -> str:
+    """Minimal pause prompt used until the interactive shell module is installed."""
+    log.warning("paused at step %d; type q to continue or kill to stop", trainer.step)
+    try:
+        answer = input("ekn> ").strip().lower()
+    except EOFError:
+        answer = "q"
+    return "kill" if answer == "kill" else "continue"

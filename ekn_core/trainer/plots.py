@@ -1,0 +1,138 @@
+"""Training plots as PNG files: ``loss.png``, ``errors.png``, ``lr.png`` and ``timeline.png``.
+
+* ``loss``: training and validation loss of the monitor batches over steps (log scale when
+  positive), with the smoothed per-step training loss;
+* ``errors``: training and validation error over steps, raw and smoothed;
+* ``lr``: learning rate, momentum and weight decay over steps;
+* ``timeline``: per-step loss and its moving average over training time, and loss against the
+  batch's mean target ("prevalence").
+
+Matplotlib's Agg back-end is used (no display needed); files are written atomically.
+
+Example:
+    >>> import tempfile
+    >>> from ekn_core.trainer.history import History
+    >>> h = History()
+    >>> for i in range(1, 31):
+    ...     h.timeline.append(step=i, time=0.1 * i, loss=1.0 / i, batch_char=0.3)
+    ...     if i % 10 == 0:
+    ...         h.history.append(step=i, time=0.1 * i, train_loss=1.0 / i, valid_loss=1.2 / i,
+    ...                          train_error=0.5, valid_error=0.6, lr=0.01, mom=0.9, wd=0.0)
+    >>> sorted(os.path.basename(p) for p in plot_history(h, tempfile.mkdtemp()))
+    ['errors.png', 'loss.png', 'lr.png', 'timeline.png']
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import numpy as np
+
+from ekn_core.trainer.atomic import write_bytes
+from ekn_core.trainer.history import History
+
+
+def moving_average(values: np.ndarray, length: int) -> np.ndarray:
+    """Trailing moving average ignoring NaNs (the first values average what is there).
+
+    Example:
+        >>> moving_average(np.array([1.0, 3.0, 5.0, 7.0]), 2).tolist()
+        [1.0, 2.0, 4.0, 6.0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    valid = np.isfinite(values)
+    sums = np.cumsum(np.where(valid, values, 0.0))
+    counts = np.cumsum(valid)
+    length = max(1, int(length))
+    sums[length:] = sums[length:] - sums[:-length].copy()
+    counts[length:] = counts[length:] - counts[:-length].copy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _save(fig: Any, path: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    write_bytes(path, buf.getvalue())
+    return path
+
+
+def _figure(nrows: int = 1) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2 * nrows))
+    axes = fig.subplots(nrows, 1, squeeze=False)[:, 0]
+    return fig, axes
+
+
+def _plot_xy(ax: Any, x: np.ndarray, y: np.ndarray, label: str, **kwargs: Any) -> bool:
+    ok = np.isfinite(y)
+    if not ok.any():
+        return False
+    ax.plot(x[ok], y[ok], label=label, **kwargs)
+    return True
+
+
+def plot_history(history: History, folder: str, smoothing: int = 200, name: str = "") -> list[str]:
+    """Writes the four plots into ``folder``; returns their paths.
+
+    Args:
+        history: The run's history.
+        folder: Output folder (created if needed).
+        smoothing: Moving-average length of the per-step loss.
+        name: Run name for the titles.
+    """
+    os.makedirs(folder, exist_ok=True)
+    h, t = history.history, history.timeline
+    steps = h["step"] if len(h) else np.zeros(0)
+    written = []
+
+    fig, (ax,) = _figure()
+    if len(t):
+        _plot_xy(ax, t["step"], moving_average(t["loss"], smoothing), f"training loss (avg {smoothing} steps)",
+                 color="0.6")
+    for key, colour in (("train_loss", "C0"), ("valid_loss", "C1")):
+        if key in h:
+            _plot_xy(ax, steps, h[key], key.replace("_", " "), color=colour, marker=".")
+    finite = [v for k in ("train_loss", "valid_loss") if k in h for v in h[k] if np.isfinite(v)]
+    if finite and min(finite) > 0:
+        ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="loss", title=f"{name} loss".strip())
+    ax.legend(loc="upper right", fontsize=8)
+    written.append(_save(fig, os.path.join(folder, "loss.png")))
+
+    fig, (ax,) = _figure()
+    for key, colour in (("train_error", "C0"), ("valid_error", "C1")):
+        if key in h:
+            _plot_xy(ax, steps, h[key], key.replace("_", " "), color=colour, marker=".", alpha=0.5)
+            _plot_xy(ax, steps, moving_average(h[key], 8), f"{key.replace('_', ' ')} (avg 8)", color=colour)
+    ax.set(xlabel="step", ylabel="error", title=f"{name} errors".strip())
+    ax.legend(loc="upper right", fontsize=8)
+    written.append(_save(fig, os.path.join(folder, "errors.png")))
+
+    fig, axes = _figure(2)
+    if "lr" in h:
+        _plot_xy(axes[0], steps, h["lr"], "lr", color="C2")
+        if len(h) and np.all(h["lr"][np.isfinite(h["lr"])] > 0) and np.isfinite(h["lr"]).any():
+            axes[0].set_yscale("log")
+    axes[0].set(ylabel="learning rate", title=f"{name} meta-parameters".strip())
+    for key, colour in (("mom", "C3"), ("wd", "C4")):
+        if key in h:
+            _plot_xy(axes[1], steps, h[key], key, color=colour)
+    axes[1].set(xlabel="step", ylabel="value")
+    axes[1].legend(loc="upper right", fontsize=8)
+    written.append(_save(fig, os.path.join(folder, "lr.png")))
+
+    fig, axes = _figure(2)
+    if len(t):
+        loss = t["loss"]
+        axes[0].plot(t["time"], loss, ",", color="0.5", label="loss per step")
+        _plot_xy(axes[0], t["time"], moving_average(loss, smoothing), f"avg {smoothing}", color="C0")
+        axes[1].scatter(t["batch_char"], loss, s=2, alpha=0.4)
+    axes[0].set(xlabel="training time [s]", ylabel="loss", title=f"{name} timeline".strip())
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[1].set(xlabel="mean target of the batch", ylabel="loss")
+    written.append(_save(fig, os.path.join(folder, "timeline.png")))
+    return written

@@ -1,0 +1,92 @@
+"""``ekn train CONFIG``: train a model from an ELEKTRONN2-style experiment config (also ``ekn-train``).
+
+Example:
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> TrainCommand().add_arguments(parser)
+    >>> args = parser.parse_args(["exp.py", "--set", "n_steps=5", "--gpu", "auto"])
+    >>> args.config, args.set, args.gpu
+    ('exp.py', ['n_steps=5'], 'auto')
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ekn_core.commands import Command
+from ekn_core.errors import ConfigError
+
+
+def load_for_run(config: str | None, overrides: list[str], resume: str | None,
+                 save_path: str | None = None) -> tuple[object, object]:
+    """The experiment config and run directory for ``ekn train`` arguments.
+
+    Without ``resume`` a new run directory is named from the config. With ``resume`` (a run
+    directory, or ``latest`` together with CONFIG) the run's own config copy is loaded with the
+    overrides it was started with plus the new ones.
+
+    Returns:
+        ``(ExperimentConfig, RunDir)``.
+
+    Raises:
+        ConfigError: Missing CONFIG, or no run to resume.
+    """
+    from ekn_core.trainer.config import ExperimentConfig
+    from ekn_core.trainer.rundir import RunDir, find_latest_run
+
+    extra = [f"save_path={save_path!r}"] if save_path else []
+    if resume is None:
+        if not config:
+            raise ConfigError("give a CONFIG file (or --resume RUN_DIR)")
+        cfg = ExperimentConfig.from_file(config, [*overrides, *extra])
+        return cfg, RunDir(os.path.join(cfg.save_path, cfg.default_save_name()))
+    if resume == "latest":
+        if not config:
+            raise ConfigError("--resume latest needs the CONFIG file to know where its runs are")
+        cfg = ExperimentConfig.from_file(config, [*overrides, *extra])
+        run_dir = (RunDir(os.path.join(cfg.save_path, cfg.save_name)) if cfg.save_name
+                   else find_latest_run(cfg.save_path, cfg.stem))
+    else:
+        run_dir = RunDir(resume)
+    info = run_dir.read_run_json()
+    cfg = ExperimentConfig.from_file(run_dir.config_copy, [*info.get("overrides", []), *overrides],
+                                     origin=info.get("config_path"))
+    cfg.save_path, cfg.save_name = os.path.dirname(run_dir.path), run_dir.name
+    return cfg, run_dir
+
+
+class TrainCommand(Command):
+    """Train a model from an experiment config (ELEKTRONN2 format) into a run directory.
+
+    The run directory (save_path/save_name) receives the log, a copy of the config, model files
+    (latest, best, final, periodic), checkpoints, the history (HDF5 and CSV), plots, previews and
+    TensorBoard files. Ctrl-C pauses at the next step and opens the training shell.
+
+    Examples:
+      ekn train examples/neuro3d_lite.py --set n_steps=500
+      ekn train --resume ~/ekn_training/neuro3d_lite__24-05-01_10-00-00 --set n_steps=1000
+    """
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("config", nargs="?", metavar="CONFIG", help="experiment config file (Python)")
+        parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                            help="override a setting, e.g. --set n_steps=100 --set optimiser_params.lr=1e-3 "
+                                 "(values are Python literals; bare words are strings)")
+        parser.add_argument("--gpu", default=None, metavar="N|auto|cpu",
+                            help="GPU number, 'auto' (most free memory) or 'cpu' (default: config 'device')")
+        parser.add_argument("--resume", default=None, metavar="RUN_DIR|latest",
+                            help="continue a run exactly from its newest checkpoint ('latest': newest run of CONFIG)")
+        parser.add_argument("--save-path", default=None, metavar="DIR", help="parent folder of the run directory")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ekn_core.trainer.loop import Trainer
+
+        cfg, run_dir = load_for_run(args.config, args.set, args.resume, args.save_path)
+        trainer = Trainer(cfg, run_dir=run_dir, resume=args.resume is not None, device=args.gpu)
+        try:
+            status = trainer.run()
+        finally:
+            trainer.close()
+        print(f"run directory: {run_dir.path}  (status: {status}, step {trainer.step})")
+        return {"finished": 0, "killed": 0, "nan": 3}.get(status, 1)

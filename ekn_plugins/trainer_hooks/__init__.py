@@ -1,0 +1,1 @@
+"""Built-in trainer side effects implemented as hook plugins (plots, TensorBoard)."""

@@ -1,0 +1,50 @@
+"""`ekn plugin new` makes a plugin package that installs and shows up in `ekn plugins`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ekn_core.errors import ConfigError
+from ekn_plugins.commands.plugin_new import new_plugin, validate_name
+
+
+def _ekn(*args):
+    return subprocess.run([sys.executable, "-m", "ekn_core.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_new_plugin_installs_and_is_listed(tmp_path):
+    target = tmp_path / "ekn-blob-tools"
+    result = _ekn("plugin", "new", "blob_tools", str(target))
+    assert result.returncode == 0, result.stderr
+    assert (target / "src" / "ekn_blob_tools" / "layers.py").exists()
+    pyproject = (target / "pyproject.toml").read_text()
+    assert 'name = "ekn-blob-tools"' in pyproject and '"blob_tools.scale"' in pyproject
+    assert '"example.' not in pyproject and "ekn_plugin_example" not in pyproject
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(target)]
+    subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    try:
+        rows = json.loads(_ekn("plugins", "--json").stdout)
+        mine = {(r["kind"], r["name"]): r for r in rows if r["distribution"] == "ekn-blob-tools"}
+        assert set(mine) == {("layers", "blob_tools.scale"), ("losses", "blob_tools.log_cosh"),
+                             ("augmenters", "blob_tools.invert"), ("commands", "blob_tools_hello"),
+                             ("plugins", "ekn_blob_tools")}
+        assert all(r["status"] == "loaded" for r in mine.values()), mine
+        assert _ekn("blob-tools-hello", "you").stdout.strip() == "hello, you"
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "ekn-blob-tools"],
+                       capture_output=True, timeout=300)
+
+
+@pytest.mark.parametrize("bad", ["Blob", "ekn_blob", "1blob", "blob-tools", "class"])
+def test_bad_plugin_names_are_refused(bad):
+    with pytest.raises(ConfigError):
+        validate_name(bad)
+
+
+def test_existing_directory_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="already exists"):
+        new_plugin("blob", str(tmp_path))
