@@ -104,6 +104,7 @@ AUGMENTERS = [
     "warp = ekn_plugins.augmenters.geometric:Warp",
 ]
 DATA_SOURCES = [
+    "background_batches = ekn_plugins.data.workers:BackgroundBatches",
     "batch_creator_image = ekn_plugins.data.patches:BatchCreatorImage",
     "digits = ekn_plugins.data.mnist:DigitsSource",
     "mnist_data = ekn_plugins.data.mnist:DigitsSource",

@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_dataset(tmp, n_volumes=2, shape=(48, 300, 300), label_margin=(6, 24, 24), seed=0)
+        files = write_dataset(tmp, n_volumes=2, shape=(40, 300, 300), label_margin=(4, 24, 24), seed=0)
         for row in bench_augment(files, args.seconds):
             print(json.dumps(row))
         if args.train:

@@ -48,11 +48,39 @@ def _spec(net: Net, mfp: bool = False) -> tuple[list[dict[str, Any]], dict[str, 
     descriptors = copy.deepcopy(list(descriptors))
     if mfp:
         apply_mfp(descriptors, designated, resolve)
+    if designated.get("prediction_node"):
+        needed = _closure(descriptors, [designated["prediction_node"], designated["input_node"]])
+        descriptors = [d for d in descriptors if d["name"] in needed]
     inp = input_descriptor(descriptors, designated)
     if mfp and None in inp["config"]["shape"]:
         shape = TaggedShape(inp["config"]["shape"], inp["config"]["tags"])
         inp["config"]["shape"] = list(shape.updateshape("b", 1).shape) if shape.hastag("b") else inp["config"]["shape"]
     return descriptors, designated, resolve, inp
+
+
+def _references(config: Any) -> list[str]:
+    if isinstance(config, list):
+        return [name for v in config for name in _references(v)]
+    if isinstance(config, dict):
+        if "node" in config and isinstance(config["node"], str):
+            return [config["node"]]
+        if "param" in config:
+            return [config["param"][0]]
+        return [name for v in config.values() for name in _references(v)]
+    return []
+
+
+def _closure(descriptors: list[dict[str, Any]], roots: list[str]) -> set[str]:
+    """Names of the roots and every node their descriptors refer to (parents and references)."""
+    by_name = {d["name"]: d for d in descriptors}
+    needed: set[str] = set()
+    stack = list(roots)
+    while stack:
+        name = stack.pop()
+        if name not in needed and name in by_name:
+            needed.add(name)
+            stack.extend(_references(by_name[name]["config"]))
+    return needed
 
 
 def _input_shape(inp: dict[str, Any]) -> TaggedShape:

@@ -362,6 +362,8 @@ def encode_argument(value: Any, owner: Node, arg_name: str) -> Any:
         return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        return np.dtype(value).name
     if isinstance(value, (list, tuple)):
         if arg_name in owner.params and len(value) == 2 and isinstance(value[0], np.ndarray):
             return {"saved_param": arg_name, "mode": str(value[1])}
@@ -620,6 +622,7 @@ class Node(metaclass=NodeMeta):
             raise TypeError(f"{type(self).__name__}._compute_shape must return a TaggedShape")
         self.computational_cost = float(self._compute_cost())
         self.model = model
+        bound.apply_defaults()  # files record every argument: immune to later default changes
         config = {}
         for key, value in bound.arguments.items():
             if key == "name":

@@ -37,9 +37,9 @@ import math
 from typing import Any, ClassVar, Protocol, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from ekn_core.errors import ConfigError, EknError
+from ekn_core.lazy import tf
 
 
 class Param(Protocol):

@@ -60,14 +60,21 @@ def test_stream_is_deterministic_and_independent_of_worker_count():
 
 
 @pytest.mark.parametrize("mode", ["raise", "exit"])
-def test_crashed_worker_is_reported_and_replaced(tmp_path, caplog, mode):
+def test_crashed_worker_is_reported_and_replaced(tmp_path, mode):
     factory = functools.partial(CountingSource, str(tmp_path), fail_at=3, mode=mode)
-    with caplog.at_level(logging.WARNING, logger="ekn.data.workers"):
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("ekn.data.workers")  # the "ekn" logger may not propagate (CLI logging set-up)
+    logger.addHandler(handler)
+    try:
         with BackgroundBatches(factory, batch_size=2, n_workers=2, seed=0) as batches:
             got = [batches.get() for _ in range(6)]
             assert batches.restarts == 1
+    finally:
+        logger.removeHandler(handler)
     assert_same(got, serial(6))
-    message = caplog.text
+    message = "\n".join(records)
     if mode == "raise":
         assert "failed on batch 3" in message and "boom in getbatch" in message and "Traceback" in message
     else:  # a killed worker cannot say which batch it was on; it restarts at the one awaited

@@ -6,9 +6,9 @@ import pytest
 import ekn_core.neuromancer as nm
 
 
-def _loss_head(model, inp, out, target_ref, nll_name="nll"):
+def _loss_head(model, inp, out, target_ref=None, nll_name="nll"):
     probs = nm.Softmax(out)
-    target = nm.Input_like(target_ref, override_f=1, name="target")
+    target = nm.Input_like(target_ref or probs, override_f=1, name="target")
     loss_pix = nm.MultinoulliNLL(probs, target, target_is_sparse=True, name=nll_name)
     loss = nm.AggregateLoss(loss_pix, name="loss")
     errors = nm.Errors(probs, target, target_is_sparse=True)
@@ -27,7 +27,7 @@ def build_neuro3d(name="neuro3d", patch=(23, 185, 185)):
                             (200, (1, 1, 1), None)]:
         out = nm.Conv(out, n_f, filt, pool)
     out = nm.Conv(out, 2, (1, 1, 1), activation_func="lin")
-    _loss_head(model, inp, out, out)
+    _loss_head(model, inp, out)
     return model
 
 
@@ -39,7 +39,7 @@ def build_neuro3d_lite(name="neuro3d_lite"):
                             (200, (1, 3, 3), None), (200, (1, 3, 3), None), (200, (1, 1, 1), None)]:
         out = nm.Conv(out, n_f, filt, pool)
     out = nm.Conv(out, 2, (1, 1, 1), activation_func="lin")
-    _loss_head(model, inp, out, out)
+    _loss_head(model, inp, out)
     return model
 
 

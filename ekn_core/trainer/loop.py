@@ -27,6 +27,7 @@ Example (what ``ekn train examples/mnist.py --set n_steps=2`` does)::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import getpass
 import inspect
@@ -53,8 +54,9 @@ from ekn_core.trainer.rundir import RunDir
 
 log = logging.getLogger("ekn.trainer")
 
-#: Sub-streams of the per-step data seed.
-_STREAMS = {"train": 0, "monitor_train": 1, "monitor_valid": 2}
+#: Seed entropy of each batch stream after ``(seed, step)``; training batches use ``[seed, step]``,
+#: the scheme of the background workers (``ekn.data`` entry ``background_batches``).
+_STREAMS: dict[str, tuple[int, ...]] = {"train": (), "monitor_train": (1,), "monitor_valid": (2,)}
 _META = ("lr", "mom", "wd", "beta2")
 
 
@@ -99,6 +101,21 @@ def resolve_data_class(spec: Any) -> Any:
     return reg.get(by_key.get(normalised_name(spec), spec))
 
 
+class NodeInfo:
+    """The geometry of a model node (``name``, ``shape``, ``dtype``) without its variables; picklable,
+    so data sources can be built from it in background worker processes."""
+
+    def __init__(self, node: Any):
+        self.name, self.shape, self.dtype = node.name, node.shape, getattr(node, "dtype", "float32")
+
+
+def make_data_source(data_class: Any, input_node: Any, target_node: Any, kwargs: dict[str, Any]) -> Any:
+    """Builds a config's data source: ``cls.from_nodes(input, target, **kwargs)`` or ``cls(input, target, **kwargs)``."""
+    factory = resolve_data_class(data_class)
+    make = getattr(factory, "from_nodes", factory)
+    return make(input_node, target_node, **kwargs)
+
+
 def _takes_rng(method: Any) -> bool:
     try:
         params = inspect.signature(method).parameters
@@ -141,6 +158,8 @@ class Trainer:
         self.strategy: Any = None  # a tf.distribute strategy, set by distributed training
         self._warned_rng = False
         self._monitor_fn: Any = None
+        self._step_times: collections.deque[float] = collections.deque(
+            maxlen=int(config.time_per_step_smoothing_length))
         self._log_handler: logging.Handler | None = None
 
         if resume:
@@ -245,7 +264,10 @@ class Trainer:
         else:
             from ekn_core.node import model_manager
 
-            model_manager.newmodel(self.run_dir.name)
+            # a fresh, current default model: ELEKTRONN2 configs fetch it with model_manager.getmodel()
+            if "default" in model_manager.models:
+                model_manager.remove("default")
+            model_manager.setdefault()
             self.model = cfg.create_model(**args)
             if self.model is None:
                 self.model = model_manager.current
@@ -275,32 +297,67 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg = self.config
-        factory = resolve_data_class(cfg.data_class)
-        kwargs = dict(cfg.data_init_kwargs)
-        make = getattr(factory, "from_nodes", factory)
-        self.data = make(self.model.input_node, self.model.target_node, **kwargs)
+        self.data = make_data_source(cfg.data_class, self.model.input_node, self.model.target_node,
+                                     dict(cfg.data_init_kwargs))
         self._data_takes_rng = _takes_rng(self.data.getbatch)
+        self._background: Any = None
         log.info("data: %r", self.data)
+
+    def _background_batches(self) -> Any:
+        """The background workers for training batches (started on first use at the current step)."""
+        n = self.config.background_processes
+        n = 2 if n is True else int(n or 0)
+        if not n or not self._data_takes_rng:
+            return None
+        if self._background is None or self._background.next_index != self.step:
+            import functools
+
+            from ekn_core.plugins import registry
+
+            self.close_background()
+            nodes = [NodeInfo(n) if n is not None else None for n in (self.model.input_node, self.model.target_node)]
+            factory = functools.partial(make_data_source, self.config.data_class, *nodes,
+                                        dict(self.config.data_init_kwargs))
+            self._background = registry("data").get("background_batches")(
+                factory, self.batch_size, n_workers=n, seed=int(self.config.seed), source="train",
+                batch_kwargs=dict(self.config.data_batch_args), start=self.step)
+            log.info("started %d background data worker(s) at step %d", n, self.step)
+        return self._background
+
+    def close_background(self) -> None:
+        """Stops the background data workers (they restart at the current step when needed)."""
+        if self._background is not None:
+            self._background.close()
+            self._background = None
 
     # ------------------------------------------------------------------------------------------ batches
     def _rng(self, stream: str, step: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence([int(self.config.seed), int(step), _STREAMS[stream]]))
+        return np.random.default_rng(np.random.SeedSequence([int(self.config.seed), int(step), *_STREAMS[stream]]))
 
     def get_batch(self, source: str = "train", size: int | None = None, step: int | None = None,
                   stream: str | None = None) -> tuple[np.ndarray, ...]:
-        """A batch as the training step needs it (``class_weights`` appended), seeded by ``(seed, step)``."""
+        """A batch as the training step needs it (``class_weights`` appended), seeded by ``(seed, step)``.
+
+        Training batches of the current step come from the background workers when
+        ``background_processes`` is set; they are the same batches the serial path draws.
+        """
         step = self.step if step is None else step
-        rng = self._rng(stream or source, step)
-        kwargs = dict(self.config.data_batch_args)
-        if self._data_takes_rng:
-            kwargs["rng"] = rng
-        elif hasattr(self.data, "rng"):
-            self.data.rng = rng
-        elif not self._warned_rng:
-            log.warning("the data source %s takes no rng: batches are not reproducible and --resume is not exact",
-                        type(self.data).__name__)
-            self._warned_rng = True
-        batch = tuple(self.data.getbatch(size or self.batch_size, source=source, **kwargs))
+        background = self._background_batches() if (source == "train" and stream is None and size is None
+                                                      and step == self.step) else None
+        if background is not None:
+            batch = tuple(background.get())
+        else:
+            kwargs = dict(self.config.data_batch_args)
+            rng = self._rng(stream or source, step)
+            if self._data_takes_rng:
+                kwargs["rng"] = rng
+            elif hasattr(self.data, "rng"):
+                self.data.rng = rng
+            elif not self._warned_rng:
+                log.warning("the data source %s takes no rng: batches are not reproducible and --resume is not "
+                            "exact", type(self.data).__name__)
+                self._warned_rng = True
+            batch = tuple(self.data.getbatch(size or self.batch_size, source=source, **kwargs))
         if self.config.class_weights is not None:
             batch = (*batch, np.asarray(self.config.class_weights, dtype=np.float32))
         return batch
@@ -375,9 +432,7 @@ class Trainer:
         n = int(self.config.loss_smoothing_length)
         loss_m = float(np.nanmean(t["loss"][-n:])) if len(t) else math.nan
         loss = t["loss"][-1] if len(t) else math.nan
-        k = int(self.config.time_per_step_smoothing_length)
-        times = np.diff(t["time"][-k - 1:]) if len(t) > 1 else np.array([math.nan])
-        per_step = float(np.mean(times)) if len(times) else math.nan
+        per_step = float(np.mean(self._step_times)) if self._step_times else math.nan
         vox = self.last_metrics.get("voxels", math.nan)
         err = "%" if self.model.error_node is not None else ""
         scale = 100.0 if err else 1.0
@@ -556,7 +611,9 @@ class Trainer:
             return loss
         self.last_batch = batch
         self.step += 1
-        self.elapsed += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        self.elapsed += took
+        self._step_times.append(took)
         batch_char = float(np.mean(batch[1])) if len(batch) > 1 and np.issubdtype(np.asarray(batch[1]).dtype,
                                                                                     np.number) else math.nan
         row = {"step": self.step, "time": self.elapsed, "loss": loss, "batch_char": batch_char}
@@ -623,7 +680,7 @@ class Trainer:
                     else:
                         self._finish_step()
                         bar.update(1)
-                        per = self.last_metrics["time_per_step"]
+                        per = float(np.mean(self._step_times))
                         bar.set_postfix_str(f"loss {np.nanmean(self.history.timeline['loss'][-50:]):.4f}, "
                                             f"{self.last_metrics['voxels'] / max(per, 1e-9) / 1e6:.2f} Mvox/s",
                                             refresh=False)
@@ -638,6 +695,7 @@ class Trainer:
             raise
         finally:
             bar.close()
+            self.close_background()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return status

@@ -62,7 +62,7 @@ def _save(fig: Any, path: str) -> str:
 def _figure(nrows: int = 1) -> tuple[Any, Any]:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 3.2 * nrows))
+    fig = Figure(figsize=(8, 3.2 * nrows), layout="constrained")
     axes = fig.subplots(nrows, 1, squeeze=False)[:, 0]
     return fig, axes
 

@@ -88,18 +88,21 @@ def _mitochondria(ids: np.ndarray, aniso: float, density: float, rng: np.random.
     """Boolean mask of elongated ellipsoids, each clipped to the cell it starts in."""
     mask = np.zeros(ids.shape, dtype=bool)
     n = int(density * ids.size / 30000) + 1
-    zz, yy, xx = np.indices(ids.shape, dtype=np.float32)
     for _ in range(n):
         centre = np.array([rng.integers(0, s) for s in ids.shape])
         cell = ids[tuple(centre)]
+        axes = np.array([rng.uniform(1.5, 3.0), rng.uniform(1.5, 3.0), rng.uniform(3.0, 7.0)])
+        rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
         if cell == 0:
             continue
-        axes = rng.uniform(1.5, 3.0), rng.uniform(1.5, 3.0), rng.uniform(3.0, 7.0)
-        rot = np.linalg.qr(rng.normal(size=(3, 3)))[0]
-        d = np.stack([(zz - centre[0]) * aniso, yy - centre[1], xx - centre[2]])
+        reach = np.ceil(axes.max() / np.array([aniso, 1.0, 1.0])).astype(int)
+        lo, hi = np.maximum(centre - reach, 0), np.minimum(centre + reach + 1, ids.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        d = np.stack(np.meshgrid(*[np.arange(a, b) - c for a, b, c in zip(lo, hi, centre)], indexing="ij"))
+        d = d * np.array([aniso, 1.0, 1.0])[:, None, None, None]
         local = np.tensordot(rot.T, d, axes=1)
         inside = sum((local[i] / axes[i]) ** 2 for i in range(3)) <= 1.0
-        mask |= inside & (ids == cell)
+        mask[box] |= inside & (ids[box] == cell)
     return mask
 
 

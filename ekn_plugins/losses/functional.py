@@ -28,9 +28,9 @@ import math
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from ekn_core.errors import ShapeError
+from ekn_core.lazy import tf
 
 #: Clip for probabilities given instead of logits (``log(max(p, PROB_EPS))``).
 PROB_EPS = 1e-7
@@ -84,7 +84,7 @@ def softmax(logits: Any, n_indep: int = 1) -> tf.Tensor:
     return _ungrouped(tf.nn.softmax(_grouped(logits, n_indep), axis=-1))
 
 
-def one_hot(target: Any, n_class: int, ignore_label: int | None = None, dtype: Any = tf.float32) -> tf.Tensor:
+def one_hot(target: Any, n_class: int, ignore_label: int | None = None, dtype: Any = "float32") -> tf.Tensor:
     """Sparse ids ``(..., n_indep)`` → one-hot ``(..., n_indep*n_class)``; ids < 0 or ``ignore_label``
     give all-zero rows.
 

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ekn_core.errors import ConfigError
+from ekn_core.lazy import tf
 from ekn_core.node import Node
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.losses import functional as F
@@ -273,8 +274,6 @@ class SoftDice(Node):
         return TaggedShape((1,), "f")
 
     def _forward(self, inputs: list[Any], training: bool) -> Any:
-        import tensorflow as tf
-
         loss = F.soft_dice(inputs[0], inputs[1], n_indep=self.n_indep, target_is_sparse=self.target_is_sparse,
                            class_weights=self.class_weights, ignore_label=self.ignore_label, smooth=self.smooth,
                            per_example=self.per_example)
@@ -311,7 +310,5 @@ class AggregateLoss(Node):
         return float(sum(p.shape.stripnone_prod for p in self.parents))
 
     def _forward(self, inputs: list[Any], training: bool) -> Any:
-        import tensorflow as tf
-
         means = tf.stack([tf.reduce_mean(tf.cast(x, tf.float32)) for x in inputs])
         return tf.reshape(tf.reduce_mean(means * self.params["mixing_weights"].variable), [1])

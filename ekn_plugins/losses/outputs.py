@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ekn_core.errors import ConfigError
+from ekn_core.lazy import tf
 from ekn_core.node import Node
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.losses import functional as F
@@ -173,8 +174,6 @@ class Errors(Node):
         return float(self.parents[1].shape.stripnone_prod)
 
     def _forward(self, inputs: list[Any], training: bool) -> Any:
-        import tensorflow as tf
-
         pred, target = inputs
         cls = pred if isinstance(self.parents[0], Classification) else F.classify(pred, self.n_indep, self.threshold)
         if self.threshold is not None and not self.target_is_sparse:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import tensorflow as tf
-
+from ekn_core.lazy import tf
 from ekn_core.optimisation import Optimiser
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import tensorflow as tf
-
 from ekn_core.errors import ConfigError
+from ekn_core.lazy import tf
 from ekn_core.optimisation import Optimiser
 
 
