@@ -4,8 +4,9 @@ Core code never touches ``pm.hook`` directly: it calls :func:`host` and the meth
 :class:`Hooks`, which keep argument names in one place.
 
 Example:
-    >>> from ekn_core.hooks import host
-    >>> host().report_header({})  # lines from every plugin that adds some
+    >>> from ekn_core.hooks import Hooks
+    >>> hooks = Hooks(autoload=False)  # the process-wide one is ekn_core.hooks.host()
+    >>> hooks.report_header({})  # lines from every plugin that adds some
     []
 """
 

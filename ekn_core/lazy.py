@@ -7,7 +7,7 @@ attribute access imports TensorFlow.
 
 Example:
     >>> from ekn_core.lazy import tf
-    >>> tf.constant(2.0).numpy()  # TensorFlow is imported here, on first use
+    >>> float(tf.constant(2.0).numpy())  # TensorFlow is imported here, on first use
     2.0
 """
 

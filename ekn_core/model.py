@@ -34,9 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ekn_core.errors import ConfigError, EknError, ShapeError
-from ekn_core.node import (GraphFunction, Node, Param, evaluate, random_input, tf,
-                           topological_order, union_inputs)
+from ekn_core.errors import ConfigError, EknError
+from ekn_core.node import GraphFunction, Node, Param, evaluate, tf, topological_order
 
 log = logging.getLogger("ekn.model")
 
@@ -68,8 +67,22 @@ class TrainStep(GraphFunction):
             outs = evaluate(self.outputs, feed, True)
             loss = T.reduce_mean(T.cast(outs[0], "float32"))
         grads = tape.gradient(loss, variables, unconnected_gradients=T.UnconnectedGradients.ZERO)
-        self.optimiser.apply(grads, self.params)
+        self.optimiser.apply(self.reduce_gradients(grads), self.params)
         return [loss, *outs[1:]]
+
+    def reduce_gradients(self, grads: list[Any]) -> list[Any]:
+        """Combines gradients across replicas before the update (identity here; see ``DistributedTrainStep``)."""
+        return grads
+
+
+def _train_step(model: Model, optimiser: Any, params: list[Param]) -> TrainStep:
+    """The training step; data-parallel when built inside a tf.distribute strategy's scope."""
+    T = tf()
+    if T.distribute.has_strategy():
+        from ekn_core.trainer.distributed import DistributedTrainStep
+
+        return DistributedTrainStep(model, optimiser, params, T.distribute.get_strategy())
+    return TrainStep(model, optimiser, params)
 
 
 class GradientFunction(GraphFunction):
@@ -233,16 +246,13 @@ class Model:
 
     def _repair_fov(self) -> None:
         pred, inp = self.prediction_node, self.input_node
-        if inp is None or inp.shape.ndim != pred.shape.ndim:
-            log.warning("cannot repair the unknown FOV of %r: no spatial input node", pred.name)
+        if inp is None or inp.shape.ndim != pred.shape.ndim or any(st != int(st) for st in pred.shape.strides):
+            log.warning("cannot repair the unknown FOV of %r: it needs a spatial input node and whole strides",
+                        pred.name)
             return
         fov = []
         for s_in, s_out, st in zip(inp.shape.spatial_shape, pred.shape.spatial_shape, pred.shape.strides):
-            value = s_in - (st * (s_out - 1) + 1)
-            if value % 2:
-                raise ShapeError(f"FOV of {pred.name!r} is not centered: input {inp.shape.spatial_shape}, output "
-                                 f"{pred.shape.spatial_shape}, strides {pred.shape.strides}")
-            fov.append(int(value))
+            fov.append(int(s_in - (st * (s_out - 1) + 1)))
         for node in (pred, self.target_node):
             if node is not None and node.shape.ndim == len(fov):
                 node.shape = node.shape.updatefov(tuple(fov))
@@ -310,7 +320,7 @@ class Model:
                 opt.meta["beta2"].assign(self._meta["beta2"])
             opt.build(params)
             self.optimisers[key] = opt
-            self._functions[f"train:{key}"] = TrainStep(self, opt, params)
+            self._functions[f"train:{key}"] = _train_step(self, opt, params)
         return self.optimisers[key]
 
     def trainingstep(self, *batch: Any, optimiser: str = "SGD", update_loss: bool = False) -> tuple[float, float, Any]:
@@ -534,9 +544,4 @@ class Model:
         return f"<Model {self.name!r}: {len(self.nodes)} nodes>"
 
 
-def random_batch(nodes: Sequence[Node]) -> list[np.ndarray]:
-    """Random arrays for the given source nodes (declared shapes, unknown sizes → 1)."""
-    return [random_input(n.shape, getattr(n, "dtype", "float32")) for n in nodes]
-
-
-__all__ = ["Model", "TrainStep", "GradientFunction", "DEFAULT_META", "random_batch", "union_inputs"]
+__all__ = ["Model", "TrainStep", "GradientFunction", "DEFAULT_META"]

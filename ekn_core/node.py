@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import logging
 import math
 import os
@@ -758,21 +757,20 @@ class Node(metaclass=NodeMeta):
         """Runs the node on random inputs of the declared shapes (unknown sizes → 1).
 
         Returns ``(output, seconds)``; with ``on_shape_mismatch='raise'`` a difference between the
-        computed and the actual output shape raises :class:`ShapeError`.
+        computed and the actual output shape raises :class:`ShapeError`. ``debug_outputs`` is
+        accepted for ELEKTRONN2 compatibility and ignored.
         """
         arrays = [random_input(n.shape, getattr(n, "dtype", FLOATX)) for n in self.input_nodes]
         self(*arrays)  # compile
         t0 = time.perf_counter()
         out = self(*arrays)
         elapsed = time.perf_counter() - t0
-        batch = {n.shape["b"] for n in self.input_nodes if n.shape.hastag("b")}
-        expected = tuple((1 if s is None else s) if t != "b" or s is not None else
-                         (out.shape[self.shape.tag2index("b")]) for s, t in zip(self.shape.shape, self.shape.tags))
-        ok = tuple(out.shape) == expected
+        expected = tuple(a if s is None else s for s, a in zip(self.shape.shape, out.shape))
+        ok = out.shape == expected
         n_vox = self.shape.spatial_size * (out.shape[self.shape.tag2index("b")] if self.shape.hastag("b") else 1)
         speed = f", {n_vox / elapsed / 1e6:.3f} MPix/s" if elapsed > 0 and self.shape.ndim else ""
-        log.info("test_run of %r: output %s (computed %s, %s), %.4f s%s (batch %s)", self.name, out.shape,
-                 self.shape.shape, "agree" if ok else "MISMATCH", elapsed, speed, batch)
+        log.info("test_run of %r: output %s (computed %s, %s), %.4f s%s", self.name, out.shape,
+                 self.shape.shape, "agree" if ok else "MISMATCH", elapsed, speed)
         if not ok:
             message = f"node {self.name!r}: computed shape {self.shape.shape} but actual output {out.shape}"
             if on_shape_mismatch == "raise":
@@ -969,8 +967,3 @@ class GraphFunction:
         outs = self.run_canonical(self.check_arrays(arrays))
         results = [node.shape.from_canonical(o) for node, o in zip(self.outputs, outs)]
         return results[0] if len(results) == 1 else results
-
-
-def descriptor_json(descriptor: dict[str, Any]) -> str:
-    """Canonical JSON text of a descriptor (sorted keys), used for round-trip checks."""
-    return json.dumps(descriptor, sort_keys=True)

@@ -19,3 +19,17 @@ def shared_dir() -> str:
     if not os.path.isdir(SHARED):
         pytest.skip("shared/ folder not found beside the checkout")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _reset_ekn_logger():
+    """Undo ``setup_logging`` done by a CLI call inside a test (its handler holds pytest's
+    captured stream, which is closed after the test), so later records reach ``caplog``."""
+    import logging
+
+    yield
+    logger = logging.getLogger("ekn")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

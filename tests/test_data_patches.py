@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ekn_core.errors import ConfigError, ShapeError
-from ekn_plugins.augmenters.transform import source_bounds, voxel_matrix
+from ekn_plugins.augmenters.transform import source_bounds
 from ekn_plugins.data.patches import BatchCreatorImage, PatchSource
 
 RAW_SHAPE, LAB_SHAPE = (12, 40, 40), (8, 30, 30)
@@ -182,3 +182,16 @@ def test_errors(coord_files, tmp_path):
     with pytest.raises(ShapeError, match="even"):
         PatchSource(patch_size=(6, 20, 20), d_path=coord_files["d_path"], d_files=coord_files["d_files"],
                     l_files=[str(tmp_path / "odd.h5:lab")])
+
+
+def test_elektronn2_batch_args(coord_files):
+    src = PatchSource(patch_size=(6, 20, 20), offsets=(1, 4, 4), strides=(1, 2, 2), target_dtype="int32", seed=2,
+                      **coord_files)
+    img, target = src.getbatch(3, warp=True, warp_args={"perspective": True, "warp_amount": 0.5})
+    check_alignment(img, target, (1, 4, 4), (1, 2, 2), exact=False)
+    assert np.any(np.diff(img[:, 2], axis=-1) != 1)  # really warped
+    img, _ = src.getbatch(2, warp=0.5, grey_augment_channels=[0])
+    assert 0 <= img[:, 0].min() and img[:, 0].max() <= 1  # grey augmentation clips channel 0 to [0, 1]
+    assert img[:, 1].max() > 1  # other channels untouched
+    with pytest.raises(ConfigError, match="not supported"):
+        src.getbatch(1, warp=True, warp_args={"twist": 1})

@@ -170,3 +170,16 @@ def test_neuro3d_lite_runs_and_matches_computed_shape():
     logits = model.prediction_node.parents[0]
     out, _ = logits.test_run(on_shape_mismatch="raise")
     assert out.shape == (1, 2, 4, 30, 30)
+
+
+def test_mnist_trains_with_adam_in_one_trace():
+    model = build_mnist()
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 1, 26, 26)).astype("float32")
+    y = rng.integers(0, 10, (8, 1)).astype("float32")
+    model.lr = 2e-3
+    mean0 = model["conv"].params["mean"].get_value()
+    losses = [model.trainingstep(x, y, optimiser="Adam")[0] for _ in range(6)]
+    assert losses[-1] < losses[0] and model.iterations == 6
+    assert model._functions["train:adam"].traces == 1
+    assert not np.allclose(model["conv"].params["mean"].get_value(), mean0)  # BN statistics updated

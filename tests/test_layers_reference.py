@@ -59,7 +59,8 @@ def gradient_check(out: Node, feeds: dict[Node, np.ndarray], training: bool = Fa
         def gradients() -> Any:
             with tf.GradientTape() as tape:
                 value = tf.reduce_sum(evaluate([out], dict(inputs), training)[0] * proj)
-            return tape.gradient(value, variables, unconnected_gradients="zero")
+            grads = tape.gradient(value, variables, unconnected_gradients="zero")
+            return [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices (gather) → dense
 
         grads = gradients()
         count = 0
@@ -137,6 +138,8 @@ def ref_pool(x: np.ndarray, pool: tuple[int, ...], stride: tuple[int, ...], mode
     ("b,f,z,y,x", (1, 2, 4, 5, 5), (2, 3, 3), "valid", (1, 1, 1)),
     ("b,z,y,x,f", (2, 3, 4, 4, 2), (1, 3, 3), "valid", (1, 1, 1)),
     ("b,f,z,y,x", (1, 3, 3, 4, 4), (1, 1, 1), "valid", (1, 1, 1)),
+    ("b,f,y,z,x", (2, 2, 6, 3, 5), (3, 1, 2), "valid", (2, 1, 1)),  # z not first: replacement transposes
+    ("b,f,x,y,z", (1, 2, 5, 5, 2), (3, 3, 1), "same", (1, 1, 1)),
 ])
 def test_conv_equals_scipy(tags, shape, filt, mode, dil):
     inp = nm.Input(shape, tags)
@@ -210,13 +213,14 @@ def test_perceptron_equals_numpy(flatten):
 
 def test_mfp_fragments_to_dense_equals_sliding_net():
     """Dense MFP output at q equals the plain net applied to the input shifted by q."""
-    x = rand(1, 1, 9, 8)
-    inp = nm.Input((1, 1, 9, 8), "b,f,x,y")
+    x = rand(1, 1, 10, 9)
+    inp = nm.Input((1, 1, 10, 9), "b,f,x,y")
     conv = nm.Conv(inp, 2, (2, 3), (2, 2), mfp=True, activation_func="lin")
     dense = nm.FragmentsToDense(conv)
     out = dense.shape.to_canonical(dense(x))[0]
     small = nm.Input((1, 1, 3, 4), "b,f,x,y", name="patch")
     plain = nm.Conv(small, 2, (2, 3), (2, 2), activation_func="lin", w=conv.params["w"], b=conv.params["b"])
+    assert out.shape == (8, 6, 2)
     for q in np.ndindex(*out.shape[:-1]):
         patch = x[:, :, q[0]:q[0] + 3, q[1]:q[1] + 4]
         np.testing.assert_allclose(out[q], plain(patch)[0, :, 0, 0], atol=ATOL)

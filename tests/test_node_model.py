@@ -21,7 +21,8 @@ def _cleanup():
 
 def _regression_model(name="reg", tags="b,f,x"):
     model = model_manager.newmodel(name)
-    inp = nm.Input((None, 3, 6), tags, name="raw")
+    sizes = {"b": None, "f": 3, "x": 6}
+    inp = nm.Input([sizes[t] for t in tags.split(",")], tags, name="raw")
     hidden = nm.Conv(inp, 4, 3, activation_func="tanh")
     pred = nm.Conv(hidden, 1, 1, activation_func="lin", name="pred")
     target = nm.Input_like(pred, name="target")
@@ -72,12 +73,11 @@ def test_call_errors_name_the_input_and_expectation():
         model.prediction_node(np.zeros((5, 3, 7), "float32"))
     with pytest.raises(ShapeError, match="must have 3 axes"):
         model.prediction_node(np.zeros((3, 6), "float32"))
-    sparse = model_manager.newmodel("sparse")
+    model_manager.newmodel("sparse")
     labels = nm.Input((None, 1, 4), "b,f,x", dtype="int16", name="labels")
     with pytest.raises(TypeError, match="must have dtype int16"):
         labels(np.zeros((1, 1, 4), "float32"))
     assert labels(np.zeros((1, 1, 4), "int64")).dtype == np.int16
-    del sparse
 
 
 def test_tag_orders_give_the_same_result():
@@ -155,7 +155,7 @@ def test_dropout_only_in_training_and_rates_settable():
 
 
 def test_batch_normalisation_train_mode_updates_running_statistics():
-    model = model_manager.newmodel("bn")
+    model_manager.newmodel("bn")
     inp = nm.Input((None, 2, 6), "b,f,x")
     out = nm.Conv(inp, 3, 1, activation_func="lin", batch_normalisation="train")
     x = np.random.default_rng(0).normal(3.0, 2.0, (8, 2, 6)).astype("float32")
@@ -179,7 +179,7 @@ def test_summary_plot_and_stats(tmp_path):
             model.plot(str(tmp_path / "g.png"))
         assert (tmp_path / "g.dot").exists()
     x, t = _batch()
-    assert set(model.paramstats()) == {"conv/w", "conv/b", "pred/w", "pred/b"}
+    assert set(model.paramstats()) == {"conv/w", "conv/b", "pred/w", "pred/b", "loss/mixing_weights"}
     assert set(model.gradstats(x, t)) == {"conv/w", "conv/b", "pred/w", "pred/b"}
     assert "pred" in model.actstats(x, t)
     out, seconds = model.test_run_prediction()

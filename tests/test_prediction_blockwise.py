@@ -138,3 +138,22 @@ def test_plan_bounds_block_memory_and_rejects_bad_roi():
         make_plan(g, (64, 512, 512), 1, 2, roi=((0, 0, 0), (65, 10, 10)))
     with pytest.raises(ShapeError, match="full context"):
         make_plan(g, (10, 512, 512), 1, 2, pad=False)
+
+
+def test_peak_memory_is_flat_in_the_volume_size(tmp_path):
+    import tracemalloc
+
+    net = NumpyNet(random_layers(np.random.default_rng(4), [("conv", 2, (1, 1, 1))]), (4, 16, 16))
+    peaks = []
+    for size in (64, 256):  # input 0.25 MB vs 4 MB; output 2 MB vs 32 MB of float32
+        path = str(tmp_path / f"raw{size}.h5")
+        with h5py.File(path, "w") as f:
+            f.create_dataset("raw", data=np.random.default_rng(5).integers(0, 255, (16, size, size), np.uint8),
+                             chunks=(8, 64, 64))
+        tracemalloc.start()
+        predict_volume(net, path + ":raw", str(tmp_path / f"out{size}.zarr"), tile=None, memory_budget=2 * MB,
+                       progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 4 * MB, peaks
+    assert peaks[1] < 1.5 * peaks[0] + MB, peaks

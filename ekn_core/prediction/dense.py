@@ -52,7 +52,7 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30
 
 def auto_batch_size(net: Any, memory_budget: int | None = None) -> int:
     """Passes per forward call: the net's fixed batch, else as many as fit ``memory_budget``
-    (at most one tile's passes, at least 1).
+    (at most one tile's passes, at least 1; a larger patch is the better way to use memory).
 
     Example:
         >>> class N: batch, bytes_per_voxel = None, 1000.0
@@ -66,7 +66,7 @@ def auto_batch_size(net: Any, memory_budget: int | None = None) -> int:
         return int(net.batch)
     per_pass = net.bytes_per_voxel * float(np.prod(net.geometry.patch))
     fit = int((memory_budget or DEFAULT_MEMORY_BUDGET) // max(per_pass, 1.0))
-    return max(1, min(net.geometry.passes * 4, fit))
+    return max(1, min(net.geometry.passes, fit))
 
 
 def predict_region(net: Any, read: Callable[[tuple, tuple], np.ndarray], grid: TileGrid,
@@ -94,6 +94,8 @@ def predict_region(net: Any, read: Callable[[tuple, tuple], np.ndarray], grid: T
     weights = blend_weights(g.tile_out, blend) if blend else None
     phases = g.phases()
     tiles = grid.tiles(lo, hi)
+    if net.batch is None:
+        batch_size = max(1, min(batch_size, len(tiles) * len(phases)))
     pending: list[tuple] = []          # starts of tiles queued, not yet written
     queue: list[np.ndarray] = []       # sub-patches waiting for a forward pass
     outputs: list[np.ndarray] = []     # pass outputs in queue order
@@ -112,9 +114,11 @@ def predict_region(net: Any, read: Callable[[tuple, tuple], np.ndarray], grid: T
 
     def run_queue(final: bool) -> None:
         while len(queue) >= batch_size or (final and queue):
-            chunk = np.stack(queue[:batch_size])
-            del queue[:batch_size]
-            outputs.extend(net(chunk))
+            n = min(batch_size, len(queue))
+            # a short last batch is zero-filled: one input shape, one compiled function
+            chunk = np.stack(queue[:n] + [np.zeros_like(queue[0])] * (batch_size - n))
+            del queue[:n]
+            outputs.extend(net(chunk)[:n])
         while pending and len(outputs) >= len(phases):
             start = pending.pop(0)
             dense = np.empty((net.n_lab, *g.tile_out), np.float32)

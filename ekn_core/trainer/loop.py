@@ -98,7 +98,16 @@ def resolve_data_class(spec: Any) -> Any:
 
     reg = registry("data")
     by_key = {normalised_name(n): n for n in reg.names()}
-    return reg.get(by_key.get(normalised_name(spec), spec))
+    key = normalised_name(spec)
+    if key not in by_key:
+        import difflib
+
+        from ekn_core.errors import UnknownPluginError
+
+        close = [by_key[k] for k in difflib.get_close_matches(key, list(by_key), n=3)]
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownPluginError("data", spec, [], hint + f" Data sources: {', '.join(reg.names())}.")
+    return reg.get(by_key[key])
 
 
 class NodeInfo:
@@ -158,6 +167,7 @@ class Trainer:
         self.strategy: Any = None  # a tf.distribute strategy, set by distributed training
         self._warned_rng = False
         self._monitor_fn: Any = None
+        self._finite_fn: Any = None
         self._step_times: collections.deque[float] = collections.deque(
             maxlen=int(config.time_per_step_smoothing_length))
         self._log_handler: logging.Handler | None = None
@@ -230,6 +240,9 @@ class Trainer:
         from ekn_core.trainer.devices import select_device
 
         log.info("device: %s", select_device(device if device is not None else self.config.device))
+        from ekn_core.trainer.distributed import make_strategy
+
+        self.strategy = make_strategy(self.config.distribute)  # before any op: MultiWorker needs that
         seed = int(self.config.seed)
         if self.config.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -547,6 +560,20 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------------------------------ NaN
+    def _params_finite(self) -> bool:
+        """Whether every trainable parameter is finite (a loss that clips probabilities can hide NaNs)."""
+        if self._finite_fn is None:
+            import tensorflow as tf
+
+            variables = [p.variable for p in self.model.trainable_params.values()]
+
+            @tf.function
+            def all_finite() -> Any:
+                return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
+
+            self._finite_fn = all_finite
+        return bool(self._finite_fn())
+
     def _handle_nan(self, loss: float, batch: tuple[np.ndarray, ...]) -> None:
         bad_inputs = [i for i, a in enumerate(batch) if np.issubdtype(np.asarray(a).dtype, np.floating)
                       and not np.all(np.isfinite(a))]
@@ -605,7 +632,8 @@ class Trainer:
         self.schedules.update(self.step)
         batch = self.get_batch("train")
         loss, step_time, debug = self.model.trainingstep(*batch, optimiser=self.config.optimiser)
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or not self._params_finite():
+            loss = loss if not math.isfinite(loss) else math.nan
             self.elapsed += time.perf_counter() - t0
             self._handle_nan(loss, batch)
             return loss
@@ -661,6 +689,9 @@ class Trainer:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         previous = self._install_signals()
+        from ekn_core.trainer.remote import ShellServer
+
+        shell_server = ShellServer.start(self)  # `ekn shell RUN_DIR` attaches through it
         self.status = "running"
         self.run_dir.update_run_json(status="running", step=self.step, overrides=self.config.overrides)
         hooks = host()
@@ -695,6 +726,7 @@ class Trainer:
             raise
         finally:
             bar.close()
+            shell_server.close()
             self.close_background()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

@@ -207,11 +207,14 @@ class TrainingShell:
         trainer: The trainer.
         namespace: The Python namespace of the session.
         result: ``"continue"`` or ``"kill"``: what :meth:`run` returns (commands set it).
+        sees_log: Whether the user sees the console log (a local terminal): commands whose
+            results are logged need not print them again.
     """
 
-    def __init__(self, trainer: Any, shell_io: ShellIO):
+    def __init__(self, trainer: Any, shell_io: ShellIO, sees_log: bool = False):
         self.trainer = trainer
         self.io = shell_io
+        self.sees_log = sees_log
         self.namespace = make_namespace(trainer)
         self.console = _Console(self.namespace, shell_io)
         self.result = "continue"
@@ -395,14 +398,14 @@ def run_shell(trainer: Any, stdin: Any = None, stdout: Any = None) -> str:
             return TrainingShell(trainer, StreamIO(stdin, stdout or sys.stdout)).run()
         shell_io: Any = InputIO()
         if sys.stdin.isatty() and sys.stdout.isatty():
-            shell = TrainingShell(trainer, shell_io)
+            shell = TrainingShell(trainer, shell_io, sees_log=True)
             try:
                 shell.io = TerminalIO(shell.complete)
             except Exception as err:  # e.g. an unsupported terminal: the plain prompt still works
                 log.warning("prompt_toolkit is not usable (%s): plain input without completion", err)
             shell.console.shell_io = shell.io
             return shell.run()
-        return TrainingShell(trainer, shell_io).run()
+        return TrainingShell(trainer, shell_io, sees_log=True).run()
 
 
 __all__ = ["run_shell", "TrainingShell", "StreamIO", "InputIO", "TerminalIO", "make_namespace",

@@ -22,19 +22,16 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from typing import Sequence
 
 import numpy as np
 
-try:  # numba is an optional accelerator
-    if os.environ.get("EKN_NO_NUMBA", "").strip() in {"1", "true", "yes"}:
-        raise ImportError("disabled by EKN_NO_NUMBA")
-    import numba
-except ImportError:  # pragma: no cover - depends on the installation
-    numba = None
-
-HAVE_NUMBA = numba is not None
+#: numba is an optional accelerator, imported on first use (it costs ~0.3 s to import).
+HAVE_NUMBA = (importlib.util.find_spec("numba") is not None
+              and os.environ.get("EKN_NO_NUMBA", "").strip() not in {"1", "true", "yes"})
 
 
 def _warp_python(src, m, origin, step, out_shape, order, disp, spacing, shift, out):  # pragma: no cover
@@ -99,7 +96,12 @@ def _warp_python(src, m, origin, step, out_shape, order, disp, spacing, shift, o
                         out[c, k, j, i] = c0 + (c10 + (c11 - c10) * fy - c0) * fz
 
 
-_warp_numba = numba.njit(cache=True, nogil=True)(_warp_python) if HAVE_NUMBA else None
+@functools.lru_cache(maxsize=1)
+def _warp_numba():
+    """The numba-compiled kernel (numba is imported here, on first use)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_warp_python)
 
 
 def coordinates(matrix: np.ndarray, out_shape: Sequence[int], origin: Sequence[float] = (0, 0, 0),
@@ -178,7 +180,7 @@ def warp(src: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], order: i
             else np.zeros((3, 0, 0, 0)))
     shift = (np.ascontiguousarray(slice_shift, dtype=np.float64) if slice_shift is not None
              else np.zeros((0, 2)))
-    _warp_numba(np.ascontiguousarray(src), np.ascontiguousarray(matrix, dtype=np.float64),
+    _warp_numba()(np.ascontiguousarray(src), np.ascontiguousarray(matrix, dtype=np.float64),
                 np.asarray(origin, dtype=np.float64), np.asarray(step, dtype=np.float64), out_shape,
                 int(order), disp, np.asarray(spacing if spacing is not None else (1, 1, 1), dtype=np.float64),
                 shift, out)

@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -146,10 +146,6 @@ class Transform:
             spacing=self.spacing if self.displacement is not None else other.spacing,
             slice_shift=self.slice_shift if self.slice_shift is not None else other.slice_shift,
         )
-
-    def with_linear(self, linear: np.ndarray) -> Transform:
-        """A copy with another linear part."""
-        return replace(self, linear=linear)
 
     def margin(self) -> np.ndarray:
         """Largest ``|shift + displacement|`` per axis, in output voxels (for bounds checks)."""

@@ -1,0 +1,1 @@
+"""Training data: patch source, background workers, digits source, synthetic EM volumes."""

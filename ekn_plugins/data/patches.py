@@ -113,13 +113,16 @@ class PatchSource:
         target_dtype: dtype of the targets (``"int16"`` for class ids; float for dense targets).
         target_discrete_ix: Target channels warped with nearest neighbour (default: all); the
             others are interpolated trilinearly (continuous dense targets).
-        augmenters: Augmenter config list, e.g. ``[{"type": "warp"}, {"type": "grey"}]``.
+        augmenters: Augmenter config list, e.g. ``[{"type": "warp"}, {"type": "grey"}]``
+            (ELEKTRONN2's ``getbatch`` arguments ``warp``, ``warp_args`` and
+            ``grey_augment_channels`` are accepted too).
         augment_valid: Also augment validation patches.
         class_weights: Per-class weights; ``getbatch`` then also returns a per-target-voxel weight array.
         border_mode: img-scalar only: ``"crop"`` (centre crop to the patch), ``"keep"``,
             ``"mirror"`` or ``"0-pad"`` (pad cubes smaller than the patch).
         input_tags, target_tags: Axis tags of the returned arrays (the model's declared layout).
-        in_memory: Load all cubes into memory (True, ELEKTRONN2's default behaviour).
+
+    Cubes are loaded into memory once (as ELEKTRONN2 did); patches are then cut from memory.
         seed: Seed of the source's own random generator (``getbatch`` may be given one).
     """
 
@@ -175,6 +178,7 @@ class PatchSource:
                                                             0 if mode == "img-scalar" else ndim)
         self.rng = np.random.default_rng(seed)
         self.warp_stats = {"ok": 0, "redrawn": 0}
+        self._compat: dict[str, Pipeline] = {}
         cubes = [self._load(_volume_path(d_path, d), _volume_path(l_path, lab)) for d, lab in zip(d_files, l_files)]
         self.n_f = cubes[0].raw.shape[0]
         self.t_n_f = cubes[0].label.shape[0]
@@ -304,16 +308,16 @@ class PatchSource:
                     displacement=transform.displacement, spacing=transform.spacing,
                     slice_shift=transform.slice_shift)
 
-    def _example(self, cube: Cube, augment: bool, rng: np.random.Generator, force_dense: bool):
+    def _example(self, cube: Cube, pipeline: Pipeline | None, rng: np.random.Generator, force_dense: bool):
         t_shape, t_step = self._target_grid(force_dense)
         matrix = None
         for _ in range(MAX_WARP_TRIES):
-            transform = self.pipeline.sample_transform(rng, self.ctx) if augment else Transform.identity()
+            transform = pipeline.sample_transform(rng, self.ctx) if pipeline else Transform.identity()
             matrix = self._place(cube, transform, t_shape, t_step, rng)
             if matrix is not None:
                 break
             self.warp_stats["redrawn"] += 1
-            if not augment:
+            if not pipeline:
                 break
         if matrix is None:
             raise ShapeError(f"{cube.name}: no position fits a patch of {self.patch_size} (labels "
@@ -323,8 +327,8 @@ class PatchSource:
         self.warp_stats["ok"] += 1
         margin = transform.margin()
         img = self._cut(cube.raw, matrix, self.patch_size, 1, (0, 0, 0), (1, 1, 1), transform, margin)
-        if augment:
-            img = self.pipeline.augment_image(img, rng, self.ctx)
+        if pipeline:
+            img = pipeline.augment_image(img, rng, self.ctx)
         if self.mode == "img-scalar":
             return img, cube.label[:, 0, 0, 0]
         lab_matrix = matrix.copy()
@@ -363,7 +367,8 @@ class PatchSource:
         return tuple(out)
 
     def getbatch(self, batch_size: int = 1, source: str = "train", rng: np.random.Generator | None = None,
-                 force_dense: bool = False) -> tuple[np.ndarray, ...]:
+                 force_dense: bool = False, warp: bool | float = False, warp_args: dict[str, Any] | None = None,
+                 grey_augment_channels: Sequence[int] | None = None) -> tuple[np.ndarray, ...]:
         """A batch of examples: ``(images, targets)``, plus per-voxel ``weights`` with ``class_weights``.
 
         Args:
@@ -372,6 +377,8 @@ class PatchSource:
                 augmented only with ``augment_valid``).
             rng: Random generator for this batch (default: the source's own).
             force_dense: Targets at every output-region voxel instead of every stride-th.
+            warp, warp_args, grey_augment_channels: ELEKTRONN2's ``data_batch_args``; when given
+                they replace the ``augmenters`` pipeline (see :func:`elektronn2_pipeline`).
 
         Returns:
             Arrays in the layout of ``input_tags`` / ``target_tags``: images float32, targets in
@@ -386,10 +393,16 @@ class PatchSource:
             cubes, prios, augment = self.valid_cubes, None, self.augment_valid
         else:
             raise ConfigError(f"source must be 'train' or 'valid', got {source!r}")
+        pipeline = self.pipeline
+        if warp or warp_args or grey_augment_channels:
+            key = repr((warp, warp_args, grey_augment_channels))
+            if key not in self._compat:
+                self._compat[key] = elektronn2_pipeline(warp, warp_args, grey_augment_channels)
+            pipeline = self._compat[key]
         img, target = self._allocbatch(batch_size, force_dense)
         for b in range(batch_size):
             cube = cubes[rng.choice(len(cubes), p=prios)]
-            img[b], target[b] = self._example(cube, augment and len(self.pipeline) > 0, rng, force_dense)
+            img[b], target[b] = self._example(cube, pipeline if augment and len(pipeline) else None, rng, force_dense)
         weights = None
         if self.class_weights is not None:
             if target.min() < 0 or target.max() >= len(self.class_weights):
@@ -408,6 +421,35 @@ class PatchSource:
         return (f"PatchSource({self.mode}, patch {self.patch_size}, offsets {self.offsets}, strides {self.strides}, "
                 f"{len(self.train_cubes)} train / {len(self.valid_cubes)} valid cubes, n_f={self.n_f}, "
                 f"t_n_f={self.t_n_f}, augmenters={len(self.pipeline)})")
+
+
+def elektronn2_pipeline(warp: bool | float = False, warp_args: dict[str, Any] | None = None,
+                        grey_augment_channels: Sequence[int] | None = None) -> Pipeline:
+    """The augmenters equivalent to ELEKTRONN2's ``getbatch(warp=..., warp_args=..., grey_augment_channels=...)``.
+
+    Every example is flipped/swapped; a fraction ``warp`` (True = all) is also warped with
+    ``warp_args`` (``warp_amount``, ``lock_z``, ``no_x_flip``, ``perspective``, ``sample_aniso``);
+    ``grey_augment_channels`` get ELEKTRONN2's grey-value augmentation.
+
+    Example:
+        >>> [type(a).__name__ for a in elektronn2_pipeline(0.5, {"perspective": True}, [0]).augmenters]
+        ['Flip', 'Warp', 'Grey']
+    """
+    args = dict(warp_args or {})
+    known = {"warp_amount", "lock_z", "no_x_flip", "perspective", "sample_aniso", "aniso_factor"}
+    if set(args) - known:
+        raise ConfigError(f"warp_args {sorted(set(args) - known)} are not supported; known: {sorted(known)}")
+    lock_z = bool(args.get("lock_z", True))
+    augmenters: list[dict[str, Any]] = [{"type": "flip", "axes": (0, 1) if args.get("no_x_flip") else (0, 1, 2),
+                                         "swap": not args.get("no_x_flip", False)}]
+    if warp:
+        augmenters.append({"type": "warp", "probability": 1.0 if warp is True else float(warp), "flip": False,
+                           "swap": False, "lock_z": lock_z, "amount": float(args.get("warp_amount", 1.0)),
+                           "perspective": 0.003 if args.get("perspective") else 0.0,
+                           "sample_aniso": bool(args.get("sample_aniso", True))})
+    if grey_augment_channels:
+        augmenters.append({"type": "grey", "channels": list(grey_augment_channels)})
+    return Pipeline(augmenters)
 
 
 def BatchCreatorImage(input_node: Any, target_node: Any = None, **kwargs: Any) -> PatchSource:  # noqa: N802

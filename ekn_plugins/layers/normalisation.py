@@ -147,7 +147,7 @@ def batch_normalise(node: Node, x: Any, training: bool, mode: str | bool) -> Any
 
 
 def _bn_nodes(nodes: Iterable[Node]) -> list[Node]:
-    return [n for n in nodes if "bn_count" in n.params and not n.params["bn_count"].constant]
+    return [n for n in nodes if getattr(n, "batch_normalisation", False) in ("train", "fadeout")]
 
 
 def reset_statistics(nodes: Iterable[Node]) -> int:

@@ -26,7 +26,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 
 from ekn_core.errors import ConfigError
 from ekn_core.node import Node, tf

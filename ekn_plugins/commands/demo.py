@@ -1,0 +1,195 @@
+"""``ekn demo [OUT_DIR] [--steps N]``: the whole workflow on a fresh machine, in minutes on a CPU.
+
+1. writes synthetic neuron-like EM volumes (``OUT_DIR/data``: 2 training, 1 validation and 1
+   held-out volume in ELEKTRONN2's ``neuro_data_zxy`` layout);
+2. writes the experiment config ``OUT_DIR/neuro3d_lite_demo.py`` (the ``examples/neuro3d_lite.py``
+   net with demo settings) and trains it for ``--steps`` steps into ``OUT_DIR/runs/<name>``
+   (checkpoints, model files, history, plots, previews, TensorBoard files);
+3. reloads the best model with max-fragment pooling and predicts the held-out volume densely
+   (``OUT_DIR/prediction.h5:barrier``);
+4. writes pictures of the held-out volume (raw, prediction, labels) and prints where everything is.
+
+Example:
+    >>> text = demo_config("/data", steps=10)
+    >>> "n_steps = 10" in text and "def create_model" in text
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+from ekn_core.commands import Command
+
+#: Synthetic volume shape (z, y, x) and label margin of the demo data.
+DEMO_SHAPE = (40, 200, 200)
+DEMO_MARGIN = (8, 24, 24)
+#: Patch for MFP dense prediction (snapped to the nearest valid size when loading).
+DEMO_MFP_PATCH = (23, 171, 171)
+
+_CONFIG = '''"""Demo config written by `ekn demo` (the examples/neuro3d_lite.py net on synthetic data)."""
+
+_data = {data!r}
+
+save_path = {runs!r}
+save_name = "neuro3d_lite_demo"
+overwrite = True
+preview_data_path = (_data + "/raw_2.h5", "raw")
+preview_kwargs = {{"export_class": [1], "max_z_pred": 3}}
+data_class = "BatchCreatorImage"
+background_processes = 1
+data_init_kwargs = {{
+    "d_path": _data, "l_path": _data,
+    "d_files": [("raw_%i.h5" % i, "raw") for i in range(3)],
+    "l_files": [("barrier_int16_%i.h5" % i, "lab") for i in range(3)],
+    "aniso_factor": 2, "valid_cubes": [2],
+    "augmenters": [{{"type": "warp", "probability": 0.5}}, {{"type": "grey", "channels": [0]}}],
+}}
+n_steps = {steps}
+max_runtime = 3600
+history_freq = {history}
+monitor_batch_size = 4
+optimiser = "Adam"
+optimiser_params = {{"lr": 1e-3, "mom": 0.9, "beta2": 0.999, "wd": 0.5e-4}}
+schedules = {{"lr": {{"dec": 0.995, "every": 100}}}}
+batch_size = 1
+seed = 0
+
+
+def create_model():
+    import ekn_core.neuromancer as nm
+
+    inp = nm.Input((None, 1, 11, 155, 155), "b,f,z,x,y", name="raw")
+    out = nm.Conv(inp, 20, (1, 4, 4), (1, 2, 2))
+    out = nm.Conv(out, 40, (3, 3, 3), (1, 2, 2))
+    out = nm.Conv(out, 150, (2, 4, 4), (2, 1, 1))
+    out = nm.Conv(out, 200, (1, 3, 3))
+    out = nm.Conv(out, 200, (1, 3, 3))
+    out = nm.Conv(out, 200, (1, 1, 1))
+    out = nm.Conv(out, 2, (1, 1, 1), activation_func="lin")
+    probs = nm.Softmax(out)
+    target = nm.Input_like(probs, override_f=1, dtype="int16", name="target")
+    loss = nm.AggregateLoss(nm.MultinoulliNLL(probs, target, target_is_sparse=True, name="nll"), name="loss")
+    errors = nm.Errors(probs, target, target_is_sparse=True)
+    model = nm.model_manager.getmodel()
+    model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=probs,
+                          prediction_ext=[loss, errors, probs], error_node=errors)
+    return model
+'''
+
+
+def demo_config(data_dir: str, steps: int, runs_dir: str = "runs") -> str:
+    """The text of the demo's experiment config."""
+    return _CONFIG.format(data=data_dir, runs=runs_dir, steps=int(steps), history=max(1, min(50, int(steps) // 4)))
+
+
+def aligned_crops(raw, pred, label):
+    """Crops raw ``(z, y, x)``, prediction ``(c, z, y, x)`` and labels to the voxels all three cover
+    (all three are centred on each other).
+
+    Example:
+        >>> import numpy as np
+        >>> r, p, l = aligned_crops(np.zeros((10, 20, 20)), np.zeros((2, 6, 16, 16)), np.zeros((8, 12, 12)))
+        >>> r.shape, p.shape, l.shape
+        ((6, 12, 12), (2, 6, 12, 12), (6, 12, 12))
+    """
+    ctx = [(r - q) // 2 for r, q in zip(raw.shape, pred.shape[1:])]
+    loff = [(r - q) // 2 for r, q in zip(raw.shape, label.shape)]
+    lo = [max(c, o) for c, o in zip(ctx, loff)]
+    hi = [min(c + q, o + m) for c, q, o, m in zip(ctx, pred.shape[1:], loff, label.shape)]
+
+    def crop(origin):
+        return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, origin))
+
+    return raw[crop([0, 0, 0])], pred[(slice(None), *crop(ctx))], label[crop(loff)]
+
+
+def write_pictures(raw, pred, label, folder: str) -> list[str]:
+    """PNGs of the central z-slice of aligned crops: raw, barrier probability (channel 1), labels."""
+    import numpy as np
+
+    from ekn_core.trainer.atomic import write_bytes
+    from ekn_core.trainer.preview import png_bytes
+
+    os.makedirs(folder, exist_ok=True)
+    z = pred.shape[1] // 2
+    pictures = {"raw.png": raw[z], "prediction.png": pred[1, z], "label.png": (label[z] > 0).astype(np.float32)}
+    paths = []
+    for name, image in pictures.items():
+        path = os.path.join(folder, name)
+        write_bytes(path, png_bytes(image))
+        paths.append(path)
+    return paths
+
+
+class DemoCommand(Command):
+    """Run the README demo: synthetic EM data, train neuro3d_lite, predict with MFP, write pictures.
+
+    Takes a few minutes on a 2-core CPU with the default 300 steps.
+    """
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("out_dir", nargs="?", default="ekn_demo", metavar="OUT_DIR",
+                            help="folder for data, run, prediction and pictures (default ./ekn_demo)")
+        parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+
+    def run(self, args: argparse.Namespace) -> int:
+        import numpy as np
+
+        from ekn_core.errors import ConfigError
+        from ekn_core.trainer.atomic import write_text
+        from ekn_core.trainer.config import ExperimentConfig
+        from ekn_core.trainer.loop import Trainer
+        from ekn_plugins.data.synth import write_dataset
+
+        if args.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+        out = os.path.abspath(os.path.expanduser(args.out_dir))
+        data_dir = os.path.join(out, "data")
+        t0 = time.perf_counter()
+        print(f"[1/4] writing synthetic EM volumes to {data_dir}")
+        files = write_dataset(data_dir, n_volumes=4, shape=DEMO_SHAPE, label_margin=DEMO_MARGIN, seed=0)
+        config_path = os.path.join(out, "neuro3d_lite_demo.py")
+        write_text(config_path, demo_config(data_dir, args.steps, os.path.join(out, "runs")))
+        print(f"[2/4] training neuro3d_lite for {args.steps} steps (config {config_path})")
+        trainer = Trainer(ExperimentConfig.from_file(config_path))
+        try:
+            status = trainer.run()
+        finally:
+            trainer.close()
+        run_dir = trainer.run_dir
+        best = run_dir.model_path("best")
+        model_file = best if os.path.exists(best) else run_dir.model_path("final")
+        print(f"[3/4] dense prediction of the held-out volume with MFP ({os.path.basename(model_file)})")
+        import ekn_core.neuromancer as nm
+        from ekn_core.prediction import predict_dense
+        from ekn_core.volumes import create_volume, open_volume
+
+        model = nm.modelload(model_file, override_mfp_to_active=True, imposed_patch_size=DEMO_MFP_PATCH)
+        with open_volume(files[3]["raw"]) as vol:
+            raw = np.asarray(vol[...])
+        with open_volume(files[3]["barrier"]) as vol:
+            label = np.asarray(vol[...])
+        pred = predict_dense(model.prediction_node, raw)
+        pred_path = os.path.join(out, "prediction.h5")
+        with create_volume(pred_path + ":barrier", shape=pred.shape, dtype="float32") as vol:
+            vol[...] = pred
+        raw_c, pred_c, label_c = aligned_crops(raw, pred, label)
+        pictures = write_pictures(raw_c, pred_c, label_c, os.path.join(out, "pictures"))
+        error = float(np.mean((pred_c[1] > 0.5) != (label_c > 0)))
+        print("[4/4] done in %.1f min (training status: %s, %d steps)" % ((time.perf_counter() - t0) / 60, status,
+                                                                        trainer.step))
+        print(f"  data:           {data_dir}")
+        print(f"  config:         {config_path}")
+        print(f"  run directory:  {run_dir.path}")
+        print(f"  model files:    {run_dir.models}")
+        print(f"  checkpoints:    {run_dir.checkpoints}  (continue: ekn train --resume {run_dir.path})")
+        print(f"  plots:          {run_dir.plots}")
+        print(f"  previews:       {run_dir.previews}")
+        print(f"  tensorboard:    tensorboard --logdir {run_dir.tensorboard}")
+        print(f"  prediction:     {pred_path}:barrier  shape {pred.shape}")
+        print(f"  pictures:       {', '.join(pictures)}")
+        print(f"  held-out pixel error (barrier > 0.5 vs labels): {error:.3f}")
+        return 0 if status == "finished" else 1

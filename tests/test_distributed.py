@@ -1,0 +1,118 @@
+"""Data-parallel training: 2 workers under MultiWorkerMirroredStrategy equal 1 worker on the global batch.
+
+Every run is a real ``ekn train`` subprocess on the bundled digits data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ekn_core.errors import ConfigError
+from ekn_core.trainer.distributed import check_tf_config, make_strategy
+
+CONFIG = textwrap.dedent('''
+    save_name = "run"
+    data_class = "MNISTData"
+    n_steps = 6
+    history_freq = 3
+    monitor_batch_size = 10
+    optimiser = "SGD"
+    optimiser_params = {"lr": 0.05, "mom": 0.9}
+    batch_size = 10
+    tensorboard = False
+    keep_checkpoints = 5
+    plot_on = False
+
+    def create_model():
+        import ekn_core.neuromancer as nm
+        inp = nm.Input((None, 1, 7, 7), "b,f,y,x", name="raw")
+        out = nm.Perceptron(inp, 16, flatten=True, name="hidden")
+        out = nm.Perceptron(out, 10, activation_func="lin", name="logits")
+        out = nm.Softmax(out)
+        target = nm.Input_like(out, override_f=1, dtype="int16", name="target")
+        loss = nm.AggregateLoss(nm.MultinoulliNLL(out, target, target_is_sparse=True, name="nll"), name="loss")
+        model = nm.model_manager.getmodel()
+        model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=out)
+        return model
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _train(config: str, save_path: str, extra: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ekn_core.cli", "train", config, "--save-path", save_path, *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _weights(save_path: str) -> dict[str, np.ndarray]:
+    from ekn_core.persistence import read_model_file
+
+    weights = read_model_file(os.path.join(save_path, "run", "models", "final.mdl")).weights
+    return {f"{node}/{name}": value for node, params in weights.items() for name, value in params.items()}
+
+
+def _wait(proc: subprocess.Popen, timeout: float = 240) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"ekn train did not finish in {timeout} s:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_workers_equal_one_worker_on_the_global_batch(tmp_path):
+    config = tmp_path / "dist.py"
+    config.write_text(CONFIG)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+           "TF_NUM_INTRAOP_THREADS": "1"}
+    env.pop("TF_CONFIG", None)
+    cluster = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
+    workers = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
+        workers.append(_train(str(config), str(tmp_path / f"worker{index}"), ["--set", "distribute=multiworker"],
+                              {**env, "TF_CONFIG": json.dumps(tf_config)}))
+    logs = [_wait(w) for w in workers]
+    assert "2 replica(s) in sync" in logs[0], logs[0][-2000:]
+    _wait(_train(str(config), str(tmp_path / "single"), [], env))
+
+    single = _weights(str(tmp_path / "single"))
+    for index in range(2):
+        distributed = _weights(str(tmp_path / f"worker{index}"))
+        assert distributed.keys() == single.keys()
+        for key, value in single.items():
+            np.testing.assert_allclose(distributed[key], value, atol=1e-5, rtol=0, err_msg=key)
+    # the runs trained: the weights moved away from the initial checkpoint's
+    from ekn_core.trainer.checkpoint import read_checkpoint
+
+    initial = read_checkpoint(str(tmp_path / "single" / "run" / "checkpoints" / "ckpt-00000000.h5")).params
+    assert max(np.abs(single[k] - initial[k]).max() for k in single) > 1e-3
+
+
+def test_tf_config_errors_say_what_to_set():
+    with pytest.raises(ConfigError, match="needs the TF_CONFIG"):
+        check_tf_config(None)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        check_tf_config("{cluster")
+    with pytest.raises(ConfigError, match="has no address list"):
+        check_tf_config('{"cluster": {"chief": ["a:1"]}, "task": {"type": "worker", "index": 0}}')
+
+
+def test_unknown_strategy_is_a_config_error():
+    with pytest.raises(ConfigError, match="'mirrored' or 'multiworker'"):
+        make_strategy("mirrorred")

@@ -1,0 +1,120 @@
+"""Experiment configs: every setting, defaults, unknown names, overrides, paths (no TensorFlow)."""
+
+import os
+import re
+
+import pytest
+
+from ekn_core.errors import ConfigError
+from ekn_core.trainer.config import IGNORED, REQUIRED, SETTINGS, ExperimentConfig, parse_override
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DOCS = os.path.join(HERE, "..", "docs", "training.md")
+
+MINIMAL = "data_class = 'MNISTData'\nn_steps = 10\n\ndef create_model():\n    return None\n"
+
+
+def write(tmp_path, text, name="exp.py"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_minimal_config_gets_defaults(tmp_path):
+    cfg = ExperimentConfig.from_file(write(tmp_path, MINIMAL))
+    assert cfg.n_steps == 10 and cfg.data_class == "MNISTData"
+    for name, setting in SETTINGS.items():
+        if setting.default is not REQUIRED and name not in ("create_model",):
+            expected = {} if setting.default is None and isinstance(getattr(cfg, name), dict) else setting.default
+            if name == "save_path":
+                expected = os.path.expanduser(setting.default)
+            assert getattr(cfg, name) == expected, name
+    assert cfg.effective_checkpoint_freq == cfg.history_freq == 200
+
+
+def test_unknown_name_suggests_the_closest_setting(tmp_path):
+    path = write(tmp_path, MINIMAL + "histroy_freq = 5\nmonitor_batchsize = 3\n")
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_file(path)
+    text = str(err.value)
+    assert "unknown setting 'histroy_freq' (did you mean 'history_freq'?)" in text
+    assert "unknown setting 'monitor_batchsize' (did you mean 'monitor_batch_size'?)" in text
+
+
+def test_helpers_modules_and_private_names_are_not_settings(tmp_path):
+    text = "import os\nfrom math import floor\n_x = 3\ndef helper():\n    pass\n" + MINIMAL
+    cfg = ExperimentConfig.from_file(write(tmp_path, text))
+    assert "helper" not in cfg.as_dict() and "_x" not in cfg.as_dict()
+
+
+def test_missing_create_model_suggests_a_misspelt_function(tmp_path):
+    path = write(tmp_path, "data_class = 'X'\nn_steps = 1\ndef create_modle():\n    pass\n")
+    with pytest.raises(ConfigError, match="did you mean 'create_model'"):
+        ExperimentConfig.from_file(path)
+
+
+def test_required_and_invalid_values_are_listed_together(tmp_path):
+    path = write(tmp_path, "def create_model():\n    pass\nhistory_freq = -1\nnan_response = 'panic'\n")
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_file(path)
+    text = str(err.value)
+    for piece in ("data_class is required", "n_steps is required", "history_freq must be an integer >= 0",
+                  "nan_response must be 'lower_lr' or 'stop'"):
+        assert piece in text
+
+
+def test_overrides_literals_strings_and_dict_keys(tmp_path):
+    path = write(tmp_path, MINIMAL + "optimiser_params = {'lr': 0.1, 'mom': 0.9}\n")
+    cfg = ExperimentConfig.from_file(path, ["n_steps=100", "save_name=run_b", "optimiser_params.lr=1e-3",
+                                            "data_init_kwargs.valid_cubes=[2]", "max_runtime=None"])
+    assert cfg.n_steps == 100 and cfg.save_name == "run_b" and cfg.max_runtime is None
+    assert cfg.optimiser_params == {"lr": 1e-3, "mom": 0.9}
+    assert cfg.data_init_kwargs == {"valid_cubes": [2]}
+    assert cfg.overrides[0] == "n_steps=100"
+    with pytest.raises(ConfigError, match="did you mean 'n_steps'"):
+        ExperimentConfig.from_file(path, ["nsteps=3"])
+    with pytest.raises(ConfigError, match="name=value"):
+        parse_override("n_steps")
+    with pytest.raises(ConfigError, match="n_steps must be an integer"):
+        ExperimentConfig.from_file(path, ["n_steps='many'"])
+
+
+def test_home_is_expanded_and_relative_data_file_resolved(tmp_path):
+    (tmp_path / "mydata.py").write_text("class D: pass\n")
+    text = MINIMAL.replace("'MNISTData'", "('mydata.py', 'D')") + "save_path = '~/runs'\npreview_data_path = ('~/p.h5', 'raw')\n"
+    cfg = ExperimentConfig.from_file(write(tmp_path, text))
+    assert cfg.save_path == os.path.expanduser("~/runs")
+    assert cfg.preview_data_path == (os.path.expanduser("~/p.h5"), "raw")
+    assert cfg.data_class == (str(tmp_path / "mydata.py"), "D")
+
+
+def test_legacy_names_warn_and_tracing_names_fail(tmp_path, caplog):
+    cfg = ExperimentConfig.from_file(write(tmp_path, MINIMAL + "lr_schedule = None\ngui_plot = True\n"))
+    assert "lr_schedule" not in cfg.as_dict()
+    assert "is ignored" in caplog.text
+    with pytest.raises(ConfigError, match="sequence_training"):
+        ExperimentConfig.from_file(write(tmp_path, MINIMAL + "sequence_training = 3\n"))
+
+
+def test_main_block_does_not_run_and_errors_name_the_file(tmp_path):
+    cfg = ExperimentConfig.from_file(write(tmp_path, MINIMAL + "if __name__ == '__main__':\n    raise SystemExit(1)\n"))
+    assert cfg.n_steps == 10
+    with pytest.raises(ConfigError, match="exp.py failed to execute: ZeroDivisionError"):
+        ExperimentConfig.from_file(write(tmp_path, MINIMAL + "x = 1 / 0\n"))
+
+
+def test_settings_are_assignable_and_checked(tmp_path):
+    cfg = ExperimentConfig.from_file(write(tmp_path, MINIMAL))
+    cfg.history_freq = 7
+    assert cfg.history_freq == 7
+    with pytest.raises(ConfigError, match="did you mean 'history_freq'"):
+        cfg.histroy_freq = 3
+
+
+def test_docs_describe_every_setting():
+    if not os.path.exists(DOCS):
+        pytest.skip("docs/training.md not written yet")
+    text = open(DOCS, encoding="utf-8").read()
+    documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", text, flags=re.M))
+    assert set(SETTINGS) <= documented, sorted(set(SETTINGS) - documented)
+    assert set(IGNORED) <= set(re.findall(r"`([a-z_0-9]+)`", text)), sorted(set(IGNORED) - documented)

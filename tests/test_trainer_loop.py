@@ -1,0 +1,169 @@
+"""The training loop in-process on a tiny perceptron: hooks, monitoring, NaN rollback, pause/kill."""
+
+import logging
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from ekn_core.errors import UnknownPluginError
+from ekn_core.hooks import host
+from ekn_core.hookspecs import hookimpl
+from ekn_core.trainer.config import ExperimentConfig
+
+pytest.importorskip("tensorflow")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOY = os.path.join(HERE, "trainer_files", "toy_config.py")
+
+
+class Recorder:
+    """A hook plugin that records every runtime call."""
+
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def ekn_on_train_begin(self, trainer):
+        self.calls.append(("begin", trainer.step))
+
+    @hookimpl
+    def ekn_on_train_step_end(self, trainer, step, metrics):
+        self.calls.append(("step", step, metrics["loss"]))
+
+    @hookimpl
+    def ekn_on_validation_end(self, trainer, step, metrics):
+        self.calls.append(("validation", step, dict(metrics)))
+
+    @hookimpl
+    def ekn_on_checkpoint_saved(self, trainer, path):
+        self.calls.append(("saved", os.path.basename(path)))
+
+    @hookimpl
+    def ekn_on_nan_detected(self, trainer, step, metrics):
+        self.calls.append(("nan", step, metrics["loss"]))
+
+    @hookimpl
+    def ekn_on_train_end(self, trainer, status):
+        self.calls.append(("end", status))
+
+    def of(self, kind):
+        return [c[1:] for c in self.calls if c[0] == kind]
+
+
+@pytest.fixture
+def recorder():
+    rec = Recorder()
+    host().register(rec)
+    yield rec
+    host().unregister(rec)
+
+
+def make_trainer(tmp_path, *overrides):
+    from ekn_core.trainer.loop import Trainer
+
+    cfg = ExperimentConfig.from_file(TOY, [f"save_path={str(tmp_path)!r}", "save_name='run'", *overrides])
+    return Trainer(cfg)
+
+
+def test_hooks_fire_once_per_step_outside_the_compiled_step(tmp_path, recorder):
+    trainer = make_trainer(tmp_path, "n_steps=2", "history_freq=2")
+    try:
+        assert trainer.run() == "finished"
+    finally:
+        trainer.close()
+    assert [s[0] for s in recorder.of("step")] == [1, 2]
+    assert recorder.of("begin") == [(0,)] and recorder.of("end") == [("finished",)]
+    (validation,) = recorder.of("validation")
+    assert validation[0] == 2 and set(validation[1]) >= {"train_loss", "valid_loss", "train_error", "valid_error"}
+    saved = [s[0] for s in recorder.of("saved")]
+    assert "ckpt-00000000.h5" in saved and "ckpt-00000002.h5" in saved and "final.mdl" in saved
+    step_fn = trainer.model._functions["train:adam"]
+    assert step_fn.traces == 1, "the training step was retraced"
+
+
+def test_monitoring_matches_an_independent_numpy_loss(tmp_path):
+    trainer = make_trainer(tmp_path, "n_steps=0", "monitor_batch_size=20")
+    try:
+        loss, error = trainer.evaluate("valid")
+        # 20 examples are rounded up to whole batches of 8 and drawn from the valid stream of step 0
+        x, y = trainer.get_batch("valid", size=24, stream="monitor_valid")
+        probs = trainer.model.predict(x)
+        p = probs[np.arange(len(y)), y[:, 0]]
+        assert loss == pytest.approx(float(np.mean(-np.log(p))), rel=1e-5)
+        assert error == pytest.approx(float(np.mean(np.argmax(probs, 1) != y[:, 0])), abs=1e-6)
+    finally:
+        trainer.close()
+
+
+def test_nan_rolls_back_to_the_last_checkpoint_and_lowers_lr(tmp_path, recorder, caplog):
+    # the 3rd training batch is NaN; the last checkpoint is at step 2
+    trainer = make_trainer(tmp_path, "n_steps=6", "history_freq=2", "schedules={}",
+                           "data_init_kwargs={'nan_at_call': 3}")
+    try:
+        with caplog.at_level(logging.INFO, logger="ekn"):
+            assert trainer.run() == "finished"
+    finally:
+        trainer.close()
+    assert recorder.of("nan")[0][0] == 3 and np.isnan(recorder.of("nan")[0][1])
+    assert "Batch input(s) [0] contain NaN/Inf" in caplog.text and "rolled back to step 2" in caplog.text
+    assert trainer.model.lr == pytest.approx(0.005)
+    assert trainer.step == 6 and np.all(np.isfinite(trainer.history.timeline["loss"]))
+    assert trainer.history.timeline["step"].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_response_stop_ends_the_run_with_the_last_good_state(tmp_path, recorder):
+    trainer = make_trainer(tmp_path, "n_steps=6", "history_freq=2", "nan_response='stop'",
+                           "data_init_kwargs={'nan_at_call': 3}")
+    try:
+        assert trainer.run() == "nan"
+    finally:
+        trainer.close()
+    assert trainer.step == 2 and recorder.of("end") == [("nan",)]
+    assert os.path.exists(trainer.run_dir.model_path("final"))
+    import json
+
+    assert json.load(open(trainer.run_dir.run_json))["status"] == "nan"
+
+
+def test_ctrl_c_pauses_at_the_step_boundary_and_kill_saves(tmp_path, monkeypatch):
+    import ekn_core.trainer.shell as shell
+
+    seen = []
+
+    def fake_shell(trainer):
+        seen.append((trainer.step, trainer.pause_requested))
+        return "kill"
+
+    monkeypatch.setattr(shell, "run_shell", fake_shell)
+
+    class CtrlC:
+        @hookimpl
+        def ekn_on_train_step_end(self, trainer, step, metrics):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    plugin = CtrlC()
+    host().register(plugin)
+    before = signal.getsignal(signal.SIGINT)
+    trainer = make_trainer(tmp_path, "n_steps=5")
+    try:
+        assert trainer.run() == "killed"
+    finally:
+        host().unregister(plugin)
+        trainer.close()
+    assert seen == [(1, False)]
+    assert trainer.step == 1 and os.path.exists(trainer.run_dir.model_path("final"))
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_data_class_names_resolve_like_elektronn2():
+    from ekn_core.trainer.loop import resolve_data_class
+
+    assert resolve_data_class("MNISTData").__name__ == "DigitsSource"
+    assert resolve_data_class("BatchCreatorImage").__name__ == "BatchCreatorImage"
+    with pytest.raises(UnknownPluginError, match="mnist_data"):
+        resolve_data_class("MNISTDta")
+    cls = resolve_data_class((os.path.join(HERE, "trainer_files", "toy_data.py"), "ToyData"))
+    assert cls.__name__ == "ToyData"

@@ -1,0 +1,134 @@
+"""History tables, checkpoint files, run directories and plots (no training)."""
+
+import csv
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ekn_core.errors import ConfigError, EknError
+from ekn_core.trainer.checkpoint import (CheckpointData, capture_host_rng, latest_checkpoint, list_checkpoints,
+                                         prune_checkpoints, read_checkpoint, restore_host_rng, write_checkpoint)
+from ekn_core.trainer.history import History, Table
+from ekn_core.trainer.plots import moving_average, plot_history
+from ekn_core.trainer.rundir import RunDir, find_latest_run
+
+
+def make_history(n=25, every=5):
+    h = History()
+    for i in range(1, n + 1):
+        h.timeline.append(step=i, time=0.5 * i, loss=2.0 / i, batch_char=0.3, **{"debug/act": float(i)})
+        if i % every == 0:
+            h.history.append(step=i, time=0.5 * i, train_loss=2.0 / i, valid_loss=2.5 / i, loss_gain=-0.1,
+                             train_error=0.5 - i / 100, valid_error=0.6 - i / 100, lr=0.01 * 0.9 ** i, mom=0.9, wd=0)
+    return h
+
+
+def test_table_backfills_new_columns_and_truncates():
+    t = Table(("step", "loss"))
+    t.append(step=1, loss=1.0)
+    t.append(step=2, loss=0.5, extra=3.0)
+    t.append(step=3, loss=0.25)
+    assert np.isnan(t["extra"][0]) and t["extra"][1] == 3.0 and np.isnan(t["extra"][2])
+    t.truncate(2)
+    assert t["step"].tolist() == [1.0, 2.0] and len(t["extra"]) == 2
+    with pytest.raises(KeyError, match="no column 'nope'"):
+        t["nope"]
+
+
+def test_history_hdf5_and_csv_round_trip(tmp_path):
+    h = make_history()
+    h.save(str(tmp_path / "h.h5"), str(tmp_path / "h.csv"), str(tmp_path / "t.csv"))
+    back = History.load(str(tmp_path / "h.h5"))
+    for name in ("timeline", "history"):
+        a, b = getattr(h, name), getattr(back, name)
+        assert a.columns == b.columns
+        for col in a.columns:
+            np.testing.assert_array_equal(a[col], b[col])
+    rows = list(csv.DictReader(open(tmp_path / "h.csv")))
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25]
+    assert float(rows[1]["lr"]) == pytest.approx(0.01 * 0.9 ** 10)
+    timeline = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert len(timeline) == 25 and float(timeline[-1]["debug/act"]) == 25.0
+
+
+def test_checkpoint_round_trip_and_latest(tmp_path):
+    folder = str(tmp_path / "ck")
+    rng = np.random.default_rng(0)
+    for step in (0, 10, 20):
+        data = CheckpointData(step=step, params={"conv/w": rng.normal(size=(3, 3)), "conv/b": np.zeros(3)},
+                              optimisers={"adam": {"step": np.int64(step), "meta/lr": np.float64(0.1),
+                                                   "slots/0/m": np.ones((3, 3))}},
+                              rng={"tf_generator": np.arange(3, dtype=np.int64)},
+                              state={"step": step, "schedules": {"lr": [{"next_update": 5}]}}, history=make_history())
+        write_checkpoint(folder, data)
+    assert [s for s, _ in list_checkpoints(folder)] == [0, 10, 20]
+    back = read_checkpoint(latest_checkpoint(folder))
+    assert back.step == 20 and back.state["schedules"] == {"lr": [{"next_update": 5}]}
+    np.testing.assert_array_equal(back.params["conv/w"], data.params["conv/w"])
+    assert back.optimisers["adam"]["slots/0/m"].shape == (3, 3) and int(back.optimisers["adam"]["step"]) == 20
+    np.testing.assert_array_equal(back.history.timeline["loss"], data.history.timeline["loss"])
+    prune_checkpoints(folder, 2)
+    assert [s for s, _ in list_checkpoints(folder)] == [10, 20]
+    # a torn newest file (as if written without the atomic rename) is skipped
+    with open(os.path.join(folder, "ckpt-00000030.h5"), "wb") as f:
+        f.write(b"\x89HDF\r\n\x1a\n garbage")
+    assert latest_checkpoint(folder).endswith("ckpt-00000020.h5")
+    with pytest.raises(EknError, match="cannot read checkpoint"):
+        read_checkpoint(os.path.join(folder, "ckpt-00000030.h5"))
+    assert not [f for f in os.listdir(folder) if f.startswith(".")], "temporary files left behind"
+
+
+def test_host_rng_state_round_trip():
+    import random
+
+    np.random.seed(7)
+    random.seed(7)
+    arrays, state = capture_host_rng()
+    expected = (np.random.rand(3), random.random())
+    np.random.seed(99)
+    random.seed(99)
+    restore_host_rng(arrays, state)
+    np.testing.assert_array_equal(np.random.rand(3), expected[0])
+    assert random.random() == expected[1]
+
+
+def test_run_dir_refuses_to_clobber_and_finds_latest(tmp_path):
+    rd = RunDir(str(tmp_path / "exp__1"))
+    rd.create()
+    rd.write_run_json({"status": "running"})
+    with pytest.raises(ConfigError, match="--resume"):
+        RunDir(rd.path).create()
+    RunDir(rd.path).create(overwrite=True)
+    assert not rd.exists() and os.path.isdir(rd.checkpoints)
+    rd.write_run_json({"status": "created"})
+    other = RunDir(str(tmp_path / "other__2"))
+    other.create()
+    other.write_run_json({})
+    assert find_latest_run(str(tmp_path), "exp").path == rd.path
+    with pytest.raises(ConfigError, match="no run directory"):
+        find_latest_run(str(tmp_path), "missing")
+    with pytest.raises(ConfigError, match="not an ekn run directory"):
+        RunDir(str(tmp_path / "nothing")).read_run_json()
+
+
+def test_moving_average_matches_brute_force():
+    values = np.random.default_rng(1).normal(size=50)
+    values[7] = np.nan
+    got = moving_average(values, 6)
+    for i in range(50):
+        window = values[max(0, i - 5):i + 1]
+        assert got[i] == pytest.approx(np.nanmean(window))
+
+
+def test_plots_are_real_png_images(tmp_path):
+    paths = plot_history(make_history(), str(tmp_path), smoothing=5, name="t")
+    assert sorted(os.path.basename(p) for p in paths) == ["errors.png", "loss.png", "lr.png", "timeline.png"]
+    for path in paths:
+        with Image.open(path) as img:
+            img.load()
+            assert img.format == "PNG" and img.size[0] > 300
+            pixels = np.asarray(img.convert("L"))
+        assert pixels.std() > 5, f"{path} looks blank"
