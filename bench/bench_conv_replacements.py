@@ -11,9 +11,10 @@ Usage::
 
     python bench/bench_conv_replacements.py [--repeat 7] [--small]
 
-Results on the 2-core CI machine (TensorFlow 2.21 CPU, oneDNN), full sizes:
-z1 filter (1,5,5), 20→20 features, 23×92×92: plain 204 ms, replacement 184 ms;
-1×1×1 filter, 30→30 features, 23×45×45: plain 2.3 ms, replacement 1.8 ms.
+Results on the shared 2-core CI machine (TensorFlow 2.21 CPU, oneDNN, load ~7 from other jobs,
+so noisy), full sizes, four runs: filter (1,5,5) 20→20 features on 23×92×92: speed-up ×0.85–×1.11
+(plain 162–215 ms); 1×1×1 filter 30→30 features on 23×45×45: speed-up ×1.09–×1.47. The z-as-batch
+replacement is not clearly faster on this CPU; rerun on an idle machine / GPU before relying on it.
 """
 
 from __future__ import annotations

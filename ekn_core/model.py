@@ -35,19 +35,19 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ConfigError, EknError
-from ekn_core.node import GraphFunction, Node, Param, evaluate, tf, topological_order
+from ekn_core.node import GraphFunction, Node, Param, evaluate, precision, tf, topological_order
 
 log = logging.getLogger("ekn.model")
 
 _ROLES = ("input_node", "target_node", "loss_node", "prediction_node", "prediction_ext", "error_node",
           "debug_outputs")
 
+#: Initial loss scale of mixed_float16 training and the number of finite steps that doubles it.
+LOSS_SCALE_INITIAL = 2.0 ** 15
+LOSS_SCALE_PERIOD = 2000
+
 #: Initial meta-parameters (ELEKTRONN2's global optimiser defaults, plus Adam's beta2).
 DEFAULT_META = {"lr": 1.0, "mom": 0.9, "wd": 0.0, "beta2": 0.999}
-
-
-def _optimiser_registry_name(name: str) -> str:
-    return name.strip().lower()
 
 
 class TrainStep(GraphFunction):
@@ -57,18 +57,48 @@ class TrainStep(GraphFunction):
         super().__init__([model.loss_node, *model.debug_outputs], inputs=model.loss_node.input_nodes,
                          training=True, name=f"{model.name}:train")
         self.optimiser, self.params = optimiser, params
+        with tf().init_scope():
+            #: Dynamic loss scale of ``mixed_float16`` training (and the finite steps since it changed).
+            self.loss_scale = tf().Variable(LOSS_SCALE_INITIAL, trainable=False, dtype="float32")
+            self.good_steps = tf().Variable(0, trainable=False, dtype="int64")
 
     def body(self, *tensors: Any) -> list[Any]:
         self.traces += 1
         T = tf()
         feed = {n.name: t for n, t in zip(self.inputs, tensors)}
         variables = [p.variable for p in self.params]
+        scaled = precision() == "mixed_float16"
         with T.GradientTape() as tape:
             outs = evaluate(self.outputs, feed, True)
             loss = T.reduce_mean(T.cast(outs[0], "float32"))
-        grads = tape.gradient(loss, variables, unconnected_gradients=T.UnconnectedGradients.ZERO)
-        self.optimiser.apply(self.reduce_gradients(grads), self.params)
+            target = loss * self.loss_scale if scaled else loss
+        grads = tape.gradient(target, variables, unconnected_gradients=T.UnconnectedGradients.ZERO)
+        grads = self.reduce_gradients(grads)
+        if scaled:
+            self._apply_scaled([g / self.loss_scale for g in grads])
+        else:
+            self.optimiser.apply(grads, self.params)
         return [loss, *outs[1:]]
+
+    def _apply_scaled(self, grads: list[Any]) -> None:
+        """float16 loss scaling: skip the update and halve the scale when a gradient is not finite;
+        double the scale after :data:`LOSS_SCALE_PERIOD` finite steps."""
+        T = tf()
+        finite = T.reduce_all([T.reduce_all(T.math.is_finite(g)) for g in grads])
+
+        def update() -> Any:
+            self.optimiser.apply(grads, self.params)
+            grow = self.good_steps + 1 >= LOSS_SCALE_PERIOD
+            self.loss_scale.assign(T.where(grow, self.loss_scale * 2.0, self.loss_scale))
+            self.good_steps.assign(T.where(grow, T.constant(0, "int64"), self.good_steps + 1))
+            return T.constant(True)
+
+        def skip() -> Any:
+            self.loss_scale.assign(T.maximum(self.loss_scale / 2.0, 1.0))
+            self.good_steps.assign(0)
+            return T.constant(False)
+
+        T.cond(finite, update, skip)
 
     def reduce_gradients(self, grads: list[Any]) -> list[Any]:
         """Combines gradients across replicas before the update (identity here; see ``DistributedTrainStep``)."""
@@ -310,14 +340,13 @@ class Model:
 
     def get_optimiser(self, name: str = "SGD") -> Any:
         """The optimiser instance for ``name`` (``'SGD'``, ``'Adam'``, ...: registry names, any case)."""
-        from ekn_core.plugins import registry
+        from ekn_core.optimisation import optimiser_class
 
-        key = _optimiser_registry_name(name)
+        cls = optimiser_class(name)
+        key = cls.registry_name
         if key not in self.optimisers:
             params = list(self.trainable_params.values())
-            opt = registry("optimisers").get(key)(lr=self._meta["lr"], mom=self._meta["mom"], wd=self._meta["wd"])
-            if "beta2" in getattr(opt, "meta", {}):
-                opt.meta["beta2"].assign(self._meta["beta2"])
+            opt = cls(**{k: v for k, v in self._meta.items() if k in cls.META})
             opt.build(params)
             self.optimisers[key] = opt
             self._functions[f"train:{key}"] = _train_step(self, opt, params)
@@ -329,8 +358,7 @@ class Model:
         Returns:
             ``(loss, seconds, debug_outputs or None)``.
         """
-        self.get_optimiser(optimiser)
-        step = self._functions[f"train:{_optimiser_registry_name(optimiser)}"]
+        step = self._functions[f"train:{self.get_optimiser(optimiser).registry_name}"]
         t0 = time.perf_counter()
         outs = step.run_canonical(step.check_arrays(batch))
         elapsed = time.perf_counter() - t0

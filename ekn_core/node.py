@@ -112,6 +112,65 @@ def compile_function(fn: Callable[..., Any], mode: str | None = None) -> Callabl
 
 
 # ---------------------------------------------------------------------------------------------
+# Mixed precision
+# ---------------------------------------------------------------------------------------------
+#: Precision policies and their compute dtype (parameters, losses and outputs stay float32).
+PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+_precision_override: str | None = None
+
+
+def set_precision(policy: str | None) -> None:
+    """Sets the precision policy: ``'float32'``, ``'mixed_bfloat16'`` or ``'mixed_float16'``, or
+    None for the default (``EKN_PRECISION`` environment variable, else float32).
+
+    With a mixed policy, nodes whose ``mixed_precision`` attribute is true (convolutions,
+    up-convolutions and perceptrons without batch normalisation or dropout, pooling,
+    concatenation, cropping) compute in bfloat16/float16 with their float32 parameters cast on
+    read; every other node (losses, softmax, normalisation, ...) gets float32 inputs, and graph
+    outputs are float32. ``mixed_float16`` training uses dynamic loss scaling. bfloat16 needs a
+    GPU of compute capability >= 8 or a CPU with AVX512_BF16/AMX to be fast; float16 a GPU.
+    Existing compiled functions are retraced on their next call.
+
+    Example:
+        >>> set_precision('mixed_bfloat16'); precision(), compute_dtype()
+        ('mixed_bfloat16', 'bfloat16')
+        >>> set_precision(None); compute_dtype()
+        'float32'
+    """
+    global _precision_override
+    if policy is not None and policy not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {policy!r}")
+    _precision_override = policy
+
+
+def precision() -> str:
+    """The precision policy in effect (see :func:`set_precision`)."""
+    if _precision_override is not None:
+        return _precision_override
+    env = os.environ.get("EKN_PRECISION", "").strip().lower()
+    if env and env not in PRECISIONS:
+        raise ConfigError(f"EKN_PRECISION must be one of {', '.join(PRECISIONS)}, got {env!r}")
+    return env or "float32"
+
+
+def compute_dtype() -> str:
+    """dtype name that mixed-precision nodes compute in (``'float32'`` without a mixed policy)."""
+    return PRECISIONS[precision()]
+
+
+_CASTABLE = ("float32", "bfloat16", "float16")
+
+
+def cast_floating(x: Any, dtype: str) -> Any:
+    """``x`` cast to ``dtype`` if it is a float32/bfloat16/float16 tensor of another dtype (float64
+    and integer tensors are returned unchanged)."""
+    name = getattr(getattr(x, "dtype", None), "name", None)
+    if name in _CASTABLE and name != dtype:
+        return tf().cast(x, dtype)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
 # Construction-time switches (shape-only replay for the geometry calculator)
 # ---------------------------------------------------------------------------------------------
 class _BuildState(threading.local):
@@ -856,14 +915,26 @@ def topological_order(outputs: Sequence[Node]) -> dict[str, Node]:
 
 
 def evaluate(outputs: Sequence[Node], feed: dict[str, Any], training: bool) -> list[Any]:
-    """Symbolically evaluates ``outputs`` (canonical tensors) given tensors for source nodes."""
+    """Symbolically evaluates ``outputs`` (canonical tensors) given tensors for source nodes.
+
+    Under a mixed precision policy (:func:`set_precision`) the inputs of each node are cast to
+    the compute dtype or to float32, according to the node's ``mixed_precision`` attribute, and
+    the outputs are float32.
+    """
     values: dict[str, Any] = dict(feed)
+    mixed = compute_dtype() if compute_dtype() != "float32" else None
     for name, node in topological_order(outputs).items():
         if name in values:
             continue
         if node.is_source:
             raise EknError(f"no value given for source node {name!r}")
-        values[name] = node._forward([values[p.name] for p in node.parents], training)
+        inputs = [values[p.name] for p in node.parents]
+        if mixed:
+            dtype = mixed if getattr(node, "mixed_precision", False) else "float32"
+            inputs = [cast_floating(x, dtype) for x in inputs]
+        values[name] = node._forward(inputs, training)
+    if mixed:
+        return [cast_floating(values[o.name], "float32") for o in outputs]
     return [values[o.name] for o in outputs]
 
 
@@ -905,7 +976,7 @@ class GraphFunction:
         self.traces = 0
         self.last_exec_time: float | None = None
         self._compiled: Callable[..., Any] | None = None
-        self._mode: str | None = None
+        self._mode: tuple[str, str] | None = None
 
     def body(self, *tensors: Any) -> list[Any]:
         """The traced computation (canonical tensors in, list of canonical tensors out)."""
@@ -949,9 +1020,9 @@ class GraphFunction:
         return converted
 
     def _function(self) -> Callable[..., Any]:
-        mode = compile_mode()
+        mode = (compile_mode(), precision())
         if self._compiled is None or mode != self._mode:
-            self._compiled, self._mode = compile_function(self.body, mode), mode
+            self._compiled, self._mode = compile_function(self.body, mode[0]), mode
         return self._compiled
 
     def run_canonical(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:

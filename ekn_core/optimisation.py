@@ -269,6 +269,26 @@ class Optimiser:
         return f"{type(self).__name__}({meta})"
 
 
+def optimiser_class(name: str) -> type[Optimiser]:
+    """The optimiser class registered as ``name`` (case-insensitive: ``'Adam'`` → ``adam``).
+
+    Raises:
+        UnknownPluginError: No such optimiser (the message suggests close names).
+
+    Example:
+        >>> optimiser_class("AdaGrad").registry_name
+        'adagrad'
+    """
+    from ekn_core.plugins import registry
+
+    reg = registry("optimisers")
+    by_lower = {n.lower(): n for n in reg.names()}
+    cls = reg.get(by_lower.get(name.strip().lower(), name.strip().lower()))
+    if not (isinstance(cls, type) and issubclass(cls, Optimiser)):
+        raise EknError(f"optimiser plugin {name!r} is {cls!r}, not a subclass of ekn_core.optimisation.Optimiser.")
+    return cls
+
+
 def get_optimiser(name: str, **params: Any) -> Optimiser:
     """Creates the optimiser registered as ``name`` (case-insensitive: ``'Adam'`` → ``adam``).
 
@@ -285,11 +305,4 @@ def get_optimiser(name: str, **params: Any) -> Optimiser:
         >>> get_optimiser("Adam", lr=0.001)
         Adam(lr=0.001, mom=0.9, beta2=0.999, wd=0)
     """
-    from ekn_core.plugins import registry
-
-    reg = registry("optimisers")
-    by_lower = {n.lower(): n for n in reg.names()}
-    cls = reg.get(by_lower.get(name.lower(), name.lower()))
-    if not (isinstance(cls, type) and issubclass(cls, Optimiser)):
-        raise EknError(f"optimiser plugin {name!r} is {cls!r}, not a subclass of ekn_core.optimisation.Optimiser.")
-    return cls(**params)
+    return optimiser_class(name)(**params)

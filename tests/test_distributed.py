@@ -116,3 +116,52 @@ def test_tf_config_errors_say_what_to_set():
 def test_unknown_strategy_is_a_config_error():
     with pytest.raises(ConfigError, match="'mirrored' or 'multiworker'"):
         make_strategy("mirrorred")
+
+
+MIRRORED_SCRIPT = textwrap.dedent('''
+    import contextlib, sys
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import ekn_core.neuromancer as nm
+    from ekn_core.node import set_seed
+    from ekn_core.trainer.distributed import DistributedTrainStep
+
+    def build(strategy, name):
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            set_seed(3)
+            model = nm.model_manager.newmodel(name)
+            inp = nm.Input((None, 4), "b,f", name="x")
+            out = nm.Perceptron(nm.Perceptron(inp, 5, name="h"), 3, activation_func="lin", name="o")
+            out = nm.Softmax(out)
+            target = nm.Input_like(out, override_f=1, dtype="int16", name="t")
+            loss = nm.AggregateLoss(nm.MultinoulliNLL(out, target, target_is_sparse=True), name="loss")
+            model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=out)
+            model.lr, model.mom = 0.1, 0.5
+            model.get_optimiser("adam")
+        return model
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    two, one = build(strategy, "two"), build(None, "one")
+    assert isinstance(two._functions["train:adam"], DistributedTrainStep)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        batch = rng.normal(size=(8, 4)).astype("float32"), rng.integers(0, 3, size=(8, 1)).astype("int16")
+        l1, l2 = one.trainingstep(*batch, optimiser="adam")[0], two.trainingstep(*batch, optimiser="adam")[0]
+        assert abs(l1 - l2) < 1e-5, (l1, l2)
+    for key, param in one.all_params.items():
+        np.testing.assert_allclose(two.all_params[key].get_value(), param.get_value(), atol=1e-5, rtol=0)
+    try:
+        two.trainingstep(np.zeros((3, 4), "float32"), np.zeros((3, 1), "int16"), optimiser="adam")
+    except Exception as err:
+        assert "make batch_size a multiple of 2" in str(err), err
+    else:
+        sys.exit("an odd batch on 2 replicas was accepted")
+    print("MIRRORED OK")
+''')
+
+
+def test_mirrored_strategy_on_two_cpu_replicas_equals_one_device():
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0 and "MIRRORED OK" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]

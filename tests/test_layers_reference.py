@@ -413,3 +413,33 @@ def test_value_node_and_initial_state():
     assert np.abs(v).max() <= 0.1 and np.array_equal(state(rand(3, 2)), np.tile(v, (3, 1)))
     total = nm.Add(nm.ApplyFunc(state, "square"), nm.Perceptron(inp, 4, "lin"))
     gradient_check(total, {inp: rand(3, 2)})
+
+
+# ---------------------------------------------------------------------------------------------
+# BN and dropout as options of the neural layers
+# ---------------------------------------------------------------------------------------------
+def test_conv_batch_normalisation_option_equals_reference():
+    inp = nm.Input((None, 2, 6, 5), "b,f,x,y")
+    conv = nm.Conv(inp, 3, (3, 2), activation_func="tanh", batch_normalisation="train")
+    gamma = np.array([1.5, 0.5, 2.0], "float32")
+    conv.params["gamma"].set_value(gamma)
+    x = rand(2, 2, 6, 5)
+    lin = ref_conv(inp.shape.to_canonical(x), conv.params["w"].get_value(), np.zeros(3), "valid", (1, 1))
+    flat = lin.reshape(-1, 3)
+    bias = conv.params["b"].get_value()
+    want = np.tanh((lin - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5) * gamma + bias)
+    np.testing.assert_allclose(conv.shape.to_canonical(conv(x, training=True)), want, atol=ATOL)
+    np.testing.assert_allclose(conv.params["mean"].get_value(), flat.mean(0), atol=1e-5)
+    infer = np.tanh((lin - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5) * gamma + bias)
+    np.testing.assert_allclose(conv.shape.to_canonical(conv(x)), infer, atol=ATOL)  # one batch seen: same stats
+    gradient_check(conv, {inp: x}, training=True)
+    assert model_manager.current.batch_normalisation_active
+
+
+def test_perceptron_dropout_mask_per_example():
+    inp = nm.Input((32, 4), "b,f")
+    dot = nm.Perceptron(inp, 40, "lin", dropout_rate=0.5, b=np.ones(40, "float32"))
+    out = dot(np.zeros((32, 4), "float32"), training=True)
+    assert set(np.unique(out)) == {0.0, 2.0}
+    assert len({tuple(row) for row in out == 0}) > 30  # ELEKTRONN2 shared one mask over the batch
+    assert np.array_equal(dot(np.zeros((32, 4), "float32")), np.ones((32, 40), "float32"))

@@ -190,7 +190,7 @@ def _run(trainer, text: str) -> tuple[str, str]:
 def test_commands_python_and_errors_in_process(tmp_path):
     trainer = _fake_trainer(tmp_path)
     result, out = _run(trainer, "setmom 0.5\nsetwd x\nsethist 7\nq = 3\nprint(q + 1)\nfor i in range(2):\n"
-                                "    print('loop', i)\n\n1/0\nexit()\nhelp setlr\nkill\n")
+                                "    print('loop', i)\n\n1/0\nexit()\nhelp setlr\nhelp\nkill\n")
     assert result == "kill"
     assert trainer.model.mom == 0.5 and trainer.model.wd == 0.0 and trainer.config.history_freq == 7
     assert "setwd needs a number, got 'x'" in out and "usage: setwd VALUE" in out

@@ -459,5 +459,6 @@ def settings_table() -> str:
     rows = ["| setting | default | meaning |", "|---|---|---|"]
     for name, s in SETTINGS.items():
         default = "required" if s.default is REQUIRED else repr(s.default)
-        rows.append(f"| `{name}` | `{default}` | {s.doc} |")
+        origin = " *(ekn)*" if s.origin == "ekn" else ""
+        rows.append(f"| `{name}` | `{default}` | {s.doc}{origin} |")
     return "\n".join(rows)

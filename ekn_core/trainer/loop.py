@@ -168,6 +168,7 @@ class Trainer:
         self._warned_rng = False
         self._monitor_fn: Any = None
         self._finite_fn: Any = None
+        self._last_preview_step = -1
         self._step_times: collections.deque[float] = collections.deque(
             maxlen=int(config.time_per_step_smoothing_length))
         self._log_handler: logging.Handler | None = None
@@ -485,6 +486,7 @@ class Trainer:
             return []
         t0 = time.perf_counter()
         paths = self.previewer.write(self.step)
+        self._last_preview_step = self.step
         for path in paths:
             host().preview_written(self, path)
         log.info("wrote %d preview image(s) to %s in %.1f s", len(paths), self.run_dir.previews,
@@ -741,7 +743,7 @@ class Trainer:
         self.save_model("final")
         self.save_model("latest")
         self.history.save(self.run_dir.history_h5, self.run_dir.history_csv, self.run_dir.timeline_csv)
-        if self.previewer is not None and status != "nan":
+        if self.previewer is not None and status != "nan" and self._last_preview_step != self.step:
             self._safe_preview()
         self.run_dir.update_run_json(status=status, step=self.step, elapsed=self.elapsed)
         log.info("end of training: %s after %d steps (%.1f min); run directory %s", status, self.step,

@@ -72,7 +72,7 @@ def load_preview_volumes(spec: Any) -> list[tuple[str, np.ndarray]]:
             arrays = [(n.replace("/", "_"), f[n][()]) for n in names]
     else:
         with open_volume(path if key is None else f"{path}:{key}") as vol:
-            arrays = [(key or os.path.splitext(os.path.basename(path))[0], np.asarray(vol[...]))]
+            arrays = [(os.path.splitext(os.path.basename(path.rstrip("/")))[0], np.asarray(vol[...]))]
     out = []
     for name, array in arrays:
         array = array.astype(np.float32) / 255.0 if np.issubdtype(array.dtype, np.integer) else array.astype(np.float32)

@@ -285,7 +285,7 @@ class TrainingShell:
             >>> shell = TrainingShell.__new__(TrainingShell)
             >>> shell._names, shell.namespace, shell.trainer = ["setlr", "setmom"], {"settings": 1}, None
             >>> sorted(c for c, _ in shell.complete("set", 3))
-            ['setlr', 'setmom', 'settings']
+            ['set', 'setattr', 'setlr', 'setmom', 'settings']
         """
         before = text[:cursor]
         parsed = self.parse(before) if " " in before.strip() or before.endswith(" ") else None

@@ -106,6 +106,8 @@ class Concat(Node):
         name: Node name.
     """
 
+    mixed_precision = True  # dtype-agnostic: keeps the mixed-precision compute dtype
+
     def __init__(self, parent_nodes: Sequence[Node], axis: str | int = "f", name: str = "concat"):
         super().__init__(list(parent_nodes), name)
         if len(self.parents) < 2:
@@ -155,6 +157,8 @@ class Crop(Node):
             be even); it follows ``reference`` when the model is rebuilt with another patch size.
         name: Node name.
     """
+
+    mixed_precision = True  # dtype-agnostic: keeps the mixed-precision compute dtype
 
     def __init__(self, parent: Node, crop: Sequence[int] | None = None, reference: Node | None = None,
                  name: str = "crop"):

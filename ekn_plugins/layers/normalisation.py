@@ -99,22 +99,27 @@ def add_batchnorm(node: Node, mode: Any, n: int, gamma: Any = None, mean: Any = 
     return mode
 
 
+def _variable(node: Node, name: str) -> Any:
+    """The variable of a parameter of ``node``, owned or shared."""
+    return (node.params.get(name) or node.shared_params[name]).variable
+
+
 def _accumulate(node: Node, x: Any, axes: list[int]) -> None:
     """Adds the statistics of ``x`` (float64) to the node's accumulated ``mean``/``std``."""
-    p = node.params
+    count, m2, mean_var, std_var = (_variable(node, k) for k in ("bn_count", "bn_m2", "mean", "std"))
     x64 = tf.cast(x, "float64")
     mean_b, var_b = tf.nn.moments(x64, axes)
     n_b = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x64), axes)), "float64")
-    n_a = p["bn_count"].variable.read_value()
-    mean_a = tf.cast(p["mean"].variable.read_value(), "float64")
+    n_a = count.read_value()
+    mean_a = tf.cast(mean_var.read_value(), "float64")
     n = n_a + n_b
     delta = mean_b - mean_a
     mean = mean_a + delta * (n_b / n)
-    m2 = p["bn_m2"].variable.read_value() + var_b * n_b + tf.square(delta) * (n_a * n_b / n)
-    p["bn_count"].variable.assign(n)
-    p["bn_m2"].variable.assign(m2)
-    p["mean"].variable.assign(tf.cast(mean, p["mean"].variable.dtype))
-    p["std"].variable.assign(tf.cast(tf.sqrt(m2 / n + BN_EPSILON), p["std"].variable.dtype))
+    new_m2 = m2.read_value() + var_b * n_b + tf.square(delta) * (n_a * n_b / n)
+    count.assign(n)
+    m2.assign(new_m2)
+    mean_var.assign(tf.cast(mean, mean_var.dtype))
+    std_var.assign(tf.cast(tf.sqrt(new_m2 / n + BN_EPSILON), std_var.dtype))
 
 
 def batch_normalise(node: Node, x: Any, training: bool, mode: str | bool) -> Any:
@@ -129,7 +134,7 @@ def batch_normalise(node: Node, x: Any, training: bool, mode: str | bool) -> Any
         return x
 
     def var(name: str) -> Any:
-        return (node.params.get(name) or node.shared_params[name]).variable
+        return _variable(node, name)
 
     gamma = tf.cast(var("gamma"), x.dtype)
     if training and mode in ("train", "fadeout"):

@@ -40,6 +40,7 @@ class Pool(Node):
     """
 
     supports_mfp = True
+    mixed_precision = True  # dtype-agnostic: keeps the mixed-precision compute dtype
 
     def __init__(self, parent: Node, pool_shape: int | Sequence[int], stride: Any = None, mfp: bool = False,
                  mode: str = "max", name: str = "pool", print_repr: bool = True):

@@ -49,6 +49,16 @@ def _ungrouped(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, tf.concat([tf.shape(x)[:-2], [x.shape[-2] * x.shape[-1]]], axis=0))
 
 
+def _per_group(normalise: Any, logits: tf.Tensor, n_indep: int) -> tf.Tensor:
+    """Applies a last-axis (log-)softmax to each feature group, as rows of a 2-D matrix (the
+    oneDNN softmax kernel takes rank <= 5, and a 3-D net's output with groups has rank 6)."""
+    n_f = logits.shape[-1]
+    if n_f is None or n_f % n_indep:
+        raise ShapeError(f"{n_f} features cannot be split into {n_indep} independent groups of classes.")
+    rows = tf.reshape(logits, [-1, n_f // n_indep])
+    return tf.reshape(normalise(rows, axis=-1), tf.shape(logits))
+
+
 def rescale_to_labelled(loss: tf.Tensor, labelled: tf.Tensor) -> tf.Tensor:
     """``loss * size(labelled) / max(sum(labelled), 1)``: its mean is the mean over labelled elements."""
     labelled = tf.cast(labelled, loss.dtype)
@@ -75,13 +85,12 @@ def log_softmax(logits: Any, n_indep: int = 1) -> tf.Tensor:
         array([[0.5, 0.5, 1. , 0. ]], dtype=float32)
     """
     logits = tf.convert_to_tensor(logits)
-    return _ungrouped(tf.nn.log_softmax(_grouped(logits, n_indep), axis=-1))
+    return _per_group(tf.nn.log_softmax, logits, n_indep)
 
 
 def softmax(logits: Any, n_indep: int = 1) -> tf.Tensor:
     """Softmax over each of ``n_indep`` consecutive feature groups (ELEKTRONN2 ``Softmax``)."""
-    logits = tf.convert_to_tensor(logits)
-    return _ungrouped(tf.nn.softmax(_grouped(logits, n_indep), axis=-1))
+    return _per_group(tf.nn.softmax, tf.convert_to_tensor(logits), n_indep)
 
 
 def one_hot(target: Any, n_class: int, ignore_label: int | None = None, dtype: Any = "float32") -> tf.Tensor:
