@@ -211,6 +211,7 @@ def _keras_model(net: FlatNet | UNet) -> Any:
             out = keras.layers.Conv3D(c, 3, padding="same", activation="relu")(out)
             out = keras.layers.Conv3D(c, 3, padding="same", activation="relu")(out)
         out = keras.layers.Conv3D(net.n_class, 1)(out)
+    out = keras.layers.Activation("linear", dtype="float32")(out)  # float32 logits under mixed precision
     return keras.Model(inp, out)
 
 
@@ -317,11 +318,30 @@ def _TorchUNet(net: UNet) -> Any:  # noqa: N802 - a class factory (torch is impo
     return TorchUNet()
 
 
+def build_ekn_bf16(net: FlatNet | UNet) -> Callable[[], float]:
+    """:func:`build_ekn` under ekn's ``mixed_bfloat16`` precision policy (process-wide)."""
+    from ekn_core.node import set_precision
+
+    set_precision("mixed_bfloat16")
+    return build_ekn(net)
+
+
+def build_keras_bf16(net: FlatNet | UNet) -> Callable[[], float]:
+    """:func:`build_keras_train_on_batch` under Keras's ``mixed_bfloat16`` policy (process-wide)."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    return build_keras_train_on_batch(net)
+
+
+#: Framework variants; those ending in ``_bf16`` compute in bfloat16 (float32 parameters).
 BUILDERS: dict[str, Callable[[FlatNet | UNet], Callable[[], float]]] = {
     "ekn": build_ekn,
     "keras_train_on_batch": build_keras_train_on_batch,
     "keras_tf_function": build_keras_tf_function,
     "torch": build_torch,
+    "ekn_bf16": build_ekn_bf16,
+    "keras_bf16": build_keras_bf16,
 }
 
 

@@ -73,6 +73,7 @@ def _open_shell(child) -> None:
     child.expect_exact("ekn> ")
 
 
+@pytest.mark.slow
 def test_ctrl_c_setlr_continue_then_kill(tmp_path):
     run_dir = str(tmp_path / "runs" / "run")
     child = pexpect.spawn(sys.executable, ["-m", "ekn_core.cli", "train", _config(tmp_path), "--save-path",
@@ -113,6 +114,7 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen, log_
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_ekn_shell_attaches_to_a_run_under_nohup(tmp_path):
     run_dir = str(tmp_path / "runs" / "run")
     log_path = str(tmp_path / "nohup.out")

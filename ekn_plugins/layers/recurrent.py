@@ -215,6 +215,9 @@ class ScanN(Node):
     Arguments as for :func:`Scan` (lists of nodes).
     """
 
+    #: Its value is a tuple of tensors: whole-graph tools (activations, timings) must skip it.
+    multi_output = True
+
     def __init__(self, step_result: list[Node], in_memory: list[Node], out_memory: list[Node] | None = None,
                  in_iterate: list[Node] | None = None, in_iterate_0: list[Node] | None = None,
                  n_steps: int | None = None, unroll_scan: bool = True, last_only: bool = False, name: str = "scan",
