@@ -150,7 +150,8 @@ def batch_arrays(net: FlatNet | UNet, seed: int = 0) -> tuple[Any, Any]:
 
 
 def build_ekn(net: FlatNet | UNet) -> Callable[[], float]:
-    """The ekn model of ``net`` (ELEKTRONN2 API, layout ``b,f,z,x,y``) and its Adam training step."""
+    """The ekn model of ``net`` (ELEKTRONN2 API, layout ``b,f,z,x,y``) and its Adam training step
+    (the model is the step's ``model`` attribute)."""
     import uuid
 
     from ekn_core import neuromancer as nm
@@ -183,7 +184,12 @@ def build_ekn(net: FlatNet | UNet) -> Callable[[], float]:
     model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=probs)
     model.lr = LR
     x, y = batch_arrays(net)
-    return lambda: model.trainingstep(x, y, optimiser="Adam")[0]
+
+    def step() -> float:
+        return model.trainingstep(x, y, optimiser="Adam")[0]
+
+    step.model = model  # type: ignore[attr-defined]  # for prediction benchmarks
+    return step
 
 
 def _keras_model(net: FlatNet | UNet) -> Any:

@@ -50,6 +50,12 @@ LOSS_SCALE_PERIOD = 2000
 DEFAULT_META = {"lr": 1.0, "mom": 0.9, "wd": 0.0, "beta2": 0.999}
 
 
+def _has_one_output(node: Node) -> bool:
+    """Nodes whose single output statistics and timings describe (not sources, not tuple nodes
+    such as a Scan's internal node, whose results are read through its output nodes)."""
+    return not node.is_source and not getattr(node, "multi_output", False)
+
+
 class TrainStep(GraphFunction):
     """Compiled training step: loss, gradients and the optimiser update in one function."""
 
@@ -316,7 +322,7 @@ class Model:
 
     def activations(self, *inputs: Any) -> dict[str, np.ndarray]:
         """Output of every non-source node the loss depends on (inference mode)."""
-        nodes = [n for n in topological_order([self._need("loss_node")]).values() if not n.is_source]
+        nodes = [n for n in topological_order([self._need("loss_node")]).values() if _has_one_output(n)]
         fn = self._function("activations", nodes)
         fn.inputs = self.loss_node.input_nodes
         out = fn(*inputs)
@@ -493,7 +499,7 @@ class Model:
 
     def measure_exectimes(self, n_samples: int = 5, n_warmup: int = 4, print_info: bool = True) -> dict[str, float]:
         """Local run time of every non-source node the prediction depends on (seconds)."""
-        nodes = [n for n in self._need("prediction_node").all_parents.values() if not n.is_source]
+        nodes = [n for n in self._need("prediction_node").all_parents.values() if _has_one_output(n)]
         times = {n.name: n.measure_exectime(n_samples, n_warmup, print_info=False) for n in nodes}
         if print_info:
             total = sum(times.values()) or 1.0

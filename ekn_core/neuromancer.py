@@ -43,7 +43,24 @@ ALIASES = {
 #: Registry kinds searched, in order.
 KINDS = ("layers", "losses")
 
-__all__ = ["model_manager", "modelload", "rebuild_model", "Model", "Node", "TaggedShape", "registry_name"]
+__all__ = ["model_manager", "modelload", "rebuild_model", "rebuild_rnn", "Model", "Node", "TaggedShape",
+           "registry_name"]
+
+
+def rebuild_rnn(model: Model, name: str | None = None) -> tuple[Model, dict[str, str]]:
+    """Rebuilds a model that contains ``Scan`` loops as a one-step model (ELEKTRONN2 ``rebuild_rnn``).
+
+    The implementation belongs to the registered ``scan_n`` layer's module, reached through the
+    registry.
+
+    Returns:
+        ``(step_model, feedback)``: ``feedback[input_name]`` names the node whose output feeds that
+        memory input at the next step.
+    """
+    import sys
+
+    module = sys.modules[registry("layers").get("scan_n").__module__]
+    return module.one_step_model(model, name=name)
 
 
 def registry_name(name: str) -> str:

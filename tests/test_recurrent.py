@@ -156,7 +156,7 @@ def test_one_step_rebuild_reproduces_every_step(cell):
     model.designate_nodes(input_node=inp, prediction_node=head)
     x = np.random.default_rng(2).standard_normal((5, 3, 2)).astype("float32")
     multi = head(x)  # (r, b, f)
-    step_model, feedback = one_step_model(model)
+    step_model, feedback = nm.rebuild_rnn(model)  # ELEKTRONN2 name
     assert step_model["mem"].is_source and step_model["x_t"].is_source
     assert step_model["scan_cell"].shape.shape == (1, 3, step.shape["f"])
     state = model["mem"](x)

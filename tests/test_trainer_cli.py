@@ -25,7 +25,7 @@ from ekn_core.trainer.rundir import RunDir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "trainer_files", "tiny2d_config.py")
-S, N = 300, 120
+S, N = 200, 80
 
 
 def ekn(*args, **kwargs):
@@ -114,27 +114,27 @@ def test_run_directory_holds_every_file(runs):
     rd = run_dir(runs, "U")
     for path in (rd.config_copy, rd.run_json, rd.log, rd.history_h5, rd.history_csv, rd.timeline_csv,
                  rd.model_path("latest"), rd.model_path("best"), rd.model_path("final"),
-                 rd.model_path("step-100"), rd.model_path("step-300")):
+                 rd.model_path("step-100"), rd.model_path("step-200")):
         assert os.path.getsize(path) > 0, path
     assert open(rd.config_copy).read() == open(CONFIG).read()
     info = json.load(open(rd.run_json))
     assert info["status"] == "finished" and info["settings"]["n_steps"] == S
     log_text = open(rd.log).read()
-    assert "00050 L_m=" in log_text and "end of training: finished after 300 steps" in log_text
+    assert "00050 L_m=" in log_text and "end of training: finished after 200 steps" in log_text
     rows = list(csv.DictReader(open(rd.history_csv)))
     assert [int(r["step"]) for r in rows] == list(range(50, S + 1, 50))
     assert all(np.isfinite(float(r["valid_loss"])) for r in rows)
     assert len(list(csv.DictReader(open(rd.timeline_csv)))) == S
-    assert [s for s, _ in list_checkpoints(rd.checkpoints)] == [280, 300]  # keep_checkpoints = 2
+    assert [s for s, _ in list_checkpoints(rd.checkpoints)] == [180, 200]  # keep_checkpoints = 2
     assert sorted(os.listdir(rd.plots)) == ["errors.png", "loss.png", "lr.png", "timeline.png"]
     for name in os.listdir(rd.plots):
         with Image.open(os.path.join(rd.plots, name)) as img:
             img.load()
             assert img.format == "PNG" and np.asarray(img.convert("L")).std() > 5, name
     previews = sorted(os.listdir(rd.previews))
-    assert "raw_2-raw-z4.png" in previews and "raw_2-pred-c1-z4-step300.png" in previews
+    assert "raw_2-raw-z4.png" in previews and "raw_2-pred-c1-z4-step200.png" in previews
     assert "raw_2-pred-c1-z4-step100.png" in previews
-    with Image.open(os.path.join(rd.previews, "raw_2-pred-c1-z4-step300.png")) as img:
+    with Image.open(os.path.join(rd.previews, "raw_2-pred-c1-z4-step200.png")) as img:
         pred = np.asarray(img)
     with Image.open(os.path.join(rd.previews, "raw_2-raw-z4.png")) as img:
         raw = np.asarray(img)

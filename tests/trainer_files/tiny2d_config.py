@@ -34,7 +34,7 @@ def create_model():
     import ekn_core.neuromancer as nm
 
     inp = nm.Input((None, 1, 21, 21), "b,f,x,y", name="raw")
-    out = nm.Conv(inp, 6, (4, 4), (2, 2), dropout_rate=0.2)
+    out = nm.Conv(inp, 6, (4, 4), (2, 2))
     out = nm.Conv(out, 6, (3, 3))
     out = nm.Conv(out, 2, (1, 1), activation_func="lin")
     probs = nm.Softmax(out)
