@@ -4,19 +4,22 @@ a 3-D U-Net against MONAI's ``sliding_window_inference`` in PyTorch, and out-of-
 Parts (``--parts``, default all):
 
 - ``speed``: ELEKTRONN2's neuro3d net (``bench/common.py``; final 1×1×1 linear conv as
-  prediction node) on a ``--shape`` volume (default 64×512×512, mirror-padded so the output has
-  the input shape). ``naive``: one forward pass per output voxel (measured on a few windows and
-  extrapolated); ``loop``: ELEKTRONN2's tiles and stride-phase loop with the training patch
-  23×185×185; ``loop-auto``: the same with the patch chosen by ``choose_patch``; ``mfp``: the
-  model reloaded with MFP active and an automatically chosen patch. GFLOP/s count the forward
-  multiply-adds of the passes actually run (2 FLOP each) and are compared with the measured
-  4096² matmul rate.
+  logits) on a ``--shape`` volume (default 64×512×512, mirror-padded so the output has the
+  input shape). ``naive``: one forward pass per output voxel (a few windows, extrapolated);
+  ``loop``: ELEKTRONN2's tiles and stride-phase loop with the training patch 23×185×185 and
+  ``loop-auto`` the same with the patch chosen by ``choose_patch`` (both on a crop of
+  ``--loop-tiles`` whole tiles per axis: 32 passes per tile would take half an hour for the
+  whole volume); ``mfp``: the model reloaded with MFP active and an automatically chosen patch,
+  on the whole volume. Tile throughput does not depend on the volume size, so the rates
+  compare. GFLOP/s count the multiply-adds of every convolution at every position it is
+  evaluated (2 FLOP each; MFP fragments included) and are compared with the measured 4096²
+  matmul rate.
 - ``unet``: the 3-level U-Net of ``bench/common.py`` (same convolutions) on a ``--unet-shape``
   volume: ekn ``predict_dense`` (patch chosen for the volume, Gaussian blending of overlapping
   tiles) against MONAI ``sliding_window_inference`` with the training patch 32×64×64, overlap
   0.25, Gaussian mode, running the same architecture in PyTorch (``pip install monai``).
 - ``memory``: ``predict_volume`` of HDF5 volumes of 1×, 2× and 4× the memory budget
-  (``--budget``, default 64 MiB, uint8 input) with a small conv net, each in a fresh process;
+  (``--memory-budget``, default 64 MiB, uint8 input) with a small conv net, each in a fresh process;
   peak RSS growth over the process baseline and the Python-heap peak (tracemalloc).
 
 Usage:
@@ -42,23 +45,37 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def build_flat(net: common.FlatNet, patch: tuple[int, int, int]) -> Any:
-    """The ekn model of a flat net for prediction (final linear 1×1×1 conv as prediction node)."""
-    import uuid
+def build(net: common.FlatNet | common.UNet, patch: tuple[int, int, int]) -> Any:
+    """``net`` built by ``common.build_ekn`` with input ``patch`` (batch 1); returns the model.
+
+    Its prediction node is a Softmax; the engine is run on the node below it (the linear
+    1×1×1 convolution, or after MFP reloading the FragmentsToDense node).
+    """
+    import dataclasses
 
     from ekn_core import neuromancer as nm
 
-    model = nm.model_manager.newmodel(f"bench_pred_{uuid.uuid4().hex[:6]}")
-    out = inp = nm.Input((None, 1, *patch), "b,f,z,x,y", name="raw")
-    for layer in net.layers:
-        out = nm.Conv(out, layer.n_f, layer.filter, layer.pool, activation_func=layer.act, print_repr=False)
-    model.designate_nodes(input_node=inp, prediction_node=out)
-    return model
+    common.build_ekn(dataclasses.replace(net, input=tuple(patch)))
+    return nm.model_manager.current
+
+
+def logits(model: Any) -> Any:
+    """The node below the model's Softmax prediction node."""
+    return model.prediction_node.parents[0]
 
 
 def forward_gflop(node: Any) -> float:
-    """Forward FLOP (2 per multiply-add) of one call of ``node``'s graph, in units of 1e9."""
-    return 2.0 * float(node.all_computational_cost) / 1e9
+    """Convolution FLOP (2 per multiply-add) of one call of ``node``'s graph in units of 1e9:
+    every valid convolution at every position it is evaluated, MFP fragments included."""
+    macs = 0.0
+    for n in node.all_parents.values():
+        kernel = getattr(n, "filter_shape", None)
+        if kernel is None:
+            continue
+        parent = n.parents[0].shape
+        positions = (parent["b"] or 1) * np.prod([s - k + 1 for s, k in zip(parent.spatial_shape, kernel)])
+        macs += float(positions) * np.prod(kernel) * parent["f"] * n.shape["f"]
+    return 2.0 * macs / 1e9
 
 
 def part_speed(args: argparse.Namespace, peak: float) -> dict[str, Any]:
@@ -69,75 +86,48 @@ def part_speed(args: argparse.Namespace, peak: float) -> dict[str, Any]:
 
     shape = tuple(args.shape)
     raw = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    voxels = float(np.prod(shape))
-    model = build_flat(common.NEURO3D, common.NEURO3D.input)
-    node = model.prediction_node
+    model = build(common.NEURO3D, common.NEURO3D.input)
+    node = logits(model)
     results: dict[str, Any] = {"shape": shape}
 
     # naive: one pass per output voxel, measured on a few windows
     patch = common.NEURO3D.input
-    windows = np.stack([raw[:patch[0], i:i + patch[1], :patch[2]] for i in range(args.naive_windows)])
-    x = (windows[:, None] / 255.0).astype(np.float32)
-    node(x[:1])
+    node(np.zeros((1, 1, *patch), np.float32))
     t0 = time.perf_counter()
-    node(x)
+    for i in range(args.naive_windows):
+        node((raw[None, None, :patch[0], i:i + patch[1], :patch[2]] / 255.0).astype(np.float32))
     dt = time.perf_counter() - t0
     results["naive"] = {"voxels_per_s": args.naive_windows / dt,
                         "gflop_per_s": args.naive_windows * forward_gflop(node) / dt}
+    print("naive", results["naive"], flush=True)
 
-    def timed(name: str, n: Any, **kw: Any) -> None:
-        net = NetAdapter(n)
-        g = net.geometry
-        small = raw[: g.tile_in[0] + 2, : g.tile_in[1] + 8, : g.tile_in[2] + 8]
-        predict_dense(n, small, pad_raw=True, **kw)  # trace and warm up
+    def timed(name: str, n: Any, tiles: int | None) -> None:
+        """Predicts ``raw`` (or a crop of ``tiles`` whole tiles per axis) with mirror padding."""
+        g = NetAdapter(n).geometry
+        crop = raw if tiles is None else raw[tuple(slice(0, min(s, t * tiles)) for s, t in zip(shape, g.tile_out))]
+        warm = raw[tuple(slice(0, t) for t in g.tile_out)]
+        predict_dense(n, warm, pad_raw=True, memory_budget=args.budget)  # trace and warm up
         t0 = time.perf_counter()
-        predict_dense(n, raw, pad_raw=True, **kw)
+        predict_dense(n, crop, pad_raw=True, memory_budget=args.budget)
         dt = time.perf_counter() - t0
-        tiles = np.prod([-(-s // t) for s, t in zip(shape, g.tile_out)])
-        gflop = tiles * g.passes * forward_gflop(n) / (n.input_nodes[0].shape["b"] or 1)
-        results[name] = {"patch": g.patch, "passes_per_tile": g.passes, "seconds": dt,
-                         "voxels_per_s": voxels / dt, "gflop_per_s": gflop / dt,
+        n_tiles = np.prod([-(-s // t) for s, t in zip(crop.shape, g.tile_out)])
+        gflop = n_tiles * g.passes * forward_gflop(n)
+        results[name] = {"patch": g.patch, "passes_per_tile": g.passes, "predicted": crop.shape, "seconds": dt,
+                         "voxels_per_s": crop.size / dt, "gflop_per_s": gflop / dt,
                          "share_of_matmul_peak": gflop / dt / peak}
         print(name, results[name], flush=True)
 
-    timed("loop", node)
+    timed("loop", node, args.loop_tiles)
     net = NetAdapter(node)
     auto = choose_patch(net.geometry, shape, net.bytes_per_voxel, args.budget // 4).patch
+    timed("loop-auto", logits(build(common.NEURO3D, auto)), args.loop_tiles)
     with tempfile.TemporaryDirectory() as tmp:
         path = model.save(os.path.join(tmp, "neuro3d.h5"))
-        timed("loop-auto", nm.modelload(path, imposed_patch_size=auto).prediction_node)
-        mfp = nm.modelload(path, override_mfp_to_active=True, imposed_batch_size=1)
-        mnet = NetAdapter(mfp.prediction_node)
+        mnet = NetAdapter(logits(nm.modelload(path, override_mfp_to_active=True, imposed_batch_size=1)))
         mpatch = choose_patch(mnet.geometry, shape, mnet.bytes_per_voxel, args.budget // 4).patch
-        timed("mfp", nm.modelload(path, override_mfp_to_active=True, imposed_patch_size=mpatch,
-                                  imposed_batch_size=1).prediction_node)
+        mfp = nm.modelload(path, override_mfp_to_active=True, imposed_patch_size=mpatch, imposed_batch_size=1)
+        timed("mfp", logits(mfp), None)
     return results
-
-
-def build_unet(net: common.UNet, patch: tuple[int, int, int]) -> Any:
-    """The ekn U-Net of ``bench/common.py`` (same convolutions) for prediction."""
-    import uuid
-
-    from ekn_core import neuromancer as nm
-
-    model = nm.model_manager.newmodel(f"bench_unet_{uuid.uuid4().hex[:6]}")
-    skips, out = [], None
-    out = inp = nm.Input((None, 1, *patch), "b,f,z,x,y", name="raw")
-    for level, c in enumerate(net.channels):
-        if level:
-            out = nm.Pool(out, (2, 2, 2), print_repr=False)
-        out = nm.Conv(out, c, (3, 3, 3), conv_mode="same", print_repr=False)
-        out = nm.Conv(out, c, (3, 3, 3), conv_mode="same", print_repr=False)
-        skips.append(out)
-    for level in range(len(net.channels) - 2, -1, -1):
-        c = net.channels[level]
-        up = nm.UpConv(out, c, (2, 2, 2), identity_init=False, print_repr=False)
-        out = nm.Concat([skips[level], up])
-        out = nm.Conv(out, c, (3, 3, 3), conv_mode="same", print_repr=False)
-        out = nm.Conv(out, c, (3, 3, 3), conv_mode="same", print_repr=False)
-    out = nm.Conv(out, net.n_class, (1, 1, 1), activation_func="lin", print_repr=False)
-    model.designate_nodes(input_node=inp, prediction_node=out)
-    return model
 
 
 def part_unet(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,14 +138,13 @@ def part_unet(args: argparse.Namespace) -> dict[str, Any]:
     shape = tuple(args.unet_shape)
     raw = np.random.default_rng(1).random(shape, dtype=np.float32)
     results: dict[str, Any] = {"shape": shape}
-    base = build_unet(common.UNET, common.UNET.input)
-    g = NetAdapter(base.prediction_node).geometry
-    patch = choose_patch(g, shape, NetAdapter(base.prediction_node).bytes_per_voxel, args.budget // 4).patch
-    node = build_unet(common.UNET, patch).prediction_node
+    base = NetAdapter(logits(build(common.UNET, common.UNET.input)))
+    patch = choose_patch(base.geometry, shape, base.bytes_per_voxel, args.budget // 4).patch
+    node = logits(build(common.UNET, patch))
     overlap = tuple(p // 4 // 8 * 8 for p in patch)
-    predict_dense(node, raw[: patch[0], : patch[1], : patch[2]], overlap=overlap)
+    predict_dense(node, raw[: patch[0], : patch[1], : patch[2]], overlap=overlap, memory_budget=args.budget)
     t0 = time.perf_counter()
-    predict_dense(node, raw, overlap=overlap)
+    predict_dense(node, raw, overlap=overlap, memory_budget=args.budget)
     dt = time.perf_counter() - t0
     results["ekn"] = {"patch": patch, "overlap": overlap, "seconds": dt, "voxels_per_s": np.prod(shape) / dt}
     print("unet ekn", results["ekn"], flush=True)
@@ -229,7 +218,7 @@ def part_memory(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for factor in (1, 2, 4):
-            out = subprocess.run([sys.executable, __file__, "--memory-child", str(factor), str(args.budget), tmp],
+            out = subprocess.run([sys.executable, __file__, "--memory-child", str(factor), str(args.memory_budget), tmp],
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print("memory", rows[-1], flush=True)
@@ -241,8 +230,10 @@ def main() -> None:
     parser.add_argument("--parts", default="speed,unet,memory")
     parser.add_argument("--shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=(64, 512, 512))
     parser.add_argument("--unet-shape", type=lambda s: tuple(int(v) for v in s.split(",")), default=(64, 256, 256))
-    parser.add_argument("--budget", type=int, default=64 * 2**20, help="memory budget in bytes")
-    parser.add_argument("--naive-windows", type=int, default=8)
+    parser.add_argument("--budget", type=int, default=1 << 30, help="memory budget in bytes (speed, unet)")
+    parser.add_argument("--memory-budget", type=int, default=64 * 2**20, help="budget of the memory part")
+    parser.add_argument("--naive-windows", type=int, default=4)
+    parser.add_argument("--loop-tiles", type=int, default=2, help="tiles per axis the stride loop predicts")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -141,6 +141,22 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def profile(nets: list[str], top: int = 12) -> str:
+    """Markdown tables of the op types that take ekn's training step time (``tf.profiler``)."""
+    lines = []
+    for net in nets:
+        step = common.build_ekn(common.NETS[net])
+        step()
+        step()
+        rows = common.op_profile(step, steps=2)
+        total = sum(r[1] for r in rows)
+        lines += ["", f"{net}: op time summed over threads {total:.0f} ms per step "
+                      f"(wall {1e3 * min(common.time_calls(step, 2)):.0f} ms)", "",
+                  "| op type | ms per step | calls | share |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {ms:.1f} | {calls} | {100 * ms / total:.1f}% |" for name, ms, calls in rows[:top]]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nets", nargs="+", default=list(common.NETS), choices=list(common.NETS))
@@ -148,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round and net (default 3)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: tf.profiler op breakdown of ekn's training step for each net")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker)
+        return 0
+    if args.profile:
+        print(profile(args.nets))
         return 0
     result = run(args.nets, args.frameworks, args.rounds, args.steps)
     print(report(result))

@@ -461,7 +461,7 @@ def op_profile(fn: Callable[[], Any], steps: int = 2, by: str = "type") -> list[
                 name = plane.event_metadata[event.metadata_id].name
                 if ":" not in name or name.startswith(("Executor", "FunctionRun", "EagerExecute")):
                     continue
-                op_name, op_type = name.rsplit(":", 1)
+                op_name, op_type = (part.strip() for part in name.rsplit(":", 1))
                 if op_type == "Run" or op_type.startswith("__inference"):
                     continue
                 op_type = op_type if by == "type" else f"{op_name} ({op_type})"

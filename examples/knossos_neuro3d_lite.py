@@ -21,13 +21,13 @@ import runpy
 _data = os.path.expanduser(os.environ.get("EKN_KNOSSOS_DIR", "~/ekn_data/knossos_synth"))
 _lite = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "neuro3d_lite.py"))
 
-save_path = "~/ekn_training/"
+save_path = _lite["save_path"]
 preview_data_path = os.path.join(_data, "vol_2", "vol_2.k.toml") + ":raw"
-preview_kwargs = {"export_class": [1], "max_z_pred": 3}
-initial_prev_h = 1.0
-prev_save_h = 1.0
-data_class = "BatchCreatorImage"
-background_processes = 2
+preview_kwargs = _lite["preview_kwargs"]
+initial_prev_h = _lite["initial_prev_h"]
+prev_save_h = _lite["prev_save_h"]
+data_class = _lite["data_class"]
+background_processes = _lite["background_processes"]
 data_init_kwargs = {
     **_lite["data_init_kwargs"],
     "d_path": _data,
@@ -35,6 +35,7 @@ data_init_kwargs = {
     "d_files": [(f"vol_{i}/vol_{i}.k.toml", "raw") for i in range(3)],
     "l_files": [(f"vol_{i}/vol_{i}.k.toml", "barrier") for i in range(3)],
 }
+data_batch_args = _lite["data_batch_args"]
 n_steps = _lite["n_steps"]
 max_runtime = _lite["max_runtime"]
 history_freq = _lite["history_freq"]

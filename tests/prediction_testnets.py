@@ -181,6 +181,20 @@ class UNetLite:
         return y.astype(np.float32)
 
 
+class SamePadConv:
+    """Zero-padded 'same' 1x1x3 convolution along x: outputs depend on the tile border."""
+
+    def __init__(self, width):
+        self.w = np.array([0.5, 1.0, -0.7])
+        shape = (None, 1, 1, 1, width)
+        self.input_nodes = [_Holder(TShape(shape, ("b", "f", "z", "y", "x"), (1, 1, 1), (1, 1, 1)))]
+        self.shape = TShape(shape, ("b", "f", "z", "y", "x"), (1, 1, 1), (1, 1, 1))
+
+    def __call__(self, x):
+        p = np.pad(x, [(0, 0)] * 4 + [(1, 1)])
+        return (self.w[0] * p[..., :-2] + self.w[1] * p[..., 1:-1] + self.w[2] * p[..., 2:]).astype(np.float32)
+
+
 NEURO_LIKE = [("conv", 3, (1, 4, 4)), ("pool", (1, 2, 2)), ("conv", 4, (2, 3, 3)), ("pool", (2, 2, 2)),
               ("conv", 2, (1, 2, 2))]
 
@@ -191,3 +205,27 @@ def make_net(override_mfp_to_active=False, imposed_patch_size=None, imposed_batc
     patch = tuple(imposed_patch_size or (5, 19, 19))
     delay = float(os.environ.get("EKN_TESTNET_DELAY", "0"))
     return NumpyNet(layers, patch, batch=imposed_batch_size, dense=override_mfp_to_active, delay=delay)
+
+
+def make_fast_net(override_mfp_to_active=False, imposed_patch_size=None, imposed_batch_size=None, **_):
+    """``make_net``'s weights in the one-pass (MFP) form with a larger default patch: fast tests."""
+    return make_net(True, imposed_patch_size or (7, 27, 27), imposed_batch_size)
+
+
+def write_raw_h5(folder, shape, seed=0):
+    """A random uint8 volume at ``folder/raw.h5:raw``; returns ``(array, "path:raw")``."""
+    import h5py
+
+    raw = (np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)
+    path = os.path.join(str(folder), "raw.h5")
+    with h5py.File(path, "w") as f:
+        f["raw"] = raw
+    return raw, path + ":raw"
+
+
+def read_volume(path):
+    """The whole content of a volume (any reader) as numpy."""
+    from ekn_core.volumes import open_volume
+
+    with open_volume(path) as vol:
+        return np.asarray(vol[...])

@@ -6,16 +6,15 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 
 from ekn_core.cli import main
 from ekn_core.prediction.blockwise import progress_path
-from ekn_core.volumes import open_volume
+from prediction_testnets import read_volume, write_raw_h5
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ARGS = ["prediction_testnets:make_net", None, None, "--tile", "model", "--memory-budget", "1M", "--no-progress"]
+ARGS = ["prediction_testnets:make_fast_net", None, None, "--tile", "model", "--memory-budget", "1M", "--no-progress"]
 
 
 def ekn_env(**extra):
@@ -38,11 +37,7 @@ def done_lines(out):
 
 @pytest.fixture
 def raw_h5(tmp_path):
-    raw = (np.random.default_rng(0).random((9, 45, 41)) * 255).astype(np.uint8)
-    path = str(tmp_path / "raw.h5")
-    with h5py.File(path, "w") as f:
-        f["raw"] = raw
-    return path + ":raw"
+    return write_raw_h5(tmp_path, (9, 45, 41))[1]
 
 
 def test_killed_predict_resumes_identically(tmp_path, raw_h5, monkeypatch, capsys):
@@ -52,7 +47,7 @@ def test_killed_predict_resumes_identically(tmp_path, raw_h5, monkeypatch, capsy
     blocks = int(capsys.readouterr().out.split(": ")[1].split(" blocks")[0])
     assert blocks >= 6
     proc = subprocess.Popen([sys.executable, "-m", "ekn_core.cli", *cli(raw_h5, out)],
-                            env=ekn_env(EKN_TESTNET_DELAY="0.05"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env=ekn_env(EKN_TESTNET_DELAY="0.2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while done_lines(out) < 2 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -62,8 +57,7 @@ def test_killed_predict_resumes_identically(tmp_path, raw_h5, monkeypatch, capsy
     assert 2 <= finished < blocks, proc.stderr.read().decode()
     assert main(cli(raw_h5, out)) == 0
     assert f"({finished} already done)" in capsys.readouterr().out
-    with open_volume(full) as a, open_volume(out) as b:
-        np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]))
+    np.testing.assert_array_equal(read_volume(out), read_volume(full))
 
 
 def test_cli_errors_are_clear(tmp_path, raw_h5, monkeypatch, capsys):

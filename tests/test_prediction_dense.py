@@ -6,7 +6,7 @@ from scipy.signal.windows import gaussian
 
 from ekn_core.errors import ShapeError
 from ekn_core.prediction import predict_dense
-from prediction_testnets import NEURO_LIKE, NumpyNet, TShape, UNetLite, _Holder, random_layers
+from prediction_testnets import NEURO_LIKE, NumpyNet, SamePadConv, UNetLite, random_layers
 
 
 def naive(net, raw):
@@ -106,20 +106,6 @@ def test_2d_net_over_stack_is_slice_by_slice():
         assert single.shape == (2, 17, 14)
         np.testing.assert_allclose(pred[:, z], single, atol=1e-6)
         np.testing.assert_allclose(single, naive(net, stack[z]), atol=1e-5)
-
-
-class SamePadConv:
-    """Zero-padded 'same' 1x1x3 convolution along x: outputs depend on the tile border."""
-
-    def __init__(self, width):
-        self.w = np.array([0.5, 1.0, -0.7])
-        shape = (None, 1, 1, 1, width)
-        self.input_nodes = [_Holder(TShape(shape, ("b", "f", "z", "y", "x"), (1, 1, 1), (1, 1, 1)))]
-        self.shape = TShape(shape, ("b", "f", "z", "y", "x"), (1, 1, 1), (1, 1, 1))
-
-    def __call__(self, x):
-        p = np.pad(x, [(0, 0)] * 4 + [(1, 1)])
-        return (self.w[0] * p[..., :-2] + self.w[1] * p[..., 1:-1] + self.w[2] * p[..., 2:]).astype(np.float32)
 
 
 def test_blending_of_overlapping_tiles_matches_weighted_reference():

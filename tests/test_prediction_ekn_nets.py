@@ -1,7 +1,6 @@
 """Oracle tests on real ekn nets (TensorFlow): MFP = stride loop = naive per-voxel window; U-Net
 tiles = whole-image evaluation; Node/Model.predict_dense delegate to the engine."""
 
-import os
 
 import numpy as np
 import pytest

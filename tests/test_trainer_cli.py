@@ -23,6 +23,8 @@ from PIL import Image
 from ekn_core.trainer.checkpoint import list_checkpoints, read_checkpoint
 from ekn_core.trainer.rundir import RunDir
 
+pytestmark = pytest.mark.slow  # five `ekn train` processes (about a minute on 2 idle cores)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "trainer_files", "tiny2d_config.py")
 S, N = 200, 80

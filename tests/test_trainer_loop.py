@@ -190,3 +190,29 @@ def test_dropout_masks_are_restored_with_the_checkpoint(tmp_path):
         trainer.close()
     for key in first:
         np.testing.assert_allclose(again[key], first[key], atol=1e-6, err_msg=key)
+
+
+def test_preview_slices_equal_the_dense_prediction_of_the_whole_volume(tmp_path):
+    from PIL import Image
+
+    from ekn_core.prediction import predict_dense
+    from ekn_core.trainer.preview import Previewer
+
+    cfg = ExperimentConfig.from_file(os.path.join(HERE, "..", "examples", "neuro3d_lite.py"))
+    import ekn_core.neuromancer as nm
+
+    nm.model_manager.newmodel("preview_test")
+    model = cfg.create_model(patch_size=(11, 43, 43), width=0.05)
+    vol = np.random.default_rng(0).random((9, 50, 46)).astype(np.float32)
+    paths = Previewer(model.prediction_node, [("v", vol)], str(tmp_path), export_class=[1], max_z_pred=3).write(7)
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "v-pred-c1-z3-step7.png", "v-pred-c1-z4-step7.png", "v-pred-c1-z5-step7.png",
+        "v-raw-z3.png", "v-raw-z4.png", "v-raw-z5.png"]
+    full = predict_dense(model.prediction_node, vol, pad_raw=True)
+    for z in (3, 4, 5):
+        with Image.open(tmp_path / f"v-pred-c1-z{z}-step7.png") as img:
+            got = np.asarray(img).astype(int)
+        expected = np.clip(full[1, z] * 255 + 0.5, 0, 255).astype(int)
+        assert got.shape == (50, 46) and np.abs(got - expected).max() <= 1
+        with Image.open(tmp_path / f"v-raw-z{z}.png") as img:
+            assert np.abs(np.asarray(img).astype(int) - np.clip(vol[z] * 255 + 0.5, 0, 255).astype(int)).max() <= 1

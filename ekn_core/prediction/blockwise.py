@@ -340,17 +340,32 @@ def node_fingerprint(node: Any) -> dict[str, Any]:
             "geometry": repr(adapt(node).geometry), "weights": digest.hexdigest()}
 
 
+def absolute(path: str) -> str:
+    """``path`` with its file part made absolute when it exists here (for Dask workers).
+
+    Example:
+        >>> absolute("tcp://host/raw.zarr")
+        'tcp://host/raw.zarr'
+    """
+    from ekn_core.volumes import split_key
+
+    base, key = split_key(os.fspath(path))
+    if not os.path.exists(base):
+        return os.fspath(path)
+    return os.path.abspath(base) + (f":{key}" if key else "")
+
+
 def output_reader(output: str) -> str | None:
     """The reader for an output path: the detected one, else ``zarr`` (the default format).
 
     Example:
         >>> output_reader("pred.h5:probs"), output_reader("predictions")
-        (None, 'zarr')
+        ('hdf5', 'zarr')
     """
     from ekn_core.hooks import host
     from ekn_core.volumes import split_key
 
-    return None if host().get_reader(split_key(os.fspath(output))[0]) else "zarr"
+    return host().get_reader(split_key(os.fspath(output))[0]) or "zarr"
 
 
 def adapt(node: Any) -> Any:
@@ -381,10 +396,11 @@ def parse_size(text: str | int | None) -> int | None:
 
 
 def default_memory_budget() -> int:
-    """Half the available memory, at most 8 GiB."""
+    """A quarter of the machine's memory, at most 8 GiB (fixed per machine, so a resumed run
+    plans the same blocks)."""
     import psutil
 
-    return int(min(8 * 2**30, psutil.virtual_memory().available // 2))
+    return int(min(8 * 2**30, psutil.virtual_memory().total // 4))
 
 
 def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
@@ -412,7 +428,7 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         overlap, blend: Tile overlap and blending.
         as_uint8: Write uint8 (× 255) instead of float32.
         channel: Write only this output channel.
-        memory_budget: Bytes (or ``"4G"``) for net and buffers; default half the free memory.
+        memory_budget: Bytes (or ``"4G"``) for net and buffers; default a quarter of the RAM, at most 8 GiB.
         batch_size: Forward passes per call.
         scheduler: Dask scheduler address; ``workers``: start a local cluster with N workers.
         progress: tqdm bar in voxels.
@@ -456,6 +472,8 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
                 raise EknError(f"{output!r} has shape {tuple(out_vol.shape)}, the resumed job writes "
                                f"{tuple(out_shape)}; delete it and its progress log to start over")
         else:
+            if output_options["reader"] == "knossos":
+                chunks = None  # KNOSSOS keeps its cube shape; the single writer merges partial cubes
             out_vol = create_volume(output, shape=out_shape, dtype=dtype, chunks=chunks, **output_options)
         blocks = plan.blocks()
         pending = [i for i in range(len(blocks)) if i not in plog.done]
@@ -496,7 +514,7 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
                                       "not a node object")
                 from ekn_core.prediction.distributed import BlockJob, run_blocks
 
-                job = BlockJob(spec, os.fspath(input), dict(input_options or {}), plan)
+                job = BlockJob(spec, absolute(input), dict(input_options or {}), plan)
                 run_blocks(job, pending, write, scheduler=scheduler, workers=workers)
             else:
                 for index in pending:
@@ -516,10 +534,13 @@ def _resize(spec: NetSpec, node: Any, net: Any, tile: Any, in_shape: Shape, roi:
             choose_patch: Callable) -> tuple[NetSpec, Any, Any]:
     """Reloads the model with the requested or automatically chosen patch size."""
     g = net.geometry
-    lifted = net.ndim != len(getattr(net, "net", net).geometry.patch)
+    lifted = net.ndim != len(getattr(net, "net", net).geometry.patch)  # a 2-D net run slice-wise
     if tile == "auto":
         extent = tuple(h - l for l, h in zip(*roi)) if roi else tuple(in_shape)
-        patch = choose_patch(g, extent, net.bytes_per_voxel, budget // (4 * (net.batch or 1))).patch
+        own = net.net.geometry if lifted else g
+        patch = choose_patch(own, extent[1:] if lifted else extent, net.bytes_per_voxel,
+                             budget // (4 * (net.batch or 1))).patch
+        patch = ((1,) if lifted else ()) + patch
     else:
         patch = tuple(int(t) for t in tile)
         if lifted and len(patch) == 3:

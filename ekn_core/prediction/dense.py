@@ -41,7 +41,7 @@ import numpy as np
 
 from ekn_core.errors import ShapeError
 from ekn_core.prediction.net import NetAdapter, SliceWise
-from ekn_core.prediction.source import ChannelFirst, read_window, to_float
+from ekn_core.prediction.source import read_window, to_float
 from ekn_core.prediction.tiling import TileGrid, blend_weights
 
 log = logging.getLogger("ekn.prediction")

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,7 +63,8 @@ def compute_block(job: BlockJob, index: int) -> tuple[int, np.ndarray]:
 
 
 def connect(scheduler: str | None = None, workers: int | None = None) -> tuple[Any, Callable[[], None]]:
-    """A ``distributed.Client`` for ``scheduler`` or a new local cluster with ``workers`` processes.
+    """A ``distributed.Client`` for ``scheduler`` or a new local cluster with ``workers`` processes
+    (one task thread each; the machine's cores are split between their TensorFlow thread pools).
 
     Returns:
         ``(client, close)``; ``close()`` shuts down what was started here.
@@ -74,8 +76,11 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> tuple[A
     if scheduler:
         client = Client(scheduler)
         return client, client.close
-    cluster = LocalCluster(n_workers=int(workers or 1), threads_per_worker=1, processes=True,
-                           dashboard_address=None, memory_limit=0)
+    n = int(workers or 1)
+    threads = str(max(1, (os.cpu_count() or 1) // n))  # the cores are shared by the workers' nets
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                           memory_limit=0, env={"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
+                                                "TF_NUM_INTEROP_THREADS": "1"})
     client = Client(cluster)
 
     def close() -> None:

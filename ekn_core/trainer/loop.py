@@ -408,13 +408,16 @@ class Trainer:
             raise EknError(f"cannot draw a training monitor batch: {err}") from err
         fn = self._monitor_function()
         losses, errors, weights = [], [], []
+        b_axes = [n.shape.tags.index("b") if n.shape.hastag("b") else None for n in fn.inputs]
+        b_axes += [None] * (len(batch) - len(b_axes))
         for start in range(0, n, chunk):
-            part = [a[start:start + chunk] if (np.ndim(a) and len(a) == n) else a for a in batch]
+            part = [np.take(a, np.arange(start, min(start + chunk, n)), axis=ax) if ax is not None else a
+                    for a, ax in zip(batch, b_axes)]
             outs = fn(*part)
             outs = outs if isinstance(outs, list) else [outs]
             losses.append(float(np.mean(outs[0])))
             errors.append(float(np.mean(outs[1])) if len(outs) > 1 else math.nan)
-            weights.append(len(part[0]))
+            weights.append(min(chunk, n - start))
         w = np.asarray(weights, dtype=np.float64)
         return float(np.dot(losses, w) / w.sum()), float(np.dot(errors, w) / w.sum())
 

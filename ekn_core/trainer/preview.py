@@ -1,8 +1,8 @@
 """Previews: dense predictions of fixed preview regions, written as PNG images during training.
 
-For every preview volume (``preview_data_path``), the central z-slab thick enough for
-``max_z_pred`` output slices (plus the net's z context) is predicted densely with the model's
-prediction node, and each of the central ``max_z_pred`` slices is written per exported class as
+For every preview volume (``preview_data_path``), the central ``max_z_pred`` slices are
+predicted densely at full lateral size with the model's prediction node (the input slab carries
+the net's context, mirrored at the volume's borders), and each of the central ``max_z_pred`` slices is written per exported class as
 ``previews/<block>-pred-c<c>-z<z>-step<N>.png`` (probabilities 0..1 → grey 0..255). The raw slices
 are written once as ``previews/<block>-raw-z<z>.png``.
 
@@ -104,17 +104,24 @@ class Previewer:
         self._raw_written: set[str] = set()
 
     def _slab(self, vol: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """The central z-slab to predict and the range of output slices to keep."""
-        spatial = vol.shape[-3:]
-        ndim = self.node.shape.ndim
-        context = int(self.node.shape.fov[0]) - 1 if ndim == 3 else 0
-        n_z = spatial[0]
+        """The input that predicts the central ``max_z_pred`` slices at full lateral size.
+
+        Returns ``(input, z0, keep)``: the input is the slab of the kept slices plus the net's
+        context (mirrored where the volume ends), so its dense prediction without padding is
+        exactly ``keep`` slices ``z0 .. z0 + keep - 1`` of the volume.
+        """
+        fov = [int(f) for f in self.node.shape.fov]
+        fov = fov if len(fov) == 3 else [1, *fov]  # 2-D nets predict slice by slice
+        lo = [(f - 1) // 2 for f in fov]
+        hi = [f - 1 - c for f, c in zip(fov, lo)]
+        n_z = vol.shape[-3]
         keep = min(self.max_z_pred, n_z)
-        thick = min(n_z, keep + max(context, 0))
-        z0 = (n_z - thick) // 2
-        slab = vol[..., z0:z0 + thick, :, :]
-        first = (thick - keep) // 2
-        return slab, z0 + first, first
+        z0 = (n_z - keep) // 2
+        a, b = z0 - lo[0], z0 + keep + hi[0]
+        slab = vol[..., max(a, 0):min(b, n_z), :, :]
+        pad = [(max(-a, 0), max(b - n_z, 0)), (lo[1], hi[1]), (lo[2], hi[2])]
+        slab = np.pad(slab, [(0, 0)] * (vol.ndim - 3) + pad, mode="symmetric")
+        return slab, z0, keep
 
     def _channels(self, n: int) -> list[int]:
         if self.export_class == "all":
@@ -134,20 +141,19 @@ class Previewer:
         for name, vol in self.volumes:
             if vol.ndim not in (3, 4):
                 raise ConfigError(f"preview volume {name!r} has shape {vol.shape}; expected (z, y, x) or (c, z, y, x)")
-            slab, z_abs, first = self._slab(vol)
-            pred = predict_dense(self.node, slab, pad_raw=True)
-            keep = min(self.max_z_pred, slab.shape[-3])
-            raw_slab = slab if slab.ndim == 3 else slab[0]
+            slab, z0, keep = self._slab(vol)
+            pred = predict_dense(self.node, slab)
+            raw = vol if vol.ndim == 3 else vol[0]
             for i in range(keep):
-                z = z_abs + i
+                z = z0 + i
                 raw_path = os.path.join(self.folder, f"{name}-raw-z{z}.png")
                 if raw_path not in self._raw_written:
-                    write_bytes(raw_path, png_bytes(raw_slab[first + i]))
+                    write_bytes(raw_path, png_bytes(raw[z]))
                     self._raw_written.add(raw_path)
                     written.append(raw_path)
                 for c in self._channels(pred.shape[0]):
                     path = os.path.join(self.folder, f"{name}-pred-c{c}-z{z}-step{step}.png")
-                    write_bytes(path, png_bytes(pred[c, first + i]))
+                    write_bytes(path, png_bytes(pred[c, i]))
                     written.append(path)
         return written
 

@@ -74,8 +74,8 @@ class PredictCommand(Command):
                             "view is inside the volume (default: mirror at the border, output = input shape)")
         parser.add_argument("--uint8", action="store_true", help="write uint8 (probability x 255)")
         parser.add_argument("--channel", type=int, help="write only this output channel, as (z, y, x)")
-        parser.add_argument("--memory-budget", help="memory for net and buffers, e.g. 4G (default: half the "
-                            "free memory, at most 8G)")
+        parser.add_argument("--memory-budget", help="memory for net and buffers, e.g. 4G (default: a quarter "
+                            "of the RAM, at most 8G)")
         parser.add_argument("--batch-size", type=int, help="forward passes per call (default: from the budget)")
         where = parser.add_mutually_exclusive_group()
         where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786")

@@ -52,15 +52,47 @@ from ekn_plugins.data.image import center_offset
 MAX_WARP_TRIES = 50
 
 
-def _volume_path(base: str | None, entry: Any) -> str:
-    """``"dir/file.h5:key"`` from ``(file, key)`` (or a ready path string) and a folder."""
-    if isinstance(entry, (tuple, list)):
-        if len(entry) != 2:
-            raise ConfigError(f"file entries are (file name, key) pairs, got {entry!r}")
-        name, key = entry
-        path = os.path.join(os.path.expanduser(base or ""), name)
-        return f"{path}:{key}" if key else path
-    return os.path.join(os.path.expanduser(base or ""), os.fspath(entry))
+Region = tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+def _volume_path(base: str | None, entry: Any) -> tuple[str, Region | None]:
+    """``("dir/file.h5:key", region)`` from ``(file, key)``, ``(file, key, region)`` or a path string.
+
+    Example:
+        >>> _volume_path("/data", ("e2006.k.toml", "raw", ((0, 0, 0), (64, 512, 512))))
+        ('/data/e2006.k.toml:raw', ((0, 0, 0), (64, 512, 512)))
+    """
+    if not isinstance(entry, (tuple, list)):
+        return os.path.join(os.path.expanduser(base or ""), os.fspath(entry)), None
+    if len(entry) not in (2, 3):
+        raise ConfigError(f"file entries are (file name, key) or (file name, key, ((z0, y0, x0), (z1, y1, x1))), "
+                          f"got {entry!r}")
+    name, key = entry[:2]
+    path = os.path.join(os.path.expanduser(base or ""), os.fspath(name))
+    region = None
+    if len(entry) == 3 and entry[2] is not None:
+        try:
+            lo, hi = (tuple(int(v) for v in corner) for corner in entry[2])
+        except (TypeError, ValueError):
+            lo = hi = ()
+        if len(lo) != 3 or len(hi) != 3 or any(a < 0 or b <= a for a, b in zip(lo, hi)):
+            raise ConfigError(f"{name}: region {entry[2]!r} must be ((z0, y0, x0), (z1, y1, x1)) with "
+                              "0 <= start < stop on each axis")
+        region = (lo, hi)
+    return (f"{path}:{key}" if key else path), region
+
+
+def _read(path: str, region: Region | None) -> np.ndarray:
+    """The whole volume at ``path``, or its spatial ``region`` (the last three axes)."""
+    from ekn_core.volumes import open_volume
+
+    with open_volume(path) as vol:
+        if region is None:
+            return np.asarray(vol[...])
+        if len(vol.shape) < 3 or any(b > s for b, s in zip(region[1], vol.shape[-3:])):
+            raise ShapeError(f"{path}: region {region} does not fit into the volume's spatial shape "
+                             f"{tuple(vol.shape[-3:])}")
+        return np.asarray(vol[(Ellipsis, *(slice(a, b) for a, b in zip(*region)))])
 
 
 def _grey_scale(dtype: np.dtype) -> float:
@@ -99,8 +131,10 @@ class PatchSource:
 
     Args:
         patch_size: Spatial input patch size, ``(z, y, x)`` or ``(y, x)`` for 2-D nets.
-        d_files: Raw volumes: ``(file, key)`` pairs relative to ``d_path``, or path strings.
-        l_files: Label volumes, one per raw volume, relative to ``l_path``.
+        d_files: Raw volumes: ``(file, key)`` pairs relative to ``d_path``, or path strings. A
+            third entry ``((z0, y0, x0), (z1, y1, x1))`` loads only that region of a large volume
+            (e.g. a labelled cube of a KNOSSOS data set).
+        l_files: Label volumes, one per raw volume, relative to ``l_path`` (same entry forms).
         offsets: Network offsets (fov // 2) per spatial axis.
         strides: Network output strides per spatial axis.
         target_shape: Spatial output shape of the net (checked against the one derived from
@@ -222,14 +256,11 @@ class PatchSource:
                 kwargs.setdefault("target_dtype", target_node.dtype)
         return cls(patch_size=shape.spatial_shape, **kwargs)
 
-    def _load(self, raw_path: str, label_path: str) -> Cube:
-        from ekn_core.volumes import open_volume
-
-        with open_volume(raw_path) as vol:
-            raw = np.asarray(vol[...])
+    def _load(self, raw_entry: tuple[str, Region | None], label_entry: tuple[str, Region | None]) -> Cube:
+        raw_path, label_path = raw_entry[0], label_entry[0]
+        raw = _read(*raw_entry)
         raw = raw.astype(np.float32) / np.float32(_grey_scale(raw.dtype))
-        with open_volume(label_path) as vol:
-            label = np.asarray(vol[...])
+        label = _read(*label_entry)
         raw = raw[(None,) * max(0, 4 - raw.ndim)] if raw.ndim >= 2 else raw  # (y, x) and (z, y, x) → (c, z, y, x)
         if raw.ndim != 4:
             raise ShapeError(f"{raw_path}: raw data must be (z, y, x) or (c, z, y, x), got shape {raw.shape}")

@@ -38,11 +38,13 @@ def ekn_on_train_begin(trainer: Any) -> None:
 
 @hookimpl
 def ekn_on_train_step_end(trainer: Any, step: int, metrics: dict[str, float]) -> None:
-    """Training loss, step time and lr every ``tensorboard_freq`` steps."""
+    """Training loss, step time, lr and debug outputs every ``tensorboard_freq`` steps."""
     writer = _writer(trainer)
     if writer is not None and step % int(trainer.config.tensorboard_freq) == 0:
-        writer.scalars({"train/step_loss": metrics["loss"], "train/time_per_step": metrics.get("time_per_step"),
-                        "meta/lr": metrics.get("lr")}, step)
+        values = {"train/step_loss": metrics["loss"], "train/time_per_step": metrics.get("time_per_step"),
+                  "meta/lr": metrics.get("lr")}
+        values.update({k: v for k, v in metrics.items() if k.startswith("debug/")})  # monitored outputs
+        writer.scalars(values, step)
 
 
 @hookimpl
