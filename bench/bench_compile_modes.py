@@ -58,12 +58,17 @@ def measure(device: str, net: str, modes: list[str], steps: int) -> dict[str, An
         for mode in modes:
             set_compile_mode(mode)
             t0 = time.perf_counter()
-            step()
+            try:
+                step()
+            except Exception as exc:  # a mode that fails is reported, not chosen
+                result[mode] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
+                continue
             first = time.perf_counter() - t0
             times = common.time_calls(step, steps)
             result[mode] = {"first_step_s": first, "median_s": statistics.median(times)}
     set_compile_mode(None)
-    result["choice"] = min(modes, key=lambda m: result[m]["median_s"])
+    working = [m for m in modes if "median_s" in result[m]]
+    result["choice"] = min(working, key=lambda m: result[m]["median_s"]) if working else None
     return result
 
 
@@ -99,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                 common.write_json(args.cache, cache)
             for mode in args.modes:
                 r = entry[mode]
+                if "error" in r:
+                    print(f"| {device} | {net} | {mode} | failed: {r['error']} | | |")
+                    continue
                 mark = f"**{mode}**{note}" if mode == entry["choice"] else ""
                 print(f"| {device} | {net} | {mode} | {1e3 * r['first_step_s']:.0f} | {1e3 * r['median_s']:.0f} | {mark} |")
     return 0

@@ -38,13 +38,13 @@ import copy
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ekn_core.atomic import atomic_write
 from ekn_core.errors import ConfigError, EknError, ShapeError
 from ekn_core.node import decode_argument, find_unserialisable, is_shape_only, model_manager
 
@@ -89,34 +89,6 @@ def _requirements(descriptors: Sequence[dict[str, Any]]) -> list[dict[str, str]]
             seen.add(key)
             reqs.append(required_plugin(*key))
     return reqs
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Calls ``write(tmp_path)``, fsyncs the file and renames it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # some file systems do not support fsync on directories
-        pass
 
 
 def save_model(model: Any, path: str) -> str:

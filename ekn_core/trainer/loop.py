@@ -180,6 +180,17 @@ class Trainer:
             self.run_dir.create(overwrite=bool(config.overwrite))
             self._write_initial_files()
         self._start_log()
+        try:
+            self._setup(device)
+        except BaseException as err:
+            log.error("could not set up the run: %s: %s", type(err).__name__, err)
+            self.run_dir.update_run_json(status="error")
+            self.close()
+            raise
+
+    def _setup(self, device: Any) -> None:
+        """Device, seeds, model, optimiser, data, schedules, previews, and the checkpoint on resume."""
+        config = self.config
         self._setup_tensorflow(device)
         with self.strategy_scope():
             self._build_model()
@@ -190,7 +201,7 @@ class Trainer:
         from ekn_core.trainer.preview import make_previewer
 
         self.previewer = make_previewer(self.model, config, self.run_dir.previews)
-        if resume:
+        if self.resume:
             path = latest_checkpoint(self.run_dir.checkpoints)
             if path is None:
                 log.warning("no checkpoint in %s: starting the run from step 0", self.run_dir.checkpoints)

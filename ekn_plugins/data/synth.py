@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -148,20 +147,14 @@ def _write_h5_atomic(path: str, key: str, array: np.ndarray) -> None:
     """Writes one dataset to a new HDF5 file through a temporary file, fsync and rename."""
     import h5py
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
-    os.close(fd)
-    try:
+    from ekn_core.atomic import atomic_write
+
+    def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
             f.create_dataset(key, data=array, compression="gzip", chunks=True)
             f.attrs["axes"] = "zyx"
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def write_dataset(out_dir: str, n_volumes: int = 3, shape: Sequence[int] = (48, 160, 160),

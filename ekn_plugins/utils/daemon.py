@@ -36,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -60,9 +59,9 @@ SUBDIRS = ("running", "done", "failed", "status", "logs")
 
 def write_json_atomic(path: str, record: dict[str, Any]) -> None:
     """Writes ``record`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
-    from ekn_core.trainer.atomic import write_text
+    from ekn_core.atomic import write_json
 
-    write_text(path, json.dumps(record, indent=1))
+    write_json(path, record)
 
 
 def _free_name(folder: str, name: str) -> str:

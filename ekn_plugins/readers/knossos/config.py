@@ -465,7 +465,7 @@ def pyk_text(layers: Sequence[LayerConfig]) -> str:
     """The ``.pyk.conf`` text for ``layers`` (``[Dataset]`` for one layer, ``[Dataset N]`` for several)."""
     out = []
     for i, layer in enumerate(layers):
-        lines = [f"[Dataset]" if len(layers) == 1 else f"[Dataset {i + 1}]", f"_BaseName = {layer.name}"]
+        lines = ["[Dataset]" if len(layers) == 1 else f"[Dataset {i + 1}]", f"_BaseName = {layer.name}"]
         if layer.url:
             lines.append(f"_BaseURL = {layer.url}")
         if layer.mag_convention == "power_of_two":

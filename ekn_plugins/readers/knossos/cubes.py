@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import zipfile
 from typing import Sequence
 
 import numpy as np
 
+from ekn_core.atomic import write_bytes as atomic_write
 from ekn_core.errors import EknError
 
 #: Extensions whose cubes are segmentation ids (uint64 on disk).
@@ -46,23 +46,6 @@ def cube_path(root: str, experiment: str, mag_prefix: str, mag: int, index: Sequ
     x, y, z = index
     return os.path.join(root, f"{mag_prefix}{mag}", f"x{x:04d}", f"y{y:04d}", f"z{z:04d}",
                         cube_name(experiment, mag_prefix, mag, index, ext))
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file, fsync and rename (never a torn file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _shape_zyx(cube_shape: Sequence[int]) -> tuple[int, int, int]:
