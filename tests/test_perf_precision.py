@@ -6,7 +6,7 @@ import pytest
 
 from ekn_core import neuromancer as nm
 from ekn_core.errors import ConfigError
-from ekn_core.node import compute_dtype, set_precision
+from ekn_core.node import compute_dtype, set_precision, set_seed
 
 
 @pytest.fixture(autouse=True)
@@ -21,6 +21,7 @@ def _net(name, pool=(1, 2, 2)):
     TensorFlow's CPU kernels lack float16 max pooling (GPU only), so float16 tests pass
     ``pool=None``.
     """
+    set_seed(0)
     nm.model_manager.newmodel(name)
     inp = nm.Input((1, 1, 4, 12, 12), "b,f,z,x,y", name="raw")
     out = nm.Conv(inp, 4, (1, 3, 3), pool, print_repr=False)
@@ -61,10 +62,10 @@ def test_mixed_prediction_close_to_float32_and_float32_outputs(policy, tol):
 def test_bfloat16_training_keeps_float32_params_and_learns():
     model = _net("prec_train_bf16")
     set_precision("mixed_bfloat16")
-    model.lr = 0.01
+    model.lr = 0.02
     x, y = _batch(model)
-    losses = [model.trainingstep(x, y, optimiser="Adam")[0] for _ in range(15)]
-    assert losses[-1] < 0.9 * losses[0]
+    losses = [model.trainingstep(x, y, optimiser="Adam")[0] for _ in range(30)]
+    assert losses[-1] < 0.8 * losses[0]  # memorises the fixed batch
     assert all(p.variable.dtype.name == "float32" for p in model.trainable_params.values())
 
 

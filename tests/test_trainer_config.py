@@ -117,3 +117,28 @@ def test_docs_describe_every_setting():
     assert set(SETTINGS) <= documented, sorted(set(SETTINGS) - documented)
     assert settings_table() in text, "docs/training.md's settings table is out of date: paste settings_table()"
     assert set(IGNORED) <= set(re.findall(r"`([A-Za-z_0-9]+)`", text)), sorted(set(IGNORED) - documented)
+
+
+def test_train_command_resolves_new_and_resumed_runs(tmp_path):
+    from ekn_core.trainer.rundir import RunDir
+    from ekn_plugins.commands.train import load_for_run
+
+    with pytest.raises(ConfigError, match="give a CONFIG"):
+        load_for_run(None, [], None)
+    with pytest.raises(ConfigError, match="needs the CONFIG"):
+        load_for_run(None, [], "latest")
+    path = write(tmp_path, MINIMAL + f"save_path = {str(tmp_path / 'runs')!r}\n")
+    cfg, rd = load_for_run(path, ["n_steps=20"], None)
+    assert cfg.n_steps == 20 and os.path.dirname(rd.path) == str(tmp_path / "runs") and rd.name.startswith("exp__")
+    with pytest.raises(ConfigError, match="no run directory"):
+        load_for_run(path, [], "latest")
+    # a run started with --set n_steps=20 and history_freq=5, its config edited since
+    run = RunDir(str(tmp_path / "runs" / "exp__24-01-01_00-00-00"))
+    run.create()
+    open(run.config_copy, "w").write(open(path).read())
+    run.write_run_json({"overrides": ["n_steps=20", "history_freq=5"], "config_path": path})
+    open(path, "a").write("history_freq = 99\n")
+    cfg, rd = load_for_run(path, ["n_steps=40"], "latest")
+    assert rd.path == run.path and cfg.n_steps == 40 and cfg.history_freq == 5 and cfg.save_name == run.name
+    cfg2, rd2 = load_for_run(None, [], run.path)
+    assert rd2.path == run.path and cfg2.n_steps == 20 and cfg2.path == path

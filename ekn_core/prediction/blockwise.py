@@ -70,15 +70,20 @@ class Plan:
         """Spatial shape of the output volume."""
         return tuple(e - o for o, e in zip(self.origin, self.end))
 
+    @property
+    def block_counts(self) -> Shape:
+        """Blocks per axis."""
+        return tuple(-(-(e - o) // b) for o, e, b in zip(self.origin, self.end, self.block))
+
+    def block_bounds(self, index: int) -> tuple[Shape, Shape]:
+        """``(lo, hi)`` of block ``index`` (C order over the blocks; input coordinates)."""
+        pos = np.unravel_index(index, self.block_counts)
+        lo = tuple(o + int(p) * b for o, p, b in zip(self.origin, pos, self.block))
+        return lo, tuple(min(l + b, e) for l, b, e in zip(lo, self.block, self.end))
+
     def blocks(self) -> list[tuple[Shape, Shape]]:
-        """``(lo, hi)`` of every block (input coordinates), in C order."""
-        ranges = [[(o + i, min(o + i + b, e)) for i in range(0, e - o, b)]
-                  for o, e, b in zip(self.origin, self.end, self.block)]
-        out = []
-        for parts in np.ndindex(*(len(r) for r in ranges)):
-            out.append((tuple(ranges[a][i][0] for a, i in enumerate(parts)),
-                        tuple(ranges[a][i][1] for a, i in enumerate(parts))))
-        return out
+        """``(lo, hi)`` of every block, in C order."""
+        return [self.block_bounds(i) for i in range(int(np.prod(self.block_counts)))]
 
     def chunks(self, cap: int = 128) -> Shape:
         """Output chunk shape: per axis the largest divisor of the block size up to ``cap``
@@ -168,7 +173,7 @@ def as_channel_volume(volume: Any) -> Any:
 
 def predict_block(net: Any, volume: Any, plan: Plan, index: int) -> np.ndarray:
     """Predicts block ``index`` of ``plan`` from a ``(c, z, y, x)`` volume; ``(n_lab, *block)``."""
-    lo, hi = plan.blocks()[index]
+    lo, hi = plan.block_bounds(index)
     g, grid = plan.geometry, plan.grid
     tiles = grid.tiles(lo, hi)
     in_lo = tuple(min(t[a] for t in tiles) - g.context_lo[a] for a in range(g.ndim))
