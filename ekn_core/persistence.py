@@ -247,6 +247,12 @@ def apply_mfp(descriptors: list[dict[str, Any]], designated: dict[str, Any], res
             d["config"]["mfp"] = True
     index = names.index(pred_name)
     pred = descriptors[index]
+    extent = {k: pred["config"].get(k) for k in ("filter_shape", "pool_shape") if pred["config"].get(k) is not None}
+    if any(int(v) > 1 for value in extent.values() for v in np.atleast_1d(value)):
+        raise ConfigError(f"override_mfp_to_active inserts FragmentsToDense before the prediction node, but "
+                          f"{pred_name!r} ({pred['type']}, {extent}) looks at a spatial neighbourhood, so its "
+                          f"output would not be dense; designate a point-wise prediction node such as "
+                          f"nm.Softmax(last_layer) or a 1x1x1 Conv")
     first = _first_parent_arg(resolve(pred))
     parent_ref = pred["config"].get(first)
     if not (isinstance(parent_ref, dict) and "node" in parent_ref):

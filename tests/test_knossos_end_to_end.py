@@ -127,14 +127,19 @@ def test_train_from_knossos_and_predict_into_knossos(data_dir, tmp_path):
     model = os.path.join(runs, "kn", "models", "final.mdl")
     raw_path = os.path.join(data_dir, "vol_2", "vol_2.k.toml") + ":raw"
     pred_path = str(tmp_path / "pred" / "barrier.k.toml")
-    rc, out = ekn("predict", model, raw_path, pred_path, "--uint8", "--memory-budget", "6M", "--no-progress", env=env)
+    predict = ("predict", model, raw_path, pred_path, "--memory-budget", "6M", "--no-progress")
+    rc, out = ekn(*predict, env=env)  # KNOSSOS output: uint8 probabilities without asking
     assert rc == 0, out[-3000:]
     n_blocks = int(re.search(r"(\d+) blocks \(0 already done\)", out).group(1))
     assert n_blocks > 1, out[-2000:]
+    rc, out = ekn(*predict, env=env)  # a rerun reopens the two class layers and skips every block
+    assert rc == 0 and f"{n_blocks} blocks ({n_blocks} already done)" in out, out[-3000:]
 
     with open_volume(raw_path) as raw:
         expected = predict_dense(modelload(model).prediction_node, raw[...], as_uint8=True, pad_raw=True)
     assert expected.shape == (2, *SHAPE)
+    with open_volume(raw_path) as raw, open_volume(pred_path) as pred:
+        assert pred.arrays[0].voxel_size == raw.voxel_size  # the output keeps the input's voxel size
     with open_volume(pred_path) as pred, open_volume(pred_path + ":barrier_c1") as barrier:
         assert pred.shape == (2, *SHAPE) and pred.dtype == np.uint8
         got = pred[...]

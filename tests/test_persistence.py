@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ekn_core.neuromancer as nm
-from ekn_core.errors import EknError, ShapeError
+from ekn_core.errors import ConfigError, EknError, ShapeError
 from ekn_core.persistence import read_model_file
 from ekn_core.node import Node
 from test_examples_geometry import build_mnist, build_neuro3d
@@ -174,3 +174,16 @@ def test_unserialisable_or_unregistered_nodes_are_refused_at_save(tmp_path):
     with pytest.raises(EknError, match="not registered in an ekn registry"):
         model.save(str(tmp_path / "bad.h5"))
     assert not os.path.exists(tmp_path / "bad.h5")
+
+
+def test_mfp_refuses_a_prediction_node_with_spatial_extent(tmp_path):
+    """FragmentsToDense goes right before the prediction node, so that node must be point-wise."""
+    nm.model_manager.newmodel(None)
+    inp = nm.Input((1, 1, 9, 20, 20), "b,f,z,y,x")
+    conv = nm.Conv(inp, 4, (1, 3, 3), (1, 2, 2))
+    out = nm.Conv(conv, 2, (1, 3, 3), (1, 1, 1), activation_func="lin")
+    model = nm.model_manager.current
+    model.designate_nodes(input_node=inp, prediction_node=out)
+    path = model.save(str(tmp_path / "m.h5"))
+    with pytest.raises(ConfigError, match="point-wise prediction node"):
+        nm.modelload(path, override_mfp_to_active=True, imposed_batch_size=1)

@@ -444,13 +444,15 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         Summary: ``blocks``, ``skipped`` (already done), ``voxels``, ``seconds``, ``shape``.
     """
     from ekn_core.prediction.tiling import choose_patch
-    from ekn_core.volumes import create_volume, open_volume
+    from ekn_core.volumes import open_volume
 
     budget = parse_size(memory_budget) or default_memory_budget()
     spec = model if isinstance(model, NetSpec) else NetSpec(model, mfp=mfp) if isinstance(model, str) else None
     node = spec.load() if spec is not None else model
     net = adapt(node)
     in_vol = open_volume(input, **(input_options or {}))
+    if (output_options or {}).get("reader", output_reader(output)) == "knossos":
+        as_uint8, output_options = _knossos_output_options(in_vol, as_uint8, output_options)
     try:
         volume = as_channel_volume(in_vol)
         if volume.shape[0] != net.in_channels:
@@ -466,20 +468,11 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         out_shape = plan.out_shape if channel is not None else (net.n_lab, *plan.out_shape)
         chunks = plan.chunks() if channel is not None else (net.n_lab, *plan.chunks())
         fingerprint = {"version": 1, "model": spec.fingerprint() if spec else node_fingerprint(node),
-                       "input": os.fspath(input), "input_shape": list(volume.shape),
+                       "input": absolute(input), "input_shape": list(volume.shape),
                        "plan": plan.to_json(), "dtype": np.dtype(dtype).name, "channel": channel,
                        "shape": list(out_shape)}
         plog = ProgressLog(progress_path(output), fingerprint)
-        output_options = {"reader": output_reader(output), **(output_options or {})}
-        if plog.resumed:
-            out_vol = open_volume(output, mode="r+", **output_options)
-            if tuple(out_vol.shape) != tuple(out_shape):
-                raise EknError(f"{output!r} has shape {tuple(out_vol.shape)}, the resumed job writes "
-                               f"{tuple(out_shape)}; delete it and its progress log to start over")
-        else:
-            if output_options["reader"] == "knossos":
-                chunks = None  # KNOSSOS keeps its cube shape; the single writer merges partial cubes
-            out_vol = create_volume(output, shape=out_shape, dtype=dtype, chunks=chunks, **output_options)
+        out_vol = _open_output(output, plog.resumed, out_shape, dtype, chunks, output_options)
         blocks = plan.blocks()
         pending = [i for i in range(len(blocks)) if i not in plog.done]
         summary = {"blocks": len(blocks), "skipped": len(blocks) - len(pending),
@@ -533,6 +526,41 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         return summary
     finally:
         in_vol.close()
+
+
+def _knossos_output_options(in_vol: Any, as_uint8: bool,
+                            options: dict[str, Any] | None) -> tuple[bool, dict[str, Any]]:
+    """KNOSSOS stores no floating point (probabilities go out as uint8 × 255) and the output data
+    set keeps the input's voxel size when the input has one."""
+    if not as_uint8:
+        log.info("KNOSSOS stores no floating point: writing uint8 probabilities (x 255)")
+    options = dict(options or {})
+    voxel_size = getattr(in_vol, "voxel_size", None)
+    if voxel_size is None and getattr(in_vol, "arrays", None):
+        voxel_size = getattr(in_vol.arrays[0], "voxel_size", None)
+    if voxel_size is not None:
+        options.setdefault("voxel_size", tuple(float(v) for v in voxel_size)[::-1])  # KNOSSOS: x, y, z
+    return True, options
+
+
+def _open_output(output: str, resume: bool, shape: Shape, dtype: Any, chunks: Shape,
+                 options: dict[str, Any] | None) -> Any:
+    """Reopens the output of a resumed job, or creates it (chunks dividing the blocks)."""
+    from ekn_core.volumes import create_volume, open_volume
+
+    options = {"reader": output_reader(output), **(options or {})}
+    if resume:
+        volume = open_volume(output, mode="r+", **options)
+        if tuple(volume.shape) != tuple(shape):
+            volume.close()
+            raise EknError(f"{output!r} has shape {tuple(volume.shape)}, the resumed job writes {tuple(shape)}; "
+                           "delete it and its progress log to start over")
+        return volume
+    if options["reader"] == "knossos":
+        chunks = None  # KNOSSOS keeps its cube shape; the single writer merges partial cubes
+    elif options["reader"] in ("hdf5", "zarr"):
+        options.setdefault("axes", "czyx" if len(shape) == 4 else "zyx")
+    return create_volume(output, shape=shape, dtype=dtype, chunks=chunks, **options)
 
 
 def _resize(spec: NetSpec, node: Any, net: Any, tile: Any, in_shape: Shape, roi: Any, budget: int,

@@ -634,10 +634,12 @@ class Trainer:
                     disable=not sys.stderr.isatty(), file=sys.stderr, desc=self.run_dir.name[:24])
 
     def _previews_due(self) -> bool:
+        if self.previewer is None:
+            return False
         freq = self.config.preview_freq
         if freq and self.step % int(freq) == 0:
             return True
-        if self.previewer is not None and self.elapsed / 3600.0 >= self.next_preview_h:
+        if self.elapsed / 3600.0 >= self.next_preview_h:
             self.next_preview_h += max(float(self.config.prev_save_h), 1e-9)
             return True
         return False

@@ -110,10 +110,12 @@ class Previewer:
         context (mirrored where the volume ends), so its dense prediction without padding is
         exactly ``keep`` slices ``z0 .. z0 + keep - 1`` of the volume.
         """
-        fov = [int(f) for f in self.node.shape.fov]
-        fov = fov if len(fov) == 3 else [1, *fov]  # 2-D nets predict slice by slice
-        lo = [(f - 1) // 2 for f in fov]
-        hi = [f - 1 - c for f, c in zip(fov, lo)]
+        from ekn_core.prediction.net import NetAdapter
+
+        geometry = NetAdapter(self.node).geometry  # the dense-prediction engine's own context
+        lo, hi = list(geometry.context_lo), list(geometry.context_hi)
+        if len(lo) == 2:  # 2-D nets predict slice by slice
+            lo, hi = [0, *lo], [0, *hi]
         n_z = vol.shape[-3]
         keep = min(self.max_z_pred, n_z)
         z0 = (n_z - keep) // 2

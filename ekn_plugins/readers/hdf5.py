@@ -41,6 +41,11 @@ class HDF5Volume(VolumeBase):
     def __setitem__(self, index: Any, value: Any) -> None:
         self._dataset[index] = value
 
+    def flush(self) -> None:
+        """Writes buffered data to disk (called by ``ekn predict`` after each block)."""
+        if self._file.id.valid:
+            self._file.flush()
+
     def close(self) -> None:
         if self._file.id.valid:
             self._file.close()

@@ -38,7 +38,8 @@ class KnossosReader:
              cube_shape: Sequence[int] | None = None, **_: Any) -> KnossosArray | StackedArray:
         """Opens a data set (config file or root folder) lazily; see :func:`.dataset.open_array`.
 
-        ``mode='r+'`` returns a writable single layer (see :mod:`.writer`).
+        ``mode='r+'`` returns a writable layer, or several layers stacked as channels (see
+        :mod:`.writer`), e.g. to resume an ``ekn predict`` that writes one layer per class.
         """
         if mode == "r":
             return open_array(path, key=key, mag=mag, fill_value=fill_value, cache_mb=cache_mb, prefetch=prefetch,
@@ -47,9 +48,11 @@ class KnossosReader:
         if mode not in ("r+", "a"):
             raise ConfigError(f"KNOSSOS data sets open with mode 'r' or 'r+', not {mode!r}")
         layers = select_layers(read_config(path, mag_convention, cube_shape), key, path)
-        if len(layers) != 1 or channels:
-            raise ConfigError(f"mode='r+' writes one KNOSSOS layer; name it as '{path}:NAME'")
-        return open_writable(layers[0], mag, cache_mb=cache_mb)
+        if channels:
+            raise ConfigError(f"mode='r+' writes the layers of {path!r} in their stored order; select them with "
+                              f"the key ('{path}:a,b'), not with channels=")
+        arrays = [open_writable(layer, mag, cache_mb=cache_mb / len(layers)) for layer in layers]
+        return arrays[0] if len(arrays) == 1 else StackedArray(arrays)
 
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
