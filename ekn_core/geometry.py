@@ -13,7 +13,8 @@ Example:
     >>> model = nm.model_manager.newmodel("doc_geometry")
     >>> inp = nm.Input((None, 1, 23, 185, 185), 'b,f,z,x,y', name='raw')
     >>> c = nm.Conv(inp, 4, (4, 6, 6), (2, 2, 2))
-    >>> model.designate_nodes(input_node=inp, prediction_node=c)
+    >>> out = nm.Conv(c, 2, (1, 1, 1), activation_func='lin')  # point-wise head (MFP goes before it)
+    >>> model.designate_nodes(input_node=inp, prediction_node=out)
     >>> nearest_valid_patch_sizes(model, (24, 180, 180))
     ((23, 179, 179), (25, 181, 181))
     >>> check_patch_size(model, (24, 180, 180))
@@ -189,7 +190,7 @@ def layer_geometry(model: Any) -> list[dict[str, Any]]:
     Example:
         >>> from ekn_core.node import model_manager
         >>> [g['name'] for g in layer_geometry(model_manager.getmodel('doc_geometry'))]
-        ['raw', 'conv']
+        ['raw', 'conv', 'conv1']
     """
     rows = []
     for node in model.nodes.values():

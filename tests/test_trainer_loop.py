@@ -169,8 +169,6 @@ def test_data_class_names_resolve_like_elektronn2():
     assert cls.__name__ == "ToyData"
 
 
-@pytest.mark.xfail(strict=True, reason="dropout uses stateful tf.nn.dropout, whose state no checkpoint can hold; "
-                   "ekn_plugins/layers/dropout.py must draw from tf.random.get_global_generator()")
 def test_dropout_masks_are_restored_with_the_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path, "n_steps=2", "history_freq=0", "checkpoint_freq=2", "schedules={}")
     try:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import EknError
-from ekn_core.trainer.atomic import atomic_write
+from ekn_core.atomic import atomic_write
 from ekn_core.trainer.history import History
 
 log = logging.getLogger("ekn.trainer")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ekn_core.trainer.atomic import atomic_write, write_text
+from ekn_core.atomic import atomic_write, write_text
 
 HISTORY_COLUMNS = ("step", "time", "train_loss", "valid_loss", "loss_gain", "train_error", "valid_error",
                    "lr", "mom", "wd")

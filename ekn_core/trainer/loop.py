@@ -560,13 +560,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ shell seam
     def open_shell(self) -> str:
         """Pauses for the interactive shell; returns ``"continue"`` or ``"kill"`` (then the run stops)."""
+        from ekn_core.trainer.shell import run_shell
+
         self.pause_requested = False
-        try:
-            from ekn_core.trainer.shell import run_shell
-        except ModuleNotFoundError as err:
-            if err.name != "ekn_core.trainer.shell":
-                raise
-            run_shell = _fallback_shell
         result = run_shell(self)
         if result == "kill":
             self.stop_requested = True
@@ -772,13 +768,3 @@ class Trainer:
             logging.getLogger("ekn").removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
-
-
-def _fallback_shell(trainer: Trainer) -> str:
-    """Minimal pause prompt used until the interactive shell module is installed."""
-    log.warning("paused at step %d; type q to continue or kill to stop", trainer.step)
-    try:
-        answer = input("ekn> ").strip().lower()
-    except EOFError:
-        answer = "q"
-    return "kill" if answer == "kill" else "continue"

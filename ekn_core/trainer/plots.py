@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ekn_core.trainer.atomic import write_bytes
+from ekn_core.atomic import write_bytes
 from ekn_core.trainer.history import History
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ConfigError
-from ekn_core.trainer.atomic import write_bytes
+from ekn_core.atomic import write_bytes
 
 log = logging.getLogger("ekn.trainer")
 

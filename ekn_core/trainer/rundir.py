@@ -30,7 +30,7 @@ import shutil
 from typing import Any
 
 from ekn_core.errors import ConfigError
-from ekn_core.trainer.atomic import write_text
+from ekn_core.atomic import write_text
 
 MODEL_EXT = ".mdl"
 SUBDIRS = ("models", "checkpoints", "plots", "previews", "tensorboard")

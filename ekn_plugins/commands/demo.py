@@ -110,7 +110,7 @@ def write_pictures(raw, pred, label, folder: str) -> list[str]:
     """PNGs of the central z-slice of aligned crops: raw, barrier probability (channel 1), labels."""
     import numpy as np
 
-    from ekn_core.trainer.atomic import write_bytes
+    from ekn_core.atomic import write_bytes
     from ekn_core.trainer.preview import png_bytes
 
     os.makedirs(folder, exist_ok=True)
@@ -139,7 +139,7 @@ class DemoCommand(Command):
         import numpy as np
 
         from ekn_core.errors import ConfigError
-        from ekn_core.trainer.atomic import write_text
+        from ekn_core.atomic import write_text
         from ekn_core.trainer.config import ExperimentConfig
         from ekn_core.trainer.loop import Trainer
         from ekn_plugins.data.synth import write_dataset

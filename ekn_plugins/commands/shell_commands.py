@@ -149,7 +149,7 @@ class SaveFilters(Command):
     """sf [NODE]: save a mosaic of NODE's filters (default: the first node with weights) as PNG."""
 
     def run_shell(self, shell: Any, argument: str) -> None:
-        from ekn_core.trainer.atomic import write_bytes
+        from ekn_core.atomic import write_bytes
 
         trainer = shell.trainer
         with_w = [n for n, node in trainer.model.nodes.items() if "w" in node.params]

@@ -78,11 +78,15 @@ class TrainCommand(Command):
         parser.add_argument("--resume", default=None, metavar="RUN_DIR|latest",
                             help="continue a run exactly from its newest checkpoint ('latest': newest run of CONFIG)")
         parser.add_argument("--save-path", default=None, metavar="DIR", help="parent folder of the run directory")
+        parser.add_argument("--distribution", default=None, choices=("mirrored", "multiworker"),
+                            help="tf.distribute strategy (same as --set distribute=...): 'mirrored' for "
+                                 "several local GPUs, 'multiworker' for several hosts (TF_CONFIG)")
 
     def run(self, args: argparse.Namespace) -> int:
         from ekn_core.trainer.loop import Trainer
 
-        cfg, run_dir = load_for_run(args.config, args.set, args.resume, args.save_path)
+        overrides = list(args.set) + ([f"distribute={args.distribution!r}"] if args.distribution else [])
+        cfg, run_dir = load_for_run(args.config, overrides, args.resume, args.save_path)
         trainer = Trainer(cfg, run_dir=run_dir, resume=args.resume is not None, device=args.gpu)
         try:
             status = trainer.run()

@@ -56,6 +56,15 @@ def add_dropout(node: Node, rate: Any) -> float:
     return value
 
 
+def draw_seed() -> Any:
+    """A fresh ``[2]`` seed for a stateless random op, drawn from TensorFlow's global generator.
+
+    Random layers draw their masks and noise from it (never from stateful ops), so a checkpoint
+    that saves the generator's state (the trainer does) resumes with the same random numbers.
+    """
+    return tf.random.get_global_generator().make_seeds(1)[:, 0]
+
+
 def apply_dropout(node: Node, x: Any, training: bool, per_feature: bool = False) -> Any:
     """Inverted dropout of a canonical (features-last) tensor with ``node``'s ``dropout_rate``.
 
@@ -70,7 +79,7 @@ def apply_dropout(node: Node, x: Any, training: bool, per_feature: bool = False)
         lead = len(node.shape.canonical_tags) - node.shape.ndim - 1
         noise_shape = tf.concat([shape[:lead], tf.ones([node.shape.ndim], tf.int32), shape[-1:]], axis=0)
     rate = tf.cast(node.params["dropout_rate"].variable, x.dtype)
-    return tf.nn.dropout(x, rate=rate, noise_shape=noise_shape)
+    return tf.nn.experimental.stateless_dropout(x, rate=rate, seed=draw_seed(), noise_shape=noise_shape)
 
 
 class Dropout(Node):
@@ -127,7 +136,7 @@ class GaussianNoise(Node):
         if not training:
             return x
         std = tf.cast(self.params["noise_std"].variable, x.dtype)
-        return x + std * tf.random.normal(tf.shape(x), dtype=x.dtype)
+        return x + std * tf.random.stateless_normal(tf.shape(x), seed=draw_seed(), dtype=x.dtype)
 
     def _repr_extras(self) -> str:
         return f"std={self.std:g}"

@@ -31,6 +31,7 @@ from ekn_core.errors import ConfigError
 from ekn_core.lazy import tf
 from ekn_core.node import Node
 from ekn_core.shapes import TaggedShape
+from ekn_plugins.layers.dropout import draw_seed
 from ekn_plugins.layers.merge import align_tensor
 
 
@@ -86,7 +87,7 @@ class GaussianRV(_MuLogSig):
             multiples = [1] * len(self.shape.tags)
             multiples[axis] = self.n_samples
             mu, log_sig = tf.tile(mu, multiples), tf.tile(log_sig, multiples)
-        return mu + tf.exp(log_sig) * tf.random.normal(tf.shape(mu), dtype=mu.dtype)
+        return mu + tf.exp(log_sig) * tf.random.stateless_normal(tf.shape(mu), seed=draw_seed(), dtype=mu.dtype)
 
     def make_priorlayer(self, name: str = "kl") -> Node:
         """The :class:`GaussianKL` node of this variable's ``mu`` and ``log_sig``."""
