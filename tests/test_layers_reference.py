@@ -141,7 +141,11 @@ def ref_pool(x: np.ndarray, pool: tuple[int, ...], stride: tuple[int, ...], mode
     ("b,f,y,z,x", (2, 2, 6, 3, 5), (3, 1, 2), "valid", (2, 1, 1)),  # z not first: replacement transposes
     ("b,f,x,y,z", (1, 2, 5, 5, 2), (3, 3, 1), "same", (1, 1, 1)),
 ])
-def test_conv_equals_scipy(tags, shape, filt, mode, dil):
+@pytest.mark.parametrize("z_as_batch", [False, True], ids=["conv3d", "z_as_batch"])
+def test_conv_equals_scipy(tags, shape, filt, mode, dil, z_as_batch, monkeypatch):
+    from ekn_plugins.layers import conv as conv_module
+
+    monkeypatch.setattr(conv_module, "z_as_batch_pays", lambda: z_as_batch)  # both paths, on any device
     inp = nm.Input(shape, tags)
     conv = nm.Conv(inp, 3, filt, conv_mode=mode, activation_func="lin", dilation=dil)
     x = rand(*shape)

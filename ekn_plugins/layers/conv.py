@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +63,20 @@ def check_conv_layout(node: Node, shape: TaggedShape) -> None:
     if extra or not shape.hastag("f") or not shape.hastag("b") or not 1 <= shape.ndim <= 3:
         raise ConfigError(f"{type(node).__name__} {node.name!r} needs an input with tags b, f and 1-3 spatial axes, "
                           f"got {shape.tags}")
+
+
+@functools.lru_cache(maxsize=1)
+def z_as_batch_pays() -> bool:
+    """Whether 3-D convolutions with filter size 1 on z run as 2-D convolutions over (batch·z).
+
+    Decided by measurement (``bench/bench_conv_replacements.py``): on the 2-core AVX-512 CPU the
+    oneDNN conv3d kernel is as fast (×0.98 forward+backward), so the replacement is used only
+    where a GPU is visible. ``EKN_CONV_Z_AS_BATCH=1``/``0`` forces it on or off.
+    """
+    forced = os.environ.get("EKN_CONV_Z_AS_BATCH", "").strip()
+    if forced in {"0", "1"}:
+        return forced == "1"
+    return bool(tf().config.list_physical_devices("GPU"))
 
 
 def conv_z_as_batch(x: Any, w: Any, z: int, padding: str, dilation: Sequence[int]) -> Any:
@@ -188,7 +204,7 @@ class Conv(NeuralLayer):
                 x = T.pad(x, pad)
             padding = "SAME" if self.conv_mode == "same" else "VALID"
             z = self.parents[0].shape.spatial_tags.index("z") if "z" in self.parents[0].shape.tags else None
-            if len(self.filter_shape) == 3 and z is not None and self.filter_shape[z] == 1:
+            if len(self.filter_shape) == 3 and z is not None and self.filter_shape[z] == 1 and z_as_batch_pays():
                 y = conv_z_as_batch(x, w, z, padding, self.dilation)
             else:
                 y = T.nn.convolution(x, w, padding=padding, dilations=list(self.dilation))

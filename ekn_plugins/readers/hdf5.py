@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import h5py
 import numpy as np
 
 from ekn_core.errors import EknError
@@ -28,7 +27,7 @@ def _default_axes(ndim: int) -> str:
 class HDF5Volume(VolumeBase):
     """One dataset of an HDF5 file, read lazily with numpy slicing."""
 
-    def __init__(self, file: h5py.File, dataset: h5py.Dataset):
+    def __init__(self, file: Any, dataset: Any):
         self._file, self._dataset = file, dataset
         self.shape, self.dtype, self.chunks = dataset.shape, dataset.dtype, dataset.chunks
         self.axes = dataset.attrs.get("axes", _default_axes(dataset.ndim))
@@ -56,6 +55,8 @@ class HDF5Reader:
 
     @classmethod
     def open(cls, path: str, key: str | None = None, mode: str = "r", **_: Any) -> HDF5Volume:
+        import h5py  # imported on use: `ekn plugins` imports every reader module
+
         if not os.path.exists(path):
             raise EknError(f"HDF5 file {path!r} does not exist")
         file = h5py.File(path, mode)
@@ -75,6 +76,8 @@ class HDF5Reader:
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
                chunks: tuple[int, ...] | None = None, compression: str | None = "gzip",
                axes: str | None = None, **_: Any) -> HDF5Volume:
+        import h5py
+
         file = h5py.File(path, "a")
         key = key or "data"
         if key in file:
