@@ -75,50 +75,36 @@ def bench_augment(files: list[dict[str, str]], seconds: float) -> list[dict]:
     return rows
 
 
-def neuro3d_lite():
-    import tensorflow as tf
-
-    layers = tf.keras.layers
-    inp = tf.keras.Input((11, 155, 155, 1))
-    x = layers.Conv3D(20, (1, 4, 4), activation="relu")(inp)
-    x = layers.MaxPool3D((1, 2, 2))(x)
-    x = layers.Conv3D(40, (3, 3, 3), activation="relu")(x)
-    x = layers.MaxPool3D((1, 2, 2))(x)
-    x = layers.Conv3D(150, (2, 4, 4), activation="relu")(x)
-    x = layers.MaxPool3D((2, 1, 1))(x)
-    for _ in range(2):
-        x = layers.Conv3D(200, (1, 3, 3), activation="relu")(x)
-    x = layers.Conv3D(200, 1, activation="relu")(x)
-    out = layers.Conv3D(2, 1)(x)
-    model = tf.keras.Model(inp, out)
-    model.compile(optimizer=tf.keras.optimizers.Adam(5e-4),
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return model
-
-
 def bench_training(files: list[dict[str, str]], steps: int, n_workers: int) -> dict:
+    """Share of the training-step time spent waiting for augmented batches, training ekn's
+    neuro3d_lite model (``examples/neuro3d_lite.py``) with warping on ``n_workers`` workers."""
+    import runpy
+
     from ekn_plugins.data.workers import BackgroundBatches
 
-    model = neuro3d_lite()
-    assert tuple(model.output_shape[1:4]) == (4, 30, 30)
-    factory = functools.partial(PatchSource, patch_size=(11, 155, 155), offsets=(2, 19, 19), strides=(2, 4, 4),
+    example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "neuro3d_lite.py")
+    model = runpy.run_path(example)["create_model"]()
+    inp, target = model.input_node.shape, model.target_node.shape
+    assert tuple(target.spatial_shape) == (4, 30, 30)
+    factory = functools.partial(PatchSource, patch_size=inp.spatial_shape, offsets=target.offsets,
+                                strides=target.strides, target_shape=target.spatial_shape,
+                                input_tags=",".join(inp.tags), target_tags=",".join(target.tags),
+                                target_dtype=model.target_node.dtype,
                                 d_files=[f["raw"] for f in files], l_files=[f["barrier"] for f in files],
                                 aniso_factor=2.0, augmenters=[{"type": "flip"}, {**WARP[0], "probability": 0.5},
-                                                              WARP[1]],
-                                input_tags="b,z,y,x,f", target_tags="b,z,y,x,f")
+                                                              WARP[1]])
     with BackgroundBatches(factory, batch_size=1, n_workers=n_workers, seed=0) as batches:
         for _ in range(3):  # warm-up: worker start, tracing
-            img, target = batches.get()
-            model.train_on_batch(img, target)
+            model.trainingstep(*batches.get(), optimiser="Adam")
         wait = 0.0
         start = time.perf_counter()
         for _ in range(steps):
             t0 = time.perf_counter()
-            img, target = batches.get()
+            batch = batches.get()
             wait += time.perf_counter() - t0
-            model.train_on_batch(img, target)
+            model.trainingstep(*batch, optimiser="Adam")
         total = time.perf_counter() - start
-    return {"model": "neuro3d_lite (Keras)", "workers": n_workers, "steps": steps,
+    return {"model": "neuro3d_lite (ekn)", "workers": n_workers, "steps": steps,
             "step_ms": round(1000 * total / steps, 1), "data_wait_share": round(wait / total, 4)}
 
 
