@@ -143,7 +143,8 @@ setup(
     license="GPL-3.0-or-later",
     python_requires=">=3.10",
     packages=find_packages(include=["ekn_core", "ekn_core.*", "ekn_plugins", "ekn_plugins.*"]),
-    package_data={"ekn_core": ["py.typed"], "ekn_plugins": ["plugin_template/*", "plugin_template/**/*"]},
+    package_data={"ekn_core": ["py.typed"],
+                  "ekn_plugins": ["plugin_template/*", "plugin_template/**/*", "examples/*.py"]},
     include_package_data=True,
     install_requires=[
         "tensorflow>=2.16",
@@ -187,7 +188,6 @@ setup(
     },
     classifiers=[
         "Framework :: ekn",
-        "License :: OSI Approved :: GNU General Public License v3 or later (GPLv3+)",
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Image Recognition",
     ],

@@ -2,8 +2,8 @@
 
 1. writes synthetic neuron-like EM volumes (``OUT_DIR/data``: 2 training, 1 validation and 1
    held-out volume in ELEKTRONN2's ``neuro_data_zxy`` layout);
-2. writes the experiment config ``OUT_DIR/neuro3d_lite_demo.py`` (the ``examples/neuro3d_lite.py``
-   net with demo settings) and trains it for ``--steps`` steps into ``OUT_DIR/runs/<name>``
+2. writes the experiment config ``OUT_DIR/neuro3d_lite_demo.py`` (demo settings; the net is
+   ``create_model`` of ``examples/neuro3d_lite.py``, which ekn ships) and trains it for ``--steps`` steps into ``OUT_DIR/runs/<name>``
    (checkpoints, model files, history, plots, previews, TensorBoard files);
 3. reloads the best model with max-fragment pooling and predicts the held-out volume densely
    (``OUT_DIR/prediction.h5:barrier``);
@@ -11,7 +11,7 @@
 
 Example:
     >>> text = demo_config("/data", steps=10)
-    >>> "n_steps = 10" in text and "def create_model" in text
+    >>> "n_steps = 10" in text and "neuro3d_lite.py" in text
     True
 """
 
@@ -58,31 +58,22 @@ batch_size = 1
 seed = 0
 
 
-def create_model():
-    import ekn_core.neuromancer as nm
-
-    inp = nm.Input((None, 1, 11, 155, 155), "b,f,z,x,y", name="raw")
-    out = nm.Conv(inp, 20, (1, 4, 4), (1, 2, 2))
-    out = nm.Conv(out, 40, (3, 3, 3), (1, 2, 2))
-    out = nm.Conv(out, 150, (2, 4, 4), (2, 1, 1))
-    out = nm.Conv(out, 200, (1, 3, 3))
-    out = nm.Conv(out, 200, (1, 3, 3))
-    out = nm.Conv(out, 200, (1, 1, 1))
-    out = nm.Conv(out, 2, (1, 1, 1), activation_func="lin")
-    probs = nm.Softmax(out)
-    target = nm.Input_like(probs, override_f=1, dtype="int16", name="target")
-    loss = nm.AggregateLoss(nm.MultinoulliNLL(probs, target, target_is_sparse=True, name="nll"), name="loss")
-    errors = nm.Errors(probs, target, target_is_sparse=True)
-    model = nm.model_manager.getmodel()
-    model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=probs,
-                          prediction_ext=[loss, errors, probs], error_node=errors)
-    return model
+# the net of examples/neuro3d_lite.py (shipped with ekn), with its settings module beside it
+create_model = __import__("runpy").run_path({example!r})["create_model"]
 '''
+
+
+def example_path(name: str) -> str:
+    """Path of an example config shipped with ekn (``examples/`` of the source tree)."""
+    from importlib import resources
+
+    return str(resources.files("ekn_plugins") / "examples" / name)
 
 
 def demo_config(data_dir: str, steps: int, runs_dir: str = "runs") -> str:
     """The text of the demo's experiment config."""
-    return _CONFIG.format(data=data_dir, runs=runs_dir, steps=int(steps), history=max(1, min(50, int(steps) // 4)))
+    return _CONFIG.format(data=data_dir, runs=runs_dir, steps=int(steps), history=max(1, min(50, int(steps) // 4)),
+                          example=example_path("neuro3d_lite.py"))
 
 
 def aligned_crops(raw, pred, label):
