@@ -99,7 +99,7 @@ def new_plugin(name: str, directory: str | None = None) -> str:
 
 
 class PluginCommand(Command):
-    """Plugin development helpers: ``ekn plugin new NAME [DIR]`` makes a new plugin package."""
+    """Plugin development helpers: `ekn plugin new NAME [DIR]` makes a new plugin package."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         sub = parser.add_subparsers(dest="plugin_action", metavar="ACTION", required=True)
