@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ConfigError, EknError
-from ekn_core.node import GraphFunction, Node, Param, evaluate, precision, tf, topological_order
+from ekn_core.node import GraphFunction, Node, Param, evaluate, precision, topological_order
+from ekn_core.lazy import tf
 
 log = logging.getLogger("ekn.model")
 
@@ -63,14 +64,14 @@ class TrainStep(GraphFunction):
         super().__init__([model.loss_node, *model.debug_outputs], inputs=model.loss_node.input_nodes,
                          training=True, name=f"{model.name}:train")
         self.optimiser, self.params = optimiser, params
-        with tf().init_scope():
+        with tf.init_scope():
             #: Dynamic loss scale of ``mixed_float16`` training (and the finite steps since it changed).
-            self.loss_scale = tf().Variable(LOSS_SCALE_INITIAL, trainable=False, dtype="float32")
-            self.good_steps = tf().Variable(0, trainable=False, dtype="int64")
+            self.loss_scale = tf.Variable(LOSS_SCALE_INITIAL, trainable=False, dtype="float32")
+            self.good_steps = tf.Variable(0, trainable=False, dtype="int64")
 
     def body(self, *tensors: Any) -> list[Any]:
         self.traces += 1
-        T = tf()
+        T = tf
         feed = {n.name: t for n, t in zip(self.inputs, tensors)}
         variables = [p.variable for p in self.params]
         scaled = precision() == "mixed_float16"
@@ -89,7 +90,7 @@ class TrainStep(GraphFunction):
     def _apply_scaled(self, grads: list[Any]) -> None:
         """float16 loss scaling: skip the update and halve the scale when a gradient is not finite;
         double the scale after :data:`LOSS_SCALE_PERIOD` finite steps."""
-        T = tf()
+        T = tf
         finite = T.reduce_all([T.reduce_all(T.math.is_finite(g)) for g in grads])
 
         def update() -> Any:
@@ -113,7 +114,7 @@ class TrainStep(GraphFunction):
 
 def _train_step(model: Model, optimiser: Any, params: list[Param]) -> TrainStep:
     """The training step; data-parallel when built inside a tf.distribute strategy's scope."""
-    T = tf()
+    T = tf
     if T.distribute.has_strategy():
         from ekn_core.trainer.distributed import DistributedTrainStep
 
@@ -131,7 +132,7 @@ class GradientFunction(GraphFunction):
 
     def body(self, *tensors: Any) -> list[Any]:
         self.traces += 1
-        T = tf()
+        T = tf
         feed = {n.name: t for n, t in zip(self.inputs, tensors)}
         with T.GradientTape() as tape:
             loss = T.reduce_mean(T.cast(evaluate(self.outputs, feed, True)[0], "float32"))

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ekn_core.errors import ConfigError, EknError, ShapeError
+from ekn_core.lazy import tf
 from ekn_core.shapes import TaggedShape
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,13 +58,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("ekn.node")
 
 FLOATX = "float32"
-
-
-def tf():  # noqa: D401 - tiny accessor
-    """The TensorFlow module, imported on first use (keeps ``import ekn_core`` cheap)."""
-    import tensorflow
-
-    return tensorflow
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +94,7 @@ def compile_mode() -> str:
         if env not in COMPILE_MODES:
             raise ConfigError(f"EKN_COMPILE must be one of {', '.join(COMPILE_MODES)}, got {env!r}")
         return env
-    return "xla" if tf().config.list_physical_devices("GPU") else "plain"
+    return "xla" if tf.config.list_physical_devices("GPU") else "plain"
 
 
 def compile_function(fn: Callable[..., Any], mode: str | None = None) -> Callable[..., Any]:
@@ -108,7 +102,7 @@ def compile_function(fn: Callable[..., Any], mode: str | None = None) -> Callabl
     mode = mode or compile_mode()
     if mode == "eager":
         return fn
-    return tf().function(fn, jit_compile=(mode == "xla"), reduce_retracing=False)
+    return tf.function(fn, jit_compile=(mode == "xla"), reduce_retracing=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +160,7 @@ def cast_floating(x: Any, dtype: str) -> Any:
     and integer tensors are returned unchanged)."""
     name = getattr(getattr(x, "dtype", None), "name", None)
     if name in _CASTABLE and name != dtype:
-        return tf().cast(x, dtype)
+        return tf.cast(x, dtype)
     return x
 
 
@@ -271,7 +265,7 @@ class Param:
         self.constant = bool(constant)
         self.trainable = bool(trainable) and not self.constant
         self.weight_decay = float(weight_decay)
-        self.variable = None if is_shape_only() else tf().Variable(value, name=f"{owner}/{name}", trainable=True)
+        self.variable = None if is_shape_only() else tf.Variable(value, name=f"{owner}/{name}", trainable=True)
 
     @property
     def key(self) -> str:
@@ -1029,7 +1023,7 @@ class GraphFunction:
         """Runs on already validated canonical arrays; returns canonical numpy arrays."""
         fn = self._function()
         t0 = time.perf_counter()
-        outs = fn(*[tf().convert_to_tensor(a) for a in arrays])
+        outs = fn(*[tf.convert_to_tensor(a) for a in arrays])
         outs = [np.asarray(o) for o in outs]
         self.last_exec_time = time.perf_counter() - t0
         return outs

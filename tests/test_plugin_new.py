@@ -1,7 +1,6 @@
 """`ekn plugin new` makes a plugin package that installs and shows up in `ekn plugins`."""
 
 import json
-import os
 import subprocess
 import sys
 

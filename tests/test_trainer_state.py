@@ -1,7 +1,6 @@
 """History tables, checkpoint files, run directories and plots (no training)."""
 
 import csv
-import io
 import os
 
 import numpy as np

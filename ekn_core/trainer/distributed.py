@@ -39,7 +39,8 @@ import numpy as np
 
 from ekn_core.errors import ConfigError
 from ekn_core.model import TrainStep
-from ekn_core.node import compile_function, compile_mode, tf
+from ekn_core.node import compile_function, compile_mode
+from ekn_core.lazy import tf
 
 log = logging.getLogger("ekn.trainer")
 
@@ -91,7 +92,7 @@ def make_strategy(kind: str | None) -> Any:
         return None
     if kind not in STRATEGIES:
         raise ConfigError(f"distribute must be None, 'mirrored' or 'multiworker', got {kind!r}")
-    T = tf()
+    T = tf
     if kind == "mirrored":
         strategy = T.distribute.MirroredStrategy()
     else:
@@ -121,11 +122,11 @@ class DistributedTrainStep(TrainStep):
 
     def reduce_gradients(self, grads: list[Any]) -> list[Any]:
         """Mean of every gradient over all replicas (runs in replica context)."""
-        T = tf()
+        T = tf
         return T.distribute.get_replica_context().all_reduce(T.distribute.ReduceOp.MEAN, grads)
 
     def _step(self, *per_replica: Any) -> list[Any]:
-        T = tf()
+        T = tf
         outs = self.strategy.run(self.body, args=per_replica)
         loss = self.strategy.reduce(T.distribute.ReduceOp.MEAN, outs[0], axis=None)
         rest = [self.strategy.gather(o, axis=axis or 0) for o, axis in zip(outs[1:], self.output_axes)]
@@ -149,7 +150,7 @@ class DistributedTrainStep(TrainStep):
 
         def value_fn(ctx: Any) -> tuple[Any, ...]:
             i = ctx.replica_id_in_sync_group
-            return tuple(tf().constant(a if axis is None else np.split(a, n, axis=axis)[i])
+            return tuple(tf.constant(a if axis is None else np.split(a, n, axis=axis)[i])
                          for a, axis in zip(arrays, self.batch_axes))
 
         return self.strategy.experimental_distribute_values_from_function(value_fn)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from ekn_core.errors import ConfigError
-from ekn_core.node import tf
+from ekn_core.lazy import tf
 
 _ALIASES = {"logistic": "sig", "sigmoid": "sig", "linear": "lin"}
 NAMES = ("tanh", "relu", "prelu", "elu", "selu", "abs", "sig", "logistic", "sigmoid", "soft+", "lin", "linear",
@@ -43,7 +43,7 @@ def parse_activation(name: str) -> tuple[str, int]:
 
 def apply_activation(x: Any, name: str, slope: Any = None) -> Any:
     """Applies activation ``name`` to ``x`` (features last); ``slope`` is prelu's per-feature slope."""
-    T = tf()
+    T = tf
     act, factor = parse_activation(name)
     if act == "tanh":
         return T.tanh(x)

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ConfigError
-from ekn_core.node import FLOATX, Node, tf
+from ekn_core.node import FLOATX, Node
+from ekn_core.lazy import tf
 from ekn_core.shapes import TaggedShape
 
 
@@ -139,7 +140,7 @@ class Concat(Node):
         return 0.0
 
     def _forward(self, inputs: list[Any], training: bool) -> Any:
-        T = tf()
+        T = tf
         axis = self.shape.canonical_tags.index(self.axis_tag)
         aligned = [T.transpose(x, [p.shape.canonical_tags.index(t) for t in self.shape.canonical_tags])
                    if p.shape.canonical_tags != self.shape.canonical_tags else x

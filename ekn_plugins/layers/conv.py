@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ekn_core.errors import ConfigError
-from ekn_core.node import Node, tf
+from ekn_core.node import Node
+from ekn_core.lazy import tf
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.layers.mfp import fragment_pool, mfp_shape, pool_tensor
 from ekn_plugins.layers.neural import NeuralLayer
@@ -76,7 +77,7 @@ def z_as_batch_pays() -> bool:
     forced = os.environ.get("EKN_CONV_Z_AS_BATCH", "").strip()
     if forced in {"0", "1"}:
         return forced == "1"
-    return bool(tf().config.list_physical_devices("GPU"))
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def conv_z_as_batch(x: Any, w: Any, z: int, padding: str, dilation: Sequence[int]) -> Any:
@@ -88,10 +89,10 @@ def conv_z_as_batch(x: Any, w: Any, z: int, padding: str, dilation: Sequence[int
         >>> import numpy as np
         >>> x, w = np.random.rand(2, 3, 5, 4, 2).astype('float32'), np.random.rand(1, 3, 2, 2, 4).astype('float32')
         >>> y = conv_z_as_batch(x, w, 0, 'VALID', (1, 1, 1))
-        >>> bool(np.allclose(y, tf().nn.convolution(x, w, padding='VALID'), atol=1e-5))
+        >>> bool(np.allclose(y, tf.nn.convolution(x, w, padding='VALID'), atol=1e-5))
         True
     """
-    T = tf()
+    T = tf
     perm = [0, 1 + z] + [1 + i for i in range(3) if i != z] + [4]
     x = T.transpose(x, perm) if z else x
     shape = T.shape(x)
@@ -193,7 +194,7 @@ class Conv(NeuralLayer):
                      * math.prod(sizes) * batch)
 
     def _forward(self, inputs: list[Any], training: bool) -> Any:
-        T = tf()
+        T = tf
         x = inputs[0]
         w = self._param("w")
         if all(f == 1 for f in self.filter_shape):

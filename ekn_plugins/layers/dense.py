@@ -20,7 +20,8 @@ import math
 from typing import Any
 
 from ekn_core.errors import ConfigError
-from ekn_core.node import Node, tf
+from ekn_core.node import Node
+from ekn_core.lazy import tf
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.layers.neural import NeuralLayer
 
@@ -68,7 +69,7 @@ class Perceptron(NeuralLayer):
         return float(shape.stripnone_prod * self.n_f * self.maxout)
 
     def _forward(self, inputs: list[Any], training: bool) -> Any:
-        T = tf()
+        T = tf
         x = inputs[0]
         if self.flatten:
             x = T.reshape(x, [-1, self.n_in])

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ekn_core.node import Node, tf
+from ekn_core.node import Node
+from ekn_core.lazy import tf
 from ekn_core.shapes import TaggedShape
 
 
@@ -52,7 +53,7 @@ def mfp_shape(node: Node, shape: TaggedShape, sizes: Sequence[int], pool: Sequen
 
 def fragment_pool(x: Any, pool: Sequence[int], mode: str = "max") -> Any:
     """Pools every phase of ``pool`` (canonical ``(b, *spatial, f)`` tensor) and stacks on the batch axis."""
-    T = tf()
+    T = tf
     sizes = x.shape[1:-1]
     parts = []
     for phase in itertools.product(*[range(p) for p in pool]):
@@ -64,7 +65,7 @@ def fragment_pool(x: Any, pool: Sequence[int], mode: str = "max") -> Any:
 
 def pool_tensor(x: Any, pool: Sequence[int], stride: Sequence[int], mode: str) -> Any:
     """VALID pooling of a canonical tensor; modes ``max``, ``average`` (incl./excl. pad: same here), ``sum``."""
-    T = tf()
+    T = tf
     if all(p == 1 for p in pool) and all(s == 1 for s in stride):
         return x
     kind = "MAX" if mode == "max" else "AVG"
@@ -108,7 +109,7 @@ class FragmentsToDense(Node):
         return np.argsort(keys)
 
     def _forward(self, inputs: list[Any], training: bool) -> Any:
-        T = tf()
+        T = tf
         x = inputs[0]
         shape = self.parents[0].shape
         strides = [int(s) for s in shape.strides]

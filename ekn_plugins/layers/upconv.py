@@ -28,7 +28,8 @@ from typing import Any
 
 
 from ekn_core.errors import ConfigError
-from ekn_core.node import Node, tf
+from ekn_core.node import Node
+from ekn_core.lazy import tf
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.layers.conv import check_conv_layout, per_axis
 from ekn_plugins.layers.neural import NeuralLayer
@@ -92,7 +93,7 @@ class UpConv(NeuralLayer):
         return float(math.prod(w) * shape.spatial_size * (shape["b"] or 1))
 
     def _forward(self, inputs: list[Any], training: bool) -> Any:
-        T = tf()
+        T = tf
         x = inputs[0]
         w = self._param("w")
         n_lin = w.shape[-2]

@@ -1,6 +1,5 @@
 """Tests of ekn-plugin-example: discovery through entry points, conformance, behaviour."""
 
-import argparse
 import subprocess
 import sys
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ekn_core.lazy import tf  # noqa: F401  (TensorFlow only inside methods)
 from ekn_core.node import Node
 from ekn_core.shapes import TaggedShape
 
