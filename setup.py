@@ -172,7 +172,7 @@ setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16"],
         "dev": ["pytest>=8", "pytest-timeout", "pexpect>=4.8", "sphinx>=7", "myst-parser>=2"],
-        "bench": ["torch>=2.2", "keras>=3"],
+        "bench": ["torch>=2.2", "keras>=3", "monai>=1.3"],
     },
     entry_points={
         "console_scripts": ["ekn = ekn_core.cli:main", "ekn-train = ekn_core.cli:train_main"],
