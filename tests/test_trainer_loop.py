@@ -214,3 +214,35 @@ def test_preview_slices_equal_the_dense_prediction_of_the_whole_volume(tmp_path)
         assert got.shape == (50, 46) and np.abs(got - expected).max() <= 1
         with Image.open(tmp_path / f"v-raw-z{z}.png") as img:
             assert np.abs(np.asarray(img).astype(int) - np.clip(vol[z] * 255 + 0.5, 0, 255).astype(int)).max() <= 1
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
+    """With lr 0 the weights never change, so the monitored loss only varies with the monitor
+    batches: the run must stop at the first evaluation that completes two in a row without a new
+    best (recomputed here from the history), long before n_steps."""
+    trainer = make_trainer(tmp_path, "n_steps=200", "history_freq=2", "early_stopping_patience=2",
+                           "optimiser_params={'lr': 0.0}", "schedules={}")
+    try:
+        assert trainer.run() == "finished"
+        history = trainer.history.history
+        scores = [v if np.isfinite(v) else t for v, t in zip(history["valid_loss"], history["train_loss"])]
+        state = trainer.checkpoint_data().state
+    finally:
+        trainer.close()
+    best, stale, stop_at = np.inf, 0, None
+    for i, score in enumerate(scores):
+        stale = 0 if score < best else stale + 1
+        best = min(best, score)
+        if stale == 2:
+            stop_at = i
+            break
+    assert stop_at == len(scores) - 1, (scores, stop_at)
+    assert trainer.step == 2 * len(scores) < 200
+    assert state["evaluations_without_improvement"] == 2  # saved for an exact resume
+
+    never = make_trainer(tmp_path / "b", "n_steps=8", "history_freq=2", "optimiser_params={'lr': 0.0}",
+                         "schedules={}")
+    try:
+        assert never.run() == "finished" and never.step == 8  # without patience: all steps
+    finally:
+        never.close()

@@ -130,6 +130,12 @@ SETTINGS: dict[str, Setting] = {
     "nan_lr_factor": Setting(0.5, "Learning-rate factor applied after each NaN rollback.", "ekn"),
     "nan_max_retries": Setting(3, "Rollbacks allowed without a good checkpoint in between before the run "
                                "stops.", "ekn"),
+    "early_stopping_patience": Setting(None, "Stop (status 'finished') after this many evaluations in a row "
+                                       "(every history_freq steps) whose validation loss (training loss "
+                                       "without validation data) did not beat the best by more than "
+                                       "early_stopping_min_delta; None: never.", "ekn"),
+    "early_stopping_min_delta": Setting(0.0, "Smallest decrease of the monitored loss that counts as an "
+                                        "improvement for early stopping.", "ekn"),
     # -- hardware -------------------------------------------------------------------------------------
     "device": Setting(None, "GPU to use: None (default device), an int, 'auto' (GPU with most free memory) "
                       "or 'cpu'. The --gpu option wins."),
@@ -413,6 +419,7 @@ class ExperimentConfig:
         check_int("param_save_it", 1)
         check_int("seed", 0)
         check_int("nan_max_retries", 0)
+        check_int("early_stopping_patience", 1, allow_none=True)
         check_int("tensorboard_freq", 1)
         check_int("preview_freq", 1, allow_none=True)
         check_int("time_per_step_smoothing_length", 1)

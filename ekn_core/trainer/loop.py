@@ -159,6 +159,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.best_valid = math.inf
+        self.evaluations_without_improvement = 0
         self.next_preview_h = float(config.initial_prev_h)
         self.nan_retries = 0
         self.last_batch: tuple[np.ndarray, ...] | None = None
@@ -444,6 +445,8 @@ class Trainer:
         self.history.history.append(step=self.step, time=self.elapsed, **metrics)
         self.save_model("latest")
         score = valid_loss if math.isfinite(valid_loss) else train_loss
+        improved = math.isfinite(score) and score < self.best_valid - float(self.config.early_stopping_min_delta)
+        self.evaluations_without_improvement = 0 if improved else self.evaluations_without_improvement + 1
         if math.isfinite(score) and score < self.best_valid:
             self.best_valid = score
             self.save_model("best")
@@ -514,6 +517,7 @@ class Trainer:
         state = {
             "step": self.step, "elapsed": self.elapsed, "best_valid": self.best_valid if math.isfinite(
                 self.best_valid) else None, "next_preview_h": self.next_preview_h,
+            "evaluations_without_improvement": self.evaluations_without_improvement,
             "meta": {k: getattr(self.model, k) for k in _META}, "iterations": self.model.iterations,
             "model_elapsed": self.model.elapsed_time, "schedules": self.schedules.get_state(),
             "host_rng": host_state, "tf_algorithm": int(self.tf_generator.algorithm),
@@ -554,6 +558,7 @@ class Trainer:
         self.history = data.history
         self.step, self.elapsed = int(s["step"]), float(s["elapsed"])
         self.best_valid = math.inf if s["best_valid"] is None else float(s["best_valid"])
+        self.evaluations_without_improvement = int(s.get("evaluations_without_improvement", 0))
         self.next_preview_h = float(s["next_preview_h"])
         self.last_metrics = {"loss": s["last_loss"]} if s.get("last_loss") is not None else {}
 
@@ -694,6 +699,11 @@ class Trainer:
             return "finished"
         if self.config.max_runtime is not None and self.elapsed >= float(self.config.max_runtime):
             log.info("max_runtime of %s s reached", self.config.max_runtime)
+            return "finished"
+        patience = self.config.early_stopping_patience
+        if patience is not None and self.evaluations_without_improvement >= int(patience):
+            log.info("early stopping: the monitored loss has not improved on %.4g for %d evaluations",
+                     self.best_valid, self.evaluations_without_improvement)
             return "finished"
         return None
 
