@@ -100,6 +100,7 @@ OPTIMISERS = [
     "adagrad = ekn_plugins.optimisers.adagrad:AdaGrad",
     "adam = ekn_plugins.optimisers.adam:Adam",
     "adamw = ekn_plugins.optimisers.adam:AdamW",
+    "rmsprop = ekn_plugins.optimisers.rmsprop:RMSProp",
     "sgd = ekn_plugins.optimisers.sgd:SGD",
 ]
 SCHEDULES = [

@@ -94,6 +94,16 @@ def ref_adadelta(meta, opts):
     return direction
 
 
+def ref_rmsprop(meta, opts):
+    s = {k: np.zeros_like(v) for k, v in INIT.items()}
+
+    def direction(k, g, t):
+        s[k] = meta["mom"] * s[k] + (1 - meta["mom"]) * g**2
+        return g / np.sqrt(s[k] + opts.get("eps", 1e-7))
+
+    return direction
+
+
 def ref_adam(meta, opts, eps_inside=True, default_eps=1e-5):
     m = {k: np.zeros_like(v) for k, v in INIT.items()}
     s = {k: np.zeros_like(v) for k, v in INIT.items()}
@@ -128,6 +138,7 @@ CASES = [
     ("adagrad", ref_adagrad, {"lr": 0.1, "wd": 0.05}, {}),
     ("adagrad", ref_adagrad, {"lr": 0.1, "wd": 0.0}, {"initial_accumulator": 0.5, "eps": 1e-3}),
     ("adadelta", ref_adadelta, {"lr": 1.0, "mom": 0.9, "wd": 0.05}, {}),
+    ("rmsprop", ref_rmsprop, {"lr": 0.01, "mom": 0.9, "wd": 0.05}, {}),
     ("adam", ref_adam, {"lr": 0.05, "mom": 0.9, "beta2": 0.99, "wd": 0.05}, {}),
     ("adamw", ref_adamw, {"lr": 0.05, "mom": 0.8, "beta2": 0.995, "wd": 0.05}, {}),
 ]
@@ -160,6 +171,8 @@ KERAS_CASES = [
      lambda k: k.Adagrad(learning_rate=0.25, initial_accumulator_value=0.5, epsilon=2.0**-20)),
     ("adadelta", {"lr": 1.0, "mom": 0.875, "eps": 2.0**-16},
      lambda k: k.Adadelta(learning_rate=1.0, rho=0.875, epsilon=2.0**-16)),
+    ("rmsprop", {"lr": 0.03125, "mom": 0.875, "eps": 2.0**-20},
+     lambda k: k.RMSprop(learning_rate=0.03125, rho=0.875, epsilon=2.0**-20)),
     ("adam", {"lr": 0.03125, "mom": 0.875, "beta2": 0.9990234375, "eps": 0.0},
      lambda k: k.Adam(learning_rate=0.03125, beta_1=0.875, beta_2=0.9990234375, epsilon=0.0)),
     ("adamw", {"lr": 0.03125, "mom": 0.875, "beta2": 0.9990234375, "wd": 0.125, "eps": 2.0**-20},
@@ -258,7 +271,7 @@ def test_set_state_rejects_other_optimisers_state():
         sgd.set_state(state)
 
 
-@pytest.mark.parametrize("config_name", ["SGD", "AdaGrad", "AdaDelta", "Adam", "AdamW", "adam"])
+@pytest.mark.parametrize("config_name", ["SGD", "AdaGrad", "AdaDelta", "RMSProp", "Adam", "AdamW", "adam"])
 def test_config_names_are_case_insensitive(config_name):
     opt = get_optimiser(config_name)
     assert type(opt).__name__.lower() == config_name.lower()
