@@ -33,10 +33,10 @@ def np_one_hot(ids, n_class):
     return out.reshape(ids.shape[:-1] + (-1,))
 
 
-def np_multinoulli(logits, onehot, n_indep, class_weights=None, example_weights=None):
+def np_multinoulli(logits, onehot, n_indep, class_weights=None, example_weights=None, gamma=0.0):
     logp = np_log_softmax(logits, n_indep)
     cw = np.ones(onehot.shape[-1]) if class_weights is None else np.tile(class_weights, n_indep)
-    per_voxel = -(onehot * cw * logp).sum(-1, keepdims=True)
+    per_voxel = -(onehot * cw * (1 - np.exp(logp)) ** gamma * logp).sum(-1, keepdims=True)
     if example_weights is not None:
         per_voxel = per_voxel * example_weights[..., None]
     return per_voxel * per_voxel.size / max(onehot.sum(), 1)
@@ -82,6 +82,19 @@ def test_multinoulli_matches_numpy(sparse, weighted):
     picked = np.take_along_axis(np_log_softmax(logits, N_INDEP).reshape(SHAPE + (N_INDEP, N_CLASS)),
                                 np.maximum(ids, 0)[..., None], -1)[..., 0]
     assert_close(np.mean(plain), -picked[labelled].mean())
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_multinoulli_matches_numpy(gamma):
+    logits = RNG.normal(size=SHAPE + (N_F,)) * 3
+    ids = sparse_ids()
+    cw, ew = np.array([0.5, 2.0, 1.5]), RNG.random(SHAPE)
+    got = F.multinoulli_nll(logits, ids, n_indep=N_INDEP, target_is_sparse=True, class_weights=cw,
+                            example_weights=ew, focal_gamma=gamma)
+    assert_close(got, np_multinoulli(logits, np_one_hot(ids, N_CLASS), N_INDEP, cw, ew, gamma=gamma))
+    plain = F.multinoulli_nll(logits, ids, n_indep=N_INDEP, target_is_sparse=True, class_weights=cw,
+                              example_weights=ew)
+    assert np.all(got.numpy() <= plain.numpy() + 1e-12) and np.any(got.numpy() < plain.numpy())
 
 
 def test_multinoulli_ignore_label_and_probabilities():
@@ -247,6 +260,8 @@ G_T01 = np.where(G_T == -666, -666, RNG.random(G_T.shape))
 GRAD_CASES = {
     "multinoulli": (lambda x: F.multinoulli_nll(x, G_IDS, n_indep=N_INDEP, target_is_sparse=True,
                                                 class_weights=[0.5, 1.0, 2.0], example_weights=G_EW), N_F),
+    "multinoulli_focal": (lambda x: F.multinoulli_nll(x, G_IDS, n_indep=N_INDEP, target_is_sparse=True,
+                                                      class_weights=[0.5, 1.0, 2.0], focal_gamma=2.0), N_F),
     "multinoulli_probs": (lambda x: F.multinoulli_nll(tf.nn.sigmoid(x), G_IDS, n_indep=N_INDEP,
                                                       target_is_sparse=True, from_logits=False), N_F),
     "bernoulli": (lambda x: F.bernoulli_nll(x, G_T01, class_weights=(0.5, 2.0), example_weights=G_EW), 2),
@@ -315,6 +330,11 @@ def test_multinoulli_node_in_elektronn2_layout(nodes):
     np.testing.assert_allclose(to_canonical(got), want, rtol=1e-5, atol=1e-5)
     assert nll.params["class_weights"].trainable is False  # saved with the model, never trained
     assert [n.name for n in nll.input_nodes] == ["input", "labels", "weights"]
+    focal = N.MultinoulliNLL(O.Softmax(logits, n_indep=N_INDEP), labels, target_is_sparse=True, focal_gamma=2.0,
+                             name="focal")
+    want = np_multinoulli(to_canonical(x).astype(float), np_one_hot(to_canonical(y), N_CLASS), N_INDEP, gamma=2.0)
+    np.testing.assert_allclose(to_canonical(focal(x, y)), want, rtol=1e-5, atol=1e-5)
+    assert model.descriptors["focal"]["config"]["focal_gamma"] == 2.0  # saved with the model
 
 
 def test_softmax_classification_errors_onehot(nodes):

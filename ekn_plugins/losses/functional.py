@@ -140,10 +140,11 @@ def _class_weight_row(class_weights: Any, n_f: int, n_indep: int, dtype: tf.DTyp
 
 def multinoulli_nll(pred: Any, target: Any, *, n_indep: int = 1, target_is_sparse: bool = False,
                     class_weights: Any = None, example_weights: Any = None, ignore_label: int | None = None,
-                    from_logits: bool = True) -> tf.Tensor:
+                    from_logits: bool = True, focal_gamma: float = 0.0) -> tf.Tensor:
     """Categorical cross-entropy map ``(b, spatial..., 1)`` (ELEKTRONN2 ``MultinoulliNLL``).
 
-    Per voxel ``v`` and group ``g``: ``l = ew_v * Σ_c t_vgc * cw_c * (-log p_vgc)``; the map is
+    Per voxel ``v`` and group ``g``: ``l = ew_v * Σ_c t_vgc * cw_c * (1 - p_vgc)^γ * (-log p_vgc)``
+    (γ = ``focal_gamma``: 0 is the plain NLL, > 0 the focal loss of Lin et al.); the map is
     ``Σ_g l_vg * n_voxels / n_labelled`` with ``n_labelled`` the number of labelled (voxel,
     group) pairs (total target mass), so its mean is the NLL per labelled voxel and group.
 
@@ -157,12 +158,15 @@ def multinoulli_nll(pred: Any, target: Any, *, n_indep: int = 1, target_is_spars
         example_weights: Per-voxel weights ``(b, spatial...)``.
         ignore_label: A class id to ignore besides negative ids.
         from_logits: See ``pred``.
+        focal_gamma: Focusing exponent γ ≥ 0 of the focal loss (down-weights easy voxels).
     """
     pred = tf.convert_to_tensor(pred)
     t = _dense_target(target, pred, n_indep, target_is_sparse, ignore_label)
     logp = log_softmax(pred, n_indep) if from_logits else tf.math.log(tf.maximum(pred, PROB_EPS))
     weighted = t if class_weights is None else t * _class_weight_row(class_weights, pred.shape[-1], n_indep,
                                                                      pred.dtype)
+    if focal_gamma:
+        weighted = weighted * (1.0 - tf.exp(logp)) ** tf.cast(focal_gamma, pred.dtype)
     loss = -tf.reduce_sum(weighted * logp, axis=-1, keepdims=True)
     if example_weights is not None:
         loss = loss * _voxel_weights(example_weights, loss)

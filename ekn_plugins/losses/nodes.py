@@ -65,6 +65,8 @@ class MultinoulliNLL(Node):
             or a Node feeding them.
         example_weights: Node of per-voxel weights ``(b, spatial...)``.
         ignore_label: A class id to ignore besides negative ids.
+        focal_gamma: Focusing exponent γ of the focal loss, ``(1 - p)^γ`` times the NLL (0: plain
+            NLL; 2 is common for voxels of rare classes among many easy ones).
         name: Node name.
         print_repr: Log the node description.
     """
@@ -72,8 +74,10 @@ class MultinoulliNLL(Node):
     kind = "losses"
 
     def __init__(self, pred: Node, target: Node, target_is_sparse: bool = False, class_weights: Any = None,
-                 example_weights: Node | None = None, ignore_label: int | None = None, name: str = "nll",
-                 print_repr: bool = True):
+                 example_weights: Node | None = None, ignore_label: int | None = None, focal_gamma: float = 0.0,
+                 name: str = "nll", print_repr: bool = True):
+        if not float(focal_gamma) >= 0:
+            raise ConfigError(f"MultinoulliNLL {name!r}: focal_gamma must be >= 0, got {focal_gamma!r}")
         softmax = _check_softmax(pred, f"MultinoulliNLL {name!r}")
         parents = [softmax.parents[0], target]
         self._cw_node = isinstance(class_weights, Node)
@@ -84,6 +88,7 @@ class MultinoulliNLL(Node):
         super().__init__(parents, name, print_repr)
         self.n_class, self.n_indep = softmax.n_class, softmax.n_indep
         self.target_is_sparse, self.ignore_label = bool(target_is_sparse), ignore_label
+        self.focal_gamma = float(focal_gamma)
         self.has_example_weights = example_weights is not None
         if class_weights is not None and not self._cw_node:
             self.add_param("class_weights", np.asarray(class_weights, "float32").ravel(), trainable=False)
@@ -103,7 +108,8 @@ class MultinoulliNLL(Node):
                                                  if "class_weights" in self.params else None)
         ew = rest.pop(0) if self.has_example_weights else None
         return F.multinoulli_nll(logits, target, n_indep=self.n_indep, target_is_sparse=self.target_is_sparse,
-                                 class_weights=cw, example_weights=ew, ignore_label=self.ignore_label)
+                                 class_weights=cw, example_weights=ew, ignore_label=self.ignore_label,
+                                 focal_gamma=self.focal_gamma)
 
 
 class BinaryNLL(Node):
