@@ -61,6 +61,7 @@ LAYERS = [
     "gaussian_kl = ekn_plugins.layers.variational:GaussianKL",
     "gaussian_noise = ekn_plugins.layers.dropout:GaussianNoise",
     "gaussian_rv = ekn_plugins.layers.variational:GaussianRV",
+    "group_norm = ekn_plugins.layers.group_norm:GroupNorm",
     "gru = ekn_plugins.layers.recurrent:GRU",
     "initial_state_like = ekn_plugins.layers.values:InitialStateLike",
     "input = ekn_plugins.layers.basic:Input",

@@ -37,6 +37,7 @@ SINGLE: dict[str, tuple[tuple, dict[str, Any]]] = {
     "dropout": ((0.3,), {}),
     "fragments_to_dense": ((), {"input_shape": (4, 2, 2, 3, 3), "fov": False}),
     "gaussian_noise": ((0.2,), {}),
+    "group_norm": ((), {"n_groups": 2, "fov": False}),  # every output depends on the whole example
     "initial_state_like": ((3,), {"fov": False}),  # its value does not depend on the input's values
     "lrn": (((1, 3, 3),), {"alpha": 0.5}),
     "pad": (((0, 1, 2),), {"value": 0.5}),

@@ -15,6 +15,7 @@ import pytest
 from scipy import ndimage, signal
 
 import ekn_core.neuromancer as nm
+from ekn_core.errors import ConfigError
 from ekn_core.lazy import tf
 from ekn_core.node import Node, evaluate, model_manager
 
@@ -302,6 +303,28 @@ def test_lrn_channel_equals_scipy():
     mean_sq = ndimage.uniform_filter1d(x.astype("float64") ** 2, 3, axis=1, mode="nearest")
     np.testing.assert_allclose(node(x), x / (1.0 + 0.3 * mean_sq) ** 0.5, atol=ATOL)
     gradient_check(node, {inp: x})
+
+
+@pytest.mark.parametrize("n_groups", [1, 2, 4])  # layer, group and instance normalisation
+def test_group_norm_equals_numpy(n_groups):
+    inp = nm.Input((2, 4, 3, 5, 5), "b,f,z,y,x")
+    node = nm.GroupNorm(inp, n_groups=n_groups, eps=1e-3)
+    node.params["gamma"].set_value(np.array([0.5, 1.0, 2.0, -1.0], "float32"))
+    node.params["beta"].set_value(np.array([0.0, 0.1, -0.2, 0.3], "float32"))
+    x = rand(2, 4, 3, 5, 5) * 3 + 1
+    g = x.astype("float64").reshape(2, n_groups, 4 // n_groups, 3, 5, 5)
+    mean, var = g.mean(axis=(2, 3, 4, 5), keepdims=True), g.var(axis=(2, 3, 4, 5), keepdims=True)
+    want = ((g - mean) / np.sqrt(var + 1e-3)).reshape(x.shape)
+    want = want * np.array([0.5, 1.0, 2.0, -1.0])[:, None, None, None] + np.array([0.0, 0.1, -0.2, 0.3])[:, None, None, None]
+    np.testing.assert_allclose(node(x), want, atol=1e-4)
+    np.testing.assert_allclose(node(x, training=True), node(x), atol=1e-6)  # no batch statistics
+    gradient_check(node, {inp: x})
+
+
+def test_group_norm_refuses_groups_that_do_not_divide_the_features():
+    inp = nm.Input((1, 6, 4, 4), "b,f,y,x")
+    with pytest.raises(ConfigError, match=r"divisors: \[1, 2, 3, 6\]"):
+        nm.GroupNorm(inp, n_groups=4)
 
 
 # ---------------------------------------------------------------------------------------------
