@@ -1,4 +1,15 @@
-"""Typed, actionable errors shared by the whole toolkit."""
+"""Typed, actionable errors shared by the whole toolkit.
+
+Every error ekn raises on purpose derives from :class:`EknError`; the messages say what is wrong
+and how to fix it.
+
+Example:
+    >>> err = UnknownPluginError("layers", "convv", ["conv", "concat", "crop"])
+    >>> print(err)
+    no layers plugin named 'convv'. Did you mean 'conv'? Run `ekn plugins` to list what is installed.
+    >>> isinstance(err, KeyError) and isinstance(err, EknError)
+    True
+"""
 
 from __future__ import annotations
 

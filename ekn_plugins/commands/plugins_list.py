@@ -1,4 +1,11 @@
-"""``ekn plugins``: every installed plugin, its distribution, version and load status."""
+"""``ekn plugins``: every installed plugin, its distribution, version and load status.
+
+Example:
+    >>> PluginsCommand._print_table([{"kind": "layers", "name": "conv", "distribution": "ekn",
+    ...                               "version": "0.1.0", "status": "loaded", "error": ""}])
+    KIND    NAME  DISTRIBUTION  VERSION  STATUS
+    layers  conv  ekn           0.1.0    loaded
+"""
 
 from __future__ import annotations
 

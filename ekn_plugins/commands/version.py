@@ -1,4 +1,13 @@
-"""``ekn version``: versions of ekn and of the libraries it runs on."""
+"""``ekn version``: versions of ekn and of the libraries it runs on (read from metadata, so
+TensorFlow is not imported).
+
+Example:
+    >>> import argparse
+    >>> VersionCommand().run(argparse.Namespace())  # doctest: +ELLIPSIS
+    ekn ...
+    python ...
+    0
+"""
 
 from __future__ import annotations
 

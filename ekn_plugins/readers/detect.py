@@ -1,4 +1,13 @@
-"""Built-in ``ekn_get_reader`` hook: picks a reader from a path's suffix or directory layout."""
+"""Built-in ``ekn_get_reader`` hook: picks a reader from a path's suffix or directory layout.
+
+It runs last (``trylast``), so a plugin's own answer for a path wins.
+
+Example:
+    >>> ekn_get_reader("raw_0.h5"), ekn_get_reader("pred.zarr"), ekn_get_reader("ds/kfix.k.toml")
+    ('hdf5', 'zarr', 'knossos')
+    >>> ekn_get_reader("notes.txt") is None
+    True
+"""
 
 from __future__ import annotations
 
