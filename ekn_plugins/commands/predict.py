@@ -54,8 +54,9 @@ class PredictCommand(Command):
     """Predict a volume densely with a trained model (out of core, resumable, optionally on Dask).
 
     MODEL is a saved model file or module:factory; INPUT and OUTPUT are volumes (file.h5:key,
-    x.zarr, a KNOSSOS data set). OUTPUT gets (n_lab, z, y, x) float32 chunks (zarr by default)
-    as blocks finish; rerunning the same command after an interruption skips finished blocks.
+    x.zarr, a KNOSSOS data set). OUTPUT gets (n_lab, z, y, x) float32 chunks as blocks finish
+    (zarr by default; uint8 probabilities for KNOSSOS, which stores no floating point);
+    rerunning the same command after an interruption skips finished blocks.
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
