@@ -126,11 +126,15 @@ def _discover() -> dict[str, list[EntryInfo]]:
     kind_of_group = {group: kind for kind, group in GROUPS.items()}
     seen: set[tuple[str, str, str, str]] = set()
     for dist in metadata.distributions():
+        # entry_points.txt is cheap to read; METADATA (name, version) only for ekn's plugins
+        eps = [ep for ep in dist.entry_points if ep.group in kind_of_group]
+        if not eps:
+            continue
         dist_name, version = _dist_name(dist), dist.version or "?"
-        for ep in dist.entry_points:
-            kind = kind_of_group.get(ep.group)
+        for ep in eps:
+            kind = kind_of_group[ep.group]
             key = (ep.group, ep.name, ep.value, dist_name)
-            if kind is None or key in seen:
+            if key in seen:
                 continue
             seen.add(key)
             status = _policy_status(kind, ep.name, dist_name)
