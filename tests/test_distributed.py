@@ -31,18 +31,8 @@ CONFIG = textwrap.dedent('''
     keep_checkpoints = 5
     plot_on = False
 
-    def create_model():
-        import ekn_core.neuromancer as nm
-        inp = nm.Input((None, 1, 7, 7), "b,f,y,x", name="raw")
-        out = nm.Perceptron(inp, 16, flatten=True, name="hidden")
-        out = nm.Perceptron(out, 10, activation_func="lin", name="logits")
-        out = nm.Softmax(out)
-        target = nm.Input_like(out, override_f=1, dtype="int16", name="target")
-        loss = nm.AggregateLoss(nm.MultinoulliNLL(out, target, target_is_sparse=True, name="nll"), name="loss")
-        model = nm.model_manager.getmodel()
-        model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=out)
-        return model
-''')
+    create_model = __import__("runpy").run_path(@MODEL@)["create_model"]
+''').replace("@MODEL@", repr(os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainer_files", "digits_mlp.py")))
 
 
 def _free_port() -> int:
