@@ -67,6 +67,19 @@ COMPILE_MODES = ("plain", "xla", "eager")
 _compile_override: str | None = None
 
 
+def _checked(value: str, allowed: Sequence[str], what: str) -> str:
+    """``value`` if it is one of ``allowed``, else one clear ConfigError naming the choices."""
+    if value not in allowed:
+        raise ConfigError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _from_env(name: str, allowed: Sequence[str]) -> str | None:
+    """The validated, lower-cased value of environment variable ``name``, or None when unset."""
+    value = os.environ.get(name, "").strip().lower()
+    return _checked(value, allowed, name) if value else None
+
+
 def set_compile_mode(mode: str | None) -> None:
     """Overrides how graph functions are compiled: ``'plain'`` (tf.function), ``'xla'``
     (tf.function with ``jit_compile=True``), ``'eager'`` (no compilation), or None for the
@@ -80,21 +93,13 @@ def set_compile_mode(mode: str | None) -> None:
         >>> set_compile_mode(None)
     """
     global _compile_override
-    if mode is not None and mode not in COMPILE_MODES:
-        raise ConfigError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
-    _compile_override = mode
+    _compile_override = None if mode is None else _checked(mode, COMPILE_MODES, "compile mode")
 
 
 def compile_mode() -> str:
     """The compile mode in effect (see :func:`set_compile_mode`)."""
-    if _compile_override is not None:
-        return _compile_override
-    env = os.environ.get("EKN_COMPILE", "").strip().lower()
-    if env:
-        if env not in COMPILE_MODES:
-            raise ConfigError(f"EKN_COMPILE must be one of {', '.join(COMPILE_MODES)}, got {env!r}")
-        return env
-    return "xla" if tf.config.list_physical_devices("GPU") else "plain"
+    return (_compile_override or _from_env("EKN_COMPILE", COMPILE_MODES)
+            or ("xla" if tf.config.list_physical_devices("GPU") else "plain"))
 
 
 def compile_function(fn: Callable[..., Any], mode: str | None = None) -> Callable[..., Any]:
@@ -132,19 +137,12 @@ def set_precision(policy: str | None) -> None:
         'float32'
     """
     global _precision_override
-    if policy is not None and policy not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {policy!r}")
-    _precision_override = policy
+    _precision_override = None if policy is None else _checked(policy, tuple(PRECISIONS), "precision")
 
 
 def precision() -> str:
     """The precision policy in effect (see :func:`set_precision`)."""
-    if _precision_override is not None:
-        return _precision_override
-    env = os.environ.get("EKN_PRECISION", "").strip().lower()
-    if env and env not in PRECISIONS:
-        raise ConfigError(f"EKN_PRECISION must be one of {', '.join(PRECISIONS)}, got {env!r}")
-    return env or "float32"
+    return _precision_override or _from_env("EKN_PRECISION", tuple(PRECISIONS)) or "float32"
 
 
 def compute_dtype() -> str:
@@ -1016,6 +1014,9 @@ class GraphFunction:
     def _function(self) -> Callable[..., Any]:
         mode = (compile_mode(), precision())
         if self._compiled is None or mode != self._mode:
+            # random nodes draw seeds from the global generator: create it here, outside any trace
+            # (created during a trace it forces a second trace of the first compiled call)
+            tf.random.get_global_generator()
             self._compiled, self._mode = compile_function(self.body, mode[0]), mode
         return self._compiled
 
