@@ -170,6 +170,7 @@ class Model:
         self.elapsed_time = 0.0
         self._meta = dict(DEFAULT_META)
         self.optimisers: dict[str, Any] = {}
+        self._optimiser_keys: dict[str, str] = {}  # config name ('Adam') → registry name, resolved once
         self._functions: dict[str, GraphFunction] = {}
 
     # ----------------------------------------------------------------------------- registration
@@ -347,10 +348,13 @@ class Model:
 
     def get_optimiser(self, name: str = "SGD") -> Any:
         """The optimiser instance for ``name`` (``'SGD'``, ``'Adam'``, ...: registry names, any case)."""
+        key = self._optimiser_keys.get(name)
+        if key in self.optimisers:  # the per-step path: no registry look-up
+            return self.optimisers[key]
         from ekn_core.optimisation import optimiser_class
 
         cls = optimiser_class(name)
-        key = cls.registry_name
+        key = self._optimiser_keys[name] = cls.registry_name
         if key not in self.optimisers:
             params = list(self.trainable_params.values())
             opt = cls(**{k: v for k, v in self._meta.items() if k in cls.META})
