@@ -90,10 +90,14 @@ def run(nets: list[str], frameworks: list[str], rounds: int, steps: int) -> dict
         peak = tf_worker.ask({"peak": True})["peak_gflops"] if tf_worker else None
         result["peak_gflops"] = peak
         raw: dict[tuple[str, str], dict[str, Any]] = {}
-        for _ in range(rounds):
+        for r in range(rounds):
             for net in nets:
                 for fw, w in workers.items():
+                    t0 = time.perf_counter()
                     reply = w.ask({"net": net, "steps": steps})
+                    # progress on stderr: a stalled or slow worker shows up before the final table
+                    print(f"round {r + 1}/{rounds} {net} {fw}: {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+                          flush=True)
                     entry = raw.setdefault((net, fw), {"times": []})
                     entry["times"] += reply["times"]
                     for key in ("build_s", "first_step_s"):
@@ -125,7 +129,8 @@ def report(result: dict[str, Any]) -> str:
     """Markdown table of :func:`run`'s result."""
     m = result["machine"]
     peak = result["peak_gflops"]
-    lines = [f"machine: {m['cpu']}, {m['cores']} cores; TF {m['tensorflow']}, Keras {m['keras']}, torch {m['torch']}",
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores{gpu}; TF {m['tensorflow']}, Keras {m['keras']}, torch {m['torch']}",
              f"load average before/after: {result['load_before']:.2f}/{result['load_after']:.2f}; "
              f"matmul peak: {peak:.0f} GFLOP/s" if peak else "matmul peak: not measured",
              f"{result['rounds']} rounds x {result['steps_per_round']} steps; times in ms", "",
@@ -136,7 +141,7 @@ def report(result: dict[str, Any]) -> str:
             pct = f"{r['pct_peak']:.0f}%" if "pct_peak" in r else "-"
             speedup = f"{r['ekn_speedup']:.2f}x" if r["ekn_speedup"] else "-"
             lines.append(f"| {net} {'x'.join(map(str, data['input']))} | {data['train_gflop']:.1f} | {fw} | "
-                         f"{1e3 * r['median']:.0f} | {1e3 * r['min']:.0f} | {1e3 * r['first_step_s']:.0f} | {pct} | "
+                         f"{1e3 * r['median']:.1f} | {1e3 * r['min']:.1f} | {1e3 * r['first_step_s']:.0f} | {pct} | "
                          f"{speedup} |")
     return "\n".join(lines)
 

@@ -278,10 +278,12 @@ def build_torch(net: FlatNet | UNet) -> Callable[[], float]:
         model: nn.Module = nn.Sequential(*mods)
     else:
         model = _TorchUNet(net)
+    device = torch_device()
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     loss_fn = nn.CrossEntropyLoss()
     x, y = batch_arrays(net)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y[:, 0].astype("int64"))
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y[:, 0].astype("int64")).to(device)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -291,6 +293,18 @@ def build_torch(net: FlatNet | UNet) -> Callable[[], float]:
         return float(loss.item())
 
     return step
+
+
+def torch_device() -> Any:
+    """PyTorch's device for the benchmarks: the GPU when PyTorch sees one (cuDNN autotuning on,
+    as TensorFlow autotunes its convolutions), else the CPU. ``loss.item()`` in the step waits
+    for the GPU, so step times are wall-clock times of finished steps."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def _TorchUNet(net: UNet) -> Any:  # noqa: N802 - a class factory (torch is imported lazily)
@@ -379,9 +393,16 @@ def summary(times: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": len(times)}
 
 
-def matmul_peak(size: int = 4096, repeats: int = 10) -> float:
-    """Measured float32 matmul rate of TensorFlow in GFLOP/s (median of ``repeats``): the "peak"."""
+def matmul_peak(size: int | None = None, repeats: int = 10) -> float:
+    """Measured float32 matmul rate of TensorFlow in GFLOP/s (median of ``repeats``): the "peak".
+
+    The matrices are 4096² on the CPU and 8192² where TensorFlow sees a GPU (so one product
+    outlasts the launch and copy-back overhead); on GPUs TensorFlow's float32 matmuls and
+    convolutions both use TF32 tensor cores by default.
+    """
     import tensorflow as tf
+
+    size = size or (8192 if tf.config.list_physical_devices("GPU") else 4096)
 
     a = tf.random.normal((size, size))
     b = tf.random.normal((size, size))
@@ -405,7 +426,7 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-                            "load_average": round(load_average(), 2)}
+                            "load_average": round(load_average(), 2), "gpu": gpu_name()}
     from importlib import metadata
 
     for dist in ("tensorflow", "keras", "torch", "numpy"):
@@ -414,6 +435,18 @@ def machine_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             info[dist] = None
     return info
+
+
+def gpu_name() -> str | None:
+    """Name of the first NVIDIA GPU (``nvidia-smi``), or None where there is none."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return None
+    done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                          text=True, timeout=30, check=False)
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
 
 
 def write_json(path: str, data: Any) -> None:

@@ -63,7 +63,8 @@ def ekn_on_train_step_end(trainer: Any, step: int, metrics: dict[str, float]) ->
 
     :param trainer: The running trainer.
     :param step: Number of steps done so far (1 after the first step).
-    :param metrics: At least ``loss``; also ``time_per_step`` and any monitored outputs.
+    :param metrics: At least ``loss``; also ``time_per_step``, ``data_time`` (seconds spent getting
+        batches in this step) and any monitored outputs.
     """
 
 

@@ -57,12 +57,20 @@ def _has_one_output(node: Node) -> bool:
     return not node.is_source and not getattr(node, "multi_output", False)
 
 
+def optimiser_role(optimiser: Any) -> str:
+    """``'train:<optimiser registry name>'``: the role of a training step in compile-choice keys."""
+    return f"train:{getattr(optimiser, 'registry_name', None) or type(optimiser).__name__.lower()}"
+
+
 class TrainStep(GraphFunction):
-    """Compiled training step: loss, gradients and the optimiser update in one function."""
+    """Compiled training step: loss, gradients and the optimiser update in one function.
+
+    Its role in compile-choice keys is ``'train:<optimiser>'`` (e.g. ``'train:adam'``).
+    """
 
     def __init__(self, model: Model, optimiser: Any, params: list[Param]):
         super().__init__([model.loss_node, *model.debug_outputs], inputs=model.loss_node.input_nodes,
-                         training=True, name=f"{model.name}:train")
+                         training=True, name=f"{model.name}:train", role=optimiser_role(optimiser))
         self.optimiser, self.params = optimiser, params
         with tf.init_scope():
             #: Dynamic loss scale of ``mixed_float16`` training (and the finite steps since it changed).
@@ -127,7 +135,7 @@ class GradientFunction(GraphFunction):
 
     def __init__(self, model: Model, params: list[Param]):
         super().__init__([model.loss_node], inputs=model.loss_node.input_nodes, training=True,
-                         name=f"{model.name}:gradients")
+                         name=f"{model.name}:gradients", role="gradients")
         self.params = params
 
     def body(self, *tensors: Any) -> list[Any]:
@@ -306,7 +314,7 @@ class Model:
     # ----------------------------------------------------------------------------- functions
     def _function(self, role: str, outputs: Sequence[Node], training: bool = False) -> GraphFunction:
         if role not in self._functions:
-            self._functions[role] = GraphFunction(outputs, training=training, name=f"{self.name}:{role}")
+            self._functions[role] = GraphFunction(outputs, training=training, name=f"{self.name}:{role}", role=role)
         return self._functions[role]
 
     def predict(self, *inputs: Any) -> np.ndarray:
@@ -360,8 +368,12 @@ class Model:
             opt = cls(**{k: v for k, v in self._meta.items() if k in cls.META})
             opt.build(params)
             self.optimisers[key] = opt
-            self._functions[f"train:{key}"] = _train_step(self, opt, params)
+            self._functions[optimiser_role(opt)] = _train_step(self, opt, params)
         return self.optimisers[key]
+
+    def train_function(self, optimiser: str = "SGD") -> TrainStep:
+        """The compiled training step of optimiser ``optimiser`` (built with it on first use)."""
+        return self._functions[optimiser_role(self.get_optimiser(optimiser))]  # type: ignore[return-value]
 
     def trainingstep(self, *batch: Any, optimiser: str = "SGD", update_loss: bool = False) -> tuple[float, float, Any]:
         """One optimisation step on a batch (arrays in ``loss_node.input_nodes`` order).
@@ -369,9 +381,40 @@ class Model:
         Returns:
             ``(loss, seconds, debug_outputs or None)``.
         """
-        step = self._functions[f"train:{self.get_optimiser(optimiser).registry_name}"]
+        step = self.train_function(optimiser)
+        return self._run_training_step(step, step.check_arrays(batch))
+
+    def trainingstep_prepared(self, canonical: Sequence[Any], optimiser: str = "SGD") -> tuple[float, float, Any]:
+        """One optimisation step on a batch that was validated already.
+
+        ``canonical`` is what ``model.train_function(optimiser).check_arrays(batch)`` returned: the
+        arrays in canonical layout, as numpy arrays or as tensors already on the training device
+        (from :class:`ekn_core.trainer.prefetch.DevicePrefetcher`). They are not checked again and
+        tensors are not copied back to the host. Bookkeeping and result are those of
+        :meth:`trainingstep`.
+
+        Example:
+            >>> import numpy as np
+            >>> from ekn_core import neuromancer as nm
+            >>> model = nm.model_manager.newmodel("doc_prepared")
+            >>> inp = nm.Input((None, 4), 'b,f', name='x')
+            >>> probs = nm.Softmax(nm.Perceptron(inp, 3, activation_func='lin'))
+            >>> target = nm.Input_like(probs, override_f=1, dtype='int16', name='target')
+            >>> loss = nm.AggregateLoss(nm.MultinoulliNLL(probs, target, target_is_sparse=True))
+            >>> model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=probs)
+            >>> step = model.train_function("SGD")
+            >>> canonical = step.check_arrays([np.ones((2, 4), "float32"), np.zeros((2, 1), "int16")])
+            >>> loss_value, seconds, debug = model.trainingstep_prepared(canonical, optimiser="SGD")
+            >>> model.iterations, isinstance(loss_value, float)
+            (1, True)
+        """
+        return self._run_training_step(self.train_function(optimiser), canonical)
+
+    def _run_training_step(self, step: TrainStep, canonical: Sequence[Any]) -> tuple[float, float, Any]:
+        """Runs ``step`` on canonical arrays or tensors and does the per-step bookkeeping
+        (``iterations``, ``elapsed_time``, debug outputs in their declared layouts)."""
         t0 = time.perf_counter()
-        outs = step.run_canonical(step.check_arrays(batch))
+        outs = step.run_canonical(canonical)
         elapsed = time.perf_counter() - t0
         self.iterations += 1
         self.elapsed_time += elapsed

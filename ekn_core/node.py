@@ -64,6 +64,9 @@ FLOATX = "float32"
 # Compile mode
 # ---------------------------------------------------------------------------------------------
 COMPILE_MODES = ("plain", "xla", "eager")
+#: Values accepted by :func:`set_compile_mode`, ``EKN_COMPILE`` and the trainer's ``compile_mode``:
+#: a mode, or ``'auto'`` (the measured choice of :mod:`ekn_core.compile_choice`, else the device rule).
+COMPILE_SETTINGS = (*COMPILE_MODES, "auto")
 _compile_override: str | None = None
 
 
@@ -82,10 +85,12 @@ def _from_env(name: str, allowed: Sequence[str]) -> str | None:
 
 def set_compile_mode(mode: str | None) -> None:
     """Overrides how graph functions are compiled: ``'plain'`` (tf.function), ``'xla'``
-    (tf.function with ``jit_compile=True``), ``'eager'`` (no compilation), or None for the
-    default (``EKN_COMPILE`` environment variable, else XLA on GPU and plain on CPU).
+    (tf.function with ``jit_compile=True``), ``'eager'`` (no compilation), ``'auto'`` (the
+    measured choice cached for each function, see :mod:`ekn_core.compile_choice`; the trainer
+    measures it when it is missing), or None for the default (``EKN_COMPILE`` environment
+    variable, else the cached choice, else XLA on GPU and plain on CPU).
 
-    Existing compiled functions are recompiled on their next call.
+    Existing compiled functions switch on their next call.
 
     Example:
         >>> set_compile_mode('eager'); compile_mode()
@@ -93,18 +98,68 @@ def set_compile_mode(mode: str | None) -> None:
         >>> set_compile_mode(None)
     """
     global _compile_override
-    _compile_override = None if mode is None else _checked(mode, COMPILE_MODES, "compile mode")
+    _compile_override = None if mode is None else _checked(mode, COMPILE_SETTINGS, "compile mode")
+
+
+def requested_compile_mode() -> str | None:
+    """What was asked for: the :func:`set_compile_mode` override, else ``EKN_COMPILE``, else None.
+
+    May be ``'auto'``. Use :func:`resolve_compile_mode` for the mode a function is compiled in.
+
+    Example:
+        >>> set_compile_mode('auto'); requested_compile_mode()
+        'auto'
+        >>> set_compile_mode(None)
+    """
+    return _compile_override or _from_env("EKN_COMPILE", COMPILE_SETTINGS)
+
+
+def device_rule() -> str:
+    """The fixed rule used when nothing else decides: ``'xla'`` when TensorFlow sees a GPU (a
+    visible one: ``--gpu cpu`` hides them), else ``'plain'``."""
+    return "xla" if tf.config.get_visible_devices("GPU") else "plain"
+
+
+def resolve_compile_mode(key: str | Callable[[], str] | None = None) -> str:
+    """The compile mode of a function: the one place the order is decided.
+
+    1. the :func:`set_compile_mode` override, 2. ``EKN_COMPILE``, 3. the measured choice cached
+    for ``key`` (:func:`ekn_core.compile_choice.cached_choice`), 4. :func:`device_rule`.
+    ``'auto'`` at step 1 or 2 skips to step 3.
+
+    Args:
+        key: The function's compile-choice key (:meth:`GraphFunction.compile_key`), or a
+            zero-argument callable returning it (called only when the cache is consulted), or
+            None (no cache look-up).
+
+    Example:
+        >>> set_compile_mode('xla'); resolve_compile_mode('any|key')
+        'xla'
+        >>> set_compile_mode(None)
+    """
+    requested = requested_compile_mode()
+    if requested is not None and requested != "auto":
+        return requested
+    if key is not None:
+        from ekn_core.compile_choice import cached_choice
+
+        choice = cached_choice(key() if callable(key) else key)
+        if choice is not None:
+            return choice
+    return device_rule()
 
 
 def compile_mode() -> str:
-    """The compile mode in effect (see :func:`set_compile_mode`)."""
-    return (_compile_override or _from_env("EKN_COMPILE", COMPILE_MODES)
-            or ("xla" if tf.config.list_physical_devices("GPU") else "plain"))
+    """The compile mode in effect without a function key: override > ``EKN_COMPILE`` > device
+    rule (``'auto'`` resolves to the rule; see :func:`resolve_compile_mode`)."""
+    return resolve_compile_mode(None)
 
 
 def compile_function(fn: Callable[..., Any], mode: str | None = None) -> Callable[..., Any]:
-    """Wraps ``fn`` for ``mode`` (default :func:`compile_mode`): tf.function, XLA or as is."""
-    mode = mode or compile_mode()
+    """Wraps ``fn`` for ``mode`` (default and ``'auto'``: :func:`compile_mode`): tf.function, XLA
+    or as is."""
+    if mode in (None, "auto"):
+        mode = compile_mode()
     if mode == "eager":
         return fn
     return tf.function(fn, jit_compile=(mode == "xla"), reduce_retracing=False)
@@ -944,31 +999,40 @@ class GraphFunction:
     """A compiled function from source-node arrays to output-node arrays.
 
     Validates the arrays (count, rank, sizes, dtype) with messages that name the input and what
-    was expected, transposes them to the canonical layout, runs the compiled function (compiled
-    on first call in the mode of :func:`compile_mode`) and returns numpy arrays in the outputs'
-    declared layouts (one array for one output, else a list).
+    was expected, transposes them to the canonical layout, runs the compiled function and returns
+    numpy arrays in the outputs' declared layouts (one array for one output, else a list).
+
+    The compile mode is decided per call by :func:`resolve_compile_mode` with this function's
+    :meth:`compile_key` (so a measured choice cached for this device, role, input shapes,
+    precision and architecture is used); one compiled function is kept per (mode, precision).
 
     Args:
         outputs: Nodes to compute.
         inputs: Source nodes in argument order (default: :func:`union_inputs` of ``outputs``).
         training: Training mode flag passed to every ``_forward``.
         name: For messages.
+        role: What the function is for, part of its compile-choice key (``'predict'``,
+            ``'train:adam'``, ...; default ``'nodes:<output names>'``, plus ``':training'``).
 
     Attributes:
         traces: How often the Python body was traced (compiled); counts retraces in tests.
         last_exec_time: Seconds of the last call (excluding conversion).
+        last_mode: The compile mode of the last call (None before the first).
     """
 
     def __init__(self, outputs: Sequence[Node], inputs: Sequence[Node] | None = None, training: bool = False,
-                 name: str = ""):
+                 name: str = "", role: str | None = None):
         self.outputs = list(outputs)
         self.inputs = list(inputs) if inputs is not None else union_inputs(self.outputs)
         self.training = training
         self.name = name or ",".join(o.name for o in self.outputs)
+        self.role = role or (f"nodes:{','.join(o.name for o in self.outputs)}" + (":training" if training else ""))
         self.traces = 0
         self.last_exec_time: float | None = None
-        self._compiled: Callable[..., Any] | None = None
-        self._mode: tuple[str, str] | None = None
+        self.last_mode: str | None = None
+        self._compiled: dict[tuple[str, str], Callable[..., Any]] = {}
+        self._architecture: str | None = None
+        self._keys: dict[tuple[Any, ...], str] = {}  # compile keys by (device scope, precision, signature)
 
     def body(self, *tensors: Any) -> list[Any]:
         """The traced computation (canonical tensors in, list of canonical tensors out)."""
@@ -1011,20 +1075,76 @@ class GraphFunction:
             converted.append(np.ascontiguousarray(node.shape.to_canonical(array)))
         return converted
 
-    def _function(self) -> Callable[..., Any]:
-        mode = (compile_mode(), precision())
-        if self._compiled is None or mode != self._mode:
+    # ----------------------------------------------------------------------------- compile mode
+    @property
+    def architecture(self) -> str:
+        """Short hash of the descriptors of every node the outputs depend on (see
+        :func:`ekn_core.compile_choice.architecture_hash`)."""
+        if self._architecture is None:
+            from ekn_core.compile_choice import architecture_hash
+
+            self._architecture = architecture_hash(topological_order(self.outputs).values())
+        return self._architecture
+
+    def compile_key(self, arrays: Sequence[np.ndarray], device: str | None = None) -> str:
+        """This function's compile-choice key for canonical ``arrays``: device kind | role | input
+        shapes and dtypes | precision | architecture hash (see :func:`ekn_core.compile_choice.choice_key`).
+
+        Args:
+            arrays: The canonical arrays of a call (:meth:`check_arrays`), or the same as tensors.
+            device: TensorFlow device name (default: the current device scope, else the default device).
+        """
+        from ekn_core.compile_choice import choice_key, device_kind, device_scope, signature
+
+        if device is None:
+            device = device_scope()
+        memo = (device, precision(), tuple((tuple(a.shape), getattr(a.dtype, "name", None) or str(a.dtype))
+                                           for a in arrays))
+        key = self._keys.get(memo)
+        if key is None:
+            key = self._keys[memo] = choice_key(device_kind(device), self.role, signature(arrays), memo[1],
+                                                self.architecture)
+        return key
+
+    def _compile(self, mode: str) -> Callable[..., Any]:
+        """The compiled body for ``mode`` (subclasses that compile another callable override it)."""
+        return compile_function(self.body, mode)
+
+    def compiled(self, mode: str) -> Callable[..., Any]:
+        """The compiled function for ``mode`` and the precision in effect (compiled once, then kept)."""
+        slot = (_checked(mode, COMPILE_MODES, "compile mode"), precision())
+        fn = self._compiled.get(slot)
+        if fn is None:
             # random nodes draw seeds from the global generator: create it here, outside any trace
             # (created during a trace it forces a second trace of the first compiled call)
             tf.random.get_global_generator()
-            self._compiled, self._mode = compile_function(self.body, mode[0]), mode
-        return self._compiled
+            fn = self._compiled[slot] = self._compile(mode)
+        return fn
 
-    def run_canonical(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Runs on already validated canonical arrays; returns canonical numpy arrays."""
-        fn = self._function()
+    def forget_compiled(self, keep: str | None = None) -> None:
+        """Drops the compiled functions (all, or all but those of mode ``keep``); the next call compiles again."""
+        self._compiled = {slot: fn for slot, fn in self._compiled.items() if keep is not None and slot[0] == keep}
+
+    def _function(self, arrays: Sequence[np.ndarray] = (), mode: str | None = None) -> Callable[..., Any]:
+        """The compiled function for a call with canonical ``arrays`` in ``mode`` (default: resolved by
+        :func:`resolve_compile_mode` from :meth:`compile_key`)."""
+        if mode is None:
+            mode = resolve_compile_mode(lambda: self.compile_key(arrays))
+        fn = self.compiled(mode)
+        self.last_mode = mode
+        return fn
+
+    def run_canonical(self, arrays: Sequence[Any], mode: str | None = None) -> list[np.ndarray]:
+        """Runs on already validated canonical arrays (in ``mode``, default resolved); returns
+        canonical numpy arrays.
+
+        ``arrays`` are numpy arrays (converted here) or tensors, which are passed on unchanged, so a
+        batch already copied to the device (:class:`ekn_core.trainer.prefetch.DevicePrefetcher`)
+        is not copied back to the host.
+        """
+        fn = self._function(arrays, mode)
         t0 = time.perf_counter()
-        outs = fn(*[tf.convert_to_tensor(a) for a in arrays])
+        outs = fn(*[a if isinstance(a, tf.Tensor) else tf.convert_to_tensor(a) for a in arrays])
         outs = [np.asarray(o) for o in outs]
         self.last_exec_time = time.perf_counter() - t0
         return outs

@@ -1,16 +1,37 @@
 """Shared test fixtures.
 
 TensorFlow's C++ logging is silenced and its threads are kept to the two cores of the CI
-machine. Tests that need a fresh plugin discovery call ``ekn_core.plugins.reset()``.
+machine. Tests that need a fresh plugin discovery call ``ekn_core.plugins.reset()``. The
+compile-mode cache is a fresh file of this session (``EKN_COMPILE_CACHE``), so choices measured on
+the machine (``~/.cache/ekn/compile_modes.json``) never change how tests compile, and tests never
+write there.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_CACHE_DIR = tempfile.mkdtemp(prefix="ekn-test-compile-cache-")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+os.environ["EKN_COMPILE_CACHE"] = os.path.join(_CACHE_DIR, "compile_modes.json")
 
 import pytest  # noqa: E402
 
 SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _full_float32_on_gpus():
+    """On GPU machines float32 tests mean float32: TensorFlow runs float32 convolutions and matrix
+    products in TF32 (10-bit mantissa) by default there, which misses the numpy references'
+    tolerances (seen on an H200 for dilated 3-D convolutions, even with NVIDIA_TF32_OVERRIDE=0)."""
+    if shutil.which("nvidia-smi"):
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    yield
 
 
 @pytest.fixture

@@ -85,6 +85,10 @@ SETTINGS: dict[str, Setting] = {
                              "matching Input node)."),
     "background_processes": Setting(False, "False, or the number of background worker processes "
                                     "preparing batches (True means 2)."),
+    "prefetch_to_device": Setting(None, "Copy the next training batch to the training device on a background "
+                                  "thread while the current step runs: None (on when training on a GPU, off "
+                                  "on the CPU and with distribute), True or False to force it. Batches, losses "
+                                  "and weights are the same either way.", "ekn"),
     # -- training length and monitoring ---------------------------------------------------------------
     "n_steps": Setting(REQUIRED, "Number of training steps (iterations) to do in total."),
     "max_runtime": Setting(None, "Stop after this many seconds spent in the training loop (None: no "
@@ -139,8 +143,11 @@ SETTINGS: dict[str, Setting] = {
     # -- hardware -------------------------------------------------------------------------------------
     "device": Setting(None, "GPU to use: None (default device), an int, 'auto' (GPU with most free memory) "
                       "or 'cpu'. The --gpu option wins."),
-    "compile_mode": Setting(None, "How steps are compiled: 'plain' (tf.function), 'xla' or 'eager'; None "
-                            "picks XLA on GPU, plain on CPU.", "ekn"),
+    "compile_mode": Setting(None, "How steps are compiled: 'plain' (tf.function), 'xla', 'eager', or 'auto' "
+                            "(measure plain and XLA on the first batch when the compile-mode cache has no "
+                            "choice for this net, shape, precision and device, then use the cached "
+                            "choice); None uses EKN_COMPILE, else a cached choice, else XLA on GPU and "
+                            "plain on CPU.", "ekn"),
     "distribute": Setting(None, "Data-parallel training: None, 'mirrored' (several local GPUs) or "
                           "'multiworker' (several hosts, TF_CONFIG).", "ekn"),
 }
@@ -170,6 +177,10 @@ IGNORED = {
 UNSUPPORTED = {
     "sequence_training": "the skeleton-tracing trainers of ELEKTRONN2 are not part of ekn",
 }
+
+#: Why ``prefetch_to_device=True`` and ``distribute`` do not combine.
+PREFETCH_DISTRIBUTED = ("prefetch_to_device=True cannot be combined with distribute: the tf.distribute strategy "
+                        "places each replica's share of the batch itself; leave prefetch_to_device None or False")
 
 #: Settings whose string value (or first tuple element) is a path with '~' to expand.
 _PATH_SETTINGS = ("save_path", "model_load_path", "preview_data_path", "data_class")
@@ -442,11 +453,16 @@ class ExperimentConfig:
             problems.append(f"nan_lr_factor must be in (0, 1), got {v['nan_lr_factor']!r}")
         if v["distribute"] not in (None, "mirrored", "multiworker"):
             problems.append(f"distribute must be None, 'mirrored' or 'multiworker', got {v['distribute']!r}")
-        if v["compile_mode"] not in (None, "plain", "xla", "eager"):
-            problems.append(f"compile_mode must be None, 'plain', 'xla' or 'eager', got {v['compile_mode']!r}")
+        if v["compile_mode"] not in (None, "plain", "xla", "eager", "auto"):
+            problems.append(f"compile_mode must be None, 'plain', 'xla', 'eager' or 'auto', got {v['compile_mode']!r}")
         bp = v["background_processes"]
         if not (isinstance(bp, (bool, int)) and bp >= 0):
             problems.append(f"background_processes must be False or a number of processes, got {bp!r}")
+        pf = v["prefetch_to_device"]
+        if not (pf is None or isinstance(pf, (bool, np.bool_))):
+            problems.append(f"prefetch_to_device must be None (on when training on a GPU), True or False, got {pf!r}")
+        elif pf and v["distribute"] is not None:
+            problems.append(PREFETCH_DISTRIBUTED)
         if not isinstance(v["optimiser"], str):
             problems.append(f"optimiser must be a name such as 'Adam', got {v['optimiser']!r}")
         if problems:

@@ -83,3 +83,17 @@ def select_device(spec: Any) -> str:
         raise ConfigError(f"GPU {choice} does not exist; TensorFlow sees {len(gpus)} GPU(s) (0..{len(gpus) - 1})")
     tf.config.set_visible_devices([gpus[choice]], "GPU")
     return f"GPU {choice}"
+
+
+def training_device() -> str:
+    """The TensorFlow device training steps run on by default: the first visible GPU, else the CPU.
+
+    After :func:`select_device` only the chosen GPU is visible, so it is ``'/device:GPU:0'``.
+
+    Example:
+        >>> training_device() in ("/device:GPU:0", "/device:CPU:0")
+        True
+    """
+    import tensorflow as tf
+
+    return "/device:GPU:0" if tf.config.list_logical_devices("GPU") else "/device:CPU:0"

@@ -39,7 +39,7 @@ import numpy as np
 
 from ekn_core.errors import ConfigError
 from ekn_core.model import TrainStep
-from ekn_core.node import compile_function, compile_mode
+from ekn_core.node import compile_function
 from ekn_core.lazy import tf
 
 log = logging.getLogger("ekn.trainer")
@@ -117,6 +117,7 @@ class DistributedTrainStep(TrainStep):
     def __init__(self, model: Any, optimiser: Any, params: list[Any], strategy: Any):
         super().__init__(model, optimiser, params)
         self.strategy = strategy
+        self.role = f"{self.role}:{type(strategy).__name__}x{strategy.num_replicas_in_sync}"
         self.batch_axes = [_batch_axis(n) for n in self.inputs]
         self.output_axes = [_batch_axis(n) for n in self.outputs[1:]]
 
@@ -132,13 +133,13 @@ class DistributedTrainStep(TrainStep):
         rest = [self.strategy.gather(o, axis=axis or 0) for o, axis in zip(outs[1:], self.output_axes)]
         return [loss, *rest]
 
-    def _function(self) -> Any:
-        mode = compile_mode()
-        if self._compiled is None or mode != self._mode:
-            if mode == "xla":
-                log.info("distributed training step: tf.function without XLA (collectives across replicas)")
-            self._compiled, self._mode = compile_function(self._step, "plain" if mode == "xla" else mode), mode
-        return self._compiled
+    def _compile(self, mode: str) -> Any:
+        """The compiled distributed step; the mode comes from the same resolution as every
+        function's (:func:`ekn_core.node.resolve_compile_mode` with this step's key), and XLA
+        falls back to plain ``tf.function`` (collectives across replicas)."""
+        if mode == "xla":
+            log.info("distributed training step: tf.function without XLA (collectives across replicas)")
+        return compile_function(self._step, "plain" if mode == "xla" else mode)
 
     def shards(self, arrays: list[np.ndarray]) -> Any:
         """The per-replica slices of a global batch (inputs without a batch axis are copied)."""
@@ -155,9 +156,9 @@ class DistributedTrainStep(TrainStep):
 
         return self.strategy.experimental_distribute_values_from_function(value_fn)
 
-    def run_canonical(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """Runs one distributed step on a global batch of canonical arrays."""
-        fn = self._function()
+    def run_canonical(self, arrays: list[np.ndarray], mode: str | None = None) -> list[np.ndarray]:
+        """Runs one distributed step on a global batch of canonical arrays (in ``mode``, default resolved)."""
+        fn = self._function(arrays, mode)
         values = self.shards(list(arrays))
         t0 = time.perf_counter()
         outs = [np.asarray(o) for o in fn(*values)]

@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -144,7 +144,8 @@ class Trainer:
 
     Attributes (read/write from the shell; changes take effect at the next step):
         config, model, data, optimiser, schedules, history, run_dir, step (steps done),
-        elapsed (training seconds), pause_requested, stop_requested, status, batch_size.
+        elapsed (training seconds), pause_requested, stop_requested, status, batch_size,
+        prefetch_device (where the next batch is copied during a step; None: prefetching is off).
     """
 
     def __init__(self, config: ExperimentConfig, run_dir: RunDir | str | None = None, resume: bool = False,
@@ -172,7 +173,13 @@ class Trainer:
         self._last_preview_step = -1
         self._step_times: collections.deque[float] = collections.deque(
             maxlen=int(config.time_per_step_smoothing_length))
+        self._compile_mode_checked = False
         self._log_handler: logging.Handler | None = None
+        #: Device the next batch is copied to during a step (None: prefetching is off); see ``prefetch_to_device``.
+        self.prefetch_device: str | None = None
+        self._prefetcher: Any = None  # a DevicePrefetcher, started on first use
+        # key of the prefetched batch, and the error if drawing it failed
+        self._next: tuple[tuple[Any, ...], BaseException | None] | None = None
 
         if resume:
             if not self.run_dir.exists():
@@ -256,6 +263,7 @@ class Trainer:
         from ekn_core.trainer.distributed import make_strategy
 
         self.strategy = make_strategy(self.config.distribute)  # before any op: MultiWorker needs that
+        self.prefetch_device = self._choose_prefetch_device()
         seed = int(self.config.seed)
         if self.config.deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -268,6 +276,22 @@ class Trainer:
         # Random ops in layers should draw from the global generator: its state is checkpointed.
         self.tf_generator = tf.random.Generator.from_seed(seed)
         tf.random.set_global_generator(self.tf_generator)
+
+    def _choose_prefetch_device(self) -> str | None:
+        """The device batches are prefetched to, from ``prefetch_to_device`` (None: on for a GPU)."""
+        from ekn_core.trainer.config import PREFETCH_DISTRIBUTED
+        from ekn_core.trainer.devices import training_device
+
+        setting = self.config.prefetch_to_device
+        if self.strategy is not None:
+            if setting:
+                raise ConfigError(PREFETCH_DISTRIBUTED)
+            return None
+        device = training_device()
+        if not (setting if setting is not None else "GPU" in device):
+            return None
+        log.info("prefetching training batches to %s", device)
+        return device
 
     @contextlib.contextmanager
     def strategy_scope(self) -> Iterator[None]:
@@ -329,13 +353,18 @@ class Trainer:
         self._background: Any = None
         log.info("data: %r", self.data)
 
-    def _background_batches(self) -> Any:
-        """The background workers for training batches (started on first use at the current step)."""
+    def _background_batches(self, step: int) -> Any:
+        """The background workers for training batches, whose next batch is that of ``step``
+        (started on first use, restarted when another step's batch is wanted). None when the
+        batch of ``step`` is drawn here: without workers, or when the workers are one batch ahead
+        (a prefetched batch was dropped, or the shell drew one), which is cheaper than a restart."""
         n = self.config.background_processes
         n = 2 if n is True else int(n or 0)
         if not n or not self._data_takes_rng:
             return None
-        if self._background is None or self._background.next_index != self.step:
+        if self._background is not None and self._background.next_index == step + 1:
+            return None
+        if self._background is None or self._background.next_index != step:
             import functools
 
             from ekn_core.plugins import registry
@@ -346,8 +375,8 @@ class Trainer:
                                         dict(self.config.data_init_kwargs))
             self._background = registry("data").get("background_batches")(
                 factory, self.batch_size, n_workers=n, seed=int(self.config.seed), source="train",
-                batch_kwargs=dict(self.config.data_batch_args), start=self.step)
-            log.info("started %d background data worker(s) at step %d", n, self.step)
+                batch_kwargs=dict(self.config.data_batch_args), start=step)
+            log.info("started %d background data worker(s) at step %d", n, step)
         return self._background
 
     def close_background(self) -> None:
@@ -364,12 +393,12 @@ class Trainer:
                   stream: str | None = None) -> tuple[np.ndarray, ...]:
         """A batch as the training step needs it (``class_weights`` appended), seeded by ``(seed, step)``.
 
-        Training batches of the current step come from the background workers when
+        Training batches of the current and the next step come from the background workers when
         ``background_processes`` is set; they are the same batches the serial path draws.
         """
         step = self.step if step is None else step
-        background = self._background_batches() if (source == "train" and stream is None and size is None
-                                                      and step == self.step) else None
+        background = self._background_batches(step) if (source == "train" and stream is None and size is None
+                                                          and step in (self.step, self.step + 1)) else None
         if background is not None:
             batch = tuple(background.get())
         else:
@@ -388,6 +417,68 @@ class Trainer:
             batch = (*batch, np.asarray(self.config.class_weights, dtype=np.float32))
         return batch
 
+    # ------------------------------------------------------------------------------------------ prefetching
+    def _batch_key(self, step: int, fn: Any) -> tuple[Any, ...]:
+        """What the training batch of ``step`` and its validation depend on: a prefetched batch is
+        used only if this is unchanged when its step comes (schedules and the shell may change it)."""
+        cfg = self.config
+        weights = None if cfg.class_weights is None else np.asarray(cfg.class_weights).tobytes()
+        return (int(step), self.batch_size, int(cfg.seed), id(self.data), id(self.model), id(fn),
+                repr(cfg.data_batch_args), weights, tuple(tuple(n.shape.shape) for n in fn.inputs))
+
+    def _training_batch(self) -> tuple[tuple[np.ndarray, ...], Sequence[Any]]:
+        """The batch of the step after :attr:`step`: its numpy arrays (for the NaN check, monitoring
+        and the shell) and the validated canonical arrays the step runs on (tensors on the device when
+        the batch was prefetched during the previous step)."""
+        fn = self.model.train_function(self.config.optimiser)
+        key = self._batch_key(self.step, fn)
+        prefetched, self._next = self._next, None
+        if prefetched is not None:
+            if prefetched[0] == key:
+                if prefetched[1] is not None:
+                    raise prefetched[1]  # drawing it failed: fail where the serial path fails
+                item = self._prefetcher.take()
+                return item.tag[1], item.tensors
+            log.debug("the batch prefetched for step %d is not the next step's: drawing it again",
+                      prefetched[0][0] + 1)
+            self._drop_prefetched()
+        batch = self.get_batch("train")
+        return batch, fn.check_arrays(batch)
+
+    def _prefetch_next(self) -> None:
+        """With prefetching on, draws and validates the next step's batch here (data sources are not
+        thread-safe) and submits it for the copy to the device, which overlaps the coming step."""
+        step = self.step + 1
+        if (self.prefetch_device is None or step >= int(self.config.n_steps) or self.stop_requested
+                or self.pause_requested):
+            return
+        fn = self.model.train_function(self.config.optimiser)
+        key = self._batch_key(step, fn)
+        try:
+            batch = self.get_batch("train", step=step)
+            canonical = fn.check_arrays(batch)
+        except Exception as err:  # raised when its step comes, where the serial path would raise it
+            self._next = (key, err)
+            return
+        if self._prefetcher is None or self._prefetcher.closed:
+            from ekn_core.trainer.prefetch import DevicePrefetcher
+
+            self._prefetcher = DevicePrefetcher(self.prefetch_device)
+        self._prefetcher.submit(canonical, tag=(key, batch))
+        self._next = (key, None)
+
+    def _drop_prefetched(self) -> None:
+        """Forgets the prefetched batch (rollback, resume, the shell): the next step draws its batch again."""
+        self._next = None
+        if self._prefetcher is not None:
+            self._prefetcher.discard()
+
+    def close_prefetcher(self) -> None:
+        """Stops the device prefetch thread (it restarts when needed)."""
+        self._next = None
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+
     def _voxels(self, batch: tuple[np.ndarray, ...]) -> int:
         tags = self.model.input_node.shape.tags
         shape = batch[0].shape
@@ -404,7 +495,7 @@ class Trainer:
             if err is not None and set(n.name for n in union_inputs([err])) <= {n.name for n in loss.input_nodes}:
                 outputs.append(err)
             self._monitor_fn = GraphFunction(outputs, inputs=loss.input_nodes, training=False,
-                                             name=f"{self.model.name}:monitor")
+                                             name=f"{self.model.name}:monitor", role="monitor")
         return self._monitor_fn
 
     def evaluate(self, source: str) -> tuple[float, float]:
@@ -561,6 +652,7 @@ class Trainer:
         self.evaluations_without_improvement = int(s.get("evaluations_without_improvement", 0))
         self.next_preview_h = float(s["next_preview_h"])
         self.last_metrics = {"loss": s["last_loss"]} if s.get("last_loss") is not None else {}
+        self._drop_prefetched()
 
     # ------------------------------------------------------------------------------------------ shell seam
     def open_shell(self) -> str:
@@ -568,6 +660,7 @@ class Trainer:
         from ekn_core.trainer.shell import run_shell
 
         self.pause_requested = False
+        self._drop_prefetched()  # the shell may change what the next batch is
         result = run_shell(self)
         if result == "kill":
             self.stop_requested = True
@@ -646,11 +739,24 @@ class Trainer:
         return False
 
     def train_step(self) -> float:
-        """Runs one training step (schedules, batch, compiled step, timeline, hook); returns the loss."""
+        """Runs one training step (schedules, batch, compiled step, timeline, hook); returns the loss.
+
+        With prefetching on (:attr:`prefetch_device`), the batch of this step was copied to the
+        device during the previous step, and the next step's batch is drawn, validated and
+        submitted for its copy before this step runs. ``data_time`` in the metrics is the time
+        spent getting batches in this step (drawing, validating, waiting for a copy).
+        """
         t0 = time.perf_counter()
         self.schedules.update(self.step)
-        batch = self.get_batch("train")
-        loss, step_time, debug = self.model.trainingstep(*batch, optimiser=self.config.optimiser)
+        t_data = time.perf_counter()
+        batch, canonical = self._training_batch()
+        data_time = time.perf_counter() - t_data
+        if not self._compile_mode_checked:
+            t0 += self.tune_compile_mode(batch)  # measuring is not training time
+        t_next = time.perf_counter()
+        self._prefetch_next()
+        data_time += time.perf_counter() - t_next
+        loss, step_time, debug = self.model.trainingstep_prepared(canonical, optimiser=self.config.optimiser)
         if not math.isfinite(loss) or not self._params_finite():
             loss = loss if not math.isfinite(loss) else math.nan
             self.elapsed += time.perf_counter() - t0
@@ -667,11 +773,46 @@ class Trainer:
         for node, value in zip(self.model.debug_outputs, debug or []):
             row[f"debug/{node.name}"] = float(np.mean(value))
         self.history.timeline.append(**row)
-        self.last_metrics = {"loss": loss, "time_per_step": step_time, "lr": self.model.lr,
-                             "voxels": float(self._voxels(batch)),
+        self.last_metrics = {"loss": loss, "time_per_step": step_time, "data_time": data_time,
+                             "lr": self.model.lr, "voxels": float(self._voxels(batch)),
                              **{k: v for k, v in row.items() if k.startswith("debug/")}}
         host().train_step_end(self, self.step, dict(self.last_metrics))
         return loss
+
+    def tune_compile_mode(self, batch: tuple[np.ndarray, ...]) -> float:
+        """Before the first step of this process: with compile mode ``'auto'`` (config,
+        :func:`~ekn_core.node.set_compile_mode` or ``EKN_COMPILE``) and no cached choice for the
+        training step's key, measures plain and XLA on ``batch`` and caches the fastest
+        (:func:`ekn_core.compile_choice.tune_training_step`; the model state is restored exactly).
+
+        Returns:
+            Seconds spent measuring (0 when nothing was measured).
+        """
+        from ekn_core import compile_choice
+        from ekn_core.node import requested_compile_mode
+
+        self._compile_mode_checked = True
+        if requested_compile_mode() != "auto":
+            return 0.0
+        if self.strategy is not None:
+            log.info("compile mode 'auto': distributed steps are compiled with tf.function (no XLA); "
+                     "nothing to measure")
+            return 0.0
+        step = self.model.train_function(self.config.optimiser)
+        key = step.compile_key(step.check_arrays(batch))
+        entry = compile_choice.cached_entry(key)
+        if entry is not None:
+            log.info("compile mode %s: cached choice for %s in %s", entry.get("choice"), key,
+                     compile_choice.cache_path())
+            return 0.0
+        log.info("compile mode 'auto': measuring plain and XLA training steps on the first batch")
+        t0 = time.perf_counter()
+        result = compile_choice.tune_training_step(self.model, batch, optimiser=self.config.optimiser,
+                                                   modes=("plain", "xla"))
+        took = time.perf_counter() - t0
+        log.info("compile mode %s for %s (measured in %.1f s, cached in %s):\n%s", result["choice"], key, took,
+                 compile_choice.cache_path(), compile_choice.format_result(result))
+        return took
 
     def _finish_step(self) -> None:
         cfg = self.config
@@ -751,6 +892,7 @@ class Trainer:
         finally:
             bar.close()
             shell_server.close()
+            self.close_prefetcher()
             self.close_background()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -773,7 +915,9 @@ class Trainer:
         host().train_end(self, status)
 
     def close(self) -> None:
-        """Detaches the run's log file (call when done with the trainer in a long-lived process)."""
+        """Stops the prefetch thread and detaches the run's log file (call when done with the
+        trainer in a long-lived process)."""
+        self.close_prefetcher()
         if self._log_handler is not None:
             logging.getLogger("ekn").removeHandler(self._log_handler)
             self._log_handler.close()
