@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU check (about 8 minutes): GPU TensorFlow, the tests that exercise compilation,
-# XLA vs plain training-step times in three precisions, dense-prediction voxels/s, and ekn vs
-# Keras 3 vs PyTorch on the GPU, naming the card. Sections run in this order and each is skipped
+# One prepared GPU check (about 8 minutes): GPU TensorFlow, the tests that exercise compilation
+# (and the trainer's device prefetch), XLA vs plain training-step times in three precisions,
+# dense-prediction voxels/s, the batch copy, and ekn vs Keras 3 vs PyTorch on the GPU, naming the card. Sections run in this order and each is skipped
 # when too little of the time budget is left, so the report always comes back.
 #
 # Usage (on a GPU machine, from the repository root):
@@ -49,20 +49,23 @@ print(sys.version.split()[0], *(f"{d} {m.version(d)}" for d in ("tensorflow", "k
 
 # 2. The tests that exercise compilation, on the GPU (XLA is the GPU default), TF32 off so that
 #    the float32 tolerances of the numpy references hold.
-section 200 "tests" && {
+section 150 "tests" && {
   tests=$(ls tests/test_perf_precision.py tests/test_node_model.py tests/test_compile_choice.py \
-    tests/test_layers_reference.py tests/test_prediction_dense.py 2>/dev/null)
-  NVIDIA_TF32_OVERRIDE=0 timeout 150 "$PY" -m pytest -q -p no:cacheprovider -n 4 $tests > "$OUT_DIR/pytest.log" 2>&1
+    tests/test_layers_reference.py tests/test_prediction_dense.py tests/test_trainer_prefetch.py 2>/dev/null)
+  NVIDIA_TF32_OVERRIDE=0 timeout 120 "$PY" -m pytest -q -p no:cacheprovider -n 8 $tests > "$OUT_DIR/pytest.log" 2>&1
   rc=$?; say ""; say "compilation tests on the GPU: exit $rc ($(tail -n 1 "$OUT_DIR/pytest.log"))"
 }
-# 3. Training steps: plain vs XLA, float32 (TF32 convolutions, TensorFlow's default on GPUs).
+# 3. Training steps: plain vs XLA in float32 (TF32 convolutions, TensorFlow's default on GPUs),
+#    mixed_bfloat16 and mixed_float16.
 compile_modes() {
   say ""; say "## training step, $1 (ms; first step = trace + compile + first run)"
   timeout $(( $(left) - 20 )) "$PY" bench/bench_compile_modes.py --nets neuro3d_lite neuro3d unet3d \
-    --devices GPU:0 --modes plain xla --steps 10 --force --precision "$1" --cache "$OUT_DIR/compile_modes.json" \
+    --devices GPU:0 --modes plain xla --steps 5 --force --precision "$1" --cache "$OUT_DIR/compile_modes.json" \
     2>"$OUT_DIR/compile_modes_$1.err" | tee -a "$REPORT"
 }
-section 120 "float32 compile modes" && compile_modes float32
+for precision in float32 mixed_bfloat16 mixed_float16; do
+  section 90 "$precision compile modes" && compile_modes "$precision"
+done
 
 # 4. Dense prediction voxels/s in both modes.
 section 60 "dense prediction" && timeout $(( $(left) - 10 )) "$PY" - >> "$REPORT" 2>"$OUT_DIR/predict.err" <<'PY'
@@ -81,12 +84,10 @@ for name in ("neuro3d", "unet3d"):
         t0 = time.perf_counter()
         model.predict_dense(raw, pad_raw=True)  # compiles every tile shape
         first = time.perf_counter() - t0
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            out = model.predict_dense(raw, pad_raw=True)
-            times.append(time.perf_counter() - t0)
-        print(f"| {name} | {mode} | {first:.1f} | {np.prod(out.shape[1:]) / np.median(times):.3g} |", flush=True)
+        t0 = time.perf_counter()
+        out = model.predict_dense(raw, pad_raw=True)
+        print(f"| {name} | {mode} | {first:.1f} | {np.prod(out.shape[1:]) / (time.perf_counter() - t0):.3g} |",
+              flush=True)
 # what prefetching batches to the device could save per training step: the host-to-device copy
 import tensorflow as tf
 print("\n## host-to-device copy of one training batch (float32 input + int16 labels), ms")
@@ -108,13 +109,8 @@ tail -n 8 "$REPORT"
 # 5. ekn vs Keras 3 vs PyTorch, same nets, same GPU, one interleaved run.
 section 100 "framework comparison" && {
   say ""; say "## ekn vs Keras 3 vs PyTorch on this GPU (float32)"
-  timeout $(( $(left) - 10 )) "$PY" bench/bench_train_step.py --rounds 3 --steps 10 \
+  timeout $(( $(left) - 10 )) "$PY" bench/bench_train_step.py --rounds 2 --steps 5 \
     --json "$OUT_DIR/train_step.json" 2>"$OUT_DIR/train_step.err" | tee -a "$REPORT"
 }
-
-# 6. Mixed precision.
-for precision in mixed_bfloat16 mixed_float16; do
-  section 90 "$precision compile modes" && compile_modes "$precision"
-done
 
 say "report: $REPORT ($(( ${BUDGET_S:-470} - $(left) )) s)"
