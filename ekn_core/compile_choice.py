@@ -302,7 +302,8 @@ def tune_training_step(model: Model, batch: Sequence[Any], optimiser: str = "SGD
         batch: Arrays in ``loss_node.input_nodes`` order (declared layouts), as for
             :meth:`~ekn_core.model.Model.trainingstep`.
         optimiser: Optimiser name (``'SGD'``, ``'Adam'``, ...).
-        modes: Compile modes to measure.
+        modes: Compile modes to measure (without ``'xla'`` for a step that contains a node XLA
+            cannot compile, see :meth:`ekn_core.node.GraphFunction.usable_mode`).
         steps: Timed steps per mode after the first (>= 1).
         cache: Cache file (default :func:`cache_path`).
 
@@ -337,6 +338,8 @@ def tune_training_step(model: Model, batch: Sequence[Any], optimiser: str = "SGD
     if int(steps) < 1:
         raise ConfigError(f"steps must be >= 1, got {steps!r}")
     step = model.train_function(optimiser)
+    if "xla" in modes and step.xla_blockers and len(modes) > 1:  # it would run plain (GraphFunction.usable_mode)
+        modes = [m for m in modes if m != "xla"]
     arrays = step.check_arrays(batch)
     key = step.compile_key(arrays)
     tf.random.get_global_generator()  # the step would create it: it exists before the snapshot

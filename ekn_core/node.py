@@ -603,12 +603,16 @@ class Node(metaclass=NodeMeta):
         kind: Registry kind the node class is registered in (``'layers'`` or ``'losses'``).
         config_version: Bumped when the constructor arguments change meaning.
         supports_mfp: Whether ``mfp=True`` may be switched on when loading for prediction.
+        xla_compatible: Whether XLA can compile ``_forward`` (see :meth:`GraphFunction.usable_mode`).
     """
 
     kind = "layers"
     config_version = 1
     supports_mfp = False
     registry_name: str | None = None
+    #: False for nodes whose ``_forward`` XLA cannot compile (e.g. it calls ``tf.numpy_function``):
+    #: a :class:`GraphFunction` containing one runs ``'plain'`` where ``'xla'`` was resolved.
+    xla_compatible = True
 
     def __init__(self, parents: Node | Sequence[Node] | None, name: str, print_repr: bool = False):
         if parents is None:
@@ -1005,6 +1009,8 @@ class GraphFunction:
     The compile mode is decided per call by :func:`resolve_compile_mode` with this function's
     :meth:`compile_key` (so a measured choice cached for this device, role, input shapes,
     precision and architecture is used); one compiled function is kept per (mode, precision).
+    A function containing a node with ``xla_compatible = False`` runs ``'plain'`` instead of
+    ``'xla'`` (:meth:`usable_mode`).
 
     Args:
         outputs: Nodes to compute.
@@ -1033,6 +1039,8 @@ class GraphFunction:
         self._compiled: dict[tuple[str, str], Callable[..., Any]] = {}
         self._architecture: str | None = None
         self._keys: dict[tuple[Any, ...], str] = {}  # compile keys by (device scope, precision, signature)
+        self._xla_blockers: list[str] | None = None
+        self._xla_fallback_logged = False
 
     def body(self, *tensors: Any) -> list[Any]:
         """The traced computation (canonical tensors in, list of canonical tensors out)."""
@@ -1125,11 +1133,32 @@ class GraphFunction:
         """Drops the compiled functions (all, or all but those of mode ``keep``); the next call compiles again."""
         self._compiled = {slot: fn for slot, fn in self._compiled.items() if keep is not None and slot[0] == keep}
 
+    @property
+    def xla_blockers(self) -> list[str]:
+        """Names of the nodes of this function whose class has ``xla_compatible = False``."""
+        if self._xla_blockers is None:
+            self._xla_blockers = [n.name for n in topological_order(self.outputs).values()
+                                  if not getattr(n, "xla_compatible", True)]
+        return self._xla_blockers
+
+    def usable_mode(self, mode: str) -> str:
+        """``mode``, except ``'plain'`` for ``'xla'`` when a node cannot be XLA-compiled
+        (:attr:`xla_blockers`, e.g. a ``MalisNLL`` with its ``tf.numpy_function``); logged once
+        per function at INFO level."""
+        if mode == "xla" and self.xla_blockers:
+            if not self._xla_fallback_logged:
+                self._xla_fallback_logged = True
+                log.info("%s: compiled with plain tf.function instead of XLA: node(s) %s cannot be "
+                         "XLA-compiled (xla_compatible = False)", self.name, ", ".join(self.xla_blockers))
+            return "plain"
+        return mode
+
     def _function(self, arrays: Sequence[np.ndarray] = (), mode: str | None = None) -> Callable[..., Any]:
         """The compiled function for a call with canonical ``arrays`` in ``mode`` (default: resolved by
-        :func:`resolve_compile_mode` from :meth:`compile_key`)."""
+        :func:`resolve_compile_mode` from :meth:`compile_key`), made usable by :meth:`usable_mode`."""
         if mode is None:
             mode = resolve_compile_mode(lambda: self.compile_key(arrays))
+        mode = self.usable_mode(mode)
         fn = self.compiled(mode)
         self.last_mode = mode
         return fn

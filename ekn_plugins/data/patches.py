@@ -155,6 +155,15 @@ class PatchSource:
         border_mode: img-scalar only: ``"crop"`` (centre crop to the patch), ``"keep"``,
             ``"mirror"`` or ``"0-pad"`` (pad cubes smaller than the patch).
         input_tags, target_tags: Axis tags of the returned arrays (the model's declared layout).
+        affinities: ELEKTRONN2's ``affinities`` option for label ids (one label channel,
+            img-img, targets at every output voxel): ``'malis'`` returns ``(images, aff, seg)``,
+            ``'affinity'`` returns ``(images, aff)``, where ``aff`` is the affinity graph of the
+            target patch (``f = n_edges``, 1 where both voxels of an edge have the same non-zero
+            id; int16) and ``seg`` the relabelled connected components of ``aff`` (``f = 1``,
+            int32; isolated voxels 0), as ELEKTRONN2's ``make_affinities``. ``aff`` and ``seg``
+            use ``target_tags`` with their own ``f``.
+        nhood: Edges of ``affinities`` in the spatial axis order of ``patch_size`` (default
+            ``mknhood3d(1)`` or ``mknhood2d(1)``: one edge to the previous voxel per axis).
 
     Cubes are loaded into memory once (as ELEKTRONN2 did); patches are then cut from memory.
         seed: Seed of the source's own random generator (``getbatch`` may be given one).
@@ -167,7 +176,8 @@ class PatchSource:
                  mode: str = "img-img", target_dtype: Any = "int16", target_discrete_ix: Sequence[int] | None = None,
                  augmenters: Sequence[dict[str, Any]] | None = None, augment_valid: bool = False,
                  class_weights: Sequence[float] | None = None, border_mode: str = "crop",
-                 input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None):
+                 input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None,
+                 affinities: bool | str = False, nhood: Any = None):
         ndim = len(patch_size)
         if ndim not in (2, 3):
             raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
@@ -210,6 +220,7 @@ class PatchSource:
         default_target = "b,f" if mode == "img-scalar" else f"b,f,{spatial}"
         self.target_perm, self.target_drop_f = _layout_perm(target_tags or default_target,
                                                             0 if mode == "img-scalar" else ndim)
+        self.affinities, self.nhood = self._affinity_setup(affinities, nhood)
         self.rng = np.random.default_rng(seed)
         self.warp_stats = {"ok": 0, "redrawn": 0}
         self._compat: dict[str, Pipeline] = {}
@@ -233,6 +244,41 @@ class PatchSource:
             raise ConfigError(f"cube_prios needs {len(self.train_cubes)} non-negative weights (one per training "
                               f"cube), got {cube_prios}")
         self.train_prios = prios / prios.sum()
+        if self.affinities and self.t_n_f != 1:
+            raise ConfigError(f"affinities={self.affinities!r} needs one label channel of ids, the cubes have "
+                              f"{self.t_n_f}")
+
+    def _affinity_setup(self, affinities: bool | str, nhood: Any) -> tuple[str | None, np.ndarray | None]:
+        """Checks the ``affinities`` option; returns it and the (z, y, x) neighbourhood."""
+        if affinities in (False, None):
+            return None, None
+        if affinities not in ("malis", "affinity"):
+            raise ConfigError(f"affinities must be False, 'malis' or 'affinity', got {affinities!r}")
+        if self.mode != "img-img" or self.target_drop_f or self.class_weights is not None:
+            raise ConfigError(f"affinities={affinities!r} needs mode 'img-img', target tags with an 'f' axis and "
+                              "no class_weights")
+        if self.strides != (1, 1, 1):
+            raise ConfigError(f"affinities={affinities!r} needs targets at every output voxel (strides 1), "
+                              f"the net has strides {self.strides[3 - self.ndim:]}")
+        from ekn_plugins.malis.nhood import mknhood2d, mknhood3d
+
+        nh = np.asarray(nhood if nhood is not None else (mknhood3d(1) if self.ndim == 3 else mknhood2d(1)),
+                        dtype=np.int64)
+        if nh.ndim != 2 or nh.shape[1] != self.ndim:
+            raise ConfigError(f"nhood must have shape (n_edges, {self.ndim}), got {nh.shape}")
+        if self.ndim == 2:
+            nh = np.concatenate([np.zeros((len(nh), 1), np.int64), nh], axis=1)
+        return str(affinities), nh
+
+    def _affinity_targets(self, target: np.ndarray) -> list[np.ndarray]:
+        """Label ids ``(b, 1, z, y, x)`` → ``[aff]`` or ``[aff, seg]`` (``affinities`` option)."""
+        from ekn_plugins.malis.affgraph import affgraph_to_seg, seg_to_affgraph
+
+        aff = np.stack([seg_to_affgraph(t[0], self.nhood) for t in target])
+        if self.affinities == "affinity":
+            return [aff]
+        seg = np.stack([affgraph_to_seg(a, self.nhood)[None] for a in aff])
+        return [aff, seg]
 
     # ------------------------------------------------------------------------------- construction
     @classmethod
@@ -382,12 +428,13 @@ class PatchSource:
         return [img, target]
 
     def _layout(self, img: np.ndarray, target: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        targets = self._affinity_targets(target) if self.affinities else [target]
         if self.ndim == 2:
             img = img[:, :, 0]
-            target = target if self.mode == "img-scalar" else target[:, :, 0]
+            targets = targets if self.mode == "img-scalar" else [t[:, :, 0] for t in targets]
             weights = None if weights is None else weights[:, :, 0]
         out = [np.ascontiguousarray(img.transpose(self.input_perm))]
-        for t in (target, weights):
+        for t in (*targets, weights):
             if t is None:
                 continue
             if self.target_drop_f:
@@ -413,7 +460,8 @@ class PatchSource:
 
         Returns:
             Arrays in the layout of ``input_tags`` / ``target_tags``: images float32, targets in
-            ``target_dtype``, weights float32.
+            ``target_dtype``, weights float32; with ``affinities``: images, ``aff`` (int16) and,
+            for ``'malis'``, ``seg`` (int32) instead of the targets.
         """
         rng = self.rng if rng is None else rng
         if source == "train":

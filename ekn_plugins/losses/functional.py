@@ -140,7 +140,8 @@ def _class_weight_row(class_weights: Any, n_f: int, n_indep: int, dtype: tf.DTyp
 
 def multinoulli_nll(pred: Any, target: Any, *, n_indep: int = 1, target_is_sparse: bool = False,
                     class_weights: Any = None, example_weights: Any = None, ignore_label: int | None = None,
-                    from_logits: bool = True, focal_gamma: float = 0.0) -> tf.Tensor:
+                    from_logits: bool = True, focal_gamma: float = 0.0, mask_class_labeled: Any = None,
+                    mask_class_not_present: Any = None) -> tf.Tensor:
     """Categorical cross-entropy map ``(b, spatial..., 1)`` (ELEKTRONN2 ``MultinoulliNLL``).
 
     Per voxel ``v`` and group ``g``: ``l = ew_v * Σ_c t_vgc * cw_c * (1 - p_vgc)^γ * (-log p_vgc)``
@@ -159,20 +160,68 @@ def multinoulli_nll(pred: Any, target: Any, *, n_indep: int = 1, target_is_spars
         ignore_label: A class id to ignore besides negative ids.
         from_logits: See ``pred``.
         focal_gamma: Focusing exponent γ ≥ 0 of the focal loss (down-weights easy voxels).
+        mask_class_labeled: Lazy labels: ``(b, n_class)`` (or ``(b, n_indep*n_class)``) 0/1
+            flags; where 0, class ``c`` is not labelled in example ``b``: voxels whose target is
+            ``c`` contribute nothing and do not count as labelled.
+        mask_class_not_present: Lazy labels: ``(b, n_class)`` (or ``(b, n_indep*n_class)``) 0/1
+            flags; where 1, class ``c`` is certainly absent from example ``b``: every voxel of
+            the example (whatever its label, -1 included) adds
+            ``ew * cw_c * p_c^γ * (-log(1 - p_c))``, pushing ``p_c`` to 0, and counts once more
+            as labelled (ELEKTRONN2's ``n_labelled_up + n_labelled_dn``).
+
+    With lazy-label masks the rule stays the same: the map is ``Σ_g (l_vg + l'_vg) * n_voxels /
+    n_labelled`` with ``n_labelled = Σ t·mask_class_labeled + n_voxels·Σ_g Σ_c
+    mask_class_not_present`` (per example).
     """
     pred = tf.convert_to_tensor(pred)
+    n_f = pred.shape[-1]
     t = _dense_target(target, pred, n_indep, target_is_sparse, ignore_label)
+    if mask_class_labeled is not None:
+        t = t * _class_mask(mask_class_labeled, pred, n_indep)
     logp = log_softmax(pred, n_indep) if from_logits else tf.math.log(tf.maximum(pred, PROB_EPS))
-    weighted = t if class_weights is None else t * _class_weight_row(class_weights, pred.shape[-1], n_indep,
-                                                                     pred.dtype)
+    cw = None if class_weights is None else _class_weight_row(class_weights, n_f, n_indep, pred.dtype)
+    weighted = t if cw is None else t * cw
     if focal_gamma:
         weighted = weighted * (1.0 - tf.exp(logp)) ** tf.cast(focal_gamma, pred.dtype)
     loss = -tf.reduce_sum(weighted * logp, axis=-1, keepdims=True)
+    n_labelled = tf.reduce_sum(t)
+    if mask_class_not_present is not None:
+        absent = _class_mask(mask_class_not_present, pred, n_indep) * tf.ones_like(pred)
+        log_q = (_log_one_minus_softmax(pred, n_indep) if from_logits
+                 else tf.math.log(tf.maximum(1.0 - pred, PROB_EPS)))
+        weighted_dn = absent if cw is None else absent * cw
+        if focal_gamma:
+            weighted_dn = weighted_dn * tf.exp(logp) ** tf.cast(focal_gamma, pred.dtype)
+        loss = loss - tf.reduce_sum(weighted_dn * log_q, axis=-1, keepdims=True)
+        n_labelled = n_labelled + tf.reduce_sum(absent)
     if example_weights is not None:
         loss = loss * _voxel_weights(example_weights, loss)
-    n_labelled = tf.reduce_sum(t)
     n_voxels = tf.cast(tf.size(loss), pred.dtype)
     return loss * (n_voxels / tf.maximum(n_labelled, 1.0))
+
+
+def _class_mask(mask: Any, pred: tf.Tensor, n_indep: int) -> tf.Tensor:
+    """A lazy-label mask ``(b, n_class)`` or ``(b, n_indep*n_class)`` as ``(b, 1..., n_f)``."""
+    n_f = pred.shape[-1]
+    mask = tf.cast(mask, pred.dtype)
+    if mask.shape.rank == 1:
+        mask = mask[None]
+    if mask.shape.rank != 2 or mask.shape[-1] not in (n_f // n_indep, n_f):
+        raise ShapeError(f"lazy-label masks must have shape (b, n_class={n_f // n_indep}) or "
+                         f"(b, n_indep*n_class={n_f}), got {mask.shape}.")
+    if mask.shape[-1] != n_f:
+        mask = tf.tile(mask, [1, n_indep])
+    return tf.reshape(mask, tf.concat([tf.shape(mask)[:1], tf.ones([pred.shape.rank - 2], tf.int32), [n_f]], 0))
+
+
+def _log_one_minus_softmax(logits: tf.Tensor, n_indep: int) -> tf.Tensor:
+    """``log(1 - softmax(x)_c) = logsumexp_{j≠c}(x_j) - logsumexp_j(x_j)`` per group, exact for
+    probabilities that round to 1."""
+    grouped = _grouped(logits, n_indep)  # (..., n_indep, n_class)
+    n_class = grouped.shape[-1]
+    others = tf.where(tf.eye(n_class, dtype=tf.bool), tf.constant(-1e30, logits.dtype), grouped[..., None, :])
+    log_q = tf.reduce_logsumexp(others, axis=-1) - tf.reduce_logsumexp(grouped, axis=-1, keepdims=True)
+    return _ungrouped(log_q)
 
 
 def bernoulli_nll(pred: Any, target: Any, *, class_weights: Any = None, example_weights: Any = None,
@@ -283,6 +332,96 @@ def abs_loss(pred: Any, target: Any, *, margin: float | None = None, scale_corre
     (ELEKTRONN2: boosts large targets). Masking and rescaling as :func:`squared_loss`.
     """
     return _deviation_loss(pred, target, 1, margin, scale_correction, ignore_value)
+
+
+def beta_nll(mode: Any, concentration: Any, target: Any, *, ignore_value: float | None = None,
+             eps: float = 1e-6) -> tf.Tensor:
+    """Beta negative log-likelihood map of ``mode``'s shape (ELEKTRONN2 ``BetaNLL``), per element.
+
+    The Beta distribution is parameterised by its mode ``m`` in (0, 1) and concentration
+    ``k > 2`` (e.g. a layer with ``activation_func='concentration'``, ``2 + 7 softplus(x)``):
+    ``α = m (k-2) + 1``, ``β = (1-m)(k-2) + 1``, and
+    ``l = -(α-1) log t - (β-1) log(1-t) + lgamma(α) + lgamma(β) - lgamma(α+β)``
+    (``-scipy.stats.beta.logpdf(t, α, β)``). Targets are clipped to ``[eps, 1-eps]`` so that 0
+    and 1 give finite losses. Elements whose target equals ``ignore_value`` are unlabelled; the
+    map is rescaled by ``n_elements / n_labelled``.
+
+    Example:
+        >>> round(float(beta_nll(tf.constant([0.5]), tf.constant([4.0]), tf.constant([0.5]))[0]), 6)
+        -0.405465
+    """
+    mode = tf.convert_to_tensor(mode)
+    k, target = tf.cast(concentration, mode.dtype), tf.cast(target, mode.dtype)
+    labelled = _value_mask(target, ignore_value)
+    t = tf.clip_by_value(tf.where(labelled, target, tf.fill(tf.shape(target), tf.cast(0.5, mode.dtype))),
+                         eps, 1.0 - eps)
+    a_1, b_1 = mode * (k - 2.0), (1.0 - mode) * (k - 2.0)  # α - 1, β - 1
+    log_beta = tf.math.lgamma(a_1 + 1.0) + tf.math.lgamma(b_1 + 1.0) - tf.math.lgamma(a_1 + b_1 + 2.0)
+    loss = log_beta - a_1 * tf.math.log(t) - b_1 * tf.math.log1p(-t)
+    loss = tf.where(labelled, loss, tf.zeros_like(loss))
+    return rescale_to_labelled(loss, labelled)
+
+
+def euclidean_distance(pred: Any, target: Any) -> tf.Tensor:
+    """Euclidean distance map ``(b, spatial..., 1)``: ``sqrt(Σ_f (p - t)²)`` (ELEKTRONN2
+    ``EuclideanDistance``).
+
+    Elements where ``pred`` or ``target`` has a NaN in any feature are unlabelled: they give 0
+    (ELEKTRONN2: NaN → 0) with zero gradient, and the map is rescaled by
+    ``n_elements / n_labelled``. The gradient at distance 0 is 0.
+
+    Example:
+        >>> euclidean_distance(tf.constant([[0.0, 0.0], [1.0, 1.0]]),
+        ...                    tf.constant([[3.0, 4.0], [float('nan'), 0.0]])).numpy()
+        array([[10.],
+               [ 0.]], dtype=float32)
+    """
+    pred = tf.convert_to_tensor(pred)
+    diff = pred - tf.cast(target, pred.dtype)
+    labelled = tf.logical_not(tf.reduce_any(tf.math.is_nan(diff), axis=-1, keepdims=True))
+    diff = tf.where(labelled, diff, tf.zeros_like(diff))
+    sq = tf.reduce_sum(tf.square(diff), axis=-1, keepdims=True)
+    positive = sq > 0
+    dist = tf.where(positive, tf.sqrt(tf.where(positive, sq, tf.ones_like(sq))), tf.zeros_like(sq))
+    return rescale_to_labelled(dist, labelled)
+
+
+def ramp_loss(d_low: Any, d_big: Any, *, margin: Any = None) -> tf.Tensor:
+    """Ramp (hinge) loss map ``(b, spatial..., 1)``: ``max(d_low - d_big + margin, 0)``, mean over
+    features (ELEKTRONN2 ``RampLoss``); ``margin=None`` means 0.
+
+    Example:
+        >>> ramp_loss(tf.constant([[1.0, 0.0]]), tf.constant([[0.5, 2.0]]), margin=0.5).numpy()
+        array([[0.5]], dtype=float32)
+    """
+    d_low = tf.convert_to_tensor(d_low)
+    hinge = d_low - tf.cast(d_big, d_low.dtype)
+    if margin is not None:
+        hinge = hinge + tf.cast(margin, d_low.dtype)
+    return tf.reduce_mean(tf.nn.relu(hinge), axis=-1, keepdims=True)
+
+
+def sobel_kernel(n_spatial: int) -> np.ndarray:
+    """The Sobel kernels of ``scipy.ndimage.sobel``, one per spatial axis: ``(3,)*n, n`` (numpy).
+
+    Kernel ``a`` is the outer product of ``[-1, 0, 1]`` along axis ``a`` and the smoothing
+    ``[1, 2, 1]`` along every other axis; correlating with it (what a convolution layer does)
+    with zero padding equals ``ndimage.sobel(x, axis=a, mode='constant')``.
+
+    Example:
+        >>> sobel_kernel(2)[..., 1]
+        array([[-1.,  0.,  1.],
+               [-2.,  0.,  2.],
+               [-1.,  0.,  1.]], dtype=float32)
+    """
+    kernels = []
+    for axis in range(n_spatial):
+        k = np.ones((1,) * n_spatial)
+        for other in range(n_spatial):
+            row = np.array([-1.0, 0.0, 1.0]) if other == axis else np.array([1.0, 2.0, 1.0])
+            k = k * row.reshape([3 if i == other else 1 for i in range(n_spatial)])
+        kernels.append(k)
+    return np.stack(kernels, axis=-1).astype("float32")
 
 
 def soft_dice(pred: Any, target: Any, *, n_indep: int = 1, target_is_sparse: bool = False,
