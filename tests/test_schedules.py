@@ -132,3 +132,29 @@ def test_clear_errors():
     sched = bind_schedules({"lr": {"dec": 0.9}}, target)
     with pytest.raises(ConfigError, match="resume with the config"):
         sched.set_state({"mom": [{"next_update": 1000}]})
+
+
+def test_permut_alternates_two_values_and_resumes_at_any_step():
+    target = SimpleNamespace(value="initial")
+    sched, seen = run({"value": {"permut": [1.0, [0.5, 0.25]], "every": 3}}, target, 10)
+    a, b = 1.0, [0.5, 0.25]
+    assert seen == [a, a, a, b, b, b, a, a, a, b]  # written out: steps 0-2 a, 3-5 b, 6-8 a, 9 b
+    # a run resumed at step 7 from the saved state continues with the same values
+    state = json.loads(json.dumps(sched.get_state()))
+    resumed = bind_schedules({"value": {"permut": [1.0, [0.5, 0.25]], "every": 3}}, target)
+    resumed.set_state(state)
+    _, later = run(None, target, 16, start=10, sched=resumed)
+    assert later == [b, b, a, a, a, b]
+    # a fresh schedule bound at step 7 (state lost) still gives the value of step 7
+    fresh = SimpleNamespace(value=0.0)
+    run({"value": {"permut": [2.0, 3.0], "every": 5}}, fresh, 8, start=7)
+    assert fresh.value == 3.0
+
+
+def test_permut_rejects_bad_specs():
+    with pytest.raises(ConfigError, match="'every'.*required"):
+        make_schedule({"permut": [1.0, 2.0]})
+    with pytest.raises(ConfigError, match="two values"):
+        make_schedule({"permut": [1.0, 2.0, 3.0], "every": 2})
+    with pytest.raises(ConfigError, match="positive integer"):
+        make_schedule({"permut": [1.0, 2.0], "every": 0})

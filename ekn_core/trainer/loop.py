@@ -58,6 +58,8 @@ log = logging.getLogger("ekn.trainer")
 #: the scheme of the background workers (``ekn.data`` entry ``background_batches``).
 _STREAMS: dict[str, tuple[int, ...]] = {"train": (), "monitor_train": (1,), "monitor_valid": (2,)}
 _META = ("lr", "mom", "wd", "beta2")
+#: The batch picture in the run directory (ELEKTRONN2's name), see :meth:`Trainer.debug_batch_picture`.
+BATCH_PICTURE = "Batch_test_image.png"
 
 
 def normalised_name(name: str) -> str:
@@ -145,7 +147,8 @@ class Trainer:
     Attributes (read/write from the shell; changes take effect at the next step):
         config, model, data, optimiser, schedules, history, run_dir, step (steps done),
         elapsed (training seconds), pause_requested, stop_requested, status, batch_size,
-        prefetch_device (where the next batch is copied during a step; None: prefetching is off).
+        prefetch_device (where the next batch is copied during a step; None: prefetching is off),
+        last_batch_picture (the arrays of the last batch picture, see :meth:`debug_batch_picture`).
     """
 
     def __init__(self, config: ExperimentConfig, run_dir: RunDir | str | None = None, resume: bool = False,
@@ -164,6 +167,8 @@ class Trainer:
         self.next_preview_h = float(config.initial_prev_h)
         self.nan_retries = 0
         self.last_batch: tuple[np.ndarray, ...] | None = None
+        #: The arrays of the last batch picture (:func:`ekn_core.trainer.batch_picture.batch_panels`).
+        self.last_batch_picture: dict[str, Any] | None = None
         self.last_metrics: dict[str, float] = {}
         self.history = History()
         self.strategy: Any = None  # a tf.distribute strategy, set by distributed training
@@ -416,6 +421,89 @@ class Trainer:
         if self.config.class_weights is not None:
             batch = (*batch, np.asarray(self.config.class_weights, dtype=np.float32))
         return batch
+
+    def _picture_batch(self) -> tuple[tuple[np.ndarray, ...], bool]:
+        """The training batch of the current step's stream for the batch picture, drawn here
+        (not by the background workers) with dense targets where the data source can, without
+        touching anything training draws from: numpy's and Python's global generators and a
+        source's own ``rng`` attribute are restored. Returns ``(batch, dense)``."""
+        from ekn_core.trainer.checkpoint import capture_host_rng, restore_host_rng
+
+        kwargs = dict(self.config.data_batch_args)
+        params = inspect.signature(self.data.getbatch).parameters
+        dense = "force_dense" in params
+        if dense:
+            kwargs["force_dense"] = True
+        rng = self._rng("train", self.step)
+        own_rng = None
+        if self._data_takes_rng:
+            kwargs["rng"] = rng
+        elif hasattr(self.data, "rng"):
+            own_rng, self.data.rng = self.data.rng, rng
+        host_arrays, host_state = capture_host_rng()
+        try:
+            batch = tuple(self.data.getbatch(self.batch_size, source="train", **kwargs))
+        finally:
+            restore_host_rng(host_arrays, host_state)
+            if own_rng is not None:
+                self.data.rng = own_rng
+        if self.config.class_weights is not None:
+            batch = (*batch, np.asarray(self.config.class_weights, dtype=np.float32))
+        return batch, dense
+
+    def debug_batch_picture(self, path: str | None = None) -> tuple[np.ndarray, ...]:
+        """Draws a training batch and writes ``Batch_test_image.png`` (ELEKTRONN2's ``debug_getcnnbatch``).
+
+        The batch is the current step's training batch (the same stream as :meth:`get_batch`, with
+        dense targets when the data source's ``getbatch`` takes ``force_dense``); drawing it changes
+        neither the batches training draws nor exact resume. The picture shows the first example's
+        middle slice: the input patch with the output region outlined, the input cropped to the
+        output region (in output coordinates) and the target there
+        (:mod:`ekn_core.trainer.batch_picture`). The file is written atomically.
+
+        Args:
+            path: Output file (default ``RUN_DIR/Batch_test_image.png``).
+
+        Returns:
+            The batch (input, target, ...).
+
+        Raises:
+            EknError: The model is not image-to-image (no target, or a target without the input's
+                spatial axes).
+        """
+        from ekn_core.atomic import write_bytes
+        from ekn_core.trainer.batch_picture import batch_panels, render_batch_picture
+
+        inp, target = self.model.input_node, self.model.target_node
+        if target is None:
+            raise EknError("the batch picture needs a target node (image-to-image training)")
+        t_shape, i_shape = target.shape, inp.shape
+        if t_shape.ndim < 2 or t_shape.ndim != i_shape.ndim:
+            raise EknError(f"the batch picture needs image targets (input {i_shape}, target {t_shape})")
+        batch, dense = self._picture_batch()
+        by_tag = dict(zip(t_shape.spatial_tags, zip(t_shape.offsets, t_shape.strides)))
+        try:
+            offsets = [int(by_tag[t][0]) for t in i_shape.spatial_tags]
+            strides = [1 if dense else int(by_tag[t][1]) for t in i_shape.spatial_tags]
+        except (KeyError, TypeError, ValueError):
+            raise EknError(f"the target's spatial axes {t_shape.spatial_tags} are not the input's "
+                           f"{i_shape.spatial_tags} (with integer strides)") from None
+        panels = batch_panels(batch, i_shape.tags, t_shape.tags, offsets, strides)
+        path = path or self.run_dir.join(BATCH_PICTURE)
+        write_bytes(path, render_batch_picture(panels, f"{self.run_dir.name}: training batch of step {self.step}"))
+        self.last_batch_picture = panels
+        log.info("wrote the batch picture %s", path)
+        return batch
+
+    def _safe_batch_picture(self) -> None:
+        """The batch picture at the start of a run; image-to-image nets only, failures are logged."""
+        target = self.model.target_node
+        if target is None or target.shape.ndim < 2 or target.shape.ndim != self.model.input_node.shape.ndim:
+            return
+        try:
+            self.debug_batch_picture()
+        except Exception as err:  # a picture must not end a run
+            log.warning("the batch picture failed: %s: %s", type(err).__name__, err)
 
     # ------------------------------------------------------------------------------------------ prefetching
     def _batch_key(self, step: int, fn: Any) -> tuple[Any, ...]:
@@ -863,6 +951,7 @@ class Trainer:
         hooks.train_begin(self)
         if latest_checkpoint(self.run_dir.checkpoints) is None:
             self.save_checkpoint()
+        self._safe_batch_picture()
         bar = self._progress()
         status = "error"
         try:

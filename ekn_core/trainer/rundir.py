@@ -6,6 +6,7 @@
         config.py            copy of the experiment config (as given, before --set overrides)
         run.json             resolved settings, overrides, seed, versions, status, paths
         train.log            the log (appended to on resume)
+        Batch_test_image.png the batch picture (start of every run, shell ``debugbatch``)
         history.h5           timeline and history tables (HDF5)
         history.csv          monitoring history, one row per history_freq steps
         timeline.csv         one row per training step

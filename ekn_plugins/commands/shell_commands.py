@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -174,6 +175,48 @@ class Preview(Command):
     def run_shell(self, shell: Any, argument: str) -> None:
         paths = shell.trainer.preview()
         shell.write("\n".join(f"wrote {p}" for p in paths) if paths else "no previews (preview_data_path is not set)")
+
+
+class DebugBatch(Command):
+    """debugbatch: draw a training batch and write its picture (Batch_test_image.png)."""
+
+    def run_shell(self, shell: Any, argument: str) -> None:
+        from ekn_core.trainer.loop import BATCH_PICTURE
+
+        path = shell.trainer.run_dir.join(BATCH_PICTURE)
+        shell.trainer.debug_batch_picture(path)
+        shell.write(f"wrote {path}")
+
+
+def interactive_python(namespace: dict[str, Any], banner: str) -> None:
+    """An interactive Python shell on ``namespace`` until Ctrl-D: IPython's embedded shell when
+    IPython can be imported, else :func:`code.interact`. Names assigned there stay in ``namespace``."""
+    try:
+        from IPython.terminal.embed import InteractiveShellEmbed
+    except ImportError:
+        import code
+
+        code.interact(banner=banner, local=namespace, exitmsg="back in the ekn shell")
+        return
+    InteractiveShellEmbed(banner1=banner, exit_msg="", confirm_exit=False)(local_ns=namespace, stack_depth=2)
+
+
+class EmbeddedPython(Command):
+    """ip: an embedded interactive Python (IPython) shell on the same namespace; Ctrl-D returns."""
+
+    def run_shell(self, shell: Any, argument: str) -> None:
+        import sys
+
+        from ekn_core.trainer.remote import RemoteIO
+
+        if isinstance(getattr(shell, "io", None), RemoteIO):
+            raise EknError("ip needs the training process's own terminal (Ctrl-C in `ekn train`); "
+                           "here, type Python lines directly")
+        banner = ("embedded Python on the ekn shell's namespace (trainer, model, data, batch, ...); "
+                  "Ctrl-D returns to the ekn shell")
+        with contextlib.redirect_stdout(sys.__stdout__ or sys.stdout):  # the terminal, not the shell's writer
+            interactive_python(shell.namespace, banner)
+        shell.write("back in the ekn shell")
 
 
 def format_stats(stats: dict[str, dict[str, float]], title: str) -> str:

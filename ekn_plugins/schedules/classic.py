@@ -1,4 +1,4 @@
-"""ELEKTRONN2's schedule modes: ``dec``, ``updates`` and ``lindec``."""
+"""ELEKTRONN2's schedule modes: ``dec``, ``updates``, ``lindec`` and ``permut``."""
 
 from __future__ import annotations
 
@@ -107,3 +107,38 @@ class LinDec(Schedule):
             return as_value_like(np.zeros_like(array), value)
         self.next_update = min(step + self.every, self.n_steps)
         return as_value_like(np.maximum(array - self.decrement, 0.0), value)
+
+
+class Permut(Schedule):
+    """Alternates between two values every ``every`` steps (config ``{'permut': [a, b], 'every': n}``).
+
+    Before training step ``s`` the value is ``a`` when ``(s // every)`` is even and ``b`` when it is
+    odd: ``a`` for steps ``0 .. every-1``, ``b`` for ``every .. 2*every-1``, ``a`` again from
+    ``2*every``, forever. The value at step 0 is replaced by ``a``. Values may be lists (e.g.
+    per-layer dropout rates). ELEKTRONN2's ``permut`` took the interval from ``updates[0][0]``;
+    here it is the ``every`` option.
+
+    Args:
+        values: ``[a, b]``, the two values.
+        every: Steps each value is kept (a positive integer; required).
+
+    Example:
+        >>> s = Permut([0.1, 0.01], every=3)
+        >>> [s.update(step, None) for step in (0, 3, 6)], s.next_update
+        ([0.1, 0.01, 0.1], 9)
+    """
+
+    def __init__(self, values: Any, every: Any = None):
+        if not isinstance(values, (list, tuple)) or len(values) != 2:
+            raise ConfigError(f"permut: expected the two values [a, b], got {values!r}.")
+        if every is None:
+            raise ConfigError("permut: the option 'every' (steps between switches) is required, "
+                              "e.g. {'permut': [0.1, 0.01], 'every': 1000}.")
+        self.values = (values[0], values[1])
+        self.every = check_positive_int("permut", "every", every)
+        self.next_update = 0
+
+    def _update(self, step: int, value: Any) -> Any:
+        period = step // self.every
+        self.next_update = (period + 1) * self.every  # a resumed run gets the value of its step
+        return self.values[period % 2]
