@@ -49,6 +49,7 @@ HOOK_PLUGINS = [
     "ekn_builtin_readers = ekn_plugins.readers.detect",
     "ekn_trainer_plots = ekn_plugins.trainer_hooks.plots",
     "ekn_trainer_tensorboard = ekn_plugins.trainer_hooks.tensorboard",
+    "ekn_trainer_volume_validation = ekn_plugins.trainer_hooks.volume_validation",
 ]
 LAYERS = [
     "add = ekn_plugins.layers.merge:Add",
@@ -91,6 +92,7 @@ LOSSES = [
     "beta_nll = ekn_plugins.losses.nodes:BetaNLL",
     "binary_nll = ekn_plugins.losses.nodes:BinaryNLL",
     "classification = ekn_plugins.losses.outputs:Classification",
+    "cosine_distance = ekn_plugins.losses.nodes:CosineDistance",
     "errors = ekn_plugins.losses.outputs:Errors",
     "euclidean_distance = ekn_plugins.losses.nodes:EuclideanDistance",
     "gaussian_nll = ekn_plugins.losses.nodes:GaussianNLL",
@@ -137,6 +139,7 @@ DATA_SOURCES = [
     "digits = ekn_plugins.data.mnist:DigitsSource",
     "mnist_data = ekn_plugins.data.mnist:DigitsSource",
     "patch_source = ekn_plugins.data.patches:PatchSource",
+    "tracing_data = ekn_plugins.data.tracing:TracingData",
 ]
 READERS = [
     "hdf5 = ekn_plugins.readers.hdf5:HDF5Reader",

@@ -11,6 +11,7 @@ the share of the measured 4096² matmul rate ("peak").
 Usage:
     python bench/bench_train_step.py                       # all nets, all frameworks
     python bench/bench_train_step.py --nets unet3d --rounds 3 --steps 2 --json out.json
+    python bench/bench_train_step.py --profile --frameworks ekn keras_tf_function   # op families side by side
 """
 
 from __future__ import annotations
@@ -146,19 +147,50 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def profile(nets: list[str], top: int = 12) -> str:
-    """Markdown tables of the op types that take ekn's training step time (``tf.profiler``)."""
+#: Op-type families of the profile, first match wins (oneDNN op names carry ``_MklNative``/``_Mkl``).
+OP_FAMILIES = (
+    ("conv weight gradient", ("BackpropFilter",)),
+    ("conv input gradient", ("BackpropInput",)),
+    ("conv forward", ("Conv2D", "Conv3D")),
+    ("matmul (1×1×1 layers)", ("MatMul",)),
+    ("pooling", ("MaxPool", "AvgPool")),
+    ("bias/activation gradients", ("BiasAddGrad", "ReluGrad", "Sum")),
+)
+
+
+def op_family(op_type: str) -> str:
+    """The family of an op type in :data:`OP_FAMILIES` (``'other'``: elementwise, optimiser, loss, copies)."""
+    return next((name for name, keys in OP_FAMILIES if any(k in op_type for k in keys)), "other")
+
+
+def profile(nets: list[str], frameworks: list[str]) -> str:
+    """Markdown tables of where the training step's op time goes (``tf.profiler``), per op family, for
+    each TensorFlow framework side by side (ekn and Keras run the same oneDNN kernels; PyTorch is skipped)."""
+    frameworks = [f for f in frameworks if f != "torch"]
     lines = []
     for net in nets:
-        step = common.build_ekn(common.NETS[net])
-        step()
-        step()
-        rows = common.op_profile(step, steps=2)
-        total = sum(r[1] for r in rows)
-        lines += ["", f"{net}: op time summed over threads {total:.0f} ms per step "
-                      f"(wall {1e3 * min(common.time_calls(step, 2)):.0f} ms)", "",
-                  "| op type | ms per step | calls | share |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {ms:.1f} | {calls} | {100 * ms / total:.1f}% |" for name, ms, calls in rows[:top]]
+        per_framework, walls = {}, {}
+        for framework in frameworks:
+            step = common.BUILDERS[framework](common.NETS[net])
+            step()
+            step()
+            walls[framework] = 1e3 * min(common.time_calls(step, 2))
+            families: dict[str, float] = {}
+            for name, ms, _calls in common.op_profile(step, steps=2):
+                families[op_family(name)] = families.get(op_family(name), 0.0) + ms
+            per_framework[framework] = families
+        names = [n for n, _ in OP_FAMILIES] + ["other"]
+        lines += ["", f"{net}: op time per step in ms, summed over threads (share of the framework's total)", "",
+                  "| op family | " + " | ".join(frameworks) + " |", "|---|" + "---:|" * len(frameworks)]
+        for name in names + ["total"]:
+            cells = []
+            for framework in frameworks:
+                families = per_framework[framework]
+                total = sum(families.values())
+                ms = total if name == "total" else families.get(name, 0.0)
+                cells.append(f"{ms:.1f} ({100 * ms / total:.0f}%)")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("| wall time of a step (min of 2) | " + " | ".join(f"{walls[f]:.0f}" for f in frameworks) + " |")
     return "\n".join(lines)
 
 
@@ -170,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round and net (default 3)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--profile", action="store_true",
-                        help="instead: tf.profiler op breakdown of ekn's training step for each net")
+                        help="instead: tf.profiler op-family breakdown of each TensorFlow framework's step")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker)
         return 0
     if args.profile:
-        print(profile(args.nets))
+        print(profile(args.nets, args.frameworks))
         return 0
     result = run(args.nets, args.frameworks, args.rounds, args.steps)
     print(report(result))

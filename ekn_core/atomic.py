@@ -2,7 +2,8 @@
 
 The one implementation of the pattern in ekn. A crash (or ``kill -9``) while writing leaves
 either the old file or the new one, never a torn file, and no temporary file is left behind on
-an exception.
+an exception. :func:`exclusive_lock` serialises read-modify-write updates of a file shared by
+several processes (read under the lock, merge, write atomically).
 
 Example:
     >>> import os, tempfile
@@ -12,14 +13,19 @@ Example:
     'hello'
     >>> write_json(path, {"step": 3}); open(path).read()
     '{\\n "step": 3\\n}'
+    >>> with exclusive_lock(path):
+    ...     write_json(path, {"step": 4})
+    >>> sorted(os.listdir(os.path.dirname(path)))
+    ['a.txt', 'a.txt.lock']
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -75,3 +81,31 @@ def write_text(path: str, text: str) -> None:
 def write_json(path: str, record: Any) -> None:
     """Writes ``record`` as indented JSON to ``path`` atomically."""
     write_text(path, json.dumps(record, indent=1))
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str) -> Iterator[None]:
+    """Holds an exclusive lock on ``path`` for other processes (and threads) taking it too.
+
+    The lock is ``fcntl.flock`` on the sidecar file ``path + '.lock'`` (created if needed and
+    left in place: deleting it would let two processes lock two different files). Waits until
+    the lock is free. The operating system releases it when the holder exits, also after
+    ``kill -9``, so there are no stale locks. Readers that only need a complete file do not need
+    it (writes are atomic); use it around read-merge-write updates, e.g.::
+
+        with exclusive_lock(path):
+            data = json.load(open(path)); data[key] = value; write_json(path, data)
+
+    Args:
+        path: The file the lock protects (its folder is created if needed).
+    """
+    import fcntl  # POSIX
+
+    lock_path = os.path.abspath(path) + ".lock"
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

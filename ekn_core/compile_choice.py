@@ -16,8 +16,11 @@ trainer with ``compile_mode='auto'`` measures a missing entry before its first s
 ``bench/bench_compile_modes.py`` fills the same cache.
 
 The cache file is ``$EKN_COMPILE_CACHE`` if set, else ``~/.cache/ekn/compile_modes.json``. A
-missing file is an empty cache, a corrupt one is reported once and treated as empty; writes are
-atomic (:mod:`ekn_core.atomic`) and merge with what is on disk.
+missing file is an empty cache, a corrupt one is reported once and treated as empty. Lookups
+read the file without a lock (writes are atomic, so a reader sees a complete file) and re-read it
+only when it changed. Recording takes an exclusive lock (:func:`ekn_core.atomic.exclusive_lock`,
+the file ``compile_modes.json.lock`` beside the cache), re-reads the file under it, adds the entry
+and writes atomically, so processes recording at the same time keep each other's entries.
 
 Example:
     >>> import os, tempfile
@@ -47,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ekn_core.atomic import write_json
+from ekn_core.atomic import exclusive_lock, write_json
 from ekn_core.errors import ConfigError
 from ekn_core.lazy import tf
 from ekn_core.node import COMPILE_MODES
@@ -87,8 +90,9 @@ _PATHS: dict[tuple[str, str, str], str] = {}  # (variable, HOME, working folder)
 _LOADED: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
 
-def _read(path: str) -> dict[str, Any]:
-    """The cache at ``path`` (shared, do not modify): {} when missing; {} and one warning when corrupt."""
+def _read(path: str, fresh: bool = False) -> dict[str, Any]:
+    """The cache at ``path`` (shared, do not modify): {} when missing; {} and one warning per
+    version of the file when corrupt. ``fresh`` reads the file even if it looks unchanged."""
     try:
         st = os.stat(path)
     except OSError:
@@ -96,7 +100,8 @@ def _read(path: str) -> dict[str, Any]:
         return {}
     identity = (st.st_mtime_ns, st.st_size, st.st_ino)
     known = _LOADED.get(path)
-    if known is not None and known[0] == identity:
+    unchanged = known is not None and known[0] == identity
+    if unchanged and not fresh:
         return known[1]
     try:
         with open(path, encoding="utf-8") as f:
@@ -104,8 +109,9 @@ def _read(path: str) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise ValueError(f"the top level is a {type(data).__name__}, not an object")
     except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        log.warning("compile-mode cache %s is unreadable (%s: %s); treating it as empty (it is rewritten "
-                    "with the next measured choice)", path, type(err).__name__, err)
+        if not unchanged:
+            log.warning("compile-mode cache %s is unreadable (%s: %s); treating it as empty (it is "
+                        "rewritten with the next measured choice)", path, type(err).__name__, err)
         data = {}
     _LOADED[path] = (identity, data)
     return data
@@ -120,11 +126,13 @@ def load_cache(path: str | None = None) -> dict[str, Any]:
 
 
 def record_choice(key: str, entry: dict[str, Any], path: str | None = None) -> None:
-    """Stores ``entry`` under ``key``: merged with what is on disk, written atomically."""
+    """Stores ``entry`` under ``key``: under an exclusive lock, merged with the file as it is on
+    disk then, written atomically (safe with several processes recording at once)."""
     path = path or cache_path()
-    data = dict(_read(path))
-    data[key] = entry
-    write_json(path, data)
+    with exclusive_lock(path):
+        data = dict(_read(path, fresh=True))  # (mtime, size, inode) may repeat within a clock tick
+        data[key] = entry
+        write_json(path, data)
 
 
 def cached_entry(key: str, path: str | None = None) -> dict[str, Any] | None:

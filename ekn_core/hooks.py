@@ -19,7 +19,7 @@ from typing import Any
 import pluggy
 
 from ekn_core import hookspecs
-from ekn_core.errors import PluginLoadError
+from ekn_core.errors import EknError, PluginLoadError
 
 log = logging.getLogger("ekn.plugins")
 
@@ -70,6 +70,17 @@ class Hooks:
             lines.extend([result] if isinstance(result, str) else list(result or []))
         return lines
 
+    def check_config(self, config: dict[str, Any]) -> list[str]:
+        """Every plugin's problems with the experiment-config settings it reads."""
+        problems: list[str] = []
+        for result in self.pm.hook.ekn_check_config(config=config):
+            problems.extend(result or [])
+        return problems
+
+    def history_metrics(self, config: dict[str, Any]) -> dict[str, str]:
+        """``{history column: "min" | "max"}`` of the metrics plugins add for ``config``."""
+        return _merged(self.pm.hook.ekn_history_metrics(config=config), "ekn_history_metrics")
+
     # -- training loop -----------------------------------------------------------------------
     def train_begin(self, trainer: Any) -> None:
         self.pm.hook.ekn_on_train_begin(trainer=trainer)
@@ -79,6 +90,10 @@ class Hooks:
 
     def validation_end(self, trainer: Any, step: int, metrics: dict[str, float]) -> None:
         self.pm.hook.ekn_on_validation_end(trainer=trainer, step=step, metrics=metrics)
+
+    def validation_metrics(self, trainer: Any, step: int) -> dict[str, float]:
+        """The extra metrics every plugin adds to the evaluation at ``step``."""
+        return _merged(self.pm.hook.ekn_validation_metrics(trainer=trainer, step=step), "ekn_validation_metrics")
 
     def checkpoint_saved(self, trainer: Any, path: str) -> None:
         self.pm.hook.ekn_on_checkpoint_saved(trainer=trainer, path=path)
@@ -98,6 +113,23 @@ class Hooks:
     # -- data ----------------------------------------------------------------------------------
     def get_reader(self, path: str) -> str | None:
         return self.pm.hook.ekn_get_reader(path=path)
+
+
+def _merged(results: list[dict[str, Any] | None], hook: str) -> dict[str, Any]:
+    """One dict from the plugins' answers; a name two plugins give is an error.
+
+    Example:
+        >>> _merged([{"a": 1}, None, {"b": 2}], "ekn_history_metrics")
+        {'a': 1, 'b': 2}
+    """
+    merged: dict[str, Any] = {}
+    for result in results:
+        clash = sorted(set(merged) & set(result or {}))
+        if clash:
+            raise EknError(f"two plugins answer {hook} with the metric(s) {clash}; block one of them "
+                                  "(EKN_BLOCK_PLUGINS=plugins:NAME, see `ekn plugins`)")
+        merged.update(result or {})
+    return merged
 
 
 _HOST: Hooks | None = None

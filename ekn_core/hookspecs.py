@@ -44,6 +44,25 @@ def ekn_report_header(config: dict[str, Any]) -> list[str] | str | None:
     """
 
 
+@hookspec
+def ekn_check_config(config: dict[str, Any]) -> list[str] | None:
+    """Returns the problems of the experiment-config settings this plugin reads, one message each
+    (what is wrong and how to fix it), or None; the config's :class:`~ekn_core.errors.ConfigError`
+    lists them with the core's own problems.
+
+    :param config: The experiment config's settings (name → value).
+    """
+
+
+@hookspec
+def ekn_history_metrics(config: dict[str, Any]) -> dict[str, str] | None:
+    """Names the history columns this plugin's ``ekn_validation_metrics`` adds for ``config`` that
+    ``monitor_metric`` may name, each with its better direction (``"min"`` or ``"max"``).
+
+    :param config: The experiment config's settings (name → value).
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # Training loop (runtime: called from Python around the compiled step)
 # ---------------------------------------------------------------------------------------------
@@ -75,6 +94,19 @@ def ekn_on_validation_end(trainer: Any, step: int, metrics: dict[str, float]) ->
     :param trainer: The running trainer.
     :param step: Training step at which the evaluation ran.
     :param metrics: ``train_loss``, ``valid_loss``, ``train_error``, ``valid_error`` and more.
+    """
+
+
+@hookspec
+def ekn_validation_metrics(trainer: Any, step: int) -> dict[str, float] | None:
+    """Returns extra metrics for the evaluation at ``step`` (every ``history_freq`` steps), or None.
+
+    Called after the monitor batches were evaluated, before the history row is recorded: the
+    values become history columns and reach ``ekn_on_validation_end``. The random-generator states
+    are restored afterwards, so an implementation cannot change the training that follows.
+
+    :param trainer: The running trainer.
+    :param step: Training step of the evaluation.
     """
 
 

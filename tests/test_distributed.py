@@ -41,8 +41,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(config: str, save_path: str, extra: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ekn_core.cli", "train", config, "--save-path", save_path, *extra],
+def _train(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """``ekn train ARGS`` in a subprocess."""
+    return subprocess.Popen([sys.executable, "-m", "ekn_core.cli", "train", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -64,22 +65,34 @@ def _wait(proc: subprocess.Popen, timeout: float = 240) -> str:
     return out
 
 
-@pytest.mark.slow
-def test_two_workers_equal_one_worker_on_the_global_batch(tmp_path):
-    config = tmp_path / "dist.py"
-    config.write_text(CONFIG)
+def _env() -> dict[str, str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
            "TF_NUM_INTRAOP_THREADS": "1"}
     env.pop("TF_CONFIG", None)
+    return env
+
+
+def _two_workers(save_path: str, config: str | None = None, extra: tuple[str, ...] = ()) -> list[subprocess.Popen]:
+    """The two workers of a new cluster: worker ``i`` trains ``config`` into ``save_path/worker<i>/run``,
+    or, without ``config``, resumes that run directory (with the overrides ``extra``)."""
     cluster = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
     workers = []
     for index in range(2):
         tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
-        workers.append(_train(str(config), str(tmp_path / f"worker{index}"), ["--set", "distribute=multiworker"],
-                              {**env, "TF_CONFIG": json.dumps(tf_config)}))
-    logs = [_wait(w) for w in workers]
+        folder = os.path.join(save_path, f"worker{index}")
+        args = ([config, "--save-path", folder, "--set", "distribute=multiworker"] if config else
+                ["--resume", os.path.join(folder, "run")])
+        workers.append(_train([*args, *extra], {**_env(), "TF_CONFIG": json.dumps(tf_config)}))
+    return workers
+
+
+@pytest.mark.slow
+def test_two_workers_equal_one_worker_on_the_global_batch(tmp_path):
+    config = tmp_path / "dist.py"
+    config.write_text(CONFIG)
+    logs = [_wait(w) for w in _two_workers(str(tmp_path), str(config))]
     assert "2 replica(s) in sync" in logs[0], logs[0][-2000:]
-    _wait(_train(str(config), str(tmp_path / "single"), [], env))
+    _wait(_train([str(config), "--save-path", str(tmp_path / "single")], _env()))
 
     single = _weights(str(tmp_path / "single"))
     for index in range(2):
@@ -92,6 +105,49 @@ def test_two_workers_equal_one_worker_on_the_global_batch(tmp_path):
 
     initial = read_checkpoint(str(tmp_path / "single" / "run" / "checkpoints" / "ckpt-00000000.h5")).params
     assert max(np.abs(single[k] - initial[k]).max() for k in single) > 1e-3
+
+
+@pytest.mark.slow
+def test_resumed_two_worker_run_equals_the_uninterrupted_run(tmp_path):
+    """Two workers train 3 steps and stop; resumed, they train to 6. A two-worker run of 6 steps
+    without the stop (started at the same time, in its own cluster) must end in the same state."""
+    from ekn_core.trainer.checkpoint import list_checkpoints, read_checkpoint
+
+    config = tmp_path / "dist.py"
+    config.write_text(CONFIG)  # n_steps = 6, checkpoints every history_freq = 3 steps
+    stopped = _two_workers(str(tmp_path / "stopped"), str(config), ("--set", "n_steps=3"))
+    whole = _two_workers(str(tmp_path / "whole"), str(config))
+    for w in stopped:
+        _wait(w)
+    logs = [_wait(w) for w in _two_workers(str(tmp_path / "stopped"), extra=("--set", "n_steps=6"))]
+    assert "resumed run from" in logs[0] and "(step 3)" in logs[0], logs[0][-2000:]
+    assert "2 replica(s) in sync" in logs[1], logs[1][-2000:]
+    for w in whole:
+        _wait(w)
+
+    for index in range(2):
+        ref_dir, got_dir = (str(tmp_path / run / f"worker{index}") for run in ("whole", "stopped"))
+        ref, got = _weights(ref_dir), _weights(got_dir)
+        assert got.keys() == ref.keys() and {"hidden/w", "logits/w"} <= set(ref)
+        for key, value in ref.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+        ck_ref, ck_got = (read_checkpoint(dict(list_checkpoints(os.path.join(d, "run", "checkpoints")))[6])
+                          for d in (ref_dir, got_dir))
+        for key, value in ck_ref.params.items():
+            np.testing.assert_array_equal(ck_got.params[key], value, err_msg=key)
+        for opt, state in ck_ref.optimisers.items():
+            for key, value in state.items():
+                np.testing.assert_array_equal(ck_got.optimisers[opt][key], value, err_msg=f"{opt}/{key}")
+        np.testing.assert_array_equal(ck_got.rng["tf_generator"], ck_ref.rng["tf_generator"])
+        assert ck_got.state["meta"] == ck_ref.state["meta"] and ck_got.state["iterations"] == 6
+        for table in ("timeline", "history"):  # per-step losses and the monitoring rows of steps 3 and 6
+            want, have = getattr(ck_ref.history, table), getattr(ck_got.history, table)
+            assert have.columns == want.columns
+            for column in want.columns:
+                if column != "time":
+                    np.testing.assert_array_equal(have[column], want[column], err_msg=f"{table}/{column}")
+        assert ck_got.history.timeline["step"].tolist() == list(range(1, 7))
+        assert ck_got.history.history["step"].tolist() == [3, 6]
 
 
 def test_tf_config_errors_say_what_to_set():

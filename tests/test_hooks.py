@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ekn_core import hookimpl, hookspecs
+from ekn_core.errors import EknError
 from ekn_core.hooks import Hooks
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "hooks.md")
@@ -30,6 +31,18 @@ class Recorder:
     @hookimpl
     def ekn_report_header(self, config):
         return ["line one", "line two"]
+
+    @hookimpl
+    def ekn_check_config(self, config):
+        return [f"n_steps {config['n_steps']} is odd"] if config.get("n_steps", 0) % 2 else None
+
+    @hookimpl
+    def ekn_history_metrics(self, config):
+        return {"recorded": "max"}
+
+    @hookimpl
+    def ekn_validation_metrics(self, trainer, step):
+        return {"recorded": float(step)}
 
     @hookimpl
     def ekn_on_train_begin(self, trainer):
@@ -82,6 +95,27 @@ def test_hook_ekn_configure(hooks):
 
 def test_hook_ekn_report_header(hooks):
     assert hooks.report_header({}) == ["line one", "line two"]
+
+
+def test_hook_ekn_check_config(hooks):
+    assert hooks.check_config({"n_steps": 3}) == ["n_steps 3 is odd"] and hooks.check_config({"n_steps": 4}) == []
+
+
+def test_hook_ekn_history_metrics(hooks):
+    assert hooks.history_metrics({}) == {"recorded": "max"}
+
+    class Same:
+        @hookimpl
+        def ekn_history_metrics(self, config):
+            return {"recorded": "min"}
+
+    hooks.register(Same())
+    with pytest.raises(EknError, match=r"two plugins answer ekn_history_metrics with the metric\(s\) \['recorded'\]"):
+        hooks.history_metrics({})
+
+
+def test_hook_ekn_validation_metrics(hooks):
+    assert hooks.validation_metrics(trainer=None, step=5) == {"recorded": 5.0}
 
 
 def test_hook_ekn_on_train_begin(hooks):

@@ -161,6 +161,39 @@ def test_euclidean_distance_node():
     np.testing.assert_allclose(got, np.where(lab, want, 0) * lab.size / lab.sum(), rtol=1e-5, atol=1e-6)
 
 
+
+def test_cosine_distance_matches_numpy_and_ignores_nan():
+    pred, target = RNG.normal(size=SHAPE + (3,)), RNG.normal(size=SHAPE + (3,))
+    cos = (pred * target).sum(-1, keepdims=True) / np.linalg.norm(pred, axis=-1, keepdims=True) / np.linalg.norm(
+        target, axis=-1, keepdims=True)
+    want = 1 - cos
+    got = F.cosine_distance(pred * RNG.uniform(0.1, 10, SHAPE + (1,)), target)  # lengths do not count
+    assert got.shape == SHAPE + (1,)
+    assert_close(got, want)
+    assert_close(F.cosine_distance(target, target), np.zeros(SHAPE + (1,)))
+    assert_close(F.cosine_distance(-target, target), np.full(SHAPE + (1,), 2.0))
+    target[0, 1, 2, 0] = np.nan
+    lab = np.ones(SHAPE + (1,), bool)
+    lab[0, 1, 2] = False
+    got = F.cosine_distance(pred, target).numpy()
+    assert got[0, 1, 2, 0] == 0
+    assert_close(got.mean(), want[lab].mean())
+    zero = F.cosine_distance(np.zeros((1, 3)), np.array([[0.0, 1.0, 0.0]]))
+    assert_close(zero, np.ones((1, 1)))  # a zero prediction: distance 1, gradient finite
+
+
+def test_cosine_distance_node():
+    pred = nm.Input((2, 3, 4), "b,f,x", name="pred")
+    target = nm.Input((2, 3, 4), "b,f,x", name="target")
+    dist = nm.CosineDistance(pred, target)
+    assert dist.shape.shape == (2, 1, 4) and registry("losses").info("cosine_distance").builtin
+    p, t = RNG.normal(size=(2, 3, 4)).astype("float32"), RNG.normal(size=(2, 3, 4)).astype("float32")
+    want = 1 - (p * t).sum(1, keepdims=True) / np.linalg.norm(p, axis=1, keepdims=True) / np.linalg.norm(
+        t, axis=1, keepdims=True)
+    np.testing.assert_allclose(dist(p, t), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ShapeError, match="target has shape"):
+        nm.CosineDistance(pred, nm.Input((2, 2, 4), "b,f,x", name="other"))
+
 # ---- SobelizedLoss -------------------------------------------------------------------------------
 
 
@@ -356,6 +389,7 @@ GRAD_CASES = {
     "beta_mode": (lambda x: F.beta_nll(tf.sigmoid(x), G_K, G_T), 2),
     "beta_concentration": (lambda x: F.beta_nll(G_MODE, 2.0 + tf.nn.softplus(x) * 7, G_T), 2),
     "euclidean": (lambda x: F.euclidean_distance(x, G_NAN), 3),
+    "cosine": (lambda x: F.cosine_distance(x, G_NAN), 3),
     "ramp": (lambda x: F.ramp_loss(x * 3, G_OTHER, margin=0.25), 3),
     "lazy_multinoulli": (lambda x: F.multinoulli_nll(x, G_IDS, n_indep=N_INDEP, target_is_sparse=True,
                                                      class_weights=[0.5, 1.0, 2.0], mask_class_labeled=G_LAB,
@@ -452,6 +486,7 @@ LOSS_GRAPHS = {
                                             nm.Perceptron(c, 3, "sig")), TRIPLE, {}),
     "classification": (lambda a: nm.Classification(nm.Softmax(a)), LOGITS, {}),
     "errors": (lambda a, b: nm.Errors(nm.Softmax(a), b, target_is_sparse=True), CLS, {}),
+    "cosine_distance": (lambda a, b: nm.CosineDistance(a, b), VEC, {}),
     "euclidean_distance": (lambda a, b: nm.EuclideanDistance(a, b), VEC, {}),
     "gaussian_nll": (lambda a, b, c: nm.GaussianNLL(a, b, c, sig_is_log=True), TRIPLE, {}),
     # MALIS weights from tf.numpy_function: the 'xla' run falls back to plain (MalisNLL.xla_compatible)

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_layers_reference import ATOL, fresh_model, gradient_check
+from test_layers_reference import ATOL, gradient_check
 
 import ekn_core.neuromancer as nm
-from ekn_core.node import model_manager, set_seed
+from ekn_core.node import model_manager
 from ekn_plugins.layers.recurrent import one_step_model
 
 
 @pytest.fixture(autouse=True)
-def _model():
-    set_seed(3)
-    model = fresh_model("rnn")
-    yield model
-    for name in [n for n in model_manager.models if n.startswith(model.name)]:
-        model_manager.remove(name)
+def _model(scratch_model):
+    return scratch_model
 
 
 def sig(v: np.ndarray) -> np.ndarray:

@@ -96,9 +96,7 @@ def test_picture_is_the_steps_batch_aligned_and_a_png_of_three_panels(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [(), (GLOBAL_RANDOM,)], ids=["rng_source", "global_random_source"])
-def test_picture_at_start_does_not_change_training(tmp_path, monkeypatch, overrides):
-    from ekn_core.trainer.loop import Trainer
-
+def test_picture_at_start_does_not_change_training(tmp_path, overrides):
     with_picture = make_trainer(tmp_path, *overrides, name="with")
     try:
         assert with_picture.run() == "finished"
@@ -111,13 +109,13 @@ def test_picture_at_start_does_not_change_training(tmp_path, monkeypatch, overri
     if overrides:  # no force_dense: the picture samples the raw every stride-th voxel, like the target
         assert p["region"].shape == (4, 4) and p["box"] == (4, 4, 7, 7)
 
-    monkeypatch.setattr(Trainer, "_safe_batch_picture", lambda self: None)
-    without = make_trainer(tmp_path, *overrides, name="without")
+    without = make_trainer(tmp_path, *overrides, "batch_picture=False", name="without")
     try:
         assert without.run() == "finished"
     finally:
         without.close()
     assert not os.path.exists(os.path.join(without.run_dir.path, "Batch_test_image.png"))
+    assert without.last_batch_picture is None
     losses = list(with_picture.history.timeline["loss"])
     assert len(losses) == 3 and losses == list(without.history.timeline["loss"])
 
@@ -130,10 +128,17 @@ def _run_shell(trainer, text):
     return run_shell(trainer, stdin=io.StringIO(text), stdout=out), out.getvalue()
 
 
+def test_batch_picture_setting_must_be_a_bool(tmp_path):
+    from ekn_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_picture must be True or False, got 'no'"):
+        make_trainer(tmp_path, "batch_picture='no'")
+
+
 def test_shell_debugbatch_and_ip(tmp_path, monkeypatch):
     import code
 
-    trainer = make_trainer(tmp_path)
+    trainer = make_trainer(tmp_path, "batch_picture=False")  # debugbatch writes the picture anyway
     try:
         path = os.path.join(trainer.run_dir.path, "Batch_test_image.png")
         assert not os.path.exists(path)

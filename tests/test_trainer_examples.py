@@ -98,3 +98,44 @@ def test_demo_runs_the_readme_workflow(tmp_path):
             assert img.format == "PNG" and np.asarray(img).std() > 0, name
     error = float(re.search(r"pixel error .*: ([0-9.]+)", text).group(1))
     assert 0.0 <= error <= 1.0
+
+
+def test_malis_example_trains_affinities(data_dir, tmp_path):
+    """examples/malis_affinities.py through `ekn train`: PatchSource(affinities='malis') batches
+    (raw, aff, seg) from the cell ids of `ekn data synth`, a MalisNLL loss, finite losses, and a
+    run directory with checkpoints, history and a model that loads with its MALIS loss."""
+    import h5py
+
+    import ekn_core.neuromancer as nm
+    from ekn_core.trainer.checkpoint import list_checkpoints, read_checkpoint
+    from ekn_plugins.malis import mknhood3d
+
+    sets = ["n_steps=4", "history_freq=2", "checkpoint_freq=2", "background_processes=0", "monitor_batch_size=2",
+            "batch_size=2", "preview_data_path=None", f"save_path={str(tmp_path)!r}", "save_name='run'",
+            "model_load_args={'patch_size': (7, 41, 41), 'width': 0.25}"]
+    cmd = ekn_cmd("train", os.path.join(EXAMPLES, "malis_affinities.py"), *[a for s in sets for a in ("--set", s)])
+    env = {**os.environ, "EKN_DATA_DIR": data_dir, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    run = tmp_path / "run"
+    rows = (run / "history.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    values = [dict(zip(header, map(float, r.split(",")))) for r in rows[1:]]
+    assert [v["step"] for v in values] == [2, 4]
+    for v in values:  # MALIS pair-weighted NLL per voxel pair: finite and positive
+        assert np.isfinite(v["train_loss"]) and np.isfinite(v["valid_loss"]) and v["train_loss"] > 0, v
+    checkpoints = list_checkpoints(str(run / "checkpoints"))
+    assert [s for s, _ in checkpoints] == [2, 4]
+    last = read_checkpoint(checkpoints[-1][1])
+    steps, losses = last.history.timeline["step"], last.history.timeline["loss"]
+    assert steps.tolist() == [1, 2, 3, 4] and np.isfinite(losses).all() and (losses > 0).all()
+    model = nm.modelload(str(run / "models" / "final.mdl"), name="malis_example_final")
+    assert type(model["malis"]).__name__ == "MalisNLL"
+    np.testing.assert_array_equal(model["malis"].nhood, mknhood3d(1))
+    weights = {key: p.get_value() for key, p in model.all_params.items()}
+    assert set(last.params) == set(weights)
+    for key, value in last.params.items():  # the final model is the last checkpoint's
+        np.testing.assert_array_equal(value, weights[key], err_msg=key)
+    with h5py.File(os.path.join(data_dir, "raw_2.h5"), "r") as f:
+        raw = f["raw"][:7, :41, :41].astype(np.float32)[None, None] / 255
+    assert model.predict(raw).shape == (1, 6, 3, 25, 25)  # P(disconnected), P(connected) per edge

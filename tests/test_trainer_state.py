@@ -131,3 +131,21 @@ def test_plots_are_real_png_images(tmp_path):
             assert img.format == "PNG" and img.size[0] > 300
             pixels = np.asarray(img.convert("L"))
         assert pixels.std() > 5, f"{path} looks blank"
+
+
+def test_plots_without_errors_warn_about_nothing(tmp_path):
+    """A model without an error node (e.g. MALIS affinities): NaN errors, an errors plot without
+    a legend, and no matplotlib warning on every plot."""
+    import warnings
+
+    h = History()
+    for i in range(1, 26):
+        h.timeline.append(step=i, time=0.5 * i, loss=2.0 / i, batch_char=0.3)
+        if i % 5 == 0:
+            h.history.append(step=i, time=0.5 * i, train_loss=2.0 / i, valid_loss=2.5 / i, loss_gain=-0.1,
+                             train_error=np.nan, valid_error=np.nan, lr=0.01, mom=0.9, wd=0)
+    assert np.isnan(h.history["train_error"]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = plot_history(h, str(tmp_path), smoothing=5)
+    assert len(paths) == 4 and all(os.path.getsize(p) > 0 for p in paths)

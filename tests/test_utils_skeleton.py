@@ -112,6 +112,9 @@ def test_nml_trees_roundtrip(tmp_path):
     assert star.arc is None and star.nearest([[5, 0, 0]])[0][0] == 0.0  # (z=5, y=0, x=0): the x,y,z=(0,0,5) tip
     out = trace_to_tree([[1, 2, 3], [1, 2, 4]], nml, comment="trace")
     assert [n.position for n in out.nodes.values()] == [(3.0, 2.0, 1.0), (4.0, 2.0, 1.0)] and len(out.edges) == 1
+    same = trace_to_tree([[0, 0, 0], [0, 0, 1], [0, 0, 2]], nml, radius=[1.0, 2.5, 4.0], tree=out)
+    assert same is out and len(out.nodes) == 5 and len(out.edges) == 3  # a second chain in the same tree
+    assert [n.radius for n in out.nodes.values()] == [1.0, 1.0, 1.0, 2.5, 4.0]
 
 
 def test_bad_skeletons():

@@ -5,8 +5,8 @@ import pytest
 
 from ekn_core.errors import ConfigError
 from ekn_plugins.utils.skeleton import TubeSkeleton, frame
-from ekn_plugins.utils.tracing import (DirectionMLP, Tracer, followed_length, straight_line, synthetic_tube,
-                                       training_samples)
+from ekn_plugins.utils.tracing import (AgentOutput, DirectionMLP, Tracer, followed_length, straight_line,
+                                       synthetic_tube, synthetic_tubes, training_samples)
 
 SHAPE, PATCH = (32, 48, 64), (5, 11, 11)
 
@@ -81,3 +81,97 @@ def test_followed_length_against_hand_computed_values():
     star = TubeSkeleton([[0, 0, 0], [0, 0, 5], [0, 5, 0]], [[0, 1], [0, 2]])
     with pytest.raises(ConfigError, match="chain"):
         followed_length(on, star, 1.0)
+
+
+def test_tracer_stops_at_bounding_box_lost_track_and_registry_overlap():
+    vol = np.zeros((20, 40, 40), np.float32)
+    vol[:, :, 25:] = 1.0  # bright from x = 25 on
+    start, ahead = np.array([10.0, 20.0, 20.0]), np.array([0.0, 0.0, 1.0])
+    forward = lambda p: np.tile([1.0, 0.0, 0.0], (len(p), 1))
+    make = lambda **kw: Tracer(forward, vol, (1, 3, 3), step=1.0, inertia=0.0, **kw)
+    boxed = make(bounding_box=[[0, 0, 0], [19, 39, 30]]).trace(start, ahead)
+    assert boxed.reason == "left the bounding box" and boxed.points[-1].tolist() == [10, 20, 30]
+    seen = []
+
+    def bright(patch, output):
+        seen.append(output.directions.shape)
+        return patch.mean() > 0.5
+
+    lost = make(stop=bright).trace(start, ahead)
+    assert lost.reason == "lost track" and lost.points[-1].tolist() == [10, 20, 25]
+    assert seen == [(1, 3)] * 6  # asked at x = 20 ... 25
+    owned = make().trace(start, ahead, owner=lambda p: 7 if p[2] >= 30 else -1)
+    assert owned.reason == "registry overlap" and owned.met == 7 and owned.points[-1].tolist() == [10, 20, 29]
+    assert make().trace(start, ahead).met is None
+    for bad in ({"bounding_box": [[0, 0, 9], [5, 5, 5]]}, {"reference_radius": 0.0}, {"zoom_range": (2.0, 3.0)}):
+        with pytest.raises(ConfigError):
+            make(**bad)
+    with pytest.raises(ConfigError, match="one direction"):
+        Tracer(lambda p: np.ones((len(p), 4)), vol, (1, 3, 3)).trace(start, ahead)
+
+
+@pytest.mark.parametrize("radius, spacings", [
+    (6.0, [1.0, 1.25, 1.5625, 1.953125, 2.0, 2.0]),   # zooms out by at most 25 % a step, to the limit 2
+    (1.0, [1.0, 0.75, 0.5625, 0.5, 0.5, 0.5]),        # zooms in to the limit 0.5
+])
+def test_radius_zoom_follows_the_predicted_radius(radius, spacings):
+    """The patch spacing (measured on a ramp volume) follows radius / reference_radius = 3 or 0.5."""
+    vol = np.broadcast_to(np.arange(40, dtype=np.float32)[None, :, None], (20, 40, 60))  # value = y
+
+    class Sizer:  # reports the true radius in patch samples, as a trained net would
+        def __init__(self):
+            self.spacings = []
+
+        def __call__(self, patches):
+            spacing = (patches[0, 0, 0, -1] - patches[0, 0, 0, 0]) / 2  # patch axis 2 is y for heading x
+            self.spacings.append(float(spacing))
+            return AgentOutput(np.array([[1.0, 0.0, 0.0]]), np.array([radius / spacing]))
+
+    sizer = Sizer()
+    tracer = Tracer(sizer, vol, (1, 3, 3), step=1.0, max_steps=6, reference_radius=2.0)
+    trace = tracer.trace([10.0, 20.0, 10.0], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(sizer.spacings, spacings, rtol=1e-5)
+    np.testing.assert_allclose(trace.radii, radius, rtol=1e-5)
+    assert len(trace.radii) == len(trace.points) == 7
+    fixed = Sizer()
+    Tracer(fixed, vol, (1, 3, 3), step=1.0, max_steps=3).trace([10.0, 20.0, 10.0], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(fixed.spacings, 1.0)  # no reference_radius: no zoom
+
+
+def test_synthetic_tubes_are_separate_tubes_around_their_centres():
+    rng = np.random.default_rng(3)
+    vol, skels = synthetic_tubes((16, 40, 30), [(8, 8), (8, 20), (8, 32)], radius=2.0, noise=0.0, rng=rng)
+    for skel, y in zip(skels, (8, 20, 32)):
+        assert abs(skel.points[:, 1].mean() - y) < 1e-9 and np.abs(skel.points[:, 1] - y).max() <= 0.05 * 40 * 2
+        on = np.round(skel.points).astype(int)
+        assert vol[tuple(on.T)].min() > 0.8  # bright on every centre line
+    single, skel = synthetic_tube((16, 40, 30), 2.0, 0.0, np.random.default_rng(3), center=(8, 8), max_bend=0.05)
+    np.testing.assert_allclose(skel.points, skels[0].points)  # same random stream as synthetic_tube
+    with pytest.raises(ConfigError, match="centre"):
+        synthetic_tubes((16, 40, 30), [])
+
+
+def test_anisotropic_voxels_trace_like_the_isotropic_volume():
+    """A linear volume sampled every second z slice, traced with ``voxel_size=(2, 1, 1)``, gives the
+    patches (linear interpolation is exact on a linear function) and, in physical units, the points of
+    the isotropic volume; a predictor that turns a little each step exercises the heading update."""
+    z, y, x = np.meshgrid(np.arange(40.0), np.arange(30.0), np.arange(30.0), indexing="ij")
+    iso = (0.5 * z + 0.3 * y - 0.2 * x).astype(np.float32)
+    seen: dict[str, list[np.ndarray]] = {"iso": [], "aniso": []}
+
+    def predictor(key):
+        def predict(patches):
+            seen[key].append(patches[0].copy())
+            return np.array([[0.95, 0.25, 0.1]])
+        return predict
+
+    kwargs = dict(patch_shape=(3, 5, 5), spacing=1.0, step=1.5, inertia=0.2, max_steps=12, margin=1.0)
+    start, heading = np.array([6.0, 12.0, 14.0]), np.array([1.0, 0.2, 0.0])
+    a = Tracer(predictor("iso"), iso, **kwargs).trace(start, heading)
+    b = Tracer(predictor("aniso"), iso[::2], voxel_size=(2, 1, 1), **kwargs).trace(start / [2, 1, 1], heading)
+    assert a.reason == "max steps" and b.reason == "max steps"
+    np.testing.assert_allclose(b.points * [2, 1, 1], a.points, atol=1e-9)
+    np.testing.assert_allclose(b.directions, a.directions, atol=1e-9)
+    np.testing.assert_allclose(np.array(seen["aniso"]), np.array(seen["iso"]), atol=1e-4)
+    with pytest.raises(ConfigError, match="voxel_size"):
+        Tracer(predictor("iso"), iso, (3, 5, 5), voxel_size=(2, 1))

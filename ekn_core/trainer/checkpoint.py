@@ -8,7 +8,7 @@ A checkpoint ``checkpoints/ckpt-<step:08d>.h5`` holds
   generator, Python's ``random``),
 * ``history/...``: the training history (see :mod:`ekn_core.trainer.history`),
 * attribute ``state``: JSON with the step, training time, schedule states, model
-  meta-parameters, best validation loss, preview clock and data-worker state.
+  meta-parameters, best value of the monitored metric, preview clock and data-worker state.
 
 It is written to a temporary file, fsynced and renamed, so a crash leaves the previous
 checkpoint intact. No pickle is used.

@@ -110,6 +110,8 @@ SETTINGS: dict[str, Setting] = {
     # -- files -------------------------------------------------------------------------------------
     "param_save_it": Setting(10000, "Steps between permanent model snapshots models/step-<N>.<ext>."),
     "plot_on": Setting(True, "Write the PNG plots (loss, errors, lr, timeline) every history_freq steps."),
+    "batch_picture": Setting(True, "Write the batch picture Batch_test_image.png at the start of every run "
+                             "(image-to-image nets); the shell's debugbatch writes it either way.", "ekn"),
     "preview_data_path": Setting(None, "Volume(s) for previews: an HDF5 file (every dataset), "
                                  "'file.h5:key' or (file, key); '~' is expanded."),
     "preview_kwargs": Setting(None, "Preview options: export_class ('all', an int or a list of channel "
@@ -135,11 +137,19 @@ SETTINGS: dict[str, Setting] = {
     "nan_max_retries": Setting(3, "Rollbacks allowed without a good checkpoint in between before the run "
                                "stops.", "ekn"),
     "early_stopping_patience": Setting(None, "Stop (status 'finished') after this many evaluations in a row "
-                                       "(every history_freq steps) whose validation loss (training loss "
-                                       "without validation data) did not beat the best by more than "
-                                       "early_stopping_min_delta; None: never.", "ekn"),
-    "early_stopping_min_delta": Setting(0.0, "Smallest decrease of the monitored loss that counts as an "
-                                        "improvement for early stopping.", "ekn"),
+                                       "of the monitored metric (monitor_metric) that did not beat the best "
+                                       "by more than early_stopping_min_delta; None: never.", "ekn"),
+    "early_stopping_min_delta": Setting(0.0, "Smallest improvement of the monitored metric that counts for "
+                                        "early stopping.", "ekn"),
+    "monitor_metric": Setting(None, "History column that picks models/best.mdl and drives early stopping, e.g. "
+                              "'valid_error' or 'volume_f1'; None: the validation loss (the training loss "
+                              "without validation data). Evaluations where it is not measured do not count.",
+                              "ekn"),
+    "monitor_mode": Setting(None, "'min' or 'max': whether a smaller or a larger monitor_metric is better; "
+                            "None: the metric's own direction (losses and errors 'min', F1 'max').", "ekn"),
+    "volume_validation": Setting(None, "Validation on whole labelled volumes: every N steps dense prediction and "
+                                 "metrics (pixel error, F1, IoU, MSE) as history columns volume_*; a dict, see "
+                                 "'Validation on whole volumes' in docs/training.md.", "ekn"),
     # -- hardware -------------------------------------------------------------------------------------
     "device": Setting(None, "GPU to use: None (default device), an int, 'auto' (GPU with most free memory) "
                       "or 'cpu'. The --gpu option wins."),
@@ -175,12 +185,17 @@ IGNORED = {
 
 #: Names that name ELEKTRONN2 features ekn does not have (an error).
 UNSUPPORTED = {
-    "sequence_training": "the skeleton-tracing trainers of ELEKTRONN2 are not part of ekn",
+    "sequence_training": "in ekn it is an argument of the tracing data source: data_class = 'TracingData' and "
+                         "data_init_kwargs = {..., 'sequence_training': N} (docs/training.md, 'Training a tracing "
+                         "agent')",
 }
 
 #: Why ``prefetch_to_device=True`` and ``distribute`` do not combine.
 PREFETCH_DISTRIBUTED = ("prefetch_to_device=True cannot be combined with distribute: the tf.distribute strategy "
                         "places each replica's share of the batch itself; leave prefetch_to_device None or False")
+
+#: The history columns of the trainer itself that ``monitor_metric`` may name, with their better direction.
+MONITORABLE = {"valid_loss": "min", "train_loss": "min", "valid_error": "min", "train_error": "min"}
 
 #: Settings whose string value (or first tuple element) is a path with '~' to expand.
 _PATH_SETTINGS = ("save_path", "model_load_path", "preview_data_path", "data_class")
@@ -458,6 +473,8 @@ class ExperimentConfig:
         bp = v["background_processes"]
         if not (isinstance(bp, (bool, int)) and bp >= 0):
             problems.append(f"background_processes must be False or a number of processes, got {bp!r}")
+        if not isinstance(v["batch_picture"], (bool, np.bool_)):
+            problems.append(f"batch_picture must be True or False, got {v['batch_picture']!r}")
         pf = v["prefetch_to_device"]
         if not (pf is None or isinstance(pf, (bool, np.bool_))):
             problems.append(f"prefetch_to_device must be None (on when training on a GPU), True or False, got {pf!r}")
@@ -465,8 +482,51 @@ class ExperimentConfig:
             problems.append(PREFETCH_DISTRIBUTED)
         if not isinstance(v["optimiser"], str):
             problems.append(f"optimiser must be a name such as 'Adam', got {v['optimiser']!r}")
+        problems.extend(self._monitor_problems())
+        from ekn_core.hooks import host
+
+        problems.extend(host().check_config(self.as_dict()))
         if problems:
             raise ConfigError(f"config {self.path}: " + "; ".join(problems))
+
+    def _monitor_problems(self) -> list[str]:
+        metric, mode = self._values["monitor_metric"], self._values["monitor_mode"]
+        problems = []
+        if mode not in (None, "min", "max"):
+            problems.append(f"monitor_mode must be None, 'min' or 'max', got {mode!r}")
+        if metric is None:
+            if mode == "max":
+                problems.append("monitor_mode 'max' needs a monitor_metric (the default, the validation loss, is "
+                                "minimised)")
+        else:
+            names = self.monitorable()
+            if not isinstance(metric, str) or metric not in names:
+                problems.append(f"monitor_metric {metric!r} is not a metric of this run"
+                                f"{_did_you_mean(str(metric), names)}; choose one of {', '.join(names)}")
+        return problems
+
+    def monitorable(self) -> dict[str, str]:
+        """The metrics ``monitor_metric`` may name, with their better direction: the trainer's own
+        (:data:`MONITORABLE`) and those hook plugins add (``ekn_history_metrics``), e.g. ``volume_f1``."""
+        from ekn_core.hooks import host
+
+        return {**MONITORABLE, **host().history_metrics(self.as_dict())}
+
+    def monitored(self) -> tuple[str, str]:
+        """``(metric, direction)`` that picks the best model; the default metric ``'valid_loss'``
+        falls back to the training loss without validation data.
+
+        Example:
+            >>> import tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "exp.py")
+            >>> _ = open(path, "w").write("data_class = 'MNISTData'\\nn_steps = 1\\nmodel_load_path = 'm.mdl'\\n")
+            >>> ExperimentConfig.from_file(path).monitored()
+            ('valid_loss', 'min')
+            >>> ExperimentConfig.from_file(path, ["monitor_metric='valid_error'"]).monitored()
+            ('valid_error', 'min')
+        """
+        metric = self._values["monitor_metric"] or "valid_loss"
+        return metric, self._values["monitor_mode"] or self.monitorable().get(metric, "min")
 
     def __repr__(self) -> str:
         return f"<ExperimentConfig {self.path}>"

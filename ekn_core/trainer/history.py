@@ -7,7 +7,8 @@ HDF5 (inside checkpoints and as ``history.h5``) and CSV, never pickled.
   ``batch_char`` (mean target of the batch, ELEKTRONN2's "prevalence") and one column per
   monitored debug output (``debug/<name>``).
 * ``history``: one row per ``history_freq`` steps: ``step``, ``time``, ``train_loss``,
-  ``valid_loss``, ``loss_gain``, ``train_error``, ``valid_error``, ``lr``, ``mom``, ``wd``.
+  ``valid_loss``, ``loss_gain``, ``train_error``, ``valid_error``, ``lr``, ``mom``, ``wd``, and the
+  metrics of ``ekn_validation_metrics`` hooks (e.g. ``volume_f1``; NaN where not measured).
 
 Example:
     >>> t = Table()

@@ -3,8 +3,9 @@
 Per step the trainer updates the due schedules, draws a batch (seeded by ``(seed, step)``, so the
 data of step *n* does not depend on what ran before), runs the model's compiled training step,
 and fires the ``ekn_on_train_step_end`` hook in Python (two steps, two calls). Every
-``history_freq`` steps it evaluates train/valid monitor batches, records a history row, saves
-``models/latest.mdl`` (and ``models/best.mdl`` when the validation loss improved), logs the
+``history_freq`` steps it evaluates train/valid monitor batches, adds the metrics of the
+``ekn_validation_metrics`` hooks (e.g. validation on whole volumes), records a history row, saves
+``models/latest.mdl`` (and ``models/best.mdl`` when the monitored metric improved), logs the
 status line and fires ``ekn_on_validation_end`` (the built-in plot plugin draws the PNGs then).
 Every ``checkpoint_freq`` steps it writes an exact-resume checkpoint; previews are written at
 the configured times.
@@ -46,6 +47,7 @@ import numpy as np
 
 from ekn_core.errors import ConfigError, EknError
 from ekn_core.hooks import host
+from ekn_core.trainer.batch_picture import FILE_NAME
 from ekn_core.trainer.checkpoint import (CheckpointData, capture_host_rng, latest_checkpoint, prune_checkpoints,
                                          read_checkpoint, restore_host_rng, write_checkpoint)
 from ekn_core.trainer.config import ExperimentConfig
@@ -59,7 +61,27 @@ log = logging.getLogger("ekn.trainer")
 _STREAMS: dict[str, tuple[int, ...]] = {"train": (), "monitor_train": (1,), "monitor_valid": (2,)}
 _META = ("lr", "mom", "wd", "beta2")
 #: The batch picture in the run directory (ELEKTRONN2's name), see :meth:`Trainer.debug_batch_picture`.
-BATCH_PICTURE = "Batch_test_image.png"
+BATCH_PICTURE = FILE_NAME
+
+
+def is_improvement(score: float, best: float, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether ``score`` beats ``best`` by more than ``min_delta`` (``mode``: ``'min'`` or ``'max'``
+    is better); a non-finite score never does.
+
+    Example:
+        >>> is_improvement(0.5, 0.6, "min"), is_improvement(0.5, 0.6, "max"), is_improvement(0.55, 0.6, "min", 0.1)
+        (True, False, False)
+        >>> is_improvement(0.7, float("-inf"), "max"), is_improvement(float("nan"), 1.0, "min")
+        (True, False)
+    """
+    if not math.isfinite(score):
+        return False
+    return score < best - min_delta if mode == "min" else score > best + min_delta
+
+
+def _worst(mode: str) -> float:
+    """The best value before any evaluation: every finite score improves on it."""
+    return math.inf if mode == "min" else -math.inf
 
 
 def normalised_name(name: str) -> str:
@@ -162,7 +184,10 @@ class Trainer:
         self.status = "created"
         self.step = 0
         self.elapsed = 0.0
-        self.best_valid = math.inf
+        #: The monitored metric and its better direction (settings monitor_metric, monitor_mode).
+        self.monitored: tuple[str, str] = config.monitored()
+        #: Best value of the monitored metric so far (``±inf`` before the first evaluation).
+        self.best_valid = _worst(self.monitored[1])
         self.evaluations_without_improvement = 0
         self.next_preview_h = float(config.initial_prev_h)
         self.nan_retries = 0
@@ -357,6 +382,16 @@ class Trainer:
         self._data_takes_rng = _takes_rng(self.data.getbatch)
         self._background: Any = None
         log.info("data: %r", self.data)
+        if self._data_feedback:
+            log.info("the data source takes feedback from every step: batches are drawn in this process "
+                     "after the previous step (no background workers, no prefetching)")
+
+    @property
+    def _data_feedback(self) -> bool:
+        """Whether the data source takes each step's debug outputs back (``feedback``): its batches
+        depend on the steps before, so they are drawn here, one step at a time (no background
+        workers, no prefetching)."""
+        return callable(getattr(self.data, "feedback", None))
 
     def _background_batches(self, step: int) -> Any:
         """The background workers for training batches, whose next batch is that of ``step``
@@ -365,7 +400,7 @@ class Trainer:
         (a prefetched batch was dropped, or the shell drew one), which is cheaper than a restart."""
         n = self.config.background_processes
         n = 2 if n is True else int(n or 0)
-        if not n or not self._data_takes_rng:
+        if not n or not self._data_takes_rng or self._data_feedback:
             return None
         if self._background is not None and self._background.next_index == step + 1:
             return None
@@ -496,9 +531,11 @@ class Trainer:
         return batch
 
     def _safe_batch_picture(self) -> None:
-        """The batch picture at the start of a run; image-to-image nets only, failures are logged."""
+        """The batch picture at the start of a run (setting ``batch_picture``); image-to-image nets
+        only, failures are logged."""
         target = self.model.target_node
-        if target is None or target.shape.ndim < 2 or target.shape.ndim != self.model.input_node.shape.ndim:
+        if not self.config.batch_picture or target is None or target.shape.ndim < 2 \
+                or target.shape.ndim != self.model.input_node.shape.ndim:
             return
         try:
             self.debug_batch_picture()
@@ -538,7 +575,7 @@ class Trainer:
         thread-safe) and submits it for the copy to the device, which overlaps the coming step."""
         step = self.step + 1
         if (self.prefetch_device is None or step >= int(self.config.n_steps) or self.stop_requested
-                or self.pause_requested):
+                or self.pause_requested or self._data_feedback):
             return
         fn = self.model.train_function(self.config.optimiser)
         key = self._batch_key(step, fn)
@@ -621,19 +658,45 @@ class Trainer:
         metrics = {"train_loss": train_loss, "valid_loss": valid_loss, "train_error": train_err,
                    "valid_error": valid_err, "loss_gain": loss_after - self.last_metrics.get("loss", math.nan),
                    "lr": self.model.lr, "mom": self.model.mom, "wd": self.model.wd}
+        extra = self._plugin_metrics()
+        clash = sorted(set(extra) & set(metrics))
+        if clash:
+            raise EknError(f"ekn_validation_metrics hooks must not replace the trainer's metrics {clash}")
+        metrics.update(extra)
         self.history.history.append(step=self.step, time=self.elapsed, **metrics)
         self.save_model("latest")
-        score = valid_loss if math.isfinite(valid_loss) else train_loss
-        improved = math.isfinite(score) and score < self.best_valid - float(self.config.early_stopping_min_delta)
-        self.evaluations_without_improvement = 0 if improved else self.evaluations_without_improvement + 1
-        if math.isfinite(score) and score < self.best_valid:
-            self.best_valid = score
-            self.save_model("best")
+        self._track_best(metrics)
         self.history.save(self.run_dir.history_h5, self.run_dir.history_csv, self.run_dir.timeline_csv)
         if self.config.print_status:
             log.info("%s", self.status_line(metrics))
         host().validation_end(self, self.step, metrics)
         return metrics
+
+    def _plugin_metrics(self) -> dict[str, float]:
+        """The ``ekn_validation_metrics`` hooks' metrics; every random-generator state is restored
+        afterwards, so they cannot change training or exact resume."""
+        host_arrays, host_state = capture_host_rng()
+        tf_state = self.tf_generator.state.numpy()
+        try:
+            return {k: float(v) for k, v in host().validation_metrics(self, self.step).items()}
+        finally:
+            restore_host_rng(host_arrays, host_state)
+            self.tf_generator.reset(tf_state)
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        """Early-stopping count and ``models/best.mdl`` by the monitored metric; evaluations that
+        did not measure it (NaN, e.g. between volume validations) do not count."""
+        metric, mode = self.monitored
+        score = metrics.get(metric, math.nan)
+        if self.config.monitor_metric is None and not math.isfinite(score):
+            score = metrics["train_loss"]  # no validation data
+        if not math.isfinite(score):
+            return
+        improved = is_improvement(score, self.best_valid, mode, float(self.config.early_stopping_min_delta))
+        self.evaluations_without_improvement = 0 if improved else self.evaluations_without_improvement + 1
+        if is_improvement(score, self.best_valid, mode):
+            self.best_valid = score
+            self.save_model("best")
 
     def status_line(self, metrics: dict[str, float] | None = None) -> str:
         """ELEKTRONN2's status line: step, smoothed/current loss, errors, loss gain, lr, speed, time."""
@@ -697,12 +760,14 @@ class Trainer:
             "step": self.step, "elapsed": self.elapsed, "best_valid": self.best_valid if math.isfinite(
                 self.best_valid) else None, "next_preview_h": self.next_preview_h,
             "evaluations_without_improvement": self.evaluations_without_improvement,
+            "monitored": list(self.monitored),
             "meta": {k: getattr(self.model, k) for k in _META}, "iterations": self.model.iterations,
             "model_elapsed": self.model.elapsed_time, "schedules": self.schedules.get_state(),
             "host_rng": host_state, "tf_algorithm": int(self.tf_generator.algorithm),
             "seed": int(self.config.seed), "last_loss": self.last_metrics.get("loss"),
             "data": {"reproducible": bool(self._data_takes_rng or hasattr(self.data, "rng")),
-                     "scheme": "numpy SeedSequence([seed, step, stream]) per batch"},
+                     "scheme": "numpy SeedSequence([seed, step, stream]) per batch",
+                     "state": self.data.get_state() if hasattr(self.data, "get_state") else None},
         }
         return CheckpointData(step=self.step, params={k: p.get_value() for k, p in self.model.all_params.items()},
                               optimisers={k: o.get_state() for k, o in self.model.optimisers.items()}, rng=rng,
@@ -734,10 +799,17 @@ class Trainer:
         self.schedules.set_state(s["schedules"])
         self.tf_generator.reset(data.rng["tf_generator"])
         restore_host_rng(data.rng, s["host_rng"])
+        data_state = s.get("data", {}).get("state")
+        if data_state is not None and hasattr(self.data, "set_state"):
+            self.data.set_state(data_state)
         self.history = data.history
         self.step, self.elapsed = int(s["step"]), float(s["elapsed"])
-        self.best_valid = math.inf if s["best_valid"] is None else float(s["best_valid"])
+        self.best_valid = _worst(self.monitored[1]) if s["best_valid"] is None else float(s["best_valid"])
         self.evaluations_without_improvement = int(s.get("evaluations_without_improvement", 0))
+        if tuple(s.get("monitored", ("valid_loss", "min"))) != self.monitored:
+            log.info("the monitored metric is now %s (%s), not %s: the best value and the early-stopping "
+                     "count start afresh", *self.monitored, (s.get("monitored") or ["valid_loss"])[0])
+            self.best_valid, self.evaluations_without_improvement = _worst(self.monitored[1]), 0
         self.next_preview_h = float(s["next_preview_h"])
         self.last_metrics = {"loss": s["last_loss"]} if s.get("last_loss") is not None else {}
         self._drop_prefetched()
@@ -851,6 +923,8 @@ class Trainer:
             self._handle_nan(loss, batch)
             return loss
         self.last_batch = batch
+        if self._data_feedback:
+            self.data.feedback({node.name: value for node, value in zip(self.model.debug_outputs, debug or [])})
         self.step += 1
         took = time.perf_counter() - t0
         self.elapsed += took
@@ -931,7 +1005,7 @@ class Trainer:
             return "finished"
         patience = self.config.early_stopping_patience
         if patience is not None and self.evaluations_without_improvement >= int(patience):
-            log.info("early stopping: the monitored loss has not improved on %.4g for %d evaluations",
+            log.info("early stopping: %s has not improved on %.4g for %d evaluations", self.monitored[0],
                      self.best_valid, self.evaluations_without_improvement)
             return "finished"
         return None

@@ -75,6 +75,13 @@ def _plot_xy(ax: Any, x: np.ndarray, y: np.ndarray, label: str, **kwargs: Any) -
     return True
 
 
+def _legend(ax: Any) -> None:
+    """A legend of the plotted series; none (and no matplotlib warning) when nothing was plotted,
+    e.g. the errors of a model without an error node."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=8)
+
+
 def plot_history(history: History, folder: str, smoothing: int = 200, name: str = "") -> list[str]:
     """Writes the four plots into ``folder``; returns their paths.
 
@@ -100,7 +107,7 @@ def plot_history(history: History, folder: str, smoothing: int = 200, name: str 
     if finite and min(finite) > 0:
         ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="loss", title=f"{name} loss".strip())
-    ax.legend(loc="upper right", fontsize=8)
+    _legend(ax)
     written.append(_save(fig, os.path.join(folder, "loss.png")))
 
     fig, (ax,) = _figure()
@@ -109,7 +116,7 @@ def plot_history(history: History, folder: str, smoothing: int = 200, name: str 
             _plot_xy(ax, steps, h[key], key.replace("_", " "), color=colour, marker=".", alpha=0.5)
             _plot_xy(ax, steps, moving_average(h[key], 8), f"{key.replace('_', ' ')} (avg 8)", color=colour)
     ax.set(xlabel="step", ylabel="error", title=f"{name} errors".strip())
-    ax.legend(loc="upper right", fontsize=8)
+    _legend(ax)
     written.append(_save(fig, os.path.join(folder, "errors.png")))
 
     fig, axes = _figure(2)
@@ -122,7 +129,7 @@ def plot_history(history: History, folder: str, smoothing: int = 200, name: str 
         if key in h:
             _plot_xy(axes[1], steps, h[key], key, color=colour)
     axes[1].set(xlabel="step", ylabel="value")
-    axes[1].legend(loc="upper right", fontsize=8)
+    _legend(axes[1])
     written.append(_save(fig, os.path.join(folder, "lr.png")))
 
     fig, axes = _figure(2)
@@ -132,7 +139,7 @@ def plot_history(history: History, folder: str, smoothing: int = 200, name: str 
         _plot_xy(axes[0], t["time"], moving_average(loss, smoothing), f"avg {smoothing}", color="C0")
         axes[1].scatter(t["batch_char"], loss, s=2, alpha=0.4)
     axes[0].set(xlabel="training time [s]", ylabel="loss", title=f"{name} timeline".strip())
-    axes[0].legend(loc="upper right", fontsize=8)
+    _legend(axes[0])
     axes[1].set(xlabel="mean target of the batch", ylabel="loss")
     written.append(_save(fig, os.path.join(folder, "timeline.png")))
     return written

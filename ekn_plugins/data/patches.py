@@ -69,17 +69,29 @@ def _volume_path(base: str | None, entry: Any) -> tuple[str, Region | None]:
                           f"got {entry!r}")
     name, key = entry[:2]
     path = os.path.join(os.path.expanduser(base or ""), os.fspath(name))
-    region = None
-    if len(entry) == 3 and entry[2] is not None:
-        try:
-            lo, hi = (tuple(int(v) for v in corner) for corner in entry[2])
-        except (TypeError, ValueError):
-            lo = hi = ()
-        if len(lo) != 3 or len(hi) != 3 or any(a < 0 or b <= a for a, b in zip(lo, hi)):
-            raise ConfigError(f"{name}: region {entry[2]!r} must be ((z0, y0, x0), (z1, y1, x1)) with "
-                              "0 <= start < stop on each axis")
-        region = (lo, hi)
+    region = parse_region(entry[2], name) if len(entry) == 3 and entry[2] is not None else None
     return (f"{path}:{key}" if key else path), region
+
+
+def parse_region(value: Any, what: str) -> Region:
+    """A region ``((z0, y0, x0), (z1, y1, x1))`` of a volume, checked (start < stop).
+
+    Example:
+        >>> parse_region([[0, 0, 0], [4, 8, 8]], "raw.h5")
+        ((0, 0, 0), (4, 8, 8))
+        >>> parse_region(((0, 0), (4, 8)), "raw.h5")
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: raw.h5: region ((0, 0), (4, 8)) must be ((z0, y0, x0), (z1, y1, x1)) ...
+    """
+    try:
+        lo, hi = (tuple(int(v) for v in corner) for corner in value)
+    except (TypeError, ValueError):
+        lo = hi = ()
+    if len(lo) != 3 or len(hi) != 3 or any(a < 0 or b <= a for a, b in zip(lo, hi)):
+        raise ConfigError(f"{what}: region {value!r} must be ((z0, y0, x0), (z1, y1, x1)) with "
+                          "0 <= start < stop on each axis")
+    return lo, hi
 
 
 def _read(path: str, region: Region | None) -> np.ndarray:

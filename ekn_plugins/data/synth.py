@@ -10,6 +10,9 @@ Files follow ELEKTRONN2's ``neuro_data_zxy`` layout: ``raw_i.h5:'raw'`` (uint8),
 smaller ``barrier_int16_i.h5:'lab'`` (int16, 1 = membrane or ECS) and ``ids_i.h5:'ids'``
 (uint32 cell IDs) label cubes.
 
+:func:`write_tube_dataset` writes data for training a tracing agent instead: bright tubes in
+noise (``tube_i.h5:'raw'``) with their skeletons as KNOSSOS NML files (``tube_i.nml``).
+
 Example:
     >>> vol = synth_volume((8, 48, 48), np.random.default_rng(0), aniso_factor=2.0)
     >>> vol.raw.dtype, vol.raw.shape, vol.ids.shape, sorted(np.unique(vol.barrier).tolist())
@@ -200,4 +203,41 @@ def write_dataset(out_dir: str, n_volumes: int = 3, shape: Sequence[int] = (48, 
         for name, key, array in paths.values():
             _write_h5_atomic(os.path.join(out_dir, name), key, array)
         written.append({k: f"{os.path.join(out_dir, v[0])}:{v[1]}" for k, v in paths.items()})
+    return written
+
+
+def write_tube_dataset(out_dir: str, n_volumes: int = 4, shape: Sequence[int] = (32, 48, 64), radius: float = 3.0,
+                       noise: float = 0.1, seed: int = 0) -> list[dict[str, str]]:
+    """Writes ``n_volumes`` tracing volumes: a bright tube in noise and its skeleton each.
+
+    Volume ``i`` is :func:`ekn_plugins.utils.tracing.synthetic_tube` from
+    ``SeedSequence([seed, i])``, written as ``tube_i.h5:raw`` (float32, isotropic) and its
+    centre line as the KNOSSOS skeleton ``tube_i.nml`` (one tree, node radii ``radius``).
+
+    Returns:
+        One ``{"raw": "file:key", "skeleton": nml_path}`` dict per volume.
+
+    Example:
+        >>> import tempfile
+        >>> from ekn_plugins.readers.knossos.nml import Skeleton
+        >>> files = write_tube_dataset(tempfile.mkdtemp(), n_volumes=1, shape=(12, 16, 24))
+        >>> len(Skeleton.read(files[0]["skeleton"]).trees[0].nodes)
+        96
+    """
+    from ekn_plugins.readers.knossos.nml import Skeleton
+    from ekn_plugins.utils.skeleton import trace_to_tree
+    from ekn_plugins.utils.tracing import synthetic_tube
+
+    if int(n_volumes) < 1:
+        raise ConfigError(f"n_volumes must be >= 1, got {n_volumes}")
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for i in range(int(n_volumes)):
+        volume, skeleton = synthetic_tube(shape, radius, noise, np.random.default_rng(np.random.SeedSequence([seed, i])))
+        raw, nml = os.path.join(out_dir, f"tube_{i}.h5"), os.path.join(out_dir, f"tube_{i}.nml")
+        _write_h5_atomic(raw, "raw", volume)
+        annotation = Skeleton()
+        trace_to_tree(skeleton.nodes, annotation, comment=f"tube {i}", radius=radius)
+        annotation.write(nml)
+        written.append({"raw": f"{raw}:raw", "skeleton": nml})
     return written

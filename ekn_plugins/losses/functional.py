@@ -386,6 +386,31 @@ def euclidean_distance(pred: Any, target: Any) -> tf.Tensor:
     return rescale_to_labelled(dist, labelled)
 
 
+def cosine_distance(pred: Any, target: Any, *, eps: float = 1e-12) -> tf.Tensor:
+    """Cosine distance map ``(b, spatial..., 1)``: ``1 - p·t / (|p| |t|)`` over the features,
+    in [0, 2]; only the directions count (e.g. a tracing agent's step direction).
+
+    Elements where ``pred`` or ``target`` has a NaN in any feature are unlabelled (0, zero
+    gradient; the map is rescaled by ``n_elements / n_labelled``). Norms below ``sqrt(eps)``
+    count as ``sqrt(eps)``, so a zero vector gives distance 1 and finite gradients.
+
+    Example:
+        >>> cosine_distance(tf.constant([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]),  # 3rd: unlabelled,
+        ...                 tf.constant([[1.0, 0.0], [0.0, -1.0], [float('nan'), 0.0]])).numpy()  # so x 3/2
+        array([[0.],
+               [3.],
+               [0.]], dtype=float32)
+    """
+    pred = tf.convert_to_tensor(pred)
+    target = tf.cast(target, pred.dtype)
+    labelled = tf.logical_not(tf.reduce_any(tf.math.is_nan(pred - target), axis=-1, keepdims=True))
+    pred = tf.where(labelled, pred, tf.zeros_like(pred))
+    target = tf.where(labelled, target, tf.zeros_like(target))
+    cos = tf.reduce_sum(tf.math.l2_normalize(pred, axis=-1, epsilon=eps)
+                        * tf.math.l2_normalize(target, axis=-1, epsilon=eps), axis=-1, keepdims=True)
+    return rescale_to_labelled(tf.where(labelled, 1.0 - cos, tf.zeros_like(cos)), labelled)
+
+
 def ramp_loss(d_low: Any, d_big: Any, *, margin: Any = None) -> tf.Tensor:
     """Ramp (hinge) loss map ``(b, spatial..., 1)``: ``max(d_low - d_big + margin, 0)``, mean over
     features (ELEKTRONN2 ``RampLoss``); ``margin=None`` means 0.

@@ -372,6 +372,30 @@ class EuclideanDistance(Node):
         return F.euclidean_distance(inputs[0], inputs[1])
 
 
+class CosineDistance(EuclideanDistance):
+    """Cosine distance ``1 - p·t / (|p| |t|)`` per voxel, in [0, 2]: compares directions only,
+    e.g. a tracing agent's predicted step direction with the unit target (see
+    :func:`ekn_plugins.losses.functional.cosine_distance`). A voxel with a NaN in ``pred`` or
+    ``target`` is unlabelled. Output ``f = 1``; arguments as :class:`EuclideanDistance` (the
+    length of the prediction does not matter).
+
+    Example:
+        >>> import numpy as np
+        >>> import ekn_core.neuromancer as nm
+        >>> _ = nm.model_manager.newmodel("doc_cosine")
+        >>> p, t = nm.Input((2, 3), 'b,f', name='p'), nm.Input((2, 3), 'b,f', name='t')
+        >>> d = CosineDistance(p, t)
+        >>> d(np.array([[0, 5, 0], [1, 0, 0]], 'float32'), np.array([[0, 1, 0], [0, 1, 0]], 'float32')).ravel().tolist()
+        [0.0, 1.0]
+    """
+
+    def __init__(self, pred: Node, target: Node, name: str = "cosine_distance", print_repr: bool = True):
+        super().__init__(pred, target, name, print_repr)
+
+    def _forward(self, inputs: list[Any], training: bool) -> Any:
+        return F.cosine_distance(inputs[0], inputs[1])
+
+
 class RampLoss(Node):
     """Ramp (hinge) loss ``max(d_low - d_big + margin, 0)``, mean over features (ELEKTRONN2
     ``RampLoss``): pushes ``d_low`` below ``d_big`` by at least ``margin``.

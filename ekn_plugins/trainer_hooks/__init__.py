@@ -1,1 +1,1 @@
-"""Built-in trainer side effects implemented as hook plugins (plots, TensorBoard)."""
+"""Built-in trainer side effects implemented as hook plugins (plots, TensorBoard, validation on whole volumes)."""

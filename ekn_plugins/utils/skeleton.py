@@ -193,12 +193,22 @@ def tracing_target(skeleton: TubeSkeleton, position: Any, direction: Any, lookah
     return frame(direction) @ goal
 
 
-def trace_to_tree(points: Any, skeleton: Any, comment: str = "trace", radius: float = 1.0) -> Any:
-    """Adds a trace (``(n, 3)`` z, y, x) as a chain tree to an NML :class:`Skeleton`; returns the tree."""
-    tree = skeleton.add_tree(comment=comment)
+def trace_to_tree(points: Any, skeleton: Any, comment: str = "trace", radius: Any = 1.0, tree: Any = None) -> Any:
+    """Adds a trace (``(n, 3)`` z, y, x) as a chain of nodes to an NML :class:`Skeleton`; returns the tree.
+
+    Args:
+        points: The trace.
+        skeleton: NML skeleton (:class:`~ekn_plugins.readers.knossos.nml.Skeleton`).
+        comment: Comment of the new tree.
+        radius: Node radius, one for all or one per point.
+        tree: Add the chain to this tree of ``skeleton`` instead of a new one.
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    radii = np.broadcast_to(np.asarray(radius, dtype=np.float64), (len(points),))
+    tree = skeleton.add_tree(comment=comment) if tree is None else tree
     previous = None
-    for p in np.asarray(points, dtype=np.float64):
-        node = tree.add_node(tuple(float(v) for v in p[::-1]), radius=radius)
+    for p, r in zip(points, radii):
+        node = tree.add_node(tuple(float(v) for v in p[::-1]), radius=float(r))
         if previous is not None:
             tree.add_edge(previous.id, node.id)
         previous = node

@@ -1,0 +1,417 @@
+"""Training data for a skeleton-tracing agent (ELEKTRONN2's ``AgentData`` for ``TracingTrainer``).
+
+An example is an agent inside a neurite: a position within the tube around a skeleton (within
+the radius of a skeleton sample), heading along the skeleton (either way) with a random angular
+error. Its input is the patch cut along the heading (:func:`~ekn_plugins.utils.skeleton.sample_patch`),
+its target the unit vector towards the centre line ``lookahead`` ahead
+(:func:`~ekn_plugins.utils.skeleton.tracing_target`), **in the patch's own frame**
+(:func:`~ekn_plugins.utils.skeleton.frame` of the heading; first component: straight ahead). This is
+the convention :class:`~ekn_plugins.utils.tracing.Tracer` consumes.
+
+Geometry is computed in physical units, lateral voxels: a voxel is ``(aniso_factor, 1, 1)`` long
+in (z, y, x), and patches are resampled so the agent sees isotropic space.
+
+With ``sequence_training = N > 1`` (ELEKTRONN2's config variable, here a data argument) the
+source is a :class:`TracingSequence`: each training example continues for up to N steps on
+the same skeleton, moving along the agent's own predictions, which the trainer passes back after
+every step (:meth:`TracingSequence.feedback`), so the agent learns to recover from its own drift.
+
+Example:
+    >>> from ekn_plugins.utils.tracing import synthetic_tube
+    >>> volume, skeleton = synthetic_tube((24, 32, 40), rng=np.random.default_rng(0))
+    >>> data = TracingData((5, 9, 9), [volume], [skeleton], seed=0)
+    >>> patches, targets = data.getbatch(4)
+    >>> patches.shape, targets.shape, bool(np.allclose(np.linalg.norm(targets, axis=1), 1))
+    ((4, 1, 5, 9, 9), (4, 3), True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ekn_core.errors import ConfigError, ShapeError
+from ekn_core.shapes import SPATIAL_TAGS, TaggedShape
+from ekn_plugins.data.patches import _grey_scale, _read, _volume_path
+from ekn_plugins.utils.model_agent import layout, patch_shape_of
+from ekn_plugins.utils.skeleton import TubeSkeleton, frame, sample_patch, tracing_target
+
+log = logging.getLogger("ekn.data")
+
+SPLITS = ("train", "valid")
+
+
+@dataclasses.dataclass
+class Agent:
+    """An agent: the index of its skeleton, position and unit heading (physical units, (z, y, x)),
+    and its age (training steps it has followed its own predictions)."""
+
+    track: int
+    position: np.ndarray
+    heading: np.ndarray
+    age: int = 0
+
+
+@dataclasses.dataclass
+class Track:
+    """A skeleton in physical units, the index of its volume, and the samples inside that volume."""
+
+    skeleton: TubeSkeleton
+    volume: int
+    name: str
+    inside: np.ndarray
+
+
+def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple[str, TubeSkeleton]]:
+    """``[(name, skeleton)]`` of one volume's entry: a TubeSkeleton, an NML / k.zip path, or a list."""
+    from ekn_plugins.readers.knossos.nml import Skeleton
+
+    items = entry if isinstance(entry, (list, tuple)) else [entry]
+    if not items:
+        raise ConfigError(f"volume {volume} has no skeletons; give at least one per volume")
+    found = []
+    for item in items:
+        if isinstance(item, TubeSkeleton):
+            found.append((f"volume {volume} skeleton {len(found)}", item))
+            continue
+        if not isinstance(item, (str, os.PathLike)):
+            raise ConfigError(f"skeletons of volume {volume}: expected TubeSkeletons or NML file paths, got "
+                              f"{type(item).__name__}")
+        path = os.path.join(os.path.expanduser(d_path or ""), os.fspath(item))
+        every = Skeleton.read(path).trees
+        trees = [t for t in every if len(t.nodes) >= 2 and t.edges]
+        if not trees:
+            raise ShapeError(f"{path} holds no skeleton with at least 2 nodes and an edge")
+        if len(trees) < len(every):
+            log.info("%s: %d tree(s) without an edge skipped", path, len(every) - len(trees))
+        found += [(f"{path} tree {t.id}", TubeSkeleton.from_tree(t)) for t in trees]
+    return found
+
+
+def _load_volume(entry: Any, d_path: str | None, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(float32 (z, y, x) volume, region start)``: integer grey values scaled to [0, 1]."""
+    if isinstance(entry, np.ndarray):
+        raw, start, name = entry, np.zeros(3), f"volume {index}"
+    else:
+        path, region = _volume_path(d_path, entry)
+        raw, name = _read(path, region), path
+        start = np.zeros(3) if region is None else np.asarray(region[0], dtype=np.float64)
+    if raw.ndim == 4 and raw.shape[0] == 1:
+        raw = raw[0]
+    if raw.ndim != 3:
+        raise ShapeError(f"{name}: a tracing volume must be (z, y, x) or (1, z, y, x), got shape {raw.shape}")
+    return np.asarray(raw, dtype=np.float32) / np.float32(_grey_scale(raw.dtype)), start
+
+
+class TracingData:
+    """Random tracing examples along skeletons: oriented patches and target directions.
+
+    Args:
+        patch_shape: Patch shape (along, across, across) in patch samples; ``(1, h, w)`` is a
+            slice across the heading (for 2-D nets).
+        volumes: Raw volumes, one per entry: arrays ``(z, y, x)``, path strings any ekn reader
+            opens (``'file.h5:raw'``, zarr, KNOSSOS ``.k.toml``) or ``(file, key)`` /
+            ``(file, key, ((z0, y0, x0), (z1, y1, x1)))`` entries relative to ``d_path`` (a
+            region loads only that part; skeletons are then shifted by its start).
+        skeletons: One entry per volume: a :class:`~ekn_plugins.utils.skeleton.TubeSkeleton`,
+            an NML / ``.k.zip`` file (every tree with an edge; KNOSSOS (x, y, z) node positions
+            and radii), or a list of those; coordinates are the volume's voxels.
+        d_path: Folder of relative volume and NML paths.
+        aniso_factor: z voxel size / lateral voxel size of the data.
+        spacing: Distance between patch samples (lateral voxels).
+        valid_skeletons: Indices (in the order of ``skeletons``, all trees of a file in turn)
+            of the skeletons that form the validation set.
+        lookahead: Distance ahead on the skeleton the target points to (lateral voxels).
+        max_turn: Largest angle (radians) between a sampled heading and the skeleton.
+        position_spread: Share of the local radius within which positions are sampled.
+        input_tags: Axis tags of the input batch (the model's input node): ``b``, optionally
+            ``f``, and 3 spatial axes (2 for a ``(1, h, w)`` patch); the patch axes go onto the
+            spatial axes in their declared order, as :class:`~ekn_plugins.utils.model_agent.ModelAgent`
+            lays them out for the Tracer.
+        skeleton_step: Distance between skeleton samples (lateral voxels).
+        seed: Seed of the source's own random generator (``getbatch`` may be given one).
+
+    Attributes:
+        volumes: The volumes as the agent sees them (float32; give the Tracer the same).
+        voxel_size: ``(aniso_factor, 1, 1)``.
+        tracks: Every skeleton (:class:`Track`), in physical units.
+    """
+
+    def __init__(self, patch_shape: Sequence[int], volumes: Sequence[Any], skeletons: Sequence[Any],
+                 d_path: str | None = None, aniso_factor: float = 1.0, spacing: float = 1.0,
+                 valid_skeletons: Sequence[int] = (), lookahead: float = 4.0, max_turn: float = 0.5,
+                 position_spread: float = 1.0, input_tags: str = "b,f,z,y,x", skeleton_step: float = 0.5,
+                 seed: int | None = None):
+        self.patch_shape = tuple(int(s) for s in patch_shape)
+        if len(self.patch_shape) != 3 or min(self.patch_shape) < 1:
+            raise ShapeError(f"patch_shape must be 3 positive sizes (along, across, across), got {tuple(patch_shape)}")
+        self.input_shape = self._input_shape(input_tags)
+        for name, value in (("aniso_factor", aniso_factor), ("spacing", spacing), ("lookahead", lookahead),
+                            ("skeleton_step", skeleton_step)):
+            if not float(value) > 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        if not 0 <= float(max_turn) <= np.pi or not 0 <= float(position_spread) <= 1:
+            raise ConfigError(f"max_turn must be in [0, pi] and position_spread in [0, 1], got {max_turn!r} "
+                              f"and {position_spread!r}")
+        if len(volumes) != len(skeletons) or not volumes:
+            raise ConfigError(f"volumes and skeletons must be equally long, non-empty lists (one skeleton entry "
+                              f"per volume), got {len(volumes)} and {len(skeletons)}")
+        self.voxel_size = np.array([float(aniso_factor), 1.0, 1.0])
+        self.spacing, self.lookahead, self.max_turn = float(spacing), float(lookahead), float(max_turn)
+        self.position_spread = float(position_spread)
+        self.volumes, self.tracks = [], []
+        for v, (vol_entry, skel_entry) in enumerate(zip(volumes, skeletons)):
+            volume, start = _load_volume(vol_entry, d_path, v)
+            self._check_patch_fits(volume.shape, v)
+            self.volumes.append(volume)
+            for name, skel in _skeleton_entries(skel_entry, d_path, v):
+                self.tracks.append(self._track(skel, start, v, name, float(skeleton_step)))
+        bad = [i for i in valid_skeletons if not 0 <= int(i) < len(self.tracks)]
+        if bad:
+            raise ConfigError(f"valid_skeletons {bad} do not exist; there are {len(self.tracks)} skeletons")
+        valid = {int(i) for i in valid_skeletons}
+        self.splits = {"train": [i for i in range(len(self.tracks)) if i not in valid], "valid": sorted(valid)}
+        if not self.splits["train"]:
+            raise ConfigError("every skeleton is a validation skeleton; leave at least one for training")
+        self._pools = {name: self._pool(ids) for name, ids in self.splits.items()}
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_nodes(cls, input_node: Any, target_node: Any = None, sequence_training: int = 0,
+                   **kwargs: Any) -> TracingData:
+        """The source for a model: patch shape and tags from the input node (1 channel, 2 or 3
+        fixed spatial sizes), targets ``(b, 3)`` for a ``'b,f'`` target node with ``f = 3``.
+        ``sequence_training > 1`` gives a :class:`TracingSequence`."""
+        shape = input_node.shape
+        patch_shape = patch_shape_of(shape)
+        if target_node is None or tuple(target_node.shape.tags) != ("b", "f") or target_node.shape["f"] != 3:
+            got = "none" if target_node is None else str(target_node.shape)
+            raise ShapeError(f"a tracing agent needs a target node of shape (batch, 3) with tags 'b,f' (one "
+                             f"direction per example), got {got}")
+        if isinstance(sequence_training, bool) or not isinstance(sequence_training, (int, np.integer)) \
+                or sequence_training < 0:
+            raise ConfigError(f"sequence_training must be an integer >= 0, got {sequence_training!r}")
+        kwargs.setdefault("input_tags", ",".join(shape.tags))
+        if sequence_training > 1:
+            return TracingSequence(patch_shape, sequence_training=int(sequence_training), **kwargs)
+        return cls(patch_shape, **kwargs)
+
+    # ------------------------------------------------------------------------------- set-up
+    def _input_shape(self, tags: str) -> TaggedShape:
+        """The input batch's shape for ``tags`` (``b`` unknown, ``f = 1``, the patch on the spatial axes)."""
+        names = [t.strip() for t in tags.split(",")]
+        spatial = [t for t in names if t in SPATIAL_TAGS]
+        if "b" not in names or set(names) - {"b", "f", *SPATIAL_TAGS} or len(set(names)) != len(names) \
+                or len(spatial) not in (2, 3):
+            raise ConfigError(f"input_tags {tags!r} need 'b', optionally 'f', and 2 or 3 spatial axes (z, y, x); "
+                              "tracing examples are single patches (no 'r' sequence axis)")
+        if len(spatial) == 2 and self.patch_shape[0] != 1:
+            raise ShapeError(f"input tags {tags!r} have 2 spatial axes: the patch must be a slice (1, h, w), "
+                             f"got {self.patch_shape}")
+        sizes = iter(self.patch_shape[3 - len(spatial):])
+        return TaggedShape([None if t == "b" else 1 if t == "f" else next(sizes) for t in names], names)
+
+    def _check_patch_fits(self, shape: Sequence[int], index: int) -> None:
+        extent = (np.asarray(shape) - 1) * self.voxel_size
+        span = (max(self.patch_shape) - 1) * self.spacing
+        if span > extent.min():
+            raise ShapeError(f"the patch {self.patch_shape} spans {span:g} voxels (spacing {self.spacing:g}), more "
+                             f"than the smallest side of volume {index} (shape {tuple(shape)}, voxel size "
+                             f"{tuple(self.voxel_size)}: {extent.min():g}); use a smaller patch or spacing")
+
+    def _track(self, skeleton: TubeSkeleton, start: np.ndarray, volume: int, name: str, step: float) -> Track:
+        """The skeleton shifted by the region ``start`` and scaled to physical units."""
+        physical = TubeSkeleton((skeleton.nodes - start) * self.voxel_size, skeleton.edges, skeleton.node_radii,
+                                step, chain=skeleton.arc is not None)
+        inside = np.flatnonzero(self._in_volume(physical.points, volume))
+        if not len(inside):
+            raise ShapeError(f"{name} lies outside its volume (shape {self.volumes[volume].shape}); skeleton "
+                             "coordinates are (z, y, x) voxels of the volume file")
+        return Track(physical, volume, name, inside)
+
+    def _in_volume(self, points: np.ndarray, volume: int) -> np.ndarray:
+        voxels = np.asarray(points).reshape(-1, 3) / self.voxel_size
+        upper = np.asarray(self.volumes[volume].shape) - 1
+        return np.all((voxels >= 0) & (voxels <= upper), axis=1)
+
+    def _pool(self, track_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(track, sample) pairs to draw start points from: every sample inside its volume."""
+        tracks = [np.full(len(self.tracks[t].inside), t) for t in track_ids]
+        samples = [self.tracks[t].inside for t in track_ids]
+        return (np.concatenate(tracks) if tracks else np.zeros(0, int),
+                np.concatenate(samples) if samples else np.zeros(0, int))
+
+    # ------------------------------------------------------------------------------- sampling
+    def sample_agent(self, source: str, rng: np.random.Generator) -> Agent:
+        """A random agent of split ``source``: uniform over the skeleton samples, uniform in the
+        ball of ``position_spread`` times the local radius, heading either way along the
+        skeleton, turned by an angle uniform in ``[0, max_turn]``."""
+        tracks, samples = self._pools[source]
+        k = int(rng.integers(len(tracks)))
+        track = self.tracks[tracks[k]]
+        j = samples[k]
+        offset = rng.standard_normal(3)
+        offset *= self.position_spread * track.skeleton.radii[j] * rng.uniform() ** (1 / 3) / np.linalg.norm(offset)
+        tangent = track.skeleton.tangents[j] * (1.0 if rng.integers(2) else -1.0)
+        side = rng.standard_normal(3)
+        side -= tangent * (side @ tangent)
+        side /= np.linalg.norm(side)
+        angle = rng.uniform(0.0, self.max_turn)
+        heading = np.cos(angle) * tangent + np.sin(angle) * side
+        return Agent(int(tracks[k]), track.skeleton.points[j] + offset, heading / np.linalg.norm(heading))
+
+    def example(self, agent: Agent) -> tuple[np.ndarray, np.ndarray]:
+        """The patch ``(*patch_shape)`` an agent sees and its target (unit vector, patch frame)."""
+        track = self.tracks[agent.track]
+        patch = sample_patch(self.volumes[track.volume], agent.position / self.voxel_size, agent.heading,
+                             self.patch_shape, self.spacing, voxel_size=self.voxel_size)
+        return patch, tracing_target(track.skeleton, agent.position, agent.heading, self.lookahead)
+
+    def _batch(self, agents: Sequence[Agent]) -> tuple[np.ndarray, np.ndarray]:
+        patches = np.empty((len(agents), *self.patch_shape), dtype=np.float32)
+        targets = np.empty((len(agents), 3), dtype=np.float32)
+        for i, agent in enumerate(agents):
+            patches[i], targets[i] = self.example(agent)
+        return layout(patches, self.input_shape), targets
+
+    def _check_source(self, source: str) -> None:
+        if source not in SPLITS:
+            raise ConfigError(f"source must be one of {SPLITS}, got {source!r}")
+        if not len(self._pools[source][0]):
+            raise ConfigError(f"no {source} skeletons: set valid_skeletons to use source={source!r}")
+
+    def getbatch(self, batch_size: int = 1, source: str = "train",
+                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(patches, targets)``: float32 patches in ``input_tags`` layout and ``(b, 3)`` float32
+        unit target directions in the patches' frames, for fresh random agents of ``source``."""
+        self._check_source(source)
+        rng = self.rng if rng is None else rng
+        return self._batch([self.sample_agent(source, rng) for _ in range(batch_size)])
+
+    def batch_spec(self, batch_size: int) -> list[tuple[tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes of what :meth:`getbatch` returns."""
+        shape = layout(np.zeros((batch_size, *self.patch_shape), np.float32), self.input_shape).shape
+        return [(shape, np.dtype(np.float32)), ((batch_size, 3), np.dtype(np.float32))]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(patch {self.patch_shape}, spacing {self.spacing:g}, voxel size "
+                f"{tuple(self.voxel_size)}, {len(self.volumes)} volume(s), {len(self.splits['train'])} train / "
+                f"{len(self.splits['valid'])} valid skeletons)")
+
+
+class TracingSequence(TracingData):
+    """:class:`TracingData` whose training examples follow the agent's own predictions
+    (ELEKTRONN2's ``sequence_training``).
+
+    Slot ``i`` of each training batch is an agent that continues from the previous step: the
+    trainer passes the step's predicted directions back (:meth:`feedback`), and each agent turns
+    towards its prediction as the :class:`~ekn_plugins.utils.tracing.Tracer` does (keeping
+    ``walk_inertia`` of its heading) and moves ``walk_step``. An agent is replaced by a fresh
+    random one after ``sequence_training`` steps, when it leaves the tube around its skeleton
+    (farther from the nearest skeleton sample than that sample's radius), or leaves the volume.
+    Validation batches are always fresh agents. The agents are the source's state
+    (:meth:`get_state`), saved in checkpoints for exact resume.
+
+    Args:
+        sequence_training: Most consecutive steps of one agent (> 1).
+        walk_step: Distance moved per step (lateral voxels; use the Tracer's ``step``).
+        walk_inertia: Share of the heading kept per step (use the Tracer's ``inertia``).
+        direction_output: Name of the model's debug output with the predicted directions
+            (default: the only debug output).
+        *args, **kwargs: Those of :class:`TracingData`.
+    """
+
+    def __init__(self, *args: Any, sequence_training: int = 2, walk_step: float = 1.5, walk_inertia: float = 0.3,
+                 direction_output: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if int(sequence_training) < 2:
+            raise ConfigError(f"sequence_training must be > 1 steps for a TracingSequence, got {sequence_training!r}")
+        if not float(walk_step) > 0 or not 0 <= float(walk_inertia) < 1:
+            raise ConfigError(f"walk_step must be > 0 and walk_inertia in [0, 1), got {walk_step!r} and "
+                              f"{walk_inertia!r}")
+        self.sequence_training, self.walk_step, self.walk_inertia = int(sequence_training), float(walk_step), \
+            float(walk_inertia)
+        self.direction_output = direction_output
+        #: The agents that continue in the next training batch (None: a fresh one is drawn).
+        self.agents: list[Agent | None] = []
+        self._pending: list[Agent] = []
+
+    def getbatch(self, batch_size: int = 1, source: str = "train",
+                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`TracingData.getbatch`; training slots continue the current agents (fresh
+        agents are drawn from ``rng`` for the others). The agents of the batch are kept for
+        :meth:`feedback`."""
+        if source != "train":
+            return super().getbatch(batch_size, source, rng)
+        self._check_source(source)
+        rng = self.rng if rng is None else rng
+        agents = [self.agents[i] if i < len(self.agents) and self.agents[i] is not None
+                  else self.sample_agent(source, rng) for i in range(batch_size)]
+        self._pending = agents
+        return self._batch(agents)
+
+    def feedback(self, outputs: Mapping[str, np.ndarray]) -> None:
+        """Moves the agents of the last training batch along their predicted directions.
+
+        Args:
+            outputs: ``{name: array}`` of the model's debug outputs for that batch; the
+                directions ``(b, 3)`` are in the patches' frames.
+
+        Raises:
+            ConfigError: No (or no unambiguous) direction output.
+            ShapeError: The directions do not match the batch.
+        """
+        if not outputs:
+            raise ConfigError("sequence_training needs the agent's predicted directions: designate the prediction "
+                              "node as a debug output, model.designate_nodes(..., debug_outputs=[prediction])")
+        name = self.direction_output
+        if name is None:
+            if len(outputs) > 1:
+                raise ConfigError(f"the model has several debug outputs ({', '.join(outputs)}): name the one with "
+                                  "the predicted directions in data_init_kwargs['direction_output']")
+            name = next(iter(outputs))
+        if name not in outputs:
+            raise ConfigError(f"direction_output {name!r} is not a debug output of the model ({', '.join(outputs)})")
+        directions = np.asarray(outputs[name], dtype=np.float64)
+        if directions.shape != (len(self._pending), 3):
+            raise ShapeError(f"debug output {name!r} has shape {directions.shape}; the directions of the last batch "
+                             f"need ({len(self._pending)}, 3)")
+        self.agents = [self._advance(agent, local) for agent, local in zip(self._pending, directions)]
+
+    def _advance(self, agent: Agent, local: np.ndarray) -> Agent | None:
+        """The agent one step further along its prediction, or None when it ends (see the class docs)."""
+        proposal = frame(agent.heading).T @ local
+        norm = np.linalg.norm(proposal)
+        if agent.age + 1 >= self.sequence_training or not np.isfinite(norm) or not norm > 0:
+            return None
+        heading = self.walk_inertia * agent.heading + (1 - self.walk_inertia) * proposal / norm
+        if not np.linalg.norm(heading) > 0:
+            return None
+        heading /= np.linalg.norm(heading)
+        position = agent.position + self.walk_step * heading
+        track = self.tracks[agent.track]
+        dist, idx = track.skeleton.nearest(position[None])
+        if dist[0] > track.skeleton.radii[idx[0]] or not self._in_volume(position, track.volume)[0]:
+            return None
+        return Agent(agent.track, position, heading, agent.age + 1)
+
+    def get_state(self) -> dict[str, Any]:
+        """The agents as JSON types (for checkpoints); :meth:`set_state` restores them exactly."""
+        return {"agents": [None if a is None else [a.track, a.position.tolist(), a.heading.tolist(), a.age]
+                           for a in self.agents]}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Restores agents saved by :meth:`get_state`."""
+        agents = []
+        for item in state["agents"]:
+            if item is not None and not 0 <= int(item[0]) < len(self.tracks):
+                raise ConfigError(f"the saved agent state names skeleton {item[0]}, but there are {len(self.tracks)}: "
+                                  "were the data arguments changed since the run started?")
+            agents.append(None if item is None else Agent(int(item[0]), np.asarray(item[1], dtype=np.float64),
+                                                          np.asarray(item[2], dtype=np.float64), int(item[3])))
+        self.agents = agents
+        self._pending = []

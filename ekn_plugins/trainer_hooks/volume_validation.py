@@ -1,0 +1,93 @@
+"""Hook plugin: validation on whole volumes (the config's ``volume_validation``) during training.
+
+Registered as ``ekn_trainer_volume_validation`` in the ``ekn.plugins`` group. It checks the setting
+when the config is read (``ekn_check_config``), names its metrics for ``monitor_metric``
+(``ekn_history_metrics``), opens and checks every volume when training starts, and at each
+evaluation whose step is a multiple of ``every`` predicts the volumes and returns the metrics
+(``ekn_validation_metrics``): they become history columns ``volume_*`` (with ``volume_seconds``,
+the time the validation took), reach TensorBoard, and are logged. A validation that fails later
+(say, a volume became unreadable) is logged as an error and leaves its columns empty; training
+goes on.
+
+Example:
+    >>> ekn_check_config({"volume_validation": {"every": 5, "volumes": []}, "history_freq": 10})  # doctest: +ELLIPSIS
+    ['volume_validation every must be a multiple of history_freq (10), got 5', ...]
+    >>> ekn_history_metrics({"volume_validation": {"volumes": [{"raw": "v.h5:raw", "labels": "v.h5:lab"}],
+    ...                                            "metrics": ["f1", "mse"]}, "history_freq": 10})
+    {'volume_f1': 'max', 'volume_mse': 'min'}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ekn_core.errors import ConfigError
+from ekn_core.hookspecs import hookimpl
+from ekn_plugins.validation.spec import parse_spec, problems
+
+log = logging.getLogger("ekn.trainer")
+_ATTR = "_volume_validator"
+
+
+@hookimpl
+def ekn_check_config(config: dict[str, Any]) -> list[str]:
+    """Every mistake in ``volume_validation``."""
+    return problems(config.get("volume_validation"), config.get("history_freq"))
+
+
+@hookimpl
+def ekn_history_metrics(config: dict[str, Any]) -> dict[str, str] | None:
+    """``volume_<metric>`` for each configured metric (None without the setting or when it is invalid)."""
+    try:
+        spec = parse_spec(config.get("volume_validation"), config.get("history_freq"))
+    except ConfigError:
+        return None
+    return spec.history_metrics() if spec is not None else None
+
+
+def _validator(trainer: Any) -> Any:
+    """The trainer's :class:`~ekn_plugins.validation.evaluate.VolumeValidator` (None without the
+    setting), made again when the setting was changed (e.g. in the training shell)."""
+    setting = trainer.config.volume_validation
+    cached = getattr(trainer, _ATTR, None)
+    if cached is not None and cached[0] == repr(setting):
+        return cached[1]
+    spec = parse_spec(setting, trainer.config.history_freq)
+    validator = None
+    if spec is not None:
+        from ekn_plugins.validation.evaluate import VolumeValidator
+
+        validator = VolumeValidator(spec)
+    setattr(trainer, _ATTR, (repr(setting), validator))
+    return validator
+
+
+@hookimpl
+def ekn_on_train_begin(trainer: Any) -> None:
+    """Opens and checks every validation volume against the net."""
+    validator = _validator(trainer)
+    if validator is not None:
+        validator.check(trainer.model)
+        log.info("validation on whole volumes every %d steps: %s; metrics %s", validator.spec.every,
+                 ", ".join(v.name for v in validator.spec.volumes), ", ".join(validator.spec.metrics))
+
+
+@hookimpl
+def ekn_validation_metrics(trainer: Any, step: int) -> dict[str, float] | None:
+    """The volume metrics when ``step`` is a multiple of ``every``."""
+    validator = _validator(trainer)
+    if validator is None or step % validator.spec.every:
+        return None
+    t0 = time.perf_counter()
+    try:
+        metrics = validator.run(trainer.model)
+    except Exception as err:  # a failed validation must not end a long run
+        log.error("validation on whole volumes at step %d failed: %s: %s", step, type(err).__name__, err)
+        return None
+    seconds = time.perf_counter() - t0
+    shown = {k: v for k, v in metrics.items() if k.removeprefix("volume_") in validator.spec.metrics}
+    log.info("validation on whole volumes at step %d (%.1f s): %s", step, seconds,
+             ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    return {**metrics, "volume_seconds": seconds}

@@ -1,0 +1,229 @@
+"""Validation on whole volumes without TensorFlow: metrics against scikit-learn, the blockwise
+prediction against predict_dense, the validator's metrics against a brute-force evaluation of the
+whole prediction, and the errors of bad settings and volumes."""
+
+import os
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
+
+from ekn_core.errors import ConfigError, ShapeError
+from ekn_core.prediction import predict_dense
+from ekn_plugins.validation.evaluate import VolumeValidator, predicted_blocks
+from ekn_plugins.validation.metrics import MetricSums
+from ekn_plugins.validation.spec import parse_spec, problems
+from prediction_testnets import make_net
+
+MB = 2**20
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_metrics_summed_in_blocks_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    groups, n_class = 2, 3
+    pred = rng.random((groups * n_class, 6, 7, 9))
+    labels = rng.integers(-1, n_class, (groups, 6, 7, 9))
+    sums = MetricSums(n_class)
+    from ekn_plugins.validation.metrics import label_ids, predicted_classes
+
+    for z in range(0, 6, 4):  # two blocks along z
+        sums.add_classes(predicted_classes(pred[:, z:z + 4], groups), label_ids(labels[:, z:z + 4]))
+    result = sums.result(("pixel_error", "f1", "iou", "precision", "recall"))
+    # reference: argmax of each group's own channels, pooled over groups, unlabelled (-1) dropped
+    cls = np.stack([pred[g * n_class:(g + 1) * n_class].argmax(0) for g in range(groups)])
+    keep = labels >= 0
+    y_true, y_pred = labels[keep], cls[keep]
+    assert result["volume_pixel_error"] == pytest.approx(np.mean(y_true != y_pred))
+    classes = list(range(n_class))
+    for name, score in [("f1", f1_score), ("iou", jaccard_score), ("precision", precision_score),
+                        ("recall", recall_score)]:
+        per_class = score(y_true, y_pred, labels=classes, average=None)
+        np.testing.assert_allclose([result[f"volume_{name}_c{k}"] for k in classes], per_class, rtol=1e-12)
+        foreground = score(y_true, y_pred, labels=classes[1:], average="macro")
+        assert result[f"volume_{name}"] == pytest.approx(foreground, rel=1e-12)
+    # binary: volume_f1 is scikit-learn's binary F1 (class 1); mse is the mean squared difference
+    binary = MetricSums(2)
+    binary.add_classes(y_pred.clip(0, 1), y_true.clip(0, 1))
+    assert binary.result(("f1",))["volume_f1"] == pytest.approx(f1_score(y_true.clip(0, 1), y_pred.clip(0, 1)))
+    values = MetricSums()
+    mask = labels >= 0
+    values.add_values(pred[:groups], labels, mask)
+    assert values.result(("mse",))["volume_mse"] == pytest.approx(np.mean((pred[:groups] - labels)[mask] ** 2))
+    assert np.isnan(MetricSums(2).result(("pixel_error", "f1"))["volume_f1"])  # nothing labelled
+
+
+def test_blockwise_prediction_equals_predict_dense():
+    raw = np.random.default_rng(1).random((11, 41, 37)).astype(np.float32)
+    net = make_net()
+
+    def assembled(**kwargs):
+        blocks = list(predicted_blocks(net, raw[None], memory_budget=MB, **kwargs))
+        lo = np.min([b[0] for b in blocks], axis=0)
+        hi = np.max([b[1] for b in blocks], axis=0)
+        out = np.full((2, *(hi - lo)), np.nan, np.float32)
+        for a, b, pred in blocks:
+            out[(slice(None), *(slice(x - o, y - o) for x, y, o in zip(a, b, lo)))] = pred
+        return len(blocks), tuple(lo), out
+
+    n, lo, valid = assembled()
+    assert n > 1 and lo == (1, 7, 7)
+    np.testing.assert_allclose(valid, predict_dense(net, raw), atol=1e-6)
+    _, lo, padded = assembled(pad=True, roi=((2, 3, 4), (9, 40, 30)))
+    assert lo == (2, 3, 4)
+    np.testing.assert_allclose(padded, predict_dense(net, raw, pad_raw=True)[:, 2:9, 3:40, 4:30], atol=1e-6)
+
+
+def _write(path, key, array):
+    with h5py.File(path, "w") as f:
+        f[key] = array
+    return f"{path}:{key}"
+
+
+@pytest.fixture
+def volumes(tmp_path):
+    """Two raw volumes with centred labels 4 voxels smaller in z and 8 in y and x (values -1, 0, 1
+    and the ignore label 7)."""
+    out = []
+    for i in range(2):
+        rng = np.random.default_rng(10 + i)
+        raw = (rng.random((11, 41, 37)) * 255).astype(np.uint8)
+        labels = rng.choice([-1, 0, 1, 1, 7], size=(7, 33, 29)).astype(np.int16)
+        out.append((raw, labels, _write(tmp_path / f"raw{i}.h5", "raw", raw),
+                    _write(tmp_path / f"lab{i}.h5", "lab", labels)))
+    return out
+
+
+def _brute_force(net, raw, labels, pad, region=None):
+    """(labels, predicted classes) of every evaluated voxel, from one dense prediction."""
+    whole = predict_dense(net, raw, pad_raw=pad)
+    start = (np.array(raw.shape) - np.array(whole.shape[1:])) // 2  # output voxel i is raw voxel start + i
+    off = (np.array(raw.shape) - np.array(labels.shape)) // 2
+    lo, hi = np.maximum(start, off), np.minimum(start + whole.shape[1:], off + labels.shape)
+    if region is not None:
+        lo, hi = np.maximum(lo, region[0]), np.minimum(hi, region[1])
+    cls = whole[(slice(None), *(slice(a - s, b - s) for a, b, s in zip(lo, hi, start)))].argmax(0)
+    lab = labels[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, off))]
+    keep = (lab >= 0) & (lab != 7)
+    return lab[keep], cls[keep]
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_validator_metrics_equal_a_brute_force_evaluation(volumes, pad):
+    region = ((3, 0, 0), (8, 30, 37))
+    spec = parse_spec({"volumes": [{"raw": volumes[0][2], "labels": volumes[0][3], "region": region},
+                                   {"raw": volumes[1][2], "labels": volumes[1][3]}],
+                       "metrics": ["pixel_error", "f1", "iou"], "ignore_label": 7, "pad": pad,
+                       "memory_budget": "1M"}, history_freq=10)
+    model = SimpleNamespace(prediction_node=make_net())
+    validator = VolumeValidator(spec)
+    validator.check(model)
+    result = validator.run(model)
+    parts = [_brute_force(model.prediction_node, raw / np.float32(255), lab, pad, r)
+             for (raw, lab, _, _), r in zip(volumes, [region, None])]
+    y_true, y_pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    assert y_true.size > 1000
+    assert result["volume_pixel_error"] == pytest.approx(np.mean(y_true != y_pred), rel=1e-12)
+    assert result["volume_f1"] == pytest.approx(f1_score(y_true, y_pred), rel=1e-12)
+    np.testing.assert_allclose([result["volume_iou_c0"], result["volume_iou_c1"]],
+                               jaccard_score(y_true, y_pred, average=None), rtol=1e-12)
+
+
+def test_mse_and_threshold_compare_each_output_channel(tmp_path, volumes):
+    raw_path = volumes[0][2]
+    whole = predict_dense(make_net(), volumes[0][0] / np.float32(255))   # (2, 9, 27, 23) at raw (1, 7, 7)
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(2, 11, 41, 37)).astype(np.float32)        # labels of the raw's size:
+    model = SimpleNamespace(prediction_node=make_net())                  # the FOV border is left out
+    spec = parse_spec({"volumes": [{"raw": raw_path, "labels": _write(tmp_path / "v.h5", "v", values)}],
+                       "metrics": ["mse"]}, history_freq=1)
+    expected = np.mean((whole - values[:, 1:10, 7:34, 7:30]) ** 2)
+    assert VolumeValidator(spec).run(model)["volume_mse"] == pytest.approx(expected, rel=1e-6)
+    binary = rng.integers(0, 2, (2, 9, 27, 23)).astype(np.uint8)        # labels of the valid output only
+    spec = parse_spec({"volumes": [{"raw": raw_path, "labels": _write(tmp_path / "b.h5", "b", binary)}],
+                       "metrics": ["pixel_error"], "threshold": 0.1}, history_freq=1)
+    result = VolumeValidator(spec).run(model)
+    assert result["volume_pixel_error"] == pytest.approx(np.mean((whole > 0.1) != binary), rel=1e-12)
+    one_channel = parse_spec({"volumes": [{"raw": raw_path, "labels": volumes[0][3]}], "threshold": 0.1}, 1)
+    with pytest.raises(ConfigError, match=r"the labels need 2 channel\(s\); they have 1"):
+        VolumeValidator(one_channel).check(model)
+    with pytest.raises(ConfigError, match=r"mse compares the net's 2 output channel\(s\) with the labels' 1"):
+        VolumeValidator(parse_spec({"volumes": [{"raw": raw_path, "labels": volumes[0][3]}], "metrics": ["mse"]},
+                                   1)).check(model)
+
+
+def test_bad_settings_give_one_message_per_mistake():
+    found = problems({"every": 15, "volumes": [{"raw": "a.h5:raw", "label": "a.h5:lab", "region": ((0, 0), (1, 1))},
+                                               "b.h5"],
+                      "metrics": ["f1", "dice"], "pad": "yes", "patch": (0, 5), "memory_budget": "lots"},
+                     history_freq=10)
+    expected = ["every must be a multiple of history_freq (10), got 15",
+                "volumes[0]: unknown key 'label' (did you mean 'labels'?)",
+                "volumes[0] needs 'labels'",
+                "volumes[0]: region ((0, 0), (1, 1)) must be ((z0, y0, x0), (z1, y1, x1))",
+                "volumes[1] must be a dict",
+                "unknown metric 'dice'",
+                "pad must be True or False, got 'yes'",
+                "patch must be None (the training patch)",
+                "memory_budget must be a positive number of bytes"]
+    assert len(found) == len(expected), found
+    for message, part in zip(found, expected):
+        assert part in message and message.startswith("volume_validation"), (message, part)
+    assert problems(None, 0) == [] and problems({"volumes": [{"raw": "a", "labels": "b"}]}, 0) == [
+        "volume_validation runs at the monitoring evaluations: history_freq must be > 0, got 0"]
+    with pytest.raises(ConfigError, match="must be None or a dict"):
+        parse_spec(["a.h5"], 10)
+
+
+def test_config_reports_volume_validation_and_monitor_mistakes_together(tmp_path):
+    from ekn_core.trainer.config import ExperimentConfig
+
+    path = tmp_path / "exp.py"
+    path.write_text("data_class = 'MNISTData'\nn_steps = 10\nmodel_load_path = 'm.mdl'\nhistory_freq = 5\n"
+                    "volume_validation = {'every': 10, 'volumes': [{'raw': 'v.h5:raw', 'labels': 'v.h5:lab'}], "
+                    "'metrics': ['f1', 'mse']}\n")
+    cfg = ExperimentConfig.from_file(str(path), ["monitor_metric='volume_f1'"])
+    assert cfg.monitored() == ("volume_f1", "max") and "volume_mse" in cfg.monitorable()
+    assert ExperimentConfig.from_file(str(path), ["monitor_metric='volume_mse'"]).monitored() == ("volume_mse", "min")
+    assert ExperimentConfig.from_file(str(path), ["monitor_metric='volume_f1'", "monitor_mode='min'"]).monitored() \
+        == ("volume_f1", "min")
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_file(str(path), ["monitor_metric='volume_f2'", "volume_validation.every=7"])
+    text = str(err.value)
+    assert "every must be a multiple of history_freq (5), got 7" in text
+    assert "monitor_metric 'volume_f2' is not a metric of this run" in text
+    with pytest.raises(ConfigError, match=r"'volume_f2' is not a metric of this run \(did you mean 'volume_f1'\?\); "
+                                          "choose one of valid_loss, .*, volume_f1, volume_mse"):
+        ExperimentConfig.from_file(str(path), ["monitor_metric='volume_f2'"])
+    with pytest.raises(ConfigError, match="monitor_mode must be None, 'min' or 'max', got 'up'"):
+        ExperimentConfig.from_file(str(path), ["monitor_mode='up'", "monitor_metric='volume_f1'"])
+    with pytest.raises(ConfigError, match="monitor_mode 'max' needs a monitor_metric"):
+        ExperimentConfig.from_file(str(path), ["monitor_mode='max'"])
+
+
+def test_volume_problems_name_the_volume(tmp_path, volumes):
+    raw, labels, raw_path, lab_path = volumes[0]
+    model = SimpleNamespace(prediction_node=make_net())
+
+    def check(**entry):
+        spec = parse_spec({"volumes": [{"raw": raw_path, "labels": lab_path, "name": "v1", **entry}]}, 1)
+        VolumeValidator(spec).check(model)
+
+    with pytest.raises(ConfigError, match=r"volume 'v1': cannot read raw .*missing\.h5"):
+        check(raw=str(tmp_path / "missing.h5") + ":raw")
+    odd = _write(tmp_path / "odd.h5", "lab", labels[:, :-1])
+    with pytest.raises(ConfigError, match="volume 'v1': a cube of shape .* cannot be centred"):
+        check(labels=odd)
+    with pytest.raises(ConfigError, match="volume 'v1': region .* holds no labelled voxel"):
+        check(region=((0, 0, 0), (2, 41, 37)))
+    two_channels = _write(tmp_path / "two.h5", "raw", np.stack([raw, raw]))
+    with pytest.raises(ConfigError, match="volume 'v1': raw has 2 channel"):
+        check(raw=two_channels)
+    with pytest.raises(ConfigError, match="volume 'v1': .*context.*pad=True"):
+        check(region=((2, 4, 4), (9, 6, 33)))
+    bad = _write(tmp_path / "bad.h5", "lab", np.full_like(labels, 3))
+    spec = parse_spec({"volumes": [{"raw": raw_path, "labels": bad}]}, 1)
+    with pytest.raises(ShapeError, match="labels hold the value 3, but the net predicts 2 classes"):
+        VolumeValidator(spec).run(model)
