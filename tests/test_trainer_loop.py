@@ -1,6 +1,7 @@
 """The training loop in-process on a tiny perceptron: hooks, monitoring, NaN rollback, pause/kill."""
 
 import logging
+import math
 import os
 import signal
 
@@ -246,3 +247,17 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
         assert never.run() == "finished" and never.step == 8  # without patience: all steps
     finally:
         never.close()
+
+
+def test_status_line_shows_errors_in_percent_or_dashes(tmp_path):
+    """ELEKTRONN2's status line: errors in per cent with an error node; '--' for errors that were not
+    measured (a model without an error node, e.g. MALIS affinities), instead of 'nan'."""
+    trainer = make_trainer(tmp_path, "n_steps=2", "history_freq=2")
+    try:
+        assert trainer.run() == "finished"
+        line = trainer.status_line({"train_error": 0.125, "valid_error": math.nan, "train_loss": 0.5})
+        assert line.startswith("00002 L_m=") and "tr=12.50%, vl=--," in line and "tr_L=0.5000" in line
+        trainer.model.error_node = None
+        assert "tr=--, vl=--," in trainer.status_line({"train_error": 0.125})
+    finally:
+        trainer.close()

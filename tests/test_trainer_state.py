@@ -149,3 +149,24 @@ def test_plots_without_errors_warn_about_nothing(tmp_path):
         warnings.simplefilter("error")
         paths = plot_history(h, str(tmp_path), smoothing=5)
     assert len(paths) == 4 and all(os.path.getsize(p) > 0 for p in paths)
+
+
+def test_plugin_metrics_get_their_own_plot_only_when_measured(tmp_path):
+    """metrics.png shows the plugin columns at the steps they were measured (NaN elsewhere), split
+    by direction; without a measured value (or without the column) there is no such plot."""
+    h = History()
+    for i in range(1, 21):
+        h.timeline.append(step=i, time=0.1 * i, loss=1.0 / i, batch_char=0.3)
+        if i % 4 == 0:
+            h.history.append(step=i, time=0.1 * i, train_loss=1.0 / i, valid_loss=1.2 / i, train_error=0.5,
+                             valid_error=0.6, lr=0.01, mom=0.9, wd=0.0,
+                             volume_f1=0.1 * i if i % 8 == 0 else np.nan, volume_pixel_error=np.nan)
+    for folder, metrics in (("unmeasured", {"volume_pixel_error": "min"}), ("absent", {"volume_iou": "max"})):
+        paths = plot_history(h, str(tmp_path / folder), smoothing=5, metrics=metrics)
+        assert "metrics.png" not in [os.path.basename(p) for p in paths]
+    paths = plot_history(h, str(tmp_path / "measured"), smoothing=5,
+                         metrics={"volume_f1": "max", "volume_pixel_error": "min"})
+    path = [p for p in paths if os.path.basename(p) == "metrics.png"]
+    assert len(path) == 1
+    with Image.open(path[0]) as img:
+        assert img.format == "PNG" and np.asarray(img.convert("L")).std() > 5

@@ -89,6 +89,7 @@ def test_validation_runs_at_its_steps_into_history_and_log(runs):
     assert np.all(h["volume_seconds"][np.isfinite(h["volume_f1"])] > 0)
     header = open(trainer.run_dir.history_csv).readline().strip().split(",")
     assert {"volume_pixel_error", "volume_f1", "volume_f1_c0", "volume_f1_c1", "volume_seconds"} <= set(header)
+    assert "metrics.png" in [os.path.basename(p) for p in trainer.plot()]  # the plugin's metrics get a plot
     log_text = open(trainer.run_dir.log).read()
     assert "validation on whole volumes every 4 steps: cube2; metrics pixel_error, f1" in log_text
     for step in (4, 8, 12, 16):

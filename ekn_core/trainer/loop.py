@@ -50,7 +50,7 @@ from ekn_core.hooks import host
 from ekn_core.trainer.batch_picture import FILE_NAME
 from ekn_core.trainer.checkpoint import (CheckpointData, capture_host_rng, latest_checkpoint, prune_checkpoints,
                                          read_checkpoint, restore_host_rng, write_checkpoint)
-from ekn_core.trainer.config import ExperimentConfig
+from ekn_core.trainer.config import MONITORABLE, ExperimentConfig
 from ekn_core.trainer.history import History
 from ekn_core.trainer.rundir import RunDir
 
@@ -707,10 +707,13 @@ class Trainer:
         loss = t["loss"][-1] if len(t) else math.nan
         per_step = float(np.mean(self._step_times)) if self._step_times else math.nan
         vox = self.last_metrics.get("voxels", math.nan)
-        err = "%" if self.model.error_node is not None else ""
-        scale = 100.0 if err else 1.0
-        return (f"{self.step:05d} L_m={loss_m:.3f}, L={loss:.2f}, tr={metrics.get('train_error', math.nan) * scale:05.2f}"
-                f"{err}, vl={metrics.get('valid_error', math.nan) * scale:05.2f}{err}, "
+        percent = self.model.error_node is not None
+
+        def error(key: str) -> str:  # '--' where the model has no error node (or nothing was measured)
+            value = metrics.get(key, math.nan)
+            return f"{value * 100:05.2f}%" if percent and math.isfinite(value) else "--"
+
+        return (f"{self.step:05d} L_m={loss_m:.3f}, L={loss:.2f}, tr={error('train_error')}, vl={error('valid_error')}, "
                 f"tr_L={metrics.get('train_loss', math.nan):.4f}, vl_L={metrics.get('valid_loss', math.nan):.4f}, "
                 f"L_diff={metrics.get('loss_gain', math.nan):+.1e}, LR={self.model.lr:.2e}, "
                 f"{1.0 / per_step if per_step > 0 else math.nan:.2f} it/s, "
@@ -735,8 +738,9 @@ class Trainer:
         """Writes the PNG plots into ``plots/``; returns their paths."""
         from ekn_core.trainer.plots import plot_history
 
+        plugin_metrics = {k: mode for k, mode in self.config.monitorable().items() if k not in MONITORABLE}
         return plot_history(self.history, self.run_dir.plots, int(self.config.loss_smoothing_length),
-                            self.run_dir.name)
+                            self.run_dir.name, plugin_metrics)
 
     def preview(self) -> list[str]:
         """Writes preview predictions (if ``preview_data_path`` is set) and fires ``ekn_on_preview_written``."""

@@ -1,11 +1,15 @@
-"""Training plots as PNG files: ``loss.png``, ``errors.png``, ``lr.png`` and ``timeline.png``.
+"""Training plots as PNG files: ``loss.png``, ``errors.png``, ``lr.png``, ``timeline.png`` and,
+when plugins add metrics to the history, ``metrics.png``.
 
 * ``loss``: training and validation loss of the monitor batches over steps (log scale when
   positive), with the smoothed per-step training loss;
 * ``errors``: training and validation error over steps, raw and smoothed;
 * ``lr``: learning rate, momentum and weight decay over steps;
 * ``timeline``: per-step loss and its moving average over training time, and loss against the
-  batch's mean target ("prevalence").
+  batch's mean target ("prevalence");
+* ``metrics``: the history columns that hook plugins contribute (``ekn_history_metrics``, e.g.
+  validation on whole volumes: ``volume_f1``), one panel for those to minimise and one for those
+  to maximise, at the steps where they were measured.
 
 Matplotlib's Agg back-end is used (no display needed); files are written atomically.
 
@@ -82,14 +86,17 @@ def _legend(ax: Any) -> None:
         ax.legend(loc="upper right", fontsize=8)
 
 
-def plot_history(history: History, folder: str, smoothing: int = 200, name: str = "") -> list[str]:
-    """Writes the four plots into ``folder``; returns their paths.
+def plot_history(history: History, folder: str, smoothing: int = 200, name: str = "",
+                 metrics: dict[str, str] | None = None) -> list[str]:
+    """Writes the plots into ``folder``; returns their paths.
 
     Args:
         history: The run's history.
         folder: Output folder (created if needed).
         smoothing: Moving-average length of the per-step loss.
         name: Run name for the titles.
+        metrics: Plugin metrics ``{column: 'min' | 'max'}`` for ``metrics.png`` (written when one
+            of them has a measured value).
     """
     os.makedirs(folder, exist_ok=True)
     h, t = history.history, history.timeline
@@ -142,4 +149,16 @@ def plot_history(history: History, folder: str, smoothing: int = 200, name: str 
     _legend(axes[0])
     axes[1].set(xlabel="mean target of the batch", ylabel="loss")
     written.append(_save(fig, os.path.join(folder, "timeline.png")))
+
+    measured = {k: mode for k, mode in (metrics or {}).items() if k in h and np.isfinite(h[k]).any()}
+    if measured:
+        fig, axes = _figure(2)
+        for ax, mode, label in ((axes[0], "min", "lower is better"), (axes[1], "max", "higher is better")):
+            for i, key in enumerate(k for k, m in measured.items() if m == mode):
+                _plot_xy(ax, steps, h[key], key.replace("_", " "), color=f"C{i}", marker="o")
+            ax.set(ylabel=label)
+            _legend(ax)
+        axes[0].set(title=f"{name} plugin metrics".strip())
+        axes[1].set(xlabel="step")
+        written.append(_save(fig, os.path.join(folder, "metrics.png")))
     return written
