@@ -143,7 +143,9 @@ DATA_SOURCES = [
 ]
 READERS = [
     "hdf5 = ekn_plugins.readers.hdf5:HDF5Reader",
+    "imagestack = ekn_plugins.readers.imagestack:ImageStackReader",
     "knossos = ekn_plugins.readers.knossos:KnossosReader",
+    "precomputed = ekn_plugins.readers.precomputed:PrecomputedReader",
     "zarr = ekn_plugins.readers.zarr_reader:ZarrReader",
 ]
 
@@ -181,6 +183,9 @@ setup(
         "dask[array]>=2024.1",
         "distributed>=2024.1",
         "python-snappy>=0.7",
+        "tifffile>=2023.1",
+        "imageio>=2.31",
+        "tensorstore>=0.1.60",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16"],

@@ -10,7 +10,8 @@ Parts (``--parts``, default all):
   ``loop-auto`` the same with the patch chosen by ``choose_patch`` (both on a crop of
   ``--loop-tiles`` whole tiles per axis: 32 passes per tile would take half an hour for the
   whole volume); ``mfp``: the model reloaded with MFP active and an automatically chosen patch,
-  on the whole volume. Tile throughput does not depend on the volume size, so the rates
+  on the whole volume; with ``--tta flips`` (or ``flips+transpose``) also ``mfp-tta``: the same
+  with test-time augmentation. Tile throughput does not depend on the volume size, so the rates
   compare. GFLOP/s count the multiply-adds of every convolution at every position it is
   evaluated (2 FLOP each; MFP fragments included) and are compared with the measured 4096²
   matmul rate.
@@ -83,6 +84,7 @@ def part_speed(args: argparse.Namespace, peak: float) -> dict[str, Any]:
     from ekn_core.prediction import predict_dense
     from ekn_core.prediction.net import NetAdapter
     from ekn_core.prediction.tiling import choose_patch
+    from ekn_core.prediction.tta import parse_tta
 
     shape = tuple(args.shape)
     raw = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
@@ -101,18 +103,19 @@ def part_speed(args: argparse.Namespace, peak: float) -> dict[str, Any]:
                         "gflop_per_s": args.naive_windows * forward_gflop(node) / dt}
     print("naive", results["naive"], flush=True)
 
-    def timed(name: str, n: Any, tiles: int | None) -> None:
+    def timed(name: str, n: Any, tiles: int | None, tta: str | None = None) -> None:
         """Predicts ``raw`` (or a crop of ``tiles`` whole tiles per axis) with mirror padding."""
         g = NetAdapter(n).geometry
+        factor = len(parse_tta(tta, g.ndim)) or 1
         crop = raw if tiles is None else raw[tuple(slice(0, min(s, t * tiles)) for s, t in zip(shape, g.tile_out))]
         warm = raw[tuple(slice(0, t) for t in g.tile_out)]
-        predict_dense(n, warm, pad_raw=True, memory_budget=args.budget)  # trace and warm up
+        predict_dense(n, warm, pad_raw=True, memory_budget=args.budget, tta=tta)  # trace and warm up
         t0 = time.perf_counter()
-        predict_dense(n, crop, pad_raw=True, memory_budget=args.budget)
+        predict_dense(n, crop, pad_raw=True, memory_budget=args.budget, tta=tta)
         dt = time.perf_counter() - t0
         n_tiles = np.prod([-(-s // t) for s, t in zip(crop.shape, g.tile_out)])
-        gflop = n_tiles * g.passes * forward_gflop(n)
-        results[name] = {"patch": g.patch, "passes_per_tile": g.passes, "predicted": crop.shape, "seconds": dt,
+        gflop = n_tiles * g.passes * factor * forward_gflop(n)
+        results[name] = {"patch": g.patch, "passes_per_tile": g.passes * factor, "predicted": crop.shape, "seconds": dt,
                          "voxels_per_s": crop.size / dt, "gflop_per_s": gflop / dt,
                          "share_of_matmul_peak": gflop / dt / peak}
         print(name, results[name], flush=True)
@@ -127,6 +130,8 @@ def part_speed(args: argparse.Namespace, peak: float) -> dict[str, Any]:
         mpatch = choose_patch(mnet.geometry, shape, mnet.bytes_per_voxel, args.budget // 4).patch
         mfp = nm.modelload(path, override_mfp_to_active=True, imposed_patch_size=mpatch, imposed_batch_size=1)
         timed("mfp", logits(mfp), None)
+        if args.tta:
+            timed("mfp-tta", logits(mfp), None, args.tta)
     return results
 
 
@@ -234,6 +239,8 @@ def main() -> None:
     parser.add_argument("--memory-budget", type=int, default=64 * 2**20, help="budget of the memory part")
     parser.add_argument("--naive-windows", type=int, default=4)
     parser.add_argument("--loop-tiles", type=int, default=2, help="tiles per axis the stride loop predicts")
+    parser.add_argument("--tta", choices=("flips", "flips+transpose"), help="speed: also time MFP with "
+                        "test-time augmentation")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()

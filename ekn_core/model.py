@@ -339,9 +339,10 @@ class Model:
         out = out if isinstance(out, list) else [out]
         return {n.name: o for n, o in zip(nodes, out)}
 
-    def predict_dense(self, raw_img: np.ndarray, as_uint8: bool = False, pad_raw: bool = False) -> np.ndarray:
+    def predict_dense(self, raw_img: np.ndarray, as_uint8: bool = False, pad_raw: bool = False,
+                      tta: str | list[str] | None = None) -> np.ndarray:
         """Dense prediction with the prediction node (see :meth:`Node.predict_dense`)."""
-        return self._need("prediction_node").predict_dense(raw_img, as_uint8=as_uint8, pad_raw=pad_raw)
+        return self._need("prediction_node").predict_dense(raw_img, as_uint8=as_uint8, pad_raw=pad_raw, tta=tta)
 
     # ----------------------------------------------------------------------------- training
     @property

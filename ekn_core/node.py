@@ -905,11 +905,13 @@ class Node(metaclass=NodeMeta):
             log.info("%s: %.5f s (%s)", self.name, result, "local" if local else "total")
         return result
 
-    def predict_dense(self, raw_img: np.ndarray, as_uint8: bool = False, pad_raw: bool = False) -> np.ndarray:
-        """Dense prediction of a whole image by tiling (see :func:`ekn_core.prediction.predict_dense`)."""
+    def predict_dense(self, raw_img: np.ndarray, as_uint8: bool = False, pad_raw: bool = False,
+                      tta: str | list[str] | None = None) -> np.ndarray:
+        """Dense prediction of a whole image by tiling (see :func:`ekn_core.prediction.predict_dense`;
+        ``tta="flips"`` etc. averages over flipped inputs)."""
         from ekn_core.prediction import predict_dense
 
-        return predict_dense(self, raw_img, as_uint8=as_uint8, pad_raw=pad_raw)
+        return predict_dense(self, raw_img, as_uint8=as_uint8, pad_raw=pad_raw, tta=tta)
 
     # ----------------------------------------------------------------------------- text
     def __repr__(self) -> str:

@@ -91,17 +91,35 @@ def split_key(path: str) -> tuple[str, str | None]:
         ('data/raw_0.h5', 'raw')
         >>> split_key("out.zarr")
         ('out.zarr', None)
+        >>> split_key("precomputed://file:///data/em:8_8_40"), split_key("precomputed://file:///data/em")
+        (('precomputed://file:///data/em', '8_8_40'), ('precomputed://file:///data/em', None))
     """
     path = os.fspath(path)
     head = ""
-    match = _SCHEME.match(path)
-    if match:
-        head, path = match.group(0), path[match.end():]
+    while match := _SCHEME.match(path):  # nested schemes too: precomputed://file:///data/em:0
+        head, path = head + match.group(0), path[match.end():]
     if ":" in path and not os.path.exists(path):
         base, key = path.rsplit(":", 1)
         if key:
             return head + base, key
     return head + path, None
+
+
+def local_path(path: str) -> str | None:
+    """The local file system path of a path or ``file://`` URL (behind other schemes too), None
+    for a remote URL.
+
+    Example:
+        >>> local_path("precomputed://file:///data/em"), local_path("out.zarr"), local_path("gs://b/em")
+        ('/data/em', 'out.zarr', None)
+    """
+    path, remote = os.fspath(path), False
+    while match := _SCHEME.match(path):
+        scheme, path = match.group(0), path[match.end():]
+        if scheme == "file://":
+            return path
+        remote = True
+    return None if remote else path
 
 
 def _choose_reader(path: str, reader: str | None):
@@ -113,7 +131,7 @@ def _choose_reader(path: str, reader: str | None):
         raise EknError(
             f"no reader plugin claims {path!r}. Name one with reader=... (installed: "
             f"{', '.join(registry('readers').names())}), or use a known suffix (.h5, .zarr, a "
-            "KNOSSOS config)."
+            "KNOSSOS config, .tif, a 'dir/*.png' glob, precomputed://...)."
         )
     return registry("readers").get(name)
 

@@ -1,6 +1,9 @@
 """Oracle tests on real ekn nets (TensorFlow): MFP = stride loop = naive per-voxel window; U-Net
-tiles = whole-image evaluation; Node/Model.predict_dense delegate to the engine."""
+tiles = whole-image evaluation; Node/Model.predict_dense delegate to the engine; test-time augmentation of
+the stride loop and of MFP = plain predictions of flipped images, flipped back."""
 
+
+import itertools
 
 import numpy as np
 import pytest
@@ -52,6 +55,22 @@ def test_mfp_equals_stride_loop_equals_naive(strided):
     np.testing.assert_allclose(mfp.predict_dense(raw, pad_raw=True), padded, atol=1e-5)
     as8 = node.predict_dense(raw, as_uint8=True)
     assert as8.dtype == np.uint8 and np.abs(as8.astype(int) - np.rint(loop * 255)).max() <= 1
+
+
+def test_tta_of_stride_loop_and_mfp_equals_flipped_plain_predictions(strided):
+    model, path = strided
+    raw = np.random.default_rng(2).random((7, 22, 21)).astype(np.float32)
+    expected = []
+    for flips in itertools.product((False, True), repeat=3):
+        for swap in (False, True):
+            axes = [a for a, on in zip((0, 1, 2), flips) if on]
+            image = np.flip(raw, axes).swapaxes(1, 2) if swap else np.flip(raw, axes)
+            pred = model.predict_dense(image)
+            expected.append(np.flip(pred.swapaxes(2, 3) if swap else pred, [a + 1 for a in axes]))
+    expected = np.mean(expected, axis=0)
+    np.testing.assert_allclose(model.predict_dense(raw, tta="flips+transpose"), expected, atol=1e-5)
+    mfp = nm.modelload(path, override_mfp_to_active=True, imposed_patch_size=(6, 22, 22))
+    np.testing.assert_allclose(mfp.predict_dense(raw, tta="flips+transpose"), expected, atol=1e-5)
 
 
 def test_unet_tiles_equal_whole_image(tmp_path):

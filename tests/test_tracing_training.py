@@ -104,14 +104,15 @@ def test_sequence_training_resumes_exactly(tmp_path):
     np.testing.assert_allclose(rest.history.timeline["loss"], whole.history.timeline["loss"], rtol=1e-6)
 
 
-@pytest.mark.slow
-def test_ekn_train_runs_the_example(tubes, tmp_path):
+def train_with_cli(example, tubes, tmp_path, batch_size):
+    """Runs `ekn train example` for 4 steps on the tubes, checks the model file and the history
+    rows (with a finite validation loss on the held-out skeleton); returns the run directory."""
     exe = os.path.join(os.path.dirname(sys.executable), "ekn")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "ekn_core.cli"]
-    sets = ["n_steps=4", "history_freq=2", "monitor_batch_size=8", "batch_size=4", f"save_path={str(tmp_path)!r}",
-            "save_name='run'"]
+    sets = ["n_steps=4", "history_freq=2", f"monitor_batch_size={2 * batch_size}", f"batch_size={batch_size}",
+            f"save_path={str(tmp_path)!r}", "save_name='run'"]
     env = {**os.environ, "EKN_TUBES_DIR": tubes, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([*cmd, "train", EXAMPLE, *[a for s in sets for a in ("--set", s)]], capture_output=True,
+    proc = subprocess.run([*cmd, "train", example, *[a for s in sets for a in ("--set", s)]], capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     run = tmp_path / "run"
@@ -119,5 +120,11 @@ def test_ekn_train_runs_the_example(tubes, tmp_path):
     rows = (run / "history.csv").read_text().splitlines()
     assert rows[1].startswith("2,") and rows[2].startswith("4,")
     assert np.isfinite(float(rows[2].split(",")[3]))  # the validation loss on the held-out skeleton
+    return run
+
+
+@pytest.mark.slow
+def test_ekn_train_runs_the_example(tubes, tmp_path):
+    run = train_with_cli(EXAMPLE, tubes, tmp_path, batch_size=4)
     timeline = (run / "timeline.csv").read_text()
     assert "debug/direction" in timeline.splitlines()[0]

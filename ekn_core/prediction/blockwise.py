@@ -20,19 +20,21 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ekn_core.errors import ConfigError, EknError, ShapeError
-from ekn_core.prediction.dense import auto_batch_size, predict_region, to_uint8
+from ekn_core.prediction.dense import auto_batch_size, predict_region, progress_label, to_uint8
 from ekn_core.prediction.source import ChannelFirst, read_window, to_float
 from ekn_core.prediction.tiling import Shape, TileGeometry, TileGrid
+from ekn_core.prediction.tta import describe, transforms_of
 
 log = logging.getLogger("ekn.prediction")
 
@@ -50,6 +52,7 @@ class Plan:
         block: Block shape in output voxels (a multiple of the grid step).
         overlap: Tile overlap; blend: blend mode when tiles overlap (else None).
         batch_size: Forward passes per call.
+        tta: Test-time augmentation transforms (:mod:`ekn_core.prediction.tta`); ``()``: none.
     """
 
     geometry: TileGeometry
@@ -59,6 +62,7 @@ class Plan:
     overlap: Shape
     blend: str | None
     batch_size: int
+    tta: tuple[str, ...] = ()
 
     @property
     def grid(self) -> TileGrid:
@@ -95,6 +99,8 @@ class Plan:
         """JSON-able description (part of the resume fingerprint)."""
         data = asdict(self)
         data["geometry"] = asdict(self.geometry)
+        if not self.tta:
+            del data["tta"]  # plans without TTA keep the fingerprint of earlier versions (resume)
         return json.loads(json.dumps(data))
 
 
@@ -106,7 +112,8 @@ def _block_bytes(block: Shape, g: TileGeometry, in_channels: int, n_lab: int) ->
 def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: int,
               roi: tuple[Shape, Shape] | None = None, pad: bool = True, overlap: int | Shape = 0,
               blend: str = "gaussian", memory_budget: int = 2**31, batch_size: int | None = None,
-              bytes_per_voxel: float = 0.0, fixed_batch: int | None = None) -> Plan:
+              bytes_per_voxel: float = 0.0, fixed_batch: int | None = None,
+              tta: tuple[str, ...] = ()) -> Plan:
     """Plans a volume prediction within ``memory_budget`` bytes.
 
     Half the budget goes to the net (batched passes), half to the block buffers; blocks grow by
@@ -124,6 +131,8 @@ def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: 
         batch_size: Forward passes per call (default from the budget).
         bytes_per_voxel: Net memory per input voxel per pass (for the default batch size).
         fixed_batch: The net's fixed batch size, if any.
+        tta: Test-time augmentation transforms (each runs the batch once more; memory is that
+            of one plain call, so the budget is unchanged).
     """
     g = geometry
     lo, hi = roi if roi is not None else ((0,) * len(in_shape), tuple(in_shape))
@@ -159,7 +168,7 @@ def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: 
         block = trial
     blend_mode = blend if any(s < t for s, t in zip(step, g.tile_out)) else None
     ov = (overlap,) * len(step) if isinstance(overlap, (int, np.integer)) else tuple(overlap)
-    return Plan(g, lo, hi, tuple(block), tuple(int(o) for o in ov), blend_mode, int(batch))
+    return Plan(g, lo, hi, tuple(block), tuple(int(o) for o in ov), blend_mode, int(batch), tuple(tta))
 
 
 def as_channel_volume(volume: Any) -> Any:
@@ -256,16 +265,26 @@ class ProgressLog:
 
 
 def progress_path(output: str) -> str:
-    """The progress log of an output path (``file.h5:key`` → ``file.h5.key.ekn-progress``).
+    """The progress log of an output path (``file.h5:key`` → ``file.h5.key.ekn-progress``; a section
+    glob ``out/*.tif`` → ``out.ekn-progress``, beside its folder).
 
     Example:
-        >>> progress_path("pred.h5:probs"), progress_path("pred.zarr/")
-        ('pred.h5.probs.ekn-progress', 'pred.zarr.ekn-progress')
+        >>> progress_path("pred.h5:probs"), progress_path("pred.zarr/"), progress_path("pred/*.tif")
+        ('pred.h5.probs.ekn-progress', 'pred.zarr.ekn-progress', 'pred.ekn-progress')
+        >>> progress_path("precomputed://file:///data/pred")
+        '/data/pred.ekn-progress'
     """
-    from ekn_core.volumes import split_key
+    from ekn_core.volumes import local_path, split_key
 
     base, key = split_key(os.fspath(output))
-    base = base.rstrip("/")
+    local = local_path(base)
+    if local is None:
+        raise EknError(f"{output!r} is not on a local disk, but the progress log of a resumable prediction "
+                       "lives next to the output: predict to a local path (e.g. precomputed://file:///...) "
+                       "and copy the result")
+    if glob.has_magic(os.path.basename(local)):
+        local = os.path.dirname(local)
+    base = local.rstrip("/")
     return f"{base}.{key}.ekn-progress" if key else f"{base}.ekn-progress"
 
 
@@ -373,11 +392,13 @@ def output_reader(output: str) -> str | None:
     return host().get_reader(split_key(os.fspath(output))[0]) or "zarr"
 
 
-def adapt(node: Any) -> Any:
-    """The engine's view of a node: 3-D nets as they are, 2-D nets slice-wise."""
+def adapt(node: Any, tta: str | Sequence[str] | None = None) -> Any:
+    """The engine's view of a node: 3-D nets as they are, 2-D nets slice-wise; with ``tta``
+    averaged over its transforms (of the net's own axes)."""
     from ekn_core.prediction.net import NetAdapter, SliceWise
+    from ekn_core.prediction.tta import with_tta
 
-    net = NetAdapter(node)
+    net = with_tta(NetAdapter(node), tta)
     return SliceWise(net) if net.ndim == 2 else net
 
 
@@ -416,7 +437,8 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
                    scheduler: str | None = None, workers: int | None = None,
                    progress: bool = True, input_options: dict[str, Any] | None = None,
                    output_options: dict[str, Any] | None = None,
-                   on_block: Callable[[int], Any] | None = None) -> dict[str, Any]:
+                   on_block: Callable[[int], Any] | None = None,
+                   tta: str | Sequence[str] | None = None) -> dict[str, Any]:
     """Predicts a volume from ``input`` into ``output``, out of core and resumable.
 
     Args:
@@ -439,6 +461,8 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         progress: tqdm bar in voxels.
         input_options, output_options: Passed to ``open_volume`` / ``create_volume``.
         on_block: Called with each block index after it was recorded (for tests and monitors).
+        tta: Test-time augmentation, ``"flips"``, ``"flips+transpose"`` or a list of transforms
+            (:mod:`ekn_core.prediction.tta`); costs one pass per transform.
 
     Returns:
         Summary: ``blocks``, ``skipped`` (already done), ``voxels``, ``seconds``, ``shape``.
@@ -449,7 +473,7 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
     budget = parse_size(memory_budget) or default_memory_budget()
     spec = model if isinstance(model, NetSpec) else NetSpec(model, mfp=mfp) if isinstance(model, str) else None
     node = spec.load() if spec is not None else model
-    net = adapt(node)
+    net = adapt(node, tta)
     in_vol = open_volume(input, **(input_options or {}))
     if (output_options or {}).get("reader", output_reader(output)) == "knossos":
         as_uint8, output_options = _knossos_output_options(in_vol, as_uint8, output_options)
@@ -458,10 +482,10 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         if volume.shape[0] != net.in_channels:
             raise ShapeError(f"input {input!r} has {volume.shape[0]} channel(s), the net expects {net.in_channels}")
         if tile is not None and spec is not None:
-            spec, node, net = _resize(spec, node, net, tile, volume.shape[1:], roi, budget, choose_patch)
+            spec, node, net = _resize(spec, node, net, tile, volume.shape[1:], roi, budget, choose_patch, tta)
         plan = make_plan(net.geometry, volume.shape[1:], net.in_channels, net.n_lab, roi=roi, pad=pad,
                          overlap=overlap, blend=blend, memory_budget=budget, batch_size=batch_size,
-                         bytes_per_voxel=net.bytes_per_voxel, fixed_batch=net.batch)
+                         bytes_per_voxel=net.bytes_per_voxel, fixed_batch=net.batch, tta=transforms_of(net))
         if channel is not None and not 0 <= channel < net.n_lab:
             raise ConfigError(f"channel {channel} does not exist; the net predicts {net.n_lab} channels")
         dtype = np.uint8 if as_uint8 else np.float32
@@ -480,11 +504,13 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         log.info("predicting %s → %s: %d blocks of %s (%d done), tile %s, %d passes/tile, batch %d",
                  input, output, len(blocks), plan.block, summary["skipped"], plan.geometry.patch,
                  plan.geometry.passes, plan.batch_size)
+        if describe(net):
+            log.info(describe(net))
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=summary["voxels"], unit="vox", unit_scale=True, desc="predict",
+            bar = tqdm(total=summary["voxels"], unit="vox", unit_scale=True, desc=progress_label(net),
                        initial=sum(int(np.prod(np.subtract(blocks[i][1], blocks[i][0]))) for i in plog.done
                                    if i < len(blocks)))
         t0 = time.perf_counter()
@@ -564,7 +590,7 @@ def _open_output(output: str, resume: bool, shape: Shape, dtype: Any, chunks: Sh
 
 
 def _resize(spec: NetSpec, node: Any, net: Any, tile: Any, in_shape: Shape, roi: Any, budget: int,
-            choose_patch: Callable) -> tuple[NetSpec, Any, Any]:
+            choose_patch: Callable, tta: str | Sequence[str] | None) -> tuple[NetSpec, Any, Any]:
     """Reloads the model with the requested or automatically chosen patch size."""
     g = net.geometry
     lifted = net.ndim != len(getattr(net, "net", net).geometry.patch)  # a 2-D net run slice-wise
@@ -590,4 +616,4 @@ def _resize(spec: NetSpec, node: Any, net: Any, tile: Any, in_shape: Shape, roi:
             raise
         log.warning("keeping the model's patch %s: reloading with %s failed (%s)", g.patch, patch, err)
         return spec, node, net
-    return resized, new_node, adapt(new_node)
+    return resized, new_node, adapt(new_node, tta)

@@ -43,6 +43,7 @@ from ekn_core.errors import ShapeError
 from ekn_core.prediction.net import NetAdapter, SliceWise
 from ekn_core.prediction.source import read_window, to_float
 from ekn_core.prediction.tiling import TileGrid, blend_weights
+from ekn_core.prediction.tta import describe, transforms_of, with_tta
 
 log = logging.getLogger("ekn.prediction")
 
@@ -166,6 +167,12 @@ def _as_channels_first(raw: np.ndarray, net: NetAdapter) -> tuple[np.ndarray, bo
                      f"{' / (y, x) / (z, y, x)' if ch == 1 else ''}, got shape {raw.shape}")
 
 
+def progress_label(net: Any) -> str:
+    """The progress bar's label: ``predict``, with the TTA factor when there is one."""
+    factor = len(transforms_of(net))
+    return f"predict (TTA x{factor})" if factor else "predict"
+
+
 def to_uint8(pred: np.ndarray) -> np.ndarray:
     """Probabilities in [0, 1] → uint8 (×255, rounded, clipped).
 
@@ -179,7 +186,7 @@ def to_uint8(pred: np.ndarray) -> np.ndarray:
 def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: bool = False, *,
                   overlap: int | tuple[int, ...] = 0, blend: str = "gaussian",
                   batch_size: int | None = None, memory_budget: int | None = None,
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, tta: str | list[str] | None = None) -> np.ndarray:
     """Dense prediction of a whole image with a node (ELEKTRONN2's ``Node.predict_dense``).
 
     Args:
@@ -196,6 +203,9 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
             ``memory_budget``).
         memory_budget: Bytes the batching may use (default 2 GiB).
         progress: Show a tqdm bar in voxels.
+        tta: Test-time augmentation: ``"flips"``, ``"flips+transpose"`` or a list of transforms
+            (see :mod:`ekn_core.prediction.tta`); the prediction is the mean over the transformed
+            inputs' predictions, each transformed back. Costs one pass per transform.
 
     Returns:
         ``(n_lab, z, y, x)`` (``(n_lab, y, x)`` for a single 2-D image).
@@ -203,6 +213,7 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
     raw = np.asarray(raw)
     net: Any = NetAdapter(node)
     data, is_2d, squeeze = _as_channels_first(raw, net)
+    net = with_tta(net, tta)
     if is_2d:
         net = SliceWise(net)
     g = net.geometry
@@ -219,11 +230,13 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
     batch = batch_size or auto_batch_size(net, memory_budget)
     total = int(np.prod([e - o for o, e in zip(origin, end)]))
     log.info("predicting %s in %d tiles, %d passes each", tuple(spatial), len(grid.tiles(origin, end)), g.passes)
+    if describe(net):
+        log.info(describe(net))
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, unit="vox", unit_scale=True, desc="predict")
+        bar = tqdm(total=total, unit="vox", unit_scale=True, desc=progress_label(net))
     t0 = time.perf_counter()
     try:
         pred = predict_region(net, lambda a, b: to_float(read_window(data, a, b)), grid, origin, end,

@@ -51,7 +51,7 @@ def compute_block(job: BlockJob, index: int) -> tuple[int, np.ndarray]:
     if cached is None:
         from ekn_core.volumes import open_volume
 
-        net = adapt(job.spec.load())
+        net = adapt(job.spec.load(), job.plan.tta or None)
         if net.geometry != job.plan.geometry:
             raise EknError(f"worker loaded {job.spec.model!r} with geometry {net.geometry}, the plan "
                            f"needs {job.plan.geometry}")

@@ -41,7 +41,7 @@ def _size(shape: Any, tag: str) -> int | None:
     return shape[tag] if tag in tags else None
 
 
-def _nodes_of(node: Any) -> list[Any]:
+def graph_nodes(node: Any) -> list[Any]:
     """All nodes of the node's graph up to itself, if the node exposes them (``all_parents``)."""
     parents = getattr(node, "all_parents", None)
     if parents is None:
@@ -66,7 +66,7 @@ def shift_period(node: Any) -> tuple[int, ...]:
         return tuple(int(p) for p in declared)
     ndim = len(tuple(node.shape.strides))
     period = [1] * ndim
-    for n in _nodes_of(node):
+    for n in graph_nodes(node):
         strides = tuple(getattr(n.shape, "strides", ()) or ())
         if len(strides) != ndim:
             continue
@@ -88,7 +88,7 @@ def activation_bytes_per_voxel(node: Any) -> float:
     in_shape = node.input_nodes[0].shape
     voxels = float(np.prod(in_shape.spatial_shape))
     sizes = []
-    for n in _nodes_of(node):
+    for n in graph_nodes(node):
         shape = getattr(n, "shape", None)
         dims = getattr(shape, "shape", None)
         if dims is None:
@@ -114,6 +114,8 @@ class NetAdapter:
         n_lab: Output feature maps.
         batch: Fixed batch size of the node, or None if any batch works.
         bytes_per_voxel: Estimate of :func:`activation_bytes_per_voxel`.
+        fov: Field of view of an output voxel per spatial axis, or None where the node does not
+            know it (e.g. after an up-convolution).
     """
 
     def __init__(self, node: Any, period: tuple[int, ...] | None = None):
@@ -152,6 +154,8 @@ class NetAdapter:
                                      strides=tuple(out_st[t] for t in spatial),
                                      period=tuple(period_by_tag[t] for t in spatial))
         self.bytes_per_voxel = activation_bytes_per_voxel(node)
+        fov = dict(zip((t for t in self._out_tags if t in SPATIAL_TAGS), getattr(out_shape, "fov", None) or ()))
+        self.fov = tuple(fov[t] for t in spatial) if fov and min(fov.values()) > 0 else None
 
     @property
     def ndim(self) -> int:

@@ -14,7 +14,7 @@ class DataCommand(Command):
     The volumes follow ELEKTRONN2's layout (raw_i.h5:raw, barrier_int16_i.h5:lab, ids_i.h5:ids,
     labels centred and smaller than the raw cubes), so the neuro3d examples can train on them.
     `ekn data tubes OUT_DIR` writes tubes in noise (tube_i.h5:raw) and their skeletons
-    (tube_i.nml) for examples/tracing_agent.py.
+    (tube_i.nml) for examples/tracing_agent.py and examples/tracing_agent_rnn.py.
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ import argparse
 
 from ekn_core.commands import Command
 from ekn_core.errors import ConfigError
+from ekn_core.prediction.tta import PRESETS
 
 
 def parse_roi(text: str | None) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -61,8 +62,10 @@ class PredictCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("model", help="saved model file, or module:factory returning a node")
-        parser.add_argument("input", help="input volume, e.g. raw.h5:raw, raw.zarr, knossos.conf")
-        parser.add_argument("output", help="output volume, e.g. pred.zarr (default format), pred.h5:probs")
+        parser.add_argument("input", help="input volume, e.g. raw.h5:raw, raw.zarr, knossos.conf, "
+                            "'sections/*.tif', stack.tif, precomputed://file:///data/em")
+        parser.add_argument("output", help="output volume, e.g. pred.zarr (default format), pred.h5:probs, "
+                            "'pred/*.tif' (one TIFF per section), precomputed://file:///data/pred")
         parser.add_argument("--roi", help="output region z0:z1,y0:y1,x0:x1 in input voxels (default: all)")
         parser.add_argument("--mfp", action="store_true", help="reload the model with max-fragment pooling "
                             "active: one forward pass per tile")
@@ -81,6 +84,9 @@ class PredictCommand(Command):
         where = parser.add_mutually_exclusive_group()
         where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786")
         where.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster with N workers")
+        parser.add_argument("--tta", choices=PRESETS, help="test-time augmentation: mean "
+                            "over all flips of the spatial axes (8 passes in 3-D), +transpose also swaps y and x "
+                            "(16 passes)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -90,7 +96,7 @@ class PredictCommand(Command):
             args.model, args.input, args.output, roi=parse_roi(args.roi), pad=not args.valid, mfp=args.mfp,
             tile=parse_tile(args.tile), overlap=args.overlap, blend=args.blend, as_uint8=args.uint8,
             channel=args.channel, memory_budget=args.memory_budget, batch_size=args.batch_size,
-            scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress)
+            scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress, tta=args.tta)
         rate = summary["voxels"] / max(summary["seconds"], 1e-9)
         print(f"wrote {args.output} {summary['shape']}: {summary['blocks']} blocks "
               f"({summary['skipped']} already done) in {summary['seconds']:.1f} s, {rate:.3g} voxels/s")

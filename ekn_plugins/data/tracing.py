@@ -16,6 +16,10 @@ source is a :class:`TracingSequence`: each training example continues for up to 
 the same skeleton, moving along the agent's own predictions, which the trainer passes back after
 every step (:meth:`TracingSequence.feedback`), so the agent learns to recover from its own drift.
 
+With ``sequence_length = R`` (a recurrent agent, ELEKTRONN2's ``TracingTrainerRNN``) the source
+is a :class:`TracingTrajectories`: each example is a trajectory of R agents along one skeleton,
+its patches laid onto the input's ``r`` axis as ``Scan`` iterates over them.
+
 Example:
     >>> from ekn_plugins.utils.tracing import synthetic_tube
     >>> volume, skeleton = synthetic_tube((24, 32, 40), rng=np.random.default_rng(0))
@@ -48,7 +52,7 @@ SPLITS = ("train", "valid")
 @dataclasses.dataclass
 class Agent:
     """An agent: the index of its skeleton, position and unit heading (physical units, (z, y, x)),
-    and its age (training steps it has followed its own predictions)."""
+    and its age (steps it has walked: along its own predictions, or along a trajectory)."""
 
     track: int
     position: np.ndarray
@@ -107,6 +111,28 @@ def _load_volume(entry: Any, d_path: str | None, index: int) -> tuple[np.ndarray
     return np.asarray(raw, dtype=np.float32) / np.float32(_grey_scale(raw.dtype)), start
 
 
+def _turned(direction: np.ndarray, max_angle: float, rng: np.random.Generator) -> np.ndarray:
+    """``direction`` (unit) turned by an angle uniform in ``[0, max_angle]`` towards a random side."""
+    side = rng.standard_normal(3)
+    side -= direction * (side @ direction)
+    side /= np.linalg.norm(side)
+    angle = rng.uniform(0.0, max_angle)
+    turned = np.cos(angle) * direction + np.sin(angle) * side
+    return turned / np.linalg.norm(turned)
+
+
+def _count(name: str, value: Any) -> int:
+    """``value`` as an int >= 0, or a ConfigError naming the data argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _check_walk(walk_step: float, walk_inertia: float) -> None:
+    if not float(walk_step) > 0 or not 0 <= float(walk_inertia) < 1:
+        raise ConfigError(f"walk_step must be > 0 and walk_inertia in [0, 1), got {walk_step!r} and {walk_inertia!r}")
+
+
 class TracingData:
     """Random tracing examples along skeletons: oriented patches and target directions.
 
@@ -140,6 +166,9 @@ class TracingData:
         voxel_size: ``(aniso_factor, 1, 1)``.
         tracks: Every skeleton (:class:`Track`), in physical units.
     """
+
+    #: Steps per example on the input's ``r`` axis (0: single patches; see :class:`TracingTrajectories`).
+    sequence_length: int = 0
 
     def __init__(self, patch_shape: Sequence[int], volumes: Sequence[Any], skeletons: Sequence[Any],
                  d_path: str | None = None, aniso_factor: float = 1.0, spacing: float = 1.0,
@@ -182,22 +211,41 @@ class TracingData:
 
     @classmethod
     def from_nodes(cls, input_node: Any, target_node: Any = None, sequence_training: int = 0,
-                   **kwargs: Any) -> TracingData:
+                   sequence_length: int = 0, **kwargs: Any) -> TracingData:
         """The source for a model: patch shape and tags from the input node (1 channel, 2 or 3
         fixed spatial sizes), targets ``(b, 3)`` for a ``'b,f'`` target node with ``f = 3``.
-        ``sequence_training > 1`` gives a :class:`TracingSequence`."""
+        ``sequence_training > 1`` gives a :class:`TracingSequence`; ``sequence_length = R`` a
+        :class:`TracingTrajectories` for a recurrent model (input with an ``r`` axis of ``R``
+        steps, target with tags ``r``, ``b``, ``f`` in any order)."""
         shape = input_node.shape
         patch_shape = patch_shape_of(shape)
-        if target_node is None or tuple(target_node.shape.tags) != ("b", "f") or target_node.shape["f"] != 3:
-            got = "none" if target_node is None else str(target_node.shape)
-            raise ShapeError(f"a tracing agent needs a target node of shape (batch, 3) with tags 'b,f' (one "
-                             f"direction per example), got {got}")
-        if isinstance(sequence_training, bool) or not isinstance(sequence_training, (int, np.integer)) \
-                or sequence_training < 0:
-            raise ConfigError(f"sequence_training must be an integer >= 0, got {sequence_training!r}")
+        sequence_training, sequence_length = _count("sequence_training", sequence_training), \
+            _count("sequence_length", sequence_length)
+        steps = shape["r"] if shape.hastag("r") else None
+        if shape.hastag("r") and not sequence_length:
+            raise ConfigError(f"the input {input_node.name!r} has an 'r' axis ({steps} steps: a recurrent agent); set "
+                              f"data_init_kwargs['sequence_length'] = {steps} to train it on trajectories")
+        if sequence_length and steps != sequence_length:
+            raise ConfigError(f"sequence_length={sequence_length} needs a model whose input has an 'r' axis of "
+                              f"{sequence_length} steps (a recurrent agent, see examples/tracing_agent_rnn.py); input "
+                              f"{input_node.name!r} has tags {','.join(shape.tags)} and shape {shape.shape}")
+        if sequence_length and sequence_training:
+            raise ConfigError("sequence_training (agents following the model's own predictions) is for single-patch "
+                              "agents; a recurrent agent trains on trajectories (sequence_length): drop one of them")
+        want = ("r", "b", "f") if sequence_length else ("b", "f")
+        target = None if target_node is None else target_node.shape
+        if target is None or sorted(target.tags) != sorted(want) or target["f"] != 3 \
+                or (sequence_length and target["r"] != sequence_length):
+            need = (f"({sequence_length} steps, batch, 3) with tags 'r,b,f' in any order (one direction per step)"
+                    if sequence_length else "(batch, 3) with tags 'b,f' (one direction per example)")
+            raise ShapeError(f"a tracing agent needs a target node of shape {need}, got "
+                             f"{'none' if target is None else target}")
         kwargs.setdefault("input_tags", ",".join(shape.tags))
+        if sequence_length:
+            return TracingTrajectories(patch_shape, sequence_length=sequence_length, target_tags=",".join(target.tags),
+                                       **kwargs)
         if sequence_training > 1:
-            return TracingSequence(patch_shape, sequence_training=int(sequence_training), **kwargs)
+            return TracingSequence(patch_shape, sequence_training=sequence_training, **kwargs)
         return cls(patch_shape, **kwargs)
 
     # ------------------------------------------------------------------------------- set-up
@@ -205,15 +253,21 @@ class TracingData:
         """The input batch's shape for ``tags`` (``b`` unknown, ``f = 1``, the patch on the spatial axes)."""
         names = [t.strip() for t in tags.split(",")]
         spatial = [t for t in names if t in SPATIAL_TAGS]
-        if "b" not in names or set(names) - {"b", "f", *SPATIAL_TAGS} or len(set(names)) != len(names) \
-                or len(spatial) not in (2, 3):
-            raise ConfigError(f"input_tags {tags!r} need 'b', optionally 'f', and 2 or 3 spatial axes (z, y, x); "
-                              "tracing examples are single patches (no 'r' sequence axis)")
+        steps = self.sequence_length
+        allowed = {"b", "f", *SPATIAL_TAGS} | ({"r"} if steps else set())
+        if "b" not in names or set(names) - allowed or len(set(names)) != len(names) or len(spatial) not in (2, 3):
+            raise ConfigError(f"input_tags {tags!r} need 'b', optionally 'f', and 2 or 3 spatial axes (z, y, x)"
+                              + (", and 'r' (the steps of a trajectory)" if steps else
+                                 "; an 'r' axis (trajectories for a recurrent agent) needs sequence_length"))
+        if steps and "r" not in names:
+            raise ConfigError(f"sequence_length={steps} lays trajectories onto an 'r' axis, but input_tags {tags!r} "
+                              "have none")
         if len(spatial) == 2 and self.patch_shape[0] != 1:
             raise ShapeError(f"input tags {tags!r} have 2 spatial axes: the patch must be a slice (1, h, w), "
                              f"got {self.patch_shape}")
         sizes = iter(self.patch_shape[3 - len(spatial):])
-        return TaggedShape([None if t == "b" else 1 if t == "f" else next(sizes) for t in names], names)
+        fixed = {"b": None, "f": 1, "r": steps}
+        return TaggedShape([fixed[t] if t in fixed else next(sizes) for t in names], names)
 
     def _check_patch_fits(self, shape: Sequence[int], index: int) -> None:
         extent = (np.asarray(shape) - 1) * self.voxel_size
@@ -257,12 +311,25 @@ class TracingData:
         offset = rng.standard_normal(3)
         offset *= self.position_spread * track.skeleton.radii[j] * rng.uniform() ** (1 / 3) / np.linalg.norm(offset)
         tangent = track.skeleton.tangents[j] * (1.0 if rng.integers(2) else -1.0)
-        side = rng.standard_normal(3)
-        side -= tangent * (side @ tangent)
-        side /= np.linalg.norm(side)
-        angle = rng.uniform(0.0, self.max_turn)
-        heading = np.cos(angle) * tangent + np.sin(angle) * side
-        return Agent(int(tracks[k]), track.skeleton.points[j] + offset, heading / np.linalg.norm(heading))
+        return Agent(int(tracks[k]), track.skeleton.points[j] + offset, _turned(tangent, self.max_turn, rng))
+
+    def walk(self, agent: Agent, direction: np.ndarray, step: float, inertia: float) -> Agent | None:
+        """The agent moved as the :class:`~ekn_plugins.utils.tracing.Tracer` moves: its heading
+        turns towards ``direction`` (a unit vector, physical (z, y, x)), keeping ``inertia`` of
+        itself, and it moves ``step`` along the new heading (age + 1). None when the new position
+        leaves the tube around its skeleton (farther from the nearest skeleton sample than that
+        sample's radius) or the volume."""
+        heading = inertia * agent.heading + (1 - inertia) * direction
+        norm = np.linalg.norm(heading)
+        if not norm > 0:
+            return None
+        heading = heading / norm
+        position = agent.position + step * heading
+        track = self.tracks[agent.track]
+        dist, idx = track.skeleton.nearest(position[None])
+        if dist[0] > track.skeleton.radii[idx[0]] or not self._in_volume(position, track.volume)[0]:
+            return None
+        return Agent(agent.track, position, heading, agent.age + 1)
 
     def example(self, agent: Agent) -> tuple[np.ndarray, np.ndarray]:
         """The patch ``(*patch_shape)`` an agent sees and its target (unit vector, patch frame)."""
@@ -271,11 +338,16 @@ class TracingData:
                              self.patch_shape, self.spacing, voxel_size=self.voxel_size)
         return patch, tracing_target(track.skeleton, agent.position, agent.heading, self.lookahead)
 
-    def _batch(self, agents: Sequence[Agent]) -> tuple[np.ndarray, np.ndarray]:
+    def _examples(self, agents: Sequence[Agent]) -> tuple[np.ndarray, np.ndarray]:
+        """``(patches (n, *patch_shape), targets (n, 3))`` float32 of the agents."""
         patches = np.empty((len(agents), *self.patch_shape), dtype=np.float32)
         targets = np.empty((len(agents), 3), dtype=np.float32)
         for i, agent in enumerate(agents):
             patches[i], targets[i] = self.example(agent)
+        return patches, targets
+
+    def _batch(self, agents: Sequence[Agent]) -> tuple[np.ndarray, np.ndarray]:
+        patches, targets = self._examples(agents)
         return layout(patches, self.input_shape), targets
 
     def _check_source(self, source: str) -> None:
@@ -330,9 +402,7 @@ class TracingSequence(TracingData):
         super().__init__(*args, **kwargs)
         if int(sequence_training) < 2:
             raise ConfigError(f"sequence_training must be > 1 steps for a TracingSequence, got {sequence_training!r}")
-        if not float(walk_step) > 0 or not 0 <= float(walk_inertia) < 1:
-            raise ConfigError(f"walk_step must be > 0 and walk_inertia in [0, 1), got {walk_step!r} and "
-                              f"{walk_inertia!r}")
+        _check_walk(walk_step, walk_inertia)
         self.sequence_training, self.walk_step, self.walk_inertia = int(sequence_training), float(walk_step), \
             float(walk_inertia)
         self.direction_output = direction_output
@@ -388,16 +458,7 @@ class TracingSequence(TracingData):
         norm = np.linalg.norm(proposal)
         if agent.age + 1 >= self.sequence_training or not np.isfinite(norm) or not norm > 0:
             return None
-        heading = self.walk_inertia * agent.heading + (1 - self.walk_inertia) * proposal / norm
-        if not np.linalg.norm(heading) > 0:
-            return None
-        heading /= np.linalg.norm(heading)
-        position = agent.position + self.walk_step * heading
-        track = self.tracks[agent.track]
-        dist, idx = track.skeleton.nearest(position[None])
-        if dist[0] > track.skeleton.radii[idx[0]] or not self._in_volume(position, track.volume)[0]:
-            return None
-        return Agent(agent.track, position, heading, agent.age + 1)
+        return self.walk(agent, proposal / norm, self.walk_step, self.walk_inertia)
 
     def get_state(self) -> dict[str, Any]:
         """The agents as JSON types (for checkpoints); :meth:`set_state` restores them exactly."""
@@ -415,3 +476,106 @@ class TracingSequence(TracingData):
                                                           np.asarray(item[2], dtype=np.float64), int(item[3])))
         self.agents = agents
         self._pending = []
+
+
+class TracingTrajectories(TracingData):
+    """:class:`TracingData` for recurrent agents: each example is a trajectory of
+    ``sequence_length`` agents along one skeleton (ELEKTRONN2's ``TracingTrainerRNN``).
+
+    A trajectory starts with a random agent (:meth:`~TracingData.sample_agent`: position in the
+    tube, heading turned by up to ``max_turn``). Step ``t + 1`` follows from step ``t`` as the
+    :class:`~ekn_plugins.utils.tracing.Tracer` moves when its agent predicts the ground truth
+    (teacher forcing): the target direction of step ``t`` (:func:`~ekn_plugins.utils.skeleton.tracing_target`,
+    towards the centre line ``lookahead`` ahead), turned by a random angle up to ``walk_jitter``
+    (an imperfect agent's error), is the proposal; the heading turns towards it keeping
+    ``walk_inertia`` of itself and the agent moves ``walk_step`` along the new heading
+    (:meth:`~TracingData.walk`). Each step's patch is cut along its heading and its target is
+    that step's ``tracing_target``, as in single-patch mode. A trajectory whose agent leaves
+    the tube or the volume is dropped and a new one drawn (ELEKTRONN2 restarts on
+    ``WarpingOOBError``). Batches depend only on the generator: ``--resume`` is exact and
+    background workers produce the same batches.
+
+    Patch ``t`` of example ``i`` goes to index ``t`` of the input's ``r`` axis and index ``i`` of
+    ``b`` (:func:`~ekn_plugins.utils.model_agent.layout` with ``sequence=True``), as ``Scan``'s
+    ``in_iterate`` takes it; the targets ``(r, b, 3)`` are laid out in ``target_tags`` order.
+
+    Args:
+        sequence_length: Steps per trajectory (the input's ``r`` length, >= 1).
+        walk_step: Distance moved per step (lateral voxels; use the Tracer's ``step``).
+        walk_inertia: Share of the heading kept per step (use the Tracer's ``inertia``).
+        walk_jitter: Largest angle (radians) between a step's proposal and its target direction.
+        target_tags: Tags of the target batch: ``r``, ``b`` and ``f`` in any order.
+        *args, **kwargs: Those of :class:`TracingData` (``input_tags`` must have an ``r`` axis).
+
+    Example:
+        >>> from ekn_plugins.utils.tracing import synthetic_tube
+        >>> volume, skeleton = synthetic_tube((24, 32, 40), rng=np.random.default_rng(0))
+        >>> data = TracingTrajectories((5, 9, 9), [volume], [skeleton], sequence_length=6,
+        ...                            input_tags="r,b,f,z,y,x", seed=0)
+        >>> patches, targets = data.getbatch(4)
+        >>> patches.shape, targets.shape
+        ((6, 4, 1, 5, 9, 9), (6, 4, 3))
+    """
+
+    #: How many trajectories are drawn for one example before giving up (all left the tube or volume).
+    max_attempts = 100
+
+    def __init__(self, *args: Any, sequence_length: int, walk_step: float = 1.5, walk_inertia: float = 0.3,
+                 walk_jitter: float = 0.5, target_tags: str = "r,b,f", **kwargs: Any):
+        if _count("sequence_length", sequence_length) < 1:
+            raise ConfigError(f"sequence_length must be >= 1 steps for trajectories, got {sequence_length!r}")
+        self.sequence_length = int(sequence_length)
+        _check_walk(walk_step, walk_inertia)
+        if not 0 <= float(walk_jitter) <= np.pi:
+            raise ConfigError(f"walk_jitter must be in [0, pi] radians, got {walk_jitter!r}")
+        names = tuple(t.strip() for t in target_tags.split(","))
+        if sorted(names) != ["b", "f", "r"]:
+            raise ConfigError(f"target_tags must be 'r', 'b' and 'f' in some order, got {target_tags!r}")
+        super().__init__(*args, **kwargs)
+        self.walk_step, self.walk_inertia, self.walk_jitter = float(walk_step), float(walk_inertia), float(walk_jitter)
+        self.target_tags = names
+
+    def trajectory(self, source: str = "train", rng: np.random.Generator | None = None) -> list[Agent]:
+        """The ``sequence_length`` agents of one random trajectory of split ``source`` (see the class docs).
+
+        Raises:
+            ShapeError: ``max_attempts`` trajectories in a row left the tube or the volume.
+        """
+        self._check_source(source)
+        rng = self.rng if rng is None else rng
+        for _ in range(self.max_attempts):
+            agents = [self.sample_agent(source, rng)]
+            while agents[-1] is not None and len(agents) < self.sequence_length:
+                agent = agents[-1]
+                local = tracing_target(self.tracks[agent.track].skeleton, agent.position, agent.heading, self.lookahead)
+                proposal = _turned(frame(agent.heading).T @ local, self.walk_jitter, rng)
+                agents.append(self.walk(agent, proposal, self.walk_step, self.walk_inertia))
+            if agents[-1] is not None:
+                return agents
+        raise ShapeError(f"{self.max_attempts} trajectories of {self.sequence_length} steps ({source} skeletons) in a "
+                         f"row left the tube or the volume: the skeletons are too short or too close to the border "
+                         f"for sequence_length * walk_step = {self.sequence_length * self.walk_step:g} voxels; "
+                         "use a smaller sequence_length or walk_step")
+
+    def getbatch(self, batch_size: int = 1, source: str = "train",
+                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(patches, targets)`` of ``batch_size`` random trajectories of ``source``: float32
+        patches in ``input_tags`` layout (``r``: the steps) and unit target directions in the
+        patches' frames in ``target_tags`` layout."""
+        rng = self.rng if rng is None else rng
+        agents = [a for _ in range(batch_size) for a in self.trajectory(source, rng)]
+        patches, targets = self._examples(agents)
+        patches = patches.reshape(batch_size, self.sequence_length, *self.patch_shape)
+        targets = targets.reshape(batch_size, self.sequence_length, 3)
+        return layout(patches, self.input_shape, sequence=True), self._target_layout(targets)
+
+    def _target_layout(self, targets: np.ndarray) -> np.ndarray:
+        """Targets ``(b, r, 3)`` in ``target_tags`` order."""
+        return np.ascontiguousarray(targets.transpose([("b", "r", "f").index(t) for t in self.target_tags]))
+
+    def batch_spec(self, batch_size: int) -> list[tuple[tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes of what :meth:`getbatch` returns."""
+        patches = np.zeros((batch_size, self.sequence_length, *self.patch_shape), np.float32)
+        targets = np.zeros((batch_size, self.sequence_length, 3), np.float32)
+        return [(layout(patches, self.input_shape, sequence=True).shape, np.dtype(np.float32)),
+                (self._target_layout(targets).shape, np.dtype(np.float32))]

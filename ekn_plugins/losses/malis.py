@@ -87,6 +87,7 @@ class MalisNLL(Node):
 
     kind = "losses"
     xla_compatible = False
+    affinity_loss = True  # its prediction is an affinity graph: flip TTA refuses it (ekn_core.prediction.tta)
 
     def __init__(self, pred: Node, aff_gt: Node, seg_gt: Node, nhood: Any, unrestrict_neg: bool = True,
                  class_weights: Sequence[float] | None = None, example_weights: Node | None = None,

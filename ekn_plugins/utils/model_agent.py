@@ -62,30 +62,39 @@ def patch_shape_of(shape: TaggedShape) -> tuple[int, int, int]:
     return tuple(spatial) if len(spatial) == 3 else (1, *spatial)
 
 
-def layout(patches: np.ndarray, shape: TaggedShape) -> np.ndarray:
+def layout(patches: np.ndarray, shape: TaggedShape, sequence: bool = False) -> np.ndarray:
     """Patches ``(n, *patch_shape)`` as an array for an input of ``shape`` (declared axis order).
 
     The patch axes go onto the spatial axes in declared order, ``n`` onto ``b``, and an ``r``
-    axis (a sequence) repeats the patches ``r`` times.
+    axis (a sequence) repeats the patches ``r`` times. With ``sequence``, the patches are
+    trajectories ``(n, r, *patch_shape)``: step ``t`` goes to index ``t`` of the input's ``r``
+    axis (what ``Scan``'s ``in_iterate`` takes).
 
     Example:
         >>> p = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
         >>> a = layout(p, TaggedShape((None, 3, 4, 5, 1), 'b,z,x,y,f'))
         >>> a.shape, bool(np.all(a[..., 0] == p))
         ((2, 3, 4, 5, 1), True)
+        >>> s = layout(np.stack([p, p + 1], axis=1), TaggedShape((2, None, 1, 3, 4, 5), 'r,b,f,z,x,y'), sequence=True)
+        >>> s.shape, bool(np.all(s[1, :, 0] == p + 1))
+        ((2, 2, 1, 3, 4, 5), True)
     """
     patches = np.asarray(patches, dtype=np.float32)
     want = patch_shape_of(shape)
-    if patches.shape[1:] != want:
-        raise ShapeError(f"patches of shape {patches.shape[1:]} do not fit the input (patch shape {want})")
+    lead = ["b", "r"] if sequence else ["b"]
+    if sequence and not shape.hastag("r"):
+        raise ShapeError(f"patch sequences need an input with an 'r' axis, got tags {','.join(shape.tags)}")
+    if patches.shape[len(lead):] != want or (sequence and shape["r"] not in (None, patches.shape[1])):
+        raise ShapeError(f"patches of shape {patches.shape[1:]} do not fit the input (patch shape {want}"
+                         + (f", {shape['r']} steps)" if sequence else ")"))
     n_spatial = sum(t in SPATIAL_TAGS for t in shape.tags)
-    data = patches if n_spatial == 3 else patches[:, 0]
-    source = ["b", *[t for t in shape.tags if t in SPATIAL_TAGS]]
+    data = patches if n_spatial == 3 else patches[..., 0, :, :]
+    source = [*lead, *[t for t in shape.tags if t in SPATIAL_TAGS]]
     for tag in ("f", "r"):
-        if shape.hastag(tag):
+        if shape.hastag(tag) and tag not in source:
             data, source = data[..., None], [*source, tag]
     data = data.transpose([source.index(t) for t in shape.tags])
-    if shape.hastag("r"):
+    if shape.hastag("r") and not sequence:
         axis = shape.tags.index("r")
         data = np.repeat(data, shape["r"] or 1, axis=axis)
     return np.ascontiguousarray(data)

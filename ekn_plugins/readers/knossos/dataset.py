@@ -32,63 +32,13 @@ import numpy as np
 
 from ekn_core.errors import ConfigError, EknError
 from ekn_core.volumes import VolumeBase
+from ekn_plugins.readers.indexing import bounding_box, local_index, normalize_index
 from ekn_plugins.readers.knossos.cache import CubeCache
 from ekn_plugins.readers.knossos.config import LayerConfig, read_config
 from ekn_plugins.readers.knossos.cubes import cube_path, read_cube
 
 #: Default cache size in MiB.
 DEFAULT_CACHE_MB = 512
-
-
-def normalize_index(index: Any, shape: Sequence[int]) -> tuple[list[range], list[bool]]:
-    """Turns a numpy basic index into one ``range`` per axis and which axes are dropped (ints).
-
-    Raises:
-        IndexError: Too many indices, an int out of bounds, or fancy indexing.
-    """
-    if not isinstance(index, tuple):
-        index = (index,)
-    if any(i is Ellipsis for i in index):
-        at = next(k for k, i in enumerate(index) if i is Ellipsis)
-        fill = len(shape) - (len(index) - 1)
-        index = index[:at] + (slice(None),) * fill + index[at + 1:]
-    if len(index) > len(shape):
-        raise IndexError(f"too many indices ({len(index)}) for an array of shape {tuple(shape)}")
-    index = index + (slice(None),) * (len(shape) - len(index))
-    ranges, dropped = [], []
-    for axis, (item, size) in enumerate(zip(index, shape)):
-        if isinstance(item, slice):
-            ranges.append(range(*item.indices(size)))
-            dropped.append(False)
-        elif isinstance(item, (int, np.integer)):
-            pos = int(item) + size if item < 0 else int(item)
-            if not 0 <= pos < size:
-                raise IndexError(f"index {item} is out of bounds for axis {axis} with size {size}")
-            ranges.append(range(pos, pos + 1))
-            dropped.append(True)
-        else:
-            raise IndexError(f"KNOSSOS arrays take ints, slices and ..., not {type(item).__name__}; "
-                             "read a box first and index the numpy result")
-    return ranges, dropped
-
-
-def _box(ranges: list[range]) -> tuple[list[int], list[int]]:
-    starts = [min(r) if len(r) else 0 for r in ranges]
-    stops = [max(r) + 1 if len(r) else 0 for r in ranges]
-    return starts, stops
-
-
-def _local(ranges: list[range], starts: list[int]) -> tuple:
-    out = []
-    for r, s in zip(ranges, starts):
-        if len(r) == 0:
-            out.append(slice(0, 0))
-        elif r.step > 0:
-            out.append(slice(r.start - s, r.stop - s, r.step))
-        else:
-            stop = r.stop - s
-            out.append(slice(r.start - s, None if stop < 0 else stop, r.step))
-    return tuple(out)
 
 
 class KnossosArray(VolumeBase):
@@ -186,8 +136,8 @@ class KnossosArray(VolumeBase):
 
     def __getitem__(self, index: Any) -> np.ndarray:
         ranges, dropped = normalize_index(index, self.shape)
-        starts, stops = _box(ranges)
-        data = self.read_box(starts, stops)[_local(ranges, starts)]
+        starts, stops = bounding_box(ranges)
+        data = self.read_box(starts, stops)[local_index(ranges, starts)]
         return data[tuple(0 if d else slice(None) for d in dropped)]
 
     def __setitem__(self, index: Any, value: Any) -> None:
@@ -197,7 +147,7 @@ class KnossosArray(VolumeBase):
         ranges, _ = normalize_index(index, self.shape)
         if any(r.step != 1 for r in ranges if len(r) > 1):
             raise IndexError("writes into a KNOSSOS array take contiguous boxes (step 1)")
-        starts, stops = _box(ranges)
+        starts, stops = bounding_box(ranges)
         box = tuple(b - a for a, b in zip(starts, stops))
         try:
             block = np.broadcast_to(np.asarray(value), box)

@@ -1,0 +1,191 @@
+"""Test-time augmentation (TTA) of dense prediction: flips of the spatial axes and the y↔x swap.
+
+Every forward pass of the engine (one stride phase of one tile, or one MFP tile) is run once per
+transform on the transformed sub-patch; each output is transformed back and the outputs are
+averaged. A transform is written as the letters of the axes it flips (``"zyx"`` order) plus ``"t"``
+to swap the two lateral axes y and x afterwards (never z, which is usually anisotropic); ``""`` is
+the identity. ``"flips"`` is every combination of flips (4 transforms for 2-D nets, 8 for 3-D),
+``"flips+transpose"`` adds the swap to each (8 / 16).
+
+Exactness: the flipped patch must give the outputs of the same input windows in reverse order.
+That holds when the patch ends where the field of view of its last output ends
+(``lead == fov - 1``, true for every ekn net with a valid patch, strided, pooled and MFP nets
+included); the swap also needs equal y and x geometry. Nets that break either are refused.
+Outputs are averaged as per-voxel scalars: affinities (directional channels) change meaning
+under flips, so nets whose output feeds an affinity loss (``affinity_loss = True``) are refused.
+
+Example:
+    >>> parse_tta("flips", ndim=2)
+    ('', 'x', 'y', 'yx')
+    >>> len(parse_tta("flips+transpose", ndim=3))
+    16
+    >>> import numpy as np
+    >>> a = np.arange(6).reshape(1, 1, 2, 3)            # (b, f, y, x)
+    >>> apply_transform(a, "yt", ndim=2)[0, 0].tolist()
+    [[3, 0], [4, 1], [5, 2]]
+    >>> bool((invert_transform(apply_transform(a, "yt", 2), "yt", 2) == a).all())
+    True
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+import numpy as np
+
+from ekn_core.errors import ConfigError, ShapeError
+from ekn_core.prediction.net import graph_nodes
+
+#: The named transform sets.
+PRESETS = ("flips", "flips+transpose")
+
+_USAGE = ("use None, 'flips', 'flips+transpose' or a list of transforms, each the axes it flips "
+          "plus 't' to swap y and x, e.g. ['', 'x', 'zy', 't']")
+
+
+def _axes(ndim: int) -> str:
+    return "zyx"[-ndim:]
+
+
+def parse_tta(tta: str | Sequence[str] | None, ndim: int) -> tuple[str, ...]:
+    """The transforms of a ``tta`` option for a net with ``ndim`` spatial axes (``()`` for None).
+
+    Example:
+        >>> parse_tta(["x", "", "YX"], ndim=3)
+        ('x', '', 'yx')
+        >>> parse_tta(["z"], ndim=2)
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: tta transform 'z': a 2-D net has only the axes 'yx' ...
+    """
+    if tta is None:
+        return ()
+    axes = _axes(ndim)
+    if isinstance(tta, str):
+        if tta not in PRESETS:
+            raise ConfigError(f"tta={tta!r} is unknown; {_USAGE}")
+        flips = ["".join(a for a, on in zip(axes, mask) if on)
+                 for mask in itertools.product((False, True), repeat=ndim)]
+        return tuple(flips + ([f + "t" for f in flips] if tta == "flips+transpose" else []))
+    if not isinstance(tta, (list, tuple)) or not tta or not all(isinstance(t, str) for t in tta):
+        raise ConfigError(f"tta={tta!r} is not a non-empty list of transform strings; {_USAGE}")
+    names = []
+    for raw in tta:
+        t = raw.lower()
+        flips = t.removesuffix("t")
+        if set(flips) - set(axes) or len(set(flips)) != len(flips):
+            raise ConfigError(f"tta transform {raw!r}: a {ndim}-D net has only the axes {axes!r} to flip "
+                              f"(each at most once), and 't' goes last; {_USAGE}")
+        names.append("".join(a for a in axes if a in flips) + t[len(flips):])
+    if len(set(names)) != len(names):
+        raise ConfigError(f"tta={list(tta)!r} repeats a transform; list each once")
+    return tuple(names)
+
+
+def apply_transform(batch: np.ndarray, name: str, ndim: int) -> np.ndarray:
+    """Transforms a ``(b, f, *spatial)`` batch: flips, then the y↔x swap."""
+    axes = _axes(ndim)
+    out = np.flip(batch, [2 + axes.index(a) for a in name.removesuffix("t")])
+    return np.swapaxes(out, -1, -2) if name.endswith("t") else out
+
+
+def invert_transform(batch: np.ndarray, name: str, ndim: int) -> np.ndarray:
+    """Undoes :func:`apply_transform` on a ``(b, f, *spatial)`` batch."""
+    axes = _axes(ndim)
+    out = np.swapaxes(batch, -1, -2) if name.endswith("t") else batch
+    return np.flip(out, [2 + axes.index(a) for a in name.removesuffix("t")])
+
+
+def _check_exact(net: Any, names: tuple[str, ...]) -> None:
+    """Refuses transforms that would not give the untransformed outputs' windows."""
+    g, axes = net.geometry, _axes(net.ndim)
+    fov = getattr(net, "fov", None)
+    flipped = {a for n in names for a in n.removesuffix("t")}
+    for i, a in enumerate(axes):
+        if a in flipped and fov is not None and g.lead[i] != fov[i] - 1:
+            raise ShapeError(f"TTA flips the {a} axis, but the net's patch {g.patch} does not end where the "
+                             f"field of view ({fov[i]}) of its last output ends (context {g.lead[i] + 1}): a "
+                             "flipped patch would predict shifted windows. Use a valid patch size or no TTA")
+    if any(n.endswith("t") for n in names):
+        lateral = [(p[-2], p[-1]) for p in (g.patch, g.out, g.strides, g.period, fov or (0, 0))]
+        if any(y != x for y, x in lateral):
+            raise ShapeError(f"TTA swaps y and x, which needs the same geometry on both axes; the net has "
+                             f"patch {g.patch}, output {g.out}, strides {g.strides}, shift period {g.period}. "
+                             "Use a square patch (y = x) or tta='flips'")
+    for parent in graph_nodes(net.node) if hasattr(net, "node") else ():
+        for child in getattr(parent, "children", {}).values():
+            if getattr(child, "affinity_loss", False):
+                raise ConfigError(f"TTA averages per-voxel outputs, but this net predicts affinities (it feeds "
+                                  f"{type(child).__name__} {child.name!r}), whose channels change meaning "
+                                  "under flips; predict without tta")
+
+
+class TTANet:
+    """A net seen by the engine (:class:`~ekn_core.prediction.net.NetAdapter`) whose every call
+    is the mean over ``tta``'s transforms. Each transform is one call with the caller's batch,
+    so peak memory is that of one plain call (plus the output sum) and time grows ``len(tta)``-fold.
+
+    Example:
+        >>> import numpy as np
+        >>> from ekn_core.prediction.tiling import TileGeometry
+        >>> class Net:  # output = input value at the first voxel of the patch (not flip-invariant)
+        ...     geometry, ndim, in_channels, n_lab, batch, bytes_per_voxel = (
+        ...         TileGeometry((3, 3), (1, 1), (1, 1)), 2, 1, 1, None, 4.0)
+        ...     def __call__(self, x): return x[:, :, :1, :1]
+        >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+        >>> float(TTANet(Net(), "flips")(x)[0, 0, 0, 0]) == (0 + 2 + 6 + 8) / 4
+        True
+    """
+
+    def __init__(self, net: Any, tta: str | Sequence[str]):
+        self.net = net
+        self.tta = parse_tta(tta, net.ndim)
+        _check_exact(net, self.tta)
+        self.geometry, self.in_channels, self.n_lab = net.geometry, net.in_channels, net.n_lab
+        self.batch, self.bytes_per_voxel = net.batch, net.bytes_per_voxel
+
+    @property
+    def ndim(self) -> int:
+        """Spatial axes of the net."""
+        return self.net.ndim
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        total = None
+        for name in self.tta:
+            out = invert_transform(self.net(np.ascontiguousarray(apply_transform(batch, name, self.ndim))),
+                                   name, self.ndim)
+            total = out.astype(np.float32) if total is None else total + out
+        return total / np.float32(len(self.tta))
+
+
+def with_tta(net: Any, tta: str | Sequence[str] | None) -> Any:
+    """``net`` wrapped in :class:`TTANet`, or unchanged for ``tta=None``."""
+    return net if tta is None else TTANet(net, tta)
+
+
+def transforms_of(net: Any) -> tuple[str, ...]:
+    """The TTA transforms of an engine net, looking through wrappers such as ``SliceWise``
+    (``()`` without TTA)."""
+    while net is not None and not isinstance(net, TTANet):
+        net = getattr(net, "net", None)
+    return net.tta if net is not None else ()
+
+
+def describe(net: Any) -> str:
+    """The log line that makes the cost of TTA visible (empty without TTA).
+
+    Example:
+        >>> from ekn_core.prediction.tiling import TileGeometry
+        >>> class Net:
+        ...     geometry, ndim, in_channels, n_lab, batch, bytes_per_voxel = (
+        ...         TileGeometry((3, 3), (1, 1), (1, 1)), 2, 1, 1, None, 4.0)
+        >>> describe(TTANet(Net(), "flips"))
+        "TTA: 4 passes per tile (transforms '', 'x', 'y', 'yx'), 4x the time of plain prediction"
+    """
+    names = transforms_of(net)
+    if not names:
+        return ""
+    passes = len(names) * net.geometry.passes
+    return (f"TTA: {passes} passes per tile (transforms {', '.join(map(repr, names))}), "
+            f"{len(names)}x the time of plain prediction")
