@@ -93,11 +93,16 @@ def split_key(path: str) -> tuple[str, str | None]:
         ('out.zarr', None)
         >>> split_key("precomputed://file:///data/em:8_8_40"), split_key("precomputed://file:///data/em")
         (('precomputed://file:///data/em', '8_8_40'), ('precomputed://file:///data/em', None))
+        >>> split_key("precomputed://https://host.org:8080/em"), split_key("precomputed://https://host.org:8080/em:0")
+        (('precomputed://https://host.org:8080/em', None), ('precomputed://https://host.org:8080/em', '0'))
     """
     path = os.fspath(path)
     head = ""
     while match := _SCHEME.match(path):  # nested schemes too: precomputed://file:///data/em:0
         head, path = head + match.group(0), path[match.end():]
+    authority_end = path.find("/") if head else -1
+    if head and path.rfind(":") < (authority_end if authority_end >= 0 else len(path)):
+        return head + path, None  # the only colon is a URL's port (host:8080/...)
     if ":" in path and not os.path.exists(path):
         base, key = path.rsplit(":", 1)
         if key:

@@ -159,6 +159,17 @@ def test_inexact_transforms_are_refused():
         predict_dense(shifted, raw, tta=["", "y"])
 
 
+def test_unknown_field_of_view_is_used_with_a_warning(caplog):
+    """After an up-convolution the net's field of view is unknown: the flips cannot be checked, so
+    they run with a warning (and equal the brute force for a net with valid patches)."""
+    net, raw = strided_3d(), np.random.default_rng(4).random((7, 24, 24)).astype(np.float32)
+    net.shape.fov = None
+    with caplog.at_level("WARNING", logger="ekn.prediction"):
+        got = predict_dense(net, raw, tta="flips")
+    assert "field of view is unknown" in caplog.text
+    np.testing.assert_allclose(got, brute_force(strided_3d(), raw, transforms("zyx", False)), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def nm():
     return pytest.importorskip("ekn_core.neuromancer")

@@ -216,3 +216,27 @@ def test_predict_cli_tiff_stack_to_tiff_stack(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["predict", "prediction_testnets:make_fast_net", str(tmp_path / "raw"), out, *args]) == 0
     assert "already done" in capsys.readouterr().out  # resumed: reopened with mode='r+'
+
+
+def test_opening_reads_two_headers_and_reading_checks_each_section(tmp_path, monkeypatch):
+    """Opening a stack reads the first and last section headers only; a different section in between
+    is reported when it is read, naming it."""
+    folder = write_pngs(tmp_path / "s", np.zeros((5, 4, 5), np.uint8))
+    iio.imwrite(os.path.join(folder, "s2.png"), np.zeros((4, 6), np.uint8))
+    opened = count_opens(monkeypatch)
+    vol = open_volume(folder)
+    assert sorted(opened) == ["s0.png", "s4.png"]
+    np.testing.assert_array_equal(vol[:2], 0)
+    with pytest.raises(EknError, match=r"section 2 of .* is uint8 \(4, 6\), the stack is uint8 \(4, 5\)"):
+        vol[1:4]
+
+
+@pytest.mark.parametrize("compression, code", [(None, 1), ("zlib", 8)])
+def test_created_sections_use_the_requested_compression(tmp_path, compression, code):
+    """Sections the prediction never writes keep the compression asked for (none by default)."""
+    vol = create_volume(str(tmp_path / "out" / "*.tif"), shape=(3, 4, 5), dtype="uint8", compression=compression)
+    vol[1] = 7
+    vol.close()
+    for name in sorted(os.listdir(tmp_path / "out")):
+        with tifffile.TiffFile(str(tmp_path / "out" / name)) as tif:
+            assert int(tif.pages[0].compression) == code, name

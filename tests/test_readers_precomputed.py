@@ -210,3 +210,24 @@ def test_predict_cli_precomputed_to_precomputed(tmp_path, capsys):
     np.testing.assert_array_equal(read_by_hand(str(tmp_path / "pred"))[1], read_volume(reference))
     with pytest.raises(EknError, match="not on a local disk"):
         progress_path("precomputed://gs://bucket/pred")
+
+
+def test_creating_a_scale_keeps_the_other_scales(tmp_path):
+    """Creating output in an existing volume adds a scale (or replaces only the scale of the same
+    key) and never deletes the others: predicting into /data/em:pred must not wipe the raw data."""
+    raw = RNG.integers(0, 255, (1, 4, 6, 8), dtype=np.uint8)
+    folder = write_by_hand(tmp_path / "em", [("raw", raw, (8, 6, 4), (0, 0, 0), (8, 8, 40))])
+    url = "precomputed://file://" + folder
+    with create_volume(url, shape=(4, 6, 8), dtype="uint8", key="pred", resolution=(40, 8, 8)) as pred:
+        pred[:] = 7
+    info, decoded = read_by_hand(folder)
+    assert [s["key"] for s in info["scales"]] == ["raw", "pred"]
+    np.testing.assert_array_equal(decoded, raw)  # scale 0 is still the hand-written raw data
+    np.testing.assert_array_equal(open_volume(url + ":raw")[:], raw[0])
+    with create_volume(url, shape=(4, 6, 8), dtype="uint8", key="pred", resolution=(40, 8, 8)) as pred:
+        pred[1:] = 3  # replaced: the old 7s are gone, z = 0 reads the fill value 0
+    np.testing.assert_array_equal(open_volume(url + ":pred")[:], np.r_[np.zeros((1, 6, 8)), np.full((3, 6, 8), 3)])
+    np.testing.assert_array_equal(read_by_hand(folder)[1], raw)
+    with pytest.raises(EknError, match="one data type and channel count"):
+        create_volume(url, shape=(4, 6, 8), dtype="float32", key="probs")
+    np.testing.assert_array_equal(read_by_hand(folder)[1], raw)

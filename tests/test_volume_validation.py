@@ -227,3 +227,24 @@ def test_volume_problems_name_the_volume(tmp_path, volumes):
     spec = parse_spec({"volumes": [{"raw": raw_path, "labels": bad}]}, 1)
     with pytest.raises(ShapeError, match="labels hold the value 3, but the net predicts 2 classes"):
         VolumeValidator(spec).run(model)
+
+
+@pytest.mark.parametrize("error, traceback", [(OSError("disk gone"), False), (TypeError("a bug"), True)])
+def test_a_failed_validation_is_logged_and_training_goes_on(caplog, error, traceback):
+    """Unreadable data is logged in one line; any other error (a bug) with its traceback. Neither
+    ends the run: the hook returns no metrics."""
+    from types import SimpleNamespace
+
+    from ekn_plugins.trainer_hooks.volume_validation import ekn_validation_metrics
+
+    def run(model):
+        raise error
+
+    setting = {"every": 2}
+    validator = SimpleNamespace(spec=SimpleNamespace(every=2, metrics=()), run=run)
+    trainer = SimpleNamespace(config=SimpleNamespace(volume_validation=setting, history_freq=2), model=None,
+                              _volume_validator=(repr(setting), validator))
+    with caplog.at_level("ERROR", logger="ekn.trainer"):
+        assert ekn_validation_metrics(trainer, 4) is None
+    assert "validation on whole volumes at step 4 failed" in caplog.text
+    assert ("Traceback" in caplog.text) == traceback and str(error) in caplog.text

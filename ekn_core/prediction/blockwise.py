@@ -24,6 +24,7 @@ import glob
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -266,11 +267,11 @@ class ProgressLog:
 
 def progress_path(output: str) -> str:
     """The progress log of an output path (``file.h5:key`` → ``file.h5.key.ekn-progress``; a section
-    glob ``out/*.tif`` → ``out.ekn-progress``, beside its folder).
+    glob ``out/s*.tif`` → ``out.s_.tif.ekn-progress``, beside its folder, one per pattern).
 
     Example:
         >>> progress_path("pred.h5:probs"), progress_path("pred.zarr/"), progress_path("pred/*.tif")
-        ('pred.h5.probs.ekn-progress', 'pred.zarr.ekn-progress', 'pred.ekn-progress')
+        ('pred.h5.probs.ekn-progress', 'pred.zarr.ekn-progress', 'pred._.tif.ekn-progress')
         >>> progress_path("precomputed://file:///data/pred")
         '/data/pred.ekn-progress'
     """
@@ -283,7 +284,8 @@ def progress_path(output: str) -> str:
                        "lives next to the output: predict to a local path (e.g. precomputed://file:///...) "
                        "and copy the result")
     if glob.has_magic(os.path.basename(local)):
-        local = os.path.dirname(local)
+        pattern = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(local))
+        local = f"{os.path.dirname(local)}.{pattern}"
     base = local.rstrip("/")
     return f"{base}.{key}.ekn-progress" if key else f"{base}.ekn-progress"
 

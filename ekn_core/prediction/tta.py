@@ -10,7 +10,8 @@ the identity. ``"flips"`` is every combination of flips (4 transforms for 2-D ne
 Exactness: the flipped patch must give the outputs of the same input windows in reverse order.
 That holds when the patch ends where the field of view of its last output ends
 (``lead == fov - 1``, true for every ekn net with a valid patch, strided, pooled and MFP nets
-included); the swap also needs equal y and x geometry. Nets that break either are refused.
+included); the swap also needs equal y and x geometry. Nets that break either are refused; where
+the net's field of view is unknown (after an up-convolution) the flips are used with a warning.
 Outputs are averaged as per-voxel scalars: affinities (directional channels) change meaning
 under flips, so nets whose output feeds an affinity loss (``affinity_loss = True``) are refused.
 
@@ -30,12 +31,15 @@ Example:
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any, Sequence
 
 import numpy as np
 
 from ekn_core.errors import ConfigError, ShapeError
 from ekn_core.prediction.net import graph_nodes
+
+log = logging.getLogger("ekn.prediction")
 
 #: The named transform sets.
 PRESETS = ("flips", "flips+transpose")
@@ -102,6 +106,9 @@ def _check_exact(net: Any, names: tuple[str, ...]) -> None:
     g, axes = net.geometry, _axes(net.ndim)
     fov = getattr(net, "fov", None)
     flipped = {a for n in names for a in n.removesuffix("t")}
+    if flipped and fov is None:
+        log.warning("TTA: the net's field of view is unknown (e.g. after an up-convolution), so the flips "
+                    "cannot be checked for exactness; they are exact for ekn nets at valid patch sizes")
     for i, a in enumerate(axes):
         if a in flipped and fov is not None and g.lead[i] != fov[i] - 1:
             raise ShapeError(f"TTA flips the {a} axis, but the net's patch {g.patch} does not end where the "

@@ -76,8 +76,10 @@ class SectionFiles(SectionVolume):
     """One image file per z-section (TIFF or PNG); see the module docs."""
 
     def __init__(self, files: list[str], writable: bool = False, compression: str | None = None):
+        # opening reads the headers of the first and the last section only (stacks of 10^4 sections on
+        # network storage open fast, in every Dask worker); every section is checked when it is read
         first_shape, first_dtype = images.section_header(files[0])
-        for path in files[1:]:
+        for path in files[-1:] if len(files) > 1 else []:
             shape, dtype = images.section_header(path)
             if (shape, dtype) != (first_shape, first_dtype):
                 raise EknError(f"sections differ: {files[0]!r} is {first_dtype} {first_shape}, {path!r} is "
@@ -214,7 +216,7 @@ class ImageStackReader:
         width = max(4, len(str(n_sections - 1)))
         files = [os.path.join(directory, f"{prefix}{z:0{width}d}{suffix}") for z in range(n_sections)]
         section = (shape[0], *shape[2:]) if len(shape) == 4 else shape[1:]
-        zeros = images.encode_section(np.zeros(section, dtype), compression="zlib")
+        zeros = images.encode_section(np.zeros(section, dtype), compression=compression)
         for file in files:
             write_bytes(file, zeros)
         return SectionFiles(files, writable=True, compression=compression)

@@ -70,6 +70,26 @@ def is_precomputed_dir(path: str) -> bool:
         return False
 
 
+def _drop_scale(directory: str, key: str) -> None:
+    """Removes scale ``key`` (its entry in ``info`` and its chunk folder) from a local volume, so that
+    it can be created afresh; the other scales stay. A volume left without scales is removed whole."""
+    import shutil
+
+    from ekn_core.atomic import write_json
+
+    info_path = os.path.join(directory, "info")
+    with open(info_path) as f:
+        info = json.load(f)
+    scales = [scale for scale in info.get("scales", []) if scale.get("key") != key]
+    if len(scales) == len(info.get("scales", [])):
+        return
+    shutil.rmtree(os.path.join(directory, key), ignore_errors=True)
+    if scales:
+        write_json(info_path, {**info, "scales": scales})
+    else:
+        os.remove(info_path)
+
+
 def read_info(url: str) -> dict[str, Any]:
     """The ``info`` JSON of the volume at a key-value store URL."""
     import tensorstore as ts
@@ -185,7 +205,9 @@ class PrecomputedReader:
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
                chunks: tuple[int, ...] | None = None, resolution: Sequence[float] = (1, 1, 1),
                voxel_offset: Sequence[int] = (0, 0, 0), volume_type: str = "image", **_: Any) -> PrecomputedVolume:
-        """Creates (or replaces) a volume with one raw-encoded, unsharded scale.
+        """Creates a raw-encoded, unsharded scale: a new volume, or a new scale of an existing
+        volume (its other scales are kept; a scale with the same key is replaced, as HDF5's
+        ``create`` replaces only its own dataset).
 
         Args:
             path: ``precomputed://file:///abs/dir`` or a directory (empty, or a precomputed volume).
@@ -209,23 +231,27 @@ class PrecomputedReader:
             raise EknError(f"volume_type must be 'image' or 'segmentation', not {volume_type!r}")
         url = kvstore_url(path)
         directory = local_path(url)
-        exists = False
-        if directory is not None and os.path.isdir(directory) and os.listdir(directory):
-            exists = is_precomputed_dir(directory)
-            if not exists:
-                raise EknError(f"{directory!r} is not empty and not a precomputed volume; choose a new directory")
         spatial = shape[-3:]
         chunk = tuple(int(c) for c in chunks[-3:]) if chunks else tuple(min(s, DEFAULT_CHUNK) for s in spatial)
         res_xyz = [float(r) for r in tuple(resolution)[::-1]]
         key = key or "_".join(f"{r:g}" for r in res_xyz)
+        if directory is not None and os.path.isdir(directory) and os.listdir(directory):
+            if not is_precomputed_dir(directory):
+                raise EknError(f"{directory!r} is not empty and not a precomputed volume; choose a new directory")
+            _drop_scale(directory, key)
         spec = {"driver": "neuroglancer_precomputed", "kvstore": url,
                 "multiscale_metadata": {"type": volume_type, "data_type": dtype.name,
                                         "num_channels": shape[0] if len(shape) == 4 else 1},
                 "scale_metadata": {"key": key, "size": list(spatial[::-1]), "chunk_size": list(chunk[::-1]),
                                    "resolution": res_xyz, "voxel_offset": [int(o) for o in tuple(voxel_offset)[::-1]],
                                    "encoding": "raw"},
-                "create": True, "delete_existing": exists}
-        store = ts.open(spec).result()
+                "create": True, "open": True}
+        try:
+            store = ts.open(spec).result()
+        except Exception as err:  # tensorstore: ValueError/FailedPrecondition for mismatched metadata
+            raise EknError(f"cannot add scale {key!r} of {dtype.name} x {spec['multiscale_metadata']['num_channels']} "
+                           f"channel(s) to {url}: {err}. A volume holds one data type and channel count: "
+                           "write to a new directory") from err
         scale = {"chunk_sizes": [list(chunk[::-1])], "resolution": res_xyz,
                  "voxel_offset": list(tuple(voxel_offset)[::-1])}
         return PrecomputedVolume(store, scale, spec["multiscale_metadata"]["num_channels"], writable=True)

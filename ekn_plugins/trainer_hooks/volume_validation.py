@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any
 
-from ekn_core.errors import ConfigError
+from ekn_core.errors import ConfigError, EknError
 from ekn_core.hookspecs import hookimpl
 from ekn_plugins.validation.spec import parse_spec, problems
 
@@ -83,8 +83,11 @@ def ekn_validation_metrics(trainer: Any, step: int) -> dict[str, float] | None:
     t0 = time.perf_counter()
     try:
         metrics = validator.run(trainer.model)
-    except Exception as err:  # a failed validation must not end a long run
+    except (EknError, OSError) as err:  # unreadable data must not end a long run
         log.error("validation on whole volumes at step %d failed: %s: %s", step, type(err).__name__, err)
+        return None
+    except Exception:  # a bug: keep training, but with the traceback in the log
+        log.exception("validation on whole volumes at step %d failed", step)
         return None
     seconds = time.perf_counter() - t0
     shown = {k: v for k, v in metrics.items() if k.removeprefix("volume_") in validator.spec.metrics}

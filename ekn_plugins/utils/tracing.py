@@ -11,8 +11,8 @@ criterion), enters another trace's territory (``owner``, used by :mod:`~.shotgun
 ``max_steps``. :class:`DirectionMLP` is a tiny TensorFlow model for such predictions and
 :func:`synthetic_tube` / :func:`synthetic_tubes` make tubes with known skeletons to train and test on.
 
-Positions and directions are (z, y, x) voxels; the data are assumed isotropic (resample
-anisotropic volumes first).
+Positions are (z, y, x) voxels of the volume; headings, ``spacing`` and ``step`` are physical
+(``voxel_size``, default isotropic), so anisotropic volumes are traced without resampling.
 
 Example:
     >>> import numpy as np
