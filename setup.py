@@ -47,7 +47,9 @@ COMMANDS = [
 ]
 HOOK_PLUGINS = [
     "ekn_builtin_readers = ekn_plugins.readers.detect",
+    "ekn_trainer_knossos_preview = ekn_plugins.trainer_hooks.knossos_preview",
     "ekn_trainer_plots = ekn_plugins.trainer_hooks.plots",
+    "ekn_trainer_preview_snapshots = ekn_plugins.trainer_hooks.preview_snapshots",
     "ekn_trainer_tensorboard = ekn_plugins.trainer_hooks.tensorboard",
     "ekn_trainer_volume_validation = ekn_plugins.trainer_hooks.volume_validation",
 ]

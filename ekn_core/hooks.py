@@ -104,6 +104,13 @@ class Hooks:
     def preview_written(self, trainer: Any, path: str) -> None:
         self.pm.hook.ekn_on_preview_written(trainer=trainer, path=path)
 
+    def preview_volumes(self, config: dict[str, Any]) -> list[Any]:
+        """The preview regions every plugin adds for ``config``."""
+        return [v for result in self.pm.hook.ekn_preview_volumes(config=config) for v in result or []]
+
+    def preview(self, trainer: Any, step: int, previews: list[Any]) -> None:
+        self.pm.hook.ekn_on_preview(trainer=trainer, step=step, previews=previews)
+
     def train_end(self, trainer: Any, status: str) -> None:
         self.pm.hook.ekn_on_train_end(trainer=trainer, status=status)
 

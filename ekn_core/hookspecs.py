@@ -139,6 +139,33 @@ def ekn_on_preview_written(trainer: Any, path: str) -> None:
 
 
 @hookspec
+def ekn_preview_volumes(config: dict[str, Any]) -> list[Any] | None:
+    """Returns regions to preview besides ``preview_data_path``, or None.
+
+    Called once when training starts (previews are then due by ``initial_prev_h``, ``prev_save_h``
+    and ``preview_freq`` even without ``preview_data_path``).
+
+    :param config: The experiment config's settings (name → value).
+    :returns: :class:`~ekn_core.trainer.preview.PreviewVolume` objects (their names must be unique;
+        ``all_z=True`` predicts every slice).
+    """
+
+
+@hookspec
+def ekn_on_preview(trainer: Any, step: int, previews: list[Any]) -> None:
+    """Called after the preview regions were predicted and their PNGs written.
+
+    :param trainer: The running trainer.
+    :param step: Training step of the preview.
+    :param previews: One :class:`~ekn_core.trainer.preview.PreviewBlock` per region: ``name``,
+        ``prediction`` (``(c, n, y, x)`` float32, every channel), ``raw`` (the same slices of the
+        input), ``offset`` (``(z, y, x)`` of the prediction's first voxel in the source volume),
+        ``volume`` (the :class:`~ekn_core.trainer.preview.PreviewVolume`) and ``seconds``.
+        Implementations must not draw from the training's random generators.
+    """
+
+
+@hookspec
 def ekn_on_train_end(trainer: Any, status: str) -> None:
     """Called once when training ends.
 

@@ -69,6 +69,14 @@ class Recorder:
         self.calls.append(("preview", path))
 
     @hookimpl
+    def ekn_preview_volumes(self, config):
+        return [("region", config["size"])]
+
+    @hookimpl
+    def ekn_on_preview(self, trainer, step, previews):
+        self.calls.append(("previews", step, previews))
+
+    @hookimpl
     def ekn_on_train_end(self, trainer, status):
         self.calls.append(("end", status))
 
@@ -147,6 +155,17 @@ def test_hook_ekn_on_nan_detected(hooks):
 def test_hook_ekn_on_preview_written(hooks):
     hooks.preview_written(trainer=None, path="p.png")
     assert hooks.recorder.calls == [("preview", "p.png")]
+
+
+def test_hook_ekn_preview_volumes(hooks):
+    second = Recorder()
+    hooks.register(second, name="second")
+    assert hooks.preview_volumes({"size": 4}) == [("region", 4), ("region", 4)]  # every plugin's regions, flat
+
+
+def test_hook_ekn_on_preview(hooks):
+    hooks.preview(trainer=None, step=7, previews=["block"])
+    assert hooks.recorder.calls == [("previews", 7, ["block"])]
 
 
 def test_hook_ekn_on_train_end(hooks):

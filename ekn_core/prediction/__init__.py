@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ekn_core.prediction.dense import predict_dense
-
 __all__ = ["predict_dense", "predict_volume"]
 
 
 def __getattr__(name: str) -> Any:
+    """Imports the engines on first use (``ekn --help`` imports :mod:`.tta` without numpy)."""
+    if name == "predict_dense":
+        from ekn_core.prediction.dense import predict_dense
+
+        return predict_dense
     if name == "predict_volume":
         from ekn_core.prediction.blockwise import predict_volume
 

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ekn_core.errors import ConfigError, ShapeError
-from ekn_core.prediction.net import graph_nodes
+
+if TYPE_CHECKING:  # numpy is imported on use: `ekn --help` lists --tta's presets without it
+    import numpy as np
 
 log = logging.getLogger("ekn.prediction")
 
@@ -89,6 +89,8 @@ def parse_tta(tta: str | Sequence[str] | None, ndim: int) -> tuple[str, ...]:
 
 def apply_transform(batch: np.ndarray, name: str, ndim: int) -> np.ndarray:
     """Transforms a ``(b, f, *spatial)`` batch: flips, then the y↔x swap."""
+    import numpy as np
+
     axes = _axes(ndim)
     out = np.flip(batch, [2 + axes.index(a) for a in name.removesuffix("t")])
     return np.swapaxes(out, -1, -2) if name.endswith("t") else out
@@ -96,6 +98,8 @@ def apply_transform(batch: np.ndarray, name: str, ndim: int) -> np.ndarray:
 
 def invert_transform(batch: np.ndarray, name: str, ndim: int) -> np.ndarray:
     """Undoes :func:`apply_transform` on a ``(b, f, *spatial)`` batch."""
+    import numpy as np
+
     axes = _axes(ndim)
     out = np.swapaxes(batch, -1, -2) if name.endswith("t") else batch
     return np.flip(out, [2 + axes.index(a) for a in name.removesuffix("t")])
@@ -120,6 +124,8 @@ def _check_exact(net: Any, names: tuple[str, ...]) -> None:
             raise ShapeError(f"TTA swaps y and x, which needs the same geometry on both axes; the net has "
                              f"patch {g.patch}, output {g.out}, strides {g.strides}, shift period {g.period}. "
                              "Use a square patch (y = x) or tta='flips'")
+    from ekn_core.prediction.net import graph_nodes
+
     for parent in graph_nodes(net.node) if hasattr(net, "node") else ():
         for child in getattr(parent, "children", {}).values():
             if getattr(child, "affinity_loss", False):
@@ -158,6 +164,8 @@ class TTANet:
         return self.net.ndim
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         total = None
         for name in self.tta:
             out = invert_transform(self.net(np.ascontiguousarray(apply_transform(batch, name, self.ndim))),

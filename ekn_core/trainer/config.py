@@ -115,11 +115,19 @@ SETTINGS: dict[str, Setting] = {
     "preview_data_path": Setting(None, "Volume(s) for previews: an HDF5 file (every dataset), "
                                  "'file.h5:key' or (file, key); '~' is expanded."),
     "preview_kwargs": Setting(None, "Preview options: export_class ('all', an int or a list of channel "
-                              "numbers) and max_z_pred (slices per preview, default 5)."),
+                              "numbers) and max_z_pred (central slices per preview, default 5; 'all': every "
+                              "slice)."),
     "initial_prev_h": Setting(1.0, "Hours of training before the first preview."),
     "prev_save_h": Setting(3.0, "Hours of training between previews."),
     "preview_freq": Setting(None, "Also preview every this many steps (None: only by the hour settings).",
                             "ekn"),
+    "preview_snapshot": Setting(None, "Also write each preview's whole prediction (all predicted slices, every "
+                                "class) and the raw as volumes: 'zarr' (previews/snapshots.zarr) or 'h5' "
+                                "(previews/snapshots.h5), groups stepN/pred_BLOCK; None: PNGs only.", "ekn"),
+    "knossos_preview": Setting(None, "Preview a region of a KNOSSOS data set and write the prediction as a "
+                               "segmentation overlay previews/NAME-stepN.k.zip: a dict with dataset, "
+                               "offset and size (x, y, z in mag-1 voxels) and optionally mag, channel, "
+                               "threshold, name (see 'Previews' in docs/training.md).", "ekn"),
     "tensorboard": Setting(True, "Write TensorBoard event files (scalars, preview images).", "ekn"),
     "tensorboard_freq": Setting(10, "Steps between TensorBoard training-loss scalars.", "ekn"),
     # -- checkpoints, resume, robustness ----------------------------------------------------------

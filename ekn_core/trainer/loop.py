@@ -434,7 +434,8 @@ class Trainer:
         """A batch as the training step needs it (``class_weights`` appended), seeded by ``(seed, step)``.
 
         Training batches of the current and the next step come from the background workers when
-        ``background_processes`` is set; they are the same batches the serial path draws.
+        ``background_processes`` is set; they are the same batches the serial path draws. Batches
+        of a ``stream`` (the monitor batches) get ``monitor=True`` where ``getbatch`` takes it.
         """
         step = self.step if step is None else step
         background = self._background_batches(step) if (source == "train" and stream is None and size is None
@@ -444,6 +445,8 @@ class Trainer:
         else:
             kwargs = dict(self.config.data_batch_args)
             rng = self._rng(stream or source, step)
+            if stream is not None and "monitor" in inspect.signature(self.data.getbatch).parameters:
+                kwargs["monitor"] = True  # a monitor batch: a stateful source leaves its training state alone
             if self._data_takes_rng:
                 kwargs["rng"] = rng
             elif hasattr(self.data, "rng"):
@@ -743,15 +746,18 @@ class Trainer:
                             self.run_dir.name, plugin_metrics)
 
     def preview(self) -> list[str]:
-        """Writes preview predictions (if ``preview_data_path`` is set) and fires ``ekn_on_preview_written``."""
+        """Predicts the preview regions, writes their PNGs (firing ``ekn_on_preview_written`` for
+        each) and hands the predictions to ``ekn_on_preview`` (snapshots, overlays)."""
         if self.previewer is None:
             log.info("no previews: preview_data_path is not set (or the prediction is not spatial)")
             return []
         t0 = time.perf_counter()
-        paths = self.previewer.write(self.step)
+        blocks = self.previewer.predict()
+        paths = self.previewer.write(self.step, blocks)
         self._last_preview_step = self.step
         for path in paths:
             host().preview_written(self, path)
+        host().preview(self, self.step, blocks)
         log.info("wrote %d preview image(s) to %s in %.1f s", len(paths), self.run_dir.previews,
                  time.perf_counter() - t0)
         return paths

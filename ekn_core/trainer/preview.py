@@ -1,10 +1,13 @@
-"""Previews: dense predictions of fixed preview regions, written as PNG images during training.
+"""Previews: dense predictions of fixed preview regions during training.
 
-For every preview volume (``preview_data_path``), the central ``max_z_pred`` slices are
-predicted densely at full lateral size with the model's prediction node (the input slab carries
-the net's context, mirrored at the volume's borders), and each of the central ``max_z_pred`` slices is written per exported class as
-``previews/<block>-pred-c<c>-z<z>-step<N>.png`` (probabilities 0..1 → grey 0..255). The raw slices
-are written once as ``previews/<block>-raw-z<z>.png``.
+For every preview volume (``preview_data_path``, plus the regions plugins add through the
+``ekn_preview_volumes`` hook), the central ``max_z_pred`` slices (``max_z_pred='all'``: every
+slice) are predicted densely at full lateral size with the model's prediction node (the input slab
+carries the net's context, mirrored at the volume's borders). Each predicted slice is written per
+exported class as ``previews/<block>-pred-c<c>-z<z>-step<N>.png`` (probabilities 0..1 → grey
+0..255); the raw slices are written once as ``previews/<block>-raw-z<z>.png``. The predictions
+(:class:`PreviewBlock`, with their global offsets) then reach the ``ekn_on_preview`` hook, where
+plugins write them as volumes (zarr/HDF5 snapshots, KNOSSOS ``.k.zip`` overlays).
 
 Example:
     >>> import numpy as np
@@ -15,9 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +32,62 @@ from ekn_core.errors import ConfigError
 from ekn_core.atomic import write_bytes
 
 log = logging.getLogger("ekn.trainer")
+
+#: Most voxels (z * y * x) a preview volume predicted in full (``max_z_pred='all'`` or a plugin's
+#: region) may have: 64 Mi voxels take 256 MiB per class as float32 and minutes on a CPU.
+MAX_ALL_Z_VOXELS = 64 * 1024 ** 2
+
+
+@dataclasses.dataclass
+class PreviewVolume:
+    """One region to preview.
+
+    Attributes:
+        name: Block name, used in file names (unique among the previews).
+        data: float32 ``(z, y, x)`` or ``(c, z, y, x)``.
+        offset: ``(z, y, x)`` of ``data``'s first voxel in its source volume (voxels of that volume).
+        all_z: Predict every slice, not only the central ``max_z_pred`` ones.
+        source: Where the data came from (for messages and file attributes).
+    """
+
+    name: str
+    data: np.ndarray
+    offset: tuple[int, int, int] = (0, 0, 0)
+    all_z: bool = False
+    source: str = ""
+
+
+@dataclasses.dataclass
+class PreviewBlock:
+    """The prediction of one :class:`PreviewVolume`: what ``ekn_on_preview`` receives.
+
+    Attributes:
+        volume: The previewed volume.
+        prediction: float32 ``(c, n, y, x)``: every channel of slices ``z0 .. z0 + n - 1`` of the volume.
+        z0: First predicted slice of the volume.
+        seconds: Time the prediction took.
+    """
+
+    volume: PreviewVolume
+    prediction: np.ndarray
+    z0: int
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.volume.name
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The volume's first channel at the predicted slices, ``(n, y, x)``."""
+        data = self.volume.data if self.volume.data.ndim == 3 else self.volume.data[0]
+        return data[self.z0:self.z0 + self.prediction.shape[1]]
+
+    @property
+    def offset(self) -> tuple[int, int, int]:
+        """``(z, y, x)`` of the prediction's first voxel in the source volume."""
+        z, y, x = self.volume.offset
+        return int(z) + self.z0, int(y), int(x)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -41,7 +102,7 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def load_preview_volumes(spec: Any) -> list[tuple[str, np.ndarray]]:
+def load_preview_volumes(spec: Any) -> list[PreviewVolume]:
     """Reads the preview volumes named by ``preview_data_path``.
 
     Args:
@@ -49,7 +110,7 @@ def load_preview_volumes(spec: Any) -> list[tuple[str, np.ndarray]]:
             :func:`ekn_core.volumes.open_volume` reads.
 
     Returns:
-        ``[(block name, float32 array (z, y, x) or (c, z, y, x))]``; integer data is divided by 255.
+        One :class:`PreviewVolume` per dataset (float32; integer data is divided by 255).
 
     Raises:
         ConfigError: The file does not exist.
@@ -62,49 +123,65 @@ def load_preview_volumes(spec: Any) -> list[tuple[str, np.ndarray]]:
         path, key = split_key(os.path.expanduser(str(spec)))
     if not os.path.exists(path):
         raise ConfigError(f"preview_data_path {path} does not exist")
-    arrays: list[tuple[str, np.ndarray]] = []
     if key is None and path.endswith((".h5", ".hdf5")):
         import h5py
 
         with h5py.File(path, "r") as f:
             names: list[str] = []
             f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-            arrays = [(n.replace("/", "_"), f[n][()]) for n in names]
-    else:
-        with open_volume(path if key is None else f"{path}:{key}") as vol:
-            arrays = [(os.path.splitext(os.path.basename(path.rstrip("/")))[0], np.asarray(vol[...]))]
-    out = []
-    for name, array in arrays:
-        array = array.astype(np.float32) / 255.0 if np.issubdtype(array.dtype, np.integer) else array.astype(np.float32)
-        out.append((name, array))
-    return out
+            return [PreviewVolume(n.replace("/", "_"), as_float(f[n][()]), source=f"{path}:{n}") for n in names]
+    source = path if key is None else f"{path}:{key}"
+    with open_volume(source) as vol:
+        name = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
+        return [PreviewVolume(name, as_float(vol[...]), source=source)]
+
+
+def as_float(array: np.ndarray) -> np.ndarray:
+    """Preview input as float32: integer data (EM raw) divided by 255.
+
+    Example:
+        >>> as_float(np.array([0, 255], np.uint8))
+        array([0., 1.], dtype=float32)
+    """
+    array = np.asarray(array)
+    return array.astype(np.float32) / 255.0 if np.issubdtype(array.dtype, np.integer) else array.astype(np.float32)
 
 
 class Previewer:
-    """Writes preview predictions of fixed regions.
+    """Predicts fixed preview regions and writes their PNGs.
 
     Args:
         node: The prediction node (spatial output).
-        volumes: ``[(block name, array)]`` from :func:`load_preview_volumes`.
+        volumes: :class:`PreviewVolume` objects (or ``(block name, array)`` pairs).
         folder: Output folder.
         export_class: ``'all'``, a channel number or a list of channel numbers.
-        max_z_pred: Output slices per preview.
+        max_z_pred: Output slices per preview, or ``'all'`` for every slice of each volume.
+
+    Raises:
+        ConfigError: A bad option, two volumes with one name, a volume that is not ``(z, y, x)`` or
+            ``(c, z, y, x)``, or one predicted in full that exceeds :data:`MAX_ALL_Z_VOXELS`.
     """
 
-    def __init__(self, node: Any, volumes: Sequence[tuple[str, np.ndarray]], folder: str,
-                 export_class: Any = "all", max_z_pred: int = 5):
-        if not isinstance(max_z_pred, int) or max_z_pred < 1:
-            raise ConfigError(f"preview_kwargs max_z_pred must be a positive integer, got {max_z_pred!r}")
+    def __init__(self, node: Any, volumes: Sequence[PreviewVolume | tuple[str, np.ndarray]], folder: str,
+                 export_class: Any = "all", max_z_pred: int | str = 5):
+        if max_z_pred != "all" and (isinstance(max_z_pred, bool) or not isinstance(max_z_pred, int) or max_z_pred < 1):
+            raise ConfigError(f"preview_kwargs max_z_pred must be a positive integer or 'all', got {max_z_pred!r}")
         if not (export_class == "all" or isinstance(export_class, int)
                 or (isinstance(export_class, (list, tuple)) and all(isinstance(c, int) for c in export_class))):
             raise ConfigError(f"preview_kwargs export_class must be 'all', an int or a list of ints, got "
                               f"{export_class!r}")
-        self.node, self.volumes, self.folder = node, list(volumes), folder
+        self.volumes = [v if isinstance(v, PreviewVolume) else PreviewVolume(v[0], v[1]) for v in volumes]
+        names = [v.name for v in self.volumes]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"preview volumes need distinct names, got {names}")
+        for vol in self.volumes:
+            _check_volume(vol, max_z_pred == "all" or vol.all_z)
+        self.node, self.folder = node, folder
         self.export_class, self.max_z_pred = export_class, max_z_pred
         self._raw_written: set[str] = set()
 
-    def _slab(self, vol: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """The input that predicts the central ``max_z_pred`` slices at full lateral size.
+    def _slab(self, vol: PreviewVolume) -> tuple[np.ndarray, int, int]:
+        """The input that predicts the central ``max_z_pred`` slices (all with ``all_z``) at full lateral size.
 
         Returns ``(input, z0, keep)``: the input is the slab of the kept slices plus the net's
         context (mirrored where the volume ends), so its dense prediction without padding is
@@ -116,13 +193,14 @@ class Previewer:
         lo, hi = list(geometry.context_lo), list(geometry.context_hi)
         if len(lo) == 2:  # 2-D nets predict slice by slice
             lo, hi = [0, *lo], [0, *hi]
-        n_z = vol.shape[-3]
-        keep = min(self.max_z_pred, n_z)
+        data = vol.data
+        n_z = data.shape[-3]
+        keep = n_z if self.max_z_pred == "all" or vol.all_z else min(self.max_z_pred, n_z)
         z0 = (n_z - keep) // 2
         a, b = z0 - lo[0], z0 + keep + hi[0]
-        slab = vol[..., max(a, 0):min(b, n_z), :, :]
+        slab = data[..., max(a, 0):min(b, n_z), :, :]
         pad = [(max(-a, 0), max(b - n_z, 0)), (lo[1], hi[1]), (lo[2], hi[2])]
-        slab = np.pad(slab, [(0, 0)] * (vol.ndim - 3) + pad, mode="symmetric")
+        slab = np.pad(slab, [(0, 0)] * (data.ndim - 3) + pad, mode="symmetric")
         return slab, z0, keep
 
     def _channels(self, n: int) -> list[int]:
@@ -134,36 +212,59 @@ class Previewer:
             raise ConfigError(f"preview export_class {bad} out of range: the prediction has {n} channel(s)")
         return wanted
 
-    def write(self, step: int) -> list[str]:
-        """Predicts every preview block and writes its PNGs; returns the written paths."""
+    def predict(self) -> list[PreviewBlock]:
+        """Predicts every preview volume (the time each took is logged)."""
         from ekn_core.prediction import predict_dense
 
+        blocks = []
+        for vol in self.volumes:
+            t0 = time.perf_counter()
+            slab, z0, keep = self._slab(vol)
+            pred = np.asarray(predict_dense(self.node, slab), dtype=np.float32)
+            block = PreviewBlock(vol, pred, z0, time.perf_counter() - t0)
+            log.info("preview %s: predicted %d slice(s) of %s in %.1f s", vol.name, keep,
+                     "x".join(str(s) for s in vol.data.shape[-3:]), block.seconds)
+            blocks.append(block)
+        return blocks
+
+    def write(self, step: int, blocks: Sequence[PreviewBlock] | None = None) -> list[str]:
+        """Writes the PNGs of ``blocks`` (predicted now when None); returns the written paths."""
         written = []
         os.makedirs(self.folder, exist_ok=True)
-        for name, vol in self.volumes:
-            if vol.ndim not in (3, 4):
-                raise ConfigError(f"preview volume {name!r} has shape {vol.shape}; expected (z, y, x) or (c, z, y, x)")
-            slab, z0, keep = self._slab(vol)
-            pred = predict_dense(self.node, slab)
-            raw = vol if vol.ndim == 3 else vol[0]
-            for i in range(keep):
-                z = z0 + i
-                raw_path = os.path.join(self.folder, f"{name}-raw-z{z}.png")
+        for block in self.predict() if blocks is None else blocks:
+            for i, raw in enumerate(block.raw):
+                z = block.z0 + i
+                raw_path = os.path.join(self.folder, f"{block.name}-raw-z{z}.png")
                 if raw_path not in self._raw_written:
-                    write_bytes(raw_path, png_bytes(raw[z]))
+                    write_bytes(raw_path, png_bytes(raw))
                     self._raw_written.add(raw_path)
                     written.append(raw_path)
-                for c in self._channels(pred.shape[0]):
-                    path = os.path.join(self.folder, f"{name}-pred-c{c}-z{z}-step{step}.png")
-                    write_bytes(path, png_bytes(pred[c, i]))
+                for c in self._channels(block.prediction.shape[0]):
+                    path = os.path.join(self.folder, f"{block.name}-pred-c{c}-z{z}-step{step}.png")
+                    write_bytes(path, png_bytes(block.prediction[c, i]))
                     written.append(path)
         return written
 
 
+def _check_volume(vol: PreviewVolume, all_z: bool) -> None:
+    """One clear error for a preview volume of the wrong rank, or too large to predict in full."""
+    if vol.data.ndim not in (3, 4):
+        raise ConfigError(f"preview volume {vol.name!r} has shape {vol.data.shape}; expected (z, y, x) or (c, z, y, x)")
+    voxels = int(np.prod(vol.data.shape[-3:]))
+    if all_z and voxels > MAX_ALL_Z_VOXELS:
+        raise ConfigError(f"preview volume {vol.name!r} ({'x'.join(map(str, vol.data.shape[-3:]))} = {voxels} voxels) "
+                          f"is too large to predict in full (at most {MAX_ALL_Z_VOXELS}); preview a smaller region "
+                          "or give preview_kwargs max_z_pred a number of slices")
+
+
 def make_previewer(model: Any, config: Any, folder: str) -> Previewer | None:
-    """A :class:`Previewer` for the config's ``preview_data_path``, or None when there is none
-    or the prediction is not spatial (then a message says why)."""
-    if not config.preview_data_path:
+    """A :class:`Previewer` for the config's ``preview_data_path`` and the regions plugins add
+    (``ekn_preview_volumes``), or None when there are none or the prediction is not spatial (then a
+    message says why)."""
+    from ekn_core.hooks import host
+
+    extra = host().preview_volumes(config.as_dict())
+    if not config.preview_data_path and not extra:
         return None
     node = model.prediction_node
     if node is None or not node.shape.ndim:
@@ -174,4 +275,5 @@ def make_previewer(model: Any, config: Any, folder: str) -> Previewer | None:
     unknown = set(kwargs) - {"export_class", "max_z_pred"}
     if unknown:
         raise ConfigError(f"preview_kwargs: unknown option(s) {sorted(unknown)}; use export_class and max_z_pred")
-    return Previewer(node, load_preview_volumes(config.preview_data_path), folder, **kwargs)
+    volumes = load_preview_volumes(config.preview_data_path) if config.preview_data_path else []
+    return Previewer(node, volumes + extra, folder, **kwargs)
