@@ -2,6 +2,7 @@
 against scipy's map_coordinates (anisotropic), positions inside the tube, layouts, determinism,
 the agent state round trip, file inputs (HDF5 region + NML), clear errors, and `ekn data tubes`."""
 
+import functools
 import json
 
 import h5py
@@ -13,10 +14,11 @@ from ekn_core.cli import main
 from ekn_core.errors import ConfigError, ShapeError
 from ekn_core.shapes import TaggedShape
 from ekn_core.volumes import open_volume
-from ekn_plugins.data.tracing import Agent, TracingData, TracingSequence
+from ekn_plugins.data.tracing import Agent, TracingData, TracingSequence, TracingTrajectories
+from ekn_plugins.data.workers import BackgroundBatches, batch_rng
 from ekn_plugins.readers.knossos.nml import Skeleton
 from ekn_plugins.utils.skeleton import TubeSkeleton, frame, trace_to_tree
-from ekn_plugins.utils.tracing import synthetic_tube
+from ekn_plugins.utils.tracing import Tracer, synthetic_tube
 
 #: A bent path (z, y, x voxels) through a 20×30×40 volume, radius 3; z spacing 2 (aniso).
 PATH = np.array([[8.0, 12.0, 4.0], [10.0, 15.0, 20.0], [7.0, 20.0, 35.0]])
@@ -246,6 +248,31 @@ def test_sequence_state_round_trips_through_json():
         copy.set_state({"agents": [[5, [0, 0, 0], [1, 0, 0], 0]]})
 
 
+def test_sequence_monitor_batches_are_fresh_agents_and_leave_the_training_agents_alone():
+    kw = dict(patch_shape=(3, 5, 5), volumes=[volume()], skeletons=[TubeSkeleton.from_path(PATH, radius=3.0)], seed=0)
+    data, untrained = TracingSequence(sequence_training=5, **kw), TracingSequence(sequence_training=5, **kw)
+    for step in range(3):
+        _, targets = data.getbatch(4, rng=np.random.default_rng([0, step]))
+        data.feedback({"d": targets.astype(np.float64)})
+    state = data.get_state()
+    assert sum(a is not None and a.age == 3 for a in data.agents) >= 2
+    # the same generator gives the same monitor batch whatever the agents did: fresh agents, as TracingData draws
+    want = TracingData(**kw).getbatch(6, rng=np.random.default_rng(9))
+    for source in (data, untrained):
+        for x, y in zip(source.getbatch(6, rng=np.random.default_rng(9), monitor=True), want):
+            np.testing.assert_array_equal(x, y)
+    assert data.get_state() == state
+    # a monitor batch between a training batch and its feedback changes nothing for training
+    agents = list(data.agents)
+    patches, targets = data.getbatch(4, rng=np.random.default_rng(10))
+    data.getbatch(6, rng=np.random.default_rng(11), monitor=True)
+    data.feedback({"d": targets.astype(np.float64)})
+    for i, agent in enumerate(agents):
+        if agent is not None:
+            np.testing.assert_array_equal(patches[i, 0], data.example(agent)[0])
+            assert data.agents[i] is None or data.agents[i].age == agent.age + 1
+
+
 def test_sequence_feedback_errors():
     data = TracingSequence((3, 5, 5), [volume()], [TubeSkeleton.from_path(PATH)], sequence_training=2)
     data.getbatch(2)
@@ -281,6 +308,74 @@ def test_files_with_a_region_and_nml_skeletons_equal_the_arrays(tmp_path):
     for x, y in zip(from_files.getbatch(5, rng=np.random.default_rng(3)),
                     from_arrays.getbatch(5, rng=np.random.default_rng(3))):
         np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+class Forbidding:
+    """A lazy volume that refuses to read more than ``limit`` voxels at once (a volume larger than memory)."""
+
+    def __init__(self, volume, limit):
+        self.volume, self.limit, self.shape, self.dtype = volume, limit, volume.shape, volume.dtype
+
+    def __getitem__(self, index):
+        box = [s.indices(n) for s, n in zip(index[-3:], self.shape[-3:])]
+        size = np.prod([max(b - a, 0) for a, b, _ in box])
+        if size > self.limit:
+            raise MemoryError(f"read {size} voxels at once, more than {self.limit}")
+        return np.asarray(self.volume[index])
+
+
+@pytest.mark.parametrize("cls, kw", [(TracingData, {}), (TracingSequence, {"sequence_training": 3}),
+                                     (TracingTrajectories, {"sequence_length": 4, "input_tags": "r,b,f,z,y,x"})])
+def test_volumes_stay_lazy_and_batches_equal_the_in_memory_ones(cls, kw):
+    vol = (volume(7) * 255).astype(np.uint8)
+    lazy = Forbidding(vol, limit=vol.size // 20)
+    with pytest.raises(MemoryError):
+        np.asarray(lazy[:, :, :])
+    skel = TubeSkeleton.from_path(PATH, radius=2.5)
+    reference = vol.astype(np.float32) / np.float32(255)  # the grey-value scaling, applied to the whole volume
+    args = dict(patch_shape=(3, 5, 5), skeletons=[skel], aniso_factor=2.0, spacing=1.2, **kw)
+    data, want = cls(volumes=[lazy], **args), cls(volumes=[reference], **args)
+    assert data.volumes[0].shape == SHAPE and data.volumes[0].dtype == np.float32
+    for step in range(3):
+        got, ref = data.getbatch(4, rng=np.random.default_rng(step)), want.getbatch(4, rng=np.random.default_rng(step))
+        for x, y in zip(got, ref):
+            np.testing.assert_array_equal(x, y)
+        if kw.get("sequence_training"):
+            for d in (data, want):
+                d.feedback({"d": ref[1].astype(np.float64)})
+    # the Tracer takes the same lazy view
+    trace = Tracer(lambda p: np.tile([1.0, 0.0, 0.0], (len(p), 1)), data.volumes[0], (3, 5, 5),
+                   voxel_size=data.voxel_size, max_steps=5).trace(PATH[0], [0.0, 0.0, 1.0])
+    assert len(trace.points) == 6
+
+
+def test_file_volumes_are_opened_lazily_also_in_background_workers(tmp_path, monkeypatch):
+    vol = (volume(8) * 255).astype(np.uint8)
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f["raw"] = vol[None]  # (1, z, y, x)
+    import ekn_core.volumes
+
+    real = ekn_core.volumes.open_volume
+    monkeypatch.setattr(ekn_core.volumes, "open_volume", lambda path: Forbidding(real(path), limit=1000))
+    lo, hi = (2, 4, 1), (18, 28, 39)
+    kw = dict(patch_shape=(3, 5, 5), aniso_factor=2.0)
+    data = TracingData(volumes=[("raw.h5", "raw", (lo, hi))], skeletons=[TubeSkeleton.from_path(PATH, radius=2.5)],
+                       d_path=str(tmp_path), **kw)
+    assert data.volumes[0].shape == (16, 24, 38)
+    region = vol[2:18, 4:28, 1:39].astype(np.float32) / np.float32(255)
+    want = TracingData(volumes=[region], skeletons=[TubeSkeleton.from_path(PATH - lo, radius=2.5)], **kw)
+    for x, y in zip(data.getbatch(6, rng=batch_rng(0, 1)), want.getbatch(6, rng=batch_rng(0, 1))):
+        np.testing.assert_array_equal(x, y)
+    # each worker opens the file itself (its own lazy handle) and draws the same batches
+    factory = functools.partial(TracingData, volumes=[("raw.h5", "raw", (lo, hi))], d_path=str(tmp_path),
+                                skeletons=[TubeSkeleton.from_path(PATH, radius=2.5)], **kw)
+    with BackgroundBatches(factory, batch_size=6, n_workers=1, seed=0) as batches:
+        for index in range(2):
+            for x, y in zip(batches.get(), want.getbatch(6, rng=batch_rng(0, index))):
+                np.testing.assert_array_equal(x, y)
+    with pytest.raises(ShapeError, match="does not fit"):
+        TracingData(volumes=[("raw.h5", "raw", (lo, (18, 28, 41)))], skeletons=[TubeSkeleton.from_path(PATH)],
+                    d_path=str(tmp_path), **kw)
 
 
 def test_bad_inputs_get_clear_errors(tmp_path):

@@ -1,6 +1,7 @@
 """A tracing agent trained by ekn's Trainer (examples/tracing_agent.py): it follows unseen tubes
 far better than before training and than a straight line; sequence training resumes exactly
-(agents in the checkpoint; prefetching and background workers stay off); `ekn train` runs it."""
+(agents in the checkpoint; prefetching and background workers stay off) and its monitor batches do
+not depend on the agents; `ekn train` runs it."""
 
 import os
 import subprocess
@@ -90,6 +91,10 @@ def test_sequence_training_resumes_exactly(tmp_path):
         part.run()
     finally:
         part.close()
+    # a step's monitor batch is fresh agents from its generator: the same after 6 steps of training as after 3
+    for x, y in zip(whole.get_batch("train", size=6, step=4, stream="monitor_train"),
+                    part.get_batch("train", size=6, step=4, stream="monitor_train")):
+        np.testing.assert_array_equal(x, y)
     saved = read_checkpoint(latest_checkpoint(part.run_dir.checkpoints)).state["data"]["state"]
     assert any(a is not None and a[3] > 0 for a in saved["agents"])  # agents that followed predictions
     rest = trainer(tmp_path, "part", "n_steps=6", *common, resume=True)

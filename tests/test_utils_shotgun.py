@@ -18,35 +18,50 @@ ahead = lambda patches: np.tile([1.0, 0.0, 0.0], (len(patches), 1))
 
 
 def brute_occupancy(shape, factors, radius, traces, voxel_size=(1, 1, 1)):
-    """Owner per cell: the first trace with a point within ``radius`` (physical: voxels scaled by
-    ``voxel_size``) of the cell centre, else -1."""
+    """Owner per cell: the first trace with a point in the cell (voxels ``k * f - 0.5`` to
+    ``(k + 1) * f - 0.5``) or within ``radius`` (physical: voxels scaled by ``voxel_size``) of the
+    cell centre, else -1."""
     factors, voxel_size = np.asarray(factors), np.asarray(voxel_size)
     cells = -(-np.asarray(shape) // factors)
     grid = np.full(tuple(cells), -1)
     for cell in itertools.product(*[range(c) for c in cells]):
-        centre = np.array(cell) * factors + (factors - 1) / 2
+        first = np.array(cell) * factors
+        centre = first + (factors - 1) / 2
         for trace_id, points in enumerate(traces):
-            if np.min(np.linalg.norm((np.asarray(points) - centre) * voxel_size, axis=1)) <= radius:
+            points = np.asarray(points)
+            inside = np.all((points >= first - 0.5) & (points < first + factors - 0.5), axis=1)
+            if inside.any() or np.min(np.linalg.norm((points - centre) * voxel_size, axis=1)) <= radius:
                 grid[cell] = trace_id
                 break
     return grid
 
 
-@pytest.mark.parametrize("factors, voxel_size", [(1, (1, 1, 1)), ((2, 3, 1), (1, 1, 1)), ((1, 2, 2), (2.5, 1, 1))])
-def test_occupancy_and_owner_match_brute_force(factors, voxel_size):
+@pytest.mark.parametrize("factors, voxel_size, radius", [(1, (1, 1, 1), 2.5), ((2, 3, 1), (1, 1, 1), 2.5),
+                                                          ((1, 2, 2), (2.5, 1, 1), 2.5), (4, (1, 1, 1), 1.0),
+                                                          ((3, 4, 4), (2, 1, 1), 1.5)])
+def test_occupancy_and_owner_match_brute_force(factors, voxel_size, radius):
     rng = np.random.default_rng(0)
     shape = (9, 13, 11)
     traces = [rng.uniform(-2, 14, (5, 3)) for _ in range(3)]  # some points outside the volume
     tracer = Tracer(ahead, np.zeros(shape), (1, 3, 3), voxel_size=voxel_size)
-    registry = ShotgunRegistry(tracer, radius=2.5, downsample=factors)
+    registry = ShotgunRegistry(tracer, radius=radius, downsample=factors)
     for trace_id, points in enumerate(traces):
         registry.register(points, trace_id)
-    want = brute_occupancy(shape, np.broadcast_to(factors, (3,)), 2.5, traces, voxel_size)
+    want = brute_occupancy(shape, np.broadcast_to(factors, (3,)), radius, traces, voxel_size)
     np.testing.assert_array_equal(registry.occupancy, want)
     assert 0 < (want >= 0).mean() < 1
     for p in rng.uniform(0, 8.4, (50, 3)):
         cell = np.floor((p + 0.5) / np.broadcast_to(factors, (3,))).astype(int)
         assert registry.owner(p) == want[tuple(cell)]
+
+
+def test_a_point_always_claims_its_own_cell():
+    # radius 1 on 4-voxel cells: no cell centre (at 1.5 + 4 k) lies within 1 of (8, 8, 8)
+    registry = ShotgunRegistry(Tracer(ahead, np.zeros((16, 16, 16)), (1, 3, 3)), radius=1.0, downsample=4)
+    registry.register([[8, 8, 8]], 0)
+    registry.register([[8.4, 9, 10], [-3, 8, 8]], 1)  # same cell: the first owner keeps it; outside: nothing
+    assert registry.owner((8, 8, 8)) == 0 and registry.owner((11, 11, 11)) == 0
+    assert np.sum(registry.occupancy >= 0) == 1
 
 
 def test_sort_seeds_matches_a_brute_force_sort():
@@ -101,6 +116,35 @@ def test_principal_axes_follow_tube_axes():
     np.testing.assert_allclose(principal_axes(blob, [[10, 10, 10]], radius=8.0)[0], d, atol=1e-5)  # lattice ball
     with pytest.raises(ValueError, match="no probability mass"):
         principal_axes(np.zeros((5, 5, 5)), [[2, 2, 2]], radius=2.0)
+
+
+@pytest.mark.parametrize("direction", [(1.0, 0.0, 1.0), (2.0, -1.0, 2.0), (1.0, 2.0, -0.5)])
+def test_principal_axes_are_physical_directions_on_anisotropic_data(direction):
+    # an isotropic tube along a known direction, every other z slice kept: voxels of size (2, 1, 1)
+    d = np.array(direction) / np.linalg.norm(direction)
+    grid = np.stack(np.meshgrid(*[np.arange(41)] * 3, indexing="ij"), -1) - 20.0
+    along = grid @ d
+    tube = np.exp(-(np.sum(grid ** 2, -1) - along ** 2) / 4)
+    aniso = tube[::2]
+    axes = principal_axes(aniso, [[10, 20, 20]], radius=12.0, voxel_size=(2, 1, 1))
+    np.testing.assert_allclose(np.linalg.norm(axes, axis=1), 1.0)
+    assert abs(axes[0] @ d) > 0.999
+    np.testing.assert_allclose(axes, principal_axes(tube, [[20, 20, 20]], radius=12.0), atol=0.02)
+    # read as voxel steps the same data gives another direction (what the tracer would misread)
+    assert abs(principal_axes(aniso, [[10, 20, 20]], radius=12.0)[0] @ d) < 0.99
+    with pytest.raises(ConfigError, match="voxel_size"):
+        principal_axes(aniso, [[10, 20, 20]], radius=12.0, voxel_size=(2, 1))
+
+
+def test_principal_axes_ball_is_physical():
+    # a bar along x, and a heavier bar along y 2 slices (4 physical units) above it and 5 voxels aside:
+    # more than 6 physical units away, but within 6 voxel steps of the centre
+    prob = np.zeros((20, 41, 41))
+    prob[10, 20, :] = 1.0
+    prob[12, :, 25] = 5.0
+    np.testing.assert_allclose(principal_axes(prob, [[10, 20, 20]], radius=6.0, voxel_size=(2, 1, 1)), [[0, 0, 1]],
+                               atol=1e-9)
+    assert principal_axes(prob, [[10, 20, 20]], radius=6.0)[0, 0] > 0.1  # a 6-voxel ball reaches the y bar
 
 
 class OracleTracer(Tracer):

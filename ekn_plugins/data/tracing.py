@@ -40,7 +40,8 @@ import numpy as np
 
 from ekn_core.errors import ConfigError, ShapeError
 from ekn_core.shapes import SPATIAL_TAGS, TaggedShape
-from ekn_plugins.data.patches import _grey_scale, _read, _volume_path
+from ekn_core.volumes import VolumeBase
+from ekn_plugins.data.patches import _grey_scale, _volume_path
 from ekn_plugins.utils.model_agent import layout, patch_shape_of
 from ekn_plugins.utils.skeleton import TubeSkeleton, frame, sample_patch, tracing_target
 
@@ -96,19 +97,57 @@ def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple
     return found
 
 
-def _load_volume(entry: Any, d_path: str | None, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(float32 (z, y, x) volume, region start)``: integer grey values scaled to [0, 1]."""
-    if isinstance(entry, np.ndarray):
-        raw, start, name = entry, np.zeros(3), f"volume {index}"
-    else:
-        path, region = _volume_path(d_path, entry)
-        raw, name = _read(path, region), path
-        start = np.zeros(3) if region is None else np.asarray(region[0], dtype=np.float64)
-    if raw.ndim == 4 and raw.shape[0] == 1:
-        raw = raw[0]
-    if raw.ndim != 3:
-        raise ShapeError(f"{name}: a tracing volume must be (z, y, x) or (1, z, y, x), got shape {raw.shape}")
-    return np.asarray(raw, dtype=np.float32) / np.float32(_grey_scale(raw.dtype)), start
+class GreyVolume(VolumeBase):
+    """A ``(z, y, x)`` region of a volume as the agent sees it, read lazily: each read returns
+    float32 with integer grey values scaled to [0, 1] (unsigned integers by their dtype's maximum,
+    signed ones by 255, as :class:`~ekn_plugins.data.patches.PatchSource` does; floats unchanged).
+
+    Only the requested box is read (and scaled), so volumes larger than memory (KNOSSOS, big
+    HDF5 / zarr) cost memory per patch, not per volume.
+
+    Args:
+        volume: ``(z, y, x)`` or ``(1, z, y, x)`` array or lazy volume (:func:`~ekn_core.volumes.open_volume`).
+        region: ``((z0, y0, x0), (z1, y1, x1))`` to see only that part (index 0 is ``(z0, y0, x0)``).
+        name: Name in error messages.
+
+    Example:
+        >>> view = GreyVolume(np.arange(60, dtype=np.uint8).reshape(3, 4, 5), region=((1, 0, 2), (3, 4, 5)))
+        >>> view.shape, view.dtype, view[0:1, 0:1, 0:2] * 255
+        ((2, 4, 3), dtype('float32'), array([[[22., 23.]]], dtype=float32))
+    """
+
+    axes = "zyx"
+
+    def __init__(self, volume: Any, region: Any = None, name: str = "volume"):
+        shape = tuple(int(s) for s in volume.shape)
+        if not (len(shape) == 3 or len(shape) == 4 and shape[0] == 1):
+            raise ShapeError(f"{name}: a tracing volume must be (z, y, x) or (1, z, y, x), got shape {shape}")
+        lo, hi = (np.zeros(3, np.int64), np.asarray(shape[-3:])) if region is None else np.asarray(region, np.int64)
+        if np.any(hi > shape[-3:]):
+            raise ShapeError(f"{name}: region {region} does not fit into the volume's spatial shape {shape[-3:]}")
+        self.volume, self.start, self.channel = volume, lo, len(shape) == 4
+        self.shape, self.dtype = tuple(int(n) for n in hi - lo), np.dtype(np.float32)
+        self.scale = np.float32(_grey_scale(np.dtype(volume.dtype)))
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) != 3 or not all(isinstance(i, slice) and i.step in (None, 1) for i in index):
+            raise IndexError(f"a GreyVolume is read by three slices (z, y, x) of step 1, got {index!r}")
+        box = tuple(slice(a + o, max(a, b) + o) for (a, b, _), o in
+                    zip((i.indices(n) for i, n in zip(index, self.shape)), self.start))
+        raw = self.volume[(0, *box)] if self.channel else self.volume[box]
+        return np.asarray(raw, dtype=np.float32) / self.scale
+
+
+def _open_volume(entry: Any, d_path: str | None, index: int) -> tuple[GreyVolume, np.ndarray]:
+    """``(lazy float32 view of the volume, region start)`` of one ``volumes`` entry."""
+    if hasattr(entry, "shape") and hasattr(entry, "__getitem__"):
+        return GreyVolume(entry, name=f"volume {index}"), np.zeros(3)
+    from ekn_core.volumes import open_volume
+
+    path, region = _volume_path(d_path, entry)
+    start = np.zeros(3) if region is None else np.asarray(region[0], dtype=np.float64)
+    return GreyVolume(open_volume(path), region, path), start
 
 
 def _turned(direction: np.ndarray, max_angle: float, rng: np.random.Generator) -> np.ndarray:
@@ -139,10 +178,11 @@ class TracingData:
     Args:
         patch_shape: Patch shape (along, across, across) in patch samples; ``(1, h, w)`` is a
             slice across the heading (for 2-D nets).
-        volumes: Raw volumes, one per entry: arrays ``(z, y, x)``, path strings any ekn reader
-            opens (``'file.h5:raw'``, zarr, KNOSSOS ``.k.toml``) or ``(file, key)`` /
-            ``(file, key, ((z0, y0, x0), (z1, y1, x1)))`` entries relative to ``d_path`` (a
-            region loads only that part; skeletons are then shifted by its start).
+        volumes: Raw volumes, one per entry: arrays or lazy volumes ``(z, y, x)``, path strings
+            any ekn reader opens (``'file.h5:raw'``, zarr, KNOSSOS ``.k.toml``) or ``(file, key)`` /
+            ``(file, key, ((z0, y0, x0), (z1, y1, x1)))`` entries relative to ``d_path`` (only
+            that region is used; skeletons are then shifted by its start). Volumes stay lazy:
+            each patch reads only its bounding box (:class:`GreyVolume`).
         skeletons: One entry per volume: a :class:`~ekn_plugins.utils.skeleton.TubeSkeleton`,
             an NML / ``.k.zip`` file (every tree with an edge; KNOSSOS (x, y, z) node positions
             and radii), or a list of those; coordinates are the volume's voxels.
@@ -162,7 +202,8 @@ class TracingData:
         seed: Seed of the source's own random generator (``getbatch`` may be given one).
 
     Attributes:
-        volumes: The volumes as the agent sees them (float32; give the Tracer the same).
+        volumes: The volumes as the agent sees them (lazy float32 :class:`GreyVolume` views;
+            give the Tracer the same).
         voxel_size: ``(aniso_factor, 1, 1)``.
         tracks: Every skeleton (:class:`Track`), in physical units.
     """
@@ -194,7 +235,7 @@ class TracingData:
         self.position_spread = float(position_spread)
         self.volumes, self.tracks = [], []
         for v, (vol_entry, skel_entry) in enumerate(zip(volumes, skeletons)):
-            volume, start = _load_volume(vol_entry, d_path, v)
+            volume, start = _open_volume(vol_entry, d_path, v)
             self._check_patch_fits(volume.shape, v)
             self.volumes.append(volume)
             for name, skel in _skeleton_entries(skel_entry, d_path, v):
@@ -385,7 +426,9 @@ class TracingSequence(TracingData):
     ``walk_inertia`` of its heading) and moves ``walk_step``. An agent is replaced by a fresh
     random one after ``sequence_training`` steps, when it leaves the tube around its skeleton
     (farther from the nearest skeleton sample than that sample's radius), or leaves the volume.
-    Validation batches are always fresh agents. The agents are the source's state
+    Validation batches and the trainer's monitor batches (``getbatch(..., monitor=True)``) are
+    always fresh agents from the given generator, so the monitored training loss does not
+    depend on where the agents are. The agents are the source's state
     (:meth:`get_state`), saved in checkpoints for exact resume.
 
     Args:
@@ -410,12 +453,13 @@ class TracingSequence(TracingData):
         self.agents: list[Agent | None] = []
         self._pending: list[Agent] = []
 
-    def getbatch(self, batch_size: int = 1, source: str = "train",
-                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def getbatch(self, batch_size: int = 1, source: str = "train", rng: np.random.Generator | None = None,
+                 monitor: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`TracingData.getbatch`; training slots continue the current agents (fresh
         agents are drawn from ``rng`` for the others). The agents of the batch are kept for
-        :meth:`feedback`."""
-        if source != "train":
+        :meth:`feedback`. Monitor batches (``monitor=True``, as the trainer draws them) and
+        validation batches are fresh agents from ``rng`` and leave the agents alone."""
+        if source != "train" or monitor:
             return super().getbatch(batch_size, source, rng)
         self._check_source(source)
         rng = self.rng if rng is None else rng

@@ -4,12 +4,14 @@ Seeds are local maxima of a probability map (:func:`seeds_from_probability`, ord
 :func:`sort_seeds`: highest probability first). Each seed's initial direction is the principal
 axis of the probability mass around it (:func:`principal_axes`): for a tube that is its long
 axis, and the tracer follows it both ways. :class:`ShotgunRegistry` takes the seeds in order and
-skips every seed that lies in the territory of an earlier trace (voxels within ``radius`` of its
-points, on a grid downsampled by ``downsample``); a trace that enters another one's territory
-stops there (``"registry overlap"``) and leaves a :class:`Link` between the two, so that linked
-traces are exported as one tree, one neuron (:meth:`ShotgunResult.to_skeleton`, KNOSSOS NML).
+skips every seed that lies in the territory of an earlier trace (the cells of a grid downsampled
+by ``downsample`` that contain its points or lie within ``radius`` of them); a trace that enters
+another one's territory stops there (``"registry overlap"``) and leaves a :class:`Link` between
+the two, so that linked traces are exported as one tree, one neuron
+(:meth:`ShotgunResult.to_skeleton`, KNOSSOS NML).
 
-Positions are (z, y, x) voxels, isotropic like the tracer's.
+Positions are (z, y, x) voxel indices; directions and distances (``radius``) are physical, in
+the units of the tracer's ``voxel_size`` (pass the same ``voxel_size`` to :func:`principal_axes`).
 
 Example:
     >>> import numpy as np
@@ -103,30 +105,51 @@ def seeds_from_probability(prob: Any, threshold: float, min_distance: int,
     return peaks[order].astype(np.int64), values[order]
 
 
-def principal_axes(prob: Any, positions: Any, radius: float) -> np.ndarray:
+def principal_axes(prob: Any, positions: Any, radius: float,
+                   voxel_size: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """Unit principal axis of the probability mass within ``radius`` of each position.
 
     The eigenvector of the largest eigenvalue of the probability-weighted covariance of the
-    voxel coordinates in the ball (negative values count as 0): the direction along which the
-    mass spreads, i.e. a tube's axis when ``radius`` exceeds the tube's radius (2-3 times is
-    good). The sign is fixed by making the first clearly non-zero component positive.
+    physical voxel coordinates (indices times ``voxel_size``) in the ball (negative values count
+    as 0): the direction along which the mass spreads, i.e. a tube's axis when ``radius`` exceeds
+    the tube's radius (2-3 times is good). The sign is fixed by making the first clearly non-zero
+    component positive.
+
+    Args:
+        prob: ``(z, y, x)`` probability map.
+        positions: ``(n, 3)`` voxel positions (z, y, x).
+        radius: Radius of the ball, in the physical units of ``voxel_size`` (voxels when isotropic).
+        voxel_size: Size of a voxel (z, y, x), the tracer's (:class:`~.tracing.Tracer`), so that the
+            axes are physical directions as the tracer reads them.
 
     Returns:
-        ``(n, 3)`` unit vectors (z, y, x).
+        ``(n, 3)`` physical unit vectors (z, y, x).
+
+    Example:
+        >>> iso = np.zeros((40, 9, 40), np.float32)
+        >>> for t in range(40):
+        ...     iso[t, 3:6, t] = 1.0                       # a bar at 45 degrees in z-x
+        >>> np.round(principal_axes(iso[::2], [[10, 4, 20]], radius=8.0, voxel_size=(2, 1, 1)), 2).tolist()
+        [[0.71, 0.0, 0.71]]
     """
     prob = np.asarray(prob)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     if not radius > 0:
-        raise ConfigError(f"radius must be > 0 voxels, got {radius}")
+        raise ConfigError(f"radius must be > 0 (physical units of voxel_size), got {radius}")
+    size = np.asarray(voxel_size, dtype=np.float64)
+    if size.shape != (3,) or not np.all(size > 0):
+        raise ConfigError(f"voxel_size must be 3 positive sizes (z, y, x), got {voxel_size!r}")
+    reach = radius / size  # the radius in voxels per axis
     axes = np.empty((len(positions), 3))
     for i, p in enumerate(positions):
-        lo = np.maximum(np.floor(p - radius).astype(int), 0)
-        hi = np.minimum(np.ceil(p + radius).astype(int) + 1, prob.shape)
+        lo = np.maximum(np.floor(p - reach).astype(int), 0)
+        hi = np.minimum(np.ceil(p + reach).astype(int) + 1, prob.shape)
         grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
+        grid = grid * size
         weight = np.clip(prob[tuple(slice(a, b) for a, b in zip(lo, hi))].reshape(-1), 0, None).astype(np.float64)
-        weight[np.sum((grid - p) ** 2, axis=1) > radius ** 2] = 0.0
+        weight[np.sum((grid - p * size) ** 2, axis=1) > radius ** 2] = 0.0
         if not weight.sum() > 0:
-            raise ValueError(f"no probability mass within {radius} voxels of {p.tolist()}: no direction there")
+            raise ValueError(f"no probability mass within {radius} of {p.tolist()}: no direction there")
         centred = grid - weight @ grid / weight.sum()
         _, vectors = np.linalg.eigh((centred * weight[:, None]).T @ centred)
         axis = vectors[:, -1]
@@ -220,9 +243,9 @@ class ShotgunRegistry:
 
     Args:
         tracer: The :class:`~.tracing.Tracer` that traces each seed (both ways).
-        radius: A trace claims the grid cells whose centres lie within this distance of its
-            points (e.g. the neurites' radius), in the tracer's physical units (its ``voxel_size``;
-            voxels for isotropic data).
+        radius: A trace claims the grid cells that contain its points and those whose centres lie
+            within this distance of its points (e.g. the neurites' radius), in the tracer's
+            physical units (its ``voxel_size``; voxels for isotropic data).
         downsample: Grid cell size in voxels (one int, or per axis (z, y, x)).
         shape: Volume shape (z, y, x) the grid covers (default: the tracer's volume).
 
@@ -245,21 +268,32 @@ class ShotgunRegistry:
         self.tracer, self.radius, self.downsample = tracer, float(radius), factors.astype(np.int64)
         self.occupancy = np.full(tuple(-(-np.asarray(shape) // self.downsample)), -1, dtype=np.int32)
 
+    def _cell_index(self, position: np.ndarray) -> np.ndarray:
+        """Index of the cell containing ``position`` (z, y, x), unclipped: outside the grid for outside points."""
+        return np.floor((np.asarray(position, dtype=np.float64) + 0.5) / self.downsample).astype(np.int64)
+
     def _cell(self, position: np.ndarray) -> tuple[int, ...]:
-        index = np.floor((np.asarray(position, dtype=np.float64) + 0.5) / self.downsample).astype(np.int64)
-        return tuple(np.clip(index, 0, np.asarray(self.occupancy.shape) - 1))
+        return tuple(np.clip(self._cell_index(position), 0, np.asarray(self.occupancy.shape) - 1))
 
     def owner(self, position: Any) -> int:
         """Id of the trace owning the cell that contains ``position`` (z, y, x), or -1."""
         return int(self.occupancy[self._cell(position)])
 
     def register(self, points: Any, trace_id: int) -> None:
-        """Claims the free cells whose centres lie within ``radius`` of any of ``points`` for ``trace_id``."""
+        """Claims the free cells that contain one of ``points`` or whose centres lie within ``radius`` of one.
+
+        Cells already claimed keep their owner (the first trace wins). The cell containing a point is
+        claimed even when its centre is farther than ``radius`` (a small ``radius`` on a coarse grid),
+        so that every registered point inside the volume has an owner.
+        """
         half = (self.downsample - 1) / 2.0
         top = np.asarray(self.occupancy.shape) - 1
         size = self.tracer.voxel_size
         reach = self.radius / size  # the radius in voxels per axis
         for p in np.asarray(points, dtype=np.float64).reshape(-1, 3):
+            cell = self._cell_index(p)
+            if np.all((cell >= 0) & (cell <= top)) and self.occupancy[tuple(cell)] < 0:
+                self.occupancy[tuple(cell)] = trace_id
             lo = np.clip(np.ceil((p - reach - half) / self.downsample).astype(np.int64), 0, top)
             hi = np.clip(np.floor((p + reach - half) / self.downsample).astype(np.int64), -1, top)
             if np.any(hi < lo):
@@ -276,7 +310,8 @@ class ShotgunRegistry:
 
         Args:
             seeds: ``(n, 3)`` positions (z, y, x), e.g. from :func:`seeds_from_probability`.
-            directions: ``(n, 3)`` initial directions, e.g. from :func:`principal_axes`.
+            directions: ``(n, 3)`` initial physical directions (the tracer's), e.g. from
+                :func:`principal_axes` with the tracer's ``voxel_size``.
             max_traces: Stop after this many traces.
         """
         seeds = np.asarray(seeds, dtype=np.float64).reshape(-1, 3)
