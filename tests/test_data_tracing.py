@@ -8,6 +8,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from forbidding_volume import Forbidding
 from scipy.ndimage import map_coordinates
 
 from ekn_core.cli import main
@@ -308,20 +309,6 @@ def test_files_with_a_region_and_nml_skeletons_equal_the_arrays(tmp_path):
     for x, y in zip(from_files.getbatch(5, rng=np.random.default_rng(3)),
                     from_arrays.getbatch(5, rng=np.random.default_rng(3))):
         np.testing.assert_allclose(x, y, atol=1e-6)
-
-
-class Forbidding:
-    """A lazy volume that refuses to read more than ``limit`` voxels at once (a volume larger than memory)."""
-
-    def __init__(self, volume, limit):
-        self.volume, self.limit, self.shape, self.dtype = volume, limit, volume.shape, volume.dtype
-
-    def __getitem__(self, index):
-        box = [s.indices(n) for s, n in zip(index[-3:], self.shape[-3:])]
-        size = np.prod([max(b - a, 0) for a, b, _ in box])
-        if size > self.limit:
-            raise MemoryError(f"read {size} voxels at once, more than {self.limit}")
-        return np.asarray(self.volume[index])
 
 
 @pytest.mark.parametrize("cls, kw", [(TracingData, {}), (TracingSequence, {"sequence_training": 3}),

@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -47,9 +48,15 @@ from ekn_plugins.augmenters.base import PatchContext, Pipeline
 from ekn_plugins.augmenters.sampling import warp
 from ekn_plugins.augmenters.transform import Transform, source_bounds, voxel_matrix
 from ekn_plugins.data.image import center_offset
+from ekn_plugins.data.lazy import LazyView, cast_labels, open_view
+
+log = logging.getLogger("ekn.data")
 
 #: How often a random transform is redrawn when the warped patch does not fit into a cube.
 MAX_WARP_TRIES = 50
+
+#: ``in_memory='auto'`` loads the cubes when they take at most this share of the available memory.
+AUTO_MEMORY_SHARE = 0.25
 
 
 Region = tuple[tuple[int, int, int], tuple[int, int, int]]
@@ -94,36 +101,30 @@ def parse_region(value: Any, what: str) -> Region:
     return lo, hi
 
 
-def _read(path: str, region: Region | None) -> np.ndarray:
-    """The whole volume at ``path``, or its spatial ``region`` (the last three axes)."""
+def _read_vector(path: str, region: Region | None) -> np.ndarray:
+    """img-scalar: the whole label volume at ``path`` (or its spatial ``region``) as a vector."""
     from ekn_core.volumes import open_volume
 
     with open_volume(path) as vol:
-        if region is None:
-            return np.asarray(vol[...])
-        if len(vol.shape) < 3 or any(b > s for b, s in zip(region[1], vol.shape[-3:])):
-            raise ShapeError(f"{path}: region {region} does not fit into the volume's spatial shape "
-                             f"{tuple(vol.shape[-3:])}")
-        return np.asarray(vol[(Ellipsis, *(slice(a, b) for a, b in zip(*region)))])
-
-
-def _grey_scale(dtype: np.dtype) -> float:
-    """Divisor that maps integer grey values to [0, 1] (1 for float data)."""
-    if np.issubdtype(dtype, np.floating):
-        return 1.0
-    if np.issubdtype(dtype, np.unsignedinteger):
-        return float(np.iinfo(dtype).max)
-    return 255.0
+        data = vol[...] if region is None else LazyView(vol, region, ndim=max(3, len(vol.shape)), name=path).read()
+        return np.atleast_1d(np.asarray(data)).reshape(-1)
 
 
 @dataclass
 class Cube:
-    """One training cube in memory: ``raw (c, z, y, x)`` float32, labels ``(t, z, y, x)`` or a vector."""
+    """One training cube: ``raw (c, z, y, x)`` float32, labels ``(t, z, y, x)`` in the target dtype
+    (arrays in memory or :class:`~ekn_plugins.data.lazy.LazyView` s), or img-scalar labels ``(t, 1, 1, 1)``."""
 
-    raw: np.ndarray
-    label: np.ndarray
+    raw: np.ndarray | LazyView
+    label: np.ndarray | LazyView
     label_offset: tuple[int, int, int]
     name: str
+
+    def close(self) -> None:
+        """Closes the files of lazy volumes."""
+        for data in (self.raw, self.label):
+            if isinstance(data, LazyView):
+                data.close()
 
 
 def _layout_perm(tags: str | Sequence[str], n_spatial: int) -> tuple[list[int], bool]:
@@ -177,8 +178,14 @@ class PatchSource:
         nhood: Edges of ``affinities`` in the spatial axis order of ``patch_size`` (default
             ``mknhood3d(1)`` or ``mknhood2d(1)``: one edge to the previous voxel per axis).
 
-    Cubes are loaded into memory once (as ELEKTRONN2 did); patches are then cut from memory.
         seed: Seed of the source's own random generator (``getbatch`` may be given one).
+        in_memory: ``True`` reads the cubes into memory once (as ELEKTRONN2 did; fastest);
+            ``False`` keeps them as lazy volumes, each example reading only the bounding box its
+            (warped) patch reaches, with grey values scaled and labels cast per read (volumes
+            larger than memory); ``'auto'`` reads them into memory when they take at most
+            :data:`AUTO_MEMORY_SHARE` of the available memory. Batches are bit-identical either
+            way. img-scalar cubes are always read into memory. Integer label values are checked
+            against ``target_dtype`` when read: at the start in memory, per patch when lazy.
     """
 
     def __init__(self, patch_size: Sequence[int], d_files: Sequence[Any], l_files: Sequence[Any],
@@ -189,7 +196,7 @@ class PatchSource:
                  augmenters: Sequence[dict[str, Any]] | None = None, augment_valid: bool = False,
                  class_weights: Sequence[float] | None = None, border_mode: str = "crop",
                  input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None,
-                 affinities: bool | str = False, nhood: Any = None):
+                 affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto"):
         ndim = len(patch_size)
         if ndim not in (2, 3):
             raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
@@ -236,7 +243,26 @@ class PatchSource:
         self.rng = np.random.default_rng(seed)
         self.warp_stats = {"ok": 0, "redrawn": 0}
         self._compat: dict[str, Pipeline] = {}
-        cubes = [self._load(_volume_path(d_path, d), _volume_path(l_path, lab)) for d, lab in zip(d_files, l_files)]
+        cubes: list[Cube] = []
+        self.train_cubes, self.valid_cubes = cubes, []
+        try:
+            for d, lab in zip(d_files, l_files):
+                cubes.append(self._load(_volume_path(d_path, d), _volume_path(l_path, lab)))
+            self.in_memory = self._keep_in_memory(in_memory, cubes)
+            if self.in_memory:
+                for cube in cubes:
+                    for name in ("raw", "label"):
+                        view = getattr(cube, name)
+                        if isinstance(view, LazyView):
+                            with view:
+                                setattr(cube, name, view.read())
+            self._check_cubes(cubes, valid_cubes, cube_prios)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_cubes(self, cubes: list[Cube], valid_cubes: Sequence[int], cube_prios: Sequence[float] | None) -> None:
+        """Channel counts, the validation split and the sampling priorities of the cubes."""
         self.n_f = cubes[0].raw.shape[0]
         self.t_n_f = cubes[0].label.shape[0]
         for cube in cubes:
@@ -251,7 +277,7 @@ class PatchSource:
         if not self.train_cubes:
             raise ConfigError("every cube is a validation cube; leave at least one for training")
         prios = (np.asarray(cube_prios, dtype=np.float64) if cube_prios is not None
-                 else np.array([c.label.size for c in self.train_cubes], dtype=np.float64))
+                 else np.array([np.prod(c.label.shape) for c in self.train_cubes], dtype=np.float64))
         if len(prios) != len(self.train_cubes) or np.any(prios < 0) or prios.sum() <= 0:
             raise ConfigError(f"cube_prios needs {len(self.train_cubes)} non-negative weights (one per training "
                               f"cube), got {cube_prios}")
@@ -259,6 +285,17 @@ class PatchSource:
         if self.affinities and self.t_n_f != 1:
             raise ConfigError(f"affinities={self.affinities!r} needs one label channel of ids, the cubes have "
                               f"{self.t_n_f}")
+
+    def close(self) -> None:
+        """Closes the volume files of lazily read cubes (also on ``with`` exit)."""
+        for cube in self.train_cubes + self.valid_cubes:
+            cube.close()
+
+    def __enter__(self) -> PatchSource:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def _affinity_setup(self, affinities: bool | str, nhood: Any) -> tuple[str | None, np.ndarray | None]:
         """Checks the ``affinities`` option; returns it and the (z, y, x) neighbourhood."""
@@ -315,28 +352,35 @@ class PatchSource:
         return cls(patch_size=shape.spatial_shape, **kwargs)
 
     def _load(self, raw_entry: tuple[str, Region | None], label_entry: tuple[str, Region | None]) -> Cube:
-        raw_path, label_path = raw_entry[0], label_entry[0]
-        raw = _read(*raw_entry)
-        raw = raw.astype(np.float32) / np.float32(_grey_scale(raw.dtype))
-        label = _read(*label_entry)
-        raw = raw[(None,) * max(0, 4 - raw.ndim)] if raw.ndim >= 2 else raw  # (y, x) and (z, y, x) → (c, z, y, x)
-        if raw.ndim != 4:
-            raise ShapeError(f"{raw_path}: raw data must be (z, y, x) or (c, z, y, x), got shape {raw.shape}")
-        if self.mode == "img-scalar":
-            label = np.atleast_1d(label).reshape(-1)[:, None, None, None]
-            raw = self._border_treatment(raw, raw_path)
-            offset = (0, 0, 0)
-        else:
-            label = label[(None,) * max(0, 4 - label.ndim)] if label.ndim >= 2 else label
-            if label.ndim != 4:
-                raise ShapeError(f"{label_path}: labels must be (z, y, x) or (t, z, y, x), got shape {label.shape}")
-            offset = center_offset(raw.shape[1:], label.shape[1:])
-        if np.issubdtype(self.target_dtype, np.integer):
-            info = np.iinfo(self.target_dtype)
-            if label.size and (label.max() > info.max or label.min() < info.min):
-                raise ShapeError(f"{label_path}: label values [{label.min()}, {label.max()}] do not fit the target "
-                                 f"dtype {self.target_dtype}; choose a wider target dtype")
-        return Cube(raw, label.astype(self.target_dtype), offset, raw_path)
+        """The cube of one (raw, label) entry pair; img-img volumes as lazy views (see ``in_memory``)."""
+        raw = open_view(*raw_entry, ndim=4, grey=True)
+        if self.mode == "img-scalar":  # small cubes, kept in memory (border_mode pads them)
+            with raw:
+                image = self._border_treatment(raw.read(), raw.name)
+            label = cast_labels(_read_vector(*label_entry), self.target_dtype, label_entry[0])
+            return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name)
+        try:
+            label = open_view(*label_entry, ndim=4, dtype=self.target_dtype)
+        except BaseException:
+            raw.close()
+            raise
+        return Cube(raw, label, center_offset(raw.shape[1:], label.shape[1:]), raw.name)
+
+    def _keep_in_memory(self, in_memory: bool | str, cubes: list[Cube]) -> bool:
+        """Whether the cubes are read into memory: ``in_memory``, or for ``'auto'`` whether they
+        take at most :data:`AUTO_MEMORY_SHARE` of the available memory."""
+        if in_memory not in (True, False, "auto"):
+            raise ConfigError(f"in_memory must be True, False or 'auto', got {in_memory!r}")
+        if in_memory != "auto" or self.mode == "img-scalar":
+            return bool(in_memory) or self.mode == "img-scalar"
+        import psutil
+
+        need = sum(c.raw.size * 4 + c.label.size * self.target_dtype.itemsize for c in cubes)
+        available = psutil.virtual_memory().available
+        fits = need <= AUTO_MEMORY_SHARE * available
+        log.info("in_memory='auto': the cubes take %.3g GB, %.3g GB of memory are available: %s", need / 1e9,
+                 available / 1e9, "reading them into memory" if fits else "reading patches lazily")
+        return bool(fits)
 
     def _border_treatment(self, raw: np.ndarray, name: str) -> np.ndarray:
         """img-scalar: crop cubes to the patch size or pad those smaller than it."""
@@ -383,14 +427,14 @@ class PatchSource:
         m[:3] += np.outer(start, m0[3])
         return m
 
-    def _cut(self, array: np.ndarray, matrix: np.ndarray, out_shape, order: int, origin, step,
-             transform: Transform, margin: np.ndarray) -> np.ndarray:
-        """Warps the part of ``array`` the output grid can reach (read as a bounding box first)."""
+    def _cut(self, array: np.ndarray | LazyView, matrix: np.ndarray, out_shape, order: int, origin, step,
+             transform: Transform, margin: np.ndarray, channels: slice | list[int] = slice(None)) -> np.ndarray:
+        """Warps ``channels`` of the part of ``array`` the output grid can reach (read as a bounding box first)."""
         hi_grid = np.asarray(origin, dtype=np.float64) + (np.asarray(out_shape) - 1) * np.asarray(step)
         lo, hi = source_bounds(matrix, origin, hi_grid, margin)
         start = np.clip(np.floor(lo + 1e-6).astype(np.int64), 0, None)
         stop = np.minimum(np.ceil(hi - 1e-6).astype(np.int64) + 2, array.shape[1:])
-        region = array[(slice(None), *(slice(a, b) for a, b in zip(start, stop)))]
+        region = array[(channels, *(slice(a, b) for a, b in zip(start, stop)))]
         shifted = matrix.copy()
         shifted[:3] -= np.outer(start, matrix[3])
         return warp(region, shifted, out_shape, order=order, origin=origin, step=step,
@@ -426,8 +470,8 @@ class PatchSource:
         target = np.empty((self.t_n_f, *t_shape), dtype=self.target_dtype)
         for order, channels in ((0, sorted(discrete)), (1, [c for c in range(self.t_n_f) if c not in discrete])):
             if channels:
-                target[channels] = self._cut(cube.label[channels], lab_matrix, t_shape, order, self.offsets, t_step,
-                                             transform, margin)
+                target[channels] = self._cut(cube.label, lab_matrix, t_shape, order, self.offsets, t_step,
+                                             transform, margin, channels)
         return img, target
 
     def _allocbatch(self, batch_size: int, force_dense: bool = False) -> list[np.ndarray]:
@@ -511,7 +555,7 @@ class PatchSource:
     def __repr__(self) -> str:
         return (f"PatchSource({self.mode}, patch {self.patch_size}, offsets {self.offsets}, strides {self.strides}, "
                 f"{len(self.train_cubes)} train / {len(self.valid_cubes)} valid cubes, n_f={self.n_f}, "
-                f"t_n_f={self.t_n_f}, augmenters={len(self.pipeline)})")
+                f"t_n_f={self.t_n_f}, augmenters={len(self.pipeline)}, in_memory={self.in_memory})")
 
 
 def elektronn2_pipeline(warp: bool | float = False, warp_args: dict[str, Any] | None = None,

@@ -40,8 +40,8 @@ import numpy as np
 
 from ekn_core.errors import ConfigError, ShapeError
 from ekn_core.shapes import SPATIAL_TAGS, TaggedShape
-from ekn_core.volumes import VolumeBase
-from ekn_plugins.data.patches import _grey_scale, _volume_path
+from ekn_plugins.data.lazy import LazyView, open_view
+from ekn_plugins.data.patches import _volume_path
 from ekn_plugins.utils.model_agent import layout, patch_shape_of
 from ekn_plugins.utils.skeleton import TubeSkeleton, frame, sample_patch, tracing_target
 
@@ -97,57 +97,13 @@ def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple
     return found
 
 
-class GreyVolume(VolumeBase):
-    """A ``(z, y, x)`` region of a volume as the agent sees it, read lazily: each read returns
-    float32 with integer grey values scaled to [0, 1] (unsigned integers by their dtype's maximum,
-    signed ones by 255, as :class:`~ekn_plugins.data.patches.PatchSource` does; floats unchanged).
-
-    Only the requested box is read (and scaled), so volumes larger than memory (KNOSSOS, big
-    HDF5 / zarr) cost memory per patch, not per volume.
-
-    Args:
-        volume: ``(z, y, x)`` or ``(1, z, y, x)`` array or lazy volume (:func:`~ekn_core.volumes.open_volume`).
-        region: ``((z0, y0, x0), (z1, y1, x1))`` to see only that part (index 0 is ``(z0, y0, x0)``).
-        name: Name in error messages.
-
-    Example:
-        >>> view = GreyVolume(np.arange(60, dtype=np.uint8).reshape(3, 4, 5), region=((1, 0, 2), (3, 4, 5)))
-        >>> view.shape, view.dtype, view[0:1, 0:1, 0:2] * 255
-        ((2, 4, 3), dtype('float32'), array([[[22., 23.]]], dtype=float32))
-    """
-
-    axes = "zyx"
-
-    def __init__(self, volume: Any, region: Any = None, name: str = "volume"):
-        shape = tuple(int(s) for s in volume.shape)
-        if not (len(shape) == 3 or len(shape) == 4 and shape[0] == 1):
-            raise ShapeError(f"{name}: a tracing volume must be (z, y, x) or (1, z, y, x), got shape {shape}")
-        lo, hi = (np.zeros(3, np.int64), np.asarray(shape[-3:])) if region is None else np.asarray(region, np.int64)
-        if np.any(hi > shape[-3:]):
-            raise ShapeError(f"{name}: region {region} does not fit into the volume's spatial shape {shape[-3:]}")
-        self.volume, self.start, self.channel = volume, lo, len(shape) == 4
-        self.shape, self.dtype = tuple(int(n) for n in hi - lo), np.dtype(np.float32)
-        self.scale = np.float32(_grey_scale(np.dtype(volume.dtype)))
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        index = index if isinstance(index, tuple) else (index,)
-        if len(index) != 3 or not all(isinstance(i, slice) and i.step in (None, 1) for i in index):
-            raise IndexError(f"a GreyVolume is read by three slices (z, y, x) of step 1, got {index!r}")
-        box = tuple(slice(a + o, max(a, b) + o) for (a, b, _), o in
-                    zip((i.indices(n) for i, n in zip(index, self.shape)), self.start))
-        raw = self.volume[(0, *box)] if self.channel else self.volume[box]
-        return np.asarray(raw, dtype=np.float32) / self.scale
-
-
-def _open_volume(entry: Any, d_path: str | None, index: int) -> tuple[GreyVolume, np.ndarray]:
-    """``(lazy float32 view of the volume, region start)`` of one ``volumes`` entry."""
+def _open_volume(entry: Any, d_path: str | None, index: int) -> tuple[LazyView, np.ndarray]:
+    """``(lazy (z, y, x) float32 grey-value view of the volume, region start)`` of one ``volumes`` entry."""
     if hasattr(entry, "shape") and hasattr(entry, "__getitem__"):
-        return GreyVolume(entry, name=f"volume {index}"), np.zeros(3)
-    from ekn_core.volumes import open_volume
-
+        return LazyView(entry, ndim=3, grey=True, name=f"volume {index}"), np.zeros(3)
     path, region = _volume_path(d_path, entry)
     start = np.zeros(3) if region is None else np.asarray(region[0], dtype=np.float64)
-    return GreyVolume(open_volume(path), region, path), start
+    return open_view(path, region, ndim=3, grey=True), start
 
 
 def _turned(direction: np.ndarray, max_angle: float, rng: np.random.Generator) -> np.ndarray:
@@ -182,7 +138,7 @@ class TracingData:
             any ekn reader opens (``'file.h5:raw'``, zarr, KNOSSOS ``.k.toml``) or ``(file, key)`` /
             ``(file, key, ((z0, y0, x0), (z1, y1, x1)))`` entries relative to ``d_path`` (only
             that region is used; skeletons are then shifted by its start). Volumes stay lazy:
-            each patch reads only its bounding box (:class:`GreyVolume`).
+            each patch reads only its bounding box (:class:`~ekn_plugins.data.lazy.LazyView`).
         skeletons: One entry per volume: a :class:`~ekn_plugins.utils.skeleton.TubeSkeleton`,
             an NML / ``.k.zip`` file (every tree with an edge; KNOSSOS (x, y, z) node positions
             and radii), or a list of those; coordinates are the volume's voxels.
@@ -202,7 +158,7 @@ class TracingData:
         seed: Seed of the source's own random generator (``getbatch`` may be given one).
 
     Attributes:
-        volumes: The volumes as the agent sees them (lazy float32 :class:`GreyVolume` views;
+        volumes: The volumes as the agent sees them (lazy float32 :class:`~ekn_plugins.data.lazy.LazyView` views;
             give the Tracer the same).
         voxel_size: ``(aniso_factor, 1, 1)``.
         tracks: Every skeleton (:class:`Track`), in physical units.
@@ -409,6 +365,17 @@ class TracingData:
         """Shapes and dtypes of what :meth:`getbatch` returns."""
         shape = layout(np.zeros((batch_size, *self.patch_shape), np.float32), self.input_shape).shape
         return [(shape, np.dtype(np.float32)), ((batch_size, 3), np.dtype(np.float32))]
+
+    def close(self) -> None:
+        """Closes the volume files the source opened (also on ``with`` exit)."""
+        for volume in self.volumes:
+            volume.close()
+
+    def __enter__(self) -> TracingData:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(patch {self.patch_shape}, spacing {self.spacing:g}, voxel size "
