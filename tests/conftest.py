@@ -58,14 +58,13 @@ def _reset_ekn_logger():
 
 @pytest.fixture
 def scratch_model():
-    """A fresh current model (seed 3) with a unique name; it and the models derived from it
-    (``<name>...``, e.g. one-step rebuilds) are removed afterwards."""
+    """A fresh current model with a unique name; it and the models derived from it (``<name>...``,
+    e.g. one-step rebuilds) are removed afterwards."""
     import uuid
 
-    from ekn_core.node import model_manager, set_seed
+    from ekn_core.node import model_manager
 
-    set_seed(3)
-    model = model_manager.newmodel(f"rnn-{uuid.uuid4().hex[:8]}")
+    model = model_manager.newmodel(f"t-{uuid.uuid4().hex[:8]}")
     yield model
     for name in [n for n in model_manager.models if n.startswith(model.name)]:
         model_manager.remove(name)

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_layers_reference import fresh_model
 
 import ekn_core.neuromancer as nm
 from ekn_core.node import GraphFunction, Node, model_manager, set_compile_mode
@@ -135,11 +134,8 @@ def check_graph(build: Callable[..., Any], inputs: dict[str, tuple], overrides: 
 
 
 @pytest.fixture(autouse=True)
-def _model():
-    model = fresh_model("conf")
-    yield model
-    for name in [n for n in model_manager.models if n.startswith(model.name)]:
-        model_manager.remove(name)
+def _model(scratch_model):
+    return scratch_model
 
 
 def _builtin(name: str) -> bool:

@@ -20,7 +20,6 @@ from ekn_core.plugins import registry  # noqa: E402
 from ekn_plugins.losses import functional as F  # noqa: E402
 from ekn_plugins.losses import nodes as N  # noqa: E402
 from test_layers_conformance import check_graph  # noqa: E402
-from test_layers_reference import fresh_model  # noqa: E402
 from test_losses import finite_difference_check, np_log_softmax, np_one_hot  # noqa: E402
 
 RNG = np.random.default_rng(23)
@@ -33,11 +32,8 @@ def assert_close(a, b, tol=1e-6):
 
 
 @pytest.fixture(autouse=True)
-def _model():
-    model = fresh_model("lossmore")
-    yield model
-    for name in [n for n in model_manager.models if n.startswith(model.name)]:
-        model_manager.remove(name)
+def _model(scratch_model):
+    return scratch_model
 
 
 # ---- BetaNLL -------------------------------------------------------------------------------------

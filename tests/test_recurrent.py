@@ -12,12 +12,13 @@ import pytest
 from test_layers_reference import ATOL, gradient_check
 
 import ekn_core.neuromancer as nm
-from ekn_core.node import model_manager
+from ekn_core.node import model_manager, set_seed
 from ekn_plugins.layers.recurrent import one_step_model
 
 
 @pytest.fixture(autouse=True)
 def _model(scratch_model):
+    set_seed(3)
     return scratch_model
 
 

@@ -8,7 +8,7 @@ from test_layers_reference import fresh_model
 
 import ekn_core.neuromancer as nm
 from ekn_core.errors import ConfigError, ShapeError
-from ekn_core.node import model_manager
+from ekn_core.node import model_manager, set_seed
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.utils.model_agent import ModelAgent, layout
 from ekn_plugins.utils.skeleton import frame, sample_patch
@@ -17,6 +17,7 @@ from ekn_plugins.utils.tracing import Tracer
 
 @pytest.fixture(autouse=True)
 def _model(scratch_model):
+    set_seed(3)
     return scratch_model
 
 LAYOUTS = [  # input shape, tags, patch shape, the manual numpy layout of patches (n, *patch)

@@ -149,12 +149,17 @@ def make_data_source(data_class: Any, input_node: Any, target_node: Any, kwargs:
     return make(input_node, target_node, **kwargs)
 
 
-def _takes_rng(method: Any) -> bool:
+def _keyword_names(method: Any) -> frozenset[str]:
+    """Names of ``method``'s parameters (``'**'`` when it takes arbitrary keywords); empty when the
+    signature cannot be read."""
     try:
         params = inspect.signature(method).parameters
     except (TypeError, ValueError):
-        return False
-    return "rng" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        return frozenset()
+    names = set(params)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        names.add("**")
+    return frozenset(names)
 
 
 class Trainer:
@@ -379,7 +384,9 @@ class Trainer:
         cfg = self.config
         self.data = make_data_source(cfg.data_class, self.model.input_node, self.model.target_node,
                                      dict(cfg.data_init_kwargs))
-        self._data_takes_rng = _takes_rng(self.data.getbatch)
+        #: ``getbatch``'s keyword names, read once: which of rng, monitor, force_dense it takes.
+        self._batch_keywords = _keyword_names(self.data.getbatch)
+        self._data_takes_rng = bool({"rng", "**"} & self._batch_keywords)
         self._background: Any = None
         log.info("data: %r", self.data)
         if self._data_feedback:
@@ -445,7 +452,7 @@ class Trainer:
         else:
             kwargs = dict(self.config.data_batch_args)
             rng = self._rng(stream or source, step)
-            if stream is not None and "monitor" in inspect.signature(self.data.getbatch).parameters:
+            if stream is not None and "monitor" in self._batch_keywords:
                 kwargs["monitor"] = True  # a monitor batch: a stateful source leaves its training state alone
             if self._data_takes_rng:
                 kwargs["rng"] = rng
@@ -468,8 +475,7 @@ class Trainer:
         from ekn_core.trainer.checkpoint import capture_host_rng, restore_host_rng
 
         kwargs = dict(self.config.data_batch_args)
-        params = inspect.signature(self.data.getbatch).parameters
-        dense = "force_dense" in params
+        dense = "force_dense" in self._batch_keywords
         if dense:
             kwargs["force_dense"] = True
         rng = self._rng("train", self.step)
