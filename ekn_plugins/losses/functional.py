@@ -549,17 +549,23 @@ def scores_from_confusion(matrix: Any) -> dict[str, np.ndarray]:
     """Per-class ``precision``, ``recall``, ``f1``, ``iou`` and overall ``accuracy`` (numpy; classes
     without any target or prediction give NaN).
 
+    ``matrix`` is ``(n, n)`` (rows: target class, columns: predicted class) or a stack
+    ``(..., n, n)`` of such matrices, e.g. one per threshold; the scores then have the leading
+    axes too.
+
     Example:
         >>> s = scores_from_confusion(np.array([[3, 1], [0, 4]]))
         >>> s["precision"].tolist(), s["recall"].tolist(), float(s["accuracy"])
         ([1.0, 0.8], [0.75, 1.0], 0.875)
+        >>> scores_from_confusion(np.array([[[3, 1], [0, 4]], [[4, 0], [2, 2]]]))["accuracy"].tolist()
+        [0.875, 0.75]
     """
     m = np.asarray(matrix, dtype=float)
-    tp = np.diag(m)
-    predicted, actual = m.sum(0), m.sum(1)
+    tp = np.diagonal(m, axis1=-2, axis2=-1)
+    predicted, actual = m.sum(-2), m.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision, recall = tp / predicted, tp / actual
         f1 = 2 * tp / (predicted + actual)
         iou = tp / (predicted + actual - tp)
-        accuracy = tp.sum() / m.sum()
+        accuracy = tp.sum(-1) / m.sum((-2, -1))
     return {"precision": precision, "recall": recall, "f1": f1, "iou": iou, "accuracy": np.float64(accuracy)}

@@ -1,0 +1,9 @@
+"""Evaluation of trained models on labelled volumes (ELEKTRONN2's ``trainutils.evaluate`` family and
+its watershed segmentation search).
+
+* :mod:`~ekn_plugins.evaluation.binary`: threshold sweeps of a boundary/foreground probability
+  against binary labels, summed block by block (PR and ROC curves, F1, accuracy), and their figures;
+* :mod:`~ekn_plugins.evaluation.segmentation`: segmentations from boundary probabilities or
+  affinities, scored against ground-truth neuron ids (variation of information, adapted Rand error),
+  and the search for the segmentation parameters that score best.
+"""
