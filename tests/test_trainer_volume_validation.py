@@ -6,6 +6,7 @@ change training by drawing random numbers."""
 import logging
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -55,18 +56,19 @@ def _assert_same_weights(a, b):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A: 16 steps; B: 8 steps, then resumed to 16. Volume validation every 4 steps on the
-    validation cube, monitor_metric volume_f1."""
+    validation cube with its object ids, monitor_metric volume_vi."""
     from ekn_plugins.data.synth import write_dataset
 
     root = tmp_path_factory.mktemp("volval")
     data = str(root / "data")
     files = write_dataset(data, n_volumes=3, shape=(10, 64, 64), label_margin=(2, 8, 8), seed=0)
     os.environ["EKN_TEST_DATA"] = data
-    spec = {"every": 4, "volumes": [{"raw": files[2]["raw"], "labels": files[2]["barrier"], "name": "cube2"}],
-            "metrics": ["pixel_error", "f1"]}
+    spec = {"every": 4, "volumes": [{"raw": files[2]["raw"], "labels": files[2]["barrier"], "ids": files[2]["ids"],
+                                     "name": "cube2"}],
+            "metrics": ["pixel_error", "f1", "vi", "adapted_rand_error"]}
     common = ["history_freq=2", "preview_freq=None", "plot_on=False", "tensorboard=False", "batch_picture=False",
-              "optimiser_params.lr=0.03", "schedules={}", f"volume_validation={spec!r}", "monitor_metric='volume_f1'"]
-    snapshots = Snapshots("volume_f1")
+              "optimiser_params.lr=0.03", "schedules={}", f"volume_validation={spec!r}", "monitor_metric='volume_vi'"]
+    snapshots = Snapshots("volume_vi")
     host().register(snapshots)
     logger = logging.getLogger("ekn")
     level = logger.level
@@ -88,51 +90,56 @@ def test_validation_runs_at_its_steps_into_history_and_log(runs):
     assert measured == [4, 8, 12, 16] and h["step"].tolist() == list(range(2, 17, 2))
     assert np.all(h["volume_seconds"][np.isfinite(h["volume_f1"])] > 0)
     header = open(trainer.run_dir.history_csv).readline().strip().split(",")
-    assert {"volume_pixel_error", "volume_f1", "volume_f1_c0", "volume_f1_c1", "volume_seconds"} <= set(header)
+    assert {"volume_pixel_error", "volume_f1", "volume_f1_c0", "volume_f1_c1", "volume_vi", "volume_adapted_rand_error",
+            "volume_seconds", "volume_segmentation_seconds"} <= set(header)
     assert "metrics.png" in [os.path.basename(p) for p in trainer.plot()]  # the plugin's metrics get a plot
     log_text = open(trainer.run_dir.log).read()
-    assert "validation on whole volumes every 4 steps: cube2; metrics pixel_error, f1" in log_text
+    assert "validation on whole volumes every 4 steps: cube2; metrics pixel_error, f1, vi, adapted_rand_error" \
+        in log_text
     for step in (4, 8, 12, 16):
-        assert f"validation on whole volumes at step {step} (" in log_text
+        assert re.search(rf"validation on whole volumes at step {step} \(\S+ s, segmentation \S+ s\): .*volume_vi=",
+                         log_text)
 
 
 def test_metrics_equal_an_independent_evaluation_of_the_final_weights(runs):
     from sklearn.metrics import f1_score
 
     from ekn_core.prediction import predict_dense
-    from ekn_core.volumes import open_volume
+    from ekn_plugins.evaluation.segmentation import segmentation_scores, watershed_segmentation
+    from prediction_testnets import read_volume
 
-    with open_volume(runs["files"]["raw"]) as vol:
-        raw = np.asarray(vol[...])
-    with open_volume(runs["files"]["barrier"]) as vol:
-        labels = np.asarray(vol[...])
+    raw, labels, ids = (read_volume(runs["files"][k]) for k in ("raw", "barrier", "ids"))
     whole = predict_dense(runs["A"].model.prediction_node, raw)      # the 2-D net slice by slice, valid
     start = (np.array(raw.shape) - whole.shape[1:]) // 2
     off = (np.array(raw.shape) - labels.shape) // 2
     lo, hi = np.maximum(start, off), np.minimum(start + whole.shape[1:], off + labels.shape)
-    cls = whole[(slice(None), *(slice(a - s, b - s) for a, b, s in zip(lo, hi, start)))].argmax(0).ravel()
-    lab = labels[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, off))].ravel()
+    pred = whole[(slice(None), *(slice(a - s, b - s) for a, b, s in zip(lo, hi, start)))]
+    box = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, off))
+    cls, lab = pred.argmax(0).ravel(), labels[box].ravel()
     last = runs["A"].history.history.last()
     assert last["step"] == 16
     assert last["volume_pixel_error"] == pytest.approx(np.mean(cls != lab), abs=2e-4)
     assert last["volume_f1"] == pytest.approx(f1_score(lab, cls), abs=1e-3)
+    scores = segmentation_scores(ids[box], watershed_segmentation(pred[1]))  # the default watershed parameters
+    assert last["volume_vi"] == pytest.approx(scores["vi"], abs=1e-3)
+    assert last["volume_adapted_rand_error"] == pytest.approx(scores["adapted_rand_error"], abs=1e-3)
 
 
 def test_best_model_is_the_one_with_the_best_volume_metric(runs):
     from ekn_core.persistence import read_model_file
 
     h = runs["A"].history.history
-    f1 = h["volume_f1"]
-    best_step = int(h["step"][np.nanargmax(f1)])
-    assert best_step != 16, "the case needs a best step before the end"
-    assert runs["A"].best_valid == pytest.approx(np.nanmax(f1))
+    vi = h["volume_vi"]
+    best_step = int(h["step"][np.nanargmin(vi)])
+    assert best_step not in (4, 16), "the case needs a best step after the first and before the end"
+    assert runs["A"].best_valid == pytest.approx(np.nanmin(vi))
     _assert_same_weights(runs["snapshots"][best_step], read_model_file(runs["A"].run_dir.model_path("best")).weights)
 
 
 def test_resumed_run_with_volume_validation_equals_the_uninterrupted_one(runs):
     a, b = runs["A"], runs["B"]
     _assert_same_weights(a.model.get_param_values(), b.model.get_param_values())
-    for column in ("volume_pixel_error", "volume_f1", "valid_loss"):
+    for column in ("volume_pixel_error", "volume_f1", "volume_vi", "volume_adapted_rand_error", "valid_loss"):
         np.testing.assert_allclose(b.history.history[column], a.history.history[column], atol=1e-6, err_msg=column)
     assert b.best_valid == pytest.approx(a.best_valid)
 

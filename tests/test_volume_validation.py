@@ -96,16 +96,22 @@ def volumes(tmp_path):
     return out
 
 
-def _brute_force(net, raw, labels, pad, region=None):
-    """(labels, predicted classes) of every evaluated voxel, from one dense prediction."""
+def _dense_box(net, raw, labels, pad, region=None):
+    """(prediction, labels) of the evaluated box, from one dense prediction of the whole raw volume."""
     whole = predict_dense(net, raw, pad_raw=pad)
     start = (np.array(raw.shape) - np.array(whole.shape[1:])) // 2  # output voxel i is raw voxel start + i
     off = (np.array(raw.shape) - np.array(labels.shape)) // 2
     lo, hi = np.maximum(start, off), np.minimum(start + whole.shape[1:], off + labels.shape)
     if region is not None:
         lo, hi = np.maximum(lo, region[0]), np.minimum(hi, region[1])
-    cls = whole[(slice(None), *(slice(a - s, b - s) for a, b, s in zip(lo, hi, start)))].argmax(0)
-    lab = labels[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, off))]
+    return (whole[(slice(None), *(slice(a - s, b - s) for a, b, s in zip(lo, hi, start)))],
+            labels[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, off))])
+
+
+def _brute_force(net, raw, labels, pad, region=None):
+    """(labels, predicted classes) of every evaluated voxel, from one dense prediction."""
+    pred, lab = _dense_box(net, raw, labels, pad, region)
+    cls = pred.argmax(0)
     keep = (lab >= 0) & (lab != 7)
     return lab[keep], cls[keep]
 
@@ -154,6 +160,13 @@ def test_mse_and_threshold_compare_each_output_channel(tmp_path, volumes):
                                    1)).check(model)
 
 
+def _assert_messages(found, expected):
+    """``found`` holds one message per part of ``expected``, in order, each about volume_validation."""
+    assert len(found) == len(expected), found
+    for message, part in zip(found, expected):
+        assert part in message and message.startswith("volume_validation"), (message, part)
+
+
 def test_bad_settings_give_one_message_per_mistake():
     found = problems({"every": 15, "volumes": [{"raw": "a.h5:raw", "label": "a.h5:lab", "region": ((0, 0), (1, 1))},
                                                "b.h5"],
@@ -168,9 +181,7 @@ def test_bad_settings_give_one_message_per_mistake():
                 "pad must be True or False, got 'yes'",
                 "patch must be None (the training patch)",
                 "memory_budget must be a positive number of bytes"]
-    assert len(found) == len(expected), found
-    for message, part in zip(found, expected):
-        assert part in message and message.startswith("volume_validation"), (message, part)
+    _assert_messages(found, expected)
     assert problems(None, 0) == [] and problems({"volumes": [{"raw": "a", "labels": "b"}]}, 0) == [
         "volume_validation runs at the monitoring evaluations: history_freq must be > 0, got 0"]
     with pytest.raises(ConfigError, match="must be None or a dict"):
@@ -248,3 +259,101 @@ def test_a_failed_validation_is_logged_and_training_goes_on(caplog, error, trace
         assert ekn_validation_metrics(trainer, 4) is None
     assert "validation on whole volumes at step 4 failed" in caplog.text
     assert ("Traceback" in caplog.text) == traceback and str(error) in caplog.text
+
+
+def _object_ids(shape, seed, background):
+    """Ground-truth ids: columns of 6 x 6 voxels in (y, x), split in z, with a share ``background``
+    of random voxels 0 (not scored)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape)
+    ids = 1 + (y // 6) * 10 + x // 6 + 100 * (z >= rng.integers(1, shape[0]))
+    return np.where(rng.random(shape) < background, 0, ids).astype(np.uint32)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_segmentation_metrics_equal_an_independent_segmentation(tmp_path, volumes, pad):
+    """Two volumes with ids (one cut to a region) and one without: the segmentation metrics are the
+    voxel-weighted mean of the scores of each volume's box, segmented from one dense prediction;
+    the class metrics count all three volumes."""
+    from ekn_plugins.evaluation.segmentation import WatershedParams, segmentation_scores, watershed_segmentation
+    from ekn_plugins.validation.spec import SEGMENTATION_METRICS
+
+    region = ((3, 0, 0), (8, 30, 37))
+    ids = [_object_ids(volumes[i][1].shape, i, background) for i, background in enumerate((0.05, 0.5))]
+    entries = [{"raw": volumes[0][2], "labels": volumes[0][3], "ids": _write(tmp_path / "ids0.h5", "ids", ids[0]),
+                "region": region},
+               {"raw": volumes[1][2], "labels": volumes[1][3], "ids": _write(tmp_path / "ids1.h5", "ids", ids[1])},
+               {"raw": volumes[1][2], "labels": volumes[0][3], "name": "no_ids"}]
+    segmentation = {"threshold": 0.35, "min_size": 4}
+    spec = parse_spec({"volumes": entries, "metrics": ["pixel_error", *SEGMENTATION_METRICS], "ignore_label": 7,
+                       "pad": pad, "memory_budget": "1M", "segmentation": segmentation}, history_freq=10)
+    model = SimpleNamespace(prediction_node=make_net())
+    validator = VolumeValidator(spec)
+    validator.check(model)
+    result = validator.run(model)
+    net, params = model.prediction_node, WatershedParams(**segmentation)
+    per_volume = []
+    for (raw, *_), truth, r in zip(volumes, ids, [region, None]):
+        pred, box = _dense_box(net, raw / np.float32(255), truth, pad, r)
+        per_volume.append((segmentation_scores(box, watershed_segmentation(pred[1], params)), np.count_nonzero(box)))
+    weights = np.array([n for _, n in per_volume], float)
+    for name in SEGMENTATION_METRICS:
+        scores = np.array([s[name] for s, _ in per_volume])
+        assert result[f"volume_{name}"] == pytest.approx(scores @ weights / weights.sum(), rel=1e-9, abs=1e-12), name
+    vi = [s["vi"] for s, _ in per_volume]
+    assert min(vi) > 0.1 and abs(np.mean(vi) - result["volume_vi"]) > 0.01, "the case must tell the weighting"
+    assert result["volume_segmentation_seconds"] > 0
+    parts = [_brute_force(net, raw / np.float32(255), lab, pad, r)
+             for (raw, lab), r in zip([volumes[0][:2], volumes[1][:2], (volumes[1][0], volumes[0][1])],
+                                      [region, None, None])]
+    y_true, y_pred = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    assert result["volume_pixel_error"] == pytest.approx(np.mean(y_true != y_pred), rel=1e-12)
+
+
+def test_segmentation_setting_mistakes(tmp_path, volumes, monkeypatch):
+    from ekn_core.trainer.config import ExperimentConfig
+    from ekn_plugins.validation import segmentation_metrics
+
+    found = problems({"volumes": [{"raw": "a.h5:raw", "labels": "a.h5:lab"}], "metrics": ["vi", "f1"],
+                      "segmentation": {"treshold": 0.3, "threshold": 0.4, "mask_threshold": 0.2, "min_size": 0},
+                      "boundary_channel": -1}, history_freq=10)
+    expected = ["metrics vi score the segmentation against ground-truth object ids: add 'ids'",
+                "segmentation: unknown key 'treshold' (did you mean 'threshold'?)",
+                "segmentation mask_threshold (0.2) must be at least threshold (0.4)",
+                "segmentation min_size must be a whole number of voxels >= 1, got 0",
+                "boundary_channel must be None (1 for a 2-channel softmax"]
+    _assert_messages(found, expected)
+    assert problems({"volumes": [{"raw": "a.h5:raw", "labels": "a.h5:lab", "ids": 3}], "segmentation": [0.3]}, 1) \
+        == ["volume_validation volumes[0] needs 'ids': a volume path such as 'val.h5:ids', got 3",
+            "volume_validation segmentation must be a dict of watershed parameters such as {'threshold': 0.3, "
+            "'min_size': 50}, got [0.3]"]
+    # at training start: the boundary channel, the ids' layout and the memory for the box
+    raw, labels, raw_path, lab_path = volumes[0]
+    model = SimpleNamespace(prediction_node=make_net())   # 2 output channels
+
+    def check(boundary_channel=None, ids=labels.astype(np.uint16)):
+        entry = {"raw": raw_path, "labels": lab_path, "ids": _write(tmp_path / "ids.h5", "ids", ids), "name": "v1"}
+        spec = parse_spec({"volumes": [entry], "metrics": ["adapted_rand_error"],
+                           "boundary_channel": boundary_channel}, 1)
+        VolumeValidator(spec).check(model)
+
+    check(boundary_channel=0)
+    with pytest.raises(ConfigError, match=r"boundary_channel 2 does not exist: the net has 2 output channel\(s\)"):
+        check(boundary_channel=2)
+    with pytest.raises(ConfigError, match=r"volume 'v1': ids must be one \(z, y, x\) volume of the labels' size "
+                                          r"\(7, 33, 29\).*got shape \(1, 7, 33, 28\)"):
+        check(ids=labels[..., 1:].astype(np.uint16))
+    with pytest.raises(ConfigError, match="volume 'v1': ids must hold integer object ids, got dtype float32"):
+        check(ids=labels.astype(np.float32))
+    monkeypatch.setattr(segmentation_metrics, "BYTES_PER_VOXEL", 2**50)
+    with pytest.raises(ConfigError, match=r"volume 'v1': segmenting its evaluated box \(7, 27, 23\) needs about "
+                                          r".* GiB of memory are available; evaluate a part with 'region'"):
+        check()
+    with pytest.raises(ConfigError, match="the net has 3 output channels; set 'boundary_channel'"):
+        segmentation_metrics.boundary_channel(3, None)
+    # monitor_metric may name a segmentation metric; lower is better
+    path = tmp_path / "exp.py"
+    path.write_text("data_class = 'MNISTData'\nn_steps = 10\nmodel_load_path = 'm.mdl'\nhistory_freq = 5\n"
+                    "volume_validation = {'volumes': [{'raw': 'v.h5:raw', 'labels': 'v.h5:lab', 'ids': 'v.h5:ids'}], "
+                    "'metrics': ['vi']}\n")
+    assert ExperimentConfig.from_file(str(path), ["monitor_metric='volume_vi'"]).monitored() == ("volume_vi", "min")

@@ -156,7 +156,8 @@ SETTINGS: dict[str, Setting] = {
     "monitor_mode": Setting(None, "'min' or 'max': whether a smaller or a larger monitor_metric is better; "
                             "None: the metric's own direction (losses and errors 'min', F1 'max').", "ekn"),
     "volume_validation": Setting(None, "Validation on whole labelled volumes: every N steps dense prediction and "
-                                 "metrics (pixel error, F1, IoU, MSE) as history columns volume_*; a dict, see "
+                                 "metrics (pixel error, F1, IoU, MSE; with ids VI and adapted Rand error of a watershed "
+                                 "segmentation) as history columns volume_*; a dict, see "
                                  "'Validation on whole volumes' in docs/training.md.", "ekn"),
     # -- hardware -------------------------------------------------------------------------------------
     "device": Setting(None, "GPU to use: None (default device), an int, 'auto' (GPU with most free memory) "

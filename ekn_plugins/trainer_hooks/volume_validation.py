@@ -5,7 +5,8 @@ when the config is read (``ekn_check_config``), names its metrics for ``monitor_
 (``ekn_history_metrics``), opens and checks every volume when training starts, and at each
 evaluation whose step is a multiple of ``every`` predicts the volumes and returns the metrics
 (``ekn_validation_metrics``): they become history columns ``volume_*`` (with ``volume_seconds``,
-the time the validation took), reach TensorBoard, and are logged. A validation that fails later
+the time the validation took, and with segmentation metrics ``volume_segmentation_seconds``, the
+part of it spent segmenting), reach TensorBoard, and are logged. A validation that fails later
 (say, a volume became unreadable) is logged as an error and leaves its columns empty; training
 goes on.
 
@@ -91,6 +92,8 @@ def ekn_validation_metrics(trainer: Any, step: int) -> dict[str, float] | None:
         return None
     seconds = time.perf_counter() - t0
     shown = {k: v for k, v in metrics.items() if k.removeprefix("volume_") in validator.spec.metrics}
-    log.info("validation on whole volumes at step %d (%.1f s): %s", step, seconds,
+    segmenting = metrics.get("volume_segmentation_seconds")
+    log.info("validation on whole volumes at step %d (%.1f s%s): %s", step, seconds,
+             "" if segmenting is None else f", segmentation {segmenting:.1f} s",
              ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
     return {**metrics, "volume_seconds": seconds}

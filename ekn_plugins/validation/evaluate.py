@@ -12,6 +12,11 @@ only voxels whose whole field of view lies inside the raw volume are evaluated (
 convolutions loses ``fov // 2`` voxels at each border); with ``pad`` the raw volume is mirrored at
 its borders, as ``ekn predict`` does.
 
+Segmentation metrics (``vi``, ``adapted_rand_error``, ...) need the whole evaluated box at once:
+for a volume with ``ids`` the boundary channel of every block is copied into one float32 array of
+the box (:class:`~ekn_plugins.validation.segmentation_metrics.BoundaryBox`), which is segmented and
+scored against the ids once the volume is predicted.
+
 Example:
     >>> evaluation_roi((20, 64, 64), (10, 48, 48))                          # labels centred in raw
     ((5, 8, 8), (15, 56, 56))
@@ -22,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +40,7 @@ from ekn_core.prediction.tiling import Shape
 from ekn_plugins.data.image import center_offset
 from ekn_plugins.data.patches import Region
 from ekn_plugins.validation.metrics import MetricSums, label_ids, predicted_classes
+from ekn_plugins.validation.segmentation_metrics import BoundaryBox, boundary_channel, check_memory
 from ekn_plugins.validation.spec import CLASS_METRICS, ValidationVolume, VolumeValidationSpec
 
 
@@ -117,20 +124,37 @@ def _predictions(net: Any, volume: Any, plan: Plan) -> Iterator[tuple[Shape, Sha
 
 
 @contextlib.contextmanager
-def _opened(volume: ValidationVolume) -> Iterator[tuple[Any, Any]]:
-    """The raw and label volumes, channels first."""
+def _opened(volume: ValidationVolume, with_ids: bool) -> Iterator[tuple[Any, Any, Any]]:
+    """The raw, label and (``with_ids`` and given, else None) ids volumes, channels first."""
     from ekn_core.volumes import open_volume
 
     with contextlib.ExitStack() as stack:
         views = []
-        for what in ("raw", "labels"):
+        for what in ("raw", "labels", "ids"):
             path = getattr(volume, what)
+            if what == "ids" and not (with_ids and path):
+                views.append(None)
+                continue
             try:
                 views.append(as_channel_volume(stack.enter_context(open_volume(path))))
             except Exception as err:  # any reader's error: name the volume and the setting
                 raise ConfigError(f"volume_validation volume {volume.name!r}: cannot read {what} {path!r}: "
                                   f"{type(err).__name__}: {err}") from err
-        yield views[0], views[1]
+        yield tuple(views)
+
+
+def _window(lo: Shape, hi: Shape, offset: Shape) -> tuple[slice, ...]:
+    """All channels of the box ``lo .. hi`` (raw coordinates) of a volume placed at ``offset``."""
+    return (slice(None), *(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset)))
+
+
+def _check_ids(ids: Any, labels: Any) -> None:
+    """Raises a ConfigError unless ``ids`` are one channel of integers of the labels' size."""
+    if ids.shape[0] != 1 or tuple(ids.shape[1:]) != tuple(labels.shape[1:]):
+        raise ConfigError(f"ids must be one (z, y, x) volume of the labels' size {tuple(labels.shape[1:])} (centred "
+                          f"in raw like them), got shape {tuple(ids.shape)} with channels first")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ConfigError(f"ids must hold integer object ids, got dtype {ids.dtype}")
 
 
 class VolumeValidator:
@@ -164,14 +188,20 @@ class VolumeValidator:
             self._rebuilt.set_param_values(model.get_param_values(), skip_const=True)
         return self._rebuilt.prediction_node
 
-    def _layout(self, net: Any, volume: ValidationVolume, raw: Any, labels: Any) -> tuple[Plan, Shape, int | None]:
-        """The block plan, the labels' offset in raw coordinates and the classes per label channel."""
+    def _layout(self, net: Any, volume: ValidationVolume, raw: Any, labels: Any, ids: Any,
+                memory: bool = False) -> tuple[Plan, Shape, int | None]:
+        """The block plan, the labels' offset in raw coordinates and the classes per label channel;
+        checks ``ids`` (if not None) and, with ``memory``, that their box can be segmented."""
         try:
             if raw.shape[0] != net.in_channels:
                 raise ConfigError(f"raw has {raw.shape[0]} channel(s), the net expects {net.in_channels}")
             roi = evaluation_roi(raw.shape[1:], labels.shape[1:], volume.region)
             plan = _plan(net, raw.shape[1:], roi, self.spec.pad, self.spec.memory_budget)
             n_class = class_count(net.n_lab, labels.shape[0], self.spec)
+            if ids is not None:
+                _check_ids(ids, labels)
+                if memory:
+                    check_memory(plan.out_shape)
         except EknError as err:
             hint = " (or set pad=True)" if "context" in str(err) else ""
             raise ConfigError(f"volume_validation volume {volume.name!r}: {err}{hint}") from None
@@ -181,28 +211,42 @@ class VolumeValidator:
         """Opens every volume and checks it against the net (channels, labels, region), so that a
         mistake stops training at its start, not at the first validation."""
         net = adapt(self.prediction_node(model))
+        if self.spec.segments:
+            boundary_channel(net.n_lab, self.spec.boundary_channel)
         counts = set()
         for volume in self.spec.volumes:
-            with _opened(volume) as (raw, labels):
-                counts.add(self._layout(net, volume, raw, labels)[2])
+            with _opened(volume, self.spec.segments) as (raw, labels, ids):
+                counts.add(self._layout(net, volume, raw, labels, ids, memory=True)[2])
         if len(counts) > 1:
             raise ConfigError("volume_validation volumes have different numbers of label channels; give them all "
                               "the same layout")
 
     def run(self, model: Any) -> dict[str, float]:
         """Predicts every volume with the model's current weights and returns the metrics
-        (``volume_<metric>``, per class ``volume_<metric>_c<k>``) pooled over the volumes."""
+        (``volume_<metric>``, per class ``volume_<metric>_c<k>``) pooled over the volumes, and with
+        segmentation metrics ``volume_segmentation_seconds``, the time segmenting and scoring took."""
         node = self.prediction_node(model)
         net = adapt(node)
-        sums = None
+        channel = boundary_channel(net.n_lab, self.spec.boundary_channel) if self.spec.segments else 0
+        sums, seconds = None, 0.0
         for volume in self.spec.volumes:
-            with _opened(volume) as (raw, labels):
-                plan, offset, n_class = self._layout(net, volume, raw, labels)
+            with _opened(volume, self.spec.segments) as (raw, labels, ids):
+                plan, offset, n_class = self._layout(net, volume, raw, labels, ids)
                 sums = sums or MetricSums(n_class)
+                box = None if ids is None else BoundaryBox(plan.origin, plan.end, channel)
                 for lo, hi, pred in _predictions(net, raw, plan):
-                    window = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))
-                    self._add(sums, pred, np.asarray(labels[(slice(None), *window)]))
-        return sums.result(self.spec.metrics) if sums is not None else {}
+                    self._add(sums, pred, np.asarray(labels[_window(lo, hi, offset)]))
+                    if box is not None:
+                        box.add(lo, hi, pred)
+                if box is not None:
+                    t0 = time.perf_counter()
+                    truth = ids[_window(plan.origin, plan.end, offset)][0]
+                    sums.add_segmentation(*box.score(truth, self.spec.segmentation))
+                    seconds += time.perf_counter() - t0
+        if sums is None:
+            return {}
+        timing = {"volume_segmentation_seconds": seconds} if self.spec.segments else {}
+        return {**sums.result(self.spec.metrics), **timing}
 
     def _add(self, sums: MetricSums, pred: np.ndarray, target: np.ndarray) -> None:
         spec = self.spec

@@ -10,7 +10,10 @@ unlabelled and not counted. With several label channels (groups, e.g. affinities
   (``volume_<metric>_c<k>``) and their mean over the foreground classes 1 .. n-1 (``volume_<metric>``;
   for two classes the score of class 1, scikit-learn's binary default); a class absent from labels
   and prediction is NaN and left out of the mean;
-* ``mse``: mean squared difference of prediction and label values.
+* ``mse``: mean squared difference of prediction and label values;
+* segmentation scores (``vi``, ``adapted_rand_error``, ...), one value per volume: pooled as their
+  mean over the volumes weighted by each volume's scored voxels (VI and the adapted Rand error are
+  not sums over voxels, so the scores of all voxels together cannot be had block by block).
 
 Example:
     >>> sums = MetricSums(n_class=2)
@@ -28,6 +31,7 @@ import numpy as np
 
 from ekn_core.errors import ShapeError
 from ekn_plugins.losses.functional import scores_from_confusion
+from ekn_plugins.validation.spec import SEGMENTATION_METRICS
 
 #: Per-class scores of :func:`~ekn_plugins.losses.functional.scores_from_confusion` that are metrics here.
 PER_CLASS = ("f1", "iou", "precision", "recall")
@@ -77,6 +81,8 @@ class MetricSums:
         self.confusion = np.zeros((n_class, n_class), np.int64) if n_class else None
         self.squared_error = 0.0
         self.n_values = 0
+        self.segmentation: dict[str, float] = {}  # score name → sum of score × scored voxels
+        self.n_segmented = 0
 
     def add_classes(self, predicted: np.ndarray, target: np.ndarray) -> None:
         """Counts predicted class ids against target ids (same shape; target -1: unlabelled).
@@ -101,6 +107,19 @@ class MetricSums:
         self.squared_error += float(np.square(diff).sum())
         self.n_values += int(diff.size)
 
+    def add_segmentation(self, scores: dict[str, float], n_voxels: int) -> None:
+        """Adds one volume's segmentation scores, weighted by its ``n_voxels`` scored voxels.
+
+        Example:
+            >>> sums = MetricSums()
+            >>> sums.add_segmentation({"vi": 1.0}, 300); sums.add_segmentation({"vi": 2.0}, 100)
+            >>> sums.result(("vi",))
+            {'volume_vi': 1.25}
+        """
+        for name, value in scores.items():
+            self.segmentation[name] = self.segmentation.get(name, 0.0) + float(value) * n_voxels
+        self.n_segmented += int(n_voxels)
+
     def result(self, metrics: Sequence[str]) -> dict[str, float]:
         """``{'volume_<metric>': value}`` (and ``volume_<metric>_c<k>`` per class); NaN where nothing
         was counted."""
@@ -119,4 +138,7 @@ class MetricSums:
                 out[f"volume_{name}"] = float(foreground.mean()) if foreground.size else np.nan
         if "mse" in metrics:
             out["volume_mse"] = self.squared_error / self.n_values if self.n_values else np.nan
+        for name in SEGMENTATION_METRICS:
+            if name in metrics:
+                out[f"volume_{name}"] = self.segmentation[name] / self.n_segmented if self.n_segmented else np.nan
         return {k: float(v) for k, v in out.items()}

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass
@@ -23,15 +24,21 @@ import numpy as np
 from ekn_core.errors import ConfigError
 from ekn_core.volumes import split_key
 from ekn_plugins.data.patches import Region, parse_region
+from ekn_plugins.evaluation.segmentation import WatershedParams
 
 #: Metric name → its better direction. ``f1``, ``iou``, ``precision`` and ``recall`` are per class
 #: (columns ``volume_<metric>_c<k>``) and averaged over the foreground classes (``volume_<metric>``).
-METRICS = {"pixel_error": "min", "f1": "max", "iou": "max", "precision": "max", "recall": "max", "mse": "min"}
+METRICS = {"pixel_error": "min", "f1": "max", "iou": "max", "precision": "max", "recall": "max", "mse": "min",
+           "vi": "min", "vi_split": "min", "vi_merge": "min", "adapted_rand_error": "min"}
 #: Metrics computed from predicted classes (the others compare values).
 CLASS_METRICS = ("pixel_error", "f1", "iou", "precision", "recall")
+#: Metrics of the watershed segmentation of the boundary channel, scored against the volumes' ``ids``.
+SEGMENTATION_METRICS = ("vi", "vi_split", "vi_merge", "adapted_rand_error")
 DEFAULT_METRICS = ("pixel_error", "f1")
-_KEYS = ("every", "volumes", "metrics", "threshold", "ignore_label", "pad", "mfp", "patch", "memory_budget")
-_VOLUME_KEYS = ("raw", "labels", "region", "name")
+_KEYS = ("every", "volumes", "metrics", "threshold", "ignore_label", "pad", "mfp", "patch", "memory_budget",
+         "segmentation", "boundary_channel")
+_VOLUME_KEYS = ("raw", "labels", "ids", "region", "name")
+_WATERSHED_FIELDS = tuple(f.name for f in dataclasses.fields(WatershedParams))
 _WHAT = "volume_validation"
 
 
@@ -44,12 +51,15 @@ class ValidationVolume:
         labels: Label volume path, the same size as ``raw`` or smaller and centred in it.
         region: Region of ``raw`` to evaluate, ``((z0, y0, x0), (z1, y1, x1))``; None: all labels.
         name: Name in the log (default: the raw file's name without extension).
+        ids: Ground-truth object ids (neurons) for segmentation metrics, the same size as
+            ``labels`` and centred in ``raw`` like them; None: no segmentation metrics.
     """
 
     raw: str
     labels: str
     region: Region | None
     name: str
+    ids: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,10 +75,17 @@ class VolumeValidationSpec:
     mfp: bool
     patch: tuple[int, ...] | None
     memory_budget: int | None
+    segmentation: WatershedParams = WatershedParams()
+    boundary_channel: int | None = None
 
     def history_metrics(self) -> dict[str, str]:
         """``{history column: direction}`` of the metrics ``monitor_metric`` may name."""
         return {f"volume_{m}": METRICS[m] for m in self.metrics}
+
+    @property
+    def segments(self) -> bool:
+        """Whether a segmentation metric is asked for (volumes with ``ids`` are then segmented)."""
+        return any(m in SEGMENTATION_METRICS for m in self.metrics)
 
 
 def _close(name: str, choices: tuple[str, ...]) -> str:
@@ -90,8 +107,10 @@ def _volume(entry: Any, index: int, out: list[str]) -> ValidationVolume | None:
             out.append(f"{where}: unknown key {key!r}{_close(str(key), _VOLUME_KEYS)}; keys are "
                        f"{', '.join(_VOLUME_KEYS)}")
     paths = {}
-    for key in ("raw", "labels"):
+    for key in ("raw", "labels", "ids"):
         value = entry.get(key)
+        if key == "ids" and value is None:
+            continue
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
             out.append(f"{where} needs {key!r}: a volume path such as 'val.h5:{key}', got {value!r}")
         else:
@@ -105,10 +124,35 @@ def _volume(entry: Any, index: int, out: list[str]) -> ValidationVolume | None:
     name = entry.get("name")
     if name is not None and not isinstance(name, str):
         out.append(f"{where} name must be a string, got {name!r}")
-    if len(paths) < 2:
+    if "raw" not in paths or "labels" not in paths:
         return None
     default = os.path.splitext(os.path.basename(split_key(paths["raw"])[0].rstrip("/")))[0]
-    return ValidationVolume(paths["raw"], paths["labels"], region, name if isinstance(name, str) else default)
+    return ValidationVolume(paths["raw"], paths["labels"], region, name if isinstance(name, str) else default,
+                            paths.get("ids"))
+
+
+def _segmentation(value: Any, out: list[str]) -> WatershedParams | None:
+    """The ``segmentation`` dict as :class:`WatershedParams`, one message per wrong key or value."""
+    if value is None:
+        return WatershedParams()
+    if not isinstance(value, dict):
+        out.append(f"{_WHAT} segmentation must be a dict of watershed parameters such as {{'threshold': 0.3, "
+                   f"'min_size': 50}}, got {value!r}")
+        return None
+    found = len(out)
+    for key in value:
+        if key not in _WATERSHED_FIELDS:
+            out.append(f"{_WHAT} segmentation: unknown key {key!r}{_close(str(key), _WATERSHED_FIELDS)}; keys are "
+                       f"{', '.join(_WATERSHED_FIELDS)}")
+    accepted: dict[str, Any] = {}
+    for key in _WATERSHED_FIELDS:  # in field order: mask_threshold is checked against an accepted threshold
+        if key in value:
+            try:
+                WatershedParams(**accepted, **{key: value[key]})
+                accepted[key] = value[key]
+            except ConfigError as err:
+                out.append(f"{_WHAT} segmentation {err}")
+    return WatershedParams(**accepted) if len(out) == found else None
 
 
 def _check(setting: Any, history_freq: Any) -> tuple[VolumeValidationSpec | None, list[str]]:
@@ -145,6 +189,15 @@ def _check(setting: Any, history_freq: Any) -> tuple[VolumeValidationSpec | None
         if m not in METRICS:
             out.append(f"{_WHAT}: unknown metric {m!r}{_close(str(m), tuple(METRICS))}; metrics are "
                        f"{', '.join(METRICS)}")
+    segmented = [m for m in metrics if m in SEGMENTATION_METRICS]
+    if segmented and not any(isinstance(e, dict) and e.get("ids") is not None for e in entries):
+        out.append(f"{_WHAT} metrics {', '.join(segmented)} score the segmentation against ground-truth object "
+                   "ids: add 'ids': 'file.h5:ids' (the same size as labels) to at least one volume")
+    segmentation = _segmentation(setting.get("segmentation"), out)
+    channel = setting.get("boundary_channel")
+    if channel is not None and not (_is_int(channel) and channel >= 0):
+        out.append(f"{_WHAT} boundary_channel must be None (1 for a 2-channel softmax, 0 for one sigmoid channel) "
+                   f"or the index of the output channel holding the boundary probability, got {channel!r}")
     threshold = setting.get("threshold")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
         out.append(f"{_WHAT} threshold must be None (argmax over class channels) or a number (sigmoid "
@@ -177,7 +230,8 @@ def _check(setting: Any, history_freq: Any) -> tuple[VolumeValidationSpec | None
         every=int(every), volumes=tuple(v for v in volumes if v is not None), metrics=tuple(dict.fromkeys(metrics)),
         threshold=None if threshold is None else float(threshold), ignore_label=None if ignore is None else int(ignore),
         pad=bool(setting.get("pad", False)), mfp=bool(setting.get("mfp", False)),
-        patch=None if patch is None else tuple(int(p) for p in patch), memory_budget=budget), out
+        patch=None if patch is None else tuple(int(p) for p in patch), memory_budget=budget,
+        segmentation=segmentation, boundary_channel=None if channel is None else int(channel)), out
 
 
 def problems(setting: Any, history_freq: Any) -> list[str]:
