@@ -23,6 +23,7 @@ COMMANDS = [
     "plugins = ekn_plugins.commands.plugins_list:PluginsCommand",
     "train = ekn_plugins.commands.train:TrainCommand",
     "predict = ekn_plugins.commands.predict:PredictCommand",
+    "evaluate = ekn_plugins.commands.evaluate:EvaluateCommand",
     "shell = ekn_plugins.commands.shell:ShellCommand",
     "shell.actstats = ekn_plugins.commands.shell_commands:ActStats",
     "shell.continue = ekn_plugins.commands.shell_commands:Continue",

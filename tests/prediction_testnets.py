@@ -229,3 +229,22 @@ def read_volume(path):
 
     with open_volume(path) as vol:
         return np.asarray(vol[...])
+
+
+class SoftmaxOf:
+    """Class probabilities from a net's outputs: softmax over the channel axis (of ``scale`` x output)."""
+
+    def __init__(self, net, scale=4.0):
+        self.net, self.scale = net, scale
+        self.input_nodes, self.shape = net.input_nodes, net.shape
+        self.all_parents = net.all_parents[:-1] + [self]
+
+    def __call__(self, x):
+        y = self.scale * np.asarray(self.net(x), np.float64)
+        e = np.exp(y - y.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_prob_net(override_mfp_to_active=False, imposed_patch_size=None, imposed_batch_size=None, **_):
+    """``make_fast_net`` with a 2-class softmax on top: probabilities, for the evaluation tests."""
+    return SoftmaxOf(make_fast_net(override_mfp_to_active, imposed_patch_size, imposed_batch_size))

@@ -277,6 +277,7 @@ class Trainer:
             "settings": self.config.jsonable(), "status": status, "step": self.step, "ekn_version": __version__,
             "tensorflow_version": tf_version, "python": platform.python_version(), "host": platform.node(),
             "user": getpass.getuser(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv,
+            "cwd": os.getcwd(),  # relative volume paths in the settings refer to it (ekn evaluate RUN_DIR)
         }
 
     def _start_log(self) -> None:

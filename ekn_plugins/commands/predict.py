@@ -18,8 +18,8 @@ from ekn_core.errors import ConfigError
 from ekn_core.prediction.tta import PRESETS
 
 
-def parse_roi(text: str | None) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """``"z0:z1,y0:y1,x0:x1"`` → ``((z0, y0, x0), (z1, y1, x1))``.
+def parse_roi(text: str | None, option: str = "--roi") -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``"z0:z1,y0:y1,x0:x1"`` → ``((z0, y0, x0), (z1, y1, x1))``; errors name ``option``.
 
     Example:
         >>> parse_roi("0:8,10:20,3:9")
@@ -32,7 +32,8 @@ def parse_roi(text: str | None) -> tuple[tuple[int, ...], tuple[int, ...]] | Non
         if len(parts) != 3 or any(len(p) != 2 for p in parts):
             raise ValueError
     except ValueError:
-        raise ConfigError(f"--roi {text!r}: write three ranges start:stop for z, y, x, e.g. 0:64,0:512,0:512") from None
+        raise ConfigError(f"{option} {text!r}: write three ranges start:stop for z, y, x, "
+                          "e.g. 0:64,0:512,0:512") from None
     return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
 
 
@@ -51,6 +52,33 @@ def parse_tile(text: str) -> tuple[int, ...] | str | None:
         raise ConfigError(f"--tile {text!r}: use auto, model, or a patch such as 23,185,185") from None
 
 
+def add_prediction_options(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of how a model predicts (``--mfp``, ``--tile``, ``--memory-budget``,
+    ``--scheduler``/``--workers``, ``--tta``, ``--no-progress``), shared by the commands that
+    predict (``ekn predict``, ``ekn evaluate``).
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_prediction_options(parser)
+        >>> args = parser.parse_args(["--mfp", "--workers", "2", "--tta", "flips"])
+        >>> args.mfp, args.tile, args.workers, args.scheduler, args.tta, args.no_progress
+        (True, 'auto', 2, None, 'flips', False)
+    """
+    parser.add_argument("--mfp", action="store_true", help="reload the model with max-fragment pooling "
+                        "active: one forward pass per tile")
+    parser.add_argument("--tile", default="auto", help="input patch per pass: auto (fastest within the "
+                        "memory budget), model (the model's own), or Z,Y,X")
+    parser.add_argument("--memory-budget", help="memory for net and buffers, e.g. 4G (default: a quarter "
+                        "of the RAM, at most 8G)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786")
+    where.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster with N workers")
+    parser.add_argument("--tta", choices=PRESETS, help="test-time augmentation: mean "
+                        "over all flips of the spatial axes (8 passes in 3-D), +transpose also swaps y and x "
+                        "(16 passes)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 class PredictCommand(Command):
     """Predict a volume densely with a trained model (out of core, resumable, optionally on Dask).
 
@@ -67,10 +95,6 @@ class PredictCommand(Command):
         parser.add_argument("output", help="output volume, e.g. pred.zarr (default format), pred.h5:probs, "
                             "'pred/*.tif' (one TIFF per section), precomputed://file:///data/pred")
         parser.add_argument("--roi", help="output region z0:z1,y0:y1,x0:x1 in input voxels (default: all)")
-        parser.add_argument("--mfp", action="store_true", help="reload the model with max-fragment pooling "
-                            "active: one forward pass per tile")
-        parser.add_argument("--tile", default="auto", help="input patch per pass: auto (fastest within the "
-                            "memory budget), model (the model's own), or Z,Y,X")
         parser.add_argument("--overlap", type=int, default=0, help="tile overlap in output voxels (blended)")
         parser.add_argument("--blend", default="gaussian", choices=("gaussian", "linear", "constant"),
                             help="blending of overlapping tiles")
@@ -78,16 +102,8 @@ class PredictCommand(Command):
                             "view is inside the volume (default: mirror at the border, output = input shape)")
         parser.add_argument("--uint8", action="store_true", help="write uint8 (probability x 255)")
         parser.add_argument("--channel", type=int, help="write only this output channel, as (z, y, x)")
-        parser.add_argument("--memory-budget", help="memory for net and buffers, e.g. 4G (default: a quarter "
-                            "of the RAM, at most 8G)")
         parser.add_argument("--batch-size", type=int, help="forward passes per call (default: from the budget)")
-        where = parser.add_mutually_exclusive_group()
-        where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786")
-        where.add_argument("--workers", type=int, metavar="N", help="start a local Dask cluster with N workers")
-        parser.add_argument("--tta", choices=PRESETS, help="test-time augmentation: mean "
-                            "over all flips of the spatial axes (8 passes in 3-D), +transpose also swaps y and x "
-                            "(16 passes)")
-        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_prediction_options(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         from ekn_core.prediction.blockwise import predict_volume

@@ -26,6 +26,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -155,6 +156,15 @@ def grid_points(grid: dict[str, Sequence[Any]] | None = None,
     return points
 
 
+def _start_method() -> str:
+    """``fork`` where the platform has it and the process is safe to fork; ``forkserver`` (else
+    ``spawn``) once TensorFlow was imported: its thread pools make forked children hang or crash."""
+    methods = multiprocessing.get_all_start_methods()
+    if "tensorflow" not in sys.modules and "fork" in methods:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 # the volumes of a worker process, set once by _start_worker
 _WORKER: dict[str, Any] = {}
 
@@ -181,8 +191,9 @@ def search_segmentation(boundary_prob: Any, seg_true: Any, grid: dict[str, Seque
             (threshold x seed erosion x min_size, 30 points).
         metric: ``'vi'`` or ``'adapted_rand_error'``: the score to minimise.
         n_proc: Worker processes; 1 runs in this process. Workers are forked where the platform
-            allows (the volumes are shared copy-on-write, never pickled), else spawned (each
-            receives the volumes once); only the parameters and scores travel per grid point.
+            allows (the volumes are shared copy-on-write, never pickled), else, and after
+            TensorFlow was imported (forking it is unsafe), started from a fork server or spawned
+            (each receives the volumes once); only the parameters and scores travel per grid point.
         base: Values of the fields not in ``grid`` (e.g. ``per_slice``, ``anisotropy``).
         ignore_labels: True ids not scored (see
             :func:`~ekn_plugins.evaluation.segmentation.segmentation_scores`).
@@ -206,8 +217,7 @@ def search_segmentation(boundary_prob: Any, seg_true: Any, grid: dict[str, Seque
         finally:
             _WORKER.clear()
     else:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(min(int(n_proc), len(points)), multiprocessing.get_context(method),
+        with ProcessPoolExecutor(min(int(n_proc), len(points)), multiprocessing.get_context(_start_method()),
                                  _start_worker, (prob, true, tuple(ignore_labels))) as pool:
             scores = list(pool.map(_score, points))
     return SegmentationSearch(metric, list(zip(points, scores)))

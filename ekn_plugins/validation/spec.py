@@ -48,7 +48,8 @@ class ValidationVolume:
 
     Attributes:
         raw: Input volume path for ``open_volume`` (``file.h5:key``, zarr, KNOSSOS); ``~`` expanded.
-        labels: Label volume path, the same size as ``raw`` or smaller and centred in it.
+        labels: Label volume path, the same size as ``raw`` or smaller and centred in it (always
+            set in ``volume_validation``; ``ekn evaluate`` may derive them from ``ids`` instead).
         region: Region of ``raw`` to evaluate, ``((z0, y0, x0), (z1, y1, x1))``; None: all labels.
         name: Name in the log (default: the raw file's name without extension).
         ids: Ground-truth object ids (neurons) for segmentation metrics, the same size as
@@ -56,7 +57,7 @@ class ValidationVolume:
     """
 
     raw: str
-    labels: str
+    labels: str | None
     region: Region | None
     name: str
     ids: str | None = None
