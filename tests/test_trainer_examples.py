@@ -1,6 +1,7 @@
 """Every example config trains a few steps through the real CLI on synthetic EM data (tiny
 patches and widths), and `ekn demo` runs the README workflow end to end."""
 
+import json
 import os
 import re
 import subprocess
@@ -78,7 +79,7 @@ def test_demo_runs_the_readme_workflow(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     text = proc.stdout
     for label in ("data:", "config:", "run directory:", "model files:", "checkpoints:", "plots:", "previews:",
-                  "tensorboard:", "prediction:", "pictures:", "held-out pixel error"):
+                  "tensorboard:", "prediction:", "pictures:", "evaluation:", "held-out pixel error", "segmentation VI"):
         assert label in text, text
     run = out / "runs" / "neuro3d_lite_demo"
     for name in ("final.mdl", "best.mdl", "latest.mdl"):
@@ -98,6 +99,13 @@ def test_demo_runs_the_readme_workflow(tmp_path):
             assert img.format == "PNG" and np.asarray(img).std() > 0, name
     error = float(re.search(r"pixel error .*: ([0-9.]+)", text).group(1))
     assert 0.0 <= error <= 1.0
+    # the evaluation predicted the labelled box again (out of core, mirrored borders); the box lies in the
+    # demo prediction's valid region, so both pixel errors count the same voxels
+    record = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    held_out = record["volumes"][0]
+    assert held_out["binary"]["pixel_error_at_half"] == pytest.approx(error, abs=2e-3)
+    assert np.isfinite(held_out["segmentation"]["scores"]["vi"])
+    assert "held_out" in (out / "evaluation" / "REPORT.md").read_text()
 
 
 def test_malis_example_trains_affinities(data_dir, tmp_path):

@@ -7,7 +7,10 @@
    (checkpoints, model files, history, plots, previews, TensorBoard files);
 3. reloads the best model with max-fragment pooling and predicts the held-out volume densely
    (``OUT_DIR/prediction.h5:barrier``);
-4. writes pictures of the held-out volume (raw, prediction, labels) and prints where everything is.
+4. writes pictures of the held-out volume (raw, prediction, labels);
+5. evaluates the model on the held-out volume like ``ekn evaluate`` (threshold sweep with ROC and
+   precision-recall figures, a small watershed parameter search against its neuron ids, scored by
+   variation of information; ``OUT_DIR/evaluation/REPORT.md``) and prints where everything is.
 
 Example:
     >>> text = demo_config("/data", steps=10)
@@ -28,6 +31,8 @@ DEMO_SHAPE = (40, 200, 200)
 DEMO_MARGIN = (8, 24, 24)
 #: Patch for MFP dense prediction (snapped to the nearest valid size when loading).
 DEMO_MFP_PATCH = (23, 171, 171)
+#: Watershed parameters the demo's evaluation tries (``ekn evaluate`` searches a larger default grid).
+DEMO_SEGMENTATION_GRID = {"threshold": [0.2, 0.3, 0.5, 0.7], "seed_erosion": [0.0, 2.0]}
 
 _CONFIG = '''"""Demo config written by `ekn demo` (the examples/neuro3d_lite.py net on synthetic data)."""
 
@@ -140,11 +145,11 @@ class DemoCommand(Command):
         out = os.path.abspath(os.path.expanduser(args.out_dir))
         data_dir = os.path.join(out, "data")
         t0 = time.perf_counter()
-        print(f"[1/4] writing synthetic EM volumes to {data_dir}")
+        print(f"[1/5] writing synthetic EM volumes to {data_dir}")
         files = write_dataset(data_dir, n_volumes=4, shape=DEMO_SHAPE, label_margin=DEMO_MARGIN, seed=0)
         config_path = os.path.join(out, "neuro3d_lite_demo.py")
         write_text(config_path, demo_config(data_dir, args.steps, os.path.join(out, "runs")))
-        print(f"[2/4] training neuro3d_lite for {args.steps} steps (config {config_path})")
+        print(f"[2/5] training neuro3d_lite for {args.steps} steps (config {config_path})")
         trainer = Trainer(ExperimentConfig.from_file(config_path))
         try:
             status = trainer.run()
@@ -153,7 +158,7 @@ class DemoCommand(Command):
         run_dir = trainer.run_dir
         best = run_dir.model_path("best")
         model_file = best if os.path.exists(best) else run_dir.model_path("final")
-        print(f"[3/4] dense prediction of the held-out volume with MFP ({os.path.basename(model_file)})")
+        print(f"[3/5] dense prediction of the held-out volume with MFP ({os.path.basename(model_file)})")
         import ekn_core.neuromancer as nm
         from ekn_core.prediction import predict_dense
         from ekn_core.volumes import create_volume, open_volume
@@ -170,7 +175,16 @@ class DemoCommand(Command):
         raw_c, pred_c, label_c = aligned_crops(raw, pred, label)
         pictures = write_pictures(raw_c, pred_c, label_c, os.path.join(out, "pictures"))
         error = float(np.mean((pred_c[1] > 0.5) != (label_c > 0)))
-        print("[4/4] done in %.1f min (training status: %s, %d steps)" % ((time.perf_counter() - t0) / 60, status,
+        print("[4/5] evaluating the model on the held-out volume (threshold sweep, segmentation search)")
+        from ekn_plugins.evaluation.model_evaluation import evaluate_model
+        from ekn_plugins.validation.spec import ValidationVolume
+
+        held_out = ValidationVolume(files[3]["raw"], files[3]["barrier"], None, "held_out", files[3]["ids"])
+        evaluation_dir = os.path.join(out, "evaluation")
+        record = evaluate_model(model_file, [held_out], evaluation_dir, mfp=True, grid=DEMO_SEGMENTATION_GRID,
+                                progress=False)
+        scores = record["volumes"][0]
+        print("[5/5] done in %.1f min (training status: %s, %d steps)" % ((time.perf_counter() - t0) / 60, status,
                                                                         trainer.step))
         print(f"  data:           {data_dir}")
         print(f"  config:         {config_path}")
@@ -182,5 +196,10 @@ class DemoCommand(Command):
         print(f"  tensorboard:    tensorboard --logdir {run_dir.tensorboard}")
         print(f"  prediction:     {pred_path}:barrier  shape {pred.shape}")
         print(f"  pictures:       {', '.join(pictures)}")
+        print(f"  evaluation:     {os.path.join(evaluation_dir, 'REPORT.md')}")
         print(f"  held-out pixel error (barrier > 0.5 vs labels): {error:.3f}")
+        print(f"  held-out ROC AUC {scores['binary']['roc_auc']:.3f}, best F1 {scores['binary']['best_f1']:.3f}; "
+              f"segmentation VI {scores['segmentation']['scores']['vi']:.3f} "
+              f"(split {scores['segmentation']['scores']['vi_split']:.3f}, "
+              f"merge {scores['segmentation']['scores']['vi_merge']:.3f})")
         return 0 if status == "finished" else 1
