@@ -208,6 +208,11 @@ def test_config_reports_volume_validation_and_monitor_mistakes_together(tmp_path
     with pytest.raises(ConfigError, match=r"'volume_f2' is not a metric of this run \(did you mean 'volume_f1'\?\); "
                                           "choose one of valid_loss, .*, volume_f1, volume_mse"):
         ExperimentConfig.from_file(str(path), ["monitor_metric='volume_f2'"])
+    # a per-class column of a configured class metric may be monitored; its class is checked at training start
+    assert ExperimentConfig.from_file(str(path), ["monitor_metric='volume_f1_c1'"]).monitored() == ("volume_f1_c1", "max")
+    for column in ("volume_iou_c1", "volume_mse_c1", "volume_f1_cx"):
+        with pytest.raises(ConfigError, match=f"monitor_metric '{column}' is not a metric of this run"):
+            ExperimentConfig.from_file(str(path), [f"monitor_metric='{column}'"])
     with pytest.raises(ConfigError, match="monitor_mode must be None, 'min' or 'max', got 'up'"):
         ExperimentConfig.from_file(str(path), ["monitor_mode='up'", "monitor_metric='volume_f1'"])
     with pytest.raises(ConfigError, match="monitor_mode 'max' needs a monitor_metric"):
@@ -234,6 +239,11 @@ def test_volume_problems_name_the_volume(tmp_path, volumes):
         check(raw=two_channels)
     with pytest.raises(ConfigError, match="volume 'v1': .*context.*pad=True"):
         check(region=((2, 4, 4), (9, 6, 33)))
+    spec = parse_spec({"volumes": [{"raw": raw_path, "labels": lab_path}], "metrics": ["f1"]}, 1)
+    VolumeValidator(spec).check(model, "volume_f1_c1")
+    with pytest.raises(ConfigError, match=r"monitor_metric 'volume_f1_c2': the net predicts 2 classes, so the "
+                                          r"per-class columns are volume_f1_c0 \.\. volume_f1_c1"):
+        VolumeValidator(spec).check(model, "volume_f1_c2")
     bad = _write(tmp_path / "bad.h5", "lab", np.full_like(labels, 3))
     spec = parse_spec({"volumes": [{"raw": raw_path, "labels": bad}]}, 1)
     with pytest.raises(ShapeError, match="labels hold the value 3, but the net predicts 2 classes"):

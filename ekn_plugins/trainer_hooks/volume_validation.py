@@ -45,7 +45,7 @@ def ekn_history_metrics(config: dict[str, Any]) -> dict[str, str] | None:
         spec = parse_spec(config.get("volume_validation"), config.get("history_freq"))
     except ConfigError:
         return None
-    return spec.history_metrics() if spec is not None else None
+    return spec.history_metrics(config.get("monitor_metric")) if spec is not None else None
 
 
 def _validator(trainer: Any) -> Any:
@@ -70,7 +70,7 @@ def ekn_on_train_begin(trainer: Any) -> None:
     """Opens and checks every validation volume against the net."""
     validator = _validator(trainer)
     if validator is not None:
-        validator.check(trainer.model)
+        validator.check(trainer.model, trainer.config.monitor_metric)
         log.info("validation on whole volumes every %d steps: %s; metrics %s", validator.spec.every,
                  ", ".join(v.name for v in validator.spec.volumes), ", ".join(validator.spec.metrics))
 

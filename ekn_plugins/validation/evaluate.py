@@ -41,7 +41,7 @@ from ekn_plugins.data.image import center_offset
 from ekn_plugins.data.patches import Region
 from ekn_plugins.validation.metrics import MetricSums, label_ids, predicted_classes
 from ekn_plugins.validation.segmentation_metrics import BoundaryBox, boundary_channel, check_memory
-from ekn_plugins.validation.spec import CLASS_METRICS, ValidationVolume, VolumeValidationSpec
+from ekn_plugins.validation.spec import CLASS_METRICS, ValidationVolume, VolumeValidationSpec, per_class_column
 
 
 def evaluation_roi(raw_shape: Shape, label_shape: Shape, region: Region | None = None) -> tuple[Shape, Shape]:
@@ -207,9 +207,10 @@ class VolumeValidator:
             raise ConfigError(f"volume_validation volume {volume.name!r}: {err}{hint}") from None
         return plan, center_offset(raw.shape[1:], labels.shape[1:]), n_class
 
-    def check(self, model: Any) -> None:
-        """Opens every volume and checks it against the net (channels, labels, region), so that a
-        mistake stops training at its start, not at the first validation."""
+    def check(self, model: Any, monitor_metric: str | None = None) -> None:
+        """Opens every volume and checks it against the net (channels, labels, region) and, when
+        ``monitor_metric`` is a per-class column (``volume_f1_c2``), its class, so that a mistake
+        stops training at its start, not at the first validation."""
         net = adapt(self.prediction_node(model))
         if self.spec.segments:
             boundary_channel(net.n_lab, self.spec.boundary_channel)
@@ -220,6 +221,11 @@ class VolumeValidator:
         if len(counts) > 1:
             raise ConfigError("volume_validation volumes have different numbers of label channels; give them all "
                               "the same layout")
+        column = per_class_column(monitor_metric)
+        n_class = counts.pop() if counts else None
+        if column is not None and n_class is not None and column[1] >= n_class:
+            raise ConfigError(f"monitor_metric {monitor_metric!r}: the net predicts {n_class} classes, so the "
+                              f"per-class columns are volume_{column[0]}_c0 .. volume_{column[0]}_c{n_class - 1}")
 
     def run(self, model: Any) -> dict[str, float]:
         """Predicts every volume with the model's current weights and returns the metrics

@@ -31,10 +31,7 @@ import numpy as np
 
 from ekn_core.errors import ShapeError
 from ekn_plugins.losses.functional import scores_from_confusion
-from ekn_plugins.validation.spec import SEGMENTATION_METRICS
-
-#: Per-class scores of :func:`~ekn_plugins.losses.functional.scores_from_confusion` that are metrics here.
-PER_CLASS = ("f1", "iou", "precision", "recall")
+from ekn_plugins.validation.spec import PER_CLASS, SEGMENTATION_METRICS
 
 
 def predicted_classes(pred: np.ndarray, groups: int, threshold: float | None = None) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,8 @@ METRICS = {"pixel_error": "min", "f1": "max", "iou": "max", "precision": "max", 
            "vi": "min", "vi_split": "min", "vi_merge": "min", "adapted_rand_error": "min"}
 #: Metrics computed from predicted classes (the others compare values).
 CLASS_METRICS = ("pixel_error", "f1", "iou", "precision", "recall")
+#: Per-class scores of :func:`~ekn_plugins.losses.functional.scores_from_confusion` that are metrics here.
+PER_CLASS = ("f1", "iou", "precision", "recall")
 #: Metrics of the watershed segmentation of the boundary channel, scored against the volumes' ``ids``.
 SEGMENTATION_METRICS = ("vi", "vi_split", "vi_merge", "adapted_rand_error")
 DEFAULT_METRICS = ("pixel_error", "f1")
@@ -79,14 +82,34 @@ class VolumeValidationSpec:
     segmentation: WatershedParams = WatershedParams()
     boundary_channel: int | None = None
 
-    def history_metrics(self) -> dict[str, str]:
-        """``{history column: direction}`` of the metrics ``monitor_metric`` may name."""
-        return {f"volume_{m}": METRICS[m] for m in self.metrics}
+    def history_metrics(self, monitor_metric: str | None = None) -> dict[str, str]:
+        """``{history column: direction}`` of the metrics ``monitor_metric`` may name: one per metric
+        and, when ``monitor_metric`` names a per-class column of a configured metric
+        (``volume_f1_c2``), that column too (its class is checked against the net when training
+        starts, :func:`per_class_column`)."""
+        names = {f"volume_{m}": METRICS[m] for m in self.metrics}
+        column = per_class_column(monitor_metric)
+        if column is not None and column[0] in self.metrics:
+            names[str(monitor_metric)] = METRICS[column[0]]
+        return names
 
     @property
     def segments(self) -> bool:
         """Whether a segmentation metric is asked for (volumes with ``ids`` are then segmented)."""
         return any(m in SEGMENTATION_METRICS for m in self.metrics)
+
+
+def per_class_column(name: Any) -> tuple[str, int] | None:
+    """``(metric, class)`` of a per-class history column such as ``volume_f1_c2``, else None.
+
+    Example:
+        >>> per_class_column("volume_iou_c12"), per_class_column("volume_f1"), per_class_column("volume_mse_c1")
+        (('iou', 12), None, None)
+    """
+    match = re.fullmatch(r"volume_(\w+)_c(\d+)", name) if isinstance(name, str) else None
+    if match is None or match.group(1) not in PER_CLASS:
+        return None
+    return match.group(1), int(match.group(2))
 
 
 def _close(name: str, choices: tuple[str, ...]) -> str:
