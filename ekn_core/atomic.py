@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,8 +39,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
+    tmp = _new_temporary_file(directory, os.path.basename(path))
     try:
         write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
@@ -61,6 +60,18 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
             os.close(dir_fd)
     except OSError:  # some file systems do not support fsync on directories
         pass
+
+
+def _new_temporary_file(directory: str, name: str) -> str:
+    """Creates an empty, uniquely named hidden file in ``directory`` with the permissions the
+    umask gives new files (``tempfile.mkstemp`` would make it private: 0600)."""
+    while True:
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -13,6 +13,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 
 class EknError(Exception):
     """Base class of every error ekn raises on purpose."""
@@ -67,3 +70,56 @@ class ConfigError(EknError, ValueError):
 
 class ShapeError(EknError, ValueError):
     """An array or patch does not fit the geometry a network needs."""
+
+
+def keyword_names(func: Any, named_only: bool = False) -> list[str] | None:
+    """The names ``func`` takes as keyword arguments, in order; None when it takes any
+    (``**kwargs``, unless ``named_only``) or its signature cannot be read.
+
+    Example:
+        >>> keyword_names(lambda a, *args, b=1: None), keyword_names(lambda a, **kwargs: None)
+        (['a', 'b'], None)
+        >>> keyword_names(lambda a, **kwargs: None, named_only=True)
+        ['a']
+    """
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params) and not named_only:
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def unknown_keywords(func: Any, keys: Iterable[str], where: str = "", names: Iterable[str] | None = None) -> list[str]:
+    """Messages for the ``keys`` that ``func`` takes no keyword argument for, each with the
+    closest name it takes (none when it takes ``**kwargs`` or its signature cannot be read).
+
+    Args:
+        func: The function the keys are passed to as keyword arguments.
+        keys: The keyword names given.
+        where: What holds them (e.g. the setting ``model_load_args``), to start each message.
+        names: The names ``func`` accepts, when its signature does not tell (e.g. a factory that
+            passes ``**kwargs`` on to a class).
+
+    Example:
+        >>> def net(patch_size=(5, 5), width=1.0): ...
+        >>> unknown_keywords(net, ["patch_sise", "width"], "model_load_args")
+        ["model_load_args: net takes no argument 'patch_sise' (did you mean 'patch_size'?); it takes patch_size, width"]
+    """
+    import difflib
+
+    known = list(names) if names is not None else keyword_names(func)
+    if known is None:
+        return []
+    name = getattr(func, "__name__", repr(func))
+    label = f"{where}: {name}" if where else name
+    problems = []
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"{label} takes no argument {key!r}{hint}; it takes {', '.join(known)}")
+    return problems

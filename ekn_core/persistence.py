@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from ekn_core.atomic import atomic_write
-from ekn_core.errors import ConfigError, EknError, ShapeError
+from ekn_core.errors import ConfigError, EknError, ShapeError, keyword_names, unknown_keywords
 from ekn_core.node import decode_argument, find_unserialisable, is_shape_only, model_manager
 
 log = logging.getLogger("ekn.persistence")
@@ -142,6 +142,12 @@ def read_model_file(path: str) -> ModelFile:
 
     if not os.path.exists(path):
         raise EknError(f"model file {path} does not exist")
+    if os.path.isdir(path):
+        models = os.path.join(path, "models")
+        found = [os.path.join(models, f"{m}.mdl") for m in ("best", "latest")
+                 if os.path.isfile(os.path.join(models, f"{m}.mdl"))]
+        hint = f", e.g. {found[0]} (the run's {os.path.basename(found[0])[:-4]} model)" if found else ""
+        raise EknError(f"{path} is a folder, not a model file: give a model file{hint}")
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -400,6 +406,7 @@ def modelload(file_name: str, override_mfp_to_active: bool = False, imposed_patc
     Returns:
         The new model (also ``model_manager.current``).
     """
+    _check_options(modelload, model_load_kwargs)
     data = read_model_file(file_name)
     resolve = registry_resolver(data.required_plugins)
     for d in data.descriptors:  # refuse the whole file before building anything
@@ -407,6 +414,16 @@ def modelload(file_name: str, override_mfp_to_active: bool = False, imposed_patc
     return restore(data.descriptors, data.designated, data.weights, resolve, flags=data.flags, state=data.state,
                    name=name, override_mfp_to_active=override_mfp_to_active, imposed_patch_size=imposed_patch_size,
                    imposed_batch_size=imposed_batch_size, **model_load_kwargs)
+
+
+def _check_options(func: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Raises ConfigError naming the ``options`` of ``func`` (modelload, rebuild_model) that
+    :func:`restore` does not know, with the closest option."""
+    internal = ("descriptors", "designated", "weights", "resolve", "flags", "state")
+    known = [n for n in keyword_names(restore) or [] if n not in internal]
+    problems = unknown_keywords(func, options, names=known)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def model_resolver(model: Any) -> Resolver:
@@ -426,6 +443,7 @@ def model_resolver(model: Any) -> Resolver:
 def rebuild_model(model: Any, override_mfp_to_active: bool = False, imposed_patch_size: Sequence[int] | None = None,
                   name: str | None = None, **model_load_kwargs: Any) -> Any:
     """Rebuilds a live model with changes (same options as :func:`modelload`), copying its weights."""
+    _check_options(rebuild_model, model_load_kwargs)
     flags = {n.name: {k: {"constant": p.constant} for k, p in n.params.items()} for n in model.nodes.values()}
     state = {"lr": model.lr, "mom": model.mom, "wd": model.wd, "beta2": model.beta2,
              "iterations": model.iterations, "elapsed_time": model.elapsed_time}

@@ -85,6 +85,11 @@ def test_write_dataset_layout_and_cli(tmp_path, capsys):
     with pytest.raises(ConfigError, match="label_margin"):
         write_dataset(str(tmp_path / "c"), n_volumes=1, shape=(8, 40, 40), label_margin=(4, 6, 6))
     assert main(["data", "synth", str(tmp_path / "d"), "--n-volumes", "0"]) == 2
+    for aniso in ("0", "-2", "nan"):  # one clear error, not a ZeroDivisionError or an empty volume
+        assert main(["data", "synth", str(tmp_path / "e"), "--shape", "8", "40", "40", "--label-margin", "2", "6", "6",
+                     "--aniso", aniso]) == 2
+        assert f"aniso_factor (z spacing / lateral spacing) must be > 0, e.g. 2, got {float(aniso)}" \
+            in capsys.readouterr().err
 
 
 def test_digits_source():

@@ -422,3 +422,7 @@ def test_ekn_data_tubes_writes_the_synthetic_tubes_and_their_skeletons(tmp_path,
                        d_path=str(tmp_path), valid_skeletons=[1], seed=0)
     assert [len(data.splits[s]) for s in ("train", "valid")] == [1, 1]
     assert main(["data", "tubes", str(tmp_path / "none"), "--n-volumes", "0"]) == 2
+    for radius in ("0", "-1"):  # a volume of noise without a tube is refused
+        assert main(["data", "tubes", str(tmp_path / "thin"), "--radius", radius]) == 2
+        assert "the tube radius must be > 0 voxels" in capsys.readouterr().err
+    assert not (tmp_path / "thin").exists()

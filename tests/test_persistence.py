@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import h5py
 import numpy as np
@@ -89,6 +90,19 @@ def test_imposed_patch_size_is_snapped_or_refused(tmp_path):
         nm.modelload(path, imposed_patch_size=(9,), name="bad")
 
 
+def test_misspelt_load_options_are_named_with_the_closest_option(tmp_path):
+    model = _small()
+    path = model.save(str(tmp_path / "m.h5"))
+    models_before = set(nm.model_manager.models)
+    with pytest.raises(ConfigError, match=r"modelload takes no argument 'imposed_patch_sise' \(did you mean "
+                                          r"'imposed_patch_size'\?\); it takes name, override_mfp_to_active"):
+        nm.modelload(path, imposed_patch_sise=(9, 10))
+    with pytest.raises(ConfigError, match=r"rebuild_model takes no argument 'replace_batchnorm'"):
+        nm.rebuild_model(model, replace_batchnorm="predict")
+    assert set(nm.model_manager.models) == models_before
+    nm.modelload(path, replace_bn="predict", lock_trainable_params=1)  # every option restore takes passes
+
+
 def test_module_path_type_is_refused(tmp_path):
     path = _small().save(str(tmp_path / "m.h5"))
     with h5py.File(path, "a") as f:
@@ -120,6 +134,19 @@ def test_not_a_model_file(tmp_path):
         f["a"] = 1
     with pytest.raises(EknError, match="not an ekn model file"):
         read_model_file(str(path))
+
+
+def test_a_run_directory_given_as_model_file_points_to_its_models(tmp_path):
+    with pytest.raises(EknError, match=r"is a folder, not a model file: give a model file$"):
+        read_model_file(str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "latest.mdl").write_bytes(b"")
+    latest = os.path.join(str(tmp_path), "models", "latest.mdl")
+    with pytest.raises(EknError, match=rf"a model file, e\.g\. {re.escape(latest)} \(the run's latest model\)"):
+        read_model_file(str(tmp_path))
+    (tmp_path / "models" / "best.mdl").write_bytes(b"")
+    with pytest.raises(EknError, match=r"best\.mdl \(the run's best model\)"):
+        read_model_file(str(tmp_path))
 
 
 def test_lock_trainable_params_and_constant_flags_survive_save(tmp_path):

@@ -44,6 +44,18 @@ def test_bad_plugin_names_are_refused(bad):
         validate_name(bad)
 
 
+def test_no_file_of_the_copy_names_the_template_registry_names(tmp_path):
+    import os
+    import re
+
+    target = new_plugin("blob_tools", str(tmp_path / "p"))
+    texts = {os.path.relpath(os.path.join(root, f), target): open(os.path.join(root, f), encoding="utf-8").read()
+             for root, _, files in os.walk(target) for f in files if f.endswith((".py", ".md", ".toml"))}
+    left = {path: re.findall(r"\bexample[.-]\w+", text) for path, text in texts.items()}
+    assert not any(left.values()), left  # e.g. `example.scale` in the README instead of `blob_tools.scale`
+    assert "| layer | `blob_tools.scale` |" in texts["README.md"]
+
+
 def test_existing_directory_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="already exists"):
         new_plugin("blob", str(tmp_path))

@@ -135,3 +135,14 @@ def test_uint8_output_and_errors():
         predict_dense(net, raw[:, :10])
     with pytest.raises(ShapeError, match="channels"):
         predict_dense(net, np.zeros((3, 6, 20, 20), np.float32))
+
+
+def test_a_patch_classifier_is_refused_with_the_reason():
+    import ekn_core.neuromancer as nm
+
+    nm.model_manager.newmodel(None)
+    inp = nm.Input((None, 1, 8, 8), "b,f,y,x", name="digits")
+    classes = nm.Perceptron(inp, 3, flatten=True)
+    with pytest.raises(ShapeError, match=r"needs a net whose output keeps the spatial axes of its input .*"
+                                         r"the input has tags \('b', 'f', 'y', 'x'\) and the output \('b', 'f'\)"):
+        predict_dense(classes, np.zeros((8, 8), np.float32))

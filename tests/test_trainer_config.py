@@ -53,6 +53,20 @@ def test_missing_create_model_suggests_a_misspelt_function(tmp_path):
         ExperimentConfig.from_file(path)
 
 
+def test_model_load_args_unknown_to_create_model_are_named(tmp_path):
+    text = "data_class = 'X'\nn_steps = 1\ndef create_model(patch_size=(5, 5), width=1.0):\n    pass\n"
+    path = write(tmp_path, text + "model_load_args = {'patch_sise': (3, 3), 'width': 2}\n")
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_file(path)
+    assert ("model_load_args: create_model takes no argument 'patch_sise' (did you mean 'patch_size'?); "
+            "it takes patch_size, width") in str(err.value)
+    assert "'width'" not in str(err.value)
+    kwargs = write(tmp_path, text.replace("width=1.0", "**kwargs") + "model_load_args = {'anything': 1}\n", "k.py")
+    loaded = write(tmp_path, text + "model_load_path = 'm.mdl'\nmodel_load_args = {'imposed_batch_size': 1}\n", "m.py")
+    assert ExperimentConfig.from_file(kwargs).model_load_args == {"anything": 1}
+    assert ExperimentConfig.from_file(loaded).model_load_args == {"imposed_batch_size": 1}
+
+
 def test_required_and_invalid_values_are_listed_together(tmp_path):
     path = write(tmp_path, "def create_model():\n    pass\nhistory_freq = -1\nnan_response = 'panic'\n")
     with pytest.raises(ConfigError) as err:

@@ -170,6 +170,93 @@ def test_data_class_names_resolve_like_elektronn2():
     assert cls.__name__ == "ToyData"
 
 
+NET_WITH_POOLING = '''
+data_class = "PatchSource"
+n_steps = 1
+
+def create_model(patch_size=(23, 23)):
+    import ekn_core.neuromancer as nm
+
+    inp = nm.Input((None, 1, *patch_size), "b,f,x,y", name="raw")
+    out = nm.Conv(inp, 2, (4, 4), (2, 2))
+    out = nm.Conv(out, 2, (2, 2), (3, 3), activation_func="lin")
+    probs = nm.Softmax(out)
+    target = nm.Input_like(probs, override_f=1, dtype="int16", name="target")
+    loss = nm.AggregateLoss(nm.MultinoulliNLL(probs, target, target_is_sparse=True))
+    model = nm.model_manager.getmodel()
+    model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=probs)
+    return model
+'''
+
+
+def test_an_invalid_patch_size_error_names_the_nearest_valid_sizes(tmp_path):
+    from ekn_core.errors import ShapeError
+    from ekn_core.node import model_manager
+    from ekn_core.trainer.loop import Trainer
+
+    path = tmp_path / "net.py"
+    path.write_text(NET_WITH_POOLING)
+    namespace = {}
+    exec(NET_WITH_POOLING, namespace)
+
+    def builds(size):  # brute force: does the net build with this patch size?
+        model_manager.newmodel(None)
+        try:
+            namespace["create_model"]((size, 23))
+            return True
+        except ShapeError:
+            return False
+
+    wish = 26
+    below = max(n for n in range(1, wish) if builds(n))
+    above = min(n for n in range(wish + 1, 3 * wish) if builds(n))
+    assert not builds(wish) and (below, above) == (23, 29)  # (n - 3) / 2 - 1 must be divisible by 3
+    cfg = ExperimentConfig.from_file(str(path), [f"save_path={str(tmp_path)!r}",
+                                                 f"model_load_args={{'patch_size': ({wish}, 23)}}"])
+    with pytest.raises(ShapeError, match=f"patch {wish}×23 is not valid for this net; "
+                                         f"nearest valid: {below}×23, {above}×23"):
+        Trainer(cfg)
+
+
+def test_resuming_a_run_that_reached_n_steps_says_how_to_continue(tmp_path, caplog):
+    from ekn_core.trainer.loop import Trainer
+
+    trainer = make_trainer(tmp_path, "n_steps=2", "history_freq=0", "checkpoint_freq=1")
+    try:
+        assert trainer.run() == "finished"
+    finally:
+        trainer.close()
+    for n_steps, warned in ((2, True), (3, False)):
+        cfg = ExperimentConfig.from_file(TOY, [f"save_path={str(tmp_path)!r}", "save_name='run'", f"n_steps={n_steps}",
+                                               "history_freq=0"])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ekn"):
+            Trainer(cfg, resume=True).close()
+        expected = "the run has done 2 steps and n_steps is 2: nothing to train"
+        assert any(expected in r.getMessage() and "--set n_steps=4" in r.getMessage()
+                   for r in caplog.records) == warned
+
+
+def test_misspelt_data_init_kwargs_are_a_config_error_with_the_closest_name(tmp_path):
+    from ekn_core.errors import ConfigError
+    from ekn_core.node import model_manager
+    from ekn_core.plugins import registry
+    from ekn_core.trainer.loop import make_data_source
+
+    model_manager.newmodel(None)
+    Input = registry("layers").get("input")
+    inp, target = Input((None, 1, 5, 9, 9), "b,f,z,y,x"), Input((None, 1, 5, 9, 9), "b,f,z,y,x", name="target")
+    for data_class in ("BatchCreatorImage", "PatchSource"):  # a factory function and a class
+        with pytest.raises(ConfigError, match=rf"data_init_kwargs: {data_class} takes no argument 'valid_cube' "
+                                              r"\(did you mean 'valid_cubes'\?\); it takes patch_size, d_files"):
+            make_data_source(data_class, inp, target, {"d_files": [], "l_files": [], "valid_cube": [1]})
+    toy = (os.path.join(HERE, "trainer_files", "toy_data.py"), "ToyData")
+    with pytest.raises(ConfigError, match=r"ToyData takes no argument 'nvalid' \(did you mean 'n_valid'\?\)"):
+        make_data_source(toy, inp, target, {"nvalid": 3})
+    with pytest.raises(TypeError):  # other errors of the constructor stay what they are
+        make_data_source(toy, inp, target, {"n_valid": "many"})
+
+
 def test_dropout_masks_are_restored_with_the_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path, "n_steps=2", "history_freq=0", "checkpoint_freq=2", "schedules={}")
     try:

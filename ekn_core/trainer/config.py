@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ekn_core.errors import ConfigError
+from ekn_core.errors import ConfigError, unknown_keywords
 
 log = logging.getLogger("ekn.trainer")
 
@@ -437,6 +437,8 @@ class ExperimentConfig:
             problems.append(f"one of create_model / model_load_path is required{hint}")
         if v["create_model"] is not None and not callable(v["create_model"]):
             problems.append(f"create_model must be a function, got {v['create_model']!r}")
+        elif v["create_model"] is not None and not v["model_load_path"] and isinstance(v["model_load_args"], Mapping):
+            problems.extend(unknown_keywords(v["create_model"], v["model_load_args"], "model_load_args"))
 
         def check_int(name: str, minimum: int, allow_none: bool = False) -> None:
             value = v[name]

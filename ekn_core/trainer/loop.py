@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import platform
+import re
 import signal
 import sys
 import threading
@@ -45,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from ekn_core.errors import ConfigError, EknError
+from ekn_core.errors import ConfigError, EknError, ShapeError, keyword_names, unknown_keywords
 from ekn_core.hooks import host
 from ekn_core.trainer.batch_picture import FILE_NAME
 from ekn_core.trainer.checkpoint import (CheckpointData, capture_host_rng, latest_checkpoint, prune_checkpoints,
@@ -146,7 +147,64 @@ def make_data_source(data_class: Any, input_node: Any, target_node: Any, kwargs:
     """Builds a config's data source: ``cls.from_nodes(input, target, **kwargs)`` or ``cls(input, target, **kwargs)``."""
     factory = resolve_data_class(data_class)
     make = getattr(factory, "from_nodes", factory)
-    return make(input_node, target_node, **kwargs)
+    try:
+        return make(input_node, target_node, **kwargs)
+    except TypeError as err:  # a misspelt data_init_kwargs key: name it, with the closest real one
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if unexpected is None or unexpected.group(1) not in kwargs:
+            raise
+        names = _data_source_keywords(factory) or None
+        problems = unknown_keywords(factory, [unexpected.group(1)], "data_init_kwargs", names)
+        raise ConfigError(problems[0] if problems else f"data_init_kwargs: {err}") from None
+
+
+def _data_source_keywords(factory: Any) -> list[str]:
+    """The keyword names a data-source factory accepts for ``data_init_kwargs``: those of its
+    ``from_nodes`` and of the class it builds (the factory itself, or its return annotation)."""
+    import typing
+
+    built = factory
+    if not inspect.isclass(factory):
+        try:
+            built = typing.get_type_hints(factory).get("return")
+        except Exception:  # an annotation that does not resolve: no hint
+            built = None
+    names = [n for f in (getattr(factory, "from_nodes", None), built) if f is not None
+             for n in keyword_names(f, named_only=True) or []]
+    return [n for n in dict.fromkeys(names) if n not in ("input_node", "target_node")]
+
+
+def _fresh_default_model() -> None:
+    """Makes a fresh, empty default model current: ELEKTRONN2 configs fetch it with
+    ``model_manager.getmodel()``."""
+    from ekn_core.node import model_manager
+
+    if "default" in model_manager.models:
+        model_manager.remove("default")
+    model_manager.setdefault()
+
+
+def _patch_size_hint(create_model: Any, args: dict[str, Any]) -> str:
+    """``'; patch … is not valid for this net; nearest valid: …'`` when ``create_model(**args)``
+    failed a shape check because of its input patch, else ``''``. The net is built again shape-only
+    and leniently (failed checks recorded, sizes clamped) so that its valid sizes can be measured."""
+    from ekn_core.geometry import check_patch_size, current_patch_size
+    from ekn_core.node import model_manager, shape_only
+
+    _fresh_default_model()
+    try:
+        with shape_only(lenient=True):
+            model = create_model(**args) or model_manager.current
+        patch = current_patch_size(model)
+    except Exception:  # the net cannot be built even leniently: no hint
+        return ""
+    finally:
+        model_manager.remove("default")
+    try:
+        check_patch_size(model, patch)
+    except ShapeError as err:
+        return f"; {err}"
+    return ""
 
 
 def _keyword_names(method: Any) -> frozenset[str]:
@@ -251,6 +309,10 @@ class Trainer:
             else:
                 self.restore(read_checkpoint(path))
                 log.info("resumed %s from %s (step %d)", self.run_dir.name, path, self.step)
+                if self.step >= int(config.n_steps):
+                    log.warning("the run has done %d steps and n_steps is %d: nothing to train. n_steps counts "
+                                "every step of the run; continue it with e.g. --set n_steps=%d", self.step,
+                                int(config.n_steps), 2 * self.step)
         hooks = host()
         hooks.configure(self.config.jsonable())
         for line in hooks.report_header(self.config.jsonable()):
@@ -350,11 +412,11 @@ class Trainer:
         else:
             from ekn_core.node import model_manager
 
-            # a fresh, current default model: ELEKTRONN2 configs fetch it with model_manager.getmodel()
-            if "default" in model_manager.models:
-                model_manager.remove("default")
-            model_manager.setdefault()
-            self.model = cfg.create_model(**args)
+            _fresh_default_model()
+            try:
+                self.model = cfg.create_model(**args)
+            except ShapeError as err:
+                raise ShapeError(f"{err}{_patch_size_hint(cfg.create_model, args)}") from None
             if self.model is None:
                 self.model = model_manager.current
         for role in ("input_node", "loss_node"):

@@ -39,6 +39,8 @@ def _substitutions(name: str) -> list[tuple[str, str]]:
         ("ekn-plugin-example", f"ekn-{hyphen}"),
         ('"example.', f'"{name}.'),
         ("'example.", f"'{name}."),
+        ("`example.", f"`{name}."),  # names in the README and docstrings
+        ("# example.", f"# {name}."),
         ("example_hello", f"{name}_hello"),
         ("example-hello", f"{hyphen}-hello"),
     ]

@@ -131,6 +131,8 @@ def synth_volume(shape: Sequence[int], rng: np.random.Generator, aniso_factor: f
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ConfigError(f"synthetic volumes are 3-D with positive sizes, got shape {shape}")
+    if not aniso_factor > 0:
+        raise ConfigError(f"aniso_factor (z spacing / lateral spacing) must be > 0, e.g. 2, got {aniso_factor}")
     if n_cells is None:
         extent = max(shape[0] * aniso_factor, shape[1], shape[2])
         n_cells = max(4, int(np.prod(shape) * aniso_factor / (extent * 250)))
@@ -230,6 +232,8 @@ def write_tube_dataset(out_dir: str, n_volumes: int = 4, shape: Sequence[int] = 
 
     if int(n_volumes) < 1:
         raise ConfigError(f"n_volumes must be >= 1, got {n_volumes}")
+    if not radius > 0:
+        raise ConfigError(f"the tube radius must be > 0 voxels, e.g. 3, got {radius}")
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for i in range(int(n_volumes)):
