@@ -24,6 +24,7 @@ COMMANDS = [
     "train = ekn_plugins.commands.train:TrainCommand",
     "predict = ekn_plugins.commands.predict:PredictCommand",
     "evaluate = ekn_plugins.commands.evaluate:EvaluateCommand",
+    "segment = ekn_plugins.commands.segment:SegmentCommand",
     "shell = ekn_plugins.commands.shell:ShellCommand",
     "shell.actstats = ekn_plugins.commands.shell_commands:ActStats",
     "shell.continue = ekn_plugins.commands.shell_commands:Continue",

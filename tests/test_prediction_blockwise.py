@@ -1,6 +1,7 @@
 """Out-of-core predict_volume: equals predict_dense, bounded blocks, resume after a crash."""
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -159,6 +160,22 @@ def test_knossos_output_of_one_channel_resumes(tmp_path, raw_h5):
     assert summary["skipped"] == 3
     ref = np.clip(np.rint(predict_dense(make_fast_net(), raw, pad_raw=True)[1] * 255), 0, 255)
     assert np.abs(read_volume(out).astype(int) - ref).max() <= 1
+
+
+def test_another_job_into_a_knossos_output_starts_over(tmp_path, raw_h5):
+    raw, src = raw_h5
+    out = str(tmp_path / "k" / "barrier.k.toml")
+    predict_volume(make_fast_net(), src, out, tile=None, channel=1, progress=False)
+    summary = predict_volume(make_fast_net(), src, out, tile=None, channel=0, roi=((0, 0, 0), (11, 20, 20)),
+                             progress=False)  # another channel and region: as with zarr, it replaces the output
+    assert summary["skipped"] == 0
+    ref = np.clip(np.rint(predict_dense(make_fast_net(), raw, pad_raw=True)[0, :, :20, :20] * 255), 0, 255)
+    assert np.abs(read_volume(out).astype(int) - ref).max() <= 1
+    foreign = str(tmp_path / "em" / "raw.k.toml")  # a data set no prediction wrote is never replaced
+    predict_volume(make_fast_net(), src, foreign, tile=None, channel=1, progress=False)
+    os.remove(progress_path(foreign))
+    with pytest.raises(ConfigError, match="already exists"):
+        predict_volume(make_fast_net(), src, foreign, tile=None, channel=0, progress=False)
 
 
 def test_blended_blocks_equal_one_blended_image(tmp_path):

@@ -91,10 +91,8 @@ class Plan:
         return [self.block_bounds(i) for i in range(int(np.prod(self.block_counts)))]
 
     def chunks(self, cap: int = 128) -> Shape:
-        """Output chunk shape: per axis the largest divisor of the block size up to ``cap``
-        (the whole axis when one block covers it), so blocks write whole chunks."""
-        return tuple(min(e, max(d for d in range(1, min(b, cap) + 1) if b % d == 0))
-                     for b, e in zip(self.block, self.out_shape))
+        """Output chunk shape (:func:`chunk_shape` of the blocks), so blocks write whole chunks."""
+        return chunk_shape(self.block, self.out_shape, cap)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able description (part of the resume fingerprint)."""
@@ -103,6 +101,17 @@ class Plan:
         if not self.tta:
             del data["tta"]  # plans without TTA keep the fingerprint of earlier versions (resume)
         return json.loads(json.dumps(data))
+
+
+def chunk_shape(block: Shape, shape: Shape, cap: int = 128) -> Shape:
+    """Chunks for an output written in blocks: per axis the largest divisor of the block size up to
+    ``cap`` (the whole axis when one block covers it), so every block writes whole chunks.
+
+    Example:
+        >>> chunk_shape((64, 200, 256), (100, 150, 1000))
+        (64, 100, 128)
+    """
+    return tuple(min(e, max(d for d in range(1, min(b, cap) + 1) if b % d == 0)) for b, e in zip(block, shape))
 
 
 def _block_bytes(block: Shape, g: TileGeometry, in_channels: int, n_lab: int) -> float:
@@ -586,6 +595,8 @@ def _open_output(output: str, resume: bool, shape: Shape, dtype: Any, chunks: Sh
         return volume
     if options["reader"] == "knossos":
         chunks = None  # KNOSSOS keeps its cube shape; the single writer merges partial cubes
+        if os.path.exists(progress_path(output)):  # an earlier job's output: a different job starts over
+            options.setdefault("overwrite", True)
     elif options["reader"] in ("hdf5", "zarr"):
         options.setdefault("axes", "czyx" if len(shape) == 4 else "zyx")
     return create_volume(output, shape=shape, dtype=dtype, chunks=chunks, **options)

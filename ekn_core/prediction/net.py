@@ -49,6 +49,25 @@ def graph_nodes(node: Any) -> list[Any]:
     return list(parents.values()) if hasattr(parents, "values") else list(parents)
 
 
+def affinity_loss_node(node: Any) -> Any | None:
+    """The loss node fed by the node's graph that declares ``affinity_loss = True`` (its channels
+    are affinities, e.g. ``MalisNLL``), or None.
+
+    Example:
+        >>> class Loss: affinity_loss = True
+        >>> class Logits: children = {"malis": Loss()}
+        >>> class Probs: all_parents = {"logits": Logits()}
+        >>> class Plain: children = {}
+        >>> type(affinity_loss_node(Probs())).__name__, affinity_loss_node(Plain())
+        ('Loss', None)
+    """
+    for parent in graph_nodes(node):
+        for child in getattr(parent, "children", {}).values():
+            if getattr(child, "affinity_loss", False):
+                return child
+    return None
+
+
 def shift_period(node: Any) -> tuple[int, ...]:
     """Window shifts under which the node's output is equivariant, per spatial axis.
 
@@ -128,8 +147,9 @@ class NetAdapter:
         self._in_tags, self._out_tags = tuple(in_shape.tags), tuple(out_shape.tags)
         spatial = [t for t in self._in_tags if t in SPATIAL_TAGS]
         if sorted(spatial) != sorted(t for t in self._out_tags if t in SPATIAL_TAGS):
-            raise ShapeError(f"input tags {self._in_tags} and output tags {self._out_tags} must "
-                             "have the same spatial axes")
+            raise ShapeError(f"dense prediction needs a net whose output keeps the spatial axes of its input "
+                             f"(image to image), but the input has tags {self._in_tags} and the output "
+                             f"{self._out_tags}: a net that classifies whole patches has no dense prediction")
         if len(spatial) not in (2, 3):
             raise ShapeError(f"dense prediction needs a 2-D or 3-D net, {node!r} has spatial axes {spatial}")
         self._internal = ("b", "f", *spatial)

@@ -124,14 +124,13 @@ def _check_exact(net: Any, names: tuple[str, ...]) -> None:
             raise ShapeError(f"TTA swaps y and x, which needs the same geometry on both axes; the net has "
                              f"patch {g.patch}, output {g.out}, strides {g.strides}, shift period {g.period}. "
                              "Use a square patch (y = x) or tta='flips'")
-    from ekn_core.prediction.net import graph_nodes
+    from ekn_core.prediction.net import affinity_loss_node
 
-    for parent in graph_nodes(net.node) if hasattr(net, "node") else ():
-        for child in getattr(parent, "children", {}).values():
-            if getattr(child, "affinity_loss", False):
-                raise ConfigError(f"TTA averages per-voxel outputs, but this net predicts affinities (it feeds "
-                                  f"{type(child).__name__} {child.name!r}), whose channels change meaning "
-                                  "under flips; predict without tta")
+    loss = affinity_loss_node(net.node) if hasattr(net, "node") else None
+    if loss is not None:
+        raise ConfigError(f"TTA averages per-voxel outputs, but this net predicts affinities (it feeds "
+                          f"{type(loss).__name__} {loss.name!r}), whose channels change meaning "
+                          "under flips; predict without tta")
 
 
 class TTANet:

@@ -1,13 +1,16 @@
-"""``ekn evaluate``: a trained model on labelled volumes: cached predictions, threshold curves,
-segmentation search, report (:func:`~ekn_plugins.evaluation.model_evaluation.evaluate_model`).
+"""``ekn evaluate``: a trained model, or an existing prediction, on labelled volumes: cached
+predictions, threshold curves, segmentation search, report
+(:func:`~ekn_plugins.evaluation.model_evaluation.evaluate_model`).
 
 Example:
     >>> import argparse
     >>> parser = argparse.ArgumentParser()
     >>> EvaluateCommand().add_arguments(parser)
     >>> args = parser.parse_args(["run/", "raw.h5:raw", "--ids", "ids.h5:ids", "--grid", '{"threshold": [0.3]}'])
-    >>> args.raw, args.labels, args.ids, parse_grid(args.grid), args.n_proc, args.tile
-    ('raw.h5:raw', None, 'ids.h5:ids', {'threshold': [0.3]}, 1, 'auto')
+    >>> model_and_raw(args), args.labels, args.ids, parse_grid(args.grid), args.n_proc, args.affinities
+    (('run/', 'raw.h5:raw'), None, 'ids.h5:ids', {'threshold': [0.3]}, 1, None)
+    >>> model_and_raw(parser.parse_args(["--prediction", "pred.zarr", "raw.h5:raw", "--ids", "ids.h5:ids"]))
+    (None, 'raw.h5:raw')
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from ekn_core.commands import Command
 from ekn_core.errors import ConfigError
 from ekn_plugins.commands.predict import add_prediction_options, parse_roi, parse_tile
+from ekn_plugins.evaluation.affinities import NHOODS
 
 
 def parse_grid(text: str | None) -> dict[str, Any] | None:
@@ -61,8 +65,32 @@ def parse_anisotropy(text: str) -> tuple[float, float, float]:
     return values
 
 
+def model_and_raw(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``(MODEL, RAW)`` of the positional arguments: ``MODEL [RAW]``, or with ``--prediction``
+    only ``[RAW]``.
+
+    Raises:
+        ConfigError: No model and no ``--prediction``, or both.
+    """
+    if args.prediction is None:
+        if args.model is None:
+            raise ConfigError("give a MODEL (model file or run directory) or an existing prediction: "
+                              "ekn evaluate --prediction PRED [RAW] --labels LABELS / --ids IDS")
+        return args.model, args.raw
+    if args.raw is not None or (args.model is not None and _is_model(args.model)):
+        raise ConfigError(f"--prediction {args.prediction} replaces MODEL: give either a MODEL or --prediction, "
+                          "with at most RAW as positional argument (ekn evaluate --prediction PRED [RAW] --ids IDS)")
+    return None, args.model
+
+
+def _is_model(path: str) -> bool:
+    """A model file or a run directory (what MODEL names)."""
+    return path.endswith(".mdl") or os.path.isfile(os.path.join(path, "run.json"))
+
+
 class EvaluateCommand(Command):
-    """Evaluate a trained model on labelled volumes: curves, segmentation search and a report.
+    """Evaluate a trained model, or an existing prediction, on labelled volumes: curves,
+    segmentation search and a report.
 
     MODEL is a model file or a run directory (its models/best.mdl, else latest.mdl). RAW with
     --labels (binary, 1 = what the evaluated channel predicts) and/or --ids (ground-truth object
@@ -70,37 +98,53 @@ class EvaluateCommand(Command):
     volume_validation volumes are evaluated. The labelled box is predicted into
     OUT/<name>/prediction.zarr (reused by a rerun), swept over all thresholds (ROC, precision-
     recall, F1) and, with ids, segmented by a watershed whose parameters are searched.
+    --prediction PRED evaluates what ekn predict wrote instead of MODEL (RAW, if given, only
+    checks the shapes). Affinity nets (MALIS: found in the model; --affinities) are swept against
+    the affinity graph of --ids and segmented by connected components.
     OUT/evaluation.json holds the numbers, OUT/REPORT.md the report with its figures.
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("model", help="model file, or a run directory (its best model, else the latest)")
-        parser.add_argument("raw", nargs="?", help="raw volume, e.g. raw.h5:raw (default: the run's "
-                            "volume_validation volumes)")
+        parser.add_argument("model", nargs="?", metavar="MODEL", help="model file, or a run directory (its best "
+                            "model, else the latest); left out with --prediction, where the one positional "
+                            "argument is RAW")
+        parser.add_argument("raw", nargs="?", metavar="RAW", help="raw volume, e.g. raw.h5:raw (default: the "
+                            "run's volume_validation volumes)")
+        parser.add_argument("--prediction", metavar="PRED", help="evaluate this prediction (what ekn predict "
+                            "wrote: the raw volume's shape, or centred in it with --valid; (n_lab, z, y, x) or, "
+                            "with --channel, (z, y, x); uint8 = probability x 255) instead of a MODEL")
         parser.add_argument("--labels", help="binary labels, the same size as RAW or smaller and centred in it")
         parser.add_argument("--ids", help="ground-truth object ids (neurons), centred in RAW, for the "
                             "segmentation search; without --labels their boundaries are the labels")
         parser.add_argument("--region", help="evaluate only this box of RAW, z0:z1,y0:y1,x0:x1 in raw voxels")
-        parser.add_argument("--name", help="name of the volume (default: RAW's file name)")
-        parser.add_argument("--out", help="output folder (default: RUN/evaluation/<model>/ or "
-                            "<model>.evaluation/)")
+        parser.add_argument("--name", help="name of the volume (default: RAW's file name, else PRED's)")
+        parser.add_argument("--out", help="output folder (default: RUN/evaluation/<model>/, "
+                            "<model>.evaluation/ or <PRED>.evaluation/)")
         parser.add_argument("--channel", type=int, help="output channel to evaluate (default: 1 of two "
                             "softmax channels, 0 of a single sigmoid channel)")
         parser.add_argument("--interior", action="store_true", help="the channel is the interior (cell) "
                             "probability: segment 1 - p, and labels from --ids are the non-boundary voxels")
         parser.add_argument("--positive", type=int, help="class of multi-class labels the channel predicts "
                             "(the others are negative); default: binary labels 0/1")
-        parser.add_argument("--ignore-label", type=int, help="label value of unlabelled voxels")
+        parser.add_argument("--ignore-label", type=int, help="label value of unlabelled voxels (with --affinities: "
+                            "the id whose edges are unlabelled)")
         parser.add_argument("--bins", type=int, default=1000, help="histogram bins of the threshold sweep "
                             "(thresholds resolved to 1/bins)")
+        parser.add_argument("--affinities", action=argparse.BooleanOptionalAction, help="the channels are "
+                            "affinities: swept against the affinity graph of --ids, segmented by connected "
+                            "components (default: when the model feeds an affinity loss such as MalisNLL)")
+        parser.add_argument("--nhood", choices=tuple(NHOODS), help="neighbourhood of the affinity channels "
+                            "(default: the MalisNLL node's, else 3d): "
+                            + "; ".join(f"{k}: {d}" for k, d in NHOODS.items()))
         add_prediction_options(parser)
         parser.add_argument("--no-segmentation", action="store_true", help="skip the segmentation search")
         parser.add_argument("--metric", default="vi", choices=("vi", "adapted_rand_error"),
                             help="score the segmentation search minimises")
-        parser.add_argument("--grid", help="watershed grid as JSON (or a JSON file), e.g. "
-                            "'{\"threshold\": [0.2, 0.3, 0.5], \"min_size\": [1, 50]}' (default: 30 points)")
-        parser.add_argument("--per-slice", action="store_true", help="segment every z slice on its own")
-        parser.add_argument("--anisotropy", default="1,1,1", help="voxel size z,y,x for the seed erosion")
+        parser.add_argument("--grid", help="segmentation grid as JSON (or a JSON file), e.g. "
+                            "'{\"threshold\": [0.2, 0.3, 0.5], \"min_size\": [1, 50]}' (default: 30 watershed "
+                            "points, 12 for affinities)")
+        parser.add_argument("--per-slice", action="store_true", help="watershed: segment every z slice on its own")
+        parser.add_argument("--anisotropy", help="watershed: voxel size z,y,x for the seed erosion (default 1,1,1)")
         parser.add_argument("--n-proc", type=int, default=1, help="processes of the segmentation search")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -110,24 +154,41 @@ class EvaluateCommand(Command):
         from ekn_plugins.evaluation.segmentation import WatershedParams
         from ekn_plugins.validation.spec import ValidationVolume
 
+        model, raw = model_and_raw(args)
         volumes = None
-        if args.raw is not None:
-            name = args.name or os.path.splitext(os.path.basename(split_key(args.raw)[0].rstrip("/")))[0]
-            volumes = [ValidationVolume(args.raw, args.labels, None, name, args.ids)]
+        if raw is not None or (args.prediction is not None and (args.labels or args.ids)):
+            named = raw or args.prediction
+            name = args.name or os.path.splitext(os.path.basename(split_key(named)[0].rstrip("/")))[0]
+            volumes = [ValidationVolume(raw, args.labels, None, name, args.ids)]
         elif args.labels or args.ids or args.name:
             raise ConfigError("--labels, --ids and --name describe a volume RAW: give it after the model, e.g. "
                               "ekn evaluate MODEL raw.h5:raw --labels labels.h5:lab")
+        watershed = (WatershedParams(per_slice=args.per_slice, anisotropy=parse_anisotropy(args.anisotropy or "1,1,1"))
+                     if args.per_slice or args.anisotropy else None)
         record = evaluate_model(
-            args.model, volumes, args.out, channel=args.channel, interior=args.interior, positive=args.positive,
-            ignore_label=args.ignore_label, region=parse_roi(args.region, "--region"), bins=args.bins,
-            segmentation=not args.no_segmentation, grid=parse_grid(args.grid), metric=args.metric,
-            n_proc=args.n_proc,
-            base_params=WatershedParams(per_slice=args.per_slice, anisotropy=parse_anisotropy(args.anisotropy)),
+            model, volumes, args.out, prediction=args.prediction, channel=args.channel, interior=args.interior,
+            positive=args.positive, ignore_label=args.ignore_label, region=parse_roi(args.region, "--region"),
+            bins=args.bins, affinities=args.affinities, nhood=args.nhood, segmentation=not args.no_segmentation,
+            grid=parse_grid(args.grid), metric=args.metric, n_proc=args.n_proc,
+            base_params=watershed,
             mfp=args.mfp, tta=args.tta, tile=parse_tile(args.tile), memory_budget=args.memory_budget,
             workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
-        model = record["model"]
-        which = f" (the {model['which']} model of run {model['run']})" if model["which"] else ""
-        print(f"model {model['path']}{which}, channel {record['settings']['channel']}")
+        print(_evaluated_line(record))
         print(summary_table(record))
         print(f"report: {os.path.join(record['out_dir'], 'REPORT.md')}")
         return 0
+
+
+def _evaluated_line(record: dict[str, Any]) -> str:
+    """``model PATH (...), channel K`` or ``prediction PATH (shape), ...``: what was evaluated."""
+    model, settings = record["model"], record["settings"]
+    if model is None:
+        prediction = record["prediction"]
+        source = f"prediction {prediction['path']} {tuple(prediction['shape'])}"
+    else:
+        which = f" (the {model['which']} model of run {model['run']})" if model["which"] else ""
+        source = f"model {model['path']}{which}"
+    affinities = settings["affinities"]
+    what = (f"affinity channels {affinities['channels']} ({affinities['nhood_source']})" if affinities
+            else f"channel {settings['channel']}")
+    return f"{source}, {what}"

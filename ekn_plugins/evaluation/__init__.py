@@ -6,8 +6,9 @@ its watershed segmentation search).
 * :mod:`~ekn_plugins.evaluation.segmentation`: segmentations from boundary probabilities or
   affinities, scored against ground-truth neuron ids (variation of information, adapted Rand error),
   and the search for the segmentation parameters that score best;
-* :mod:`~ekn_plugins.evaluation.model_evaluation`: ``ekn evaluate``, a model on labelled volumes
-  (cached predictions, curves, segmentation search), with :mod:`~ekn_plugins.evaluation.runs`
-  (the model and volumes of a run directory) and :mod:`~ekn_plugins.evaluation.report`
-  (``REPORT.md``).
+* :mod:`~ekn_plugins.evaluation.model_evaluation`: ``ekn evaluate``, a model or an existing
+  prediction on labelled volumes (cached predictions, curves, segmentation search), with
+  :mod:`~ekn_plugins.evaluation.runs` (the model and volumes of a run directory),
+  :mod:`~ekn_plugins.evaluation.affinities` (affinity nets: nhood, channels, true affinity graph)
+  and :mod:`~ekn_plugins.evaluation.report` (``REPORT.md``).
 """

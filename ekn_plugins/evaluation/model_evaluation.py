@@ -1,5 +1,5 @@
-"""Evaluation of a trained model on labelled volumes: ELEKTRONN2's ``evaluate_model_binary``, out
-of core and resumable (``ekn evaluate``).
+"""Evaluation of a trained model, or of an existing prediction, on labelled volumes: ELEKTRONN2's
+``evaluate_model_binary`` and ``evaluate(gt, preds)``, out of core and resumable (``ekn evaluate``).
 
 For every volume (a :class:`~ekn_plugins.validation.spec.ValidationVolume`: raw, binary labels
 and/or ground-truth ids, optional region):
@@ -15,6 +15,18 @@ and/or ground-truth ids, optional region):
    memory suffices), the watershed parameters are searched
    (:func:`~ekn_plugins.evaluation.seg_search.search_segmentation`; ``seg_params.json`` and
    ``.md``) and the best segmentation is saved as ``OUT/<name>/segmentation.zarr``.
+
+A given prediction (``prediction=``, what ``ekn predict`` wrote) replaces step 1: it has the raw
+volume's shape, or is smaller and centred in it (``ekn predict --valid``); labels and ids are
+centred in it as in the raw volume, and the box is cut to it. Without a raw volume, the frame is
+the box whose every axis is the largest of the prediction's, labels' and ids'. uint8 predictions
+are probabilities x 255.
+
+Affinity nets (``affinities=True``, automatic for models that feed an affinity loss such as
+``MalisNLL``): the channels of P(connected) (:mod:`~ekn_plugins.evaluation.affinities`) are swept
+against the true affinity graph of the ids, pooled over the edges, and the segmentation search
+varies the connected components' threshold and minimum size
+(:class:`~ekn_plugins.evaluation.segmentation.AffinityParams`).
 
 ``OUT/evaluation.json`` holds everything machine-readable and ``OUT/REPORT.md``
 (:mod:`~ekn_plugins.evaluation.report`) the human-readable summary; every file is written
@@ -39,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -51,10 +64,11 @@ from ekn_core.errors import ConfigError, EknError
 from ekn_core.prediction.tiling import Shape
 from ekn_plugins.data.image import center_offset
 from ekn_plugins.data.patches import Region, parse_region
+from ekn_plugins.evaluation.affinities import affinity_labels, connected_channels, resolve_nhood
 from ekn_plugins.evaluation.binary import BinaryEvaluation, ThresholdCurves
 from ekn_plugins.evaluation.runs import ChosenModel, default_out_dir, resolve_model, run_validation_spec
-from ekn_plugins.evaluation.seg_search import DEFAULT_GRID, METRICS, grid_points
-from ekn_plugins.evaluation.segmentation import WatershedParams
+from ekn_plugins.evaluation.seg_search import DEFAULT_GRIDS, METRICS, grid_points
+from ekn_plugins.evaluation.segmentation import SEGMENTERS, AffinityParams, WatershedParams
 from ekn_plugins.validation.evaluate import evaluation_roi
 from ekn_plugins.validation.spec import ValidationVolume
 
@@ -67,6 +81,12 @@ BARRIER_OPTIONS = {"dilute": False, "connectivity": True, "ecs_as_barr": True}
 BOX_BYTES_PER_VOXEL = 24
 #: Memory per voxel of one segmentation worker (watershed, seeds, distances, scores; about 100 measured).
 SEARCH_BYTES_PER_VOXEL = 128
+#: Affinities instead: per voxel the ids and the best segmentation in the box, and per voxel and
+#: edge of the nhood the affinities in the box (float64 at most) and, in a worker, the edge lists
+#: of the connected components (measured: 144 bytes for 3 edges, 385 for 11).
+AFFINITY_BYTES_PER_VOXEL = {"box": 16, "box_per_edge": 8, "search": 64, "search_per_edge": 32}
+#: Block read at a time from a prediction that has no chunks (e.g. a TIFF stack).
+READ_BLOCK = (32, 512, 512)
 #: The curve arrays left out of ``evaluation.json`` (``ThresholdCurves`` rebuilds them from the histograms).
 CURVE_FIELDS = ("roc_fpr", "roc_tpr", "pr_recall", "pr_precision")
 
@@ -89,15 +109,63 @@ def evaluated_channel(n_lab: int, channel: int | None = None) -> int:
     return int(channel)
 
 
-def _blocks(shape: Shape, block: Shape) -> Iterator[tuple[slice, ...]]:
-    """The boxes of a grid of ``block`` over ``shape``, in C order (the last ones cut)."""
-    counts = [-(-s // b) for s, b in zip(shape, block)]
-    for index in np.ndindex(*counts):
-        yield tuple(slice(i * b, min((i + 1) * b, s)) for i, b, s in zip(index, block, shape))
+def _blocks(lo: Shape, hi: Shape, block: Shape) -> Iterator[tuple[slice, ...]]:
+    """The cells of the grid of ``block`` (from 0) that overlap ``[lo, hi)``, cut to it, in C order.
+
+    Example:
+        >>> [s[0] for s in _blocks((3,), (9,), (4,))]
+        [slice(3, 4, None), slice(4, 8, None), slice(8, 9, None)]
+    """
+    starts = [range(a // b * b, c, b) for a, c, b in zip(lo, hi, block)]
+    for corner in itertools.product(*starts):
+        yield tuple(slice(max(k, a), min(k + b, c)) for k, a, c, b in zip(corner, lo, hi, block))
 
 
 def _window(lo: Shape, hi: Shape, offset: Shape) -> tuple[slice, ...]:
     return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))
+
+
+def prediction_values(data: Any) -> np.ndarray:
+    """Probabilities of a block read from a prediction: uint8 (``ekn predict --uint8``, KNOSSOS:
+    probability x 255, :func:`~ekn_core.prediction.dense.to_uint8`) as float64 / 255, float16
+    as float32, other floats as they are.
+
+    Example:
+        >>> prediction_values(np.array([0, 51, 255], np.uint8)).tolist()
+        [0.0, 0.2, 1.0]
+    """
+    data = np.asarray(data)
+    if data.dtype == np.uint8:
+        return data / 255.0
+    return data.astype(np.float32) if data.dtype == np.float16 else data
+
+
+@contextlib.contextmanager
+def _open_prediction(path: str) -> Iterator[tuple[Any, Shape]]:
+    """A prediction (what ``ekn predict`` writes: ``(n_lab, z, y, x)``, or ``(z, y, x)`` with
+    ``--channel``) as a channels-first view, and its own shape; shape and dtype checked."""
+    from ekn_core.prediction.blockwise import as_channel_volume
+    from ekn_core.volumes import open_volume
+
+    try:
+        volume = open_volume(path)
+    except Exception as err:  # any reader's error: name the prediction
+        raise ConfigError(f"cannot read the prediction {path!r}: {type(err).__name__}: {err}") from err
+    with volume:
+        shape, dtype = tuple(volume.shape), np.dtype(volume.dtype)
+        if len(shape) not in (3, 4):
+            raise ConfigError(f"the prediction {path!r} has shape {shape}; give what ekn predict writes: "
+                              "(n_lab, z, y, x), or (z, y, x) with --channel")
+        if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+            raise ConfigError(f"the prediction {path!r} has dtype {dtype}; give probabilities: floats in [0, 1] "
+                              "or uint8 (probability x 255, ekn predict --uint8)")
+        yield as_channel_volume(volume), shape
+
+
+def _spatial_chunks(view: Any) -> Shape:
+    """The chunk shape ``(z, y, x)`` of a channels-first view (:data:`READ_BLOCK` without chunks)."""
+    chunks = getattr(view, "chunks", None) or getattr(getattr(view, "volume", None), "chunks", None)
+    return tuple(chunks[-3:]) if chunks else READ_BLOCK
 
 
 def _read(view: Any, window: tuple[slice, ...]) -> np.ndarray:
@@ -128,18 +196,29 @@ def _opened(volume: ValidationVolume) -> Iterator[dict[str, Any]]:
         yield views
 
 
-def _layout(volume: ValidationVolume, views: dict[str, Any]) -> tuple[tuple[Shape, Shape], dict[str, Shape]]:
-    """The evaluated box (raw coordinates) and the offsets of labels and ids in raw."""
-    raw_shape = tuple(views["raw"].shape[1:])
-    offsets, extents = {}, {}
+def _layout(volume: ValidationVolume, views: dict[str, Any],
+            prediction: tuple[str, Shape] | None = None) -> tuple[tuple[Shape, Shape], dict[str, Shape]]:
+    """The evaluated box and the offsets of labels, ids and a given ``prediction`` (its path and
+    spatial shape), all in the frame: the raw volume, or without one the box whose every axis is
+    the largest of the prediction's, labels' and ids' (each is centred in it)."""
+    extents = {what: tuple(views[what].shape[1:]) for what in ("labels", "ids") if what in views}
+    if prediction is not None:
+        extents["prediction"] = tuple(prediction[1])
+    frame = tuple(views["raw"].shape[1:]) if "raw" in views else tuple(max(e) for e in zip(*extents.values()))
+    offsets = {}
+    for what, extent in extents.items():
+        try:
+            offsets[what] = center_offset(frame, extent)
+        except EknError as err:
+            why = (_uncentred(prediction[0], extents, frame, "raw" in views)
+                   if prediction is not None and ("raw" not in views or what == "prediction") else err)
+            raise ConfigError(f"volume {volume.name!r}: {why}") from None
     try:
-        for what in ("labels", "ids"):
-            if what in views:
-                extents[what] = tuple(views[what].shape[1:])
-                offsets[what] = center_offset(raw_shape, extents[what])
-        box = evaluation_roi(raw_shape, extents["labels" if "labels" in views else "ids"], volume.region)
+        box = evaluation_roi(frame, extents["labels" if "labels" in views else "ids"], volume.region)
     except EknError as err:
         raise ConfigError(f"volume {volume.name!r}: {err}") from None
+    if prediction is not None:
+        box = _inside_prediction(volume.name, box, offsets["prediction"], extents["prediction"])
     if "labels" in views and "ids" in views:
         ids_hi = tuple(o + s for o, s in zip(offsets["ids"], extents["ids"]))
         if any(a < o or b > h for a, b, o, h in zip(*box, offsets["ids"], ids_hi)):
@@ -149,9 +228,36 @@ def _layout(volume: ValidationVolume, views: dict[str, Any]) -> tuple[tuple[Shap
     return box, offsets
 
 
-def check_memory(name: str, box_shape: Shape, workers: int) -> None:
+def _uncentred(path: str, extents: dict[str, Shape], frame: Shape, has_raw: bool) -> str:
+    """Why a given prediction and the labels / ids cannot be centred in each other."""
+    if has_raw:
+        problem = f"the prediction {path!r} {extents['prediction']} cannot be centred in the raw volume {frame}"
+    else:
+        shapes = ", ".join(f"{what} {extent}" for what, extent in extents.items())
+        problem = f"the {shapes} (prediction {path!r}) cannot be centred in each other"
+    return (f"{problem}: each size difference must be even and >= 0. ekn predict writes the raw volume's shape, or "
+            "with --valid a box smaller by the net's fov - 1, centred; give a prediction of the whole raw volume")
+
+
+def _inside_prediction(name: str, box: tuple[Shape, Shape], offset: Shape,
+                       shape: Shape) -> tuple[Shape, Shape]:
+    """The labelled ``box`` cut to a given prediction of ``shape`` at ``offset``."""
+    end = tuple(o + s for o, s in zip(offset, shape))
+    lo, hi = tuple(max(a, o) for a, o in zip(box[0], offset)), tuple(min(b, e) for b, e in zip(box[1], end))
+    if any(a >= b for a, b in zip(lo, hi)):
+        raise ConfigError(f"volume {name!r}: the prediction covers {offset}..{end}, which holds no voxel of "
+                          f"the labelled box {box[0]}..{box[1]}; choose a --region inside both")
+    if (lo, hi) != box:
+        log.info("volume %s: the prediction covers %s..%s; evaluating the labelled voxels inside it, %s..%s",
+                 name, offset, end, lo, hi)
+    return lo, hi
+
+
+def check_memory(name: str, box_shape: Shape, workers: int, box_bytes: int = BOX_BYTES_PER_VOXEL,
+                 search_bytes: int = SEARCH_BYTES_PER_VOXEL) -> None:
     """Checks that the box of a volume fits into the available memory for the segmentation
-    (``workers`` segmentation processes, 0 without the search).
+    (``workers`` segmentation processes, 0 without the search; ``box_bytes`` and
+    ``search_bytes`` per voxel for the box and per worker).
 
     Raises:
         EknError: It does not, with what to do instead.
@@ -159,7 +265,7 @@ def check_memory(name: str, box_shape: Shape, workers: int) -> None:
     import psutil
 
     voxels = int(np.prod(box_shape))
-    need = voxels * (BOX_BYTES_PER_VOXEL + SEARCH_BYTES_PER_VOXEL * workers)
+    need = voxels * (box_bytes + search_bytes * workers)
     available = psutil.virtual_memory().available
     if need > available:
         search = f" and a segmentation search in {workers} process(es)" if workers else ""
@@ -227,18 +333,27 @@ def model_fingerprint(chosen: ChosenModel) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class _Options:
-    """The settings of one evaluation (recorded in ``evaluation.json``)."""
+    """The settings of one evaluation (recorded in ``evaluation.json``).
 
-    channel: int
+    ``channel`` is the evaluated channel of a boundary/foreground net (None for affinities);
+    ``affinities`` holds ``nhood``, ``nhood_source`` and ``channels`` (those of P(connected)) of
+    an affinity net (None otherwise); ``prediction`` is the given prediction (None: the model
+    predicts).
+    """
+
+    channel: int | None
+    affinities: dict[str, Any] | None
     interior: bool
     positive: int | None
     ignore_label: int | None
     bins: int
     segmentation: bool
+    segmenter: str
     grid: dict[str, list[Any]]
     metric: str
     n_proc: int
     base_params: dict[str, Any]
+    prediction: str | None
     mfp: bool
     tta: Any
     tile: Any
@@ -246,84 +361,149 @@ class _Options:
     workers: int | None
     scheduler: str | None
 
+    def read_channels(self) -> slice:
+        """The channels the evaluation reads: the evaluated one, or those of P(connected)."""
+        if self.affinities is None:
+            return slice(self.channel, self.channel + 1)
+        channels = self.affinities["channels"]
+        return slice(channels[0], channels[-1] + 1, channels[1] - channels[0] if len(channels) > 1 else 1)
 
-def evaluate_model(model: str, volumes: Sequence[ValidationVolume] | None = None, out_dir: str | None = None, *,
+    def describe_channels(self) -> str:
+        """``channel K`` or ``affinity channels [...]`` (for messages)."""
+        if self.affinities is None:
+            return f"channel {self.channel}"
+        return f"affinity channels {self.affinities['channels']}"
+
+    def base(self) -> WatershedParams | AffinityParams:
+        """The segmenter's parameters outside the grid."""
+        return SEGMENTERS[self.segmenter](**self.base_params)
+
+    def memory_per_voxel(self) -> tuple[int, int]:
+        """Bytes per voxel of the box held for the segmentation, and of one search worker."""
+        if self.affinities is None:
+            return BOX_BYTES_PER_VOXEL, SEARCH_BYTES_PER_VOXEL
+        n, b = len(self.affinities["nhood"]), AFFINITY_BYTES_PER_VOXEL
+        return b["box"] + b["box_per_edge"] * n, b["search"] + b["search_per_edge"] * n
+
+
+def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume] | None = None,
+                   out_dir: str | None = None, *, prediction: str | None = None,
                    channel: int | None = None, interior: bool = False, positive: int | None = None,
                    ignore_label: int | None = None, region: Region | None = None, bins: int = 1000,
+                   affinities: bool | None = None, nhood: str | Any = None,
                    segmentation: bool = True, grid: dict[str, Sequence[Any]] | None = None, metric: str = "vi",
-                   n_proc: int = 1,
-                   base_params: WatershedParams | None = None, mfp: bool = False, tta: Any = None,
-                   tile: Shape | str | None = "auto", memory_budget: int | str | None = None,
+                   n_proc: int = 1, base_params: WatershedParams | AffinityParams | None = None, mfp: bool = False,
+                   tta: Any = None, tile: Shape | str | None = "auto", memory_budget: int | str | None = None,
                    workers: int | None = None, scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Evaluates a model on labelled volumes and writes ``OUT/evaluation.json`` and ``OUT/REPORT.md``.
+    """Evaluates a model, or an existing prediction, on labelled volumes and writes
+    ``OUT/evaluation.json`` and ``OUT/REPORT.md``.
 
     Args:
         model: Model file, ``module:factory``, or a run directory (its ``models/best.mdl``, else
-            ``models/latest.mdl``).
+            ``models/latest.mdl``). None with ``prediction``.
         volumes: The volumes; each needs ``labels`` (binary, 1 = what the channel predicts) or
             ``ids`` (ground-truth object ids; then the labels are their boundaries) or both.
             None: the ``volume_validation`` volumes of the model's run.
         out_dir: Output folder; None: ``<run>/evaluation/<model stem>`` for a model of a run, else
-            ``<model without .mdl>.evaluation``.
+            ``<model without .mdl>.evaluation`` (``<prediction without suffix>.evaluation``).
+        prediction: Evaluate this prediction (what ``ekn predict`` wrote: ``(n_lab, z, y, x)``, or
+            ``(z, y, x)`` with ``--channel``; float probabilities or uint8 x 255) instead of
+            predicting with a model; exactly one volume, whose ``raw`` may be None. The prediction
+            has the raw volume's shape (or, with ``--valid``, is smaller and centred in it):
+            labels and ids are centred in it as in the raw volume.
         channel: Output channel to evaluate (default: see :func:`evaluated_channel`).
         interior: The channel is the interior (cell) probability, not the boundary probability.
         positive: Class id of multi-class labels that the channel predicts (the others are
             negative); None: binary labels 0/1.
         ignore_label: Label value of unlabelled voxels (None: the run's ``volume_validation``
-            ``ignore_label`` for run volumes).
+            ``ignore_label`` for run volumes); for affinities, the id whose edges are unlabelled
+            (the run's labels and ``ignore_label`` do not apply: run volumes need ids).
         region: Evaluate only this box ``((z0, y0, x0), (z1, y1, x1))`` of every raw volume,
             instead of the volumes' own regions (e.g. a part that fits into memory).
         bins: Histogram bins of the threshold sweep (:class:`ThresholdCurves`).
-        segmentation: Search the watershed parameters for volumes with ids.
+        affinities: The channels are affinities (:mod:`~ekn_plugins.evaluation.affinities`):
+            swept against the affinity graph of the ids, segmented by connected components.
+            None: True when the model feeds an affinity loss (``MalisNLL``), False for a given
+            prediction.
+        nhood: The affinities' neighbourhood: a name of
+            :data:`~ekn_plugins.evaluation.affinities.NHOODS` or ``(n_edges, 3)`` offsets; default
+            the ``MalisNLL`` node's, else ``'3d'``.
+        segmentation: Search the segmentation parameters for volumes with ids.
         grid, metric, n_proc, base_params: Of :func:`~ekn_plugins.evaluation.seg_search.search_segmentation`
-            (``base_params``: e.g. ``per_slice`` and ``anisotropy``).
+            (``base_params``: e.g. ``per_slice`` and ``anisotropy`` of :class:`WatershedParams`, or
+            :class:`AffinityParams`, whose ``nhood`` is replaced by the evaluated one).
         mfp, tta, tile, memory_budget, workers, scheduler, progress: Of
-            :func:`~ekn_core.prediction.blockwise.predict_volume`.
+            :func:`~ekn_core.prediction.blockwise.predict_volume` (not with ``prediction``).
 
     Returns:
         The record written to ``evaluation.json``.
     """
     from ekn_core.atomic import write_json
     from ekn_core.prediction.blockwise import NetSpec, adapt
+    from ekn_core.prediction.net import affinity_loss_node
     from ekn_plugins.evaluation.report import write_report
 
     started = time.perf_counter()
-    chosen = resolve_model(model)
+    _check_source(model, prediction, volumes, {"mfp": mfp, "tta": tta, "tile": tile != "auto",
+                                                "memory_budget": memory_budget, "workers": workers,
+                                                "scheduler": scheduler})
+    chosen, loss, given = None, None, None
+    if prediction is None:
+        chosen = resolve_model(model)
+        if chosen.which:
+            log.info("evaluating %s (the %s model of run %s)", chosen.path, chosen.which, chosen.run.path)
+        node = NetSpec(chosen.path).load()
+        n_lab, loss = adapt(node).n_lab, affinity_loss_node(node)
+    else:
+        with _open_prediction(prediction) as (view, shape):
+            n_lab, given = view.shape[0], {"path": prediction, "shape": list(shape), "dtype": str(view.dtype)}
+    affinities = loss is not None if affinities is None else bool(affinities)
     if volumes is None:
         if chosen.run is None:
             raise ConfigError(f"{model} belongs to no run directory, so there are no run volumes to evaluate: give "
                               "the volumes (ekn evaluate MODEL RAW --labels LABELS or --ids IDS)")
         spec = run_validation_spec(chosen.run)
-        volumes = spec.volumes
-        ignore_label = spec.ignore_label if ignore_label is None else ignore_label
+        if affinities:  # evaluated against the affinity graph of the ids; the run's ignore_label is a label value
+            volumes = [dataclasses.replace(v, labels=None) if v.ids else v for v in spec.volumes]
+        else:
+            volumes = spec.volumes
+            ignore_label = spec.ignore_label if ignore_label is None else ignore_label
     if region is not None:
         volumes = [dataclasses.replace(v, region=parse_region(region, "region")) for v in volumes]
-    volumes = _checked_volumes(volumes)
+    volumes = _checked_volumes(volumes, affinities)
     if metric not in METRICS:
         raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if isinstance(n_proc, bool) or not isinstance(n_proc, (int, np.integer)) or n_proc < 1:
         raise ConfigError(f"n_proc must be a number of processes >= 1, got {n_proc!r}")
-    base_params = base_params or WatershedParams()
-    n_points = len(grid_points(grid, base_params))  # checks the grid before anything is predicted
-    pooled = ThresholdCurves(bins, positive)
-    if chosen.which:
-        log.info("evaluating %s (the %s model of run %s)", chosen.path, chosen.which, chosen.run.path)
-    n_lab = adapt(NetSpec(chosen.path).load()).n_lab
-    options = _Options(evaluated_channel(n_lab, channel), bool(interior), positive, ignore_label, bins, segmentation,
-                       {k: list(v) for k, v in (DEFAULT_GRID if grid is None else grid).items()}, metric, n_proc,
-                       base_params.to_dict(), mfp, tta, tile, memory_budget, workers, scheduler)
-    out_dir = os.path.abspath(out_dir or default_out_dir(chosen))
-    records = []
+    if affinities:
+        affinity, base = _affinity_setup(loss, nhood, n_lab, channel=channel, interior=interior, positive=positive,
+                                         base_params=base_params)
+        channel = None
+    else:
+        if nhood is not None:
+            raise ConfigError("nhood describes affinity channels: evaluate them with --affinities (affinities=True)")
+        if isinstance(base_params, AffinityParams):
+            raise ConfigError("AffinityParams segment affinities: evaluate them with --affinities (affinities=True)")
+        if given is not None and len(given["shape"]) == 3 and channel not in (None, 0):
+            raise ConfigError(f"the prediction {prediction!r} is one (z, y, x) channel (ekn predict --channel); "
+                              "leave --channel out")
+        affinity, base, channel = None, base_params or WatershedParams(), evaluated_channel(n_lab, channel)
+    n_points = len(grid_points(grid, base))  # checks the grid before anything is predicted
+    options = _Options(channel, affinity, bool(interior), positive, ignore_label, bins, segmentation, base.kind,
+                       {k: list(v) for k, v in (DEFAULT_GRIDS[base.kind] if grid is None else grid).items()}, metric,
+                       n_proc, base.to_dict(), prediction, mfp, tta, tile, memory_budget, workers, scheduler)
+    out_dir = os.path.abspath(out_dir or (default_out_dir(chosen) if chosen else _prediction_out_dir(prediction)))
+    pooled, records = ThresholdCurves(bins, positive), []
     for volume in volumes:
-        record, curves = _evaluate_volume(chosen.path, volume, os.path.join(out_dir, volume.name), options,
-                                          n_points, progress)
+        record, curves = _evaluate_volume(chosen.path if chosen else None, volume, os.path.join(out_dir, volume.name),
+                                          options, n_points, progress)
         pooled.merge(curves)
         records.append(record)
     pooled_ev = pooled.result()
     pooled_figures = _figures(pooled_ev, out_dir, "pooled over " + ", ".join(v.name for v in volumes))
     result = {
         "format": "ekn-evaluation", "version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "model": model_fingerprint(chosen), "out_dir": out_dir,
+        "model": model_fingerprint(chosen) if chosen else None, "prediction": given, "out_dir": out_dir,
         "settings": {**dataclasses.asdict(options), "labels_from_ids": BARRIER_OPTIONS},
         "volumes": records,
         "pooled": {"binary": _binary_record(pooled_ev), "figures": _relative(pooled_figures, out_dir)},
@@ -334,7 +514,48 @@ def evaluate_model(model: str, volumes: Sequence[ValidationVolume] | None = None
     return result
 
 
-def _checked_volumes(volumes: Sequence[ValidationVolume]) -> list[ValidationVolume]:
+def _check_source(model: str | None, prediction: str | None, volumes: Sequence[ValidationVolume] | None,
+                  predict_options: dict[str, Any]) -> None:
+    """Checks that a model or a prediction is given, not both, and what goes with it."""
+    if (model is None) == (prediction is None):
+        raise ConfigError("give either a MODEL (model file, module:factory or run directory) or an existing "
+                          "prediction (--prediction PRED, prediction= in Python)"
+                          + (", not both" if model is not None else ""))
+    if prediction is None:
+        return
+    if volumes is None or len(volumes) != 1:
+        raise ConfigError("--prediction is evaluated on the one volume it predicts: give its --labels and/or --ids "
+                          "(and RAW, to check that the prediction is its prediction)")
+    used = [name for name, value in predict_options.items() if value not in (None, False)]
+    if used:
+        raise ConfigError(f"{', '.join(used)} set how a model predicts; a given prediction is read as it is: "
+                          "leave them out")
+
+
+def _prediction_out_dir(prediction: str) -> str:
+    """``<prediction without suffix>.evaluation`` beside it."""
+    from ekn_core.volumes import split_key
+
+    return os.path.splitext(split_key(prediction)[0].rstrip("/"))[0] + ".evaluation"
+
+
+def _affinity_setup(loss: Any, nhood: Any, n_lab: int, *, channel: int | None, interior: bool, positive: int | None,
+                    base_params: WatershedParams | AffinityParams | None) -> tuple[dict[str, Any], AffinityParams]:
+    """The ``affinities`` record of the options and the base parameters of an affinity net."""
+    for name, value in (("channel", channel), ("interior", interior or None), ("positive", positive)):
+        if value is not None:
+            raise ConfigError(f"{name} selects a boundary channel, but the channels are affinities (one per edge of "
+                              "the nhood); leave --" + name + " out")
+    if isinstance(base_params, WatershedParams):
+        raise ConfigError("per_slice and anisotropy (WatershedParams) are watershed parameters; affinities are "
+                          "segmented by connected components (AffinityParams): leave them out")
+    nh, source = resolve_nhood(loss, nhood)
+    channels = connected_channels(n_lab, len(nh))
+    record = {"nhood": nh.tolist(), "nhood_source": source, "channels": list(range(n_lab))[channels]}
+    return record, dataclasses.replace(base_params or AffinityParams(), nhood=nh)
+
+
+def _checked_volumes(volumes: Sequence[ValidationVolume], affinities: bool) -> list[ValidationVolume]:
     volumes = list(volumes)
     if not volumes:
         raise ConfigError("no volumes to evaluate; give at least one raw volume with labels or ids")
@@ -345,6 +566,12 @@ def _checked_volumes(volumes: Sequence[ValidationVolume]) -> list[ValidationVolu
         if v.labels is None and v.ids is None:
             raise ConfigError(f"volume {v.name!r} has neither labels nor ids; give binary labels (--labels), "
                               "ground-truth ids (--ids), or both")
+        if affinities and v.ids is None:
+            raise ConfigError(f"volume {v.name!r} has no ids: affinities are evaluated against the affinity graph "
+                              "of ground-truth ids; give them (--ids)")
+        if affinities and v.labels is not None:
+            raise ConfigError(f"volume {v.name!r}: affinities are evaluated against the affinity graph of the ids, "
+                              "not against binary labels; leave --labels out")
     return volumes
 
 
@@ -352,79 +579,102 @@ def _relative(paths: dict[str, str], out_dir: str) -> dict[str, str]:
     return {key: os.path.relpath(path, out_dir) for key, path in paths.items()}
 
 
-def _evaluate_volume(model: str, volume: ValidationVolume, folder: str, options: _Options, n_points: int,
+def _values(pred: Any, window: tuple[slice, ...], options: _Options) -> np.ndarray:
+    """The evaluated probabilities of a window of the prediction: ``(z, y, x)`` of the channel,
+    or ``(n_edges, z, y, x)`` of P(connected)."""
+    values = prediction_values(pred[(options.read_channels(), *window)])
+    return values if options.affinities else values[0]
+
+
+def _sweep(pred: Any, pred_offset: Shape, box: tuple[Shape, Shape], views: dict[str, Any], offsets: dict[str, Shape],
+           options: _Options, name: str) -> ThresholdCurves:
+    """The threshold sweep of the box, chunk by chunk of the prediction (at ``pred_offset``)."""
+    if options.affinities is not None:
+        nhood = np.array(options.affinities["nhood"])
+    elif "labels" in views:
+        labels, label_offset = views["labels"], offsets["labels"]
+    else:
+        labels, label_offset = labels_from_ids(views["ids"], box, offsets["ids"], options.interior)[None], box[0]
+    curves = ThresholdCurves(options.bins, options.positive)
+    for sel in _blocks(*(tuple(c - o for c, o in zip(corner, pred_offset)) for corner in box), _spatial_chunks(pred)):
+        lo, hi = (tuple(getattr(s, end) + o for s, o in zip(sel, pred_offset)) for end in ("start", "stop"))
+        if options.affinities is None:
+            truth, ignore = _read(labels, _window(lo, hi, label_offset)), options.ignore_label
+        else:
+            ids, inner = _read_ids(views["ids"], (lo, hi), offsets["ids"], halo=int(np.abs(nhood).max()))
+            truth, ignore = affinity_labels(ids, nhood, options.ignore_label)[(slice(None), *inner)], None
+        try:
+            curves.add(_values(pred, sel, options), truth, ignore)
+        except EknError as err:
+            raise type(err)(f"volume {name!r}, {options.describe_channels()}: {err}") from None
+    return curves
+
+
+def _evaluate_volume(model: str | None, volume: ValidationVolume, folder: str, options: _Options, n_points: int,
                      progress: bool) -> tuple[dict[str, Any], ThresholdCurves]:
-    """Prediction, threshold sweep, figures and segmentation search of one volume."""
+    """Prediction (or the given one), threshold sweep, figures and segmentation search of one volume."""
     from ekn_core.prediction.blockwise import predict_volume
-    from ekn_core.volumes import open_volume
 
     seconds = {}
-    with _opened(volume) as views:
-        box, offsets = _layout(volume, views)
+    with _opened(volume) as views, contextlib.ExitStack() as stack:
+        given = None if options.prediction is None else stack.enter_context(_open_prediction(options.prediction))
+        box, offsets = _layout(volume, views, None if given is None else (options.prediction, given[0].shape[1:]))
         box_shape = tuple(b - a for a, b in zip(*box))
         use_ids = "ids" in views and (options.segmentation or "labels" not in views)
         if use_ids:
-            check_memory(volume.name, box_shape, min(options.n_proc, n_points) if options.segmentation else 0)
-        log.info("volume %s: predicting the labelled box %s..%s into %s", volume.name, box[0], box[1], folder)
-        t = time.perf_counter()
-        prediction = os.path.join(folder, "prediction.zarr")
-        summary = predict_volume(model, volume.raw, prediction, roi=box, pad=True, mfp=options.mfp,
-                                 tile=options.tile, memory_budget=options.memory_budget, workers=options.workers,
-                                 scheduler=options.scheduler, progress=progress, tta=options.tta)
-        seconds["prediction"] = time.perf_counter() - t
-        t = time.perf_counter()
-        if "labels" in views:
-            labels, label_offset = views["labels"], offsets["labels"]
+            check_memory(volume.name, box_shape, min(options.n_proc, n_points) if options.segmentation else 0,
+                         *options.memory_per_voxel())
+        if given is None:
+            log.info("volume %s: predicting the labelled box %s..%s into %s", volume.name, box[0], box[1], folder)
+            t = time.perf_counter()
+            path = os.path.join(folder, "prediction.zarr")
+            summary = predict_volume(model, volume.raw, path, roi=box, pad=True, mfp=options.mfp,
+                                     tile=options.tile, memory_budget=options.memory_budget, workers=options.workers,
+                                     scheduler=options.scheduler, progress=progress, tta=options.tta)
+            seconds["prediction"] = time.perf_counter() - t
+            pred, pred_offset = stack.enter_context(_open_prediction(path))[0], box[0]
+            pred_record = {"path": os.path.relpath(path, os.path.dirname(folder)), "blocks": summary["blocks"],
+                           "cached_blocks": summary["skipped"]}
         else:
-            labels, label_offset = labels_from_ids(views["ids"], box, offsets["ids"], options.interior)[None], box[0]
-        curves = ThresholdCurves(options.bins, options.positive)
-        with open_volume(prediction) as pred:
-            for sel in _blocks(box_shape, tuple(pred.chunks[1:]) if pred.chunks else box_shape):
-                lo = tuple(a + s.start for a, s in zip(box[0], sel))
-                hi = tuple(a + s.stop for a, s in zip(box[0], sel))
-                try:
-                    curves.add(pred[(options.channel, *sel)], _read(labels, _window(lo, hi, label_offset)),
-                               options.ignore_label)
-                except EknError as err:
-                    raise type(err)(f"volume {volume.name!r}, channel {options.channel}: {err}") from None
-            boundary = np.asarray(pred[options.channel]) if use_ids and options.segmentation else None
+            pred, pred_offset = given[0], offsets["prediction"]
+            pred_record = {"path": options.prediction, "offset": list(pred_offset)}
+        t = time.perf_counter()
+        curves = _sweep(pred, pred_offset, box, views, offsets, options, volume.name)
+        values = _values(pred, _window(*box, pred_offset), options) if use_ids and options.segmentation else None
         ev = curves.result()
         seconds["curves"] = time.perf_counter() - t
         t = time.perf_counter()
         figures = _figures(ev, folder, volume.name)
         seconds["figures"] = time.perf_counter() - t
         search = None
-        if boundary is not None:
+        if values is not None:
             t = time.perf_counter()
             ids, inner = _read_ids(views["ids"], box, offsets["ids"])
             log.info("volume %s: segmentation search over %d grid points (%d process(es))", volume.name, n_points,
                      options.n_proc)
-            search = _segment(1.0 - boundary if options.interior else boundary, ids[inner], folder, options)
+            search = _segment(1.0 - values if options.interior else values, ids[inner], folder, options)
             seconds["segmentation"] = time.perf_counter() - t
     record = {
         "name": volume.name, "raw": volume.raw, "labels": volume.labels, "ids": volume.ids,
         "labels_from_ids": "labels" not in views,
         "region": None if volume.region is None else [list(c) for c in volume.region],
         "box": {"lo": list(box[0]), "hi": list(box[1]), "shape": list(box_shape)},
-        "prediction": {"path": os.path.relpath(prediction, os.path.dirname(folder)), "blocks": summary["blocks"],
-                       "cached_blocks": summary["skipped"]},
-        "binary": _binary_record(ev), "figures": _relative(figures, os.path.dirname(folder)),
+        "prediction": pred_record, "binary": _binary_record(ev), "figures": _relative(figures, os.path.dirname(folder)),
         "segmentation": search, "seconds": seconds,
     }
     return record, curves
 
 
-def _segment(boundary: np.ndarray, ids: np.ndarray, folder: str, options: _Options) -> dict[str, Any]:
-    """Searches the watershed parameters, saves the table and the best segmentation."""
+def _segment(values: np.ndarray, ids: np.ndarray, folder: str, options: _Options) -> dict[str, Any]:
+    """Searches the segmentation parameters, saves the table and the best segmentation."""
     from ekn_plugins.evaluation.seg_search import search_segmentation
-    from ekn_plugins.evaluation.segmentation import save_segmentation, watershed_segmentation
+    from ekn_plugins.evaluation.segmentation import save_segmentation
 
-    search = search_segmentation(boundary, ids, options.grid, options.metric, options.n_proc,
-                                 WatershedParams(**options.base_params))
+    search = search_segmentation(values, ids, options.grid, options.metric, options.n_proc, options.base())
     json_path, md_path = search.save(folder + os.sep)
-    seg_path = save_segmentation(watershed_segmentation(boundary, search.best_params),
-                                 os.path.join(folder, "segmentation.zarr"))
+    seg_path = save_segmentation(search.best_params.segment(values), os.path.join(folder, "segmentation.zarr"))
     parent = os.path.dirname(folder)
-    return {"metric": search.metric, "points": len(search.rows), "params": search.best_params.to_dict(),
-            "scores": search.best_scores, "table": os.path.relpath(md_path, parent),
-            "search": os.path.relpath(json_path, parent), "volume": os.path.relpath(seg_path, parent)}
+    return {"segmenter": search.segmenter, "metric": search.metric, "points": len(search.rows),
+            "params": search.best_params.to_dict(), "scores": search.best_scores,
+            "table": os.path.relpath(md_path, parent), "search": os.path.relpath(json_path, parent),
+            "volume": os.path.relpath(seg_path, parent)}

@@ -60,28 +60,47 @@ def _table(head: tuple[str, ...], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def report_markdown(record: dict[str, Any]) -> str:
-    """``REPORT.md``: the model, the settings, a table of binary scores (per volume and pooled),
-    a table of the best segmentations, and per volume its box, cached prediction, figures and
-    files."""
-    model, settings = record["model"], record["settings"]
+def _source(record: dict[str, Any]) -> tuple[str, str]:
+    """The evaluated model's or prediction's path, and the sentence that describes it."""
+    model, prediction = record["model"], record["prediction"]
+    if model is None:
+        return prediction["path"], (f"Prediction `{prediction['path']}`, shape {tuple(prediction['shape'])}, "
+                                    f"{prediction['dtype']}, read as it is (no model was run).")
     which = f" (the {model['which']} model of run `{model['run']}`)" if model.get("which") else ""
-    lines = [f"# Evaluation of `{model['path']}`", "",
-             f"Model `{model['path']}`{which}"
-             + (f", {model['size']} bytes, modified {model['mtime']}, SHA-256 `{model['sha256'][:16]}…`"
-                if "sha256" in model else "") + ".",
-             f"Evaluated {record['created']}: channel {settings['channel']}"
-             f" ({'interior' if settings['interior'] else 'boundary'} probability), histogram bins "
-             f"{settings['bins']}, ignore label {settings['ignore_label']}, mfp {settings['mfp']}, tta "
-             f"{settings['tta']}; total {record['seconds']:.1f} s.", "",
+    return model["path"], (f"Model `{model['path']}`{which}"
+                           + (f", {model['size']} bytes, modified {model['mtime']}, SHA-256 `{model['sha256'][:16]}…`"
+                              if "sha256" in model else "") + ".")
+
+
+def _evaluated(settings: dict[str, Any]) -> str:
+    """What was evaluated: the channel and its meaning, or the affinity channels and their nhood."""
+    affinities = settings["affinities"]
+    if affinities:
+        return (f"affinity channels {affinities['channels']} (P(connected)) of the nhood {affinities['nhood']} "
+                f"({affinities['nhood_source']})")
+    return f"channel {settings['channel']} ({'interior' if settings['interior'] else 'boundary'} probability)"
+
+
+def report_markdown(record: dict[str, Any]) -> str:
+    """``REPORT.md``: the model (or the given prediction), the settings, a table of binary scores
+    (per volume and pooled), a table of the best segmentations, and per volume its box,
+    prediction, figures and files."""
+    settings = record["settings"]
+    path, source = _source(record)
+    predicted = "" if record["model"] is None else f", mfp {settings['mfp']}, tta {settings['tta']}"
+    unit = "edges" if settings["affinities"] else "voxels"
+    lines = [f"# Evaluation of `{path}`", "", source,
+             f"Evaluated {record['created']}: {_evaluated(settings)}, histogram bins {settings['bins']}, ignore label "
+             f"{settings['ignore_label']}{predicted}; total {record['seconds']:.1f} s.", "",
              "## Binary scores", "",
-             "Positive: `p > threshold`; labelled voxels positive / negative.", ""]
-    lines += _table(("volume", "labelled voxels", *_BINARY_HEAD),
+             f"Positive: `p > threshold`; labelled {unit} positive / negative.", ""]
+    lines += _table(("volume", f"labelled {unit}", *_BINARY_HEAD),
                     [[name, f"{b['n_positive']} / {b['n_negative']}", *_binary_cells(b)]
                      for name, b, _ in _rows(record)])
     segmented = [v for v in record["volumes"] if v["segmentation"]]
     if segmented:
-        lines += ["", f"## Segmentation (best of the watershed grid by {segmented[0]['segmentation']['metric']})",
+        first = segmented[0]["segmentation"]
+        lines += ["", f"## Segmentation (best of the {first['segmenter']} grid by {first['metric']})",
                   ""]
         lines += _table(("volume", "VI (split / merge)", "adapted Rand error", "cells true / predicted",
                          "best parameters"),
@@ -91,12 +110,15 @@ def report_markdown(record: dict[str, Any]) -> str:
     for v in record["volumes"]:
         box = ",".join(f"{a}:{b}" for a, b in zip(v["box"]["lo"], v["box"]["hi"]))
         labels = (f"labels `{v['labels']}`" if not v["labels_from_ids"]
+                  else "labels: the affinity graph of the ids (seg_to_affgraph)" if settings["affinities"]
                   else f"labels: the boundaries of the ids (ids2barriers {settings['labels_from_ids']})")
+        pred = v["prediction"]
+        where = (f"read from the prediction `{pred['path']}` (at {tuple(pred['offset'])} of the frame)"
+                 if "offset" in pred else f"predicted into `{pred['path']}` ({pred['blocks']} block(s), "
+                 f"{pred['cached_blocks']} reused from an earlier run)")
         lines += ["", f"### {v['name']}", "",
                   f"Raw `{v['raw']}`, {labels}" + (f", ids `{v['ids']}`" if v["ids"] else "") + ".",
-                  f"Box {box} (shape {tuple(v['box']['shape'])}), predicted into `{v['prediction']['path']}` "
-                  f"({v['prediction']['blocks']} block(s), {v['prediction']['cached_blocks']} reused from an "
-                  "earlier run).", "",
+                  f"Box {box} (shape {tuple(v['box']['shape'])}), {where}.", "",
                   f"![performance]({v['figures']['performance']})", "",
                   f"![error histogram]({v['figures']['error_histogram']})"]
         if v["segmentation"]:

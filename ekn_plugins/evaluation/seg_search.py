@@ -1,9 +1,13 @@
-"""Grid search of the watershed parameters that segment a boundary probability map best (ELEKTRONN2's
+"""Grid search of the segmentation parameters that segment a net's prediction best (ELEKTRONN2's
 ``optimise_segmentation``, which wrote ``<name>-Seg_Params.txt``; ekn writes JSON and a markdown table).
 
-Every grid point is segmented with :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation`
-and scored with :func:`~ekn_plugins.evaluation.segmentation.segmentation_scores`; the best point has
-the lowest ``metric``, ties going to the first in grid order.
+The segmenter is the type of the parameters (``base``): :class:`~ekn_plugins.evaluation.segmentation.WatershedParams`
+(default) segments a boundary probability map with
+:func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation`,
+:class:`~ekn_plugins.evaluation.segmentation.AffinityParams` an affinity graph with
+:func:`~ekn_plugins.evaluation.segmentation.affinity_segmentation`. Every grid point is segmented
+and scored with :func:`~ekn_plugins.evaluation.segmentation.segmentation_scores`; the best point
+has the lowest ``metric``, ties going to the first in grid order.
 
 Example:
     >>> import numpy as np
@@ -34,15 +38,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from ekn_core.errors import ConfigError, ShapeError
-from ekn_plugins.evaluation.segmentation import (WatershedParams, check_boundary_prob, segmentation_scores,
-                                                 watershed_segmentation)
+from ekn_plugins.evaluation.segmentation import SEGMENTERS, AffinityParams, WatershedParams, segmentation_scores
 
-#: The default grid. The threshold is the main knob (low: few large seeds, merges; high: seeds in
+#: The default grid of the watershed. The threshold is the main knob (low: few large seeds, merges; high: seeds in
 #: noisy membranes, splits); eroding the seeds separates cells joined through gaps in the predicted
 #: membrane; merging segments below 50 voxels removes fragments from noisy interiors.
 #: 5 x 3 x 2 = 30 segmentations.
 DEFAULT_GRID: dict[str, list[Any]] = {"threshold": [0.1, 0.2, 0.3, 0.5, 0.7], "seed_erosion": [0.0, 1.0, 2.0],
                                       "min_size": [1, 50]}
+#: The default grid of affinity segmentations: the threshold splits (high) or merges (low) along
+#: uncertain edges; components below 50 voxels become unassigned. 6 x 2 = 12 segmentations.
+DEFAULT_AFFINITY_GRID: dict[str, list[Any]] = {"threshold": [0.2, 0.4, 0.5, 0.6, 0.8, 0.9], "min_size": [1, 50]}
+#: The default grid by segmenter (:attr:`WatershedParams.kind`).
+DEFAULT_GRIDS = {"watershed": DEFAULT_GRID, "affinity": DEFAULT_AFFINITY_GRID}
 #: Metrics the search can minimise.
 METRICS = ("vi", "adapted_rand_error")
 _TABLE_SCORES = ("vi", "vi_split", "vi_merge", "adapted_rand_error", "rand_precision", "rand_recall", "n_pred")
@@ -54,11 +62,11 @@ class SegmentationSearch:
 
     Attributes:
         metric: The minimised score (one of :data:`METRICS`).
-        rows: ``(params, scores)`` of every grid point, in grid order.
+        rows: ``(params, scores)`` of every grid point, in grid order (the params of one segmenter).
     """
 
     metric: str
-    rows: list[tuple[WatershedParams, dict[str, float]]]
+    rows: list[tuple[WatershedParams | AffinityParams, dict[str, float]]]
 
     @property
     def best_index(self) -> int:
@@ -66,7 +74,12 @@ class SegmentationSearch:
         return min(range(len(self.rows)), key=lambda i: (self.rows[i][1][self.metric], i))
 
     @property
-    def best_params(self) -> WatershedParams:
+    def segmenter(self) -> str:
+        """``'watershed'`` or ``'affinity'``: the :attr:`~WatershedParams.kind` of the parameters."""
+        return self.rows[0][0].kind
+
+    @property
+    def best_params(self) -> WatershedParams | AffinityParams:
         """The parameters of the best row."""
         return self.rows[self.best_index][0]
 
@@ -76,14 +89,15 @@ class SegmentationSearch:
         return self.rows[self.best_index][1]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready record: ``metric``, ``best`` and ``rows`` (each ``{"params", "scores"}``)."""
+        """JSON-ready record: ``segmenter``, ``metric``, ``best`` and ``rows`` (each ``{"params", "scores"}``)."""
         rows = [{"params": params.to_dict(), "scores": dict(scores)} for params, scores in self.rows]
-        return {"metric": self.metric, "best": rows[self.best_index], "rows": rows}
+        return {"segmenter": self.segmenter, "metric": self.metric, "best": rows[self.best_index], "rows": rows}
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> SegmentationSearch:
         """Rebuilds a search from :meth:`to_dict`'s record."""
-        rows = [(WatershedParams(**row["params"]), dict(row["scores"])) for row in record["rows"]]
+        params = SEGMENTERS[record.get("segmenter", "watershed")]
+        rows = [(params(**row["params"]), dict(row["scores"])) for row in record["rows"]]
         return cls(record["metric"], rows)
 
     @classmethod
@@ -127,23 +141,27 @@ class SegmentationSearch:
 
 
 def grid_points(grid: dict[str, Sequence[Any]] | None = None,
-                base: WatershedParams | None = None) -> list[WatershedParams]:
+                base: WatershedParams | AffinityParams | None = None) -> list[WatershedParams | AffinityParams]:
     """The parameters of every grid point, in grid order (the last key varies fastest).
 
     Args:
-        grid: Lists of values by :class:`WatershedParams` field (default :data:`DEFAULT_GRID`).
-        base: Values of the fields not in ``grid`` (default :class:`WatershedParams()`).
+        grid: Lists of values by searchable field of ``base``'s class (default: its
+            :data:`DEFAULT_GRIDS` entry).
+        base: Values of the fields not in ``grid``, and the segmenter (default
+            :class:`WatershedParams()`).
 
     Example:
         >>> [p.threshold for p in grid_points({"threshold": [0.2, 0.4], "min_size": [1, 9]})]
         [0.2, 0.2, 0.4, 0.4]
+        >>> len(grid_points(base=AffinityParams()))
+        12
     """
-    grid = DEFAULT_GRID if grid is None else grid
     base = base or WatershedParams()
-    fields = [f.name for f in dataclasses.fields(WatershedParams)]
+    grid = DEFAULT_GRIDS[base.kind] if grid is None else grid
+    fields = [f.name for f in dataclasses.fields(base) if f.metadata.get("searchable", True)]
     for name, values in grid.items():
         if name not in fields:
-            raise ConfigError(f"the grid has {name!r}, which is no watershed parameter; use {', '.join(fields)}")
+            raise ConfigError(f"the grid has {name!r}, which is no {base.kind} parameter; use {', '.join(fields)}")
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
             raise ConfigError(f"grid[{name!r}] must be a non-empty list of values, got {values!r}")
     points = []
@@ -169,32 +187,35 @@ def _start_method() -> str:
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(boundary_prob: np.ndarray, seg_true: np.ndarray, ignore_labels: Sequence[int]) -> None:
-    _WORKER.update(boundary_prob=boundary_prob, seg_true=seg_true, ignore_labels=ignore_labels)
+def _start_worker(prediction: np.ndarray, seg_true: np.ndarray, ignore_labels: Sequence[int]) -> None:
+    _WORKER.update(prediction=prediction, seg_true=seg_true, ignore_labels=ignore_labels)
 
 
-def _score(params: WatershedParams) -> dict[str, float]:
-    seg = watershed_segmentation(_WORKER["boundary_prob"], params)
-    return segmentation_scores(_WORKER["seg_true"], seg, _WORKER["ignore_labels"])
+def _score(params: WatershedParams | AffinityParams) -> dict[str, float]:
+    return segmentation_scores(_WORKER["seg_true"], params.segment(_WORKER["prediction"]), _WORKER["ignore_labels"])
 
 
-def search_segmentation(boundary_prob: Any, seg_true: Any, grid: dict[str, Sequence[Any]] | None = None,
-                        metric: str = "vi", n_proc: int = 1, base: WatershedParams | None = None,
+def search_segmentation(prediction: Any, seg_true: Any, grid: dict[str, Sequence[Any]] | None = None,
+                        metric: str = "vi", n_proc: int = 1, base: WatershedParams | AffinityParams | None = None,
                         ignore_labels: Sequence[int] = (0,)) -> SegmentationSearch:
-    """Segments ``boundary_prob`` at every grid point and scores each against ``seg_true``.
+    """Segments ``prediction`` at every grid point and scores each against ``seg_true``.
 
     Args:
-        boundary_prob: ``(z, y, x)`` boundary probabilities (see
-            :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation`).
-        seg_true: Ground-truth ids of the same shape.
-        grid: Lists of values by :class:`WatershedParams` field; default :data:`DEFAULT_GRID`
-            (threshold x seed erosion x min_size, 30 points).
+        prediction: With :class:`WatershedParams` (the default ``base``), ``(z, y, x)``
+            boundary probabilities (see :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation`);
+            with :class:`AffinityParams`, ``(n_edges, z, y, x)`` affinities (P(connected) per edge
+            of its ``nhood``).
+        seg_true: Ground-truth ids ``(z, y, x)``.
+        grid: Lists of values by field of ``base``'s class; default its :data:`DEFAULT_GRIDS`
+            entry (watershed: threshold x seed erosion x min_size, 30 points; affinities:
+            threshold x min_size, 12 points).
         metric: ``'vi'`` or ``'adapted_rand_error'``: the score to minimise.
         n_proc: Worker processes; 1 runs in this process. Workers are forked where the platform
             allows (the volumes are shared copy-on-write, never pickled), else, and after
             TensorFlow was imported (forking it is unsafe), started from a fork server or spawned
             (each receives the volumes once); only the parameters and scores travel per grid point.
-        base: Values of the fields not in ``grid`` (e.g. ``per_slice``, ``anisotropy``).
+        base: The segmenter and the values of the fields not in ``grid`` (e.g. ``per_slice``,
+            ``anisotropy`` of the watershed; ``nhood`` of affinities).
         ignore_labels: True ids not scored (see
             :func:`~ekn_plugins.evaluation.segmentation.segmentation_scores`).
 
@@ -205,9 +226,10 @@ def search_segmentation(boundary_prob: Any, seg_true: Any, grid: dict[str, Seque
         raise ConfigError(f"metric must be one of {METRICS}, got {metric!r}")
     if isinstance(n_proc, bool) or not isinstance(n_proc, (int, np.integer)) or n_proc < 1:
         raise ConfigError(f"n_proc must be a number of processes >= 1, got {n_proc!r}")
-    prob, true = check_boundary_prob(boundary_prob), np.asarray(seg_true)
-    if true.shape != prob.shape:
-        raise ShapeError(f"seg_true {true.shape} and boundary_prob {prob.shape} differ in shape; crop them to the "
+    base = base or WatershedParams()
+    prob, true = base.check(prediction), np.asarray(seg_true)
+    if true.shape != prob.shape[prob.ndim - true.ndim:]:
+        raise ShapeError(f"seg_true {true.shape} and the prediction {prob.shape} differ in shape; crop them to the "
                          "same region first (e.g. ekn_plugins.data.image.center_cubes)")
     points = grid_points(grid, base)
     if n_proc == 1 or len(points) == 1:

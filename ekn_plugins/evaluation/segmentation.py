@@ -10,6 +10,8 @@ connectomics challenges use (CREMI, SNEMI3D):
   neighbours by a second flood;
 * :func:`affinity_segmentation`: connected components of the edges of an affinity graph above a
   threshold (MALIS nets);
+* :class:`WatershedParams` and :class:`AffinityParams` hold the parameters of either, check its
+  input (``check``) and segment (``segment``): the search treats both alike;
 * :func:`segmentation_scores`: variation of information (split and merge parts), adapted Rand
   error with its precision and recall, and the Rand index;
 * :func:`save_segmentation`: writes a segmentation as an HDF5 or zarr volume, atomically.
@@ -37,7 +39,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -131,11 +133,85 @@ class WatershedParams:
             raise ConfigError(f"anisotropy must be three positive voxel sizes (z, y, x), got {self.anisotropy!r}")
         set_("anisotropy", anisotropy)
 
+    #: The segmenter's name (in search records and reports).
+    kind: ClassVar[str] = "watershed"
+
     def to_dict(self) -> dict[str, Any]:
         """The parameters as a JSON-ready dict (``WatershedParams(**d)`` rebuilds them)."""
         record = dataclasses.asdict(self)
         record["anisotropy"] = list(self.anisotropy)
         return record
+
+    def check(self, boundary_prob: Any) -> np.ndarray:
+        """The input as an array, checked (:func:`check_boundary_prob`)."""
+        return check_boundary_prob(boundary_prob)
+
+    def segment(self, boundary_prob: Any) -> np.ndarray:
+        """:func:`watershed_segmentation` with these parameters."""
+        return watershed_segmentation(boundary_prob, self)
+
+
+@dataclass(frozen=True)
+class AffinityParams:
+    """How :func:`affinity_segmentation` turns affinities into segments (the parameters that
+    :func:`search_segmentation <ekn_plugins.evaluation.seg_search.search_segmentation>` varies
+    for affinity nets).
+
+    Attributes:
+        threshold: Edges with affinity above it connect; in [0, 1).
+        min_size: Components of fewer voxels become unassigned (0).
+        nhood: ``(n_edges, 3)`` offsets ``(z, y, x)`` of the affinity channels (default
+            ``mknhood3d(1)``); not searched.
+
+    Example:
+        >>> from ekn_plugins.malis import mknhood3d, seg_to_affgraph
+        >>> params = AffinityParams(threshold=0.5, min_size=2)
+        >>> params.nhood, params.to_dict()["min_size"]
+        (((-1, 0, 0), (0, -1, 0), (0, 0, -1)), 2)
+        >>> params.segment(seg_to_affgraph(np.array([[[1, 1, 0, 2, 2]]]), mknhood3d(1)) * 0.9)
+        array([[[1, 1, 0, 2, 2]]], dtype=uint32)
+    """
+
+    threshold: float = 0.5
+    min_size: int = 1
+    nhood: tuple[tuple[int, int, int], ...] | None = dataclasses.field(default=None,
+                                                                        metadata={"searchable": False})
+
+    #: The segmenter's name (in search records and reports).
+    kind: ClassVar[str] = "affinity"
+
+    def __post_init__(self) -> None:
+        from ekn_plugins.evaluation.affinities import as_volume_nhood, named_nhood
+
+        set_ = functools.partial(object.__setattr__, self)
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float, np.number)) \
+                or not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"threshold must be an affinity in [0, 1), got {self.threshold!r}")
+        set_("threshold", float(self.threshold))
+        set_("min_size", _count(self.min_size, "min_size"))
+        nhood = named_nhood("3d") if self.nhood is None else as_volume_nhood(self.nhood)
+        set_("nhood", tuple(tuple(int(v) for v in row) for row in nhood))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as a JSON-ready dict (``AffinityParams(**d)`` rebuilds them)."""
+        return {"threshold": self.threshold, "min_size": self.min_size, "nhood": [list(r) for r in self.nhood]}
+
+    def check(self, affinities: Any) -> np.ndarray:
+        """The affinities as an array, after checking that they are ``(n_edges, z, y, x)`` floats
+        in [0, 1] with one channel per edge of ``nhood``."""
+        aff = np.asarray(affinities)
+        if aff.ndim != 4 or aff.shape[0] != len(self.nhood):
+            raise ShapeError(f"affinities must be (n_edges, z, y, x) with one channel per edge of the nhood "
+                             f"({len(self.nhood)} edges), got shape {aff.shape}")
+        return _check_unit_floats(aff, "affinities", "connected")
+
+    def segment(self, affinities: Any) -> np.ndarray:
+        """:func:`affinity_segmentation` with these parameters."""
+        return affinity_segmentation(affinities, self.threshold, np.array(self.nhood), self.min_size)
+
+
+#: The segmenters' parameter classes by :attr:`~WatershedParams.kind`.
+SEGMENTERS = {"watershed": WatershedParams, "affinity": AffinityParams}
 
 
 def check_boundary_prob(boundary_prob: Any) -> np.ndarray:
@@ -145,12 +221,17 @@ def check_boundary_prob(boundary_prob: Any) -> np.ndarray:
         hint = (" For a channel axis (c, z, y, x), pass the boundary channel, e.g. pred[1] of a 2-class softmax."
                 if prob.ndim == 4 else " For one 2-D image, pass image[None].")
         raise ShapeError(f"boundary_prob must be a (z, y, x) volume, got shape {prob.shape}.{hint}")
+    return _check_unit_floats(prob, "boundary_prob", "boundary")
+
+
+def _check_unit_floats(prob: np.ndarray, name: str, one: str) -> np.ndarray:
+    """``prob`` after checking that it holds floats in [0, 1] (``one``: what 1 means)."""
     if not np.issubdtype(prob.dtype, np.floating):
-        raise ConfigError(f"boundary_prob must hold float probabilities in [0, 1], got dtype {prob.dtype} "
+        raise ConfigError(f"{name} must hold float probabilities in [0, 1], got dtype {prob.dtype} "
                           "(scale 8-bit maps with prob / 255)")
     low, high = float(prob.min()), float(prob.max())
     if not (0.0 <= low and high <= 1.0):  # also catches NaN
-        raise ConfigError(f"boundary_prob must lie in [0, 1] (1 = boundary), got values in [{low}, {high}]")
+        raise ConfigError(f"{name} must lie in [0, 1] (1 = {one}), got values in [{low}, {high}]")
     return prob
 
 

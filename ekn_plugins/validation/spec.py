@@ -50,7 +50,8 @@ class ValidationVolume:
     """One labelled validation volume.
 
     Attributes:
-        raw: Input volume path for ``open_volume`` (``file.h5:key``, zarr, KNOSSOS); ``~`` expanded.
+        raw: Input volume path for ``open_volume`` (``file.h5:key``, zarr, KNOSSOS); ``~``
+            expanded. None only in ``ekn evaluate --prediction``, which needs no raw volume.
         labels: Label volume path, the same size as ``raw`` or smaller and centred in it (always
             set in ``volume_validation``; ``ekn evaluate`` may derive them from ``ids`` instead).
         region: Region of ``raw`` to evaluate, ``((z0, y0, x0), (z1, y1, x1))``; None: all labels.
@@ -59,7 +60,7 @@ class ValidationVolume:
             ``labels`` and centred in ``raw`` like them; None: no segmentation metrics.
     """
 
-    raw: str
+    raw: str | None
     labels: str | None
     region: Region | None
     name: str

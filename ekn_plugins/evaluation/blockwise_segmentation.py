@@ -1,0 +1,507 @@
+"""Watershed segmentation of boundary maps larger than memory, block by block, with ids stitched
+across blocks (``ekn segment``).
+
+The region (the whole volume or a ROI) is cut into blocks on a regular grid. Three passes, each
+resumable block by block (a :class:`~ekn_core.prediction.blockwise.ProgressLog` per pass, whose
+fingerprint holds the input, the channel, the parameters, the ROI, block and halo):
+
+1. **segment**: every block is segmented with
+   :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation` on the block plus a halo
+   (clipped to the region). Its core (the block without halo) and, for each neighbouring block,
+   its segmentation of the slab both blocks segment (the face ± the halo) are saved as one
+   compressed ``.npz`` per block (numpy arrays, no pickle), written atomically, in the work
+   folder beside the output (``OUTPUT.ekn-segment/``).
+2. **stitch**: for every face, :func:`~ekn_plugins.evaluation.stitching.overlap_matches` pairs
+   the two blocks' segments that are each other's majority in the slab; the pairs go to one
+   ``.npy`` per block.
+3. **relabel**: the matched pairs of all faces are joined (union-find:
+   :func:`~ekn_plugins.evaluation.stitching.final_ids`) into consecutive ids, uint32 where they
+   fit, else uint64; every block's core is written into the output with them. A block's write is
+   recomputed from its ``.npz`` whenever it was not recorded, so a killed run never leaves a
+   half-written block marked done.
+
+Memory is bounded by a block with its halo (the watershed's working arrays), plus one integer
+per segment of the whole volume for the final table. Workers (processes) segment and stitch
+blocks in parallel; the output is written by the calling process only (HDF5 included).
+
+Example:
+    >>> import numpy as np, os, tempfile
+    >>> from ekn_core.volumes import open_volume
+    >>> from ekn_plugins.evaluation.segmentation import save_segmentation
+    >>> prob = np.zeros((4, 20, 30), np.float32); prob[:, 9:11, :] = 1.0; prob[:, :, 14:16] = 1.0
+    >>> folder = tempfile.mkdtemp()
+    >>> source = save_segmentation(np.uint8(prob * 255), os.path.join(folder, "prob.h5"), key="p")
+    >>> summary = segment_volume(source, os.path.join(folder, "seg.zarr"), block=(4, 8, 8), halo=(2, 2, 2),
+    ...                          progress=False)
+    >>> summary["blocks"], summary["segments"]              # four cells, each across several blocks
+    (12, 4)
+    >>> with open_volume(os.path.join(folder, "seg.zarr")) as seg:
+    ...     seg[0, ::5, ::8].tolist(), str(seg.dtype)
+    ([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]], 'uint32')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ekn_core.errors import ConfigError, EknError
+from ekn_plugins.evaluation.seg_search import _start_method
+from ekn_plugins.evaluation.segmentation import WatershedParams, watershed_segmentation
+from ekn_plugins.evaluation.stitching import final_ids, overlap_matches
+
+log = logging.getLogger("ekn.segment")
+
+Shape = tuple[int, int, int]
+#: Default block shape (z, y, x): 4.2 million voxels, 8 million with the default halo; the watershed
+#: needs some 70-100 bytes per voxel of a block with its halo, so about 0.8 GB per worker.
+DEFAULT_BLOCK: Shape = (64, 256, 256)
+#: Default halo along the finest axis (voxels), before the seed erosion is added (see :func:`default_halo`).
+DEFAULT_HALO = 16
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Blocks over a region: cores on a regular grid, each segmented with a halo.
+
+    Attributes:
+        origin, end: The region (input voxels, ``end`` exclusive).
+        block: Core shape (the last block per axis may be smaller).
+        halo: Voxels added on each side of a core (clipped to the region).
+
+    Example:
+        >>> grid = BlockGrid((0, 0, 0), (10, 20, 20), (10, 8, 8), (0, 2, 2))
+        >>> grid.counts, grid.core(4), grid.domain(4)
+        ((1, 3, 3), ((0, 8, 8), (10, 16, 16)), ((0, 6, 6), (10, 18, 18)))
+        >>> grid.neighbour(4, 2, +1), grid.face(4, 2)           # the slab shared with block 5
+        (5, ((0, 8, 14), (10, 16, 18)))
+    """
+
+    origin: Shape
+    end: Shape
+    block: Shape
+    halo: Shape
+
+    @property
+    def counts(self) -> Shape:
+        """Blocks per axis."""
+        return tuple(-(-(e - o) // b) for o, e, b in zip(self.origin, self.end, self.block))
+
+    def __len__(self) -> int:
+        return math.prod(self.counts)
+
+    def core(self, index: int) -> tuple[Shape, Shape]:
+        """``(lo, hi)`` of block ``index``'s core (C order over the blocks)."""
+        position = np.unravel_index(index, self.counts)
+        lo = tuple(o + int(p) * b for o, p, b in zip(self.origin, position, self.block))
+        return lo, tuple(min(l + b, e) for l, b, e in zip(lo, self.block, self.end))
+
+    def domain(self, index: int) -> tuple[Shape, Shape]:
+        """``(lo, hi)`` of what block ``index`` segments: its core with the halo, inside the region."""
+        lo, hi = self.core(index)
+        return (tuple(max(l - h, o) for l, h, o in zip(lo, self.halo, self.origin)),
+                tuple(min(u + h, e) for u, h, e in zip(hi, self.halo, self.end)))
+
+    def neighbour(self, index: int, axis: int, step: int) -> int | None:
+        """The block next to ``index`` along ``axis`` (``step`` +1 or -1), None at the region's border."""
+        position = list(np.unravel_index(index, self.counts))
+        position[axis] += step
+        if not 0 <= position[axis] < self.counts[axis]:
+            return None
+        return int(np.ravel_multi_index(position, self.counts))
+
+    def face(self, index: int, axis: int) -> tuple[Shape, Shape]:
+        """The slab that block ``index`` and its upper neighbour along ``axis`` both segment: the
+        face between their cores ± the halo along ``axis``, the core's extent along the others."""
+        lo, hi = self.core(index)
+        f = hi[axis]
+        face_lo, face_hi = list(lo), list(hi)
+        face_lo[axis] = max(f - self.halo[axis], self.origin[axis])
+        face_hi[axis] = min(f + self.halo[axis], self.end[axis])
+        return tuple(face_lo), tuple(face_hi)
+
+    def stitched_axes(self) -> list[int]:
+        """The axes along which neighbouring blocks overlap (halo > 0)."""
+        return [axis for axis in range(3) if self.halo[axis] > 0]
+
+
+def default_halo(params: WatershedParams, halo: int = DEFAULT_HALO) -> Shape:
+    """The default halo for ``params``: ``halo`` plus the seed erosion, in voxels of the finest
+    axis, converted with the anisotropy; 0 along z for ``per_slice``.
+
+    Example:
+        >>> default_halo(WatershedParams(anisotropy=(2, 1, 1), seed_erosion=2))
+        (9, 18, 18)
+        >>> default_halo(WatershedParams(per_slice=True))
+        (0, 16, 16)
+    """
+    finest = min(params.anisotropy)
+    distance = halo + math.ceil(params.seed_erosion)
+    sizes = tuple(math.ceil(distance * finest / a) for a in params.anisotropy)
+    return (0, *sizes[1:]) if params.per_slice else sizes
+
+
+def _three(value: Any, name: str, minimum: int) -> Shape:
+    """``value`` (three numbers, or one for all axes) as three ints >= ``minimum``."""
+    values = [value] * 3 if np.ndim(value) == 0 else list(np.ravel(value))
+    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= minimum
+                                   for v in values):
+        raise ConfigError(f"{name} must be three whole numbers >= {minimum} (z, y, x), got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+def make_grid(shape: Sequence[int], block: Any, halo: Any, params: WatershedParams,
+              roi: tuple[Sequence[int], Sequence[int]] | None = None) -> BlockGrid:
+    """Checks block, halo and ROI against the volume ``shape`` and the parameters.
+
+    Raises:
+        ConfigError: A block or halo that is not three whole numbers, a ROI outside the volume, no
+            halo along an axis with several blocks (their segments could not be stitched), or a
+            halo shorter than the seed erosion (seeds near the faces would erode differently from
+            the whole volume).
+    """
+    shape = tuple(int(s) for s in shape)
+    lo, hi = roi if roi is not None else ((0, 0, 0), shape)
+    lo, hi = tuple(int(v) for v in lo), tuple(int(v) for v in hi)
+    if len(lo) != 3 or len(hi) != 3 or any(l < 0 or h > s or l >= h for l, h, s in zip(lo, hi, shape)):
+        raise ConfigError(f"ROI {lo}..{hi} must be a non-empty box inside the volume {shape}")
+    grid = BlockGrid(lo, hi, _three(block, "block", 1), _three(halo, "halo", 0))
+    finest = min(params.anisotropy)
+    for axis, name in enumerate("zyx"):
+        if grid.counts[axis] == 1:
+            continue
+        if grid.halo[axis] == 0 and not (axis == 0 and params.per_slice):
+            raise ConfigError(f"halo along {name} is 0, but the region has {grid.counts[axis]} blocks along {name}: "
+                              "segments could not be stitched across them; give a halo >= 1 (default "
+                              f"{default_halo(params)[axis]}) or one block along {name}")
+        reach = grid.halo[axis] * params.anisotropy[axis] / finest
+        if reach < params.seed_erosion and not (axis == 0 and params.per_slice):
+            raise ConfigError(f"halo along {name} ({grid.halo[axis]} voxels) is shorter than the seed erosion "
+                              f"({params.seed_erosion} voxels of the finest axis): seeds near the block faces "
+                              f"would erode differently; give a halo of at least "
+                              f"{math.ceil(params.seed_erosion * finest / params.anisotropy[axis])} along {name}")
+    return grid
+
+
+def load_params(path: str | os.PathLike) -> WatershedParams:
+    """Watershed parameters from a JSON file: the ``seg_params.json`` of ``ekn evaluate`` (a
+    segmentation search; its best parameters) or one object of :class:`WatershedParams` fields.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "p.json")
+        >>> _ = open(path, "w").write('{"threshold": 0.3, "min_size": 50}')
+        >>> load_params(path).threshold
+        0.3
+    """
+    from ekn_plugins.evaluation.seg_search import SegmentationSearch
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the segmentation parameters {os.fspath(path)!r}: {err}") from None
+    fields = {field.name for field in dataclasses.fields(WatershedParams)}
+    try:
+        if isinstance(record, dict) and "rows" in record:
+            params = SegmentationSearch.from_dict(record).best_params
+            if not isinstance(params, WatershedParams):
+                raise ConfigError(f"{os.fspath(path)!r} holds parameters for the {params.kind} segmenter; "
+                                  "ekn segment runs the watershed of a boundary map")
+            return params
+        if isinstance(record, dict) and set(record) <= fields:
+            return WatershedParams(**record)
+    except (KeyError, TypeError, IndexError, ValueError) as err:
+        raise ConfigError(f"{os.fspath(path)!r} is no valid segmentation search record: {err}") from None
+    raise ConfigError(f"{os.fspath(path)!r} holds neither a segmentation search (seg_params.json of ekn evaluate) "
+                      f"nor an object of watershed parameters ({', '.join(sorted(fields))})")
+
+
+def work_folder(output: str) -> str:
+    """Folder of the intermediate files of a segmentation beside its output.
+
+    Example:
+        >>> work_folder("seg.zarr"), work_folder("out.h5:seg")
+        ('seg.zarr.ekn-segment', 'out.h5.seg.ekn-segment')
+    """
+    from ekn_core.prediction.blockwise import progress_path
+
+    return progress_path(output).removesuffix(".ekn-progress") + ".ekn-segment"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker needs to segment or stitch any block (picklable)."""
+
+    input: str
+    input_options: dict[str, Any]
+    channel: int
+    interior: bool
+    params: WatershedParams
+    grid: BlockGrid
+    folder: str
+
+    def block_file(self, index: int) -> str:
+        return os.path.join(self.folder, f"block_{index:07d}.npz")
+
+    def merges_file(self, index: int) -> str:
+        return os.path.join(self.folder, f"merges_{index:07d}.npy")
+
+
+# the input volume opened by this process: job input -> (volume, its (c, z, y, x) view)
+_OPEN: dict[str, tuple[Any, Any]] = {}
+
+
+def _input(job: _Job) -> Any:
+    """The job's input as a ``(c, z, y, x)`` view, opened once per process."""
+    key = repr((job.input, sorted(job.input_options.items())))
+    if key not in _OPEN:
+        from ekn_core.prediction.blockwise import as_channel_volume
+        from ekn_core.volumes import open_volume
+
+        _close_inputs()
+        volume = open_volume(job.input, **job.input_options)
+        _OPEN[key] = (volume, as_channel_volume(volume))
+    return _OPEN[key][1]
+
+
+def _close_inputs() -> None:
+    for volume, _ in _OPEN.values():
+        volume.close()
+    _OPEN.clear()
+
+
+def _crop(array: np.ndarray, box: tuple[Shape, Shape], origin: Shape) -> np.ndarray:
+    return array[tuple(slice(l - o, h - o) for l, h, o in zip(*box, origin))]
+
+
+def _save(path: str, save: Callable[[Any], None]) -> None:
+    from ekn_core.atomic import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            save(f)
+
+    atomic_write(path, write)
+
+
+def _segment_block(job: _Job, index: int) -> int:
+    """Segments block ``index`` with its halo; saves its core and face slabs."""
+    from ekn_core.prediction.source import to_float
+
+    grid = job.grid
+    lo, hi = grid.domain(index)
+    window = (slice(job.channel, job.channel + 1), *(slice(l, h) for l, h in zip(lo, hi)))
+    prob = to_float(np.asarray(_input(job)[window])[0])
+    seg = watershed_segmentation(1.0 - prob if job.interior else prob, job.params)
+    core = _crop(seg, grid.core(index), lo)
+    arrays = {"core": core, "n_ids": np.int64(seg.max(initial=0)), "core_ids": np.unique(core[core > 0])}
+    for axis in grid.stitched_axes():
+        if grid.neighbour(index, axis, +1) is not None:
+            arrays[f"hi{axis}"] = _crop(seg, grid.face(index, axis), lo)
+        lower = grid.neighbour(index, axis, -1)
+        if lower is not None:
+            arrays[f"lo{axis}"] = _crop(seg, grid.face(lower, axis), lo)
+    _save(job.block_file(index), lambda f: np.savez_compressed(f, **arrays))
+    return index
+
+
+def _block_arrays(job: _Job, index: int, names: Sequence[str]) -> list[np.ndarray]:
+    try:
+        with np.load(job.block_file(index), allow_pickle=False) as data:
+            return [data[name] for name in names]
+    except (OSError, KeyError, ValueError) as err:
+        raise EknError(f"block {index}'s file {job.block_file(index)!r} is missing or damaged ({err}); delete it "
+                       "if it is there and run again: blocks without their file are segmented again") from None
+
+
+def _stitch_block(job: _Job, index: int) -> int:
+    """Matches block ``index``'s segments to those of its upper neighbours; saves the pairs as
+    ``(block, id, neighbour, id)`` rows."""
+    rows = []
+    for axis in job.grid.stitched_axes():
+        upper = job.grid.neighbour(index, axis, +1)
+        if upper is None:
+            continue
+        (mine,) = _block_arrays(job, index, [f"hi{axis}"])
+        (theirs,) = _block_arrays(job, upper, [f"lo{axis}"])
+        pairs = overlap_matches(mine, theirs)
+        rows.append(np.column_stack([np.full(len(pairs), index), pairs[:, 0], np.full(len(pairs), upper),
+                                     pairs[:, 1]]))
+    merges = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
+    _save(job.merges_file(index), lambda f: np.save(f, merges, allow_pickle=False))
+    return index
+
+
+def _run_pass(plog: Any, pending: list[int], work: Callable[[_Job, int], int], job: _Job, workers: int,
+              progress: bool, on_block: Callable[[str, int], Any] | None) -> None:
+    """Runs ``work(job, index)`` on the ``pending`` blocks (in ``workers`` processes) and records
+    each finished one in ``plog``, a :class:`~ekn_core.prediction.blockwise.ProgressLog`."""
+    name = plog.fingerprint["pass"]
+    bar = None
+    if progress and pending:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(job.grid), initial=len(job.grid) - len(pending), unit="block", desc=name)
+
+    def finished(index: int) -> None:
+        plog.mark(index)
+        if bar is not None:
+            bar.update(1)
+        if on_block is not None:
+            on_block(name, index)
+
+    try:
+        plog.start()
+        if workers <= 1 or len(pending) <= 1:
+            for index in pending:
+                finished(work(job, index))
+        else:
+            with ProcessPoolExecutor(min(workers, len(pending)), multiprocessing.get_context(_start_method())) as pool:
+                try:
+                    running = {pool.submit(work, job, index) for index in pending}
+                    while running:
+                        ready, running = wait(running, return_when=FIRST_COMPLETED)
+                        for future in ready:
+                            finished(future.result())
+                finally:
+                    pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        plog.close()
+        if bar is not None:
+            bar.close()
+
+
+def _pass_log(job: _Job, name: str, fingerprint: dict[str, Any], done_file: Callable[[int], str],
+              path: str | None = None) -> tuple[Any, list[int]]:
+    """The progress log of a pass and its pending blocks: those not recorded, or whose file is gone."""
+    from ekn_core.prediction.blockwise import ProgressLog
+
+    plog = ProgressLog(path or os.path.join(job.folder, f"{name}.ekn-progress"), {**fingerprint, "pass": name})
+    return plog, [i for i in range(len(job.grid)) if i not in plog.done or not os.path.exists(done_file(i))]
+
+
+def _table(job: _Job) -> tuple[np.ndarray, np.ndarray, int]:
+    """The final id of every block's local ids (``final[offsets[k] + id - 1]``), the offsets,
+    and the number of matched pairs."""
+    n_ids, written, merges = [], [], []
+    for index in range(len(job.grid)):
+        count, core_ids = _block_arrays(job, index, ["n_ids", "core_ids"])
+        n_ids.append(int(count))
+        written.append(core_ids)
+        merges.append(np.load(job.merges_file(index), allow_pickle=False))
+    matches = np.concatenate(merges)
+    final, offsets = final_ids(n_ids, matches, written)
+    return final, offsets, len(matches)
+
+
+def segment_volume(input: str, output: str, params: WatershedParams | None = None, *,
+                   block: Sequence[int] = DEFAULT_BLOCK, halo: Sequence[int] | int | None = None,
+                   roi: tuple[Sequence[int], Sequence[int]] | None = None, channel: int | None = None,
+                   interior: bool = False, workers: int = 1, progress: bool = True,
+                   input_options: dict[str, Any] | None = None, output_options: dict[str, Any] | None = None,
+                   on_block: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
+    """Segments a boundary probability volume of any size block by block; resumable.
+
+    For a map without ties (no voxel equally far, in flooding order, from two seeds) and a halo
+    that reaches the seeds of every voxel of a core, the result equals
+    :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation` of the whole region up to
+    the numbering of the segments. ``params.min_size`` and ``min_seed_size`` count the voxels of
+    a segment or seed inside one block with its halo: a segment cut by the halo can be merged
+    into a neighbour where the whole volume would keep it (a halo of a few cell radii makes that
+    rare).
+
+    Args:
+        input: Boundary probabilities (1 = boundary) for ``open_volume``: ``(z, y, x)`` or
+            ``(c, z, y, x)`` (``ekn predict``'s output), float in [0, 1] or uint8 (p × 255).
+        output: The segmentation for ``create_volume`` (zarr by default, ``file.h5:key``, ...).
+        params: Watershed parameters (default :class:`WatershedParams()`).
+        block: Core shape (z, y, x) of a block.
+        halo: Voxels segmented around each core, (z, y, x) or one number (default
+            :func:`default_halo`).
+        roi: ``(lo, hi)`` region of the input to segment (default everything); it is segmented
+            as if it were the whole volume (no voxel outside it is read).
+        channel: Channel of a ``(c, z, y, x)`` input (default 1 of two softmax channels, 0 of one).
+        interior: The channel is the interior (cell) probability: segment ``1 - p``.
+        workers: Processes that segment and stitch blocks (1: this process).
+        progress: tqdm bars (blocks) per pass.
+        input_options, output_options: Passed to ``open_volume`` / ``create_volume``.
+        on_block: Called with ``(pass, index)`` after each block was recorded (tests, monitors).
+
+    Returns:
+        Summary: ``blocks``, ``skipped`` (blocks of the first pass already done), ``segments``,
+        ``merges`` (matched pairs across faces), ``voxels``, ``seconds``, ``shape``, ``dtype``.
+    """
+    from ekn_core.prediction.blockwise import _open_output, absolute, as_channel_volume, chunk_shape, progress_path
+    from ekn_core.volumes import open_volume
+    from ekn_plugins.evaluation.model_evaluation import evaluated_channel
+
+    params = params or WatershedParams()
+    if not isinstance(params, WatershedParams):
+        raise ConfigError(f"params must be WatershedParams, got {type(params).__name__}")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"workers must be a number of processes >= 1, got {workers!r}")
+    with open_volume(input, **(input_options or {})) as raw:
+        volume = as_channel_volume(raw)
+        n_channels, shape, dtype = int(volume.shape[0]), tuple(int(s) for s in volume.shape[1:]), np.dtype(raw.dtype)
+    if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+        raise ConfigError(f"{input!r} holds {dtype} values; ekn segment reads boundary probabilities as floats "
+                          "in [0, 1] or uint8 (p x 255)")
+    channel = evaluated_channel(n_channels, channel)
+    grid = make_grid(shape, block, default_halo(params) if halo is None else halo, params, roi)
+    folder = work_folder(output)
+    os.makedirs(folder, exist_ok=True)
+    job = _Job(absolute(input), dict(input_options or {}), channel, bool(interior), params, grid,
+               os.path.abspath(folder))
+    fingerprint = {"version": 1, "input": job.input, "input_shape": [n_channels, *shape], "dtype": dtype.name,
+                   "channel": channel, "interior": job.interior, "params": params.to_dict(),
+                   "grid": json.loads(json.dumps(dataclasses.asdict(grid)))}
+    log.info("segmenting %s -> %s: %d blocks of %s with halo %s (%s)", input, output, len(grid), grid.block,
+             grid.halo, params)
+    t0 = time.perf_counter()
+    try:
+        plog, pending = _pass_log(job, "segment", fingerprint, job.block_file)
+        skipped = len(grid) - len(pending)
+        _run_pass(plog, pending, _segment_block, job, int(workers), progress, on_block)
+        _run_pass(*_pass_log(job, "stitch", fingerprint, job.merges_file), _stitch_block, job, int(workers),
+                  progress, on_block)
+    finally:
+        _close_inputs()
+    final, offsets, n_merges = _table(job)
+    n_segments = int(final.max(initial=0))
+    out_dtype = np.dtype(np.uint32 if n_segments < 2**32 else np.uint64)
+    out_shape = tuple(e - o for o, e in zip(grid.origin, grid.end))
+    plog, pending = _pass_log(job, "relabel", {**fingerprint, "dtype_out": out_dtype.name}, job.block_file,
+                              progress_path(output))
+    if pending:
+        out = _open_output(output, plog.resumed, out_shape, out_dtype, chunk_shape(grid.block, out_shape),
+                           output_options)
+
+        def relabel(job: _Job, index: int) -> int:
+            (core,) = _block_arrays(job, index, ["core"])
+            lookup = np.concatenate([[0], final[offsets[index]:offsets[index] + int(core.max(initial=0))]])
+            lo, hi = grid.core(index)
+            out[tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, grid.origin))] = lookup[core].astype(out_dtype)
+            getattr(out, "flush", lambda: None)()
+            return index
+
+        try:
+            _run_pass(plog, pending, relabel, job, 1, progress, on_block)
+        finally:
+            out.close()
+    seconds = time.perf_counter() - t0
+    voxels = math.prod(out_shape)
+    log.info("%d segments, %d merges across faces, %.1f s", n_segments, n_merges, seconds)
+    return {"blocks": len(grid), "skipped": skipped, "segments": n_segments, "merges": n_merges, "voxels": voxels,
+            "seconds": seconds, "shape": out_shape, "dtype": out_dtype.name}
+

@@ -1,0 +1,328 @@
+"""Blockwise watershed segmentation with stitching (ekn_plugins.evaluation.blockwise_segmentation,
+.stitching, ``ekn segment``) against the in-memory watershed of the whole volume."""
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import ekn_plugins.evaluation.blockwise_segmentation as bs
+from ekn_core.cli import main
+from ekn_core.errors import ConfigError, EknError
+from ekn_core.volumes import open_volume
+from ekn_plugins.data.image import ids2barriers
+from ekn_plugins.evaluation.seg_search import search_segmentation
+from ekn_plugins.evaluation.segmentation import WatershedParams, segmentation_scores, watershed_segmentation
+from ekn_plugins.evaluation.stitching import final_ids, overlap_matches
+
+SHAPE = (15, 48, 48)
+BLOCK = (5, 16, 16)  # 3 x 3 x 3 blocks
+CORNER = (5, 16, 16)  # where 8 blocks meet
+
+
+def voronoi(shape=SHAPE, n_cells=10, seed=0, corner=CORNER):
+    """Every voxel belongs to its nearest of ``n_cells`` random points, one of them at ``corner``."""
+    rng = np.random.default_rng(seed)
+    points = np.zeros(shape, np.uint32)
+    points[tuple(rng.integers(0, s, n_cells - 1) for s in shape)] = np.arange(2, n_cells + 1)
+    points[corner] = 1
+    index = ndimage.distance_transform_edt(points == 0, return_distances=False, return_indices=True)
+    return points[tuple(index)]
+
+
+def clean_map(ids, seed=3):
+    """Membranes (both voxels of every id change) above 0.5, interiors 0. The membrane values are
+    distinct (random): with a constant 1.0, voxels equally far from two seeds tie, and scikit-image
+    breaks ties by its queue order, which depends on the array's extent, not on the data."""
+    membrane = ids2barriers(ids, dilute=False, ecs_as_barr=False).astype(bool)
+    return np.where(membrane, 0.5 + 0.5 * np.random.default_rng(seed).random(ids.shape), 0.0).astype(np.float32)
+
+
+def noisy_map(ids, seed=1):
+    membrane = ids2barriers(ids, dilute=False, ecs_as_barr=False).astype(np.float64)
+    noise = np.random.default_rng(seed).normal(0, 0.3, ids.shape)
+    return ndimage.gaussian_filter(membrane + noise, 1.0).clip(0, 1).astype(np.float32)
+
+
+def write_h5(tmp_path, array, name="prob"):
+    path = str(tmp_path / f"{name}.h5")
+    with h5py.File(path, "w") as f:
+        f["p"] = array
+    return path + ":p"
+
+
+def read(path):
+    with open_volume(path) as volume:
+        return volume[:]
+
+
+def assert_same_segmentation(seg, reference):
+    """A bijection between the ids of ``seg`` and ``reference`` (0 only where the other has 0), VI 0."""
+    pairs = np.unique(np.stack([seg.ravel(), reference.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(seg)) == len(np.unique(reference))
+    assert np.array_equal(seg == 0, reference == 0)
+    assert segmentation_scores(reference.astype(np.int64) + 1, seg.astype(np.int64) + 1)["vi"] == pytest.approx(0, abs=1e-12)
+
+
+def block_of(point):
+    return tuple(p // b for p, b in zip(point, BLOCK))
+
+
+# --- stitching primitives against brute force ----------------------------------------------------------
+
+def test_overlap_matches_against_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.integers(0, 6, (2, 4, 5, 6))
+        a[rng.random(a.shape) < 0.5] = a.flat[0]  # some large segments, so that majorities occur
+        expected = []
+        for i in np.unique(a[a > 0]):
+            for j in np.unique(b[b > 0]):
+                shared = np.sum((a == i) & (b == j))
+                if 2 * shared > max(np.sum(a == i), np.sum(b == j)):
+                    expected.append([i, j])
+        assert overlap_matches(a, b).tolist() == expected
+    assert overlap_matches(np.zeros(3, int), np.zeros(3, int)).shape == (0, 2)
+
+
+def test_final_ids_against_union_find():
+    n_ids = [4, 0, 3, 5]
+    offsets = np.cumsum([0] + n_ids[:-1])
+    nodes = [(k, i) for k, n in enumerate(n_ids) for i in range(1, n + 1)]
+    # chains across blocks, a segment matched twice, and a component whose first node (block 0's
+    # id 3) is not written, so it is numbered after block 2's segments
+    matches = np.array([[0, 1, 2, 2], [2, 2, 3, 2], [0, 3, 3, 5], [3, 3, 3, 4], [0, 2, 2, 2], [2, 3, 3, 1]])
+    written = [np.array([1, 2, 4]), np.array([], int), np.array([1, 2, 3]), np.array([2, 5])]
+    parent = {node: node for node in nodes}
+
+    def root(node):
+        while parent[node] != node:
+            node = parent[node]
+        return node
+
+    for a, i, b, j in matches:
+        parent[root((a, i))] = root((b, j))
+    order = []  # roots in the order of their first written node
+    for k, ids in enumerate(written):
+        for i in ids:
+            if root((k, i)) not in order:
+                order.append(root((k, i)))
+    final, got_offsets = final_ids(n_ids, matches, written)
+    assert got_offsets.tolist() == offsets.tolist()
+    expected = [order.index(root(node)) + 1 if root(node) in order else 0 for node in nodes]
+    assert final.tolist() == expected
+    assert expected[nodes.index((0, 3))] > expected[nodes.index((2, 1))]
+
+
+# --- the blockwise segmentation against the whole volume -------------------------------------------------
+
+@pytest.mark.parametrize("params, halo", [
+    (WatershedParams(), 4),
+    # a 2-D cross-section of a cell can have two seeds: the halo must reach both from every core voxel
+    (WatershedParams(per_slice=True), (0, 8, 8)),
+    (WatershedParams(threshold=0.3, seed_erosion=1.0, mask_threshold=0.9), 4),
+], ids=["default", "per_slice", "erosion_mask"])
+def test_clean_map_equals_whole_volume(tmp_path, params, halo):
+    ids = voronoi()
+    prob = clean_map(ids)
+    whole = watershed_segmentation(prob, params)
+    # one voxel in each of the 8 blocks at the corner (per slice: 4 blocks in each of 2 slices)
+    corners = [tuple(slice(c - 1, c + 1) for c in CORNER)]
+    if params.per_slice:
+        corners = [(z, *corners[0][1:]) for z in (CORNER[0] - 1, CORNER[0])]
+    for corner in corners:
+        assert len(np.unique(whole[corner])) == 1 and whole[corner].min() > 0
+        assert len({block_of(p) for p in np.argwhere(whole == whole[corner].min())}) >= 4  # the cell reaches far
+
+    out = str(tmp_path / "seg.zarr")
+    summary = bs.segment_volume(write_h5(tmp_path, prob), out, params, block=BLOCK, halo=halo, progress=False)
+    seg = read(out)
+    assert seg.dtype == np.uint32 and seg.shape == SHAPE
+    assert_same_segmentation(seg, whole)
+    assert all(len(np.unique(seg[corner])) == 1 for corner in corners)
+    assert summary["blocks"] == 27 and summary["segments"] == whole.max() == seg.max()
+    assert sorted(np.unique(seg[seg > 0])) == list(range(1, seg.max() + 1))  # consecutive
+
+
+def test_noisy_map_close_to_whole_volume(tmp_path, monkeypatch):
+    """On a noisy, blurred map the blocks see different seeds near their faces; with a halo of 8 the
+    stitched result equals the whole volume's here (VI 0; 0.16 with a halo of 4, 0.27 with 2),
+    against VI > 2 without stitching."""
+    ids = voronoi(n_cells=14)
+    prob = noisy_map(ids)
+    params = search_segmentation(prob, ids, grid={"threshold": [0.2, 0.3], "min_size": [1, 20]}).best_params
+    whole = watershed_segmentation(prob, params)
+    source = write_h5(tmp_path, prob)
+    bs.segment_volume(source, str(tmp_path / "seg.zarr"), params, block=BLOCK, halo=8, progress=False)
+    vi = segmentation_scores(whole.astype(np.int64) + 1, read(str(tmp_path / "seg.zarr")).astype(np.int64))["vi"]
+    assert vi < 0.1
+
+    monkeypatch.setattr(bs, "overlap_matches", lambda a, b: np.zeros((0, 2), np.int64))
+    bs.segment_volume(source, str(tmp_path / "unstitched.zarr"), params, block=BLOCK, halo=8, progress=False)
+    unstitched = read(str(tmp_path / "unstitched.zarr")).astype(np.int64)
+    assert segmentation_scores(whole.astype(np.int64) + 1, unstitched)["vi"] > 2.0
+
+
+def test_roi_channel_uint8_interior(tmp_path):
+    """A ROI of channel 1 of a (c, z, y, x) uint8 interior map is segmented as that crop on its own."""
+    ids = voronoi()
+    boundary = np.round(clean_map(ids) * 255).astype(np.uint8)
+    pred = np.stack([boundary, 255 - boundary])  # channel 1: interior probability
+    roi = ((2, 5, 0), (15, 40, 33))
+    crop = boundary[tuple(slice(l, h) for l, h in zip(*roi))].astype(np.float32) / 255
+    params = WatershedParams(threshold=0.4)
+    out = str(tmp_path / "seg.h5") + ":seg"
+    summary = bs.segment_volume(write_h5(tmp_path, pred), out, params, block=(5, 12, 12), halo=(3, 4, 4), roi=roi,
+                                channel=1, interior=True, progress=False)
+    assert summary["shape"] == crop.shape and summary["blocks"] == 3 * 3 * 3
+    assert_same_segmentation(read(out), watershed_segmentation(crop, params))
+
+
+# --- resume, workers -------------------------------------------------------------------------------------
+
+class Killed(Exception):
+    pass
+
+
+def counting_watershed(monkeypatch):
+    calls = []
+
+    def spy(prob, params):
+        calls.append(prob.shape)
+        return watershed_segmentation(prob, params)
+
+    monkeypatch.setattr(bs, "watershed_segmentation", spy)
+    return calls
+
+
+@pytest.mark.parametrize("killed_pass", ["segment", "stitch", "relabel"])
+def test_resume_after_kill(tmp_path, monkeypatch, killed_pass):
+    prob = noisy_map(voronoi())
+    params = WatershedParams(threshold=0.3)
+    source = write_h5(tmp_path, prob)
+    bs.segment_volume(source, str(tmp_path / "reference.zarr"), params, block=BLOCK, halo=4, progress=False)
+    reference = read(str(tmp_path / "reference.zarr"))
+
+    seen = []
+
+    def kill(name, index):
+        seen.append(name)
+        if seen.count(killed_pass) == 5:
+            raise Killed
+
+    out = str(tmp_path / "seg.h5:seg")
+    with pytest.raises(Killed):
+        bs.segment_volume(source, out, params, block=BLOCK, halo=4, progress=False, on_block=kill)
+    calls = counting_watershed(monkeypatch)
+    summary = bs.segment_volume(source, out, params, block=BLOCK, halo=4, progress=False)
+    assert len(calls) == (27 - 5 if killed_pass == "segment" else 0)
+    assert summary["skipped"] == (5 if killed_pass == "segment" else 27)
+    np.testing.assert_array_equal(read(out), reference)
+
+    calls.clear()  # a finished job is not redone; new parameters are
+    assert bs.segment_volume(source, out, params, block=BLOCK, halo=4, progress=False)["skipped"] == 27
+    assert calls == []
+    other = WatershedParams(threshold=0.2)
+    bs.segment_volume(source, out, other, block=BLOCK, halo=4, progress=False)
+    assert len(calls) == 27
+    bs.segment_volume(source, str(tmp_path / "fresh.zarr"), other, block=BLOCK, halo=4, progress=False)
+    np.testing.assert_array_equal(read(out), read(str(tmp_path / "fresh.zarr")))
+
+
+def test_two_workers_equal_one(tmp_path):
+    prob = noisy_map(voronoi())
+    params = WatershedParams(threshold=0.3, min_size=20)
+    source = write_h5(tmp_path, prob)
+    one = bs.segment_volume(source, str(tmp_path / "one.zarr"), params, block=BLOCK, halo=4, progress=False)
+    two = bs.segment_volume(source, str(tmp_path / "two.zarr"), params, block=BLOCK, halo=4, workers=2,
+                            progress=False)
+    assert (one["segments"], one["merges"]) == (two["segments"], two["merges"])
+    np.testing.assert_array_equal(read(str(tmp_path / "one.zarr")), read(str(tmp_path / "two.zarr")))
+    again = bs.segment_volume(source, str(tmp_path / "two.zarr"), params, block=BLOCK, halo=4, progress=False)
+    assert again["skipped"] == 27  # every block the workers finished was recorded
+
+
+# --- command line ---------------------------------------------------------------------------------------
+
+def test_command_with_params_file(tmp_path, capsys):
+    prob = noisy_map(voronoi())
+    source = write_h5(tmp_path, prob[None])
+    search = search_segmentation(prob, voronoi(), grid={"threshold": [0.25, 0.35]})
+    params_file, _ = search.save(str(tmp_path / "valid"))
+    out = str(tmp_path / "seg.zarr")
+    assert main(["segment", source, out, "--params", params_file, "--min-size", "20", "--block", "5,16,16",
+                 "--halo", "4", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    expected_params = WatershedParams(threshold=search.best_params.threshold, min_size=20)
+    expected = bs.segment_volume(source, str(tmp_path / "api.zarr"), expected_params, block=BLOCK, halo=4,
+                                 progress=False)
+    np.testing.assert_array_equal(read(out), read(str(tmp_path / "api.zarr")))
+    assert f"{expected['segments']} segments, 27 blocks (0 already done)" in printed and "voxels/s" in printed
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"block": (0, 16, 16)}, "block must be three whole numbers >= 1"),
+    ({"block": (5, 16)}, "block must be three whole numbers"),
+    ({"halo": -1}, "halo must be three whole numbers >= 0"),
+    ({"halo": (4, 0, 4)}, "halo along y is 0"),
+    ({"halo": 1, "params": WatershedParams(seed_erosion=2.0)}, "shorter than the seed erosion"),
+    ({"channel": 2}, "channel 2 does not exist"),
+    ({"roi": ((0, 0, 0), (16, 48, 48))}, "must be a non-empty box inside the volume"),
+    ({"workers": 0}, "workers must be a number of processes >= 1"),
+])
+def test_bad_arguments(tmp_path, kwargs, message):
+    source = write_h5(tmp_path, clean_map(voronoi())[None].repeat(2, axis=0))
+    kwargs = {"block": BLOCK, "progress": False, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        bs.segment_volume(source, str(tmp_path / "seg.zarr"), **kwargs)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ConfigError, match="the net predicts 3 channels"):
+        bs.segment_volume(write_h5(tmp_path, np.zeros((3, 4, 8, 8), np.float32)), str(tmp_path / "a.zarr"),
+                          progress=False)
+    with pytest.raises(ConfigError, match="holds int16 values"):
+        bs.segment_volume(write_h5(tmp_path, np.zeros((4, 8, 8), np.int16), "int"), str(tmp_path / "b.zarr"),
+                          progress=False)
+    with pytest.raises(ConfigError, match=r"must lie in \[0, 1\]"):
+        bs.segment_volume(write_h5(tmp_path, np.full((4, 8, 8), 2.0, np.float32), "two"), str(tmp_path / "c.zarr"),
+                          progress=False)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "cannot read the segmentation parameters"),
+    ('{"threshold": 0.3, "colour": 1}', "neither a segmentation search"),
+    ('{"metric": "vi", "rows": [{"params": {}}]}', "no valid segmentation search record"),
+    ('{"threshold": 2.0}', "threshold must be a boundary probability"),
+    ('{"segmenter": "affinity", "metric": "vi", "rows": [{"params": {"threshold": 0.5}, "scores": {"vi": 1}}]}',
+     "holds parameters for the affinity segmenter"),
+])
+def test_bad_params_file(tmp_path, content, message):
+    path = tmp_path / "params.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        bs.load_params(path)
+
+
+def test_lost_block_file_is_recomputed(tmp_path, monkeypatch):
+    """A block file lost after its pass recorded it is reported, and the rerun recomputes only it."""
+    source = write_h5(tmp_path, noisy_map(voronoi()))
+    params = WatershedParams(threshold=0.3)
+    bs.segment_volume(source, str(tmp_path / "reference.zarr"), params, block=BLOCK, halo=4, progress=False)
+    out = str(tmp_path / "seg.zarr")
+    lost = os.path.join(bs.work_folder(out), "block_0000013.npz")
+
+    def lose(name, index):
+        if (name, index) == ("stitch", 26):
+            os.remove(lost)
+
+    with pytest.raises(EknError, match="block 13's file .* is missing or damaged"):
+        bs.segment_volume(source, out, params, block=BLOCK, halo=4, progress=False, on_block=lose)
+    calls = counting_watershed(monkeypatch)
+    bs.segment_volume(source, out, params, block=BLOCK, halo=4, progress=False)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(read(out), read(str(tmp_path / "reference.zarr")))
