@@ -126,6 +126,34 @@ def test_ekn_predict_valid_and_uint8_predictions_are_centred_like_the_raw_volume
     assert v["segmentation"]["scores"] == search_segmentation(quantised / 255.0, ids[inner], GRID).best_scores
 
 
+def test_ekn_predict_roi_predictions_are_placed_by_their_record_and_stale_ones_refused(data, tmp_path):
+    raw_frame_labels = np.zeros(RAW_SHAPE, np.int16) - 1  # the labels in raw coordinates, -1 outside
+    offset = center_offset(RAW_SHAPE, LABEL_SHAPE)
+    raw_frame_labels[tuple(slice(o, o + s) for o, s in zip(offset, LABEL_SHAPE))] = read(data["barrier"])
+    roi = ((1, 10, 30), (9, 60, 96))  # off-centre: centring would put it elsewhere
+    pred = str(tmp_path / "roi.zarr")
+    predict_volume(NET, data["raw"], pred, roi=roi, tile=None, progress=False)
+    prob = read(pred)[1]
+    assert prob.shape == (8, 50, 66)
+    lo = tuple(max(a, o) for a, o in zip(roi[0], offset))
+    hi = tuple(min(b, o + s) for b, o, s in zip(roi[1], offset, LABEL_SHAPE))
+    reference = ThresholdCurves(1000)
+    reference.add(prob[tuple(slice(a - r, b - r) for a, b, r in zip(lo, hi, roi[0]))],
+                  raw_frame_labels[tuple(slice(a, b) for a, b in zip(lo, hi))])
+    for raw in (True, False):  # without the raw volume, the record's raw shape is the frame
+        v = evaluate(data, pred, f"roi_{raw}", raw=raw)
+        assert v["box"] == {"lo": list(lo), "hi": list(hi), "shape": [b - a for a, b in zip(lo, hi)]}
+        assert v["prediction"]["offset"] == list(roi[0])
+        assert v["binary"]["positive_counts"] == reference.positive_counts.tolist()
+    # a prediction of another raw volume (a stale file) is refused, not compared with the wrong voxels
+    other = write_dataset(str(tmp_path / "other"), n_volumes=1, shape=(16, 90, 90), label_margin=(2, 8, 8))[0]
+    stale = str(tmp_path / "stale.zarr")
+    predict_volume(NET, other["raw"], stale, tile=None, progress=False)
+    with pytest.raises(ConfigError, match=r"was predicted from .*raw_0.h5.* of shape \(16, 90, 90\), but the raw "
+                                          r"volume .* has shape \(16, 96, 96\)"):
+        evaluate(data, stale, "stale")
+
+
 def test_prediction_errors_are_clear(data, tmp_path, capsys):
     from ekn_core.cli import main
 

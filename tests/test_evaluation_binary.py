@@ -162,8 +162,11 @@ def test_unlabelled_voxels_and_one_class_against_the_rest():
 
 def test_bad_input_gets_one_clear_error():
     curves = ThresholdCurves(10)
-    with pytest.raises(ShapeError, match=r"found the classes \[0, 1, 2\]; pass positive=<class>"):
+    with pytest.raises(ShapeError, match=r"found the classes \[0, 1, 2\]; evaluate one class against the rest "
+                                         r"with positive=<class> \(ekn evaluate --positive K\)"):
         curves.add(np.full(3, 0.5), np.array([0, 1, 2]))
+    with pytest.raises(ShapeError, match=r"found the classes \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, \.\.\.\]"):
+        curves.add(np.full(12, 0.5), np.arange(12))
     with pytest.raises(ShapeError, match="must lie in \\[0, 1\\], found NaN"):
         curves.add(np.array([0.5, np.nan]), np.array([0, 1]))
     with pytest.raises(ShapeError, match="found values from -0.5 to 3"):

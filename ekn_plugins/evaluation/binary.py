@@ -229,9 +229,10 @@ class ThresholdCurves:
             return np.where(ids < 0, -1, ids == self.positive).astype(np.int64)
         if ids.size and ids.max() > 1:
             classes = np.unique(ids[ids >= 0])
-            raise ShapeError(f"binary labels must be 0 (negative) or 1 (positive), found the classes "
-                             f"{classes[:10].tolist()}; pass positive=<class> to evaluate one class against the "
-                             "rest, or ignore_label for a value that marks unlabelled voxels")
+            shown = ", ".join(str(c) for c in classes[:10]) + (", ..." if classes.size > 10 else "")
+            raise ShapeError(f"binary labels must be 0 (negative) or 1 (positive), found the classes [{shown}]; "
+                             "evaluate one class against the rest with positive=<class> (ekn evaluate --positive K), "
+                             "or mark unlabelled voxels with ignore_label (--ignore-label V)")
         return ids
 
     def merge(self, other: ThresholdCurves) -> None:

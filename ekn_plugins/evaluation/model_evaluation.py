@@ -196,29 +196,75 @@ def _opened(volume: ValidationVolume) -> Iterator[dict[str, Any]]:
         yield views
 
 
+def prediction_record(path: str) -> dict[str, Any] | None:
+    """What ``ekn predict`` recorded about a prediction it wrote (the header of its progress log:
+    ``input``, ``input_shape``, ``plan`` with the predicted region's ``origin``), or None when the
+    prediction has no readable record (made otherwise, or the log was deleted).
+
+    Example:
+        >>> prediction_record("/nonexistent/pred.zarr") is None
+        True
+    """
+    import json
+
+    from ekn_core.errors import EknError
+    from ekn_core.prediction.blockwise import progress_path
+
+    try:
+        with open(progress_path(path)) as f:
+            header = json.loads(f.readline())
+        return header if {"input_shape", "plan", "input"} <= set(header) else None
+    except (OSError, ValueError, EknError):
+        return None
+
+
+def _recorded_placement(volume: ValidationVolume, views: dict[str, Any], path: str,
+                        shape: Shape) -> tuple[Shape | None, Shape | None]:
+    """The raw frame and the prediction's offset in it from ``ekn predict``'s record (``--roi`` and
+    ``--valid`` predictions included); ``(None, None)`` without a record. A record of another raw
+    volume than the given one is an error: the prediction would be compared with the wrong voxels."""
+    record = prediction_record(path)
+    if record is None:
+        return None, None
+    frame, origin = tuple(record["input_shape"][-3:]), tuple(record["plan"]["origin"])
+    if "raw" in views and tuple(views["raw"].shape[1:]) != frame:
+        raise ConfigError(f"volume {volume.name!r}: the prediction {path!r} was predicted from {record['input']!r} "
+                          f"of shape {frame}, but the raw volume {volume.raw!r} has shape "
+                          f"{tuple(views['raw'].shape[1:])}: give the raw volume it was predicted from, or predict "
+                          "this one")
+    if any(o + s > f for o, s, f in zip(origin, shape, frame)):
+        return None, None  # a record that does not describe this volume (e.g. replaced by hand): centre instead
+    return frame, origin
+
+
 def _layout(volume: ValidationVolume, views: dict[str, Any],
             prediction: tuple[str, Shape] | None = None) -> tuple[tuple[Shape, Shape], dict[str, Shape]]:
     """The evaluated box and the offsets of labels, ids and a given ``prediction`` (its path and
     spatial shape), all in the frame: the raw volume, or without one the box whose every axis is
-    the largest of the prediction's, labels' and ids' (each is centred in it)."""
+    the largest of the prediction's, labels' and ids' (each is centred in it). A prediction that
+    ``ekn predict`` wrote is placed where its record says (the raw volume it came from is then the
+    frame); others are centred like the labels."""
     extents = {what: tuple(views[what].shape[1:]) for what in ("labels", "ids") if what in views}
-    if prediction is not None:
+    recorded_frame, recorded_origin = (None, None) if prediction is None else _recorded_placement(
+        volume, views, *prediction)
+    if prediction is not None and recorded_origin is None:
         extents["prediction"] = tuple(prediction[1])
-    frame = tuple(views["raw"].shape[1:]) if "raw" in views else tuple(max(e) for e in zip(*extents.values()))
-    offsets = {}
+    frame = tuple(views["raw"].shape[1:]) if "raw" in views else recorded_frame or tuple(
+        max(e) for e in zip(*extents.values()))
+    offsets = {} if recorded_origin is None else {"prediction": recorded_origin}
     for what, extent in extents.items():
         try:
             offsets[what] = center_offset(frame, extent)
         except EknError as err:
             why = (_uncentred(prediction[0], extents, frame, "raw" in views)
-                   if prediction is not None and ("raw" not in views or what == "prediction") else err)
+                   if "prediction" in extents and ("raw" not in views or what == "prediction") else err)
             raise ConfigError(f"volume {volume.name!r}: {why}") from None
     try:
         box = evaluation_roi(frame, extents["labels" if "labels" in views else "ids"], volume.region)
     except EknError as err:
         raise ConfigError(f"volume {volume.name!r}: {err}") from None
     if prediction is not None:
-        box = _inside_prediction(volume.name, box, offsets["prediction"], extents["prediction"])
+        box = _inside_prediction(volume.name, box, offsets["prediction"], tuple(prediction[1]))
     if "labels" in views and "ids" in views:
         ids_hi = tuple(o + s for o, s in zip(offsets["ids"], extents["ids"]))
         if any(a < o or b > h for a, b, o, h in zip(*box, offsets["ids"], ids_hi)):
