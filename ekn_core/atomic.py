@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -89,9 +90,33 @@ def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str, record: Any) -> None:
-    """Writes ``record`` as indented JSON to ``path`` atomically."""
-    write_text(path, json.dumps(record, indent=1))
+def write_json(path: str, record: Any, strict: bool = False) -> None:
+    """Writes ``record`` as indented JSON to ``path`` atomically.
+
+    Args:
+        strict: Write non-finite floats (NaN, ±inf) as ``null``, so that strict JSON parsers
+            (JavaScript, ``jq``) read the file; otherwise they go out as Python's ``NaN`` tokens,
+            which Python reads back as floats.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "r.json")
+        >>> write_json(path, {"f1": [0.5, float("nan")]}, strict=True)
+        >>> " ".join(open(path).read().split())
+        '{ "f1": [ 0.5, null ] }'
+    """
+    write_text(path, json.dumps(_finite(record) if strict else record, indent=1, allow_nan=not strict))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float inside dicts, lists and tuples replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 @contextlib.contextmanager

@@ -282,7 +282,8 @@ def test_bad_arguments(tmp_path, kwargs, message):
 
 
 def test_bad_inputs(tmp_path):
-    with pytest.raises(ConfigError, match="the net predicts 3 channels"):
+    with pytest.raises(ConfigError, match=r"channel: the input .* has 3 channels \(0, 1, 2\); say which one holds "
+                                          "the boundary probability with --channel K"):
         bs.segment_volume(write_h5(tmp_path, np.zeros((3, 4, 8, 8), np.float32)), str(tmp_path / "a.zarr"),
                           progress=False)
     with pytest.raises(ConfigError, match="holds int16 values"):

@@ -48,8 +48,11 @@ def write(path, array):
 
 
 def same(a, b):
-    """Equal records (NaN scores included)."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    """Equal records (NaN scores included; evaluation.json writes them as null)."""
+    def text(record):
+        return json.dumps(record, sort_keys=True).replace("NaN", "null")
+
+    return text(a) == text(b)
 
 
 def evaluate(data, prediction, out, raw=True, labels=True, **options):

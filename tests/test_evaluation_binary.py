@@ -194,7 +194,7 @@ def test_bad_input_gets_one_clear_error():
     assert "(best F1)" in only_positive.summary()
 
 
-def test_figures_are_written_atomically(tmp_path, monkeypatch):
+def test_figures_are_full_size_pngs_with_every_voxel_in_the_histograms(tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
     rng = np.random.default_rng(6)

@@ -52,15 +52,16 @@ def same_partition(a, b):
 # --- scores against a brute-force reference ---------------------------------------------------------
 
 def reference_scores(true, pred, ignore_labels):
-    """Entropies from the numpy contingency table, Rand scores by enumerating all voxel pairs."""
+    """Entropies from the numpy contingency table with predicted 0 one label (CREMI's ``voi``), Rand
+    scores by enumerating all voxel pairs with every unassigned voxel alone (SNEMI3D)."""
     true, pred = true.ravel(), pred.ravel().astype(np.int64)
     keep = ~np.isin(true, ignore_labels)
     true, pred = true[keep], pred[keep]
-    unassigned = pred == 0
-    pred[unassigned] = -1 - np.arange(unassigned.sum())  # every unassigned voxel alone
     n = true.size
     _, t = np.unique(true, return_inverse=True)
     _, p = np.unique(pred, return_inverse=True)
+    unassigned = pred == 0
+    pred[unassigned] = -1 - np.arange(unassigned.sum())  # every unassigned voxel alone
     joint = np.zeros((t.max() + 1, p.max() + 1))
     np.add.at(joint, (t, p), 1.0 / n)
     p_true, p_pred = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
@@ -103,6 +104,53 @@ def test_scores_split_and_merge_directions():
     assert merged["rand_recall"] == 1.0 and merged["rand_precision"] < 1.0
     identical = segmentation_scores(true, true + 5)
     assert identical["vi"] == identical["adapted_rand_error"] == 0.0 and identical["rand_index"] == 1.0
+
+
+def test_unassigned_voxels_are_one_label_in_the_vi_and_singletons_in_the_rand_scores():
+    # CREMI's voi(reconstruction, groundtruth, ignore_reconstruction=[]): predicted 0 is one label
+    unassigned = segmentation_scores(np.ones(1000, int), np.zeros(1000, int))
+    assert unassigned["vi"] == unassigned["vi_split"] == unassigned["vi_merge"] == 0.0
+    assert unassigned["rand_recall"] == 0.0 and unassigned["adapted_rand_error"] == 1.0
+    # masking 50 voxels of each of two cells: in the VI one extra segment, half of either cell
+    true = np.repeat([1, 2], 500)
+    masked = np.where(np.arange(1000) % 500 < 50, 0, true)
+    scores = segmentation_scores(true, masked)
+    assert scores["vi_split"] == pytest.approx(-(0.1 * np.log2(0.1) + 0.9 * np.log2(0.9)))
+    assert scores["vi_merge"] == pytest.approx(0.1)  # the 10% in segment 0 hold 1 bit about their cell
+    assert scores["rand_recall"] == pytest.approx(2 * 450 * 449 / (2 * 500 * 499))
+
+
+def test_scores_keep_memory_linear_in_the_voxels_with_many_unassigned():
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    true = rng.integers(1, 501, 100_000)
+    pred = np.where(rng.random(true.size) < 0.5, 0, rng.integers(1, 20_001, true.size))
+    tracemalloc.start()
+    try:
+        scores = segmentation_scores(true, pred)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # a dense table of true x predicted ids takes 80 MB, with a column per unassigned voxel 280 MB
+    assert peak < 30e6, f"peak {peak / 1e6:.0f} MB"
+    assert scores["unassigned_fraction"] == pytest.approx(0.5, abs=0.01) and scores["rand_precision"] < 0.01
+
+
+def test_several_ignored_true_ids():
+    prob, ids = search_case()
+    glia = int(ids[3, 16, 16])
+    true = np.where(ids == ids[0, 0, 0], 0, ids)
+    seg = watershed_segmentation(prob, WatershedParams(threshold=0.3))
+    kept = ~np.isin(true, [0, glia])
+    expected = segmentation_scores(true[kept], seg[kept], ignore_labels=())
+    assert expected["n_true"] == len(np.unique(ids)) - 2
+    for ignore in ((0, glia), [glia, 0], {0, glia}, np.array([0, glia], np.uint64)):
+        assert segmentation_scores(true, seg, ignore_labels=ignore) == expected
+    search = search_segmentation(prob, true, grid={"threshold": [0.3, 0.5]}, ignore_labels=(0, glia), n_proc=2)
+    assert search.rows[0][1] == expected
+    with pytest.raises(ConfigError, match="integer true ids"):
+        segmentation_scores(true, seg, ignore_labels=(0.5,))
 
 
 def test_scores_degenerate_and_bad_input():

@@ -165,6 +165,27 @@ def test_rand_index_against_pair_counting():
     assert rand_index(true, true).rand_index == 1.0
 
 
+def test_pair_scores_keep_memory_linear_in_the_voxels():
+    import tracemalloc
+
+    true = RNG.integers(1, 501, 100_000)
+    pred = np.arange(1, true.size + 1)  # every voxel its own segment: no pair joined
+    pred[::2] = 0  # half of them unassigned
+    tracemalloc.start()
+    try:
+        scores, v_rand = rand_index(true, pred), compute_V_rand_N2(true, pred)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # a dense contingency table of true x predicted ids takes 200 MB
+    assert peak < 30e6, f"peak {peak / 1e6:.0f} MB"
+    same_true = sum(c * (c - 1) // 2 for c in np.bincount(true))
+    assert (scores.false_splits, scores.false_merges) == (same_true, 0)
+    # V_rand_merge = ΣP² / Σs²; predicted 0 is one segment here: the odd voxels alone, the even ones together
+    squares = np.sum(np.bincount(true[::2]).astype(float) ** 2) + true.size // 2
+    assert v_rand[2] == pytest.approx(squares / np.sum(np.bincount(true).astype(float) ** 2), rel=1e-12)
+
+
 # --------------------------------------------------------------------------------- MALIS weights
 CASES = [((3, 4), mknhood2d(1)), ((4, 4), mknhood2d(1.5)), ((2, 3, 3), mknhood3d(1)), ((3, 3, 2), mknhood3d_aniso())]
 

@@ -348,18 +348,19 @@ def test_segmentation_setting_mistakes(tmp_path, volumes, monkeypatch):
         VolumeValidator(spec).check(model)
 
     check(boundary_channel=0)
-    with pytest.raises(ConfigError, match=r"boundary_channel 2 does not exist: the net has 2 output channel\(s\)"):
+    with pytest.raises(ConfigError, match=r"boundary_channel 2 does not exist: the net has 2 channel\(s\) \(0, 1\)"):
         check(boundary_channel=2)
     with pytest.raises(ConfigError, match=r"volume 'v1': ids must be one \(z, y, x\) volume of the labels' size "
                                           r"\(7, 33, 29\).*got shape \(1, 7, 33, 28\)"):
         check(ids=labels[..., 1:].astype(np.uint16))
     with pytest.raises(ConfigError, match="volume 'v1': ids must hold integer object ids, got dtype float32"):
         check(ids=labels.astype(np.float32))
-    monkeypatch.setattr(segmentation_metrics, "BYTES_PER_VOXEL", 2**50)
-    with pytest.raises(ConfigError, match=r"volume 'v1': segmenting its evaluated box \(7, 27, 23\) needs about "
-                                          r".* GiB of memory are available; evaluate a part with 'region'"):
+    monkeypatch.setattr(segmentation_metrics, "SEARCH_BYTES_PER_VOXEL", 2**50)
+    with pytest.raises(ConfigError, match=r"volume 'v1': holding its labelled box \(7, 27, 23\) .* search in 1 "
+                                          r"process\(es\) needs about .* MiB are available; evaluate a part with "
+                                          r"'region'"):
         check()
-    with pytest.raises(ConfigError, match="the net has 3 output channels; set 'boundary_channel'"):
+    with pytest.raises(ConfigError, match=r"the net has 3 channels \(0, 1, 2\); set 'boundary_channel'"):
         segmentation_metrics.boundary_channel(3, None)
     # monitor_metric may name a segmentation metric; lower is better
     path = tmp_path / "exp.py"

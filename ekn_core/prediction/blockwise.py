@@ -299,6 +299,46 @@ def progress_path(output: str) -> str:
     return f"{base}.{key}.ekn-progress" if key else f"{base}.ekn-progress"
 
 
+def prediction_status(output: str) -> tuple[dict[str, Any], int, int] | None:
+    """What :func:`predict_volume` recorded about ``output``: the header of its progress log
+    (``input``, ``input_shape``, ``plan``, ``channel``, ...), the blocks finished and the blocks
+    of the plan; None when it has no readable record (made otherwise, or the log was deleted).
+
+    Example:
+        >>> prediction_status("/nonexistent/pred.zarr") is None
+        True
+    """
+    try:
+        with open(progress_path(output), encoding="utf-8") as f:
+            header = json.loads(f.readline())
+        plan = header["plan"]
+        total = int(np.prod([-(-(e - o) // b) for o, e, b in zip(plan["origin"], plan["end"], plan["block"])]))
+    except (OSError, ValueError, TypeError, KeyError, EknError):
+        return None
+    if not isinstance(header, dict) or not {"input_shape", "input"} <= set(header):
+        return None
+    done = ProgressLog(progress_path(output), header).done
+    return header, len({i for i in done if i < total}), total
+
+
+def finished_prediction(output: str) -> dict[str, Any] | None:
+    """The record of a prediction that :func:`predict_volume` finished (see
+    :func:`prediction_status`), None without a record.
+
+    Raises:
+        ConfigError: The prediction was stopped before all its blocks were written (the rest
+            would be read as zeros).
+    """
+    status = prediction_status(output)
+    if status is None:
+        return None
+    record, done, total = status
+    if done < total:
+        raise ConfigError(f"the prediction {output!r} is incomplete: resume `ekn predict … {output}` first "
+                          f"({done} of {total} blocks done; the same command resumes it)")
+    return record
+
+
 @dataclass(frozen=True)
 class NetSpec:
     """A picklable recipe that loads the net in any process (Dask workers included).

@@ -65,6 +65,19 @@ def parse_anisotropy(text: str) -> tuple[float, float, float]:
     return values
 
 
+def parse_ids(text: str) -> tuple[int, ...]:
+    """``--ignore-ids A,B``: ground-truth ids.
+
+    Example:
+        >>> parse_ids("0,5")
+        (0, 5)
+    """
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--ignore-ids {text!r}: write ids separated by commas, e.g. 0,5") from None
+
+
 def model_and_raw(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """``(MODEL, RAW)`` of the positional arguments: ``MODEL [RAW]``, or with ``--prediction``
     only ``[RAW]``.
@@ -126,8 +139,11 @@ class EvaluateCommand(Command):
                             "probability: segment 1 - p, and labels from --ids are the non-boundary voxels")
         parser.add_argument("--positive", type=int, help="class of multi-class labels the channel predicts "
                             "(the others are negative); default: binary labels 0/1")
-        parser.add_argument("--ignore-label", type=int, help="label value of unlabelled voxels (with --affinities: "
-                            "the id whose edges are unlabelled)")
+        parser.add_argument("--ignore-label", type=int, help="label value of unlabelled voxels in --labels (with "
+                            "--affinities: the id whose edges are unlabelled; it is then also left out of the "
+                            "segmentation scores)")
+        parser.add_argument("--ignore-ids", default="0", help="ground-truth ids left out of the segmentation "
+                            "scores (VI, adapted Rand error), comma-separated (default 0)")
         parser.add_argument("--bins", type=int, default=1000, help="histogram bins of the threshold sweep "
                             "(thresholds resolved to 1/bins)")
         parser.add_argument("--affinities", action=argparse.BooleanOptionalAction, help="the channels are "
@@ -167,7 +183,7 @@ class EvaluateCommand(Command):
                      if args.per_slice or args.anisotropy else None)
         record = evaluate_model(
             model, volumes, args.out, prediction=args.prediction, channel=args.channel, interior=args.interior,
-            positive=args.positive, ignore_label=args.ignore_label, region=parse_roi(args.region, "--region"),
+            positive=args.positive, ignore_label=args.ignore_label, ignore_ids=parse_ids(args.ignore_ids), region=parse_roi(args.region, "--region"),
             bins=args.bins, affinities=args.affinities, nhood=args.nhood, segmentation=not args.no_segmentation,
             grid=parse_grid(args.grid), metric=args.metric, n_proc=args.n_proc,
             base_params=watershed,

@@ -297,12 +297,12 @@ def _save(path: str, save: Callable[[Any], None]) -> None:
 
 def _segment_block(job: _Job, index: int) -> int:
     """Segments block ``index`` with its halo; saves its core and face slabs."""
-    from ekn_core.prediction.source import to_float
+    from ekn_plugins.evaluation.model_evaluation import prediction_values  # as ekn evaluate's search reads them
 
     grid = job.grid
     lo, hi = grid.domain(index)
     window = (slice(job.channel, job.channel + 1), *(slice(l, h) for l, h in zip(lo, hi)))
-    prob = to_float(np.asarray(_input(job)[window])[0])
+    prob = prediction_values(_input(job)[window])[0]
     seg = watershed_segmentation(1.0 - prob if job.interior else prob, job.params)
     core = _crop(seg, grid.core(index), lo)
     arrays = {"core": core, "n_ids": np.int64(seg.max(initial=0)), "core_ids": np.unique(core[core > 0])}
@@ -442,9 +442,10 @@ def segment_volume(input: str, output: str, params: WatershedParams | None = Non
         Summary: ``blocks``, ``skipped`` (blocks of the first pass already done), ``segments``,
         ``merges`` (matched pairs across faces), ``voxels``, ``seconds``, ``shape``, ``dtype``.
     """
-    from ekn_core.prediction.blockwise import _open_output, absolute, as_channel_volume, chunk_shape, progress_path
+    from ekn_core.prediction.blockwise import (_open_output, absolute, as_channel_volume, chunk_shape,
+                                               finished_prediction, progress_path)
     from ekn_core.volumes import open_volume
-    from ekn_plugins.evaluation.model_evaluation import evaluated_channel
+    from ekn_plugins.validation.segmentation_metrics import boundary_channel
 
     params = params or WatershedParams()
     if not isinstance(params, WatershedParams):
@@ -457,7 +458,10 @@ def segment_volume(input: str, output: str, params: WatershedParams | None = Non
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
         raise ConfigError(f"{input!r} holds {dtype} values; ekn segment reads boundary probabilities as floats "
                           "in [0, 1] or uint8 (p x 255)")
-    channel = evaluated_channel(n_channels, channel)
+    finished_prediction(input)  # a prediction that ekn predict has not finished is mostly zeros
+    channel = boundary_channel(n_channels, channel, name="channel", source=f"the input {input!r} has",
+                               ask="say which one holds the boundary probability with --channel K (channel= in "
+                                   "Python; with --interior for an interior, cell probability)")
     grid = make_grid(shape, block, default_halo(params) if halo is None else halo, params, roi)
     folder = work_folder(output)
     os.makedirs(folder, exist_ok=True)

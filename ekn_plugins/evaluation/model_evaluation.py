@@ -43,7 +43,7 @@ Example:
     (1, 0, 2)
     >>> evaluated_channel(3)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
-    ekn_core.errors.ConfigError: the net predicts 3 channels (0, 1, 2); say which one to evaluate ...
+    ekn_core.errors.ConfigError: channel: the net predicts 3 channels (0, 1, 2); say which one to evaluate ...
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ from ekn_plugins.evaluation.binary import BinaryEvaluation, ThresholdCurves
 from ekn_plugins.evaluation.runs import ChosenModel, default_out_dir, resolve_model, run_validation_spec
 from ekn_plugins.evaluation.seg_search import DEFAULT_GRIDS, METRICS, grid_points
 from ekn_plugins.evaluation.segmentation import SEGMENTERS, AffinityParams, WatershedParams
-from ekn_plugins.validation.evaluate import evaluation_roi
+from ekn_plugins.validation.evaluate import box_window, evaluation_roi, open_volumes
+from ekn_plugins.validation.segmentation_metrics import boundary_channel, check_memory
 from ekn_plugins.validation.spec import ValidationVolume
 
 log = logging.getLogger("ekn.evaluation")
@@ -77,11 +78,9 @@ log = logging.getLogger("ekn.evaluation")
 #: ``ids2barriers`` options for binary labels derived from ids: 2-voxel boundaries between
 #: different ids along every axis, extracellular space (id 0) counted as boundary.
 BARRIER_OPTIONS = {"dilute": False, "connectivity": True, "ecs_as_barr": True}
-#: Memory per voxel of the box held for the segmentation: ids, boundary probability, the best segmentation.
-BOX_BYTES_PER_VOXEL = 24
-#: Memory per voxel of one segmentation worker (watershed, seeds, distances, scores; about 100 measured).
-SEARCH_BYTES_PER_VOXEL = 128
-#: Affinities instead: per voxel the ids and the best segmentation in the box, and per voxel and
+#: Memory of an affinity net's segmentation (instead of the boundary map's
+#: :data:`~ekn_plugins.validation.segmentation_metrics.BOX_BYTES_PER_VOXEL` and ``SEARCH_BYTES_PER_VOXEL``):
+#: per voxel the ids and the best segmentation in the box, and per voxel and
 #: edge of the nhood the affinities in the box (float64 at most) and, in a worker, the edge lists
 #: of the connected components (measured: 144 bytes for 3 edges, 385 for 11).
 AFFINITY_BYTES_PER_VOXEL = {"box": 16, "box_per_edge": 8, "search": 64, "search_per_edge": 32}
@@ -93,20 +92,15 @@ CURVE_FIELDS = ("roc_fpr", "roc_tpr", "pr_recall", "pr_precision")
 
 def evaluated_channel(n_lab: int, channel: int | None = None) -> int:
     """The output channel to evaluate: ``channel`` if given, else 1 of a 2-class softmax
-    (2 channels), 0 of a single sigmoid channel.
+    (2 channels), 0 of a single sigmoid channel
+    (:func:`~ekn_plugins.validation.segmentation_metrics.boundary_channel`).
 
     Raises:
         ConfigError: ``channel`` does not exist, or the net has more channels and none was given.
     """
-    channels = ", ".join(str(c) for c in range(n_lab))
-    if channel is None:
-        if n_lab in (1, 2):
-            return n_lab - 1
-        raise ConfigError(f"the net predicts {n_lab} channels ({channels}); say which one to evaluate with "
-                          "--channel K (channel= in Python): the probability of the labels' positive class")
-    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or not 0 <= channel < n_lab:
-        raise ConfigError(f"channel {channel!r} does not exist: the net predicts {n_lab} channel(s) ({channels})")
-    return int(channel)
+    return boundary_channel(n_lab, channel, name="channel", source="the net predicts",
+                            ask="say which one to evaluate with --channel K (channel= in Python): the "
+                                "probability of the labels' positive class")
 
 
 def _blocks(lo: Shape, hi: Shape, block: Shape) -> Iterator[tuple[slice, ...]]:
@@ -119,10 +113,6 @@ def _blocks(lo: Shape, hi: Shape, block: Shape) -> Iterator[tuple[slice, ...]]:
     starts = [range(a // b * b, c, b) for a, c, b in zip(lo, hi, block)]
     for corner in itertools.product(*starts):
         yield tuple(slice(max(k, a), min(k + b, c)) for k, a, c, b in zip(corner, lo, hi, block))
-
-
-def _window(lo: Shape, hi: Shape, offset: Shape) -> tuple[slice, ...]:
-    return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))
 
 
 def prediction_values(data: Any) -> np.ndarray:
@@ -175,47 +165,12 @@ def _read(view: Any, window: tuple[slice, ...]) -> np.ndarray:
 
 @contextlib.contextmanager
 def _opened(volume: ValidationVolume) -> Iterator[dict[str, Any]]:
-    """The volume's raw, labels and ids (those given), channels first."""
-    from ekn_core.prediction.blockwise import as_channel_volume
-    from ekn_core.volumes import open_volume
-
-    with contextlib.ExitStack() as stack:
-        views = {}
-        for what in ("raw", "labels", "ids"):
-            path = getattr(volume, what)
-            if path is None:
-                continue
-            try:
-                views[what] = as_channel_volume(stack.enter_context(open_volume(path)))
-            except Exception as err:  # any reader's error: name the volume
-                raise ConfigError(f"volume {volume.name!r}: cannot read {what} {path!r}: "
-                                  f"{type(err).__name__}: {err}") from err
-            if what != "raw" and views[what].shape[0] != 1:
-                raise ConfigError(f"volume {volume.name!r}: {what} {path!r} has {views[what].shape[0]} channels; "
-                                  f"give one (z, y, x) {what} volume")
+    """The volume's raw, labels and ids (those given), channels first; labels one channel."""
+    with open_volumes(volume) as views:
+        if "labels" in views and views["labels"].shape[0] != 1:
+            raise ConfigError(f"volume {volume.name!r}: labels {volume.labels!r} has {views['labels'].shape[0]} "
+                              "channels; give one (z, y, x) labels volume")
         yield views
-
-
-def prediction_record(path: str) -> dict[str, Any] | None:
-    """What ``ekn predict`` recorded about a prediction it wrote (the header of its progress log:
-    ``input``, ``input_shape``, ``plan`` with the predicted region's ``origin``), or None when the
-    prediction has no readable record (made otherwise, or the log was deleted).
-
-    Example:
-        >>> prediction_record("/nonexistent/pred.zarr") is None
-        True
-    """
-    import json
-
-    from ekn_core.errors import EknError
-    from ekn_core.prediction.blockwise import progress_path
-
-    try:
-        with open(progress_path(path)) as f:
-            header = json.loads(f.readline())
-        return header if {"input_shape", "plan", "input"} <= set(header) else None
-    except (OSError, ValueError, EknError):
-        return None
 
 
 def _recorded_placement(volume: ValidationVolume, views: dict[str, Any], path: str,
@@ -223,7 +178,9 @@ def _recorded_placement(volume: ValidationVolume, views: dict[str, Any], path: s
     """The raw frame and the prediction's offset in it from ``ekn predict``'s record (``--roi`` and
     ``--valid`` predictions included); ``(None, None)`` without a record. A record of another raw
     volume than the given one is an error: the prediction would be compared with the wrong voxels."""
-    record = prediction_record(path)
+    from ekn_core.prediction.blockwise import finished_prediction, progress_path
+
+    record = finished_prediction(path)
     if record is None:
         return None, None
     frame, origin = tuple(record["input_shape"][-3:]), tuple(record["plan"]["origin"])
@@ -233,7 +190,10 @@ def _recorded_placement(volume: ValidationVolume, views: dict[str, Any], path: s
                           f"{tuple(views['raw'].shape[1:])}: give the raw volume it was predicted from, or predict "
                           "this one")
     if any(o + s > f for o, s, f in zip(origin, shape, frame)):
-        return None, None  # a record that does not describe this volume (e.g. replaced by hand): centre instead
+        log.warning("volume %s: the record of ekn predict (%s) places the prediction %s at %s, outside the volume "
+                    "%s it was predicted from (replaced by hand?); centring it instead", volume.name,
+                    progress_path(path), shape, origin, frame)
+        return None, None
     return frame, origin
 
 
@@ -297,28 +257,6 @@ def _inside_prediction(name: str, box: tuple[Shape, Shape], offset: Shape,
         log.info("volume %s: the prediction covers %s..%s; evaluating the labelled voxels inside it, %s..%s",
                  name, offset, end, lo, hi)
     return lo, hi
-
-
-def check_memory(name: str, box_shape: Shape, workers: int, box_bytes: int = BOX_BYTES_PER_VOXEL,
-                 search_bytes: int = SEARCH_BYTES_PER_VOXEL) -> None:
-    """Checks that the box of a volume fits into the available memory for the segmentation
-    (``workers`` segmentation processes, 0 without the search; ``box_bytes`` and
-    ``search_bytes`` per voxel for the box and per worker).
-
-    Raises:
-        EknError: It does not, with what to do instead.
-    """
-    import psutil
-
-    voxels = int(np.prod(box_shape))
-    need = voxels * (box_bytes + search_bytes * workers)
-    available = psutil.virtual_memory().available
-    if need > available:
-        search = f" and a segmentation search in {workers} process(es)" if workers else ""
-        raise EknError(f"volume {name!r}: holding its labelled box {tuple(box_shape)} ({voxels} voxels) in memory for "
-                       f"the ids{search} needs about {need / 2**20:,.0f} MiB, but {available / 2**20:,.0f} MiB are "
-                       "available; evaluate a part with --region z0:z1,y0:y1,x0:x1 (region= of the volume in "
-                       "Python), use fewer --n-proc, or --no-segmentation")
 
 
 def _read_ids(ids: Any, box: tuple[Shape, Shape], offset: Shape, halo: int = 0) -> tuple[np.ndarray, tuple[slice, ...]]:
@@ -392,6 +330,7 @@ class _Options:
     interior: bool
     positive: int | None
     ignore_label: int | None
+    ignore_ids: tuple[int, ...]
     bins: int
     segmentation: bool
     segmenter: str
@@ -424,10 +363,11 @@ class _Options:
         """The segmenter's parameters outside the grid."""
         return SEGMENTERS[self.segmenter](**self.base_params)
 
-    def memory_per_voxel(self) -> tuple[int, int]:
-        """Bytes per voxel of the box held for the segmentation, and of one search worker."""
+    def memory_per_voxel(self) -> tuple[int | None, int | None]:
+        """Bytes per voxel of the box held for the segmentation, and of one search worker (None:
+        those of a boundary map, :func:`~ekn_plugins.validation.segmentation_metrics.check_memory`'s)."""
         if self.affinities is None:
-            return BOX_BYTES_PER_VOXEL, SEARCH_BYTES_PER_VOXEL
+            return None, None  # check_memory's of a boundary map
         n, b = len(self.affinities["nhood"]), AFFINITY_BYTES_PER_VOXEL
         return b["box"] + b["box_per_edge"] * n, b["search"] + b["search_per_edge"] * n
 
@@ -435,7 +375,8 @@ class _Options:
 def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume] | None = None,
                    out_dir: str | None = None, *, prediction: str | None = None,
                    channel: int | None = None, interior: bool = False, positive: int | None = None,
-                   ignore_label: int | None = None, region: Region | None = None, bins: int = 1000,
+                   ignore_label: int | None = None, ignore_ids: Sequence[int] = (0,), region: Region | None = None,
+                   bins: int = 1000,
                    affinities: bool | None = None, nhood: str | Any = None,
                    segmentation: bool = True, grid: dict[str, Sequence[Any]] | None = None, metric: str = "vi",
                    n_proc: int = 1, base_params: WatershedParams | AffinityParams | None = None, mfp: bool = False,
@@ -463,7 +404,11 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
             negative); None: binary labels 0/1.
         ignore_label: Label value of unlabelled voxels (None: the run's ``volume_validation``
             ``ignore_label`` for run volumes); for affinities, the id whose edges are unlabelled
-            (the run's labels and ``ignore_label`` do not apply: run volumes need ids).
+            (the run's labels and ``ignore_label`` do not apply: run volumes need ids; that id is
+            then not scored by the segmentation search either).
+        ignore_ids: Ground-truth ids whose voxels the segmentation scores (VI, adapted Rand
+            error) leave out; default id 0 (background, unlabelled). ``ignore_label`` is a value
+            of the binary labels and does not touch the ids, except for affinities (see there).
         region: Evaluate only this box ``((z0, y0, x0), (z1, y1, x1))`` of every raw volume,
             instead of the volumes' own regions (e.g. a part that fits into memory).
         bins: Histogram bins of the threshold sweep (:class:`ThresholdCurves`).
@@ -530,12 +475,13 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
             raise ConfigError("nhood describes affinity channels: evaluate them with --affinities (affinities=True)")
         if isinstance(base_params, AffinityParams):
             raise ConfigError("AffinityParams segment affinities: evaluate them with --affinities (affinities=True)")
-        if given is not None and len(given["shape"]) == 3 and channel not in (None, 0):
-            raise ConfigError(f"the prediction {prediction!r} is one (z, y, x) channel (ekn predict --channel); "
-                              "leave --channel out")
+        if given is not None and len(given["shape"]) == 3:  # the file's one channel, the net's recorded one
+            given["net_channel"], channel = _single_channel(prediction, channel), 0
         affinity, base, channel = None, base_params or WatershedParams(), evaluated_channel(n_lab, channel)
     n_points = len(grid_points(grid, base))  # checks the grid before anything is predicted
-    options = _Options(channel, affinity, bool(interior), positive, ignore_label, bins, segmentation, base.kind,
+    ignore_ids = _ignore_ids(ignore_ids, ignore_label if affinities else None)
+    options = _Options(channel, affinity, bool(interior), positive, ignore_label, ignore_ids, bins, segmentation,
+                       base.kind,
                        {k: list(v) for k, v in (DEFAULT_GRIDS[base.kind] if grid is None else grid).items()}, metric,
                        n_proc, base.to_dict(), prediction, mfp, tta, tile, memory_budget, workers, scheduler)
     out_dir = os.path.abspath(out_dir or (default_out_dir(chosen) if chosen else _prediction_out_dir(prediction)))
@@ -555,7 +501,7 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
         "pooled": {"binary": _binary_record(pooled_ev), "figures": _relative(pooled_figures, out_dir)},
         "seconds": time.perf_counter() - started,
     }
-    write_json(os.path.join(out_dir, "evaluation.json"), result)
+    write_json(os.path.join(out_dir, "evaluation.json"), result, strict=True)  # NaN (e.g. precision at 1) -> null
     write_report(result, os.path.join(out_dir, "REPORT.md"))
     return result
 
@@ -576,6 +522,43 @@ def _check_source(model: str | None, prediction: str | None, volumes: Sequence[V
     if used:
         raise ConfigError(f"{', '.join(used)} set how a model predicts; a given prediction is read as it is: "
                           "leave them out")
+
+
+def _ignore_ids(ids: Sequence[int], unlabelled: int | None) -> tuple[int, ...]:
+    """The ids the segmentation scores leave out: ``ids`` and the ``unlabelled`` id (affinities'
+    ``ignore_label``), sorted.
+
+    Example:
+        >>> _ignore_ids((0,), 5), _ignore_ids([3, 0], None)
+        ((0, 5), (0, 3))
+    """
+    ids = [ids] if np.ndim(ids) == 0 else list(ids)
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ConfigError(f"ignore_ids must be ground-truth ids (whole numbers >= 0), e.g. --ignore-ids 0,5; "
+                          f"got {ids!r}")
+    return tuple(sorted({int(i) for i in ids} | ({int(unlabelled)} if unlabelled is not None else set())))
+
+
+def _single_channel(path: str, channel: int | None) -> int | None:
+    """The net's channel that a ``(z, y, x)`` prediction holds (``ekn predict --channel K``, from its
+    record; None without one), checked against ``channel``: None, or that channel (0 without a record).
+
+    Raises:
+        ConfigError: ``channel`` names another channel of the net.
+    """
+    from ekn_core.prediction.blockwise import finished_prediction
+
+    record = finished_prediction(path)
+    recorded = None if record is None else record.get("channel")
+    if channel not in (None, 0 if recorded is None else recorded):
+        held = "" if recorded is None else f", channel {recorded} of the net (ekn predict --channel {recorded})"
+        raise ConfigError(f"the prediction {path!r} is one (z, y, x) channel{held} and not channel {channel}: "
+                          "leave --channel out, or predict that channel")
+    if recorded == 0 and channel is None:
+        log.warning("the prediction %s is channel 0 of the net (ekn predict --channel 0), evaluated as the "
+                    "probability of the labels' positive class; of a 2-class softmax that is channel 1 (channel 0 "
+                    "is the background): predict --channel 1, or give --channel 0 if channel 0 is meant", path)
+    return recorded if channel is None else channel
 
 
 def _prediction_out_dir(prediction: str) -> str:
@@ -639,13 +622,13 @@ def _sweep(pred: Any, pred_offset: Shape, box: tuple[Shape, Shape], views: dict[
         nhood = np.array(options.affinities["nhood"])
     elif "labels" in views:
         labels, label_offset = views["labels"], offsets["labels"]
-    else:
-        labels, label_offset = labels_from_ids(views["ids"], box, offsets["ids"], options.interior)[None], box[0]
     curves = ThresholdCurves(options.bins, options.positive)
     for sel in _blocks(*(tuple(c - o for c, o in zip(corner, pred_offset)) for corner in box), _spatial_chunks(pred)):
         lo, hi = (tuple(getattr(s, end) + o for s, o in zip(sel, pred_offset)) for end in ("start", "stop"))
         if options.affinities is None:
-            truth, ignore = _read(labels, _window(lo, hi, label_offset)), options.ignore_label
+            truth = (_read(labels, box_window(lo, hi, label_offset)) if "labels" in views  # else chunk by chunk:
+                     else labels_from_ids(views["ids"], (lo, hi), offsets["ids"], options.interior))
+            ignore = options.ignore_label
         else:
             ids, inner = _read_ids(views["ids"], (lo, hi), offsets["ids"], halo=int(np.abs(nhood).max()))
             truth, ignore = affinity_labels(ids, nhood, options.ignore_label)[(slice(None), *inner)], None
@@ -666,10 +649,14 @@ def _evaluate_volume(model: str | None, volume: ValidationVolume, folder: str, o
         given = None if options.prediction is None else stack.enter_context(_open_prediction(options.prediction))
         box, offsets = _layout(volume, views, None if given is None else (options.prediction, given[0].shape[1:]))
         box_shape = tuple(b - a for a, b in zip(*box))
-        use_ids = "ids" in views and (options.segmentation or "labels" not in views)
+        use_ids = "ids" in views and options.segmentation
         if use_ids:
-            check_memory(volume.name, box_shape, min(options.n_proc, n_points) if options.segmentation else 0,
-                         *options.memory_per_voxel())
+            try:
+                check_memory(box_shape, min(options.n_proc, n_points),
+                             *options.memory_per_voxel(), fix="evaluate a part with --region z0:z1,y0:y1,x0:x1 "
+                             "(region= of the volume in Python), use fewer --n-proc, or --no-segmentation")
+            except ConfigError as err:
+                raise ConfigError(f"volume {volume.name!r}: {err}") from None
         if given is None:
             log.info("volume %s: predicting the labelled box %s..%s into %s", volume.name, box[0], box[1], folder)
             t = time.perf_counter()
@@ -686,7 +673,7 @@ def _evaluate_volume(model: str | None, volume: ValidationVolume, folder: str, o
             pred_record = {"path": options.prediction, "offset": list(pred_offset)}
         t = time.perf_counter()
         curves = _sweep(pred, pred_offset, box, views, offsets, options, volume.name)
-        values = _values(pred, _window(*box, pred_offset), options) if use_ids and options.segmentation else None
+        values = _values(pred, box_window(*box, pred_offset), options) if use_ids else None
         ev = curves.result()
         seconds["curves"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -716,7 +703,8 @@ def _segment(values: np.ndarray, ids: np.ndarray, folder: str, options: _Options
     from ekn_plugins.evaluation.seg_search import search_segmentation
     from ekn_plugins.evaluation.segmentation import save_segmentation
 
-    search = search_segmentation(values, ids, options.grid, options.metric, options.n_proc, options.base())
+    search = search_segmentation(values, ids, options.grid, options.metric, options.n_proc, options.base(),
+                                 ignore_labels=options.ignore_ids)
     json_path, md_path = search.save(folder + os.sep)
     seg_path = save_segmentation(search.best_params.segment(values), os.path.join(folder, "segmentation.zarr"))
     parent = os.path.dirname(folder)

@@ -40,9 +40,9 @@ import numpy as np
 from ekn_core.errors import ConfigError, ShapeError
 from ekn_plugins.evaluation.segmentation import SEGMENTERS, AffinityParams, WatershedParams, segmentation_scores
 
-#: The default grid of the watershed. The threshold is the main knob (low: few large seeds, merges; high: seeds in
-#: noisy membranes, splits); eroding the seeds separates cells joined through gaps in the predicted
-#: membrane; merging segments below 50 voxels removes fragments from noisy interiors.
+#: The default grid of the watershed. The threshold is the main knob (low: small, separated seeds, splits; high:
+#: seeds leak across weak membranes, merges); eroding the seeds separates cells joined through gaps in the
+#: predicted membrane; merging segments below 50 voxels removes fragments from noisy interiors.
 #: 5 x 3 x 2 = 30 segmentations.
 DEFAULT_GRID: dict[str, list[Any]] = {"threshold": [0.1, 0.2, 0.3, 0.5, 0.7], "seed_erosion": [0.0, 1.0, 2.0],
                                       "min_size": [1, 50]}

@@ -72,12 +72,14 @@ class WatershedParams:
 
     Attributes:
         threshold: Voxels with boundary probability below it are interior; the connected
-            components (face connectivity) of the interior are the seeds.
+            components (face connectivity) of the interior are the seeds. A low threshold gives
+            small, separated seeds (splits); a high one lets the seeds leak across weak
+            membranes (merges).
         seed_erosion: Erosion of the interior before it is split into seeds, as a distance in
-            voxels of the finest axis: interior voxels closer than this (Euclidean, in physical
-            units from ``anisotropy``) to a non-interior voxel are not seeds. Erosion separates
-            cells joined through thin gaps in the predicted membrane; the eroded rim is flooded
-            back. The volume's border does not erode.
+            voxels of the finest axis: interior voxels at a distance of at most this (Euclidean,
+            in physical units from ``anisotropy``) from a non-interior voxel are not seeds.
+            Erosion separates cells joined through thin gaps in the predicted membrane; the
+            eroded rim is flooded back. The volume's border does not erode.
         min_seed_size: Seeds of fewer voxels are dropped (their voxels are flooded from the
             neighbouring seeds): removes seeds from noise in the membrane.
         mask_threshold: Voxels with probability above it stay unassigned (id 0); None floods
@@ -274,8 +276,8 @@ def watershed_segmentation(boundary_prob: Any, params: WatershedParams | None = 
         params: The parameters (default :class:`WatershedParams()`).
 
     Returns:
-        ``(z, y, x)`` uint32 ids (uint64 if they do not fit), 1..n in C order of each segment's
-        first voxel per slice or volume; 0 only where ``mask_threshold`` leaves voxels
+        ``(z, y, x)`` uint32 ids (uint64 if they do not fit), 1..n in C order of the first voxel
+        of each segment's seed, per slice or volume; 0 only where ``mask_threshold`` leaves voxels
         unassigned, or everywhere when no voxel is below ``threshold`` (no seeds).
     """
     prob = check_boundary_prob(boundary_prob)
@@ -325,23 +327,15 @@ def affinity_segmentation(affinities: Any, threshold: float = 0.5, nhood: Any = 
     return _ids(affgraph_to_seg(aff > threshold, nhood, size_thresh=_count(min_size, "min_size") - 1))
 
 
-@functools.lru_cache(maxsize=None)
-def _skimage_swaps_precision_recall() -> bool:
-    """scikit-image's ``adapted_rand_error`` returns precision and recall the other way round from its
-    own docs and from CREMI/SNEMI3D (scikit-image issue #6485, still so in 0.26). A pure split
-    must have precision 1; probing it keeps ekn right if scikit-image changes."""
-    from skimage.metrics import adapted_rand_error
-
-    _, precision, _ = adapted_rand_error(np.array([1, 1, 1, 1]), np.array([1, 1, 2, 2]), ignore_labels=())
-    return precision != 1.0
-
-
 def segmentation_scores(seg_true: Any, seg_pred: Any, ignore_labels: Sequence[int] = (0,)) -> dict[str, float]:
     """Scores of a segmentation against ground truth ids (lower errors are better).
 
     Only voxels whose true id is not in ``ignore_labels`` count (CREMI: background 0 in the ground
-    truth is ignored). A voxel with predicted id 0 is unassigned: a segment of its own (as in
-    SNEMI3D's adapted Rand error and :func:`ekn_plugins.malis.rand_index`).
+    truth is ignored). Predicted id 0 (unassigned) follows each score's reference: one ordinary
+    segment in the variation of information (CREMI's ``voi`` with ``ignore_reconstruction=[]``),
+    a segment of its own for every such voxel in the Rand scores (SNEMI3D's and CREMI's adapted
+    Rand error, :func:`ekn_plugins.malis.pair_counts`). Leaving uncertain voxels unassigned thus
+    costs in the Rand scores, but in the VI no more than one extra segment.
 
     With ``T`` the true and ``P`` the predicted segmentation, entropies in bits (scikit-image's
     ``variation_of_information``; its first value is ``H(P|T)``):
@@ -350,19 +344,19 @@ def segmentation_scores(seg_true: Any, seg_pred: Any, ignore_labels: Sequence[in
     * ``vi_merge = H(T|P)``: under-segmentation (cells merged into one segment);
     * ``vi = vi_split + vi_merge``.
 
-    The adapted Rand scores count the voxel pairs that ``T`` and ``P`` both put in one segment:
-    ``rand_precision`` = those pairs / pairs in one predicted segment (1 = no false merges),
-    ``rand_recall`` = those pairs / pairs in one true segment (1 = no false splits),
-    ``adapted_rand_error = 1 - F1`` of the two (scikit-image's ``adapted_rand_error``, whose
-    precision and recall come reversed and are put right here). ``rand_index`` is the fraction of
-    all voxel pairs on which ``T`` and ``P`` agree (:func:`ekn_plugins.malis.rand_index`).
-    ``n_true`` and ``n_pred`` count the true and the non-zero predicted ids among the scored
-    voxels; ``unassigned_fraction`` is the fraction of scored voxels with predicted id 0.
+    The adapted Rand scores count the pairs of distinct voxels that ``T`` and ``P`` both put in one
+    segment: ``rand_precision`` = those pairs / pairs in one predicted segment (1 = no false
+    merges), ``rand_recall`` = those pairs / pairs in one true segment (1 = no false splits),
+    ``adapted_rand_error = 1 - F1`` of the two (SNEMI3D). ``rand_index`` is the fraction of all
+    voxel pairs on which ``T`` and ``P`` agree (:func:`ekn_plugins.malis.rand_index`). ``n_true``
+    and ``n_pred`` count the true and the non-zero predicted ids among the scored voxels;
+    ``unassigned_fraction`` is the fraction of scored voxels with predicted id 0.
 
     Args:
         seg_true: Ground-truth ids, any shape, integer.
         seg_pred: Predicted ids, the same shape, integer.
-        ignore_labels: True ids whose voxels are not scored.
+        ignore_labels: True ids whose voxels are not scored (any number of them, e.g. ``(0, 5)``
+            for background and a glia id).
 
     Returns:
         Dict with the keys :data:`SCORE_NAMES`.
@@ -372,10 +366,13 @@ def segmentation_scores(seg_true: Any, seg_pred: Any, ignore_labels: Sequence[in
         >>> split = segmentation_scores(true, np.array([1, 1, 2, 2, 3, 3, 4, 4]))
         >>> split["vi_split"], split["vi_merge"], split["rand_precision"], round(split["rand_recall"], 4)
         (1.0, 0.0, 1.0, 0.3333)
+        >>> unassigned = segmentation_scores(np.ones(8, int), np.zeros(8, int))
+        >>> unassigned["vi"], unassigned["rand_recall"], unassigned["adapted_rand_error"]
+        (0.0, 0.0, 1.0)
     """
-    from skimage.metrics import adapted_rand_error, variation_of_information
+    from skimage.metrics import variation_of_information
 
-    from ekn_plugins.malis import rand_index
+    from ekn_plugins.malis.metrics import pair_counts
 
     true, pred = np.asarray(seg_true), np.asarray(seg_pred)
     if true.shape != pred.shape:
@@ -384,28 +381,27 @@ def segmentation_scores(seg_true: Any, seg_pred: Any, ignore_labels: Sequence[in
     for name, array in (("seg_true", true), ("seg_pred", pred)):
         if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
             raise ConfigError(f"{name} must hold integer ids, got dtype {array.dtype}")
-    keep = ~np.isin(true, list(ignore_labels))
+    ignored = np.ravel(list(ignore_labels) if isinstance(ignore_labels, (set, frozenset)) else ignore_labels)
+    if ignored.size and not np.issubdtype(ignored.dtype, np.integer):
+        raise ConfigError(f"ignore_labels must be integer true ids, got {ignore_labels!r}")
+    keep = ~np.isin(true, ignored)
     true, pred = true[keep], pred[keep]
     if true.size == 0:
-        raise ConfigError(f"seg_true has no voxels outside ignore_labels {tuple(ignore_labels)}: nothing to score")
-    true = np.unique(true, return_inverse=True)[1].reshape(-1) + 1  # compact ids 1..n
+        raise ConfigError(f"seg_true has no voxels outside ignore_labels {tuple(ignored.tolist())}: nothing to score")
+    # compact ids 1..n (64-bit ids would make scikit-image's tables as long as the largest id)
+    true = np.unique(true, return_inverse=True)[1].reshape(-1) + 1
     unassigned = pred == 0
     pred = np.unique(pred, return_inverse=True)[1].reshape(-1) + 1
     n_unassigned = int(unassigned.sum())
     n_pred = int(pred.max()) - (1 if n_unassigned else 0)
-    pred[unassigned] = pred.max() + 1 + np.arange(n_unassigned)  # singletons
+    pred[unassigned] = 0  # one label in the VI, unassigned in the pair counts
 
     vi_split, vi_merge = (float(v) for v in variation_of_information(true, pred))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        are, precision, recall = (float(v) for v in adapted_rand_error(true, pred, ignore_labels=()))
-    if _skimage_swaps_precision_recall():
-        precision, recall = recall, precision
-    # 0/0 where a segmentation joins no voxel pairs: nothing falsely merged / split
-    precision, recall = (1.0 if np.isnan(v) else v for v in (precision, recall))
-    are = 0.0 if np.isnan(are) else are
-    return {"vi": vi_split + vi_merge, "vi_split": vi_split, "vi_merge": vi_merge, "adapted_rand_error": are,
-            "rand_precision": precision, "rand_recall": recall, "rand_index": rand_index(true, pred).rand_index,
-            "n_true": int(true.max()), "n_pred": n_pred, "unassigned_fraction": n_unassigned / true.size}
+    counts = pair_counts(true, pred)
+    return {"vi": vi_split + vi_merge, "vi_split": vi_split, "vi_merge": vi_merge,
+            "adapted_rand_error": counts.adapted_rand_error, "rand_precision": counts.precision,
+            "rand_recall": counts.recall, "rand_index": counts.rand_index, "n_true": int(true.max()), "n_pred": n_pred,
+            "unassigned_fraction": n_unassigned / true.size}
 
 
 def _replace_directory(tmp: str, path: str) -> None:

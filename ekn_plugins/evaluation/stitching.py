@@ -51,11 +51,14 @@ def overlap_matches(seg_a: np.ndarray, seg_b: np.ndarray) -> np.ndarray:
         raise ShapeError(f"the two segmentations of an overlap differ in shape: {np.shape(seg_a)} and "
                          f"{np.shape(seg_b)}")
     keep = (a > 0) & (b > 0)
-    pairs, shared = np.unique(np.stack([a[keep], b[keep]]).astype(np.int64), axis=1, return_counts=True)
-    ids_a, size_a = np.unique(a, return_counts=True)
-    ids_b, size_b = np.unique(b, return_counts=True)
-    larger = np.maximum(size_a[np.searchsorted(ids_a, pairs[0])], size_b[np.searchsorted(ids_b, pairs[1])])
-    return pairs[:, 2 * shared > larger].T
+    ids_a, rank_a, size_a = np.unique(a, return_inverse=True, return_counts=True)
+    ids_b, rank_b, size_b = np.unique(b, return_inverse=True, return_counts=True)
+    # one int64 key per voxel from the ranks of its two ids (any ids, uint64 too): 1-D unique is fast
+    keys, shared = np.unique(rank_a[keep].astype(np.int64) * len(ids_b) + rank_b[keep], return_counts=True)
+    first, second = np.divmod(keys, len(ids_b))
+    larger = np.maximum(size_a[first], size_b[second])
+    match = 2 * shared > larger
+    return np.column_stack([ids_a[first[match]], ids_b[second[match]]]).astype(np.int64)
 
 
 def final_ids(n_ids: Sequence[int], matches: np.ndarray,

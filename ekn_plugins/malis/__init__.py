@@ -2,7 +2,8 @@
 
 * :mod:`~ekn_plugins.malis.nhood`: neighbourhoods ``mknhood2d``, ``mknhood3d``, ``mknhood3d_aniso``;
 * :mod:`~ekn_plugins.malis.affgraph`: ``seg_to_affgraph``, ``affgraph_to_seg``, ``nodelist_from_shape``;
-* :mod:`~ekn_plugins.malis.metrics`: ``rand_index`` (pair counts: false splits / merges) and
+* :mod:`~ekn_plugins.malis.metrics`: ``rand_index`` and ``pair_counts`` (false splits / merges,
+  adapted Rand error) and
   ELEKTRONN2's ``compute_V_rand_N2``;
 * :mod:`~ekn_plugins.malis.weights`: ``malis_weights`` (maximin edge counts, Kruskal + union-find,
   numba-compiled on first use) and ``malis_errors``.
@@ -24,9 +25,10 @@ Example:
 """
 
 from ekn_plugins.malis.affgraph import affgraph_to_seg, nodelist_from_shape, seg_to_affgraph
-from ekn_plugins.malis.metrics import RandScores, compute_V_rand_N2, rand_index
+from ekn_plugins.malis.metrics import PairCounts, RandScores, compute_V_rand_N2, pair_counts, rand_index
 from ekn_plugins.malis.nhood import mknhood2d, mknhood3d, mknhood3d_aniso
 from ekn_plugins.malis.weights import malis_errors, malis_weights
 
 __all__ = ["mknhood2d", "mknhood3d", "mknhood3d_aniso", "nodelist_from_shape", "seg_to_affgraph",
-           "affgraph_to_seg", "rand_index", "RandScores", "compute_V_rand_N2", "malis_weights", "malis_errors"]
+           "affgraph_to_seg", "rand_index", "RandScores", "pair_counts", "PairCounts", "compute_V_rand_N2",
+           "malis_weights", "malis_errors"]

@@ -124,37 +124,52 @@ def _predictions(net: Any, volume: Any, plan: Plan) -> Iterator[tuple[Shape, Sha
 
 
 @contextlib.contextmanager
-def _opened(volume: ValidationVolume, with_ids: bool) -> Iterator[tuple[Any, Any, Any]]:
-    """The raw, label and (``with_ids`` and given, else None) ids volumes, channels first."""
+def open_volumes(volume: ValidationVolume, parts: tuple[str, ...] = ("raw", "labels", "ids"),
+                 what: str = "volume") -> Iterator[dict[str, Any]]:
+    """The given ``parts`` of ``volume`` (those not None), channels first; ids checked to be one
+    channel of integers. ``what`` names the volume in errors.
+
+    Raises:
+        ConfigError: A part cannot be read, or the ids are no integer object ids.
+    """
     from ekn_core.volumes import open_volume
 
     with contextlib.ExitStack() as stack:
-        views = []
-        for what in ("raw", "labels", "ids"):
-            path = getattr(volume, what)
-            if what == "ids" and not (with_ids and path):
-                views.append(None)
+        views = {}
+        for part in parts:
+            path = getattr(volume, part)
+            if path is None:
                 continue
             try:
-                views.append(as_channel_volume(stack.enter_context(open_volume(path))))
-            except Exception as err:  # any reader's error: name the volume and the setting
-                raise ConfigError(f"volume_validation volume {volume.name!r}: cannot read {what} {path!r}: "
+                views[part] = as_channel_volume(stack.enter_context(open_volume(path)))
+            except Exception as err:  # any reader's error: name the volume and the part
+                raise ConfigError(f"{what} {volume.name!r}: cannot read {part} {path!r}: "
                                   f"{type(err).__name__}: {err}") from err
-        yield tuple(views)
+        ids = views.get("ids")
+        if ids is not None and ids.shape[0] != 1:
+            raise ConfigError(f"{what} {volume.name!r}: ids {volume.ids!r} has {ids.shape[0]} channels; give one "
+                              "(z, y, x) volume of object ids")
+        if ids is not None and not np.issubdtype(ids.dtype, np.integer):
+            raise ConfigError(f"{what} {volume.name!r}: ids must hold integer object ids, got dtype {ids.dtype} in "
+                              f"{volume.ids!r}; cast them (e.g. to uint32)")
+        yield views
 
 
-def _window(lo: Shape, hi: Shape, offset: Shape) -> tuple[slice, ...]:
-    """All channels of the box ``lo .. hi`` (raw coordinates) of a volume placed at ``offset``."""
-    return (slice(None), *(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset)))
+def box_window(lo: Shape, hi: Shape, offset: Shape) -> tuple[slice, ...]:
+    """The spatial slices of the box ``lo .. hi`` (raw coordinates) of a volume placed at ``offset``.
+
+    Example:
+        >>> box_window((5, 8), (7, 10), (4, 0))
+        (slice(1, 3, None), slice(8, 10, None))
+    """
+    return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))
 
 
 def _check_ids(ids: Any, labels: Any) -> None:
-    """Raises a ConfigError unless ``ids`` are one channel of integers of the labels' size."""
-    if ids.shape[0] != 1 or tuple(ids.shape[1:]) != tuple(labels.shape[1:]):
+    """Raises a ConfigError unless ``ids`` (one channel, :func:`open_volumes`) have the labels' size."""
+    if tuple(ids.shape[1:]) != tuple(labels.shape[1:]):
         raise ConfigError(f"ids must be one (z, y, x) volume of the labels' size {tuple(labels.shape[1:])} (centred "
                           f"in raw like them), got shape {tuple(ids.shape)} with channels first")
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise ConfigError(f"ids must hold integer object ids, got dtype {ids.dtype}")
 
 
 class VolumeValidator:
@@ -167,6 +182,10 @@ class VolumeValidator:
     def __init__(self, spec: VolumeValidationSpec):
         self.spec = spec
         self._rebuilt: Any = None  # the model with MFP / another patch, built once
+
+    def _parts(self) -> tuple[str, ...]:
+        """The parts of a volume that validation reads: the ids only for segmentation metrics."""
+        return ("raw", "labels", "ids") if self.spec.segments else ("raw", "labels")
 
     def prediction_node(self, model: Any) -> Any:
         """The node that predicts: the model's own, or (``mfp`` / ``patch``) that of a rebuilt copy
@@ -201,7 +220,7 @@ class VolumeValidator:
             if ids is not None:
                 _check_ids(ids, labels)
                 if memory:
-                    check_memory(plan.out_shape)
+                    check_memory(plan.out_shape, fix="evaluate a part with 'region': ((z0, y0, x0), (z1, y1, x1))")
         except EknError as err:
             hint = " (or set pad=True)" if "context" in str(err) else ""
             raise ConfigError(f"volume_validation volume {volume.name!r}: {err}{hint}") from None
@@ -216,7 +235,8 @@ class VolumeValidator:
             boundary_channel(net.n_lab, self.spec.boundary_channel)
         counts = set()
         for volume in self.spec.volumes:
-            with _opened(volume, self.spec.segments) as (raw, labels, ids):
+            with open_volumes(volume, self._parts(), "volume_validation volume") as views:
+                raw, labels, ids = views["raw"], views["labels"], views.get("ids")
                 counts.add(self._layout(net, volume, raw, labels, ids, memory=True)[2])
         if len(counts) > 1:
             raise ConfigError("volume_validation volumes have different numbers of label channels; give them all "
@@ -236,17 +256,18 @@ class VolumeValidator:
         channel = boundary_channel(net.n_lab, self.spec.boundary_channel) if self.spec.segments else 0
         sums, seconds = None, 0.0
         for volume in self.spec.volumes:
-            with _opened(volume, self.spec.segments) as (raw, labels, ids):
+            with open_volumes(volume, self._parts(), "volume_validation volume") as views:
+                raw, labels, ids = views["raw"], views["labels"], views.get("ids")
                 plan, offset, n_class = self._layout(net, volume, raw, labels, ids)
                 sums = sums or MetricSums(n_class)
                 box = None if ids is None else BoundaryBox(plan.origin, plan.end, channel)
                 for lo, hi, pred in _predictions(net, raw, plan):
-                    self._add(sums, pred, np.asarray(labels[_window(lo, hi, offset)]))
+                    self._add(sums, pred, np.asarray(labels[(slice(None), *box_window(lo, hi, offset))]))
                     if box is not None:
                         box.add(lo, hi, pred)
                 if box is not None:
                     t0 = time.perf_counter()
-                    truth = ids[_window(plan.origin, plan.end, offset)][0]
+                    truth = ids[(slice(None), *box_window(plan.origin, plan.end, offset))][0]
                     sums.add_segmentation(*box.score(truth, self.spec.segmentation))
                     seconds += time.perf_counter() - t0
         if sums is None:

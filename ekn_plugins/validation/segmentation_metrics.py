@@ -26,46 +26,61 @@ from ekn_core.prediction.tiling import Shape
 from ekn_plugins.evaluation.segmentation import WatershedParams, segmentation_scores, watershed_segmentation
 from ekn_plugins.validation.spec import SEGMENTATION_METRICS
 
-#: Peak bytes per voxel of the evaluated box while a volume is segmented and scored: the boundary
-#: channel (float32), the ids, the watershed's seeds and segments and the scores' working copies.
-#: Measured about 100 with scikit-image 0.2x (peak RSS and tracemalloc on 0.5 M and 3 M voxels);
-#: rounded up.
-BYTES_PER_VOXEL = 128
+#: Memory per voxel of the box held for the segmentation: ids, boundary probability, the best segmentation.
+BOX_BYTES_PER_VOXEL = 24
+#: Memory per voxel of one segmentation process (watershed, seeds, distances, the scores' working
+#: copies): about 100 measured with scikit-image 0.2x (peak RSS and tracemalloc on 0.5 M and 3 M
+#: voxels); rounded up.
+SEARCH_BYTES_PER_VOXEL = 128
 
 
-def boundary_channel(n_lab: int, configured: int | None) -> int:
-    """The output channel that holds the boundary probability.
+def boundary_channel(n_lab: int, configured: int | None, *, name: str = "volume_validation boundary_channel",
+                     source: str = "the net has",
+                     ask: str = "set 'boundary_channel' to the one that holds the boundary (membrane) probability") -> int:
+    """The output channel that holds the boundary (or the evaluated) probability: ``configured``
+    if given, else 1 of a 2-channel softmax, 0 of one sigmoid channel.
 
     Args:
-        n_lab: The net's output channels.
-        configured: The setting's ``boundary_channel``; None: 1 for a 2-channel softmax, 0 for one
-            sigmoid channel.
+        n_lab: The net's output channels (the input's, for a given map).
+        configured: The chosen channel, or None.
+        name, source, ask: The setting or option named in errors, what has the channels, and how
+            to choose one (each command words them for its users).
 
     Raises:
-        ConfigError: None with another number of channels, or a channel the net does not have.
+        ConfigError: None with another number of channels, or a channel that does not exist.
     """
+    channels = ", ".join(str(c) for c in range(n_lab))
     if configured is None:
         if n_lab in (1, 2):
             return n_lab - 1
-        raise ConfigError(f"volume_validation boundary_channel: the net has {n_lab} output channels; set "
-                          "'boundary_channel' to the one that holds the boundary (membrane) probability")
-    if configured >= n_lab:
-        raise ConfigError(f"volume_validation boundary_channel {configured} does not exist: the net has {n_lab} "
-                          f"output channel(s), 0 .. {n_lab - 1}")
-    return configured
+        raise ConfigError(f"{name}: {source} {n_lab} channels ({channels}); {ask}")
+    if isinstance(configured, bool) or not isinstance(configured, (int, np.integer)) or not 0 <= configured < n_lab:
+        raise ConfigError(f"{name} {configured!r} does not exist: {source} {n_lab} channel(s) ({channels})")
+    return int(configured)
 
 
-def check_memory(box: Shape) -> None:
-    """Raises a ConfigError when segmenting a box of shape ``box`` needs more memory than is
-    available (:data:`BYTES_PER_VOXEL` per voxel)."""
+def check_memory(box_shape: Shape, workers: int = 1, box_bytes: int | None = None,
+                 search_bytes: int | None = None, *, fix: str) -> None:
+    """Checks that the box of a volume, held in memory with its ids, and its segmentation in
+    ``workers`` processes (0: none) fit into the available memory (``box_bytes`` per voxel of the
+    box, ``search_bytes`` per voxel and process; default :data:`BOX_BYTES_PER_VOXEL` and
+    :data:`SEARCH_BYTES_PER_VOXEL`).
+
+    Raises:
+        ConfigError: They do not, with ``fix`` (what to do instead).
+    """
     import psutil
 
-    need = BYTES_PER_VOXEL * int(np.prod(box))
+    voxels = int(np.prod(box_shape))
+    per_voxel = (BOX_BYTES_PER_VOXEL if box_bytes is None else box_bytes) + workers * (
+        SEARCH_BYTES_PER_VOXEL if search_bytes is None else search_bytes)
+    need = voxels * per_voxel
     available = psutil.virtual_memory().available
     if need > available:
-        raise ConfigError(f"segmenting its evaluated box {tuple(box)} needs about {need / 2**30:.3g} GiB, but "
-                          f"{available / 2**30:.3g} GiB of memory are available; evaluate a part with 'region': "
-                          "((z0, y0, x0), (z1, y1, x1))")
+        search = f" and a segmentation search in {workers} process(es)" if workers else ""
+        raise ConfigError(f"holding its labelled box {tuple(box_shape)} ({voxels} voxels) in memory for the "
+                          f"ids{search} needs about {need / 2**20:,.0f} MiB, but {available / 2**20:,.0f} MiB are "
+                          f"available; {fix}")
 
 
 class BoundaryBox:
