@@ -1,8 +1,11 @@
-"""patches/s of PatchSource in memory vs lazy, neuro3d_lite patch, HDF5 and zarr (uint8 raw 64x512x512)."""
-import time, numpy as np, h5py, sys
+"""patches/s of PatchSource in memory vs lazy, neuro3d_lite patch, HDF5 and zarr (uint8 raw 64x512x512).
+
+Usage: python bench/bench_lazy_patches.py [DIR]   (default: a temporary folder)
+"""
+import time, numpy as np, h5py, sys, tempfile
 from ekn_core.volumes import create_volume
 from ekn_plugins.data.patches import PatchSource
-d = sys.argv[1]; rng = np.random.default_rng(0)
+d = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="bench_lazy_"); rng = np.random.default_rng(0)
 raw = rng.integers(0, 256, (64, 512, 512), dtype=np.uint8); lab = rng.integers(0, 4, (48, 400, 400), dtype=np.int16)
 with h5py.File(f"{d}/c.h5", "w") as f:
     f.create_dataset("raw", data=raw, chunks=(8, 64, 64)); f.create_dataset("lab", data=lab, chunks=(8, 64, 64))

@@ -30,6 +30,7 @@ if [ "${QUICK:-0}" = 1 ]; then
     [bench_knossos]="--patches 5 --shape 64,256,256 --patch 16,64,64"
     [bench_kdtree]=""
     [bench_predict]="--parts speed --shape 16,128,128"
+    [bench_segment]="--shape 16,128,128"
   )
 else
   declare -A ARGS=(
