@@ -107,6 +107,7 @@ def test_sweep_and_search_equal_references(tmp_path, ids_path, layout, nhood, re
                                   affinity_segmentation(aff, best_params.threshold, nh, best_params.min_size))
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "labelled edges" in report and "best of the affinity grid by vi" in report
+    assert "edge error @ 0.5" in report and "pixel error" not in report
     assert "the affinity graph of the ids" in report
 
 

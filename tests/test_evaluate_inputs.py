@@ -80,6 +80,15 @@ def test_the_recorded_channel_of_a_one_channel_prediction_is_checked(data, tmp_p
         evaluate_model(None, [volume], str(tmp_path / "c"), prediction=background, channel=0, segmentation=False,
                        **FAST)
     assert "channel 0 of the net" not in caplog.text
+    # ekn segment: channel 0 (the background of a 2-class softmax) as boundary map is warned about
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "ekn.segment"):
+        segment_volume(background, str(tmp_path / "s0.zarr"), progress=False)
+    assert "is channel 0 of the net (ekn predict --channel 0), segmented as the boundary probability" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "ekn.segment"):
+        segment_volume(background, str(tmp_path / "s1.zarr"), interior=True, progress=False)
+    assert "channel 0 of the net" not in caplog.text
 
 
 def test_float_ids_are_refused_before_anything_is_predicted(data, tmp_path):

@@ -3,6 +3,7 @@ saving (ekn_plugins.evaluation.segmentation and .seg_search)."""
 
 import functools
 import json
+import math
 import os
 
 import numpy as np
@@ -389,6 +390,15 @@ def test_search_save_and_load(tmp_path, monkeypatch):
     assert SegmentationSearch.load(json_path) == search
     assert search.table() in open(md_path).read()
     assert search.save(tmp_path)[0] == str(tmp_path / "seg_params.json")
+    # a NaN score (e.g. a precision of nothing) is written as null, strict JSON, and read back as NaN
+    search.rows[1][1]["rand_precision"] = float("nan")
+    strict_path = search.save(tmp_path / "nan")[0]
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    assert json.loads(open(strict_path).read(), parse_constant=refuse)["rows"][1]["scores"]["rand_precision"] is None
+    assert math.isnan(SegmentationSearch.load(strict_path).rows[1][1]["rand_precision"])
     # a write that fails halfway leaves the previous file whole and no temporary file
     before = sorted(os.listdir(tmp_path))
     monkeypatch.setattr("ekn_core.atomic.os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))

@@ -458,7 +458,10 @@ def segment_volume(input: str, output: str, params: WatershedParams | None = Non
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
         raise ConfigError(f"{input!r} holds {dtype} values; ekn segment reads boundary probabilities as floats "
                           "in [0, 1] or uint8 (p x 255)")
-    finished_prediction(input)  # a prediction that ekn predict has not finished is mostly zeros
+    record = finished_prediction(input)  # a prediction that ekn predict has not finished is mostly zeros
+    if n_channels == 1 and record is not None and record.get("channel") == 0 and not interior:
+        log.warning("%s is channel 0 of the net (ekn predict --channel 0), segmented as the boundary probability; "
+                    "of a 2-class softmax that is the background: use --interior, or predict --channel 1", input)
     channel = boundary_channel(n_channels, channel, name="channel", source=f"the input {input!r} has",
                                ask="say which one holds the boundary probability with --channel K (channel= in "
                                    "Python; with --interior for an interior, cell probability)")

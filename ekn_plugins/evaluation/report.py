@@ -9,7 +9,7 @@ Example:
     >>> curves.add(np.array([0.9, 0.8, 0.3, 0.1]), np.array([1, 0, 1, 0]))
     >>> binary = curves.result().to_dict()
     >>> record = {"volumes": [{"name": "valid", "binary": binary, "segmentation": None}],
-    ...           "pooled": {"binary": binary}}
+    ...           "pooled": {"binary": binary}, "settings": {"affinities": None}}
     >>> print(summary_table(record))
     volume  ROC AUC  AP      best F1 @ threshold  pixel error @ 0.5  VI  adapted Rand error
     valid   0.7500   0.8333  0.8000 @ 0.100       0.5000             -   -
@@ -21,7 +21,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-_BINARY_HEAD = ("ROC AUC", "AP", "best F1 @ threshold", "pixel error @ 0.5")
+def _binary_head(affinities: bool) -> tuple[str, ...]:
+    """The binary columns; for affinity nets the error counts edges, not voxels."""
+    return "ROC AUC", "AP", "best F1 @ threshold", f"{'edge' if affinities else 'pixel'} error @ 0.5"
 
 
 def _binary_cells(binary: dict[str, Any]) -> list[str]:
@@ -43,9 +45,9 @@ def _rows(record: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, A
 
 
 def summary_table(record: dict[str, Any]) -> str:
-    """Plain-text table: per volume and pooled, ROC AUC, average precision, best F1, pixel error
-    at 0.5 and, for volumes with a segmentation, its VI and adapted Rand error."""
-    head = ("volume", *_BINARY_HEAD, "VI", "adapted Rand error")
+    """Plain-text table: per volume and pooled, ROC AUC, average precision, best F1, pixel (for
+    affinity nets: edge) error at 0.5 and, for volumes with a segmentation, its VI and adapted Rand error."""
+    head = ("volume", *_binary_head(bool(record["settings"]["affinities"])), "VI", "adapted Rand error")
     table = [head] + [(name, *_binary_cells(binary), *[c.split(" (")[0] for c in _segmentation_cells(seg)])
                       for name, binary, seg in _rows(record)]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
@@ -94,7 +96,7 @@ def report_markdown(record: dict[str, Any]) -> str:
              f"{settings['ignore_label']}{predicted}; total {record['seconds']:.1f} s.", "",
              "## Binary scores", "",
              f"Positive: `p > threshold`; labelled {unit} positive / negative.", ""]
-    lines += _table(("volume", f"labelled {unit}", *_BINARY_HEAD),
+    lines += _table(("volume", f"labelled {unit}", *_binary_head(bool(settings["affinities"]))),
                     [[name, f"{b['n_positive']} / {b['n_negative']}", *_binary_cells(b)]
                      for name, b, _ in _rows(record)])
     segmented = [v for v in record["volumes"] if v["segmentation"]]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -97,7 +98,8 @@ class SegmentationSearch:
     def from_dict(cls, record: dict[str, Any]) -> SegmentationSearch:
         """Rebuilds a search from :meth:`to_dict`'s record."""
         params = SEGMENTERS[record.get("segmenter", "watershed")]
-        rows = [(params(**row["params"]), dict(row["scores"])) for row in record["rows"]]
+        rows = [(params(**row["params"]), {k: math.nan if v is None else v for k, v in row["scores"].items()})
+                for row in record["rows"]]  # null: a score that was NaN (strict JSON)
         return cls(record["metric"], rows)
 
     @classmethod
@@ -124,7 +126,7 @@ class SegmentationSearch:
         return "\n".join(lines)
 
     def save(self, prefix: str | os.PathLike) -> tuple[str, str]:
-        """Writes ``<prefix>-seg_params.json`` (:meth:`to_dict`) and ``<prefix>-seg_params.md``
+        """Writes ``<prefix>-seg_params.json`` (:meth:`to_dict`; strict JSON, NaN scores as null) and ``<prefix>-seg_params.md``
         (:meth:`table`) atomically; for a directory, ``seg_params.json`` and ``seg_params.md`` in it.
 
         Returns:
@@ -135,7 +137,7 @@ class SegmentationSearch:
         prefix = os.fspath(prefix)
         stem = (os.path.join(prefix, "seg_params") if os.path.isdir(prefix) or prefix.endswith(os.sep)
                 else prefix + "-seg_params")
-        write_json(stem + ".json", self.to_dict())
+        write_json(stem + ".json", self.to_dict(), strict=True)
         write_text(stem + ".md", f"Segmentation search, best by {self.metric}\n\n{self.table()}\n")
         return stem + ".json", stem + ".md"
 
