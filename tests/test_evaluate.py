@@ -268,7 +268,7 @@ def test_segmentation_search_after_importing_tensorflow_starts_no_forked_workers
     assert search_segmentation(prob, true, grid, n_proc=2).table() == search_segmentation(prob, true, grid).table()
     assert methods == ["forkserver"]
     monkeypatch.delitem(__import__("sys").modules, "tensorflow")
-    assert seg_search._start_method() == "fork"
+    assert seg_search.start_method() == "fork"
 
 
 def test_ekn_evaluate_on_a_run_directory(tmp_path, monkeypatch, capsys, data):

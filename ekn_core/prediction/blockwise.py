@@ -34,7 +34,7 @@ import numpy as np
 from ekn_core.errors import ConfigError, EknError, ShapeError
 from ekn_core.prediction.dense import auto_batch_size, predict_region, progress_label, to_uint8
 from ekn_core.prediction.source import ChannelFirst, read_window, to_float
-from ekn_core.prediction.tiling import Shape, TileGeometry, TileGrid
+from ekn_core.prediction.tiling import Shape, TileGeometry, TileGrid, box_window
 from ekn_core.prediction.tta import describe, transforms_of
 
 log = logging.getLogger("ekn.prediction")
@@ -547,7 +547,7 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
                        "plan": plan.to_json(), "dtype": np.dtype(dtype).name, "channel": channel,
                        "shape": list(out_shape)}
         plog = ProgressLog(progress_path(output), fingerprint)
-        out_vol = _open_output(output, plog.resumed, out_shape, dtype, chunks, output_options)
+        out_vol = open_output(output, plog.resumed, out_shape, dtype, chunks, output_options)
         blocks = plan.blocks()
         pending = [i for i in range(len(blocks)) if i not in plog.done]
         summary = {"blocks": len(blocks), "skipped": len(blocks) - len(pending),
@@ -568,7 +568,7 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
 
         def write(index: int, pred: np.ndarray) -> None:
             lo, hi = blocks[index]
-            sel = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, plan.origin))
+            sel = box_window(lo, hi, plan.origin)
             data = pred if channel is None else pred[channel]
             data = to_uint8(data) if as_uint8 else data
             out_vol[sel if channel is not None else (slice(None), *sel)] = data
@@ -620,8 +620,8 @@ def _knossos_output_options(in_vol: Any, as_uint8: bool,
     return True, options
 
 
-def _open_output(output: str, resume: bool, shape: Shape, dtype: Any, chunks: Shape,
-                 options: dict[str, Any] | None) -> Any:
+def open_output(output: str, resume: bool, shape: Shape, dtype: Any, chunks: Shape,
+                options: dict[str, Any] | None) -> Any:
     """Reopens the output of a resumed job, or creates it (chunks dividing the blocks)."""
     from ekn_core.volumes import create_volume, open_volume
 

@@ -141,6 +141,16 @@ class TileGeometry:
         return TileGeometry(patch, tuple(out), self.strides, self.period)
 
 
+def box_window(lo: Shape, hi: Shape, offset: Shape) -> tuple[slice, ...]:
+    """The slices of the box ``lo .. hi`` (global coordinates) in an array placed at ``offset``.
+
+    Example:
+        >>> box_window((5, 8), (7, 10), (4, 0))
+        (slice(1, 3, None), slice(8, 10, None))
+    """
+    return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))
+
+
 def tile_starts(extent: int, tile_out: int, step: int, period: int) -> list[int]:
     """Tile starts (relative to the region start) covering ``extent`` output voxels on one axis.
 

@@ -56,13 +56,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ekn_core.errors import ConfigError, EknError
-from ekn_plugins.evaluation.seg_search import _start_method
+from ekn_core.prediction.tiling import Shape, box_window
+from ekn_plugins.evaluation.seg_search import start_method
 from ekn_plugins.evaluation.segmentation import WatershedParams, watershed_segmentation
 from ekn_plugins.evaluation.stitching import final_ids, overlap_matches
 
 log = logging.getLogger("ekn.segment")
 
-Shape = tuple[int, int, int]
 #: Default block shape (z, y, x): 4.2 million voxels, 8 million with the default halo; the watershed
 #: needs some 70-100 bytes per voxel of a block with its halo, so about 0.8 GB per worker.
 DEFAULT_BLOCK: Shape = (64, 256, 256)
@@ -281,10 +281,6 @@ def _close_inputs() -> None:
     _OPEN.clear()
 
 
-def _crop(array: np.ndarray, box: tuple[Shape, Shape], origin: Shape) -> np.ndarray:
-    return array[tuple(slice(l - o, h - o) for l, h, o in zip(*box, origin))]
-
-
 def _save(path: str, save: Callable[[Any], None]) -> None:
     from ekn_core.atomic import atomic_write
 
@@ -304,14 +300,14 @@ def _segment_block(job: _Job, index: int) -> int:
     window = (slice(job.channel, job.channel + 1), *(slice(l, h) for l, h in zip(lo, hi)))
     prob = prediction_values(_input(job)[window])[0]
     seg = watershed_segmentation(1.0 - prob if job.interior else prob, job.params)
-    core = _crop(seg, grid.core(index), lo)
+    core = seg[box_window(*grid.core(index), lo)]
     arrays = {"core": core, "n_ids": np.int64(seg.max(initial=0)), "core_ids": np.unique(core[core > 0])}
     for axis in grid.stitched_axes():
         if grid.neighbour(index, axis, +1) is not None:
-            arrays[f"hi{axis}"] = _crop(seg, grid.face(index, axis), lo)
+            arrays[f"hi{axis}"] = seg[box_window(*grid.face(index, axis), lo)]
         lower = grid.neighbour(index, axis, -1)
         if lower is not None:
-            arrays[f"lo{axis}"] = _crop(seg, grid.face(lower, axis), lo)
+            arrays[f"lo{axis}"] = seg[box_window(*grid.face(lower, axis), lo)]
     _save(job.block_file(index), lambda f: np.savez_compressed(f, **arrays))
     return index
 
@@ -367,7 +363,7 @@ def _run_pass(plog: Any, pending: list[int], work: Callable[[_Job, int], int], j
             for index in pending:
                 finished(work(job, index))
         else:
-            with ProcessPoolExecutor(min(workers, len(pending)), multiprocessing.get_context(_start_method())) as pool:
+            with ProcessPoolExecutor(min(workers, len(pending)), multiprocessing.get_context(start_method())) as pool:
                 try:
                     running = {pool.submit(work, job, index) for index in pending}
                     while running:
@@ -442,8 +438,8 @@ def segment_volume(input: str, output: str, params: WatershedParams | None = Non
         Summary: ``blocks``, ``skipped`` (blocks of the first pass already done), ``segments``,
         ``merges`` (matched pairs across faces), ``voxels``, ``seconds``, ``shape``, ``dtype``.
     """
-    from ekn_core.prediction.blockwise import (_open_output, absolute, as_channel_volume, chunk_shape,
-                                               finished_prediction, progress_path)
+    from ekn_core.prediction.blockwise import (absolute, as_channel_volume, chunk_shape, finished_prediction,
+                                               open_output, progress_path)
     from ekn_core.volumes import open_volume
     from ekn_plugins.validation.segmentation_metrics import boundary_channel
 
@@ -491,14 +487,14 @@ def segment_volume(input: str, output: str, params: WatershedParams | None = Non
     plog, pending = _pass_log(job, "relabel", {**fingerprint, "dtype_out": out_dtype.name}, job.block_file,
                               progress_path(output))
     if pending:
-        out = _open_output(output, plog.resumed, out_shape, out_dtype, chunk_shape(grid.block, out_shape),
+        out = open_output(output, plog.resumed, out_shape, out_dtype, chunk_shape(grid.block, out_shape),
                            output_options)
 
         def relabel(job: _Job, index: int) -> int:
             (core,) = _block_arrays(job, index, ["core"])
             lookup = np.concatenate([[0], final[offsets[index]:offsets[index] + int(core.max(initial=0))]])
             lo, hi = grid.core(index)
-            out[tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, grid.origin))] = lookup[core].astype(out_dtype)
+            out[box_window(lo, hi, grid.origin)] = lookup[core].astype(out_dtype)
             getattr(out, "flush", lambda: None)()
             return index
 

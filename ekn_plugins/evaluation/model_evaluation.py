@@ -61,7 +61,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ekn_core.errors import ConfigError, EknError
-from ekn_core.prediction.tiling import Shape
+from ekn_core.prediction.tiling import Shape, box_window
 from ekn_plugins.data.image import center_offset
 from ekn_plugins.data.patches import Region, parse_region
 from ekn_plugins.evaluation.affinities import affinity_labels, connected_channels, resolve_nhood
@@ -69,7 +69,7 @@ from ekn_plugins.evaluation.binary import BinaryEvaluation, ThresholdCurves
 from ekn_plugins.evaluation.runs import ChosenModel, default_out_dir, resolve_model, run_validation_spec
 from ekn_plugins.evaluation.seg_search import DEFAULT_GRIDS, METRICS, grid_points
 from ekn_plugins.evaluation.segmentation import SEGMENTERS, AffinityParams, WatershedParams
-from ekn_plugins.validation.evaluate import box_window, evaluation_roi, open_volumes
+from ekn_plugins.validation.evaluate import evaluation_roi, open_volumes
 from ekn_plugins.validation.segmentation_metrics import boundary_channel, check_memory
 from ekn_plugins.validation.spec import ValidationVolume
 

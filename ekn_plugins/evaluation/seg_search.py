@@ -176,7 +176,7 @@ def grid_points(grid: dict[str, Sequence[Any]] | None = None,
     return points
 
 
-def _start_method() -> str:
+def start_method() -> str:
     """``fork`` where the platform has it and the process is safe to fork; ``forkserver`` (else
     ``spawn``) once TensorFlow was imported: its thread pools make forked children hang or crash."""
     methods = multiprocessing.get_all_start_methods()
@@ -241,7 +241,7 @@ def search_segmentation(prediction: Any, seg_true: Any, grid: dict[str, Sequence
         finally:
             _WORKER.clear()
     else:
-        with ProcessPoolExecutor(min(int(n_proc), len(points)), multiprocessing.get_context(_start_method()),
+        with ProcessPoolExecutor(min(int(n_proc), len(points)), multiprocessing.get_context(start_method()),
                                  _start_worker, (prob, true, tuple(ignore_labels))) as pool:
             scores = list(pool.map(_score, points))
     return SegmentationSearch(metric, list(zip(points, scores)))

@@ -36,7 +36,7 @@ import numpy as np
 from ekn_core.errors import ConfigError, EknError
 from ekn_core.prediction.blockwise import (Plan, adapt, as_channel_volume, default_memory_budget, make_plan,
                                            predict_block)
-from ekn_core.prediction.tiling import Shape
+from ekn_core.prediction.tiling import Shape, box_window
 from ekn_plugins.data.image import center_offset
 from ekn_plugins.data.patches import Region
 from ekn_plugins.validation.metrics import MetricSums, label_ids, predicted_classes
@@ -153,16 +153,6 @@ def open_volumes(volume: ValidationVolume, parts: tuple[str, ...] = ("raw", "lab
             raise ConfigError(f"{what} {volume.name!r}: ids must hold integer object ids, got dtype {ids.dtype} in "
                               f"{volume.ids!r}; cast them (e.g. to uint32)")
         yield views
-
-
-def box_window(lo: Shape, hi: Shape, offset: Shape) -> tuple[slice, ...]:
-    """The spatial slices of the box ``lo .. hi`` (raw coordinates) of a volume placed at ``offset``.
-
-    Example:
-        >>> box_window((5, 8), (7, 10), (4, 0))
-        (slice(1, 3, None), slice(8, 10, None))
-    """
-    return tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset))
 
 
 def _check_ids(ids: Any, labels: Any) -> None:

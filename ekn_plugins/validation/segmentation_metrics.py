@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ConfigError
-from ekn_core.prediction.tiling import Shape
+from ekn_core.prediction.tiling import Shape, box_window
 from ekn_plugins.evaluation.segmentation import WatershedParams, segmentation_scores, watershed_segmentation
 from ekn_plugins.validation.spec import SEGMENTATION_METRICS
 
@@ -97,7 +97,7 @@ class BoundaryBox:
 
     def add(self, lo: Shape, hi: Shape, pred: np.ndarray) -> None:
         """Copies the boundary channel of a predicted block ``(n_lab, *(hi - lo))``."""
-        self.prob[tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, self.origin))] = pred[self.channel]
+        self.prob[box_window(lo, hi, self.origin)] = pred[self.channel]
 
     def score(self, ids: Any, params: WatershedParams) -> tuple[dict[str, float], int]:
         """The watershed segmentation's :data:`~ekn_plugins.validation.spec.SEGMENTATION_METRICS`
