@@ -149,6 +149,7 @@ READERS = [
     "hdf5 = ekn_plugins.readers.hdf5:HDF5Reader",
     "imagestack = ekn_plugins.readers.imagestack:ImageStackReader",
     "knossos = ekn_plugins.readers.knossos:KnossosReader",
+    "n5 = ekn_plugins.readers.n5:N5Reader",
     "precomputed = ekn_plugins.readers.precomputed:PrecomputedReader",
     "zarr = ekn_plugins.readers.zarr_reader:ZarrReader",
 ]
@@ -183,7 +184,7 @@ setup(
         "psutil>=5.9",
         "pillow>=9",
         "numba>=0.59",
-        "zarr>=2.16",
+        "zarr>=3.0",
         "dask[array]>=2024.1",
         "distributed>=2024.1",
         "python-snappy>=0.7",

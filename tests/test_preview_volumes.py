@@ -67,6 +67,48 @@ def test_a_step_killed_while_written_is_not_reported(tmp_path, monkeypatch):
     assert snapshot_steps(path) == [10]
 
 
+def test_hdf5_snapshots_are_never_written_in_place_so_a_kill_keeps_earlier_steps(tmp_path, monkeypatch):
+    import h5py
+
+    vol = np.random.default_rng(3).random((4, 30, 30)).astype(np.float32)
+    blocks = Previewer(make_fast_net(), [("v", vol)], str(tmp_path), max_z_pred=2).predict()
+    path = snapshot_path(str(tmp_path), "h5")
+    preview_snapshots.write_snapshot(path, 5, blocks, set())
+    index_before = open(path, "rb").read()
+    real_create, real_file = ekn_core.volumes.create_volume, h5py.File
+
+    def dies_on_predictions(target, *args, **kwargs):
+        if "pred_" in target:
+            raise KeyboardInterrupt("killed")
+        return real_create(target, *args, **kwargs)
+
+    monkeypatch.setattr(ekn_core.volumes, "create_volume", dies_on_predictions)
+    with pytest.raises(KeyboardInterrupt):
+        preview_snapshots.write_snapshot(path, 10, blocks, set())
+    assert open(path, "rb").read() == index_before and snapshot_steps(path) == [5]
+    monkeypatch.setattr(ekn_core.volumes, "create_volume", real_create)
+    final_files = {os.path.abspath(path)} | {os.path.abspath(os.path.join(path + ".d", name))
+                                              for name in ("raw.h5", "step5.h5", "step10.h5")}
+    opened_for_writing = []
+
+    def spy(name, mode="r", *args, **kwargs):
+        if mode != "r" and os.path.abspath(str(name)) in final_files:
+            opened_for_writing.append(name)
+        return real_file(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", spy)
+    for step in (10, 5):  # a new step, and step 5 again after a resume (raw written again)
+        preview_snapshots.write_snapshot(path, step, blocks, set())
+    monkeypatch.setattr(h5py, "File", real_file)
+    assert opened_for_writing == [] and snapshot_steps(path) == [5, 10]
+    for step in (5, 10):
+        with open_volume(f"{path}:step{step}/pred_v") as pred:
+            np.testing.assert_array_equal(pred[...], blocks[0].prediction)
+    with open_volume(f"{path}:raw_v") as raw:
+        np.testing.assert_array_equal(raw[...], blocks[0].raw)
+    assert sorted(os.listdir(path + ".d")) == ["raw.h5", "step10.h5", "step5.h5"]  # no temporary files left
+
+
 def test_preview_option_mistakes_get_one_clear_error_each(tmp_path, monkeypatch):
     net, vol = make_fast_net(), np.zeros((4, 30, 30), np.float32)
     with pytest.raises(ConfigError, match="max_z_pred must be a positive integer or 'all', got 'al'"):

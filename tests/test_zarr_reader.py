@@ -51,3 +51,36 @@ def test_read_only_and_missing(tmp_path):
         open_volume(str(tmp_path / "missing.zarr"))
     with pytest.raises(EknError, match="one entry per axis"):
         create_volume(path, shape=(2, 2), dtype="uint8", chunks=(1,))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_read_only_volumes_read_through_tensorstore_exactly_as_numpy(tmp_path, zarr_format):
+    import zarr
+
+    data = np.random.default_rng(0).integers(0, 60000, (9, 20, 30)).astype(np.uint16)
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w", zarr_format=zarr_format)
+    group.create_array("nested/raw", shape=data.shape, chunks=(4, 8, 8), dtype=data.dtype)[:] = data
+    vol = open_volume(str(tmp_path / "g.zarr:nested/raw"))
+    assert vol._fast_view is not None
+    for index in [(slice(2, 7), slice(None), slice(3, 25)), (4,), (1, 2, 3), (Ellipsis, slice(None, None, -3)),
+                  (slice(8, 0, -2), 5), (slice(3, 3),)]:
+        np.testing.assert_array_equal(vol[index], data[index], err_msg=str(index))
+    group["nested/raw"][0, 0, 0] = 7  # a write by another handle is seen on the next read (no stale cache)
+    assert int(vol[0, 0, 0]) == 7
+    assert open_volume(str(tmp_path / "g.zarr:nested/raw"), mode="r+")._fast_view is None
+
+
+def test_arrays_tensorstore_cannot_open_are_read_through_zarr_python(tmp_path, monkeypatch):
+    import tensorstore
+
+    data = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
+    with create_volume(str(tmp_path / "a.zarr"), shape=data.shape, dtype=data.dtype) as out:
+        out[...] = data
+
+    def refuse(*args, **kwargs):
+        raise ValueError("unsupported codec")
+
+    monkeypatch.setattr(tensorstore, "open", refuse)
+    vol = open_volume(str(tmp_path / "a.zarr"))
+    assert vol._fast_view is None
+    np.testing.assert_array_equal(vol[1:, ::2], data[1:, ::2])

@@ -2,7 +2,8 @@
 
 Readers that fetch a box of voxels (KNOSSOS cubes, image sections, precomputed chunks) turn the
 caller's index into ranges with :func:`normalize_index`, read the bounding box
-(:func:`bounding_box`) and cut the result out of it with :func:`local_index`.
+(:func:`bounding_box`) and cut the result out of it with :func:`local_index`;
+:func:`read_through_box` does all three for a tensorstore view.
 
 Example:
     >>> import numpy as np
@@ -76,3 +77,21 @@ def local_index(ranges: list[range], starts: list[int]) -> tuple:
             stop = r.stop - s
             out.append(slice(r.start - s, None if stop < 0 else stop, r.step))
     return tuple(out)
+
+
+def read_through_box(view: Any, index: Any) -> np.ndarray:
+    """``view[index]`` with numpy basic-indexing semantics, read from a tensorstore ``view`` as the
+    bounding box of the index (one read, decoded by tensorstore's C++ code).
+
+    Example:
+        >>> import tensorstore as ts
+        >>> a = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+        >>> view = ts.array(a)
+        >>> read_through_box(view, (1, slice(None, None, -2), ...)).tolist() == a[1, ::-2].tolist()
+        True
+    """
+    ranges, dropped = normalize_index(index, view.shape)
+    starts, stops = bounding_box(ranges)
+    box = view[tuple(slice(a, b) for a, b in zip(starts, stops))].read().result()
+    data = np.asarray(box)[local_index(ranges, starts)]
+    return data[tuple(0 if d else slice(None) for d in dropped)]

@@ -33,8 +33,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ekn_core.errors import EknError
-from ekn_core.volumes import VolumeBase, local_path
-from ekn_plugins.readers.indexing import bounding_box, local_index, normalize_index
+from ekn_core.volumes import local_path
+from ekn_plugins.readers.tensorstore_volume import TensorStoreVolume
 
 SCHEME = "precomputed://"
 #: Data types of the format (numpy names).
@@ -141,42 +141,17 @@ def _check_not_gzip(directory: str, scale: dict[str, Any]) -> None:
                        "\"${f%.gz}.raw\" && rm \"$f\" && mv \"${f%.gz}.raw\" \"${f%.gz}\"; done")
 
 
-class PrecomputedVolume(VolumeBase):
+class PrecomputedVolume(TensorStoreVolume):
     """One scale of a precomputed volume as a lazy ``(z, y, x)`` or ``(c, z, y, x)`` array."""
 
     def __init__(self, store: Any, scale: dict[str, Any], num_channels: int, writable: bool):
         view = store.translate_to[0].T  # (c, z, y, x), index 0 at voxel_offset
-        self._view = view[0] if num_channels == 1 else view
-        self.shape, self.dtype = tuple(self._view.shape), np.dtype(self._view.dtype.numpy_dtype)
         chunk = tuple(int(c) for c in scale["chunk_sizes"][0][::-1])
-        self.chunks = chunk if num_channels == 1 else (num_channels, *chunk)
-        self.axes = "zyx" if num_channels == 1 else "czyx"
+        super().__init__(view[0] if num_channels == 1 else view,
+                         chunks=chunk if num_channels == 1 else (num_channels, *chunk),
+                         axes="zyx" if num_channels == 1 else "czyx", writable=writable, kind="precomputed")
         self.resolution = tuple(float(r) for r in scale["resolution"][::-1])
         self.voxel_offset = tuple(int(o) for o in scale.get("voxel_offset", (0, 0, 0))[::-1])
-        self.writable = writable
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        ranges, dropped = normalize_index(index, self.shape)
-        starts, stops = bounding_box(ranges)
-        box = self._view[tuple(slice(a, b) for a, b in zip(starts, stops))].read().result()
-        data = np.asarray(box)[local_index(ranges, starts)]
-        return data[tuple(0 if d else slice(None) for d in dropped)]
-
-    def __setitem__(self, index: Any, value: Any) -> None:
-        if not self.writable:
-            raise EknError("this precomputed volume was opened read-only; open it with mode='r+' to write")
-        ranges, dropped = normalize_index(index, self.shape)
-        if any(r.step != 1 for r in ranges if len(r) > 1):
-            raise IndexError("writes into a precomputed volume take contiguous boxes (step 1)")
-        starts, stops = bounding_box(ranges)
-        selected = tuple(b - a for a, b, d in zip(starts, stops, dropped) if not d)
-        try:
-            block = np.broadcast_to(np.asarray(value, dtype=self.dtype), selected)
-        except ValueError:
-            raise ValueError(f"cannot write an array of shape {np.shape(value)} into a box of shape "
-                             f"{selected}") from None
-        block = block.reshape(tuple(b - a for a, b in zip(starts, stops)))
-        self._view[tuple(slice(a, b) for a, b in zip(starts, stops))].write(block).result()
 
 
 class PrecomputedReader:

@@ -1,0 +1,143 @@
+"""N5 containers through tensorstore (``ekn.readers`` name ``n5``).
+
+A path names an N5 container (``data.n5``), with the dataset's path inside it after a colon
+(``data.n5:volumes/raw``); without a key the container's only dataset is used. N5 lists the
+dimensions fastest first (x, y, z, as Java tools such as BigDataViewer, Paintera and the N5 viewers
+write them); ekn shows them reversed, in its C-order **(z, y, x)** (``(c, z, y, x)`` for a 4-D
+dataset stored as (x, y, z, c)), as zarr-python's N5 store did. Every compression tensorstore
+reads works (raw, gzip, bzip2, xz, blosc, zstd); :meth:`N5Reader.create` writes gzip-compressed
+blocks. Axis names are N5's ``axes`` attribute (a list in N5 order, e.g. ``["x", "y", "z"]``),
+reversed; created datasets get it.
+
+Example:
+    >>> import numpy as np, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "data.n5")
+    >>> with N5Reader.create(path, shape=(2, 3, 4), dtype="uint16", key="raw", chunks=(1, 2, 2)) as vol:
+    ...     vol[:] = np.arange(24).reshape(2, 3, 4)
+    >>> vol = N5Reader.open(path)
+    >>> vol.shape, vol.chunks, vol.axes, vol[1, 2].tolist()
+    ((2, 3, 4), (1, 2, 2), 'zyx', [20, 21, 22, 23])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from ekn_core.errors import EknError
+from ekn_plugins.readers.tensorstore_volume import TensorStoreVolume
+
+#: The N5 specification version written into created containers.
+N5_VERSION = "4.0.0"
+#: Default chunk edge along each spatial axis of a created dataset.
+DEFAULT_CHUNK = 64
+_DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "czyx"}
+
+
+def _attributes(directory: str) -> dict[str, Any]:
+    """The ``attributes.json`` of an N5 group or dataset directory (empty where there is none)."""
+    try:
+        with open(os.path.join(directory, "attributes.json")) as f:
+            attributes = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except ValueError as err:
+        raise EknError(f"{directory}/attributes.json is not valid JSON: {err}") from err
+    return attributes if isinstance(attributes, dict) else {}
+
+
+def is_n5_container(path: str) -> bool:
+    """Whether ``path`` is a directory whose ``attributes.json`` names an N5 version or a dataset."""
+    if not os.path.isdir(path):
+        return False
+    try:
+        attributes = _attributes(path)
+    except EknError:
+        return False
+    return "n5" in attributes or "dimensions" in attributes
+
+
+def datasets(root: str) -> list[str]:
+    """The dataset paths inside an N5 container (``""`` for a container that is a dataset itself)."""
+    found = []
+    for directory, subdirectories, _ in os.walk(root):
+        if "dimensions" in _attributes(directory):
+            found.append(os.path.relpath(directory, root).replace(os.sep, "/").removeprefix("."))
+            subdirectories.clear()  # a dataset's block folders are numbers, not datasets
+        subdirectories.sort()
+    return sorted(found)
+
+
+class N5Reader:
+    """Reads and writes N5 datasets (``path.n5`` or ``path.n5:dataset``)."""
+
+    @classmethod
+    def open(cls, path: str, key: str | None = None, mode: str = "r", **_: Any) -> TensorStoreVolume:
+        """Opens a dataset; ``key`` is its path inside the container (default: its only dataset)."""
+        import tensorstore as ts
+
+        if not os.path.isdir(path):
+            raise EknError(f"N5 container {path!r} does not exist")
+        if key is None:
+            names = datasets(path)
+            if len(names) != 1:
+                raise EknError(f"{path!r} is an N5 container with datasets {names}; name one as '{path}:DATASET'")
+            key = names[0]
+        location = os.path.join(os.path.abspath(path), key)
+        attributes = _attributes(location)
+        if "dimensions" not in attributes:
+            raise EknError(f"{path!r} has no N5 dataset {key!r}; its datasets are {datasets(path)}")
+        spec = {"driver": "n5", "kvstore": {"driver": "file", "path": location}}
+        try:
+            store = ts.open(spec, read=True, write=mode != "r").result()
+        except Exception as err:  # tensorstore reports unsupported metadata as ValueError variants
+            raise EknError(f"cannot open the N5 dataset {location!r}: {err}") from err
+        return _volume(store, attributes, writable=mode != "r")
+
+    @classmethod
+    def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
+               chunks: tuple[int, ...] | None = None, axes: str | None = None, **_: Any) -> TensorStoreVolume:
+        """Creates (or replaces) a gzip-compressed dataset; ``key`` puts it inside the container
+        at ``path`` (whose root ``attributes.json`` gets the N5 version)."""
+        import tensorstore as ts
+
+        from ekn_core.atomic import write_json
+
+        shape = tuple(int(s) for s in shape)
+        chunks = tuple(int(c) for c in chunks) if chunks else tuple(
+            1 if i < len(shape) - 3 else max(1, min(s, DEFAULT_CHUNK)) for i, s in enumerate(shape))
+        if len(chunks) != len(shape):
+            raise EknError(f"chunks {chunks} must have one entry per axis of shape {shape}")
+        if os.path.exists(path) and not is_n5_container(path) and os.listdir(path):
+            raise EknError(f"{path!r} exists and is not an N5 container; choose a new path")
+        os.makedirs(path, exist_ok=True)
+        root = _attributes(path)
+        if "n5" not in root:
+            write_json(os.path.join(path, "attributes.json"), {**root, "n5": N5_VERSION})
+        location = os.path.join(os.path.abspath(path), key) if key else os.path.abspath(path)
+        metadata = {"dimensions": list(shape[::-1]), "blockSize": list(chunks[::-1]),
+                    "dataType": np.dtype(dtype).name, "compression": {"type": "gzip"}}
+        axes = axes or _DEFAULT_AXES.get(len(shape))
+        if axes and len(axes) == len(shape):
+            metadata["axes"] = list(axes[::-1])
+        spec = {"driver": "n5", "kvstore": {"driver": "file", "path": location}, "metadata": metadata,
+                "create": True, "delete_existing": True}
+        try:
+            store = ts.open(spec).result()
+        except Exception as err:  # tensorstore: ValueError for data types N5 lacks
+            raise EknError(f"cannot create the N5 dataset {location!r} of {np.dtype(dtype).name}: {err}") from err
+        attributes = _attributes(location)
+        return _volume(store, attributes, writable=True)
+
+
+def _volume(store: Any, attributes: dict[str, Any], writable: bool) -> TensorStoreVolume:
+    """The dataset in ekn's C order (N5's dimensions reversed)."""
+    view = store.T
+    names = attributes.get("axes")
+    named = isinstance(names, list) and len(names) == view.rank and all(isinstance(n, str) and len(n) == 1 for n in names)
+    axes = "".join(names[::-1]) if named else _DEFAULT_AXES.get(view.rank, "")
+    chunks = tuple(int(c) for c in attributes["blockSize"][::-1])
+    return TensorStoreVolume(view, chunks=chunks, axes=axes, writable=writable, kind="N5")
