@@ -4,7 +4,10 @@ A *reader* is a class registered under ``ekn.readers``. It implements two class 
 
 - ``open(path, key=None, mode="r", **options) -> Volume`` for an existing volume;
 - ``create(path, shape, dtype, key=None, chunks=None, **options) -> Volume`` for a new,
-  writable one (readers that cannot write raise :class:`NotImplementedError`).
+  writable one (readers that cannot write raise :class:`NotImplementedError`). It may replace an
+  existing volume at the same place (the same array or dataset), but it never deletes other
+  arrays, groups or files there unless asked with ``overwrite=True`` (HDF5, zarr, N5 and KNOSSOS
+  take it; without it they refuse with an error that names what is in the way).
 
 A :class:`Volume` is a lazy, numpy-like array: ``shape``, ``dtype``, ``ndim``, ``axes`` (a
 string such as ``"zyx"`` or ``"czyx"``), ``chunks`` (or None), ``vol[slices] -> np.ndarray``,
@@ -12,7 +15,8 @@ string such as ``"zyx"`` or ``"czyx"``), ``chunks`` (or None), ``vol[slices] -> 
 always in C order with the spatial axes last, ``(z, y, x)`` or ``(c, z, y, x)``.
 
 Paths may carry a container key after a colon, ``"raw_0.h5:raw"``; a reader is found through
-the ``ekn_get_reader`` hook (first answer wins) unless one is named with ``reader=``.
+the ``ekn_get_reader`` hook (first answer wins) unless one is named with ``reader=``. Jobs that read
+volumes and write others check with :func:`check_distinct` that no output overwrites an input.
 
 Example:
     >>> import numpy as np, tempfile, os
@@ -81,16 +85,22 @@ class VolumeBase:
 
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+#: A Windows drive letter: one letter and a colon before a (back)slash.
+_DRIVE = re.compile(r"^[a-zA-Z]:(?=[\\/])")
 
 
 def split_key(path: str) -> tuple[str, str | None]:
-    """Splits ``"file.h5:raw"`` into ``("file.h5", "raw")``; URLs and drive letters stay intact.
+    """Splits ``"file.h5:raw"`` into ``("file.h5", "raw")``; URLs and drive letters (one letter,
+    a colon and a slash or backslash: ``C:\\`` or ``C:/``) stay intact. A path that exists is
+    never split (a file name with a colon).
 
     Example:
         >>> split_key("data/raw_0.h5:raw")
         ('data/raw_0.h5', 'raw')
         >>> split_key("out.zarr")
         ('out.zarr', None)
+        >>> split_key(r"C:\\out\\pred.h5"), split_key("C:/out/pred.h5:probs")
+        (('C:\\\\out\\\\pred.h5', None), ('C:/out/pred.h5', 'probs'))
         >>> split_key("precomputed://file:///data/em:8_8_40"), split_key("precomputed://file:///data/em")
         (('precomputed://file:///data/em', '8_8_40'), ('precomputed://file:///data/em', None))
         >>> split_key("precomputed://https://host.org:8080/em"), split_key("precomputed://https://host.org:8080/em:0")
@@ -103,10 +113,12 @@ def split_key(path: str) -> tuple[str, str | None]:
     authority_end = path.find("/") if head else -1
     if head and path.rfind(":") < (authority_end if authority_end >= 0 else len(path)):
         return head + path, None  # the only colon is a URL's port (host:8080/...)
-    if ":" in path and not os.path.exists(path):
-        base, key = path.rsplit(":", 1)
+    drive = "" if head or not (match := _DRIVE.match(path)) else match.group(0)
+    rest = path[len(drive):]
+    if ":" in rest and not os.path.exists(path):
+        base, key = rest.rsplit(":", 1)
         if key:
-            return head + base, key
+            return head + drive + base, key
     return head + path, None
 
 
@@ -125,6 +137,85 @@ def local_path(path: str) -> str | None:
             return path
         remote = True
     return None if remote else path
+
+
+def _location(path: str) -> tuple[str, str]:
+    """``(place, file)``: where a volume path points (its file or folder, symbolic links resolved,
+    with the key as a sub-path; a remote URL as it is) and its local file or folder ('' if remote)."""
+    base, key = split_key(os.fspath(path))
+    local = local_path(base)
+    where = os.path.realpath(os.path.expanduser(local)) if local is not None else base.rstrip("/")
+    inner = "/".join(p for p in (key or "").replace("\\", "/").split("/") if p)
+    return (where + os.sep + inner.replace("/", os.sep) if inner else where), (where if local is not None else "")
+
+
+def check_distinct(output: str | os.PathLike, inputs: Any, *, folder: bool = False) -> None:
+    """Refuses an ``output`` whose writing could change one of the ``inputs`` (volume paths;
+    None entries are skipped): the output is an input, lies inside one (``data.zarr:raw`` and
+    ``data.zarr:raw/pred``), contains one (creating ``data.zarr`` replaces ``data.zarr:raw``),
+    or is another key of an input's file (``data.h5:pred`` beside ``data.h5:raw``: HDF5 files are
+    open once per process). A ``folder`` output that only gets new files may contain inputs.
+
+    Raises:
+        EknError: Naming the output, the input and what to do instead.
+
+    Example:
+        >>> check_distinct("data.zarr:pred", ["data.zarr:raw"])  # two arrays of one group: fine
+        >>> check_distinct("data.zarr", ["data.zarr:raw"])
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.EknError: the output 'data.zarr' contains the input 'data.zarr:raw': creating it would delete the input. Write to another path, or to another key beside the input (e.g. 'data.zarr:pred')
+    """
+    out_place, out_file = _location(output)
+    for source in inputs:
+        if source is None:
+            continue
+        in_place, in_file = _location(source)
+        if out_place == in_place:
+            relation = "is the input"
+        elif out_file and out_file == in_file and os.path.isfile(in_file):
+            raise EknError(f"the output {os.fspath(output)!r} is in the file the input {os.fspath(source)!r} is read "
+                           "from, which is open for reading while the output is written; write to another file")
+        elif out_place.startswith(in_place.rstrip(os.sep) + os.sep):
+            relation = "lies inside the input"
+        elif not folder and in_place.startswith(out_place.rstrip(os.sep) + os.sep):
+            relation = "contains the input"
+        else:
+            continue
+        action = "writing it would overwrite" if relation == "is the input" else (
+            "writing it would change" if relation.startswith("lies") else "creating it would delete")
+        base, key = split_key(os.fspath(source))
+        example = f" (e.g. '{base}:{'pred' if key != 'pred' else 'output'}')" if key else ""
+        raise EknError(f"the output {os.fspath(output)!r} {relation} {os.fspath(source)!r}: {action} the input. "
+                       f"Write to another path, or to another key beside the input{example}")
+
+
+#: Endings of KNOSSOS data-set config files, stripped whole by :func:`volume_name`.
+_CONFIG_ENDINGS = (".k.toml", ".pyknossos.conf", ".pyk.conf", ".k.conf")
+#: KNOSSOS config files named the same in every data set: the data set is named by its folder.
+_CONFIG_FILES = ("knossos.conf", "ariadne.conf")
+
+
+def volume_name(path: str) -> str:
+    """A short name for the volume at ``path`` (a ``:key`` aside), for file names and logs: the
+    file or folder name without its extension, or without the whole ending of a KNOSSOS config;
+    a ``knossos.conf`` or ``ariadne.conf`` is named after its data set's folder (above ``mag1``).
+
+    Example:
+        >>> volume_name("data/vol_2.k.toml:raw"), volume_name("data/raw_0.h5:raw"), volume_name("out.zarr/")
+        ('vol_2', 'raw_0', 'out')
+        >>> volume_name("/em/ds1/mag1/knossos.conf"), volume_name("em/ds1.pyk.conf"), volume_name("em/ds1/ariadne.conf")
+        ('ds1', 'ds1', 'ds1')
+    """
+    path = split_key(os.fspath(path))[0].rstrip("/")
+    base = os.path.basename(path)
+    if base.lower() in _CONFIG_FILES:
+        folder = os.path.dirname(path)
+        if re.fullmatch(r".*?mag\d+", os.path.basename(folder), re.IGNORECASE):  # mag1/ (or <prefix>mag1/)
+            folder = os.path.dirname(folder)
+        return os.path.basename(folder) or os.path.splitext(base)[0]
+    ending = next((e for e in _CONFIG_ENDINGS if base.lower().endswith(e) and len(base) > len(e)), None)
+    return base[:-len(ending)] if ending else os.path.splitext(base)[0]
 
 
 def _choose_reader(path: str, reader: str | None):

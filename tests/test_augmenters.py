@@ -174,3 +174,30 @@ def test_config_errors():
         Pipeline([{"type": "elastic"}, {"type": "elastic"}]).sample_transform(np.random.default_rng(0), CTX)
     with pytest.raises(ConfigError, match="channels"):
         Grey(channels=[3])(np.zeros((1, 2, 2, 2), np.float32), np.random.default_rng(0), CTX)
+
+
+def test_warp_check_bounds_the_perspective_where_patches_fold():
+    ctx = PatchContext((5, 41, 41), aniso_factor=2.0)  # centred isotropic half extents: z 4, y 20, x 20
+    plain = dict(rotation=0, shear=0, stretch=0)
+
+    def folds(warp, n=300):
+        count = 0
+        for seed in range(n):
+            m = T.voxel_matrix(warp.transform(np.random.default_rng(seed), ctx), ctx.patch_shape, ctx.aniso_factor)
+            try:
+                T.source_bounds(m, (0, 0, 0), np.array(ctx.patch_shape) - 1)
+            except T.FoldError:
+                count += 1
+        return count
+
+    below, above = Warp(perspective=0.024, **plain), Warp(perspective=0.03, **plain)
+    below.check(ctx)
+    assert folds(below) == 0
+    with pytest.raises(ConfigError, match=r"perspective\*amount = 0.03 folds .* from 1/40 = 0.025 on"):
+        above.check(ctx)
+    assert folds(above) > 0  # brute force: such draws really fold some patches
+    with pytest.raises(ConfigError, match="from 1/40 = 0.025 on"):
+        Warp(perspective=0.0125, amount=2).check(ctx)
+    Warp(perspective=0.0235, lock_z=False, sample_aniso=False).check(ctx)  # isotropic output: z half extent 2, 1/42
+    with pytest.raises(ConfigError, match="from 1/44 = "):
+        Warp(perspective=0.0235, lock_z=False).check(ctx)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ekn_core.errors import ConfigError, ShapeError
-from ekn_plugins.augmenters.transform import source_bounds
+from ekn_plugins.augmenters.transform import Transform, source_bounds, voxel_matrix
 from ekn_plugins.data.patches import BatchCreatorImage, PatchSource
 
 RAW_SHAPE, LAB_SHAPE = (12, 40, 40), (8, 30, 30)
@@ -195,3 +195,94 @@ def test_elektronn2_batch_args(coord_files):
     assert img[:, 1].max() > 1  # other channels untouched
     with pytest.raises(ConfigError, match="not supported"):
         src.getbatch(1, warp=True, warp_args={"twist": 1})
+    with pytest.raises(ConfigError, match=r"warp_args\['aniso_factor'\] \(5\) is not used: .* set aniso_factor in "
+                                          "data_init_kwargs"):
+        src.getbatch(1, warp=True, warp_args={"aniso_factor": 5})
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("augmenters", [None, [{"type": "warp", "rotation": 20}]], ids=["crop", "warp"])
+def test_label_region_sits_where_it_lies_in_the_raw_region(tmp_path, in_memory, augmenters):
+    """Regions in both entries are boxes of one frame: labels need not be centred in the raw box."""
+    coords = np.stack(np.meshgrid(*[np.arange(s) for s in RAW_SHAPE], indexing="ij"))
+    with h5py.File(tmp_path / "vol.h5", "w") as f:  # raw and labels hold their own absolute coordinates
+        f["raw"], f["lab"] = coords.astype(np.float32), coords.astype(np.int32)
+    raw_box, lab_box = ((1, 2, 3), (12, 40, 38)), ((2, 10, 5), (7, 30, 30))  # even size differences, not centred
+    src = PatchSource(patch_size=(4, 16, 16), offsets=(1, 4, 4), strides=(1, 2, 2), target_dtype="int32", seed=0,
+                      d_path=str(tmp_path), l_path=str(tmp_path), d_files=[("vol.h5", "raw", raw_box)],
+                      l_files=[("vol.h5", "lab", lab_box)], augmenters=augmenters, in_memory=in_memory)
+    assert src.train_cubes[0].label_offset == (1, 8, 2)
+    img, target = src.getbatch(6)
+    centres = img[(slice(None), slice(None), slice(1, 3), slice(4, 12, 2), slice(4, 12, 2))]
+    assert np.abs(centres - target).max() <= (0 if augmenters is None else 0.5 + 1e-3)
+    assert np.all(target >= np.array(lab_box[0])[:, None, None, None])  # only labelled voxels are targets
+    assert np.all(target < np.array(lab_box[1])[:, None, None, None])
+    outside = ((2, 10, 5), (7, 30, 39))
+    with pytest.raises(ShapeError, match=r"label region \(\(2, 10, 5\), \(7, 30, 39\)\) of .*vol.h5:lab is not inside "
+                                         r"the raw region \(\(1, 2, 3\), \(12, 40, 38\)\) of .*vol.h5:raw"):
+        PatchSource(patch_size=(4, 16, 16), offsets=(1, 4, 4), d_path=str(tmp_path), l_path=str(tmp_path),
+                    d_files=[("vol.h5", "raw", raw_box)], l_files=[("vol.h5", "lab", outside)], in_memory=in_memory)
+
+
+def test_class_weights_with_unlabelled_voxels(tmp_path):
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "vol.h5", "w") as f:
+        f["raw"] = rng.integers(0, 256, (10, 30, 30), dtype=np.uint8)
+        f["lab"] = rng.integers(-1, 3, (10, 30, 30)).astype(np.int16)  # -1 = unlabelled
+    kw = dict(patch_size=(4, 16, 16), offsets=(1, 2, 2), strides=(1, 2, 2), d_path=str(tmp_path),
+              l_path=str(tmp_path), d_files=[("vol.h5", "raw")], l_files=[("vol.h5", "lab")], seed=0)
+    img, target, weights = PatchSource(class_weights=[0.5, 1.0, 3.0], **kw).getbatch(4)
+    assert {-1, 0, 1, 2} <= set(np.unique(target).tolist())
+    expected = np.select([target == 0, target == 1, target == 2], [0.5, 1.0, 3.0], 0.0)
+    np.testing.assert_array_equal(weights, expected.astype(np.float32))
+    with pytest.raises(ShapeError, match=r"targets hold class 2, but class_weights has 2 entries \(classes 0..1\); "
+                                         r"add weights for classes 2..2"):
+        PatchSource(class_weights=[0.5, 1.0], **kw).getbatch(4)
+
+
+def test_perspective_that_folds_is_refused_or_redrawn(coord_files):
+    kw = dict(patch_size=(5, 31, 31), target_dtype="int32", seed=0, **coord_files)
+    with pytest.raises(ConfigError, match=r"warp: perspective\*amount = 0.04 folds patches of shape \(5, 31, 31\) "
+                                          r"\(w <= 0 at their corners\) from 1/30 = 0.0333 on; use at most about 0.017"):
+        PatchSource(augmenters=[{"type": "warp", "perspective": 0.04}], **kw)
+    with pytest.raises(ConfigError, match=r"folds patches of shape \(5, 41, 41\)"):  # ELEKTRONN2's batch args too
+        PatchSource(**dict(kw, patch_size=(5, 41, 41))).getbatch(1, warp=True, warp_args={"perspective": True,
+                                                                                          "warp_amount": 9})
+    src = PatchSource(augmenters=[{"type": "warp", "perspective": 0.02}], **kw)
+    folding = Transform(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.05, 0.05, 1]], dtype=np.float64))
+    with pytest.raises(ShapeError, match="folds the patch"):
+        source_bounds(voxel_matrix(folding, src.patch_size, src.aniso_factor), (0, 0, 0), (4, 30, 30))
+    assert src._place(src.train_cubes[0], folding, src.target_shape, src.strides, np.random.default_rng(0)) is None
+
+
+def test_elastic_keeps_2d_patches_in_their_section(coord_files):
+    src = PatchSource(patch_size=(20, 20), offsets=(4, 4), target_dtype="int32", seed=1, aniso_factor=1.0,
+                      augmenters=[{"type": "elastic", "alpha": 2, "spacing": 8}], **coord_files)
+    img, target = src.getbatch(6)
+    assert img.shape == (6, 3, 20, 20)
+    for z_image, z_label in zip(img[:, 0], target[:, 0]):
+        assert np.ptp(z_image) == 0 and z_image[0, 0] == np.round(z_image[0, 0])  # one section, not interpolated
+        np.testing.assert_array_equal(z_label + LAB_OFF[0], z_image[4:16, 4:16])
+    assert np.any(np.diff(img[:, 2], axis=-1) != 1)  # really deformed laterally
+
+
+def test_reader_options_reach_the_volumes(tmp_path):
+    from ekn_core.volumes import create_volume, open_volume
+
+    data = np.random.default_rng(0).integers(0, 256, (16, 64, 64), dtype=np.uint8)
+    root = str(tmp_path / "ds.k.toml")
+    with create_volume(root, shape=data.shape, dtype="uint8", cube_shape=(16, 16, 16), num_mags=2) as arr:
+        arr[...] = data
+    with open_volume(root, mag=2) as mag2:
+        want = mag2[...].astype(np.float32) / np.float32(255)
+    with h5py.File(tmp_path / "lab.h5", "w") as f:
+        f["lab"] = np.zeros(want.shape, np.int16)
+    kw = dict(patch_size=(4, 16, 16), d_path=str(tmp_path), l_path=str(tmp_path), l_files=[("lab.h5", "lab")])
+    src = PatchSource(d_files=[("ds.k.toml", None, None, {"mag": 2})], in_memory=True, **kw)
+    assert want.shape == (8, 32, 32)
+    np.testing.assert_array_equal(src.train_cubes[0].raw, want[None])
+    with PatchSource(d_files=[("ds.k.toml", None, ((0, 0, 0), (8, 32, 32)), {"mag": 2})], in_memory=False, **kw) as lazy:
+        np.testing.assert_array_equal(lazy.train_cubes[0].raw.read(), want[None])
+    with pytest.raises(ConfigError, match=r"ds.k.toml: the fourth entry holds the reader's options as a dict, e.g. "
+                                          r"\{'mag': 2\}, got 2"):
+        PatchSource(d_files=[("ds.k.toml", None, None, 2)], **kw)

@@ -3,6 +3,7 @@
 import functools
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from ekn_core.errors import EknError
+from ekn_core.errors import EknError, WaitInterrupted
 from ekn_plugins.data.workers import BackgroundBatches, batch_rng
 
 
@@ -27,10 +28,12 @@ class CountingSource:
         label = rng.integers(0, 5, (batch_size, 1, 2, 2, 2)).astype(np.int16)
         if self.marker_dir is not None and np.isclose(img.flat[0], self._value_at_fail()):
             marker = os.path.join(self.marker_dir, "failed")
-            if self.mode == "always" or not os.path.exists(marker):
+            if self.mode.endswith("always") or not os.path.exists(marker):
                 open(marker, "w").close()
                 if self.mode == "exit":
                     os._exit(3)
+                if self.mode.startswith("hang"):
+                    time.sleep(3600)  # a stuck read
                 raise RuntimeError("boom in getbatch")
         return img, label
 
@@ -89,6 +92,86 @@ def test_persistent_failure_raises_with_traceback(tmp_path):
         batches.get()
     with pytest.raises(EknError, match="closed"):
         batches.get()
+
+
+class _Warnings(logging.Handler):
+    """The worker module's warnings (the "ekn" logger may not propagate: CLI logging set-up)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+    def __enter__(self):
+        logging.getLogger("ekn.data.workers").addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("ekn.data.workers").removeHandler(self)
+
+
+def test_a_stuck_worker_is_reported_and_the_wait_can_be_aborted(tmp_path):
+    factory = functools.partial(CountingSource, str(tmp_path), fail_at=1, mode="hang-always")
+    with _Warnings() as warnings, BackgroundBatches(factory, batch_size=2, n_workers=1, seed=0,
+                                                    warn_after_s=0.5) as batches:
+        batches.get()
+        pid = batches._workers[0].process.pid
+        end = time.monotonic() + 1.8
+        with pytest.raises(WaitInterrupted, match=f"batch 1 from data worker 0 \\(pid {pid}\\)"):
+            batches.get(abort=lambda: time.monotonic() > end)
+        assert time.monotonic() - end < 1.0  # within a poll interval or two
+        assert batches.next_index == 1 and batches.restarts == 0
+    stuck = [m for m in warnings.messages if f"data worker 0 (pid {pid}) has not delivered batch 1 for" in m]
+    assert len(stuck) >= 2, warnings.messages  # repeated
+
+
+def test_a_stuck_worker_is_replaced_after_the_timeout(tmp_path):
+    factory = functools.partial(CountingSource, str(tmp_path), fail_at=1, mode="hang")  # stuck once
+    with _Warnings() as warnings, BackgroundBatches(factory, batch_size=2, n_workers=1, seed=0) as batches:
+        got = [batches.get(timeout_s=1.0) for _ in range(3)]
+        assert batches.restarts == 1
+    assert_same(got, serial(3))
+    replaced = r"failed on batch 1 .*\n.*no batch after [\d.]+ s \(timeout 1.0 s\)"
+    assert any(re.search(replaced, m) for m in warnings.messages), warnings.messages
+    factory = functools.partial(CountingSource, str(tmp_path), fail_at=1, mode="hang-always")
+    with BackgroundBatches(factory, batch_size=2, n_workers=1, seed=0, max_restarts=1) as batches:
+        batches.get()
+        with pytest.raises(EknError, match=r"(?s)failed 2 times on batch 1.*no batch after [\d.]+ s \(timeout 0.5 s\)"):
+            batches.get(timeout_s=0.5)
+
+
+def test_a_factory_that_cannot_be_pickled_says_what_to_do():
+    def scale(x):  # as if defined in an experiment config, which workers cannot import
+        return x
+
+    scale.__module__, scale.__qualname__ = "ekn_config", "scale"
+    with pytest.raises(EknError, match="cannot be sent to a background worker process: PicklingError.*ekn_config.*"
+                                       "importable module, or set background_processes = False"):
+        BackgroundBatches(functools.partial(CountingSource, fail_at=scale), batch_size=2, n_workers=2)
+
+
+UNGUARDED = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_data_workers import CountingSource
+    from ekn_plugins.data.workers import BackgroundBatches
+
+    BackgroundBatches(CountingSource, batch_size=2, n_workers=1).get()  # no `if __name__ == "__main__":`
+""")
+
+
+def test_a_script_without_a_main_guard_is_named(tmp_path):
+    script = tmp_path / "train_it.py"
+    script.write_text(UNGUARDED.format(tests=os.path.dirname(__file__)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ekn_core.errors.EknError: data worker 0 exited with code 1 while starting"), last
+    assert f"main module {script}" in last and 'under `if __name__ == "__main__":`' in last
+    assert "failed" not in last  # at once, not after restarts
 
 
 SCRIPT = textwrap.dedent("""

@@ -145,3 +145,30 @@ def test_kzip_corrupt(kdir, tmp_path):
     kz.seg_cubes[(1, 0, 0, 0)] = kz.seg_cubes[(1, 0, 0, 0)][:100]
     with pytest.raises(CubeError, match=r"kfix_seg_mag1x0y0z0\.seg\.sz"):
         kz.segmentation()
+
+
+def test_empty_kzip_segmentation_reads_as_zeros(tmp_path):
+    """An all-background overlay (e.g. a knossos_preview early in training) has no cubes; it reads back as 0."""
+    path = str(tmp_path / "empty.k.zip")
+    save_kzip_segmentation(path, np.zeros((4, 6, 8), np.uint64), offset=(16, 8, 2), experiment="exp",
+                           cube_shape=(32, 32, 32), mags=(1, 2))
+    kz = read_kzip(path)
+    assert not kz.seg_cubes
+    for mag, shape, offset in ((1, (4, 6, 8), (16, 8, 2)), (2, (2, 3, 4), (8, 4, 1))):
+        region, start = kz.segmentation(mag=mag)
+        assert region.shape == shape and start == offset and not region.any()
+
+
+@pytest.mark.parametrize("offset, size", [((1, 1, 1), (5, 5, 5)), ((3, 3, 3), (2, 2, 2)), ((0, 2, 5), (7, 1, 3)),
+                                          ((2, 4, 6), (6, 4, 2))])
+def test_kzip_region_at_a_coarser_mag_holds_every_voxel_the_region_touches(tmp_path, offset, size):
+    path = str(tmp_path / "a.k.zip")
+    seg = np.arange(1, 1 + 8 ** 3, dtype=np.uint64).reshape(8, 8, 8)
+    save_kzip_segmentation(path, seg, (0, 0, 0), experiment="e", cube_shape=(8, 8, 8), mags=(1, 2))
+    kz = read_kzip(path)
+    whole, _ = kz.segmentation(mag=2, offset=(0, 0, 0), size=(8, 8, 8))
+    np.testing.assert_array_equal(whole, seg[::2, ::2, ::2])  # mag 2: every second voxel
+    touched = [sorted({v // 2 for v in range(o, o + s)}) for o, s in zip(offset, size)]  # (x, y, z), brute force
+    region, start = kz.segmentation(mag=2, offset=offset, size=size)
+    assert start == tuple(t[0] for t in touched)
+    np.testing.assert_array_equal(region, whole[np.ix_(touched[2], touched[1], touched[0])])

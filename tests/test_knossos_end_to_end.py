@@ -53,7 +53,8 @@ def test_example_writes_two_layer_data_sets(data_dir):
         np.testing.assert_array_equal(raw[...], expected.raw)
         np.testing.assert_array_equal(barrier[...], expected.barrier)
         assert raw.chunks == (6, 40, 24)  # cube_shape (x, y, z) as (z, y, x)
-    assert sorted(f for f in os.listdir(os.path.dirname(config)) if "." in f) == ["vol_1.k.toml"]
+    files = sorted(f for f in os.listdir(os.path.dirname(config)) if "." in f)
+    assert files == [".barrier.ekn-write.lock", ".raw.ekn-write.lock", "vol_1.k.toml"]  # the layers' write locks
 
 
 def test_patch_source_over_knossos_equals_hdf5_copy(data_dir, tmp_path):

@@ -127,7 +127,7 @@ def test_mag_conventions_with_three_mags(tmp_path):
     data = np.full((8, 8, 8), 3, np.uint8)
     with create_dataset(root, data.shape, "uint8", cube_shape=(2, 2, 2), num_mags=3) as arr:
         arr[:] = data
-    assert sorted(os.listdir(root)) == ["m.k.toml", "m.pyk.conf", "mag1", "mag2", "mag3"]
+    assert sorted(os.listdir(root)) == [".m.ekn-write.lock", "m.k.toml", "m.pyk.conf", "mag1", "mag2", "mag3"]
     layer = read_config(root)[0]
     layer.mag_convention = "power_of_two"  # the viewer's reading of ServerFormat = 'knossos'
     write_toml([layer], os.path.join(root, "m.k.toml"))
@@ -198,3 +198,51 @@ def test_atomic_cube_write_leaves_old_file_on_crash(tmp_path, monkeypatch):
 def test_layer_config_rejects_bad_geometry():
     with pytest.raises(ConfigError, match="three numbers"):
         LayerConfig(name="x", root=".", extent=(1, 2))
+
+
+def test_writers_sharing_a_cube_keep_each_others_voxels(tmp_path):
+    path = str(tmp_path / "o.k.toml")
+    create_volume(path, shape=(8, 16, 16), dtype="uint8", cube_shape=(16, 16, 8)).close()  # one cube
+    a, b = open_volume(path, mode="r+"), open_volume(path, mode="r+")  # two writers (processes, workers)
+    a[:, :8] = 1
+    b[:, 8:] = 2
+    b[2, 3, 4] = 3  # also a voxel of a's half: the later writer's value wins there
+    a.close()
+    b.close()
+    expected = np.concatenate([np.ones((8, 8, 16)), np.full((8, 8, 16), 2)], axis=1).astype(np.uint8)
+    expected[2, 3, 4] = 3
+    np.testing.assert_array_equal(open_volume(path)[:], expected)
+
+
+def test_cube_writes_and_pyramids_wait_for_the_layer_write_lock(tmp_path):
+    import threading
+
+    from ekn_core.atomic import exclusive_lock
+    from ekn_plugins.readers.knossos.writer import build_pyramid, write_lock
+
+    root = str(tmp_path / "w")
+    arr = create_dataset(root, (4, 8, 8), "uint8", cube_shape=(8, 8, 4), num_mags=2)
+    arr[:, :4] = 5  # a partial cube, written on close
+    layer = arr.layer
+    for job, mag in ((arr.close, "mag1"), (lambda: build_pyramid(layer), "mag2")):
+        for file in glob.glob(os.path.join(root, mag, "*", "*", "*", "*")):
+            os.remove(file)
+        with exclusive_lock(write_lock(layer)):  # another writer holds it
+            worker = threading.Thread(target=job)
+            worker.start()
+            worker.join(0.5)
+            assert worker.is_alive() and not [f for f in cube_files(root) if f.startswith(mag)]
+        worker.join(10)
+        assert not worker.is_alive()
+        np.testing.assert_array_equal(open_array(root)[:, :4], 5)
+        np.testing.assert_array_equal(open_array(root, mag=2)[:, :2], 5)
+
+
+def test_label_layers_keep_their_classes_at_coarser_mags_with_stride(tmp_path):
+    labels = np.zeros((4, 8, 8), np.uint8)
+    labels[:, :, 1::2] = 2  # classes 0 and 2 side by side: their mean (1) is no class
+    for method, classes in (("stride", {0}), ("mean", {1})):
+        root = str(tmp_path / method)
+        with create_dataset(root, labels.shape, "uint8", cube_shape=(8, 8, 4), num_mags=2, downsample=method) as arr:
+            arr[:] = labels
+        assert set(np.unique(open_array(root, mag=2)[:])) == classes

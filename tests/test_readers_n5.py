@@ -70,9 +70,10 @@ def test_written_blocks_follow_the_specification(tmp_path):
 
 def test_axes_are_the_reversed_n5_axes_attribute(tmp_path):
     path = str(tmp_path / "c.n5")
-    create_volume(f"{path}:probs", shape=(2, 3, 4, 5), dtype="float32", axes="zcyx").close()
+    create_volume(f"{path}:probs", shape=(2, 3, 4, 5), dtype="float32", axes="czyx").close()
     create_volume(f"{path}:raw", shape=(3, 4, 5), dtype="uint8", axes="zyx").close()
-    assert open_volume(f"{path}:probs").axes == "zcyx"
+    assert json.load(open(os.path.join(path, "probs", "attributes.json")))["axes"] == ["x", "y", "z", "c"]
+    assert open_volume(f"{path}:probs").axes == "czyx"
     assert json.load(open(os.path.join(path, "raw", "attributes.json")))["axes"] == ["x", "y", "z"]
     assert open_volume(f"{path}:raw").axes == "zyx"
 
@@ -93,3 +94,18 @@ def test_clear_errors(tmp_path):
     (tmp_path / "notes" / "x.txt").write_text("x")
     with pytest.raises(EknError, match="not an N5 container"):
         create_volume(str(tmp_path / "notes"), shape=(2, 2), dtype="uint8", reader="n5")
+
+
+@pytest.mark.parametrize("path", ["c.n5:raw", "precomputed://file://{tmp}/vol"])
+def test_read_only_tensorstore_volumes_have_a_chunk_cache_that_sees_other_writers(tmp_path, path):
+    from ekn_plugins.readers.tensorstore_volume import READ_CACHE_BYTES
+
+    path = path.format(tmp=tmp_path) if "{" in path else str(tmp_path / path)
+    create_volume(path, shape=(4, 8, 8), dtype="uint8", chunks=(2, 4, 4)).close()
+    vol = open_volume(path)
+    context = vol._view.spec(retain_context=True).to_json()["context"]
+    assert context["cache_pool"]["total_bytes_limit"] == READ_CACHE_BYTES
+    assert int(vol[1, 2, 3]) == 0  # now cached
+    writer = open_volume(path, mode="r+")
+    writer[1, 2, 3] = 9
+    assert int(vol[1, 2, 3]) == 9  # revalidated on read

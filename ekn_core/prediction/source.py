@@ -54,18 +54,6 @@ def read_window(volume: Any, lo: tuple[int, ...], hi: tuple[int, ...]) -> np.nda
     return data[np.ix_(range(data.shape[0]), *(i - b.start for i, b in zip(index, box)))]
 
 
-def to_float(data: np.ndarray) -> np.ndarray:
-    """ELEKTRONN2's input normalisation: integer data / 255 as float32, floats unchanged.
-
-    Example:
-        >>> to_float(np.array([0, 255], np.uint8)).tolist()
-        [0.0, 1.0]
-    """
-    if np.issubdtype(data.dtype, np.integer) or data.dtype == bool:
-        return data.astype(np.float32) / np.float32(255)
-    return data.astype(np.float32, copy=False)
-
-
 class ChannelFirst:
     """A ``(z, y, x)`` volume seen as ``(1, z, y, x)`` (lazy; slicing passes through).
 

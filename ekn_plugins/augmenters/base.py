@@ -82,6 +82,10 @@ class Augmenter:
                               f"{image.shape[0]} channel(s)")
         return self.channels
 
+    def check(self, ctx: PatchContext) -> None:
+        """Raises :class:`~ekn_core.errors.ConfigError` when the options cannot work for patches
+        described by ``ctx`` (called once by the data source; nothing to check by default)."""
+
     def transform(self, rng: np.random.Generator, ctx: PatchContext) -> Transform:
         """Geometric augmenters: the transform for one example."""
         raise NotImplementedError(f"{type(self).__name__} is not a geometric augmenter")
@@ -138,6 +142,12 @@ class Pipeline:
     @property
     def intensity(self) -> list[Augmenter]:
         return [a for a in self.augmenters if not a.geometric]
+
+    def check(self, ctx: PatchContext) -> Pipeline:
+        """Checks every augmenter's options against the patches of ``ctx``; returns the pipeline."""
+        for aug in self.augmenters:
+            aug.check(ctx)
+        return self
 
     def sample_transform(self, rng: np.random.Generator, ctx: PatchContext) -> Transform:
         """Composes one random transform from the geometric augmenters (identity if none act)."""

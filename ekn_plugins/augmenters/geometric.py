@@ -33,7 +33,8 @@ class Warp(Augmenter):
         rotation: Largest rotation angle in degrees (uniform in ±rotation).
         shear: Largest off-diagonal perturbation of the linear part.
         stretch: Largest relative change of the scale along each axis.
-        perspective: Largest perspective coefficient per voxel (0 = affine only; ~0.002 is strong).
+        perspective: Largest perspective coefficient per voxel (0 = affine only; ~0.002 is strong;
+            values that fold the patch are refused, see :meth:`check`).
         flip: Reflect each axis with probability 1/2.
         swap: Permute axes at random (only y↔x with ``lock_z``).
         lock_z: Keep sections in their planes: rotate about z only, never mix z with y/x.
@@ -57,6 +58,20 @@ class Warp(Augmenter):
             raise ConfigError(f"warp: stretch*amount must be < 1 (it would collapse an axis), got {stretch * amount}")
         self.rotation, self.shear, self.stretch, self.perspective = rotation, shear, stretch, perspective
         self.flip, self.swap, self.lock_z, self.sample_aniso, self.amount = flip, swap, lock_z, sample_aniso, amount
+
+    def check(self, ctx: PatchContext) -> None:
+        """Rejects a perspective so strong that it folds patches of ``ctx.patch_shape``: the
+        perspective row ``p`` (``|p_i| <= perspective * amount``) gives ``w = 1 + p · u`` at a
+        corner ``u`` of the centred isotropic patch, which reaches 0 once ``perspective * amount``
+        is ``1 / Σ|u_i|`` (the axes with a perspective part: y and x with ``lock_z``)."""
+        coefficient = self.perspective * self.amount
+        half = (np.asarray(ctx.patch_shape, dtype=np.float64) - 1) / 2
+        half[0] *= float(ctx.aniso_factor) if self.sample_aniso else 1.0
+        reach = float(half[1:].sum() if self.lock_z else half.sum())
+        if coefficient * reach >= 1:
+            raise ConfigError(f"warp: perspective*amount = {coefficient:g} folds patches of shape {ctx.patch_shape} "
+                              f"(w <= 0 at their corners) from 1/{reach:g} = {1 / reach:.3g} on; use at most about "
+                              f"{0.5 / reach:.2g}")
 
     def transform(self, rng: np.random.Generator, ctx: PatchContext) -> T.Transform:
         a = self.amount
@@ -102,7 +117,7 @@ class Elastic(Augmenter):
         alpha: Standard deviation of the lateral displacement at the grid nodes, in voxels
             (z displacements are scaled by 1/aniso_factor so they are equal in physical units).
         spacing: Lateral distance between grid nodes in voxels (z: spacing/aniso_factor).
-        lock_z: No displacement along z.
+        lock_z: No displacement along z (always so for 2-D patches, one section thick).
         probability: Chance to deform an example.
     """
 
@@ -119,7 +134,7 @@ class Elastic(Augmenter):
         spacing = (max(self.spacing / aniso, 1.0), self.spacing, self.spacing)
         shape = tuple(max(2, int(np.ceil((n - 1) / s)) + 1) for n, s in zip(ctx.patch_shape, spacing))
         disp = rng.normal(0.0, self.alpha, size=(3, *shape))
-        disp[0] = 0.0 if self.lock_z else disp[0] / aniso
+        disp[0] = 0.0 if self.lock_z or ctx.patch_shape[0] == 1 else disp[0] / aniso
         return T.Transform(np.eye(4), displacement=disp, spacing=spacing)
 
 

@@ -35,6 +35,10 @@ import numpy as np
 from ekn_core.errors import ConfigError, ShapeError
 
 
+class FoldError(ShapeError):
+    """The perspective part of a transform folds the patch (``w <= 0`` at a corner)."""
+
+
 def scale(z: float, y: float = 1.0, x: float = 1.0) -> np.ndarray:
     """Homogeneous 4×4 scaling matrix (also reflections for negative factors)."""
     return np.diag([float(z), float(y), float(x), 1.0])
@@ -193,7 +197,7 @@ def source_bounds(matrix: np.ndarray, lo: Sequence[float], hi: Sequence[float],
     (for displacements and shifts).
 
     Raises:
-        ShapeError: The perspective part is so strong that ``w`` changes sign inside the box.
+        FoldError: The perspective part is so strong that ``w`` changes sign inside the box.
     """
     lo = np.asarray(lo, dtype=np.float64) - np.asarray(margin, dtype=np.float64)
     hi = np.asarray(hi, dtype=np.float64) + np.asarray(margin, dtype=np.float64)
@@ -201,7 +205,7 @@ def source_bounds(matrix: np.ndarray, lo: Sequence[float], hi: Sequence[float],
                         for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
     w = corners @ matrix[3, :3] + matrix[3, 3]
     if np.any(w <= 1e-6):
-        raise ShapeError("the perspective part of the warp folds the patch (w <= 0 at a corner); "
-                         "use a smaller 'perspective' amount")
+        raise FoldError("the perspective part of the warp folds the patch (w <= 0 at a corner); "
+                        "use a smaller 'perspective' amount")
     mapped = apply_matrix(matrix, corners)
     return mapped.min(axis=0), mapped.max(axis=0)

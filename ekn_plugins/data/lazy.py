@@ -3,7 +3,7 @@
 Data sources cut patches from volumes that may be larger than memory (KNOSSOS, big HDF5 / zarr,
 TIFF stacks, Neuroglancer precomputed). A :class:`LazyView` presents one volume (or a region of
 it) the way the source wants to see it, and converts only what is read: each read box is scaled
-to float32 grey values (:func:`grey_scale`) or cast to a label dtype (checking that the values
+to float32 grey values (:func:`ekn_core.grey.grey_range`) or cast to a label dtype (checking that the values
 fit). Reading the whole view gives exactly the in-memory array, so lazy and in-memory sources
 produce bit-identical batches.
 
@@ -24,39 +24,64 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from ekn_core.errors import ShapeError
+from ekn_core.grey import grey_problem, is_float_dtype, to_grey
 from ekn_core.volumes import VolumeBase
 
+log = logging.getLogger("ekn.data")
 
-def grey_scale(dtype: Any) -> float:
-    """Divisor that maps integer grey values to [0, 1]: an unsigned dtype's maximum, 255 for
-    signed integers, 1 for float data.
+#: Spatial shape of the centre box whose grey values :func:`check_grey` looks at.
+GREY_SAMPLE = (16, 256, 256)
+
+
+def check_grey(view: LazyView) -> str | None:
+    """Logs a warning, and returns it, when the grey values of a ``grey`` view do not fit their
+    scaling (:func:`ekn_core.grey.grey_problem`): integer values that span less than 1/8 of their dtype's range
+    (12-bit data in uint16, int16 data in 0..4000), or float values outside [0, 1]. Looks at the
+    centre box of half the view's size per axis, at most :data:`GREY_SAMPLE`, channel by channel.
 
     Example:
-        >>> grey_scale("uint16"), grey_scale("int8"), grey_scale("float32")
-        (65535.0, 255.0, 1.0)
+        >>> twelve_bit = np.random.default_rng(0).integers(0, 4096, (8, 64, 64)).astype(np.uint16)
+        >>> print(check_grey(LazyView(twelve_bit, grey=True, name="em.h5")))
+        em.h5: the uint16 grey values 0..4095 use 6.2 % of the range 0..65535 that is mapped to [0, 1],
+        so the net sees 0..0.0625; ...
     """
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.floating):
-        return 1.0
-    if np.issubdtype(dtype, np.unsignedinteger):
-        return float(np.iinfo(dtype).max)
-    return 255.0
+    size = [max(1, min(n // 2, s)) for n, s in zip(view.shape[-3:], GREY_SAMPLE)]
+    box = tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(view.shape[-3:], size))
+    values = view[(slice(None),) * (len(view.shape) - 3) + box].reshape(-1, *size)
+    for c, channel in enumerate(values):
+        problem = grey_problem(channel, view.source_dtype, view.name + (f" channel {c}" if len(values) > 1 else ""))
+        if problem:
+            log.warning("%s", problem)
+            return problem
+    return None
 
 
 def cast_labels(data: np.ndarray, dtype: Any, name: str) -> np.ndarray:
-    """``data`` cast to ``dtype``; for an integer ``dtype`` every value must fit.
+    """``data`` cast to ``dtype``; for an integer ``dtype`` every value must be a whole number that fits.
 
     Example:
-        >>> cast_labels(np.array([1, 2]), "int16", "lab.h5")
+        >>> cast_labels(np.array([1.0, 2.0]), "int16", "lab.h5")
         array([1, 2], dtype=int16)
+        >>> cast_labels(np.array([1.0, 0.5]), "int16", "lab.h5")
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ShapeError: lab.h5: label value 0.5 is not a whole number, but the target dtype int16 ...
     """
     dtype, data = np.dtype(dtype), np.asarray(data)
     if np.issubdtype(dtype, np.integer) and data.size and data.dtype != dtype:
+        if is_float_dtype(data.dtype):
+            values = np.asarray(data, dtype=np.float64)
+            fractional = values[values != np.floor(values)]  # NaN counts as fractional
+            if fractional.size:
+                raise ShapeError(f"{name}: label value {fractional[0]:g} is not a whole number, but the target dtype "
+                                 f"{dtype} holds class ids; store whole-number labels (round or threshold them), "
+                                 "or use a float target dtype for soft or regression targets")
         info, low, high = np.iinfo(dtype), data.min(), data.max()
         if high > info.max or low < info.min:
             raise ShapeError(f"{name}: label values [{low}, {high}] do not fit the target dtype {dtype}; choose a "
@@ -76,7 +101,7 @@ class LazyView(VolumeBase):
         volume: Array or lazy volume (:func:`~ekn_core.volumes.open_volume`).
         region: ``((z0, y0, x0), (z1, y1, x1))`` to see only that part (index 0 is ``(z0, y0, x0)``).
         ndim: Number of axes of the view: 3 ``(z, y, x)`` or 4 ``(c, z, y, x)``.
-        grey: Return float32 with integer grey values scaled by :func:`grey_scale`.
+        grey: Return float32 grey values, :func:`ekn_core.grey.grey_range` mapped to [0, 1].
         dtype: Otherwise cast each read to this dtype (integer dtypes: values must fit).
         name: Name in error messages.
         owned: Close ``volume`` in :meth:`close` (set when the view opened it).
@@ -107,7 +132,6 @@ class LazyView(VolumeBase):
         self.source_dtype = np.dtype(volume.dtype)
         self.grey = grey
         self.dtype = np.dtype(np.float32) if grey else np.dtype(dtype if dtype is not None else self.source_dtype)
-        self.scale = np.float32(grey_scale(self.source_dtype))
         self.axes = "czyx"[4 - ndim:]
         self.chunks = getattr(volume, "chunks", None)
 
@@ -140,7 +164,7 @@ class LazyView(VolumeBase):
             data = data[None][channel]
         data = data if pick is None else data[pick]
         if self.grey:
-            return np.asarray(data, dtype=np.float32) / self.scale
+            return to_grey(data)
         return cast_labels(data, self.dtype, self.name)
 
     def read(self) -> np.ndarray:
@@ -153,8 +177,10 @@ class LazyView(VolumeBase):
             self.volume.close()
 
 
-def open_view(path: str, region: Any = None, ndim: int = 4, grey: bool = False, dtype: Any = None) -> LazyView:
-    """A :class:`LazyView` of the volume at ``path`` (:func:`~ekn_core.volumes.open_volume`), which it closes.
+def open_view(path: str, region: Any = None, options: dict[str, Any] | None = None, ndim: int = 4, grey: bool = False,
+              dtype: Any = None) -> LazyView:
+    """A :class:`LazyView` of the volume at ``path``, opened by :func:`~ekn_core.volumes.open_volume`
+    with the reader ``options`` (e.g. ``{"mag": 2}`` for KNOSSOS); the view closes it.
 
     Example:
         >>> import h5py, os, tempfile
@@ -167,5 +193,6 @@ def open_view(path: str, region: Any = None, ndim: int = 4, grey: bool = False, 
     """
     from ekn_core.volumes import open_volume
 
-    return LazyView(open_volume(path), region, ndim=ndim, grey=grey, dtype=dtype, name=path, owned=True)
+    return LazyView(open_volume(path, **(options or {})), region, ndim=ndim, grey=grey, dtype=dtype, name=path,
+                    owned=True)
 

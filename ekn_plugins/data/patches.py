@@ -1,8 +1,9 @@
 """Patch source with ELEKTRONN2's ``BatchCreatorImage`` semantics.
 
 Training examples are patches cut at random positions from lists of (raw, label) volume pairs.
-Label cubes may be smaller than raw cubes; they are assumed centred in them. The targets cover
-the network's output: the input patch minus ``offsets`` (= fov // 2) on each side, sampled every
+Label cubes may be smaller than raw cubes; they are centred in them or, when both entries give
+a region, placed where the label region lies in the raw region. The targets cover the network's
+output: the input patch minus ``offsets`` (= fov // 2) on each side, sampled every
 ``strides``-th voxel, so target ``[i, j, k]`` is the label of input voxel
 ``offsets + strides * (i, j, k)`` (the centre of output voxel ``(i, j, k)``).
 
@@ -15,9 +16,11 @@ Modes: ``"img-img"`` (label volumes, dense per-voxel targets) and ``"img-scalar"
 vector per cube, e.g. a class; ELEKTRONN2's ``border_mode`` pre-processing of the cubes).
 
 Data volumes are opened through :func:`ekn_core.volumes.open_volume` (HDF5, zarr, KNOSSOS, any
-reader plugin); raw volumes are ``(z, y, x)`` or ``(c, z, y, x)``, integer grey values are
-scaled to [0, 1]. The two lateral axes are used in storage order, so ELEKTRONN2's ``zxy`` files
-work unchanged with tags ``'b,f,z,x,y'``.
+reader plugin, with reader options from the entries); raw volumes are ``(z, y, x)`` or
+``(c, z, y, x)``; integer grey values are mapped to [0, 1] by their dtype's range (uint8 / 255,
+see :func:`~ekn_core.grey.grey_range`), float ones are used as they are. The two lateral
+axes are used in storage order, so ELEKTRONN2's ``zxy`` files work unchanged with tags
+``'b,f,z,x,y'``.
 
 Example:
     >>> import numpy as np, tempfile, os, h5py
@@ -39,16 +42,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ekn_core.errors import ConfigError, ShapeError
+from ekn_core.errors import ConfigError, NoValidationData, ShapeError
 from ekn_plugins.augmenters.base import PatchContext, Pipeline
 from ekn_plugins.augmenters.sampling import warp
-from ekn_plugins.augmenters.transform import Transform, source_bounds, voxel_matrix
+from ekn_plugins.augmenters.transform import FoldError, Transform, source_bounds, voxel_matrix
 from ekn_plugins.data.image import center_offset
-from ekn_plugins.data.lazy import LazyView, cast_labels, open_view
+from ekn_plugins.data.lazy import LazyView, cast_labels, check_grey, open_view
 
 log = logging.getLogger("ekn.data")
 
@@ -62,22 +65,36 @@ AUTO_MEMORY_SHARE = 0.25
 Region = tuple[tuple[int, int, int], tuple[int, int, int]]
 
 
-def _volume_path(base: str | None, entry: Any) -> tuple[str, Region | None]:
-    """``("dir/file.h5:key", region)`` from ``(file, key)``, ``(file, key, region)`` or a path string.
+class VolumeEntry(NamedTuple):
+    """A volume of a file entry: ``path`` (``"dir/file.h5:key"``), its spatial ``region`` or None,
+    and the reader ``options`` passed to :func:`~ekn_core.volumes.open_volume`."""
+
+    path: str
+    region: Region | None
+    options: dict[str, Any]
+
+
+def _volume_path(base: str | None, entry: Any) -> VolumeEntry:
+    """The volume of a ``(file, key)``, ``(file, key, region)`` or ``(file, key, region, options)``
+    entry, or of a path string.
 
     Example:
-        >>> _volume_path("/data", ("e2006.k.toml", "raw", ((0, 0, 0), (64, 512, 512))))
-        ('/data/e2006.k.toml:raw', ((0, 0, 0), (64, 512, 512)))
+        >>> _volume_path("/data", ("e2006.k.toml", "raw", ((0, 0, 0), (64, 512, 512)), {"mag": 2}))
+        VolumeEntry(path='/data/e2006.k.toml:raw', region=((0, 0, 0), (64, 512, 512)), options={'mag': 2})
     """
     if not isinstance(entry, (tuple, list)):
-        return os.path.join(os.path.expanduser(base or ""), os.fspath(entry)), None
-    if len(entry) not in (2, 3):
-        raise ConfigError(f"file entries are (file name, key) or (file name, key, ((z0, y0, x0), (z1, y1, x1))), "
-                          f"got {entry!r}")
+        return VolumeEntry(os.path.join(os.path.expanduser(base or ""), os.fspath(entry)), None, {})
+    if len(entry) not in (2, 3, 4):
+        raise ConfigError(f"file entries are (file name, key), (file name, key, ((z0, y0, x0), (z1, y1, x1))) or "
+                          f"(file name, key, region or None, {{reader options}}), got {entry!r}")
     name, key = entry[:2]
     path = os.path.join(os.path.expanduser(base or ""), os.fspath(name))
-    region = parse_region(entry[2], name) if len(entry) == 3 and entry[2] is not None else None
-    return (f"{path}:{key}" if key else path), region
+    region = parse_region(entry[2], name) if len(entry) > 2 and entry[2] is not None else None
+    options = entry[3] if len(entry) == 4 else {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"{name}: the fourth entry holds the reader's options as a dict, e.g. {{'mag': 2}}, "
+                          f"got {options!r}")
+    return VolumeEntry(f"{path}:{key}" if key else path, region, dict(options))
 
 
 def parse_region(value: Any, what: str) -> Region:
@@ -101,11 +118,38 @@ def parse_region(value: Any, what: str) -> Region:
     return lo, hi
 
 
-def _read_vector(path: str, region: Region | None) -> np.ndarray:
-    """img-scalar: the whole label volume at ``path`` (or its spatial ``region``) as a vector."""
+def _label_offset(raw: VolumeEntry, label: VolumeEntry, raw_shape: Sequence[int],
+                  label_shape: Sequence[int]) -> tuple[int, int, int]:
+    """Where the label cube starts in the raw cube. With a region for both, the regions are boxes
+    in one coordinate frame (e.g. mag-1 voxels of KNOSSOS data sets) and the label box must lie in
+    the raw box; otherwise the label cube is centred in the raw cube.
+
+    Example:
+        >>> raw = VolumeEntry("ds.k.toml:raw", ((0, 0, 0), (30, 80, 80)), {})
+        >>> label = VolumeEntry("ds.k.toml:barrier", ((2, 10, 10), (20, 50, 50)), {})
+        >>> _label_offset(raw, label, (30, 80, 80), (18, 40, 40))
+        (2, 10, 10)
+    """
+    if raw.region is None or label.region is None:
+        return center_offset(raw_shape, label_shape)
+    (r_lo, r_hi), (l_lo, l_hi) = raw.region, label.region
+    if any(a < b for a, b in zip(l_lo, r_lo)) or any(a > b for a, b in zip(l_hi, r_hi)):
+        raise ShapeError(f"the label region {label.region} of {label.path} is not inside the raw region {raw.region} "
+                         f"of {raw.path}: with a region for both, they are boxes in one coordinate frame and the raw "
+                         "box must contain the label box (widen the raw region, or leave one region out to centre "
+                         "the labels in the raw cube)")
+    offset = tuple(a - b for a, b in zip(l_lo, r_lo))
+    log.info("labels %s start at %s in the raw cube of %s (both regions are boxes in one coordinate frame)",
+             label.path, offset, raw.path)
+    return offset
+
+
+def _read_vector(entry: VolumeEntry) -> np.ndarray:
+    """img-scalar: the whole label volume of ``entry`` (or its spatial region) as a vector."""
     from ekn_core.volumes import open_volume
 
-    with open_volume(path) as vol:
+    path, region, options = entry
+    with open_volume(path, **options) as vol:
         data = vol[...] if region is None else LazyView(vol, region, ndim=max(3, len(vol.shape)), name=path).read()
         return np.atleast_1d(np.asarray(data)).reshape(-1)
 
@@ -146,8 +190,11 @@ class PatchSource:
         patch_size: Spatial input patch size, ``(z, y, x)`` or ``(y, x)`` for 2-D nets.
         d_files: Raw volumes: ``(file, key)`` pairs relative to ``d_path``, or path strings. A
             third entry ``((z0, y0, x0), (z1, y1, x1))`` loads only that region of a large volume
-            (e.g. a labelled cube of a KNOSSOS data set).
+            (e.g. a labelled cube of a KNOSSOS data set; None for the whole volume), a fourth the
+            reader's options for :func:`~ekn_core.volumes.open_volume` (e.g. ``{"mag": 2}``).
         l_files: Label volumes, one per raw volume, relative to ``l_path`` (same entry forms).
+            With a region in both entries the label region must lie inside the raw region (one
+            coordinate frame); otherwise the label cube is centred in the raw cube.
         offsets: Network offsets (fov // 2) per spatial axis.
         strides: Network output strides per spatial axis.
         target_shape: Spatial output shape of the net (checked against the one derived from
@@ -164,7 +211,8 @@ class PatchSource:
             (ELEKTRONN2's ``getbatch`` arguments ``warp``, ``warp_args`` and
             ``grey_augment_channels`` are accepted too).
         augment_valid: Also augment validation patches.
-        class_weights: Per-class weights; ``getbatch`` then also returns a per-target-voxel weight array.
+        class_weights: Per-class weights; ``getbatch`` then also returns a per-target-voxel weight array
+            (unlabelled voxels, negative ids, weigh 0).
         border_mode: img-scalar only: ``"crop"`` (centre crop to the patch), ``"keep"``,
             ``"mirror"`` or ``"0-pad"`` (pad cubes smaller than the patch).
         input_tags, target_tags: Axis tags of the returned arrays (the model's declared layout).
@@ -183,9 +231,13 @@ class PatchSource:
             ``False`` keeps them as lazy volumes, each example reading only the bounding box its
             (warped) patch reaches, with grey values scaled and labels cast per read (volumes
             larger than memory); ``'auto'`` reads them into memory when they take at most
-            :data:`AUTO_MEMORY_SHARE` of the available memory. Batches are bit-identical either
-            way. img-scalar cubes are always read into memory. Integer label values are checked
-            against ``target_dtype`` when read: at the start in memory, per patch when lazy.
+            :data:`AUTO_MEMORY_SHARE` / ``copies`` of the available memory. Batches are
+            bit-identical either way. img-scalar cubes are always read into memory. Integer label
+            values are checked against ``target_dtype`` when read: at the start in memory, per
+            patch when lazy.
+        copies: How many processes build this source with these arguments and may each read the
+            cubes into memory (``ekn train``: this process and its ``background_processes``
+            workers); ``in_memory='auto'`` gives each of them an equal part of the share.
     """
 
     def __init__(self, patch_size: Sequence[int], d_files: Sequence[Any], l_files: Sequence[Any],
@@ -196,7 +248,7 @@ class PatchSource:
                  augmenters: Sequence[dict[str, Any]] | None = None, augment_valid: bool = False,
                  class_weights: Sequence[float] | None = None, border_mode: str = "crop",
                  input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None,
-                 affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto"):
+                 affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto", copies: int = 1):
         ndim = len(patch_size)
         if ndim not in (2, 3):
             raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
@@ -231,9 +283,9 @@ class PatchSource:
         if border_mode not in ("crop", "keep", "mirror", "0-pad"):
             raise ConfigError(f"border_mode must be crop, keep, mirror or 0-pad, got {border_mode!r}")
         self.border_mode = border_mode
-        self.pipeline = Pipeline.from_config(augmenters)
         self.augment_valid = augment_valid
         self.ctx = PatchContext(self.patch_size, self.aniso_factor)
+        self.pipeline = Pipeline.from_config(augmenters).check(self.ctx)
         spatial = "z,y,x" if ndim == 3 else "y,x"
         self.input_perm, _ = _layout_perm(input_tags or f"b,f,{spatial}", ndim)
         default_target = "b,f" if mode == "img-scalar" else f"b,f,{spatial}"
@@ -248,7 +300,7 @@ class PatchSource:
         try:
             for d, lab in zip(d_files, l_files):
                 cubes.append(self._load(_volume_path(d_path, d), _volume_path(l_path, lab)))
-            self.in_memory = self._keep_in_memory(in_memory, cubes)
+            self.in_memory = self._keep_in_memory(in_memory, cubes, copies)
             if self.in_memory:
                 for cube in cubes:
                     for name in ("raw", "label"):
@@ -351,35 +403,47 @@ class PatchSource:
                 kwargs.setdefault("target_dtype", target_node.dtype)
         return cls(patch_size=shape.spatial_shape, **kwargs)
 
-    def _load(self, raw_entry: tuple[str, Region | None], label_entry: tuple[str, Region | None]) -> Cube:
+    def _load(self, raw_entry: VolumeEntry, label_entry: VolumeEntry) -> Cube:
         """The cube of one (raw, label) entry pair; img-img volumes as lazy views (see ``in_memory``)."""
         raw = open_view(*raw_entry, ndim=4, grey=True)
         if self.mode == "img-scalar":  # small cubes, kept in memory (border_mode pads them)
             with raw:
+                check_grey(raw)
                 image = self._border_treatment(raw.read(), raw.name)
-            label = cast_labels(_read_vector(*label_entry), self.target_dtype, label_entry[0])
+            label = cast_labels(_read_vector(label_entry), self.target_dtype, label_entry.path)
             return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name)
         try:
             label = open_view(*label_entry, ndim=4, dtype=self.target_dtype)
         except BaseException:
             raw.close()
             raise
-        return Cube(raw, label, center_offset(raw.shape[1:], label.shape[1:]), raw.name)
+        cube = Cube(raw, label, (0, 0, 0), raw.name)
+        try:
+            check_grey(raw)
+            cube.label_offset = _label_offset(raw_entry, label_entry, raw.shape[1:], label.shape[1:])
+        except BaseException:
+            cube.close()
+            raise
+        return cube
 
-    def _keep_in_memory(self, in_memory: bool | str, cubes: list[Cube]) -> bool:
+    def _keep_in_memory(self, in_memory: bool | str, cubes: list[Cube], copies: int) -> bool:
         """Whether the cubes are read into memory: ``in_memory``, or for ``'auto'`` whether they
-        take at most :data:`AUTO_MEMORY_SHARE` of the available memory."""
+        take at most :data:`AUTO_MEMORY_SHARE` / ``copies`` of the available memory."""
         if in_memory not in (True, False, "auto"):
             raise ConfigError(f"in_memory must be True, False or 'auto', got {in_memory!r}")
+        if isinstance(copies, bool) or not isinstance(copies, (int, np.integer)) or copies < 1:
+            raise ConfigError(f"copies must be a whole number >= 1 (the processes that build this source), "
+                              f"got {copies!r}")
         if in_memory != "auto" or self.mode == "img-scalar":
             return bool(in_memory) or self.mode == "img-scalar"
         import psutil
 
         need = sum(c.raw.size * 4 + c.label.size * self.target_dtype.itemsize for c in cubes)
         available = psutil.virtual_memory().available
-        fits = need <= AUTO_MEMORY_SHARE * available
-        log.info("in_memory='auto': the cubes take %.3g GB, %.3g GB of memory are available: %s", need / 1e9,
-                 available / 1e9, "reading them into memory" if fits else "reading patches lazily")
+        fits = need <= AUTO_MEMORY_SHARE * available / copies
+        log.info("in_memory='auto': the cubes take %.3g GB, %.3g GB of memory are available for %d cop%s: %s",
+                 need / 1e9, available / 1e9, copies, "y" if copies == 1 else "ies",
+                 "reading them into memory" if fits else "reading patches lazily")
         return bool(fits)
 
     def _border_treatment(self, raw: np.ndarray, name: str) -> np.ndarray:
@@ -405,11 +469,15 @@ class PatchSource:
         return self.target_shape, self.strides
 
     def _place(self, cube: Cube, transform: Transform, t_shape, t_step, rng) -> np.ndarray | None:
-        """The final voxel matrix of a transform at a random position that fits, or None."""
+        """The final voxel matrix of a transform at a random position that fits, or None (also
+        when its perspective part folds the patch)."""
         m0 = voxel_matrix(transform, self.patch_size, self.aniso_factor)
         margin = transform.margin()
         ps = np.array(self.patch_size)
-        lo_r, hi_r = source_bounds(m0, (0, 0, 0), ps - 1, margin)
+        try:  # the target grid lies inside the patch: it folds only where the patch does
+            lo_r, hi_r = source_bounds(m0, (0, 0, 0), ps - 1, margin)
+        except FoldError:
+            return None
         raw_shape = np.array(cube.raw.shape[1:])
         low = np.ceil(-lo_r - 1e-6)
         high = np.floor(raw_shape - 1 - hi_r + 1e-6)
@@ -524,7 +592,7 @@ class PatchSource:
             cubes, prios, augment = self.train_cubes, self.train_prios, True
         elif source == "valid":
             if not self.valid_cubes:
-                raise ConfigError("no validation cubes: set valid_cubes to use source='valid'")
+                raise NoValidationData("no validation cubes: set valid_cubes to use source='valid'")
             cubes, prios, augment = self.valid_cubes, None, self.augment_valid
         else:
             raise ConfigError(f"source must be 'train' or 'valid', got {source!r}")
@@ -532,19 +600,23 @@ class PatchSource:
         if warp or warp_args or grey_augment_channels:
             key = repr((warp, warp_args, grey_augment_channels))
             if key not in self._compat:
-                self._compat[key] = elektronn2_pipeline(warp, warp_args, grey_augment_channels)
+                self._compat[key] = elektronn2_pipeline(warp, warp_args, grey_augment_channels).check(self.ctx)
             pipeline = self._compat[key]
         img, target = self._allocbatch(batch_size, force_dense)
         for b in range(batch_size):
             cube = cubes[rng.choice(len(cubes), p=prios)]
             img[b], target[b] = self._example(cube, pipeline if augment and len(pipeline) else None, rng, force_dense)
-        weights = None
-        if self.class_weights is not None:
-            if target.min() < 0 or target.max() >= len(self.class_weights):
-                raise ShapeError(f"targets hold classes {target.min()}..{target.max()} but class_weights has "
-                                 f"{len(self.class_weights)} entries")
-            weights = self.class_weights[target.astype(np.intp)]
+        weights = None if self.class_weights is None else self._voxel_weights(target)
         return self._layout(img, target, weights)
+
+    def _voxel_weights(self, target: np.ndarray) -> np.ndarray:
+        """``class_weights`` of each target voxel's class; negative ids (unlabelled) weigh 0."""
+        n = len(self.class_weights)
+        ids = target.astype(np.intp)
+        if ids.max() >= n:
+            raise ShapeError(f"targets hold class {ids.max()}, but class_weights has {n} entries (classes 0..{n - 1}); "
+                             f"add weights for classes {n}..{ids.max()} to class_weights")
+        return np.where(ids < 0, np.float32(0), self.class_weights[np.maximum(ids, 0)])
 
     def batch_spec(self, batch_size: int, force_dense: bool = False) -> list[tuple[tuple[int, ...], np.dtype]]:
         """Shapes and dtypes of what :meth:`getbatch` returns (for shared-memory buffers)."""
@@ -571,7 +643,11 @@ def elektronn2_pipeline(warp: bool | float = False, warp_args: dict[str, Any] | 
         ['Flip', 'Warp', 'Grey']
     """
     args = dict(warp_args or {})
-    known = {"warp_amount", "lock_z", "no_x_flip", "perspective", "sample_aniso", "aniso_factor"}
+    if "aniso_factor" in args:
+        raise ConfigError(f"warp_args['aniso_factor'] ({args['aniso_factor']!r}) is not used: warps take the data's "
+                          "anisotropy from the patch source; remove it from warp_args and set aniso_factor in "
+                          "data_init_kwargs (PatchSource(aniso_factor=...))")
+    known = {"warp_amount", "lock_z", "no_x_flip", "perspective", "sample_aniso"}
     if set(args) - known:
         raise ConfigError(f"warp_args {sorted(set(args) - known)} are not supported; known: {sorted(known)}")
     lock_z = bool(args.get("lock_z", True))

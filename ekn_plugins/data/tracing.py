@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ekn_core.errors import ConfigError, ShapeError
+from ekn_core.errors import ConfigError, NoValidationData, ShapeError
 from ekn_core.shapes import SPATIAL_TAGS, TaggedShape
 from ekn_plugins.data.lazy import LazyView, open_view
 from ekn_plugins.data.patches import _volume_path
@@ -101,9 +101,9 @@ def _open_volume(entry: Any, d_path: str | None, index: int) -> tuple[LazyView, 
     """``(lazy (z, y, x) float32 grey-value view of the volume, region start)`` of one ``volumes`` entry."""
     if hasattr(entry, "shape") and hasattr(entry, "__getitem__"):
         return LazyView(entry, ndim=3, grey=True, name=f"volume {index}"), np.zeros(3)
-    path, region = _volume_path(d_path, entry)
+    path, region, options = _volume_path(d_path, entry)
     start = np.zeros(3) if region is None else np.asarray(region[0], dtype=np.float64)
-    return open_view(path, region, ndim=3, grey=True), start
+    return open_view(path, region, options, ndim=3, grey=True), start
 
 
 def _turned(direction: np.ndarray, max_angle: float, rng: np.random.Generator) -> np.ndarray:
@@ -137,8 +137,11 @@ class TracingData:
         volumes: Raw volumes, one per entry: arrays or lazy volumes ``(z, y, x)``, path strings
             any ekn reader opens (``'file.h5:raw'``, zarr, KNOSSOS ``.k.toml``) or ``(file, key)`` /
             ``(file, key, ((z0, y0, x0), (z1, y1, x1)))`` entries relative to ``d_path`` (only
-            that region is used; skeletons are then shifted by its start). Volumes stay lazy:
-            each patch reads only its bounding box (:class:`~ekn_plugins.data.lazy.LazyView`).
+            that region is used; skeletons are then shifted by its start), with the reader's
+            options as an optional fourth entry (as for the patch source; skeleton coordinates are
+            voxels of the volume as read, so a coarser KNOSSOS ``mag`` needs skeletons in its
+            voxels). Volumes stay lazy: each patch reads only its bounding box
+            (:class:`~ekn_plugins.data.lazy.LazyView`).
         skeletons: One entry per volume: a :class:`~ekn_plugins.utils.skeleton.TubeSkeleton`,
             an NML / ``.k.zip`` file (every tree with an edge; KNOSSOS (x, y, z) node positions
             and radii), or a list of those; coordinates are the volume's voxels.
@@ -351,7 +354,8 @@ class TracingData:
         if source not in SPLITS:
             raise ConfigError(f"source must be one of {SPLITS}, got {source!r}")
         if not len(self._pools[source][0]):
-            raise ConfigError(f"no {source} skeletons: set valid_skeletons to use source={source!r}")
+            raise (NoValidationData if source == "valid" else ConfigError)(
+                f"no {source} skeletons: set valid_skeletons to use source={source!r}")
 
     def getbatch(self, batch_size: int = 1, source: str = "train",
                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:

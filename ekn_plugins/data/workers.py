@@ -11,10 +11,17 @@ the seed, not on the number of workers or on timing (and equals a serial loop).
 
 Failures: an exception in a worker is reported (logged with the worker's traceback) and the
 worker is replaced, starting again at the batch it failed on; a worker that dies without a word
-(killed, segfault) is replaced too. A batch that fails ``max_restarts`` times raises
-:class:`~ekn_core.errors.EknError` with the traceback. Workers ignore SIGINT: on Ctrl-C the parent
-gets the KeyboardInterrupt and :meth:`BackgroundBatches.close` (also on ``with`` exit, at
-interpreter exit and on garbage collection) stops the workers and frees the shared memory.
+(killed, segfault) is replaced too, and so is one that does not deliver within ``timeout_s`` of
+:meth:`BackgroundBatches.get` (a stuck read). A batch that fails ``max_restarts`` times raises
+:class:`~ekn_core.errors.EknError` with the traceback. A worker that exits while it starts (before
+it runs any ekn code: the spawned process could not import the main module, e.g. a script
+without ``if __name__ == "__main__":``) and a factory that cannot be pickled raise at once,
+saying how to fix it. While :meth:`~BackgroundBatches.get` waits it logs a warning every
+``warn_after_s`` seconds naming the worker's pid and the batch, and ends the wait with
+:class:`~ekn_core.errors.WaitInterrupted` when ``abort()`` says so. Workers ignore SIGINT: on
+Ctrl-C the parent gets the KeyboardInterrupt and :meth:`BackgroundBatches.close` (also on
+``with`` exit, at interpreter exit and on garbage collection) stops the workers and frees the
+shared memory.
 
 Example:
     >>> import functools
@@ -33,8 +40,11 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
+import sys
+import time
 import traceback
 import weakref
 from multiprocessing import shared_memory
@@ -42,12 +52,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ekn_core.errors import EknError
+from ekn_core.errors import EknError, WaitInterrupted
 
 log = logging.getLogger("ekn.data.workers")
 
 #: Seconds between liveness checks while waiting for a worker.
 POLL_S = 0.5
+#: Seconds of waiting for one batch before a warning (repeated at this interval).
+WARN_AFTER_S = 60.0
 
 
 def batch_rng(seed: int, index: int) -> np.random.Generator:
@@ -61,8 +73,9 @@ def _attach(names: list[list[str]]) -> list[list[shared_memory.SharedMemory]]:
 
 def _worker_main(wid: int, n_workers: int, first: int, factory: Callable[[], Any], batch_size: int,
                  source: str, batch_kwargs: dict, seed: int, depth: int, names: list[list[str]] | None,
-                 ctrl: Any, results: Any) -> None:
+                 ctrl: Any, results: Any, started: Any) -> None:
     """Body of a worker process (module level so that it can be spawned)."""
+    started.set()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     slots = None
@@ -116,7 +129,7 @@ class _Worker:
     """Parent-side handle of one worker: process, queues, shared-memory slots."""
 
     def __init__(self, wid: int):
-        self.wid, self.process, self.ctrl, self.results = wid, None, None, None
+        self.wid, self.process, self.ctrl, self.results, self.started = wid, None, None, None, None
         self.shms: list[list[shared_memory.SharedMemory]] = []
         self.spec: list[tuple[tuple[int, ...], str]] | None = None
 
@@ -137,35 +150,58 @@ class BackgroundBatches:
         start_method: multiprocessing start method; ``"spawn"`` (default) is safe with threads
             (TensorFlow) in the parent.
         start: Index of the first batch (to resume a stream).
+        warn_after_s: Seconds of waiting for one batch before a warning (repeated at this interval).
     """
 
     def __init__(self, factory: Callable[[], Any], batch_size: int, n_workers: int = 2, seed: int = 0,
                  depth: int = 2, source: str = "train", batch_kwargs: dict | None = None, max_restarts: int = 3,
-                 start_method: str = "spawn", start: int = 0):
+                 start_method: str = "spawn", start: int = 0, warn_after_s: float = WARN_AFTER_S):
         if n_workers < 1 or depth < 1 or batch_size < 1:
             raise EknError(f"need n_workers, depth and batch_size >= 1, got {n_workers}, {depth}, {batch_size}")
         self._ctx = mp.get_context(start_method)
         self.factory, self.batch_size, self.n_workers, self.seed = factory, batch_size, n_workers, seed
         self.depth, self.source, self.batch_kwargs = depth, source, dict(batch_kwargs or {})
-        self.max_restarts = max_restarts
+        self.max_restarts, self.warn_after_s = max_restarts, warn_after_s
         self.next_index = start
         self.failures: dict[int, int] = {}
         self.restarts = 0
         self._closed = False
         self._workers = [_Worker(w) for w in range(n_workers)]
+        self._finalizer = weakref.finalize(self, BackgroundBatches._shutdown, self._workers)
         for worker in self._workers:
             self._start(worker, first=start + (worker.wid - start) % n_workers)
-        self._finalizer = weakref.finalize(self, BackgroundBatches._shutdown, self._workers)
 
     # ----------------------------------------------------------------------------- processes
     def _start(self, worker: _Worker, first: int) -> None:
-        worker.ctrl, worker.results = self._ctx.Queue(), self._ctx.Queue()
+        worker.ctrl, worker.results, worker.started = self._ctx.Queue(), self._ctx.Queue(), self._ctx.Event()
         names = [[s.name for s in slot] for slot in worker.shms] if worker.shms else None
-        worker.process = self._ctx.Process(
+        process = self._ctx.Process(
             target=_worker_main, name=f"ekn-data-{worker.wid}", daemon=True,
             args=(worker.wid, self.n_workers, first, self.factory, self.batch_size, self.source,
-                  self.batch_kwargs, self.seed, self.depth, names, worker.ctrl, worker.results))
-        worker.process.start()
+                  self.batch_kwargs, self.seed, self.depth, names, worker.ctrl, worker.results, worker.started))
+        try:
+            process.start()  # pickles the factory for the new process
+        except (pickle.PicklingError, TypeError, AttributeError) as err:
+            self.close()
+            raise EknError(f"the data source cannot be sent to a background worker process: {type(err).__name__}: "
+                           f"{err}. Workers are fresh Python processes that import everything the factory refers "
+                           "to: move functions and classes that the data source's arguments (ekn train: "
+                           "data_init_kwargs) use out of the config file into an importable module, or set "
+                           "background_processes = False") from err
+        worker.process = process
+
+    def _exit_reason(self, worker: _Worker) -> str:
+        """Why a worker that is no longer alive stopped; raises when it died while starting."""
+        code = worker.process.exitcode
+        if code is not None and code >= 0 and not worker.started.is_set():
+            self.close()
+            main = getattr(sys.modules.get("__main__"), "__file__", None)
+            raise EknError(f"data worker {worker.wid} exited with code {code} while starting, before it ran any "
+                           f"ekn code: the new process could not import the main module{f' {main}' if main else ''} "
+                           "or unpickle the data source (its error is printed above). Workers are started with "
+                           "'spawn' and import the main module again: a script that starts training must do so "
+                           "under `if __name__ == \"__main__\":`. Or set background_processes = False")
+        return f"the process exited with code {code} without reporting an error (killed or crashed)"
 
     def _replace(self, worker: _Worker, index: int, reason: str) -> None:
         count = self.failures[index] = self.failures.get(index, 0) + 1
@@ -175,6 +211,8 @@ class BackgroundBatches:
                            f"Last failure:\n{reason}")
         log.warning("data worker %d failed on batch %d (restart %d of %d):\n%s", worker.wid, index, count,
                     self.max_restarts, reason)
+        if worker.process.is_alive():  # stuck, or still ending after its report
+            worker.process.terminate()
         _stop_process(worker)
         self.restarts += 1
         self._start(worker, first=index)
@@ -186,25 +224,47 @@ class BackgroundBatches:
         worker.ctrl.put(("slots", [[s.name for s in slot] for slot in worker.shms]))
 
     # ----------------------------------------------------------------------------- consumer side
-    def get(self) -> tuple[np.ndarray, ...]:
-        """The next batch (copies, in the source's ``getbatch`` layout)."""
+    def get(self, abort: Callable[[], bool] | None = None, timeout_s: float | None = None) -> tuple[np.ndarray, ...]:
+        """The next batch (copies, in the source's ``getbatch`` layout).
+
+        Args:
+            abort: Asked every :data:`POLL_S` seconds while waiting; True ends the wait with
+                :class:`~ekn_core.errors.WaitInterrupted` (the batch stays the next one).
+            timeout_s: Seconds to wait for the batch before its worker counts as stuck and is
+                replaced (a failure of the batch, see ``max_restarts``); None waits as long as it takes.
+        """
         if self._closed:
             raise EknError("these background batches were closed")
         index = self.next_index
         worker = self._workers[index % self.n_workers]
+        since = warned = time.monotonic()
         while True:
             try:
                 msg = worker.results.get(timeout=POLL_S)
             except queue.Empty:
+                now = time.monotonic()
                 if not worker.process.is_alive():
-                    self._replace(worker, index, f"the process exited with code {worker.process.exitcode} "
-                                                 "without reporting an error (killed or crashed)")
+                    self._replace(worker, index, self._exit_reason(worker))
+                    since = warned = time.monotonic()
+                elif abort is not None and abort():
+                    raise WaitInterrupted(f"stopped waiting for batch {index} from data worker {worker.wid} "
+                                          f"(pid {worker.process.pid})") from None
+                elif timeout_s is not None and now - since >= timeout_s:
+                    self._replace(worker, index, f"no batch after {now - since:.1f} s (timeout {timeout_s} s): "
+                                                 "stuck (a hanging read?)")
+                    since = warned = time.monotonic()
+                elif now - warned >= self.warn_after_s:
+                    log.warning("data worker %d (pid %d) has not delivered batch %d for %.0f s; still waiting%s",
+                                worker.wid, worker.process.pid, index, now - since,
+                                f" (it is replaced after {timeout_s} s)" if timeout_s is not None else "")
+                    warned = now
                 continue
             kind = msg[0]
             if kind == "spec":
                 self._allocate(worker, msg[2])
             elif kind == "error":
                 self._replace(worker, msg[1], msg[2])
+                since = warned = time.monotonic()
             elif kind == "batch":
                 if msg[1] != index:
                     raise EknError(f"internal error: expected batch {index}, worker {worker.wid} sent {msg[1]}")
@@ -260,7 +320,9 @@ def _stop_process(worker: _Worker, timeout: float = 2.0) -> None:
             process.join(timeout)
         if process.is_alive():
             process.kill()
-            process.join()
+            process.join(timeout)
+        if process.is_alive():  # e.g. in an uninterruptible read of a hanging file system
+            log.warning("data worker %d (pid %d) does not end; leaving it behind", worker.wid, process.pid)
     for q in (worker.ctrl, worker.results):
         if q is not None:
             q.cancel_join_thread()

@@ -18,21 +18,18 @@ import numpy as np
 
 from ekn_core.errors import EknError
 from ekn_core.volumes import VolumeBase
-
-
-def _default_axes(ndim: int) -> str:
-    return {2: "yx", 3: "zyx", 4: "czyx"}.get(ndim, "")
+from ekn_plugins.readers.axis_order import created_axes, in_ekn_order
+from ekn_plugins.readers.replacing import ARRAY, GROUP, check_replaceable
 
 
 class HDF5Volume(VolumeBase):
-    """One dataset of an HDF5 file, read lazily with numpy slicing."""
+    """One dataset of an HDF5 file, read lazily with numpy slicing (its ``axes`` attribute as
+    stored; :func:`~ekn_plugins.readers.axis_order.in_ekn_order` checks and orders it)."""
 
     def __init__(self, file: Any, dataset: Any):
         self._file, self._dataset = file, dataset
         self.shape, self.dtype, self.chunks = dataset.shape, dataset.dtype, dataset.chunks
-        self.axes = dataset.attrs.get("axes", _default_axes(dataset.ndim))
-        if isinstance(self.axes, bytes):
-            self.axes = self.axes.decode()
+        self.axes = dataset.attrs.get("axes")
 
     def __getitem__(self, index: Any) -> np.ndarray:
         return self._dataset[index]
@@ -51,7 +48,8 @@ class HDF5Volume(VolumeBase):
 
 
 class HDF5Reader:
-    """Reads and writes datasets of HDF5 files (``path.h5:key``)."""
+    """Reads and writes datasets of HDF5 files (``path.h5:key``); datasets whose ``axes``
+    attribute names another order of c, z, y, x are seen in ekn's ``(c, z, y, x)``."""
 
     @classmethod
     def open(cls, path: str, key: str | None = None, mode: str = "r", **_: Any) -> HDF5Volume:
@@ -70,20 +68,53 @@ class HDF5Reader:
             keys = list(file.keys())
             file.close()
             raise EknError(f"{path!r} has no dataset {key!r}; it has {keys}")
-        return HDF5Volume(file, file[key])
+        return in_ekn_order(HDF5Volume(file, file[key]), f"{path}:{key}")
 
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
                chunks: tuple[int, ...] | None = None, compression: str | None = "gzip",
-               axes: str | None = None, **_: Any) -> HDF5Volume:
+               axes: str | None = None, overwrite: bool = False, **_: Any) -> HDF5Volume:
+        """Creates dataset ``key`` (default ``data``) in a new or existing file, replacing a dataset
+        or a group without datasets of that name; a group holding datasets is only replaced with
+        ``overwrite=True`` (:func:`~ekn_plugins.readers.replacing.check_replaceable`)."""
         import h5py
 
-        file = h5py.File(path, "a")
         key = key or "data"
-        if key in file:
-            del file[key]
-        dataset = file.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks or True,
-                                      compression=compression)
         if axes:
-            dataset.attrs["axes"] = axes
-        return HDF5Volume(file, dataset)
+            axes = created_axes(axes, len(shape), f"{path}:{key}")
+        try:
+            file = h5py.File(path, "a")
+        except OSError as err:  # h5py: the file is open read-only here, or locked by another process
+            raise EknError(f"cannot open {path!r} for writing: {err}. If it is open elsewhere (read as the input of "
+                           "this job, or by another process), write to another file") from err
+        try:
+            check_replaceable(path, key, overwrite, format_name="HDF5", noun="dataset",
+                              node_kind=lambda inner: _node_kind(file, inner),
+                              arrays=lambda inner: _datasets(file[inner or "/"]))
+            if key in file:
+                del file[key]
+            dataset = file.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks or True,
+                                          compression=compression)
+            if axes:
+                dataset.attrs["axes"] = axes
+            return in_ekn_order(HDF5Volume(file, dataset), f"{path}:{key}")
+        except BaseException:
+            file.close()
+            raise
+
+
+def _node_kind(file: Any, key: str) -> str | None:
+    """What ``key`` names in the open HDF5 ``file`` (``""``: its root group)."""
+    import h5py
+
+    found = file.get(key or "/")
+    return ARRAY if isinstance(found, h5py.Dataset) else GROUP if isinstance(found, h5py.Group) else None
+
+
+def _datasets(group: Any) -> list[str]:
+    """The keys of the datasets inside an HDF5 group, at any depth, relative to it."""
+    import h5py
+
+    names: list[str] = []
+    group.visititems(lambda name, member: names.append(name) if isinstance(member, h5py.Dataset) else None)
+    return sorted(names)

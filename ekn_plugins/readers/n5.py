@@ -7,7 +7,11 @@ write them); ekn shows them reversed, in its C-order **(z, y, x)** (``(c, z, y, 
 dataset stored as (x, y, z, c)), as zarr-python's N5 store did. Every compression tensorstore
 reads works (raw, gzip, bzip2, xz, blosc, zstd); :meth:`N5Reader.create` writes gzip-compressed
 blocks. Axis names are N5's ``axes`` attribute (a list in N5 order, e.g. ``["x", "y", "z"]``),
-reversed; created datasets get it.
+reversed; created datasets get it. A dataset whose names are another order of c, z, y, x (e.g.
+BigDataViewer's ``["x", "y", "c", "z"]``) is read as ekn's ``(c, z, y, x)``
+(:mod:`~ekn_plugins.readers.axis_order`). Read-only datasets are read with a chunk cache
+(:func:`~ekn_plugins.readers.tensorstore_volume.read_spec`). Creating a dataset replaces a dataset
+at the same place, never a group holding datasets unless ``overwrite=True``.
 
 Example:
     >>> import numpy as np, os, tempfile
@@ -28,13 +32,14 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import EknError
-from ekn_plugins.readers.tensorstore_volume import TensorStoreVolume
+from ekn_plugins.readers.axis_order import axis_names, created_axes, in_ekn_order
+from ekn_plugins.readers.replacing import ARRAY, GROUP, check_replaceable
+from ekn_plugins.readers.tensorstore_volume import TensorStoreVolume, read_spec
 
 #: The N5 specification version written into created containers.
 N5_VERSION = "4.0.0"
 #: Default chunk edge along each spatial axis of a created dataset.
 DEFAULT_CHUNK = 64
-_DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "czyx"}
 
 
 def _attributes(directory: str) -> dict[str, Any]:
@@ -92,36 +97,37 @@ class N5Reader:
             raise EknError(f"{path!r} has no N5 dataset {key!r}; its datasets are {datasets(path)}")
         spec = {"driver": "n5", "kvstore": {"driver": "file", "path": location}}
         try:
-            store = ts.open(spec, read=True, write=mode != "r").result()
+            store = ts.open(spec if mode != "r" else read_spec(spec), read=True, write=mode != "r").result()
         except Exception as err:  # tensorstore reports unsupported metadata as ValueError variants
             raise EknError(f"cannot open the N5 dataset {location!r}: {err}") from err
-        return _volume(store, attributes, writable=mode != "r")
+        return _volume(store, attributes, writable=mode != "r", where=f"{path}:{key}" if key else path)
 
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
-               chunks: tuple[int, ...] | None = None, axes: str | None = None, **_: Any) -> TensorStoreVolume:
+               chunks: tuple[int, ...] | None = None, axes: str | None = None, overwrite: bool = False,
+               **_: Any) -> TensorStoreVolume:
         """Creates (or replaces) a gzip-compressed dataset; ``key`` puts it inside the container
-        at ``path`` (whose root ``attributes.json`` gets the N5 version)."""
+        at ``path`` (whose root ``attributes.json`` gets the N5 version). A group holding datasets
+        there is only replaced with ``overwrite=True``."""
         import tensorstore as ts
 
         from ekn_core.atomic import write_json
 
         shape = tuple(int(s) for s in shape)
+        where = f"{path}:{key}" if key else path
         chunks = tuple(int(c) for c in chunks) if chunks else tuple(
             1 if i < len(shape) - 3 else max(1, min(s, DEFAULT_CHUNK)) for i, s in enumerate(shape))
         if len(chunks) != len(shape):
             raise EknError(f"chunks {chunks} must have one entry per axis of shape {shape}")
-        if os.path.exists(path) and not is_n5_container(path) and os.listdir(path):
+        axes = created_axes(axes, len(shape), where)
+        if os.path.exists(path) and not is_n5_container(path) and (not os.path.isdir(path) or os.listdir(path)):
             raise EknError(f"{path!r} exists and is not an N5 container; choose a new path")
+        _check_replaceable(path, key, overwrite)
         os.makedirs(path, exist_ok=True)
-        root = _attributes(path)
-        if "n5" not in root:
-            write_json(os.path.join(path, "attributes.json"), {**root, "n5": N5_VERSION})
         location = os.path.join(os.path.abspath(path), key) if key else os.path.abspath(path)
         metadata = {"dimensions": list(shape[::-1]), "blockSize": list(chunks[::-1]),
                     "dataType": np.dtype(dtype).name, "compression": {"type": "gzip"}}
-        axes = axes or _DEFAULT_AXES.get(len(shape))
-        if axes and len(axes) == len(shape):
+        if axes:
             metadata["axes"] = list(axes[::-1])
         spec = {"driver": "n5", "kvstore": {"driver": "file", "path": location}, "metadata": metadata,
                 "create": True, "delete_existing": True}
@@ -129,15 +135,28 @@ class N5Reader:
             store = ts.open(spec).result()
         except Exception as err:  # tensorstore: ValueError for data types N5 lacks
             raise EknError(f"cannot create the N5 dataset {location!r} of {np.dtype(dtype).name}: {err}") from err
-        attributes = _attributes(location)
-        return _volume(store, attributes, writable=True)
+        root = _attributes(path)  # after the dataset: a dataset at the root replaced its attributes
+        if "n5" not in root:
+            write_json(os.path.join(path, "attributes.json"), {**root, "n5": N5_VERSION})
+        return _volume(store, _attributes(location), writable=True, where=where)
 
 
-def _volume(store: Any, attributes: dict[str, Any], writable: bool) -> TensorStoreVolume:
-    """The dataset in ekn's C order (N5's dimensions reversed)."""
+def _check_replaceable(path: str, key: str | None, overwrite: bool) -> None:
+    """Refuses to create a dataset at ``key`` inside the container ``path`` where that would delete
+    other datasets or go inside one (:func:`~ekn_plugins.readers.replacing.check_replaceable`)."""
+
+    def node_kind(inner: str) -> str | None:
+        location = os.path.join(path, inner)
+        return ARRAY if "dimensions" in _attributes(location) else GROUP if os.path.isdir(location) else None
+
+    check_replaceable(path, key, overwrite, format_name="N5", noun="dataset", node_kind=node_kind,
+                      arrays=lambda inner: datasets(os.path.join(path, inner)))
+
+
+def _volume(store: Any, attributes: dict[str, Any], writable: bool, where: str) -> TensorStoreVolume:
+    """The dataset in ekn's C order (N5's dimensions reversed; then by its axis names)."""
     view = store.T
     names = attributes.get("axes")
-    named = isinstance(names, list) and len(names) == view.rank and all(isinstance(n, str) and len(n) == 1 for n in names)
-    axes = "".join(names[::-1]) if named else _DEFAULT_AXES.get(view.rank, "")
+    axes = axis_names(names[::-1] if isinstance(names, list) else names, view.rank, where)
     chunks = tuple(int(c) for c in attributes["blockSize"][::-1])
-    return TensorStoreVolume(view, chunks=chunks, axes=axes, writable=writable, kind="N5")
+    return in_ekn_order(TensorStoreVolume(view, chunks=chunks, axes=axes, writable=writable, kind="N5"), where)

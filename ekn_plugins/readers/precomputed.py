@@ -10,8 +10,9 @@ C-order **(z, y, x)**, or ``(c, z, y, x)`` with several channels, shifted so tha
 ``voxel_offset`` is index 0 (``vol.voxel_offset`` and ``vol.resolution`` give it in (z, y, x), nm).
 Every encoding and sharding tensorstore reads works (raw, jpeg, png, compressed_segmentation);
 raw chunk files that were gzip-compressed on a local disk (CloudVolume's ``compress="gzip"``) are
-refused with how to decompress them. :meth:`PrecomputedReader.create` writes one raw-encoded,
-unsharded scale.
+refused with how to decompress them. Volumes opened read-only are read with a chunk cache
+(:func:`~ekn_plugins.readers.tensorstore_volume.read_spec`). :meth:`PrecomputedReader.create`
+writes one raw-encoded, unsharded scale.
 
 Example:
     >>> import numpy as np, os, tempfile
@@ -34,7 +35,7 @@ import numpy as np
 
 from ekn_core.errors import EknError
 from ekn_core.volumes import local_path
-from ekn_plugins.readers.tensorstore_volume import TensorStoreVolume
+from ekn_plugins.readers.tensorstore_volume import TensorStoreVolume, read_spec
 
 SCHEME = "precomputed://"
 #: Data types of the format (numpy names).
@@ -171,7 +172,7 @@ class PrecomputedReader:
             _check_not_gzip(directory, scale)
         spec = {"driver": "neuroglancer_precomputed", "kvstore": url, "scale_index": index}
         try:
-            store = ts.open(spec, read=True, write=mode != "r").result()
+            store = ts.open(spec if mode != "r" else read_spec(spec), read=True, write=mode != "r").result()
         except Exception as err:  # tensorstore reports unsupported metadata as ValueError
             raise EknError(f"cannot open scale {index} of {url}: {err}") from err
         return PrecomputedVolume(store, scale, int(info.get("num_channels", 1)), writable=mode != "r")

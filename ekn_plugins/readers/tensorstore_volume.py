@@ -1,7 +1,8 @@
 """A lazy volume over a tensorstore view: reads and box writes with numpy basic indexing.
 
 The readers that go through tensorstore (Neuroglancer precomputed, N5) present their view in
-ekn's C-order axes and wrap it in :class:`TensorStoreVolume`.
+ekn's C-order axes and wrap it in :class:`TensorStoreVolume`; they and the zarr reader open
+read-only stores with :func:`read_spec` (a chunk cache per volume).
 
 Example:
     >>> import numpy as np, tensorstore as ts
@@ -21,6 +22,21 @@ import numpy as np
 from ekn_core.errors import EknError
 from ekn_core.volumes import VolumeBase
 from ekn_plugins.readers.indexing import bounding_box, normalize_index, read_through_box
+
+#: Bytes of decoded chunks that tensorstore keeps per read-only volume.
+READ_CACHE_BYTES = 64 << 20
+
+
+def read_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A tensorstore ``spec`` for reading with a chunk cache of :data:`READ_CACHE_BYTES`, revalidated
+    against the stored chunks on every read (writes by other handles are seen at once); small box
+    reads that share chunks (random patches) decode each chunk once.
+
+    Example:
+        >>> read_spec({"driver": "n5"})["context"]
+        {'cache_pool': {'total_bytes_limit': 67108864}}
+    """
+    return {**spec, "context": {"cache_pool": {"total_bytes_limit": READ_CACHE_BYTES}}, "recheck_cached_data": True}
 
 
 class TensorStoreVolume(VolumeBase):

@@ -5,9 +5,12 @@ colon (``data.zarr:raw``; nested keys such as ``data.zarr:volumes/raw`` work too
 arrays are chunked, so prediction output larger than memory can be written block by block.
 
 Arrays opened read-only (``mode='r'``, the default) are read through tensorstore, whose C++
-decoder and chunk cache (:data:`READ_CACHE_BYTES` per volume, revalidated against the files on
-every read) make small box reads 10-25x faster than zarr-python's; arrays that tensorstore cannot
-open, and arrays opened for writing, are read and written through zarr-python.
+decoder and chunk cache (:func:`~ekn_plugins.readers.tensorstore_volume.read_spec`) make small box
+reads 10-25x faster than zarr-python's; arrays that tensorstore cannot open, and arrays opened for
+writing, are read and written through zarr-python. An ``axes`` attribute in another order of c, z,
+y, x (e.g. ``"zcyx"``) is read as ekn's ``(c, z, y, x)``
+(:mod:`~ekn_plugins.readers.axis_order`). Creating an array replaces an array at the same place,
+never a group holding arrays unless ``overwrite=True``, nor a folder that is not a zarr store.
 
 Example:
     >>> import numpy as np, tempfile, os
@@ -29,25 +32,26 @@ import numpy as np
 
 from ekn_core.errors import EknError
 from ekn_core.volumes import VolumeBase
+from ekn_plugins.readers.axis_order import created_axes, in_ekn_order
 from ekn_plugins.readers.indexing import read_through_box
+from ekn_plugins.readers.replacing import ARRAY, GROUP, check_replaceable
+from ekn_plugins.readers.tensorstore_volume import read_spec
 
 log = logging.getLogger("ekn.readers")
 
-_DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "czyx"}
 #: Default chunk edge along each spatial axis of a created array.
 DEFAULT_CHUNK = 64
-#: Bytes of decoded chunks that tensorstore keeps per read-only volume.
-READ_CACHE_BYTES = 64 << 20
 
 
 class ZarrVolume(VolumeBase):
-    """One zarr array, read and written lazily with numpy slicing."""
+    """One zarr array, read and written lazily with numpy slicing (its ``axes`` attribute as
+    stored; :func:`~ekn_plugins.readers.axis_order.in_ekn_order` checks and orders it)."""
 
     def __init__(self, array: Any, writable: bool, fast_view: Any = None):
         self._array, self._writable, self._fast_view = array, writable, fast_view
         self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
         self.chunks = tuple(array.chunks)
-        self.axes = str(array.attrs.get("axes", _DEFAULT_AXES.get(len(self.shape), "")))
+        self.axes = array.attrs.get("axes")
 
     def __getitem__(self, index: Any) -> np.ndarray:
         if self._fast_view is not None:
@@ -67,8 +71,7 @@ def _tensorstore_view(path: str, key: str | None, array: Any) -> Any:
 
     driver = {2: "zarr", 3: "zarr3"}.get(array.metadata.zarr_format)
     location = os.path.join(os.path.abspath(path), key) if key else os.path.abspath(path)
-    spec = {"driver": driver, "kvstore": {"driver": "file", "path": location},
-            "context": {"cache_pool": {"total_bytes_limit": READ_CACHE_BYTES}}, "recheck_cached_data": True}
+    spec = read_spec({"driver": driver, "kvstore": {"driver": "file", "path": location}})
     try:
         view = ts.open(spec, read=True).result()
     except Exception as err:  # tensorstore reports unsupported codecs or metadata as ValueError variants
@@ -116,21 +119,54 @@ class ZarrReader:
         elif key is not None:
             raise EknError(f"{path!r} is a single zarr array, not a group; open it without ':{key}'")
         writable = mode != "r"
-        return ZarrVolume(node, writable, fast_view=None if writable else _tensorstore_view(path, key, node))
+        volume = ZarrVolume(node, writable, fast_view=None if writable else _tensorstore_view(path, key, node))
+        return in_ekn_order(volume, f"{path}:{key}" if key else path)
 
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
                chunks: tuple[int, ...] | None = None, axes: str | None = None,
-               fill_value: Any = 0, **_: Any) -> ZarrVolume:
-        """Creates (or replaces) a chunked array; ``key`` puts it inside a group at ``path``."""
+               fill_value: Any = 0, overwrite: bool = False, **_: Any) -> ZarrVolume:
+        """Creates (or replaces) a chunked array; ``key`` puts it inside a group at ``path``. A group
+        holding arrays there is only replaced with ``overwrite=True``."""
         import zarr
 
         shape = tuple(int(s) for s in shape)
+        where = f"{path}:{key}" if key else path
         chunks = tuple(int(c) for c in chunks) if chunks else _default_chunks(shape)
         if len(chunks) != len(shape):
             raise EknError(f"chunks {chunks} must have one entry per axis of shape {shape}")
+        axes = created_axes(axes, len(shape), where) if axes else None
+        _check_replaceable(path, key, overwrite)
         array = zarr.create_array(store=path, name=key, shape=shape, dtype=np.dtype(dtype), chunks=chunks,
                                   fill_value=fill_value, overwrite=True)
         if axes:
             array.attrs["axes"] = axes
-        return ZarrVolume(array, writable=True)
+        return in_ekn_order(ZarrVolume(array, writable=True), where)
+
+
+def _check_replaceable(path: str, key: str | None, overwrite: bool) -> None:
+    """Refuses to create an array at ``path`` (``key`` inside it) where that would delete other
+    arrays or go inside one (:func:`~ekn_plugins.readers.replacing.check_replaceable`), or replace
+    anything that is not zarr (always)."""
+    import zarr
+
+    if not os.path.exists(path):
+        return
+    try:
+        root = zarr.open(path, mode="r")
+    except Exception as err:  # zarr raises several unrelated types for folders that are no store
+        if os.path.isdir(path) and not os.listdir(path):
+            return
+        raise EknError(f"{path!r} exists and is not a zarr store ({err}); choose a new path") from err
+
+    def node(inner: str) -> Any:
+        return root.get(inner) if inner else root
+
+    def node_kind(inner: str) -> str | None:
+        found = node(inner)
+        return ARRAY if isinstance(found, zarr.Array) else GROUP if isinstance(found, zarr.Group) else None
+
+    def arrays(inner: str) -> list[str]:
+        return sorted(name for name, member in node(inner).members(max_depth=None) if isinstance(member, zarr.Array))
+
+    check_replaceable(path, key, overwrite, format_name="zarr", noun="array", node_kind=node_kind, arrays=arrays)

@@ -194,10 +194,12 @@ class KZip:
             size: Region size (x, y, z) in mag-1 voxels.
 
         Returns:
-            ``(array, offset)`` with ``offset`` (x, y, z) in mag-``mag`` voxels.
+            ``(array, offset)`` with ``offset`` (x, y, z) in mag-``mag`` voxels; the array holds
+            every mag-``mag`` voxel that the region touches.
         """
-        shape = self.cube_shape(cube_shape)
         cubes = {k[1:]: v for k, v in self.seg_cubes.items() if k[0] == mag}
+        # Without cubes at this mag every voxel is 0 whatever the cube shape (an empty overlay).
+        shape = self.cube_shape(cube_shape) if cubes else (1, 1, 1)
         if offset is None or size is None:
             area = self.skeleton.movement_area if self.skeleton is not None else None
             if area is not None:
@@ -209,9 +211,8 @@ class KZip:
             else:
                 raise KZipError(f"the .k.zip has no segmentation cubes at mag {mag}")
         start = [int(o) // mag for o in offset]
-        extent = [int(s) // mag for s in size]
-        out = np.zeros(extent[::-1], dtype=np.uint64)
-        stop = [s + e for s, e in zip(start, extent)]
+        stop = [-(-(int(o) + int(s)) // mag) for o, s in zip(offset, size)]  # every voxel the region touches
+        out = np.zeros([e - s for s, e in zip(start, stop)][::-1], dtype=np.uint64)
         ranges = [range(s // c, -(-e // c)) for s, e, c in zip(start, stop, shape)]
         for index in itertools.product(*ranges):
             payload = cubes.get(index)

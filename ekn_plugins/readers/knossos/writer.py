@@ -8,6 +8,11 @@ cube file is written atomically (temporary file, fsync, rename); cubes that are 
 written (an existing file is removed), so they read as missing. ``close()`` also builds the
 downsampled mags the config lists when the data set was created with ``num_mags > 1``.
 
+Several writers of one layer (processes, or handles in one process) are safe: each cube is
+written under the layer's write lock (:func:`write_lock`, a hidden ``.<layer>.ekn-write.lock`` file
+in the data set folder), and a partly written cube takes the voxels this writer did not write from the
+file as it is then, so neighbouring boxes of different writers in one cube are all kept.
+
 Example:
     >>> import numpy as np, os, tempfile
     >>> root = tempfile.mkdtemp()
@@ -15,8 +20,8 @@ Example:
     ...                      num_mags=2, voxel_size=(10, 10, 10))
     >>> arr[1:5, 3:8, 0:7] = 9          # not cube aligned
     >>> arr.close()                      # writes the partial cubes and mag 2
-    >>> sorted(f for f in os.listdir(root) if "." in f)
-    ['pred.k.toml', 'pred.pyk.conf']
+    >>> sorted(f for f in os.listdir(root) if "." in f)  # the configs and the writers' lock file
+    ['.pred.ekn-write.lock', 'pred.k.toml', 'pred.pyk.conf']
     >>> from ekn_plugins.readers.knossos.dataset import open_array
     >>> int(open_array(root)[:].sum()) == 9 * 4 * 5 * 7, open_array(root, mag=2).shape
     (True, (3, 4, 4))
@@ -24,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -32,11 +38,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ekn_core.atomic import exclusive_lock
 from ekn_core.errors import ConfigError, EknError
 from ekn_plugins.readers.knossos.cache import CubeCache
 from ekn_plugins.readers.knossos.config import (
     LayerConfig, pyramid_voxel_sizes, write_legacy, write_pyk, write_toml)
-from ekn_plugins.readers.knossos.cubes import write_cube
+from ekn_plugins.readers.knossos.cubes import read_cube, write_cube
 from ekn_plugins.readers.knossos.dataset import DEFAULT_CACHE_MB, KnossosArray, StackedArray
 
 #: Cube extension chosen for each stored dtype when none is given.
@@ -56,6 +63,19 @@ def _cast(block: np.ndarray, dtype: np.dtype) -> np.ndarray:
         if lo < 0 or hi > np.iinfo(dtype).max:
             raise EknError(f"values {lo}..{hi} do not fit the KNOSSOS voxel type {dtype}")
     return block.astype(dtype)
+
+
+def write_lock(layer: LayerConfig) -> str:
+    """The path whose :func:`~ekn_core.atomic.exclusive_lock` (the file ``<path>.lock``) every
+    writer of ``layer`` holds while it writes a cube or builds the coarser mags.
+
+    Example:
+        >>> layer = LayerConfig(name="pred", root="/data/ds", extent=(8, 8, 8), cube_shape=(8, 8, 8),
+        ...                     voxel_sizes=[(1.0, 1.0, 1.0)])
+        >>> write_lock(layer)
+        '/data/ds/.pred.ekn-write'
+    """
+    return os.path.join(layer.root, f".{layer.name}.ekn-write")
 
 
 class _Pending:
@@ -81,12 +101,13 @@ class CubeWriter:
         jpeg_quality: Quality of ``.jpg`` cubes.
         pyramid: Build the coarser mags of the layer from this one on :meth:`close`.
         downsample: ``auto`` (striding for segmentation, mean otherwise), ``stride`` or ``mean``.
+        lock: Take the layer's :func:`write_lock` around each cube write (False: the caller holds it).
     """
 
     def __init__(self, array: KnossosArray, write_empty: bool = False, jpeg_quality: int = 75,
-                 pyramid: bool = False, downsample: str = "auto"):
+                 pyramid: bool = False, downsample: str = "auto", lock: bool = True):
         self.array, self.write_empty, self.jpeg_quality = array, write_empty, jpeg_quality
-        self.pyramid, self.downsample = pyramid, downsample
+        self.pyramid, self.downsample, self.lock = pyramid, downsample, lock
         self._pending: dict[tuple[int, int, int], _Pending] = {}
         self._lock = threading.RLock()
         self._closed = False
@@ -128,20 +149,26 @@ class CubeWriter:
                 if pending.fill(local, values):
                     self._store(index, self._pending.pop(index).data)
 
-    def _store(self, index: tuple[int, int, int], cube: np.ndarray) -> None:
-        path = self.array.cube_file(index)
-        if self.write_empty or cube.any():
-            write_cube(path, cube, self.array.ext, jpeg_quality=self.jpeg_quality)
-        elif os.path.exists(path):
-            os.remove(path)
-        self.array.cache.discard(path)
+    def _store(self, index: tuple[int, int, int], cube: np.ndarray, unwritten: np.ndarray | None = None) -> None:
+        """Writes one cube under the layer's write lock; its ``unwritten`` voxels (those this writer
+        has not written) take the values on disk now, which another writer may have changed."""
+        arr, path = self.array, self.array.cube_file(index)
+        with exclusive_lock(write_lock(arr.layer)) if self.lock else contextlib.nullcontext():
+            if unwritten is not None and unwritten.any():
+                on_disk = read_cube(path, arr.layer.cube_shape, arr.dtype, arr.ext)
+                cube = np.where(unwritten, 0 if on_disk is None else on_disk, cube).astype(arr.dtype)
+            if self.write_empty or cube.any():
+                write_cube(path, cube, arr.ext, jpeg_quality=self.jpeg_quality)
+            elif os.path.exists(path):
+                os.remove(path)
+            arr.cache.discard(path)
 
     def flush(self) -> None:
-        """Writes every partly written cube as it is now."""
+        """Writes every partly written cube as it is now (merged with the file as it is then)."""
         with self._lock:
             while self._pending:
                 index, pending = self._pending.popitem()
-                self._store(index, pending.data)
+                self._store(index, pending.data, pending.todo)
 
     def close(self) -> None:
         """Flushes, then builds the coarser mags when asked to; later writes raise."""
@@ -184,10 +211,14 @@ def build_pyramid(layer: LayerConfig, start_mag: int = 1, method: str = "auto", 
                   cache_mb: float = 256) -> None:
     """Writes every mag of ``layer`` coarser than ``start_mag`` from the next finer one, cube by cube.
 
+    It holds the layer's :func:`write_lock` throughout: other writers of the layer wait, and the
+    mags match the finer one as it is then.
+
     Args:
         layer: Layer whose config lists the mags (voxel sizes) to build.
         start_mag: Mag that already holds the data.
         method: ``auto`` (``stride`` for segmentation, ``mean`` otherwise), ``stride`` or ``mean``.
+            Class labels in a uint8/uint16 layer need ``stride``: a mean of class ids is no class.
         jpeg_quality: Quality of ``.jpg`` cubes.
         cache_mb: Cube cache size used while reading the finer mag.
     """
@@ -196,23 +227,29 @@ def build_pyramid(layer: LayerConfig, start_mag: int = 1, method: str = "auto", 
     mags = layer.mags
     cache = CubeCache(int(cache_mb * 2**20), threads=0)
     try:
-        for finer, coarser in zip(mags[layer.level(start_mag):], mags[layer.level(start_mag) + 1:]):
-            src = KnossosArray(layer, finer, cache=cache, prefetch=0)
-            dst = KnossosArray(layer, coarser, cache=cache, prefetch=0)
-            writer = CubeWriter(dst, jpeg_quality=jpeg_quality)
-            ratio = [round(c / f) for c, f in zip(layer.voxel_sizes[layer.level(coarser)][::-1],
-                                                 layer.voxel_sizes[layer.level(finer)][::-1])]
-            if min(ratio) < 1:
-                raise ConfigError(f"KNOSSOS layer {layer.name!r}: mag {coarser} is not coarser than mag {finer}")
-            for index in itertools.product(*[range(g) for g in dst.grid]):
-                lo = [i * c for i, c in zip(index, dst.cube_shape)]
-                hi = [min(l + c, n) for l, c, n in zip(lo, dst.cube_shape, dst.shape)]
-                block = src.read_box([l * r for l, r in zip(lo, ratio)],
-                                     [min(h * r, n) for h, r, n in zip(hi, ratio, src.shape)])
-                writer.write(lo, downsample_block(block, ratio, method))
-            writer.close()
+        with exclusive_lock(write_lock(layer)):
+            _build_mags(layer, mags[layer.level(start_mag):], method, jpeg_quality, cache)
     finally:
         cache.close()
+
+
+def _build_mags(layer: LayerConfig, mags: Sequence[int], method: str, jpeg_quality: int, cache: CubeCache) -> None:
+    """Builds each mag of ``mags`` after the first from the one before (the caller holds the lock)."""
+    for finer, coarser in zip(mags, mags[1:]):
+        src = KnossosArray(layer, finer, cache=cache, prefetch=0)
+        dst = KnossosArray(layer, coarser, cache=cache, prefetch=0)
+        writer = CubeWriter(dst, jpeg_quality=jpeg_quality, lock=False)
+        ratio = [round(c / f) for c, f in zip(layer.voxel_sizes[layer.level(coarser)][::-1],
+                                             layer.voxel_sizes[layer.level(finer)][::-1])]
+        if min(ratio) < 1:
+            raise ConfigError(f"KNOSSOS layer {layer.name!r}: mag {coarser} is not coarser than mag {finer}")
+        for index in itertools.product(*[range(g) for g in dst.grid]):
+            lo = [i * c for i, c in zip(index, dst.cube_shape)]
+            hi = [min(l + c, n) for l, c, n in zip(lo, dst.cube_shape, dst.shape)]
+            block = src.read_box([l * r for l, r in zip(lo, ratio)],
+                                 [min(h * r, n) for h, r, n in zip(hi, ratio, src.shape)])
+            writer.write(lo, downsample_block(block, ratio, method))
+        writer.close()
 
 
 _CUBE_FILE = r"^{name}_[^/]*?mag\d+_x\d{{4,}}_y\d{{4,}}_z\d{{4,}}\."
