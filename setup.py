@@ -191,6 +191,8 @@ setup(
         "tifffile>=2023.1",
         "imageio>=2.31",
         "tensorstore>=0.1.60",
+        "waterz>=0.10.1",
+        "mwatershed>=0.5.4",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16"],

@@ -2,12 +2,15 @@
 .stitching, ``ekn segment``) against the in-memory watershed of the whole volume."""
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import numpy as np
 import pytest
 from scipy import ndimage
 
+import ekn_core.volumes
 import ekn_plugins.evaluation.blockwise_segmentation as bs
 from ekn_core.cli import main
 from ekn_core.errors import ConfigError, EknError
@@ -244,6 +247,87 @@ def test_two_workers_equal_one(tmp_path):
     assert again["skipped"] == 27  # every block the workers finished was recorded
 
 
+def _opened_inputs():
+    from ekn_plugins.evaluation import blockwise_segmentation
+
+    return len(blockwise_segmentation._OPEN)
+
+
+def test_dask_cluster_equals_one_process(tmp_path):
+    from distributed import Client, LocalCluster
+
+    prob = noisy_map(voronoi())
+    params = WatershedParams(threshold=0.3, min_size=20)
+    source = write_h5(tmp_path, prob)
+    one = bs.segment_volume(source, str(tmp_path / "one.zarr"), params, block=BLOCK, halo=4, progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        done = []
+        dask = bs.segment_volume(source, str(tmp_path / "dask.zarr"), params, block=BLOCK, halo=4,
+                                 scheduler=cluster.scheduler_address, progress=False,
+                                 on_block=lambda name, index: done.append(name))
+        assert sum(client.run(_opened_inputs).values()) >= 1  # the blocks were segmented on the workers
+    assert done.count("segment") == done.count("stitch") == 27
+    assert (one["segments"], one["merges"]) == (dask["segments"], dask["merges"])
+    np.testing.assert_array_equal(read(str(tmp_path / "one.zarr")), read(str(tmp_path / "dask.zarr")))
+    with pytest.raises(ConfigError, match="either workers .* or scheduler"):
+        bs.segment_volume(source, str(tmp_path / "x.zarr"), params, workers=2, scheduler="tcp://localhost:1")
+
+
+def test_threads_share_the_open_inputs(tmp_path, monkeypatch):
+    """Worker threads (a Dask worker with several) open an input once and never close one that
+    another thread reads: threads opening the same input at once, then a thread opening another
+    input while one reads the first."""
+    arrays = {name: np.random.default_rng(i).random((2, 4, 4)).astype(np.float32) for i, name in enumerate("ab")}
+    jobs = {name: bs._Job(write_h5(tmp_path, array, name), {}, slice(0, 1), False, WatershedParams(), None,
+                          str(tmp_path)) for name, array in arrays.items()}
+    opened, real_open = [], ekn_core.volumes.open_volume
+
+    def slow_open(path, **options):
+        opened.append(path)
+        threading.Event().wait(0.05)  # wide open for a race
+        return real_open(path, **options)
+
+    monkeypatch.setattr(ekn_core.volumes, "open_volume", slow_open)
+    start = threading.Barrier(4)
+
+    def read_a(_):
+        start.wait(10)
+        with bs._input(jobs["a"]) as view:
+            return np.asarray(view[:, :, :, :])[0]
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for result in pool.map(read_a, range(4)):
+                np.testing.assert_array_equal(result, arrays["a"])
+        assert opened == [jobs["a"].input]
+        reading, other_opened = threading.Event(), threading.Event()
+
+        def hold_a():
+            with bs._input(jobs["a"]) as view:
+                reading.set()
+                other_opened.wait(10)
+                return np.asarray(view[:, :, :, :])[0]
+
+        def open_b():
+            reading.wait(10)
+            with bs._input(jobs["b"]) as view:
+                other_opened.set()
+                return np.asarray(view[:, :, :, :])[0]
+
+        with ThreadPoolExecutor(2) as pool:
+            held, other = pool.submit(hold_a), pool.submit(open_b)
+            np.testing.assert_array_equal(held.result(), arrays["a"])  # still open while b was opened
+            np.testing.assert_array_equal(other.result(), arrays["b"])
+        assert set(bs._OPEN) == {repr((job.input, [])) for job in jobs.values()}
+        with bs._input(jobs["b"]):
+            bs._close_inputs()  # closes a, not b (read here)
+            assert [opened.readers for opened in bs._OPEN.values()] == [1]
+    finally:
+        bs._close_inputs()
+    assert bs._OPEN == {}
+
+
 # --- command line ---------------------------------------------------------------------------------------
 
 def test_command_with_params_file(tmp_path, capsys):
@@ -260,6 +344,10 @@ def test_command_with_params_file(tmp_path, capsys):
                                  progress=False)
     np.testing.assert_array_equal(read(out), read(str(tmp_path / "api.zarr")))
     assert f"{expected['segments']} segments, 27 blocks (0 already done)" in printed and "voxels/s" in printed
+    inline = str(tmp_path / "inline.zarr")  # the same parameters written on the command line
+    assert main(["segment", source, inline, "--params", f'{{"threshold": {search.best_params.threshold}}}',
+                 "--min-size", "20", "--block", "5,16,16", "--halo", "4", "--no-progress"]) == 0
+    np.testing.assert_array_equal(read(inline), read(out))
 
 
 # --- errors ---------------------------------------------------------------------------------------------
@@ -299,14 +387,16 @@ def test_bad_inputs(tmp_path):
     ('{"threshold": 0.3, "colour": 1}', "neither a segmentation search"),
     ('{"metric": "vi", "rows": [{"params": {}}]}', "no valid segmentation search record"),
     ('{"threshold": 2.0}', "threshold must be a boundary probability"),
-    ('{"segmenter": "affinity", "metric": "vi", "rows": [{"params": {"threshold": 0.5}, "scores": {"vi": 1}}]}',
-     "holds parameters for the affinity segmenter"),
+    ('{"segmenter": "waterz", "scoring": "max"}', "scoring must be one of the scoring functions waterz ships"),
+    ('{"segmenter": "mutex", "seed_erosion": 1}', "nor an object of watershed parameters .* or of another segmenter"),
 ])
 def test_bad_params_file(tmp_path, content, message):
     path = tmp_path / "params.json"
     path.write_text(content)
     with pytest.raises(ConfigError, match=message):
         bs.load_params(path)
+    with pytest.raises(ConfigError, match=message):  # the same text given inline
+        bs.load_params(content)
 
 
 def test_lost_block_file_is_recomputed(tmp_path, monkeypatch):

@@ -206,3 +206,29 @@ def test_a_malis_model_is_evaluated_as_affinities(tmp_path, ids_path):
         evaluate_model(path, [volume], str(tmp_path / "out"), nhood="3d-aniso", **options)
     with pytest.raises(ConfigError, match="predicts 6 channels"):  # affinities=False: a channel is needed
         evaluate_model(path, [volume], str(tmp_path / "out"), affinities=False, **options)
+
+
+def test_tta_of_an_affinity_net_trained_with_a_plain_loss_uses_the_given_nhood(tmp_path, ids_path):
+    import ekn_core.neuromancer as nm
+    from ekn_core.prediction import predict_volume
+
+    model = nm.model_manager.newmodel("evaluate_sigmoid_affinities")
+    inp = nm.Input((None, 1, 3, 9, 9), "b,f,z,y,x", name="raw")
+    out = nm.Conv(inp, 3, (2, 3, 3), activation_func="sig", name="affinities")
+    model.designate_nodes(input_node=inp, prediction_node=out)
+    path = model.save(str(tmp_path / "sigmoid.h5"))
+    nm.model_manager.remove("evaluate_sigmoid_affinities")
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f["raw"] = (np.random.default_rng(0).random(SHAPE) * 255).astype(np.uint8)
+    raw = str(tmp_path / "raw.h5") + ":raw"
+    volume = ValidationVolume(raw, None, None, "s", ids_path)
+    record = evaluate_model(path, [volume], str(tmp_path / "out"), affinities=True, nhood="3d", tta="flips",
+                            progress=False, tile=None, grid={"threshold": [0.5]})
+    assert record["settings"]["tta_affinity_offsets"] == mknhood3d(1).tolist()
+    got = read(str(tmp_path / "out" / record["volumes"][0]["prediction"]["path"]))
+    box = ((0, 0, 0), SHAPE)
+    run = {"roi": box, "pad": True, "tta": "flips", "progress": False, "tile": None}
+    predict_volume(path, raw, str(tmp_path / "exact.zarr"), affinity_offsets=mknhood3d(1), **run)
+    predict_volume(path, raw, str(tmp_path / "per_voxel.zarr"), **run)
+    np.testing.assert_allclose(got, read(str(tmp_path / "exact.zarr")), atol=1e-6)
+    assert np.abs(got - read(str(tmp_path / "per_voxel.zarr"))).max() > 1e-3

@@ -2,6 +2,8 @@
 
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -61,3 +63,54 @@ def test_local_cluster_from_workers_argument(tmp_path, raw_h5, monkeypatch):
     predict_volume(MODEL, raw_h5, single, mfp=True, **KW)
     predict_volume(MODEL, raw_h5, multi, mfp=True, workers=2, **KW)
     np.testing.assert_array_equal(read_volume(multi), read_volume(single))
+
+
+_RELEASE = {"job": threading.Event(), "fail": threading.Event()}  # the in-process workers' tasks wait for them
+
+
+def _block_or_wait(job, index):
+    """Block 0 at once (or, with job "fail", an error); the others only when released."""
+    if index == 0 and job == "fail":
+        raise ValueError("block 0 failed")
+    if index > 0:
+        _RELEASE[job].wait(30)
+    return index, np.zeros(1)
+
+
+def _task_keys(dask_scheduler):
+    return [str(key) for key in dask_scheduler.tasks]
+
+
+def test_stopping_early_cancels_the_tasks_in_flight(monkeypatch):
+    """write() raises, or a task fails for good: the blocks still in flight on the caller's client are
+    cancelled (the scheduler forgets them while they still wait), none left running for nothing."""
+    from ekn_core.prediction import distributed as dist
+
+    monkeypatch.setattr(dist, "compute_block", _block_or_wait)
+    for event in _RELEASE.values():
+        event.clear()
+
+    def write(index, pred):
+        raise OSError("disk full")
+
+    def tasks_left(client):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            left = [key for key in client.run_on_scheduler(_task_keys) if key.startswith("ekn-block")]
+            if not left:
+                break
+            time.sleep(0.05)
+        return left
+
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        try:
+            with pytest.raises(OSError, match="disk full"):
+                dist.run_blocks("job", list(range(6)), write, client=client)
+            assert tasks_left(client) == []
+            _RELEASE["job"].set()  # the worker threads of the cancelled blocks are free again
+            with pytest.raises(ValueError, match="block 0 failed"):
+                dist.run_blocks("fail", list(range(6)), lambda index, pred: None, retries=0, client=client)
+            assert tasks_left(client) == []
+        finally:
+            for event in _RELEASE.values():
+                event.set()

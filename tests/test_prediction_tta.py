@@ -1,6 +1,7 @@
 """Test-time augmentation: TTA output == mean over numpy-flipped (and y/x-swapped) images predicted
 by the plain engine and transformed back (brute force); symmetric nets are unchanged; blockwise,
-Dask worker and CLI paths equal the in-memory result; bad options and inexact nets are refused."""
+Dask worker and CLI paths equal the in-memory result; bad options and inexact nets are refused
+(affinity nets: test_prediction_tta_affinities.py)."""
 
 import itertools
 import os
@@ -169,23 +170,3 @@ def test_unknown_field_of_view_is_used_with_a_warning(caplog):
     assert "field of view is unknown" in caplog.text
     np.testing.assert_allclose(got, brute_force(strided_3d(), raw, transforms("zyx", False)), atol=1e-5)
 
-
-@pytest.fixture(scope="module")
-def nm():
-    return pytest.importorskip("ekn_core.neuromancer")
-
-
-def test_affinity_net_is_refused(nm):
-    from ekn_plugins.malis import mknhood3d
-
-    nm.model_manager.newmodel("tta_affinity")
-    inp = nm.Input((1, 1, 3, 8, 8), "b,f,z,y,x", name="raw")
-    logits = nm.Conv(inp, 6, (1, 3, 3), activation_func="lin")
-    probs = nm.Softmax(logits, n_indep=3)
-    aff = nm.Input_like(probs, override_f=3, dtype="int16", name="aff_gt")
-    seg = nm.Input_like(probs, override_f=1, dtype="int32", name="seg_gt")
-    nm.MalisNLL(probs, aff, seg, mknhood3d(1))
-    raw = np.zeros((3, 10, 10), np.float32)
-    assert predict_dense(probs, raw).shape == (6, 3, 8, 8)
-    with pytest.raises(ConfigError, match="predicts affinities"):
-        predict_dense(probs, raw, tta="flips")

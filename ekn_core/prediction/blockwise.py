@@ -33,9 +33,10 @@ import numpy as np
 
 from ekn_core.errors import ConfigError, EknError, ShapeError
 from ekn_core.prediction.dense import auto_batch_size, predict_region, progress_label, to_uint8
-from ekn_core.prediction.source import ChannelFirst, read_window, to_float
+from ekn_core.grey import to_grey
+from ekn_core.prediction.source import ChannelFirst, read_window
 from ekn_core.prediction.tiling import Shape, TileGeometry, TileGrid, box_window
-from ekn_core.prediction.tta import describe, transforms_of
+from ekn_core.prediction.tta import describe, model_net, transforms_of, tta_net
 
 log = logging.getLogger("ekn.prediction")
 
@@ -54,6 +55,8 @@ class Plan:
         overlap: Tile overlap; blend: blend mode when tiles overlap (else None).
         batch_size: Forward passes per call.
         tta: Test-time augmentation transforms (:mod:`ekn_core.prediction.tta`); ``()``: none.
+        affinity_offsets: With ``tta``, the per-channel offsets of an affinity net (None: per-voxel
+            outputs); Dask workers restore the channels with them.
     """
 
     geometry: TileGeometry
@@ -64,6 +67,7 @@ class Plan:
     blend: str | None
     batch_size: int
     tta: tuple[str, ...] = ()
+    affinity_offsets: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def grid(self) -> TileGrid:
@@ -100,6 +104,8 @@ class Plan:
         data["geometry"] = asdict(self.geometry)
         if not self.tta:
             del data["tta"]  # plans without TTA keep the fingerprint of earlier versions (resume)
+        if self.affinity_offsets is None:
+            del data["affinity_offsets"]
         return json.loads(json.dumps(data))
 
 
@@ -123,7 +129,7 @@ def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: 
               roi: tuple[Shape, Shape] | None = None, pad: bool = True, overlap: int | Shape = 0,
               blend: str = "gaussian", memory_budget: int = 2**31, batch_size: int | None = None,
               bytes_per_voxel: float = 0.0, fixed_batch: int | None = None,
-              tta: tuple[str, ...] = ()) -> Plan:
+              tta: tuple[str, ...] = (), affinity_offsets: tuple[tuple[int, ...], ...] | None = None) -> Plan:
     """Plans a volume prediction within ``memory_budget`` bytes.
 
     Half the budget goes to the net (batched passes), half to the block buffers; blocks grow by
@@ -143,6 +149,7 @@ def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: 
         fixed_batch: The net's fixed batch size, if any.
         tta: Test-time augmentation transforms (each runs the batch once more; memory is that
             of one plain call, so the budget is unchanged).
+        affinity_offsets: Per-channel offsets of an affinity net under TTA (recorded in the plan).
     """
     g = geometry
     lo, hi = roi if roi is not None else ((0,) * len(in_shape), tuple(in_shape))
@@ -178,7 +185,8 @@ def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: 
         block = trial
     blend_mode = blend if any(s < t for s, t in zip(step, g.tile_out)) else None
     ov = (overlap,) * len(step) if isinstance(overlap, (int, np.integer)) else tuple(overlap)
-    return Plan(g, lo, hi, tuple(block), tuple(int(o) for o in ov), blend_mode, int(batch), tuple(tta))
+    return Plan(g, lo, hi, tuple(block), tuple(int(o) for o in ov), blend_mode, int(batch), tuple(tta),
+                affinity_offsets)
 
 
 def as_channel_volume(volume: Any) -> Any:
@@ -197,7 +205,7 @@ def predict_block(net: Any, volume: Any, plan: Plan, index: int) -> np.ndarray:
     tiles = grid.tiles(lo, hi)
     in_lo = tuple(min(t[a] for t in tiles) - g.context_lo[a] for a in range(g.ndim))
     in_hi = tuple(max(t[a] for t in tiles) - g.context_lo[a] + g.tile_in[a] for a in range(g.ndim))
-    data = to_float(read_window(volume, in_lo, in_hi))
+    data = to_grey(read_window(volume, in_lo, in_hi))
 
     def read(a: Shape, b: Shape) -> np.ndarray:
         return data[(slice(None), *(slice(x - o, y - o) for x, y, o in zip(a, b, in_lo)))]
@@ -443,13 +451,14 @@ def output_reader(output: str) -> str | None:
     return host().get_reader(split_key(os.fspath(output))[0]) or "zarr"
 
 
-def adapt(node: Any, tta: str | Sequence[str] | None = None) -> Any:
+def adapt(node: Any, tta: str | Sequence[str] | None = None, affinity_offsets: Any = None) -> Any:
     """The engine's view of a node: 3-D nets as they are, 2-D nets slice-wise; with ``tta``
-    averaged over its transforms (of the net's own axes)."""
+    averaged over its transforms (of the net's own axes; affinity channels restored with
+    ``affinity_offsets`` or the offsets the net's affinity loss declares)."""
     from ekn_core.prediction.net import NetAdapter, SliceWise
     from ekn_core.prediction.tta import with_tta
 
-    net = with_tta(NetAdapter(node), tta)
+    net = with_tta(NetAdapter(node), tta, affinity_offsets)
     return SliceWise(net) if net.ndim == 2 else net
 
 
@@ -489,14 +498,18 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
                    progress: bool = True, input_options: dict[str, Any] | None = None,
                    output_options: dict[str, Any] | None = None,
                    on_block: Callable[[int], Any] | None = None,
-                   tta: str | Sequence[str] | None = None) -> dict[str, Any]:
+                   tta: str | Sequence[str] | None = None, affinity_offsets: Any = None) -> dict[str, Any]:
     """Predicts a volume from ``input`` into ``output``, out of core and resumable.
 
     Args:
         model: Model file, ``module:factory``, a :class:`NetSpec`, or a node (single process only).
         input: Input volume for ``open_volume`` (``file.h5:key``, ``x.zarr``, a KNOSSOS config).
         output: Output for ``create_volume``: ``(n_lab, z, y, x)`` or, with ``channel``,
-            ``(z, y, x)``; zarr, HDF5 or KNOSSOS by its suffix.
+            ``(z, y, x)``; zarr, HDF5 or KNOSSOS by its suffix. It may not be, lie inside, contain
+            or share the file of the input (:func:`~ekn_core.volumes.check_distinct`). An output of
+            the same job is resumed; another job's output, or another array at the same place, is
+            replaced; a group holding other arrays is refused (``output_options={"overwrite": True}``
+            replaces it).
         roi: Output region ``(lo, hi)`` in input voxels (default the whole volume).
         pad: Mirror at the volume border (output = volume/ROI shape); False: only voxels with
             their full context inside the volume (``shape - (fov - 1)``).
@@ -514,17 +527,21 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         on_block: Called with each block index after it was recorded (for tests and monitors).
         tta: Test-time augmentation, ``"flips"``, ``"flips+transpose"`` or a list of transforms
             (:mod:`ekn_core.prediction.tta`); costs one pass per transform.
+        affinity_offsets: With ``tta``, the edge offsets of an affinity net's channels (``(z, y, x)``
+            rows, ``(y, x)`` for 2-D nets; one per channel or per 2-class softmax pair), for nets
+            whose loss does not declare them (see :func:`~ekn_core.prediction.dense.predict_dense`).
 
     Returns:
         Summary: ``blocks``, ``skipped`` (already done), ``voxels``, ``seconds``, ``shape``.
     """
     from ekn_core.prediction.tiling import choose_patch
-    from ekn_core.volumes import open_volume
+    from ekn_core.volumes import check_distinct, open_volume
 
+    check_distinct(output, [input])
     budget = parse_size(memory_budget) or default_memory_budget()
     spec = model if isinstance(model, NetSpec) else NetSpec(model, mfp=mfp) if isinstance(model, str) else None
     node = spec.load() if spec is not None else model
-    net = adapt(node, tta)
+    net = adapt(node, tta, affinity_offsets)
     in_vol = open_volume(input, **(input_options or {}))
     if (output_options or {}).get("reader", output_reader(output)) == "knossos":
         as_uint8, output_options = _knossos_output_options(in_vol, as_uint8, output_options)
@@ -533,10 +550,13 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         if volume.shape[0] != net.in_channels:
             raise ShapeError(f"input {input!r} has {volume.shape[0]} channel(s), the net expects {net.in_channels}")
         if tile is not None and spec is not None:
-            spec, node, net = _resize(spec, node, net, tile, volume.shape[1:], roi, budget, choose_patch, tta)
+            spec, node, net = _resize(spec, node, net, tile, volume.shape[1:], roi, budget, choose_patch,
+                                      tta, affinity_offsets)
+        wrapped = tta_net(net)
         plan = make_plan(net.geometry, volume.shape[1:], net.in_channels, net.n_lab, roi=roi, pad=pad,
                          overlap=overlap, blend=blend, memory_budget=budget, batch_size=batch_size,
-                         bytes_per_voxel=net.bytes_per_voxel, fixed_batch=net.batch, tta=transforms_of(net))
+                         bytes_per_voxel=net.bytes_per_voxel, fixed_batch=net.batch, tta=transforms_of(net),
+                         affinity_offsets=wrapped.affinity_offsets if wrapped is not None else None)
         if channel is not None and not 0 <= channel < net.n_lab:
             raise ConfigError(f"channel {channel} does not exist; the net predicts {net.n_lab} channels")
         dtype = np.uint8 if as_uint8 else np.float32
@@ -643,25 +663,23 @@ def open_output(output: str, resume: bool, shape: Shape, dtype: Any, chunks: Sha
 
 
 def _resize(spec: NetSpec, node: Any, net: Any, tile: Any, in_shape: Shape, roi: Any, budget: int,
-            choose_patch: Callable, tta: str | Sequence[str] | None) -> tuple[NetSpec, Any, Any]:
+            choose_patch: Callable, tta: str | Sequence[str] | None,
+            affinity_offsets: Any) -> tuple[NetSpec, Any, Any]:
     """Reloads the model with the requested or automatically chosen patch size."""
-    g = net.geometry
-    lifted = net.ndim != len(getattr(net, "net", net).geometry.patch)  # a 2-D net run slice-wise
+    own = model_net(net)  # the model's geometry, without slice-wise lifting or TTA's larger patch
+    lifted = net.ndim != own.ndim  # a 2-D net run slice-wise
+    g = own.geometry
     if tile == "auto":
         extent = tuple(h - l for l, h in zip(*roi)) if roi else tuple(in_shape)
-        own = net.net.geometry if lifted else g
-        patch = choose_patch(own, extent[1:] if lifted else extent, net.bytes_per_voxel,
+        patch = choose_patch(g, extent[1:] if lifted else extent, own.bytes_per_voxel,
                              budget // (4 * (net.batch or 1))).patch
-        patch = ((1,) if lifted else ()) + patch
     else:
         patch = tuple(int(t) for t in tile)
         if lifted and len(patch) == 3:
             patch = patch[1:]
-        patch = ((1,) if lifted else ()) + patch
     if patch == g.patch:
         return spec, node, net
-    model_patch = patch[1:] if lifted else patch
-    resized = NetSpec(spec.model, spec.mfp, tuple(int(p) for p in model_patch), spec.batch)
+    resized = NetSpec(spec.model, spec.mfp, patch, spec.batch)
     try:
         new_node = resized.load()
     except (EknError, ValueError) as err:
@@ -669,4 +687,4 @@ def _resize(spec: NetSpec, node: Any, net: Any, tile: Any, in_shape: Shape, roi:
             raise
         log.warning("keeping the model's patch %s: reloading with %s failed (%s)", g.patch, patch, err)
         return spec, node, net
-    return resized, new_node, adapt(new_node, tta)
+    return resized, new_node, adapt(new_node, tta, affinity_offsets)

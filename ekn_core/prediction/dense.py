@@ -41,9 +41,10 @@ import numpy as np
 
 from ekn_core.errors import ShapeError
 from ekn_core.prediction.net import NetAdapter, SliceWise
-from ekn_core.prediction.source import read_window, to_float
+from ekn_core.grey import to_grey
+from ekn_core.prediction.source import read_window
 from ekn_core.prediction.tiling import TileGrid, blend_weights
-from ekn_core.prediction.tta import describe, transforms_of, with_tta
+from ekn_core.prediction.tta import describe, tta_factor, with_tta
 
 log = logging.getLogger("ekn.prediction")
 
@@ -169,7 +170,7 @@ def _as_channels_first(raw: np.ndarray, net: NetAdapter) -> tuple[np.ndarray, bo
 
 def progress_label(net: Any) -> str:
     """The progress bar's label: ``predict``, with the TTA factor when there is one."""
-    factor = len(transforms_of(net))
+    factor = tta_factor(net)
     return f"predict (TTA x{factor})" if factor else "predict"
 
 
@@ -186,14 +187,16 @@ def to_uint8(pred: np.ndarray) -> np.ndarray:
 def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: bool = False, *,
                   overlap: int | tuple[int, ...] = 0, blend: str = "gaussian",
                   batch_size: int | None = None, memory_budget: int | None = None,
-                  progress: bool = False, tta: str | list[str] | None = None) -> np.ndarray:
+                  progress: bool = False, tta: str | list[str] | None = None,
+                  affinity_offsets: Any = None) -> np.ndarray:
     """Dense prediction of a whole image with a node (ELEKTRONN2's ``Node.predict_dense``).
 
     Args:
         node: The prediction node (one image input).
         raw: ``(ch, z, y, x)``, or ``(z, y, x)`` for one channel. For 2-D nets ``(ch, y, x)`` /
             ``(y, x)`` is one image and ``(ch, z, y, x)`` / ``(z, y, x)`` a stack predicted slice
-            by slice. Integer data is divided by 255, floats are used as they are.
+            by slice. Integer data is mapped to [0, 1] by its dtype's range (uint8 / 255,
+            :func:`ekn_core.grey.to_grey`), floats are used as they are.
         as_uint8: Return ``uint8`` (probabilities × 255) instead of float32.
         pad_raw: Mirror-pad the image by the net's context so the output covers the whole input;
             otherwise the output is ``raw - (fov - 1)`` per axis (``raw - 2*offset`` for odd FOVs).
@@ -206,6 +209,11 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
         tta: Test-time augmentation: ``"flips"``, ``"flips+transpose"`` or a list of transforms
             (see :mod:`ekn_core.prediction.tta`); the prediction is the mean over the transformed
             inputs' predictions, each transformed back. Costs one pass per transform.
+        affinity_offsets: With ``tta``, the edge offsets ``(y, x)`` / ``(z, y, x)`` of an affinity
+            net's channels, one row per channel or per 2-class softmax pair (nets that feed an
+            affinity loss such as ``MalisNLL`` declare them); each channel is then restored
+            exactly (the edges to voxels beyond the image use its mirrored context, and without
+            ``pad_raw`` the output loses the shifts' reach on each side).
 
     Returns:
         ``(n_lab, z, y, x)`` (``(n_lab, y, x)`` for a single 2-D image).
@@ -213,7 +221,7 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
     raw = np.asarray(raw)
     net: Any = NetAdapter(node)
     data, is_2d, squeeze = _as_channels_first(raw, net)
-    net = with_tta(net, tta)
+    net = with_tta(net, tta, affinity_offsets)
     if is_2d:
         net = SliceWise(net)
     g = net.geometry
@@ -239,7 +247,7 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
         bar = tqdm(total=total, unit="vox", unit_scale=True, desc=progress_label(net))
     t0 = time.perf_counter()
     try:
-        pred = predict_region(net, lambda a, b: to_float(read_window(data, a, b)), grid, origin, end,
+        pred = predict_region(net, lambda a, b: to_grey(read_window(data, a, b)), grid, origin, end,
                               blend=blend_mode, batch_size=batch, progress=bar.update if bar else None)
     finally:
         if bar is not None:

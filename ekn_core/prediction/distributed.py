@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -51,7 +52,7 @@ def compute_block(job: BlockJob, index: int) -> tuple[int, np.ndarray]:
     if cached is None:
         from ekn_core.volumes import open_volume
 
-        net = adapt(job.spec.load(), job.plan.tta or None)
+        net = adapt(job.spec.load(), job.plan.tta or None, job.plan.affinity_offsets)
         if net.geometry != job.plan.geometry:
             raise EknError(f"worker loaded {job.spec.model!r} with geometry {net.geometry}, the plan "
                            f"needs {job.plan.geometry}")
@@ -90,37 +91,61 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> tuple[A
     return client, close
 
 
+def as_finished(client: Any, function: Callable[..., Any], items: Sequence[Any], *args: Any,
+                retries: int = 3, name: str = "ekn-task") -> Iterator[Any]:
+    """Runs ``function(*args, item)`` for every item on the cluster of ``client`` and yields the
+    results in the order they finish. At most two tasks per worker thread are in flight, so the
+    client's memory stays bounded; a task that raises is retried ``retries`` times, and the tasks of
+    a worker that dies are rescheduled. When a task fails for good, or the caller stops early (an
+    error in its loop, the iterator closed or dropped), the tasks still in flight are cancelled.
+
+    Example:
+        >>> from distributed import Client
+        >>> with Client(processes=False, n_workers=1, dashboard_address=None) as client:
+        ...     sorted(as_finished(client, pow, [1, 2, 3], 2))
+        [2, 4, 8]
+    """
+    import uuid
+
+    from distributed import as_completed
+
+    slots = max(2, 2 * sum(client.nthreads().values()))
+    todo = list(items)
+    run = uuid.uuid4().hex[:12]
+
+    def submit(position: int, item: Any) -> Any:
+        return client.submit(function, *args, item, retries=retries, pure=False, key=f"{name}-{run}-{position}")
+
+    in_flight = {submit(i, item) for i, item in enumerate(todo[:slots])}
+    futures = as_completed(in_flight)
+    submitted = len(in_flight)
+    try:
+        for future in futures:
+            result = future.result()
+            in_flight.discard(future)
+            future.release()
+            yield result
+            if submitted < len(todo):
+                future = submit(submitted, todo[submitted])
+                in_flight.add(future)
+                futures.add(future)
+                submitted += 1
+    finally:  # a task failed, or the caller stopped (an error in its loop, the iterator closed)
+        if in_flight:
+            client.cancel(list(in_flight))
+
+
 def run_blocks(job: BlockJob, pending: list[int], write: Callable[[int, np.ndarray], None], *,
                scheduler: str | None = None, workers: int | None = None, retries: int = 3,
                client: Any = None) -> None:
-    """Computes ``pending`` blocks on the cluster and calls ``write(index, array)`` on the client.
-
-    At most two blocks per worker thread are in flight, so the client's memory stays bounded.
-    """
-    from distributed import as_completed
-
+    """Computes ``pending`` blocks on the cluster and calls ``write(index, array)`` on the client
+    (at most two blocks per worker thread in flight, see :func:`as_finished`)."""
     close = None
     if client is None:
         client, close = connect(scheduler, workers)
     try:
-        import uuid
-
-        slots = max(2, 2 * sum(client.nthreads().values()))
-        todo = list(pending)
-        run = uuid.uuid4().hex[:12]
-
-        def submit(index: int) -> Any:
-            return client.submit(compute_block, job, index, retries=retries, pure=False,
-                                 key=f"ekn-block-{run}-{index}")
-
-        first, todo = todo[:slots], todo[slots:]
-        futures = as_completed([submit(i) for i in first])
-        for future in futures:
-            index, pred = future.result()
-            future.release()
+        for index, pred in as_finished(client, compute_block, pending, job, retries=retries, name="ekn-block"):
             write(index, pred)
-            if todo:
-                futures.add(submit(todo.pop(0)))
     finally:
         if close is not None:
             close()

@@ -51,7 +51,8 @@ def graph_nodes(node: Any) -> list[Any]:
 
 def affinity_loss_node(node: Any) -> Any | None:
     """The loss node fed by the node's graph that declares ``affinity_loss = True`` (its channels
-    are affinities, e.g. ``MalisNLL``), or None.
+    are affinities, e.g. ``MalisNLL``; it declares their offsets with ``affinity_offsets()``, see
+    :mod:`ekn_core.prediction.affinity_tta`), or None.
 
     Example:
         >>> class Loss: affinity_loss = True
@@ -135,6 +136,7 @@ class NetAdapter:
         bytes_per_voxel: Estimate of :func:`activation_bytes_per_voxel`.
         fov: Field of view of an output voxel per spatial axis, or None where the node does not
             know it (e.g. after an up-convolution).
+        spatial_tags: The spatial tags in the engine's axis order (the input's order).
     """
 
     def __init__(self, node: Any, period: tuple[int, ...] | None = None):
@@ -153,6 +155,7 @@ class NetAdapter:
         if len(spatial) not in (2, 3):
             raise ShapeError(f"dense prediction needs a 2-D or 3-D net, {node!r} has spatial axes {spatial}")
         self._internal = ("b", "f", *spatial)
+        self.spatial_tags = tuple(spatial)
         for tags, name in ((self._in_tags, "input"), (self._out_tags, "output")):
             if set(tags) - set(self._internal) or "f" not in tags:
                 raise ShapeError(f"{name} tags {tags} of {node!r}: dense prediction supports only "

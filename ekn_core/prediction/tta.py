@@ -12,8 +12,10 @@ That holds when the patch ends where the field of view of its last output ends
 (``lead == fov - 1``, true for every ekn net with a valid patch, strided, pooled and MFP nets
 included); the swap also needs equal y and x geometry. Nets that break either are refused; where
 the net's field of view is unknown (after an up-convolution) the flips are used with a warning.
-Outputs are averaged as per-voxel scalars: affinities (directional channels) change meaning
-under flips, so nets whose output feeds an affinity loss (``affinity_loss = True``) are refused.
+Outputs are averaged as per-voxel scalars, except affinity channels (the net feeds an affinity loss,
+or ``affinity_offsets`` are given): after a flip the channel of offset ``d`` holds the edge to the
+other neighbour, so each channel is restored exactly from its source channel, shifted where needed
+(:mod:`ekn_core.prediction.affinity_tta`; the patch grows by the shifts' reach).
 
 Example:
     >>> parse_tta("flips", ndim=2)
@@ -124,19 +126,16 @@ def _check_exact(net: Any, names: tuple[str, ...]) -> None:
             raise ShapeError(f"TTA swaps y and x, which needs the same geometry on both axes; the net has "
                              f"patch {g.patch}, output {g.out}, strides {g.strides}, shift period {g.period}. "
                              "Use a square patch (y = x) or tta='flips'")
-    from ekn_core.prediction.net import affinity_loss_node
-
-    loss = affinity_loss_node(net.node) if hasattr(net, "node") else None
-    if loss is not None:
-        raise ConfigError(f"TTA averages per-voxel outputs, but this net predicts affinities (it feeds "
-                          f"{type(loss).__name__} {loss.name!r}), whose channels change meaning "
-                          "under flips; predict without tta")
 
 
 class TTANet:
     """A net seen by the engine (:class:`~ekn_core.prediction.net.NetAdapter`) whose every call
     is the mean over ``tta``'s transforms. Each transform is one call with the caller's batch,
     so peak memory is that of one plain call (plus the output sum) and time grows ``len(tta)``-fold.
+
+    Affinity nets (``affinity_offsets`` given, or declared by the affinity loss the net feeds):
+    the engine's patch grows by the reach of the needed window shifts on both sides, and each
+    transform runs the net once per window (:class:`~ekn_core.prediction.affinity_tta.ChannelRestore`).
 
     Example:
         >>> import numpy as np
@@ -150,12 +149,24 @@ class TTANet:
         True
     """
 
-    def __init__(self, net: Any, tta: str | Sequence[str]):
+    def __init__(self, net: Any, tta: str | Sequence[str], affinity_offsets: Any = None):
+        import numpy as np
+
+        from ekn_core.prediction.affinity_tta import ChannelRestore, resolve_offsets
+        from ekn_core.prediction.tiling import TileGeometry
+
         self.net = net
         self.tta = parse_tta(tta, net.ndim)
         _check_exact(net, self.tta)
-        self.geometry, self.in_channels, self.n_lab = net.geometry, net.in_channels, net.n_lab
-        self.batch, self.bytes_per_voxel = net.batch, net.bytes_per_voxel
+        offsets = resolve_offsets(net, affinity_offsets)
+        #: Per-channel offsets ``(n_lab, ndim)`` of an affinity net, None for per-voxel outputs.
+        self.affinity_offsets = None if offsets is None else tuple(map(tuple, offsets.tolist()))
+        g = net.geometry
+        self.restore = ChannelRestore(offsets, self.tta, g)
+        m = self.restore.reach
+        self.geometry = TileGeometry(tuple(p + 2 * r for p, r in zip(g.patch, m)), g.out, g.strides, g.period)
+        self.in_channels, self.n_lab, self.batch = net.in_channels, net.n_lab, net.batch
+        self.bytes_per_voxel = net.bytes_per_voxel * float(np.prod(g.patch) / np.prod(self.geometry.patch))
 
     @property
     def ndim(self) -> int:
@@ -165,25 +176,49 @@ class TTANet:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import numpy as np
 
+        patch, reach = self.net.geometry.patch, self.restore.reach
         total = None
         for name in self.tta:
-            out = invert_transform(self.net(np.ascontiguousarray(apply_transform(batch, name, self.ndim))),
-                                   name, self.ndim)
+            outs = {}
+            for shift in self.restore.windows[name]:
+                window = batch[(slice(None), slice(None),
+                                *(slice(r + s, r + s + p) for r, s, p in zip(reach, shift, patch)))]
+                out = self.net(np.ascontiguousarray(apply_transform(window, name, self.ndim)))
+                outs[shift] = invert_transform(out, name, self.ndim)
+            out = self.restore.combine(name, outs)
             total = out.astype(np.float32) if total is None else total + out
         return total / np.float32(len(self.tta))
 
 
-def with_tta(net: Any, tta: str | Sequence[str] | None) -> Any:
+def with_tta(net: Any, tta: str | Sequence[str] | None, affinity_offsets: Any = None) -> Any:
     """``net`` wrapped in :class:`TTANet`, or unchanged for ``tta=None``."""
-    return net if tta is None else TTANet(net, tta)
+    return net if tta is None else TTANet(net, tta, affinity_offsets)
+
+
+def tta_net(net: Any) -> TTANet | None:
+    """The :class:`TTANet` of an engine net, looking through wrappers such as ``SliceWise``."""
+    while net is not None and not isinstance(net, TTANet):
+        net = getattr(net, "net", None)
+    return net
 
 
 def transforms_of(net: Any) -> tuple[str, ...]:
-    """The TTA transforms of an engine net, looking through wrappers such as ``SliceWise``
-    (``()`` without TTA)."""
-    while net is not None and not isinstance(net, TTANet):
-        net = getattr(net, "net", None)
-    return net.tta if net is not None else ()
+    """The TTA transforms of an engine net (``()`` without TTA)."""
+    found = tta_net(net)
+    return found.tta if found is not None else ()
+
+
+def tta_factor(net: Any) -> int:
+    """Forward passes of the wrapped net per pass of the engine (0 without TTA)."""
+    found = tta_net(net)
+    return found.restore.calls if found is not None else 0
+
+
+def model_net(net: Any) -> Any:
+    """The innermost net of an engine net (the model's own geometry), below ``SliceWise`` and TTA."""
+    while getattr(net, "net", None) is not None:
+        net = net.net
+    return net
 
 
 def describe(net: Any) -> str:
@@ -196,10 +231,15 @@ def describe(net: Any) -> str:
         ...         TileGeometry((3, 3), (1, 1), (1, 1)), 2, 1, 1, None, 4.0)
         >>> describe(TTANet(Net(), "flips"))
         "TTA: 4 passes per tile (transforms '', 'x', 'y', 'yx'), 4x the time of plain prediction"
+        >>> Net.n_lab = 2  # affinities of the edges to the previous voxel in y and in x
+        >>> describe(TTANet(Net(), "flips", affinity_offsets=[[-1, 0], [0, -1]]))
+        "TTA: 7 passes per tile (transforms '', 'x', 'y', 'yx'; 3 more for affinity edges seen from their
+        other voxel), 7x the time of plain prediction"
     """
-    names = transforms_of(net)
+    names, factor = transforms_of(net), tta_factor(net)
     if not names:
         return ""
-    passes = len(names) * net.geometry.passes
-    return (f"TTA: {passes} passes per tile (transforms {', '.join(map(repr, names))}), "
-            f"{len(names)}x the time of plain prediction")
+    extra = factor - len(names)
+    more = f"; {extra} more for affinity edges seen from their other voxel" if extra else ""
+    return (f"TTA: {factor * net.geometry.passes} passes per tile (transforms {', '.join(map(repr, names))}{more}), "
+            f"{factor}x the time of plain prediction")

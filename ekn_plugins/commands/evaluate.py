@@ -23,7 +23,7 @@ from typing import Any
 from ekn_core.commands import Command
 from ekn_core.errors import ConfigError
 from ekn_plugins.commands.predict import add_prediction_options, parse_roi, parse_tile
-from ekn_plugins.evaluation.affinities import NHOODS
+from ekn_plugins.evaluation.affinities import AFFINITY_SEGMENTERS, DEFAULT_AFFINITY_SEGMENTER, NHOODS
 
 
 def parse_grid(text: str | None) -> dict[str, Any] | None:
@@ -96,6 +96,28 @@ def model_and_raw(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return None, args.model
 
 
+def segmenter_params(args: argparse.Namespace) -> Any:
+    """The segmenter's parameters outside the grid from ``--segmenter``, ``--per-slice`` and
+    ``--anisotropy`` (None: the default segmenter with its defaults).
+
+    Example:
+        >>> segmenter_params(argparse.Namespace(segmenter="waterz", per_slice=False, anisotropy=None)).kind
+        'waterz'
+    """
+    from ekn_plugins.evaluation.seg_search import SEGMENTERS
+    from ekn_plugins.evaluation.segmentation import WatershedParams
+
+    watershed = args.per_slice or args.anisotropy
+    if args.segmenter is not None:
+        if watershed:
+            raise ConfigError("--per-slice and --anisotropy are options of the watershed of a boundary map; "
+                              f"--segmenter {args.segmenter} segments affinities: leave them out")
+        return SEGMENTERS[args.segmenter]()
+    if watershed:
+        return WatershedParams(per_slice=args.per_slice, anisotropy=parse_anisotropy(args.anisotropy or "1,1,1"))
+    return None
+
+
 def _is_model(path: str) -> bool:
     """A model file or a run directory (what MODEL names)."""
     return path.endswith(".mdl") or os.path.isfile(os.path.join(path, "run.json"))
@@ -113,7 +135,8 @@ class EvaluateCommand(Command):
     recall, F1) and, with ids, segmented by a watershed whose parameters are searched.
     --prediction PRED evaluates what ekn predict wrote instead of MODEL (RAW, if given, only
     checks the shapes). Affinity nets (MALIS: found in the model; --affinities) are swept against
-    the affinity graph of --ids and segmented by connected components.
+    the affinity graph of --ids and segmented by connected components, waterz's agglomeration or
+    the mutex watershed (--segmenter).
     OUT/evaluation.json holds the numbers, OUT/REPORT.md the report with its figures.
     """
 
@@ -152,41 +175,42 @@ class EvaluateCommand(Command):
         parser.add_argument("--nhood", choices=tuple(NHOODS), help="neighbourhood of the affinity channels "
                             "(default: the MalisNLL node's, else 3d): "
                             + "; ".join(f"{k}: {d}" for k, d in NHOODS.items()))
+        parser.add_argument("--segmenter", choices=tuple(AFFINITY_SEGMENTERS), help="how affinities are segmented "
+                            f"(default {DEFAULT_AFFINITY_SEGMENTER}): "
+                            + "; ".join(f"{k}: {d}" for k, d in AFFINITY_SEGMENTERS.items()))
         add_prediction_options(parser)
         parser.add_argument("--no-segmentation", action="store_true", help="skip the segmentation search")
         parser.add_argument("--metric", default="vi", choices=("vi", "adapted_rand_error"),
                             help="score the segmentation search minimises")
         parser.add_argument("--grid", help="segmentation grid as JSON (or a JSON file), e.g. "
                             "'{\"threshold\": [0.2, 0.3, 0.5], \"min_size\": [1, 50]}' (default: 30 watershed "
-                            "points, 12 for affinities)")
+                            "points; affinities: 12 of connected components, 17 of waterz, 9 of the mutex watershed, "
+                            "7 without long-range edges)")
         parser.add_argument("--per-slice", action="store_true", help="watershed: segment every z slice on its own")
         parser.add_argument("--anisotropy", help="watershed: voxel size z,y,x for the seed erosion (default 1,1,1)")
         parser.add_argument("--n-proc", type=int, default=1, help="processes of the segmentation search")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ekn_core.volumes import split_key
+        from ekn_core.volumes import volume_name
         from ekn_plugins.evaluation.model_evaluation import evaluate_model
         from ekn_plugins.evaluation.report import summary_table
-        from ekn_plugins.evaluation.segmentation import WatershedParams
         from ekn_plugins.validation.spec import ValidationVolume
 
         model, raw = model_and_raw(args)
         volumes = None
         if raw is not None or (args.prediction is not None and (args.labels or args.ids)):
             named = raw or args.prediction
-            name = args.name or os.path.splitext(os.path.basename(split_key(named)[0].rstrip("/")))[0]
+            name = args.name or volume_name(named)
             volumes = [ValidationVolume(raw, args.labels, None, name, args.ids)]
         elif args.labels or args.ids or args.name:
             raise ConfigError("--labels, --ids and --name describe a volume RAW: give it after the model, e.g. "
                               "ekn evaluate MODEL raw.h5:raw --labels labels.h5:lab")
-        watershed = (WatershedParams(per_slice=args.per_slice, anisotropy=parse_anisotropy(args.anisotropy or "1,1,1"))
-                     if args.per_slice or args.anisotropy else None)
         record = evaluate_model(
             model, volumes, args.out, prediction=args.prediction, channel=args.channel, interior=args.interior,
             positive=args.positive, ignore_label=args.ignore_label, ignore_ids=parse_ids(args.ignore_ids), region=parse_roi(args.region, "--region"),
             bins=args.bins, affinities=args.affinities, nhood=args.nhood, segmentation=not args.no_segmentation,
             grid=parse_grid(args.grid), metric=args.metric, n_proc=args.n_proc,
-            base_params=watershed,
+            base_params=segmenter_params(args),
             mfp=args.mfp, tta=args.tta, tile=parse_tile(args.tile), memory_budget=args.memory_budget,
             workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
         print(_evaluated_line(record))

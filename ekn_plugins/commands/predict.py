@@ -16,6 +16,7 @@ import argparse
 from ekn_core.commands import Command
 from ekn_core.errors import ConfigError
 from ekn_core.prediction.tta import PRESETS
+from ekn_plugins.evaluation.affinities import NHOODS, named_nhood
 
 
 def parse_roi(text: str | None, option: str = "--roi") -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -104,15 +105,23 @@ class PredictCommand(Command):
         parser.add_argument("--channel", type=int, help="write only this output channel, as (z, y, x)")
         parser.add_argument("--batch-size", type=int, help="forward passes per call (default: from the budget)")
         add_prediction_options(parser)
+        parser.add_argument("--nhood", choices=tuple(NHOODS), help="with --tta: the model predicts affinities "
+                            "of this neighbourhood (one channel or 2-class softmax pair per edge), restored exactly "
+                            "under the flips; models with an affinity loss (MalisNLL) know theirs: "
+                            + "; ".join(f"{k}: {v}" for k, v in NHOODS.items()))
 
     def run(self, args: argparse.Namespace) -> int:
         from ekn_core.prediction.blockwise import predict_volume
 
+        if args.nhood and not args.tta:
+            raise ConfigError("--nhood tells --tta how to restore affinity channels; without --tta it does "
+                              "nothing: add --tta or leave --nhood out")
         summary = predict_volume(
             args.model, args.input, args.output, roi=parse_roi(args.roi), pad=not args.valid, mfp=args.mfp,
             tile=parse_tile(args.tile), overlap=args.overlap, blend=args.blend, as_uint8=args.uint8,
             channel=args.channel, memory_budget=args.memory_budget, batch_size=args.batch_size,
-            scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress, tta=args.tta)
+            scheduler=args.scheduler, workers=args.workers, progress=not args.no_progress, tta=args.tta,
+            affinity_offsets=named_nhood(args.nhood) if args.nhood else None)
         rate = summary["voxels"] / max(summary["seconds"], 1e-9)
         print(f"wrote {args.output} {summary['shape']}: {summary['blocks']} blocks "
               f"({summary['skipped']} already done) in {summary['seconds']:.1f} s, {rate:.3g} voxels/s")

@@ -1,5 +1,6 @@
-"""``ekn segment``: watershed segmentation of a boundary map of any size, block by block, with ids
-stitched across blocks (:func:`~ekn_plugins.evaluation.blockwise_segmentation.segment_volume`).
+"""``ekn segment``: watershed segmentation of a boundary map (or a segmentation of affinities) of any
+size, block by block, with ids stitched across blocks
+(:func:`~ekn_plugins.evaluation.blockwise_segmentation.segment_volume`).
 
 Example:
     >>> import argparse
@@ -45,9 +46,9 @@ def parse_shape(text: str | None, option: str) -> tuple[int, int, int] | None:
     return values
 
 
-def watershed_params(args: argparse.Namespace) -> Any:
-    """The watershed parameters of the command line: ``--params`` (or the defaults), with each
-    parameter option given on top."""
+def segmentation_params(args: argparse.Namespace) -> Any:
+    """The parameters of the command line: ``--params`` (or the watershed's defaults), with each
+    parameter option given on top (for an affinity segmenter, those among its parameters)."""
     import dataclasses
 
     from ekn_plugins.evaluation.blockwise_segmentation import load_params
@@ -59,6 +60,11 @@ def watershed_params(args: argparse.Namespace) -> Any:
         changes["per_slice"] = True
     if args.anisotropy is not None:
         changes["anisotropy"] = parse_anisotropy(args.anisotropy)
+    fields = {field.name for field in dataclasses.fields(params)}
+    foreign = sorted(set(changes) - fields)
+    if foreign:
+        raise ConfigError(f"--params holds parameters of the {params.kind} segmenter, which has no "
+                          f"{', '.join('--' + name.replace('_', '-') for name in foreign)}: leave them out")
     return dataclasses.replace(params, **changes)
 
 
@@ -66,7 +72,9 @@ class SegmentCommand(Command):
     """Segment a boundary map of any size by watershed, block by block, ids stitched across blocks.
 
     INPUT holds boundary probabilities (1 = membrane), e.g. ekn predict's output: (c, z, y, x) or
-    (z, y, x), float in [0, 1] or uint8 (p x 255). Every block is segmented with a halo; segments
+    (z, y, x), float in [0, 1] or uint8 (p x 255); or affinities, when --params holds the
+    parameters of an affinity segmenter (affinity, waterz, mutex: the seg_params.json of ekn
+    evaluate --affinities). Every block is segmented with a halo; segments
     of neighbouring blocks that are each other's majority in their overlap are joined, and OUTPUT
     gets consecutive ids (uint32, uint64 if they do not fit). The parameters come from --params
     (the seg_params.json of ekn evaluate) and the options. Rerunning the same command after an
@@ -74,14 +82,17 @@ class SegmentCommand(Command):
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("input", help="boundary probabilities, e.g. pred.zarr, pred.h5:probs")
+        parser.add_argument("input", help="boundary probabilities (or affinities, see --params), e.g. pred.zarr, "
+                            "pred.h5:probs")
         parser.add_argument("output", help="segmentation, e.g. seg.zarr (default format), seg.h5:seg")
         parser.add_argument("--channel", type=int, help="channel of a (c, z, y, x) input (default: 1 of two "
                             "softmax channels, 0 of one)")
         parser.add_argument("--interior", action="store_true", help="the channel is the interior (cell) "
                             "probability: segment 1 - p")
-        parser.add_argument("--params", help="watershed parameters as JSON: seg_params.json of ekn evaluate, or "
-                            "an object such as {\"threshold\": 0.3, \"min_size\": 50}; the options below override it")
+        parser.add_argument("--params", help="parameters as a JSON file (seg_params.json of ekn evaluate) or JSON "
+                            "text: an object such as {\"threshold\": 0.3, \"min_size\": 50} (watershed) or {\"segmenter\": \"waterz\", "
+                            "\"threshold\": 0.4} (an affinity segmenter: INPUT holds affinities); the options below "
+                            "override it")
         parser.add_argument("--threshold", type=float, help="voxels below it are interior; their components are the "
                             "seeds (default 0.5)")
         parser.add_argument("--seed-erosion", type=float, help="erode the seeds by this distance (voxels of the "
@@ -96,16 +107,19 @@ class SegmentCommand(Command):
         parser.add_argument("--halo", help="voxels segmented around each block, Z,Y,X (default: 16 plus the seed "
                             "erosion along the finest axis, scaled by the anisotropy; 0 along z with --per-slice)")
         parser.add_argument("--roi", help="segment only this box, z0:z1,y0:y1,x0:x1 in input voxels (default: all)")
-        parser.add_argument("--workers", type=int, default=1, help="processes that segment blocks (default 1)")
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("--workers", type=int, default=1, help="processes that segment blocks (default 1)")
+        where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786, whose "
+                           "workers segment the blocks (they must see INPUT and OUTPUT's folder under the same paths)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
         from ekn_plugins.evaluation.blockwise_segmentation import segment_volume
 
         summary = segment_volume(
-            args.input, args.output, watershed_params(args), block=parse_shape(args.block, "--block"),
+            args.input, args.output, segmentation_params(args), block=parse_shape(args.block, "--block"),
             halo=parse_shape(args.halo, "--halo"), roi=parse_roi(args.roi), channel=args.channel,
-            interior=args.interior, workers=args.workers, progress=not args.no_progress)
+            interior=args.interior, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
         rate = summary["voxels"] / max(summary["seconds"], 1e-9)
         print(f"wrote {args.output} {summary['shape']} {summary['dtype']}: {summary['segments']} segments, "
               f"{summary['blocks']} blocks ({summary['skipped']} already done), {summary['merges']} merges "

@@ -39,6 +39,15 @@ NHOODS = {"3d": "mknhood3d(1): the edges to the previous voxel in z, y and x (3 
           "3d-aniso": "mknhood3d_aniso(1, 1.8): mknhood3d(1) and the edges to the previous slice at every "
                       "in-plane offset up to 1.8 (11 edges)"}
 DEFAULT_NHOOD = "3d"
+#: The ``--segmenter`` choices for affinities (the ``kind`` of their parameter classes in
+#: :mod:`~ekn_plugins.evaluation.segmentation` and :mod:`~ekn_plugins.evaluation.agglomeration`).
+#: ``affinity`` is the default.
+AFFINITY_SEGMENTERS = {
+    "affinity": "connected components of the edges above a threshold (AffinityParams)",
+    "waterz": "fragments of an affinity watershed merged by mean (or quantile) affinity up to a threshold, by waterz; "
+              "needs the edges to the previous voxel along z, y and x (WaterzParams)",
+    "mutex": "mutex watershed of every edge of the nhood, long-range ones included, by mwatershed (MutexParams)"}
+DEFAULT_AFFINITY_SEGMENTER = "affinity"
 
 
 def as_volume_nhood(nhood: Any) -> np.ndarray:
@@ -59,6 +68,19 @@ def as_volume_nhood(nhood: Any) -> np.ndarray:
                           f"none of them 0, got {nhood!r}")
     nh = nh.astype(np.int64)
     return np.concatenate([np.zeros((len(nh), 1), np.int64), nh], axis=1) if nh.shape[1] == 2 else nh
+
+
+def nhood_tuple(nhood: Any) -> tuple[tuple[int, int, int], ...]:
+    """The offsets as a tuple of ``(z, y, x)`` int tuples (a frozen field of the affinity
+    segmenters' parameters): :func:`as_volume_nhood` of ``nhood``, or the :data:`DEFAULT_NHOOD`
+    for None.
+
+    Example:
+        >>> nhood_tuple(None), nhood_tuple([[0, -1]])
+        (((-1, 0, 0), (0, -1, 0), (0, 0, -1)), ((0, 0, -1),))
+    """
+    nh = named_nhood(DEFAULT_NHOOD) if nhood is None else as_volume_nhood(nhood)
+    return tuple(tuple(int(v) for v in row) for row in nh)
 
 
 def named_nhood(name: str) -> np.ndarray:

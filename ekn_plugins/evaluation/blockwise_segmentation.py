@@ -1,13 +1,15 @@
 """Watershed segmentation of boundary maps larger than memory, block by block, with ids stitched
-across blocks (``ekn segment``).
+across blocks (``ekn segment``); affinities likewise, with the parameters of an affinity segmenter
+(connected components, waterz, mutex watershed).
 
 The region (the whole volume or a ROI) is cut into blocks on a regular grid. Three passes, each
 resumable block by block (a :class:`~ekn_core.prediction.blockwise.ProgressLog` per pass, whose
 fingerprint holds the input, the channel, the parameters, the ROI, block and halo):
 
 1. **segment**: every block is segmented with
-   :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation` on the block plus a halo
-   (clipped to the region). Its core (the block without halo) and, for each neighbouring block,
+   :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation` (or the affinity
+   segmenter of the parameters, on the affinity channels) on the block plus a halo (clipped to
+   the region). Its core (the block without halo) and, for each neighbouring block,
    its segmentation of the slab both blocks segment (the face ± the halo) are saved as one
    compressed ``.npz`` per block (numpy arrays, no pickle), written atomically, in the work
    folder beside the output (``OUTPUT.ekn-segment/``).
@@ -42,23 +44,25 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ekn_core.errors import ConfigError, EknError
 from ekn_core.prediction.tiling import Shape, box_window
-from ekn_plugins.evaluation.seg_search import start_method
-from ekn_plugins.evaluation.segmentation import WatershedParams, watershed_segmentation
+from ekn_plugins.evaluation.seg_search import SEGMENTERS, Params, SegmentationSearch, start_method
+from ekn_plugins.evaluation.segmentation import AffinitySegmenter, WatershedParams, watershed_segmentation
 from ekn_plugins.evaluation.stitching import final_ids, overlap_matches
 
 log = logging.getLogger("ekn.segment")
@@ -135,16 +139,29 @@ class BlockGrid:
         return [axis for axis in range(3) if self.halo[axis] > 0]
 
 
-def default_halo(params: WatershedParams, halo: int = DEFAULT_HALO) -> Shape:
+def _planar(params: Params) -> bool:
+    """The segmentation joins nothing across z slices: ``per_slice``, or affinities of a 2-D net."""
+    if isinstance(params, WatershedParams):
+        return params.per_slice
+    return all(offset[0] == 0 for offset in params.nhood)
+
+
+def default_halo(params: Params, halo: int = DEFAULT_HALO) -> Shape:
     """The default halo for ``params``: ``halo`` plus the seed erosion, in voxels of the finest
-    axis, converted with the anisotropy; 0 along z for ``per_slice``.
+    axis, converted with the anisotropy; 0 along z for ``per_slice`` (and affinities without z
+    offsets); ``halo`` along every axis for the other affinity segmenters.
 
     Example:
         >>> default_halo(WatershedParams(anisotropy=(2, 1, 1), seed_erosion=2))
         (9, 18, 18)
         >>> default_halo(WatershedParams(per_slice=True))
         (0, 16, 16)
+        >>> from ekn_plugins.evaluation.agglomeration import WaterzParams
+        >>> default_halo(WaterzParams()), default_halo(WaterzParams(nhood=[[0, -1, 0], [0, 0, -1]]))
+        ((16, 16, 16), (0, 16, 16))
     """
+    if not isinstance(params, WatershedParams):
+        return (0 if _planar(params) else halo, halo, halo)
     finest = min(params.anisotropy)
     distance = halo + math.ceil(params.seed_erosion)
     sizes = tuple(math.ceil(distance * finest / a) for a in params.anisotropy)
@@ -160,7 +177,7 @@ def _three(value: Any, name: str, minimum: int) -> Shape:
     return tuple(int(v) for v in values)
 
 
-def make_grid(shape: Sequence[int], block: Any, halo: Any, params: WatershedParams,
+def make_grid(shape: Sequence[int], block: Any, halo: Any, params: Params,
               roi: tuple[Sequence[int], Sequence[int]] | None = None) -> BlockGrid:
     """Checks block, halo and ROI against the volume ``shape`` and the parameters.
 
@@ -176,26 +193,28 @@ def make_grid(shape: Sequence[int], block: Any, halo: Any, params: WatershedPara
     if len(lo) != 3 or len(hi) != 3 or any(l < 0 or h > s or l >= h for l, h, s in zip(lo, hi, shape)):
         raise ConfigError(f"ROI {lo}..{hi} must be a non-empty box inside the volume {shape}")
     grid = BlockGrid(lo, hi, _three(block, "block", 1), _three(halo, "halo", 0))
-    finest = min(params.anisotropy)
+    erosion, spacing = ((params.seed_erosion, params.anisotropy) if isinstance(params, WatershedParams)
+                        else (0.0, (1.0, 1.0, 1.0)))
     for axis, name in enumerate("zyx"):
-        if grid.counts[axis] == 1:
+        if grid.counts[axis] == 1 or (axis == 0 and _planar(params)):
             continue
-        if grid.halo[axis] == 0 and not (axis == 0 and params.per_slice):
+        if grid.halo[axis] == 0:
             raise ConfigError(f"halo along {name} is 0, but the region has {grid.counts[axis]} blocks along {name}: "
                               "segments could not be stitched across them; give a halo >= 1 (default "
                               f"{default_halo(params)[axis]}) or one block along {name}")
-        reach = grid.halo[axis] * params.anisotropy[axis] / finest
-        if reach < params.seed_erosion and not (axis == 0 and params.per_slice):
+        if grid.halo[axis] * spacing[axis] / min(spacing) < erosion:
             raise ConfigError(f"halo along {name} ({grid.halo[axis]} voxels) is shorter than the seed erosion "
-                              f"({params.seed_erosion} voxels of the finest axis): seeds near the block faces "
+                              f"({erosion} voxels of the finest axis): seeds near the block faces "
                               f"would erode differently; give a halo of at least "
-                              f"{math.ceil(params.seed_erosion * finest / params.anisotropy[axis])} along {name}")
+                              f"{math.ceil(erosion * min(spacing) / spacing[axis])} along {name}")
     return grid
 
 
-def load_params(path: str | os.PathLike) -> WatershedParams:
-    """Watershed parameters from a JSON file: the ``seg_params.json`` of ``ekn evaluate`` (a
-    segmentation search; its best parameters) or one object of :class:`WatershedParams` fields.
+def load_params(path: str | os.PathLike) -> Params:
+    """Segmentation parameters from a JSON file, or from JSON text (starting with ``{``): the
+    ``seg_params.json`` of ``ekn evaluate`` (a segmentation search; its best parameters, of any
+    segmenter), or one object of parameters: of :class:`WatershedParams`, or of the segmenter named
+    by its ``"segmenter"`` key (``affinity``, ``waterz``, ``mutex``).
 
     Example:
         >>> import tempfile
@@ -203,28 +222,33 @@ def load_params(path: str | os.PathLike) -> WatershedParams:
         >>> _ = open(path, "w").write('{"threshold": 0.3, "min_size": 50}')
         >>> load_params(path).threshold
         0.3
+        >>> _ = open(path, "w").write('{"segmenter": "waterz", "threshold": 0.4}')
+        >>> load_params(path).kind
+        'waterz'
+        >>> load_params('{"threshold": 0.2}').threshold
+        0.2
     """
-    from ekn_plugins.evaluation.seg_search import SegmentationSearch
-
+    text = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+        if text.lstrip().startswith("{"):
+            record = json.loads(text)
+        else:
+            with open(text, encoding="utf-8") as f:
+                record = json.load(f)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read the segmentation parameters {os.fspath(path)!r}: {err}") from None
-    fields = {field.name for field in dataclasses.fields(WatershedParams)}
-    try:
-        if isinstance(record, dict) and "rows" in record:
-            params = SegmentationSearch.from_dict(record).best_params
-            if not isinstance(params, WatershedParams):
-                raise ConfigError(f"{os.fspath(path)!r} holds parameters for the {params.kind} segmenter; "
-                                  "ekn segment runs the watershed of a boundary map")
-            return params
-        if isinstance(record, dict) and set(record) <= fields:
-            return WatershedParams(**record)
-    except (KeyError, TypeError, IndexError, ValueError) as err:
-        raise ConfigError(f"{os.fspath(path)!r} is no valid segmentation search record: {err}") from None
+        raise ConfigError(f"cannot read the segmentation parameters {text!r}: {err}") from None
+    if isinstance(record, dict) and "rows" in record:
+        try:
+            return SegmentationSearch.from_dict(record).best_params
+        except (KeyError, TypeError, IndexError, ValueError) as err:
+            raise ConfigError(f"{os.fspath(path)!r} is no valid segmentation search record: {err}") from None
+    kind = record.get("segmenter", "watershed") if isinstance(record, dict) else None
+    fields = {field.name for field in dataclasses.fields(SEGMENTERS.get(str(kind), WatershedParams))}
+    if str(kind) in SEGMENTERS and set(record) - {"segmenter"} <= fields:
+        return SEGMENTERS[kind](**{k: v for k, v in record.items() if k != "segmenter"})
     raise ConfigError(f"{os.fspath(path)!r} holds neither a segmentation search (seg_params.json of ekn evaluate) "
-                      f"nor an object of watershed parameters ({', '.join(sorted(fields))})")
+                      f"nor an object of watershed parameters ({', '.join(sorted(fields))}) or of another segmenter "
+                      f"named by a \"segmenter\" key ({', '.join(k for k in SEGMENTERS if k != 'watershed')})")
 
 
 def work_folder(output: str) -> str:
@@ -245,9 +269,9 @@ class _Job:
 
     input: str
     input_options: dict[str, Any]
-    channel: int
+    channels: slice
     interior: bool
-    params: WatershedParams
+    params: Params
     grid: BlockGrid
     folder: str
 
@@ -258,27 +282,48 @@ class _Job:
         return os.path.join(self.folder, f"merges_{index:07d}.npy")
 
 
-# the input volume opened by this process: job input -> (volume, its (c, z, y, x) view)
-_OPEN: dict[str, tuple[Any, Any]] = {}
+@dataclass
+class _OpenInput:
+    """An input volume this process opened, its ``(c, z, y, x)`` view and how many blocks read it now."""
+
+    volume: Any
+    view: Any
+    readers: int = 0
 
 
-def _input(job: _Job) -> Any:
-    """The job's input as a ``(c, z, y, x)`` view, opened once per process."""
+# the input volumes opened by this process (job input -> _OpenInput), shared by its threads (Dask
+# workers may run several); the lock makes their check-open-count and closing one step
+_OPEN: dict[str, _OpenInput] = {}
+_OPEN_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _input(job: _Job) -> Iterator[Any]:
+    """The job's input as a ``(c, z, y, x)`` view for the block, opened once per process; opening
+    another input closes the previous ones that no thread reads."""
     key = repr((job.input, sorted(job.input_options.items())))
-    if key not in _OPEN:
-        from ekn_core.prediction.blockwise import as_channel_volume
-        from ekn_core.volumes import open_volume
+    with _OPEN_LOCK:
+        opened = _OPEN.get(key)
+        if opened is None:
+            from ekn_core.prediction.blockwise import as_channel_volume
+            from ekn_core.volumes import open_volume
 
-        _close_inputs()
-        volume = open_volume(job.input, **job.input_options)
-        _OPEN[key] = (volume, as_channel_volume(volume))
-    return _OPEN[key][1]
+            _close_inputs()
+            volume = open_volume(job.input, **job.input_options)
+            opened = _OPEN[key] = _OpenInput(volume, as_channel_volume(volume))
+        opened.readers += 1
+    try:
+        yield opened.view
+    finally:
+        with _OPEN_LOCK:
+            opened.readers -= 1
 
 
 def _close_inputs() -> None:
-    for volume, _ in _OPEN.values():
-        volume.close()
-    _OPEN.clear()
+    """Closes the inputs of this process that no thread reads."""
+    with _OPEN_LOCK:
+        for key in [key for key, opened in _OPEN.items() if opened.readers == 0]:
+            _OPEN.pop(key).volume.close()
 
 
 def _save(path: str, save: Callable[[Any], None]) -> None:
@@ -297,9 +342,12 @@ def _segment_block(job: _Job, index: int) -> int:
 
     grid = job.grid
     lo, hi = grid.domain(index)
-    window = (slice(job.channel, job.channel + 1), *(slice(l, h) for l, h in zip(lo, hi)))
-    prob = prediction_values(_input(job)[window])[0]
-    seg = watershed_segmentation(1.0 - prob if job.interior else prob, job.params)
+    with _input(job) as volume:
+        values = prediction_values(volume[(job.channels, *(slice(l, h) for l, h in zip(lo, hi)))])
+    if isinstance(job.params, WatershedParams):
+        seg = watershed_segmentation(1.0 - values[0] if job.interior else values[0], job.params)
+    else:
+        seg = job.params.segment(values)
     core = seg[box_window(*grid.core(index), lo)]
     arrays = {"core": core, "n_ids": np.int64(seg.max(initial=0)), "core_ids": np.unique(core[core > 0])}
     for axis in grid.stitched_axes():
@@ -340,9 +388,10 @@ def _stitch_block(job: _Job, index: int) -> int:
 
 
 def _run_pass(plog: Any, pending: list[int], work: Callable[[_Job, int], int], job: _Job, workers: int,
-              progress: bool, on_block: Callable[[str, int], Any] | None) -> None:
-    """Runs ``work(job, index)`` on the ``pending`` blocks (in ``workers`` processes) and records
-    each finished one in ``plog``, a :class:`~ekn_core.prediction.blockwise.ProgressLog`."""
+              progress: bool, on_block: Callable[[str, int], Any] | None, scheduler: str | None = None) -> None:
+    """Runs ``work(job, index)`` on the ``pending`` blocks (in ``workers`` processes, or on the Dask
+    cluster at ``scheduler``) and records each finished one in ``plog``, a
+    :class:`~ekn_core.prediction.blockwise.ProgressLog`."""
     name = plog.fingerprint["pass"]
     bar = None
     if progress and pending:
@@ -359,7 +408,16 @@ def _run_pass(plog: Any, pending: list[int], work: Callable[[_Job, int], int], j
 
     try:
         plog.start()
-        if workers <= 1 or len(pending) <= 1:
+        if scheduler and pending:
+            from ekn_core.prediction.distributed import as_finished, connect
+
+            client, close = connect(scheduler)
+            try:
+                for index in as_finished(client, work, pending, job, name=f"ekn-segment-{name}"):
+                    finished(index)
+            finally:
+                close()
+        elif workers <= 1 or len(pending) <= 1:
             for index in pending:
                 finished(work(job, index))
         else:
@@ -401,13 +459,36 @@ def _table(job: _Job) -> tuple[np.ndarray, np.ndarray, int]:
     return final, offsets, len(matches)
 
 
-def segment_volume(input: str, output: str, params: WatershedParams | None = None, *,
+def _affinity_channels(params: AffinitySegmenter, n_channels: int, channel: int | None,
+                       interior: bool) -> tuple[slice, list[int]]:
+    """The channels of P(connected) of an affinity input (the slice to read, and as a list).
+
+    Raises:
+        ConfigError: ``channel`` or ``interior`` given (they choose a boundary channel), or a
+            channel count that fits neither layout of the nhood.
+    """
+    from ekn_plugins.evaluation.affinities import connected_channels
+
+    if channel is not None or interior:
+        raise ConfigError(f"--channel and --interior choose a boundary channel; {params.kind} parameters segment "
+                          f"the affinity channels of their nhood ({len(params.nhood)} edges): leave them out")
+    n_edges = len(params.nhood)
+    if n_channels not in (n_edges, 2 * n_edges):
+        raise ConfigError(f"the input has {n_channels} channel(s), but affinities of the {params.kind} parameters' "
+                          f"nhood ({n_edges} edges) have {n_edges} (one sigmoid per edge) or {2 * n_edges} (a 2-class "
+                          "softmax per edge); give the parameters found for this net (seg_params.json of ekn evaluate "
+                          "--affinities)")
+    channels = connected_channels(n_channels, n_edges)
+    return channels, list(range(n_channels))[channels]
+
+
+def segment_volume(input: str, output: str, params: Params | None = None, *,
                    block: Sequence[int] = DEFAULT_BLOCK, halo: Sequence[int] | int | None = None,
                    roi: tuple[Sequence[int], Sequence[int]] | None = None, channel: int | None = None,
-                   interior: bool = False, workers: int = 1, progress: bool = True,
+                   interior: bool = False, workers: int = 1, scheduler: str | None = None, progress: bool = True,
                    input_options: dict[str, Any] | None = None, output_options: dict[str, Any] | None = None,
                    on_block: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
-    """Segments a boundary probability volume of any size block by block; resumable.
+    """Segments a boundary probability volume (or affinities) of any size block by block; resumable.
 
     For a map without ties (no voxel equally far, in flooding order, from two seeds) and a halo
     that reaches the seeds of every voxel of a core, the result equals
@@ -417,19 +498,34 @@ def segment_volume(input: str, output: str, params: WatershedParams | None = Non
     into a neighbour where the whole volume would keep it (a halo of a few cell radii makes that
     rare).
 
+    With the parameters of an affinity segmenter, the input holds affinities and each block (with
+    its halo) is segmented by that segmenter; edges from a block's voxels to voxels outside it
+    are left out there. Agglomeration (waterz, the mutex watershed) is not local: near a block's
+    faces it can decide otherwise than on the whole volume, which the halo and the stitching
+    absorb as they do the watershed's differences.
+
     Args:
         input: Boundary probabilities (1 = boundary) for ``open_volume``: ``(z, y, x)`` or
-            ``(c, z, y, x)`` (``ekn predict``'s output), float in [0, 1] or uint8 (p × 255).
-        output: The segmentation for ``create_volume`` (zarr by default, ``file.h5:key``, ...).
-        params: Watershed parameters (default :class:`WatershedParams()`).
+            ``(c, z, y, x)`` (``ekn predict``'s output), float in [0, 1] or uint8 (p × 255); for
+            an affinity segmenter, affinities ``(c, z, y, x)``: one sigmoid channel per edge of
+            its ``nhood``, or a 2-class softmax per edge (P(connected) the second).
+        output: The segmentation for ``create_volume`` (zarr by default, ``file.h5:key``, ...); not
+            the input, nor inside, around or in the file of it (:func:`~ekn_core.volumes.check_distinct`).
+        params: Watershed parameters (default :class:`WatershedParams()`), or those of an
+            affinity segmenter (:data:`~ekn_plugins.evaluation.seg_search.SEGMENTERS`).
         block: Core shape (z, y, x) of a block.
         halo: Voxels segmented around each core, (z, y, x) or one number (default
             :func:`default_halo`).
         roi: ``(lo, hi)`` region of the input to segment (default everything); it is segmented
             as if it were the whole volume (no voxel outside it is read).
-        channel: Channel of a ``(c, z, y, x)`` input (default 1 of two softmax channels, 0 of one).
-        interior: The channel is the interior (cell) probability: segment ``1 - p``.
+        channel: Channel of a ``(c, z, y, x)`` input (default 1 of two softmax channels, 0 of one);
+            not for affinities.
+        interior: The channel is the interior (cell) probability: segment ``1 - p``; not for
+            affinities.
         workers: Processes that segment and stitch blocks (1: this process).
+        scheduler: Address of a Dask scheduler (``tcp://host:8786``) whose workers segment and stitch
+            the blocks instead (they must see ``input`` and the output's folder under the same paths,
+            e.g. on a shared file system); the relabelling into ``output`` runs here.
         progress: tqdm bars (blocks) per pass.
         input_options, output_options: Passed to ``open_volume`` / ``create_volume``.
         on_block: Called with ``(pass, index)`` after each block was recorded (tests, monitors).
@@ -440,31 +536,40 @@ def segment_volume(input: str, output: str, params: WatershedParams | None = Non
     """
     from ekn_core.prediction.blockwise import (absolute, as_channel_volume, chunk_shape, finished_prediction,
                                                open_output, progress_path)
-    from ekn_core.volumes import open_volume
+    from ekn_core.volumes import check_distinct, open_volume
     from ekn_plugins.validation.segmentation_metrics import boundary_channel
 
     params = params or WatershedParams()
-    if not isinstance(params, WatershedParams):
-        raise ConfigError(f"params must be WatershedParams, got {type(params).__name__}")
+    if not isinstance(params, (WatershedParams, AffinitySegmenter)):
+        raise ConfigError(f"params must be WatershedParams or those of an affinity segmenter, got "
+                          f"{type(params).__name__}")
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ConfigError(f"workers must be a number of processes >= 1, got {workers!r}")
+    if scheduler and workers > 1:
+        raise ConfigError("give either workers (processes on this machine) or scheduler (a Dask cluster), not both")
+    check_distinct(output, [input])
     with open_volume(input, **(input_options or {})) as raw:
         volume = as_channel_volume(raw)
         n_channels, shape, dtype = int(volume.shape[0]), tuple(int(s) for s in volume.shape[1:]), np.dtype(raw.dtype)
     if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
-        raise ConfigError(f"{input!r} holds {dtype} values; ekn segment reads boundary probabilities as floats "
-                          "in [0, 1] or uint8 (p x 255)")
+        raise ConfigError(f"{input!r} holds {dtype} values; ekn segment reads boundary probabilities (or affinities) "
+                          "as floats in [0, 1] or uint8 (p x 255)")
     record = finished_prediction(input)  # a prediction that ekn predict has not finished is mostly zeros
-    if n_channels == 1 and record is not None and record.get("channel") == 0 and not interior:
-        log.warning("%s is channel 0 of the net (ekn predict --channel 0), segmented as the boundary probability; "
-                    "of a 2-class softmax that is the background: use --interior, or predict --channel 1", input)
-    channel = boundary_channel(n_channels, channel, name="channel", source=f"the input {input!r} has",
-                               ask="say which one holds the boundary probability with --channel K (channel= in "
-                                   "Python; with --interior for an interior, cell probability)")
+    if isinstance(params, AffinitySegmenter):
+        channels, channel = _affinity_channels(params, n_channels, channel, interior)
+    else:
+        if n_channels == 1 and record is not None and record.get("channel") == 0 and not interior:
+            log.warning("%s is channel 0 of the net (ekn predict --channel 0), segmented as the boundary "
+                        "probability; of a 2-class softmax that is the background: use --interior, or predict "
+                        "--channel 1", input)
+        channel = boundary_channel(n_channels, channel, name="channel", source=f"the input {input!r} has",
+                                   ask="say which one holds the boundary probability with --channel K (channel= in "
+                                       "Python; with --interior for an interior, cell probability)")
+        channels = slice(channel, channel + 1)
     grid = make_grid(shape, block, default_halo(params) if halo is None else halo, params, roi)
     folder = work_folder(output)
     os.makedirs(folder, exist_ok=True)
-    job = _Job(absolute(input), dict(input_options or {}), channel, bool(interior), params, grid,
+    job = _Job(absolute(input), dict(input_options or {}), channels, bool(interior), params, grid,
                os.path.abspath(folder))
     fingerprint = {"version": 1, "input": job.input, "input_shape": [n_channels, *shape], "dtype": dtype.name,
                    "channel": channel, "interior": job.interior, "params": params.to_dict(),
@@ -475,9 +580,9 @@ def segment_volume(input: str, output: str, params: WatershedParams | None = Non
     try:
         plog, pending = _pass_log(job, "segment", fingerprint, job.block_file)
         skipped = len(grid) - len(pending)
-        _run_pass(plog, pending, _segment_block, job, int(workers), progress, on_block)
+        _run_pass(plog, pending, _segment_block, job, int(workers), progress, on_block, scheduler)
         _run_pass(*_pass_log(job, "stitch", fingerprint, job.merges_file), _stitch_block, job, int(workers),
-                  progress, on_block)
+                  progress, on_block, scheduler)
     finally:
         _close_inputs()
     final, offsets, n_merges = _table(job)

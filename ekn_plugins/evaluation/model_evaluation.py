@@ -25,8 +25,11 @@ are probabilities x 255.
 Affinity nets (``affinities=True``, automatic for models that feed an affinity loss such as
 ``MalisNLL``): the channels of P(connected) (:mod:`~ekn_plugins.evaluation.affinities`) are swept
 against the true affinity graph of the ids, pooled over the edges, and the segmentation search
-varies the connected components' threshold and minimum size
-(:class:`~ekn_plugins.evaluation.segmentation.AffinityParams`).
+varies the parameters of an affinity segmenter: the connected components' threshold and minimum
+size (:class:`~ekn_plugins.evaluation.segmentation.AffinityParams`, the default), or those of
+waterz's agglomeration or the mutex watershed (``base_params``:
+:class:`~ekn_plugins.evaluation.agglomeration.WaterzParams`,
+:class:`~ekn_plugins.evaluation.agglomeration.MutexParams`).
 
 ``OUT/evaluation.json`` holds everything machine-readable and ``OUT/REPORT.md``
 (:mod:`~ekn_plugins.evaluation.report`) the human-readable summary; every file is written
@@ -67,8 +70,8 @@ from ekn_plugins.data.patches import Region, parse_region
 from ekn_plugins.evaluation.affinities import affinity_labels, connected_channels, resolve_nhood
 from ekn_plugins.evaluation.binary import BinaryEvaluation, ThresholdCurves
 from ekn_plugins.evaluation.runs import ChosenModel, default_out_dir, resolve_model, run_validation_spec
-from ekn_plugins.evaluation.seg_search import DEFAULT_GRIDS, METRICS, grid_points
-from ekn_plugins.evaluation.segmentation import SEGMENTERS, AffinityParams, WatershedParams
+from ekn_plugins.evaluation.seg_search import METRICS, SEGMENTERS, Params, default_grid, grid_points
+from ekn_plugins.evaluation.segmentation import AffinityParams, AffinitySegmenter, WatershedParams
 from ekn_plugins.validation.evaluate import evaluation_roi, open_volumes
 from ekn_plugins.validation.segmentation_metrics import boundary_channel, check_memory
 from ekn_plugins.validation.spec import ValidationVolume
@@ -84,6 +87,13 @@ BARRIER_OPTIONS = {"dilute": False, "connectivity": True, "ecs_as_barr": True}
 #: edge of the nhood the affinities in the box (float64 at most) and, in a worker, the edge lists
 #: of the connected components (measured: 144 bytes for 3 edges, 385 for 11).
 AFFINITY_BYTES_PER_VOXEL = {"box": 16, "box_per_edge": 8, "search": 64, "search_per_edge": 32}
+#: A search worker's bytes per voxel, and per voxel and edge, for the agglomerating segmenters instead
+#: (measured on 32 x 256 x 256 noisy affinities: waterz 81 bytes, it reads 3 edges of any nhood; the mutex
+#: watershed 190 for 3 edges, 746 for 11).
+AGGLOMERATION_SEARCH_BYTES = {"waterz": (96, 0), "mutex": (32, 72)}
+#: The same for waterz with a quantile (``hist_quant_*``) scoring in the grid: a 256-bin histogram (1 KiB) per
+#: contact of two fragments (measured 1092 bytes on the noisy affinities above; cleaner ones have fewer fragments).
+WATERZ_HISTOGRAM_SEARCH_BYTES = 1200
 #: Block read at a time from a prediction that has no chunks (e.g. a TIFF stack).
 READ_BLOCK = (32, 512, 512)
 #: The curve arrays left out of ``evaluation.json`` (``ThresholdCurves`` rebuilds them from the histograms).
@@ -345,6 +355,7 @@ class _Options:
     memory_budget: Any
     workers: int | None
     scheduler: str | None
+    tta_affinity_offsets: list[list[int]] | None = None
 
     def read_channels(self) -> slice:
         """The channels the evaluation reads: the evaluated one, or those of P(connected)."""
@@ -359,7 +370,7 @@ class _Options:
             return f"channel {self.channel}"
         return f"affinity channels {self.affinities['channels']}"
 
-    def base(self) -> WatershedParams | AffinityParams:
+    def base(self) -> Params:
         """The segmenter's parameters outside the grid."""
         return SEGMENTERS[self.segmenter](**self.base_params)
 
@@ -369,7 +380,10 @@ class _Options:
         if self.affinities is None:
             return None, None  # check_memory's of a boundary map
         n, b = len(self.affinities["nhood"]), AFFINITY_BYTES_PER_VOXEL
-        return b["box"] + b["box_per_edge"] * n, b["search"] + b["search_per_edge"] * n
+        search, per_edge = AGGLOMERATION_SEARCH_BYTES.get(self.segmenter, (b["search"], b["search_per_edge"]))
+        if self.segmenter == "waterz" and set(self.grid.get("scoring", [self.base_params["scoring"]])) != {"mean"}:
+            search = WATERZ_HISTOGRAM_SEARCH_BYTES
+        return b["box"] + b["box_per_edge"] * n, search + per_edge * n
 
 
 def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume] | None = None,
@@ -379,7 +393,7 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
                    bins: int = 1000,
                    affinities: bool | None = None, nhood: str | Any = None,
                    segmentation: bool = True, grid: dict[str, Sequence[Any]] | None = None, metric: str = "vi",
-                   n_proc: int = 1, base_params: WatershedParams | AffinityParams | None = None, mfp: bool = False,
+                   n_proc: int = 1, base_params: Params | None = None, mfp: bool = False,
                    tta: Any = None, tile: Shape | str | None = "auto", memory_budget: int | str | None = None,
                    workers: int | None = None, scheduler: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluates a model, or an existing prediction, on labelled volumes and writes
@@ -392,7 +406,9 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
             ``ids`` (ground-truth object ids; then the labels are their boundaries) or both.
             None: the ``volume_validation`` volumes of the model's run.
         out_dir: Output folder; None: ``<run>/evaluation/<model stem>`` for a model of a run, else
-            ``<model without .mdl>.evaluation`` (``<prediction without suffix>.evaluation``).
+            ``<model without .mdl>.evaluation`` (``<prediction without suffix>.evaluation``). It
+            may not be or lie inside an input volume, nor its ``<volume>/prediction.zarr`` and
+            ``segmentation.zarr`` be one (:func:`~ekn_core.volumes.check_distinct`).
         prediction: Evaluate this prediction (what ``ekn predict`` wrote: ``(n_lab, z, y, x)``, or
             ``(z, y, x)`` with ``--channel``; float probabilities or uint8 x 255) instead of
             predicting with a model; exactly one volume, whose ``raw`` may be None. The prediction
@@ -422,7 +438,8 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
         segmentation: Search the segmentation parameters for volumes with ids.
         grid, metric, n_proc, base_params: Of :func:`~ekn_plugins.evaluation.seg_search.search_segmentation`
             (``base_params``: e.g. ``per_slice`` and ``anisotropy`` of :class:`WatershedParams`, or
-            :class:`AffinityParams`, whose ``nhood`` is replaced by the evaluated one).
+            an affinity segmenter's (:class:`AffinityParams`, the default, ``WaterzParams`` or
+            ``MutexParams``), whose ``nhood`` is replaced by the evaluated one).
         mfp, tta, tile, memory_budget, workers, scheduler, progress: Of
             :func:`~ekn_core.prediction.blockwise.predict_volume` (not with ``prediction``).
 
@@ -473,8 +490,9 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
     else:
         if nhood is not None:
             raise ConfigError("nhood describes affinity channels: evaluate them with --affinities (affinities=True)")
-        if isinstance(base_params, AffinityParams):
-            raise ConfigError("AffinityParams segment affinities: evaluate them with --affinities (affinities=True)")
+        if isinstance(base_params, AffinitySegmenter):
+            raise ConfigError(f"{type(base_params).__name__} segment affinities: evaluate them with --affinities "
+                              "(affinities=True)")
         if given is not None and len(given["shape"]) == 3:  # the file's one channel, the net's recorded one
             given["net_channel"], channel = _single_channel(prediction, channel), 0
         affinity, base, channel = None, base_params or WatershedParams(), evaluated_channel(n_lab, channel)
@@ -482,9 +500,11 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
     ignore_ids = _ignore_ids(ignore_ids, ignore_label if affinities else None)
     options = _Options(channel, affinity, bool(interior), positive, ignore_label, ignore_ids, bins, segmentation,
                        base.kind,
-                       {k: list(v) for k, v in (DEFAULT_GRIDS[base.kind] if grid is None else grid).items()}, metric,
-                       n_proc, base.to_dict(), prediction, mfp, tta, tile, memory_budget, workers, scheduler)
+                       {k: list(v) for k, v in (default_grid(base) if grid is None else grid).items()}, metric,
+                       n_proc, base.to_dict(), prediction, mfp, tta, tile, memory_budget, workers, scheduler,
+                       _tta_offsets(affinity, tta, loss))
     out_dir = os.path.abspath(out_dir or (default_out_dir(chosen) if chosen else _prediction_out_dir(prediction)))
+    _check_outputs(out_dir, volumes, prediction)
     pooled, records = ThresholdCurves(bins, positive), []
     for volume in volumes:
         record, curves = _evaluate_volume(chosen.path if chosen else None, volume, os.path.join(out_dir, volume.name),
@@ -522,6 +542,18 @@ def _check_source(model: str | None, prediction: str | None, volumes: Sequence[V
     if used:
         raise ConfigError(f"{', '.join(used)} set how a model predicts; a given prediction is read as it is: "
                           "leave them out")
+
+
+def _check_outputs(out_dir: str, volumes: Sequence[ValidationVolume], prediction: str | None) -> None:
+    """Refuses an output folder that is or lies inside an input, and volumes written over inputs."""
+    from ekn_core.volumes import check_distinct
+
+    inputs = [prediction, *(path for v in volumes for path in (v.raw, v.labels, v.ids))]
+    check_distinct(out_dir, inputs, folder=True)
+    for volume in volumes:
+        written = ["segmentation.zarr"] + (["prediction.zarr"] if prediction is None else [])
+        for name in written:
+            check_distinct(os.path.join(out_dir, volume.name, name), inputs)
 
 
 def _ignore_ids(ids: Sequence[int], unlabelled: int | None) -> tuple[int, ...]:
@@ -568,8 +600,16 @@ def _prediction_out_dir(prediction: str) -> str:
     return os.path.splitext(split_key(prediction)[0].rstrip("/"))[0] + ".evaluation"
 
 
+def _tta_offsets(affinity: dict[str, Any] | None, tta: Any, loss: Any) -> list[list[int]] | None:
+    """The nhood the prediction engine needs for exact TTA of affinities: given only when the model's
+    loss does not declare its offsets itself (a net trained with a plain loss, evaluated with --nhood)."""
+    if affinity is None or tta is None or hasattr(loss, "affinity_offsets"):
+        return None
+    return affinity["nhood"]
+
+
 def _affinity_setup(loss: Any, nhood: Any, n_lab: int, *, channel: int | None, interior: bool, positive: int | None,
-                    base_params: WatershedParams | AffinityParams | None) -> tuple[dict[str, Any], AffinityParams]:
+                    base_params: Params | None) -> tuple[dict[str, Any], AffinitySegmenter]:
     """The ``affinities`` record of the options and the base parameters of an affinity net."""
     for name, value in (("channel", channel), ("interior", interior or None), ("positive", positive)):
         if value is not None:
@@ -577,7 +617,8 @@ def _affinity_setup(loss: Any, nhood: Any, n_lab: int, *, channel: int | None, i
                               "the nhood); leave --" + name + " out")
     if isinstance(base_params, WatershedParams):
         raise ConfigError("per_slice and anisotropy (WatershedParams) are watershed parameters; affinities are "
-                          "segmented by connected components (AffinityParams): leave them out")
+                          "segmented by an affinity segmenter (AffinityParams, WaterzParams, MutexParams): leave them "
+                          "out")
     nh, source = resolve_nhood(loss, nhood)
     channels = connected_channels(n_lab, len(nh))
     record = {"nhood": nh.tolist(), "nhood_source": source, "channels": list(range(n_lab))[channels]}
@@ -663,7 +704,8 @@ def _evaluate_volume(model: str | None, volume: ValidationVolume, folder: str, o
             path = os.path.join(folder, "prediction.zarr")
             summary = predict_volume(model, volume.raw, path, roi=box, pad=True, mfp=options.mfp,
                                      tile=options.tile, memory_budget=options.memory_budget, workers=options.workers,
-                                     scheduler=options.scheduler, progress=progress, tta=options.tta)
+                                     scheduler=options.scheduler, progress=progress, tta=options.tta,
+                                     affinity_offsets=options.tta_affinity_offsets)
             seconds["prediction"] = time.perf_counter() - t
             pred, pred_offset = stack.enter_context(_open_prediction(path))[0], box[0]
             pred_record = {"path": os.path.relpath(path, os.path.dirname(folder)), "blocks": summary["blocks"],

@@ -9,7 +9,7 @@ Example:
     >>> import os, tempfile
     >>> from ekn_core.trainer.rundir import RunDir
     >>> run = RunDir(os.path.join(tempfile.mkdtemp(), "exp"))
-    >>> run.create(); run.write_run_json({"settings": {}})
+    >>> _ = run.create(); run.write_run_json({"settings": {}})
     >>> open(run.model_path("latest"), "wb").close()
     >>> chosen = resolve_model(run.path)
     >>> os.path.relpath(chosen.path, run.path), chosen.which, os.path.relpath(default_out_dir(chosen), run.path)

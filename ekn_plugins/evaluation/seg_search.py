@@ -1,13 +1,15 @@
 """Grid search of the segmentation parameters that segment a net's prediction best (ELEKTRONN2's
 ``optimise_segmentation``, which wrote ``<name>-Seg_Params.txt``; ekn writes JSON and a markdown table).
 
-The segmenter is the type of the parameters (``base``): :class:`~ekn_plugins.evaluation.segmentation.WatershedParams`
-(default) segments a boundary probability map with
-:func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation`,
-:class:`~ekn_plugins.evaluation.segmentation.AffinityParams` an affinity graph with
-:func:`~ekn_plugins.evaluation.segmentation.affinity_segmentation`. Every grid point is segmented
-and scored with :func:`~ekn_plugins.evaluation.segmentation.segmentation_scores`; the best point
-has the lowest ``metric``, ties going to the first in grid order.
+The segmenter is the type of the parameters (``base``, :data:`SEGMENTERS`):
+:class:`~ekn_plugins.evaluation.segmentation.WatershedParams` (default) segments a boundary
+probability map with :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation`;
+:class:`~ekn_plugins.evaluation.segmentation.AffinityParams` (connected components),
+:class:`~ekn_plugins.evaluation.agglomeration.WaterzParams` and
+:class:`~ekn_plugins.evaluation.agglomeration.MutexParams` segment an affinity graph. Every grid
+point is segmented and scored with :func:`~ekn_plugins.evaluation.segmentation.segmentation_scores`
+(waterz: the points that differ only in ``threshold`` from one agglomeration); the best point has
+the lowest ``metric``, ties going to the first in grid order.
 
 Example:
     >>> import numpy as np
@@ -39,7 +41,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ekn_core.errors import ConfigError, ShapeError
-from ekn_plugins.evaluation.segmentation import SEGMENTERS, AffinityParams, WatershedParams, segmentation_scores
+from ekn_plugins.evaluation.agglomeration import MutexParams, WaterzParams
+from ekn_plugins.evaluation.segmentation import AffinityParams, AffinitySegmenter, WatershedParams, segmentation_scores
+
+#: The parameters of a segmenter (one of :data:`SEGMENTERS`).
+Params = WatershedParams | AffinitySegmenter
+#: The segmenters' parameter classes by :attr:`~WatershedParams.kind`.
+SEGMENTERS: dict[str, type] = {cls.kind: cls for cls in (WatershedParams, AffinityParams, WaterzParams, MutexParams)}
 
 #: The default grid of the watershed. The threshold is the main knob (low: small, separated seeds, splits; high:
 #: seeds leak across weak membranes, merges); eroding the seeds separates cells joined through gaps in the
@@ -50,8 +58,20 @@ DEFAULT_GRID: dict[str, list[Any]] = {"threshold": [0.1, 0.2, 0.3, 0.5, 0.7], "s
 #: The default grid of affinity segmentations: the threshold splits (high) or merges (low) along
 #: uncertain edges; components below 50 voxels become unassigned. 6 x 2 = 12 segmentations.
 DEFAULT_AFFINITY_GRID: dict[str, list[Any]] = {"threshold": [0.2, 0.4, 0.5, 0.6, 0.8, 0.9], "min_size": [1, 50]}
-#: The default grid by segmenter (:attr:`WatershedParams.kind`).
-DEFAULT_GRIDS = {"watershed": DEFAULT_GRID, "affinity": DEFAULT_AFFINITY_GRID}
+#: The default grid of waterz: the merge threshold (higher merges more), 0.1 to 0.9 in steps of 0.05, with
+#: mean-affinity scoring: 17 segmentations from one agglomeration. (Quantile scoring, e.g.
+#: ``"scoring": ["mean", "hist_quant_75"]``, can segment noisy affinities better, but keeps a 1 KiB histogram
+#: per contact of two fragments: some 1 KB per voxel on noisy affinities, against 0.1 KB for the mean.)
+DEFAULT_WATERZ_GRID: dict[str, list[Any]] = {"threshold": [round(0.05 * k, 2) for k in range(2, 19)]}
+#: The default grid of the mutex watershed: where the nearest-neighbour edges turn from repulsive to attractive
+#: x the same for long-range edges (1: only repulsive); 3 x 3 = 9 segmentations. Without long-range edges in
+#: the nhood, :data:`DEFAULT_MUTEX_SHORT_GRID`: the threshold alone, finer around 0.5, where the result changes
+#: fastest (7).
+DEFAULT_MUTEX_GRID: dict[str, list[Any]] = {"threshold": [0.3, 0.5, 0.7], "long_range_threshold": [0.5, 0.8, 1.0]}
+DEFAULT_MUTEX_SHORT_GRID: dict[str, list[Any]] = {"threshold": [0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7]}
+#: The default grid by segmenter (:attr:`WatershedParams.kind`); see :func:`default_grid`.
+DEFAULT_GRIDS = {"watershed": DEFAULT_GRID, "affinity": DEFAULT_AFFINITY_GRID, "waterz": DEFAULT_WATERZ_GRID,
+                 "mutex": DEFAULT_MUTEX_GRID}
 #: Metrics the search can minimise.
 METRICS = ("vi", "adapted_rand_error")
 _TABLE_SCORES = ("vi", "vi_split", "vi_merge", "adapted_rand_error", "rand_precision", "rand_recall", "n_pred")
@@ -67,7 +87,7 @@ class SegmentationSearch:
     """
 
     metric: str
-    rows: list[tuple[WatershedParams | AffinityParams, dict[str, float]]]
+    rows: list[tuple[Params, dict[str, float]]]
 
     @property
     def best_index(self) -> int:
@@ -76,11 +96,11 @@ class SegmentationSearch:
 
     @property
     def segmenter(self) -> str:
-        """``'watershed'`` or ``'affinity'``: the :attr:`~WatershedParams.kind` of the parameters."""
+        """The :attr:`~WatershedParams.kind` of the parameters (a :data:`SEGMENTERS` key)."""
         return self.rows[0][0].kind
 
     @property
-    def best_params(self) -> WatershedParams | AffinityParams:
+    def best_params(self) -> Params:
         """The parameters of the best row."""
         return self.rows[self.best_index][0]
 
@@ -142,24 +162,36 @@ class SegmentationSearch:
         return stem + ".json", stem + ".md"
 
 
-def grid_points(grid: dict[str, Sequence[Any]] | None = None,
-                base: WatershedParams | AffinityParams | None = None) -> list[WatershedParams | AffinityParams]:
+def default_grid(base: Params) -> dict[str, list[Any]]:
+    """The default grid of ``base``'s segmenter (:data:`DEFAULT_GRIDS`); for the mutex watershed of
+    a nhood without long-range edges, :data:`DEFAULT_MUTEX_SHORT_GRID`.
+
+    Example:
+        >>> list(default_grid(MutexParams())), list(default_grid(MutexParams(nhood=[[0, 0, -1], [0, 0, -3]])))
+        (['threshold'], ['threshold', 'long_range_threshold'])
+    """
+    if isinstance(base, MutexParams) and not base.long_range:
+        return DEFAULT_MUTEX_SHORT_GRID
+    return DEFAULT_GRIDS[base.kind]
+
+
+def grid_points(grid: dict[str, Sequence[Any]] | None = None, base: Params | None = None) -> list[Params]:
     """The parameters of every grid point, in grid order (the last key varies fastest).
 
     Args:
-        grid: Lists of values by searchable field of ``base``'s class (default: its
-            :data:`DEFAULT_GRIDS` entry).
+        grid: Lists of values by searchable field of ``base``'s class (default:
+            :func:`default_grid`).
         base: Values of the fields not in ``grid``, and the segmenter (default
             :class:`WatershedParams()`).
 
     Example:
         >>> [p.threshold for p in grid_points({"threshold": [0.2, 0.4], "min_size": [1, 9]})]
         [0.2, 0.2, 0.4, 0.4]
-        >>> len(grid_points(base=AffinityParams()))
-        12
+        >>> len(grid_points(base=AffinityParams())), len(grid_points(base=WaterzParams()))
+        (12, 17)
     """
     base = base or WatershedParams()
-    grid = DEFAULT_GRIDS[base.kind] if grid is None else grid
+    grid = default_grid(base) if grid is None else grid
     fields = [f.name for f in dataclasses.fields(base) if f.metadata.get("searchable", True)]
     for name, values in grid.items():
         if name not in fields:
@@ -193,31 +225,58 @@ def _start_worker(prediction: np.ndarray, seg_true: np.ndarray, ignore_labels: S
     _WORKER.update(prediction=prediction, seg_true=seg_true, ignore_labels=ignore_labels)
 
 
-def _score(params: WatershedParams | AffinityParams) -> dict[str, float]:
-    return segmentation_scores(_WORKER["seg_true"], params.segment(_WORKER["prediction"]), _WORKER["ignore_labels"])
+def _runs(points: list[Params]) -> list[list[Params]]:
+    """The grid points grouped into segmenter runs: waterz's points that differ only in
+    ``threshold`` share one agglomeration; any other point is a run of its own.
+
+    Example:
+        >>> [len(run) for run in _runs(grid_points({"threshold": [0.2, 0.4], "scoring": ["mean", "hist_quant_50"]},
+        ...                                        WaterzParams()))]
+        [2, 2]
+    """
+    if not isinstance(points[0], WaterzParams):
+        return [[p] for p in points]
+    runs: dict[WaterzParams, list[Params]] = {}
+    for p in points:
+        runs.setdefault(dataclasses.replace(p, threshold=0.0), []).append(p)
+    return list(runs.values())
+
+
+def _score(run: list[Params]) -> list[dict[str, float]]:
+    """The scores of the points of one run (:func:`_runs`), in its order."""
+    def score(seg: np.ndarray) -> dict[str, float]:
+        return segmentation_scores(_WORKER["seg_true"], seg, _WORKER["ignore_labels"])
+
+    if len(run) == 1:
+        return [score(run[0].segment(_WORKER["prediction"]))]
+    by_threshold = {t: score(seg) for t, seg in run[0].segment_thresholds(_WORKER["prediction"],
+                                                                          [p.threshold for p in run])}
+    return [by_threshold[p.threshold] for p in run]
 
 
 def search_segmentation(prediction: Any, seg_true: Any, grid: dict[str, Sequence[Any]] | None = None,
-                        metric: str = "vi", n_proc: int = 1, base: WatershedParams | AffinityParams | None = None,
+                        metric: str = "vi", n_proc: int = 1, base: Params | None = None,
                         ignore_labels: Sequence[int] = (0,)) -> SegmentationSearch:
     """Segments ``prediction`` at every grid point and scores each against ``seg_true``.
 
     Args:
         prediction: With :class:`WatershedParams` (the default ``base``), ``(z, y, x)``
             boundary probabilities (see :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation`);
-            with :class:`AffinityParams`, ``(n_edges, z, y, x)`` affinities (P(connected) per edge
-            of its ``nhood``).
+            with the affinity segmenters, ``(n_edges, z, y, x)`` affinities (P(connected) per edge
+            of their ``nhood``).
         seg_true: Ground-truth ids ``(z, y, x)``.
-        grid: Lists of values by field of ``base``'s class; default its :data:`DEFAULT_GRIDS`
-            entry (watershed: threshold x seed erosion x min_size, 30 points; affinities:
-            threshold x min_size, 12 points).
+        grid: Lists of values by field of ``base``'s class; default :func:`default_grid`
+            (watershed: threshold x seed erosion x min_size, 30 points; connected components:
+            threshold x min_size, 12; waterz: threshold, 17; mutex: threshold x
+            long-range threshold, 9, or threshold, 7, without long-range edges).
         metric: ``'vi'`` or ``'adapted_rand_error'``: the score to minimise.
-        n_proc: Worker processes; 1 runs in this process. Workers are forked where the platform
+        n_proc: Worker processes (each takes a segmenter run: a point, or waterz's thresholds of
+            one agglomeration); 1 runs in this process. Workers are forked where the platform
             allows (the volumes are shared copy-on-write, never pickled), else, and after
             TensorFlow was imported (forking it is unsafe), started from a fork server or spawned
             (each receives the volumes once); only the parameters and scores travel per grid point.
         base: The segmenter and the values of the fields not in ``grid`` (e.g. ``per_slice``,
-            ``anisotropy`` of the watershed; ``nhood`` of affinities).
+            ``anisotropy`` of the watershed; ``nhood`` of the affinity segmenters).
         ignore_labels: True ids not scored (see
             :func:`~ekn_plugins.evaluation.segmentation.segmentation_scores`).
 
@@ -234,14 +293,16 @@ def search_segmentation(prediction: Any, seg_true: Any, grid: dict[str, Sequence
         raise ShapeError(f"seg_true {true.shape} and the prediction {prob.shape} differ in shape; crop them to the "
                          "same region first (e.g. ekn_plugins.data.image.center_cubes)")
     points = grid_points(grid, base)
-    if n_proc == 1 or len(points) == 1:
+    runs = _runs(points)
+    if n_proc == 1 or len(runs) == 1:
         _start_worker(prob, true, ignore_labels)
         try:
-            scores = [_score(p) for p in points]
+            scores = [_score(run) for run in runs]
         finally:
             _WORKER.clear()
     else:
-        with ProcessPoolExecutor(min(int(n_proc), len(points)), multiprocessing.get_context(start_method()),
+        with ProcessPoolExecutor(min(int(n_proc), len(runs)), multiprocessing.get_context(start_method()),
                                  _start_worker, (prob, true, tuple(ignore_labels))) as pool:
-            scores = list(pool.map(_score, points))
-    return SegmentationSearch(metric, list(zip(points, scores)))
+            scores = list(pool.map(_score, runs))
+    scored = {id(p): s for run, run_scores in zip(runs, scores) for p, s in zip(run, run_scores)}
+    return SegmentationSearch(metric, [(p, scored[id(p)]) for p in points])

@@ -56,7 +56,17 @@ def _probability(value: Any, name: str) -> float:
     raise ConfigError(f"{name} must be a boundary probability in (0, 1], got {value!r}")
 
 
-def _count(value: Any, name: str) -> int:
+def unit_value(value: Any, name: str, what: str, upper_open: bool = False) -> float:
+    """``value`` as a float in [0, 1] (or [0, 1) with ``upper_open``), else a ConfigError that names
+    it as ``what``."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) \
+            and 0.0 <= value and (value < 1.0 if upper_open else value <= 1.0):
+        return float(value)
+    raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+
+def voxel_count(value: Any, name: str) -> int:
+    """``value`` as a whole number of voxels >= 1, else a ConfigError."""
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and value == int(value) >= 1:
         return int(value)
     raise ConfigError(f"{name} must be a whole number of voxels >= 1, got {value!r}")
@@ -117,8 +127,8 @@ class WatershedParams:
             raise ConfigError("seed_erosion must be a distance >= 0 (voxels of the finest axis), "
                               f"got {self.seed_erosion!r}")
         set_("seed_erosion", float(self.seed_erosion))
-        set_("min_seed_size", _count(self.min_seed_size, "min_seed_size"))
-        set_("min_size", _count(self.min_size, "min_size"))
+        set_("min_seed_size", voxel_count(self.min_seed_size, "min_seed_size"))
+        set_("min_size", voxel_count(self.min_size, "min_size"))
         if self.mask_threshold is not None:
             set_("mask_threshold", _probability(self.mask_threshold, "mask_threshold"))
             if self.mask_threshold < self.threshold:
@@ -153,8 +163,40 @@ class WatershedParams:
         return watershed_segmentation(boundary_prob, self)
 
 
+class AffinitySegmenter:
+    """What the parameter classes of affinity segmenters share (:class:`AffinityParams` here,
+    :class:`~ekn_plugins.evaluation.agglomeration.WaterzParams` and
+    :class:`~ekn_plugins.evaluation.agglomeration.MutexParams`): the ``nhood`` field, the check
+    of their input and the JSON record.
+
+    Example:
+        >>> AffinityParams().check(np.zeros((2, 1, 1, 1)))
+        Traceback (most recent call last):
+        ekn_core.errors.ShapeError: affinities must be (n_edges, z, y, x) with one channel per edge of the nhood (3 edges), got shape (2, 1, 1, 1)
+    """
+
+    nhood: tuple[tuple[int, int, int], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters as a JSON-ready dict (``type(self)(**d)`` rebuilds them)."""
+        return {**dataclasses.asdict(self), "nhood": [list(r) for r in self.nhood]}
+
+    def check(self, affinities: Any) -> np.ndarray:
+        """The affinities as an array, after checking that they are ``(n_edges, z, y, x)`` floats
+        in [0, 1] with one channel per edge of ``nhood``."""
+        aff = np.asarray(affinities)
+        n_edges = len(self.nhood)
+        if aff.ndim != 4 or aff.shape[0] != n_edges:
+            softmax = aff.ndim == 4 and aff.shape[0] == 2 * n_edges
+            raise ShapeError(f"affinities must be (n_edges, z, y, x) with one channel per edge of the nhood "
+                             f"({n_edges} edges), got shape {aff.shape}"
+                             + ("; of a 2-class softmax per edge (disconnected, connected) pass the connected "
+                                "channels, affinities[1::2]" if softmax else ""))
+        return _check_unit_floats(aff, "affinities", "connected")
+
+
 @dataclass(frozen=True)
-class AffinityParams:
+class AffinityParams(AffinitySegmenter):
     """How :func:`affinity_segmentation` turns affinities into segments (the parameters that
     :func:`search_segmentation <ekn_plugins.evaluation.seg_search.search_segmentation>` varies
     for affinity nets).
@@ -183,37 +225,16 @@ class AffinityParams:
     kind: ClassVar[str] = "affinity"
 
     def __post_init__(self) -> None:
-        from ekn_plugins.evaluation.affinities import as_volume_nhood, named_nhood
+        from ekn_plugins.evaluation.affinities import nhood_tuple
 
         set_ = functools.partial(object.__setattr__, self)
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float, np.number)) \
-                or not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"threshold must be an affinity in [0, 1), got {self.threshold!r}")
-        set_("threshold", float(self.threshold))
-        set_("min_size", _count(self.min_size, "min_size"))
-        nhood = named_nhood("3d") if self.nhood is None else as_volume_nhood(self.nhood)
-        set_("nhood", tuple(tuple(int(v) for v in row) for row in nhood))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The parameters as a JSON-ready dict (``AffinityParams(**d)`` rebuilds them)."""
-        return {"threshold": self.threshold, "min_size": self.min_size, "nhood": [list(r) for r in self.nhood]}
-
-    def check(self, affinities: Any) -> np.ndarray:
-        """The affinities as an array, after checking that they are ``(n_edges, z, y, x)`` floats
-        in [0, 1] with one channel per edge of ``nhood``."""
-        aff = np.asarray(affinities)
-        if aff.ndim != 4 or aff.shape[0] != len(self.nhood):
-            raise ShapeError(f"affinities must be (n_edges, z, y, x) with one channel per edge of the nhood "
-                             f"({len(self.nhood)} edges), got shape {aff.shape}")
-        return _check_unit_floats(aff, "affinities", "connected")
+        set_("threshold", unit_value(self.threshold, "threshold", "an affinity in [0, 1)", upper_open=True))
+        set_("min_size", voxel_count(self.min_size, "min_size"))
+        set_("nhood", nhood_tuple(self.nhood))
 
     def segment(self, affinities: Any) -> np.ndarray:
-        """:func:`affinity_segmentation` with these parameters."""
-        return affinity_segmentation(affinities, self.threshold, np.array(self.nhood), self.min_size)
-
-
-#: The segmenters' parameter classes by :attr:`~WatershedParams.kind`.
-SEGMENTERS = {"watershed": WatershedParams, "affinity": AffinityParams}
+        """:func:`affinity_segmentation` with these parameters (``affinities`` checked: :meth:`check`)."""
+        return affinity_segmentation(self.check(affinities), self.threshold, np.array(self.nhood), self.min_size)
 
 
 def check_boundary_prob(boundary_prob: Any) -> np.ndarray:
@@ -237,7 +258,7 @@ def _check_unit_floats(prob: np.ndarray, name: str, one: str) -> np.ndarray:
     return prob
 
 
-def _ids(seg: np.ndarray) -> np.ndarray:
+def id_array(seg: np.ndarray) -> np.ndarray:
     """``seg`` as uint32 ids, uint64 where they do not fit."""
     return seg.astype(np.uint32 if seg.size == 0 or seg.max() < 2**32 else np.uint64, copy=False)
 
@@ -283,14 +304,14 @@ def watershed_segmentation(boundary_prob: Any, params: WatershedParams | None = 
     prob = check_boundary_prob(boundary_prob)
     params = params or WatershedParams()
     if not params.per_slice:
-        return _ids(_flood(prob, params, params.anisotropy))
+        return id_array(_flood(prob, params, params.anisotropy))
     seg = np.zeros(prob.shape, dtype=np.int64)
     next_id = 0
     for z in range(prob.shape[0]):
         ids = _flood(prob[z], params, params.anisotropy[1:])
         seg[z] = np.where(ids > 0, ids + next_id, 0)
         next_id += int(ids.max(initial=0))
-    return _ids(seg)
+    return id_array(seg)
 
 
 def affinity_segmentation(affinities: Any, threshold: float = 0.5, nhood: Any = None, min_size: int = 1) -> np.ndarray:
@@ -324,7 +345,7 @@ def affinity_segmentation(affinities: Any, threshold: float = 0.5, nhood: Any = 
                          f"{aff.shape} and nhood {nhood.shape} (the default nhood has the 3 edges -z, -y, -x)")
     if not 0.0 <= float(threshold) < 1.0:
         raise ConfigError(f"threshold must be an affinity in [0, 1), got {threshold}")
-    return _ids(affgraph_to_seg(aff > threshold, nhood, size_thresh=_count(min_size, "min_size") - 1))
+    return id_array(affgraph_to_seg(aff > threshold, nhood, size_thresh=voxel_count(min_size, "min_size") - 1))
 
 
 def segmentation_scores(seg_true: Any, seg_pred: Any, ignore_labels: Sequence[int] = (0,)) -> dict[str, float]:

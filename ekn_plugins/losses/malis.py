@@ -87,7 +87,7 @@ class MalisNLL(Node):
 
     kind = "losses"
     xla_compatible = False
-    affinity_loss = True  # its prediction is an affinity graph: flip TTA refuses it (ekn_core.prediction.tta)
+    affinity_loss = True  # its prediction is an affinity graph (TTA, evaluation: see affinity_offsets)
 
     def __init__(self, pred: Node, aff_gt: Node, seg_gt: Node, nhood: Any, unrestrict_neg: bool = True,
                  class_weights: Sequence[float] | None = None, example_weights: Node | None = None,
@@ -110,6 +110,13 @@ class MalisNLL(Node):
             if cw.size != 2:
                 raise ConfigError(f"MalisNLL {name!r}: class_weights must be (w_neg, w_pos), got {class_weights!r}")
             self.add_param("class_weights", cw, trainable=False)
+
+    def affinity_offsets(self) -> np.ndarray:
+        """The edge offset of every channel of the prediction, ``(2 * n_edges, n_spatial_axes)``
+        (``nhood``'s rows twice: disconnected, connected), in the spatial order of the node's tags:
+        test-time augmentation restores the channels with it (:mod:`ekn_core.prediction.affinity_tta`).
+        """
+        return np.repeat(self.nhood, 2, axis=0)
 
     def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
         pred, aff_gt, seg_gt = parent_shapes[:3]
