@@ -26,10 +26,11 @@ from ekn_core.errors import (
 from ekn_core.hookspecs import hookimpl
 from ekn_core.plugins import registry
 
-# Public names resolved lazily (module, attribute); importing them may import TensorFlow.
+# Public names resolved lazily (module, attribute); importing them may import numpy or TensorFlow.
 _LAZY: dict[str, tuple[str, str]] = {
     "open_volume": ("ekn_core.volumes", "open_volume"),
     "create_volume": ("ekn_core.volumes", "create_volume"),
+    "Setting": ("ekn_core.trainer.config", "Setting"),  # what a plugin's ekn_settings hook returns
 }
 
 __all__ = [

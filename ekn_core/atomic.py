@@ -1,9 +1,10 @@
 """Atomic file writes: temporary file in the same folder, fsync, rename, fsync of the folder.
 
 The one implementation of the pattern in ekn. A crash (or ``kill -9``) while writing leaves
-either the old file or the new one, never a torn file, and no temporary file is left behind on
-an exception. :func:`exclusive_lock` serialises read-modify-write updates of a file shared by
-several processes (read under the lock, merge, write atomically).
+either the old file or the new one, never a torn file (only its hidden temporary file, which
+:func:`remove_stale_temporaries` deletes), and no temporary file is left behind on an exception.
+:func:`exclusive_lock` serialises read-modify-write updates of a file shared by several processes
+(read under the lock, merge, write atomically); :func:`try_lock` takes such a lock without waiting.
 
 Example:
     >>> import os, tempfile
@@ -25,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -61,6 +63,10 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
             os.close(dir_fd)
     except OSError:  # some file systems do not support fsync on directories
         pass
+
+
+#: Names of :func:`atomic_write`'s temporary files: ``.<name>.<12 hex digits>.tmp``.
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 
 def _new_temporary_file(directory: str, name: str) -> str:
@@ -135,13 +141,73 @@ def exclusive_lock(path: str) -> Iterator[None]:
     Args:
         path: The file the lock protects (its folder is created if needed).
     """
-    import fcntl  # POSIX
-
-    lock_path = os.path.abspath(path) + ".lock"
-    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _locked_descriptor(os.path.abspath(path) + ".lock", wait=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def try_lock(lock_path: str) -> int | None:
+    """Takes the exclusive ``fcntl.flock`` lock on the file ``lock_path`` without waiting (the
+    non-blocking variant of :func:`exclusive_lock`, for a lock held as long as a process works
+    somewhere, e.g. a run directory).
+
+    Returns:
+        The open descriptor holding the lock (``os.close`` it to release the lock; the operating
+        system releases it when the process ends, also after ``kill -9``), or None when another
+        open descriptor holds it (another process, or another holder in this one).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "run.lock")
+        >>> fd = try_lock(path); try_lock(path) is None
+        True
+        >>> os.close(fd); fd = try_lock(path); fd is not None
+        True
+        >>> os.close(fd)
+    """
+    return _locked_descriptor(os.path.abspath(lock_path), wait=False)
+
+
+def _locked_descriptor(lock_path: str, wait: bool) -> int | None:
+    """An open descriptor of ``lock_path`` (created if needed) holding its exclusive flock; None
+    when ``wait`` is False and the lock is held elsewhere."""
+    import fcntl  # POSIX
+
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Deletes the temporary files that :func:`atomic_write` leaves in ``directory`` when its
+    process is killed (``kill -9``) in the middle of a write (``.<name>.<12 hex digits>.tmp``).
+
+    Call it only while no other process writes there (e.g. under a run directory's lock).
+
+    Returns:
+        The deleted paths.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> for name in (".ckpt-1.h5.0123456789ab.tmp", ".keep.tmp", "a.h5"):
+        ...     open(os.path.join(folder, name), "w").close()
+        >>> [os.path.basename(p) for p in remove_stale_temporaries(folder)], sorted(os.listdir(folder))
+        (['.ckpt-1.h5.0123456789ab.tmp'], ['.keep.tmp', 'a.h5'])
+    """
+    if not os.path.isdir(directory):
+        return []
+    stale = [entry.path for entry in os.scandir(directory) if _TEMPORARY.match(entry.name) and entry.is_file()]
+    for path in stale:
+        os.remove(path)
+    return stale

@@ -17,11 +17,17 @@ import sys
 from ekn_core._version import __version__
 from ekn_core.commands import SHELL_PREFIX
 from ekn_core.log import setup_logging
-from ekn_core.plugins import registry
+from ekn_core.errors import EknError, PluginLoadError
+from ekn_core.plugins import registry, strict_mode
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
-    """The top-level parser with one sub-parser per command (failed plugins are skipped)."""
+    """The top-level parser with one sub-parser per command (failed plugins are skipped with a
+    warning; with ``EKN_STRICT_PLUGINS=1`` the first one raises).
+
+    Raises:
+        PluginLoadError: In strict mode, a command plugin that fails to load or to start.
+    """
     import logging
 
     parser = argparse.ArgumentParser(
@@ -40,6 +46,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
         try:
             command = reg.get(name)()
         except Exception as err:  # recorded in the registry; `ekn plugins` shows it
+            if not isinstance(err, PluginLoadError):  # imported, but constructing the command failed
+                entry = reg.info(name)
+                err = PluginLoadError("commands", name, entry.distribution, entry.version, err)
+            if strict_mode():
+                raise err
             logging.getLogger("ekn").warning("%s", err)
             continue
         cli_name = name.replace("_", "-")
@@ -53,7 +64,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ekn`` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    parser, commands = build_parser()
+    try:
+        parser, commands = build_parser()
+    except PluginLoadError as err:  # strict mode
+        print(f"ekn: error: {err} (EKN_STRICT_PLUGINS=1 makes every plugin failure an error)", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     setup_logging(verbosity=args.verbose - args.quiet)
     if not args.ekn_command:
@@ -65,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        from ekn_core.errors import EknError
-
         if isinstance(err, EknError):
             print(f"ekn {args.ekn_command}: error: {err}", file=sys.stderr)
             return 2

@@ -27,13 +27,13 @@ SHELL_PREFIX = "shell."
 class Command:
     """A subcommand of ``ekn`` (or, under a ``shell.`` name, of the training shell).
 
-    Subclasses write a docstring whose first line is the one-line help, may override
+    Subclasses write a docstring whose first paragraph is the one-line help, may override
     :meth:`add_arguments`, and implement :meth:`run` (CLI) or :meth:`run_shell` (shell).
     """
 
     def summary(self) -> str:
-        """First line of the class docstring."""
-        return (self.__doc__ or "").strip().splitlines()[0] if self.__doc__ else ""
+        """First paragraph of the class docstring (up to the first blank line), on one line."""
+        return " ".join((self.__doc__ or "").strip().split("\n\n")[0].split())
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Adds this command's arguments to its argparse sub-parser."""

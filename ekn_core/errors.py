@@ -72,6 +72,17 @@ class ShapeError(EknError, ValueError):
     """An array or patch does not fit the geometry a network needs."""
 
 
+class NoValidationData(ConfigError):
+    """A data source has no validation data: its ``getbatch(..., source='valid')`` raises this, and
+    the trainer's validation metrics are then NaN without a warning (any other error drawing a
+    validation batch is logged)."""
+
+
+class WaitInterrupted(EknError):
+    """A wait (for a background worker's batch) ended early because its caller asked so (the
+    trainer on SIGTERM or Ctrl-C); nothing was consumed, so the same wait can be repeated."""
+
+
 def keyword_names(func: Any, named_only: bool = False) -> list[str] | None:
     """The names ``func`` takes as keyword arguments, in order; None when it takes any
     (``**kwargs``, unless ``named_only``) or its signature cannot be read.

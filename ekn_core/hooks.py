@@ -81,6 +81,25 @@ class Hooks:
         """``{history column: "min" | "max"}`` of the metrics plugins add for ``config``."""
         return _merged(self.pm.hook.ekn_history_metrics(config=config), "ekn_history_metrics")
 
+    def settings(self) -> dict[str, tuple[str, str, Any]]:
+        """``{name: (plugin, distribution, setting)}`` of the config settings plugins declare
+        (``ekn_settings``); ``distribution`` is ``""`` for a plugin not registered by entry point.
+
+        Raises:
+            EknError: Two plugins declare the same name (the message names both distributions).
+        """
+        declared: dict[str, tuple[str, str, Any]] = {}
+        for impl in sorted(self.pm.hook.ekn_settings.get_hookimpls(), key=lambda i: i.plugin_name):
+            distribution = _distribution(impl.plugin_name)
+            for name, setting in (impl.function() or {}).items():
+                if name in declared:
+                    first = declared[name]
+                    raise EknError(f"the config setting {name!r} is declared by two plugins: {first[0]} "
+                                   f"({_from(first[1])}) and {impl.plugin_name} ({_from(distribution)}); uninstall "
+                                   "or block one of them (EKN_BLOCK_PLUGINS=plugins:NAME, see `ekn plugins`)")
+                declared[name] = (impl.plugin_name, distribution, setting)
+        return declared
+
     # -- training loop -----------------------------------------------------------------------
     def train_begin(self, trainer: Any) -> None:
         self.pm.hook.ekn_on_train_begin(trainer=trainer)
@@ -137,6 +156,18 @@ def _merged(results: list[dict[str, Any] | None], hook: str) -> dict[str, Any]:
                                   "(EKN_BLOCK_PLUGINS=plugins:NAME, see `ekn plugins`)")
         merged.update(result or {})
     return merged
+
+
+def _distribution(plugin_name: str) -> str:
+    """The distribution of the ``ekn.plugins`` entry point ``plugin_name`` ("" if it is none)."""
+    from ekn_core.plugins import registry
+
+    reg = registry("plugins")
+    return reg.info(plugin_name).distribution if plugin_name in reg else ""
+
+
+def _from(distribution: str) -> str:
+    return f"distribution {distribution}" if distribution else "registered in this process, not by entry point"
 
 
 _HOST: Hooks | None = None

@@ -30,17 +30,17 @@ hookimpl = pluggy.HookimplMarker("ekn")
 
 @hookspec(historic=True)
 def ekn_configure(config: dict[str, Any]) -> None:
-    """Called once when a command starts, with the resolved configuration dictionary.
+    """Called once when ``ekn train`` (a :class:`~ekn_core.trainer.Trainer`) starts.
 
-    :param config: The command's configuration (for ``ekn train`` the experiment config).
+    :param config: The resolved experiment config as a dictionary.
     """
 
 
 @hookspec
 def ekn_report_header(config: dict[str, Any]) -> list[str] | str | None:
-    """Returns lines to add to the start-up banner of ``ekn train`` and ``ekn predict``.
+    """Returns lines to add to the start-up banner of ``ekn train``.
 
-    :param config: The command's configuration.
+    :param config: The experiment config as a dictionary.
     """
 
 
@@ -60,6 +60,18 @@ def ekn_history_metrics(config: dict[str, Any]) -> dict[str, str] | None:
     ``monitor_metric`` may name, each with its better direction (``"min"`` or ``"max"``).
 
     :param config: The experiment config's settings (name → value).
+    """
+
+
+@hookspec
+def ekn_settings() -> dict[str, Any] | None:
+    """Returns the experiment-config settings this plugin reads, ``{name: Setting}``
+    (:class:`ekn_core.trainer.config.Setting`: default and description), or None.
+
+    They join the core's settings whenever a config is read: a config may set them, ``--set``
+    overrides them, unset ones get their defaults, and unknown names are errors with a suggestion
+    among the core's and every plugin's settings. A name the core or another plugin already has is
+    an error naming both. Check the values in :func:`ekn_check_config`.
     """
 
 

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -65,17 +66,35 @@ def optimiser_role(optimiser: Any) -> str:
 class TrainStep(GraphFunction):
     """Compiled training step: loss, gradients and the optimiser update in one function.
 
-    Its role in compile-choice keys is ``'train:<optimiser>'`` (e.g. ``'train:adam'``).
+    Its role in compile-choice keys is ``'train:<optimiser>'`` (e.g. ``'train:adam'``). Besides the
+    loss and the debug outputs it computes, without a second call, whether every trainable
+    parameter is finite after the update and the mean of the batch's target
+    (:meth:`split_outputs` stores them in :attr:`params_finite` and :attr:`target_mean`).
     """
 
     def __init__(self, model: Model, optimiser: Any, params: list[Param]):
         super().__init__([model.loss_node, *model.debug_outputs], inputs=model.loss_node.input_nodes,
                          training=True, name=f"{model.name}:train", role=optimiser_role(optimiser))
         self.optimiser, self.params = optimiser, params
+        self.target_name = model.target_node.name if model.target_node is not None else None
+        #: Whether every trainable parameter was finite after the last step (a loss that clips
+        #: probabilities can hide NaNs in the weights).
+        self.params_finite = True
+        #: Mean of the last step's target batch (ELEKTRONN2's "prevalence"; NaN without a target).
+        self.target_mean = math.nan
         with tf.init_scope():
             #: Dynamic loss scale of ``mixed_float16`` training (and the finite steps since it changed).
             self.loss_scale = tf.Variable(LOSS_SCALE_INITIAL, trainable=False, dtype="float32")
             self.good_steps = tf.Variable(0, trainable=False, dtype="int64")
+
+    def get_loss_scale(self) -> tuple[float, int]:
+        """``(loss_scale, good_steps)``: the state of ``mixed_float16`` loss scaling (checkpoints hold it)."""
+        return float(self.loss_scale.numpy()), int(self.good_steps.numpy())
+
+    def set_loss_scale(self, loss_scale: float, good_steps: int) -> None:
+        """Restores what :meth:`get_loss_scale` returned."""
+        self.loss_scale.assign(float(loss_scale))
+        self.good_steps.assign(int(good_steps))
 
     def body(self, *tensors: Any) -> list[Any]:
         self.traces += 1
@@ -86,14 +105,23 @@ class TrainStep(GraphFunction):
         with T.GradientTape() as tape:
             outs = evaluate(self.outputs, feed, True)
             loss = T.reduce_mean(T.cast(outs[0], "float32"))
-            target = loss * self.loss_scale if scaled else loss
-        grads = tape.gradient(target, variables, unconnected_gradients=T.UnconnectedGradients.ZERO)
+            objective = loss * self.loss_scale if scaled else loss
+        grads = tape.gradient(objective, variables, unconnected_gradients=T.UnconnectedGradients.ZERO)
         grads = self.reduce_gradients(grads)
         if scaled:
             self._apply_scaled([g / self.loss_scale for g in grads])
         else:
             self.optimiser.apply(grads, self.params)
-        return [loss, *outs[1:]]
+        finite = T.reduce_all([T.reduce_all(T.math.is_finite(v)) for v in variables]) if variables else True
+        target = feed.get(self.target_name)
+        target_mean = T.reduce_mean(T.cast(target, "float32")) if target is not None else math.nan
+        # float32 outputs: a distributed step averages them over the replicas
+        return [loss, *outs[1:], T.cast(finite, "float32"), T.convert_to_tensor(target_mean, "float32")]
+
+    def split_outputs(self, outs: Sequence[Any]) -> tuple[Any, list[Any]]:
+        """``(loss, debug outputs)`` of a step's outputs; sets :attr:`params_finite` and :attr:`target_mean`."""
+        self.params_finite, self.target_mean = float(outs[-2]) == 1.0, float(outs[-1])
+        return outs[0], list(outs[1:-2])
 
     def _apply_scaled(self, grads: list[Any]) -> None:
         """float16 loss scaling: skip the update and halve the scale when a gradient is not finite;
@@ -340,9 +368,10 @@ class Model:
         return {n.name: o for n, o in zip(nodes, out)}
 
     def predict_dense(self, raw_img: np.ndarray, as_uint8: bool = False, pad_raw: bool = False,
-                      tta: str | list[str] | None = None) -> np.ndarray:
+                      tta: str | list[str] | None = None, affinity_offsets: Any = None) -> np.ndarray:
         """Dense prediction with the prediction node (see :meth:`Node.predict_dense`)."""
-        return self._need("prediction_node").predict_dense(raw_img, as_uint8=as_uint8, pad_raw=pad_raw, tta=tta)
+        return self._need("prediction_node").predict_dense(raw_img, as_uint8=as_uint8, pad_raw=pad_raw, tta=tta,
+                                                           affinity_offsets=affinity_offsets)
 
     # ----------------------------------------------------------------------------- training
     @property
@@ -415,12 +444,12 @@ class Model:
         """Runs ``step`` on canonical arrays or tensors and does the per-step bookkeeping
         (``iterations``, ``elapsed_time``, debug outputs in their declared layouts)."""
         t0 = time.perf_counter()
-        outs = step.run_canonical(canonical)
+        loss, outs = step.split_outputs(step.run_canonical(canonical))
         elapsed = time.perf_counter() - t0
         self.iterations += 1
         self.elapsed_time += elapsed
-        debug = [n.shape.from_canonical(o) for n, o in zip(self.debug_outputs, outs[1:])] or None
-        return float(outs[0]), elapsed, debug
+        debug = [n.shape.from_canonical(o) for n, o in zip(self.debug_outputs, outs)] or None
+        return float(loss), elapsed, debug
 
     def gradients(self, *batch: Any) -> dict[str, np.ndarray]:
         """``{param key: gradient}`` of the loss on a batch (training mode, no update)."""

@@ -224,6 +224,7 @@ class _BuildState(threading.local):
     def __init__(self) -> None:
         self.depth = 0
         self.shape_only = False
+        self.replaying = False
         self.lenient: list[tuple[str, int | None, str]] | None = None
 
 
@@ -250,6 +251,17 @@ def shape_only(lenient: bool = False) -> Iterator[list[tuple[str, int | None, st
 def is_shape_only() -> bool:
     """Whether nodes are currently built without variables (see :func:`shape_only`)."""
     return _STATE.shape_only
+
+
+@contextlib.contextmanager
+def replaying() -> Iterator[None]:
+    """Within this context nodes are rebuilt from a saved model: ``print_repr`` descriptions are
+    logged at DEBUG, not INFO, so loading or rebuilding a model does not repeat them."""
+    old, _STATE.replaying = _STATE.replaying, True
+    try:
+        yield
+    finally:
+        _STATE.replaying = old
 
 
 # ---------------------------------------------------------------------------------------------
@@ -597,7 +609,8 @@ class Node(metaclass=NodeMeta):
     Args:
         parents: A parent Node, a list/tuple of Nodes, or None for source nodes.
         name: Requested name (made unique in the model).
-        print_repr: Log the node's description at INFO level after construction.
+        print_repr: Log the node's description at INFO level after construction (DEBUG when a
+            saved model is replayed, see :func:`replaying`).
 
     Class attributes:
         kind: Registry kind the node class is registered in (``'layers'`` or ``'losses'``).
@@ -753,7 +766,7 @@ class Node(metaclass=NodeMeta):
             p.children[self.name] = self
         model.register_node(self, descriptor)
         if not is_shape_only():
-            log.log(logging.INFO if self.print_repr else logging.DEBUG, "%r", self)
+            log.log(logging.INFO if self.print_repr and not _STATE.replaying else logging.DEBUG, "%r", self)
 
     # ----------------------------------------------------------------------------- graph introspection
     @property
@@ -906,12 +919,14 @@ class Node(metaclass=NodeMeta):
         return result
 
     def predict_dense(self, raw_img: np.ndarray, as_uint8: bool = False, pad_raw: bool = False,
-                      tta: str | list[str] | None = None) -> np.ndarray:
+                      tta: str | list[str] | None = None, affinity_offsets: Any = None) -> np.ndarray:
         """Dense prediction of a whole image by tiling (see :func:`ekn_core.prediction.predict_dense`;
-        ``tta="flips"`` etc. averages over flipped inputs)."""
+        ``tta="flips"`` etc. averages over flipped inputs, ``affinity_offsets`` restores an affinity
+        net's channels under them)."""
         from ekn_core.prediction import predict_dense
 
-        return predict_dense(self, raw_img, as_uint8=as_uint8, pad_raw=pad_raw, tta=tta)
+        return predict_dense(self, raw_img, as_uint8=as_uint8, pad_raw=pad_raw, tta=tta,
+                             affinity_offsets=affinity_offsets)
 
     # ----------------------------------------------------------------------------- text
     def __repr__(self) -> str:

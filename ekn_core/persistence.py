@@ -46,7 +46,7 @@ import numpy as np
 
 from ekn_core.atomic import atomic_write
 from ekn_core.errors import ConfigError, EknError, ShapeError, keyword_names, unknown_keywords
-from ekn_core.node import decode_argument, find_unserialisable, is_shape_only, model_manager
+from ekn_core.node import decode_argument, find_unserialisable, is_shape_only, model_manager, replaying
 
 log = logging.getLogger("ekn.persistence")
 
@@ -215,7 +215,13 @@ def replay(descriptors: Sequence[dict[str, Any]], resolve: Resolver,
            weights: dict[str, dict[str, np.ndarray]] | None = None,
            flags: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
     """Rebuilds the nodes of ``descriptors`` in ``model_manager.current`` and sets their weights."""
-    model = model_manager.current
+    with replaying():
+        _replay_nodes(model_manager.current, descriptors, resolve, weights, flags)
+
+
+def _replay_nodes(model: Any, descriptors: Sequence[dict[str, Any]], resolve: Resolver,
+                  weights: dict[str, dict[str, np.ndarray]] | None,
+                  flags: dict[str, dict[str, dict[str, Any]]] | None) -> None:
     for d in descriptors:
         cls = resolve(d)
         name = d["name"]

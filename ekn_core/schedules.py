@@ -134,10 +134,15 @@ def make_schedule(spec: Mapping[str, Any]) -> Schedule:
 
 
 class _Binding:
-    """Reads and writes one named meta-parameter of one target object."""
+    """Reads and writes one named meta-parameter of one target object.
+
+    Values written are multiplied by :attr:`factor` and values read are divided by it, so the
+    schedules compute without it (e.g. the lr factor of NaN rollbacks, see :meth:`Schedules.set_factor`).
+    """
 
     def __init__(self, target: Any, name: str):
         self.target, self.name = target, name
+        self.factor = 1.0
 
     def _raw(self) -> Any:
         if isinstance(self.target, Mapping):
@@ -148,10 +153,12 @@ class _Binding:
         raw = self._raw()
         if hasattr(raw, "assign") and hasattr(raw, "numpy"):
             value = raw.numpy()
-            return value.tolist() if np.ndim(value) else float(value)
-        return raw
+            raw = value.tolist() if np.ndim(value) else float(value)
+        return raw if self.factor == 1.0 else as_value_like(np.asarray(raw, dtype=float) / self.factor, raw)
 
     def set(self, value: Any) -> None:
+        if self.factor != 1.0:
+            value = as_value_like(np.asarray(value, dtype=float) * self.factor, value)
         raw = self._raw()
         if hasattr(raw, "assign") and hasattr(raw, "numpy"):
             raw.assign(np.asarray(value, dtype=raw.dtype.as_numpy_dtype).reshape(raw.shape))
@@ -208,6 +215,24 @@ class Schedules:
         for name, _, schedule in self._bound:
             i = position[name] = position.get(name, -1) + 1
             schedule.set_state(state[name][i])
+
+    def set_factor(self, name: str, factor: float) -> None:
+        """Multiplies every value the schedules of ``name`` set by ``factor`` (1: none), e.g. the lr
+        factor after NaN rollbacks: a schedule that sets absolute values (``cosine``, ``warmup``,
+        ``updates``, ``permut``) keeps it, and relative ones (``dec``, ``lindec``) compute on the
+        value without it.
+
+        Example:
+            >>> from types import SimpleNamespace
+            >>> model = SimpleNamespace(lr=1.0)
+            >>> sched = bind_schedules({"lr": {"updates": [(0, 1.0), (5, 0.5)]}}, model)
+            >>> _ = sched.update(0); sched.set_factor("lr", 0.1); model.lr *= 0.1
+            >>> _ = sched.update(5); model.lr
+            0.05
+        """
+        for bound_name, binding, _ in self._bound:
+            if bound_name == name:
+                binding.factor = float(factor)
 
     def names(self) -> list[str]:
         """Names of the scheduled meta-parameters."""

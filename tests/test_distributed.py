@@ -195,6 +195,9 @@ MIRRORED_SCRIPT = textwrap.dedent('''
         batch = rng.normal(size=(8, 4)).astype("float32"), rng.integers(0, 3, size=(8, 1)).astype("int16")
         l1, l2 = one.trainingstep(*batch, optimiser="adam")[0], two.trainingstep(*batch, optimiser="adam")[0]
         assert abs(l1 - l2) < 1e-5, (l1, l2)
+        steps = [m.train_function("adam") for m in (one, two)]  # what the steps report besides the loss
+        assert all(s.params_finite for s in steps), [s.params_finite for s in steps]
+        assert abs(steps[1].target_mean - batch[1].mean()) < 1e-6, (steps[1].target_mean, batch[1].mean())
     for key, param in one.all_params.items():
         np.testing.assert_allclose(two.all_params[key].get_value(), param.get_value(), atol=1e-5, rtol=0)
     try:

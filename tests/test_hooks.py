@@ -122,6 +122,43 @@ def test_hook_ekn_history_metrics(hooks):
         hooks.history_metrics({})
 
 
+class Declares:
+    """A plugin that declares one config setting."""
+
+    def __init__(self, name):
+        self.name = name
+
+    @hookimpl
+    def ekn_settings(self):
+        from ekn_core.trainer.config import Setting
+
+        return {self.name: Setting(3, "a plugin setting")}
+
+
+def test_hook_ekn_settings(hooks, monkeypatch):
+    """Every plugin's settings with the plugin that declares them and its distribution; a name two
+    plugins declare is an error naming both distributions."""
+    from ekn_core import plugins
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "fixtures", "site"))
+    for var in ("EKN_BLOCK_PLUGINS", "EKN_LOAD_PLUGINS", "EKN_DISABLE_PLUGIN_AUTOLOAD"):
+        monkeypatch.delenv(var, raising=False)
+    plugins.reset()
+    try:
+        hooks.register(Declares("blob_setting"), name="ekn_fake")  # the entry point of distribution ekn-fake
+        hooks.register(Declares("blob_other"), name="by_hand")
+        declared = hooks.settings()
+        assert {name: (p, d, s.default) for name, (p, d, s) in declared.items()} == {
+            "blob_setting": ("ekn_fake", "ekn-fake", 3), "blob_other": ("by_hand", "", 3)}
+        hooks.register(Declares("blob_setting"), name="ekn_trainer_plots")  # a built-in entry point
+        with pytest.raises(EknError, match=r"'blob_setting' is declared by two plugins: ekn_fake \(distribution "
+                                           r"ekn-fake\) and ekn_trainer_plots \(distribution ekn\)"):
+            hooks.settings()
+    finally:
+        monkeypatch.undo()
+        plugins.reset()
+
+
 def test_hook_ekn_validation_metrics(hooks):
     assert hooks.validation_metrics(trainer=None, step=5) == {"recorded": 5.0}
 

@@ -215,3 +215,23 @@ def test_mfp_refuses_a_prediction_node_with_spatial_extent(tmp_path):
     path = model.save(str(tmp_path / "m.h5"))
     with pytest.raises(ConfigError, match="point-wise prediction node"):
         nm.modelload(path, override_mfp_to_active=True, imposed_batch_size=1)
+
+
+def test_loading_does_not_repeat_the_node_descriptions_at_info(tmp_path, caplog):
+    import logging
+
+    model = nm.model_manager.newmodel("described")
+    with caplog.at_level(logging.DEBUG, logger="ekn"):
+        inp = nm.Input((None, 1, 8, 8), "b,f,y,x", name="raw", print_repr=True)
+        out = nm.Conv(inp, 2, (3, 3), activation_func="lin", name="logits", print_repr=True)
+    model.designate_nodes(input_node=inp, prediction_node=out)
+    built = [r for r in caplog.records if r.levelno == logging.INFO and r.name != "ekn.model"
+             and "logits" in r.getMessage()]
+    assert len(built) == 1  # the config's own construction is described
+    path = model.save(str(tmp_path / "m.h5"))
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="ekn"):
+        nm.modelload(path)
+        nm.modelload(path, imposed_patch_size=(10, 10))
+    described = [r for r in caplog.records if r.name != "ekn.model" and "logits" in r.getMessage()]
+    assert described and all(r.levelno == logging.DEBUG for r in described)

@@ -59,3 +59,23 @@ def test_no_file_of_the_copy_names_the_template_registry_names(tmp_path):
 def test_existing_directory_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="already exists"):
         new_plugin("blob", str(tmp_path))
+
+
+def test_copy_gets_its_own_readme_intro_and_setting_name(tmp_path):
+    """The template's first README sentence (a link valid only inside ekn's repository) and its config
+    setting are replaced: two plugins made from the template do not declare the same setting."""
+    import os
+
+    from ekn_plugins.commands.plugin_new import COPY_INTRO, TEMPLATE_INTRO, template_dir
+
+    assert TEMPLATE_INTRO in open(os.path.join(template_dir(), "README.md"), encoding="utf-8").read()
+    target = new_plugin("blob_tools", str(tmp_path / "p"))
+    readme = open(os.path.join(target, "README.md"), encoding="utf-8").read()
+    assert COPY_INTRO in readme and "../README.md" not in readme and "the template that" not in readme
+    hooks = open(os.path.join(target, "src", "ekn_blob_tools", "hooks.py"), encoding="utf-8").read()
+    assert '"blob_tools_count_every": Setting(' in hooks and "example_count" not in hooks
+
+
+def test_name_starting_with_ekn_names_the_hyphenated_distribution():
+    with pytest.raises(ConfigError, match="the distribution becomes 'ekn-ekn-foo'\\); use 'foo'"):
+        validate_name("ekn_foo")

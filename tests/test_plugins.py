@@ -180,3 +180,37 @@ def test_third_party_command_appears_in_help():
     result = _run_ekn(["--help"])
     assert result.returncode == 0 and "fake-hello" in result.stdout
     assert _run_ekn(["fake-hello"]).stdout.strip() == "fake hello"
+
+
+def test_command_summary_is_the_whole_first_paragraph():
+    from ekn_core.commands import Command
+
+    class Wrapped(Command):
+        """Evaluate a model on labelled volumes: curves,
+        segmentation search and a report.
+
+        Details that stay out of the one-line help.
+        """
+
+    assert Wrapped().summary() == "Evaluate a model on labelled volumes: curves, segmentation search and a report."
+
+
+@pytest.mark.parametrize("target,error", [("ekn_cmd_broken:Anything", "broken on purpose"),
+                                          ("ekn_cmd_broken_init:Command", "cannot start")])
+def test_cli_strict_mode_fails_on_a_broken_command_plugin(tmp_path, target, error):
+    """A command plugin whose import (or construction) fails: any `ekn` call warns and goes on, and
+    in strict mode stops with one clear error naming the plugin."""
+    dist = tmp_path / "ekn_cmd-0.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ekn-cmd\nVersion: 0.3\n")
+    (dist / "entry_points.txt").write_text(f"[ekn.commands]\ncmd_broken = {target}\n")
+    (tmp_path / "ekn_cmd_broken.py").write_text("raise RuntimeError('broken on purpose')\n")
+    (tmp_path / "ekn_cmd_broken_init.py").write_text(
+        "class Command:\n    def __init__(self):\n        raise RuntimeError('cannot start')\n")
+    env = {"PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    relaxed = _run_ekn(["version"], **env)
+    assert relaxed.returncode == 0 and "cmd_broken" in relaxed.stderr and error in relaxed.stderr
+    strict = _run_ekn(["version"], EKN_STRICT_PLUGINS="1", **env)
+    assert strict.returncode == 2 and strict.stdout == "", strict.stdout
+    assert strict.stderr.startswith("ekn: error: plugin commands:cmd_broken from distribution ekn-cmd 0.3 failed")
+    assert error in strict.stderr and "EKN_STRICT_PLUGINS=1" in strict.stderr and "Traceback" not in strict.stderr

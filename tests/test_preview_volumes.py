@@ -222,3 +222,36 @@ def test_training_writes_snapshots_at_its_preview_steps_and_trains_as_without(tm
     for node, params in weights["with"].items():
         for key, value in params.items():
             np.testing.assert_array_equal(weights["without"][node][key], value, err_msg=f"{node}/{key}")
+
+
+def test_preview_of_a_knossos_config_is_named_after_its_data_set(tmp_path):
+    """`vol_2.k.toml:LAYER` previews as `vol_2` (not `vol_2.k`) in PNG names and snapshot groups; a
+    legacy `mag1/knossos.conf` as its data-set folder; a clash with a plugin's region names both."""
+    from ekn_core.trainer.preview import load_preview_volumes
+
+    from ekn_plugins.readers.knossos.writer import create_dataset
+
+    raw = (np.random.default_rng(0).random((4, 32, 32)) * 255).astype(np.uint8)
+    for root, configs in ((tmp_path / "vol_2.k.toml", ("toml", "pyk")), (tmp_path / "legacy", ("legacy",))):
+        array = create_dataset(str(root), raw.shape, "uint8", cube_shape=(16, 16, 16), configs=configs,
+                               mag_convention="power_of_two")
+        array[...] = raw
+        array.close()
+    assert (tmp_path / "legacy" / "mag1" / "knossos.conf").is_file()
+    names = [load_preview_volumes(spec)[0].name for spec in
+             (f"{tmp_path}/vol_2.k.toml:vol_2", str(tmp_path / "vol_2.pyk.conf"), str(tmp_path / "legacy/mag1/knossos.conf"))]
+    assert names == ["vol_2", "vol_2", "legacy"]
+    volumes = load_preview_volumes(f"{tmp_path}/vol_2.k.toml:vol_2")
+    np.testing.assert_array_equal(volumes[0].data, raw / np.float32(255))
+    previewer = Previewer(make_fast_net(), volumes, str(tmp_path / "previews"), max_z_pred=1)
+    blocks = previewer.predict()
+    written = previewer.write(5, blocks)
+    assert sorted(os.path.basename(p) for p in written) == ["vol_2-pred-c0-z1-step5.png", "vol_2-pred-c1-z1-step5.png",
+                                                            "vol_2-raw-z1.png"]
+    path = snapshot_path(str(tmp_path / "previews"), "zarr")
+    preview_snapshots.ekn_on_preview(_trainer(tmp_path / "previews", preview_snapshot="zarr"), 5, blocks)
+    with open_volume(f"{path}:step5/pred_vol_2") as pred:
+        np.testing.assert_array_equal(pred[...], blocks[0].prediction)
+    region = PreviewVolume("vol_2", raw.astype(np.float32), source="a plugin region")
+    with pytest.raises(ConfigError, match=r"distinct names \('vol_2': .*vol_2.k.toml:vol_2, a plugin region\); rename"):
+        Previewer(make_fast_net(), volumes + [region], str(tmp_path / "previews"))

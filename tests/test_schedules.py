@@ -30,6 +30,20 @@ def test_dec_matches_closed_form_and_default_interval():
     assert make_schedule({"dec": 0.995}).next_update == 1000
 
 
+@pytest.mark.parametrize("spec", [{"dec": 0.9, "every": 7}, {"lindec": [40, 0.1], "every": 5},
+                                  {"warmup": 10}, {"cosine": 30, "every": 3}, {"updates": [(0, 0.1), (20, 0.05)]}])
+def test_a_factor_multiplies_every_value_a_schedule_sets_from_then_on(spec):
+    """The lr factor of NaN rollbacks: set at step 12 together with the value in use, it must
+    scale what the schedule sets afterwards exactly as if the unscaled run were multiplied."""
+    _, plain = run({"value": spec}, SimpleNamespace(value=0.1), 50)
+    target = SimpleNamespace(value=0.1)
+    sched, seen = run({"value": spec}, target, 12)
+    sched.set_factor("value", 0.25)
+    target.value *= 0.25
+    _, rest = run(None, target, 50, start=12, sched=sched)
+    np.testing.assert_allclose(seen + rest, plain[:12] + [v * 0.25 for v in plain[12:]], rtol=1e-12)
+
+
 def test_dec_scales_lists_elementwise():
     target = SimpleNamespace(value=[0.5, 0.2])
     run({"value": {"dec": 0.5, "every": 1}}, target, 3)

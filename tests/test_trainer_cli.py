@@ -110,6 +110,17 @@ def test_resumed_runs_equal_the_uninterrupted_run(runs, name):
     # the per-step losses of the resumed run continue the same sequence
     np.testing.assert_allclose(ck_got.history.timeline["loss"], ck_ref.history.timeline["loss"], atol=1e-6)
     assert ck_got.history.timeline["step"].tolist() == list(range(1, S + 1))
+    # the same evaluations (A stopped between two, at N), so the same best model and early-stopping count
+    want, have = ck_ref.history.history, ck_got.history.history
+    assert have.columns == want.columns and have["step"].tolist() == list(range(50, S + 1, 50))
+    for column in want.columns:
+        if column != "time":
+            np.testing.assert_allclose(have[column], want[column], rtol=0, atol=1e-6, err_msg=column)
+    for key in ("best_valid", "evaluations_without_improvement"):
+        assert ck_got.state[key] == pytest.approx(ck_ref.state[key], abs=1e-6), key
+    assert ck_got.state["lr_factor"] == ck_ref.state["lr_factor"] == 1.0
+    rd = run_dir(runs, name)  # K: a write cut by kill -9 leaves a temporary file, which the resume deletes
+    assert not [f for d in (rd.path, rd.models, rd.checkpoints) for f in os.listdir(d) if f.startswith(".")]
 
 
 def test_run_directory_holds_every_file(runs):

@@ -2,11 +2,22 @@
 
 import os
 import re
+import types
 
 import pytest
 
+from ekn_core import hookimpl
 from ekn_core.errors import ConfigError
-from ekn_core.trainer.config import IGNORED, REQUIRED, SETTINGS, ExperimentConfig, parse_override, settings_table
+from ekn_core.trainer.config import (
+    IGNORED,
+    REQUIRED,
+    SETTINGS,
+    ExperimentConfig,
+    Setting,
+    all_settings,
+    parse_override,
+    settings_table,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = os.path.join(HERE, "..", "docs", "training.md")
@@ -68,12 +79,13 @@ def test_model_load_args_unknown_to_create_model_are_named(tmp_path):
 
 
 def test_required_and_invalid_values_are_listed_together(tmp_path):
-    path = write(tmp_path, "def create_model():\n    pass\nhistory_freq = -1\nnan_response = 'panic'\n")
+    path = write(tmp_path, "def create_model():\n    pass\nhistory_freq = -1\nnan_response = 'panic'\n"
+                           "batch_timeout_s = 0\n")
     with pytest.raises(ConfigError) as err:
         ExperimentConfig.from_file(path)
     text = str(err.value)
     for piece in ("data_class is required", "n_steps is required", "history_freq must be an integer >= 0",
-                  "nan_response must be 'lower_lr' or 'stop'"):
+                  "nan_response must be 'lower_lr' or 'stop'", "batch_timeout_s must be None or a number of seconds > 0"):
         assert piece in text
 
 
@@ -128,9 +140,129 @@ def test_settings_are_assignable_and_checked(tmp_path):
 def test_docs_describe_every_setting():
     text = open(DOCS, encoding="utf-8").read()
     documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", text, flags=re.M))
-    assert set(SETTINGS) <= documented, sorted(set(SETTINGS) - documented)
+    builtin = {name for name, s in all_settings().items() if s.distribution in ("", "ekn")}
+    assert set(SETTINGS) < builtin <= documented, sorted(builtin - documented)
     assert settings_table() in text, "docs/training.md's settings table is out of date: paste settings_table()"
     assert set(IGNORED) <= set(re.findall(r"`([A-Za-z_0-9]+)`", text)), sorted(set(IGNORED) - documented)
+
+
+def _docs_plugin():
+    """The plugin of the ``ekn_settings`` example in docs/hooks.md, as a module."""
+    text = open(os.path.join(HERE, "..", "docs", "hooks.md"), encoding="utf-8").read()
+    code = re.search(r"### `ekn_settings\(\)`.*?```python\n(.*?)```", text, flags=re.S).group(1)
+    module = types.ModuleType("blob_plugin")
+    exec(compile(code, "docs/hooks.md", "exec"), module.__dict__)
+    return module
+
+
+@pytest.fixture
+def docs_plugin():
+    from ekn_core.hooks import host
+
+    module = _docs_plugin()
+    host().register(module, name="blob_plugin")
+    yield module
+    host().unregister(module)
+
+
+def test_plugin_settings_join_the_config_while_the_plugin_is_loaded(tmp_path, docs_plugin):
+    """The docs' example plugin: its setting gets its default, is set by the file and --set, is
+    suggested for a misspelt name and checked by its ekn_check_config; unknown once it is gone."""
+    from ekn_core.hooks import host
+
+    path = write(tmp_path, MINIMAL)
+    assert ExperimentConfig.from_file(path).blob_threshold == 0.5
+    assert ExperimentConfig.from_file(write(tmp_path, MINIMAL + "blob_threshold = 0.7\n", "b.py")).blob_threshold == 0.7
+    cfg = ExperimentConfig.from_file(path, ["blob_threshold=0.25"])
+    assert cfg.blob_threshold == 0.25 and cfg.as_dict()["blob_threshold"] == 0.25
+    cfg.blob_threshold = 0.3
+    with pytest.raises(ConfigError, match=r"unknown setting 'blob_treshold' \(did you mean 'blob_threshold'\?\)"):
+        ExperimentConfig.from_file(write(tmp_path, MINIMAL + "blob_treshold = 0.7\n", "c.py"))
+    with pytest.raises(ConfigError, match=r"--set blob_treshold: unknown setting 'blob_treshold' \(did you mean"):
+        ExperimentConfig.from_file(path, ["blob_treshold=0.7"])
+    with pytest.raises(ConfigError, match=r"blob_threshold must be a number in \(0, 1\), got 2.0"):
+        ExperimentConfig.from_file(path, ["blob_threshold=2.0"])
+    host().unregister(docs_plugin)
+    try:
+        with pytest.raises(ConfigError, match=r"unknown setting 'blob_threshold'.*installed and loaded"):
+            ExperimentConfig.from_file(write(tmp_path, MINIMAL + "blob_threshold = 0.7\n", "d.py"))
+    finally:
+        host().register(docs_plugin, name="blob_plugin")
+
+
+def test_plugin_settings_are_new_in_ekn_unless_marked(docs_plugin):
+    """The docs' example plugin declares Setting(default, doc): not one of ELEKTRONN2's settings."""
+    settings = all_settings()
+    assert settings["blob_threshold"].origin == "ekn"
+    row = ("| `blob_threshold` | `0.5` | Probability above which a voxel counts as a blob. "
+           "*(ekn; plugin `blob_plugin`)* |")
+    assert row in settings_table(distributions=("",)).splitlines()
+    assert (settings["n_steps"].origin, settings["seed"].origin) == ("ELEKTRONN2", "ekn")
+
+
+def test_plugin_defaults_are_not_shared_between_configs(tmp_path):
+    from ekn_core.hooks import host
+
+    declared = {"blob_ids": Setting([], "ids")}  # one object, as a module constant would be
+
+    class Listing:
+        @hookimpl
+        def ekn_settings(self):
+            return declared
+
+    plugin = Listing()
+    host().register(plugin)
+    try:
+        first = ExperimentConfig.from_file(write(tmp_path, MINIMAL))
+        first.blob_ids.append(7)
+        assert ExperimentConfig.from_file(write(tmp_path, MINIMAL)).blob_ids == []
+    finally:
+        host().unregister(plugin)
+
+
+@pytest.mark.parametrize("name,setting,message", [
+    ("n_steps", Setting(3, "x"), "'n_steps', a name ekn's core uses"),
+    ("lr_schedule", Setting(3, "x"), "'lr_schedule', a name ekn's core uses"),
+    ("_blob", Setting(3, "x"), "'_blob': a setting must be a Python name not starting with '_'"),
+    ("blob", Setting(REQUIRED, "x"), "'blob' as .*: give a Setting\\(default, description\\) with a default"),
+    ("blob", 3, "'blob' as 3: give a Setting"),
+])
+def test_bad_plugin_settings_are_one_clear_error(tmp_path, name, setting, message):
+    from ekn_core.errors import EknError
+    from ekn_core.hooks import host
+
+    class Bad:
+        @hookimpl
+        def ekn_settings(self):
+            return {name: setting}
+
+    plugin = Bad()
+    host().register(plugin, name="bad_plugin")
+    try:
+        with pytest.raises(EknError, match=f"plugin bad_plugin declares the config setting {message}"):
+            ExperimentConfig.from_file(write(tmp_path, MINIMAL))
+    finally:
+        host().unregister(plugin)
+
+
+def test_core_table_holds_only_core_settings_and_blocking_a_plugin_drops_its_setting(tmp_path, monkeypatch):
+    from ekn_core import plugins
+
+    by_plugin = {"knossos_preview": "ekn_trainer_knossos_preview", "preview_snapshot": "ekn_trainer_preview_snapshots",
+                 "volume_validation": "ekn_trainer_volume_validation"}
+    assert not set(by_plugin) & set(SETTINGS)
+    assert {name: all_settings()[name].plugin for name in by_plugin} == by_plugin
+    assert all(all_settings()[name].distribution == "ekn" for name in by_plugin)
+    path = write(tmp_path, MINIMAL + "knossos_preview = None\n")
+    assert ExperimentConfig.from_file(path).knossos_preview is None
+    monkeypatch.setenv("EKN_BLOCK_PLUGINS", "plugins:ekn_trainer_knossos_preview")
+    plugins.reset()
+    try:
+        with pytest.raises(ConfigError, match="unknown setting 'knossos_preview'"):
+            ExperimentConfig.from_file(path)
+    finally:
+        monkeypatch.undo()
+        plugins.reset()
 
 
 def test_train_command_resolves_new_and_resumed_runs(tmp_path):
@@ -156,3 +288,31 @@ def test_train_command_resolves_new_and_resumed_runs(tmp_path):
     assert rd.path == run.path and cfg.n_steps == 40 and cfg.history_freq == 5 and cfg.save_name == run.name
     cfg2, rd2 = load_for_run(None, [], run.path)
     assert rd2.path == run.path and cfg2.n_steps == 20 and cfg2.path == path
+
+
+def test_resume_latest_says_how_to_resume_runs_with_another_save_name(tmp_path, caplog):
+    """`--resume latest` finds only `<stem>__<date>` runs: its error says so and lists this config's
+    other runs; resuming one by its directory works (and warns when it failed before any checkpoint)."""
+    import logging
+    import shutil
+
+    from ekn_core.trainer.rundir import RunDir
+    from ekn_plugins.commands.train import load_for_run
+
+    path = write(tmp_path, MINIMAL + f"save_path = {str(tmp_path / 'runs')!r}\n")
+    mine, other = RunDir(str(tmp_path / "runs" / "my_run")), RunDir(str(tmp_path / "runs" / "someone_else"))
+    for run, config in ((mine, path), (other, str(tmp_path / "other.py"))):
+        run.create()
+        shutil.copyfile(path, run.config_copy)
+        run.write_run_json({"config_path": config, "overrides": ["save_name='my_run'"], "status": "error"})
+    with pytest.raises(ConfigError) as err:
+        load_for_run(path, [], "latest")
+    message = str(err.value)
+    assert "finds the runs named exp__<date>, the default save_name" in message
+    assert "`ekn train --resume RUN_DIR`; this config's runs: " + mine.path + ")" in message
+    assert "someone_else" not in message
+    with caplog.at_level(logging.WARNING, logger="ekn"):
+        cfg, rd = load_for_run(None, [], mine.path)
+    assert rd.path == mine.path and cfg.save_name == "my_run"
+    assert f"run `ekn train CONFIG --set save_name=my_run`" in caplog.text
+    assert load_for_run(path, ["save_name='my_run'"], "latest")[1].path == mine.path

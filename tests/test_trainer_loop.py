@@ -348,3 +348,58 @@ def test_status_line_shows_errors_in_percent_or_dashes(tmp_path):
         assert "tr=--, vl=--," in trainer.status_line({"train_error": 0.125})
     finally:
         trainer.close()
+
+
+def test_a_run_that_failed_in_set_up_starts_afresh_with_the_fixed_config(tmp_path, caplog):
+    """A set-up error leaves status 'error' and no checkpoint; the same command with the config fixed
+    trains in that directory (the log says so), while a run that saved a checkpoint stays protected."""
+    import json
+
+    from ekn_core.errors import ConfigError
+    from ekn_core.trainer.loop import Trainer
+
+    broken = ExperimentConfig.from_file(TOY, [f"save_path={str(tmp_path)!r}", "save_name='run'",
+                                              "data_init_kwargs={'n_valid': 'many'}"])
+    with pytest.raises(TypeError):
+        Trainer(broken)
+    run_json = os.path.join(str(tmp_path), "run", "run.json")
+    assert json.load(open(run_json))["status"] == "error"
+    with caplog.at_level(logging.WARNING, logger="ekn"):
+        trainer = make_trainer(tmp_path, "n_steps=1", "history_freq=0")
+    try:
+        assert trainer.run() == "finished"
+    finally:
+        trainer.close()
+    assert any("held a run that failed (status 'error') before its first checkpoint: it starts afresh"
+               in r.getMessage() for r in caplog.records)
+    info = json.load(open(run_json))
+    assert info["status"] == "finished" and "data_init_kwargs={'n_valid': 'many'}" not in info["overrides"]
+    log_text = open(os.path.join(str(tmp_path), "run", "train.log")).read()
+    assert log_text.index("could not set up the run: TypeError") < log_text.index("starts afresh")
+    with pytest.raises(ConfigError, match="already exists"):
+        make_trainer(tmp_path, "n_steps=1")
+
+
+@pytest.mark.parametrize("workers, copies", [(False, 1), (2, 3)])
+def test_in_memory_auto_counts_the_background_workers_copies(tmp_path, monkeypatch, workers, copies):
+    import types
+
+    import psutil
+
+    from ekn_core.trainer.loop import Trainer
+    from ekn_plugins.data import patches
+    from ekn_plugins.data.synth import write_dataset
+
+    write_dataset(str(tmp_path / "data"), n_volumes=3, shape=(6, 48, 48), label_margin=(2, 8, 8), seed=0)
+    monkeypatch.setenv("EKN_TEST_DATA", str(tmp_path / "data"))
+    need = 2 * 6 * 48 * 48 * 4 + 2 * 2 * 32 * 32 * 2  # two training cubes: float32 raw, int16 labels
+    available = need / patches.AUTO_MEMORY_SHARE * 2  # room for two copies, not for three
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=available))
+    cfg = ExperimentConfig.from_file(os.path.join(HERE, "trainer_files", "tiny2d_config.py"), [
+        f"save_path={str(tmp_path)!r}", "save_name='run'", f"background_processes={workers}"])
+    trainer = Trainer(cfg)
+    try:
+        assert trainer._data_recipe[1].get("copies", 1) == copies
+        assert trainer.data.in_memory == (copies == 1)
+    finally:
+        trainer.close()

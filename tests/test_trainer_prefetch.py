@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 
 from ekn_core.errors import ConfigError, EknError, ShapeError
-from ekn_core.hooks import host
 from ekn_core.hookspecs import hookimpl
 from ekn_core.trainer.config import ExperimentConfig
 
 tf = pytest.importorskip("tensorflow")
 
+import toy_training  # noqa: E402
 from ekn_core.trainer.prefetch import DevicePrefetcher  # noqa: E402
+from toy_training import TOY, assert_same_params, make_trainer, params  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TOY = os.path.join(HERE, "trainer_files", "toy_config.py")
 CPU = "/device:CPU:0"
 
 
@@ -140,38 +139,20 @@ def test_config_rejects_forced_prefetching_with_distribute():
 
 
 # ------------------------------------------------------------------------------------------ trainer
-def make_trainer(path, *overrides, resume=False):
-    from ekn_core.trainer.loop import Trainer
-
-    cfg = ExperimentConfig.from_file(TOY, [f"save_path={str(path)!r}", "save_name='run'", *overrides])
-    return Trainer(cfg, run_dir=os.path.join(str(path), "run") if resume else None, resume=resume)
-
-
 def train(path, *overrides, resume=False, hook=None):
     """Runs a toy trainer to its end; returns (trainer, status or the exception, params, losses)."""
-    if hook is not None:
-        host().register(hook)
-    trainer = make_trainer(path, *overrides, resume=resume)
-    try:
-        try:
-            status = trainer.run()
-        except Exception as err:  # noqa: BLE001 - the interrupted runs of the tests
-            status = err
+
+    def no_thread_left(trainer):
         assert not prefetch_threads(), "the run left its prefetch thread running"
-    finally:
-        trainer.close()
-        if hook is not None:
-            host().unregister(hook)
-    params = {k: p.get_value() for k, p in trainer.model.all_params.items()}
-    return trainer, status, params, np.asarray(trainer.history.timeline["loss"])
+
+    trainer, status = toy_training.train(path, *overrides, resume=resume, hook=hook, after_run=no_thread_left)
+    return trainer, status, params(trainer), np.asarray(trainer.history.timeline["loss"])
 
 
 def assert_same_run(a, b):
     (_, _, params_a, losses_a), (_, _, params_b, losses_b) = a, b
     np.testing.assert_array_equal(losses_a, losses_b)
-    assert sorted(params_a) == sorted(params_b)
-    for key in params_a:
-        np.testing.assert_array_equal(params_a[key], params_b[key], err_msg=key)
+    assert_same_params(params_a, params_b)
 
 
 def test_default_is_on_for_a_gpu_only_and_true_forces_it(tmp_path):

@@ -224,3 +224,11 @@ def test_filter_mosaic_against_direct_tiling():
     w3 = rng.normal(size=(5, 3, 3, 1, 2))  # 3-D conv: the middle z slice is shown
     np.testing.assert_allclose(filter_mosaic(w3)[:3, :3], (w3[2, :, :, 0, 0] - w3[2, :, :, 0, 0].min())
                                / np.ptp(w3[2, :, :, 0, 0]))
+
+
+def test_sf_says_whether_a_node_is_missing_or_has_no_filters(tmp_path):
+    trainer = _fake_trainer(tmp_path)
+    trainer.model.nodes = {"conv1": SimpleNamespace(params={"w": 1}), "pool": SimpleNamespace(params={})}
+    _, out = _run(trainer, "sf pool\nsf conv9\n")
+    assert "'pool' has no filters; nodes with filters: conv1" in out
+    assert "'conv9' is not a node of the model; nodes with filters: conv1" in out

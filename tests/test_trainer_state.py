@@ -53,6 +53,89 @@ def test_history_hdf5_and_csv_round_trip(tmp_path):
     assert len(timeline) == 25 and float(timeline[-1]["debug/act"]) == 25.0
 
 
+def test_table_tail_is_the_end_of_its_column():
+    t = Table(("step", "loss"))
+    for i in range(40):  # past the first growth of the buffers
+        t.append(step=i, loss=i / 3)
+        for n in (1, 5, 50):
+            np.testing.assert_array_equal(t.tail("loss", n), t["loss"][-n:])
+
+
+def test_csv_files_get_new_rows_appended_and_are_rewritten_when_rows_changed(tmp_path):
+    h = History()
+    paths = [str(tmp_path / name) for name in ("h.h5", "h.csv", "t.csv")]
+    timeline_csv = paths[2]
+
+    def rows_on_disk():
+        with open(timeline_csv) as f:
+            rows = list(csv.DictReader(f))
+        return {c: [float(r[c]) for r in rows] for c in rows[0]} if rows else {}
+
+    def assert_file_holds_the_table():
+        on_disk = rows_on_disk()
+        assert list(on_disk) == h.timeline.columns
+        for column, values in on_disk.items():
+            np.testing.assert_array_equal(values, h.timeline[column], err_msg=column)
+
+    def add(steps, loss_scale=1.0, **extra):
+        for i in steps:
+            h.timeline.append(step=i, time=0.5 * i, loss=loss_scale / i, batch_char=0.3, **extra)
+        h.save(*paths)
+
+    add(range(1, 6))
+    inode = os.stat(timeline_csv).st_ino
+    for start in (6, 9, 20):
+        add(range(start, start + 3))
+        assert_file_holds_the_table()
+        assert os.stat(timeline_csv).st_ino == inode  # appended in place, not written anew
+    h.timeline.truncate(7)  # a rollback, then other values for more steps than were written
+    add(range(8, 25), loss_scale=5.0)
+    assert_file_holds_the_table()
+    add(range(25, 27), **{"debug/act": 1.0})  # a new column
+    assert_file_holds_the_table()
+    with open(timeline_csv, "a") as f:
+        f.write("27,13.5,0.1")  # a write that a crash cut short
+    add(range(27, 29))
+    assert_file_holds_the_table()
+
+
+def test_csv_rows_are_appended_in_one_write_and_torn_last_lines_are_repaired(tmp_path, monkeypatch):
+    paths = [str(tmp_path / name) for name in ("h.h5", "h.csv", "t.csv")]
+    h = make_history(10)
+    h.save(*paths)
+    calls, real_write = [], os.write
+
+    def recording_write(fd, data):  # one call per appended chunk, on an O_APPEND descriptor
+        import fcntl
+
+        calls.append((bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND), bytes(data)))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", recording_write)
+    before = h.timeline.to_csv()
+    for i in range(11, 16):
+        h.timeline.append(step=i, time=0.5 * i, loss=2.0 / i, batch_char=0.3, **{"debug/act": float(i)})
+    h.save(*paths)
+    assert calls == [(True, h.timeline.to_csv()[len(before):].encode())]  # history.csv got no new rows
+    assert open(paths[2]).read() == h.timeline.to_csv()
+
+    def short_write(fd, data):  # e.g. a full disk: only the start of the chunk goes out
+        return real_write(fd, data[:len(data) // 2])
+
+    monkeypatch.setattr(os, "write", short_write)
+    h.timeline.append(step=16, time=8.0, loss=0.125, batch_char=0.3)
+    h.save(*paths)
+    assert open(paths[2]).read() == h.timeline.to_csv()  # written anew at once
+    monkeypatch.setattr(os, "write", real_write)
+    for path in paths[1:]:
+        with open(path, "a") as f:
+            f.write("17,8.5,0.1")  # a kill cut the append short; then the run resumes from its checkpoint
+    resumed = History.load(paths[0])
+    resumed.timeline.append(step=17, time=8.5, loss=2.0 / 17, batch_char=0.3)
+    resumed.save(*paths)
+    assert open(paths[1]).read() == resumed.history.to_csv() and open(paths[2]).read() == resumed.timeline.to_csv()
+
+
 def test_checkpoint_round_trip_and_latest(tmp_path):
     folder = str(tmp_path / "ck")
     rng = np.random.default_rng(0)
@@ -170,3 +253,28 @@ def test_plugin_metrics_get_their_own_plot_only_when_measured(tmp_path):
     assert len(path) == 1
     with Image.open(path[0]) as img:
         assert img.format == "PNG" and np.asarray(img.convert("L")).std() > 5
+
+
+def test_a_run_that_failed_before_saving_anything_may_start_afresh(tmp_path):
+    """Status 'error' and no checkpoint or model: create() starts it again and keeps only its log;
+    any other existing run stays protected."""
+    rd = RunDir(str(tmp_path / "run"))
+    rd.create()
+    for status, saved, fresh in (("error", None, True), ("error", "checkpoints", False), ("error", "models", False),
+                                 ("running", None, False), ("finished", None, False)):
+        rd.write_run_json({"status": status})
+        open(rd.log, "a").write(f"attempt {status} {saved}\n")
+        open(rd.config_copy, "w").write("old config\n")
+        if saved:
+            open(os.path.join(rd.path, saved, "file.h5"), "w").close()
+        assert rd.failed_early() == fresh
+        if fresh:
+            assert rd.create() is True
+            assert sorted(os.listdir(rd.path)) == sorted(["train.log", "models", "checkpoints", "plots", "previews",
+                                                          "tensorboard"])
+            assert open(rd.log).read() == "attempt error None\n"
+        else:
+            with pytest.raises(ConfigError, match="already exists"):
+                rd.create()
+            assert rd.create(overwrite=True) is False and not os.path.exists(rd.log)
+    assert not RunDir(str(tmp_path / "none")).failed_early()

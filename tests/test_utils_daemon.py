@@ -21,7 +21,8 @@ FREE = Snapshot(cpu_load=0.0, free_ram_gb=64.0, gpus=[])
 DAEMON = [sys.executable, "-c", "import sys; from ekn_core.cli import main; raise SystemExit(main(sys.argv[1:]))"]
 # a harmless experiment: records who started it, then sleeps a little so experiments overlap
 MARK = [sys.executable, "-c", "import os, sys, time; open(os.path.join(sys.argv[1], sys.argv[2] + '.' + "
-        "str(os.getpid())), 'w').write(os.environ.get('CUDA_VISIBLE_DEVICES', '-')); time.sleep(0.2)"]
+        "str(os.getpid())), 'w').write(' '.join(os.environ.get(v, '-') for v in ('CUDA_VISIBLE_DEVICES', "
+        "'CUDA_DEVICE_ORDER'))); time.sleep(0.2)"]
 
 
 def _queue(tmp_path, names):
@@ -90,7 +91,7 @@ def test_busy_resources_delay_the_start(tmp_path, caplog):
     waits = [m for m in messages[:started] if m.startswith("waiting: busy")]
     assert "cpu load 3.00" in waits[0] and "free RAM 0.5 GB" in waits[1] and "GPU 1: 15.5 GB free, 95% busy" in waits[2]
     assert "GPU 1" in messages[started]
-    assert [open(os.path.join(marks, f)).read() for f in os.listdir(marks)] == ["1"]  # CUDA_VISIBLE_DEVICES
+    assert [open(os.path.join(marks, f)).read() for f in os.listdir(marks)] == ["1 PCI_BUS_ID"]  # nvidia-smi's GPU 1
 
 
 def test_max_running_and_gpus_are_not_handed_out_twice(tmp_path):

@@ -2,7 +2,8 @@
 
 A config is a Python file that is executed; its top-level names are the settings (every
 variable of ELEKTRONN2's ``ExperimentConfig`` and the ``DefaultConfig`` keys that still make
-sense, plus a few of ekn's own, see :data:`SETTINGS`). ``np`` is predefined. Names starting with
+sense, plus a few of ekn's own, see :data:`SETTINGS`, and those plugins declare with the
+``ekn_settings`` hook, see :func:`all_settings`). ``np`` is predefined. Names starting with
 ``_``, imported modules and functions or classes other than ``create_model`` are helpers and are
 not settings. Any other unknown name is an error that suggests the closest setting.
 
@@ -29,18 +30,20 @@ Example:
 from __future__ import annotations
 
 import ast
+import copy
 import difflib
 import logging
 import os
 import time
 import types
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ekn_core.errors import ConfigError, unknown_keywords
+from ekn_core.errors import ConfigError, EknError, unknown_keywords
+from ekn_core.plugins import BUILTIN_DISTRIBUTION
 
 log = logging.getLogger("ekn.trainer")
 
@@ -49,11 +52,30 @@ REQUIRED = object()
 
 @dataclass(frozen=True)
 class Setting:
-    """One config variable: default (:data:`REQUIRED` if it must be given) and documentation."""
+    """One config variable: default (:data:`REQUIRED` if it must be given) and documentation.
+
+    Attributes:
+        default: The value of an unset setting (:data:`REQUIRED`: core settings only).
+        doc: What it does, one or two sentences (the settings table in docs/training.md).
+        origin: ``"ekn"`` (new in ekn or a plugin: the default) or ``"ELEKTRONN2"`` (ELEKTRONN2 had
+            it: the core marks those of its settings).
+        plugin: The ``ekn.plugins`` entry point that declares it (``ekn_settings``); empty for the core's.
+        distribution: That plugin's distribution (filled in by :func:`all_settings`).
+
+    Example (a plugin declares its settings with the ``ekn_settings`` hook):
+        >>> from ekn_core import hookimpl
+        >>> @hookimpl
+        ... def ekn_settings():
+        ...     return {"blob_threshold": Setting(0.5, "Probability above which a voxel is a blob.")}
+        >>> ekn_settings()["blob_threshold"].origin
+        'ekn'
+    """
 
     default: Any
     doc: str
-    origin: str = "ELEKTRONN2"
+    origin: str = "ekn"
+    plugin: str = ""
+    distribution: str = ""
 
 
 #: Every setting an experiment config may define (name → :class:`Setting`).
@@ -61,114 +83,106 @@ SETTINGS: dict[str, Setting] = {
     # -- model ------------------------------------------------------------------------------------
     "create_model": Setting(None, "Function returning a Model with designated nodes (one of "
                             "create_model / model_load_path is required). Called with model_load_args "
-                            "as keyword arguments if those are set."),
+                            "as keyword arguments if those are set.", "ELEKTRONN2"),
     "model_load_path": Setting(None, "Model file to load instead of create_model (fine-tuning); "
-                               "passed to modelload(path, **model_load_args). '~' is expanded."),
+                               "passed to modelload(path, **model_load_args). '~' is expanded.", "ELEKTRONN2"),
     "model_load_args": Setting(None, "Keyword arguments for modelload (e.g. imposed_patch_size) or for "
-                               "create_model."),
+                               "create_model.", "ELEKTRONN2"),
     # -- run directory ------------------------------------------------------------------------------
-    "save_name": Setting(None, "Name of the run directory; default '<config stem>__<yy-mm-dd_HH-MM-SS>'."),
-    "save_path": Setting("~/ekn_training/", "Parent folder of run directories ('~' is expanded)."),
+    "save_name": Setting(None, "Name of the run directory; default '<config stem>__<yy-mm-dd_HH-MM-SS>'.",
+                         "ELEKTRONN2"),
+    "save_path": Setting("~/ekn_training/", "Parent folder of run directories ('~' is expanded).", "ELEKTRONN2"),
     "overwrite": Setting(False, "Delete an existing run directory of the same name instead of stopping "
-                         "with an error (ELEKTRONN2 defaulted to True; ekn does not delete silently)."),
+                         "with an error (ELEKTRONN2 defaulted to True; ekn does not delete silently).", "ELEKTRONN2"),
     # -- data -------------------------------------------------------------------------------------------
     "data_class": Setting(REQUIRED, "Data source: a name in the 'ekn.data' registry (ELEKTRONN2 names "
                           "such as 'BatchCreatorImage' or 'MNISTData' work, case-insensitively) or a "
                           "tuple (path_to_py_file, class_name). Instantiated as "
-                          "cls(model.input_node, model.target_node, **data_init_kwargs)."),
-    "data_init_kwargs": Setting(None, "Keyword arguments of the data class constructor."),
+                          "cls(model.input_node, model.target_node, **data_init_kwargs).", "ELEKTRONN2"),
+    "data_init_kwargs": Setting(None, "Keyword arguments of the data class constructor.", "ELEKTRONN2"),
     "data_batch_args": Setting(None, "Keyword arguments of data.getbatch (the trainer adds batch_size and "
-                               "source)."),
+                               "source).", "ELEKTRONN2"),
     "batch_size": Setting(None, "Examples per training step; must agree with the model's fixed batch size "
-                          "if it has one (then it may be left out)."),
+                          "if it has one (then it may be left out).", "ELEKTRONN2"),
     "class_weights": Setting(None, "Appended to every batch as an extra input (the loss must have a "
-                             "matching Input node)."),
+                             "matching Input node).", "ELEKTRONN2"),
     "background_processes": Setting(False, "False, or the number of background worker processes "
-                                    "preparing batches (True means 2)."),
+                                    "preparing batches (True means 2).", "ELEKTRONN2"),
+    "batch_timeout_s": Setting(None, "Seconds the trainer waits for a batch from a background worker before it "
+                               "replaces the worker as stuck (a hanging read); None: it waits, with a warning "
+                               "every minute. Must exceed the time to build the data source and draw a batch."),
     "prefetch_to_device": Setting(None, "Copy the next training batch to the training device on a background "
                                   "thread while the current step runs: None (on when training on a GPU, off "
                                   "on the CPU and with distribute), True or False to force it. Batches, losses "
-                                  "and weights are the same either way.", "ekn"),
+                                  "and weights are the same either way."),
     # -- training length and monitoring ---------------------------------------------------------------
-    "n_steps": Setting(REQUIRED, "Number of training steps (iterations) to do in total."),
+    "n_steps": Setting(REQUIRED, "Number of training steps (iterations) to do in total.", "ELEKTRONN2"),
     "max_runtime": Setting(None, "Stop after this many seconds spent in the training loop (None: no "
-                           "limit). Time counts across resumes."),
+                           "limit). Time counts across resumes.", "ELEKTRONN2"),
     "history_freq": Setting(200, "Steps between monitoring (train/valid loss and errors), history rows, "
-                            "plots, the latest model file and the status line (0 disables)."),
+                            "plots, the latest model file and the status line (0 disables).", "ELEKTRONN2"),
     "monitor_batch_size": Setting(None, "Examples in each train/valid monitor estimate (default: "
-                                  "batch_size); evaluated in chunks of batch_size."),
-    "print_status": Setting(True, "Log the status line every history_freq steps."),
-    "time_per_step_smoothing_length": Setting(50, "Steps in the moving average of the step time."),
-    "loss_smoothing_length": Setting(200, "Steps in the moving average of the loss (console and plots)."),
+                                  "batch_size); evaluated in chunks of batch_size.", "ELEKTRONN2"),
+    "print_status": Setting(True, "Log the status line every history_freq steps.", "ELEKTRONN2"),
+    "time_per_step_smoothing_length": Setting(50, "Steps in the moving average of the step time.", "ELEKTRONN2"),
+    "loss_smoothing_length": Setting(200, "Steps in the moving average of the loss (console and plots).", "ELEKTRONN2"),
     # -- optimisation ------------------------------------------------------------------------------
     "optimiser": Setting("Adam", "Optimiser name from the 'ekn.optimisers' registry: 'SGD', 'AdaGrad', "
-                         "'AdaDelta', 'Adam', 'AdamW' (any case)."),
+                         "'AdaDelta', 'Adam', 'AdamW' (any case).", "ELEKTRONN2"),
     "optimiser_params": Setting(None, "Meta-parameters: lr, mom, wd, beta2 (Adam) and any other "
-                                "meta-parameter of the optimiser."),
+                                "meta-parameter of the optimiser.", "ELEKTRONN2"),
     "schedules": Setting(None, "{name: schedule} for lr, mom, wd, dropout_rates, mixing or a trainer "
-                         "setting, e.g. {'lr': {'dec': 0.995}} (see docs/optimisers.md)."),
+                         "setting, e.g. {'lr': {'dec': 0.995}} (see docs/optimisers.md).", "ELEKTRONN2"),
     # -- files -------------------------------------------------------------------------------------
-    "param_save_it": Setting(10000, "Steps between permanent model snapshots models/step-<N>.<ext>."),
-    "plot_on": Setting(True, "Write the PNG plots (loss, errors, lr, timeline) every history_freq steps."),
+    "param_save_it": Setting(10000, "Steps between permanent model snapshots models/step-<N>.<ext>.", "ELEKTRONN2"),
+    "plot_on": Setting(True, "Write the PNG plots (loss, errors, lr, timeline) every history_freq steps.",
+                       "ELEKTRONN2"),
     "batch_picture": Setting(True, "Write the batch picture Batch_test_image.png at the start of every run "
-                             "(image-to-image nets); the shell's debugbatch writes it either way.", "ekn"),
+                             "(image-to-image nets); the shell's debugbatch writes it either way."),
     "preview_data_path": Setting(None, "Volume(s) for previews: an HDF5 file (every dataset), "
-                                 "'file.h5:key' or (file, key); '~' is expanded."),
+                                 "'file.h5:key' or (file, key); '~' is expanded.", "ELEKTRONN2"),
     "preview_kwargs": Setting(None, "Preview options: export_class ('all', an int or a list of channel "
                               "numbers) and max_z_pred (central slices per preview, default 5; 'all': every "
-                              "slice)."),
-    "initial_prev_h": Setting(1.0, "Hours of training before the first preview."),
-    "prev_save_h": Setting(3.0, "Hours of training between previews."),
-    "preview_freq": Setting(None, "Also preview every this many steps (None: only by the hour settings).",
-                            "ekn"),
-    "preview_snapshot": Setting(None, "Also write each preview's whole prediction (all predicted slices, every "
-                                "class) and the raw as volumes: 'zarr' (previews/snapshots.zarr) or 'h5' "
-                                "(previews/snapshots.h5), groups stepN/pred_BLOCK; None: PNGs only.", "ekn"),
-    "knossos_preview": Setting(None, "Preview a region of a KNOSSOS data set and write the prediction as a "
-                               "segmentation overlay previews/NAME-stepN.k.zip: a dict with dataset, "
-                               "offset and size (x, y, z in mag-1 voxels) and optionally mag, channel, "
-                               "threshold, name (see 'Previews' in docs/training.md).", "ekn"),
-    "tensorboard": Setting(True, "Write TensorBoard event files (scalars, preview images).", "ekn"),
-    "tensorboard_freq": Setting(10, "Steps between TensorBoard training-loss scalars.", "ekn"),
+                              "slice).", "ELEKTRONN2"),
+    "initial_prev_h": Setting(1.0, "Hours of training before the first preview.", "ELEKTRONN2"),
+    "prev_save_h": Setting(3.0, "Hours of training between previews.", "ELEKTRONN2"),
+    "preview_freq": Setting(None, "Also preview every this many steps (None: only by the hour settings)."),
+    "tensorboard": Setting(True, "Write TensorBoard event files (scalars, preview images)."),
+    "tensorboard_freq": Setting(10, "Steps between TensorBoard training-loss scalars."),
     # -- checkpoints, resume, robustness ----------------------------------------------------------
     "checkpoint_freq": Setting(None, "Steps between checkpoints (default: history_freq, or 100 if that "
-                               "is 0). A checkpoint is also written at the start and the end.", "ekn"),
-    "keep_checkpoints": Setting(2, "Number of newest checkpoints kept.", "ekn"),
+                               "is 0). A checkpoint is also written at the start and the end."),
+    "keep_checkpoints": Setting(2, "Number of newest checkpoints kept."),
     "seed": Setting(0, "Seed of weight initialisation, data sampling (per step) and TensorFlow random "
-                    "ops; the run is a function of the seed.", "ekn"),
+                    "ops; the run is a function of the seed."),
     "deterministic": Setting(False, "Enable TensorFlow op determinism (bit-identical reruns; may be "
-                             "slower).", "ekn"),
+                             "slower)."),
     "nan_response": Setting("lower_lr", "What to do after rolling back to the last good checkpoint when a "
                             "step's loss is NaN/Inf: 'lower_lr' (multiply lr by nan_lr_factor and go on) "
-                            "or 'stop'.", "ekn"),
-    "nan_lr_factor": Setting(0.5, "Learning-rate factor applied after each NaN rollback.", "ekn"),
+                            "or 'stop'."),
+    "nan_lr_factor": Setting(0.5, "Learning-rate factor applied after each NaN rollback."),
     "nan_max_retries": Setting(3, "Rollbacks allowed without a good checkpoint in between before the run "
-                               "stops.", "ekn"),
+                               "stops."),
     "early_stopping_patience": Setting(None, "Stop (status 'finished') after this many evaluations in a row "
                                        "of the monitored metric (monitor_metric) that did not beat the best "
-                                       "by more than early_stopping_min_delta; None: never.", "ekn"),
+                                       "by more than early_stopping_min_delta; None: never."),
     "early_stopping_min_delta": Setting(0.0, "Smallest improvement of the monitored metric that counts for "
-                                        "early stopping.", "ekn"),
+                                        "early stopping."),
     "monitor_metric": Setting(None, "History column that picks models/best.mdl and drives early stopping, e.g. "
                               "'valid_error' or 'volume_f1'; None: the validation loss (the training loss "
-                              "without validation data). Evaluations where it is not measured do not count.",
-                              "ekn"),
+                              "without validation data). Evaluations where it is not measured do not count."),
     "monitor_mode": Setting(None, "'min' or 'max': whether a smaller or a larger monitor_metric is better; "
-                            "None: the metric's own direction (losses and errors 'min', F1 'max').", "ekn"),
-    "volume_validation": Setting(None, "Validation on whole labelled volumes: every N steps dense prediction and "
-                                 "metrics (pixel error, F1, IoU, MSE; with ids VI and adapted Rand error of a watershed "
-                                 "segmentation) as history columns volume_*; a dict, see "
-                                 "'Validation on whole volumes' in docs/training.md.", "ekn"),
+                            "None: the metric's own direction (losses and errors 'min', F1 'max')."),
     # -- hardware -------------------------------------------------------------------------------------
     "device": Setting(None, "GPU to use: None (default device), an int, 'auto' (GPU with most free memory) "
-                      "or 'cpu'. The --gpu option wins."),
+                      "or 'cpu'. The --gpu option wins.", "ELEKTRONN2"),
     "compile_mode": Setting(None, "How steps are compiled: 'plain' (tf.function), 'xla', 'eager', or 'auto' "
                             "(measure plain and XLA on the first batch when the compile-mode cache has no "
                             "choice for this net, shape, precision and device, then use the cached "
                             "choice); None uses EKN_COMPILE, else a cached choice, else XLA on GPU and "
-                            "plain on CPU.", "ekn"),
+                            "plain on CPU."),
     "distribute": Setting(None, "Data-parallel training: None, 'mirrored' (several local GPUs) or "
-                          "'multiworker' (several hosts, TF_CONFIG).", "ekn"),
+                          "'multiworker' (several hosts, TF_CONFIG)."),
 }
 
 #: Names accepted for compatibility with ELEKTRONN2 configs but ignored (with a warning).
@@ -217,6 +231,44 @@ def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _unknown(name: str, settings: Iterable[str]) -> str:
+    return f"unknown setting {name!r}{_did_you_mean(name, settings)}"
+
+
+def all_settings() -> dict[str, Setting]:
+    """The core's settings (:data:`SETTINGS`) and, after them, those the loaded plugins declare
+    with the ``ekn_settings`` hook, each marked with its plugin and distribution.
+
+    Raises:
+        EknError: A plugin declares a name the core uses, a name that is no config variable, a
+            value that is no :class:`Setting` or one without a default; or two plugins declare
+            one name.
+
+    Example:
+        >>> settings = all_settings()
+        >>> settings["n_steps"].plugin, settings["knossos_preview"].plugin
+        ('', 'ekn_trainer_knossos_preview')
+    """
+    from ekn_core.hooks import host
+
+    merged = dict(SETTINGS)
+    reserved = {*SETTINGS, *IGNORED, *UNSUPPORTED, *ExperimentConfig._OWN, "np"}
+    for name, (plugin, distribution, setting) in host().settings().items():
+        where = f"plugin {plugin}" + (f" (distribution {distribution})" if distribution else "")
+        if name in reserved:
+            raise EknError(f"{where} declares the config setting {name!r}, a name ekn's core uses; the plugin "
+                           f"must rename it (prefix it with the plugin's name) or be blocked "
+                           f"(EKN_BLOCK_PLUGINS=plugins:{plugin})")
+        if not (isinstance(name, str) and name.isidentifier() and not name.startswith("_")):
+            raise EknError(f"{where} declares the config setting {name!r}: a setting must be a Python name "
+                           "not starting with '_' (names starting with '_' are config helpers)")
+        if not isinstance(setting, Setting) or setting.default is REQUIRED:
+            raise EknError(f"{where} declares the config setting {name!r} as {setting!r}: give a "
+                           "Setting(default, description) with a default (from ekn_core import Setting)")
+        merged[name] = replace(setting, plugin=plugin, distribution=distribution)
+    return merged
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Splits ``'name=value'``; the value is a Python literal or, failing that, a string.
 
@@ -252,21 +304,25 @@ class ExperimentConfig:
 
     Create with :meth:`from_file`. Attributes that are not settings: ``path`` (config file),
     ``source`` (its text), ``overrides`` (the ``--set`` strings applied), ``namespace`` (the
-    executed file's globals).
+    executed file's globals). The settings are the core's and those of the loaded plugins
+    (:func:`all_settings`, read when the config is made).
     """
 
-    _OWN = ("path", "source", "overrides", "namespace", "_values")
+    _OWN = ("path", "source", "overrides", "namespace", "_values", "_settings")
 
     def __init__(self, values: Mapping[str, Any], path: str = "<config>", source: str = "",
                  overrides: Iterable[str] = (), namespace: dict[str, Any] | None = None):
+        object.__setattr__(self, "_settings", all_settings())
         object.__setattr__(self, "_values", {})
         object.__setattr__(self, "path", path)
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "overrides", list(overrides))
         object.__setattr__(self, "namespace", namespace if namespace is not None else {})
-        for name, setting in SETTINGS.items():
+        for name, setting in self._settings.items():
             default = setting.default
-            self._values[name] = {} if default is None and name in _DICT_SETTINGS else default
+            if default is None and name in _DICT_SETTINGS:
+                default = {}
+            self._values[name] = default if default is REQUIRED else copy.deepcopy(default)  # plugins' lists, dicts
         for name, value in values.items():
             self._set_checked(name, value)
         for name in list(self._values):
@@ -298,16 +354,18 @@ class ExperimentConfig:
             exec(compile(source, path, "exec"), namespace)  # noqa: S102 - configs are Python by design
         except Exception as err:
             raise ConfigError(f"config {path} failed to execute: {type(err).__name__}: {err}") from err
-        values = cls._settings_of_namespace(namespace, path)
+        settings = all_settings()
+        values = cls._settings_of_namespace(namespace, path, settings)
         overrides = list(overrides)
         for text in overrides:
             name, value = parse_override(text)
-            cls._apply_override(values, name, value)
+            cls._apply_override(values, name, value, settings)
         values = cls._resolve_relative(values, origin)
         return cls(values, path=origin, source=source, overrides=overrides, namespace=namespace)
 
     @staticmethod
-    def _settings_of_namespace(namespace: Mapping[str, Any], path: str) -> dict[str, Any]:
+    def _settings_of_namespace(namespace: Mapping[str, Any], path: str, settings: Mapping[str, Setting]
+                               ) -> dict[str, Any]:
         values: dict[str, Any] = {}
         unknown: list[str] = []
         for name, value in namespace.items():
@@ -318,23 +376,24 @@ class ExperimentConfig:
                 continue
             if name in UNSUPPORTED:
                 raise ConfigError(f"config {path}: {name!r} is not supported: {UNSUPPORTED[name]}")
-            if name not in SETTINGS:
+            if name not in settings:
                 if callable(value):  # helper functions and imported classes
                     continue
                 unknown.append(name)
                 continue
             values[name] = value
         if unknown:
-            details = "; ".join(f"unknown setting {n!r}{_did_you_mean(n, SETTINGS)}" for n in unknown)
-            raise ConfigError(f"config {path}: {details}. Settings are listed in docs/training.md; prefix "
-                              "helper variables with '_'.")
+            details = "; ".join(_unknown(n, settings) for n in unknown)
+            raise ConfigError(f"config {path}: {details}. Settings are listed in docs/training.md (a plugin's "
+                              "settings exist while the plugin is installed and loaded, see `ekn plugins`); "
+                              "prefix helper variables with '_'.")
         return values
 
     @staticmethod
-    def _apply_override(values: dict[str, Any], name: str, value: Any) -> None:
+    def _apply_override(values: dict[str, Any], name: str, value: Any, settings: Mapping[str, Setting]) -> None:
         base, _, key = name.partition(".")
-        if base not in SETTINGS:
-            raise ConfigError(f"--set {name}: unknown setting {base!r}{_did_you_mean(base, SETTINGS)}")
+        if base not in settings:
+            raise ConfigError(f"--set {name}: {_unknown(base, settings)}")
         if not key:
             values[base] = value
             return
@@ -360,7 +419,8 @@ class ExperimentConfig:
         values = object.__getattribute__(self, "_values")
         if name in values:
             return values[name]
-        raise AttributeError(f"experiment config has no setting {name!r}{_did_you_mean(name, SETTINGS)}")
+        raise AttributeError(f"experiment config has no setting {name!r}"
+                             f"{_did_you_mean(name, object.__getattribute__(self, '_settings'))}")
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in self._OWN:
@@ -369,8 +429,8 @@ class ExperimentConfig:
             self._set_checked(name, value)
 
     def _set_checked(self, name: str, value: Any) -> None:
-        if name not in SETTINGS:
-            raise ConfigError(f"unknown setting {name!r}{_did_you_mean(name, SETTINGS)}")
+        if name not in self._settings:
+            raise ConfigError(_unknown(name, self._settings))
         self._values[name] = value
 
     def __contains__(self, name: str) -> bool:
@@ -425,7 +485,7 @@ class ExperimentConfig:
     def validate(self) -> None:
         """Checks required settings, types and ranges; raises one :class:`ConfigError` listing all problems."""
         v = self._values
-        problems = [f"{name} is required" for name, s in SETTINGS.items() if s.default is REQUIRED and
+        problems = [f"{name} is required" for name, s in self._settings.items() if s.default is REQUIRED and
                     v.get(name) is REQUIRED]
         if v["create_model"] is None and v["model_load_path"] is None:
             hint = ""
@@ -484,6 +544,10 @@ class ExperimentConfig:
         bp = v["background_processes"]
         if not (isinstance(bp, (bool, int)) and bp >= 0):
             problems.append(f"background_processes must be False or a number of processes, got {bp!r}")
+        timeout = v["batch_timeout_s"]
+        if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+                                        and timeout > 0):
+            problems.append(f"batch_timeout_s must be None or a number of seconds > 0, got {timeout!r}")
         if not isinstance(v["batch_picture"], (bool, np.bool_)):
             problems.append(f"batch_picture must be True or False, got {v['batch_picture']!r}")
         pf = v["prefetch_to_device"]
@@ -543,16 +607,23 @@ class ExperimentConfig:
         return f"<ExperimentConfig {self.path}>"
 
 
-def settings_table() -> str:
-    """The settings as a Markdown table (used to check ``docs/training.md`` is complete).
+def settings_table(distributions: Iterable[str] = (BUILTIN_DISTRIBUTION,)) -> str:
+    """The settings as a Markdown table: the core's, then those of the plugins of ``distributions``
+    (the built-ins by default), marked with their plugin (checks that ``docs/training.md`` is complete).
 
     Example:
-        >>> settings_table().splitlines()[0]
+        >>> table = settings_table().splitlines()
+        >>> table[0]
         '| setting | default | meaning |'
+        >>> next(row for row in table if "`volume_validation`" in row).endswith("*(ekn; plugin `ekn_trainer_volume_validation`)* |")
+        True
     """
     rows = ["| setting | default | meaning |", "|---|---|---|"]
-    for name, s in SETTINGS.items():
+    for name, s in all_settings().items():
+        if s.plugin and s.distribution not in distributions:
+            continue
         default = "required" if s.default is REQUIRED else repr(s.default)
-        origin = " *(ekn)*" if s.origin == "ekn" else ""
+        marks = (["ekn"] if s.origin == "ekn" else []) + ([f"plugin `{s.plugin}`"] if s.plugin else [])
+        origin = f" *({'; '.join(marks)})*" if marks else ""
         rows.append(f"| `{name}` | `{default}` | {s.doc}{origin} |")
     return "\n".join(rows)

@@ -129,9 +129,11 @@ class DistributedTrainStep(TrainStep):
     def _step(self, *per_replica: Any) -> list[Any]:
         T = tf
         outs = self.strategy.run(self.body, args=per_replica)
-        loss = self.strategy.reduce(T.distribute.ReduceOp.MEAN, outs[0], axis=None)
-        rest = [self.strategy.gather(o, axis=axis or 0) for o, axis in zip(outs[1:], self.output_axes)]
-        return [loss, *rest]
+        mean = T.distribute.ReduceOp.MEAN
+        loss = self.strategy.reduce(mean, outs[0], axis=None)
+        rest = [self.strategy.gather(o, axis=axis or 0) for o, axis in zip(outs[1:-2], self.output_axes)]
+        # 1.0 when every replica's parameters are finite; the target mean of equal shards is the batch's
+        return [loss, *rest, *[self.strategy.reduce(mean, o, axis=None) for o in outs[-2:]]]
 
     def _compile(self, mode: str) -> Any:
         """The compiled distributed step; the mode comes from the same resolution as every

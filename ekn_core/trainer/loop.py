@@ -11,19 +11,24 @@ Every ``checkpoint_freq`` steps it writes an exact-resume checkpoint; previews a
 the configured times.
 
 A non-finite loss is logged, fires ``ekn_on_nan_detected`` and rolls the whole state back to the
-last checkpoint; then ``nan_response`` applies (``lower_lr``: multiply lr by ``nan_lr_factor`` and
+last checkpoint; then ``nan_response`` applies (``lower_lr``: multiply lr by ``nan_lr_factor``, and
+every lr the schedules set from then on by the checkpointed :attr:`Trainer.lr_factor`, and
 continue; ``stop``).
 
 Ctrl-C only sets :attr:`Trainer.pause_requested`; at the next step boundary
 :meth:`Trainer.open_shell` runs ``ekn_core.trainer.shell.run_shell(trainer)`` (or a minimal
-stdin prompt when that module is absent), which returns ``"continue"`` or ``"kill"``. SIGTERM
-saves and stops (status ``"killed"``).
+stdin prompt when that module is absent), which returns ``"continue"`` or ``"kill"``; a second
+Ctrl-C before the shell opens raises KeyboardInterrupt. SIGTERM saves and stops (status
+``"killed"``), also while the shell is open. Both end a wait for a background data worker at once
+(the step is not done, its batch stays the next one).
 
-Example (what ``ekn train examples/mnist.py --set n_steps=2`` does)::
+Example (what ``ekn train examples/mnist.py --set n_steps=2`` does; in a script, under the
+``__main__`` guard, since background data workers are spawned processes that import the script)::
 
-    cfg = ExperimentConfig.from_file("examples/mnist.py", overrides=["n_steps=2"])
-    trainer = Trainer(cfg)
-    status = trainer.run()        # "finished"; files in trainer.run_dir.path
+    if __name__ == "__main__":
+        cfg = ExperimentConfig.from_file("examples/mnist.py", overrides=["n_steps=2"])
+        trainer = Trainer(cfg)
+        status = trainer.run()        # "finished"; files in trainer.run_dir.path
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from ekn_core.errors import ConfigError, EknError, ShapeError, keyword_names, unknown_keywords
+from ekn_core.errors import (ConfigError, EknError, NoValidationData, ShapeError, WaitInterrupted, keyword_names,
+                              unknown_keywords)
 from ekn_core.hooks import host
 from ekn_core.trainer.batch_picture import FILE_NAME
 from ekn_core.trainer.checkpoint import (CheckpointData, capture_host_rng, latest_checkpoint, prune_checkpoints,
@@ -231,7 +237,7 @@ class Trainer:
 
     Attributes (read/write from the shell; changes take effect at the next step):
         config, model, data, optimiser, schedules, history, run_dir, step (steps done),
-        elapsed (training seconds), pause_requested, stop_requested, status, batch_size,
+        elapsed (training seconds), pause_requested, stop_requested, status, batch_size, lr_factor,
         prefetch_device (where the next batch is copied during a step; None: prefetching is off),
         last_batch_picture (the arrays of the last batch picture, see :meth:`debug_batch_picture`).
     """
@@ -254,6 +260,8 @@ class Trainer:
         self.evaluations_without_improvement = 0
         self.next_preview_h = float(config.initial_prev_h)
         self.nan_retries = 0
+        #: Multiplies every lr the schedules set: ``nan_lr_factor`` per NaN rollback (checkpointed).
+        self.lr_factor = 1.0
         self.last_batch: tuple[np.ndarray, ...] | None = None
         #: The arrays of the last batch picture (:func:`ekn_core.trainer.batch_picture.batch_panels`).
         self.last_batch_picture: dict[str, Any] | None = None
@@ -261,8 +269,8 @@ class Trainer:
         self.history = History()
         self.strategy: Any = None  # a tf.distribute strategy, set by distributed training
         self._warned_rng = False
+        self._warned_valid = False
         self._monitor_fn: Any = None
-        self._finite_fn: Any = None
         self._last_preview_step = -1
         self._step_times: collections.deque[float] = collections.deque(
             maxlen=int(config.time_per_step_smoothing_length))
@@ -271,17 +279,31 @@ class Trainer:
         #: Device the next batch is copied to during a step (None: prefetching is off); see ``prefetch_to_device``.
         self.prefetch_device: str | None = None
         self._prefetcher: Any = None  # a DevicePrefetcher, started on first use
+        self._background: Any = None  # the background data workers, started on first use
+        self._background_settings: tuple[Any, ...] | None = None  # what their batches depend on
         # key of the prefetched batch, and the error if drawing it failed
         self._next: tuple[tuple[Any, ...], BaseException | None] | None = None
 
-        if resume:
-            if not self.run_dir.exists():
-                raise ConfigError(f"cannot resume: {self.run_dir.path} is not a run directory")
-        else:
-            self.run_dir.create(overwrite=bool(config.overwrite))
-            self._write_initial_files()
+        if resume and not self.run_dir.exists():
+            raise ConfigError(f"cannot resume: {self.run_dir.path} is not a run directory")
+        #: The descriptor holding the run directory's lock (``run.lock``) until :meth:`close`.
+        self._run_lock: int | None = self.run_dir.acquire_lock()
+        restarted = False  # the directory held a run that failed before it saved anything
+        if not resume:
+            try:
+                restarted = self.run_dir.create(overwrite=bool(config.overwrite))
+                self._write_initial_files()
+            except BaseException:
+                self.close()
+                raise
         self._start_log()
+        if restarted:
+            log.warning("%s held a run that failed (status 'error') before its first checkpoint: it starts afresh "
+                        "with the config %s", self.run_dir.path, config.path)
         try:
+            if resume:  # under the run's lock
+                for path in self.run_dir.remove_stale_temporaries():
+                    log.info("deleted %s, left by an interrupted write", path)
             self._setup(device)
         except BaseException as err:
             log.error("could not set up the run: %s: %s", type(err).__name__, err)
@@ -445,16 +467,27 @@ class Trainer:
 
     def _build_data(self) -> None:
         cfg = self.config
-        self.data = make_data_source(cfg.data_class, self.model.input_node, self.model.target_node,
-                                     dict(cfg.data_init_kwargs))
+        kwargs = dict(cfg.data_init_kwargs)
+        if (self._n_workers and "copies" not in kwargs
+                and "copies" in _data_source_keywords(resolve_data_class(cfg.data_class))):
+            kwargs["copies"] = self._n_workers + 1  # this process and each worker hold a copy ('auto' memory)
+        #: What ``data`` was built from; the background workers build their copies of it from this.
+        self._data_recipe = (cfg.data_class, kwargs)
+        self.data = make_data_source(cfg.data_class, self.model.input_node, self.model.target_node, dict(kwargs))
+        self._recipe_data = self.data  # the source the workers copy; another one in trainer.data is drawn here
         #: ``getbatch``'s keyword names, read once: which of rng, monitor, force_dense it takes.
         self._batch_keywords = _keyword_names(self.data.getbatch)
         self._data_takes_rng = bool({"rng", "**"} & self._batch_keywords)
-        self._background: Any = None
         log.info("data: %r", self.data)
         if self._data_feedback:
             log.info("the data source takes feedback from every step: batches are drawn in this process "
                      "after the previous step (no background workers, no prefetching)")
+
+    @property
+    def _n_workers(self) -> int:
+        """The number of background data workers ``background_processes`` asks for (True: 2)."""
+        n = self.config.background_processes
+        return 2 if n is True else int(n or 0)
 
     @property
     def _data_feedback(self) -> bool:
@@ -466,12 +499,26 @@ class Trainer:
     def _background_batches(self, step: int) -> Any:
         """The background workers for training batches, whose next batch is that of ``step``
         (started on first use, restarted when another step's batch is wanted). None when the
-        batch of ``step`` is drawn here: without workers, or when the workers are one batch ahead
-        (a prefetched batch was dropped, or the shell drew one), which is cheaper than a restart."""
-        n = self.config.background_processes
-        n = 2 if n is True else int(n or 0)
+        batch of ``step`` is drawn here: without workers, when the workers are one batch ahead
+        (a prefetched batch was dropped, or the shell drew one), which is cheaper than a restart, or
+        when ``trainer.data`` was replaced by a source the workers cannot copy. The workers restart
+        when what their batches depend on changed (the shell may change the batch size,
+        ``data_batch_args``, the seed or the model's inputs)."""
+        n = self._n_workers
         if not n or not self._data_takes_rng or self._data_feedback:
             return None
+        if self.data is not self._recipe_data:
+            if self._background is not None:
+                log.info("trainer.data was replaced: its training batches are drawn in this process, not by the "
+                         "background workers (they copy the data source built from the config)")
+                self.close_background()
+            return None
+        settings = (n, self.batch_size, int(self.config.seed), repr(self.config.data_batch_args),
+                    *[(node.name, tuple(node.shape.shape)) for node in (self.model.input_node, self.model.target_node)
+                      if node is not None])
+        if self._background is not None and settings != self._background_settings:
+            log.info("the batch settings changed: restarting the background data workers at step %d", step)
+            self.close_background()
         if self._background is not None and self._background.next_index == step + 1:
             return None
         if self._background is None or self._background.next_index != step:
@@ -481,11 +528,12 @@ class Trainer:
 
             self.close_background()
             nodes = [NodeInfo(n) if n is not None else None for n in (self.model.input_node, self.model.target_node)]
-            factory = functools.partial(make_data_source, self.config.data_class, *nodes,
-                                        dict(self.config.data_init_kwargs))
+            data_class, data_init_kwargs = self._data_recipe
+            factory = functools.partial(make_data_source, data_class, *nodes, dict(data_init_kwargs))
             self._background = registry("data").get("background_batches")(
                 factory, self.batch_size, n_workers=n, seed=int(self.config.seed), source="train",
                 batch_kwargs=dict(self.config.data_batch_args), start=step)
+            self._background_settings = settings
             log.info("started %d background data worker(s) at step %d", n, step)
         return self._background
 
@@ -510,8 +558,9 @@ class Trainer:
         step = self.step if step is None else step
         background = self._background_batches(step) if (source == "train" and stream is None and size is None
                                                           and step in (self.step, self.step + 1)) else None
-        if background is not None:
-            batch = tuple(background.get())
+        if background is not None:  # SIGTERM and Ctrl-C end a wait for a worker (WaitInterrupted)
+            batch = tuple(background.get(abort=lambda: self.stop_requested or self.pause_requested,
+                                         timeout_s=self.config.batch_timeout_s))
         else:
             kwargs = dict(self.config.data_batch_args)
             rng = self._rng(stream or source, step)
@@ -696,14 +745,27 @@ class Trainer:
         return self._monitor_fn
 
     def evaluate(self, source: str) -> tuple[float, float]:
-        """Mean loss and error on a monitor batch of ``source`` (``'train'``/``'valid'``); NaN if unavailable."""
+        """Mean loss and error on a monitor batch of ``source`` (``'train'``/``'valid'``).
+
+        Both are NaN when the data source has no validation data (it raises
+        :class:`~ekn_core.errors.NoValidationData`) or when drawing the validation batch fails
+        (logged once, as a warning, with the error)."""
         n = int(self.config.monitor_batch_size or self.batch_size)
         chunk = self.model.batch_size or self.batch_size
         n = int(math.ceil(n / chunk) * chunk)
         try:
             batch = self.get_batch(source, size=n, stream=f"monitor_{source}")
+        except NoValidationData:
+            if source == "valid":
+                return math.nan, math.nan
+            raise
         except (ConfigError, ValueError) as err:
             if source == "valid":
+                if not self._warned_valid:
+                    self._warned_valid = True
+                    log.warning("cannot draw a validation monitor batch (%s: %s): valid_loss and valid_error are "
+                                "NaN (without monitor_metric, best.mdl and early stopping then follow train_loss); "
+                                "this warning is not repeated", type(err).__name__, err)
                 return math.nan, math.nan
             raise EknError(f"cannot draw a training monitor batch: {err}") from err
         fn = self._monitor_function()
@@ -721,8 +783,9 @@ class Trainer:
         w = np.asarray(weights, dtype=np.float64)
         return float(np.dot(losses, w) / w.sum()), float(np.dot(errors, w) / w.sum())
 
-    def monitor(self) -> dict[str, float]:
-        """Evaluates the monitor batches, records a history row, saves the latest/best model and fires hooks."""
+    def monitor(self, track_best: bool = True) -> dict[str, float]:
+        """Evaluates the monitor batches, records a history row, saves the latest model (and, with
+        ``track_best``, the best model and the early-stopping count) and fires hooks."""
         batch = self.last_batch
         loss_after = self.model.loss(*batch) if batch is not None else math.nan
         train_loss, train_err = self.evaluate("train")
@@ -737,7 +800,8 @@ class Trainer:
         metrics.update(extra)
         self.history.history.append(step=self.step, time=self.elapsed, **metrics)
         self.save_model("latest")
-        self._track_best(metrics)
+        if track_best:
+            self._track_best(metrics)
         self.history.save(self.run_dir.history_h5, self.run_dir.history_csv, self.run_dir.timeline_csv)
         if self.config.print_status:
             log.info("%s", self.status_line(metrics))
@@ -774,9 +838,9 @@ class Trainer:
         """ELEKTRONN2's status line: step, smoothed/current loss, errors, loss gain, lr, speed, time."""
         metrics = metrics or (self.history.history.last() if len(self.history.history) else {})
         t = self.history.timeline
-        n = int(self.config.loss_smoothing_length)
-        loss_m = float(np.nanmean(t["loss"][-n:])) if len(t) else math.nan
-        loss = t["loss"][-1] if len(t) else math.nan
+        recent = t.tail("loss", int(self.config.loss_smoothing_length))
+        loss_m = float(np.nanmean(recent)) if len(recent) else math.nan
+        loss = recent[-1] if len(recent) else math.nan
         per_step = float(np.mean(self._step_times)) if self._step_times else math.nan
         vox = self.last_metrics.get("voxels", math.nan)
         percent = self.model.error_node is not None
@@ -842,6 +906,9 @@ class Trainer:
             "monitored": list(self.monitored),
             "meta": {k: getattr(self.model, k) for k in _META}, "iterations": self.model.iterations,
             "model_elapsed": self.model.elapsed_time, "schedules": self.schedules.get_state(),
+            "lr_factor": self.lr_factor,
+            "loss_scale": {name: list(self.model.train_function(name).get_loss_scale())
+                           for name in self.model.optimisers},
             "host_rng": host_state, "tf_algorithm": int(self.tf_generator.algorithm),
             "seed": int(self.config.seed), "last_loss": self.last_metrics.get("loss"),
             "data": {"reproducible": bool(self._data_takes_rng or hasattr(self.data, "rng")),
@@ -869,13 +936,17 @@ class Trainer:
                            "was the config's model changed since the run started?")
         for key, param in params.items():
             param.set_value(data.params[key], force=True)
+        s = data.state
+        for key, value in s["meta"].items():  # before the optimisers' own meta-parameters, which win
+            setattr(self.model, key, value)
         for name, state in data.optimisers.items():
             self.model.get_optimiser(name).set_state(state)
-        s = data.state
-        for key, value in s["meta"].items():
-            setattr(self.model, key, value)
+        for name, (scale, good_steps) in s.get("loss_scale", {}).items():
+            self.model.train_function(name).set_loss_scale(scale, good_steps)
         self.model.iterations, self.model.elapsed_time = int(s["iterations"]), float(s["model_elapsed"])
         self.schedules.set_state(s["schedules"])
+        self.lr_factor = float(s.get("lr_factor", 1.0))
+        self.schedules.set_factor("lr", self.lr_factor)
         self.tf_generator.reset(data.rng["tf_generator"])
         restore_host_rng(data.rng, s["host_rng"])
         data_state = s.get("data", {}).get("state")
@@ -899,6 +970,7 @@ class Trainer:
         from ekn_core.trainer.shell import run_shell
 
         self.pause_requested = False
+        self._interrupts = 0
         self._drop_prefetched()  # the shell may change what the next batch is
         result = run_shell(self)
         if result == "kill":
@@ -909,20 +981,6 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------------------------------ NaN
-    def _params_finite(self) -> bool:
-        """Whether every trainable parameter is finite (a loss that clips probabilities can hide NaNs)."""
-        if self._finite_fn is None:
-            import tensorflow as tf
-
-            variables = [p.variable for p in self.model.trainable_params.values()]
-
-            @tf.function
-            def all_finite() -> Any:
-                return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in variables]))
-
-            self._finite_fn = all_finite
-        return bool(self._finite_fn())
-
     def _handle_nan(self, loss: float, batch: tuple[np.ndarray, ...]) -> None:
         bad_inputs = [i for i, a in enumerate(batch) if np.issubdtype(np.asarray(a).dtype, np.floating)
                       and not np.all(np.isfinite(a))]
@@ -943,15 +1001,23 @@ class Trainer:
             self.status = "nan"
             self.stop_requested = True
             return
-        self.model.lr = self.model.lr * float(self.config.nan_lr_factor)
-        log.warning("rolled back to step %d; lr lowered to %.3g", self.step, self.model.lr)
+        lower = float(self.config.nan_lr_factor) ** self.nan_retries  # each rollback since the checkpoint
+        self.lr_factor *= lower
+        self.schedules.set_factor("lr", self.lr_factor)
+        self.model.lr = self.model.lr * lower
+        log.warning("rolled back to step %d; lr lowered to %.3g (lr_factor %.3g multiplies what the lr schedule "
+                    "sets)", self.step, self.model.lr, self.lr_factor)
 
     # ------------------------------------------------------------------------------------------ loop
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
+        self._interrupts = 0  # Ctrl-Cs since the shell last opened
 
         def on_int(signum: int, frame: Any) -> None:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                raise KeyboardInterrupt  # a second Ctrl-C before the shell opened: stop now, without saving
             self.pause_requested = True
 
         def on_term(signum: int, frame: Any) -> None:
@@ -996,7 +1062,8 @@ class Trainer:
         self._prefetch_next()
         data_time += time.perf_counter() - t_next
         loss, step_time, debug = self.model.trainingstep_prepared(canonical, optimiser=self.config.optimiser)
-        if not math.isfinite(loss) or not self._params_finite():
+        fn = self.model.train_function(self.config.optimiser)  # its params_finite: computed in the step
+        if not math.isfinite(loss) or not fn.params_finite:
             loss = loss if not math.isfinite(loss) else math.nan
             self.elapsed += time.perf_counter() - t0
             self._handle_nan(loss, batch)
@@ -1008,9 +1075,7 @@ class Trainer:
         took = time.perf_counter() - t0
         self.elapsed += took
         self._step_times.append(took)
-        batch_char = float(np.mean(batch[1])) if len(batch) > 1 and np.issubdtype(np.asarray(batch[1]).dtype,
-                                                                                    np.number) else math.nan
-        row = {"step": self.step, "time": self.elapsed, "loss": loss, "batch_char": batch_char}
+        row = {"step": self.step, "time": self.elapsed, "loss": loss, "batch_char": fn.target_mean}
         for node, value in zip(self.model.debug_outputs, debug or []):
             row[f"debug/{node.name}"] = float(np.mean(value))
         self.history.timeline.append(**row)
@@ -1111,18 +1176,22 @@ class Trainer:
             with logging_redirect_tqdm(loggers=[logging.getLogger("ekn")]) if not bar.disable else \
                     contextlib.nullcontext():
                 while (reason := self._stop_reason()) is None:
-                    loss = self.train_step()
+                    try:
+                        loss = self.train_step()
+                    except WaitInterrupted:  # SIGTERM or Ctrl-C while waiting for a data worker: no step done
+                        loss = math.nan
                     if not math.isfinite(loss):
                         bar.n = self.step
                         bar.refresh()
                     else:
                         self._finish_step()
                         bar.update(1)
-                        per = float(np.mean(self._step_times))
-                        bar.set_postfix_str(f"loss {np.nanmean(self.history.timeline['loss'][-50:]):.4f}, "
-                                            f"{self.last_metrics['voxels'] / max(per, 1e-9) / 1e6:.2f} Mvox/s",
-                                            refresh=False)
-                    if self.pause_requested:
+                        if not bar.disable:  # the postfix only when the bar is shown
+                            per = float(np.mean(self._step_times))
+                            bar.set_postfix_str(f"loss {np.nanmean(self.history.timeline.tail('loss', 50)):.4f}, "
+                                                f"{self.last_metrics['voxels'] / max(per, 1e-9) / 1e6:.2f} Mvox/s",
+                                                refresh=False)
+                    if self.pause_requested and not self.stop_requested:
                         self.open_shell()
                 status = reason
                 self._finish(status)
@@ -1141,15 +1210,21 @@ class Trainer:
         return status
 
     def _finish(self, status: str) -> None:
+        """Ends the run: the checkpoint first (then a kill loses nothing), the final and latest
+        models and the history. A run that did not end at an evaluation then gets a last history
+        row, which the checkpoint does not hold and which changes neither ``best.mdl`` nor the
+        early-stopping count, so a resumed run stays equal to an uninterrupted one. After a kill
+        (SIGTERM, the shell's ``kill``) neither that row nor the last preview is computed."""
         self.status = status
-        if self.last_batch is not None and (not len(self.history.history)
-                                            or self.history.history["step"][-1] != self.step):
-            self.monitor()
         self.save_checkpoint()
         self.save_model("final")
-        self.save_model("latest")
-        self.history.save(self.run_dir.history_h5, self.run_dir.history_csv, self.run_dir.timeline_csv)
-        if self.previewer is not None and status != "nan" and self._last_preview_step != self.step:
+        rows = self.history.history
+        if status != "killed" and self.last_batch is not None and (not len(rows) or rows["step"][-1] != self.step):
+            self.monitor(track_best=False)  # also saves latest.mdl and the history
+        else:
+            self.save_model("latest")
+            self.history.save(self.run_dir.history_h5, self.run_dir.history_csv, self.run_dir.timeline_csv)
+        if self.previewer is not None and status not in ("nan", "killed") and self._last_preview_step != self.step:
             self._safe_preview()
         self.run_dir.update_run_json(status=status, step=self.step, elapsed=self.elapsed)
         log.info("end of training: %s after %d steps (%.1f min); run directory %s", status, self.step,
@@ -1157,9 +1232,13 @@ class Trainer:
         host().train_end(self, status)
 
     def close(self) -> None:
-        """Stops the prefetch thread and detaches the run's log file (call when done with the
-        trainer in a long-lived process)."""
+        """Stops the prefetch thread and the background data workers, detaches the run's log file
+        and releases the run directory's lock (call when done with the trainer in a long-lived process)."""
         self.close_prefetcher()
+        self.close_background()
+        if self._run_lock is not None:
+            os.close(self._run_lock)
+            self._run_lock = None
         if self._log_handler is not None:
             logging.getLogger("ekn").removeHandler(self._log_handler)
             self._log_handler.close()

@@ -11,7 +11,9 @@ when plugins add metrics to the history, ``metrics.png``.
   validation on whole volumes: ``volume_f1``), one panel for those to minimise and one for those
   to maximise, at the steps where they were measured.
 
-Matplotlib's Agg back-end is used (no display needed); files are written atomically.
+Per-step series longer than :data:`MAX_POINTS` are drawn thinned (every k-th value, after
+smoothing), so plotting a long run takes no longer than a short one. Matplotlib's Agg back-end
+is used (no display needed); files are written atomically.
 
 Example:
     >>> import tempfile
@@ -54,6 +56,22 @@ def moving_average(values: np.ndarray, length: int) -> np.ndarray:
     counts[length:] = counts[length:] - counts[:-length].copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+#: Most points drawn of a per-step series; longer ones are thinned to every k-th value (after
+#: smoothing), which looks the same at the size of the plots and keeps plotting time bounded.
+MAX_POINTS = 20_000
+
+
+def thinned(*series: np.ndarray) -> list[np.ndarray]:
+    """Every k-th value of each (equally long) series, k chosen so that at most :data:`MAX_POINTS` remain.
+
+    Example:
+        >>> [len(a) for a in thinned(np.arange(50_000), np.arange(50_000))]
+        [16667, 16667]
+    """
+    stride = max(1, -(-len(series[0]) // MAX_POINTS))
+    return [np.asarray(a)[::stride] for a in series]
 
 
 def _save(fig: Any, path: str) -> str:
@@ -105,8 +123,8 @@ def plot_history(history: History, folder: str, smoothing: int = 200, name: str 
 
     fig, (ax,) = _figure()
     if len(t):
-        _plot_xy(ax, t["step"], moving_average(t["loss"], smoothing), f"training loss (avg {smoothing} steps)",
-                 color="0.6")
+        _plot_xy(ax, *thinned(t["step"], moving_average(t["loss"], smoothing)),
+                 f"training loss (avg {smoothing} steps)", color="0.6")
     for key, colour in (("train_loss", "C0"), ("valid_loss", "C1")):
         if key in h:
             _plot_xy(ax, steps, h[key], key.replace("_", " "), color=colour, marker=".")
@@ -141,10 +159,11 @@ def plot_history(history: History, folder: str, smoothing: int = 200, name: str 
 
     fig, axes = _figure(2)
     if len(t):
-        loss = t["loss"]
-        axes[0].plot(t["time"], loss, ",", color="0.5", label="loss per step")
-        _plot_xy(axes[0], t["time"], moving_average(loss, smoothing), f"avg {smoothing}", color="C0")
-        axes[1].scatter(t["batch_char"], loss, s=2, alpha=0.4)
+        time_s, loss, average, char = thinned(t["time"], t["loss"], moving_average(t["loss"], smoothing),
+                                              t["batch_char"])
+        axes[0].plot(time_s, loss, ",", color="0.5", label="loss per step")
+        _plot_xy(axes[0], time_s, average, f"avg {smoothing}", color="C0")
+        axes[1].scatter(char, loss, s=2, alpha=0.4)
     axes[0].set(xlabel="training time [s]", ylabel="loss", title=f"{name} timeline".strip())
     _legend(axes[0])
     axes[1].set(xlabel="mean target of the batch", ylabel="loss")

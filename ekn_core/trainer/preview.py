@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ConfigError
+from ekn_core.grey import to_grey
 from ekn_core.atomic import write_bytes
 
 log = logging.getLogger("ekn.trainer")
@@ -110,12 +111,12 @@ def load_preview_volumes(spec: Any) -> list[PreviewVolume]:
             :func:`ekn_core.volumes.open_volume` reads.
 
     Returns:
-        One :class:`PreviewVolume` per dataset (float32; integer data is divided by 255).
+        One :class:`PreviewVolume` per dataset (float32 grey values, :func:`ekn_core.grey.to_grey`).
 
     Raises:
         ConfigError: The file does not exist.
     """
-    from ekn_core.volumes import open_volume, split_key
+    from ekn_core.volumes import open_volume, split_key, volume_name
 
     if isinstance(spec, (tuple, list)):
         path, key = os.path.expanduser(spec[0]), spec[1]
@@ -129,22 +130,10 @@ def load_preview_volumes(spec: Any) -> list[PreviewVolume]:
         with h5py.File(path, "r") as f:
             names: list[str] = []
             f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-            return [PreviewVolume(n.replace("/", "_"), as_float(f[n][()]), source=f"{path}:{n}") for n in names]
+            return [PreviewVolume(n.replace("/", "_"), to_grey(f[n][()]), source=f"{path}:{n}") for n in names]
     source = path if key is None else f"{path}:{key}"
     with open_volume(source) as vol:
-        name = os.path.splitext(os.path.basename(path.rstrip("/")))[0]
-        return [PreviewVolume(name, as_float(vol[...]), source=source)]
-
-
-def as_float(array: np.ndarray) -> np.ndarray:
-    """Preview input as float32: integer data (EM raw) divided by 255.
-
-    Example:
-        >>> as_float(np.array([0, 255], np.uint8))
-        array([0., 1.], dtype=float32)
-    """
-    array = np.asarray(array)
-    return array.astype(np.float32) / 255.0 if np.issubdtype(array.dtype, np.integer) else array.astype(np.float32)
+        return [PreviewVolume(volume_name(path), to_grey(vol[...]), source=source)]
 
 
 class Previewer:
@@ -172,8 +161,12 @@ class Previewer:
                               f"{export_class!r}")
         self.volumes = [v if isinstance(v, PreviewVolume) else PreviewVolume(v[0], v[1]) for v in volumes]
         names = [v.name for v in self.volumes]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"preview volumes need distinct names, got {names}")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            sources = "; ".join(f"{name!r}: " + ", ".join(v.source or "?" for v in self.volumes if v.name == name)
+                                for name in twice)
+            raise ConfigError(f"preview volumes need distinct names ({sources}); rename the region a plugin "
+                              "setting adds (e.g. knossos_preview's 'name') or the preview_data_path file")
         for vol in self.volumes:
             _check_volume(vol, max_z_pred == "all" or vol.all_z)
         self.node, self.folder = node, folder

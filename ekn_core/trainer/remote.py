@@ -180,8 +180,7 @@ class ShellServer:
 
     def _listen(self) -> None:
         check_private_directory(os.path.dirname(self.path))
-        if os.path.lexists(self.path):
-            self._refuse_if_live()
+        if os.path.lexists(self.path):  # stale: the trainer holds run.lock, no other process trains here
             os.unlink(self.path)
         target = self.path
         if len(self.path.encode()) > _MAX_PATH:
@@ -203,16 +202,6 @@ class ShellServer:
         self._thread = threading.Thread(target=self._serve, name="ekn-shell-server", daemon=True)
         self._thread.start()
         log.info("remote shell: `ekn shell %s` attaches to this run", os.path.dirname(self.path))
-
-    def _refuse_if_live(self) -> None:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(os.path.realpath(self.path))
-        except OSError:
-            return  # a stale socket of a run that ended
-        finally:
-            probe.close()
-        raise EknError(f"another process is training in {os.path.dirname(self.path)} (its shell socket answers)")
 
     def _serve(self) -> None:
         while not self._closed.is_set():
@@ -343,14 +332,16 @@ def attach(run_dir: str, stdin: Any = None, stdout: Any = None) -> str:
                 out.flush()
             elif "prompt" in message:
                 try:
-                    line = read(str(message["prompt"]))
+                    reply = {"line": read(str(message["prompt"]))}
                 except KeyboardInterrupt:
-                    _send(stream, interrupt=True)
-                    continue
+                    reply = {"interrupt": True}
                 except EOFError:
                     sock.shutdown(socket.SHUT_WR)
                     continue
-                _send(stream, line=line)
+                try:
+                    _send(stream, **reply)
+                except OSError:  # the run closed the connection (SIGTERM); what it said before is still read
+                    pass
             elif "bye" in message:
                 result = str(message["bye"])
                 if result in ("continue", "kill"):
@@ -358,7 +349,10 @@ def attach(run_dir: str, stdin: Any = None, stdout: Any = None) -> str:
                 out.flush()
                 return result
     finally:
-        stream.close()
+        try:
+            stream.close()
+        except OSError:  # bytes left unsent to a run that closed the connection
+            pass
         sock.close()
 
 

@@ -16,6 +16,8 @@ otherwise (``stdin``/``stdout`` arguments, or ``input()`` when not on a terminal
 client of ``ekn shell RUN_DIR`` (:mod:`ekn_core.trainer.remote`). While the shell is open
 Python's default SIGINT handler is in place: Ctrl-C clears the line (or interrupts running
 Python code) and never stops the run. Ctrl-D (end of input) continues training, like ``q``.
+SIGTERM closes the shell like ``kill`` (the run saves and stops): at once while it waits for
+input, after the command or Python code that is running.
 
 Example:
     >>> import io
@@ -40,6 +42,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ekn_core.commands import SHELL_PREFIX
@@ -53,6 +56,52 @@ CONTINUATION_PROMPT = "...  "
 _PYTHON_AFTER_WORD = re.compile(r"^\s*(=(?!=)|[-+*/%&|^@]=|//=|\*\*=|>>=|<<=|\(|\.|\[)")
 _WORD = re.compile(r"^\s*([A-Za-z_]\w*)(.*)$", re.S)
 _CTRL_C_HINT = "(Ctrl-C does not stop training here: 'q' continues, 'kill' saves and stops, 'help' lists commands)"
+
+
+class ShellTerminated(BaseException):
+    """Raised by SIGTERM into a shell that waits for input (:meth:`TrainingShell.run` returns ``"kill"``)."""
+
+
+class _Sigterm:
+    """SIGTERM while the shell is open: sets :attr:`received`; during a blocking read
+    (:meth:`interrupting`) it also raises :class:`ShellTerminated` to end the read."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._raise = False
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        if self._raise:
+            self._raise = False
+            raise ShellTerminated
+
+    @contextlib.contextmanager
+    def interrupting(self) -> Iterator[None]:
+        self._raise = True
+        try:
+            if self.received:  # it came before the read began
+                raise ShellTerminated
+            yield
+        finally:
+            self._raise = False
+
+
+@contextlib.contextmanager
+def _shell_signals() -> Iterator[_Sigterm]:
+    """While the shell is open (main thread only): Python's default SIGINT handler
+    (KeyboardInterrupt) and a :class:`_Sigterm` handler for SIGTERM."""
+    sigterm = _Sigterm()
+    if threading.current_thread() is not threading.main_thread():
+        yield sigterm
+        return
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, sigterm.handle)}
+    try:
+        yield sigterm
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class ShellIO(Protocol):
@@ -334,42 +383,36 @@ class TrainingShell:
             return False
 
     def run(self) -> str:
-        """Reads and runs lines until a command leaves or input ends; returns :attr:`result`."""
-        self.write(self.banner())
-        more = False
-        while True:
-            try:
-                line = self.io.read_line(CONTINUATION_PROMPT if more else PROMPT)
-                if not more and (parsed := self.parse(line)) is not None:
-                    with contextlib.redirect_stdout(_Writer(self.io)):
-                        if self.run_command(*parsed):
-                            break
-                    continue
-                more = self._push(line)
-            except KeyboardInterrupt:
-                self.console.resetbuffer()
-                more = False
-                self.write(f"\n{_CTRL_C_HINT}")
-            except EOFError:
-                self.write("\nend of input: training continues")
-                self.result = "continue"
-                break
-            except Exception:  # a broken command plugin must not end the run
-                self.write(traceback.format_exc())
+        """Reads and runs lines until a command leaves, input ends or SIGTERM arrives; returns :attr:`result`."""
+        with _shell_signals() as sigterm:
+            self.write(self.banner())
+            more = False
+            while not sigterm.received:
+                try:
+                    with sigterm.interrupting():
+                        line = self.io.read_line(CONTINUATION_PROMPT if more else PROMPT)
+                    if not more and (parsed := self.parse(line)) is not None:
+                        with contextlib.redirect_stdout(_Writer(self.io)):
+                            if self.run_command(*parsed):
+                                break
+                        continue
+                    more = self._push(line)
+                except ShellTerminated:
+                    break
+                except KeyboardInterrupt:
+                    self.console.resetbuffer()
+                    more = False
+                    self.write(f"\n{_CTRL_C_HINT}")
+                except EOFError:
+                    self.write("\nend of input: training continues")
+                    self.result = "continue"
+                    break
+                except Exception:  # a broken command plugin must not end the run
+                    self.write(traceback.format_exc())
+            if sigterm.received:
+                self.write("\nSIGTERM: the shell closes; the run saves and stops")
+                self.result = "kill"
         return self.result
-
-
-@contextlib.contextmanager
-def _default_sigint() -> Any:
-    """Python's default SIGINT handler (KeyboardInterrupt) while the shell is open (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def run_shell(trainer: Any, stdin: Any = None, stdout: Any = None) -> str:
@@ -383,29 +426,28 @@ def run_shell(trainer: Any, stdin: Any = None, stdout: Any = None) -> str:
     """
     server = getattr(trainer, "shell_server", None)
     remote = server.take_pending() if server is not None and stdin is None else None
-    with _default_sigint():
-        if remote is not None:
-            log.info("remote shell attached (ekn shell %s): training paused", trainer.run_dir.path)
-            shell = TrainingShell(trainer, remote)
-            remote.complete = shell.complete
-            try:
-                result = shell.run()
-            finally:
-                server.end_session(remote, shell.result)
-            log.info("remote shell detached: %s", "training continues" if result == "continue" else "stopping")
-            return result
-        if stdin is not None:
-            return TrainingShell(trainer, StreamIO(stdin, stdout or sys.stdout)).run()
-        shell_io: Any = InputIO()
-        if sys.stdin.isatty() and sys.stdout.isatty():
-            shell = TrainingShell(trainer, shell_io, sees_log=True)
-            try:
-                shell.io = TerminalIO(shell.complete)
-            except Exception as err:  # e.g. an unsupported terminal: the plain prompt still works
-                log.warning("prompt_toolkit is not usable (%s): plain input without completion", err)
-            shell.console.shell_io = shell.io
-            return shell.run()
-        return TrainingShell(trainer, shell_io, sees_log=True).run()
+    if remote is not None:
+        log.info("remote shell attached (ekn shell %s): training paused", trainer.run_dir.path)
+        shell = TrainingShell(trainer, remote)
+        remote.complete = shell.complete
+        try:
+            result = shell.run()
+        finally:
+            server.end_session(remote, shell.result)
+        log.info("remote shell detached: %s", "training continues" if result == "continue" else "stopping")
+        return result
+    if stdin is not None:
+        return TrainingShell(trainer, StreamIO(stdin, stdout or sys.stdout)).run()
+    shell_io: Any = InputIO()
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        shell = TrainingShell(trainer, shell_io, sees_log=True)
+        try:
+            shell.io = TerminalIO(shell.complete)
+        except Exception as err:  # e.g. an unsupported terminal: the plain prompt still works
+            log.warning("prompt_toolkit is not usable (%s): plain input without completion", err)
+        shell.console.shell_io = shell.io
+        return shell.run()
+    return TrainingShell(trainer, shell_io, sees_log=True).run()
 
 
 __all__ = ["run_shell", "TrainingShell", "StreamIO", "InputIO", "TerminalIO", "make_namespace",

@@ -25,6 +25,10 @@ from ekn_core.errors import ConfigError
 
 _SKIP = re.compile(r"(__pycache__|\.egg-info|\.pytest_cache|^build$|^dist$)")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: The template README's first sentence, which only the template itself may say (its link is relative).
+TEMPLATE_INTRO = ("A complete third-party plugin for [ekn](../README.md), and the template that `ekn plugin new` "
+                  "copies.")
+COPY_INTRO = "A plugin for ekn, started with `ekn plugin new` from ekn's plugin template."
 
 
 def template_dir() -> str:
@@ -35,6 +39,7 @@ def template_dir() -> str:
 def _substitutions(name: str) -> list[tuple[str, str]]:
     hyphen = name.replace("_", "-")
     return [
+        (TEMPLATE_INTRO, COPY_INTRO),
         ("ekn_plugin_example", f"ekn_{name}"),
         ("ekn-plugin-example", f"ekn-{hyphen}"),
         ('"example.', f'"{name}.'),
@@ -43,6 +48,7 @@ def _substitutions(name: str) -> list[tuple[str, str]]:
         ("# example.", f"# {name}."),
         ("example_hello", f"{name}_hello"),
         ("example-hello", f"{hyphen}-hello"),
+        ("example_count_", f"{name}_count_"),  # the config setting example_count_every
     ]
 
 
@@ -51,7 +57,8 @@ def validate_name(name: str) -> str:
     if not _NAME.match(name) or keyword.iskeyword(name):
         raise ConfigError(f"plugin name {name!r} must be lowercase snake_case (letters, digits, '_'), e.g. 'blob_tools'")
     if name.startswith("ekn"):
-        raise ConfigError(f"plugin name {name!r} must not start with 'ekn' (the distribution becomes 'ekn-{name}'); "
+        raise ConfigError(f"plugin name {name!r} must not start with 'ekn' (the distribution becomes "
+                          f"'ekn-{name.replace('_', '-')}'); "
                           f"use {name[3:].lstrip('_-') or 'myplugin'!r}")
     return name
 

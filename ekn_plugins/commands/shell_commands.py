@@ -158,7 +158,8 @@ class SaveFilters(Command):
             raise EknError("no node of the model has filters (a parameter 'w')")
         name = argument or with_w[0]
         if name not in with_w:
-            raise ConfigError(f"node {name!r} has no filters; nodes with filters: {', '.join(with_w)}")
+            what = "has no filters" if name in trainer.model.nodes else "is not a node of the model"
+            raise ConfigError(f"{name!r} {what}; nodes with filters: {', '.join(with_w)}")
         import matplotlib.image
 
         mosaic = filter_mosaic(trainer.model.nodes[name].params["w"].get_value())

@@ -12,10 +12,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from ekn_core.commands import Command
 from ekn_core.errors import ConfigError
+
+log = logging.getLogger("ekn.trainer")
 
 
 def load_for_run(config: str | None, overrides: list[str], resume: str | None,
@@ -46,9 +49,13 @@ def load_for_run(config: str | None, overrides: list[str], resume: str | None,
             raise ConfigError("--resume latest needs the CONFIG file to know where its runs are")
         cfg = ExperimentConfig.from_file(config, [*overrides, *extra])
         run_dir = (RunDir(os.path.join(cfg.save_path, cfg.save_name)) if cfg.save_name
-                   else find_latest_run(cfg.save_path, cfg.stem))
+                   else find_latest_run(cfg.save_path, cfg.stem, cfg.path))
     else:
         run_dir = RunDir(resume)
+    if run_dir.failed_early():
+        log.warning("%s failed before its first checkpoint: --resume starts it from step 0 with its own config copy; "
+                    "to start it with the edited config instead, run `ekn train CONFIG --set save_name=%s` (the same "
+                    "save_path)", run_dir.path, run_dir.name)
     info = run_dir.read_run_json()
     cfg = ExperimentConfig.from_file(run_dir.config_copy, [*info.get("overrides", []), *overrides],
                                      origin=info.get("config_path"))

@@ -39,6 +39,7 @@ import numpy as np
 
 from ekn_core.errors import ConfigError
 from ekn_core.hookspecs import hookimpl
+from ekn_core.trainer.config import Setting
 
 log = logging.getLogger("ekn.trainer")
 _KEYS = ("channel", "dataset", "mag", "name", "offset", "size", "threshold")
@@ -144,6 +145,15 @@ def _layer(dataset: str):
 
 
 @hookimpl
+def ekn_settings() -> dict[str, Setting]:
+    """The setting ``knossos_preview``."""
+    return {"knossos_preview": Setting(
+        None, "Preview a region of a KNOSSOS data set and write the prediction as a segmentation overlay "
+        "previews/NAME-stepN.k.zip: a dict with dataset, offset and size (x, y, z in mag-1 voxels) and optionally "
+        "mag, channel, threshold, name (see 'Previews' in docs/training.md).")}
+
+
+@hookimpl
 def ekn_check_config(config: dict[str, Any]) -> list[str]:
     """Every mistake in ``knossos_preview``."""
     return problems(config.get("knossos_preview"))
@@ -155,7 +165,8 @@ def ekn_preview_volumes(config: dict[str, Any]) -> list[Any] | None:
     spec = parse(config.get("knossos_preview"))
     if spec is None:
         return None
-    from ekn_core.trainer.preview import PreviewVolume, as_float
+    from ekn_core.grey import to_grey
+    from ekn_core.trainer.preview import PreviewVolume
     from ekn_core.volumes import open_volume
 
     start = [o // spec.mag for o in spec.offset[::-1]]  # (z, y, x) at the mag
@@ -166,7 +177,7 @@ def ekn_preview_volumes(config: dict[str, Any]) -> list[Any] | None:
             raise ConfigError(f"knossos_preview region offset {spec.offset} size {spec.size} (x, y, z) leaves the "
                               f"data set {spec.dataset} (mag {spec.mag}: {tuple(extent[::-1])} voxels x, y, z)")
         data = np.asarray(vol[(Ellipsis, *(slice(a, b) for a, b in zip(start, stop)))])
-    return [PreviewVolume(spec.name, as_float(data), tuple(start), all_z=True, source=spec.dataset)]
+    return [PreviewVolume(spec.name, to_grey(data), tuple(start), all_z=True, source=spec.dataset)]
 
 
 @hookimpl

@@ -31,10 +31,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from ekn_core.hookspecs import hookimpl
+from ekn_core.trainer.config import Setting
 
 log = logging.getLogger("ekn.trainer")
 FORMATS = {"zarr": "snapshots.zarr", "h5": "snapshots.h5"}
 _ATTR = "_preview_snapshot_raw"
+
+
+@hookimpl
+def ekn_settings() -> dict[str, Setting]:
+    """The setting ``preview_snapshot``."""
+    return {"preview_snapshot": Setting(
+        None, "Also write each preview's whole prediction (all predicted slices, every class) and the raw as "
+        "volumes: 'zarr' (previews/snapshots.zarr) or 'h5' (previews/snapshots.h5), groups stepN/pred_BLOCK; "
+        "None: PNGs only.")}
 
 
 @hookimpl

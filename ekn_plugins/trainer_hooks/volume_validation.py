@@ -26,10 +26,20 @@ from typing import Any
 
 from ekn_core.errors import ConfigError, EknError
 from ekn_core.hookspecs import hookimpl
+from ekn_core.trainer.config import Setting
 from ekn_plugins.validation.spec import parse_spec, problems
 
 log = logging.getLogger("ekn.trainer")
 _ATTR = "_volume_validator"
+
+
+@hookimpl
+def ekn_settings() -> dict[str, Setting]:
+    """The setting ``volume_validation``."""
+    return {"volume_validation": Setting(
+        None, "Validation on whole labelled volumes: every N steps dense prediction and metrics (pixel error, F1, "
+        "IoU, MSE; with ids VI and adapted Rand error of a watershed segmentation) as history columns volume_*; a "
+        "dict, see 'Validation on whole volumes' in docs/training.md.")}
 
 
 @hookimpl

@@ -173,8 +173,8 @@ class ExperimentDaemon:
                   "host": self.host}
         argv = [part.format(**values) for part in self.command]
         env = dict(os.environ)
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        if gpu is not None:  # nvidia-smi's number, which CUDA uses only in PCI bus order
+            env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"] = str(gpu), "PCI_BUS_ID"
         logfile = _free_name(os.path.join(self.queue_dir, "logs"), os.path.splitext(name)[0] + ".log")
         record = {"name": name, "host": self.host, "daemon_pid": os.getpid(), "gpu": gpu, "command": argv,
                   "config": config, "log": logfile, "started": time.time(), "state": "running",

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ConfigError
-from ekn_core.volumes import split_key
+from ekn_core.volumes import volume_name
 from ekn_plugins.data.patches import Region, parse_region
 from ekn_plugins.evaluation.segmentation import WatershedParams
 
@@ -151,7 +151,7 @@ def _volume(entry: Any, index: int, out: list[str]) -> ValidationVolume | None:
         out.append(f"{where} name must be a string, got {name!r}")
     if "raw" not in paths or "labels" not in paths:
         return None
-    default = os.path.splitext(os.path.basename(split_key(paths["raw"])[0].rstrip("/")))[0]
+    default = volume_name(paths["raw"])
     return ValidationVolume(paths["raw"], paths["labels"], region, name if isinstance(name, str) else default,
                             paths.get("ids"))
 

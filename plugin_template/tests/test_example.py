@@ -52,11 +52,34 @@ def test_command_runs_through_ekn_cli():
     assert result.returncode == 0 and result.stdout.strip() == "hello, plugin"
 
 
-def test_hooks_reach_the_host():
-    from ekn_core.hooks import host
+def _config(tmp_path, text="", overrides=()):
+    from ekn_core.trainer.config import ExperimentConfig
 
-    assert "ekn-plugin-example 0.1.0 active" in host().report_header({})
-    host().train_step_end(trainer=None, step=5, metrics={"loss": 1.0})
+    path = tmp_path / "exp.py"
+    path.write_text("data_class = 'MNISTData'\nn_steps = 10\nmodel_load_path = 'm.mdl'\n" + text)
+    return ExperimentConfig.from_file(str(path), overrides)
+
+
+def test_hooks_reach_the_host(tmp_path):
+    from types import SimpleNamespace
+
+    from ekn_core.hooks import host
     from ekn_plugin_example.hooks import STEPS_SEEN
 
-    assert STEPS_SEEN[-1] == 5
+    assert "ekn-plugin-example 0.1.0 active" in host().report_header({})
+    trainer = SimpleNamespace(config=_config(tmp_path, overrides=["example_count_every=2"]))
+    del STEPS_SEEN[:]
+    for step in range(1, 6):
+        host().train_step_end(trainer=trainer, step=step, metrics={"loss": 1.0})
+    assert STEPS_SEEN == [2, 4]
+
+
+def test_config_setting_is_declared_defaulted_and_checked(tmp_path):
+    from ekn_core.errors import ConfigError
+
+    assert _config(tmp_path).example_count_every == 1
+    assert _config(tmp_path, "example_count_every = 10\n").example_count_every == 10
+    with pytest.raises(ConfigError, match="example_count_every must be an integer >= 1, got 0"):
+        _config(tmp_path, overrides=["example_count_every=0"])
+    with pytest.raises(ConfigError, match="unknown setting 'example_count_evry' \\(did you mean 'example_count_every'"):
+        _config(tmp_path, "example_count_evry = 10\n")

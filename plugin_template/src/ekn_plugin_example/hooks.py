@@ -1,18 +1,23 @@
 """Hook implementations of ekn-plugin-example.
 
-``ekn_report_header`` adds a line to the start-up banner; ``ekn_on_train_step_end`` counts the
-training steps it has seen in :data:`STEPS_SEEN` (a real plugin would log or export metrics).
+``ekn_report_header`` adds a line to the start-up banner; ``ekn_on_train_step_end`` records every
+``example_count_every``-th training step in :data:`STEPS_SEEN` (a real plugin would log or export
+metrics). ``example_count_every`` is this plugin's own experiment-config setting: declared with
+``ekn_settings`` (default 1) and checked with ``ekn_check_config``, so a config may set it
+(``example_count_every = 10``, or ``ekn train CONFIG --set example_count_every=10``).
 
 Example:
     >>> ekn_report_header({})
     'ekn-plugin-example 0.1.0 active'
+    >>> ekn_check_config({"example_count_every": 0})
+    ['example_count_every must be an integer >= 1, got 0']
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ekn_core import hookimpl
+from ekn_core import Setting, hookimpl
 
 from ekn_plugin_example import __version__
 
@@ -25,5 +30,19 @@ def ekn_report_header(config: dict[str, Any]) -> str:
 
 
 @hookimpl
+def ekn_settings() -> dict[str, Setting]:
+    return {"example_count_every": Setting(1, "Steps between the training steps ekn-plugin-example records.")}
+
+
+@hookimpl
+def ekn_check_config(config: dict[str, Any]) -> list[str] | None:
+    every = config["example_count_every"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        return [f"example_count_every must be an integer >= 1, got {every!r}"]
+    return None
+
+
+@hookimpl
 def ekn_on_train_step_end(trainer: Any, step: int, metrics: dict[str, float]) -> None:
-    STEPS_SEEN.append(step)
+    if step % trainer.config.example_count_every == 0:
+        STEPS_SEEN.append(step)
