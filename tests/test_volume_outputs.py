@@ -102,6 +102,7 @@ def test_one_rule_for_groups_in_every_container(tmp_path, ext, format_name, noun
     path = _container(tmp_path, ext)
     create_volume(f"{path}:grp/a", shape=(2, 2), dtype="uint8").close()
     _add_group(path, ext, "empty/sub")
+    open_before = _open_hdf5_files()  # files other tests of this process left open do not count
     with pytest.raises(EknError, match=rf"^the {format_name} {noun} {re.escape(path)}:raw cannot hold 'raw/x'; "
                                        "choose another path or key$") as inside_array:
         create_volume(f"{path}:raw/x", shape=(2, 2), dtype="uint8")
@@ -109,7 +110,7 @@ def test_one_rule_for_groups_in_every_container(tmp_path, ext, format_name, noun
                                        rf"creating the {noun} there would delete them. .*'{re.escape(path)}:grp/pred'"
                        ) as group_of_arrays:
         create_volume(f"{path}:grp", shape=(2, 2), dtype="uint8")
-    assert _open_hdf5_files() == 0, (inside_array, group_of_arrays)  # closed, not left to their tracebacks
+    assert _open_hdf5_files() == open_before, (inside_array, group_of_arrays)  # closed, not left to tracebacks
     with create_volume(f"{path}:empty", shape=(2, 2), dtype="uint8") as vol:  # a group of empty groups: replaced
         vol[...] = 3
     assert _read(f"{path}:empty").tolist() == [[3, 3], [3, 3]]

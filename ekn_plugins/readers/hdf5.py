@@ -58,17 +58,18 @@ class HDF5Reader:
         if not os.path.exists(path):
             raise EknError(f"HDF5 file {path!r} does not exist")
         file = h5py.File(path, mode)
-        if key is None:
-            keys = [k for k in file.keys() if isinstance(file[k], h5py.Dataset)]
-            if len(keys) != 1:
-                file.close()
-                raise EknError(f"{path!r} holds datasets {keys}; name one as '{path}:KEY'")
-            key = keys[0]
-        if key not in file:
-            keys = list(file.keys())
+        try:
+            if key is None:
+                keys = [k for k in file.keys() if isinstance(file[k], h5py.Dataset)]
+                if len(keys) != 1:
+                    raise EknError(f"{path!r} holds datasets {keys}; name one as '{path}:KEY'")
+                key = keys[0]
+            if key not in file:
+                raise EknError(f"{path!r} has no dataset {key!r}; it has {list(file.keys())}")
+            return in_ekn_order(HDF5Volume(file, file[key]), f"{path}:{key}")
+        except BaseException:  # no file handle outlives a refused open
             file.close()
-            raise EknError(f"{path!r} has no dataset {key!r}; it has {keys}")
-        return in_ekn_order(HDF5Volume(file, file[key]), f"{path}:{key}")
+            raise
 
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
