@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,10 @@ from ekn_core.errors import ShapeError
 
 #: Integer grey values that span less than this part of their dtype's range get a warning.
 NARROW_GREY_SPAN = 1 / 8
+#: Spatial shape (at most) of the centre box whose grey values :func:`check_grey` looks at.
+GREY_SAMPLE = (16, 256, 256)
+
+log = logging.getLogger("ekn.data")
 
 
 def is_float_dtype(dtype: Any) -> bool:
@@ -102,4 +107,30 @@ def grey_problem(scaled: np.ndarray, dtype: Any, name: str) -> str | None:
                 f"{low:.0f}..{high:.0f} that is mapped to [0, 1], so the net sees {lo:.3g}..{hi:.3g}; store the "
                 f"volume rescaled to the {np.dtype(dtype)} range (e.g. 12-bit data in uint16 times 16), as uint8, or as "
                 "float32 in [0, 1] (used as it is)")
+    return None
+
+
+def check_grey(volume: Any, dtype: Any, name: str) -> str | None:
+    """Logs a warning, and returns it, when the grey values of a raw ``volume`` (``(z, y, x)`` or
+    ``(c, z, y, x)``, raw values of ``dtype`` or already :func:`to_grey` scaled) do not fit their
+    scaling (:func:`grey_problem`). Looks at the centre box of half the volume's size per axis, at
+    most :data:`GREY_SAMPLE`, channel by channel; the training data source and ``predict_volume``
+    call it once per volume.
+
+    Example:
+        >>> twelve_bit = np.random.default_rng(0).integers(0, 4096, (8, 64, 64)).astype(np.uint16)
+        >>> print(check_grey(twelve_bit, twelve_bit.dtype, "em.h5"))
+        em.h5: the uint16 grey values 0..4095 use 6.2 % of the range 0..65535 that is mapped to [0, 1],
+        so the net sees 0..0.0625; ...
+    """
+    shape = tuple(volume.shape)
+    spatial = shape[-3:]
+    size = [max(1, min(n // 2, s)) for n, s in zip(spatial, GREY_SAMPLE[-len(spatial):])]
+    box = tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(spatial, size))
+    values = to_grey(np.asarray(volume[(slice(None),) * (len(shape) - len(spatial)) + box])).reshape(-1, *size)
+    for c, channel in enumerate(values):
+        problem = grey_problem(channel, dtype, name + (f" channel {c}" if len(values) > 1 else ""))
+        if problem:
+            log.warning("%s", problem)
+            return problem
     return None

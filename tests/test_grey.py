@@ -75,3 +75,19 @@ def test_prediction_and_previews_see_the_grey_values_training_sees(tmp_path, dty
     np.testing.assert_allclose(read_volume(str(tmp_path / "pred.zarr")), expected, atol=1e-6)
     (preview,) = load_preview_volumes(str(tmp_path / "raw.h5") + ":raw")
     np.testing.assert_array_equal(preview.data, trained_on)
+
+
+def test_predict_volume_warns_about_raw_that_misfits_its_scaling(tmp_path, caplog):
+    import logging
+
+    twelve_bit = np.random.default_rng(3).integers(0, 4096, (9, 40, 40)).astype(np.uint16)
+    full_range = sample("uint8")
+    for name, raw in (("twelve_bit", twelve_bit), ("full_range", full_range)):
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f["raw"] = raw
+    with caplog.at_level(logging.WARNING, logger="ekn"):
+        for name in ("twelve_bit", "full_range"):
+            predict_volume(make_fast_net(), str(tmp_path / f"{name}.h5") + ":raw", str(tmp_path / f"{name}.zarr"),
+                           pad=True, progress=False, tile=None)
+    warned = [r.getMessage() for r in caplog.records if "mapped to [0, 1]" in r.getMessage()]
+    assert len(warned) == 1 and "twelve_bit.h5:raw: the uint16 grey values" in warned[0]

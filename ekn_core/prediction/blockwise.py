@@ -33,7 +33,7 @@ import numpy as np
 
 from ekn_core.errors import ConfigError, EknError, ShapeError
 from ekn_core.prediction.dense import auto_batch_size, predict_region, progress_label, to_uint8
-from ekn_core.grey import to_grey
+from ekn_core.grey import check_grey, to_grey
 from ekn_core.prediction.source import ChannelFirst, read_window
 from ekn_core.prediction.tiling import Shape, TileGeometry, TileGrid, box_window
 from ekn_core.prediction.tta import describe, model_net, transforms_of, tta_net
@@ -549,6 +549,7 @@ def predict_volume(model: str | NetSpec | Any, input: str, output: str, *,
         volume = as_channel_volume(in_vol)
         if volume.shape[0] != net.in_channels:
             raise ShapeError(f"input {input!r} has {volume.shape[0]} channel(s), the net expects {net.in_channels}")
+        check_grey(volume, in_vol.dtype, input)  # the net sees the data as training scaled it: say when that misfits
         if tile is not None and spec is not None:
             spec, node, net = _resize(spec, node, net, tile, volume.shape[1:], roi, budget, choose_patch,
                                       tta, affinity_offsets)

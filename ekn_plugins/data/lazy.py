@@ -30,37 +30,10 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ShapeError
-from ekn_core.grey import grey_problem, is_float_dtype, to_grey
+from ekn_core.grey import is_float_dtype, to_grey
 from ekn_core.volumes import VolumeBase
 
 log = logging.getLogger("ekn.data")
-
-#: Spatial shape of the centre box whose grey values :func:`check_grey` looks at.
-GREY_SAMPLE = (16, 256, 256)
-
-
-def check_grey(view: LazyView) -> str | None:
-    """Logs a warning, and returns it, when the grey values of a ``grey`` view do not fit their
-    scaling (:func:`ekn_core.grey.grey_problem`): integer values that span less than 1/8 of their dtype's range
-    (12-bit data in uint16, int16 data in 0..4000), or float values outside [0, 1]. Looks at the
-    centre box of half the view's size per axis, at most :data:`GREY_SAMPLE`, channel by channel.
-
-    Example:
-        >>> twelve_bit = np.random.default_rng(0).integers(0, 4096, (8, 64, 64)).astype(np.uint16)
-        >>> print(check_grey(LazyView(twelve_bit, grey=True, name="em.h5")))
-        em.h5: the uint16 grey values 0..4095 use 6.2 % of the range 0..65535 that is mapped to [0, 1],
-        so the net sees 0..0.0625; ...
-    """
-    size = [max(1, min(n // 2, s)) for n, s in zip(view.shape[-3:], GREY_SAMPLE)]
-    box = tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(view.shape[-3:], size))
-    values = view[(slice(None),) * (len(view.shape) - 3) + box].reshape(-1, *size)
-    for c, channel in enumerate(values):
-        problem = grey_problem(channel, view.source_dtype, view.name + (f" channel {c}" if len(values) > 1 else ""))
-        if problem:
-            log.warning("%s", problem)
-            return problem
-    return None
-
 
 def cast_labels(data: np.ndarray, dtype: Any, name: str) -> np.ndarray:
     """``data`` cast to ``dtype``; for an integer ``dtype`` every value must be a whole number that fits.

@@ -47,11 +47,12 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ekn_core.errors import ConfigError, NoValidationData, ShapeError
+from ekn_core.grey import check_grey
 from ekn_plugins.augmenters.base import PatchContext, Pipeline
 from ekn_plugins.augmenters.sampling import warp
 from ekn_plugins.augmenters.transform import FoldError, Transform, source_bounds, voxel_matrix
 from ekn_plugins.data.image import center_offset
-from ekn_plugins.data.lazy import LazyView, cast_labels, check_grey, open_view
+from ekn_plugins.data.lazy import LazyView, cast_labels, open_view
 
 log = logging.getLogger("ekn.data")
 
@@ -408,7 +409,7 @@ class PatchSource:
         raw = open_view(*raw_entry, ndim=4, grey=True)
         if self.mode == "img-scalar":  # small cubes, kept in memory (border_mode pads them)
             with raw:
-                check_grey(raw)
+                check_grey(raw, raw.source_dtype, raw.name)
                 image = self._border_treatment(raw.read(), raw.name)
             label = cast_labels(_read_vector(label_entry), self.target_dtype, label_entry.path)
             return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name)
@@ -419,7 +420,7 @@ class PatchSource:
             raise
         cube = Cube(raw, label, (0, 0, 0), raw.name)
         try:
-            check_grey(raw)
+            check_grey(raw, raw.source_dtype, raw.name)
             cube.label_offset = _label_offset(raw_entry, label_entry, raw.shape[1:], label.shape[1:])
         except BaseException:
             cube.close()
