@@ -59,7 +59,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ekn_core.errors import ConfigError
-from ekn_plugins.evaluation.segmentation import AffinitySegmenter, id_array, unit_value, voxel_count
+from ekn_plugins.evaluation.segmentation import AffinitySegmenter, id_array, unit_value
 
 #: The waterz scoring functions ekn offers: those its wheel ships compiled (C++ types of waterz's
 #: ``MergeFunctions.hpp``). ``mean``: 1 - the mean affinity of the edges between two regions;
@@ -238,8 +238,6 @@ class WaterzParams(AffinitySegmenter):
     kind: ClassVar[str] = "waterz"
 
     def __post_init__(self) -> None:
-        from ekn_plugins.evaluation.affinities import nhood_tuple
-
         set_ = functools.partial(object.__setattr__, self)
         set_("threshold", unit_value(self.threshold, "threshold", "a merge score in [0, 1]"))
         if self.scoring not in WATERZ_SCORINGS:
@@ -250,8 +248,7 @@ class WaterzParams(AffinitySegmenter):
         if not self.aff_threshold_low < self.aff_threshold_high:
             raise ConfigError(f"aff_threshold_low ({self.aff_threshold_low}) must be below aff_threshold_high "
                               f"({self.aff_threshold_high})")
-        set_("min_size", voxel_count(self.min_size, "min_size"))
-        set_("nhood", nhood_tuple(self.nhood))
+        self._check_shared()
         waterz_affinities(np.zeros((len(self.nhood), 1, 1, 1), np.float32), self.nhood)  # refuses a nhood early
 
     def segment(self, affinities: Any) -> np.ndarray:
@@ -325,13 +322,10 @@ class MutexParams(AffinitySegmenter):
     kind: ClassVar[str] = "mutex"
 
     def __post_init__(self) -> None:
-        from ekn_plugins.evaluation.affinities import nhood_tuple
-
         set_ = functools.partial(object.__setattr__, self)
         for name in ("threshold", "long_range_threshold"):
             set_(name, unit_value(getattr(self, name), name, "an affinity in [0, 1]"))
-        set_("min_size", voxel_count(self.min_size, "min_size"))
-        set_("nhood", nhood_tuple(self.nhood))
+        self._check_shared()
 
     @property
     def long_range(self) -> bool:

@@ -181,6 +181,13 @@ class AffinitySegmenter:
         """The parameters as a JSON-ready dict (``type(self)(**d)`` rebuilds them)."""
         return {**dataclasses.asdict(self), "nhood": [list(r) for r in self.nhood]}
 
+    def _check_shared(self) -> None:
+        """Checks and normalises the fields every affinity segmenter has: ``min_size``, ``nhood``."""
+        from ekn_plugins.evaluation.affinities import nhood_tuple
+
+        object.__setattr__(self, "min_size", voxel_count(self.min_size, "min_size"))
+        object.__setattr__(self, "nhood", nhood_tuple(self.nhood))
+
     def check(self, affinities: Any) -> np.ndarray:
         """The affinities as an array, after checking that they are ``(n_edges, z, y, x)`` floats
         in [0, 1] with one channel per edge of ``nhood``."""
@@ -225,12 +232,9 @@ class AffinityParams(AffinitySegmenter):
     kind: ClassVar[str] = "affinity"
 
     def __post_init__(self) -> None:
-        from ekn_plugins.evaluation.affinities import nhood_tuple
-
-        set_ = functools.partial(object.__setattr__, self)
-        set_("threshold", unit_value(self.threshold, "threshold", "an affinity in [0, 1)", upper_open=True))
-        set_("min_size", voxel_count(self.min_size, "min_size"))
-        set_("nhood", nhood_tuple(self.nhood))
+        object.__setattr__(self, "threshold", unit_value(self.threshold, "threshold", "an affinity in [0, 1)",
+                                                         upper_open=True))
+        self._check_shared()
 
     def segment(self, affinities: Any) -> np.ndarray:
         """:func:`affinity_segmentation` with these parameters (``affinities`` checked: :meth:`check`)."""
