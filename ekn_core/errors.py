@@ -43,6 +43,30 @@ class PluginLoadError(EknError):
         )
 
 
+class PluginHookError(EknError):
+    """A hook implementation of an installed third-party plugin raised something other than an
+    :class:`EknError`.
+
+    Args:
+        hook: The hook, e.g. ``"ekn_report_header"``.
+        plugin: The plugin's ``ekn.plugins`` entry name.
+        distribution: Its distribution and version, e.g. ``"ekn-blobs 0.2"``.
+        cause: What it raised (also the ``__cause__``, with the traceback).
+
+    Example:
+        >>> print(PluginHookError("ekn_report_header", "blobs", "ekn-blobs 0.2", RuntimeError("boom")))
+        hook ekn_report_header of plugin blobs (distribution ekn-blobs 0.2) failed: RuntimeError: boom. Fix or \
+update ekn-blobs, or block it with EKN_BLOCK_PLUGINS=ekn-blobs (-vv shows the traceback).
+    """
+
+    def __init__(self, hook: str, plugin: str, distribution: str, cause: BaseException):
+        self.hook, self.plugin, self.distribution, self.cause = hook, plugin, distribution, cause
+        name = distribution.split(" ")[0]
+        super().__init__(f"hook {hook} of plugin {plugin} (distribution {distribution}) failed: "
+                         f"{type(cause).__name__}: {cause}. Fix or update {name}, or block it with "
+                         f"EKN_BLOCK_PLUGINS={name} (-vv shows the traceback).")
+
+
 class UnknownPluginError(EknError, KeyError):
     """A name was looked up in a registry that has no such entry."""
 
@@ -132,5 +156,5 @@ def unknown_keywords(func: Any, keys: Iterable[str], where: str = "", names: Ite
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"{label} takes no argument {key!r}{hint}; it takes {', '.join(known)}")
+            problems.append(f"{label} takes no argument {key!r}{hint}; it takes {', '.join(known) or 'none'}")
     return problems

@@ -2,12 +2,19 @@
 
 A *reader* is a class registered under ``ekn.readers``. It implements two class methods:
 
-- ``open(path, key=None, mode="r", **options) -> Volume`` for an existing volume;
-- ``create(path, shape, dtype, key=None, chunks=None, **options) -> Volume`` for a new,
+- ``open(path, key=None, mode="r", <options>) -> Volume`` for an existing volume;
+- ``create(path, shape, dtype, key=None, chunks=None, <options>) -> Volume`` for a new,
   writable one (readers that cannot write raise :class:`NotImplementedError`). It may replace an
   existing volume at the same place (the same array or dataset), but it never deletes other
   arrays, groups or files there unless asked with ``overwrite=True`` (HDF5, zarr, N5 and KNOSSOS
   take it; without it they refuse with an error that names what is in the way).
+
+A reader's options are the keyword parameters of its ``open`` / ``create`` besides those above
+(``mode`` is one): it receives exactly the options its caller gives :func:`open_volume` /
+:func:`create_volume`, and those refuse any other with one error naming the closest
+(:func:`check_options`). A method that takes ``**options`` checks them itself. Callers that serve
+every reader pass an option only to readers that take it; a job that reopens its output to resume
+passes :func:`reopen_options`.
 
 A :class:`Volume` is a lazy, numpy-like array: ``shape``, ``dtype``, ``ndim``, ``axes`` (a
 string such as ``"zyx"`` or ``"czyx"``), ``chunks`` (or None), ``vol[slices] -> np.ndarray``,
@@ -32,9 +39,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
-from ekn_core.errors import EknError
+from ekn_core.errors import ConfigError, EknError, keyword_names, unknown_keywords
 
 
 @runtime_checkable
@@ -218,7 +226,8 @@ def volume_name(path: str) -> str:
     return base[:-len(ending)] if ending else os.path.splitext(base)[0]
 
 
-def _choose_reader(path: str, reader: str | None):
+def _choose_reader(path: str, reader: str | None) -> tuple[str, Any]:
+    """``(name, class)`` of the reader named ``reader``, else of the one that claims ``path``."""
     from ekn_core.hooks import host
     from ekn_core.plugins import registry
 
@@ -229,7 +238,45 @@ def _choose_reader(path: str, reader: str | None):
             f"{', '.join(registry('readers').names())}), or use a known suffix (.h5, .zarr, a "
             "KNOSSOS config, .tif, a 'dir/*.png' glob, precomputed://...)."
         )
-    return registry("readers").get(name)
+    return name, registry("readers").get(name)
+
+
+#: What :func:`open_volume` and :func:`create_volume` pass a reader's ``open`` / ``create`` themselves;
+#: the method's other keyword parameters are the reader's options.
+PASSED_ARGS = {"open": ("path", "key"), "create": ("path", "shape", "dtype", "key", "chunks")}
+
+
+def check_options(reader: str, method: Any, options: Iterable[str], path: str, passed: Iterable[str] = ()) -> None:
+    """Refuses the ``options`` that a reader's ``method`` (its ``open`` or ``create``, or the
+    function that one passes its options on to) does not take, naming each with the closest
+    option it takes. A method that takes ``**kwargs`` is not checked here: it checks its options
+    itself (the KNOSSOS reader's ``create`` does, with the keywords of the function it calls).
+
+    Args:
+        reader: The reader's ``ekn.readers`` name.
+        method: The function whose keyword parameters are the options.
+        options: The option names given.
+        path: The volume, for the message.
+        passed: Keyword parameters that are no options (the caller passes them itself).
+
+    Raises:
+        ConfigError: Naming the volume, the reader, each unknown option, the closest one and all it takes.
+
+    Example:
+        >>> def open(path, key=None, mode="r", cache_mb=512): ...
+        >>> check_options("mine", open, ["mode", "cache_mb"], "a.vol", PASSED_ARGS["open"])
+        >>> check_options("mine", open, ["cache_mbs"], "a.vol", PASSED_ARGS["open"])
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: the mine reader of 'a.vol': open takes no argument 'cache_mbs' (did you mean 'cache_mb'?); it takes mode, cache_mb
+    """
+    known = keyword_names(method)
+    if known is None:
+        return
+    names = [n for n in known if n not in set(passed)]
+    problems = unknown_keywords(method, options, where=f"the {reader} reader of {os.fspath(path)!r}", names=names)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def open_volume(path: str | os.PathLike, key: str | None = None, reader: str | None = None,
@@ -240,13 +287,18 @@ def open_volume(path: str | os.PathLike, key: str | None = None, reader: str | N
         path: File, directory or URL; ``"file.h5:key"`` names a dataset inside a container.
         key: Dataset key (overrides one given in ``path``).
         reader: ``ekn.readers`` name to use instead of auto-detection.
-        **options: Passed to the reader (e.g. ``mag=2`` for KNOSSOS).
+        **options: The reader's options (keyword parameters of its ``open``, e.g. ``mode="r+"``, or
+            ``mag=2`` for KNOSSOS).
 
     Returns:
         A :class:`Volume`.
+
+    Raises:
+        ConfigError: An option the reader does not take (a misspelt ``fill_vaule``), with the closest.
     """
     base, path_key = split_key(os.fspath(path))
-    cls = _choose_reader(base, reader)
+    name, cls = _choose_reader(base, reader)
+    check_options(name, cls.open, options, base, PASSED_ARGS["open"])
     return cls.open(base, key=key or path_key, **options)
 
 
@@ -261,12 +313,40 @@ def create_volume(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any, k
         key: Dataset key (overrides one given in ``path``).
         chunks: Chunk shape; the reader picks one when None.
         reader: ``ekn.readers`` name to use instead of auto-detection.
-        **options: Passed to the reader.
+        **options: The reader's options (keyword parameters of its ``create``, e.g. ``axes``,
+            ``overwrite``).
 
     Returns:
         A writable :class:`Volume`.
+
+    Raises:
+        ConfigError: An option the reader does not take, with the closest.
     """
     base, path_key = split_key(os.fspath(path))
-    cls = _choose_reader(base, reader)
+    name, cls = _choose_reader(base, reader)
+    check_options(name, cls.create, options, base, PASSED_ARGS["create"])
     return cls.create(base, shape=tuple(int(s) for s in shape), dtype=dtype, key=key or path_key,
                       chunks=chunks, **options)
+
+
+def reopen_options(path: str | os.PathLike, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`open_volume` arguments that reopen, to write more, the volume that
+    :func:`create_volume` made at ``path`` with ``options`` (a resumed job): the ``reader``, if
+    named, and the options its ``open`` takes as well; the others (``axes``, ``compression``,
+    KNOSSOS's ``voxel_size``) only said how to create it. Options that ``create`` does not take
+    are refused, as creating would refuse them.
+
+    Example:
+        >>> reopen_options("out.h5:pred", {"axes": "zyx", "compression": "lzf"})
+        {}
+        >>> reopen_options("out.k.toml", {"reader": "knossos", "voxel_size": (8, 8, 30), "cache_mb": 64})
+        {'reader': 'knossos', 'cache_mb': 64}
+    """
+    options = dict(options)
+    reader = options.pop("reader", None)
+    base = split_key(os.fspath(path))[0]
+    name, cls = _choose_reader(base, reader)
+    check_options(name, cls.create, options, base, PASSED_ARGS["create"])
+    takes = keyword_names(cls.open)
+    kept = {k: v for k, v in options.items() if takes is None or (k in takes and k not in PASSED_ARGS["open"])}
+    return {"reader": reader, **kept} if reader is not None else kept

@@ -91,6 +91,29 @@ def test_impossible_warp_raises_clear_error(coord_files):
     assert src.warp_stats["redrawn"] > 0
 
 
+@pytest.mark.parametrize("offsets, strides", [((2, 5, 5), (1, 1, 1)), ((1, 4, 4), (1, 2, 2)), ((3, 7, 7), (1, 3, 3))])
+def test_a_patch_that_fits_no_cube_is_refused_when_the_source_is_made(coord_files, offsets, strides):
+    """Brute force: a crop fits if some start puts the patch inside the raw cube and every target
+    voxel (offsets + strides * i) on the label cube (at LAB_OFF); else the constructor refuses."""
+    def fits(ps):
+        n_t = [-(-(p - 2 * o) // s) for p, o, s in zip(ps, offsets, strides)]
+        return all(any(start + ps[a] <= RAW_SHAPE[a] and LAB_OFF[a] <= start + offsets[a] and
+                       start + offsets[a] + (n_t[a] - 1) * strides[a] < LAB_OFF[a] + LAB_SHAPE[a]
+                       for start in range(RAW_SHAPE[a])) for a in range(3))
+
+    seen = set()
+    for ps in [(12, 40, 40), (11, 38, 40), (13, 20, 20), (6, 41, 20), (10, 36, 36), (12, 30, 42)]:
+        if min(p - 2 * o for p, o in zip(ps, offsets)) < 1:
+            continue
+        seen.add(fits(ps))
+        if fits(ps):
+            PatchSource(patch_size=ps, offsets=offsets, strides=strides, **coord_files).getbatch(1)
+        else:
+            with pytest.raises(ShapeError, match=r"raw.h5:raw: a patch of .* does not fit this cube .*even without"):
+                PatchSource(patch_size=ps, offsets=offsets, strides=strides, **coord_files)
+    assert seen == {True, False}
+
+
 class _Shape:  # a TaggedShape stand-in (duck typing)
     def __init__(self, spatial, tags, offsets=(0, 0, 0), strides=(1, 1, 1)):
         self.spatial_shape, self.tags, self.offsets, self.strides = spatial, tags.split(","), offsets, strides
@@ -241,12 +264,12 @@ def test_class_weights_with_unlabelled_voxels(tmp_path):
 
 
 def test_perspective_that_folds_is_refused_or_redrawn(coord_files):
-    kw = dict(patch_size=(5, 31, 31), target_dtype="int32", seed=0, **coord_files)
+    kw = dict(patch_size=(5, 31, 31), offsets=(1, 5, 5), target_dtype="int32", seed=0, **coord_files)
     with pytest.raises(ConfigError, match=r"warp: perspective\*amount = 0.04 folds patches of shape \(5, 31, 31\) "
                                           r"\(w <= 0 at their corners\) from 1/30 = 0.0333 on; use at most about 0.017"):
         PatchSource(augmenters=[{"type": "warp", "perspective": 0.04}], **kw)
-    with pytest.raises(ConfigError, match=r"folds patches of shape \(5, 41, 41\)"):  # ELEKTRONN2's batch args too
-        PatchSource(**dict(kw, patch_size=(5, 41, 41))).getbatch(1, warp=True, warp_args={"perspective": True,
+    with pytest.raises(ConfigError, match=r"folds patches of shape \(5, 39, 39\)"):  # ELEKTRONN2's batch args too
+        PatchSource(**dict(kw, patch_size=(5, 39, 39))).getbatch(1, warp=True, warp_args={"perspective": True,
                                                                                           "warp_amount": 9})
     src = PatchSource(augmenters=[{"type": "warp", "perspective": 0.02}], **kw)
     folding = Transform(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.05, 0.05, 1]], dtype=np.float64))

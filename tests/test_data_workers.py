@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from ekn_core.errors import EknError, WaitInterrupted
+from ekn_core.errors import EknError, ShapeError, WaitInterrupted
 from ekn_plugins.data.workers import BackgroundBatches, batch_rng
 
 
@@ -34,6 +34,8 @@ class CountingSource:
                     os._exit(3)
                 if self.mode.startswith("hang"):
                     time.sleep(3600)  # a stuck read
+                if self.mode == "shape":
+                    raise ShapeError("raw.h5: no position fits a patch of (9, 9, 9)")
                 raise RuntimeError("boom in getbatch")
         return img, label
 
@@ -92,6 +94,19 @@ def test_persistent_failure_raises_with_traceback(tmp_path):
         batches.get()
     with pytest.raises(EknError, match="closed"):
         batches.get()
+
+
+def test_an_ekn_error_in_a_worker_is_raised_once_with_its_message(tmp_path):
+    """An EknError (the config's or the data's fault) is not retried: the parent raises it as it
+    was raised, without a traceback and without restart warnings."""
+    factory = functools.partial(CountingSource, str(tmp_path), fail_at=1, mode="shape")
+    with _Warnings() as warnings, BackgroundBatches(factory, batch_size=2, n_workers=2, seed=0) as batches:
+        batches.get()
+        with pytest.raises(ShapeError) as err:
+            batches.get()
+        assert batches.restarts == 0
+    assert str(err.value) == "raw.h5: no position fits a patch of (9, 9, 9)"
+    assert warnings.messages == []
 
 
 class _Warnings(logging.Handler):
@@ -213,3 +228,74 @@ def test_ctrl_c_shuts_down_cleanly(tmp_path):
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     for name in names:
         assert not os.path.exists(f"/dev/shm/{name}")
+
+
+class RepeatingWarningSource(CountingSource):
+    """Warns the same on every batch, and once per batch something new."""
+
+    def getbatch(self, batch_size, source="train", rng=None):
+        log = logging.getLogger("ekn.data")
+        log.warning("slow read of cube 0")
+        batch = super().getbatch(batch_size, source, rng)
+        log.warning("odd patch with mean %.6f", batch[0].mean())
+        return batch
+
+
+class PatchSourceCopy(CountingSource):
+    """Builds a real patch source (its checks run, as in a trainer's worker); cheap batches."""
+
+    def __init__(self, **kwargs):
+        from ekn_plugins.data.patches import PatchSource
+
+        super().__init__()
+        PatchSource(**kwargs).close()
+
+
+def _user_sees(capfd, run, logger="ekn.data"):
+    """What reaches stderr (of this process and its workers) while ``run()`` runs, with one console
+    handler on ``logger`` (isolated from the test session's logging set-up)."""
+    target = logging.getLogger(logger)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    saved = target.propagate
+    target.addHandler(console)
+    target.propagate = False
+    capfd.readouterr()
+    try:
+        run()
+    finally:
+        target.removeHandler(console)
+        target.propagate = saved
+    return capfd.readouterr().err
+
+
+def test_data_source_warnings_appear_once_with_several_workers(tmp_path, capfd):
+    """The trainer's way: the source is built here (its grey check warns), then each worker builds a copy."""
+    import h5py
+
+    twelve_bit = np.random.default_rng(0).integers(0, 4096, (10, 40, 40)).astype(np.uint16)
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f["raw"], f["lab"] = twelve_bit, np.zeros((10, 40, 40), np.int16)
+    factory = functools.partial(PatchSourceCopy, patch_size=(4, 16, 16), d_path=str(tmp_path),
+                                l_path=str(tmp_path), d_files=[("raw.h5", "raw")], l_files=[("raw.h5", "lab")])
+
+    def train():
+        factory()
+        with BackgroundBatches(factory, batch_size=2, n_workers=3, seed=0) as batches:
+            for _ in range(6):
+                batches.get()
+
+    err = _user_sees(capfd, train)
+    assert err.count("uint16 grey values") == 1, err
+
+
+def test_repeated_worker_warnings_are_shown_once_and_new_ones_each(capfd):
+    def draw():
+        with BackgroundBatches(RepeatingWarningSource, batch_size=2, n_workers=2, seed=0) as batches:
+            for _ in range(6):
+                batches.get()
+
+    err = _user_sees(capfd, draw)
+    assert err.count("slow read of cube 0") == 1, err
+    means = sorted(f"odd patch with mean {batch[0].mean():.6f}" for batch in serial(6))
+    assert sorted(re.findall(r"odd patch with mean [\d.]+", err))[:6] == means, err

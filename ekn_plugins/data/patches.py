@@ -3,7 +3,8 @@
 Training examples are patches cut at random positions from lists of (raw, label) volume pairs.
 Label cubes may be smaller than raw cubes; they are centred in them or, when both entries give
 a region, placed where the label region lies in the raw region. The targets cover the network's
-output: the input patch minus ``offsets`` (= fov // 2) on each side, sampled every
+output: the input patch minus ``offsets`` (``TaggedShape.offsets``: fov // 2 for valid nets,
+less, even negative, for nets that pad) on each side, sampled every
 ``strides``-th voxel, so target ``[i, j, k]`` is the label of input voxel
 ``offsets + strides * (i, j, k)`` (the centre of output voxel ``(i, j, k)``).
 
@@ -48,6 +49,7 @@ import numpy as np
 
 from ekn_core.errors import ConfigError, NoValidationData, ShapeError
 from ekn_core.grey import check_grey
+from ekn_core.training_data import TrainingData, input_scalings, record_training_data
 from ekn_plugins.augmenters.base import PatchContext, Pipeline
 from ekn_plugins.augmenters.sampling import warp
 from ekn_plugins.augmenters.transform import FoldError, Transform, source_bounds, voxel_matrix
@@ -164,6 +166,7 @@ class Cube:
     label: np.ndarray | LazyView
     label_offset: tuple[int, int, int]
     name: str
+    raw_dtype: np.dtype | None = None  # of the stored raw, which ``raw`` holds scaled to grey values
 
     def close(self) -> None:
         """Closes the files of lazy volumes."""
@@ -196,7 +199,8 @@ class PatchSource:
         l_files: Label volumes, one per raw volume, relative to ``l_path`` (same entry forms).
             With a region in both entries the label region must lie inside the raw region (one
             coordinate frame); otherwise the label cube is centred in the raw cube.
-        offsets: Network offsets (fov // 2) per spatial axis.
+        offsets: Network offsets (the input voxel of output voxel 0, ``TaggedShape.offsets``) per
+            spatial axis.
         strides: Network output strides per spatial axis.
         target_shape: Spatial output shape of the net (checked against the one derived from
             patch size, offsets and strides; default: derived).
@@ -288,7 +292,10 @@ class PatchSource:
         self.ctx = PatchContext(self.patch_size, self.aniso_factor)
         self.pipeline = Pipeline.from_config(augmenters).check(self.ctx)
         spatial = "z,y,x" if ndim == 3 else "y,x"
-        self.input_perm, _ = _layout_perm(input_tags or f"b,f,{spatial}", ndim)
+        tags = input_tags or f"b,f,{spatial}"
+        self.input_perm, _ = _layout_perm(tags, ndim)
+        #: The input's spatial axes in the order of ``patch_size`` (and of ``nhood``'s columns).
+        self.spatial_tags = tuple(t for t in map(str.strip, tags.split(",")) if t in ("z", "y", "x"))
         default_target = "b,f" if mode == "img-scalar" else f"b,f,{spatial}"
         self.target_perm, self.target_drop_f = _layout_perm(target_tags or default_target,
                                                             0 if mode == "img-scalar" else ndim)
@@ -310,6 +317,7 @@ class PatchSource:
                             with view:
                                 setattr(cube, name, view.read())
             self._check_cubes(cubes, valid_cubes, cube_prios)
+            self._check_patches_fit()
         except BaseException:
             self.close()
             raise
@@ -402,7 +410,18 @@ class PatchSource:
                     kwargs.setdefault("target_shape", tshape.spatial_shape)
             if getattr(target_node, "dtype", None) is not None:
                 kwargs.setdefault("target_dtype", target_node.dtype)
-        return cls(patch_size=shape.spatial_shape, **kwargs)
+        source = cls(patch_size=shape.spatial_shape, **kwargs)
+        record_training_data(input_node, source.training_data())  # the model file keeps it
+        return source
+
+    def training_data(self) -> TrainingData:
+        """What a net trained on these batches records in its model file: the grey scaling of every
+        raw cube's dtype and, with ``affinities``, the nhood of the affinity targets."""
+        scaling = input_scalings((c.name, c.raw_dtype) for c in self.train_cubes + self.valid_cubes)
+        if self.nhood is None:
+            return TrainingData(scaling)
+        nhood = self.nhood[:, 3 - self.ndim:]  # 2-D: without the z column added for the affinity graph
+        return TrainingData(scaling, tuple(map(tuple, nhood.tolist())), "".join(self.spatial_tags))
 
     def _load(self, raw_entry: VolumeEntry, label_entry: VolumeEntry) -> Cube:
         """The cube of one (raw, label) entry pair; img-img volumes as lazy views (see ``in_memory``)."""
@@ -412,13 +431,13 @@ class PatchSource:
                 check_grey(raw, raw.source_dtype, raw.name)
                 image = self._border_treatment(raw.read(), raw.name)
             label = cast_labels(_read_vector(label_entry), self.target_dtype, label_entry.path)
-            return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name)
+            return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name, raw.source_dtype)
         try:
             label = open_view(*label_entry, ndim=4, dtype=self.target_dtype)
         except BaseException:
             raw.close()
             raise
-        cube = Cube(raw, label, (0, 0, 0), raw.name)
+        cube = Cube(raw, label, (0, 0, 0), raw.name, raw.source_dtype)
         try:
             check_grey(raw, raw.source_dtype, raw.name)
             cube.label_offset = _label_offset(raw_entry, label_entry, raw.shape[1:], label.shape[1:])
@@ -473,7 +492,18 @@ class PatchSource:
         """The final voxel matrix of a transform at a random position that fits, or None (also
         when its perspective part folds the patch)."""
         m0 = voxel_matrix(transform, self.patch_size, self.aniso_factor)
-        margin = transform.margin()
+        positions = self._positions(cube, m0, transform.margin(), t_shape, t_step)
+        if positions is None:
+            return None
+        start = np.array([rng.integers(a, b + 1) for a, b in zip(*positions)])
+        m = m0.copy()
+        m[:3] += np.outer(start, m0[3])
+        return m
+
+    def _positions(self, cube: Cube, m0: np.ndarray, margin: np.ndarray, t_shape, t_step
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The lowest and highest start positions (per axis) at which a patch cut through the
+        voxel matrix ``m0`` and its targets lie inside the cube, or None (none, or a folding warp)."""
         ps = np.array(self.patch_size)
         try:  # the target grid lies inside the patch: it folds only where the patch does
             lo_r, hi_r = source_bounds(m0, (0, 0, 0), ps - 1, margin)
@@ -491,10 +521,21 @@ class PatchSource:
             high = np.minimum(high, np.floor(loff + np.array(cube.label.shape[1:]) - 1 - hi_t + 1e-6))
         if np.any(low > high):
             return None
-        start = np.array([rng.integers(a, b + 1) for a, b in zip(low.astype(np.int64), high.astype(np.int64))])
-        m = m0.copy()
-        m[:3] += np.outer(start, m0[3])
-        return m
+        return low.astype(np.int64), high.astype(np.int64)
+
+    def _check_patches_fit(self) -> None:
+        """Raises :class:`ShapeError` unless a patch without a warp, with the targets of training,
+        fits every cube: else no batch could ever be drawn (warps, drawn again up to
+        :data:`MAX_WARP_TRIES` times per example, can only be refused on top)."""
+        t_shape, t_step = self._target_grid(False)
+        identity = voxel_matrix(Transform.identity(), self.patch_size, self.aniso_factor)
+        for cube in self.train_cubes + self.valid_cubes:
+            if self._positions(cube, identity, np.zeros(3), t_shape, t_step) is None:
+                labels = (f"labels {tuple(cube.label.shape[1:])} at offset {cube.label_offset}, "
+                          if self.mode == "img-img" else "")
+                raise ShapeError(f"{cube.name}: a patch of {self.patch_size[3 - self.ndim:]} (the net's input) does "
+                                 f"not fit this cube ({labels}raw {tuple(cube.raw.shape[1:])}), even without a warp; "
+                                 "use a smaller patch (model_load_args / create_model) or bigger cubes")
 
     def _cut(self, array: np.ndarray | LazyView, matrix: np.ndarray, out_shape, order: int, origin, step,
              transform: Transform, margin: np.ndarray, channels: slice | list[int] = slice(None)) -> np.ndarray:

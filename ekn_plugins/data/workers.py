@@ -9,8 +9,10 @@ Determinism: batch ``i`` is made by worker ``i % n_workers`` with the generator
 :func:`batch_rng` ``(seed, i)`` and handed out in order, so the stream of batches depends only on
 the seed, not on the number of workers or on timing (and equals a serial loop).
 
-Failures: an exception in a worker is reported (logged with the worker's traceback) and the
-worker is replaced, starting again at the batch it failed on; a worker that dies without a word
+Failures: an :class:`~ekn_core.errors.EknError` in a worker (a patch that fits no cube, a bad
+setting: the same on every try) is raised in the parent at once, with the same message and no traceback
+(as the same class for ekn's own error classes, as ``EknError`` for a plugin's subclass). Any other exception is reported (logged with the worker's traceback) and
+the worker is replaced, starting again at the batch it failed on; a worker that dies without a word
 (killed, segfault) is replaced too, and so is one that does not deliver within ``timeout_s`` of
 :meth:`BackgroundBatches.get` (a stuck read). A batch that fails ``max_restarts`` times raises
 :class:`~ekn_core.errors.EknError` with the traceback. A worker that exits while it starts (before
@@ -22,6 +24,12 @@ saying how to fix it. While :meth:`~BackgroundBatches.get` waits it logs a warni
 Ctrl-C the parent gets the KeyboardInterrupt and :meth:`BackgroundBatches.close` (also on
 ``with`` exit, at interpreter exit and on garbage collection) stops the workers and frees the
 shared memory.
+
+Log records: a worker sends its warnings (and errors) to the parent, which logs each message once
+(through its handlers: the console, a run's log file), however many workers and restarts repeat
+it. The warnings of building a worker's copy of the data source (grey values that misfit their
+scaling, ...) repeat those of the copy the parent built first (the trainer does, and checks the
+data there), so the parent logs them at DEBUG only.
 
 Example:
     >>> import functools
@@ -52,7 +60,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ekn_core.errors import EknError, WaitInterrupted
+from ekn_core.errors import ConfigError, EknError, NoValidationData, ShapeError, WaitInterrupted
 
 log = logging.getLogger("ekn.data.workers")
 
@@ -60,6 +68,10 @@ log = logging.getLogger("ekn.data.workers")
 POLL_S = 0.5
 #: Seconds of waiting for one batch before a warning (repeated at this interval).
 WARN_AFTER_S = 60.0
+#: Distinct worker log messages remembered to drop their repeats (later ones are logged unchecked).
+MAX_REMEMBERED = 10_000
+#: The errors a worker's EknError is raised as in the parent, by class name (any other: EknError).
+_RAISED_AS = {cls.__name__: cls for cls in (EknError, ConfigError, ShapeError, NoValidationData)}
 
 
 def batch_rng(seed: int, index: int) -> np.random.Generator:
@@ -71,6 +83,32 @@ def _attach(names: list[list[str]]) -> list[list[shared_memory.SharedMemory]]:
     return [[shared_memory.SharedMemory(name=n) for n in slot] for slot in names]
 
 
+class _LogRelay(logging.Handler):
+    """A worker's handler of its WARNING and higher records: sends each to the parent as
+    ``("log", logger name, level, text, building)``; ``building`` is True while the worker builds
+    its data source."""
+
+    def __init__(self, results: Any):
+        super().__init__(logging.WARNING)
+        self.results, self.building = results, True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.results.put(("log", record.name, record.levelno, self.format(record), self.building))
+        except Exception:  # a closed queue while the worker ends: logging's own fallback reports it
+            self.handleError(record)
+
+
+def _relay_logs(results: Any) -> _LogRelay:
+    """Sends this worker's log records to the parent instead of this process's stderr (with the
+    ``fork`` start method the parent's handlers of the ``ekn`` logger were copied: they go too)."""
+    relay = _LogRelay(results)
+    logging.getLogger().handlers = [relay]
+    ekn = logging.getLogger("ekn")
+    ekn.handlers, ekn.propagate = [], True
+    return relay
+
+
 def _worker_main(wid: int, n_workers: int, first: int, factory: Callable[[], Any], batch_size: int,
                  source: str, batch_kwargs: dict, seed: int, depth: int, names: list[list[str]] | None,
                  ctrl: Any, results: Any, started: Any) -> None:
@@ -78,10 +116,12 @@ def _worker_main(wid: int, n_workers: int, first: int, factory: Callable[[], Any
     started.set()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
+    relay = _relay_logs(results)
     slots = None
     index = first
     try:
         data = factory()
+        relay.building = False
         free = list(range(depth))
         while True:
             arrays = data.getbatch(batch_size, source, rng=batch_rng(seed, index), **batch_kwargs)
@@ -107,6 +147,8 @@ def _worker_main(wid: int, n_workers: int, first: int, factory: Callable[[], Any
                 np.ndarray(a.shape, a.dtype, buffer=shm.buf)[...] = a
             results.put(("batch", index, slot))
             index += n_workers
+    except EknError as err:  # the config's or the data's fault: trying again gives the same
+        results.put(("fatal", index, type(err).__name__, str(err)))
     except Exception:
         results.put(("error", index, traceback.format_exc()))
     finally:
@@ -165,6 +207,7 @@ class BackgroundBatches:
         self.next_index = start
         self.failures: dict[int, int] = {}
         self.restarts = 0
+        self._relayed: set[tuple[str, int, str]] = set()
         self._closed = False
         self._workers = [_Worker(w) for w in range(n_workers)]
         self._finalizer = weakref.finalize(self, BackgroundBatches._shutdown, self._workers)
@@ -217,6 +260,20 @@ class BackgroundBatches:
         self.restarts += 1
         self._start(worker, first=index)
 
+    def _log(self, worker: _Worker, name: str, level: int, text: str, building: bool) -> None:
+        """Logs a record a worker sent, unless its message was logged before: the warnings of
+        building the worker's copy of the data source at DEBUG (the parent's copy gave them)."""
+        key = (name, level, text)
+        if key in self._relayed:
+            return
+        if len(self._relayed) < MAX_REMEMBERED:
+            self._relayed.add(key)
+        if building:
+            logging.getLogger(name).debug("data worker %d, building its copy of the data source: %s",
+                                          worker.wid, text)
+        else:
+            logging.getLogger(name).log(level, "%s", text)
+
     def _allocate(self, worker: _Worker, spec: list) -> None:
         worker.spec = [(tuple(shape), dtype) for shape, dtype in spec]
         sizes = [max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize) for shape, dtype in worker.spec]
@@ -260,11 +317,16 @@ class BackgroundBatches:
                     warned = now
                 continue
             kind = msg[0]
-            if kind == "spec":
+            if kind == "log":
+                self._log(worker, *msg[1:])
+            elif kind == "spec":
                 self._allocate(worker, msg[2])
             elif kind == "error":
                 self._replace(worker, msg[1], msg[2])
                 since = warned = time.monotonic()
+            elif kind == "fatal":
+                self.close()
+                raise _RAISED_AS.get(msg[2], EknError)(msg[3])
             elif kind == "batch":
                 if msg[1] != index:
                     raise EknError(f"internal error: expected batch {index}, worker {worker.wid} sent {msg[1]}")

@@ -52,7 +52,7 @@ class HDF5Reader:
     attribute names another order of c, z, y, x are seen in ekn's ``(c, z, y, x)``."""
 
     @classmethod
-    def open(cls, path: str, key: str | None = None, mode: str = "r", **_: Any) -> HDF5Volume:
+    def open(cls, path: str, key: str | None = None, mode: str = "r") -> HDF5Volume:
         import h5py  # imported on use: `ekn plugins` imports every reader module
 
         if not os.path.exists(path):
@@ -74,7 +74,7 @@ class HDF5Reader:
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
                chunks: tuple[int, ...] | None = None, compression: str | None = "gzip",
-               axes: str | None = None, overwrite: bool = False, **_: Any) -> HDF5Volume:
+               axes: str | None = None, overwrite: bool = False) -> HDF5Volume:
         """Creates dataset ``key`` (default ``data``) in a new or existing file, replacing a dataset
         or a group without datasets of that name; a group holding datasets is only replaced with
         ``overwrite=True`` (:func:`~ekn_plugins.readers.replacing.check_replaceable`)."""

@@ -157,8 +157,8 @@ class ImageStackReader:
     """Reads multi-page TIFFs and TIFF/PNG section stacks; creates TIFF section stacks."""
 
     @classmethod
-    def open(cls, path: str, key: str | None = None, mode: str = "r", compression: str | None = None,
-             **_: Any) -> SectionVolume:
+    def open(cls, path: str, key: str | None = None, mode: str = "r",
+             compression: str | None = None) -> SectionVolume:
         """Opens a multi-page TIFF (read-only) or a stack of section images (``mode='r+'`` to write).
 
         Args:
@@ -180,8 +180,7 @@ class ImageStackReader:
 
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
-               chunks: tuple[int, ...] | None = None, compression: str | None = None,
-               **_: Any) -> SectionFiles:
+               chunks: tuple[int, ...] | None = None, compression: str | None = None) -> SectionFiles:
         """Creates a directory of zero-filled TIFF sections (``chunks`` is ignored: one file per section).
 
         Args:

@@ -80,7 +80,7 @@ class N5Reader:
     """Reads and writes N5 datasets (``path.n5`` or ``path.n5:dataset``)."""
 
     @classmethod
-    def open(cls, path: str, key: str | None = None, mode: str = "r", **_: Any) -> TensorStoreVolume:
+    def open(cls, path: str, key: str | None = None, mode: str = "r") -> TensorStoreVolume:
         """Opens a dataset; ``key`` is its path inside the container (default: its only dataset)."""
         import tensorstore as ts
 
@@ -104,8 +104,8 @@ class N5Reader:
 
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
-               chunks: tuple[int, ...] | None = None, axes: str | None = None, overwrite: bool = False,
-               **_: Any) -> TensorStoreVolume:
+               chunks: tuple[int, ...] | None = None, axes: str | None = None,
+               overwrite: bool = False) -> TensorStoreVolume:
         """Creates (or replaces) a gzip-compressed dataset; ``key`` puts it inside the container
         at ``path`` (whose root ``attributes.json`` gets the N5 version). A group holding datasets
         there is only replaced with ``overwrite=True``."""

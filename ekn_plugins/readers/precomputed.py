@@ -159,7 +159,7 @@ class PrecomputedReader:
     """Reads and writes Neuroglancer precomputed volumes (one scale at a time)."""
 
     @classmethod
-    def open(cls, path: str, key: str | None = None, mode: str = "r", **_: Any) -> PrecomputedVolume:
+    def open(cls, path: str, key: str | None = None, mode: str = "r") -> PrecomputedVolume:
         """Opens scale ``key`` (index or scale key, default 0) of a volume; ``mode='r+'`` to write."""
         import tensorstore as ts
 
@@ -180,7 +180,7 @@ class PrecomputedReader:
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
                chunks: tuple[int, ...] | None = None, resolution: Sequence[float] = (1, 1, 1),
-               voxel_offset: Sequence[int] = (0, 0, 0), volume_type: str = "image", **_: Any) -> PrecomputedVolume:
+               voxel_offset: Sequence[int] = (0, 0, 0), volume_type: str = "image") -> PrecomputedVolume:
         """Creates a raw-encoded, unsharded scale: a new volume, or a new scale of an existing
         volume (its other scales are kept; a scale with the same key is replaced, as HDF5's
         ``create`` replaces only its own dataset).

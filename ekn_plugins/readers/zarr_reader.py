@@ -95,7 +95,7 @@ class ZarrReader:
     """Reads and writes zarr arrays (``path.zarr`` or ``path.zarr:key``)."""
 
     @classmethod
-    def open(cls, path: str, key: str | None = None, mode: str = "r", **_: Any) -> ZarrVolume:
+    def open(cls, path: str, key: str | None = None, mode: str = "r") -> ZarrVolume:
         """Opens an existing array; ``key`` selects one inside a group."""
         import zarr
 
@@ -125,7 +125,7 @@ class ZarrReader:
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
                chunks: tuple[int, ...] | None = None, axes: str | None = None,
-               fill_value: Any = 0, overwrite: bool = False, **_: Any) -> ZarrVolume:
+               fill_value: Any = 0, overwrite: bool = False) -> ZarrVolume:
         """Creates (or replaces) a chunked array; ``key`` puts it inside a group at ``path``. A group
         holding arrays there is only replaced with ``overwrite=True``."""
         import zarr

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ekn_core.errors import ConfigError
+from ekn_core.volumes import PASSED_ARGS, check_options
 from ekn_plugins.readers.knossos.dataset import DEFAULT_CACHE_MB, KnossosArray, StackedArray, open_array, select_layers
 from ekn_plugins.readers.knossos.config import read_config
 from ekn_plugins.readers.knossos.writer import create_dataset, open_writable
@@ -35,7 +36,7 @@ class KnossosReader:
     def open(cls, path: str, key: str | None = None, mode: str = "r", mag: int = 1, fill_value: Any = 0,
              cache_mb: float = DEFAULT_CACHE_MB, prefetch: int = 1, threads: int = 2,
              channels: Sequence[str] | None = None, mag_convention: str = "auto",
-             cube_shape: Sequence[int] | None = None, **_: Any) -> KnossosArray | StackedArray:
+             cube_shape: Sequence[int] | None = None) -> KnossosArray | StackedArray:
         """Opens a data set (config file or root folder) lazily; see :func:`.dataset.open_array`.
 
         ``mode='r+'`` returns a writable layer, or several layers stacked as channels (see
@@ -56,6 +57,11 @@ class KnossosReader:
 
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
-               chunks: tuple[int, ...] | None = None, **options: Any) -> KnossosArray | StackedArray:
-        """Creates a data set; ``key`` is the experiment name. Options: see :func:`.writer.create_dataset`."""
-        return create_dataset(path, shape, dtype, name=key or options.pop("name", None), chunks=chunks, **options)
+               chunks: tuple[int, ...] | None = None, overwrite: bool = False,
+               **options: Any) -> KnossosArray | StackedArray:
+        """Creates a data set; ``key`` is the experiment name. Options: those of
+        :func:`.writer.create_dataset` (others are refused); ``overwrite`` is named in the signature,
+        where jobs look for the readers that take it."""
+        check_options("knossos", create_dataset, options, path, PASSED_ARGS["create"])
+        return create_dataset(path, shape, dtype, name=key or options.pop("name", None), chunks=chunks,
+                              overwrite=overwrite, **options)
