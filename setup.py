@@ -49,6 +49,7 @@ COMMANDS = [
 ]
 HOOK_PLUGINS = [
     "ekn_builtin_readers = ekn_plugins.readers.detect",
+    "ekn_trainer_bn_statistics = ekn_plugins.trainer_hooks.bn_statistics",
     "ekn_trainer_knossos_preview = ekn_plugins.trainer_hooks.knossos_preview",
     "ekn_trainer_plots = ekn_plugins.trainer_hooks.plots",
     "ekn_trainer_preview_snapshots = ekn_plugins.trainer_hooks.preview_snapshots",
@@ -187,6 +188,7 @@ setup(
         "zarr>=3.0",
         "dask[array]>=2024.1",
         "distributed>=2024.1",
+        "cryptography>=3.1",  # TLS credentials of the local Dask cluster (LocalCluster(security=True))
         "python-snappy>=0.7",
         "tifffile>=2023.1",
         "imageio>=2.31",

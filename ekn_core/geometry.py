@@ -88,8 +88,8 @@ def _input_shape(inp: dict[str, Any]) -> TaggedShape:
     return TaggedShape(inp["config"]["shape"], inp["config"]["tags"])
 
 
-def axis_validity(net: Net, patch: Sequence[int], mfp: bool = False, _spec_cache: Any = None) -> list[bool]:
-    """Per spatial axis: whether ``patch[i]`` is valid on axis ``i`` (judged independently)."""
+def _judge(net: Net, patch: Sequence[int], mfp: bool = False, _spec_cache: Any = None) -> tuple[list[bool], str | None]:
+    """:func:`axis_validity` and the error that fails every axis at once (not tied to one axis), if any."""
     from ekn_core.node import model_manager, shape_only
     from ekn_core.persistence import replay
 
@@ -98,21 +98,27 @@ def axis_validity(net: Net, patch: Sequence[int], mfp: bool = False, _spec_cache
     if len(patch) != ndim:
         raise ShapeError(f"patch {tuple(patch)} needs {ndim} entries (spatial axes of the input)")
     if min(patch) < 1:
-        return [p >= 1 for p in patch]
+        return [p >= 1 for p in patch], None
     original = list(inp["config"]["shape"])
     inp["config"]["shape"] = list(_input_shape(inp).with_spatial_shape(patch).shape)
     try:
         with model_manager.scratch(), shape_only(lenient=True) as errors:
             try:
                 replay(descriptors, resolve)
-            except EknError:
-                return [False] * ndim
+            except EknError as err:
+                return [False] * ndim, str(err)
     finally:
         inp["config"]["shape"] = original
-    if any(axis is None for _, axis, _ in errors):
-        return [False] * ndim
+    overall = [f"{name!r}: {message}" for name, axis, message in errors if axis is None]
+    if overall:
+        return [False] * ndim, "; ".join(overall)
     bad = {axis for _, axis, _ in errors}
-    return [i not in bad for i in range(ndim)]
+    return [i not in bad for i in range(ndim)], None
+
+
+def axis_validity(net: Net, patch: Sequence[int], mfp: bool = False, _spec_cache: Any = None) -> list[bool]:
+    """Per spatial axis: whether ``patch[i]`` is valid on axis ``i`` (judged independently)."""
+    return _judge(net, patch, mfp, _spec_cache)[0]
 
 
 def current_patch_size(net: Net) -> tuple[int, ...]:
@@ -179,8 +185,10 @@ def snap_patch_size(net: Net, desired: Sequence[int], mfp: bool = False) -> tupl
     below, above = nearest_valid_patch_sizes(net, desired, mfp)
     snapped = [b if b is not None else a for b, a in zip(below, above)]
     if any(s is None for s in snapped):
+        reason = _judge(net, desired, mfp)[1]
+        why = f"; at {_fmt(desired)} it fails on every axis: {reason}" if reason else ""
         raise ShapeError(f"no valid patch size found near {_fmt(desired)} for this net "
-                         f"(per axis below: {_fmt(below)}, above: {_fmt(above)})")
+                         f"(per axis below: {_fmt(below)}, above: {_fmt(above)}){why}")
     return tuple(int(s) for s in snapped)  # type: ignore[arg-type]
 
 

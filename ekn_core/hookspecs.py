@@ -123,6 +123,19 @@ def ekn_validation_metrics(trainer: Any, step: int) -> dict[str, float] | None:
 
 
 @hookspec
+def ekn_before_model_file(trainer: Any, which: str) -> bool | None:
+    """Called before the trainer writes the model file ``models/<which>.mdl``; may change the
+    model's parameters for that file (e.g. recompute batch-normalisation statistics for the final
+    weights) and then returns True. After the file is written the trainer restores every parameter
+    (when an implementation returned True) and every random-generator state, so neither the
+    training that continues nor exact resume see the change.
+
+    :param trainer: The running trainer.
+    :param which: ``"latest"``, ``"best"``, ``"final"`` or ``"step-N"``.
+    """
+
+
+@hookspec
 def ekn_on_checkpoint_saved(trainer: Any, path: str) -> None:
     """Called after a checkpoint or model file was written atomically.
 

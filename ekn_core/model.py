@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ConfigError, EknError
-from ekn_core.node import GraphFunction, Node, Param, evaluate, precision, topological_order
+from ekn_core.node import GraphFunction, Node, Param, evaluate, is_shape_only, precision, topological_order
+from ekn_core.training_data import TrainingData
 from ekn_core.lazy import tf
 
 log = logging.getLogger("ekn.model")
@@ -48,8 +49,8 @@ _ROLES = ("input_node", "target_node", "loss_node", "prediction_node", "predicti
 LOSS_SCALE_INITIAL = 2.0 ** 15
 LOSS_SCALE_PERIOD = 2000
 
-#: Initial meta-parameters (ELEKTRONN2's global optimiser defaults, plus Adam's beta2).
-DEFAULT_META = {"lr": 1.0, "mom": 0.9, "wd": 0.0, "beta2": 0.999}
+#: The meta-parameters a model sets on its optimisers (``model.lr``, ``model.mom``, ...).
+META_PARAMETERS = ("lr", "mom", "wd", "beta2")
 
 
 def _has_one_output(node: Node) -> bool:
@@ -159,21 +160,34 @@ def _train_step(model: Model, optimiser: Any, params: list[Param]) -> TrainStep:
 
 
 class GradientFunction(GraphFunction):
-    """Compiled gradients of the loss node with respect to the trainable parameters."""
+    """Compiled gradients of the loss node with respect to the trainable parameters.
+
+    The loss is computed in training mode (batch statistics, dropout), as in a training step, but
+    the call changes nothing: the non-trainable parameters (e.g. the batch-normalisation
+    statistics a training-mode pass accumulates) and TensorFlow's global random generator (which
+    dropout draws from) are put back afterwards, so inspecting gradients (``gradstats``) leaves
+    the training that follows as it would have been.
+    """
 
     def __init__(self, model: Model, params: list[Param]):
         super().__init__([model.loss_node], inputs=model.loss_node.input_nodes, training=True,
                          name=f"{model.name}:gradients", role="gradients")
         self.params = params
+        self.kept = [p.variable for p in model.nontrainable_params.values()]
 
     def body(self, *tensors: Any) -> list[Any]:
         self.traces += 1
         T = tf
         feed = {n.name: t for n, t in zip(self.inputs, tensors)}
+        kept = [*self.kept, T.random.get_global_generator().state]
+        saved = [v.read_value() for v in kept]
         with T.GradientTape() as tape:
             loss = T.reduce_mean(T.cast(evaluate(self.outputs, feed, True)[0], "float32"))
-        return tape.gradient(loss, [p.variable for p in self.params],
-                             unconnected_gradients=T.UnconnectedGradients.ZERO)
+        grads = tape.gradient(loss, [p.variable for p in self.params],
+                              unconnected_gradients=T.UnconnectedGradients.ZERO)
+        for variable, value in zip(kept, saved):  # after the pass: stateful ops run in program order
+            variable.assign(value)
+        return grads
 
 
 class Model:
@@ -185,6 +199,9 @@ class Model:
         descriptors: ``{name: descriptor}`` in creation order (JSON-serialisable).
         iterations: Training steps done.
         elapsed_time: Seconds spent in training steps.
+        training_data: What the net was trained on (input grey scaling, affinity offsets of the
+            targets; :class:`~ekn_core.training_data.TrainingData`), recorded by the data source and
+            saved in model files; None when unknown.
     """
 
     def __init__(self, name: str):
@@ -204,7 +221,9 @@ class Model:
         self.ndim: int | None = None
         self.iterations = 0
         self.elapsed_time = 0.0
-        self._meta = dict(DEFAULT_META)
+        self.training_data: TrainingData | None = None
+        self._meta: dict[str, float] = {}  # meta-parameters set on the model (see meta_overrides)
+        self._optimiser_in_use: str | None = None  # registry name of the optimiser model.lr etc. report
         self.optimisers: dict[str, Any] = {}
         self._optimiser_keys: dict[str, str] = {}  # config name ('Adam') → registry name, resolved once
         self._functions: dict[str, GraphFunction] = {}
@@ -277,7 +296,9 @@ class Model:
         """Names the roles of nodes (nodes or node names; lists for ``prediction_ext``/``debug_outputs``).
 
         Repairs the FOV of the prediction and target nodes when up-convolutions left it unknown
-        (U-Nets): ``fov = in - (strides * (out - 1) + 1)`` per spatial axis.
+        (U-Nets): ``fov = in - strides * (out - 1)`` per spatial axis (the input context of the
+        output block plus one, as dense prediction counts it: ``lead = fov - 1``) with the field
+        starting at input voxel 0, i.e. the output block centred in the input.
         """
         if input_node == "input" and "input" not in self.nodes:
             input_node = None
@@ -300,18 +321,20 @@ class Model:
             "debug_outputs": [n.name for n in self.debug_outputs],
         }
         pred = self.prediction_node
+        quiet = logging.DEBUG if is_shape_only() else None  # a shape-only build plans; the real one reports
         if pred is not None:
             self.batch_size = pred.shape["b"] if pred.shape.hastag("b") else None
             self.ndim = pred.shape.ndim
             if pred.shape.ndim and any(f < 0 for f in pred.shape.fov):
                 self._repair_fov()
             elif pred.shape.ndim and not pred.shape.fov_all_centered:
-                log.warning("FOV %s of %r is not centered (not all odd)", pred.shape.fov, pred.name)
+                log.log(quiet or logging.WARNING, "FOV %s of %r is not centered (not all odd)", pred.shape.fov,
+                        pred.name)
         self._functions.clear()
         self.optimisers.clear()
         if pred is not None:
-            log.info("prediction %r: shape %s, fov %s, offsets %s, strides %s", pred.name, pred.shape.shape,
-                     pred.shape.fov, pred.shape.offsets, pred.shape.strides)
+            log.log(quiet or logging.INFO, "prediction %r: shape %s, fov %s, offsets %s, strides %s", pred.name,
+                    pred.shape.shape, pred.shape.fov, pred.shape.offsets, pred.shape.strides)
 
     @property
     def designated(self) -> dict[str, Any]:
@@ -324,12 +347,15 @@ class Model:
             log.warning("cannot repair the unknown FOV of %r: it needs a spatial input node and whole strides",
                         pred.name)
             return
-        fov = []
-        for s_in, s_out, st in zip(inp.shape.spatial_shape, pred.shape.spatial_shape, pred.shape.strides):
-            fov.append(int(s_in - (st * (s_out - 1) + 1)))
+        fov = tuple(int(s_in - st * (s_out - 1))
+                    for s_in, s_out, st in zip(inp.shape.spatial_shape, pred.shape.spatial_shape, pred.shape.strides))
+        if min(fov) < 1:
+            log.warning("cannot repair the unknown FOV of %r: its output %s reaches beyond its input %s", pred.name,
+                        pred.shape.spatial_shape, inp.shape.spatial_shape)
+            return
         for node in (pred, self.target_node):
             if node is not None and node.shape.ndim == len(fov):
-                node.shape = node.shape.updatefov(tuple(fov))
+                node.shape = node.shape.updatefov(fov).updatefield_start((0,) * len(fov))
         log.info("repaired FOV of %r to %s (up-convolutions made it unknown)", pred.name, tuple(fov))
 
     def _need(self, role: str) -> Any:
@@ -368,10 +394,11 @@ class Model:
         return {n.name: o for n, o in zip(nodes, out)}
 
     def predict_dense(self, raw_img: np.ndarray, as_uint8: bool = False, pad_raw: bool = False,
-                      tta: str | list[str] | None = None, affinity_offsets: Any = None) -> np.ndarray:
+                      tta: str | list[str] | None = None, affinity_offsets: Any = None,
+                      grey_range: tuple[float, float] | None = None) -> np.ndarray:
         """Dense prediction with the prediction node (see :meth:`Node.predict_dense`)."""
         return self._need("prediction_node").predict_dense(raw_img, as_uint8=as_uint8, pad_raw=pad_raw, tta=tta,
-                                                           affinity_offsets=affinity_offsets)
+                                                           affinity_offsets=affinity_offsets, grey_range=grey_range)
 
     # ----------------------------------------------------------------------------- training
     @property
@@ -385,7 +412,22 @@ class Model:
         return self._need("loss_node").all_nontrainable_params
 
     def get_optimiser(self, name: str = "SGD") -> Any:
-        """The optimiser instance for ``name`` (``'SGD'``, ``'Adam'``, ...: registry names, any case)."""
+        """The optimiser instance for ``name`` (``'SGD'``, ``'Adam'``, ...: registry names, any case).
+
+        It is built on first use with the meta-parameters set on the model (:attr:`meta_overrides`);
+        the others start at the optimiser's own defaults (docs/optimisers.md).
+
+        Example:
+            >>> from ekn_core import neuromancer as nm
+            >>> model = nm.model_manager.newmodel("doc_get_optimiser")
+            >>> out = nm.Perceptron(nm.Input((None, 4), 'b,f'), 1, activation_func='lin')
+            >>> model.designate_nodes(loss_node=nm.AggregateLoss(out), prediction_node=out)
+            >>> model.get_optimiser("Adam")
+            Adam(lr=0.001, mom=0.9, beta2=0.999, wd=0)
+            >>> model.wd = 1e-4
+            >>> model.get_optimiser("SGD"), model.get_optimiser("Adam").wd
+            (SGD(lr=0.01, mom=0.9, wd=0.0001), 0.0001)
+        """
         key = self._optimiser_keys.get(name)
         if key in self.optimisers:  # the per-step path: no registry look-up
             return self.optimisers[key]
@@ -399,10 +441,15 @@ class Model:
             opt.build(params)
             self.optimisers[key] = opt
             self._functions[optimiser_role(opt)] = _train_step(self, opt, params)
+        if self._optimiser_in_use not in self.optimisers:
+            self._optimiser_in_use = key
         return self.optimisers[key]
 
     def train_function(self, optimiser: str = "SGD") -> TrainStep:
-        """The compiled training step of optimiser ``optimiser`` (built with it on first use)."""
+        """The compiled training step of optimiser ``optimiser`` (built with it on first use).
+
+        Getting it does not change the optimiser whose meta-parameters ``model.lr`` etc. report:
+        running a training step does (:meth:`trainingstep`)."""
         return self._functions[optimiser_role(self.get_optimiser(optimiser))]  # type: ignore[return-value]
 
     def trainingstep(self, *batch: Any, optimiser: str = "SGD", update_loss: bool = False) -> tuple[float, float, Any]:
@@ -442,17 +489,20 @@ class Model:
 
     def _run_training_step(self, step: TrainStep, canonical: Sequence[Any]) -> tuple[float, float, Any]:
         """Runs ``step`` on canonical arrays or tensors and does the per-step bookkeeping
-        (``iterations``, ``elapsed_time``, debug outputs in their declared layouts)."""
+        (``iterations``, ``elapsed_time``, the optimiser in use, debug outputs in their declared layouts)."""
         t0 = time.perf_counter()
         loss, outs = step.split_outputs(step.run_canonical(canonical))
         elapsed = time.perf_counter() - t0
+        self._optimiser_in_use = type(step.optimiser).registry_name
         self.iterations += 1
         self.elapsed_time += elapsed
         debug = [n.shape.from_canonical(o) for n, o in zip(self.debug_outputs, outs)] or None
         return float(loss), elapsed, debug
 
     def gradients(self, *batch: Any) -> dict[str, np.ndarray]:
-        """``{param key: gradient}`` of the loss on a batch (training mode, no update)."""
+        """``{param key: gradient}`` of the loss on a batch, in training mode as in a training step
+        (batch statistics, dropout), without any update: not of the weights, nor of the
+        batch-normalisation statistics or the random generator (see :class:`GradientFunction`)."""
         params = list(self.trainable_params.values())
         if "gradients" not in self._functions:
             self._functions["gradients"] = GradientFunction(self, params)
@@ -461,20 +511,53 @@ class Model:
         return {p.key: g for p, g in zip(params, grads)}
 
     # ----------------------------------------------------------------------------- meta-parameters
-    def _set_meta(self, key: str, value: float) -> None:
-        self._meta[key] = float(value)
-        for opt in self.optimisers.values():
-            if key in getattr(opt, "meta", {}):
-                opt.meta[key].assign(float(value))
+    # ``model.lr`` (``mom``, ``wd``, ``beta2``) reads the value set on the model, else that of the
+    # optimiser in use (the one of the last training step, else the first built), else None (no
+    # optimiser yet, or it has no such meta-parameter). Setting it validates the value, sets it on
+    # every optimiser of the model that has the meta-parameter (no retrace) and on those built
+    # later; None removes the model's value and resets the optimisers to their own defaults.
+    @property
+    def meta_overrides(self) -> dict[str, float]:
+        """The meta-parameters set on the model (``model.lr = ...``, the trainer's
+        ``optimiser_params``, a model file); every other one is the optimiser's own default.
 
-    lr = property(lambda self: self._meta["lr"], lambda self, v: self._set_meta("lr", v),
-                  doc="Learning rate of every optimiser of this model (no retrace when changed).")
-    mom = property(lambda self: self._meta["mom"], lambda self, v: self._set_meta("mom", v),
-                   doc="Momentum (Adam: beta1).")
-    wd = property(lambda self: self._meta["wd"], lambda self, v: self._set_meta("wd", v),
+        Example:
+            >>> m = Model("doc_meta"); m.lr = 0.05
+            >>> m.meta_overrides, m.mom
+            ({'lr': 0.05}, None)
+        """
+        return dict(self._meta)
+
+    def _get_meta(self, key: str) -> float | None:
+        if key in self._meta:
+            return self._meta[key]
+        opt = self.optimisers.get(self._optimiser_in_use)  # type: ignore[arg-type]
+        return opt.get_meta(key) if opt is not None and key in opt.meta else None
+
+    def _set_meta(self, key: str, value: float | None) -> None:
+        from ekn_core.optimisation import Optimiser
+
+        owners = [opt for opt in self.optimisers.values() if key in opt.meta]
+        if value is None:
+            self._meta.pop(key, None)
+            for opt in owners:
+                opt.set_meta(**{key: type(opt).META[key]})
+            return
+        value = Optimiser.check_meta(key, value, owner=f"model {self.name!r}")
+        for opt in owners:  # every check before any change
+            type(opt).check_meta(key, value)
+        self._meta[key] = value
+        for opt in owners:
+            opt.set_meta(**{key: value})
+
+    lr = property(lambda self: self._get_meta("lr"), lambda self, v: self._set_meta("lr", v),
+                  doc="Learning rate of the model's optimisers (no retrace when changed).")
+    mom = property(lambda self: self._get_meta("mom"), lambda self, v: self._set_meta("mom", v),
+                   doc="Momentum (Adam: beta1; AdaDelta, RMSProp: the decay rate), in [0, 1).")
+    wd = property(lambda self: self._get_meta("wd"), lambda self, v: self._set_meta("wd", v),
                   doc="Weight decay (times each parameter's weight_decay multiplier).")
-    beta2 = property(lambda self: self._meta["beta2"], lambda self, v: self._set_meta("beta2", v),
-                     doc="Adam's second-moment decay.")
+    beta2 = property(lambda self: self._get_meta("beta2"), lambda self, v: self._set_meta("beta2", v),
+                     doc="Adam's second-moment decay, in [0, 1).")
 
     def _params_named(self, pname: str) -> list[Param]:
         return [n.params[pname] for n in self.nodes.values() if pname in n.params]
@@ -656,4 +739,4 @@ class Model:
         return f"<Model {self.name!r}: {len(self.nodes)} nodes>"
 
 
-__all__ = ["Model", "TrainStep", "GradientFunction", "DEFAULT_META"]
+__all__ = ["Model", "TrainStep", "GradientFunction", "META_PARAMETERS"]

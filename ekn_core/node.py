@@ -43,7 +43,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -616,16 +616,22 @@ class Node(metaclass=NodeMeta):
         kind: Registry kind the node class is registered in (``'layers'`` or ``'losses'``).
         config_version: Bumped when the constructor arguments change meaning.
         supports_mfp: Whether ``mfp=True`` may be switched on when loading for prediction.
+        upsamples: Whether the output grid is finer than the input's (UpConv; MFP refuses such nets).
         xla_compatible: Whether XLA can compile ``_forward`` (see :meth:`GraphFunction.usable_mode`).
     """
 
     kind = "layers"
     config_version = 1
     supports_mfp = False
+    upsamples = False
     registry_name: str | None = None
     #: False for nodes whose ``_forward`` XLA cannot compile (e.g. it calls ``tf.numpy_function``):
     #: a :class:`GraphFunction` containing one runs ``'plain'`` where ``'xla'`` was resolved.
     xla_compatible = True
+    #: True for nodes whose output only moves, selects or pads their parents' values (Crop, Pad,
+    #: Split, Reshape, Concat): checks of fed values follow them back to the sources
+    #: (:func:`value_sources`).
+    keeps_values = False
 
     def __init__(self, parents: Node | Sequence[Node] | None, name: str, print_repr: bool = False):
         if parents is None:
@@ -732,6 +738,18 @@ class Node(metaclass=NodeMeta):
         normalisation uses and updates batch statistics). Must be pure TensorFlow.
         """
         return inputs[0]
+
+    def check_feed(self, feed: Mapping[str, np.ndarray]) -> None:
+        """Checks the values fed to source nodes before a compiled call (default: nothing).
+
+        Override it to refuse values whose results would be silently wrong, e.g. class ids
+        outside the classes of a loss, with one clear error (:class:`ConfigError`). It runs on the
+        host in :meth:`GraphFunction.check_arrays` of every function this node is part of (for
+        training, before the batch is copied to the device), so keep it cheap.
+
+        Args:
+            feed: The call's canonical arrays by source-node name (only the sources of that call).
+        """
 
     def _repr_extras(self) -> str:
         """Layer-specific text appended to ``repr`` (override)."""
@@ -919,14 +937,15 @@ class Node(metaclass=NodeMeta):
         return result
 
     def predict_dense(self, raw_img: np.ndarray, as_uint8: bool = False, pad_raw: bool = False,
-                      tta: str | list[str] | None = None, affinity_offsets: Any = None) -> np.ndarray:
+                      tta: str | list[str] | None = None, affinity_offsets: Any = None,
+                      grey_range: tuple[float, float] | None = None) -> np.ndarray:
         """Dense prediction of a whole image by tiling (see :func:`ekn_core.prediction.predict_dense`;
         ``tta="flips"`` etc. averages over flipped inputs, ``affinity_offsets`` restores an affinity
-        net's channels under them)."""
+        net's channels under them, ``grey_range`` states the raw values mapped to 0 and 1)."""
         from ekn_core.prediction import predict_dense
 
         return predict_dense(self, raw_img, as_uint8=as_uint8, pad_raw=pad_raw, tta=tta,
-                             affinity_offsets=affinity_offsets)
+                             affinity_offsets=affinity_offsets, grey_range=grey_range)
 
     # ----------------------------------------------------------------------------- text
     def __repr__(self) -> str:
@@ -1006,6 +1025,25 @@ def evaluate(outputs: Sequence[Node], feed: dict[str, Any], training: bool) -> l
     return [values[o.name] for o in outputs]
 
 
+def value_sources(node: Node) -> list[Node]:
+    """The source nodes whose values reach ``node`` unchanged: ``node`` itself when it is a source,
+    else those of its parents when it only moves values (:attr:`Node.keeps_values`), else none.
+    :meth:`Node.check_feed` uses it to check the arrays fed for a node, e.g. a cropped target.
+
+    Example:
+        >>> from ekn_core import neuromancer as nm
+        >>> _ = nm.model_manager.newmodel("doc_value_sources")
+        >>> lab = nm.Input((1, 1, 8, 8), 'b,f,x,y', dtype='int16', name='lab')
+        >>> [n.name for n in value_sources(nm.Crop(lab, 1))], value_sources(nm.ApplyFunc(lab, 'square'))
+        (['lab'], [])
+    """
+    if node.is_source:
+        return [node]
+    if not node.keeps_values:
+        return []
+    return list({n.name: n for p in node.parents for n in value_sources(p)}.values())
+
+
 def union_inputs(outputs: Sequence[Node]) -> list[Node]:
     """Source nodes of several outputs, in order of first appearance."""
     return [n for n in topological_order(outputs).values() if n.is_source]
@@ -1058,6 +1096,7 @@ class GraphFunction:
         self._keys: dict[tuple[Any, ...], str] = {}  # compile keys by (device scope, precision, signature)
         self._xla_blockers: list[str] | None = None
         self._xla_fallback_logged = False
+        self._feed_checks: list[Callable[[Mapping[str, np.ndarray]], None]] | None = None
 
     def body(self, *tensors: Any) -> list[Any]:
         """The traced computation (canonical tensors in, list of canonical tensors out)."""
@@ -1098,6 +1137,13 @@ class GraphFunction:
                                     f"got {array.dtype}")
                 array = array.astype(dtype)
             converted.append(np.ascontiguousarray(node.shape.to_canonical(array)))
+        if self._feed_checks is None:  # the nodes that check what they are fed (Node.check_feed)
+            self._feed_checks = [n.check_feed for n in topological_order(self.outputs).values()
+                                 if type(n).check_feed is not Node.check_feed]
+        if self._feed_checks:
+            feed = {node.name: array for node, array in zip(self.inputs, converted)}
+            for check in self._feed_checks:
+                check(feed)
         return converted
 
     # ----------------------------------------------------------------------------- compile mode

@@ -97,11 +97,12 @@ class Optimiser:
             raise ConfigError(self._unknown_message(unknown[0], known))
         self.options: dict[str, Any] = {k: params.get(k, v) for k, v in self.OPTIONS.items()}
         self._check_options()
+        #: The meta-parameters' values as Python floats (what :meth:`get_meta` reads: no device sync).
+        self._meta_values = {k: self.check_meta(k, params.get(k, v)) for k, v in self.META.items()}
         with tf.init_scope():
             self.meta: dict[str, tf.Variable] = {
-                k: tf.Variable(self._checked_meta(k, params.get(k, v)), dtype=tf.float64,
-                               trainable=False, name=f"{type(self).__name__}_{k}")
-                for k, v in self.META.items()
+                k: tf.Variable(v, dtype=tf.float64, trainable=False, name=f"{type(self).__name__}_{k}")
+                for k, v in self._meta_values.items()
             }
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name=f"{type(self).__name__}_step")
         self._slots: dict[Any, dict[str, tf.Variable]] = {}
@@ -119,15 +120,34 @@ class Optimiser:
         return (f"{type(self).__name__} has no meta-parameter {name!r}; "
                 f"its meta-parameters are: {', '.join(self.META)}.")
 
-    def _checked_meta(self, name: str, value: Any) -> float:
+    @classmethod
+    def check_meta(cls, name: str, value: Any, owner: str | None = None) -> float:
+        """``value`` as a float if it is valid for meta-parameter ``name`` (finite, >= 0; ``mom``
+        and ``beta2`` below 1).
+
+        Args:
+            name: The meta-parameter.
+            value: The value to check.
+            owner: Who is named in the error (default: the class name).
+
+        Raises:
+            ConfigError: An invalid value.
+
+        Example:
+            >>> Optimiser.check_meta("mom", 1.0, owner="model 'm'")
+            Traceback (most recent call last):
+            ...
+            ekn_core.errors.ConfigError: model 'm': mom must be in [0, 1), got 1.0.
+        """
+        owner = owner or cls.__name__
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{type(self).__name__}: {name} must be a number, got {value!r}.") from None
+            raise ConfigError(f"{owner}: {name} must be a number, got {value!r}.") from None
         if not math.isfinite(value) or value < 0:
-            raise ConfigError(f"{type(self).__name__}: {name} must be a finite number >= 0, got {value}.")
-        if name in self._UNIT_INTERVAL and value >= 1:
-            raise ConfigError(f"{type(self).__name__}: {name} must be in [0, 1), got {value}.")
+            raise ConfigError(f"{owner}: {name} must be a finite number >= 0, got {value}.")
+        if name in cls._UNIT_INTERVAL and value >= 1:
+            raise ConfigError(f"{owner}: {name} must be in [0, 1), got {value}.")
         return value
 
     def _check_options(self) -> None:
@@ -139,10 +159,10 @@ class Optimiser:
     def get_meta(self, name: str | None = None) -> Any:
         """One meta-parameter as a float, or all of them as a dict when ``name`` is None."""
         if name is None:
-            return {k: float(v.numpy()) for k, v in self.meta.items()}
+            return dict(self._meta_values)
         if name not in self.meta:
             raise AttributeError(self._no_meta_message(name))
-        return float(self.meta[name].numpy())
+        return self._meta_values[name]
 
     def set_meta(self, **values: float) -> None:
         """Sets meta-parameters (takes effect at the next step, without a retrace).
@@ -153,9 +173,10 @@ class Optimiser:
         for name in values:
             if name not in self.meta:
                 raise ConfigError(self._unknown_message(name, list(self.META)))
-        checked = {k: self._checked_meta(k, v) for k, v in values.items()}
+        checked = {k: self.check_meta(k, v) for k, v in values.items()}
         for name, value in checked.items():
             self.meta[name].assign(value)
+            self._meta_values[name] = value
 
     # -- building and applying ---------------------------------------------------------------------
 

@@ -5,7 +5,10 @@ File layout (``format = "ekn-model"``, ``format_version = 1``):
 * root attributes (JSON text): ``format``, ``format_version``, ``ekn_version``, ``model_name``,
   ``descriptors`` (list of node descriptors in creation order), ``designated`` (role → node
   name(s)), ``required_plugins`` (kind, name, distribution, version of every node type), ``state``
-  (``lr``, ``mom``, ``wd``, ``beta2``, ``iterations``, ``elapsed_time``);
+  (``meta``: the meta-parameters set on the model (``lr``, ``mom``, ``wd``, ``beta2``; see
+  :func:`saved_meta`), ``iterations``, ``elapsed_time``), and, when the data source
+  recorded it, ``training_data`` (the input grey scaling the net was trained with and the affinity
+  offsets of affinity targets, :mod:`ekn_core.training_data`; files without it load with None);
 * group ``weights/<node>/<param>``: one dataset per parameter, attributes ``trainable``,
   ``constant``, ``weight_decay``.
 
@@ -47,6 +50,7 @@ import numpy as np
 from ekn_core.atomic import atomic_write
 from ekn_core.errors import ConfigError, EknError, ShapeError, keyword_names, unknown_keywords
 from ekn_core.node import decode_argument, find_unserialisable, is_shape_only, model_manager, replaying
+from ekn_core.training_data import TrainingData
 
 log = logging.getLogger("ekn.persistence")
 
@@ -70,6 +74,7 @@ class ModelFile:
     state: dict[str, Any] = field(default_factory=dict)
     model_name: str = "model"
     ekn_version: str = "?"
+    training_data: TrainingData | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,8 +109,7 @@ def save_model(model: Any, path: str) -> str:
             raise EknError(f"node {d['name']!r} cannot be saved: {'; '.join(bad)} is not JSON-serialisable. Pass "
                            f"such values as parameters or plain numbers/strings/lists.")
     requirements = _requirements(descriptors)
-    state = {"lr": model.lr, "mom": model.mom, "wd": model.wd, "beta2": model.beta2,
-             "iterations": model.iterations, "elapsed_time": model.elapsed_time}
+    state = {"meta": model.meta_overrides, "iterations": model.iterations, "elapsed_time": model.elapsed_time}
 
     def write(tmp: str) -> None:
         with h5py.File(tmp, "w") as f:
@@ -117,6 +121,8 @@ def save_model(model: Any, path: str) -> str:
             f.attrs["designated"] = json.dumps(model.designated)
             f.attrs["required_plugins"] = json.dumps(requirements)
             f.attrs["state"] = json.dumps(state)
+            if model.training_data is not None:
+                f.attrs["training_data"] = json.dumps(model.training_data.to_json())
             weights = f.create_group("weights")
             for node in model.nodes.values():
                 if not node.params:
@@ -173,6 +179,8 @@ def read_model_file(path: str) -> ModelFile:
             state=json.loads(f.attrs.get("state", "{}")),
             model_name=str(f.attrs.get("model_name", "model")),
             ekn_version=str(f.attrs.get("ekn_version", "?")),
+            training_data=(TrainingData.from_json(json.loads(f.attrs["training_data"]), path)
+                           if "training_data" in f.attrs else None),
         )
 
 
@@ -190,13 +198,20 @@ def registry_resolver(requirements: Sequence[dict[str, str]] = ()) -> Resolver:
         if not isinstance(name, str) or not name:
             raise EknError(f"node {node!r} has no registry type (class {descriptor.get('local')}); ekn loads only "
                            f"node types registered under the 'ekn.{kind}' entry-point group")
+        req = by_name.get((kind, name))
+        label = kind[:-1] if kind.endswith("s") else kind
         if name not in registry(kind):
-            req = by_name.get((kind, name))
-            label = kind[:-1] if kind.endswith("s") else kind
             source = (f" from distribution {req['distribution']} >= {req['version']}" if req
                       else " (no such registered name; a module path or class name is not accepted)")
             raise EknError(f"this model needs {label} {name!r}{source} for node {node!r}, which is not installed. "
                            f"Install it with pip, then run `ekn plugins` to check.")
+        entry = registry(kind).info(name)
+        if req and req.get("distribution", entry.distribution) != entry.distribution:
+            raise EknError(f"node {node!r} was saved with {label} {name!r} of distribution {req['distribution']} "
+                           f"{req['version']}, but here {name!r} is {entry.distribution} {entry.version}'s (several "
+                           f"distributions register the name; `ekn plugins` lists them): install "
+                           f"{req['distribution']} and block {entry.distribution} "
+                           f"(EKN_BLOCK_PLUGINS={entry.distribution}) to load this model")
         return registry(kind).get(name)
 
     return resolve
@@ -247,12 +262,39 @@ def _replay_nodes(model: Any, descriptors: Sequence[dict[str, Any]], resolve: Re
                     node.params[pname].freeze()
 
 
+def _check_single_path(descriptors: list[dict[str, Any]], pred_name: str, resolve: Resolver) -> None:
+    """Refuses MFP for a prediction that passes an up-sampling node (a U-Net) or merges maps
+    pooled by different factors: their fragments would not line up."""
+    from ekn_core.geometry import _closure
+
+    needed = _closure(descriptors, [pred_name])
+    factor: dict[str, int] = {}  # product of the MFP-capable pooling windows above each node
+    problem = None
+    for d in descriptors:
+        cls = resolve(d)
+        parents = [p for p in d.get("parents", []) if p in factor]
+        own = int(np.prod(d["config"].get("pool_shape") or 1)) if getattr(cls, "supports_mfp", False) else 1
+        factor[d["name"]] = own * max((factor[p] for p in parents), default=1)
+        if d["name"] not in needed or problem:
+            continue
+        if getattr(cls, "upsamples", False):
+            problem = f"{d['name']!r} ({d['type']}) up-samples"
+        elif len({factor[p] for p in parents}) > 1:
+            problem = f"{d['name']!r} ({d['type']}) merges maps pooled by different factors"
+    if problem:
+        raise ConfigError(f"max-fragment pooling is for pooled single-path nets, but {problem} (a U-Net); U-Nets "
+                          "already predict densely at stride 1: load or predict without MFP "
+                          "(override_mfp_to_active=False, no --mfp)")
+
+
 def apply_mfp(descriptors: list[dict[str, Any]], designated: dict[str, Any], resolve: Resolver) -> None:
     """Switches ``mfp=True`` on in every MFP-capable node and inserts FragmentsToDense before the
-    prediction node (in place)."""
+    prediction node (in place). Refuses nets whose prediction passes an up-sampling node or merges
+    maps behind different pooling layers (U-Nets)."""
     pred_name = designated.get("prediction_node")
     if not pred_name:
         raise ConfigError("override_mfp_to_active needs a designated prediction node")
+    _check_single_path(descriptors, pred_name, resolve)
     names = [d["name"] for d in descriptors]
     for d in descriptors:
         if getattr(resolve(d), "supports_mfp", False):
@@ -322,9 +364,30 @@ def _freeze_nodes(model: Any, lock: int | Sequence[str] | bool) -> None:
             p.freeze()
 
 
+#: What model files of ekn before the ``meta`` state entry held for each meta-parameter never set
+#: (ELEKTRONN2's global optimiser defaults).
+_UNSET_META_OF_OLD_FILES = {"lr": 1.0, "mom": 0.9, "wd": 0.0, "beta2": 0.999}
+
+
+def saved_meta(state: dict[str, Any]) -> dict[str, float]:
+    """The meta-parameters set on a saved model, from a model file's ``state``.
+
+    Files written by earlier ekn versions held all four, with ELEKTRONN2's global defaults where
+    none was set: those values count as not set (the optimiser's own defaults apply), others as set.
+
+    Example:
+        >>> saved_meta({"meta": {"lr": 0.01}}), saved_meta({"lr": 1.0, "mom": 0.5, "wd": 0.0, "beta2": 0.999})
+        ({'lr': 0.01}, {'mom': 0.5})
+    """
+    if "meta" in state:
+        return {k: float(v) for k, v in state["meta"].items()}
+    return {k: float(state[k]) for k, unset in _UNSET_META_OF_OLD_FILES.items()
+            if k in state and float(state[k]) != unset}
+
+
 def restore(descriptors: Sequence[dict[str, Any]], designated: dict[str, Any], weights: dict[str, Any] | None,
             resolve: Resolver, *, flags: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
-            name: str | None = None, override_mfp_to_active: bool = False,
+            training_data: TrainingData | None = None, name: str | None = None, override_mfp_to_active: bool = False,
             imposed_patch_size: Sequence[int] | None = None, imposed_batch_size: int | None = None,
             make_weights_constant: bool = False, lock_trainable_params: int | Sequence[str] | bool = False,
             unlock_all_params: bool = False, replace_bn: str | bool = False) -> Any:
@@ -359,9 +422,11 @@ def restore(descriptors: Sequence[dict[str, Any]], designated: dict[str, Any], w
             raise ShapeError(f"imposed_patch_size {tuple(desired)} needs {len(current)} entries like the input "
                              f"patch {current}")
         patch = snap_patch_size((descriptors, designated, resolve), desired)
-        if tuple(patch) != tuple(desired):
-            log.warning("patch size %s is not valid for this net%s; using the nearest valid size %s",
-                        "x".join(map(str, desired)), " with MFP" if mfp else "", "x".join(map(str, patch)))
+        if tuple(patch) != tuple(desired):  # a warning for a size asked for, not for the model's own with MFP
+            level = logging.WARNING if imposed_patch_size is not None else logging.INFO
+            log.log(logging.DEBUG if is_shape_only() else level,  # a shape-only build plans the real one
+                    "patch size %s is not valid for this net%s; using the nearest valid size %s",
+                    "x".join(map(str, desired)), " with MFP" if mfp else "", "x".join(map(str, patch)))
         _set_input_shape(inp, patch=patch)
     if name is None:
         base = "restored"
@@ -382,12 +447,12 @@ def restore(descriptors: Sequence[dict[str, Any]], designated: dict[str, Any], w
         _freeze_nodes(model, True)
     if lock_trainable_params:
         _freeze_nodes(model, lock_trainable_params)
-    for key in ("lr", "mom", "wd", "beta2"):
-        if state and key in state:
-            model._meta[key] = float(state[key])
+    for key, value in saved_meta(state or {}).items():
+        setattr(model, key, value)
     if state:
         model.iterations = int(state.get("iterations", 0))
         model.elapsed_time = float(state.get("elapsed_time", 0.0))
+    model.training_data = training_data
     if any(designated.get(k) for k in designated):
         model.designate_nodes(**designated)
     return model
@@ -418,14 +483,14 @@ def modelload(file_name: str, override_mfp_to_active: bool = False, imposed_patc
     for d in data.descriptors:  # refuse the whole file before building anything
         resolve(d)
     return restore(data.descriptors, data.designated, data.weights, resolve, flags=data.flags, state=data.state,
-                   name=name, override_mfp_to_active=override_mfp_to_active, imposed_patch_size=imposed_patch_size,
-                   imposed_batch_size=imposed_batch_size, **model_load_kwargs)
+                   training_data=data.training_data, name=name, override_mfp_to_active=override_mfp_to_active,
+                   imposed_patch_size=imposed_patch_size, imposed_batch_size=imposed_batch_size, **model_load_kwargs)
 
 
 def _check_options(func: Callable[..., Any], options: dict[str, Any]) -> None:
     """Raises ConfigError naming the ``options`` of ``func`` (modelload, rebuild_model) that
     :func:`restore` does not know, with the closest option."""
-    internal = ("descriptors", "designated", "weights", "resolve", "flags", "state")
+    internal = ("descriptors", "designated", "weights", "resolve", "flags", "state", "training_data")
     known = [n for n in keyword_names(restore) or [] if n not in internal]
     problems = unknown_keywords(func, options, names=known)
     if problems:
@@ -451,13 +516,12 @@ def rebuild_model(model: Any, override_mfp_to_active: bool = False, imposed_patc
     """Rebuilds a live model with changes (same options as :func:`modelload`), copying its weights."""
     _check_options(rebuild_model, model_load_kwargs)
     flags = {n.name: {k: {"constant": p.constant} for k, p in n.params.items()} for n in model.nodes.values()}
-    state = {"lr": model.lr, "mom": model.mom, "wd": model.wd, "beta2": model.beta2,
-             "iterations": model.iterations, "elapsed_time": model.elapsed_time}
+    state = {"meta": model.meta_overrides, "iterations": model.iterations, "elapsed_time": model.elapsed_time}
     return restore(list(model.descriptors.values()), model.designated, model.get_param_values(),
-                   model_resolver(model), flags=flags, state=state, name=name,
+                   model_resolver(model), flags=flags, state=state, training_data=model.training_data, name=name,
                    override_mfp_to_active=override_mfp_to_active, imposed_patch_size=imposed_patch_size,
                    **model_load_kwargs)
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ModelFile", "save_model", "read_model_file", "modelload", "rebuild_model",
-           "restore", "replay", "apply_mfp", "registry_resolver", "model_resolver", "atomic_write"]
+           "saved_meta", "restore", "replay", "apply_mfp", "registry_resolver", "model_resolver", "atomic_write"]

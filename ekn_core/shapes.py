@@ -8,10 +8,15 @@ runs fastest on CPU: the non-spatial axes other than ``f`` (``r``, ``b``, ``s``)
 order, then the spatial axes in declared order, then ``f``. Only ``f`` ever moves, so filter
 shapes keep the user's spatial order.
 
-``strides``, ``fov`` and ``offsets`` have one entry per spatial axis, in declared order:
-``strides`` is the spacing of output voxels in input voxels, ``fov`` the receptive field
-(``-1`` = unknown, e.g. after an up-convolution) and ``offsets = fov // 2``. ``mfp_offsets``
-lists, per max-fragment-pooling fragment, its offset in input voxels.
+``strides``, ``fov``, ``field_start`` and ``offsets`` have one entry per spatial axis, in declared
+order: ``strides`` is the spacing of output voxels in input voxels, ``fov`` the receptive field
+(``-1`` = unknown, e.g. after an up-convolution), ``field_start`` the input voxel where the field of
+the first output voxel begins (0 for valid convolutions and pooling; Crop moves it by ``+c·st``,
+Pad by ``-p·st``, a ``'same'`` convolution by ``-d(f-1)/2·st``, a ``'full'`` one by ``-d(f-1)·st``),
+so output voxel ``i`` sees the input voxels ``field_start + i·st … field_start + i·st + fov - 1``,
+and ``offsets = field_start + fov // 2`` is the input voxel of the first output voxel (the centre of
+its field; where the labels of training patches start). ``mfp_offsets`` lists, per
+max-fragment-pooling fragment, its offset in input voxels.
 
 All updates are functional: they return a new TaggedShape.
 
@@ -26,6 +31,8 @@ Example:
     ((1, 3, 3), (1, 2, 2))
     >>> u
     TaggedShape([(None,b), (20,f), (23,z), (185,x), (185,y)], fov=(3, 7, 7), strides=(1, 2, 2))
+    >>> u.updatefield_start((0, 4, 4)).offsets  # e.g. after cropping 2 voxels of stride 2 per side
+    (1, 7, 7)
 """
 
 from __future__ import annotations
@@ -61,12 +68,17 @@ def parse_tags(tags: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _integral(value: Number) -> Number:
+    """``value`` as an int when it is integral (fractional strides of UpConv make fractions possible)."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
+
+
 def _norm_stride(value: Number) -> Number:
     """Keeps strides integral when they are (UpConv may make them fractional)."""
-    value = float(value)
-    if value <= 0:
-        raise ShapeError(f"strides must be positive, got {value}")
-    return int(value) if value.is_integer() else value
+    if float(value) <= 0:
+        raise ShapeError(f"strides must be positive, got {float(value)}")
+    return _integral(value)
 
 
 class TaggedShape:
@@ -79,12 +91,14 @@ class TaggedShape:
         fov: One per spatial axis (default 1; ``-1`` = unknown).
         mfp_offsets: Fragment offsets, one tuple of spatial offsets per fragment
             (default a single zero offset).
+        field_start: One per spatial axis (default 0): the input voxel where the field of view of
+            the first output voxel begins.
 
     Raises:
         ShapeError: Inconsistent lengths, unknown or repeated tags, non-positive sizes.
     """
 
-    __slots__ = ("_shape", "_tags", "_strides", "_fov", "_mfp_offsets")
+    __slots__ = ("_shape", "_tags", "_strides", "_fov", "_mfp_offsets", "_field_start")
 
     def __init__(
         self,
@@ -93,6 +107,7 @@ class TaggedShape:
         strides: Sequence[Number] | None = None,
         fov: Sequence[int] | None = None,
         mfp_offsets: Sequence[Sequence[int]] | None = None,
+        field_start: Sequence[Number] | None = None,
     ):
         tags_t = parse_tags(tags)
         shape_t = tuple(None if s is None else int(s) for s in shape)
@@ -104,8 +119,10 @@ class TaggedShape:
         ndim = sum(t in SPATIAL_TAGS for t in tags_t)
         strides_t = tuple(_norm_stride(s) for s in strides) if strides is not None else (1,) * ndim
         fov_t = tuple(int(f) for f in fov) if fov is not None else (1,) * ndim
-        if len(strides_t) != ndim or len(fov_t) != ndim:
-            raise ShapeError(f"strides {strides_t} and fov {fov_t} need one entry per spatial axis ({ndim})")
+        start_t = tuple(_integral(s) for s in field_start) if field_start is not None else (0,) * ndim
+        if len(strides_t) != ndim or len(fov_t) != ndim or len(start_t) != ndim:
+            raise ShapeError(f"strides {strides_t}, fov {fov_t} and field_start {start_t} need one entry per "
+                             f"spatial axis ({ndim})")
         if mfp_offsets is None:
             offs = ((0,) * ndim,)
         else:
@@ -113,6 +130,7 @@ class TaggedShape:
             if any(len(row) != ndim for row in offs) or not offs:
                 raise ShapeError(f"mfp_offsets need {ndim} entries per fragment, got {offs}")
         self._shape, self._tags, self._strides, self._fov, self._mfp_offsets = shape_t, tags_t, strides_t, fov_t, offs
+        self._field_start = start_t
 
     # ----------------------------------------------------------------------------- accessors
     @property
@@ -136,9 +154,16 @@ class TaggedShape:
         return self._fov
 
     @property
-    def offsets(self) -> tuple[int, ...]:
-        """``fov // 2`` per spatial axis: how far the first output voxel is from the input border."""
-        return tuple(f // 2 for f in self._fov)
+    def field_start(self) -> tuple[Number, ...]:
+        """Input voxel where the field of view of the first output voxel begins, per spatial axis
+        (0 for valid convolutions; negative where padding lets the field reach outside the input)."""
+        return self._field_start
+
+    @property
+    def offsets(self) -> tuple[Number, ...]:
+        """``field_start + fov // 2`` per spatial axis: the input voxel of the first output voxel
+        (``fov // 2`` from the input border for valid convolutions)."""
+        return tuple(s + f // 2 for s, f in zip(self._field_start, self._fov))
 
     @property
     def fov_all_centered(self) -> bool:
@@ -232,11 +257,13 @@ class TaggedShape:
         return self.to_dict() == other.to_dict()
 
     def __hash__(self) -> int:
-        return hash((self._shape, self._tags, self._strides, self._fov, self._mfp_offsets))
+        return hash((self._shape, self._tags, self._strides, self._fov, self._mfp_offsets, self._field_start))
 
     def __repr__(self) -> str:
         body = ", ".join(f"({s},{t})" for s, t in zip(self._shape, self._tags))
         extra = f", fov={self._fov}, strides={self._strides}" if self.ndim else ""
+        if any(self._field_start):
+            extra += f", field_start={self._field_start}"
         return f"TaggedShape([{body}]{extra})"
 
     def ext_repr(self) -> str:
@@ -280,7 +307,7 @@ class TaggedShape:
     # ----------------------------------------------------------------------------- functional updates
     def _replace(self, **changes: Any) -> TaggedShape:
         state = {"shape": self._shape, "tags": self._tags, "strides": self._strides, "fov": self._fov,
-                 "mfp_offsets": self._mfp_offsets}
+                 "mfp_offsets": self._mfp_offsets, "field_start": self._field_start}
         state.update(changes)
         return TaggedShape(**state)
 
@@ -339,6 +366,17 @@ class TaggedShape:
         """Replaces the MFP fragment offsets."""
         return self._replace(mfp_offsets=mfp_offsets)
 
+    def updatefield_start(self, field_start: Sequence[Number]) -> TaggedShape:
+        """Replaces the field starts (one per spatial axis); a layer that moves its output grid
+        against its input's (cropping, padding) adds the shift in input voxels to the parent's.
+
+        Example:
+            >>> t = TaggedShape((None, 1, 9), 'b,f,x', fov=(5,))
+            >>> t.updatefield_start([s - 2 for s in t.field_start]).offsets  # a 'same' 5-conv
+            (0,)
+        """
+        return self._replace(field_start=tuple(field_start))
+
     def addaxis(self, axis: int | str, size: int | None, tag: str) -> TaggedShape:
         """Inserts an axis at position ``axis``; a tag as ``axis`` inserts right of that tag.
 
@@ -352,15 +390,16 @@ class TaggedShape:
         tags.insert(pos, tag)
         shape.insert(pos, size)
         new_tags = parse_tags(tags)
-        strides, fov = list(self._strides), list(self._fov)
+        strides, fov, start = list(self._strides), list(self._fov), list(self._field_start)
         offs = [list(o) for o in self._mfp_offsets]
         if tag in SPATIAL_TAGS:
             k = [t for t in new_tags if t in SPATIAL_TAGS].index(tag)
             strides.insert(k, 1)
             fov.insert(k, 1)
+            start.insert(k, 0)
             for o in offs:
                 o.insert(k, 0)
-        return TaggedShape(shape, new_tags, strides, fov, offs)
+        return TaggedShape(shape, new_tags, strides, fov, offs, start)
 
     def delaxis(self, axis: int | str) -> TaggedShape:
         """Removes an axis (by position or tag)."""
@@ -368,20 +407,21 @@ class TaggedShape:
         tag = self._tags[i]
         tags = [t for j, t in enumerate(self._tags) if j != i]
         shape = [s for j, s in enumerate(self._shape) if j != i]
-        strides, fov = list(self._strides), list(self._fov)
+        strides, fov, start = list(self._strides), list(self._fov), list(self._field_start)
         offs = [list(o) for o in self._mfp_offsets]
         if tag in SPATIAL_TAGS:
             k = self.spatial_tags.index(tag)
-            del strides[k], fov[k]
+            del strides[k], fov[k], start[k]
             for o in offs:
                 del o[k]
-        return TaggedShape(shape, tags, strides, fov, offs)
+        return TaggedShape(shape, tags, strides, fov, offs, start)
 
     # ----------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready representation (inverse: :meth:`from_dict`)."""
         return {"shape": list(self._shape), "tags": list(self._tags), "strides": list(self._strides),
-                "fov": list(self._fov), "mfp_offsets": [list(o) for o in self._mfp_offsets]}
+                "fov": list(self._fov), "mfp_offsets": [list(o) for o in self._mfp_offsets],
+                "field_start": list(self._field_start)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaggedShape:
@@ -392,4 +432,59 @@ class TaggedShape:
             >>> TaggedShape.from_dict(t.to_dict()) == t
             True
         """
-        return cls(data["shape"], data["tags"], data.get("strides"), data.get("fov"), data.get("mfp_offsets"))
+        return cls(data["shape"], data["tags"], data.get("strides"), data.get("fov"), data.get("mfp_offsets"),
+                   data.get("field_start"))
+
+
+def merged_field(shapes: Sequence[TaggedShape], names: Sequence[str], skip: str | None = None,
+                 check: bool = True) -> tuple[TaggedShape, list[tuple[int, str]]]:
+    """The field of view of a node that combines its parents voxel by voxel (Concat, Add, Mult).
+
+    The parents' output grids must coincide: per spatial axis the same strides and, where every
+    field of view is known, the same first output voxel (``offsets``). The result is the first
+    shape with, per spatial axis, the largest field of view (``-1`` if any is unknown), which then
+    contains every parent's field. Other shapes are matched to the first by tag.
+
+    Args:
+        shapes: The parents' shapes (the first gives the layout).
+        names: The parents' names (for the messages).
+        skip: A spatial tag not to merge (e.g. the axis Concat joins along): the first shape's.
+        check: Compare the grids (False for parents fed by different input nodes: their grids
+            are measured in different inputs).
+
+    Returns:
+        The merged shape and the misalignments as ``(spatial axis of the first shape, message)``.
+
+    Example:
+        >>> a = TaggedShape((1, 2, 14), 'b,f,x', fov=(7,))                            # a 7-conv
+        >>> b = TaggedShape((1, 2, 14), 'b,f,x', fov=(3,)).updatefield_start((2,))   # 3-conv, cropped 2
+        >>> merged, problems = merged_field([b, a], ['b', 'a'])
+        >>> merged.fov, merged.offsets, problems
+        ((7,), (3,), [])
+        >>> merged_field([a, TaggedShape((1, 2, 14), 'b,f,x', fov=(3,))], ['a', 'c'])[1]  # uncropped
+        [(0, "the output grids of 'a' and 'c' differ on axis 'x' (first output voxel at input voxel 3 and 1): crop...")]
+    """
+    first = shapes[0]
+    fov, start = list(first.fov), list(first.field_start)
+    problems: list[tuple[int, str]] = []
+    for k, tag in enumerate(first.spatial_tags):
+        if tag == skip:
+            continue
+        axis = [(s.strides[j], s.fov[j], s.offsets[j]) for s in shapes for j in [s.spatial_tags.index(tag)]]
+        st0, _, off0 = axis[0]
+        known = all(f > 0 for _, f, _ in axis)
+        for name, (st, _, off) in zip(names[1:], axis[1:] if check else ()):
+            what = (f"strides {st0} and {st}" if st != st0 else
+                    f"first output voxel at input voxel {off0} and {off}" if known and off != off0 else None)
+            if what:
+                problems.append((k, f"the output grids of {names[0]!r} and {name!r} differ on axis {tag!r} ({what}): "
+                                    "crop or pad them to the same grid (an Input: declare its strides= and fov= like "
+                                    "those of the node it is merged with)"))
+                break
+        if known:
+            fov[k] = max(f for _, f, _ in axis)
+            start[k] = off0 - fov[k] // 2
+        else:
+            fov[k], start[k] = -1, 0
+    merged = first.updatefov(tuple(fov)).updatefield_start(start) if first.ndim else first
+    return merged, problems

@@ -7,15 +7,17 @@
 2. eager, ``tf.function`` and XLA give the same output (``atol``, default 1e-5);
 3. the node's descriptor survives a JSON round trip and replays to the same shape;
 4. save → load gives identical outputs;
-5. the computed FOV equals the FOV measured by perturbing single input voxels and seeing which
-   input voxels change the centre output voxel (skipped for unknown FOVs and fixed batch sizes).
+5. the computed field of view of the centre output voxel ``i`` equals the one measured by
+   perturbing single input voxels and seeing which change that voxel: its size ``fov`` and its
+   position, starting at input voxel ``i * strides + field_start`` (= ``i * strides + offsets -
+   fov // 2``; skipped for unknown FOVs and fixed batch sizes).
 
 It raises ``AssertionError`` naming the failed check, else returns a small report.
 
 Example:
     >>> report = check_node("conv", 3, (3, 3), (2, 2), input_shape=(1, 2, 10, 10), tags="b,f,x,y")
-    >>> report["fov"]
-    (4, 4)
+    >>> report["fov"], report["measured_field_start"]  # centre output voxel (2, 2), strides 2
+    ((4, 4), (4, 4))
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import os
 import tempfile
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,9 +52,27 @@ def _run(node: Node, x: np.ndarray, mode: str) -> np.ndarray:
         set_compile_mode(None)
 
 
-def measure_fov(node: Node, x: np.ndarray, magnitude: float = 100.0) -> tuple[int, ...]:
-    """FOV of ``node`` measured on input ``x`` (batch 1): extent of the input voxels whose
-    perturbation by ±``magnitude`` changes the centre output voxel."""
+class MeasuredField(NamedTuple):
+    """The measured field of view of one output voxel (per spatial axis, declared order)."""
+
+    voxel: tuple[int, ...]  #: the output voxel
+    start: tuple[int, ...]  #: the first input voxel of its field
+    size: tuple[int, ...]  #: the extent of its field (0 where no input voxel changes it)
+
+
+def measure_field(node: Node, x: np.ndarray, magnitude: float = 100.0) -> MeasuredField:
+    """Field of view of the centre output voxel of ``node`` measured on input ``x`` (batch 1): the
+    input voxels whose perturbation by ±``magnitude`` changes that voxel.
+
+    Example:
+        >>> from ekn_core import neuromancer as nm
+        >>> _ = model_manager.newmodel("doc_measure")
+        >>> same = nm.Conv(nm.Input((None, 1, 9), 'b,f,x'), 1, 5, conv_mode='same', activation_func='lin')
+        >>> measure_field(same, np.random.default_rng(0).random((1, 1, 9)).astype('float32'))
+        MeasuredField(voxel=(4,), start=(2,), size=(5,))
+        >>> same.shape.field_start, same.shape.offsets  # voxel i sees i - 2 ... i + 2
+        ((-2,), (0,))
+    """
     inp = node.input_nodes[0]
     xc = inp.shape.to_canonical(x)[0]  # (*spatial, f) for conv-like layouts
     out_shape = node.shape
@@ -68,8 +88,9 @@ def measure_fov(node: Node, x: np.ndarray, magnitude: float = 100.0) -> tuple[in
     changed = np.abs(out[(slice(None), *centre)] - base[centre]).max(axis=-1) > 1e-6 * (1 + np.abs(base[centre]).max())
     hits = np.array([pos for k, pos in enumerate(positions) if changed[2 * k] or changed[2 * k + 1]])
     if hits.size == 0:
-        return (0,) * len(spatial)
-    return tuple(int(v) for v in hits.max(axis=0) - hits.min(axis=0) + 1)
+        return MeasuredField(centre, (0,) * len(spatial), (0,) * len(spatial))
+    return MeasuredField(centre, tuple(int(v) for v in hits.min(axis=0)),
+                         tuple(int(v) for v in hits.max(axis=0) - hits.min(axis=0) + 1))
 
 
 def check_node(node_type: str | type, *args: Any, input_shape: tuple[int, ...] = (1, 2, 5, 9, 9),
@@ -91,7 +112,7 @@ def check_node(node_type: str | type, *args: Any, input_shape: tuple[int, ...] =
         **kwargs: Constructor keyword arguments.
 
     Returns:
-        ``{"shape", "fov", "measured_fov", "modes"}``.
+        ``{"shape", "fov", "measured_fov", "measured_field_start", "modes"}``.
     """
     from ekn_core.node import set_seed
     from ekn_core.persistence import modelload, replay
@@ -142,9 +163,14 @@ def check_node(node_type: str | type, *args: Any, input_shape: tuple[int, ...] =
 
         report["fov"] = node.shape.fov
         if fov and node.shape.ndim and min(node.shape.fov) > 0 and declared.hastag("b"):
-            measured = measure_fov(node, x)
-            report["measured_fov"] = measured
-            assert measured == tuple(node.shape.fov), f"computed FOV {node.shape.fov} but measured {measured}"
+            measured = measure_field(node, x)
+            report["measured_fov"], report["measured_field_start"] = measured.size, measured.start
+            assert measured.size == tuple(node.shape.fov), f"computed FOV {node.shape.fov} but measured {measured.size}"
+            start = tuple(i * st + s for i, st, s in zip(measured.voxel, node.shape.strides, node.shape.field_start))
+            assert measured.start == start, (
+                f"output voxel {measured.voxel} sees the input from voxel {measured.start}, but strides "
+                f"{node.shape.strides}, field_start {node.shape.field_start} (offsets {node.shape.offsets}) put "
+                f"its field at {start}: the node moves its output grid without updating field_start")
         return report
     finally:
         for created_name in created:

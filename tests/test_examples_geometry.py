@@ -139,15 +139,16 @@ def test_unet3d_lite_geometry():
     pred = model.prediction_node
     assert pred.shape.spatial_shape == (10, 52, 52)
     assert pred.shape.strides == (1, 1, 1)
-    assert pred.shape.fov == (12, 88, 88)  # repaired by designate_nodes
-    assert model.target_node.shape.fov == (12, 88, 88)
+    # repaired by designate_nodes to in - strides * (out - 1) (ELEKTRONN2 gave the context, one less)
+    assert pred.shape.fov == (13, 89, 89) and pred.shape.offsets == (6, 44, 44)
+    assert model.target_node.shape.fov == (13, 89, 89)
     assert abs(_trainable(model) - 7.8e6) < 0.05e6
 
 
 def test_unet3d_litelite_geometry():
     model = build_unet3d_litelite()
     pred = model.prediction_node
-    assert (pred.shape.spatial_shape, pred.shape.fov) == ((10, 36, 36), (12, 104, 104))
+    assert (pred.shape.spatial_shape, pred.shape.fov) == ((10, 36, 36), (13, 105, 105))
     assert abs(_trainable(model) - 0.35e6) < 0.02e6
     ups = [n for n in model.nodes.values() if type(n).__name__ == "UpConv"]
     assert [u.pool_shape for u in ups] == [(1, 4, 4), (1, 2, 2), (1, 2, 2)]

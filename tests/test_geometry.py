@@ -7,6 +7,7 @@ import ekn_core.neuromancer as nm
 from ekn_core import geometry
 from ekn_core.errors import ShapeError
 from ekn_core.node import model_manager
+from ekn_core.testing import measure_field
 
 
 @pytest.fixture(autouse=True)
@@ -17,11 +18,11 @@ def _cleanup():
         model_manager.remove(name)
 
 
-def _net(patch, mfp=False, unet=False):
+def _net(patch, mfp=False, unet=False, batch=1, act="relu"):
     model = model_manager.newmodel()
-    inp = nm.Input((1, 1, *patch), "b,f,x,y", name="raw")
-    a = nm.Conv(inp, 2, (3, 2), (2, 1), mfp=mfp)
-    b = nm.Conv(a, 2, (3, 3), (1, 2), mfp=mfp)
+    inp = nm.Input((batch, 1, *patch), "b,f,x,y", name="raw")
+    a = nm.Conv(inp, 2, (3, 2), (2, 1), mfp=mfp, activation_func=act)
+    b = nm.Conv(a, 2, (3, 3), (1, 2), mfp=mfp, activation_func=act)
     if unet:
         b = nm.AutoMerge(a, b, 2)
     elif mfp:
@@ -76,9 +77,15 @@ def test_error_message_lists_nearest_valid_sizes():
     geometry.check_patch_size(model, PLAIN)
 
 
-def test_layer_geometry_rows():
-    model = _net(PLAIN)
+def test_layer_geometry_rows_equal_measured_fields():
+    model = _net((22, 21), batch=None, act="lin")
     rows = geometry.layer_geometry(model)
     assert [r["name"] for r in rows] == ["raw", "conv", "conv1", "pred"]
-    assert rows[-1]["strides"] == (2, 2) and rows[-1]["fov"] == model["pred"].shape.fov
-    assert np.all(np.array(rows[-1]["offsets"]) == np.array(rows[-1]["fov"]) // 2)
+    assert rows[-1]["strides"] == (2, 2)
+    x = np.random.default_rng(0).random((1, 1, 22, 21)).astype("float32")
+    for row in rows[1:]:
+        field = measure_field(model[row["name"]], x)
+        assert field.size == row["fov"]
+        # the first output voxel sits at the centre of its field: voxel i's field starts fov // 2 before i's
+        assert field.start == tuple(i * st + o - f // 2 for i, st, o, f in
+                                    zip(field.voxel, row["strides"], row["offsets"], row["fov"]))

@@ -7,7 +7,7 @@ from scipy import signal
 import ekn_core.neuromancer as nm
 from ekn_core.errors import ConfigError, ShapeError
 from ekn_core.node import model_manager
-from ekn_core.testing import check_node, measure_fov
+from ekn_core.testing import check_node, measure_field
 
 RNG = np.random.default_rng(42)
 
@@ -171,6 +171,13 @@ def test_concat_and_crop_match_numpy():
     ("perceptron", (4,), {"activation_func": "prelu"}, (1, 3, 5), "b,f,x"),
     ("upconv", (3, (2, 2)), {}, (1, 2, 3, 3), "b,f,x,y"),
     ("crop", ((1, 2),), {}, (1, 2, 5, 6), "b,f,x,y"),
+    # layers that move the output grid: the measured field must start where field_start says
+    ("conv", (2, (5, 3)), {"conv_mode": "same", "dilation": (1, 2), "pool_shape": (2, 1)}, (1, 2, 12, 11),
+     "b,f,x,y"),
+    ("conv", (2, (3, 5)), {"conv_mode": "full", "activation_func": "lin"}, (1, 1, 6, 7), "b,f,y,x"),
+    ("pad", ((2, 1),), {}, (1, 2, 5, 6), "b,f,x,y"),
+    ("lrn", ((3, 5),), {"alpha": 0.5}, (1, 2, 7, 8), "b,f,x,y"),
+    ("split_node", ("x", 2, 5), {}, (1, 2, 7, 6), "b,f,x,y"),
 ])
 def test_conformance(node_type, args, kwargs, shape, tags):
     report = check_node(node_type, *args, input_shape=shape, tags=tags, **kwargs)
@@ -182,4 +189,4 @@ def test_measured_fov_of_a_stack_with_pooling():
     inp = nm.Input((None, 1, 9), "b,f,x")
     conv = nm.Conv(nm.Conv(inp, 2, 3), 2, 2, (2,))
     x = RNG.random((1, 1, 9)).astype("float32")
-    assert conv.shape.fov == (5,) and measure_fov(conv, x) == (5,)
+    assert conv.shape.fov == (5,) and measure_field(conv, x).size == (5,)

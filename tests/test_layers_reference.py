@@ -236,7 +236,7 @@ def test_mfp_fragments_to_dense_equals_sliding_net():
 # ---------------------------------------------------------------------------------------------
 def test_batchnorm_training_output_and_whole_dataset_statistics():
     inp = nm.Input((None, 3, 4), "b,f,x")
-    bn = nm.BatchNorm(inp)
+    bn = nm.BatchNorm(inp, bn_momentum=1.0)  # 1: every voxel since the last reset, equally weighted
     gamma = np.array([1.0, 2.0, 0.5], "float32")
     beta = np.array([0.1, -0.2, 0.3], "float32")
     bn.params["gamma"].set_value(gamma)
@@ -256,6 +256,49 @@ def test_batchnorm_training_output_and_whole_dataset_statistics():
     want = (xc - everything.mean(0)) / np.sqrt(everything.var(0) + 1e-5) * gamma + beta
     np.testing.assert_allclose(bn.shape.to_canonical(bn(x)), want, atol=ATOL)  # inference: stored statistics
     gradient_check(bn, {inp: rand(3, 3, 4)}, training=True)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.5])
+def test_batchnorm_moving_average_weights_each_batch_by_momentum_powers(momentum):
+    inp = nm.Input((None, 2, 3), "b,f,x")
+    bn = nm.BatchNorm(inp, bn_momentum=momentum)
+    assert float(bn.params["bn_momentum"].get_value()) == momentum and not bn.params["bn_momentum"].trainable
+    batches = [rand(2, 2, 3) * (1 + k) + k for k in range(6)]  # drifting statistics
+    for x in batches:
+        bn(x, training=True)
+    # numpy: every voxel of batch k weighted by momentum ** (steps since batch k)
+    voxels = [inp.shape.to_canonical(x).reshape(-1, 2).astype("float64") for x in batches]
+    weights = np.concatenate([np.full(len(v), momentum ** (len(voxels) - 1 - k)) for k, v in enumerate(voxels)])
+    everything = np.concatenate(voxels)
+    mean = np.average(everything, axis=0, weights=weights)
+    var = np.average((everything - mean) ** 2, axis=0, weights=weights)
+    np.testing.assert_allclose(bn.params["mean"].get_value(), mean, rtol=1e-6)
+    np.testing.assert_allclose(bn.params["std"].get_value(), np.sqrt(var + 1e-5), rtol=1e-6)
+    np.testing.assert_allclose(float(bn.params["bn_count"].get_value()), weights.sum(), rtol=1e-12)
+    # long runs: a plain moving average (the newest batch weighs 1 - momentum)
+    last = inp.shape.to_canonical(batches[-1]).reshape(-1, 2).mean(0)
+    before = bn.params["mean"].get_value().astype("float64")
+    for _ in range(200):
+        bn(batches[-1], training=True)
+    after = bn.params["mean"].get_value().astype("float64")
+    bn(batches[0], training=True)
+    first = inp.shape.to_canonical(batches[0]).reshape(-1, 2).mean(0)
+    np.testing.assert_allclose(bn.params["mean"].get_value(), momentum * after + (1 - momentum) * first, rtol=1e-5)
+    assert not np.allclose(before, last) and np.allclose(after, last, atol=1e-4)
+
+
+def test_batchnorm_momentum_is_checked_and_set_on_every_layer():
+    from ekn_plugins.layers.normalisation import BN_MOMENTUM, set_momentum
+
+    inp = nm.Input((None, 1, 6, 6), "b,f,x,y")
+    conv = nm.Conv(inp, 2, (3, 3), batch_normalisation="train")
+    assert float(conv.params["bn_momentum"].get_value()) == BN_MOMENTUM
+    with pytest.raises(ConfigError, match=r"bn_momentum of 'bn' must be in \[0, 1\]"):
+        nm.BatchNorm(conv, bn_momentum=1.5, name="bn")
+    assert set_momentum(model_manager.current.nodes.values(), 0.9995) == 1
+    assert float(conv.params["bn_momentum"].get_value()) == 0.9995
+    with pytest.raises(ConfigError, match="must be in"):
+        set_momentum([conv], -0.1)
 
 
 def test_batchnorm_modes_reset_and_collect():
@@ -279,6 +322,8 @@ def test_batchnorm_modes_reset_and_collect():
     assert collect_statistics(train, [[x], [x + 1]]) == 2
     both = np.concatenate([x, x + 1]).astype("float64")
     np.testing.assert_allclose(train.params["mean"].get_value(), both.mean(0), atol=1e-6)  # dropout off
+    np.testing.assert_allclose(train.params["std"].get_value(), np.sqrt(both.var(0) + 1e-5), rtol=1e-6)  # pooled
+    assert float(train.params["bn_momentum"].get_value()) == 0.99  # restored after the pass
     assert reset_statistics(model_manager.current.nodes.values()) == 2  # train and fadeout nodes
     assert float(train.params["bn_count"].get_value()) == 0.0
 

@@ -8,7 +8,7 @@ from scipy.special import logsumexp
 
 tf = pytest.importorskip("tensorflow")
 
-from ekn_core.errors import ShapeError  # noqa: E402
+from ekn_core.errors import ConfigError, ShapeError  # noqa: E402
 from ekn_plugins.losses import functional as F  # noqa: E402
 
 RNG = np.random.default_rng(11)
@@ -435,3 +435,107 @@ def test_elektronn2_names_resolve_through_the_registry():
     assert nm.AggregateLoss is N.AggregateLoss and nm.Softmax is O.Softmax and nm.Errors is O.Errors
     assert nm.GaussianNLL is N.GaussianNLL and nm.SquaredLoss is N.SquaredLoss and nm.AbsLoss is N.AbsLoss
     assert nm.OneHot is O.OneHot and nm.Classification is O.Classification and nm.SoftDice is N.SoftDice
+
+
+# ---- focal loss with γ < 1 and confident predictions ---------------------------------------------
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 2.0])
+def test_focal_loss_is_exact_with_finite_gradients_at_confident_logits(gamma):
+    # the target class has p → 1 ((1 - p)^γ has an infinite slope at γ < 1); absent classes p → 0 (p^γ)
+    logits = np.array([[[60.0, -60.0, -60.0]], [[-12.0, 12.0, 0.0]], [[0.3, -0.2, 0.1]]])  # float32: e^-120 = 0
+    ids, absent = np.array([[[0]], [[1]], [[2]]]), np.array([0, 0, 1])
+    for dtype in ("float32", "float64"):
+        x = tf.constant(logits.astype(dtype))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = F.multinoulli_nll(x, ids, target_is_sparse=True, focal_gamma=gamma, mask_class_not_present=absent)
+            total = tf.reduce_sum(loss)
+        assert np.all(np.isfinite(tape.gradient(total, x).numpy())), dtype
+        # numpy, float64, stable for p → 1: with r_c = Σ_{j≠c} exp(x_j - x_c), log p_c = -log1p(r_c)
+        # and log(1 - p_c) = log r_c + log p_c
+        r = (np.exp(logits[..., None, :] - logits[..., :, None]) * (1 - np.eye(3))).sum(-1)
+        logp, log_q = -np.log1p(r), np.log(r) - np.log1p(r)
+        t, m = np_one_hot(ids, 3), absent * np.ones_like(logits)
+        want = -(t * np.exp(gamma * log_q) * logp).sum(-1, keepdims=True) \
+            - (m * np.exp(gamma * logp) * log_q).sum(-1, keepdims=True)
+        want = want * want.size / (t.sum() + m.sum())
+        # the log-softmax's own rounding limits -log p of p ≈ 1 - 6e-6 (float32: to a few %)
+        np.testing.assert_allclose(loss.numpy(), want, rtol=5e-2 if dtype == "float32" else 1e-8, atol=1e-30)
+    finite_difference_check(lambda v: F.multinoulli_nll(v, G_IDS, n_indep=N_INDEP, target_is_sparse=True,
+                                                        focal_gamma=gamma, mask_class_not_present=[1, 0, 0]),
+                            RNG.normal(size=GRAD_SHAPE + (N_F,)) * 4)
+
+
+# ---- class ids outside the prediction's classes ----------------------------------------------------
+
+
+def test_class_ids_outside_the_classes_are_one_clear_error():
+    logits = tf.constant(RNG.normal(size=(1, 3, 2)))
+    for fn in (lambda ids: F.multinoulli_nll(logits, ids, target_is_sparse=True),
+               lambda ids: F.target_ids(ids, 2, 1, target_is_sparse=True),
+               lambda ids: F.soft_dice(logits, ids, target_is_sparse=True, from_logits=True)):
+        with pytest.raises(ConfigError, match=r"holds class id 5, but the prediction has n_class=2 classes .* "
+                                              r"ignore_label=5\."):
+            fn(np.array([[[0], [5], [-1]]]))
+        fn(np.array([[[0], [1], [-1]]]))  # ids in 0..n_class-1 and unlabelled ids pass
+    want = np_multinoulli(logits.numpy(), np_one_hot(np.array([[[0], [-1], [1]]]), 2), 1)
+    assert_close(F.multinoulli_nll(logits, np.array([[[0], [255], [1]]]), target_is_sparse=True, ignore_label=255),
+                 want)
+    with pytest.raises(ConfigError, match="class ids 3, 7, but"):
+        F.check_class_ids(np.array([0, 7, 3, 255, 3]), 2, ignore_label=255)
+
+
+def test_loss_and_error_nodes_refuse_class_ids_outside_their_classes_before_the_step(nodes):
+    import ekn_core.neuromancer as nm
+
+    model, Input, N, O = nodes
+    inp = Input((3, 4), "b,f", name="x")
+    probs = O.Softmax(nm.Perceptron(inp, 2, activation_func="lin"))
+    target = Input((3, 1), "b,f", dtype="int16", name="target")
+    loss = N.AggregateLoss(N.MultinoulliNLL(probs, target, target_is_sparse=True, name="nll"))
+    errors = O.Errors(probs, target, target_is_sparse=True)
+    model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=probs,
+                          error_node=errors)
+    x, good, bad = np.ones((3, 4), "float32"), np.array([[0], [1], [-1]], "int16"), np.array([[0], [5], [1]], "int16")
+    weights = {k: p.get_value() for k, p in model.all_params.items()}
+    with pytest.raises(ConfigError, match="MultinoulliNLL 'nll': its target 'target' holds class id 5"):
+        model.trainingstep(x, bad, optimiser="SGD")
+    with pytest.raises(ConfigError, match="Errors 'errors': its target 'target' holds class id 5"):
+        errors(x, bad)
+    assert model.iterations == 0 and all(np.array_equal(p.get_value(), weights[k]) for k, p in model.all_params.items())
+    model.trainingstep(x, good, optimiser="SGD")
+    assert model.iterations == 1 and float(errors(x, good)[0]) in (0.0, 0.5, 1.0)
+
+
+TARGET_PATHS = {  # fed label shape → the (2, 1, 10, 10) target the loss reads
+    "crop": ((2, 1, 12, 12), lambda nm, lab: nm.Crop(lab, 1)),
+    "pad": ((2, 1, 8, 8), lambda nm, lab: nm.Pad(lab, 1, value=-1)),
+    "split": ((2, 3, 10, 10), lambda nm, lab: nm.split(lab, "f", index=1)[0]),
+    "reshape": ((2, 100), lambda nm, lab: nm.Reshape(lab, (2, 1, 10, 10), "b,f,x,y")),
+    "crop+split": ((2, 2, 12, 12), lambda nm, lab: nm.Crop(nm.split(lab, "f", index=1)[1], 1)),
+    "computed": ((2, 1, 10, 10), lambda nm, lab: nm.ApplyFunc(lab, "neg")),  # ids -7 are unlabelled
+}
+
+
+@pytest.mark.parametrize("path", sorted(TARGET_PATHS))
+def test_class_ids_are_checked_through_nodes_that_only_move_the_target(nodes, path):
+    import ekn_core.neuromancer as nm
+
+    model, Input, N, O = nodes
+    shape, build = TARGET_PATHS[path]
+    inp = Input((2, 1, 12, 12), "b,f,x,y", name="x")
+    probs = O.Softmax(nm.Conv(inp, 2, (3, 3), activation_func="lin"))
+    lab = Input(shape, "b,f" if len(shape) == 2 else "b,f,x,y", dtype="int16", name="lab")
+    loss = N.AggregateLoss(N.MultinoulliNLL(probs, build(nm, lab), target_is_sparse=True, name="nll"))
+    model.designate_nodes(input_node=inp, target_node=lab, loss_node=loss, prediction_node=probs)
+    x, bad = RNG.random((2, 1, 12, 12)).astype("float32"), np.full(shape, 7, "int16")
+    if path == "computed":  # values a node computed are the loss's own check (no false error here)
+        model.trainingstep(x, bad)
+        assert model.iterations == 1
+        return
+    with pytest.raises(ConfigError, match=r"MultinoulliNLL 'nll': its target '\w+' \(fed as 'lab'\) holds class "
+                                          r"id 7, but the prediction has n_class=2"):
+        model.trainingstep(x, bad)
+    model.trainingstep(x, RNG.integers(0, 2, shape).astype("int16"))
+    assert model.iterations == 1

@@ -134,6 +134,38 @@ def test_training_step_gradients_and_meta_parameters_without_retrace():
     assert model.optimisers["sgd"].lr == pytest.approx(0.05)
 
 
+@pytest.mark.parametrize("mode", ["eager", "plain", "xla"])
+def test_gradients_change_neither_batch_norm_statistics_nor_the_dropout_stream(mode):
+    import tensorflow as tf
+
+    set_compile_mode(mode)
+    model = model_manager.newmodel("inspect")
+    inp = nm.Input((4, 3), "b,f", name="x")
+    hidden = nm.Perceptron(inp, 6, batch_normalisation="train", dropout_rate=0.5)
+    probs = nm.Softmax(nm.Perceptron(hidden, 2, activation_func="lin"))
+    target = nm.Input_like(probs, override_f=1, dtype="int16", name="target")
+    loss = nm.AggregateLoss(nm.MultinoulliNLL(probs, target, target_is_sparse=True))
+    model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=probs)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(5, 2, (4, 3)).astype("float32"), rng.integers(0, 2, (4, 1)).astype("int16")
+    tf.random.set_global_generator(tf.random.Generator.from_seed(7))
+    before = {k: p.get_value() for k, p in model.all_params.items()}
+    stream = tf.random.get_global_generator().state.numpy()
+    grads = [model.gradients(x, y) for _ in range(2)]
+    assert float(hidden.params["bn_count"].get_value()) == 0.0  # gradstats in the shell: nothing accumulated
+    for key, value in before.items():
+        np.testing.assert_array_equal(model.all_params[key].get_value(), value, err_msg=key)
+    np.testing.assert_array_equal(tf.random.get_global_generator().state.numpy(), stream)
+    # the same dropout mask and batch statistics as the training step that follows: its gradients
+    model.lr, model.mom = 1.0, 0.0
+    model.trainingstep(x, y, optimiser="SGD")
+    assert float(hidden.params["bn_count"].get_value()) == 4.0  # a training step does accumulate
+    for key, grad in grads[0].items():
+        np.testing.assert_array_equal(grads[1][key], grad, err_msg=key)
+        np.testing.assert_allclose(before[key] - model.all_params[key].get_value(), grad, atol=1e-6, err_msg=key)
+    assert any(np.abs(g).max() > 1e-3 for g in grads[0].values())
+
+
 def test_dropout_only_in_training_and_rates_settable():
     model = model_manager.newmodel("dropout")
     inp = nm.Input((None, 4, 10), "b,f,x")
@@ -205,4 +237,5 @@ def test_fov_repair_for_upconv_nets():
     out = nm.Conv(merged, 2, 3)
     assert out.shape.fov == (-1,)
     model.designate_nodes(input_node=inp, prediction_node=out)
-    assert out.shape.spatial_shape == (12,) and out.shape.fov == (8,)
+    assert out.shape.spatial_shape == (12,) and out.shape.fov == (9,)  # in - strides * (out - 1)
+    assert out.shape.offsets == (4,)  # the output block centred in the input

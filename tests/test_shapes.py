@@ -43,6 +43,17 @@ def test_functional_updates_return_new_shapes():
     assert t.with_spatial_shape((3, 4)).spatial_shape == (3, 4)
 
 
+def test_field_start_moves_the_offsets_and_survives_updates():
+    t = TaggedShape((None, 2, 9, 9), "b,f,x,y", strides=(1, 2), fov=(5, 7)).updatefield_start((-2, 4))
+    assert t.offsets == (0, 7) and t.field_start == (-2, 4) and "field_start=(-2, 4)" in repr(t)
+    assert t.updatefov((3, 3)).offsets == (-1, 5)  # the field keeps its start when it widens
+    z = t.addaxis("f", 3, "z")
+    assert z.field_start == (0, -2, 4) and z.delaxis("z") == t
+    assert TaggedShape.from_dict(t.to_dict()) == t and t != t.updatefield_start((0, 0))
+    old_file = {k: v for k, v in t.to_dict().items() if k != "field_start"}  # model files of earlier versions
+    assert TaggedShape.from_dict(old_file).field_start == (0, 0)
+
+
 def test_json_round_trip_and_equality():
     t = TaggedShape((None, 2, 5), "b,f,x", strides=(2,), fov=(-1,), mfp_offsets=[[0], [1]])
     assert TaggedShape.from_dict(t.to_dict()) == t and hash(TaggedShape.from_dict(t.to_dict())) == hash(t)

@@ -8,7 +8,7 @@ Example:
     >>> c.shape.spatial_shape, nm.Concat([c, c]).shape['f']
     ((7, 5), 4)
     >>> nm.Input_like(c, override_f=1, name='target').shape
-    TaggedShape([(None,b), (1,f), (7,x), (5,y)], fov=(1, 1), strides=(1, 1))
+    TaggedShape([(None,b), (1,f), (7,x), (5,y)], fov=(1, 1), strides=(1, 1), field_start=(1, 2))
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ekn_core.errors import ConfigError
 from ekn_core.node import FLOATX, Node
 from ekn_core.lazy import tf
 from ekn_core.shapes import TaggedShape
+from ekn_plugins.layers.merge import merged_shape
 
 
 def _check_dtype(dtype: Any) -> str:
@@ -101,13 +102,18 @@ class InputLike(Node):
 class Concat(Node):
     """Concatenates nodes along an axis (default features); other axes must agree.
 
+    The parents' output grids must coincide when they are computed from the same inputs
+    (:func:`~ekn_plugins.layers.merge.merged_shape`); the output has per spatial axis the largest
+    of their FOVs (``-1`` if any is unknown).
+
     Args:
-        parent_nodes: The nodes (first one gives strides, fov and tags).
+        parent_nodes: The nodes (first one gives strides and tags).
         axis: Tag or index (in the first parent's declared order).
         name: Node name.
     """
 
     mixed_precision = True  # dtype-agnostic: keeps the mixed-precision compute dtype
+    keeps_values = True  # only moves its parents' values (see Node.keeps_values)
 
     def __init__(self, parent_nodes: Sequence[Node], axis: str | int = "f", name: str = "concat"):
         super().__init__(list(parent_nodes), name)
@@ -134,7 +140,7 @@ class Concat(Node):
                                  axis)
             size = shape[self.axis_tag]
             total = None if size is None or total is None else total + size
-        return first.updateshape(self.axis_tag, total)
+        return merged_shape(self, parent_shapes, skip=self.axis_tag).updateshape(self.axis_tag, total)
 
     def _compute_cost(self) -> float:
         return 0.0
@@ -157,9 +163,13 @@ class Crop(Node):
         reference: Alternative to ``crop``: crop to this node's spatial shape (the difference must
             be even); it follows ``reference`` when the model is rebuilt with another patch size.
         name: Node name.
+
+    Shape rule: spatial size ``s - 2 * crop``; strides and FOV kept; the output grid moves
+    ``crop * strides`` input voxels inwards (``TaggedShape.field_start``).
     """
 
     mixed_precision = True  # dtype-agnostic: keeps the mixed-precision compute dtype
+    keeps_values = True  # only moves its parent's values (see Node.keeps_values)
 
     def __init__(self, parent: Node, crop: Sequence[int] | None = None, reference: Node | None = None,
                  name: str = "crop"):
@@ -191,10 +201,12 @@ class Crop(Node):
     def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
         shape = parent_shapes[0]
         sizes = []
-        for i, (s, c) in enumerate(zip(shape.spatial_shape, self._amounts(shape))):
+        amounts = self._amounts(shape)
+        for i, (s, c) in enumerate(zip(shape.spatial_shape, amounts)):
             self.shape_check(s - 2 * c >= 1, f"cropping {c} from both sides of size {s} leaves nothing", i)
             sizes.append(max(s - 2 * c, 1))
-        return shape.with_spatial_shape(sizes)
+        start = [s + c * st for s, c, st in zip(shape.field_start, amounts, shape.strides)]
+        return shape.with_spatial_shape(sizes).updatefield_start(start)
 
     def _compute_cost(self) -> float:
         return 0.0

@@ -7,7 +7,9 @@ Geometry per spatial axis (input size ``s``, filter ``f``, dilation ``d``, pool 
 stride ``st``): conv output ``c = s - d(f-1)`` (valid), ``s + d(f-1)`` (full) or ``s`` (same, odd
 filters); output ``c / p`` (must divide exactly) or, with MFP, ``(c - p + 1) / p`` per fragment;
 strides ``st * p``; ``fov + (d(f-1) + p - 1) * st`` (or -1 if the input FOV is unknown or
-``invalidate_fov``).
+``invalidate_fov``); the field of the first output voxel starts ``d(f-1)/2 * st`` (same) or
+``d(f-1) * st`` (full) input voxels earlier than the input's (its zero padding), so the output
+grid (``TaggedShape.offsets``) stays where the voxels' fields are.
 
 Weights: ``w`` has shape ``(*filter_shape, n_in, n_lin)`` (TensorFlow's layout; ELEKTRONN2 used
 ``(n_f, n_in, kz, kx, ky)``), ``b`` ``(n_lin,)``; ``n_lin = n_f × maxout factor``.
@@ -176,7 +178,10 @@ class Conv(NeuralLayer):
         fov = tuple(-1 if fv <= 0 or self.invalidate_fov else fv + (d * (f - 1) + p - 1) * st
                     for fv, f, d, p, st in zip(shape.fov, self.filter_shape, self.dilation, self.pool_shape,
                                                shape.strides))
-        out_shape = shape.updateshape("f", self.n_f)
+        padding = {"valid": 0, "same": 0.5, "full": 1}[self.conv_mode]  # zero padding before, in d(f-1)
+        start = [s - padding * d * (f - 1) * st for s, f, d, st in zip(shape.field_start, self.filter_shape,
+                                                                        self.dilation, shape.strides)]
+        out_shape = shape.updateshape("f", self.n_f).updatefield_start(start)
         if self.mfp:
             return mfp_shape(self, out_shape, sizes, self.pool_shape).updatefov(fov)
         out = []

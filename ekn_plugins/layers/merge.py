@@ -1,8 +1,10 @@
 """Element-wise merges of two nodes: ``Add`` and ``Mult`` (ELEKTRONN2 ``MultMerge``).
 
-Both parents must have the same tags (in any declared order) and the same sizes; unknown
-(``None``) sizes match anything. The output takes the first parent's shape, strides and FOV
-(for the FOV the larger of the two per axis, as the output depends on both fields).
+Both parents must have the same tags (in any declared order), the same sizes (unknown (``None``)
+sizes match anything) and, when both are computed from the same inputs, the same output grid
+(strides and, where both FOVs are known, first output voxel: :func:`merged_shape`). The output
+takes the first parent's shape and strides, and per axis the larger FOV, as the output depends on
+both fields.
 
 Example:
     >>> import numpy as np
@@ -22,7 +24,7 @@ from typing import Any
 from ekn_core.errors import ConfigError
 from ekn_core.lazy import tf
 from ekn_core.node import Node
-from ekn_core.shapes import TaggedShape
+from ekn_core.shapes import TaggedShape, merged_field
 
 
 def align_tensor(x: Any, source: TaggedShape, target: TaggedShape) -> Any:
@@ -36,6 +38,17 @@ def align_tensor(x: Any, source: TaggedShape, target: TaggedShape) -> Any:
     if source.canonical_tags == target.canonical_tags:
         return x
     return tf.transpose(x, [source.canonical_tags.index(t) for t in target.canonical_tags])
+
+
+def merged_shape(node: Node, parent_shapes: list[TaggedShape], skip: str | None = None) -> TaggedShape:
+    """The first parent's shape with the merged field of view of ``node``'s parents
+    (:func:`~ekn_core.shapes.merged_field`); misaligned grids fail ``node.shape_check``. Grids are
+    compared only when every parent is computed from the same input nodes."""
+    sources = {frozenset([p.name] if p.is_source else [n.name for n in p.input_nodes]) for p in node.parents}
+    merged, problems = merged_field(parent_shapes, [p.name for p in node.parents], skip, check=len(sources) == 1)
+    for axis, message in problems:
+        node.shape_check(False, message, axis)
+    return merged
 
 
 class _ElementwiseMerge(Node):
@@ -54,9 +67,7 @@ class _ElementwiseMerge(Node):
             self.shape_check(a[tag] is None or b[tag] is None or a[tag] == b[tag],
                              f"axis {tag!r} has size {a[tag]} in {self.parents[0].name!r} but {b[tag]} in "
                              f"{self.parents[1].name!r}", axis)
-        fov_b = [b.fov[b.spatial_tags.index(t)] for t in a.spatial_tags]
-        fov = tuple(-1 if -1 in (fa, fb) else max(fa, fb) for fa, fb in zip(a.fov, fov_b))
-        return a.updatefov(fov) if a.ndim else a
+        return merged_shape(self, parent_shapes)
 
     def _compute_cost(self) -> float:
         return float(self.shape.stripnone_prod)
@@ -72,7 +83,7 @@ class Add(_ElementwiseMerge):
         n1, n2: The nodes (same tags and sizes; the first gives the output layout).
         name: Node name.
 
-    Shape rule: ``n1``'s shape; FOV the larger of the two per axis.
+    Shape rule: ``n1``'s shape; FOV the larger of the two per axis (same output grids needed).
     """
 
     def __init__(self, n1: Node, n2: Node, name: str = "add"):
@@ -90,7 +101,7 @@ class Mult(_ElementwiseMerge):
         n1, n2: The nodes (same tags and sizes; the first gives the output layout).
         name: Node name.
 
-    Shape rule: ``n1``'s shape; FOV the larger of the two per axis.
+    Shape rule: ``n1``'s shape; FOV the larger of the two per axis (same output grids needed).
     """
 
     def __init__(self, n1: Node, n2: Node, name: str = "multmerge"):

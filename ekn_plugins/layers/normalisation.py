@@ -6,9 +6,15 @@ Batch normalisation
 (``batch_normalisation=`` option of Conv, UpConv and Perceptron, or :class:`BatchNorm`):
 
 * ``'train'``: training steps normalise with the statistics of the batch (the gradient flows
-  through them) and *accumulate* the statistics over every voxel seen since the last reset
-  (exact pooled mean and variance, Chan et al.'s parallel update in float64; not a short moving
-  average). Inference uses the accumulated ``mean`` / ``std``.
+  through them) and update the stored statistics with them: a moving average with momentum
+  ``bn_momentum`` (default :data:`BN_MOMENTUM`). It is the mean and variance of every voxel seen
+  since the last reset, each voxel weighted by ``bn_momentum ** (steps since it was seen)``
+  (Chan et al.'s parallel update in float64 with the accumulated count decayed by the momentum
+  each step): once about ``1 / (1 - bn_momentum)`` batches have been seen each new batch has
+  weight ``1 - bn_momentum``, as in a plain moving average, while the first steps have the exact
+  statistics of the batches so far, without a pull towards the initial values.
+  ``bn_momentum = 1`` pools every voxel since the last reset with equal weight. Inference uses
+  the stored ``mean`` / ``std``.
 * ``'fadeout'``: as ``'train'``, but training steps normalise with
   ``fade * batch + (1 - fade) * accumulated`` statistics; lowering the non-trainable parameter
   ``bn_fade`` from 1 to 0 during training removes the train/inference discrepancy smoothly.
@@ -17,11 +23,13 @@ Batch normalisation
 * ``False``: off.
 
 Parameters: ``gamma`` (weight-decay ×3, as ELEKTRONN2), ``mean``, ``std`` (ELEKTRONN2's layout:
-the layer bias ``b`` acts as beta), ``bn_count`` (voxels accumulated) and ``bn_m2`` (summed
-squared deviations), both float64; ``bn_fade`` in ``'fadeout'`` mode. The parameter set is the
-same in every mode except ``bn_fade``, so a model can be restored with another mode.
-:func:`reset_statistics` restarts the accumulation (e.g. after the last learning-rate drop) and
-:func:`collect_statistics` recomputes the statistics of the final weights in one pass over data.
+the layer bias ``b`` acts as beta), ``bn_count`` (weighted number of voxels in the statistics),
+``bn_m2`` (their weighted summed squared deviations) and ``bn_momentum``, all float64 and saved
+with models and checkpoints; ``bn_fade`` in ``'fadeout'`` mode. The parameter set is the same in
+every mode except ``bn_fade``, so a model can be restored with another mode. :func:`set_momentum`
+changes the momentum of a model's layers, :func:`reset_statistics` restarts the statistics and
+:func:`collect_statistics` recomputes them for the final weights in one pass over data (e.g.
+before saving a model for inference).
 
 LRN
 ---
@@ -42,6 +50,9 @@ Example:
            [ 1.,  1.]], dtype=float32)
     >>> np.round(bn.params['mean'].get_value(), 3), float(bn.params['bn_count'].get_value())
     (array([ 2., 20.], dtype=float32), 2.0)
+    >>> _ = bn(x + 2, training=True)                 # the first batch now weighs BN_MOMENTUM
+    >>> np.round(bn.params['mean'].get_value(), 3), round(float(bn.params['bn_count'].get_value()), 2)
+    (array([ 3.005, 21.005], dtype=float32), 3.98)
 """
 
 from __future__ import annotations
@@ -53,13 +64,15 @@ import numpy as np
 
 from ekn_core.errors import ConfigError
 from ekn_core.lazy import tf
-from ekn_core.node import Node
+from ekn_core.node import Node, Param
 from ekn_core.shapes import TaggedShape
 
 BN_MODES = (False, "train", "fadeout", "predict", "const")
 BN_EPSILON = 1e-5
 #: Parameters that hold batch-normalisation statistics (reset by :func:`reset_statistics`).
 BN_STAT_PARAMS = ("mean", "std", "bn_count", "bn_m2")
+#: Default momentum of the moving average of the statistics (Keras's; ELEKTRONN2 used 0.9995).
+BN_MOMENTUM = 0.99
 
 
 def check_bn_mode(mode: Any) -> str | bool:
@@ -78,8 +91,28 @@ def check_bn_mode(mode: Any) -> str | bool:
     return mode
 
 
+def check_momentum(momentum: Any, owner: str = "bn_momentum") -> float:
+    """``momentum`` as a float in [0, 1].
+
+    Raises:
+        ConfigError: Not a number in [0, 1].
+
+    Example:
+        >>> check_momentum(0.9995)
+        0.9995
+    """
+    try:
+        value = float(np.asarray(momentum).reshape(()))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{owner} must be a number in [0, 1], got {momentum!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{owner} must be in [0, 1] (1: pool every voxel since the last reset), got {value}")
+    return value
+
+
 def add_batchnorm(node: Node, mode: Any, n: int, gamma: Any = None, mean: Any = None, std: Any = None,
-                  bn_count: Any = None, bn_m2: Any = None, bn_fade: Any = None) -> str | bool:
+                  bn_count: Any = None, bn_m2: Any = None, bn_fade: Any = None,
+                  bn_momentum: Any = None) -> str | bool:
     """Creates the batch-normalisation parameters of ``node`` for ``n`` features.
 
     Returns:
@@ -88,12 +121,16 @@ def add_batchnorm(node: Node, mode: Any, n: int, gamma: Any = None, mean: Any = 
     mode = check_bn_mode(mode)
     if not mode:
         return False
+    if bn_momentum is not None and not isinstance(bn_momentum, (Param, list, tuple)):
+        bn_momentum = check_momentum(bn_momentum, f"bn_momentum of {node.name!r}")
     const = mode == "const"
     node.add_param("gamma", gamma, shape=(n,), init="const", scale=1.0, weight_decay=3.0, constant=const)
     node.add_param("mean", mean, shape=(n,), init="zeros", trainable=False, constant=const)
     node.add_param("std", std, shape=(n,), init="const", scale=1.0, trainable=False, constant=const)
     node.add_param("bn_count", bn_count, shape=(), init="zeros", trainable=False, constant=const, dtype="float64")
     node.add_param("bn_m2", bn_m2, shape=(n,), init="zeros", trainable=False, constant=const, dtype="float64")
+    node.add_param("bn_momentum", bn_momentum, shape=(), init="const", scale=BN_MOMENTUM, trainable=False,
+                   constant=const, dtype="float64")
     if mode == "fadeout":
         node.add_param("bn_fade", bn_fade, shape=(), init="const", scale=1.0, trainable=False)
     return mode
@@ -105,17 +142,20 @@ def _variable(node: Node, name: str) -> Any:
 
 
 def _accumulate(node: Node, x: Any, axes: list[int]) -> None:
-    """Adds the statistics of ``x`` (float64) to the node's accumulated ``mean``/``std``."""
-    count, m2, mean_var, std_var = (_variable(node, k) for k in ("bn_count", "bn_m2", "mean", "std"))
+    """Adds the statistics of ``x`` (float64) to the node's stored ``mean``/``std``, the earlier
+    voxels' weight multiplied by ``bn_momentum``."""
+    count, m2, mean_var, std_var, momentum = (_variable(node, k) for k in
+                                              ("bn_count", "bn_m2", "mean", "std", "bn_momentum"))
     x64 = tf.cast(x, "float64")
     mean_b, var_b = tf.nn.moments(x64, axes)
     n_b = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x64), axes)), "float64")
-    n_a = count.read_value()
+    decay = tf.cast(momentum.read_value(), "float64")
+    n_a = count.read_value() * decay
     mean_a = tf.cast(mean_var.read_value(), "float64")
     n = n_a + n_b
     delta = mean_b - mean_a
     mean = mean_a + delta * (n_b / n)
-    new_m2 = m2.read_value() + var_b * n_b + tf.square(delta) * (n_a * n_b / n)
+    new_m2 = m2.read_value() * decay + var_b * n_b + tf.square(delta) * (n_a * n_b / n)
     count.assign(n)
     m2.assign(new_m2)
     mean_var.assign(tf.cast(mean, mean_var.dtype))
@@ -126,7 +166,7 @@ def batch_normalise(node: Node, x: Any, training: bool, mode: str | bool) -> Any
     """``gamma * (x - mean) / std`` of a features-last tensor (the caller adds the bias/beta).
 
     In training steps of the ``'train'``/``'fadeout'`` modes the batch statistics are used (and
-    accumulated); otherwise the stored ones. ``node`` must have the parameters of
+    added to the stored ones, see the module docs); otherwise the stored ones. ``node`` must have the parameters of
     :func:`add_batchnorm` (possibly shared: they are looked up in ``params`` then
     ``shared_params``).
     """
@@ -151,17 +191,40 @@ def batch_normalise(node: Node, x: Any, training: bool, mode: str | bool) -> Any
     return (x - tf.cast(var("mean"), x.dtype)) * (gamma / tf.cast(var("std"), x.dtype))
 
 
-def _bn_nodes(nodes: Iterable[Node]) -> list[Node]:
+def statistics_nodes(nodes: Iterable[Node]) -> list[Node]:
+    """The nodes among ``nodes`` whose batch-normalisation statistics training updates (modes
+    ``'train'`` and ``'fadeout'``)."""
     return [n for n in nodes if getattr(n, "batch_normalisation", False) in ("train", "fadeout")]
 
 
+def set_momentum(nodes: Iterable[Node], momentum: float) -> int:
+    """Sets ``bn_momentum`` of every batch-normalising node among ``nodes`` (takes effect at the
+    next training step, without a retrace). Returns the number of nodes changed.
+
+    Raises:
+        ConfigError: ``momentum`` not in [0, 1].
+
+    Example:
+        >>> from ekn_core import neuromancer as nm
+        >>> model = nm.model_manager.newmodel("doc_bn_momentum")
+        >>> conv = nm.Conv(nm.Input((None, 1, 8, 8), 'b,f,x,y'), 2, (3, 3), batch_normalisation='train')
+        >>> set_momentum(model.nodes.values(), 0.9995), float(conv.params["bn_momentum"].get_value())
+        (1, 0.9995)
+    """
+    value = check_momentum(momentum)
+    found = statistics_nodes(nodes)
+    for node in found:
+        node.params["bn_momentum"].set_value(np.asarray(value, "float64"))
+    return len(found)
+
+
 def reset_statistics(nodes: Iterable[Node]) -> int:
-    """Restarts the accumulation of every batch-normalising node among ``nodes``.
+    """Restarts the statistics of every batch-normalising node among ``nodes``.
 
     The stored ``mean``/``std`` are kept until the next training step replaces them with the
     statistics of that step's batch. Returns the number of nodes reset.
     """
-    found = _bn_nodes(nodes)
+    found = statistics_nodes(nodes)
     for node in found:
         node.params["bn_count"].set_value(np.zeros((), "float64"))
         node.params["bn_m2"].set_value(np.zeros(node.params["bn_m2"].shape, "float64"))
@@ -171,23 +234,27 @@ def reset_statistics(nodes: Iterable[Node]) -> int:
 def collect_statistics(output: Node, batches: Iterable[Sequence[np.ndarray]]) -> int:
     """Recomputes the batch-normalisation statistics of ``output``'s ancestors from data.
 
-    Resets the accumulators, then runs ``output`` in training mode on every batch (arrays in
-    ``output.input_nodes`` order) with all dropout rates of the graph set to 0 for the pass
-    (restored afterwards). No weight changes. Returns the number of batches used.
+    Resets the statistics, then runs ``output`` in training mode on every batch (arrays in
+    ``output.input_nodes`` order) with all dropout rates of the graph set to 0 and every
+    ``bn_momentum`` to 1 for the pass (restored afterwards), so the statistics are those of all
+    voxels of the batches, equally weighted. No weight changes. Returns the number of batches used.
     """
     nodes = list(output.all_parents.values())
     reset_statistics(nodes)
     rates = [p for n in nodes for k, p in n.params.items() if k == "dropout_rate"]
-    saved = [p.get_value() for p in rates]
+    momenta = [n.params["bn_momentum"] for n in statistics_nodes(nodes)]
+    saved = [p.get_value() for p in rates + momenta]
     count = 0
     try:
         for p in rates:
             p.set_value(np.zeros(p.shape, p.dtype))
+        for p in momenta:
+            p.set_value(np.ones(p.shape, p.dtype))
         for batch in batches:
             output(*batch, training=True)
             count += 1
     finally:
-        for p, v in zip(rates, saved):
+        for p, v in zip(rates + momenta, saved):
             p.set_value(v)
     return count
 
@@ -201,6 +268,8 @@ class BatchNorm(Node):
             docs) or False (identity; what ``replace_bn='remove'`` gives on restore).
         gamma, mean, std, b, bn_count, bn_m2, bn_fade: Initial values (arrays), ``[array, 'const']``
             or Params to share.
+        bn_momentum: Momentum of the moving average of the statistics, in [0, 1] (default
+            :data:`BN_MOMENTUM`; 1 pools every voxel since the last reset), or a Param to share.
         name: Node name.
 
     Shape rule: unchanged.
@@ -208,13 +277,13 @@ class BatchNorm(Node):
 
     def __init__(self, parent: Node, batch_normalisation: str | bool = "train", gamma: Any = None, mean: Any = None,
                  std: Any = None, b: Any = None, bn_count: Any = None, bn_m2: Any = None, bn_fade: Any = None,
-                 name: str = "batch_norm"):
+                 bn_momentum: Any = None, name: str = "batch_norm"):
         super().__init__(parent, name)
         if not parent.shape.hastag("f") or parent.shape["f"] is None:
             raise ConfigError(f"BatchNorm {name!r}: {parent.name!r} needs an 'f' axis of known size")
         n = parent.shape["f"]
         self.batch_normalisation = add_batchnorm(self, batch_normalisation, n, gamma, mean, std, bn_count, bn_m2,
-                                                 bn_fade)
+                                                 bn_fade, bn_momentum)
         if self.batch_normalisation:
             self.add_param("b", b, shape=(n,), init="zeros", constant=self.batch_normalisation == "const")
 
@@ -243,7 +312,8 @@ class LRN(Node):
         alpha, k, beta: Constants (non-trainable parameters).
         name: Node name.
 
-    Shape rule: unchanged; ``'spatial'`` widens the FOV by ``(filter - 1) * stride``.
+    Shape rule: unchanged; ``'spatial'`` widens the FOV by ``(filter - 1) * stride`` on both sides
+    of the output voxel (``field_start`` moves ``(filter - 1) / 2 * stride`` outwards).
     """
 
     def __init__(self, parent: Node, filter_shape: int | Sequence[int], mode: str = "spatial", alpha: float = 0.0001,
@@ -277,7 +347,8 @@ class LRN(Node):
             return shape
         fov = tuple(-1 if fv <= 0 else int(fv + (f - 1) * st)
                     for fv, f, st in zip(shape.fov, self.filter_shape, shape.strides))
-        return shape.updatefov(fov)
+        start = [s - (f - 1) // 2 * st for s, f, st in zip(shape.field_start, self.filter_shape, shape.strides)]
+        return shape.updatefov(fov).updatefield_start(start)
 
     def _compute_cost(self) -> float:
         return float(self.shape.stripnone_prod * (int(np.prod(self.filter_shape)) + 3))

@@ -49,8 +49,11 @@ class Split(Node):
         strip: Remove the axis when the piece has length 1.
         name: Node name.
 
-    Shape rule: the axis gets ``stop - start`` entries (or is removed); strides and FOV kept.
+    Shape rule: the axis gets ``stop - start`` entries (or is removed); strides and FOV kept; a
+    piece of a spatial axis starts ``start * strides`` input voxels further (``field_start``).
     """
+
+    keeps_values = True  # only moves its parent's values (see Node.keeps_values)
 
     def __init__(self, parent: Node, axis: str | int = "f", start: int = 0, stop: int | None = None,
                  strip: bool = False, name: str = "split"):
@@ -73,6 +76,11 @@ class Split(Node):
 
     def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
         shape = parent_shapes[0].updateshape(self.tag, self.stop - self.start)
+        if self.tag in shape.spatial_tags:
+            k = shape.spatial_tags.index(self.tag)
+            start = list(shape.field_start)
+            start[k] += self.start * shape.strides[k]
+            shape = shape.updatefield_start(start)
         return shape.delaxis(self.tag) if self.strip else shape
 
     def _compute_cost(self) -> float:
@@ -144,8 +152,11 @@ class Pad(Node):
         value: The constant.
         name: Node name.
 
-    Shape rule: spatial size ``s + 2 * pad``; strides and FOV kept.
+    Shape rule: spatial size ``s + 2 * pad``; strides and FOV kept; the output grid moves
+    ``pad * strides`` input voxels outwards (``TaggedShape.field_start``).
     """
+
+    keeps_values = True  # moves its parent's values and adds the constant (see Node.keeps_values)
 
     def __init__(self, parent: Node, pad: int | Sequence[int], value: float = 0.0, name: str = "pad"):
         super().__init__(parent, name)
@@ -159,7 +170,9 @@ class Pad(Node):
 
     def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
         shape = parent_shapes[0]
-        return shape.with_spatial_shape([s + 2 * p for s, p in zip(shape.spatial_shape, self.pad)])
+        start = [s - p * st for s, p, st in zip(shape.field_start, self.pad, shape.strides)]
+        return shape.with_spatial_shape([s + 2 * p for s, p in zip(shape.spatial_shape, self.pad)]
+                                        ).updatefield_start(start)
 
     def _compute_cost(self) -> float:
         return 0.0
@@ -168,7 +181,7 @@ class Pad(Node):
         tags = self.shape.canonical_tags
         spatial = iter(self.pad)
         widths = [[p, p] for p in (next(spatial) if t in SPATIAL_TAGS else 0 for t in tags)]
-        return tf.pad(inputs[0], widths, constant_values=self.value)
+        return tf.pad(inputs[0], widths, constant_values=tf.cast(self.value, inputs[0].dtype))  # also int labels
 
     def _repr_extras(self) -> str:
         return f"pad={self.pad} value={self.value:g}"
@@ -186,6 +199,8 @@ class Reshape(Node):
 
     Shape rule: as given; the number of elements must stay the same.
     """
+
+    keeps_values = True  # only moves its parent's values (see Node.keeps_values)
 
     def __init__(self, parent: Node, shape: Sequence[int | None] | TaggedShape, tags: str | Sequence[str] | None = None,
                  strides: Sequence[int] | None = None, fov: Sequence[int] | None = None, name: str = "reshape"):

@@ -1,8 +1,10 @@
 """``UpConv`` (transposed convolution, kernel = stride = pool) and the U-Net merge ``AutoMerge``.
 
-UpConv geometry: spatial ``s * p``, strides ``st / p``, fov unknown (-1; ``designate_nodes``
-repairs the prediction FOV). With ``identity_init`` the layer starts close to pixel repetition:
-``w = 0.1 × glorot + identity`` on the first ``min(n_in, n_f)`` features, ``b = 0``.
+UpConv geometry: spatial ``s * p``, strides ``st / p``, fov unknown (-1, field start 0;
+``designate_nodes`` repairs the prediction FOV). Max-fragment pooling refuses nets with an UpConv
+(``upsamples``): U-Nets already predict densely at stride 1. With ``identity_init`` the layer
+starts close to pixel repetition: ``w = 0.1 × glorot + identity`` on the first ``min(n_in, n_f)``
+features, ``b = 0``.
 
 Weights: ``w`` has shape ``(*pool_shape, n_lin, n_in)`` (``tf.nn.conv_transpose`` layout).
 
@@ -51,6 +53,8 @@ class UpConv(NeuralLayer):
         gradnet_mode: Not supported.
     """
 
+    upsamples = True
+
     def __init__(self, parent: Node, n_f: int, pool_shape: int | Sequence[int], activation_func: str = "relu",
                  identity_init: bool = True, batch_normalisation: Any = False, dropout_rate: float = 0,
                  name: str = "upconv", print_repr: bool = True, w: Any = None, b: Any = None, gamma: Any = None,
@@ -85,7 +89,7 @@ class UpConv(NeuralLayer):
         sizes = [s * p for s, p in zip(shape.spatial_shape, self.pool_shape)]
         strides = tuple(st / p for st, p in zip(shape.strides, self.pool_shape))
         return (shape.updateshape("f", self.n_f).with_spatial_shape(sizes).updatestrides(strides)
-                .updatefov((-1,) * shape.ndim))
+                .updatefov((-1,) * shape.ndim).updatefield_start((0,) * shape.ndim))
 
     def _compute_cost(self) -> float:
         shape = self.parents[0].shape

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ekn_core.errors import ShapeError
+from ekn_core.errors import ConfigError, ShapeError
 from ekn_core.lazy import tf
 
 #: Clip for probabilities given instead of logits (``log(max(p, PROB_EPS))``).
@@ -108,6 +108,53 @@ def one_hot(target: Any, n_class: int, ignore_label: int | None = None, dtype: A
     return _ungrouped(tf.one_hot(ids, int(n_class), dtype=dtype))
 
 
+def check_class_ids(ids: Any, n_class: int, ignore_label: int | None = None, owner: str = "the target") -> None:
+    """Refuses sparse class ids ``>= n_class`` other than ``ignore_label`` (numpy arrays).
+
+    Such ids would give all-zero one-hot rows: the loss would leave those voxels out silently
+    while the error rate counted them as wrong. Ids ``< 0`` (unlabelled) pass.
+
+    Args:
+        ids: Class ids.
+        n_class: Number of classes of the prediction.
+        ignore_label: An id to ignore (allowed at any value).
+        owner: Who is named in the error.
+
+    Raises:
+        ConfigError: An id ``>= n_class``; the message says how to fix it.
+
+    Example:
+        >>> check_class_ids(np.array([0, 1, -1, 255]), 2, ignore_label=255)
+        >>> check_class_ids(np.array([0, 5]), 2)
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: the target holds class id 5, but the prediction has n_class=2 classes (ids 0..1; ids < 0 are unlabelled). Map the labels to 0..1, give the net more classes, or leave those voxels out with ignore_label=5.
+    """
+    ids = np.asarray(ids)
+    if ids.size == 0 or ids.max() < n_class:
+        return
+    bad = ids >= n_class
+    if ignore_label is not None:
+        bad &= ids != ignore_label
+    if not bad.any():
+        return
+    values = np.unique(ids[bad])
+    shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
+    raise ConfigError(f"{owner} holds class id{'s' if len(values) > 1 else ''} {shown}, but the prediction has "
+                      f"n_class={n_class} classes (ids 0..{n_class - 1}; ids < 0 are unlabelled). Map the labels to "
+                      f"0..{n_class - 1}, give the net more classes, or leave those voxels out with "
+                      f"ignore_label={values[0]:g}.")
+
+
+def _check_known_ids(target: tf.Tensor, n_class: int, ignore_label: int | None) -> None:
+    """:func:`check_class_ids` on sparse targets whose values are known now (eager tensors,
+    constants); values inside a compiled graph are checked where they are fed
+    (:meth:`~ekn_core.node.Node.check_feed` of the loss nodes)."""
+    value = tf.get_static_value(target)
+    if value is not None:
+        check_class_ids(value, n_class, ignore_label)
+
+
 def _dense_target(target: Any, pred: tf.Tensor, n_indep: int, target_is_sparse: bool,
                   ignore_label: int | None) -> tf.Tensor:
     """The target as (soft) one-hot of ``pred``'s shape and dtype."""
@@ -119,6 +166,7 @@ def _dense_target(target: Any, pred: tf.Tensor, n_indep: int, target_is_sparse: 
         if target.shape.rank != pred.shape.rank or target.shape[-1] not in (n_indep, None):
             raise ShapeError(f"sparse targets must have shape (b, spatial..., n_indep={n_indep}) for a prediction "
                              f"of shape {pred.shape}, got {target.shape}.")
+        _check_known_ids(target, n_f // n_indep, ignore_label)
         return one_hot(target, n_f // n_indep, ignore_label, pred.dtype)
     target = tf.cast(target, pred.dtype)
     if target.shape.rank != pred.shape.rank or target.shape[-1] != n_f:
@@ -179,19 +227,23 @@ def multinoulli_nll(pred: Any, target: Any, *, n_indep: int = 1, target_is_spars
     if mask_class_labeled is not None:
         t = t * _class_mask(mask_class_labeled, pred, n_indep)
     logp = log_softmax(pred, n_indep) if from_logits else tf.math.log(tf.maximum(pred, PROB_EPS))
+    # log(1 - p), exact where p rounds to 1; needed by the focal factor and the not-present term
+    log_q = None
+    if focal_gamma or mask_class_not_present is not None:
+        log_q = (_log_one_minus_softmax(pred, n_indep) if from_logits
+                 else tf.math.log(tf.maximum(1.0 - pred, PROB_EPS)))
+    gamma = tf.cast(focal_gamma, pred.dtype)
     cw = None if class_weights is None else _class_weight_row(class_weights, n_f, n_indep, pred.dtype)
     weighted = t if cw is None else t * cw
-    if focal_gamma:
-        weighted = weighted * (1.0 - tf.exp(logp)) ** tf.cast(focal_gamma, pred.dtype)
+    if focal_gamma:  # (1 - p)^γ as exp(γ log(1 - p)): finite gradients for any γ > 0 and p → 1
+        weighted = weighted * tf.exp(gamma * log_q)
     loss = -tf.reduce_sum(weighted * logp, axis=-1, keepdims=True)
     n_labelled = tf.reduce_sum(t)
     if mask_class_not_present is not None:
         absent = _class_mask(mask_class_not_present, pred, n_indep) * tf.ones_like(pred)
-        log_q = (_log_one_minus_softmax(pred, n_indep) if from_logits
-                 else tf.math.log(tf.maximum(1.0 - pred, PROB_EPS)))
         weighted_dn = absent if cw is None else absent * cw
-        if focal_gamma:
-            weighted_dn = weighted_dn * tf.exp(logp) ** tf.cast(focal_gamma, pred.dtype)
+        if focal_gamma:  # p^γ as exp(γ log p): finite gradients for any γ > 0 and p → 0
+            weighted_dn = weighted_dn * tf.exp(gamma * logp)
         loss = loss - tf.reduce_sum(weighted_dn * log_q, axis=-1, keepdims=True)
         n_labelled = n_labelled + tf.reduce_sum(absent)
     if example_weights is not None:
@@ -506,6 +558,7 @@ def target_ids(target: Any, n_class: int, n_indep: int = 1, target_is_sparse: bo
     """Target class ids ``(..., n_indep)`` with -1 for unlabelled voxels, from sparse or one-hot targets."""
     target = tf.convert_to_tensor(target)
     if target_is_sparse:
+        _check_known_ids(target, n_class, ignore_label)
         ids = tf.cast(target, tf.int64)
         if ignore_label is not None:
             ids = tf.where(ids == int(ignore_label), tf.constant(-1, tf.int64), ids)

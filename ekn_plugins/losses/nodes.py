@@ -31,7 +31,7 @@ from ekn_core.lazy import tf
 from ekn_core.node import Node
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.losses import functional as F
-from ekn_plugins.losses.outputs import SIGMOID_NAMES, Softmax
+from ekn_plugins.losses.outputs import SIGMOID_NAMES, ChecksClassIds, Softmax
 
 
 def _check_same_grid(node: Node, pred: TaggedShape, other: TaggedShape, what: str) -> None:
@@ -54,7 +54,7 @@ def _optional_param(node: Node, name: str, value: Any) -> Any:
     return node.add_param(name, np.asarray(value, "float32"), trainable=False)
 
 
-class MultinoulliNLL(Node):
+class MultinoulliNLL(ChecksClassIds, Node):
     """Categorical cross-entropy of a :class:`Softmax` prediction (ELEKTRONN2 ``MultinoulliNLL``).
 
     Args:
@@ -495,7 +495,7 @@ def SobelizedLoss(pred: Node, target: Node, loss_type: str = "abs",  # noqa: N80
     return registry("losses").get(losses[loss_type])(sobel[0], sobel[1], **kwargs)
 
 
-class SoftDice(Node):
+class SoftDice(ChecksClassIds, Node):
     """Soft Dice loss of a :class:`Softmax` prediction, averaged over classes (and groups).
 
     Args:

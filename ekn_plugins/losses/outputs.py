@@ -16,11 +16,14 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from ekn_core.errors import ConfigError
 from ekn_core.lazy import tf
-from ekn_core.node import Node
+from ekn_core.node import Node, value_sources
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.losses import functional as F
 
@@ -30,6 +33,29 @@ SIGMOID_NAMES = ("sig", "logistic", "sigmoid")
 def activation_of(node: Node) -> str:
     """The node's ``activation_func`` in lower case (``'lin'`` when it has none)."""
     return str(getattr(node, "activation_func", "lin")).strip().lower()
+
+
+class ChecksClassIds:
+    """Mixin of nodes whose second parent is a target of class ids (attributes ``target_is_sparse``,
+    ``n_class``, ``ignore_label``): its :meth:`~ekn_core.node.Node.check_feed` refuses ids
+    ``>= n_class`` fed to that target, also through nodes that only move values such as ``Crop``
+    (:func:`~ekn_core.node.value_sources`, :func:`~ekn_plugins.losses.functional.check_class_ids`)."""
+
+    name: str
+    parents: list[Node]
+    target_is_sparse: bool
+    n_class: int
+    ignore_label: int | None
+
+    def check_feed(self, feed: Mapping[str, np.ndarray]) -> None:
+        if not self.target_is_sparse:
+            return
+        target = self.parents[1]
+        for source in value_sources(target):
+            if source.name in feed:
+                via = "" if source is target else f" (fed as {source.name!r})"
+                F.check_class_ids(feed[source.name], self.n_class, self.ignore_label,
+                                  f"{type(self).__name__} {self.name!r}: its target {target.name!r}{via}")
 
 
 def class_layout(pred: Node, n_class: int | str, n_indep: int | str) -> tuple[int, int, float | None]:
@@ -139,7 +165,7 @@ class Classification(Node):
         return F.classify(inputs[0], self.n_indep, self.threshold)
 
 
-class Errors(Node):
+class Errors(ChecksClassIds, Node):
     """Classification error rate over labelled voxels, shape ``(1,)``.
 
     Unlike ELEKTRONN2, unlabelled voxels (negative ids, all-zero one-hot rows, ``ignore_label``)
@@ -177,7 +203,7 @@ class Errors(Node):
         pred, target = inputs
         cls = pred if isinstance(self.parents[0], Classification) else F.classify(pred, self.n_indep, self.threshold)
         if self.threshold is not None and not self.target_is_sparse:
-            ids = F.target_ids(target, 1, 1, target_is_sparse=True, ignore_label=self.ignore_label)
+            ids = F.target_ids(target, 2, 1, target_is_sparse=True, ignore_label=self.ignore_label)
             ids = tf.where(ids >= 0, tf.cast(tf.cast(target, tf.float32) > self.threshold, tf.int64), ids)
         else:
             ids = F.target_ids(target, self.n_class, self.n_indep, self.target_is_sparse, self.ignore_label)
