@@ -6,7 +6,7 @@ in float64-accurate numpy, so engine results can be compared with brute force.
 
 ``make_net(**options)`` is also a model factory for ``ekn predict MODULE:make_net`` (it accepts
 the ``modelload`` options); ``EKN_TESTNET_DELAY`` seconds of sleep per forward call make runs
-slow enough to be killed in the resume tests.
+slow enough to be killed in the resume tests, and ``EKN_TESTNET_SEED`` changes its weights.
 """
 
 from __future__ import annotations
@@ -119,6 +119,11 @@ class NumpyNet:
         self.shape = self._shape(batch, n_f, size, (1,) * nd if dense else st, fov)
         self.all_parents = parents + [self]
 
+    def get_param_values(self):
+        """The weights, as ekn nodes give them (for the resume fingerprint)."""
+        return {f"layer{i}": {"w": layer[1], "b": layer[2]} for i, layer in enumerate(self.layers)
+                if layer[0] == "conv"}
+
     def _shape(self, batch, f, spatial, strides, fov):
         sizes = {"b": batch, "f": f, **dict(zip(SPATIAL[-len(spatial):], spatial))}
         return TShape([sizes[t] for t in self.tags], self.tags, strides, fov)
@@ -201,7 +206,7 @@ NEURO_LIKE = [("conv", 3, (1, 4, 4)), ("pool", (1, 2, 2)), ("conv", 4, (2, 3, 3)
 
 def make_net(override_mfp_to_active=False, imposed_patch_size=None, imposed_batch_size=None, **_):
     """Model factory for ``ekn predict tests.prediction_testnets:make_net`` (fixed seed)."""
-    layers = random_layers(np.random.default_rng(7), NEURO_LIKE)
+    layers = random_layers(np.random.default_rng(int(os.environ.get("EKN_TESTNET_SEED", "7"))), NEURO_LIKE)
     patch = tuple(imposed_patch_size or (5, 19, 19))
     delay = float(os.environ.get("EKN_TESTNET_DELAY", "0"))
     return NumpyNet(layers, patch, batch=imposed_batch_size, dense=override_mfp_to_active, delay=delay)

@@ -33,3 +33,18 @@ def test_failed_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(str(tmp_path / "a.h5"), fail)
     assert os.listdir(tmp_path) == []
+
+
+def test_sync_file_system_flushes_only_the_file_system_of_the_path(tmp_path, monkeypatch):
+    import sys
+
+    from ekn_core import atomic
+
+    synced = []
+    monkeypatch.setattr(os, "sync", lambda: synced.append("all"))
+    atomic.sync_file_system(str(tmp_path / "not" / "yet.zarr"))  # nearest existing parent
+    if sys.platform.startswith("linux"):
+        assert synced == []  # syncfs on that one file system, not every mounted one
+        assert atomic._syncfs(str(tmp_path))
+    else:
+        assert synced == ["all"]

@@ -9,9 +9,9 @@ import pytest
 
 from ekn_core.errors import ConfigError, ShapeError
 from ekn_core.prediction import predict_dense
-from ekn_core.prediction.blockwise import ProgressLog, make_plan, predict_volume, progress_path
+from ekn_core.prediction.blockwise import ProgressLog, make_plan, prediction_status, predict_volume, progress_path
 from ekn_core.prediction.source import mirror_index, read_window
-from ekn_core.prediction.tiling import TileGeometry
+from ekn_core.prediction.tiling import TileGeometry, box_window
 from prediction_testnets import NumpyNet, make_fast_net, make_net, random_layers, read_volume, write_raw_h5
 
 MB = 2**20
@@ -93,15 +93,19 @@ def test_resume_after_crash_is_identical_and_skips_done_blocks(tmp_path, raw_h5)
         assert json.loads(f.readline())["plan"]["block"] != []
 
 
-def test_progress_log_ignores_torn_line(tmp_path):
+def test_progress_log_counts_only_complete_lines(tmp_path):
     path = str(tmp_path / "x.ekn-progress")
     with ProgressLog(path, {"a": 1}) as plog:
         plog.mark(0)
         plog.mark(5)
     with open(path, "a") as f:
-        f.write("done 1")  # no newline: still a complete number; "don" would be torn
-        f.write("\ndon")
-    assert ProgressLog(path, {"a": 1}).done == {0, 5, 1}
+        f.write("done 1")  # torn: "done 12" cut short by a crash reads as block 1
+    assert ProgressLog(path, {"a": 1}).done == {0, 5}
+    with ProgressLog(path, {"a": 1}) as plog:  # the resumed run starts a line of its own
+        plog.mark(7)
+    assert ProgressLog(path, {"a": 1}).done == {0, 5, 7}
+    with open(path) as f:
+        assert f.read().endswith("\ndone 1 (torn)\ndone 7\n")
 
 
 def test_2d_net_over_stack_volume(tmp_path):
@@ -174,7 +178,7 @@ def test_another_job_into_a_knossos_output_starts_over(tmp_path, raw_h5):
     foreign = str(tmp_path / "em" / "raw.k.toml")  # a data set no prediction wrote is never replaced
     predict_volume(make_fast_net(), src, foreign, tile=None, channel=1, progress=False)
     os.remove(progress_path(foreign))
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(ConfigError, match="no ekn job wrote .* --overwrite"):
         predict_volume(make_fast_net(), src, foreign, tile=None, channel=0, progress=False)
 
 
@@ -191,3 +195,212 @@ def test_blended_blocks_equal_one_blended_image(tmp_path):
                              memory_budget=2**13, batch_size=3, progress=False)
     assert summary["blocks"] > 3
     np.testing.assert_allclose(read_volume(str(tmp_path / "o.zarr")), whole, atol=1e-6)
+
+
+def test_an_interrupted_replacement_leaves_no_old_record_over_the_new_output(tmp_path, raw_h5, monkeypatch):
+    """Job B replaces job A's output and is stopped before it writes its own log header: rerunning
+    job A must not take B's new (empty) output for its finished one."""
+    from ekn_core.prediction import blockwise
+
+    _, src = raw_h5
+    out, kw = str(tmp_path / "out.zarr"), dict(tile=None, progress=False, memory_budget=MB)
+    first = predict_volume("prediction_testnets:make_fast_net", src, out, **kw)
+    expected = read_volume(out)
+    start = blockwise.ProgressLog.start
+
+    def stop(self):
+        raise Crash
+
+    monkeypatch.setattr(blockwise.ProgressLog, "start", stop)
+    with pytest.raises(Crash):
+        predict_volume("prediction_testnets:make_net", src, out, **kw)  # job B: another model
+    monkeypatch.setattr(blockwise.ProgressLog, "start", start)
+    again = predict_volume("prediction_testnets:make_fast_net", src, out, **kw)
+    assert again["skipped"] == 0 and first["blocks"] == again["blocks"]
+    np.testing.assert_array_equal(read_volume(out), expected)
+
+
+def test_a_deleted_output_is_predicted_anew(tmp_path, raw_h5, caplog):
+    import shutil
+
+    _, src = raw_h5
+    out, kw = str(tmp_path / "out.zarr"), dict(tile=None, progress=False, memory_budget=MB)
+    predict_volume(make_fast_net(), src, out, **kw)
+    expected = read_volume(out)
+    shutil.rmtree(out)  # the progress log stays
+    summary = predict_volume(make_fast_net(), src, out, **kw)
+    assert summary["skipped"] == 0 and "is gone" in caplog.text
+    np.testing.assert_array_equal(read_volume(out), expected)
+
+
+def test_resume_needs_the_same_input_data_and_factory_weights(tmp_path, monkeypatch):
+    raw, src = write_raw_h5(tmp_path, (11, 41, 37), seed=1)
+    kw = dict(tile=None, progress=False, memory_budget=MB)
+
+    def crash(index):
+        raise Crash
+
+    def stop_and_resume(out, change):
+        with pytest.raises(Crash):
+            predict_volume("prediction_testnets:make_fast_net", src, out, on_block=crash, **kw)
+        change()
+        return predict_volume("prediction_testnets:make_fast_net", src, out, **kw)
+
+    other = (np.random.default_rng(2).random(raw.shape) * 255).astype(np.uint8)
+    os.utime(src.split(":")[0], ns=(0, 0))  # the new data carries another modification time
+
+    def new_data():
+        with h5py.File(src.split(":")[0], "w") as f:
+            f["raw"] = other
+
+    out = str(tmp_path / "new_data.zarr")
+    assert stop_and_resume(out, new_data)["skipped"] == 0
+    np.testing.assert_allclose(read_volume(out), predict_dense(make_fast_net(), other, pad_raw=True), atol=1e-6)
+    out = str(tmp_path / "new_weights.zarr")  # the same factory with other weights
+    assert stop_and_resume(out, lambda: monkeypatch.setenv("EKN_TESTNET_SEED", "8"))["skipped"] == 0
+    np.testing.assert_allclose(read_volume(out), predict_dense(make_fast_net(), other, pad_raw=True), atol=1e-6)
+    assert stop_and_resume(str(tmp_path / "same.zarr"), lambda: None)["skipped"] == 1  # nothing changed
+
+
+@pytest.mark.parametrize("name", ["{tmp}/out.h5:p", "precomputed://file://{tmp}/out"])
+def test_blocks_are_synced_to_disk_before_they_are_recorded(tmp_path, raw_h5, monkeypatch, name):
+    _, src = raw_h5
+    out = name.format(tmp=tmp_path)
+    recorded_at_sync = []
+
+    def sync(path):
+        assert os.path.dirname(path) == str(tmp_path)  # the output's file system (not the URL's)
+        with open(progress_path(out)) as f:
+            recorded_at_sync.append(sum(line.startswith("done ") for line in f))
+
+    from ekn_core.prediction import blockwise
+
+    monkeypatch.setattr(blockwise, "sync_file_system", sync)
+    summary = predict_volume(make_fast_net(), src, out, tile=None, progress=False, memory_budget=MB)
+    assert recorded_at_sync == list(range(summary["blocks"]))  # sync k comes before the k-th record
+
+
+def test_blocks_of_a_roi_off_the_tile_lattice_cut_only_between_tiles(tmp_path):
+    g = TileGeometry((44, 44, 44), (1, 1, 1), (8, 8, 8))  # tiles of 8 voxels on the lattice 0, 8, 16, ...
+    plan = make_plan(g, (60, 60, 60), 1, 1, roi=((3, 3, 3), (51, 51, 51)), memory_budget=2**23)
+    grid, blocks = plan.grid, plan.blocks()
+    assert grid.base == (0, 0, 0) and plan.block == (24, 24, 24) and len(blocks) == 27  # 0, 24, 48
+    covered = np.zeros(plan.out_shape, int)
+    for lo, hi in blocks:
+        covered[box_window(lo, hi, plan.origin)] += 1
+    assert (covered == 1).all()  # the blocks partition the ROI
+    assert sorted(t for b in blocks for t in grid.tiles(*b)) == sorted(grid.tiles(plan.origin, plan.end))
+    out = str(tmp_path / "pred.zarr")  # the record of the finished job counts all its blocks
+    with ProgressLog(progress_path(out), {"input": "raw.h5", "input_shape": [1, 60, 60, 60],
+                                          "plan": plan.to_json()}) as plog:
+        for index in range(len(blocks)):
+            plog.mark(index)
+    assert prediction_status(out)[1:] == (27, 27)
+
+
+def test_a_unet_roi_equals_that_part_of_the_whole_volume(tmp_path):
+    from prediction_testnets import UNetLite
+
+    raw, src = write_raw_h5(tmp_path, (20, 30, 30))
+    net = UNetLite(np.random.default_rng(4), (14, 14, 16))
+    for pad in (True, False):
+        whole = str(tmp_path / f"whole{pad}.zarr")
+        predict_volume(net, src, whole, tile=None, pad=pad, progress=False)
+        offset = (0, 0, 0) if pad else tuple(f // 2 for f in net.shape.fov)
+        for lo in [(1, 3, 0), (5, 6, 7)]:
+            roi = (lo, (18, 28, 26))
+            part = str(tmp_path / f"roi{pad}{lo}.zarr")
+            predict_volume(net, src, part, tile=None, roi=roi, pad=pad, memory_budget=MB, progress=False)
+            lo_v = tuple(max(a, o) for a, o in zip(lo, offset))  # valid: no voxel before the context
+            ref = read_volume(whole)[(slice(None), *(slice(a - o, b - o) for a, b, o in zip(lo_v, roi[1], offset)))]
+            np.testing.assert_allclose(read_volume(part), ref, atol=1e-6, err_msg=f"pad {pad}, ROI start {lo}")
+
+
+def test_chunks_stay_large_for_a_tile_of_prime_length(tmp_path):
+    import zarr
+
+    net = NumpyNet(random_layers(np.random.default_rng(5), [("conv", 2, (1, 1, 3))]), (1, 1, 133))
+    assert net.shape.spatial_shape == (1, 1, 131)  # 131 is prime
+    raw = np.random.default_rng(6).random((2, 3, 900)).astype(np.float32)
+    path = str(tmp_path / "raw.h5")
+    with h5py.File(path, "w") as f:
+        f["raw"] = raw
+    out = str(tmp_path / "o.zarr")
+    summary = predict_volume(net, path + ":raw", out, tile=None, memory_budget=2**16, progress=False)
+    assert summary["blocks"] > 1
+    with open(progress_path(out)) as f:
+        block = json.loads(f.readline())["plan"]["block"]
+    chunks = zarr.open_array(out, mode="r").chunks
+    assert block[2] < 900 and block[2] % chunks[3] == 0 and chunks[3] >= 64, (block, chunks)
+    np.testing.assert_allclose(read_volume(out), predict_dense(net, raw, pad_raw=True), atol=1e-6)
+
+
+def test_bad_factories_and_tiles_of_node_objects_are_clear_errors(tmp_path, raw_h5, caplog):
+    from ekn_core.errors import EknError
+
+    _, src = raw_h5
+    out = str(tmp_path / "o.zarr")
+    with pytest.raises(EknError, match="did you mean 'make_net'"):
+        predict_volume("prediction_testnets:make_nett", src, out, progress=False)
+    with pytest.raises(EknError, match=f"importing 'no_such_nets' failed .*directory '{os.getcwd()}'.*PYTHONPATH"):
+        predict_volume("no_such_nets:make", src, out, progress=False)
+    with pytest.raises(EknError, match="takes no override_mfp_to_active.*imposed_batch_size"):
+        predict_volume("prediction_testnets:read_volume", src, out, progress=False)
+    with pytest.raises(ConfigError, match="node object .* give tile=None"):
+        predict_volume(make_fast_net(), src, out, tile=(7, 31, 31), progress=False)
+    predict_volume(make_fast_net(), src, out, tile="auto", memory_budget=MB, progress=False)
+    assert "predicts with its own patch" in caplog.text
+
+
+def test_default_memory_budget_keeps_to_the_limits_of_its_own_cgroup(tmp_path, monkeypatch):
+    import psutil
+
+    from ekn_core.prediction import blockwise
+
+    machine = min(8 * 2**30, psutil.virtual_memory().total // 4)
+    v2, v1, own = tmp_path / "v2", tmp_path / "v1", tmp_path / "cgroup"
+    monkeypatch.setattr(blockwise, "CGROUP_SELF", str(own))
+    monkeypatch.setattr(blockwise, "CGROUP_MOUNTS", {"memory.max": str(v2), "memory.limit_in_bytes": str(v1)})
+
+    def limit(folder, text):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ("memory.max" if v2 in [folder, *folder.parents] else "memory.limit_in_bytes")).write_text(text)
+
+    assert blockwise.default_memory_budget() == machine  # no cgroup files
+    limit(v2, "max\n")
+    limit(v1, f"{2**63 - 4096}\n")  # cgroup v1 without a limit
+    assert blockwise.default_memory_budget() == machine
+    own.write_text("0::/slurm/job_7/step_0\n")  # cgroup v2: a Slurm job step
+    limit(v2 / "slurm" / "job_7" / "step_0", "max\n")
+    limit(v2 / "slurm" / "job_7", f"{2**31}\n")  # the job's limit
+    limit(v2 / "slurm", f"{2**32}\n")
+    limit(v2 / "other_job", f"{2**20}\n")  # another group's limit is not this process's
+    assert blockwise.default_memory_budget() == 2**29
+    own.write_text("5:cpuacct,memory:/docker/abc\n3:cpu:/elsewhere\n0::/\n")  # cgroup v1: a container
+    limit(v1 / "docker" / "abc", f"{2**30}\n")
+    limit(v1 / "elsewhere", f"{2**20}\n")
+    assert blockwise.default_memory_budget() == 2**28
+    own.unlink()  # no record of the group: the limits at the mount points (a cgroup namespace)
+    limit(v2, f"{2**29}\n")
+    assert blockwise.default_memory_budget() == 2**27
+
+
+@pytest.mark.parametrize("patch, period", [((10, 14, 10), (4, 4, 4)), ((10, 10, 10), (4, 4, 2)),
+                                           ((10, 13, 10), (2, 3, 6)), ((10, 13, 10), (1, 4, 2))])
+def test_a_square_auto_patch_has_one_size_on_both_lattices(patch, period):
+    from ekn_core.prediction.tiling import choose_patch
+
+    g = TileGeometry(patch, (1, 1, 1), period)  # strides = shift period
+    got = choose_patch(g, (64, 128, 128), 4000, 2**32, square=True).patch
+    common = [s for s in range(max(patch[1:]), 1000) if (s - patch[1]) % period[1] == (s - patch[2]) % period[2] == 0]
+    if not common:  # 13 + 4k is odd, 10 + 2k even: the net's own patch
+        assert got == patch
+    else:
+        assert got[1] == got[2] in common[1:] and (got[0] - patch[0]) % period[0] == 0, got
+
+
+def test_plan_refuses_an_overlap_without_a_step():
+    g = TileGeometry((23, 185, 185), (5, 21, 21), (2, 4, 4))  # tile_out (10, 84, 84)
+    with pytest.raises(ShapeError, match=r"largest usable overlap is \(8, 80, 80\)"):
+        make_plan(g, (64, 512, 512), 1, 2, overlap=(0, 84, 0))
+    assert make_plan(g, (64, 512, 512), 1, 2, overlap=(8, 80, 80)).grid.step == (2, 4, 4)

@@ -66,3 +66,6 @@ def test_cli_errors_are_clear(tmp_path, raw_h5, monkeypatch, capsys):
     assert "--roi" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "missing.ekn"), raw_h5, str(tmp_path / "o.zarr")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", ARGS[0], raw_h5, str(tmp_path / "o.zarr"), "--overlap", "2,8"]) == 2
+    assert "--overlap '2,8'" in capsys.readouterr().err
+    assert main(cli(raw_h5, str(tmp_path / "o.zarr")) + ["--overlap", "0,6,6"]) == 0  # per axis (z: 1-voxel tiles)

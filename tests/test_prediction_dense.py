@@ -146,3 +146,38 @@ def test_a_patch_classifier_is_refused_with_the_reason():
     with pytest.raises(ShapeError, match=r"needs a net whose output keeps the spatial axes of its input .*"
                                          r"the input has tags \('b', 'f', 'y', 'x'\) and the output \('b', 'f'\)"):
         predict_dense(classes, np.zeros((8, 8), np.float32))
+
+
+class CountingNet:
+    """A net that records the samples it is called with."""
+
+    def __init__(self, net):
+        self.net, self.samples = net, []
+        self.input_nodes, self.shape, self.all_parents = net.input_nodes, net.shape, net.all_parents
+
+    def __call__(self, x):
+        self.samples.append(len(x))
+        return self.net(x)
+
+
+def test_fixed_batch_nets_get_no_zero_filled_passes():
+    layers = random_layers(np.random.default_rng(10), NEURO_LIKE)
+    raw = np.random.default_rng(11).random((12, 30, 30)).astype(np.float32)
+    one_by_one = CountingNet(NumpyNet(layers, (7, 27, 27), batch=1, dense=True))
+    reference = predict_dense(one_by_one, raw, pad_raw=True, batch_size=1)  # one pass per tile: no padding
+    for batch, batch_size in [(1, 4), (1, None), (2, 4)]:
+        net = CountingNet(NumpyNet(layers, (7, 27, 27), batch=batch, dense=True))
+        np.testing.assert_allclose(predict_dense(net, raw, pad_raw=True, batch_size=batch_size), reference, atol=1e-6)
+        assert set(net.samples) == {batch}  # always its own batch
+        assert len(net.samples) == -(-len(one_by_one.samples) // batch), (batch, batch_size, net.samples)
+    free = CountingNet(NumpyNet(layers, (7, 27, 27), dense=True))  # any batch: one shape, the last call filled
+    predict_dense(free, raw, pad_raw=True, batch_size=4)
+    assert set(free.samples) == {4}
+
+
+def test_an_overlap_of_a_whole_tile_is_refused():
+    net = NumpyNet(random_layers(np.random.default_rng(9), NEURO_LIKE), (7, 27, 27))  # tile out (6, 16, 16)
+    raw = np.random.default_rng(9).random((12, 30, 30)).astype(np.float32)
+    with pytest.raises(ShapeError, match=r"overlap \(0, 16, 0\) leaves no step .* usable overlap is \(4, 12, 12\)"):
+        predict_dense(net, raw, overlap=(0, 16, 0))
+    np.testing.assert_allclose(predict_dense(net, raw, overlap=(4, 12, 12)), predict_dense(net, raw), atol=1e-6)

@@ -114,3 +114,73 @@ def test_stopping_early_cancels_the_tasks_in_flight(monkeypatch):
         finally:
             for event in _RELEASE.values():
                 event.set()
+
+
+@pytest.fixture
+def worker_elsewhere(tmp_path, monkeypatch):
+    """Runs the blocks of a Dask job in this process, as a worker started in another directory
+    would (the job is recorded)."""
+    from ekn_core.prediction import distributed as dist
+
+    jobs, elsewhere = [], tmp_path / "worker_cwd"
+    elsewhere.mkdir()
+
+    def run_blocks(job, pending, write, **_):
+        jobs.append(job)
+        here = os.getcwd()
+        os.chdir(elsewhere)
+        try:
+            results = [dist.compute_block(job, index) for index in pending]
+        finally:
+            os.chdir(here)
+            dist._WORKER_CACHE.clear()
+        for index, pred in results:
+            write(index, pred)
+
+    monkeypatch.setattr(dist, "run_blocks", run_blocks)
+    return jobs, str(elsewhere)
+
+
+def test_workers_get_absolute_model_paths_and_name_their_directory(tmp_path, raw_h5, monkeypatch, worker_elsewhere):
+    from ekn_core.errors import EknError
+    from ekn_core.prediction.blockwise import NetSpec
+
+    jobs, _ = worker_elsewhere
+    ekn_nets = pytest.importorskip("ekn_core.neuromancer")
+    model = ekn_nets.model_manager.newmodel("relative_model")
+    inp = ekn_nets.Input((None, 1, 3, 9, 9), "b,f,z,y,x", name="raw")
+    out = ekn_nets.Conv(inp, 2, (1, 3, 3), activation_func="sigmoid", name="probs")
+    model.designate_nodes(input_node=inp, prediction_node=out)
+    model.save(str(tmp_path / "net.h5"))
+    assert raw_h5 == str(tmp_path / "raw.h5:raw")
+    monkeypatch.chdir(tmp_path)
+    single = predict_volume("net.h5", "raw.h5:raw", "single.zarr", **KW)
+    predict_volume("net.h5", "raw.h5:raw", "dask.zarr", workers=2, **KW)
+    assert jobs[0].spec.model == str(tmp_path / "net.h5") and single["blocks"] > 1
+    np.testing.assert_array_equal(read_volume("dask.zarr"), read_volume("single.zarr"))
+    with pytest.raises(EknError, match=f"'missing.h5' does not exist \\(working directory '{tmp_path}' on "):
+        NetSpec("missing.h5").load()
+
+
+def test_local_workers_share_the_memory_budget(tmp_path, raw_h5, worker_elsewhere):
+    from ekn_core.prediction.blockwise import make_plan
+
+    jobs, _ = worker_elsewhere
+    predict_volume(MODEL, raw_h5, str(tmp_path / "four.zarr"), workers=4, tile=None, memory_budget="4M",
+                   progress=False)
+
+    def block(budget):
+        return make_plan(jobs[0].plan.geometry, (9, 45, 41), 1, 2, memory_budget=budget).block
+
+    assert jobs[0].plan.block == block(2**20) != block(4 * 2**20)  # 4 MiB for the machine: 1 MiB a worker
+
+
+def test_the_local_cluster_is_secured_with_tls():
+    from ekn_core.prediction.distributed import connect
+
+    client, close = connect(workers=1)
+    try:
+        assert client.scheduler.address.startswith("tls://")
+        assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+    finally:
+        close()

@@ -89,7 +89,21 @@ def test_unet_tiles_equal_whole_image(tmp_path):
     reference = whole.prediction_node(raw[None, None])[0]
     pred = predict_dense(out, raw)
     assert pred.shape == reference.shape
+    assert pred.shape[1:] == tuple(s - (f - 1) for s, f in zip(raw.shape, out.shape.fov))  # docs' size rule
     np.testing.assert_allclose(pred, reference, atol=1e-5)
+
+
+def test_unet_tta_equals_flipped_plain_predictions():
+    model = nm.model_manager.newmodel("pred_unet_tta")
+    inp = nm.Input((None, 1, 14, 14, 16), "b,f,z,y,x", name="raw")
+    c1 = nm.Conv(inp, 3, (3, 3, 3))
+    merged = nm.AutoMerge(c1, nm.Conv(nm.Pool(c1, (2, 2, 2)), 4, (3, 3, 3)), 3)
+    out = nm.Conv(merged, 2, (3, 3, 3), activation_func="sigmoid", name="probs")
+    model.designate_nodes(input_node=inp, prediction_node=out)
+    raw = np.random.default_rng(3).random((18, 20, 22)).astype(np.float32)  # raw - patch even: same pooling phases
+    expected = np.mean([np.flip(model.predict_dense(np.flip(raw, axes)), [a + 1 for a in axes])
+                        for n in range(4) for axes in itertools.combinations((0, 1, 2), n)], axis=0)
+    np.testing.assert_allclose(model.predict_dense(raw, tta="flips"), expected, atol=1e-5)
 
 
 def test_predict_volume_with_saved_model(strided, tmp_path):
@@ -107,3 +121,62 @@ def test_predict_volume_with_saved_model(strided, tmp_path):
                    progress=False)
     with open_volume(out) as vol:
         np.testing.assert_allclose(np.asarray(vol[...]), model.predict_dense(raw, pad_raw=True), atol=1e-5)
+
+
+def test_memory_estimate_of_mfp_counts_the_fragments(strided):
+    """An MFP net keeps all pooling fragments of a sample as batch entries: its maps hold as many
+    values as the strided net's maps before pooling, at every stride phase at once."""
+    from ekn_core.prediction.net import activation_bytes_per_voxel, graph_nodes
+
+    model, path = strided
+    mfp = nm.modelload(path, override_mfp_to_active=True, imposed_patch_size=(6, 23, 23)).prediction_node
+
+    def bytes_per_input_voxel(node):  # every node's output, all its batch entries, per voxel of one input sample
+        in_shape = node.input_nodes[0].shape
+        total = sum(4.0 * np.prod([d for d in n.shape.shape if d]) for n in graph_nodes(node))
+        return total / ((in_shape["b"] or 1) * np.prod(in_shape.spatial_shape))
+
+    assert mfp.input_nodes[0].shape["b"] == 1 and max(n.shape["b"] for n in graph_nodes(mfp)) == 32
+    assert activation_bytes_per_voxel(mfp) >= 1.5 * bytes_per_input_voxel(mfp)
+    # per voxel the MFP pass holds more than the strided pass, which keeps one phase after each pooling
+    assert activation_bytes_per_voxel(mfp) > activation_bytes_per_voxel(model.prediction_node)
+
+
+def test_predict_volume_loads_an_mfp_net_once_at_the_patch_it_predicts_with(strided, tmp_path, monkeypatch, caplog):
+    """The model's own patch 5x19x19 is not valid with MFP: no warning for what ekn chooses itself
+    (tile 'auto', or the model's own patch snapped), one for a tile the user asked for; weights are
+    loaded once each time."""
+    import h5py
+
+    from ekn_core import persistence
+    from ekn_core.node import is_shape_only
+    from ekn_core.prediction.blockwise import predict_volume
+
+    _, path = strided
+    with h5py.File(str(tmp_path / "raw.h5"), "w") as f:
+        f["raw"] = (np.random.default_rng(3).random((9, 40, 36)) * 255).astype(np.uint8)
+    loads, modelload = [], persistence.modelload
+
+    def counted(*args, **kwargs):
+        model = modelload(*args, **kwargs)
+        if not is_shape_only():
+            loads.append(model.input_node.shape.spatial_shape)
+        return model
+
+    monkeypatch.setattr(persistence, "modelload", counted)
+    run = {"mfp": True, "memory_budget": "64M", "progress": False}
+    with caplog.at_level("INFO", logger="ekn"):
+        predict_volume(path, str(tmp_path / "raw.h5:raw"), str(tmp_path / "auto.zarr"), tile="auto", **run)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    assert len(loads) == 1 and loads[0] != (5, 19, 19)
+    summaries = [r for r in caplog.records if r.getMessage().startswith("prediction 'probs'")]
+    assert len(summaries) == 1 and summaries[0].levelname == "INFO"  # of the net loaded, not of the plan's build
+    caplog.clear()
+    predict_volume(path, str(tmp_path / "raw.h5:raw"), str(tmp_path / "asked.zarr"), tile=(5, 19, 19), **run)
+    assert "patch size 5x19x19 is not valid for this net with MFP; using the nearest valid size 4x18x18" in [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert loads[1:] == [(4, 18, 18)]
+    caplog.clear()
+    predict_volume(path, str(tmp_path / "raw.h5:raw"), str(tmp_path / "own.zarr"), tile=None, **run)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    assert loads[2:] == [(4, 18, 18)]

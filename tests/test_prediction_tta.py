@@ -123,6 +123,23 @@ def test_blockwise_and_dask_worker_equal_in_memory_tta(tmp_path):
     np.testing.assert_allclose(block, ref[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))], atol=1e-6)
 
 
+def test_auto_tile_with_the_transpose_chooses_a_square_patch(tmp_path):
+    import json
+
+    from ekn_core.prediction.blockwise import progress_path
+
+    raw, src = write_raw_h5(tmp_path, (8, 72, 24))  # y != x: the fastest free patch is not square
+    out = str(tmp_path / "auto.zarr")
+    predict_volume("prediction_testnets:make_fast_net", src, out, tile="auto", tta="flips+transpose",
+                   memory_budget="64M", progress=False)
+    with open(progress_path(out)) as f:
+        patch = tuple(json.loads(f.readline())["plan"]["geometry"]["patch"])
+    assert patch[1] == patch[2] > 27, patch  # grown beyond the model's 27, with y = x
+    resized = make_fast_net(imposed_patch_size=patch)
+    np.testing.assert_allclose(read_volume(out), predict_dense(resized, raw, pad_raw=True, tta="flips+transpose"),
+                               atol=1e-6)
+
+
 def test_cli_predict_with_tta(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(HERE)
     raw, src = write_raw_h5(tmp_path, (9, 30, 29))

@@ -20,7 +20,8 @@ from the two windows on the lattice ``P·Z`` around ``d`` per axis.
 Protocol for affinity losses: a loss node with ``affinity_loss = True`` declares the offsets of the
 prediction it reads with a method ``affinity_offsets()`` returning ``(n_channels, n_spatial_axes)``
 integers, one row per channel, columns in the spatial order of the node's own tags (``MalisNLL``:
-its ``nhood``, each row twice). Nets trained with a plain loss get them from the user
+its ``nhood``, each row twice). Nets trained with a plain loss on the patch source's affinity
+targets get them from their model file (:mod:`ekn_core.training_data`), others from the user
 (``affinity_offsets=``, ``ekn predict --nhood``).
 
 Example:
@@ -88,6 +89,44 @@ def channel_offsets(offsets: Any, n_lab: int, ndim: int, source: str) -> np.ndar
                       f"(one offset per channel) nor {n_lab / 2:g} 2-class softmax pairs (one per pair)")
 
 
+def in_net_order(offsets: np.ndarray, axes: Any, order: Any) -> np.ndarray:
+    """``offsets`` whose columns are the spatial ``axes`` (tags) reordered to ``order``, the net's
+    spatial tags in its input's order, which is the order of the volume's axes the net sees; as they
+    are where either is unknown.
+
+    Example:
+        >>> in_net_order(np.array([[-1, 0, -2]]), "zxy", ("z", "y", "x")).tolist()
+        [[-1, -2, 0]]
+    """
+    tags = [t for t in (axes or ()) if t in "zyx"]
+    if order is not None and sorted(tags) == sorted(order):
+        offsets = offsets[:, [tags.index(t) for t in order]]
+    return offsets
+
+
+def recorded_offsets(net: Any) -> np.ndarray | None:
+    """The per-channel offsets of the affinity targets the net was trained on, as its model file
+    records them (:mod:`ekn_core.training_data`; a plain loss on affinities of the patch source's
+    nhood), in the net's spatial axis order; None without such a record.
+
+    Example:
+        >>> from ekn_core.training_data import TrainingData
+        >>> class Model: training_data = TrainingData(affinity_offsets=((-1, 0), (0, -1)), affinity_axes="xy")
+        >>> class Node: model = Model()
+        >>> class Net: node, ndim, n_lab, spatial_tags = Node(), 2, 2, ("y", "x")
+        >>> recorded_offsets(Net()).tolist()
+        [[0, -1], [-1, 0]]
+    """
+    from ekn_core.training_data import training_data_of
+
+    record = training_data_of(net.node) if hasattr(net, "node") else None
+    if record is None or record.affinity_offsets is None:
+        return None
+    source = "the affinity offsets the model file records"
+    offsets = channel_offsets(record.affinity_offsets, net.n_lab, net.ndim, source)
+    return in_net_order(offsets, record.affinity_axes, getattr(net, "spatial_tags", None))
+
+
 def declared_offsets(net: Any) -> np.ndarray | None:
     """The per-channel offsets declared by the affinity loss the net's node feeds, in the net's
     spatial axis order (None without such a loss)."""
@@ -102,29 +141,28 @@ def declared_offsets(net: Any) -> np.ndarray | None:
                           "its channels cannot be restored after flips; give the offsets (affinity_offsets=, "
                           "ekn predict --nhood) or predict without tta")
     offsets = channel_offsets(loss.affinity_offsets(), net.n_lab, net.ndim, f"the affinity loss {what}")
-    tags = [t for t in getattr(getattr(loss, "shape", None), "tags", ()) if t in "zyx"]
-    order = getattr(net, "spatial_tags", None)
-    if order is not None and sorted(tags) == sorted(order):
-        offsets = offsets[:, [tags.index(t) for t in order]]
-    return offsets
+    return in_net_order(offsets, getattr(getattr(loss, "shape", None), "tags", ()), getattr(net, "spatial_tags", None))
 
 
 def resolve_offsets(net: Any, given: Any = None) -> np.ndarray | None:
-    """The net's per-channel affinity offsets: ``given`` (checked against the loss's), else the
-    affinity loss's, else None (every channel a per-voxel scalar).
+    """The net's per-channel affinity offsets: ``given`` (checked against the net's own), else the
+    affinity loss's (:func:`declared_offsets`), else those its model file records
+    (:func:`recorded_offsets`), else None (every channel a per-voxel scalar).
 
     Example:
         >>> class Net: ndim, n_lab = 2, 2
         >>> resolve_offsets(Net(), [[-1, 0]]).tolist()
         [[-1, 0], [-1, 0]]
     """
-    own = declared_offsets(net)
+    own, source = declared_offsets(net), "the net's affinity loss declares"
+    if own is None:
+        own, source = recorded_offsets(net), "the model file records (the affinities its net was trained on)"
     if given is None:
         return own
     offsets = channel_offsets(given, net.n_lab, net.ndim, "affinity_offsets")
     if own is not None and not np.array_equal(own, offsets):
-        raise ConfigError(f"affinity_offsets {offsets.tolist()} contradict the offsets {own.tolist()} that the "
-                          "net's affinity loss declares; leave them out")
+        raise ConfigError(f"affinity_offsets (--nhood) {offsets.tolist()} contradict the offsets {own.tolist()} that "
+                          f"{source}; leave them out")
     return offsets
 
 

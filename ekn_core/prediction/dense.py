@@ -42,6 +42,7 @@ import numpy as np
 from ekn_core.errors import ShapeError
 from ekn_core.prediction.net import NetAdapter, SliceWise
 from ekn_core.grey import to_grey
+from ekn_core.training_data import prediction_grey_range, training_data_of
 from ekn_core.prediction.source import read_window
 from ekn_core.prediction.tiling import TileGrid, blend_weights
 from ekn_core.prediction.tta import describe, tta_factor, with_tta
@@ -117,8 +118,10 @@ def predict_region(net: Any, read: Callable[[tuple, tuple], np.ndarray], grid: T
     def run_queue(final: bool) -> None:
         while len(queue) >= batch_size or (final and queue):
             n = min(batch_size, len(queue))
-            # a short last batch is zero-filled: one input shape, one compiled function
-            chunk = np.stack(queue[:n] + [np.zeros_like(queue[0])] * (batch_size - n))
+            # a short last batch is zero-filled (one input shape, one compiled function), unless the
+            # net has a fixed batch: its adapter calls it per batch of its own size
+            fill = batch_size - n if net.batch is None else 0
+            chunk = np.stack(queue[:n] + [np.zeros_like(queue[0])] * fill)
             del queue[:n]
             outputs.extend(net(chunk)[:n])
         while pending and len(outputs) >= len(phases):
@@ -188,7 +191,7 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
                   overlap: int | tuple[int, ...] = 0, blend: str = "gaussian",
                   batch_size: int | None = None, memory_budget: int | None = None,
                   progress: bool = False, tta: str | list[str] | None = None,
-                  affinity_offsets: Any = None) -> np.ndarray:
+                  affinity_offsets: Any = None, grey_range: tuple[float, float] | None = None) -> np.ndarray:
     """Dense prediction of a whole image with a node (ELEKTRONN2's ``Node.predict_dense``).
 
     Args:
@@ -196,7 +199,10 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
         raw: ``(ch, z, y, x)``, or ``(z, y, x)`` for one channel. For 2-D nets ``(ch, y, x)`` /
             ``(y, x)`` is one image and ``(ch, z, y, x)`` / ``(z, y, x)`` a stack predicted slice
             by slice. Integer data is mapped to [0, 1] by its dtype's range (uint8 / 255,
-            :func:`ekn_core.grey.to_grey`), floats are used as they are.
+            :func:`ekn_core.grey.to_grey`), floats are used as they are; integer data whose dtype
+            range differs from the one the net was trained on (``model.training_data``) is refused
+            unless ``grey_range`` states its scaling
+            (:func:`~ekn_core.training_data.prediction_grey_range`).
         as_uint8: Return ``uint8`` (probabilities × 255) instead of float32.
         pad_raw: Mirror-pad the image by the net's context so the output covers the whole input;
             otherwise the output is ``raw - (fov - 1)`` per axis (``raw - 2*offset`` for odd FOVs).
@@ -210,15 +216,20 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
             (see :mod:`ekn_core.prediction.tta`); the prediction is the mean over the transformed
             inputs' predictions, each transformed back. Costs one pass per transform.
         affinity_offsets: With ``tta``, the edge offsets ``(y, x)`` / ``(z, y, x)`` of an affinity
-            net's channels, one row per channel or per 2-class softmax pair (nets that feed an
+            net's channels, columns in the order of the image's spatial axes (which a net tagged
+            ``z,x,y`` names ``(z, x, y)``), one row per channel or per 2-class softmax pair (nets that feed an
             affinity loss such as ``MalisNLL`` declare them); each channel is then restored
             exactly (the edges to voxels beyond the image use its mirrored context, and without
-            ``pad_raw`` the output loses the shifts' reach on each side).
+            ``pad_raw`` the output loses the shifts' reach on each side). Nets trained on affinity
+            targets with a plain loss take them from their model file (``model.training_data``).
+        grey_range: ``(low, high)``: the raw values mapped to 0 and 1 instead of the dtype's range
+            (e.g. ``(0, 4095)`` for 12-bit data in uint16, ``(0, 255)`` for a uint16 copy of 8-bit data).
 
     Returns:
         ``(n_lab, z, y, x)`` (``(n_lab, y, x)`` for a single 2-D image).
     """
     raw = np.asarray(raw)
+    scale = prediction_grey_range(training_data_of(node), raw.dtype, grey_range, "predict_dense")
     net: Any = NetAdapter(node)
     data, is_2d, squeeze = _as_channels_first(raw, net)
     net = with_tta(net, tta, affinity_offsets)
@@ -247,7 +258,7 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
         bar = tqdm(total=total, unit="vox", unit_scale=True, desc=progress_label(net))
     t0 = time.perf_counter()
     try:
-        pred = predict_region(net, lambda a, b: to_grey(read_window(data, a, b)), grid, origin, end,
+        pred = predict_region(net, lambda a, b: to_grey(read_window(data, a, b), scale), grid, origin, end,
                               blend=blend_mode, batch_size=batch, progress=bar.update if bar else None)
     finally:
         if bar is not None:

@@ -67,6 +67,10 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> tuple[A
     """A ``distributed.Client`` for ``scheduler`` or a new local cluster with ``workers`` processes
     (one task thread each; the machine's cores are split between their TensorFlow thread pools).
 
+    The local cluster talks TLS with temporary credentials that only this process holds
+    (``LocalCluster(security=True)``): without them any user of the machine could connect to its
+    scheduler and run code as you. A ``scheduler`` you give must be secured by its own set-up.
+
     Returns:
         ``(client, close)``; ``close()`` shuts down what was started here.
     """
@@ -80,8 +84,9 @@ def connect(scheduler: str | None = None, workers: int | None = None) -> tuple[A
     n = int(workers or 1)
     threads = str(max(1, (os.cpu_count() or 1) // n))  # the cores are shared by the workers' nets
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                           memory_limit=0, env={"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
-                                                "TF_NUM_INTEROP_THREADS": "1"})
+                           memory_limit=0, security=True,
+                           env={"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads,
+                                "TF_NUM_INTEROP_THREADS": "1"})
     client = Client(cluster)
 
     def close() -> None:

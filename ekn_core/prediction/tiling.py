@@ -175,15 +175,25 @@ def tile_starts(extent: int, tile_out: int, step: int, period: int) -> list[int]
 
 
 def tile_step(tile_out: Shape, period: Shape, overlap: int | Shape = 0) -> Shape:
-    """Grid step per axis: ``tile_out - overlap`` rounded down to the period (at least one period).
+    """Grid step per axis: ``tile_out - overlap`` rounded down to the period. An overlap that leaves
+    less than one period is refused, except on axes whose tile is one period (a 2-D net's z).
 
     Example:
         >>> tile_step((10, 84, 84), (2, 4, 4), overlap=(0, 8, 9))
         (10, 76, 72)
+        >>> tile_step((10, 84, 84), (2, 4, 4), overlap=9)
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ShapeError: overlap (9, 9, 9) leaves no step ... the largest usable overlap is (8, 80, 80)
     """
     overlap = (overlap,) * len(tile_out) if isinstance(overlap, (int, np.integer)) else tuple(overlap)
     if any(o < 0 for o in overlap):
         raise ShapeError(f"overlap must be >= 0, got {overlap}")
+    if any(o > 0 and p < t < o + p for t, o, p in zip(tile_out, overlap, period)):
+        usable = tuple(max(0, t - p) for t, p in zip(tile_out, period))
+        raise ShapeError(f"overlap {tuple(overlap)} leaves no step between tiles of {tuple(tile_out)} output voxels "
+                         f"(tile starts keep to the shift period {tuple(period)}); the largest usable overlap is "
+                         f"{usable}")
     return tuple(max(p, (t - o) // p * p) for t, o, p in zip(tile_out, overlap, period))
 
 
@@ -218,23 +228,25 @@ def blend_weights(tile_out: Shape, mode: str = "gaussian") -> np.ndarray:
 
 
 def choose_patch(geometry: TileGeometry, extent: Shape, bytes_per_voxel: float, budget: int,
-                 max_steps: int = 64, call_overhead_voxels: float = 32.0 ** 3) -> TileGeometry:
+                 max_steps: int = 64, call_overhead_voxels: float = 32.0 ** 3,
+                 square: bool = False) -> TileGeometry:
     """Picks the patch ``geometry.patch + k * period`` that predicts ``extent`` fastest in budget.
 
     The cost model counts, for the whole region, the input voxels pushed through the net
     (``tiles * passes * prod(patch)``) plus a fixed overhead per forward pass; memory is
     ``bytes_per_voxel * prod(patch)`` for one pass and must stay within ``budget``. Larger tiles
     waste less context (``fov - 1`` per axis) but beyond the region size they compute voxels
-    that are thrown away; the optimum is found by a coordinate search over ``k``.
+    that are thrown away; the optimum is found by a coordinate search over ``k``. With
+    ``square``, y and x take one common size that both their lattices reach (y = x, as TTA's y/x swap
+    needs); the net's own patch where there is none.
 
     Example:
         >>> g = TileGeometry((10, 10, 10), (1, 1, 1), (4, 4, 4))
         >>> choose_patch(g, (64, 64, 64), bytes_per_voxel=4000, budget=2**32).patch
         (70, 70, 70)
+        >>> [choose_patch(g, (16, 120, 40), 4000, 2**32, square=square).patch for square in (False, True)]
+        [(22, 126, 46), (22, 46, 46)]
     """
-    if bytes_per_voxel * np.prod(geometry.patch) > budget:
-        return geometry
-
     def cost(g: TileGeometry) -> float:
         steps = tile_step(g.tile_out, g.period)
         tiles = np.prod([len(tile_starts(e, t, st, per))
@@ -244,22 +256,42 @@ def choose_patch(geometry: TileGeometry, extent: Shape, bytes_per_voxel: float, 
     def fits(g: TileGeometry) -> bool:
         return bytes_per_voxel * float(np.prod(g.patch)) <= budget
 
-    ks = [0] * geometry.ndim
-    best, best_cost = geometry, cost(geometry)
+    # Each group of axes takes the sizes first + j * step (j = 0, 1, ...): one axis its own lattice,
+    # with square y and x the sizes both of their lattices reach.
+    groups = [([a], p, per) for a, (p, per) in enumerate(zip(geometry.patch, geometry.period))]
+    if square:
+        (_, py, ty), (_, px, tx) = groups[-2:]
+        common = math.lcm(ty, tx)
+        smallest = next((s for s in range(max(py, px), max(py, px) + common)
+                         if (s - py) % ty == (s - px) % tx == 0), None)
+        if smallest is None:  # no square patch on both lattices: the net's own patch (TTA says why it fails)
+            return geometry
+        groups[-2:] = [([len(groups) - 2, len(groups) - 1], smallest, common)]
+
+    def resized(js: list[int]) -> TileGeometry:
+        patch = list(geometry.patch)
+        for (axes, first, step), j in zip(groups, js):
+            for axis in axes:
+                patch[axis] = first + j * step
+        return geometry.resized(tuple(patch))
+
+    js = [0] * len(groups)
+    best = resized(js)
+    if not fits(best):
+        return geometry
+    best_cost = cost(best)
     improved = True
     while improved:
         improved = False
-        for axis in range(geometry.ndim):
-            for k in range(max_steps + 1):
-                trial = list(ks)
-                trial[axis] = k
-                patch = tuple(p + kk * per for p, kk, per in zip(geometry.patch, trial, geometry.period))
-                g = geometry.resized(patch)
+        for i in range(len(groups)):
+            for j in range(max_steps + 1):
+                trial = js[:i] + [j] + js[i + 1:]
+                g = resized(trial)
                 if not fits(g):
                     break
                 c = cost(g)
                 if c < best_cost * (1 - 1e-9):
-                    best, best_cost, ks, improved = g, c, trial, True
+                    best, best_cost, js, improved = g, c, trial, True
     return best
 
 
@@ -269,17 +301,23 @@ class TileGrid:
 
     Every caller that predicts a part of the region (a block of an out-of-core run, a Dask task)
     uses the same grid, so the parts together equal one whole-region prediction bit for bit.
+    Tile starts keep to the lattice of the shift period through ``anchor`` (default: the region's
+    start): a region that does not start on it, such as a ROI of a volume, is covered from the
+    lattice point before it, so that a U-Net pools the ROI as in the whole volume.
 
     Example:
         >>> grid = TileGrid(TileGeometry((6,), (1,), (2,)), origin=(3,), end=(12,))
         >>> grid.starts, grid.tiles((5,), (9,))
         (((3, 5, 7, 9, 11),), [(5,), (7,)])
+        >>> TileGrid(TileGeometry((6,), (1,), (2,)), origin=(3,), end=(12,), anchor=(0,)).starts
+        ((2, 4, 6, 8, 10),)
     """
 
     geometry: TileGeometry
     origin: Shape
     end: Shape
     overlap: Shape | int = 0
+    anchor: Shape | None = None
 
     @property
     def step(self) -> Shape:
@@ -287,11 +325,18 @@ class TileGrid:
         return tile_step(self.geometry.tile_out, self.geometry.period, self.overlap)
 
     @property
+    def base(self) -> Shape:
+        """The first tile start per axis: the lattice point of ``anchor`` at or before ``origin``."""
+        if self.anchor is None:
+            return tuple(self.origin)
+        return tuple(o - (o - a) % p for o, a, p in zip(self.origin, self.anchor, self.geometry.period))
+
+    @property
     def starts(self) -> tuple[Shape, ...]:
         """Tile starts per axis (output coordinates)."""
         g = self.geometry
-        return tuple(tuple(o + s for s in tile_starts(e - o, t, st, per))
-                     for o, e, t, st, per in zip(self.origin, self.end, g.tile_out, self.step, g.period))
+        return tuple(tuple(b + s for s in tile_starts(e - b, t, st, per))
+                     for b, e, t, st, per in zip(self.base, self.end, g.tile_out, self.step, g.period))
 
     def tiles(self, lo: Shape, hi: Shape) -> list[Shape]:
         """Starts of the tiles whose output intersects ``[lo, hi)``, in C order."""

@@ -125,7 +125,8 @@ def _check_exact(net: Any, names: tuple[str, ...]) -> None:
         if any(y != x for y, x in lateral):
             raise ShapeError(f"TTA swaps y and x, which needs the same geometry on both axes; the net has "
                              f"patch {g.patch}, output {g.out}, strides {g.strides}, shift period {g.period}. "
-                             "Use a square patch (y = x) or tta='flips'")
+                             "Use a square patch (y = x; ekn predict: --tile model or a square --tile Z,Y,Y) or "
+                             "tta='flips'")
 
 
 class TTANet:
