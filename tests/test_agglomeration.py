@@ -328,7 +328,7 @@ def test_evaluate_with_a_segmenter(tmp_path, capsys, segmenter, nhood, points):
     write(str(tmp_path / "ids.zarr"), ids)
     out = tmp_path / "out"
     assert main(["evaluate", "--prediction", pred, "--ids", str(tmp_path / "ids.zarr"), "--affinities", "--nhood",
-                 nhood, "--segmenter", segmenter, "--out", str(out), "--no-progress"]) == 0
+                 nhood, "--segmenter", segmenter, "--output", str(out), "--no-progress"]) == 0
     v = json.loads((out / "evaluation.json").read_text())["volumes"][0]
     assert v["segmentation"]["segmenter"] == segmenter and v["segmentation"]["points"] == points
     assert v["segmentation"]["scores"]["vi"] == pytest.approx(0, abs=1e-12) and v["segmentation"]["params"]["nhood"] == NHOODS[nhood].tolist()
@@ -357,7 +357,7 @@ def test_evaluate_segmenter_errors(tmp_path, capsys):
     ids = box_cells()
     pred = write(str(tmp_path / "aff.zarr"), seg_to_affgraph(ids, NHOODS["2d"]).astype(np.float32))
     write(str(tmp_path / "ids.zarr"), ids)
-    args = ["evaluate", "--prediction", pred, "--ids", str(tmp_path / "ids.zarr"), "--out", str(tmp_path / "o"),
+    args = ["evaluate", "--prediction", pred, "--ids", str(tmp_path / "ids.zarr"), "--output", str(tmp_path / "o"),
             "--no-progress"]
     for wrong, message in (
             (["--affinities", "--nhood", "2d", "--segmenter", "mutex", "--per-slice"],

@@ -21,7 +21,8 @@ from ekn_plugins.data.image import center_offset, ids2barriers
 from ekn_plugins.data.synth import write_dataset
 from ekn_plugins.evaluation import seg_search
 from ekn_plugins.evaluation.binary import ThresholdCurves
-from ekn_plugins.evaluation.model_evaluation import evaluate_model, evaluated_channel
+from ekn_plugins.evaluation.inputs import evaluated_channel
+from ekn_plugins.evaluation.model_evaluation import evaluate_model
 from ekn_plugins.evaluation.runs import default_out_dir, resolve_model, run_validation_spec
 from ekn_plugins.evaluation.seg_search import search_segmentation
 from ekn_plugins.evaluation.segmentation import watershed_segmentation
@@ -239,7 +240,7 @@ def test_every_error_is_clear(tmp_path, data, monkeypatch):
     monkeypatch.setattr("psutil.virtual_memory", lambda: Memory())
     need = 12 * 80 * 80 * (24 + 128 * 2) / 2**20
     with pytest.raises(EknError, match=rf"volume 'v': holding its labelled box \(12, 80, 80\) .* search in 2 "
-                       rf"process\(es\) needs about {need:.0f} MiB, but 20 MiB are available; .*--region"):
+                       rf"process\(es\) needs about {need:.0f} MiB, but 20 MiB are available; .*--roi"):
         evaluate_model(NET, [good], out, n_proc=2, **FAST)
     assert not os.path.exists(os.path.join(out, "v", "prediction.zarr"))  # every error before predicting
     Memory.available = 2**10  # labels from ids, no search: chunk by chunk, the box is never in memory
@@ -288,7 +289,7 @@ def test_ekn_evaluate_on_a_run_directory(tmp_path, monkeypatch, capsys, data):
     setting = {"volumes": [{"raw": "raw_0.h5:raw", "labels": "barrier_int16_0.h5:lab"}]}
     run.write_run_json({"settings": {"volume_validation": setting, "history_freq": 10}, "cwd": folder})
     monkeypatch.chdir(tmp_path)
-    args = ["evaluate", run.path, "--region", "4:10,10:50,10:60", "--grid", json.dumps(GRID), "--n-proc", "2",
+    args = ["evaluate", run.path, "--roi", "4:10,10:50,10:60", "--grid", json.dumps(GRID), "--processes", "2",
             "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -308,7 +309,7 @@ def test_ekn_evaluate_on_a_run_directory(tmp_path, monkeypatch, capsys, data):
     assert histograms(v)[0] == reference.positive_counts.tolist()
     assert v["segmentation"] is None
     # a volume given on the command line, labels from its ids, the search in 2 processes after TensorFlow
-    assert main([*args[:2], data["raw"], "--ids", data["ids"], "--name", "cli", "--out", "o", *args[2:]]) == 0
+    assert main([*args[:2], data["raw"], "--ids", data["ids"], "--name", "cli", "--output", "o", *args[2:]]) == 0
     v = json.loads((tmp_path / "o" / "evaluation.json").read_text())["volumes"][0]
     prob = read(str(tmp_path / "o" / v["prediction"]["path"]))[1]
     assert v["labels_from_ids"]

@@ -117,7 +117,7 @@ def test_exact_affinities_segment_perfectly(tmp_path, ids_path, capsys):
     ids = cells()
     exact = seg_to_affgraph(ids, mknhood3d(1)).astype(np.float32)
     pred = write(str(tmp_path / "exact.zarr"), exact)
-    assert main(["evaluate", "--prediction", pred, "--ids", ids_path, "--affinities", "--out", str(tmp_path / "o"),
+    assert main(["evaluate", "--prediction", pred, "--ids", ids_path, "--affinities", "--output", str(tmp_path / "o"),
                  "--no-progress"]) == 0
     assert f"prediction {pred} (3, 8, 24, 24), affinity channels [0, 1, 2] (default nhood '3d')" in \
         capsys.readouterr().out
@@ -232,3 +232,77 @@ def test_tta_of_an_affinity_net_trained_with_a_plain_loss_uses_the_given_nhood(t
     predict_volume(path, raw, str(tmp_path / "per_voxel.zarr"), **run)
     np.testing.assert_allclose(got, read(str(tmp_path / "exact.zarr")), atol=1e-6)
     assert np.abs(got - read(str(tmp_path / "per_voxel.zarr"))).max() > 1e-3
+
+
+RECORDED = ((-1, 0, 0), (0, 0, -2), (0, -2, 0))  # columns y, z, x: (z, x, y) = (0, 0, -1), (0, -2, 0), (-2, 0, 0)
+
+
+@pytest.fixture
+def recorded_model(tmp_path):
+    """A sigmoid affinity net with a plain loss whose model file records its training data: uint8
+    raw and affinity targets of a 3-edge nhood that is not 3d, recorded in the axis order y, z, x; the
+    net's is ELEKTRONN2's z, x, y (its x is the volume's second axis)."""
+    import ekn_core.neuromancer as nm
+    from ekn_core.training_data import TrainingData, input_scalings
+
+    model = nm.model_manager.newmodel("evaluate_recorded_affinities")
+    inp = nm.Input((None, 1, 3, 9, 9), "b,f,z,x,y", name="raw")
+    out = nm.Conv(inp, 3, (2, 3, 3), activation_func="sig", name="affinities")
+    model.designate_nodes(input_node=inp, prediction_node=out)
+    model.training_data = TrainingData(input_scalings([("train.h5:raw", "uint8")]), RECORDED, "yzx")
+    path = model.save(str(tmp_path / "recorded.h5"))
+    nm.model_manager.remove("evaluate_recorded_affinities")
+    raw = (np.random.default_rng(0).random(SHAPE) * 255).astype(np.uint8)
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f["raw"], f["raw16"] = raw, raw.astype(np.uint16)
+    return path, str(tmp_path / "raw.h5")
+
+
+def test_a_net_whose_file_records_its_affinities_is_evaluated_with_their_nhood(tmp_path, ids_path, recorded_model):
+    """No --affinities, no --nhood, with --tta: the recorded nhood (not 3d, no contradiction)."""
+    from ekn_core.prediction import predict_volume
+
+    path, raw_file = recorded_model
+    nh = np.array([[0, 0, -1], [0, -2, 0], [-2, 0, 0]])  # RECORDED in the net's axis order: the volume's
+    volume = ValidationVolume(raw_file + ":raw", None, None, "r", ids_path)
+    record = evaluate_model(path, [volume], str(tmp_path / "out"), tta="flips", progress=False, tile=None,
+                            grid={"threshold": [0.5]})
+    affinities = record["settings"]["affinities"]
+    assert affinities["nhood"] == nh.tolist() and "model file" in affinities["nhood_source"]
+    assert affinities["channels"] == [0, 1, 2] and record["settings"]["tta_affinity_offsets"] is None
+    v = record["volumes"][0]
+    got = read(str(tmp_path / "out" / v["prediction"]["path"]))
+    predict_volume(path, raw_file + ":raw", str(tmp_path / "exact.zarr"), roi=((0, 0, 0), SHAPE), tta="flips",
+                   affinity_offsets=nh, progress=False, tile=None)
+    np.testing.assert_allclose(got, read(str(tmp_path / "exact.zarr")), atol=1e-6)
+    reference = ThresholdCurves(1000)
+    reference.add(got, true_edges(cells(), nh))
+    assert v["binary"]["positive_counts"] == reference.positive_counts.tolist()
+    assert v["binary"]["negative_counts"] == reference.negative_counts.tolist()
+    with pytest.raises(ConfigError, match=r"contradicts the nhood .* training targets recorded in the model file"):
+        evaluate_model(path, [volume], str(tmp_path / "out"), nhood="3d", progress=False, tile=None)
+
+
+def test_ekn_evaluate_takes_the_grey_range_and_overwrite_of_ekn_predict(tmp_path, ids_path, recorded_model, capsys):
+    from ekn_core.cli import main
+
+    path, raw_file = recorded_model
+    out = tmp_path / "out"
+    command = ["evaluate", path, raw_file + ":raw16", "--ids", ids_path, "--name", "r", "--output", str(out),
+               "--tile", "model", "--grid", '{"threshold": [0.5]}', "--no-progress"]
+    assert main(command) == 2  # uint16 raw for a net trained on uint8
+    assert "--grey-range 0 255" in capsys.readouterr().err
+    write(str(out / "r" / "prediction.zarr"), np.zeros((3, *SHAPE), np.float32))  # no ekn job wrote it
+    assert main(command + ["--grey-range", "0", "255"]) == 2
+    err = capsys.readouterr().err
+    assert "no ekn job wrote" in err and "--overwrite" in err
+    assert main(command + ["--grey-range", "0", "255", "--overwrite"]) == 0
+    record = json.loads((out / "evaluation.json").read_text())
+    assert record["settings"]["grey_range"] == [0.0, 255.0] and record["settings"]["overwrite"] is True
+    assert main(["evaluate", path, raw_file + ":raw", "--ids", ids_path, "--name", "r8", "--output",
+                 str(tmp_path / "o8"), "--tile", "model", "--grid", '{"threshold": [0.5]}', "--no-progress"]) == 0
+    np.testing.assert_array_equal(read(str(out / "r" / "prediction.zarr")),  # scaled as the uint8 raw
+                                  read(str(tmp_path / "o8" / "r8" / "prediction.zarr")))
+    assert main(["evaluate", "--prediction", str(out / "r" / "prediction.zarr"), "--ids", ids_path, "--affinities",
+                 "--grey-range", "0", "255", "--output", str(tmp_path / "p")]) == 2
+    assert "grey_range" in capsys.readouterr().err

@@ -206,7 +206,7 @@ def test_prediction_errors_are_clear(data, tmp_path, capsys):
         assert message in capsys.readouterr().err
     out = tmp_path / "cli"
     assert main(["evaluate", "--prediction", cached, data["raw"], "--labels", data["barrier"], "--ids", data["ids"],
-                 "--out", str(out), "--grid", json.dumps(GRID), "--no-progress"]) == 0
+                 "--output", str(out), "--grid", json.dumps(GRID), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert f"prediction {cached} (2, 12, 80, 80), channel 1" in printed and "\nraw_0   " in printed
     record = json.loads((out / "evaluation.json").read_text())

@@ -120,6 +120,52 @@ def test_picture_at_start_does_not_change_training(tmp_path, overrides):
     assert len(losses) == 3 and losses == list(without.history.timeline["loss"])
 
 
+def measured_offsets(node, probe):
+    """The input voxel at the centre of the field of view of output voxel ``probe`` minus
+    ``strides * probe`` (the input voxel of output voxel 0), per spatial axis, measured by changing
+    one input voxel at a time (and ``fov``, its measured extent)."""
+    inp = node.input_nodes[0]
+    patch = inp.shape.spatial_shape
+    voxels = list(np.ndindex(*patch))
+    seen = np.zeros(patch, bool)
+    rng = np.random.default_rng(0)
+    for delta in (3.0, -3.0):
+        base = rng.random((1, 1, *patch)).astype(np.float32)
+        changed = np.repeat(base, len(voxels) + 1, axis=0)
+        for k, v in enumerate(voxels):
+            changed[(k + 1, 0, *v)] += delta
+        out = node(changed)[(slice(None), slice(None), *probe)]  # b, f at the probe
+        seen |= (np.abs(out[1:] - out[:1]).max(axis=1) > 1e-6).reshape(patch)
+    where = np.argwhere(seen)
+    lo, hi = where.min(axis=0), where.max(axis=0)
+    strides = node.shape.strides
+    return tuple(int((a + b) // 2 - s * j) for a, b, s, j in zip(lo, hi, strides, probe)), tuple(hi - lo + 1)
+
+
+@pytest.mark.parametrize("conv_mode, last_filter", [("same", (3, 3, 3)), ("full", (3, 5, 5))])
+def test_picture_places_the_labels_at_the_measured_field_centre(tmp_path, conv_mode, last_filter):
+    """Nets whose output reaches outside the input ('full': negative offsets) included."""
+    trainer = make_trainer(tmp_path, f"model_load_args={{'conv_mode': {conv_mode!r}, 'last_filter': {last_filter}}}")
+    try:
+        net = trainer.model.prediction_node
+        probe = tuple(n // 2 for n in net.shape.spatial_shape)  # whose field lies inside the patch
+        offsets, fov = measured_offsets(net, probe)
+        assert fov == tuple(net.shape.fov) and (conv_mode == "full") == (min(offsets) < 0)
+        batch = trainer.debug_batch_picture()
+        p = trainer.last_batch_picture
+        z_in, z_target = p["z"]
+        assert z_in == offsets[0] + z_target  # dense targets: stride 1
+        (r0, c0, rows, cols), (o_r, o_c) = p["box"], p["origin"]
+        assert (r0 + o_r, c0 + o_c) == offsets[1:] and (rows, cols) == p["target"].shape
+        np.testing.assert_array_equal(p["patch"][-o_r:15 - o_r, -o_c:15 - o_c], batch[0][0, 0, z_in])
+        np.testing.assert_array_equal(p["region"], p["patch"][r0:r0 + rows, c0:c0 + cols])
+        inside = ~np.isnan(p["region"])  # the rest: outside the patch, labelled by the data source
+        assert inside.any() and (conv_mode == "full") == (not inside.all())
+        np.testing.assert_array_equal((p["region"][inside] > 0.5).astype(np.int16), p["target"][inside])
+    finally:
+        trainer.close()
+
+
 # ------------------------------------------------------------------------------------------ shell
 def _run_shell(trainer, text):
     from ekn_core.trainer.shell import run_shell

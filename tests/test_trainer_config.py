@@ -65,7 +65,7 @@ def test_missing_create_model_suggests_a_misspelt_function(tmp_path):
 
 
 def test_model_load_args_unknown_to_create_model_are_named(tmp_path):
-    text = "data_class = 'X'\nn_steps = 1\ndef create_model(patch_size=(5, 5), width=1.0):\n    pass\n"
+    text = "data_class = 'MNISTData'\nn_steps = 1\ndef create_model(patch_size=(5, 5), width=1.0):\n    pass\n"
     path = write(tmp_path, text + "model_load_args = {'patch_sise': (3, 3), 'width': 2}\n")
     with pytest.raises(ConfigError) as err:
         ExperimentConfig.from_file(path)
@@ -316,3 +316,29 @@ def test_resume_latest_says_how_to_resume_runs_with_another_save_name(tmp_path, 
     assert rd.path == mine.path and cfg.save_name == "my_run"
     assert f"run `ekn train CONFIG --set save_name=my_run`" in caplog.text
     assert load_for_run(path, ["save_name='my_run'"], "latest")[1].path == mine.path
+
+
+def test_plugin_names_optimiser_params_and_the_device_are_checked_before_a_run_directory_exists(tmp_path):
+    """Typos that used to fail only in the run's set-up, after its directory was made, are config
+    errors: one message for all of them, with the closest names; a bad --gpu fails in the Trainer
+    before it makes the directory."""
+    from ekn_core.trainer.loop import Trainer
+
+    runs = tmp_path / "runs"
+    path = write(tmp_path, MINIMAL + f"save_path = {str(runs)!r}\n")
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_file(path, ["data_class=MNISTDta", "optimiser=Adma", "device=gpu7"])
+    text = str(err.value)
+    for piece in ("data_class: no data plugin named 'MNISTDta'. Did you mean 'mnist_data'?",
+                  "optimiser: no optimisers plugin named 'adma'. Did you mean 'adam'",
+                  "device: --gpu must be a GPU number, 'auto' or 'cpu', got 'gpu7'"):
+        assert piece in text
+    with pytest.raises(ConfigError, match=r"optimiser_params \['lrr'\] are not meta-parameters of SGD \(did you "
+                                          r"mean 'lr'\?\); it has lr, mom, wd, beta2; optimiser_params: wd must be"):
+        ExperimentConfig.from_file(path, ["optimiser=SGD", "optimiser_params.lrr=0.1", "optimiser_params.wd=-1"])
+    with pytest.raises(ConfigError, match="data_class file .*nowhere.py does not exist"):
+        ExperimentConfig.from_file(path, ["data_class=('nowhere.py', 'Data')"])
+    cfg = ExperimentConfig.from_file(path, ["optimiser=adam", "optimiser_params.beta2=0.99"])
+    with pytest.raises(ConfigError, match="--gpu must be a GPU number"):
+        Trainer(cfg, device="first")
+    assert not runs.exists()

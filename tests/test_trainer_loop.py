@@ -160,7 +160,7 @@ def test_ctrl_c_pauses_at_the_step_boundary_and_kill_saves(tmp_path, monkeypatch
 
 
 def test_data_class_names_resolve_like_elektronn2():
-    from ekn_core.trainer.loop import resolve_data_class
+    from ekn_core.trainer.data_source import resolve_data_class
 
     assert resolve_data_class("MNISTData").__name__ == "DigitsSource"
     assert resolve_data_class("BatchCreatorImage").__name__ == "BatchCreatorImage"
@@ -241,7 +241,7 @@ def test_misspelt_data_init_kwargs_are_a_config_error_with_the_closest_name(tmp_
     from ekn_core.errors import ConfigError
     from ekn_core.node import model_manager
     from ekn_core.plugins import registry
-    from ekn_core.trainer.loop import make_data_source
+    from ekn_core.trainer.data_source import make_data_source
 
     model_manager.newmodel(None)
     Input = registry("layers").get("input")

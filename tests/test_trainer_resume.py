@@ -268,7 +268,7 @@ def test_validation_batch_errors_are_logged_once_and_a_source_without_validation
 
 
 def test_background_workers_follow_a_new_batch_size_and_leave_a_replaced_data_source_to_the_trainer(tmp_path):
-    from ekn_core.trainer.loop import make_data_source
+    from ekn_core.trainer.data_source import make_data_source
 
     trainer = make_trainer(tmp_path, "n_steps=100", "history_freq=0", "schedules={}", "background_processes=1")
 

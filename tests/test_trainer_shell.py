@@ -113,7 +113,7 @@ def test_ekn_shell_attaches_to_a_run_under_nohup(tmp_path):
                                  str(tmp_path / "runs")], env=ENV, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        sock = os.path.join(run_dir, "shell.sock")
+        sock = os.path.join(run_dir, ".shell", "shell.sock")
         _wait_for(lambda: os.path.exists(os.path.join(run_dir, "history.csv")), STARTUP, "a history row", proc,
                   log_path)
         assert oct(os.stat(sock).st_mode & 0o777) == oct(0o600)
@@ -148,7 +148,7 @@ def test_ekn_shell_attaches_to_a_run_under_nohup(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0
-    assert not os.path.exists(os.path.join(run_dir, "shell.sock"))
+    assert not os.path.exists(os.path.join(run_dir, ".shell"))
     _assert_killed_and_saved(run_dir)
 
 
@@ -232,3 +232,228 @@ def test_sf_says_whether_a_node_is_missing_or_has_no_filters(tmp_path):
     _, out = _run(trainer, "sf pool\nsf conv9\n")
     assert "'pool' has no filters; nodes with filters: conv1" in out
     assert "'conv9' is not a node of the model; nodes with filters: conv1" in out
+
+
+def test_a_misspelt_command_is_named_instead_of_a_syntax_error(tmp_path):
+    _, out = _run(_fake_trainer(tmp_path), "setrl 1e-4\nsetrl = 2\nprint(setrl * 3)\nzzz 1\n")
+    assert "unknown command 'setrl'; did you mean setlr?" in out
+    assert "6\n" in out  # a near miss that is Python still runs as Python
+    assert out.count("SyntaxError") == 1  # 'zzz 1' is near no command
+
+
+# ------------------------------------------------------------------------------- ekn shell, in-process
+class _RawClient:
+    """A client of the shell socket speaking the protocol directly (what `ekn shell` sends)."""
+
+    def __init__(self, run_dir: str):
+        import socket
+
+        from ekn_core.trainer.remote import _Channel, socket_path
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(os.path.realpath(socket_path(run_dir)))
+        self.channel, self.out = _Channel(sock), []
+
+    def until(self, key: str, timeout: float = 20.0) -> str:
+        """Collects output until a message with ``key`` (``prompt``, ``bye``); returns its value."""
+        while True:
+            message = self.channel.receive(timeout)
+            assert message is not None, "".join(self.out)
+            if key in message:
+                return message[key]
+            self.out.append(message.get("out", ""))
+
+    def line(self, text: str) -> str:
+        self.channel.send(line=text)
+        return self.until("prompt")
+
+
+def _served(tmp_path, idle_timeout_s=None):
+    """A fake trainer listening for `ekn shell` (its run directory with mode 0775, as under umask 002)."""
+    from ekn_core.trainer.remote import ShellServer
+
+    os.chmod(tmp_path, 0o775)
+    trainer = _fake_trainer(tmp_path)
+    trainer.config.shell_idle_timeout_s, trainer.pause_requested = idle_timeout_s, False
+    server = ShellServer.start(trainer)
+    assert server.active, "the shell does not listen in a run directory with mode 0775"
+    return trainer, server
+
+
+def _shell_when_attached(trainer, seconds: float = 20.0) -> str:
+    """What the trainer does at its next step boundary: run the shell once a client has attached.
+    A watchdog sends SIGINT every second after ``seconds`` (what rescued a hung shell before), and
+    SIGTERM after three of them (a shell hung at a prompt), so that a hung shell fails the test."""
+    import signal
+    import threading
+
+    from ekn_core.trainer.shell import run_shell
+
+    end = time.monotonic() + 20
+    while not trainer.pause_requested:
+        assert time.monotonic() < end, "no client attached"
+        time.sleep(0.02)
+    done, rescued = threading.Event(), []
+
+    def watchdog():
+        if not done.wait(seconds):
+            while not done.is_set():
+                rescued.append(1)
+                os.kill(os.getpid(), signal.SIGINT if len(rescued) <= 3 else signal.SIGTERM)
+                done.wait(1.0)
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
+    try:
+        result = run_shell(trainer)
+    finally:
+        done.set()
+        thread.join()
+    assert not rescued, "the shell hung until SIGINT rescued it"
+    return result
+
+
+def _in_thread(function):
+    import threading
+
+    errors = []
+
+    def run():
+        try:
+            function()
+        except BaseException as err:  # reported by the test
+            errors.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_ekn_shell_interrupts_running_code_and_a_leaving_client_ends_it(tmp_path):
+    """Python typed into `ekn shell` runs in the trainer: the client's Ctrl-C interrupts it, and
+    a client that leaves while it runs interrupts it too and training continues; then another
+    client can attach. The socket lies in RUN_DIR/.shell (0700) although the run directory is 0775."""
+    import stat
+
+    from ekn_core.trainer.remote import socket_path
+
+    trainer, server = _served(tmp_path)
+    loop = "while True: time.sleep(0.05)"
+
+    def client():
+        c = _RawClient(str(tmp_path))
+        c.until("prompt")
+        c.line("import time")
+        c.line(loop)
+        c.channel.send(line="")  # the loop runs
+        time.sleep(0.5)
+        c.channel.send(interrupt=True)
+        assert c.until("prompt") == "ekn> "
+        assert "KeyboardInterrupt" in "".join(c.out)
+        c.line(loop)
+        c.channel.send(line="")
+        time.sleep(0.5)
+        c.channel.close()  # leaves while its loop runs
+
+    try:
+        thread, errors = _in_thread(client)
+        assert _shell_when_attached(trainer) == "continue"
+        thread.join(20)
+        assert not errors, errors
+        assert stat.S_IMODE(os.stat(os.path.dirname(socket_path(str(tmp_path)))).st_mode) == 0o700
+        trainer.pause_requested = False
+        again = _RawClient(str(tmp_path))
+        assert "attached to fake" in again.channel.receive(10)["out"]
+        again.channel.close()
+    finally:
+        server.close()
+    assert not os.path.exists(os.path.dirname(socket_path(str(tmp_path))))
+
+
+def test_ekn_shell_detaches_an_idle_client_and_sigterm_ends_running_code(tmp_path):
+    import signal
+
+    trainer, server = _served(tmp_path, idle_timeout_s=0.5)
+    try:
+        outputs = []
+
+        def idle_client():
+            c = _RawClient(str(tmp_path))
+            outputs.append(c.until("bye"))
+            outputs.append("".join(c.out))
+
+        thread, errors = _in_thread(idle_client)
+        assert _shell_when_attached(trainer) == "continue"
+        thread.join(20)
+        assert not errors and outputs[0] == "continue", (errors, outputs)
+        assert "no input for 0.5 s: training continues" in outputs[1]
+
+        trainer.pause_requested = False
+
+        def busy_client():
+            c = _RawClient(str(tmp_path))
+            c.until("prompt")
+            c.line("while True: pass")
+            c.channel.send(line="")
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGTERM)
+            outputs.append(c.until("bye"))
+
+        thread, errors = _in_thread(busy_client)
+        assert _shell_when_attached(trainer) == "kill"
+        thread.join(20)
+        assert not errors and outputs[-1] == "kill", (errors, outputs)
+    finally:
+        server.close()
+
+
+def test_ctrl_c_in_ekn_shell_interrupts_the_code_in_the_run(tmp_path):
+    """The client's Ctrl-C while the run executes code sends an interrupt (and names the way out
+    if the code ignores it) instead of ending the client; before the shell opens it leaves."""
+    import signal
+    import socket
+    import threading
+
+    from ekn_core.trainer.remote import _Channel, attach, private_directory, socket_path
+    from ekn_core.trainer.rundir import RunDir
+
+    path = socket_path(str(tmp_path))
+    private_directory(os.path.dirname(path))
+    open(RunDir(str(tmp_path)).lock, "w").write("4242\n")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    received = []
+    main = threading.main_thread().ident
+
+    def fake_run():
+        for opened in (True, False):
+            conn = _Channel(listener.accept()[0])
+            if opened:
+                conn.send(prompt="ekn> ")
+                received.append(conn.receive(10))  # the line; the code "runs"
+            time.sleep(0.3)
+            signal.pthread_kill(main, signal.SIGINT)  # Ctrl-C in the client's terminal
+            if opened:
+                received.append(conn.receive(10))
+                conn.send(out="KeyboardInterrupt\n")
+                conn.send(bye="continue")
+            else:
+                received.append(conn.receive(10))  # it leaves: end of input
+            conn.close()
+
+    thread, errors = _in_thread(fake_run)
+    out = io.StringIO()
+    try:
+        first = attach(str(tmp_path), stdin=io.StringIO("while True: pass\n"), stdout=out)
+        second = attach(str(tmp_path), stdin=io.StringIO(""), stdout=out)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C ended the client instead of interrupting the code in the run")
+    finally:
+        thread.join(20)
+        listener.close()
+    assert not errors, errors
+    assert (first, second) == ("continue", "closed")
+    assert received == [{"line": "while True: pass"}, {"interrupt": True}, None]
+    assert "^C: interrupting the code that runs in the training process" in out.getvalue()
+    assert "`kill -INT 4242`" in out.getvalue() and "left before the shell opened" in out.getvalue()

@@ -59,7 +59,7 @@ def assert_killed_at(trainer, step):
 
 
 def shell_is_open():
-    return type(getattr(signal.getsignal(signal.SIGTERM), "__self__", None)).__name__ == "_Sigterm"
+    return type(getattr(signal.getsignal(signal.SIGTERM), "__self__", None)).__name__ == "_ShellSignals"
 
 
 def test_ctrl_c_and_sigterm_end_the_wait_for_a_stuck_worker(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -278,3 +279,19 @@ def test_a_run_that_failed_before_saving_anything_may_start_afresh(tmp_path):
                 rd.create()
             assert rd.create(overwrite=True) is False and not os.path.exists(rd.log)
     assert not RunDir(str(tmp_path / "none")).failed_early()
+
+
+def test_resume_latest_skips_runs_that_failed_before_their_first_checkpoint(tmp_path):
+    """A newer run that failed in its set-up (a typo, status 'error', nothing saved) is not the
+    latest run to resume; when only such runs exist, the error names them."""
+    good, failed = RunDir(str(tmp_path / "exp__1")), RunDir(str(tmp_path / "exp__2"))
+    for run, status in ((good, "killed"), (failed, "error")):
+        run.create()
+        run.write_run_json({"status": status})
+    open(os.path.join(good.checkpoints, "ckpt-00000010.h5"), "w").close()
+    os.utime(good.run_json, (1, 1))  # the failed run is the newer one
+    assert find_latest_run(str(tmp_path), "exp").path == good.path
+    shutil.rmtree(good.path)
+    with pytest.raises(ConfigError, match=r"no run directory for config 'exp' under .* that has something to resume "
+                                          r"\(1 that failed before their first checkpoint: exp__2; start the config"):
+        find_latest_run(str(tmp_path), "exp")

@@ -1,10 +1,11 @@
 """The batch picture ``Batch_test_image.png`` (ELEKTRONN2's ``debug_getcnnbatch``).
 
-:meth:`Trainer.debug_batch_picture <ekn_core.trainer.loop.Trainer.debug_batch_picture>` draws a
-training batch and writes the first example's middle slice as three panels side by side:
+The trainer's :meth:`~ekn_core.trainer.batch_picture_writer.BatchPictureWriter.debug_batch_picture`
+draws a training batch and writes the first example's middle slice as three panels side by side:
 
 1. ``input (patch)``: the first input channel of the whole input patch, with the network's output
-   region outlined (the patch minus the FOV offsets on each side);
+   region outlined (the patch minus the FOV offsets on each side; a net whose output reaches
+   outside its input, with negative offsets, gets the patch drawn with a blank margin);
 2. ``input (output region)``: the same slice cropped to the output region and, when the targets are
    sampled every ``strides``-th voxel, sampled the same way: pixel ``(i, j)`` is the raw voxel whose
    label is target pixel ``(i, j)``;
@@ -75,11 +76,14 @@ def batch_panels(batch: Sequence[np.ndarray], input_tags: Sequence[str], target_
         A dict: ``patch`` (the 2-D input slice), ``box`` (``(row0, col0, rows, cols)`` of the
         output region in it), ``region`` (the 2-D input crop in output coordinates), ``target``
         (the 2-D target slice, or ``(rows, cols, 3)`` RGB), ``labels`` (whether the target is
-        integer labels) and ``z`` (``(input z, target z)``, None for 2-D).
+        integer labels), ``z`` (``(input z, target z)``, None for 2-D) and ``origin`` (the input
+        voxel of ``patch[0, 0]``). Where the output region reaches outside the input (negative
+        offsets, e.g. of ``'full'`` convolutions or Pad), ``patch`` and ``region`` are padded with
+        NaN there (``origin`` negative; the input z may then lie outside the patch).
 
     Raises:
         EknError: The batch is not image-to-image (the target has other spatial axes than the input)
-            or the target does not fit the input patch.
+            or the target does not fit the input patch (where the offsets are not negative).
     """
     if len(batch) < 2:
         raise EknError("the batch picture needs an input and a target array")
@@ -93,9 +97,16 @@ def batch_panels(batch: Sequence[np.ndarray], input_tags: Sequence[str], target_
     if len(offsets) != len(in_sp) or len(strides) != len(in_sp):
         raise EknError(f"offsets {offsets} and strides {strides} need {len(in_sp)} entries (axes {','.join(in_sp)})")
     for axis, (n_in, n_t, o, s) in enumerate(zip(img.shape[1:], tgt.shape[1:], offsets, strides)):
-        if o < 0 or s < 1 or o + s * (n_t - 1) >= n_in:
+        if s < 1 or (o >= 0 and o + s * (n_t - 1) >= n_in):
             raise EknError(f"the target ({n_t} voxels every {s} from offset {o}) does not fit the input patch "
                            f"({n_in} voxels) on axis {in_sp[axis]}")
+    # a net whose output reaches outside its input (negative offsets: 'full' convolutions, Pad):
+    # the patch is padded with NaN (drawn blank) to the output region
+    before = [max(0, -o) for o in offsets]
+    after = [max(0, o + s * (n_t - 1) + 1 - n_in) for n_in, n_t, o, s in zip(img.shape[1:], tgt.shape[1:], offsets,
+                                                                              strides)]
+    img = np.pad(img.astype(np.float64), [(0, 0), *zip(before, after)], constant_values=np.nan)
+    offsets, origin = [o + b for o, b in zip(offsets, before)], [-b for b in before]
     z_index = None
     if len(in_sp) == 3:  # the slice axis: z, else the first spatial axis
         za = in_sp.index("z") if "z" in in_sp else 0
@@ -103,10 +114,10 @@ def batch_panels(batch: Sequence[np.ndarray], input_tags: Sequence[str], target_
         zi = offsets[za] + strides[za] * zt
         img = np.take(img, zi, axis=1 + za)
         tgt = np.take(tgt, zt, axis=1 + za)
-        offsets = [o for a, o in enumerate(offsets) if a != za]
-        strides = [s for a, s in enumerate(strides) if a != za]
-        z_index = (zi, zt)
-    patch = img[0].astype(np.float64)
+        z_index = (zi + origin[za], zt)
+        offsets, strides, origin = ([v for a, v in enumerate(values) if a != za]
+                                    for values in (offsets, strides, origin))
+    patch = img[0]
     rows, cols = tgt.shape[1:]
     region = patch[offsets[0]:offsets[0] + strides[0] * (rows - 1) + 1:strides[0],
                    offsets[1]:offsets[1] + strides[1] * (cols - 1) + 1:strides[1]]
@@ -116,7 +127,8 @@ def batch_panels(batch: Sequence[np.ndarray], input_tags: Sequence[str], target_
     else:
         target = tgt[0] if labels else tgt[0].astype(np.float64)
     box = (offsets[0], offsets[1], strides[0] * (rows - 1) + 1, strides[1] * (cols - 1) + 1)
-    return {"patch": patch, "box": box, "region": region, "target": target, "labels": labels, "z": z_index}
+    return {"patch": patch, "box": box, "region": region, "target": target, "labels": labels, "z": z_index,
+            "origin": tuple(origin)}
 
 
 def _rgb(target: np.ndarray) -> np.ndarray:
@@ -140,7 +152,8 @@ def render_batch_picture(panels: dict[str, Any], title: str = "") -> bytes:
     axes[0].imshow(panels["patch"], cmap="gray", interpolation="nearest")
     r0, c0, nr, nc = panels["box"]
     axes[0].add_patch(Rectangle((c0 - 0.5, r0 - 0.5), nc, nr, fill=False, edgecolor="red", linewidth=1))
-    axes[0].set_title(f"input patch{where}", fontsize=9)
+    outside = ", blank: outside it" if any(panels.get("origin", ())) else ""
+    axes[0].set_title(f"input patch{where}{outside}", fontsize=9)
     axes[1].imshow(panels["region"], cmap="gray", interpolation="nearest")
     axes[1].set_title("input, output region", fontsize=9)
     target = panels["target"]

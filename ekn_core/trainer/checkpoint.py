@@ -8,7 +8,8 @@ A checkpoint ``checkpoints/ckpt-<step:08d>.h5`` holds
   generator, Python's ``random``),
 * ``history/...``: the training history (see :mod:`ekn_core.trainer.history`),
 * attribute ``state``: JSON with the step, training time, schedule states, the lr factor of
-  NaN rollbacks, model meta-parameters, the ``mixed_float16`` loss scale of each optimiser's
+  NaN rollbacks, model meta-parameters (those in effect, and those set on the model, which a
+  resume sets again), the ``mixed_float16`` loss scale of each optimiser's
   training step, best value of the monitored metric, preview clock and data-worker state.
 
 It is written to a temporary file, fsynced and renamed, so a crash leaves the previous

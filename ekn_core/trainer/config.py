@@ -130,7 +130,8 @@ SETTINGS: dict[str, Setting] = {
     "optimiser": Setting("Adam", "Optimiser name from the 'ekn.optimisers' registry: 'SGD', 'AdaGrad', "
                          "'AdaDelta', 'Adam', 'AdamW' (any case).", "ELEKTRONN2"),
     "optimiser_params": Setting(None, "Meta-parameters: lr, mom, wd, beta2 (Adam) and any other "
-                                "meta-parameter of the optimiser.", "ELEKTRONN2"),
+                                "meta-parameter of the optimiser; those not given keep the optimiser's own "
+                                "defaults (docs/optimisers.md).", "ELEKTRONN2"),
     "schedules": Setting(None, "{name: schedule} for lr, mom, wd, dropout_rates, mixing or a trainer "
                          "setting, e.g. {'lr': {'dec': 0.995}} (see docs/optimisers.md).", "ELEKTRONN2"),
     # -- files -------------------------------------------------------------------------------------
@@ -173,6 +174,8 @@ SETTINGS: dict[str, Setting] = {
                               "without validation data). Evaluations where it is not measured do not count."),
     "monitor_mode": Setting(None, "'min' or 'max': whether a smaller or a larger monitor_metric is better; "
                             "None: the metric's own direction (losses and errors 'min', F1 'max')."),
+    "shell_idle_timeout_s": Setting(1800, "Seconds the training shell of `ekn shell RUN_DIR` waits at a prompt for "
+                                    "input before it detaches and training continues (None: no limit)."),
     # -- hardware -------------------------------------------------------------------------------------
     "device": Setting(None, "GPU to use: None (default device), an int, 'auto' (GPU with most free memory) "
                       "or 'cpu'. The --gpu option wins.", "ELEKTRONN2"),
@@ -229,6 +232,12 @@ _DICT_SETTINGS = ("model_load_args", "data_init_kwargs", "data_batch_args", "opt
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _is_data_class(value: Any) -> bool:
+    """Whether ``value`` has the form of a ``data_class``: a name or ``(path_to_py_file, class_name)``."""
+    return isinstance(value, str) or (isinstance(value, (tuple, list)) and len(value) == 2
+                                      and all(isinstance(x, str) for x in value))
 
 
 def _unknown(name: str, settings: Iterable[str]) -> str:
@@ -530,8 +539,7 @@ class ExperimentConfig:
             if not isinstance(v[name], Mapping):
                 problems.append(f"{name} must be a dict, got {v[name]!r}")
         dc = v["data_class"]
-        if dc is not REQUIRED and not (isinstance(dc, str) or (isinstance(dc, (tuple, list)) and len(dc) == 2
-                                                                and all(isinstance(x, str) for x in dc))):
+        if dc is not REQUIRED and not _is_data_class(dc):
             problems.append(f"data_class must be a registry name or a (path_to_py_file, class_name) tuple, got {dc!r}")
         if v["nan_response"] not in ("lower_lr", "stop"):
             problems.append(f"nan_response must be 'lower_lr' or 'stop', got {v['nan_response']!r}")
@@ -544,10 +552,11 @@ class ExperimentConfig:
         bp = v["background_processes"]
         if not (isinstance(bp, (bool, int)) and bp >= 0):
             problems.append(f"background_processes must be False or a number of processes, got {bp!r}")
-        timeout = v["batch_timeout_s"]
-        if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
-                                        and timeout > 0):
-            problems.append(f"batch_timeout_s must be None or a number of seconds > 0, got {timeout!r}")
+        for name in ("batch_timeout_s", "shell_idle_timeout_s"):
+            timeout = v[name]
+            if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+                                            and timeout > 0):
+                problems.append(f"{name} must be None or a number of seconds > 0, got {timeout!r}")
         if not isinstance(v["batch_picture"], (bool, np.bool_)):
             problems.append(f"batch_picture must be True or False, got {v['batch_picture']!r}")
         pf = v["prefetch_to_device"]
@@ -557,12 +566,38 @@ class ExperimentConfig:
             problems.append(PREFETCH_DISTRIBUTED)
         if not isinstance(v["optimiser"], str):
             problems.append(f"optimiser must be a name such as 'Adam', got {v['optimiser']!r}")
+        problems.extend(self._plugin_problems())
         problems.extend(self._monitor_problems())
         from ekn_core.hooks import host
 
         problems.extend(host().check_config(self.as_dict()))
         if problems:
             raise ConfigError(f"config {self.path}: " + "; ".join(problems))
+
+    def _plugin_problems(self) -> list[str]:
+        """Names that must resolve before a run directory is made: the data source (registry name
+        or file), the optimiser and its ``optimiser_params``, the device. Nothing is imported but
+        the optimiser's class."""
+        from ekn_core.trainer.data_source import check_data_class
+        from ekn_core.trainer.devices import parse_device_spec
+        from ekn_core.trainer.model_setup import optimiser_params_problems
+
+        v, problems = self._values, []
+        try:
+            parse_device_spec(v["device"])
+        except ConfigError as err:
+            problems.append(f"device: {err}")
+        if _is_data_class(v["data_class"]):
+            try:
+                check_data_class(v["data_class"])
+            except EknError as err:
+                problems.append(f"data_class: {err}")
+        if isinstance(v["optimiser"], str) and isinstance(v["optimiser_params"], Mapping):
+            try:
+                problems.extend(optimiser_params_problems(v["optimiser"], v["optimiser_params"]))
+            except EknError as err:
+                problems.append(f"optimiser: {err}")
+        return problems
 
     def _monitor_problems(self) -> list[str]:
         metric, mode = self._values["monitor_metric"], self._values["monitor_mode"]

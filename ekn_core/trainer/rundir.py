@@ -6,6 +6,7 @@
         config.py            copy of the experiment config (as given, before --set overrides)
         run.json             resolved settings, overrides, seed, versions, status, paths
         run.lock             locked (fcntl.flock) by the process training in it; holds its pid
+        .shell/shell.sock    while training: the socket of ``ekn shell RUN_DIR`` (folder mode 0700)
         train.log            the log (appended to on resume)
         Batch_test_image.png the batch picture (start of every run, shell ``debugbatch``)
         history.h5           timeline and history tables (HDF5)
@@ -214,7 +215,9 @@ def _started_by(run: RunDir) -> str | None:
 
 
 def find_latest_run(save_path: str, stem: str | None = None, config_path: str | None = None) -> RunDir:
-    """The most recently modified run directory under ``save_path`` (optionally named ``stem__*``).
+    """The most recently modified run directory under ``save_path`` (optionally named ``stem__*``)
+    that has something to resume: runs that failed before their first checkpoint
+    (:meth:`RunDir.failed_early`, e.g. a misspelt setting) are skipped.
 
     Args:
         save_path: The folder of the run directories.
@@ -226,15 +229,21 @@ def find_latest_run(save_path: str, stem: str | None = None, config_path: str | 
         ConfigError: There is none.
     """
     save_path = os.path.abspath(os.path.expanduser(save_path))
-    candidates, of_config = [], []
+    candidates, of_config, failed = [], [], []
     runs = [RunDir(e.path) for e in os.scandir(save_path) if e.is_dir()] if os.path.isdir(save_path) else []
     for rd in filter(RunDir.exists, runs):
         if stem is None or rd.name == stem or rd.name.startswith(stem + "__"):
-            candidates.append((os.path.getmtime(rd.run_json), rd.path))
+            if rd.failed_early():
+                failed.append(rd.name)
+            else:
+                candidates.append((os.path.getmtime(rd.run_json), rd.path))
         elif config_path and _started_by(rd) == os.path.abspath(config_path):
             of_config.append(rd.path)
     if not candidates:
         message = f"--resume latest: no run directory{f' for config {stem!r}' if stem else ''} under {save_path}"
+        if failed:
+            message += (f" that has something to resume ({len(failed)} that failed before their first checkpoint: "
+                        f"{', '.join(sorted(failed))}; start the config anew)")
         if stem:
             message += (f" (--resume latest finds the runs named {stem}__<date>, the default save_name; resume a run "
                         "started with another save_name by its run directory: `ekn train --resume RUN_DIR`")

@@ -1,6 +1,6 @@
 """The interactive training shell: Ctrl-C pauses training at a step boundary and opens it.
 
-:func:`run_shell` is what :meth:`Trainer.open_shell <ekn_core.trainer.loop.Trainer.open_shell>`
+:func:`run_shell` is what :meth:`Trainer.open_shell <ekn_core.trainer.interrupts.Interrupts.open_shell>`
 calls. A line whose first word is a shell command (the ``shell.*`` entries of the
 ``ekn.commands`` registry: ``q``, ``kill``, ``setlr 1e-3``, ``sf conv1``, ``help``, ...) runs
 that command; anything else runs as Python (:class:`code.InteractiveConsole`) in a namespace with
@@ -14,10 +14,12 @@ Input comes from prompt_toolkit on a terminal (completion of command names and, 
 Python on the live namespace; in-memory history with auto-suggestion), from plain text streams
 otherwise (``stdin``/``stdout`` arguments, or ``input()`` when not on a terminal), or from a
 client of ``ekn shell RUN_DIR`` (:mod:`ekn_core.trainer.remote`). While the shell is open
-Python's default SIGINT handler is in place: Ctrl-C clears the line (or interrupts running
-Python code) and never stops the run. Ctrl-D (end of input) continues training, like ``q``.
-SIGTERM closes the shell like ``kill`` (the run saves and stops): at once while it waits for
-input, after the command or Python code that is running.
+SIGINT raises KeyboardInterrupt: Ctrl-C clears the line (or interrupts running Python code) and
+never stops the run; a client's Ctrl-C or its leaving interrupts Python code it started the same
+way. Ctrl-D (end of input) continues training, like ``q``. SIGTERM closes the shell like ``kill``
+(the run saves and stops): at once while it waits for input or runs Python code (interrupted with
+:class:`ShellTerminated`), after a command that is running. A line that does not parse and starts
+with a near miss of a command name says so (``unknown command 'setrl'; did you mean setlr?``).
 
 Example:
     >>> import io
@@ -34,7 +36,9 @@ Example:
 from __future__ import annotations
 
 import code
+import codeop
 import contextlib
+import difflib
 import io
 import logging
 import re
@@ -59,18 +63,29 @@ _CTRL_C_HINT = "(Ctrl-C does not stop training here: 'q' continues, 'kill' saves
 
 
 class ShellTerminated(BaseException):
-    """Raised by SIGTERM into a shell that waits for input (:meth:`TrainingShell.run` returns ``"kill"``)."""
+    """Raised by SIGTERM into a shell that waits for input or runs Python code (:meth:`TrainingShell.run`
+    returns ``"kill"``)."""
 
 
-class _Sigterm:
-    """SIGTERM while the shell is open: sets :attr:`received`; during a blocking read
-    (:meth:`interrupting`) it also raises :class:`ShellTerminated` to end the read."""
+class _ShellSignals:
+    """SIGINT and SIGTERM while the shell is open.
 
-    def __init__(self) -> None:
+    SIGINT raises KeyboardInterrupt, except a late one that ``drop_interrupt()`` recognises (a
+    remote client's interrupt that arrived after its code finished). SIGTERM sets :attr:`received`;
+    during a blocking read or running Python code (:meth:`interrupting`) it also raises
+    :class:`ShellTerminated` to end it.
+    """
+
+    def __init__(self, drop_interrupt: Any = None) -> None:
         self.received = False
         self._raise = False
+        self._drop_interrupt = drop_interrupt
 
-    def handle(self, signum: int, frame: Any) -> None:
+    def on_int(self, signum: int, frame: Any) -> None:
+        if self._drop_interrupt is None or not self._drop_interrupt():
+            raise KeyboardInterrupt
+
+    def on_term(self, signum: int, frame: Any) -> None:
         self.received = True
         if self._raise:
             self._raise = False
@@ -88,27 +103,31 @@ class _Sigterm:
 
 
 @contextlib.contextmanager
-def _shell_signals() -> Iterator[_Sigterm]:
-    """While the shell is open (main thread only): Python's default SIGINT handler
-    (KeyboardInterrupt) and a :class:`_Sigterm` handler for SIGTERM."""
-    sigterm = _Sigterm()
+def _shell_signals(drop_interrupt: Any = None) -> Iterator[_ShellSignals]:
+    """While the shell is open (main thread only): the handlers of :class:`_ShellSignals`."""
+    signals = _ShellSignals(drop_interrupt)
     if threading.current_thread() is not threading.main_thread():
-        yield sigterm
+        yield signals
         return
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, sigterm.handle)}
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signals.on_int),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, signals.on_term)}
     try:
-        yield sigterm
+        yield signals
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
 class ShellIO(Protocol):
-    """Where the shell reads lines and writes text."""
+    """Where the shell reads lines and writes text.
+
+    A remote IO (:class:`~ekn_core.trainer.remote.RemoteIO`) also has ``interruptible()``, the
+    context in which the shell runs Python code, and ``late_interrupt()`` (see :class:`_ShellSignals`).
+    """
 
     def read_line(self, prompt: str) -> str:
-        """Returns one line without its newline; raises EOFError at the end, KeyboardInterrupt on Ctrl-C."""
+        """Returns one line without its newline; raises EOFError at the end (its message, if any,
+        says why), KeyboardInterrupt on Ctrl-C."""
 
     def write(self, text: str) -> None:
         """Writes text (the caller supplies newlines)."""
@@ -371,11 +390,34 @@ class TrainingShell:
         return []
 
     # ------------------------------------------------------------------------------ loop
-    def _push(self, line: str) -> bool:
-        """Runs a line of Python; True if the statement needs more lines."""
-        writer = _Writer(self.io)
+    def near_miss(self, line: str) -> str | None:
+        """The command that a line which does not parse as Python probably meant, else None.
+
+        Example:
+            >>> shell = TrainingShell.__new__(TrainingShell); shell._names = ["q", "setlr", "setmom"]
+            >>> shell.near_miss("setrl 1e-4"), shell.near_miss("setrl = 1"), shell.near_miss("setlr = = 1")
+            ('setlr', None, None)
+        """
+        match = _WORD.match(line)
+        if not match or match.group(1) in self._names:
+            return None
         try:
-            with contextlib.redirect_stdout(writer), contextlib.redirect_stderr(writer):
+            codeop.compile_command(line, "<ekn shell>", "single")
+            return None
+        except (SyntaxError, ValueError, OverflowError):
+            close = difflib.get_close_matches(match.group(1), self._names, n=1, cutoff=0.75)
+            return close[0] if close else None
+
+    def _push(self, line: str, signals: _ShellSignals) -> bool:
+        """Runs a line of Python; True if the statement needs more lines. A remote client may
+        interrupt the code (``interruptible``), SIGTERM ends it (``signals.interrupting``)."""
+        writer = _Writer(self.io)
+        interruptible = getattr(self.io, "interruptible", contextlib.nullcontext)
+        try:
+            # the watcher is innermost: it is stopped (a late interrupt absorbed) before the
+            # redirections and the signal mode are undone
+            with signals.interrupting(), contextlib.redirect_stdout(writer), contextlib.redirect_stderr(writer), \
+                    interruptible():
                 return self.console.push(line)
         except SystemExit:
             self.console.resetbuffer()
@@ -384,32 +426,36 @@ class TrainingShell:
 
     def run(self) -> str:
         """Reads and runs lines until a command leaves, input ends or SIGTERM arrives; returns :attr:`result`."""
-        with _shell_signals() as sigterm:
+        with _shell_signals(getattr(self.io, "late_interrupt", None)) as signals:
             self.write(self.banner())
             more = False
-            while not sigterm.received:
+            while not signals.received:
                 try:
-                    with sigterm.interrupting():
+                    with signals.interrupting():
                         line = self.io.read_line(CONTINUATION_PROMPT if more else PROMPT)
                     if not more and (parsed := self.parse(line)) is not None:
                         with contextlib.redirect_stdout(_Writer(self.io)):
                             if self.run_command(*parsed):
                                 break
                         continue
-                    more = self._push(line)
+                    if not more and (meant := self.near_miss(line)) is not None:
+                        self.write(f"unknown command {_WORD.match(line).group(1)!r}; did you mean {meant}? "
+                                   "('help' lists the commands)")
+                        continue
+                    more = self._push(line, signals)
                 except ShellTerminated:
                     break
                 except KeyboardInterrupt:
                     self.console.resetbuffer()
                     more = False
                     self.write(f"\n{_CTRL_C_HINT}")
-                except EOFError:
-                    self.write("\nend of input: training continues")
+                except EOFError as err:
+                    self.write(f"\n{err or 'end of input'}: training continues")
                     self.result = "continue"
                     break
                 except Exception:  # a broken command plugin must not end the run
                     self.write(traceback.format_exc())
-            if sigterm.received:
+            if signals.received:
                 self.write("\nSIGTERM: the shell closes; the run saves and stops")
                 self.result = "kill"
         return self.result

@@ -93,31 +93,63 @@ def named_nhood(name: str) -> np.ndarray:
     return as_volume_nhood(makers[name]())
 
 
-def resolve_nhood(loss_node: Any, nhood: Any) -> tuple[np.ndarray, str]:
+def recorded_nhood(node: Any) -> np.ndarray | None:
+    """The nhood of the affinity targets the net of ``node`` was trained on, as its model file records
+    it (:mod:`ekn_core.training_data`, e.g. the patch source's ``affinities=``), as
+    :func:`as_volume_nhood` offsets whose columns are the volume's axes in the order the net sees them
+    (that of its input's spatial tags, as the prediction engine reads them); None without a record.
+
+    Example:
+        >>> from ekn_core.training_data import TrainingData
+        >>> class Model: training_data = TrainingData(affinity_offsets=((-1, 0), (0, -3)), affinity_axes="xy")
+        >>> class Shape: tags = ("b", "f", "y", "x")
+        >>> class Input: shape = Shape()
+        >>> class Node: model, input_nodes = Model(), [Input()]
+        >>> recorded_nhood(Node()).tolist()                 # columns x, y in the net's order y, x; z = 0
+        [[0, 0, -1], [0, -3, 0]]
+    """
+    import numpy as np
+
+    from ekn_core.prediction.affinity_tta import in_net_order
+    from ekn_core.training_data import training_data_of
+
+    record = training_data_of(node)
+    if record is None or record.affinity_offsets is None:
+        return None
+    order = [t for t in node.input_nodes[0].shape.tags if t in "zyx"]
+    return as_volume_nhood(in_net_order(np.asarray(record.affinity_offsets, np.int64), record.affinity_axes, order))
+
+
+def resolve_nhood(loss_node: Any, nhood: Any, recorded: Any = None) -> tuple[np.ndarray, str]:
     """The neighbourhood of the evaluated affinities and where it comes from.
 
     Args:
         loss_node: The model's affinity loss node (``affinity_loss = True``), or None. Its
             ``nhood`` (``MalisNLL``) is used when it has one.
         nhood: A :data:`NHOODS` name, an offset array, or None (the loss node's, else
-            :data:`DEFAULT_NHOOD`).
+            ``recorded``, else :data:`DEFAULT_NHOOD`).
+        recorded: The nhood of the affinities the net was trained on, as its model file records
+            it (:func:`recorded_nhood`), or None.
 
     Returns:
         ``(nhood (n_edges, 3), source)``.
 
     Raises:
-        ConfigError: ``nhood`` contradicts the loss node's.
+        ConfigError: ``nhood`` contradicts the loss node's or the recorded one.
     """
     import numpy as np
 
     given = None if nhood is None else named_nhood(nhood) if isinstance(nhood, str) else as_volume_nhood(nhood)
     own = getattr(loss_node, "nhood", None)
     if own is not None:
-        own = as_volume_nhood(own)
+        own, source = as_volume_nhood(own), f"{type(loss_node).__name__} node {loss_node.name!r}"
+    elif recorded is not None:
+        own, source = as_volume_nhood(recorded), "training targets recorded in the model file"
+    if own is not None:
         if given is not None and not np.array_equal(given, own):
             raise ConfigError(f"nhood {given.tolist()} contradicts the nhood {own.tolist()} of the model's "
-                              f"{type(loss_node).__name__} node {loss_node.name!r}; leave --nhood out")
-        return own, f"{type(loss_node).__name__} node {loss_node.name!r}"
+                              f"{source}; leave --nhood out")
+        return own, source
     if given is not None:
         return given, f"nhood {nhood!r}" if isinstance(nhood, str) else "nhood given"
     return named_nhood(DEFAULT_NHOOD), f"default nhood {DEFAULT_NHOOD!r}"

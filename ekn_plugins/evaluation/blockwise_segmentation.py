@@ -338,7 +338,7 @@ def _save(path: str, save: Callable[[Any], None]) -> None:
 
 def _segment_block(job: _Job, index: int) -> int:
     """Segments block ``index`` with its halo; saves its core and face slabs."""
-    from ekn_plugins.evaluation.model_evaluation import prediction_values  # as ekn evaluate's search reads them
+    from ekn_plugins.evaluation.prediction_reading import prediction_values  # as ekn evaluate's search reads them
 
     grid = job.grid
     lo, hi = grid.domain(index)
@@ -487,7 +487,7 @@ def segment_volume(input: str, output: str, params: Params | None = None, *,
                    roi: tuple[Sequence[int], Sequence[int]] | None = None, channel: int | None = None,
                    interior: bool = False, workers: int = 1, scheduler: str | None = None, progress: bool = True,
                    input_options: dict[str, Any] | None = None, output_options: dict[str, Any] | None = None,
-                   on_block: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
+                   on_block: Callable[[str, int], Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Segments a boundary probability volume (or affinities) of any size block by block; resumable.
 
     For a map without ties (no voxel equally far, in flooding order, from two seeds) and a halo
@@ -511,6 +511,9 @@ def segment_volume(input: str, output: str, params: Params | None = None, *,
             its ``nhood``, or a 2-class softmax per edge (P(connected) the second).
         output: The segmentation for ``create_volume`` (zarr by default, ``file.h5:key``, ...); not
             the input, nor inside, around or in the file of it (:func:`~ekn_core.volumes.check_distinct`).
+            The output of an ekn job is replaced, a volume no ekn job wrote only with ``overwrite``
+            (:func:`~ekn_core.prediction.blockwise.check_output_replaceable`, checked before the
+            first block).
         params: Watershed parameters (default :class:`WatershedParams()`), or those of an
             affinity segmenter (:data:`~ekn_plugins.evaluation.seg_search.SEGMENTERS`).
         block: Core shape (z, y, x) of a block.
@@ -529,13 +532,14 @@ def segment_volume(input: str, output: str, params: Params | None = None, *,
         progress: tqdm bars (blocks) per pass.
         input_options, output_options: Passed to ``open_volume`` / ``create_volume``.
         on_block: Called with ``(pass, index)`` after each block was recorded (tests, monitors).
+        overwrite: Replace an existing output that no ekn job wrote.
 
     Returns:
         Summary: ``blocks``, ``skipped`` (blocks of the first pass already done), ``segments``,
         ``merges`` (matched pairs across faces), ``voxels``, ``seconds``, ``shape``, ``dtype``.
     """
-    from ekn_core.prediction.blockwise import (absolute, as_channel_volume, chunk_shape, finished_prediction,
-                                               open_output, progress_path)
+    from ekn_core.prediction.blockwise import (absolute, as_channel_volume, check_output_replaceable, chunk_shape,
+                                               finished_prediction, open_output, output_reader, progress_path)
     from ekn_core.volumes import check_distinct, open_volume
     from ekn_plugins.validation.segmentation_metrics import boundary_channel
 
@@ -548,6 +552,7 @@ def segment_volume(input: str, output: str, params: Params | None = None, *,
     if scheduler and workers > 1:
         raise ConfigError("give either workers (processes on this machine) or scheduler (a Dask cluster), not both")
     check_distinct(output, [input])
+    check_output_replaceable(output, (output_options or {}).get("reader", output_reader(output)), overwrite)
     with open_volume(input, **(input_options or {})) as raw:
         volume = as_channel_volume(raw)
         n_channels, shape, dtype = int(volume.shape[0]), tuple(int(s) for s in volume.shape[1:]), np.dtype(raw.dtype)
@@ -593,7 +598,7 @@ def segment_volume(input: str, output: str, params: Params | None = None, *,
                               progress_path(output))
     if pending:
         out = open_output(output, plog.resumed, out_shape, out_dtype, chunk_shape(grid.block, out_shape),
-                           output_options)
+                          output_options, overwrite)
 
         def relabel(job: _Job, index: int) -> int:
             (core,) = _block_arrays(job, index, ["core"])

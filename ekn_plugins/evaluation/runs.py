@@ -3,7 +3,8 @@
 A run directory (``ekn train``'s ``save_path/save_name``) is evaluated with its best model
 (``models/best.mdl``, else ``models/latest.mdl``) on the ``volume_validation`` volumes of its
 resolved settings (``run.json``, after ``--set`` overrides). A model file inside a run's
-``models/`` folder belongs to that run too.
+``models/`` folder belongs to that run too. :func:`model_fingerprint` records which model file
+was evaluated.
 
 Example:
     >>> import os, tempfile
@@ -21,8 +22,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from ekn_core.errors import ConfigError
 from ekn_core.trainer.rundir import MODEL_EXT, RunDir
@@ -82,6 +86,21 @@ def default_out_dir(chosen: ChosenModel) -> str:
     if not os.path.exists(chosen.path):
         base = base.replace(":", ".")  # module:factory
     return os.path.abspath(base + ".evaluation")
+
+
+def model_fingerprint(chosen: ChosenModel) -> dict[str, Any]:
+    """Path, run, size, modification time and SHA-256 of the evaluated model file."""
+    record: dict[str, Any] = {"path": chosen.path, "run": chosen.run.path if chosen.run else None,
+                              "which": chosen.which}
+    if os.path.isfile(chosen.path):
+        st = os.stat(chosen.path)
+        digest = hashlib.sha256()
+        with open(chosen.path, "rb") as f:
+            for part in iter(lambda: f.read(2**20), b""):
+                digest.update(part)
+        record.update(size=st.st_size, mtime=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st.st_mtime)),
+                      sha256=digest.hexdigest())
+    return record
 
 
 def run_validation_spec(run: RunDir) -> VolumeValidationSpec:

@@ -1,4 +1,6 @@
-"""Tiny 3-D img-img config for the batch-picture tests: a strided conv net on PictureData.
+"""Tiny 3-D img-img config for the batch-picture tests: a strided conv net on PictureData
+(``model_load_args={"conv_mode": "same", "last_filter": (3, 5, 5)}``: the mode and filter of its last
+convolution).
 
 The target is a known function of the raw (``picture_data.py``), so the picture's alignment
 can be checked. Override ``data_class`` with ``("picture_data.py", "GlobalRandomData")`` for a
@@ -18,12 +20,12 @@ plot_on = False
 background_processes = False
 
 
-def create_model():
+def create_model(conv_mode="valid", last_filter=(3, 3, 3)):
     import ekn_core.neuromancer as nm
 
     inp = nm.Input((None, 1, 5, 15, 15), "b,f,z,x,y", name="raw")
     out = nm.Conv(inp, 3, (1, 4, 4), (1, 2, 2))
-    out = nm.Conv(out, 2, (3, 3, 3), activation_func="lin")
+    out = nm.Conv(out, 2, last_filter, activation_func="lin", conv_mode=conv_mode)
     probs = nm.Softmax(out)
     target = nm.Input_like(probs, override_f=1, dtype="int16", name="target")
     loss = nm.AggregateLoss(nm.MultinoulliNLL(probs, target, target_is_sparse=True, name="nll"), name="loss")

@@ -1,0 +1,245 @@
+"""The trainer's batches: the data source built from the config, batches seeded by
+``(seed, step, stream)``, background data workers, and prefetching to the device.
+
+Every batch is drawn with its own generator, ``numpy SeedSequence([seed, step, *stream])``
+(:data:`BATCH_STREAMS`), so the batch of step *n* does not depend on what ran before and a resumed
+run draws the same batches. Background workers (``background_processes``) draw the training
+batches of the coming steps in other processes with the same seeds; with prefetching
+(``prefetch_to_device``) the next step's batch is drawn and validated here and copied to the device
+(:class:`~ekn_core.trainer.prefetch.DevicePrefetcher`) during the current step.
+
+:class:`BatchFeeding` is mixed into :class:`~ekn_core.trainer.loop.Trainer`: it reads ``config``,
+``model``, ``step``, ``batch_size``, ``prefetch_device``, ``stop_requested`` and
+``pause_requested``, and sets ``data``.
+
+Example:
+    >>> sorted(BATCH_STREAMS)
+    ['model_file', 'monitor_train', 'monitor_valid', 'train']
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ekn_core.trainer.data_source import NodeInfo, data_source_keywords, make_data_source, resolve_data_class
+
+log = logging.getLogger("ekn.trainer")
+
+#: Seed entropy of each batch stream after ``(seed, step)``; training batches use ``[seed, step]``,
+#: the scheme of the background workers (``ekn.data`` entry ``background_batches``). ``model_file``:
+#: the training data that ``ekn_before_model_file`` hooks draw (batch-normalisation statistics).
+BATCH_STREAMS: dict[str, tuple[int, ...]] = {"train": (), "monitor_train": (1,), "monitor_valid": (2,),
+                                             "model_file": (3,)}
+
+
+def parameter_names(method: Any) -> frozenset[str]:
+    """Names of ``method``'s parameters (``'**'`` when it takes arbitrary keywords); empty when the
+    signature cannot be read.
+
+    Example:
+        >>> sorted(parameter_names(lambda size, rng=None, **kwargs: None))
+        ['**', 'kwargs', 'rng', 'size']
+    """
+    try:
+        params = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return frozenset()
+    names = set(params)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        names.add("**")
+    return frozenset(names)
+
+
+class BatchFeeding:
+    """Batches for the training step, the monitor batches and the shell (mixed into the trainer)."""
+
+    def _build_data(self) -> None:
+        cfg = self.config
+        kwargs = dict(cfg.data_init_kwargs)
+        if (self._n_workers and "copies" not in kwargs
+                and "copies" in data_source_keywords(resolve_data_class(cfg.data_class))):
+            kwargs["copies"] = self._n_workers + 1  # this process and each worker hold a copy ('auto' memory)
+        #: What ``data`` was built from; the background workers build their copies of it from this.
+        self._data_recipe = (cfg.data_class, kwargs)
+        self.data = make_data_source(cfg.data_class, self.model.input_node, self.model.target_node, dict(kwargs))
+        self._recipe_data = self.data  # the source the workers copy; another one in trainer.data is drawn here
+        #: ``getbatch``'s keyword names, read once: which of rng, monitor, force_dense it takes.
+        self._batch_keywords = parameter_names(self.data.getbatch)
+        self._data_takes_rng = bool({"rng", "**"} & self._batch_keywords)
+        log.info("data: %r", self.data)
+        if self._data_feedback:
+            log.info("the data source takes feedback from every step: batches are drawn in this process "
+                     "after the previous step (no background workers, no prefetching)")
+
+    @property
+    def _n_workers(self) -> int:
+        """The number of background data workers ``background_processes`` asks for (True: 2)."""
+        n = self.config.background_processes
+        return 2 if n is True else int(n or 0)
+
+    @property
+    def _data_feedback(self) -> bool:
+        """Whether the data source takes each step's debug outputs back (``feedback``): its batches
+        depend on the steps before, so they are drawn here, one step at a time (no background
+        workers, no prefetching)."""
+        return callable(getattr(self.data, "feedback", None))
+
+    def _background_batches(self, step: int) -> Any:
+        """The background workers for training batches, whose next batch is that of ``step``
+        (started on first use, restarted when another step's batch is wanted). None when the
+        batch of ``step`` is drawn here: without workers, when the workers are one batch ahead
+        (a prefetched batch was dropped, or the shell drew one), which is cheaper than a restart, or
+        when ``trainer.data`` was replaced by a source the workers cannot copy. The workers restart
+        when what their batches depend on changed (the shell may change the batch size,
+        ``data_batch_args``, the seed or the model's inputs)."""
+        n = self._n_workers
+        if not n or not self._data_takes_rng or self._data_feedback:
+            return None
+        if self.data is not self._recipe_data:
+            if self._background is not None:
+                log.info("trainer.data was replaced: its training batches are drawn in this process, not by the "
+                         "background workers (they copy the data source built from the config)")
+                self.close_background()
+            return None
+        settings = (n, self.batch_size, int(self.config.seed), repr(self.config.data_batch_args),
+                    *[(node.name, tuple(node.shape.shape)) for node in (self.model.input_node, self.model.target_node)
+                      if node is not None])
+        if self._background is not None and settings != self._background_settings:
+            log.info("the batch settings changed: restarting the background data workers at step %d", step)
+            self.close_background()
+        if self._background is not None and self._background.next_index == step + 1:
+            return None
+        if self._background is None or self._background.next_index != step:
+            import functools
+
+            from ekn_core.plugins import registry
+
+            self.close_background()
+            nodes = [NodeInfo(n) if n is not None else None for n in (self.model.input_node, self.model.target_node)]
+            data_class, data_init_kwargs = self._data_recipe
+            factory = functools.partial(make_data_source, data_class, *nodes, dict(data_init_kwargs))
+            self._background = registry("data").get("background_batches")(
+                factory, self.batch_size, n_workers=n, seed=int(self.config.seed), source="train",
+                batch_kwargs=dict(self.config.data_batch_args), start=step)
+            self._background_settings = settings
+            log.info("started %d background data worker(s) at step %d", n, step)
+        return self._background
+
+    def close_background(self) -> None:
+        """Stops the background data workers (they restart at the current step when needed)."""
+        if self._background is not None:
+            self._background.close()
+            self._background = None
+
+    def _rng(self, stream: str, step: int) -> np.random.Generator:
+        """The generator of the batch of ``step`` in ``stream`` (:data:`BATCH_STREAMS`)."""
+        return np.random.default_rng(np.random.SeedSequence([int(self.config.seed), int(step),
+                                                             *BATCH_STREAMS[stream]]))
+
+    def _with_class_weights(self, batch: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """``batch`` with the config's ``class_weights`` appended (when set), as the training step takes it."""
+        if self.config.class_weights is not None:
+            batch = (*batch, np.asarray(self.config.class_weights, dtype=np.float32))
+        return batch
+
+    def get_batch(self, source: str = "train", size: int | None = None, step: int | None = None,
+                  stream: str | None = None) -> tuple[np.ndarray, ...]:
+        """A batch as the training step needs it (``class_weights`` appended), seeded by ``(seed, step)``.
+
+        Training batches of the current and the next step come from the background workers when
+        ``background_processes`` is set; they are the same batches the serial path draws. Batches
+        of a ``stream`` (the monitor batches) get ``monitor=True`` where ``getbatch`` takes it.
+        """
+        step = self.step if step is None else step
+        background = self._background_batches(step) if (source == "train" and stream is None and size is None
+                                                          and step in (self.step, self.step + 1)) else None
+        if background is not None:  # SIGTERM and Ctrl-C end a wait for a worker (WaitInterrupted)
+            batch = tuple(background.get(abort=lambda: self.stop_requested or self.pause_requested,
+                                         timeout_s=self.config.batch_timeout_s))
+        else:
+            kwargs = dict(self.config.data_batch_args)
+            rng = self._rng(stream or source, step)
+            if stream is not None and "monitor" in self._batch_keywords:
+                kwargs["monitor"] = True  # a monitor batch: a stateful source leaves its training state alone
+            if self._data_takes_rng:
+                kwargs["rng"] = rng
+            elif hasattr(self.data, "rng"):
+                self.data.rng = rng
+            elif not self._warned_rng:
+                log.warning("the data source %s takes no rng: batches are not reproducible and --resume is not "
+                            "exact", type(self.data).__name__)
+                self._warned_rng = True
+            batch = tuple(self.data.getbatch(size or self.batch_size, source=source, **kwargs))
+        return self._with_class_weights(batch)
+
+    def _batch_key(self, step: int, fn: Any) -> tuple[Any, ...]:
+        """What the training batch of ``step`` and its validation depend on: a prefetched batch is
+        used only if this is unchanged when its step comes (schedules and the shell may change it)."""
+        cfg = self.config
+        weights = None if cfg.class_weights is None else np.asarray(cfg.class_weights).tobytes()
+        return (int(step), self.batch_size, int(cfg.seed), id(self.data), id(self.model), id(fn),
+                repr(cfg.data_batch_args), weights, tuple(tuple(n.shape.shape) for n in fn.inputs))
+
+    def _training_batch(self) -> tuple[tuple[np.ndarray, ...], Sequence[Any]]:
+        """The batch of the step after :attr:`step`: its numpy arrays (for the NaN check, monitoring
+        and the shell) and the validated canonical arrays the step runs on (tensors on the device when
+        the batch was prefetched during the previous step)."""
+        fn = self.model.train_function(self.config.optimiser)
+        key = self._batch_key(self.step, fn)
+        prefetched, self._next = self._next, None
+        if prefetched is not None:
+            if prefetched[0] == key:
+                if prefetched[1] is not None:
+                    raise prefetched[1]  # drawing it failed: fail where the serial path fails
+                item = self._prefetcher.take()
+                return item.tag[1], item.tensors
+            log.debug("the batch prefetched for step %d is not the next step's: drawing it again",
+                      prefetched[0][0] + 1)
+            self._drop_prefetched()
+        batch = self.get_batch("train")
+        return batch, fn.check_arrays(batch)
+
+    def _prefetch_next(self) -> None:
+        """With prefetching on, draws and validates the next step's batch here (data sources are not
+        thread-safe) and submits it for the copy to the device, which overlaps the coming step."""
+        step = self.step + 1
+        if (self.prefetch_device is None or step >= int(self.config.n_steps) or self.stop_requested
+                or self.pause_requested or self._data_feedback):
+            return
+        fn = self.model.train_function(self.config.optimiser)
+        key = self._batch_key(step, fn)
+        try:
+            batch = self.get_batch("train", step=step)
+            canonical = fn.check_arrays(batch)
+        except Exception as err:  # raised when its step comes, where the serial path would raise it
+            self._next = (key, err)
+            return
+        if self._prefetcher is None or self._prefetcher.closed:
+            from ekn_core.trainer.prefetch import DevicePrefetcher
+
+            self._prefetcher = DevicePrefetcher(self.prefetch_device)
+        self._prefetcher.submit(canonical, tag=(key, batch))
+        self._next = (key, None)
+
+    def _drop_prefetched(self) -> None:
+        """Forgets the prefetched batch (rollback, resume, the shell): the next step draws its batch again."""
+        self._next = None
+        if self._prefetcher is not None:
+            self._prefetcher.discard()
+
+    def close_prefetcher(self) -> None:
+        """Stops the device prefetch thread (it restarts when needed)."""
+        self._next = None
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+
+    def _voxels(self, batch: tuple[np.ndarray, ...]) -> int:
+        """The input voxels of ``batch`` (all its examples, without the feature axis)."""
+        tags = self.model.input_node.shape.tags
+        shape = batch[0].shape
+        return int(np.prod([s for s, t in zip(shape, tags) if t != "f"])) if len(tags) == len(shape) else batch[0].size
