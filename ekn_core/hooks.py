@@ -1,7 +1,11 @@
 """The typed facade through which the core calls plugin hooks.
 
 Core code never touches ``pm.hook`` directly: it calls :func:`host` and the methods of
-:class:`Hooks`, which keep argument names in one place.
+:class:`Hooks`, which keep argument names in one place. A hook module whose implementations do not
+match the specs (a misspelt argument or hook name) is left out with a warning naming its
+distribution (:func:`check_hook_plugin`), and an exception that the implementation of an
+installed third-party plugin raises reaches the caller as a :class:`~ekn_core.errors.PluginHookError`
+that names the plugin.
 
 Example:
     >>> from ekn_core.hooks import Hooks
@@ -12,14 +16,15 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import pluggy
 
 from ekn_core import hookspecs
-from ekn_core.errors import EknError, PluginLoadError
+from ekn_core.errors import EknError, PluginHookError, PluginLoadError
 
 log = logging.getLogger("ekn.plugins")
 
@@ -32,8 +37,7 @@ class Hooks:
     """
 
     def __init__(self, autoload: bool = True):
-        self.pm = pluggy.PluginManager("ekn")
-        self.pm.add_hookspecs(hookspecs)
+        self.pm = _plugin_manager()
         if os.environ.get("EKN_TRACE_PLUGINS", "").lower() in {"1", "true", "yes"}:
             self.pm.trace.root.setwriter(lambda msg: log.debug("hook: %s", msg.rstrip()))
             self.pm.enable_tracing()
@@ -46,15 +50,33 @@ class Hooks:
         reg = registry("plugins")
         for name in reg.names():
             try:
-                self.register(reg.get(name), name=name)
+                plugin = reg.get(name)
+                check_hook_plugin(plugin, name)
             except PluginLoadError as err:
                 if strict_mode():
                     raise
                 log.warning("%s", err)
+                continue
+            self.register(plugin, name=name)
 
     def register(self, plugin: Any, name: str | None = None) -> None:
-        """Registers a module or object holding ``@hookimpl`` functions."""
+        """Registers a module or object holding ``@hookimpl`` functions. For the ``ekn.plugins``
+        entry of a third-party distribution, what its implementations raise (other than an
+        :class:`~ekn_core.errors.EknError`) becomes a :class:`~ekn_core.errors.PluginHookError`
+        naming the plugin and its distribution; a plugin registered by code in this process raises
+        as it is."""
+        from ekn_core.plugins import registry
+
         self.pm.register(plugin, name=name)
+        reg = registry("plugins")
+        if name is None or name not in reg or reg.info(name).builtin or reg.get(name) is not plugin:
+            return
+        entry = reg.info(name)
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                    impl.function = _attributed(impl.function, caller.name, name,
+                                                f"{entry.distribution} {entry.version}")
 
     def unregister(self, plugin: Any) -> None:
         """Removes a plugin registered with :meth:`register`."""
@@ -114,6 +136,10 @@ class Hooks:
         """The extra metrics every plugin adds to the evaluation at ``step``."""
         return _merged(self.pm.hook.ekn_validation_metrics(trainer=trainer, step=step), "ekn_validation_metrics")
 
+    def before_model_file(self, trainer: Any, which: str) -> bool:
+        """Whether a plugin changed the model's parameters for the model file ``which``."""
+        return any(self.pm.hook.ekn_before_model_file(trainer=trainer, which=which))
+
     def checkpoint_saved(self, trainer: Any, path: str) -> None:
         self.pm.hook.ekn_on_checkpoint_saved(trainer=trainer, path=path)
 
@@ -139,6 +165,49 @@ class Hooks:
     # -- data ----------------------------------------------------------------------------------
     def get_reader(self, path: str) -> str | None:
         return self.pm.hook.ekn_get_reader(path=path)
+
+
+def _plugin_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("ekn")
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def check_hook_plugin(plugin: Any, name: str) -> None:
+    """Checks the hook implementations of the ``ekn.plugins`` entry ``name`` against the specs in
+    a throw-away plugin manager: argument names the spec does not have, hooks that do not exist.
+
+    Raises:
+        PluginLoadError: A mismatch, naming the plugin and its distribution (the entry is marked
+            failed, so ``ekn plugins`` shows it).
+    """
+    from ekn_core.plugins import registry
+
+    pm = _plugin_manager()
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except (pluggy.PluginValidationError, ValueError) as err:
+        text = " ".join(str(err).split())  # pluggy's message has line breaks
+        one_line = pluggy.PluginValidationError(plugin, text) if isinstance(err, pluggy.PluginValidationError) \
+            else ValueError(text)
+        raise registry("plugins").mark_failed(name, one_line) from err
+
+
+def _attributed(function: Callable[..., Any], hook: str, plugin: str, distribution: str) -> Callable[..., Any]:
+    """``function`` (a hook implementation) with what it raises wrapped in a :class:`PluginHookError`;
+    an :class:`EknError` (a deliberate, clear error) passes unchanged."""
+
+    @functools.wraps(function)
+    def call(*args: Any) -> Any:
+        try:
+            return function(*args)
+        except EknError:
+            raise
+        except Exception as err:
+            raise PluginHookError(hook, plugin, distribution, err) from err
+
+    return call
 
 
 def _merged(results: list[dict[str, Any] | None], hook: str) -> dict[str, Any]:

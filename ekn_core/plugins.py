@@ -154,11 +154,13 @@ def _resolve_duplicates(entries: list[EntryInfo]) -> None:
             continue
         group.sort(key=lambda e: (not e.builtin, e.distribution))
         winner, losers = group[0], group[1:]
+        advice = (f"To use {losers[0].distribution}'s, block {winner.distribution}: "
+                  f"EKN_BLOCK_PLUGINS={winner.distribution}" if "." in name
+                  else f"Third-party plugins should prefix their names, e.g. 'foo.{name}'")
         message = (
             f"{winner.kind} plugin name {name!r} is registered by several distributions: "
             f"{', '.join(e.distribution for e in group)}; using {winner.distribution} "
-            f"({'built-ins win' if winner.builtin else 'first distribution name wins'}). "
-            f"Third-party plugins should prefix their names, e.g. 'foo.{name}'."
+            f"({'built-ins win' if winner.builtin else 'first distribution name wins'}). {advice}."
         )
         if strict_mode():
             raise DuplicatePluginError(message)
@@ -271,14 +273,23 @@ class Registry:
         entry = self.info(name)
         try:
             obj = _load_entry_point(entry)
-        except Exception as err:  # a plugin can raise anything on import
-            entry.status, entry.error = "failed", f"{type(err).__name__}: {err}"
-            raise PluginLoadError(self.kind, name, entry.distribution, entry.version, err) from err
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # a plugin can raise anything on import, sys.exit() included
+            raise self.mark_failed(name, err) from err
         entry.status = "loaded"
         if isinstance(obj, type):
             obj.registry_name = name
         self._loaded[name] = obj
         return obj
+
+    def mark_failed(self, name: str, err: BaseException) -> PluginLoadError:
+        """Records that the entry ``name`` failed (to import, or a check after its import) and
+        returns the :class:`PluginLoadError` to raise, naming its distribution."""
+        entry = self.info(name)
+        entry.status, entry.error = "failed", f"{type(err).__name__}: {err}"
+        self._loaded.pop(name, None)
+        return PluginLoadError(self.kind, name, entry.distribution, entry.version, err)
 
     def load_all(self) -> dict[str, Any]:
         """Imports every active entry; failures are recorded (or raised in strict mode)."""

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs ekn with its development tools, graphviz for model pictures, and the example plugin.
+# Installs ekn with its development tools and graphviz for model pictures. The example plugin
+# (plugin_template/) is not installed: scripts/test.sh installs it for the tests only.
 # Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +9,3 @@ if ! command -v dot >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "
 fi
 python3 -m pip install -q --upgrade pip "setuptools>=77"
 python3 -m pip install -q -e ".[dev]"
-python3 -m pip install -q --no-build-isolation -e plugin_template

@@ -7,6 +7,7 @@ docs/hooks.md with its exact arguments.
 import inspect
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -55,6 +56,11 @@ class Recorder:
     @hookimpl
     def ekn_on_validation_end(self, trainer, step, metrics):
         self.calls.append(("validation", step, metrics["valid_loss"]))
+
+    @hookimpl
+    def ekn_before_model_file(self, trainer, which):
+        self.calls.append(("model file", which))
+        return which == "final"
 
     @hookimpl
     def ekn_on_checkpoint_saved(self, trainer, path):
@@ -155,6 +161,8 @@ def test_hook_ekn_settings(hooks, monkeypatch):
                                            r"ekn-fake\) and ekn_trainer_plots \(distribution ekn\)"):
             hooks.settings()
     finally:
+        for mod in ("ekn_fake_mod", "ekn_fake2_mod", "ekn_fake_broken"):  # hook discovery imported them
+            sys.modules.pop(mod, None)
         monkeypatch.undo()
         plugins.reset()
 
@@ -177,6 +185,13 @@ def test_hook_ekn_on_train_step_end(hooks):
 def test_hook_ekn_on_validation_end(hooks):
     hooks.validation_end(trainer=None, step=10, metrics={"valid_loss": 0.1})
     assert hooks.recorder.calls == [("validation", 10, 0.1)]
+
+
+def test_hook_ekn_before_model_file(hooks):
+    """True when any implementation changed the model for the file."""
+    assert hooks.before_model_file(trainer=None, which="latest") is False
+    assert hooks.before_model_file(trainer=None, which="final") is True
+    assert hooks.recorder.calls == [("model file", "latest"), ("model file", "final")]
 
 
 def test_hook_ekn_on_checkpoint_saved(hooks):

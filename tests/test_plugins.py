@@ -195,22 +195,44 @@ def test_command_summary_is_the_whole_first_paragraph():
     assert Wrapped().summary() == "Evaluate a model on labelled volumes: curves, segmentation search and a report."
 
 
-@pytest.mark.parametrize("target,error", [("ekn_cmd_broken:Anything", "broken on purpose"),
-                                          ("ekn_cmd_broken_init:Command", "cannot start")])
-def test_cli_strict_mode_fails_on_a_broken_command_plugin(tmp_path, target, error):
-    """A command plugin whose import (or construction) fails: any `ekn` call warns and goes on, and
-    in strict mode stops with one clear error naming the plugin."""
+BROKEN_COMMANDS = {  # module text, what the error says
+    "import": ("open(__file__ + '.imported', 'w')\nraise RuntimeError('broken on purpose')\n", "broken on purpose"),
+    "exit": ("open(__file__ + '.imported', 'w')\nimport sys\nsys.exit('plugin exit at import')\n",
+             "SystemExit: plugin exit at import"),
+    "init": ("open(__file__ + '.imported', 'w')\nclass Cmd:\n    'Start badly.'\n"
+             "    def __init__(self):\n        raise RuntimeError('cannot start')\n", "cannot start"),
+    "init-exit": ("open(__file__ + '.imported', 'w')\nimport sys\nclass Cmd:\n    'Exit on start.'\n"
+                  "    def __init__(self):\n        sys.exit('cannot start')\n", "SystemExit: cannot start"),
+    "arguments": ("open(__file__ + '.imported', 'w')\nfrom ekn_core.commands import Command\nclass Cmd(Command):\n"
+                  "    'Declare an option twice.'\n    def add_arguments(self, parser):\n"
+                  "        parser.add_argument('--x')\n        parser.add_argument('--x')\n",
+                  "conflicting option string: --x"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN_COMMANDS))
+def test_a_broken_command_plugin_stops_only_itself(tmp_path, kind):
+    """A command plugin whose import (sys.exit included), start or argument declaration fails: other
+    commands do not even import it; running it, or `ekn plugins` in strict mode: one error naming it."""
+    text, error = BROKEN_COMMANDS[kind]
     dist = tmp_path / "ekn_cmd-0.3.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ekn-cmd\nVersion: 0.3\n")
-    (dist / "entry_points.txt").write_text(f"[ekn.commands]\ncmd_broken = {target}\n")
-    (tmp_path / "ekn_cmd_broken.py").write_text("raise RuntimeError('broken on purpose')\n")
-    (tmp_path / "ekn_cmd_broken_init.py").write_text(
-        "class Command:\n    def __init__(self):\n        raise RuntimeError('cannot start')\n")
+    (dist / "entry_points.txt").write_text("[ekn.commands]\ncmd_broken = ekn_cmd_broken:Cmd\n")
+    module = tmp_path / "ekn_cmd_broken.py"
+    module.write_text(text)
     env = {"PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    relaxed = _run_ekn(["version"], **env)
-    assert relaxed.returncode == 0 and "cmd_broken" in relaxed.stderr and error in relaxed.stderr
-    strict = _run_ekn(["version"], EKN_STRICT_PLUGINS="1", **env)
-    assert strict.returncode == 2 and strict.stdout == "", strict.stdout
-    assert strict.stderr.startswith("ekn: error: plugin commands:cmd_broken from distribution ekn-cmd 0.3 failed")
-    assert error in strict.stderr and "EKN_STRICT_PLUGINS=1" in strict.stderr and "Traceback" not in strict.stderr
+    other = _run_ekn(["version"], **env)
+    assert other.returncode == 0 and other.stdout.startswith("ekn ") and other.stderr == "", other.stderr
+    assert not os.path.exists(str(module) + ".imported")  # only the chosen command is imported
+    for strict in ("", "1"):
+        run = _run_ekn(["cmd-broken"], EKN_STRICT_PLUGINS=strict, **env)
+        assert run.returncode == 2 and run.stdout == "", run.stdout
+        assert run.stderr.startswith("ekn: error: plugin commands:cmd_broken from distribution ekn-cmd 0.3 failed")
+        assert error in run.stderr and "EKN_BLOCK_PLUGINS=ekn-cmd" in run.stderr and "Traceback" not in run.stderr
+    listed = _run_ekn(["plugins", "--kind", "commands"], **env)
+    row = next(line for line in listed.stdout.splitlines() if "cmd_broken" in line)
+    assert listed.returncode == 0 and "ekn-cmd" in row and "failed" in row and error in row, listed.stdout
+    assert _run_ekn(["plugins", "--kind", "commands"], EKN_STRICT_PLUGINS="1", **env).returncode == 1
+    helped = _run_ekn(["--help"], **env)
+    assert helped.returncode == 0 and "version" in helped.stdout and "Traceback" not in helped.stderr

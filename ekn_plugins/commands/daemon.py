@@ -17,7 +17,9 @@ class DaemonCommand(Command):
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("queue_dir", metavar="QUEUE_DIR", help="directory of queued experiment configs")
+        parser.add_argument("queue_dir", metavar="QUEUE_DIR", help="directory of queued experiment configs (must "
+                            "exist, unless --create)")
+        parser.add_argument("--create", action="store_true", help="create QUEUE_DIR if it does not exist")
         parser.add_argument("--command", dest="experiment_command", default="ekn train {config}",
                             help="command per experiment (default: 'ekn train {config}')")
         parser.add_argument("--poll", type=float, default=30.0, help="seconds between checks (default 30)")
@@ -49,7 +51,7 @@ class DaemonCommand(Command):
                                     require_gpu=args.require_gpu)
         daemon = ExperimentDaemon(args.queue_dir, command=args.experiment_command, requirements=requirements,
                                   poll=args.poll, start_wait=args.start_wait, stale_after=args.stale_after,
-                                  max_running=args.max_running, cwd=args.cwd)
+                                  max_running=args.max_running, cwd=args.cwd, create=args.create)
         logfile = os.path.join(daemon.queue_dir, "logs", f"daemon-{socket.gethostname()}-{os.getpid()}.log")
         handler = add_file_log(logfile)
         try:

@@ -24,13 +24,13 @@ import argparse
 import os
 import time
 
-from ekn_core.commands import Command
+from ekn_core.commands import Command, add_gpu_option
 
 #: Synthetic volume shape (z, y, x) and label margin of the demo data.
 DEMO_SHAPE = (40, 200, 200)
 DEMO_MARGIN = (8, 24, 24)
-#: Patch for MFP dense prediction (snapped to the nearest valid size when loading).
-DEMO_MFP_PATCH = (23, 171, 171)
+#: Patch of the MFP dense prediction and evaluation: valid for neuro3d_lite with max-fragment pooling.
+DEMO_MFP_PATCH = (22, 170, 170)
 #: Watershed parameters the demo's evaluation tries (``ekn evaluate`` searches a larger default grid).
 DEMO_SEGMENTATION_GRID = {"threshold": [0.2, 0.3, 0.5, 0.7], "seed_erosion": [0.0, 2.0]}
 
@@ -130,6 +130,7 @@ class DemoCommand(Command):
         parser.add_argument("out_dir", nargs="?", default="ekn_demo", metavar="OUT_DIR",
                             help="folder for data, run, prediction and pictures (default ./ekn_demo)")
         parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+        add_gpu_option(parser)
 
     def run(self, args: argparse.Namespace) -> int:
         import numpy as np
@@ -150,7 +151,7 @@ class DemoCommand(Command):
         config_path = os.path.join(out, "neuro3d_lite_demo.py")
         write_text(config_path, demo_config(data_dir, args.steps, os.path.join(out, "runs")))
         print(f"[2/5] training neuro3d_lite for {args.steps} steps (config {config_path})")
-        trainer = Trainer(ExperimentConfig.from_file(config_path))
+        trainer = Trainer(ExperimentConfig.from_file(config_path), device=args.gpu)  # also the device of 3-5
         try:
             status = trainer.run()
         finally:
@@ -181,8 +182,8 @@ class DemoCommand(Command):
 
         held_out = ValidationVolume(files[3]["raw"], files[3]["barrier"], None, "held_out", files[3]["ids"])
         evaluation_dir = os.path.join(out, "evaluation")
-        record = evaluate_model(model_file, [held_out], evaluation_dir, mfp=True, grid=DEMO_SEGMENTATION_GRID,
-                                progress=False)
+        record = evaluate_model(model_file, [held_out], evaluation_dir, mfp=True, tile=DEMO_MFP_PATCH,
+                                grid=DEMO_SEGMENTATION_GRID, progress=False)
         scores = record["volumes"][0]
         print("[5/5] done in %.1f min (training status: %s, %d steps)" % ((time.perf_counter() - t0) / 60, status,
                                                                         trainer.step))

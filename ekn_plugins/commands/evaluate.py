@@ -7,7 +7,7 @@ Example:
     >>> parser = argparse.ArgumentParser()
     >>> EvaluateCommand().add_arguments(parser)
     >>> args = parser.parse_args(["run/", "raw.h5:raw", "--ids", "ids.h5:ids", "--grid", '{"threshold": [0.3]}'])
-    >>> model_and_raw(args), args.labels, args.ids, parse_grid(args.grid), args.n_proc, args.affinities
+    >>> model_and_raw(args), args.labels, args.ids, parse_grid(args.grid), args.processes, args.affinities
     (('run/', 'raw.h5:raw'), None, 'ids.h5:ids', {'threshold': [0.3]}, 1, None)
     >>> model_and_raw(parser.parse_args(["--prediction", "pred.zarr", "raw.h5:raw", "--ids", "ids.h5:ids"]))
     (None, 'raw.h5:raw')
@@ -20,9 +20,10 @@ import json
 import os
 from typing import Any
 
-from ekn_core.commands import Command
+from ekn_core.commands import Command, add_gpu_option, add_renamed_option, use_gpu
 from ekn_core.errors import ConfigError
-from ekn_plugins.commands.predict import add_prediction_options, parse_roi, parse_tile
+from ekn_plugins.commands.predict import (add_grey_range_option, add_overwrite_option, add_prediction_options,
+                                          parse_roi, parse_tile)
 from ekn_plugins.evaluation.affinities import AFFINITY_SEGMENTERS, DEFAULT_AFFINITY_SEGMENTER, NHOODS
 
 
@@ -152,9 +153,11 @@ class EvaluateCommand(Command):
         parser.add_argument("--labels", help="binary labels, the same size as RAW or smaller and centred in it")
         parser.add_argument("--ids", help="ground-truth object ids (neurons), centred in RAW, for the "
                             "segmentation search; without --labels their boundaries are the labels")
-        parser.add_argument("--region", help="evaluate only this box of RAW, z0:z1,y0:y1,x0:x1 in raw voxels")
+        parser.add_argument("--roi", help="evaluate only this box of RAW, z0:z1,y0:y1,x0:x1 in raw voxels")
+        add_renamed_option(parser, "--region", "--roi")
         parser.add_argument("--name", help="name of the volume (default: RAW's file name, else PRED's)")
-        parser.add_argument("--out", help="output folder (default: RUN/evaluation/<model>/, "
+        add_renamed_option(parser, "--out", "--output")
+        parser.add_argument("--output", metavar="DIR", help="output folder (default: RUN/evaluation/<model>/, "
                             "<model>.evaluation/ or <PRED>.evaluation/)")
         parser.add_argument("--channel", type=int, help="output channel to evaluate (default: 1 of two "
                             "softmax channels, 0 of a single sigmoid channel)")
@@ -171,14 +174,18 @@ class EvaluateCommand(Command):
                             "(thresholds resolved to 1/bins)")
         parser.add_argument("--affinities", action=argparse.BooleanOptionalAction, help="the channels are "
                             "affinities: swept against the affinity graph of --ids, segmented by connected "
-                            "components (default: when the model feeds an affinity loss such as MalisNLL)")
+                            "components (default: when the model feeds an affinity loss such as MalisNLL or its "
+                            "file records the affinities it was trained on)")
         parser.add_argument("--nhood", choices=tuple(NHOODS), help="neighbourhood of the affinity channels "
-                            "(default: the MalisNLL node's, else 3d): "
+                            "(default: the MalisNLL node's, else the one the model file records, else 3d): "
                             + "; ".join(f"{k}: {d}" for k, d in NHOODS.items()))
         parser.add_argument("--segmenter", choices=tuple(AFFINITY_SEGMENTERS), help="how affinities are segmented "
                             f"(default {DEFAULT_AFFINITY_SEGMENTER}): "
                             + "; ".join(f"{k}: {d}" for k, d in AFFINITY_SEGMENTERS.items()))
         add_prediction_options(parser)
+        add_grey_range_option(parser)
+        add_overwrite_option(parser, "OUT/<name>/prediction.zarr")
+        add_gpu_option(parser)
         parser.add_argument("--no-segmentation", action="store_true", help="skip the segmentation search")
         parser.add_argument("--metric", default="vi", choices=("vi", "adapted_rand_error"),
                             help="score the segmentation search minimises")
@@ -188,7 +195,9 @@ class EvaluateCommand(Command):
                             "7 without long-range edges)")
         parser.add_argument("--per-slice", action="store_true", help="watershed: segment every z slice on its own")
         parser.add_argument("--anisotropy", help="watershed: voxel size z,y,x for the seed erosion (default 1,1,1)")
-        parser.add_argument("--n-proc", type=int, default=1, help="processes of the segmentation search")
+        parser.add_argument("--processes", type=int, default=1, metavar="N", help="processes of the segmentation "
+                            "search (default 1)")
+        add_renamed_option(parser, "--n-proc", "--processes")
 
     def run(self, args: argparse.Namespace) -> int:
         from ekn_core.volumes import volume_name
@@ -197,6 +206,10 @@ class EvaluateCommand(Command):
         from ekn_plugins.validation.spec import ValidationVolume
 
         model, raw = model_and_raw(args)
+        if model is None and args.gpu is not None:
+            raise ConfigError("--gpu chooses the device that runs a MODEL; with --prediction no model runs: "
+                              "leave it out")
+        use_gpu(args)
         volumes = None
         if raw is not None or (args.prediction is not None and (args.labels or args.ids)):
             named = raw or args.prediction
@@ -206,13 +219,15 @@ class EvaluateCommand(Command):
             raise ConfigError("--labels, --ids and --name describe a volume RAW: give it after the model, e.g. "
                               "ekn evaluate MODEL raw.h5:raw --labels labels.h5:lab")
         record = evaluate_model(
-            model, volumes, args.out, prediction=args.prediction, channel=args.channel, interior=args.interior,
-            positive=args.positive, ignore_label=args.ignore_label, ignore_ids=parse_ids(args.ignore_ids), region=parse_roi(args.region, "--region"),
+            model, volumes, args.output, prediction=args.prediction, channel=args.channel, interior=args.interior,
+            positive=args.positive, ignore_label=args.ignore_label, ignore_ids=parse_ids(args.ignore_ids),
+            region=parse_roi(args.roi),
             bins=args.bins, affinities=args.affinities, nhood=args.nhood, segmentation=not args.no_segmentation,
-            grid=parse_grid(args.grid), metric=args.metric, n_proc=args.n_proc,
+            grid=parse_grid(args.grid), metric=args.metric, n_proc=args.processes,
             base_params=segmenter_params(args),
             mfp=args.mfp, tta=args.tta, tile=parse_tile(args.tile), memory_budget=args.memory_budget,
-            workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
+            workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress,
+            grey_range=args.grey_range, overwrite=args.overwrite)
         print(_evaluated_line(record))
         print(summary_table(record))
         print(f"report: {os.path.join(record['out_dir'], 'REPORT.md')}")

@@ -13,34 +13,53 @@ import argparse
 import json
 
 from ekn_core.commands import Command
+from ekn_core.plugins import GROUPS
+
+
+def _check(kind: str) -> list[Exception]:
+    """Imports every active entry of ``kind``, starts each ``ekn`` command and builds its parser,
+    and checks each hook module against the hook specs; returns the failures (the entries record
+    them, so the table shows them)."""
+    from ekn_core.cli import command_names, load_command
+    from ekn_core.errors import PluginLoadError
+    from ekn_core.hooks import check_hook_plugin
+    from ekn_core.plugins import registry
+
+    reg = registry(kind)
+    cli_names = {entry: cli for cli, entry in command_names().items()} if kind == "commands" else {}
+    failures: list[Exception] = []
+    for name in reg.names():
+        try:
+            if name in cli_names:
+                load_command(cli_names[name], name)
+            elif kind == "plugins":
+                check_hook_plugin(reg.get(name), name)
+            else:
+                reg.get(name)
+        except PluginLoadError as err:
+            failures.append(err)
+    return failures
 
 
 class PluginsCommand(Command):
     """List installed plugins (kind, name, distribution, version, status or error).
 
-    Plugins are imported to check them (except with ``--no-load``); a plugin whose import fails
-    is shown as failed and the command still exits 0, unless ``EKN_STRICT_PLUGINS=1`` is set.
+    Plugins are imported to check them (except with ``--no-load``): an ``ekn`` command is also
+    started and its arguments declared, a hook module's implementations are checked against the
+    hook specs. A plugin that fails is shown as failed and the command still exits 0, unless
+    ``EKN_STRICT_PLUGINS=1`` is set.
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
         parser.add_argument("--no-load", action="store_true", help="list entry points without importing them")
-        parser.add_argument("--kind", help="only this kind (layers, losses, readers, ...)")
+        parser.add_argument("--kind", choices=tuple(GROUPS), help="only this kind")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ekn_core.errors import PluginLoadError
-        from ekn_core.plugins import GROUPS, discovered, registry, strict_mode
+        from ekn_core.plugins import discovered, strict_mode
 
         kinds = [args.kind] if args.kind else list(GROUPS)
-        failures = []
-        if not args.no_load:
-            for kind in kinds:
-                reg = registry(kind)
-                for name in reg.names():
-                    try:
-                        reg.get(name)
-                    except PluginLoadError as err:
-                        failures.append(err)
+        failures = [] if args.no_load else [err for kind in kinds for err in _check(kind)]
         rows = [e.as_dict() for kind in kinds for e in discovered()[kind]]
         if args.json:
             print(json.dumps(rows, indent=2))

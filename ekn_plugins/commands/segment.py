@@ -7,7 +7,7 @@ Example:
     >>> parser = argparse.ArgumentParser()
     >>> SegmentCommand().add_arguments(parser)
     >>> args = parser.parse_args(["pred.zarr", "seg.zarr", "--threshold", "0.3", "--block", "32,128,128"])
-    >>> args.threshold, parse_shape(args.block, "--block"), args.halo, args.workers
+    >>> args.threshold, parse_shape(args.block, "--block"), args.halo, args.processes
     (0.3, (32, 128, 128), None, 1)
 """
 
@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ekn_core.commands import Command
+from ekn_core.commands import Command, add_renamed_option
 from ekn_core.errors import ConfigError
 from ekn_plugins.commands.evaluate import parse_anisotropy
-from ekn_plugins.commands.predict import parse_roi
+from ekn_plugins.commands.predict import add_overwrite_option, parse_roi
 
 #: Options that set one watershed parameter (option name → WatershedParams field).
 PARAM_OPTIONS = {"threshold": float, "seed_erosion": float, "min_seed_size": int, "mask_threshold": float,
@@ -78,7 +78,8 @@ class SegmentCommand(Command):
     of neighbouring blocks that are each other's majority in their overlap are joined, and OUTPUT
     gets consecutive ids (uint32, uint64 if they do not fit). The parameters come from --params
     (the seg_params.json of ekn evaluate) and the options. Rerunning the same command after an
-    interruption skips finished blocks; intermediate files are kept in OUTPUT.ekn-segment/.
+    interruption skips finished blocks; intermediate files are kept in OUTPUT.ekn-segment/. An
+    OUTPUT that no ekn job wrote is refused unless --overwrite.
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -108,9 +109,13 @@ class SegmentCommand(Command):
                             "erosion along the finest axis, scaled by the anisotropy; 0 along z with --per-slice)")
         parser.add_argument("--roi", help="segment only this box, z0:z1,y0:y1,x0:x1 in input voxels (default: all)")
         where = parser.add_mutually_exclusive_group()
-        where.add_argument("--workers", type=int, default=1, help="processes that segment blocks (default 1)")
+        where.add_argument("--processes", type=int, default=1, metavar="N", help="processes that segment blocks "
+                           "(default 1)")
         where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786, whose "
                            "workers segment the blocks (they must see INPUT and OUTPUT's folder under the same paths)")
+        add_renamed_option(parser, "--workers", "--processes", " (local processes; --workers N of ekn predict and "
+                           "ekn evaluate starts a local Dask cluster)")
+        add_overwrite_option(parser)
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -119,7 +124,8 @@ class SegmentCommand(Command):
         summary = segment_volume(
             args.input, args.output, segmentation_params(args), block=parse_shape(args.block, "--block"),
             halo=parse_shape(args.halo, "--halo"), roi=parse_roi(args.roi), channel=args.channel,
-            interior=args.interior, workers=args.workers, scheduler=args.scheduler, progress=not args.no_progress)
+            interior=args.interior, workers=args.processes, scheduler=args.scheduler, progress=not args.no_progress,
+            overwrite=args.overwrite)
         rate = summary["voxels"] / max(summary["seconds"], 1e-9)
         print(f"wrote {args.output} {summary['shape']} {summary['dtype']}: {summary['segments']} segments, "
               f"{summary['blocks']} blocks ({summary['skipped']} already done), {summary['merges']} merges "

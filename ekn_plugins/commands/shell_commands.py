@@ -67,7 +67,11 @@ class _SetMeta(Command):
         model = shell.trainer.model
         old = getattr(model, self.attribute)
         setattr(model, self.attribute, _number(argument, "set" + self.attribute))
-        shell.write(f"{self.attribute} = {getattr(model, self.attribute):g} (was {old:g}); takes effect at the next step")
+        was = "not set" if old is None else f"{old:g}"
+        shell.write(f"{self.attribute} = {getattr(model, self.attribute):g} (was {was}); takes effect at the next step")
+        optimiser = getattr(shell.trainer, "optimiser", None)
+        if optimiser is not None and self.attribute not in optimiser.meta:
+            shell.write(f"note: {type(optimiser).__name__} has no {self.attribute}: the value is not used")
         schedules = shell.trainer.schedules
         if schedules is not None and self.attribute in schedules.names():
             shell.write(f"note: a schedule changes {self.attribute} from this value on")
@@ -182,9 +186,9 @@ class DebugBatch(Command):
     """debugbatch: draw a training batch and write its picture (Batch_test_image.png)."""
 
     def run_shell(self, shell: Any, argument: str) -> None:
-        from ekn_core.trainer.loop import BATCH_PICTURE
+        from ekn_core.trainer.batch_picture import FILE_NAME
 
-        path = shell.trainer.run_dir.join(BATCH_PICTURE)
+        path = shell.trainer.run_dir.join(FILE_NAME)
         shell.trainer.debug_batch_picture(path)
         shell.write(f"wrote {path}")
 

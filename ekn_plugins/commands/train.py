@@ -15,10 +15,40 @@ import argparse
 import logging
 import os
 
-from ekn_core.commands import Command
+from ekn_core.commands import Command, add_gpu_option
 from ekn_core.errors import ConfigError
 
 log = logging.getLogger("ekn.trainer")
+
+
+def resolve_config(config: str | None) -> str | None:
+    """CONFIG as given when it exists; else a bare name (``neuro3d_lite`` or ``neuro3d_lite.py``)
+    of an example config ekn ships (``ekn_plugins/examples``, the repository's ``examples/``).
+
+    Example:
+        >>> os.path.basename(resolve_config("neuro3d_lite"))
+        'neuro3d_lite.py'
+
+    Raises:
+        ConfigError: Neither: the message says where the shipped examples are and lists them.
+    """
+    if config is None or os.path.exists(config):
+        return config
+    from ekn_plugins.commands.demo import example_path
+
+    folder = os.path.normpath(example_path(""))
+    if os.sep not in config:
+        shipped = os.path.join(folder, config if config.endswith(".py") else config + ".py")
+        if os.path.isfile(shipped):
+            return shipped
+    examples = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                if "create_model" in (text := f.read()) or "model_load_path" in text:  # an experiment config
+                    examples.append(name[:-3])
+    raise ConfigError(f"the config file {config} does not exist. ekn ships example configs in {folder}; run one by "
+                      f"its name, e.g. `ekn train neuro3d_lite`: {', '.join(examples)}")
 
 
 def load_for_run(config: str | None, overrides: list[str], resume: str | None,
@@ -71,17 +101,18 @@ class TrainCommand(Command):
     TensorBoard files. Ctrl-C pauses at the next step and opens the training shell.
 
     Examples:
-      ekn train examples/neuro3d_lite.py --set n_steps=500
+      ekn train neuro3d_lite --set n_steps=500      # an example config ekn ships, by its name
+      ekn train my_experiment.py --gpu auto
       ekn train --resume ~/ekn_training/neuro3d_lite__24-05-01_10-00-00 --set n_steps=1000
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("config", nargs="?", metavar="CONFIG", help="experiment config file (Python)")
+        parser.add_argument("config", nargs="?", metavar="CONFIG", help="experiment config file (Python), or the "
+                            "name of an example config ekn ships, e.g. neuro3d_lite")
         parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                             help="override a setting, e.g. --set n_steps=100 --set optimiser_params.lr=1e-3 "
                                  "(values are Python literals; bare words are strings)")
-        parser.add_argument("--gpu", default=None, metavar="N|auto|cpu",
-                            help="GPU number, 'auto' (most free memory) or 'cpu' (default: config 'device')")
+        add_gpu_option(parser, default="the config's device")
         parser.add_argument("--resume", default=None, metavar="RUN_DIR|latest",
                             help="continue a run exactly from its newest checkpoint ('latest': newest run of CONFIG)")
         parser.add_argument("--save-path", default=None, metavar="DIR", help="parent folder of the run directory")
@@ -93,7 +124,7 @@ class TrainCommand(Command):
         from ekn_core.trainer.loop import Trainer
 
         overrides = list(args.set) + ([f"distribute={args.distribution!r}"] if args.distribution else [])
-        cfg, run_dir = load_for_run(args.config, overrides, args.resume, args.save_path)
+        cfg, run_dir = load_for_run(resolve_config(args.config), overrides, args.resume, args.save_path)
         trainer = Trainer(cfg, run_dir=run_dir, resume=args.resume is not None, device=args.gpu)
         try:
             status = trainer.run()

@@ -77,7 +77,8 @@ class ExperimentDaemon:
     """Starts queued experiments from ``queue_dir`` when resources allow (see the module docs).
 
     Args:
-        queue_dir: The shared queue directory (created with its sub-directories if missing).
+        queue_dir: The shared queue directory; it must exist unless ``create`` (its
+            sub-directories are created).
         command: Command line run per experiment, a string (split like a shell) or a list; the
             placeholders ``{config}``, ``{name}``, ``{gpu}`` and ``{host}`` are filled in.
         requirements: Resources that must be free to start one more experiment.
@@ -88,13 +89,19 @@ class ExperimentDaemon:
         max_running: Most experiments this daemon runs at once (default: one per GPU, or 1).
         cwd: Working directory of the experiments (default: the daemon's).
         host: Host name recorded in locks and status files.
+        create: Create ``queue_dir`` when it does not exist (else that is an error: a misspelt
+            folder would be waited on for ever).
     """
 
     def __init__(self, queue_dir: str, command: str | Sequence[str] = DEFAULT_COMMAND,
                  requirements: Requirements | None = None, probe: Callable[[], Snapshot] = probe,
                  poll: float = 30.0, start_wait: float = 60.0, stale_after: float | None = None,
-                 max_running: int | None = None, cwd: str | None = None, host: str | None = None):
+                 max_running: int | None = None, cwd: str | None = None, host: str | None = None,
+                 create: bool = False):
         self.queue_dir = os.path.abspath(queue_dir)
+        if not create and not os.path.isdir(self.queue_dir):
+            raise ConfigError(f"the queue directory {queue_dir} does not exist: check the path, or give --create "
+                              "(create=True) to start a new queue there")
         self.command = shlex.split(command) if isinstance(command, str) else list(command)
         if not self.command:
             raise ConfigError("the experiment command is empty; give e.g. --command 'ekn train {config}'")

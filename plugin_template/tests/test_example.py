@@ -68,10 +68,13 @@ def test_hooks_reach_the_host(tmp_path):
 
     assert "ekn-plugin-example 0.1.0 active" in host().report_header({})
     trainer = SimpleNamespace(config=_config(tmp_path, overrides=["example_count_every=2"]))
-    del STEPS_SEEN[:]
+    STEPS_SEEN.clear()
     for step in range(1, 6):
         host().train_step_end(trainer=trainer, step=step, metrics={"loss": 1.0})
-    assert STEPS_SEEN == [2, 4]
+    assert list(STEPS_SEEN) == [2, 4]
+    for step in range(6, 2 * STEPS_SEEN.maxlen + 6):
+        host().train_step_end(trainer=trainer, step=step, metrics={"loss": 1.0})
+    assert len(STEPS_SEEN) == STEPS_SEEN.maxlen and STEPS_SEEN[-1] == 2 * STEPS_SEEN.maxlen + 4  # the last ones
 
 
 def test_config_setting_is_declared_defaulted_and_checked(tmp_path):

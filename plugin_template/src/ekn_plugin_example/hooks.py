@@ -1,8 +1,9 @@
 """Hook implementations of ekn-plugin-example.
 
 ``ekn_report_header`` adds a line to the start-up banner; ``ekn_on_train_step_end`` records every
-``example_count_every``-th training step in :data:`STEPS_SEEN` (a real plugin would log or export
-metrics). ``example_count_every`` is this plugin's own experiment-config setting: declared with
+``example_count_every``-th training step in :data:`STEPS_SEEN`, which keeps the last 1000 (a real
+plugin would log or export metrics; a hook that only appends would grow for ever).
+``example_count_every`` is this plugin's own experiment-config setting: declared with
 ``ekn_settings`` (default 1) and checked with ``ekn_check_config``, so a config may set it
 (``example_count_every = 10``, or ``ekn train CONFIG --set example_count_every=10``).
 
@@ -15,13 +16,14 @@ Example:
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from ekn_core import Setting, hookimpl
 
 from ekn_plugin_example import __version__
 
-STEPS_SEEN: list[int] = []
+STEPS_SEEN: deque[int] = deque(maxlen=1000)
 
 
 @hookimpl
