@@ -280,22 +280,113 @@ def test_blocks_are_synced_to_disk_before_they_are_recorded(tmp_path, raw_h5, mo
     assert recorded_at_sync == list(range(summary["blocks"]))  # sync k comes before the k-th record
 
 
-def test_blocks_of_a_roi_off_the_tile_lattice_cut_only_between_tiles(tmp_path):
-    g = TileGeometry((44, 44, 44), (1, 1, 1), (8, 8, 8))  # tiles of 8 voxels on the lattice 0, 8, 16, ...
-    plan = make_plan(g, (60, 60, 60), 1, 1, roi=((3, 3, 3), (51, 51, 51)), memory_budget=2**23)
+UNET_LIKE = TileGeometry((14, 14, 16), (6, 6, 8), (1, 1, 1), (2, 2, 2))  # tiles (6, 6, 8) on a lattice of 2
+
+
+@pytest.mark.parametrize("geometry, shape, roi, budget, n_blocks, n_lattice", [
+    # a ROI off the lattice of tiles of 8 voxels (0, 8, 16, ...): blocks of 24 from 0, 24, 48
+    (TileGeometry((44, 44, 44), (1, 1, 1), (8, 8, 8)), (60, 60, 60), ((3, 3, 3), (51, 51, 51)), 2**23, 27, 27),
+    # the last tiles are moved back across a seam of the block lattice (whole volume, ROI off the lattice)
+    (UNET_LIKE, (9, 50, 47), None, MB, 4, 8), (UNET_LIKE, (11, 41, 37), ((1, 3, 2), (10, 40, 36)), MB, 4, 8),
+], ids=["roi-off-lattice", "end-off-step", "roi-end-off-step"])
+def test_blocks_cut_only_between_tiles_and_hold_each_tile_once(tmp_path, geometry, shape, roi, budget, n_blocks,
+                                                               n_lattice):
+    from collections import Counter
+
+    plan = make_plan(geometry, shape, 1, 1, roi=roi, memory_budget=budget)
     grid, blocks = plan.grid, plan.blocks()
-    assert grid.base == (0, 0, 0) and plan.block == (24, 24, 24) and len(blocks) == 27  # 0, 24, 48
+    assert (len(blocks), int(np.prod(plan.lattice_counts))) == (n_blocks, n_lattice)
     covered = np.zeros(plan.out_shape, int)
     for lo, hi in blocks:
         covered[box_window(lo, hi, plan.origin)] += 1
-    assert (covered == 1).all()  # the blocks partition the ROI
-    assert sorted(t for b in blocks for t in grid.tiles(*b)) == sorted(grid.tiles(plan.origin, plan.end))
+    assert (covered == 1).all()  # the blocks partition the region
+    if grid.base == plan.origin:  # blocks write whole chunks (or end at the region's end)
+        chunks = plan.chunks()
+        assert all((l - o) % c == 0 and (h == e or (h - o) % c == 0) for lo, hi in blocks
+                   for l, h, o, e, c in zip(lo, hi, plan.origin, plan.end, chunks))
+    tiles = [start for lo, hi in blocks for start in grid.tiles(lo, hi)]  # what the blocks predict
+    assert Counter(tiles).most_common(1)[0][1] == 1  # no tile twice
+    assert sorted(tiles) == sorted(grid.tiles(plan.origin, plan.end))  # and every tile once
+    fingerprint = {"input": "raw.h5", "input_shape": [1, *shape], "plan": plan.to_json()}
     out = str(tmp_path / "pred.zarr")  # the record of the finished job counts all its blocks
-    with ProgressLog(progress_path(out), {"input": "raw.h5", "input_shape": [1, 60, 60, 60],
-                                          "plan": plan.to_json()}) as plog:
+    with ProgressLog(progress_path(out), fingerprint) as plog:
         for index in range(len(blocks)):
             plog.mark(index)
-    assert prediction_status(out)[1:] == (27, 27)
+    assert prediction_status(out)[1:] == (len(blocks), len(blocks))
+    # a record without block_counts in its plan (written before the last tile was kept in one block)
+    # counts the blocks of the whole lattice, and a job of the new layout does not resume it
+    earlier = dict(fingerprint, plan={k: v for k, v in plan.to_json().items() if k != "block_counts"})
+    os.remove(progress_path(out))
+    with ProgressLog(progress_path(out), earlier) as plog:
+        for index in range(len(blocks)):
+            plog.mark(index)
+    assert prediction_status(out)[1:] == (n_blocks, n_lattice)
+    assert ProgressLog(progress_path(out), fingerprint).resumed == (n_lattice == n_blocks)
+
+
+def _2d_net(dense):
+    return NumpyNet(random_layers(np.random.default_rng(3), [("conv", 2, (4, 4)), ("pool", (2, 2)),
+                                                            ("conv", 2, (3, 3))]), (15, 15), dense=dense)
+
+
+def _unet():
+    from prediction_testnets import UNetLite
+
+    return UNetLite(np.random.default_rng(4), (14, 14, 16))
+
+
+@pytest.mark.parametrize("net, shape, roi", [
+    (make_net, (9, 50, 47), None), (make_net, (11, 41, 37), ((1, 3, 2), (10, 40, 36))),
+    (make_fast_net, (20, 30, 30), None), (make_fast_net, (11, 41, 37), ((1, 3, 2), (10, 40, 36))),
+    (lambda: _2d_net(False), (6, 42, 42), None), (lambda: _2d_net(False), (8, 45, 45), ((1, 3, 2), (7, 44, 44))),
+    (lambda: _2d_net(True), (6, 45, 45), None), (lambda: _2d_net(True), (8, 48, 48), ((1, 3, 2), (7, 47, 47))),
+    (_unet, (9, 50, 47), None), (_unet, (11, 41, 37), ((1, 3, 2), (10, 40, 36))),
+], ids=["3d-plain", "3d-plain-roi", "3d-mfp", "3d-mfp-roi", "2d-plain", "2d-plain-roi", "2d-mfp", "2d-mfp-roi",
+        "unet", "unet-roi"])
+def test_each_tile_is_predicted_once_also_where_the_region_ends_off_the_tile_step(tmp_path, monkeypatch, net,
+                                                                                   shape, roi):
+    """Counts the tiles each block predicts (one input read per tile): once each, where tiles do not
+    overlap; where they do (MFP: steps of the shift period, shorter than the tile), once per block a
+    tile reaches into, and every block holds a tile start (none only repeats its neighbour's tiles)."""
+    from collections import Counter
+
+    from ekn_core.prediction import blockwise
+
+    raw, src = write_raw_h5(tmp_path, shape)
+    whole = predict_dense(net(), raw, pad_raw=True)
+    reads = []
+
+    def counted(engine, read, grid, lo, hi, **options):
+        def logged(a, b):
+            reads.append(((lo, hi), tuple(x + c for x, c in zip(a, grid.geometry.context_lo))))
+            return read(a, b)
+
+        return predict_region(engine, logged, grid, lo, hi, **options)
+
+    predict_region = blockwise.predict_region
+    monkeypatch.setattr(blockwise, "predict_region", counted)
+    out = str(tmp_path / "pred.zarr")
+    summary = predict_volume(net(), src, out, tile=None, roi=roi, memory_budget=MB, progress=False)
+    lo, hi = roi or ((0, 0, 0), shape)
+    np.testing.assert_allclose(read_volume(out), whole[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))],
+                               atol=1e-6)
+    with open(progress_path(out)) as f:
+        record = json.loads(f.readline())["plan"]
+    plan = blockwise.Plan(TileGeometry(**record.pop("geometry")),
+                          **{k: v for k, v in record.items() if k != "block_counts"})
+    g, blocks = plan.geometry, {b for b, _ in reads}
+    assert summary["blocks"] == len(blocks) > 1
+    assert plan.block_counts != plan.lattice_counts  # the last tile starts before a seam of the block lattice
+    counts = Counter(start for _, start in reads)
+    assert set(counts) == set(plan.grid.tiles(plan.origin, plan.end))
+    seams = [{b[0][a] for b in blocks} - {plan.origin[a]} for a in range(3)]
+    for start, n in counts.items():  # once per block the tile reaches into (once, where tiles do not overlap)
+        assert n == np.prod([1 + sum(s < x < s + t for x in xs) for s, t, xs in zip(start, g.tile_out, seams)]), start
+    if plan.grid.step == g.tile_out:
+        assert max(counts.values()) == 1, counts.most_common(3)
+    for block in blocks:  # each block predicts a tile that starts in it (the first one: at the region start)
+        assert any(all(s >= l or l == o for s, l, o in zip(start, block[0], plan.origin))
+                   for b, start in reads if b == block), block
 
 
 def test_a_unet_roi_equals_that_part_of_the_whole_volume(tmp_path):

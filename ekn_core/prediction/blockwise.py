@@ -57,7 +57,8 @@ class Plan:
     Attributes:
         geometry: Net geometry (3 spatial axes; 2-D nets are lifted with a z patch of 1).
         origin, end: Output region in input coordinates.
-        block: Block shape in output voxels (a multiple of the grid step).
+        block: Block shape in output voxels (a multiple of the grid step); the last block of an axis
+            may be longer by less than a tile (:attr:`block_counts`).
         overlap: Tile overlap; blend: blend mode when tiles overlap (else None).
         batch_size: Forward passes per call.
         tta: Test-time augmentation transforms (:mod:`ekn_core.prediction.tta`); ``()``: none.
@@ -93,17 +94,24 @@ class Plan:
 
     @property
     def block_counts(self) -> Shape:
-        """Blocks per axis."""
-        return tuple(-(-(e - b) // s) for b, e, s in zip(self.grid.base, self.end, self.block))
+        """Blocks per axis: one per seam of the block lattice at or before the last tile start, so
+        that the last tile (moved back to end at ``end``, :func:`~ekn_core.prediction.tiling.tile_starts`)
+        lies in the last block, which reaches to ``end``."""
+        grid = self.grid
+        return tuple(1 + (s[-1] - b) // k for s, b, k in zip(grid.starts, grid.base, self.block))
 
     def block_bounds(self, index: int) -> tuple[Shape, Shape]:
         """``(lo, hi)`` of block ``index`` (C order over the blocks; input coordinates). Blocks are laid
         out from the grid's first tile start, so their seams fall between tiles also where the region
-        does not start on the tile lattice (the first block is then cut at ``origin``)."""
-        pos = np.unravel_index(index, self.block_counts)
+        does not start on the tile lattice (the first block is then cut at ``origin``); the last block of
+        an axis ends at ``end`` (it is longer than ``block`` by less than a tile where the last tile
+        was moved back across a seam of the lattice, see :attr:`block_counts`)."""
+        counts = self.block_counts
+        pos = np.unravel_index(index, counts)
         lo = tuple(b + int(p) * s for b, p, s in zip(self.grid.base, pos, self.block))
         return (tuple(max(l, o) for l, o in zip(lo, self.origin)),
-                tuple(min(l + s, e) for l, s, e in zip(lo, self.block, self.end)))
+                tuple(e if p == n - 1 else l + s
+                      for l, s, e, p, n in zip(lo, self.block, self.end, pos, counts)))
 
     def blocks(self) -> list[tuple[Shape, Shape]]:
         """``(lo, hi)`` of every block, in C order."""
@@ -122,7 +130,16 @@ class Plan:
         for optional in ("affinity_offsets", "grey_range", "anchor"):
             if data[optional] is None:
                 del data[optional]
+        if self.block_counts != self.lattice_counts:  # a layout earlier versions did not make: no resume of theirs
+            data["block_counts"] = list(self.block_counts)
         return json.loads(json.dumps(data))
+
+    @property
+    def lattice_counts(self) -> Shape:
+        """Blocks per axis of the whole block lattice up to ``end``: :attr:`block_counts`, plus one where
+        the last tile starts before the last seam: the layout of progress logs whose plan has no
+        ``block_counts`` (ekn wrote none before the last tile was kept in one block)."""
+        return tuple(-(-(e - b) // s) for b, e, s in zip(self.grid.base, self.end, self.block))
 
 
 def chunk_shape(block: Shape, shape: Shape, cap: int = CHUNK_CAP) -> Shape:
@@ -391,8 +408,10 @@ def prediction_status(output: str) -> tuple[dict[str, Any], int, int] | None:
         with open(progress_path(output), encoding="utf-8") as f:
             header = json.loads(f.readline())
         plan = header["plan"]
-        total = int(np.prod(Plan(TileGeometry(**plan["geometry"]),
-                                 **{k: v for k, v in plan.items() if k != "geometry"}).block_counts))
+        counts = plan.get("block_counts") or Plan(
+            TileGeometry(**plan["geometry"]),
+            **{k: v for k, v in plan.items() if k != "geometry"}).lattice_counts
+        total = int(np.prod(counts))
     except (OSError, ValueError, TypeError, KeyError, EknError):
         return None
     if not isinstance(header, dict) or not {"input_shape", "input"} <= set(header):
