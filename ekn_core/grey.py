@@ -5,8 +5,8 @@ int16 from their minimum), bool to 0/1, and float data (float16, bfloat16, float
 as they are. A net therefore sees the same values whichever path reads its raw. Integer types wider
 than 16 bits are refused: their range would squeeze any EM data to a constant 0.5. Prediction may
 state the range instead (``grey_range``, ``ekn predict --grey-range``) for data whose dtype misleads,
-e.g. 12-bit data in uint16 or a uint16 copy of 8-bit data; model files record the scaling their net
-was trained with (:mod:`ekn_core.training_data`).
+e.g. 12-bit data in uint16 or a uint16 copy of 8-bit data, and so may training (``PatchSource(grey_range=...)``);
+model files record the scaling their net was trained with (:mod:`ekn_core.training_data`).
 
 Example:
     >>> import numpy as np
@@ -152,10 +152,11 @@ def grey_problem(scaled: np.ndarray, dtype: Any, name: str, grey_range: Any = No
     return None
 
 
-def check_grey(volume: Any, dtype: Any, name: str, grey_range: Any = None) -> str | None:
+def check_grey(volume: Any, dtype: Any, name: str, grey_range: Any = None, scaled: bool = False) -> str | None:
     """Logs a warning, and returns it, when the grey values of a raw ``volume`` (``(z, y, x)`` or
-    ``(c, z, y, x)``, raw values of ``dtype`` or already :func:`to_grey` scaled) do not fit their
-    scaling (:func:`grey_problem`; ``grey_range``: the range stated for the raw values). Looks at the
+    ``(c, z, y, x)``: raw values of ``dtype``, or with ``scaled`` values :func:`to_grey` scaled with
+    ``grey_range`` already) do not fit their scaling (:func:`grey_problem`; ``grey_range``: the
+    range stated for the raw values). Looks at the
     centre box of half the volume's size per axis, at most :data:`GREY_SAMPLE`, channel by channel;
     the training data source and ``predict_volume`` call it once per volume.
 
@@ -164,12 +165,15 @@ def check_grey(volume: Any, dtype: Any, name: str, grey_range: Any = None) -> st
         >>> print(check_grey(twelve_bit, twelve_bit.dtype, "em.h5"))
         em.h5: the uint16 grey values 0..4095 use 6.2 % of the range 0..65535 that is mapped to [0, 1],
         so the net sees 0..0.0625; ...
+        >>> check_grey(twelve_bit, twelve_bit.dtype, "em.h5", (0, 4095)) is None
+        True
     """
     shape = tuple(volume.shape)
     spatial = shape[-3:]
     size = [max(1, min(n // 2, s)) for n, s in zip(spatial, GREY_SAMPLE[-len(spatial):])]
     box = tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(spatial, size))
-    values = to_grey(np.asarray(volume[(slice(None),) * (len(shape) - len(spatial)) + box]), grey_range)
+    values = np.asarray(volume[(slice(None),) * (len(shape) - len(spatial)) + box])
+    values = values.astype(np.float32, copy=False) if scaled else to_grey(values, grey_range)
     values = values.reshape(-1, *size)
     for c, channel in enumerate(values):
         problem = grey_problem(channel, dtype, name + (f" channel {c}" if len(values) > 1 else ""), grey_range)

@@ -4,8 +4,8 @@ A data source that knows what it feeds the net records it on the model it is bui
 (:func:`record_training_data`; ekn's patch source does, see :mod:`ekn_plugins.data.patches`):
 
 * the grey scaling of the raw input: per distinct scaling the raw dtype, the grey range mapped
-  to [0, 1] (:func:`ekn_core.grey.grey_range`; None for float data, used as they are) and the
-  volumes that had it;
+  to [0, 1] (:func:`ekn_core.grey.grey_range`, or the range stated for the volumes,
+  ``PatchSource(grey_range=...)``; None for float data used as they are) and the volumes that had it;
 * the affinity offsets of the training targets, when they were affinities the source computed
   from object ids with a neighbourhood (``PatchSource(affinities=..., nhood=...)``), with the axis
   order of their columns.
@@ -13,10 +13,11 @@ A data source that knows what it feeds the net records it on the model it is bui
 ``model.save`` writes it as the JSON root attribute ``training_data`` of the model file and
 ``modelload`` restores it (``model.training_data``); files without it load as before (None).
 
-Prediction (:func:`prediction_grey_range`) compares the raw it is given with it: raw whose
-dtype range differs from every integer scaling of training is refused with the fix, unless the
-range is stated (``grey_range``, ``ekn predict --grey-range``); float raw holds grey values as they
-are and is never refused. Affinity TTA takes the recorded offsets when none are given
+Prediction (:func:`prediction_grey_range`) compares the raw it is given with it: raw of a dtype
+that training scaled by a stated range is scaled by that range; raw whose dtype range differs from
+every integer scaling of training is refused with the fix, unless the range is stated
+(``grey_range``, ``ekn predict --grey-range``, which always wins); float raw holds grey values as
+they are and is never refused. Affinity TTA takes the recorded offsets when none are given
 (:func:`ekn_core.prediction.affinity_tta.resolve_offsets`).
 
 Example:
@@ -31,6 +32,9 @@ Example:
     Traceback (most recent call last):
     ...
     ekn_core.errors.ConfigError: em.h5: uint16 raw, whose range 0..65535 would be mapped to [0, 1], but the net was ...
+    >>> twelve = TrainingData(input_scaling=input_scalings([("em12.h5:raw", "uint16", (0, 4095))]))
+    >>> prediction_grey_range(twelve, "uint16", None, "em.h5")         # the range training was given
+    (0.0, 4095.0)
 """
 
 from __future__ import annotations
@@ -66,15 +70,30 @@ class InputScaling:
     volumes: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, dtype: Any, volumes: Iterable[str] = ()) -> InputScaling:
-        """The scaling ekn gives raw of ``dtype`` (:func:`ekn_core.grey.grey_range`).
+    def of(cls, dtype: Any, volumes: Iterable[str] = (), grey_range: Any = None) -> InputScaling:
+        """The scaling ekn gives raw of ``dtype``: the stated ``grey_range``, else the dtype's
+        (:func:`ekn_core.grey.grey_range`).
 
         Example:
             >>> InputScaling.of("int8").grey_range, InputScaling.of("float32").grey_range
             ((-128.0, 127.0), None)
+            >>> InputScaling.of("uint16", grey_range=(0, 4095)).describe()
+            'uint16 raw mapped from 0..4095'
         """
         dtype = np.dtype(dtype)
-        return cls(dtype.name, None if is_float_dtype(dtype) else scaling_range(dtype), tuple(volumes))
+        if grey_range is None and is_float_dtype(dtype):
+            return cls(dtype.name, None, tuple(volumes))
+        return cls(dtype.name, scaling_range(dtype, grey_range), tuple(volumes))
+
+    @property
+    def stated(self) -> bool:
+        """Whether the range was stated for the volumes, not their dtype's own.
+
+        Example:
+            >>> InputScaling.of("uint16", grey_range=(0, 4095)).stated, InputScaling.of("uint16").stated
+            (True, False)
+        """
+        return self.grey_range != InputScaling.of(self.dtype).grey_range
 
     def describe(self) -> str:
         """``uint8 raw mapped from 0..255`` or ``float32 raw used as it is``."""
@@ -83,16 +102,17 @@ class InputScaling:
         return f"{self.dtype} raw mapped from {self.grey_range[0]:g}..{self.grey_range[1]:g}"
 
 
-def input_scalings(volumes: Iterable[tuple[str, Any]]) -> tuple[InputScaling, ...]:
-    """The distinct scalings of ``(name, raw dtype)`` pairs, in order of appearance.
+def input_scalings(volumes: Iterable[tuple[Any, ...]]) -> tuple[InputScaling, ...]:
+    """The distinct scalings of ``(name, raw dtype)`` or ``(name, raw dtype, stated grey range or
+    None)`` entries, in order of appearance.
 
     Example:
         >>> [s.describe() for s in input_scalings([("a", "uint8"), ("b", "float32"), ("c", "uint8")])]
         ['uint8 raw mapped from 0..255', 'float32 raw used as it is']
     """
     groups: dict[tuple[str, Any], list[str]] = {}
-    for name, dtype in volumes:
-        scaling = InputScaling.of(dtype)
+    for name, dtype, *stated in volumes:
+        scaling = InputScaling.of(dtype, grey_range=stated[0] if stated else None)
         groups.setdefault((scaling.dtype, scaling.grey_range), []).append(str(name))
     return tuple(InputScaling(dtype, grey, tuple(names)) for (dtype, grey), names in groups.items())
 
@@ -175,18 +195,30 @@ def training_data_of(node: Any) -> TrainingData | None:
 def prediction_grey_range(training: TrainingData | None, dtype: Any, grey_range: Any,
                           name: str) -> tuple[float, float] | None:
     """The grey range prediction maps raw of ``dtype`` with: the stated ``grey_range`` (None where it
-    is the dtype's own range), else None (the dtype's range, :func:`ekn_core.grey.to_grey`), after
-    checking that against the scalings the net was trained with (``training``).
+    is the dtype's own range); else the range stated in training for raw of this dtype; else None
+    (the dtype's range, :func:`ekn_core.grey.to_grey`), after checking that against the scalings the
+    net was trained with (``training``).
 
     Raises:
         ConfigError: Integer raw whose dtype range differs from every integer scaling of training,
-            with no ``grey_range`` stated (the net would see other grey values than in training).
+            with no ``grey_range`` stated (the net would see other grey values than in training);
+            raw of a dtype that training scaled in several ways, one of them stated.
     """
     dtype = np.dtype(dtype)
     if grey_range is not None:
         stated = scaling_range(dtype, grey_range)
         return None if stated == scaling_range(dtype) else stated
     known = training.input_scaling if training is not None else ()
+    same = [s for s in known if s.dtype == dtype.name]
+    if any(s.stated for s in same):
+        if len(same) == 1:
+            log.info("%s: %s raw mapped from %g..%g to [0, 1], the range stated in training", name, dtype,
+                     *same[0].grey_range)
+            return same[0].grey_range
+        options = "; ".join(f"{s.describe()} ({', '.join(s.volumes[:2])}{', ...' if len(s.volumes) > 2 else ''})"
+                            for s in same)
+        raise ConfigError(f"{name}: the net was trained on {dtype} raw scaled in several ways ({options}); state "
+                          "which fits this volume with --grey-range LOW HIGH (grey_range=(LOW, HIGH))")
     if not known or is_float_dtype(dtype):  # float raw holds grey values as they are, for every net
         return None
     mine = InputScaling.of(dtype)

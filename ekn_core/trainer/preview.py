@@ -103,19 +103,34 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def load_preview_volumes(spec: Any) -> list[PreviewVolume]:
+def load_preview_volumes(spec: Any, training: Any = None) -> list[PreviewVolume]:
     """Reads the preview volumes named by ``preview_data_path``.
 
     Args:
         spec: ``'file.h5'`` (every dataset in it), ``'file.h5:key'``, ``(file, key)`` or any path
             :func:`ekn_core.volumes.open_volume` reads.
+        training: The net's training record (:class:`ekn_core.training_data.TrainingData`): raw of a
+            dtype whose grey range training stated (e.g. 12-bit data in uint16) is scaled by that range.
 
     Returns:
         One :class:`PreviewVolume` per dataset (float32 grey values, :func:`ekn_core.grey.to_grey`).
 
     Raises:
-        ConfigError: The file does not exist.
+        ConfigError: The file does not exist. (Raw that training scaled otherwise, which prediction
+            refuses, is previewed with its dtype's range and a warning.)
     """
+    from ekn_core.training_data import prediction_grey_range
+
+    def grey(data: np.ndarray, source: str) -> np.ndarray:
+        try:
+            return to_grey(data, prediction_grey_range(training, data.dtype, None, f"preview volume {source}"))
+        except ConfigError:  # a preview is no reason to stop training: say it, scale by the dtype
+            log.warning("preview volume %s: its %s grey values are scaled otherwise than the net's training raw "
+                        "(%s), so its previews show the net on other grey values; give preview data of the "
+                        "training raw's dtype", source, data.dtype,
+                        "; ".join(s.describe() for s in training.input_scaling))
+            return to_grey(data)
+
     from ekn_core.volumes import open_volume, split_key, volume_name
 
     if isinstance(spec, (tuple, list)):
@@ -130,10 +145,11 @@ def load_preview_volumes(spec: Any) -> list[PreviewVolume]:
         with h5py.File(path, "r") as f:
             names: list[str] = []
             f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-            return [PreviewVolume(n.replace("/", "_"), to_grey(f[n][()]), source=f"{path}:{n}") for n in names]
+            return [PreviewVolume(n.replace("/", "_"), grey(f[n][()], f"{path}:{n}"), source=f"{path}:{n}")
+                    for n in names]
     source = path if key is None else f"{path}:{key}"
     with open_volume(source) as vol:
-        return [PreviewVolume(volume_name(path), to_grey(vol[...]), source=source)]
+        return [PreviewVolume(volume_name(path), grey(vol[...], source), source=source)]
 
 
 class Previewer:
@@ -268,5 +284,7 @@ def make_previewer(model: Any, config: Any, folder: str) -> Previewer | None:
     unknown = set(kwargs) - {"export_class", "max_z_pred"}
     if unknown:
         raise ConfigError(f"preview_kwargs: unknown option(s) {sorted(unknown)}; use export_class and max_z_pred")
-    volumes = load_preview_volumes(config.preview_data_path) if config.preview_data_path else []
+    from ekn_core.training_data import training_data_of
+
+    volumes = load_preview_volumes(config.preview_data_path, training_data_of(node)) if config.preview_data_path else []
     return Previewer(node, volumes + extra, folder, **kwargs)

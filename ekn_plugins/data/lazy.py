@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import ShapeError
-from ekn_core.grey import is_float_dtype, to_grey
+from ekn_core.grey import is_float_dtype, scaling_range, to_grey
 from ekn_core.volumes import VolumeBase
 
 log = logging.getLogger("ekn.data")
@@ -75,13 +75,15 @@ class LazyView(VolumeBase):
         region: ``((z0, y0, x0), (z1, y1, x1))`` to see only that part (index 0 is ``(z0, y0, x0)``).
         ndim: Number of axes of the view: 3 ``(z, y, x)`` or 4 ``(c, z, y, x)``.
         grey: Return float32 grey values, :func:`ekn_core.grey.grey_range` mapped to [0, 1].
+        grey_range: With ``grey``: the raw values ``(low, high)`` mapped to 0 and 1 instead of the
+            dtype's range (e.g. ``(0, 4095)`` for 12-bit data in uint16).
         dtype: Otherwise cast each read to this dtype (integer dtypes: values must fit).
         name: Name in error messages.
         owned: Close ``volume`` in :meth:`close` (set when the view opened it).
     """
 
     def __init__(self, volume: Any, region: Any = None, ndim: int = 4, grey: bool = False, dtype: Any = None,
-                 name: str = "volume", owned: bool = False):
+                 name: str = "volume", owned: bool = False, grey_range: Any = None):
         source = tuple(int(s) for s in volume.shape)
         self.volume, self.name, self.owned = volume, name, owned
         if not 2 <= len(source) <= 4 or ndim not in (3, 4):
@@ -104,6 +106,8 @@ class LazyView(VolumeBase):
         self.shape = shape[1:] if self.drop else (1,) * (ndim - len(shape)) + shape
         self.source_dtype = np.dtype(volume.dtype)
         self.grey = grey
+        #: The stated raw values mapped to 0 and 1 (``grey`` only), or None for the dtype's range.
+        self.grey_range = None if grey_range is None else scaling_range(self.source_dtype, grey_range)
         self.dtype = np.dtype(np.float32) if grey else np.dtype(dtype if dtype is not None else self.source_dtype)
         self.axes = "czyx"[4 - ndim:]
         self.chunks = getattr(volume, "chunks", None)
@@ -137,7 +141,7 @@ class LazyView(VolumeBase):
             data = data[None][channel]
         data = data if pick is None else data[pick]
         if self.grey:
-            return to_grey(data)
+            return to_grey(data, self.grey_range)
         return cast_labels(data, self.dtype, self.name)
 
     def read(self) -> np.ndarray:
@@ -151,9 +155,10 @@ class LazyView(VolumeBase):
 
 
 def open_view(path: str, region: Any = None, options: dict[str, Any] | None = None, ndim: int = 4, grey: bool = False,
-              dtype: Any = None) -> LazyView:
+              dtype: Any = None, grey_range: Any = None) -> LazyView:
     """A :class:`LazyView` of the volume at ``path``, opened by :func:`~ekn_core.volumes.open_volume`
-    with the reader ``options`` (e.g. ``{"mag": 2}`` for KNOSSOS); the view closes it.
+    with the reader ``options`` (e.g. ``{"mag": 2}`` for KNOSSOS); the view closes it. ``grey_range``:
+    see :class:`LazyView`.
 
     Example:
         >>> import h5py, os, tempfile
@@ -167,5 +172,5 @@ def open_view(path: str, region: Any = None, options: dict[str, Any] | None = No
     from ekn_core.volumes import open_volume
 
     return LazyView(open_volume(path, **(options or {})), region, ndim=ndim, grey=grey, dtype=dtype, name=path,
-                    owned=True)
+                    owned=True, grey_range=grey_range)
 

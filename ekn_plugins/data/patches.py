@@ -19,7 +19,8 @@ vector per cube, e.g. a class; ELEKTRONN2's ``border_mode`` pre-processing of th
 Data volumes are opened through :func:`ekn_core.volumes.open_volume` (HDF5, zarr, KNOSSOS, any
 reader plugin, with reader options from the entries); raw volumes are ``(z, y, x)`` or
 ``(c, z, y, x)``; integer grey values are mapped to [0, 1] by their dtype's range (uint8 / 255,
-see :func:`~ekn_core.grey.grey_range`), float ones are used as they are. The two lateral
+see :func:`~ekn_core.grey.grey_range`), float ones are used as they are, unless a range is stated
+(``grey_range=(0, 4095)`` for 12-bit data in uint16; per raw volume in its reader options). The two lateral
 axes are used in storage order, so ELEKTRONN2's ``zxy`` files work unchanged with tags
 ``'b,f,z,x,y'``.
 
@@ -167,6 +168,7 @@ class Cube:
     label_offset: tuple[int, int, int]
     name: str
     raw_dtype: np.dtype | None = None  # of the stored raw, which ``raw`` holds scaled to grey values
+    grey_range: tuple[float, float] | None = None  # the range stated for the raw (None: its dtype's)
 
     def close(self) -> None:
         """Closes the files of lazy volumes."""
@@ -195,7 +197,8 @@ class PatchSource:
         d_files: Raw volumes: ``(file, key)`` pairs relative to ``d_path``, or path strings. A
             third entry ``((z0, y0, x0), (z1, y1, x1))`` loads only that region of a large volume
             (e.g. a labelled cube of a KNOSSOS data set; None for the whole volume), a fourth the
-            reader's options for :func:`~ekn_core.volumes.open_volume` (e.g. ``{"mag": 2}``).
+            reader's options for :func:`~ekn_core.volumes.open_volume` (e.g. ``{"mag": 2}``) and
+            optionally this volume's ``"grey_range"`` (see ``grey_range``).
         l_files: Label volumes, one per raw volume, relative to ``l_path`` (same entry forms).
             With a region in both entries the label region must lie inside the raw region (one
             coordinate frame); otherwise the label cube is centred in the raw cube.
@@ -243,6 +246,10 @@ class PatchSource:
         copies: How many processes build this source with these arguments and may each read the
             cubes into memory (``ekn train``: this process and its ``background_processes``
             workers); ``in_memory='auto'`` gives each of them an equal part of the share.
+        grey_range: ``(low, high)``: the raw values mapped to 0 and 1 instead of each raw dtype's
+            range (e.g. ``(0, 4095)`` for 12-bit data in uint16); a raw entry's ``"grey_range"``
+            reader option overrides it for that volume. The model file records it, and prediction
+            on raw of the same dtype uses it (:mod:`ekn_core.training_data`).
     """
 
     def __init__(self, patch_size: Sequence[int], d_files: Sequence[Any], l_files: Sequence[Any],
@@ -253,7 +260,8 @@ class PatchSource:
                  augmenters: Sequence[dict[str, Any]] | None = None, augment_valid: bool = False,
                  class_weights: Sequence[float] | None = None, border_mode: str = "crop",
                  input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None,
-                 affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto", copies: int = 1):
+                 affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto", copies: int = 1,
+                 grey_range: Sequence[float] | None = None):
         ndim = len(patch_size)
         if ndim not in (2, 3):
             raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
@@ -300,6 +308,7 @@ class PatchSource:
         self.target_perm, self.target_drop_f = _layout_perm(target_tags or default_target,
                                                             0 if mode == "img-scalar" else ndim)
         self.affinities, self.nhood = self._affinity_setup(affinities, nhood)
+        self.grey_range = grey_range
         self.rng = np.random.default_rng(seed)
         self.warp_stats = {"ok": 0, "redrawn": 0}
         self._compat: dict[str, Pipeline] = {}
@@ -417,7 +426,7 @@ class PatchSource:
     def training_data(self) -> TrainingData:
         """What a net trained on these batches records in its model file: the grey scaling of every
         raw cube's dtype and, with ``affinities``, the nhood of the affinity targets."""
-        scaling = input_scalings((c.name, c.raw_dtype) for c in self.train_cubes + self.valid_cubes)
+        scaling = input_scalings((c.name, c.raw_dtype, c.grey_range) for c in self.train_cubes + self.valid_cubes)
         if self.nhood is None:
             return TrainingData(scaling)
         nhood = self.nhood[:, 3 - self.ndim:]  # 2-D: without the z column added for the affinity graph
@@ -425,21 +434,23 @@ class PatchSource:
 
     def _load(self, raw_entry: VolumeEntry, label_entry: VolumeEntry) -> Cube:
         """The cube of one (raw, label) entry pair; img-img volumes as lazy views (see ``in_memory``)."""
-        raw = open_view(*raw_entry, ndim=4, grey=True)
+        options = dict(raw_entry.options)
+        grey_range = options.pop("grey_range", self.grey_range)  # not a reader option: this volume's scaling
+        raw = open_view(raw_entry.path, raw_entry.region, options, ndim=4, grey=True, grey_range=grey_range)
         if self.mode == "img-scalar":  # small cubes, kept in memory (border_mode pads them)
             with raw:
-                check_grey(raw, raw.source_dtype, raw.name)
+                check_grey(raw, raw.source_dtype, raw.name, raw.grey_range, scaled=True)
                 image = self._border_treatment(raw.read(), raw.name)
             label = cast_labels(_read_vector(label_entry), self.target_dtype, label_entry.path)
-            return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name, raw.source_dtype)
+            return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name, raw.source_dtype, raw.grey_range)
         try:
             label = open_view(*label_entry, ndim=4, dtype=self.target_dtype)
         except BaseException:
             raw.close()
             raise
-        cube = Cube(raw, label, (0, 0, 0), raw.name, raw.source_dtype)
+        cube = Cube(raw, label, (0, 0, 0), raw.name, raw.source_dtype, raw.grey_range)
         try:
-            check_grey(raw, raw.source_dtype, raw.name)
+            check_grey(raw, raw.source_dtype, raw.name, raw.grey_range, scaled=True)
             cube.label_offset = _label_offset(raw_entry, label_entry, raw.shape[1:], label.shape[1:])
         except BaseException:
             cube.close()
