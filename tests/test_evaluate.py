@@ -126,7 +126,7 @@ def test_curves_and_segmentation_equal_references_on_the_whole_box(tmp_path, dat
 
 
 def test_rerun_reuses_the_cached_prediction(tmp_path, data, block_spy):
-    volume = ValidationVolume(data["raw"], data["barrier"], ((4, 20, 20), (10, 60, 60)), "v")
+    volume = ValidationVolume(data["raw"], data["barrier"], ((4, 10, 10), (10, 80, 80)), "v")  # several blocks
     first = evaluate_model(NET, [volume], str(tmp_path), **FAST)
     predicted = len(block_spy)
     assert predicted == first["volumes"][0]["prediction"]["blocks"] > 1
