@@ -172,7 +172,8 @@ def ekn_preview_volumes(config: dict[str, Any]) -> list[Any] | None:
 
     :param config: The experiment config's settings (name → value).
     :returns: :class:`~ekn_core.trainer.preview.PreviewVolume` objects (their names must be unique;
-        ``all_z=True`` predicts every slice).
+        ``all_z=True`` predicts every slice). Give raw in its own dtype: the core scales it to grey
+        values as the net's training raw was (a grey range stated for training included).
     """
 
 

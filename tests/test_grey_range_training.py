@@ -129,6 +129,24 @@ def test_a_model_trained_with_a_grey_range_predicts_its_dtype_with_it(tmp_path, 
     assert np.abs(read_volume(str(tmp_path / "whole.zarr")) - auto).max() > 1e-3  # an explicit range wins
     with pytest.raises(ConfigError, match=r"uint8 raw, whose range 0\.\.255 .* --grey-range 0 4095"):
         predict_volume(model_file, str(data / "raw_0.h5") + ":raw", str(tmp_path / "u8.zarr"), **kw)
+    check_plugin_previews_use_the_range(trainer, read_raw(raw12), auto, tmp_path)
+
+
+def check_plugin_previews_use_the_range(trainer, raw12, expected, tmp_path):
+    """A KNOSSOS preview region (a plugin's ``ekn_preview_volumes``) of the uint16 raw is scaled by the
+    range training stated: its prediction equals ``ekn predict``'s."""
+    from ekn_core.trainer.preview import make_previewer
+    from ekn_core.volumes import create_volume
+
+    dataset = str(tmp_path / "em12" / "ds.k.toml")
+    with create_volume(dataset, shape=raw12.shape, dtype="uint16", cube_shape=(16, 16, 8), name="ds") as vol:
+        vol[...] = raw12
+    z, y, x = raw12.shape
+    trainer.config.knossos_preview = {"dataset": dataset, "offset": (0, 0, 0), "size": (x, y, z), "name": "k12"}
+    trainer.config.preview_data_path = None
+    previewer = make_previewer(trainer.model, trainer.config, str(tmp_path / "previews"))
+    (block,) = [b for b in previewer.predict() if b.name == "k12"]
+    np.testing.assert_allclose(block.prediction, expected, atol=1e-5)
 
 
 def read_raw(path):

@@ -45,7 +45,8 @@ class PreviewVolume:
 
     Attributes:
         name: Block name, used in file names (unique among the previews).
-        data: float32 ``(z, y, x)`` or ``(c, z, y, x)``.
+        data: ``(z, y, x)`` or ``(c, z, y, x)``: float32 grey values, or raw of an integer dtype
+            (:func:`make_previewer` scales it as the net's training raw was, :func:`preview_grey`).
         offset: ``(z, y, x)`` of ``data``'s first voxel in its source volume (voxels of that volume).
         all_z: Predict every slice, not only the central ``max_z_pred`` ones.
         source: Where the data came from (for messages and file attributes).
@@ -103,6 +104,28 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def preview_grey(data: np.ndarray, source: str, training: Any = None) -> np.ndarray:
+    """Preview raw as float32 grey values scaled as the net's training raw was (its stated grey range
+    for that dtype, :func:`ekn_core.training_data.prediction_grey_range`); raw that training scaled
+    otherwise, which prediction refuses, is scaled by its dtype's range with a warning (a preview is
+    no reason to stop training).
+
+    Example:
+        >>> preview_grey(np.array([0, 255], np.uint8), "v.h5")
+        array([0., 1.], dtype=float32)
+    """
+    from ekn_core.training_data import prediction_grey_range
+
+    try:
+        return to_grey(data, prediction_grey_range(training, data.dtype, None, f"preview volume {source}"))
+    except ConfigError:
+        log.warning("preview volume %s: its %s grey values are scaled otherwise than the net's training raw "
+                    "(%s), so its previews show the net on other grey values; give preview data of the "
+                    "training raw's dtype", source, data.dtype,
+                    "; ".join(s.describe() for s in training.input_scaling))
+        return to_grey(data)
+
+
 def load_preview_volumes(spec: Any, training: Any = None) -> list[PreviewVolume]:
     """Reads the preview volumes named by ``preview_data_path``.
 
@@ -119,18 +142,6 @@ def load_preview_volumes(spec: Any, training: Any = None) -> list[PreviewVolume]
         ConfigError: The file does not exist. (Raw that training scaled otherwise, which prediction
             refuses, is previewed with its dtype's range and a warning.)
     """
-    from ekn_core.training_data import prediction_grey_range
-
-    def grey(data: np.ndarray, source: str) -> np.ndarray:
-        try:
-            return to_grey(data, prediction_grey_range(training, data.dtype, None, f"preview volume {source}"))
-        except ConfigError:  # a preview is no reason to stop training: say it, scale by the dtype
-            log.warning("preview volume %s: its %s grey values are scaled otherwise than the net's training raw "
-                        "(%s), so its previews show the net on other grey values; give preview data of the "
-                        "training raw's dtype", source, data.dtype,
-                        "; ".join(s.describe() for s in training.input_scaling))
-            return to_grey(data)
-
     from ekn_core.volumes import open_volume, split_key, volume_name
 
     if isinstance(spec, (tuple, list)):
@@ -145,11 +156,11 @@ def load_preview_volumes(spec: Any, training: Any = None) -> list[PreviewVolume]
         with h5py.File(path, "r") as f:
             names: list[str] = []
             f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-            return [PreviewVolume(n.replace("/", "_"), grey(f[n][()], f"{path}:{n}"), source=f"{path}:{n}")
-                    for n in names]
+            return [PreviewVolume(n.replace("/", "_"), preview_grey(f[n][()], f"{path}:{n}", training),
+                                  source=f"{path}:{n}") for n in names]
     source = path if key is None else f"{path}:{key}"
     with open_volume(source) as vol:
-        return [PreviewVolume(volume_name(path), grey(vol[...], source), source=source)]
+        return [PreviewVolume(volume_name(path), preview_grey(vol[...], source, training), source=source)]
 
 
 class Previewer:
@@ -286,5 +297,7 @@ def make_previewer(model: Any, config: Any, folder: str) -> Previewer | None:
         raise ConfigError(f"preview_kwargs: unknown option(s) {sorted(unknown)}; use export_class and max_z_pred")
     from ekn_core.training_data import training_data_of
 
-    volumes = load_preview_volumes(config.preview_data_path, training_data_of(node)) if config.preview_data_path else []
+    training = training_data_of(node)
+    volumes = load_preview_volumes(config.preview_data_path, training) if config.preview_data_path else []
+    extra = [dataclasses.replace(v, data=preview_grey(v.data, v.source or v.name, training)) for v in extra]
     return Previewer(node, volumes + extra, folder, **kwargs)

@@ -165,7 +165,6 @@ def ekn_preview_volumes(config: dict[str, Any]) -> list[Any] | None:
     spec = parse(config.get("knossos_preview"))
     if spec is None:
         return None
-    from ekn_core.grey import to_grey
     from ekn_core.trainer.preview import PreviewVolume
     from ekn_core.volumes import open_volume
 
@@ -177,7 +176,7 @@ def ekn_preview_volumes(config: dict[str, Any]) -> list[Any] | None:
             raise ConfigError(f"knossos_preview region offset {spec.offset} size {spec.size} (x, y, z) leaves the "
                               f"data set {spec.dataset} (mag {spec.mag}: {tuple(extent[::-1])} voxels x, y, z)")
         data = np.asarray(vol[(Ellipsis, *(slice(a, b) for a, b in zip(start, stop)))])
-    return [PreviewVolume(spec.name, to_grey(data), tuple(start), all_z=True, source=spec.dataset)]
+    return [PreviewVolume(spec.name, data, tuple(start), all_z=True, source=spec.dataset)]
 
 
 @hookimpl
