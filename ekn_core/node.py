@@ -632,6 +632,9 @@ class Node(metaclass=NodeMeta):
     #: Split, Reshape, Concat): checks of fed values follow them back to the sources
     #: (:func:`value_sources`).
     keeps_values = False
+    #: The constant such a node adds to its parents' values (``Pad``'s fill value), else None: checks
+    #: of fed values check it too (:func:`added_constants`).
+    added_constant: float | None = None
 
     def __init__(self, parents: Node | Sequence[Node] | None, name: str, print_repr: bool = False):
         if parents is None:
@@ -1042,6 +1045,25 @@ def value_sources(node: Node) -> list[Node]:
     if not node.keeps_values:
         return []
     return list({n.name: n for p in node.parents for n in value_sources(p)}.values())
+
+
+def added_constants(node: Node) -> dict[str, float]:
+    """The constants that the nodes moving values into ``node`` add (:attr:`Node.added_constant`, e.g.
+    a ``Pad`` of a target), by node name: :meth:`Node.check_feed` checks them with the fed values.
+
+    Example:
+        >>> from ekn_core import neuromancer as nm
+        >>> _ = nm.model_manager.newmodel("doc_added_constants")
+        >>> lab = nm.Input((1, 1, 8, 8), 'b,f,x,y', dtype='int16', name='lab')
+        >>> added_constants(nm.Crop(nm.Pad(lab, 2, value=-1, name='pad'), 1))
+        {'pad': -1.0}
+    """
+    if node.is_source or not node.keeps_values:
+        return {}
+    found = {node.name: node.added_constant} if node.added_constant is not None else {}
+    for parent in node.parents:
+        found.update(added_constants(parent))
+    return found
 
 
 def union_inputs(outputs: Sequence[Node]) -> list[Node]:

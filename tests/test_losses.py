@@ -539,3 +539,27 @@ def test_class_ids_are_checked_through_nodes_that_only_move_the_target(nodes, pa
         model.trainingstep(x, bad)
     model.trainingstep(x, RNG.integers(0, 2, shape).astype("int16"))
     assert model.iterations == 1
+
+
+@pytest.mark.parametrize("value, ok", [(-1, True), (1, True), (255, True), (7, False)])
+def test_a_target_padded_with_an_id_outside_the_classes_is_refused(nodes, value, ok):
+    """Pad's constant joins the target's ids: 7 with n_class=2 is refused (the fed ids are fine),
+    ids < 0, < n_class and the ignore_label pass."""
+    import ekn_core.neuromancer as nm
+
+    model, Input, N, O = nodes
+    inp = Input((2, 1, 12, 12), "b,f,x,y", name="x")
+    probs = O.Softmax(nm.Conv(inp, 2, (3, 3), activation_func="lin"))
+    lab = Input((2, 1, 8, 8), "b,f,x,y", dtype="int16", name="lab")
+    target = nm.Crop(nm.Pad(lab, 2, value=value, name="border"), 1)
+    loss = N.AggregateLoss(N.MultinoulliNLL(probs, target, target_is_sparse=True, ignore_label=255, name="nll"))
+    model.designate_nodes(input_node=inp, target_node=lab, loss_node=loss, prediction_node=probs)
+    x, ids = RNG.random((2, 1, 12, 12)).astype("float32"), RNG.integers(0, 2, (2, 1, 8, 8)).astype("int16")
+    if ok:
+        model.trainingstep(x, ids)
+        assert model.iterations == 1
+        return
+    with pytest.raises(ConfigError, match=r"MultinoulliNLL 'nll': its target '\w+' \(padded with 7 by 'border'; .*\) "
+                                          r"holds class id 7, but the prediction has n_class=2"):
+        model.trainingstep(x, ids)
+    assert model.iterations == 0

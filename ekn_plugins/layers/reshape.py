@@ -183,6 +183,10 @@ class Pad(Node):
         widths = [[p, p] for p in (next(spatial) if t in SPATIAL_TAGS else 0 for t in tags)]
         return tf.pad(inputs[0], widths, constant_values=tf.cast(self.value, inputs[0].dtype))  # also int labels
 
+    @property
+    def added_constant(self) -> float:  # type: ignore[override]
+        return self.value
+
     def _repr_extras(self) -> str:
         return f"pad={self.pad} value={self.value:g}"
 

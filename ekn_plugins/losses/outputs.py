@@ -23,7 +23,7 @@ import numpy as np
 
 from ekn_core.errors import ConfigError
 from ekn_core.lazy import tf
-from ekn_core.node import Node, value_sources
+from ekn_core.node import Node, added_constants, value_sources
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.losses import functional as F
 
@@ -39,7 +39,8 @@ class ChecksClassIds:
     """Mixin of nodes whose second parent is a target of class ids (attributes ``target_is_sparse``,
     ``n_class``, ``ignore_label``): its :meth:`~ekn_core.node.Node.check_feed` refuses ids
     ``>= n_class`` fed to that target, also through nodes that only move values such as ``Crop``
-    (:func:`~ekn_core.node.value_sources`, :func:`~ekn_plugins.losses.functional.check_class_ids`)."""
+    (:func:`~ekn_core.node.value_sources`, :func:`~ekn_plugins.losses.functional.check_class_ids`),
+    and a ``Pad`` of the target with such an id (:func:`~ekn_core.node.added_constants`)."""
 
     name: str
     parents: list[Node]
@@ -56,6 +57,10 @@ class ChecksClassIds:
                 via = "" if source is target else f" (fed as {source.name!r})"
                 F.check_class_ids(feed[source.name], self.n_class, self.ignore_label,
                                   f"{type(self).__name__} {self.name!r}: its target {target.name!r}{via}")
+        for name, value in added_constants(target).items():
+            F.check_class_ids(np.array([value]), self.n_class, self.ignore_label,
+                              f"{type(self).__name__} {self.name!r}: its target {target.name!r} (padded with "
+                              f"{value:g} by {name!r}; pad a target with an id < n_class, a negative id or the ignore_label)")
 
 
 def class_layout(pred: Node, n_class: int | str, n_indep: int | str) -> tuple[int, int, float | None]:
