@@ -37,7 +37,7 @@ from ekn_core.errors import ConfigError, EknError, ShapeError
 from ekn_core.prediction.dense import auto_batch_size, predict_region, progress_label, to_uint8
 from ekn_core.grey import check_grey, to_grey
 from ekn_core.prediction.source import ChannelFirst, read_window
-from ekn_core.prediction.tiling import Shape, TileGeometry, TileGrid, box_window, tile_step
+from ekn_core.prediction.tiling import Shape, TileGeometry, TileGrid, blend_mode, box_window, tile_step
 from ekn_core.prediction.tta import describe, model_net, transforms_of, tta_net
 from ekn_core.training_data import prediction_grey_range, training_data_of
 
@@ -118,7 +118,9 @@ class Plan:
         return [self.block_bounds(i) for i in range(int(np.prod(self.block_counts)))]
 
     def chunks(self, cap: int = CHUNK_CAP) -> Shape:
-        """Output chunk shape (:func:`chunk_shape` of the blocks), so blocks write whole chunks."""
+        """Output chunk shape (:func:`chunk_shape` of the blocks), so blocks write whole chunks where
+        ``origin`` is on the tile lattice (else the first block is cut at ``origin`` and seams can fall
+        inside chunks: safe, since one process writes the blocks one after another)."""
         return chunk_shape(self.block, self.out_shape, cap)
 
     def to_json(self) -> dict[str, Any]:
@@ -228,8 +230,8 @@ def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: 
             raise ShapeError(f"no voxel of {tuple(in_shape)} (ROI {roi}) has its full context "
                              f"{tuple(x + 1 for x in g.lead)} inside the volume; predict with padding")
     ov = (overlap,) * len(lo) if isinstance(overlap, (int, np.integer)) else tuple(int(o) for o in overlap)
-    asked = tile_step(g.tile_out, g.period, ov)
-    ov = chunk_friendly_overlap(asked, g.period, ov)
+    blending = blend_mode(g, ov, blend)  # the overlap asked for, not the chunk-friendly one, is blended
+    ov = chunk_friendly_overlap(tile_step(g.tile_out, g.period, ov), g.period, ov)
     whole = (0,) * len(lo) if pad else g.context_lo  # the start of the whole volume's tile grid
     grid = TileGrid(g, lo, hi, ov, whole)
     anchor = whole if grid.base != lo else None
@@ -253,8 +255,7 @@ def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: 
                 or np.prod(trial) > MAX_BLOCK_VOXELS):
             break
         block = trial
-    blend_mode = blend if any(s < t for s, t in zip(asked, g.tile_out)) else None
-    return Plan(g, lo, hi, tuple(block), ov, blend_mode, int(batch), tuple(tta), affinity_offsets,
+    return Plan(g, lo, hi, tuple(block), ov, blending, int(batch), tuple(tta), affinity_offsets,
                 None if grey_range is None else tuple(float(v) for v in grey_range), anchor)
 
 
@@ -271,7 +272,7 @@ def predict_block(net: Any, volume: Any, plan: Plan, index: int) -> np.ndarray:
     """Predicts block ``index`` of ``plan`` from a ``(c, z, y, x)`` volume; ``(n_lab, *block)``."""
     lo, hi = plan.block_bounds(index)
     g, grid = plan.geometry, plan.grid
-    tiles = grid.tiles(lo, hi)
+    tiles = grid.tiles(lo, hi, blended=plan.blend is not None)
     in_lo = tuple(min(t[a] for t in tiles) - g.context_lo[a] for a in range(g.ndim))
     in_hi = tuple(max(t[a] for t in tiles) - g.context_lo[a] + g.tile_in[a] for a in range(g.ndim))
     data = to_grey(read_window(volume, in_lo, in_hi), plan.grey_range)

@@ -44,7 +44,7 @@ from ekn_core.prediction.net import NetAdapter, SliceWise
 from ekn_core.grey import to_grey
 from ekn_core.training_data import prediction_grey_range, training_data_of
 from ekn_core.prediction.source import read_window
-from ekn_core.prediction.tiling import TileGrid, blend_weights
+from ekn_core.prediction.tiling import TileGrid, blend_mode, blend_weights
 from ekn_core.prediction.tta import describe, tta_factor, with_tta
 
 log = logging.getLogger("ekn.prediction")
@@ -96,7 +96,7 @@ def predict_region(net: Any, read: Callable[[tuple, tuple], np.ndarray], grid: T
     wsum = np.zeros(size, np.float32) if blend else None
     weights = blend_weights(g.tile_out, blend) if blend else None
     phases = g.phases()
-    tiles = grid.tiles(lo, hi)
+    tiles = grid.tiles(lo, hi, blended=blend is not None)
     if net.batch is None:
         batch_size = max(1, min(batch_size, len(tiles) * len(phases)))
     pending: list[tuple] = []          # starts of tiles queued, not yet written
@@ -206,7 +206,9 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
         as_uint8: Return ``uint8`` (probabilities × 255) instead of float32.
         pad_raw: Mirror-pad the image by the net's context so the output covers the whole input;
             otherwise the output is ``raw - (fov - 1)`` per axis (``raw - 2*offset`` for odd FOVs).
-        overlap: Output voxels by which neighbouring tiles overlap; the overlaps are blended.
+        overlap: Output voxels by which neighbouring tiles overlap; the overlaps are blended (tiles that
+            overlap only because their step keeps to the net's shift period are written over:
+            :func:`~ekn_core.prediction.tiling.blend_mode`).
         blend: Blend mode for overlapping tiles (``gaussian``, ``linear``, ``constant``).
         batch_size: Forward passes per call (default: the net's batch, else what fits
             ``memory_budget``).
@@ -245,7 +247,7 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
             raise ShapeError(f"raw spatial shape {tuple(spatial)} is smaller than the net's field of view "
                              f"{tuple(x + 1 for x in g.lead)}: use pad_raw=True or a larger image")
     grid = TileGrid(g, origin, end, overlap)
-    blend_mode = blend if any(s < t for s, t in zip(grid.step, g.tile_out)) else None
+    blending = blend_mode(g, overlap, blend)
     batch = batch_size or auto_batch_size(net, memory_budget)
     total = int(np.prod([e - o for o, e in zip(origin, end)]))
     log.info("predicting %s in %d tiles, %d passes each", tuple(spatial), len(grid.tiles(origin, end)), g.passes)
@@ -259,7 +261,7 @@ def predict_dense(node: Any, raw: np.ndarray, as_uint8: bool = False, pad_raw: b
     t0 = time.perf_counter()
     try:
         pred = predict_region(net, lambda a, b: to_grey(read_window(data, a, b), scale), grid, origin, end,
-                              blend=blend_mode, batch_size=batch, progress=bar.update if bar else None)
+                              blend=blending, batch_size=batch, progress=bar.update if bar else None)
     finally:
         if bar is not None:
             bar.close()

@@ -197,6 +197,22 @@ def tile_step(tile_out: Shape, period: Shape, overlap: int | Shape = 0) -> Shape
     return tuple(max(p, (t - o) // p * p) for t, o, p in zip(tile_out, overlap, period))
 
 
+def blend_mode(geometry: TileGeometry, overlap: int | Shape, blend: str) -> str | None:
+    """``blend`` where the ``overlap`` asked for makes tiles overlap, else None (overwrite): tiles that
+    overlap only because their step is rounded down to the shift period (MFP nets whose output is no
+    multiple of it) hold the same values there, so the later tile overwrites the earlier one and a
+    block needs no tile of its neighbour's (:meth:`TileGrid.tiles`).
+
+    Example:
+        >>> g = TileGeometry((8, 8), (5, 5), (1, 1), (2, 2))  # tiles of 5 on a lattice of 2: step 4
+        >>> blend_mode(g, 0, "gaussian"), blend_mode(g, (0, 2), "gaussian")
+        (None, 'gaussian')
+    """
+    ovl = (overlap,) * geometry.ndim if isinstance(overlap, (int, np.integer)) else tuple(overlap)
+    rounded = tile_step(geometry.tile_out, geometry.period)
+    return blend if tile_step(geometry.tile_out, geometry.period, ovl) != rounded else None
+
+
 def blend_weights(tile_out: Shape, mode: str = "gaussian") -> np.ndarray:
     """Per-voxel weight of one output tile for blending overlapping tiles.
 
@@ -338,14 +354,26 @@ class TileGrid:
         return tuple(tuple(b + s for s in tile_starts(e - b, t, st, per))
                      for b, e, t, st, per in zip(self.base, self.end, g.tile_out, self.step, g.period))
 
-    def tiles(self, lo: Shape, hi: Shape) -> list[Shape]:
-        """Starts of the tiles whose output intersects ``[lo, hi)``, in C order."""
-        per_axis = [[s for s in starts if s < h and s + t > l]
-                    for starts, l, h, t in zip(self.starts, lo, hi, self.geometry.tile_out)]
+    def tiles(self, lo: Shape, hi: Shape, blended: bool = True) -> list[Shape]:
+        """Starts of the tiles that predict ``[lo, hi)``, in C order: every tile whose output intersects
+        it; with ``blended=False`` (overlapping tiles overwrite each other in grid order, so each voxel
+        keeps the tile that starts last at or before it) only the tiles that own a voxel of it
+        (:meth:`owned`): a block then leaves out its neighbour's tiles that only reach into it.
+
+        Example:
+            >>> grid = TileGrid(TileGeometry((8,), (5,), (1,), (2,)), origin=(0,), end=(12,))  # tiles of 5, step 4
+            >>> grid.starts, grid.tiles((4,), (8,)), grid.tiles((4,), (8,), blended=False)
+            (((0, 4, 8),), [(0,), (4,)], [(4,)])
+        """
+        per_axis = []
+        for starts, l, h, t in zip(self.starts, lo, hi, self.geometry.tile_out):
+            following = list(starts[1:]) + [math.inf]
+            per_axis.append([s for s, n in zip(starts, following) if s < h and s + t > l and (blended or n > l)])
         return list(itertools.product(*per_axis))
 
     def owned(self, start: Shape, lo: Shape, hi: Shape) -> int:
-        """Voxels of ``[lo, hi)`` this tile is the first to cover (they partition the region)."""
+        """Voxels of ``[lo, hi)`` this tile owns: those it is the last tile to start at or before (the
+        tiles' owned voxels partition the region)."""
         count = 1
         for s, starts, l, h in zip(start, self.starts, lo, hi):
             nxt = [t for t in starts if t > s]
