@@ -48,6 +48,7 @@ COMMANDS = [
     "view = ekn_plugins.commands.view:ViewCommand",
 ]
 HOOK_PLUGINS = [
+    "ekn_augmenter_config = ekn_plugins.augmenters.config_check",
     "ekn_builtin_readers = ekn_plugins.readers.detect",
     "ekn_trainer_bn_statistics = ekn_plugins.trainer_hooks.bn_statistics",
     "ekn_trainer_knossos_preview = ekn_plugins.trainer_hooks.knossos_preview",
