@@ -340,6 +340,8 @@ def test_plugin_names_optimiser_params_and_the_device_are_checked_before_a_run_d
         ExperimentConfig.from_file(path, ["data_class=('nowhere.py', 'Data')"])
     with pytest.raises(ConfigError, match=r"data_init_kwargs augmenters: no augmenters plugin named 'wrap'.*'warp'"):
         ExperimentConfig.from_file(path, ["data_init_kwargs.augmenters=[{'type': 'wrap'}]"])
+    for fine in ("data_init_kwargs={'d_path': 'data/'}", "data_init_kwargs.augmenters=[{'type': 'warp'}]"):
+        ExperimentConfig.from_file(path, [fine])  # no augmenters, or known ones: no problem
     cfg = ExperimentConfig.from_file(path, ["optimiser=adam", "optimiser_params.beta2=0.99"])
     with pytest.raises(ConfigError, match="--gpu must be a GPU number"):
         Trainer(cfg, device="first")

@@ -6,6 +6,8 @@ when the config is validated, so a misspelt augmenter ``type`` or option is one 
 ``ekn train`` time, not a failure after the run directory and the model exist.
 
 Example:
+    >>> ekn_check_config({"data_init_kwargs": {"d_path": "data/"}}), ekn_check_config({})
+    ([], [])
     >>> ekn_check_config({"data_init_kwargs": {"augmenters": [{"type": "wrap"}]}})  # doctest: +ELLIPSIS
     ["data_init_kwargs augmenters: ...'wrap'...Did you mean 'warp'?..."]
     >>> ekn_check_config({"data_init_kwargs": {"augmenters": [{"type": "grey", "chanels": [0]}]}})
@@ -25,7 +27,7 @@ def ekn_check_config(config: dict[str, Any]) -> list[str]:
     """The problem of ``data_init_kwargs['augmenters']``, if any."""
     kwargs = config.get("data_init_kwargs")
     if not isinstance(kwargs, dict) or kwargs.get("augmenters") is None:
-        return [f"data_init_kwargs augmenters: {err}"]
+        return []
     from ekn_plugins.augmenters.base import Pipeline
 
     try:
