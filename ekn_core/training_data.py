@@ -8,7 +8,9 @@ A data source that knows what it feeds the net records it on the model it is bui
   ``PatchSource(grey_range=...)``; None for float data used as they are) and the volumes that had it;
 * the affinity offsets of the training targets, when they were affinities the source computed
   from object ids with a neighbourhood (``PatchSource(affinities=..., nhood=...)``), with the axis
-  order of their columns.
+  order of their columns;
+* for tracing agents (``TracingData``), the voxel size of the training volumes and the patch
+  spacing, which the tracer takes as its defaults.
 
 ``model.save`` writes it as the JSON root attribute ``training_data`` of the model file and
 ``modelload`` restores it (``model.training_data``); files without it load as before (None).
@@ -125,11 +127,15 @@ class TrainingData:
         input_scaling: The distinct grey scalings of the training raw (empty: unknown).
         affinity_offsets: One row of integer offsets per edge of the targets' nhood, or None.
         affinity_axes: The spatial axes of the offsets' columns, e.g. ``"zyx"`` or ``"zxy"``.
+        voxel_size: Tracing agents: the physical size of a training voxel (z, y, x), or None.
+        patch_spacing: Tracing agents: the distance between patch samples (physical units), or None.
     """
 
     input_scaling: tuple[InputScaling, ...] = ()
     affinity_offsets: tuple[tuple[int, ...], ...] | None = None
     affinity_axes: str | None = None
+    voxel_size: tuple[float, ...] | None = None
+    patch_spacing: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON data written into model files."""
@@ -139,6 +145,10 @@ class TrainingData:
         if self.affinity_offsets is not None:
             data["affinity_offsets"] = [list(row) for row in self.affinity_offsets]
             data["affinity_axes"] = self.affinity_axes
+        if self.voxel_size is not None:
+            data["voxel_size"] = list(self.voxel_size)
+        if self.patch_spacing is not None:
+            data["patch_spacing"] = self.patch_spacing
         return data
 
     @classmethod
@@ -162,10 +172,13 @@ class TrainingData:
             offsets = data.get("affinity_offsets")
             offsets = None if offsets is None else tuple(tuple(int(v) for v in row) for row in offsets)
             axes = data.get("affinity_axes")
+            size, spacing = data.get("voxel_size"), data.get("patch_spacing")
+            size = None if size is None else tuple(float(v) for v in size)
+            spacing = None if spacing is None else float(spacing)
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"{source} has an unreadable training_data record ({err!r}); it was not written by "
                               "ekn's model.save") from None
-        return cls(scalings, offsets, None if axes is None else str(axes))
+        return cls(scalings, offsets, None if axes is None else str(axes), size, spacing)
 
 
 def record_training_data(node: Any, data: TrainingData) -> None:

@@ -164,9 +164,9 @@ def test_from_nodes_takes_geometry_and_checks_it():
         TracingData.from_nodes(Node((None, 1, 3, None, 7), "b,f,z,y,x"), target, **kw)
     with pytest.raises(ShapeError, match="one-channel"):
         TracingData.from_nodes(Node((None, 2, 3, 7, 7), "b,f,z,y,x"), target, **kw)
-    with pytest.raises(ShapeError, match=r"target node of shape \(batch, 3\)"):
+    with pytest.raises(ShapeError, match=r"target node of shape \(batch, 3 or 4\)"):
         TracingData.from_nodes(Node((None, 1, 3, 7, 7), "b,f,z,y,x"), Node((None, 2), "b,f"), **kw)
-    with pytest.raises(ShapeError, match=r"target node of shape \(batch, 3\)"):
+    with pytest.raises(ShapeError, match=r"target node of shape \(batch, 3 or 4\)"):
         TracingData.from_nodes(Node((None, 1, 3, 7, 7), "b,f,z,y,x"), None, **kw)
     with pytest.raises(ConfigError, match="sequence_training must be an integer"):
         TracingData.from_nodes(Node((None, 1, 3, 7, 7), "b,f,z,y,x"), target, sequence_training=-1, **kw)
@@ -311,6 +311,33 @@ def test_files_with_a_region_and_nml_skeletons_equal_the_arrays(tmp_path):
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
+def test_nml_skeletons_of_a_knossos_volume_opened_at_mag_2_are_converted_to_its_voxels(tmp_path):
+    """NML positions and radii are mag-1 voxels; read with a KNOSSOS data set at mag 2 (and a region
+    of it), they equal the skeleton in mag-2 voxels with the mag-2 array."""
+    from ekn_core.volumes import create_volume
+
+    mag1 = np.random.default_rng(8).integers(0, 256, (40, 60, 80)).astype(np.uint8)
+    root = str(tmp_path / "em")
+    with create_volume(root, shape=mag1.shape, dtype="uint8", reader="knossos", cube_shape=(16, 16, 16),
+                       num_mags=2) as arr:
+        arr[:] = mag1
+    with open_volume(root, mag=2) as back:
+        mag2 = back[:]
+    assert mag2.shape == SHAPE
+    nml = Skeleton()
+    trace_to_tree(PATH * 2, nml, radius=5.0)  # mag-1 voxels
+    nml.write(str(tmp_path / "skel.nml"))
+    lo, hi = (2, 4, 1), (18, 28, 39)
+    kw = dict(aniso_factor=2.0, radius_target=True, seed=0)
+    from_files = TracingData((3, 5, 5), [("em", None, (lo, hi), {"mag": 2})], ["skel.nml"], d_path=str(tmp_path), **kw)
+    region = mag2[2:18, 4:28, 1:39].astype(np.float32) / 255
+    from_arrays = TracingData((3, 5, 5), [region], [TubeSkeleton.from_path(PATH - lo, radius=2.5)], **kw)
+    np.testing.assert_allclose(from_files.tracks[0].skeleton.nodes, from_arrays.tracks[0].skeleton.nodes)
+    for x, y in zip(from_files.getbatch(5, rng=np.random.default_rng(3)),
+                    from_arrays.getbatch(5, rng=np.random.default_rng(3))):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
 @pytest.mark.parametrize("cls, kw", [(TracingData, {}), (TracingSequence, {"sequence_training": 3}),
                                      (TracingTrajectories, {"sequence_length": 4, "input_tags": "r,b,f,z,y,x"})])
 def test_volumes_stay_lazy_and_batches_equal_the_in_memory_ones(cls, kw):
@@ -400,6 +427,60 @@ def test_bad_inputs_get_clear_errors(tmp_path):
         TracingData((3, 5, 5), [volume()], [skel]).getbatch(1, "test")
     with pytest.raises(ConfigError, match="max_turn"):
         TracingData((3, 5, 5), [volume()], [skel], max_turn=4.0)
+
+
+def test_skeletons_need_a_radius(tmp_path):
+    """Radius 0 (an NML written with radius="0") would leave no tube to place agents in: refused with the
+    reason, instead of trajectories that all 'leave the tube' or sequences of one step."""
+    nml = Skeleton()
+    trace_to_tree(PATH, nml, radius=0.0)
+    nml.write(str(tmp_path / "thin.nml"))
+    for skeletons in ([TubeSkeleton.from_path(PATH, radius=0.0)], [str(tmp_path / "thin.nml")]):
+        for cls, kw in ((TracingData, {}), (TracingTrajectories, {"sequence_length": 4, "input_tags": "r,b,f,z,y,x"})):
+            with pytest.raises(ShapeError, match="3 of 3 skeleton nodes have radius 0; .* needs radii > 0"):
+                cls((3, 5, 5), [volume()], skeletons, **kw)
+    thin = TracingTrajectories((3, 5, 5), [volume()], [TubeSkeleton.from_path(PATH, radius=0.01)], sequence_length=4,
+                               input_tags="r,b,f,z,y,x", seed=0)
+    with pytest.raises(ShapeError, match=r"too thin \(smallest radius 0.01 voxels"):
+        thin.getbatch(1)
+
+
+def test_radius_targets_are_the_skeleton_radius_in_patch_samples():
+    """Targets (b, 4): the direction as before, then the radius of the nearest skeleton sample (brute
+    force over the dense polyline, radii 2 -> 4 -> 3) divided by the spacing."""
+    radii, spacing = np.array([2.0, 4.0, 3.0]), 1.25
+    skel = TubeSkeleton.from_path(PATH, radius=radii, step=0.05)
+    kw = dict(aniso_factor=2.0, spacing=spacing, seed=0)
+    plain = TracingData((3, 5, 5), [volume()], [skel], **kw)
+    data = TracingData.from_nodes(Node((None, 1, 3, 5, 5), "b,f,z,y,x"), Node((None, 4), "b,f"), volumes=[volume()],
+                                  skeletons=[skel], **kw)
+    assert data.radius_target and data.batch_spec(6)[1][0] == (6, 4)
+    patches, targets = data.getbatch(6, rng=np.random.default_rng(1))
+    want_patches, directions = plain.getbatch(6, rng=np.random.default_rng(1))
+    np.testing.assert_array_equal(patches, want_patches)
+    np.testing.assert_array_equal(targets[:, :3], directions)
+    rng = np.random.default_rng(1)
+    line, _ = dense_polyline(PATH * [2.0, 1, 1])
+    lengths = np.linalg.norm(np.diff(PATH * [2.0, 1, 1], axis=0), axis=1)
+    arc = np.linalg.norm(np.diff(line, axis=0), axis=1).cumsum()
+    line_radii = np.interp(np.concatenate([[0.0], arc]), [0, lengths[0], lengths.sum()], radii)
+    for target in targets:
+        agent = data.sample_agent("train", rng)
+        nearest = np.argmin(np.linalg.norm(line - agent.position, axis=1))
+        assert target[3] == pytest.approx(line_radii[nearest] / spacing, abs=0.02)
+    trajectories = TracingData.from_nodes(Node((4, None, 1, 3, 5, 5), "r,b,f,z,y,x"), Node((4, None, 4), "r,b,f"),
+                                          sequence_length=4, volumes=[volume()], skeletons=[skel], **kw)
+    _, targets = trajectories.getbatch(3)
+    assert targets.shape == (4, 3, 4) and np.all(targets[..., 3] >= 2 / spacing - 1e-6)
+    np.testing.assert_allclose(np.linalg.norm(targets[..., :3], axis=-1), 1, rtol=1e-6)
+    sequence = TracingData.from_nodes(Node((None, 1, 3, 5, 5), "b,f,z,y,x"), Node((None, 4), "b,f"),
+                                      sequence_training=3, volumes=[volume()], skeletons=[skel], **kw)
+    _, targets = sequence.getbatch(4)
+    sequence.feedback({"prediction": targets})  # a direction + radius prediction: its first 3 features
+    moved = [a for a in sequence.agents if a is not None]
+    assert moved and all(a.age == 1 for a in moved)
+    with pytest.raises(ShapeError, match=r"need \(4, 3\)"):
+        sequence.feedback({"prediction": np.ones((4, 5))})
 
 
 def test_agent_dataclass_holds_physical_coordinates():

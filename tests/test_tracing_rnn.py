@@ -138,9 +138,9 @@ def test_sequence_mode_errors_name_the_problem(tubes_data):
     with pytest.raises(ConfigError, match="drop one of them"):
         TracingData.from_nodes(seq_in, seq_target, sequence_length=STEPS, sequence_training=3, **common)
     for target in (flat_target, node((STEPS + 1, None, 3), "r,b,f"), node((STEPS, None, 2), "r,b,f")):
-        with pytest.raises(ShapeError, match="target node of shape \\(5 steps, batch, 3\\)"):
+        with pytest.raises(ShapeError, match="target node of shape \\(5 steps, batch, 3 or 4\\)"):
             TracingData.from_nodes(seq_in, target, sequence_length=STEPS, **common)
-    with pytest.raises(ShapeError, match="target node of shape \\(batch, 3\\)"):
+    with pytest.raises(ShapeError, match="target node of shape \\(batch, 3 or 4\\)"):
         TracingData.from_nodes(flat_in, seq_target, **common)
     with pytest.raises(ConfigError, match="have none"):
         TracingTrajectories(PATCH, sequence_length=STEPS, input_tags="b,f,z,y,x", **common)

@@ -211,6 +211,42 @@ def test_shotgun_oracle_gives_one_merged_tree_per_tube(tmp_path):
         assert covered.mean() > 0.9
 
 
+@pytest.mark.parametrize("direction", [(0, 1, 0), (0, 0.8, -0.6), (0, 0.2, 1), (0, -0.3, -1)])
+def test_the_two_halves_of_a_seed_trace_the_neurite_both_ways_once(direction):
+    """A seed on a straight tube along x, its direction across the tube (both halves would turn the
+    same way) or along it: one trace from one end of the tube to the other, each part once."""
+    from ekn_plugins.utils.skeleton import TubeSkeleton
+
+    skel = TubeSkeleton.from_path([[10, 20, 2], [10, 20, 60]], radius=2.0, step=0.5)
+    tracer = OracleTracer([skel], np.zeros((20, 40, 64), np.float32), (1, 3, 3), max_steps=200)
+    (trace,) = ShotgunRegistry(tracer, radius=2.0).run([[10, 20, 20]], [direction]).traces
+    assert trace.ends == ("left the volume", "left the volume")
+    x = trace.points[:, 2]
+    assert x.min() < 3 and x.max() > 61  # margin 1: the trace stops one step before x = 0 and 63
+    gaps = np.linalg.norm(trace.points[:, None] - trace.points[None], axis=-1)
+    far_in_chain = np.abs(np.arange(len(x))[:, None] - np.arange(len(x))[None]) > 3
+    assert gaps[far_in_chain].min() > 1.0  # no part traced twice
+
+
+def test_the_second_half_stops_where_it_meets_the_first():
+    """On a ring the first half goes all the way round (and stops where it meets its own start); the
+    second half, setting off the other way, meets the first at once instead of going round again."""
+    from ekn_plugins.utils.skeleton import TubeSkeleton
+
+    angle = np.linspace(0, 2 * np.pi, 73)
+    ring = TubeSkeleton.from_path(np.stack([np.full(73, 10.0), 20 + 12 * np.sin(angle), 20 + 12 * np.cos(angle)], 1),
+                                  radius=2.0, step=0.5)
+    tracer = OracleTracer([ring], np.zeros((20, 40, 40), np.float32), (1, 3, 3), max_steps=200)
+    (trace,) = ShotgunRegistry(tracer, radius=2.0).run([[10, 20, 32]], [[0, 1, 0]]).traces
+    assert trace.ends == ("ran into itself", "ran into itself")
+    assert ring.nearest(trace.points)[0].max() < 1.0
+    covered = np.min(np.linalg.norm(ring.points[:, None] - trace.points[None], axis=-1), axis=1)
+    assert covered.max() < 1.5  # all the way round
+    gaps = np.linalg.norm(trace.points[:, None] - trace.points[None], axis=-1)
+    far_in_chain = np.abs(np.arange(len(gaps))[:, None] - np.arange(len(gaps))[None]) > 3
+    assert np.sum(np.any(far_in_chain & (gaps < 1.0), axis=1)) <= 4  # only where the ring closes
+
+
 def test_registry_errors():
     tracer = Tracer(ahead, np.zeros((5, 5, 5)), (1, 3, 3))
     with pytest.raises(ConfigError, match="radius"):

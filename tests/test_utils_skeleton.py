@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ekn_core.errors import ShapeError
+from ekn_core.errors import ConfigError, ShapeError
 from ekn_plugins.readers.knossos.nml import Skeleton
 from ekn_plugins.utils.skeleton import TubeSkeleton, frame, sample_patch, trace_to_tree, tracing_target
 
@@ -126,3 +126,43 @@ def test_bad_skeletons():
         TubeSkeleton.from_path([[1, 1, 1], [1, 1, 1]])
     with pytest.raises(ShapeError, match="patch shape"):
         sample_patch(np.zeros((4, 4, 4)), (2, 2, 2), (1, 0, 0), (3, 3))
+    with pytest.raises(ShapeError, match=r"finite positions .* node 1 at \[0.0, 0.0, nan\]"):
+        TubeSkeleton.from_path([[0, 0, 0], [0, 0, np.nan]])
+    with pytest.raises(ShapeError, match="radii >= 0"):
+        TubeSkeleton.from_path([[0, 0, 0], [0, 0, 4]], radius=[1.0, -1.0])
+    with pytest.raises(ShapeError, match=r"\(z, y, x\) volume, got one of shape \(2, 4, 4, 4\)"):
+        sample_patch(np.zeros((2, 4, 4, 4)), (2, 2, 2), (1, 0, 0), (3, 3, 3))
+    with pytest.raises(ConfigError, match="order must be 0"):
+        sample_patch(np.zeros((4, 4, 4)), (2, 2, 2), (1, 0, 0), (3, 3, 3), order=3)
+
+
+@pytest.mark.parametrize("nodes, without", [
+    ([[0, 0, 0], [0, 0, 5], [0, 0, 5]], [[0, 0, 0], [0, 0, 5]]),                          # a duplicated end
+    ([[0, 0, 0], [0, 0, 0], [0, 0, 5]], [[0, 0, 0], [0, 0, 5]]),                          # a duplicated start
+    ([[0, 0, 0], [0, 0, 2], [0, 0, 2], [0, 3, 2]], [[0, 0, 0], [0, 0, 2], [0, 3, 2]]),    # a duplicated joint
+])
+def test_zero_length_edges_add_nothing(nodes, without):
+    """Duplicated nodes, common in hand tracings, give the samples of the chain without them."""
+    dup, plain = TubeSkeleton.from_path(nodes, step=1.0), TubeSkeleton.from_path(without, step=1.0)
+    np.testing.assert_array_equal(dup.points, plain.points)
+    np.testing.assert_array_equal(dup.tangents, plain.tangents)
+    np.testing.assert_array_equal(dup.arc, plain.arc)
+    assert dup.points[-1].tolist() == list(map(float, without[-1]))
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_patches_equal_map_coordinates_of_the_whole_volume(order):
+    """Cut from the bounding box, patches equal scipy's interpolation of the whole volume, also where
+    they reach over the border."""
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((12, 14, 16)).astype(np.float32) + 1
+    shape, spacing = (5, 7, 7), 1.3
+    for center in ([6.2, 7.1, 8.3], [0.2, 7, 8], [11.7, 13.6, 15.9], [-1.5, 3, 3], [5, -2.0, 16.4], [13.9, 7, 7]):
+        direction = rng.standard_normal(3)
+        grids = np.meshgrid(*[(np.arange(s) - (s - 1) / 2) * spacing for s in shape], indexing="ij")
+        coords = np.einsum("i...,ij->...j", np.stack(grids), frame(direction)) + center
+        want = map_coordinates(vol, np.moveaxis(coords, -1, 0), order=order, mode="grid-constant", cval=0.0)
+        got = sample_patch(vol, center, direction, shape, spacing, order=order)
+        np.testing.assert_allclose(got, want, atol=1e-6)

@@ -40,6 +40,7 @@ import numpy as np
 
 from ekn_core.errors import ConfigError, NoValidationData, ShapeError
 from ekn_core.shapes import SPATIAL_TAGS, TaggedShape
+from ekn_core.training_data import TrainingData, input_scalings, record_training_data
 from ekn_plugins.data.lazy import LazyView, open_view
 from ekn_plugins.data.patches import _volume_path
 from ekn_plugins.utils.model_agent import layout, patch_shape_of
@@ -71,8 +72,9 @@ class Track:
     inside: np.ndarray
 
 
-def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple[str, TubeSkeleton]]:
-    """``[(name, skeleton)]`` of one volume's entry: a TubeSkeleton, an NML / k.zip path, or a list."""
+def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple[str, TubeSkeleton, bool]]:
+    """``[(name, skeleton, from an NML file)]`` of one volume's entry: a TubeSkeleton, an NML / k.zip
+    path, or a list."""
     from ekn_plugins.readers.knossos.nml import Skeleton
 
     items = entry if isinstance(entry, (list, tuple)) else [entry]
@@ -81,7 +83,7 @@ def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple
     found = []
     for item in items:
         if isinstance(item, TubeSkeleton):
-            found.append((f"volume {volume} skeleton {len(found)}", item))
+            found.append((f"volume {volume} skeleton {len(found)}", item, False))
             continue
         if not isinstance(item, (str, os.PathLike)):
             raise ConfigError(f"skeletons of volume {volume}: expected TubeSkeletons or NML file paths, got "
@@ -93,7 +95,7 @@ def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple
             raise ShapeError(f"{path} holds no skeleton with at least 2 nodes and an edge")
         if len(trees) < len(every):
             log.info("%s: %d tree(s) without an edge skipped", path, len(every) - len(trees))
-        found += [(f"{path} tree {t.id}", TubeSkeleton.from_tree(t)) for t in trees]
+        found += [(f"{path} tree {t.id}", TubeSkeleton.from_tree(t), True) for t in trees]
     return found
 
 
@@ -104,6 +106,15 @@ def _open_volume(entry: Any, d_path: str | None, index: int) -> tuple[LazyView, 
     path, region, options = _volume_path(d_path, entry)
     start = np.zeros(3) if region is None else np.asarray(region[0], dtype=np.float64)
     return open_view(path, region, options, ndim=3, grey=True), start
+
+
+def _mag_factor(view: LazyView) -> np.ndarray:
+    """How many mag-1 voxels (NML coordinates) one voxel of the volume spans per axis (z, y, x):
+    a KNOSSOS data set's downsampling at the mag it was opened with, else 1."""
+    from ekn_plugins.readers.knossos.dataset import KnossosArray
+
+    volume = view.volume
+    return np.asarray(volume.factor[::-1], np.float64) if isinstance(volume, KnossosArray) else np.ones(3)
 
 
 def _turned(direction: np.ndarray, max_angle: float, rng: np.random.Generator) -> np.ndarray:
@@ -137,14 +148,18 @@ class TracingData:
         volumes: Raw volumes, one per entry: arrays or lazy volumes ``(z, y, x)``, path strings
             any ekn reader opens (``'file.h5:raw'``, zarr, KNOSSOS ``.k.toml``) or ``(file, key)`` /
             ``(file, key, ((z0, y0, x0), (z1, y1, x1)))`` entries relative to ``d_path`` (only
-            that region is used; skeletons are then shifted by its start), with the reader's
-            options as an optional fourth entry (as for the patch source; skeleton coordinates are
-            voxels of the volume as read, so a coarser KNOSSOS ``mag`` needs skeletons in its
-            voxels). Volumes stay lazy: each patch reads only its bounding box
-            (:class:`~ekn_plugins.data.lazy.LazyView`).
-        skeletons: One entry per volume: a :class:`~ekn_plugins.utils.skeleton.TubeSkeleton`,
-            an NML / ``.k.zip`` file (every tree with an edge; KNOSSOS (x, y, z) node positions
-            and radii), or a list of those; coordinates are the volume's voxels.
+            that region, in voxels of the volume as read, is used; skeletons are then shifted by
+            its start), with the reader's options as an optional fourth entry (as for the patch
+            source, e.g. ``{"mag": 2}`` for KNOSSOS). Integer grey values are mapped to [0, 1] by
+            their dtype's range (:func:`ekn_core.grey.to_grey`), recorded in the model file for
+            the :class:`~ekn_plugins.utils.tracing.Tracer`. Volumes stay lazy: each patch reads
+            only its bounding box (:class:`~ekn_plugins.data.lazy.LazyView`).
+        skeletons: One entry per volume: a :class:`~ekn_plugins.utils.skeleton.TubeSkeleton`
+            (coordinates and radii in voxels of the volume as read), an NML / ``.k.zip`` file
+            (every tree with an edge; KNOSSOS (x, y, z) node positions and radii in mag-1 voxels,
+            converted to the voxels of the KNOSSOS mag the volume was opened with), or a list of
+            those. Every node needs a radius > 0: the tube around the skeleton is where agents
+            are placed and walk.
         d_path: Folder of relative volume and NML paths.
         aniso_factor: z voxel size / lateral voxel size of the data.
         spacing: Distance between patch samples (lateral voxels).
@@ -158,11 +173,13 @@ class TracingData:
             spatial axes in their declared order, as :class:`~ekn_plugins.utils.model_agent.ModelAgent`
             lays them out for the Tracer.
         skeleton_step: Distance between skeleton samples (lateral voxels).
+        radius_target: Targets get a fourth value, the skeleton's radius at the sample nearest to
+            the agent in patch samples (radius / ``spacing``), for a direction + radius head
+            (:class:`~ekn_plugins.utils.model_agent.ModelAgent` with ``radius=3``).
         seed: Seed of the source's own random generator (``getbatch`` may be given one).
 
     Attributes:
-        volumes: The volumes as the agent sees them (lazy float32 :class:`~ekn_plugins.data.lazy.LazyView` views;
-            give the Tracer the same).
+        volumes: The volumes as the agent sees them (lazy float32 :class:`~ekn_plugins.data.lazy.LazyView` views).
         voxel_size: ``(aniso_factor, 1, 1)``.
         tracks: Every skeleton (:class:`Track`), in physical units.
     """
@@ -174,7 +191,7 @@ class TracingData:
                  d_path: str | None = None, aniso_factor: float = 1.0, spacing: float = 1.0,
                  valid_skeletons: Sequence[int] = (), lookahead: float = 4.0, max_turn: float = 0.5,
                  position_spread: float = 1.0, input_tags: str = "b,f,z,y,x", skeleton_step: float = 0.5,
-                 seed: int | None = None):
+                 radius_target: bool = False, seed: int | None = None):
         self.patch_shape = tuple(int(s) for s in patch_shape)
         if len(self.patch_shape) != 3 or min(self.patch_shape) < 1:
             raise ShapeError(f"patch_shape must be 3 positive sizes (along, across, across), got {tuple(patch_shape)}")
@@ -191,14 +208,15 @@ class TracingData:
                               f"per volume), got {len(volumes)} and {len(skeletons)}")
         self.voxel_size = np.array([float(aniso_factor), 1.0, 1.0])
         self.spacing, self.lookahead, self.max_turn = float(spacing), float(lookahead), float(max_turn)
-        self.position_spread = float(position_spread)
+        self.position_spread, self.radius_target = float(position_spread), bool(radius_target)
         self.volumes, self.tracks = [], []
         for v, (vol_entry, skel_entry) in enumerate(zip(volumes, skeletons)):
             volume, start = _open_volume(vol_entry, d_path, v)
             self._check_patch_fits(volume.shape, v)
             self.volumes.append(volume)
-            for name, skel in _skeleton_entries(skel_entry, d_path, v):
-                self.tracks.append(self._track(skel, start, v, name, float(skeleton_step)))
+            for name, skel, mag_1 in _skeleton_entries(skel_entry, d_path, v):
+                scale = _mag_factor(volume) if mag_1 else np.ones(3)
+                self.tracks.append(self._track(skel, scale, start, v, name, float(skeleton_step)))
         bad = [i for i in valid_skeletons if not 0 <= int(i) < len(self.tracks)]
         if bad:
             raise ConfigError(f"valid_skeletons {bad} do not exist; there are {len(self.tracks)} skeletons")
@@ -213,10 +231,12 @@ class TracingData:
     def from_nodes(cls, input_node: Any, target_node: Any = None, sequence_training: int = 0,
                    sequence_length: int = 0, **kwargs: Any) -> TracingData:
         """The source for a model: patch shape and tags from the input node (1 channel, 2 or 3
-        fixed spatial sizes), targets ``(b, 3)`` for a ``'b,f'`` target node with ``f = 3``.
+        fixed spatial sizes), targets ``(b, 3)`` for a ``'b,f'`` target node with ``f = 3``
+        (direction) or ``f = 4`` (direction and radius, ``radius_target``).
         ``sequence_training > 1`` gives a :class:`TracingSequence`; ``sequence_length = R`` a
         :class:`TracingTrajectories` for a recurrent model (input with an ``r`` axis of ``R``
-        steps, target with tags ``r``, ``b``, ``f`` in any order)."""
+        steps, target with tags ``r``, ``b``, ``f`` in any order). The source's
+        :meth:`training_data` is recorded on the model (written into its file by ``model.save``)."""
         shape = input_node.shape
         patch_shape = patch_shape_of(shape)
         sequence_training, sequence_length = _count("sequence_training", sequence_training), \
@@ -234,19 +254,46 @@ class TracingData:
                               "agents; a recurrent agent trains on trajectories (sequence_length): drop one of them")
         want = ("r", "b", "f") if sequence_length else ("b", "f")
         target = None if target_node is None else target_node.shape
-        if target is None or sorted(target.tags) != sorted(want) or target["f"] != 3 \
+        if target is None or sorted(target.tags) != sorted(want) or target["f"] not in (3, 4) \
                 or (sequence_length and target["r"] != sequence_length):
-            need = (f"({sequence_length} steps, batch, 3) with tags 'r,b,f' in any order (one direction per step)"
-                    if sequence_length else "(batch, 3) with tags 'b,f' (one direction per example)")
+            need = (f"({sequence_length} steps, batch, 3 or 4) with tags 'r,b,f' in any order (one direction, and "
+                    "radius, per step)" if sequence_length else
+                    "(batch, 3 or 4) with tags 'b,f' (one direction, and radius, per example)")
             raise ShapeError(f"a tracing agent needs a target node of shape {need}, got "
                              f"{'none' if target is None else target}")
         kwargs.setdefault("input_tags", ",".join(shape.tags))
+        kwargs.setdefault("radius_target", target["f"] == 4)
         if sequence_length:
-            return TracingTrajectories(patch_shape, sequence_length=sequence_length, target_tags=",".join(target.tags),
-                                       **kwargs)
-        if sequence_training > 1:
-            return TracingSequence(patch_shape, sequence_training=sequence_training, **kwargs)
-        return cls(patch_shape, **kwargs)
+            source: TracingData = TracingTrajectories(patch_shape, sequence_length=sequence_length,
+                                                      target_tags=",".join(target.tags), **kwargs)
+        elif sequence_training > 1:
+            source = TracingSequence(patch_shape, sequence_training=sequence_training, **kwargs)
+        else:
+            source = cls(patch_shape, **kwargs)
+        record_training_data(input_node, source.training_data())  # the model file keeps it for the Tracer
+        return source
+
+    def training_data(self) -> TrainingData:
+        """What a net trained on these examples records in its model file: the grey scaling of
+        every volume's dtype, the voxel size and the patch spacing (the
+        :class:`~ekn_plugins.utils.tracing.Tracer` of a :class:`~ekn_plugins.utils.model_agent.ModelAgent`
+        scales the traced volume and cuts its patches with them).
+
+        Example:
+            >>> data = TracingData((3, 7, 7), [np.zeros((20, 20, 20), np.uint8)],
+            ...                    [TubeSkeleton.from_path([[10, 10, 2], [10, 10, 17]], radius=2.0)],
+            ...                    aniso_factor=2.0, spacing=1.5)
+            >>> record = data.training_data()
+            >>> record.input_scaling[0].describe(), record.voxel_size, record.patch_spacing
+            ('uint8 raw mapped from 0..255', (2.0, 1.0, 1.0), 1.5)
+        """
+        return TrainingData(input_scalings((v.name, v.source_dtype) for v in self.volumes),
+                            voxel_size=tuple(float(v) for v in self.voxel_size), patch_spacing=self.spacing)
+
+    @property
+    def n_target(self) -> int:
+        """Values per target: the direction (3), and the radius with ``radius_target`` (4)."""
+        return 4 if self.radius_target else 3
 
     # ------------------------------------------------------------------------------- set-up
     def _input_shape(self, tags: str) -> TaggedShape:
@@ -277,9 +324,17 @@ class TracingData:
                              f"than the smallest side of volume {index} (shape {tuple(shape)}, voxel size "
                              f"{tuple(self.voxel_size)}: {extent.min():g}); use a smaller patch or spacing")
 
-    def _track(self, skeleton: TubeSkeleton, start: np.ndarray, volume: int, name: str, step: float) -> Track:
-        """The skeleton shifted by the region ``start`` and scaled to physical units."""
-        physical = TubeSkeleton((skeleton.nodes - start) * self.voxel_size, skeleton.edges, skeleton.node_radii,
+    def _track(self, skeleton: TubeSkeleton, scale: np.ndarray, start: np.ndarray, volume: int, name: str,
+               step: float) -> Track:
+        """The skeleton in voxels of the volume (positions divided by ``scale``, radii by its lateral
+        value), shifted by the region ``start`` and scaled to physical units."""
+        radii = skeleton.node_radii / scale[2]
+        if not np.all(radii > 0):
+            thin = int(np.sum(radii <= 0))
+            raise ShapeError(f"{name}: {thin} of {len(radii)} skeleton nodes have radius 0; the tube around the "
+                             "skeleton, where agents are placed and walk, needs radii > 0 (voxels): give the NML "
+                             "nodes (radius attribute) or the TubeSkeleton radii > 0")
+        physical = TubeSkeleton((skeleton.nodes / scale - start) * self.voxel_size, skeleton.edges, radii,
                                 step, chain=skeleton.arc is not None)
         inside = np.flatnonzero(self._in_volume(physical.points, volume))
         if not len(inside):
@@ -332,16 +387,21 @@ class TracingData:
         return Agent(agent.track, position, heading, agent.age + 1)
 
     def example(self, agent: Agent) -> tuple[np.ndarray, np.ndarray]:
-        """The patch ``(*patch_shape)`` an agent sees and its target (unit vector, patch frame)."""
+        """The patch ``(*patch_shape)`` an agent sees and its target: the unit direction in the patch
+        frame, and with ``radius_target`` the radius at the nearest skeleton sample in patch samples."""
         track = self.tracks[agent.track]
         patch = sample_patch(self.volumes[track.volume], agent.position / self.voxel_size, agent.heading,
                              self.patch_shape, self.spacing, voxel_size=self.voxel_size)
-        return patch, tracing_target(track.skeleton, agent.position, agent.heading, self.lookahead)
+        target = tracing_target(track.skeleton, agent.position, agent.heading, self.lookahead)
+        if self.radius_target:
+            _, idx = track.skeleton.nearest(agent.position[None])
+            target = np.append(target, track.skeleton.radii[idx[0]] / self.spacing)
+        return patch, target
 
     def _examples(self, agents: Sequence[Agent]) -> tuple[np.ndarray, np.ndarray]:
-        """``(patches (n, *patch_shape), targets (n, 3))`` float32 of the agents."""
+        """``(patches (n, *patch_shape), targets (n, n_target))`` float32 of the agents."""
         patches = np.empty((len(agents), *self.patch_shape), dtype=np.float32)
-        targets = np.empty((len(agents), 3), dtype=np.float32)
+        targets = np.empty((len(agents), self.n_target), dtype=np.float32)
         for i, agent in enumerate(agents):
             patches[i], targets[i] = self.example(agent)
         return patches, targets
@@ -360,7 +420,8 @@ class TracingData:
     def getbatch(self, batch_size: int = 1, source: str = "train",
                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(patches, targets)``: float32 patches in ``input_tags`` layout and ``(b, 3)`` float32
-        unit target directions in the patches' frames, for fresh random agents of ``source``."""
+        unit target directions in the patches' frames (``(b, 4)`` with the radius, see
+        ``radius_target``), for fresh random agents of ``source``."""
         self._check_source(source)
         rng = self.rng if rng is None else rng
         return self._batch([self.sample_agent(source, rng) for _ in range(batch_size)])
@@ -368,7 +429,7 @@ class TracingData:
     def batch_spec(self, batch_size: int) -> list[tuple[tuple[int, ...], np.dtype]]:
         """Shapes and dtypes of what :meth:`getbatch` returns."""
         shape = layout(np.zeros((batch_size, *self.patch_shape), np.float32), self.input_shape).shape
-        return [(shape, np.dtype(np.float32)), ((batch_size, 3), np.dtype(np.float32))]
+        return [(shape, np.dtype(np.float32)), ((batch_size, self.n_target), np.dtype(np.float32))]
 
     def close(self) -> None:
         """Closes the volume files the source opened (also on ``with`` exit)."""
@@ -444,7 +505,8 @@ class TracingSequence(TracingData):
 
         Args:
             outputs: ``{name: array}`` of the model's debug outputs for that batch; the
-                directions ``(b, 3)`` are in the patches' frames.
+                directions ``(b, 3)`` are in the patches' frames (``(b, 4)``: a direction +
+                radius prediction, its first 3 features).
 
         Raises:
             ConfigError: No (or no unambiguous) direction output.
@@ -462,10 +524,10 @@ class TracingSequence(TracingData):
         if name not in outputs:
             raise ConfigError(f"direction_output {name!r} is not a debug output of the model ({', '.join(outputs)})")
         directions = np.asarray(outputs[name], dtype=np.float64)
-        if directions.shape != (len(self._pending), 3):
+        if directions.shape not in ((len(self._pending), 3), (len(self._pending), self.n_target)):
             raise ShapeError(f"debug output {name!r} has shape {directions.shape}; the directions of the last batch "
                              f"need ({len(self._pending)}, 3)")
-        self.agents = [self._advance(agent, local) for agent, local in zip(self._pending, directions)]
+        self.agents = [self._advance(agent, local[:3]) for agent, local in zip(self._pending, directions)]
 
     def _advance(self, agent: Agent, local: np.ndarray) -> Agent | None:
         """The agent one step further along its prediction, or None when it ends (see the class docs)."""
@@ -567,30 +629,33 @@ class TracingTrajectories(TracingData):
                 agents.append(self.walk(agent, proposal, self.walk_step, self.walk_inertia))
             if agents[-1] is not None:
                 return agents
+        thinnest = min(float(self.tracks[t].skeleton.radii.min()) for t in self.splits[source])
         raise ShapeError(f"{self.max_attempts} trajectories of {self.sequence_length} steps ({source} skeletons) in a "
-                         f"row left the tube or the volume: the skeletons are too short or too close to the border "
-                         f"for sequence_length * walk_step = {self.sequence_length * self.walk_step:g} voxels; "
-                         "use a smaller sequence_length or walk_step")
+                         f"row left the tube or the volume: the skeletons are too short, too close to the border or "
+                         f"too thin (smallest radius {thinnest:g} voxels; an agent leaves the tube farther than the "
+                         f"radius from the skeleton) for sequence_length * walk_step = "
+                         f"{self.sequence_length * self.walk_step:g} voxels; use a smaller sequence_length or "
+                         "walk_step, or larger skeleton radii")
 
     def getbatch(self, batch_size: int = 1, source: str = "train",
                  rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(patches, targets)`` of ``batch_size`` random trajectories of ``source``: float32
         patches in ``input_tags`` layout (``r``: the steps) and unit target directions in the
-        patches' frames in ``target_tags`` layout."""
+        patches' frames (and radii, see ``radius_target``) in ``target_tags`` layout."""
         rng = self.rng if rng is None else rng
         agents = [a for _ in range(batch_size) for a in self.trajectory(source, rng)]
         patches, targets = self._examples(agents)
         patches = patches.reshape(batch_size, self.sequence_length, *self.patch_shape)
-        targets = targets.reshape(batch_size, self.sequence_length, 3)
+        targets = targets.reshape(batch_size, self.sequence_length, self.n_target)
         return layout(patches, self.input_shape, sequence=True), self._target_layout(targets)
 
     def _target_layout(self, targets: np.ndarray) -> np.ndarray:
-        """Targets ``(b, r, 3)`` in ``target_tags`` order."""
+        """Targets ``(b, r, n_target)`` in ``target_tags`` order."""
         return np.ascontiguousarray(targets.transpose([("b", "r", "f").index(t) for t in self.target_tags]))
 
     def batch_spec(self, batch_size: int) -> list[tuple[tuple[int, ...], np.dtype]]:
         """Shapes and dtypes of what :meth:`getbatch` returns."""
         patches = np.zeros((batch_size, self.sequence_length, *self.patch_shape), np.float32)
-        targets = np.zeros((batch_size, self.sequence_length, 3), np.float32)
+        targets = np.zeros((batch_size, self.sequence_length, self.n_target), np.float32)
         return [(layout(patches, self.input_shape, sequence=True).shape, np.dtype(np.float32)),
                 (self._target_layout(targets).shape, np.dtype(np.float32))]

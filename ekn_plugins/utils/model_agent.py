@@ -39,6 +39,7 @@ import numpy as np
 from ekn_core.errors import ConfigError, ShapeError
 from ekn_core.node import GraphFunction, Node, model_manager, union_inputs
 from ekn_core.shapes import SPATIAL_TAGS, TaggedShape
+from ekn_core.training_data import training_data_of
 from ekn_plugins.layers.recurrent import ScanN, one_step_model
 from ekn_plugins.utils.tracing import AgentOutput
 
@@ -136,6 +137,11 @@ class ModelAgent:
         patch_shape: The patch shape to give :class:`~.tracing.Tracer`.
         recurrent: True when the model has Scan loops (memory is fed from step to step).
         step_model: The one-step rebuild of a recurrent model (None otherwise).
+        training_data: What the model file records about its training data
+            (:class:`~ekn_core.training_data.TrainingData`, written by
+            :class:`~ekn_plugins.data.tracing.TracingData`), or None: the :class:`~.tracing.Tracer`
+            scales the traced volume's grey values as they were scaled and takes the voxel size
+            and patch spacing from it.
     """
 
     def __init__(self, model: Any, radius: int | str | None = None):
@@ -157,6 +163,7 @@ class ModelAgent:
             raise ShapeError(f"prediction {pred.name!r} needs 'b' and 'f' axes (one row per patch), got tags "
                              f"{','.join(pred.shape.tags)}")
         self.model, self.radius = model, radius
+        self.training_data = training_data_of(inp)
         memory = [m for n in model.nodes.values() if isinstance(n, ScanN) for m in n.memory]
         self.recurrent = bool(memory)
         self.step_model, self._memory, self._state = None, [], None

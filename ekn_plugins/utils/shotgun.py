@@ -306,7 +306,11 @@ class ShotgunRegistry:
             block[near & (block < 0)] = trace_id
 
     def run(self, seeds: Any, directions: Any, max_traces: int | None = None) -> ShotgunResult:
-        """Traces the seeds in order (see the module docs), each from its direction and the opposite one.
+        """Traces the seeds in order (see the module docs), each both ways: first against its
+        direction, then from the seed opposite to the first half's first step (about the
+        direction itself where that runs along the neurite; not the way the first half went
+        where it runs across), with the first half as the second's ``history``, so that the
+        second half stops where it would run into the first.
 
         Args:
             seeds: ``(n, 3)`` positions (z, y, x), e.g. from :func:`seeds_from_probability`.
@@ -330,7 +334,10 @@ class ShotgunRegistry:
                 continue
             trace_id = len(traces)
             back = self.tracer.trace(seed, -direction, owner=self.owner)
-            ahead = self.tracer.trace(seed, direction, owner=self.owner)
+            # the second half sets off opposite to where the first one went (not the same way, when
+            # the direction was across the neurite) and stops where it would run into it
+            onward = -back.directions[1] if len(back.points) > 1 else direction
+            ahead = self.tracer.trace(seed, onward, owner=self.owner, history=back.points[:0:-1])
             points = np.concatenate([back.points[::-1], ahead.points[1:]])
             radii = None
             if back.radii is not None and ahead.radii is not None:

@@ -59,9 +59,15 @@ class TubeSkeleton:
     Args:
         nodes: Node positions ``(n, 3)`` in (z, y, x) voxels.
         edges: Index pairs ``(m, 2)`` into ``nodes``.
-        radii: Radius per node (voxels), or one number.
+        radii: Radius per node (voxels, >= 0), or one number.
         step: Sampling distance along the edges (voxels).
         chain: True when ``nodes`` is one unbranched path in order; enables :attr:`arc`.
+
+    Edges of zero length (duplicated nodes, common in hand tracings) are skipped.
+
+    Raises:
+        ShapeError: Fewer than 2 nodes or no edge of non-zero length, edges to missing nodes,
+            positions that are not finite, radii that are negative or not finite.
     """
 
     def __init__(self, nodes: Any, edges: Any, radii: Any = 1.0, step: float = 1.0, chain: bool = False):
@@ -72,25 +78,32 @@ class TubeSkeleton:
             raise ShapeError(f"a skeleton needs at least 2 nodes and 1 edge, got {len(self.nodes)} and {len(self.edges)}")
         if self.edges.min() < 0 or self.edges.max() >= len(self.nodes):
             raise ShapeError("skeleton edges refer to nodes that do not exist")
+        bad = np.flatnonzero(~np.all(np.isfinite(self.nodes), axis=1) | ~np.isfinite(self.node_radii)
+                             | (self.node_radii < 0))
+        if len(bad):
+            first = bad[0]
+            raise ShapeError(f"skeleton nodes need finite positions and radii >= 0; {len(bad)} node(s) do not, the "
+                             f"first is node {first} at {self.nodes[first].tolist()} with radius "
+                             f"{self.node_radii[first]}")
         if not step > 0:
             raise ConfigError(f"step must be > 0 voxels, got {step}")
+        lengths = np.linalg.norm(self.nodes[self.edges[:, 1]] - self.nodes[self.edges[:, 0]], axis=1)
+        kept = np.flatnonzero(lengths > 0)  # edges between duplicated nodes add no samples
+        if not len(kept):
+            raise ShapeError("all skeleton edges have zero length")
         points, tangents, radii_out, arc = [], [], [], []
         offset = 0.0
-        for k, (a, b) in enumerate(self.edges):
-            pa, pb = self.nodes[a], self.nodes[b]
-            length = float(np.linalg.norm(pb - pa))
-            if length == 0:
-                continue
+        for k in kept:
+            a, b = self.edges[k]
+            pa, pb, length = self.nodes[a], self.nodes[b], float(lengths[k])
             n = max(1, int(np.ceil(length / step)))
-            whole = not chain or k == len(self.edges) - 1  # chains share each joint with the next edge
+            whole = not chain or k == kept[-1]  # chains share each joint with the next edge
             t = np.arange(n + 1 if whole else n) / n
             points.append(pa + t[:, None] * (pb - pa))
             tangents.append(np.broadcast_to((pb - pa) / length, (len(t), 3)))
             radii_out.append(self.node_radii[a] + t * (self.node_radii[b] - self.node_radii[a]))
             arc.append(offset + t * length)
             offset += length
-        if not points:
-            raise ShapeError("all skeleton edges have zero length")
         self.points = np.concatenate(points)
         self.tangents = np.concatenate(tangents)
         self.radii = np.concatenate(radii_out)
@@ -149,7 +162,9 @@ def sample_patch(volume: Any, center: Any, direction: Any, shape: Sequence[int],
         shape: Patch shape, e.g. ``(5, 15, 15)``; ``(1, h, w)`` is an oriented slice.
         spacing: Distance between patch samples in physical units.
         voxel_size: Physical size of a voxel (z, y, x), for anisotropic data.
-        order: Spline order of the interpolation (1 = trilinear).
+        order: Interpolation: 1 trilinear, 0 nearest voxel. Both equal ``map_coordinates`` of the
+            whole volume; higher spline orders are refused, since their prefilter would see only
+            the cut box.
         cval: Value outside the volume.
 
     Returns:
@@ -160,12 +175,17 @@ def sample_patch(volume: Any, center: Any, direction: Any, shape: Sequence[int],
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ShapeError(f"patch shape must be 3 positive sizes (along, across, across), got {shape}")
+    if len(volume.shape) != 3:
+        raise ShapeError(f"patches are cut from a (z, y, x) volume, got one of shape {tuple(volume.shape)}; pick "
+                         "one channel of a (c, z, y, x) volume (volume[c])")
+    if order not in (0, 1):
+        raise ConfigError(f"order must be 0 (nearest voxel) or 1 (trilinear), got {order!r}")
     axes = frame(direction)
     grids = np.meshgrid(*[(np.arange(s) - (s - 1) / 2.0) * spacing for s in shape], indexing="ij")
     offsets = np.einsum("i...,ij->...j", np.stack(grids), axes) / np.asarray(voxel_size, dtype=np.float64)
     coords = offsets + np.asarray(center, dtype=np.float64)
     lo = np.maximum(np.floor(coords.reshape(-1, 3).min(0)).astype(int) - 1, 0)
-    hi = np.minimum(np.ceil(coords.reshape(-1, 3).max(0)).astype(int) + 2, np.asarray(volume.shape[-3:]))
+    hi = np.minimum(np.ceil(coords.reshape(-1, 3).max(0)).astype(int) + 2, np.asarray(volume.shape))
     if np.any(hi <= lo):
         return np.full(shape, cval, dtype=np.float32)
     box = np.asarray(volume[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Tracing agent: training data along skeletons, a small direction model and the tracing loop.
+"""Tracing agents: the tracing loop, and synthetic tubes with known skeletons.
 
 An agent at a position, heading in a direction, sees a patch oriented along that direction
 (:func:`~.skeleton.sample_patch`) and predicts where to go next, in the patch's frame
@@ -8,8 +8,8 @@ returning an :class:`AgentOutput` with radii; an ekn model, recurrent ones inclu
 :class:`~.model_agent.ModelAgent`) until the trace leaves the volume or a bounding box, turns back,
 runs into itself (an :class:`~.kdtree.AppendableKDTree` of the trace), loses track (a ``stop``
 criterion), enters another trace's territory (``owner``, used by :mod:`~.shotgun`) or reaches
-``max_steps``. :class:`DirectionMLP` is a tiny TensorFlow model for such predictions and
-:func:`synthetic_tube` / :func:`synthetic_tubes` make tubes with known skeletons to train and test on.
+``max_steps``. :func:`synthetic_tube` / :func:`synthetic_tubes` make tubes with known skeletons
+to train (:class:`~ekn_plugins.data.tracing.TracingData`) and test on.
 
 Positions are (z, y, x) voxels of the volume; headings, ``spacing`` and ``step`` are physical
 (``voxel_size``, default isotropic), so anisotropic volumes are traced without resampling.
@@ -30,9 +30,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ekn_core.errors import ConfigError
+from ekn_core.errors import ConfigError, ShapeError
+from ekn_core.grey import is_float_dtype
+from ekn_core.training_data import TrainingData, prediction_grey_range
+from ekn_plugins.data.lazy import LazyView
 from ekn_plugins.utils.kdtree import AppendableKDTree
-from ekn_plugins.utils.skeleton import TubeSkeleton, frame, sample_patch, tracing_target
+from ekn_plugins.utils.skeleton import TubeSkeleton, frame, sample_patch
 
 
 def synthetic_tube(shape: Sequence[int] = (32, 48, 64), radius: float = 3.0, noise: float = 0.1,
@@ -102,101 +105,6 @@ def synthetic_tubes(shape: Sequence[int], centers: Sequence[Sequence[float]], ra
     return volume.astype(np.float32), skeletons
 
 
-def training_samples(volume: Any, skeleton: TubeSkeleton, n: int, patch_shape: Sequence[int],
-                     rng: np.random.Generator, max_offset: float = 2.0, max_turn: float = 0.5,
-                     lookahead: float = 4.0, spacing: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Patches and target directions for agents placed near the skeleton, heading roughly along it.
-
-    Each sample takes a random skeleton point and heading (either way along the tangent), moves
-    the agent up to ``max_offset`` voxels off the centre line and turns it by a random vector of
-    length up to ``max_turn`` (about that many radians), so the model learns to correct errors.
-
-    Returns:
-        ``(patches (n, *patch_shape) float32, targets (n, 3) float32)`` (targets in patch frames).
-    """
-    patches = np.empty((n, *patch_shape), dtype=np.float32)
-    targets = np.empty((n, 3), dtype=np.float32)
-    for i in range(n):
-        j = int(rng.integers(len(skeleton)))
-        tangent = skeleton.tangents[j] * rng.choice([-1.0, 1.0])
-        offset = rng.standard_normal(3)
-        offset -= tangent * (offset @ tangent)
-        offset *= rng.uniform(0, max_offset) / max(np.linalg.norm(offset), 1e-9)
-        turn = rng.standard_normal(3)
-        turn *= rng.uniform(0, max_turn) / np.linalg.norm(turn)
-        direction = tangent + turn
-        direction /= np.linalg.norm(direction)
-        position = skeleton.points[j] + offset
-        patches[i] = sample_patch(volume, position, direction, patch_shape, spacing)
-        targets[i] = tracing_target(skeleton, position, direction, lookahead)
-    return patches, targets
-
-
-class DirectionMLP:
-    """A small TensorFlow model: normalised patch -> hidden ReLU layer -> unit direction.
-
-    Plain ``tf`` (no Keras): a compiled Adam training step on the mean squared error.
-
-    Args:
-        patch_shape: Shape of one patch.
-        hidden: Width of the hidden layer.
-        seed: Seed of the initial weights.
-    """
-
-    def __init__(self, patch_shape: Sequence[int], hidden: int = 64, seed: int = 0):
-        import tensorflow as tf
-
-        self.tf = tf
-        self.patch_shape = tuple(int(s) for s in patch_shape)
-        n_in = int(np.prod(self.patch_shape))
-        init = np.random.default_rng(seed)
-        self.weights = [tf.Variable(init.normal(0, np.sqrt(2.0 / n_in), (n_in, hidden)).astype(np.float32)),
-                        tf.Variable(np.zeros(hidden, np.float32)),
-                        tf.Variable(init.normal(0, np.sqrt(1.0 / hidden), (hidden, 3)).astype(np.float32)),
-                        tf.Variable(np.array([1.0, 0.0, 0.0], np.float32))]
-        self._moments = [(tf.Variable(tf.zeros_like(w)), tf.Variable(tf.zeros_like(w))) for w in self.weights]
-        self._t = tf.Variable(0.0)
-        self._step = tf.function(self._train_step)
-        self._forward = tf.function(self._raw)
-
-    def _raw(self, patches: Any) -> Any:
-        tf = self.tf
-        x = tf.reshape(patches, (-1, int(np.prod(self.patch_shape))))
-        mean, var = tf.nn.moments(x, axes=[1], keepdims=True)
-        x = (x - mean) / tf.sqrt(var + 1e-3)
-        h = tf.nn.relu(x @ self.weights[0] + self.weights[1])
-        return h @ self.weights[2] + self.weights[3]
-
-    def _train_step(self, patches: Any, targets: Any, lr: Any) -> Any:
-        tf = self.tf
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.reduce_sum((self._raw(patches) - targets) ** 2, axis=1))
-        grads = tape.gradient(loss, self.weights)
-        self._t.assign_add(1.0)
-        b1, b2 = 0.9, 0.999
-        for w, g, (m, v) in zip(self.weights, grads, self._moments):
-            m.assign(b1 * m + (1 - b1) * g)
-            v.assign(b2 * v + (1 - b2) * g * g)
-            m_hat, v_hat = m / (1 - b1 ** self._t), v / (1 - b2 ** self._t)
-            w.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-7))
-        return loss
-
-    def fit(self, patches: np.ndarray, targets: np.ndarray, steps: int = 400, batch_size: int = 64,
-            lr: float = 3e-3, seed: int = 0) -> list[float]:
-        """Trains on random mini-batches; returns the loss of every step."""
-        rng = np.random.default_rng(seed)
-        losses = []
-        for _ in range(steps):
-            idx = rng.integers(len(patches), size=batch_size)
-            losses.append(float(self._step(patches[idx], targets[idx], self.tf.constant(lr))))
-        return losses
-
-    def __call__(self, patches: np.ndarray) -> np.ndarray:
-        """Unit directions ``(n, 3)`` (patch frame) for patches ``(n, *patch_shape)``."""
-        out = self._forward(np.asarray(patches, dtype=np.float32).reshape(-1, *self.patch_shape)).numpy()
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
-
-
 @dataclasses.dataclass
 class AgentOutput:
     """What a predictor returns when it has more than directions (e.g. :class:`~.model_agent.ModelAgent`).
@@ -218,7 +126,8 @@ class Trace:
         points: Positions (z, y, x), the start first.
         directions: Unit headings at the points.
         reason: Why the trace stopped (see :class:`Tracer`).
-        radii: Radius (voxels) predicted at each point, when the predictor gives radii.
+        radii: Radius (physical units: voxels when isotropic) predicted at each point, when the
+            predictor gives radii.
         met: With reason ``"registry overlap"``, the id of the trace whose territory was entered.
     """
 
@@ -229,61 +138,127 @@ class Trace:
     met: int | None = None
 
 
+def grey_volume(volume: Any, training: TrainingData | None = None, grey_range: Any = None) -> Any:
+    """``volume`` ``(z, y, x)`` as the grey values a tracing agent sees: scaled as ekn's prediction
+    scales raw (:func:`~ekn_core.training_data.prediction_grey_range`, :func:`~ekn_core.grey.to_grey`),
+    so as the agent's training data were (:class:`~ekn_plugins.data.tracing.TracingData`).
+
+    Integer raw is mapped to [0, 1] by its dtype's range, by the range stated in the agent's
+    training (``training``, a model file's record) for that dtype, or by ``grey_range`` (always
+    wins); float data are used as they are. Integer raw whose dtype range differs from every
+    integer scaling of training is refused unless ``grey_range`` is given.
+
+    Returns:
+        ``volume`` itself when nothing is to be scaled, else a lazy view that scales each box read.
+
+    Example:
+        >>> from ekn_core.training_data import input_scalings
+        >>> raw = np.full((4, 4, 4), 51, np.uint8)
+        >>> float(grey_volume(raw)[:1, :1, :1].item())
+        0.2
+        >>> uint8_agent = TrainingData(input_scaling=input_scalings([("tubes.h5:raw", "uint8")]))
+        >>> grey_volume(raw.astype(np.uint16), uint8_agent)
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: the traced volume: uint16 raw, whose range 0..65535 would be mapped to [0, 1], ...
+        >>> float(grey_volume(raw.astype(np.uint16), uint8_agent, grey_range=(0, 255))[:1, :1, :1].item())
+        0.2
+    """
+    if not (hasattr(volume, "shape") and hasattr(volume, "dtype")):
+        volume = np.asarray(volume)
+    if len(volume.shape) != 3:
+        raise ShapeError(f"the traced volume must be (z, y, x), got shape {tuple(volume.shape)}; pick one channel of "
+                         "a (c, z, y, x) volume (volume[c])")
+    scale = prediction_grey_range(training, volume.dtype, grey_range, "the traced volume")
+    if scale is None and is_float_dtype(volume.dtype):
+        return volume
+    return LazyView(volume, ndim=3, grey=True, grey_range=scale, name="the traced volume")
+
+
+def _segment_distances(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances of ``points`` ``(n, d)`` to the segment from ``a`` to ``b`` (``a != b``)."""
+    ab = b - a
+    t = np.clip((points - a) @ ab / (ab @ ab), 0.0, 1.0)
+    return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
+
+
 class Tracer:
     """Applies a direction predictor step by step from a seed.
 
     Each step cuts a patch along the current heading, asks the predictor where to go (a direction
-    in the patch frame), turns towards it and moves ``step`` voxels. A predictor with a ``reset()``
-    method (a recurrent :class:`~.model_agent.ModelAgent`) is reset at the start of every trace.
-    A trace stops (``Trace.reason``) when it:
+    in the patch frame), turns towards it and moves ``step`` (physical units). A predictor with a
+    ``reset()`` method (a recurrent :class:`~.model_agent.ModelAgent`) is reset at the start of
+    every trace. A trace stops (``Trace.reason``) when it:
 
     - ``"left the volume"``: comes closer than ``margin`` to the volume's border;
     - ``"left the bounding box"``: leaves ``bounding_box``;
     - ``"u-turn"``: the predicted direction turns back (cosine with the heading below ``uturn_cos``);
-    - ``"ran into itself"``: comes within half a step of one of its own earlier points;
+    - ``"ran into itself"``: its next step passes within ``step / sqrt(2)`` of one of its own
+      earlier points (or of the ``history`` given to :meth:`trace`), except the last
+      ``ceil(4 / step)`` points, which a step is always near; this catches crossings at any angle;
     - ``"lost track"``: ``stop(patch, output)`` returns True;
     - ``"registry overlap"``: ``owner(position)`` (see :meth:`trace`) names another trace;
     - ``"no direction predicted"``: the predicted direction is zero;
     - ``"max steps"``: after ``max_steps`` steps.
 
+    The volume is seen as the agent's training data were (:func:`grey_volume`): integer raw is
+    mapped to [0, 1] as ekn's prediction maps it, checked against the training record of a
+    :class:`~.model_agent.ModelAgent`'s model (``predict.training_data``), whose voxel size and patch
+    spacing are also the defaults of ``voxel_size`` and ``spacing``.
+
     Radius-based zoom (ELEKTRONN2's modus ``'r'``): when ``reference_radius`` is given and the
     predictor returns radii (in patch samples), the patch spacing follows the neurite's size, so
-    that a neurite of that radius (voxels) is seen with ``spacing``: the zoom factor moves towards
-    ``radius / reference_radius`` (within ``zoom_range``, by at most 25 % per step) and the next
-    patch is cut with ``spacing * zoom``.
+    that a neurite of that radius (physical units) is seen with ``spacing``: the zoom factor moves
+    towards ``radius / reference_radius`` (within ``zoom_range``, by at most 25 % per step) and
+    the next patch is cut with ``spacing * zoom``. The agent then sees other spacings than
+    ``spacing``: use it with agents trained on such patches.
 
     Args:
         predict: ``patches (n, *patch_shape) -> directions (n, 3)`` in patch frames, or an
             :class:`AgentOutput`.
-        volume: ``(z, y, x)`` array or lazy volume.
+        volume: ``(z, y, x)`` array or lazy volume (scaled by :func:`grey_volume`).
         patch_shape: Patch shape the predictor expects.
-        spacing: Patch sample spacing (voxels).
-        step: Distance moved per step (voxels).
+        spacing: Patch sample spacing (physical units, see ``voxel_size``; > 0). Default: the
+            agent's training spacing (``TracingData(spacing=...)``), else 1.
+        step: Distance moved per step (physical units).
         inertia: Share of the previous direction kept in each new one (0 = follow the model).
         max_steps: Most steps per trace.
         uturn_cos: Stop when the predicted direction's cosine with the current one is below this.
-        margin: Stop when the position comes closer than this to the volume's border (voxels).
+        margin: Stop when the position comes closer than this to the volume's border (voxels, >= 0).
         bounding_box: ``((z0, y0, x0), (z1, y1, x1))``: stop outside ``lo <= position <= hi``.
         stop: ``stop(patch, output) -> bool`` with the :class:`AgentOutput` of the patch: True
             stops the trace as lost track (e.g. a low confidence or an implausible radius).
-        reference_radius: Radius (voxels) seen with the base spacing; enables the zoom.
+        reference_radius: Radius (physical units) seen with the base spacing; enables the zoom.
         zoom_range: Smallest and largest zoom factor.
         voxel_size: Size of a voxel (z, y, x) relative to the others, e.g. ``(2, 1, 1)`` for z
             slices twice as thick as the lateral pixels (ELEKTRONN2's ``aniso_factor``). Headings,
-            ``spacing``, ``step`` and the self-overlap test are then physical (in units of 1 in
-            ``voxel_size``), so the agent sees isotropic patches, as :class:`~ekn_plugins.data.tracing.TracingData`
-            cuts them in training; positions, ``margin`` and ``bounding_box`` stay in voxels.
+            ``spacing``, ``step``, radii and the self-overlap test are then physical (in units of 1
+            in ``voxel_size``), so the agent sees isotropic patches, as
+            :class:`~ekn_plugins.data.tracing.TracingData` cuts them in training; positions,
+            ``margin`` and ``bounding_box`` stay in voxels. Default: the agent's training voxel
+            size (``(aniso_factor, 1, 1)``), else isotropic.
+        grey_range: ``(low, high)``: the raw values mapped to 0 and 1 (see :func:`grey_volume`),
+            e.g. ``(0, 4095)`` for 12-bit data in uint16.
     """
 
     def __init__(self, predict: Callable[[np.ndarray], Any], volume: Any, patch_shape: Sequence[int],
-                 spacing: float = 1.0, step: float = 1.5, inertia: float = 0.3, max_steps: int = 1000,
+                 spacing: float | None = None, step: float = 1.5, inertia: float = 0.3, max_steps: int = 1000,
                  uturn_cos: float = 0.0, margin: float = 1.0, bounding_box: Any = None,
                  stop: Callable[[np.ndarray, AgentOutput], bool] | None = None, reference_radius: float | None = None,
-                 zoom_range: Sequence[float] = (0.5, 2.0), voxel_size: Sequence[float] = (1.0, 1.0, 1.0)):
+                 zoom_range: Sequence[float] = (0.5, 2.0), voxel_size: Sequence[float] | None = None,
+                 grey_range: Any = None):
+        training = getattr(predict, "training_data", None)
+        training = training if isinstance(training, TrainingData) else None
+        if spacing is None:
+            spacing = training.patch_spacing if training is not None and training.patch_spacing else 1.0
+        if voxel_size is None:
+            voxel_size = training.voxel_size if training is not None and training.voxel_size else (1.0, 1.0, 1.0)
         if not 0 <= inertia < 1:
             raise ConfigError(f"inertia must be in [0, 1), got {inertia}")
         if not step > 0 or max_steps < 1:
             raise ConfigError(f"step must be > 0 and max_steps >= 1 (got {step}, {max_steps})")
+        if not spacing > 0 or not margin >= 0:
+            raise ConfigError(f"spacing must be > 0 and margin >= 0 voxels (got {spacing}, {margin})")
         if bounding_box is not None:
             bounding_box = np.asarray(bounding_box, dtype=np.float64)
             if bounding_box.shape != (2, 3) or np.any(bounding_box[0] > bounding_box[1]):
@@ -296,14 +271,15 @@ class Tracer:
         self.voxel_size = np.asarray(voxel_size, dtype=np.float64)
         if self.voxel_size.shape != (3,) or not np.all(self.voxel_size > 0):
             raise ConfigError(f"voxel_size must be 3 positive sizes (z, y, x), got {tuple(voxel_size)}")
-        self.predict, self.volume, self.patch_shape = predict, volume, tuple(patch_shape)
-        self.spacing, self.step, self.inertia = spacing, step, inertia
+        self.predict, self.patch_shape = predict, tuple(patch_shape)
+        self.volume = grey_volume(volume, training, grey_range)
+        self.spacing, self.step, self.inertia = float(spacing), step, inertia
         self.max_steps, self.uturn_cos, self.margin = max_steps, uturn_cos, margin
         self.bounding_box, self.stop = bounding_box, stop
         self.reference_radius, self.zoom_range = reference_radius, tuple(float(z) for z in zoom_range)
 
     def _inside(self, position: np.ndarray) -> bool:
-        upper = np.asarray(self.volume.shape[-3:], dtype=np.float64) - 1 - self.margin
+        upper = np.asarray(self.volume.shape, dtype=np.float64) - 1 - self.margin
         return bool(np.all(position >= self.margin) and np.all(position <= upper))
 
     def predict_at(self, patch: np.ndarray, position: np.ndarray, heading: np.ndarray) -> AgentOutput:
@@ -330,42 +306,57 @@ class Tracer:
         target = float(np.clip(radius / self.reference_radius, *self.zoom_range))
         return zoom * float(np.clip(target / zoom, 0.75, 1.25))
 
-    def _ran_into_itself(self, position: np.ndarray, visited: AppendableKDTree) -> bool:
-        recent = max(1, int(np.ceil(4.0 / self.step)))  # ignore the last few points of the trace itself
-        if len(visited) <= recent:
+    def _ran_into_itself(self, previous: np.ndarray, position: np.ndarray, visited: AppendableKDTree) -> bool:
+        """Whether the step ``previous -> position`` (physical) passes within ``step / sqrt(2)`` of
+        a visited point other than the last ``ceil(4 / step)``."""
+        older = len(visited) - max(1, int(np.ceil(4.0 / self.step)))
+        if older <= 0:
             return False
-        dist, idx = visited.query(position[None], k=1)
-        return bool(dist[0, 0] < 0.5 * self.step and idx[0, 0] < len(visited) - recent)
+        reach = self.step / np.sqrt(2.0)
+        near = visited.query_radius(((previous + position) / 2)[None], r=reach + self.step / 2)[0]
+        near = near[near < older]
+        return bool(len(near)) and bool(_segment_distances(visited.points[near], previous, position).min() < reach)
 
-    def _blocked(self, position: np.ndarray, visited: AppendableKDTree,
+    def _blocked(self, previous: np.ndarray, position: np.ndarray, visited: AppendableKDTree,
                  owner: Callable[[np.ndarray], int] | None) -> tuple[str | None, int | None]:
-        """Why the trace may not move to ``position`` (None if it may), and the owner it entered."""
+        """Why the trace may not step from ``previous`` to ``position`` (None if it may), and the owner it entered."""
         box = self.bounding_box
         if not self._inside(position):
             return "left the volume", None
         if box is not None and not (np.all(position >= box[0]) and np.all(position <= box[1])):
             return "left the bounding box", None
-        if self._ran_into_itself(position * self.voxel_size, visited):
+        if self._ran_into_itself(previous * self.voxel_size, position * self.voxel_size, visited):
             return "ran into itself", None
         met = -1 if owner is None else int(owner(position))
         return ("registry overlap", met) if met >= 0 else (None, None)
 
-    def trace(self, start: Any, direction: Any, owner: Callable[[np.ndarray], int] | None = None) -> Trace:
-        """Traces from ``start`` heading ``direction`` (both (z, y, x)); see the class docs for stops.
+    def trace(self, start: Any, direction: Any, owner: Callable[[np.ndarray], int] | None = None,
+              history: Any = None) -> Trace:
+        """Traces from ``start`` heading ``direction``; see the class docs for stops.
 
         Args:
-            start: Seed position (z, y, x).
-            direction: Initial heading (z, y, x).
+            start: Seed position (z, y, x) in voxels.
+            direction: Initial heading (z, y, x) in physical units (see ``voxel_size``; on
+                anisotropic data a tangent in voxel steps points elsewhere: multiply it by
+                ``voxel_size``).
             owner: ``owner(position) -> id``: the id (>= 0) of the trace whose territory holds the
                 position, or -1; a trace stops on entering a territory (``Trace.met`` = its id).
+            history: ``(n, 3)`` positions (z, y, x voxels) this trace continues, in the order they
+                were traced, the last one a step before ``start``: they count as its earlier
+                points for ``"ran into itself"`` (the shotgun registry passes a seed's first half).
         """
         position = np.asarray(start, dtype=np.float64).copy()
+        if position.shape != (3,) or not np.all(np.isfinite(position)):
+            raise ConfigError(f"start must be a finite position (z, y, x), got {start!r}")
+        history = np.zeros((0, 3)) if history is None else np.asarray(history, dtype=np.float64)
+        if history.ndim != 2 or history.shape[1] != 3 or not np.all(np.isfinite(history)):
+            raise ConfigError(f"history must be finite positions (n, 3) (z, y, x), got shape {history.shape}")
         heading = frame(direction)[0]
         reset = getattr(self.predict, "reset", None)
         if callable(reset):
             reset()
         points, directions, radii = [position.copy()], [heading.copy()], []
-        visited = AppendableKDTree((position * self.voxel_size)[None])
+        visited = AppendableKDTree(np.concatenate([history, position[None]]) * self.voxel_size)
         reason, met, zoom = "max steps", None, 1.0
         for _ in range(self.max_steps):
             spacing = self.spacing * zoom
@@ -389,8 +380,8 @@ class Tracer:
                 break
             heading = self.inertia * heading + (1 - self.inertia) * proposal
             heading /= np.linalg.norm(heading)
-            position = position + self.step * heading / self.voxel_size
-            blocked, met = self._blocked(position, visited, owner)
+            previous, position = position, position + self.step * heading / self.voxel_size
+            blocked, met = self._blocked(previous, position, visited, owner)
             if blocked:
                 reason = blocked
                 break
