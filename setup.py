@@ -16,6 +16,7 @@ with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
     LONG_DESCRIPTION = f.read()
 
 COMMANDS = [
+    "convert = ekn_plugins.commands.convert:ConvertCommand",
     "daemon = ekn_plugins.commands.daemon:DaemonCommand",
     "plugin = ekn_plugins.commands.plugin_new:PluginCommand",
     "data = ekn_plugins.commands.data:DataCommand",

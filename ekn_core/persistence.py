@@ -14,7 +14,8 @@ File layout (``format = "ekn-model"``, ``format_version = 1``):
 
 Node types are resolved only through the ``ekn.layers``/``ekn.losses`` registries; a descriptor
 naming a module path or an unregistered class is refused, and a missing plugin is reported as
-"this model needs layer X from distribution Y >= v".
+"this model needs layer X from distribution Y >= v". ELEKTRONN2 ``.mdl`` pickles are read too:
+:func:`read_model_file` converts them (:mod:`ekn_core.legacy_mdl`; no code from the file runs).
 
 :func:`modelload` and :func:`rebuild_model` replay the descriptors with changes: imposed batch or
 patch size (snapped to the nearest valid size), max-fragment pooling switched on (a
@@ -143,7 +144,8 @@ def save_model(model: Any, path: str) -> str:
 # Reading and resolving
 # ---------------------------------------------------------------------------------------------
 def read_model_file(path: str) -> ModelFile:
-    """Reads a model file written by :func:`save_model` (JSON and arrays only; no code is run)."""
+    """Reads a model file written by :func:`save_model` (JSON and arrays only; no code is run), or an
+    ELEKTRONN2 ``.mdl`` file converted by :func:`ekn_core.legacy_mdl.convert_legacy_model`."""
     import h5py
 
     if not os.path.exists(path):
@@ -154,6 +156,12 @@ def read_model_file(path: str) -> ModelFile:
                  if os.path.isfile(os.path.join(models, f"{m}.mdl"))]
         hint = f", e.g. {found[0]} (the run's {os.path.basename(found[0])[:-4]} model)" if found else ""
         raise EknError(f"{path} is a folder, not a model file: give a model file{hint}")
+    from ekn_core.legacy_pickle import looks_like_legacy_model
+
+    if looks_like_legacy_model(path):  # an ELEKTRONN2 pickle: converted without running code from it
+        from ekn_core.legacy_mdl import convert_legacy_model
+
+        return convert_legacy_model(path)
     try:
         f = h5py.File(path, "r")
     except OSError as err:
