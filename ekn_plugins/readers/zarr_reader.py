@@ -9,7 +9,12 @@ decoder and chunk cache (:func:`~ekn_plugins.readers.tensorstore_volume.read_spe
 reads 10-25x faster than zarr-python's; arrays that tensorstore cannot open, and arrays opened for
 writing, are read and written through zarr-python. An ``axes`` attribute in another order of c, z,
 y, x (e.g. ``"zcyx"``) is read as ekn's ``(c, z, y, x)``
-(:mod:`~ekn_plugins.readers.axis_order`). Creating an array replaces an array at the same place,
+(:mod:`~ekn_plugins.readers.axis_order`). An OME-Zarr image (NGFF 0.4 or 0.5: a group with
+``multiscales`` metadata, :mod:`~ekn_plugins.readers.ome_zarr`) opens at its first, highest-resolution
+level (``img.ome.zarr``), or at the level its key names (``img.ome.zarr:1``, also
+``img.ome.zarr:labels/cells`` and ``img.ome.zarr/1``), with the axes of its metadata: a time axis of
+length 1 is dropped (a longer one refused) and ``vol.voxel_size`` is the voxel size in nm (z, y, x).
+Creating an array replaces an array at the same place,
 never a group holding arrays unless ``overwrite=True``, nor a folder that is not a zarr store.
 
 Example:
@@ -34,6 +39,7 @@ from ekn_core.errors import EknError
 from ekn_core.volumes import VolumeBase
 from ekn_plugins.readers.axis_order import created_axes, in_ekn_order
 from ekn_plugins.readers.indexing import read_through_box
+from ekn_plugins.readers.ome_zarr import OmeLevel, check_shape, ome_level
 from ekn_plugins.readers.replacing import ARRAY, GROUP, check_replaceable
 from ekn_plugins.readers.tensorstore_volume import read_spec
 
@@ -45,23 +51,31 @@ DEFAULT_CHUNK = 64
 
 class ZarrVolume(VolumeBase):
     """One zarr array, read and written lazily with numpy slicing (its ``axes`` attribute as
-    stored; :func:`~ekn_plugins.readers.axis_order.in_ekn_order` checks and orders it)."""
+    stored, or those of its OME-Zarr level ``ome``, without a time axis of length 1;
+    :func:`~ekn_plugins.readers.axis_order.in_ekn_order` checks and orders them)."""
 
-    def __init__(self, array: Any, writable: bool, fast_view: Any = None):
-        self._array, self._writable, self._fast_view = array, writable, fast_view
-        self.shape, self.dtype = tuple(array.shape), np.dtype(array.dtype)
-        self.chunks = tuple(array.chunks)
-        self.axes = array.attrs.get("axes")
+    def __init__(self, array: Any, writable: bool, fast_view: Any = None, ome: OmeLevel | None = None):
+        self._array, self._writable = array, writable
+        self._time = (0,) if ome is not None and ome.drop_time else ()  # index of the dropped time axis
+        self._fast_view = fast_view[0] if self._time and fast_view is not None else fast_view
+        self.shape, self.dtype = tuple(array.shape)[len(self._time):], np.dtype(array.dtype)
+        self.chunks = tuple(array.chunks)[len(self._time):]
+        self.axes = array.attrs.get("axes") if ome is None else ome.axes
+        self.voxel_size = None if ome is None else ome.voxel_size
+
+    def _stored(self, index: Any) -> Any:
+        """``index`` into the stored array (the dropped time axis at 0)."""
+        return self._time + (index if isinstance(index, tuple) else (index,)) if self._time else index
 
     def __getitem__(self, index: Any) -> np.ndarray:
         if self._fast_view is not None:
             return read_through_box(self._fast_view, index)
-        return np.asarray(self._array[index])
+        return np.asarray(self._array[self._stored(index)])
 
     def __setitem__(self, index: Any, value: Any) -> None:
         if not self._writable:
             raise EknError("this zarr volume was opened read-only; open it with mode='r+' to write")
-        self._array[index] = value
+        self._array[self._stored(index)] = value
 
 
 def _tensorstore_view(path: str, key: str | None, array: Any) -> Any:
@@ -82,6 +96,50 @@ def _tensorstore_view(path: str, key: str | None, array: Any) -> Any:
                   location, view.shape, view.dtype, array.shape, array.dtype)
         return None
     return view
+
+
+def _array_in_group(root: Any, path: str, key: str | None) -> tuple[Any, str, OmeLevel | None]:
+    """``(array, key, OME-Zarr level or None)`` that ``path:key`` names in the zarr group ``root``:
+    the array ``key``, the first level of the OME-Zarr image that ``key`` (or ``root``) is, or
+    ``root``'s only array."""
+    import zarr
+
+    group = root
+    if key is not None:
+        if key not in root:
+            raise EknError(f"{path!r} has no array {key!r}; it has {sorted(root.keys())}")
+        group = root[key]
+        if isinstance(group, zarr.Array):
+            parent, _, name = key.rpartition("/")
+            return group, key, ome_level((root[parent] if parent else root).attrs, name, f"{path}:{key}")
+    where = f"{path}:{key}" if key else path
+    level = ome_level(group.attrs, None, where)
+    if level is not None:
+        array = group.get(level.path)
+        if not isinstance(array, zarr.Array):
+            raise EknError(f"{where}: the OME-Zarr image has no array {level.path!r}, its first level")
+        return array, "/".join(p for p in (key, level.path) if p), level
+    if key is not None:
+        raise EknError(f"{where} is a group, not an array; it has {sorted(group.keys())}")
+    names = sorted(root.array_keys())
+    if len(names) != 1:
+        raise EknError(f"{path!r} is a zarr group with arrays {names}; name one as '{path}:KEY'")
+    return root[names[0]], names[0], None
+
+
+def _level_in_parent_folder(path: str) -> OmeLevel | None:
+    """The OME-Zarr level that the array at ``path`` is (``img.ome.zarr/0``), if its folder is an
+    OME-Zarr image group that names it."""
+    import zarr
+
+    folder, name = os.path.split(os.path.normpath(os.path.abspath(path)))
+    if not any(os.path.exists(os.path.join(folder, marker)) for marker in (".zattrs", "zarr.json")):
+        return None
+    try:
+        parent = zarr.open_group(folder, mode="r")
+    except Exception:  # zarr raises several unrelated types for folders that are no group
+        return None
+    return ome_level(parent.attrs, name, path)
 
 
 def _default_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -106,21 +164,17 @@ class ZarrReader:
         except Exception as err:  # zarr raises several unrelated types for unreadable stores
             raise EknError(f"{path!r} is not a readable zarr store: {err}") from err
         if isinstance(node, zarr.Group):
-            if key is None:
-                names = sorted(node.array_keys())
-                if len(names) != 1:
-                    raise EknError(f"{path!r} is a zarr group with arrays {names}; name one as '{path}:KEY'")
-                key = names[0]
-            if key not in node:
-                raise EknError(f"{path!r} has no array {key!r}; it has {sorted(node.keys())}")
-            node = node[key]
-            if isinstance(node, zarr.Group):
-                raise EknError(f"{path}:{key} is a group, not an array; it has {sorted(node.keys())}")
+            node, key, ome = _array_in_group(node, path, key)
         elif key is not None:
             raise EknError(f"{path!r} is a single zarr array, not a group; open it without ':{key}'")
+        else:
+            ome = _level_in_parent_folder(path)
+        where = f"{path}:{key}" if key else path
+        if ome is not None:
+            check_shape(ome, tuple(node.shape), where)
         writable = mode != "r"
-        volume = ZarrVolume(node, writable, fast_view=None if writable else _tensorstore_view(path, key, node))
-        return in_ekn_order(volume, f"{path}:{key}" if key else path)
+        volume = ZarrVolume(node, writable, None if writable else _tensorstore_view(path, key, node), ome)
+        return in_ekn_order(volume, where)
 
     @classmethod
     def create(cls, path: str, shape: tuple[int, ...], dtype: Any, key: str | None = None,
