@@ -51,6 +51,7 @@ COMMANDS = [
 HOOK_PLUGINS = [
     "ekn_augmenter_config = ekn_plugins.augmenters.config_check",
     "ekn_builtin_readers = ekn_plugins.readers.detect",
+    "ekn_patch_batch_args = ekn_plugins.data.batch_args",
     "ekn_trainer_bn_statistics = ekn_plugins.trainer_hooks.bn_statistics",
     "ekn_trainer_knossos_preview = ekn_plugins.trainer_hooks.knossos_preview",
     "ekn_trainer_plots = ekn_plugins.trainer_hooks.plots",

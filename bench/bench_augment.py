@@ -5,15 +5,17 @@ with warping (rotation, shear, stretch, flips, perspective) plus grey-value augm
 and label cut, at 25×171×171 and 32×64×64, against a plain baseline in the same run: the same
 random rotation done with ``scipy.ndimage.map_coordinates`` (trilinear) on precomputed
 coordinates, image only. Rates are per CPU second of this process (``time.process_time``), i.e.
-per core. Goal: ≥ 2× the baseline.
+per core. Goal: ≥ 2× the baseline. Then the same rate at 25×171×171 for other pipelines
+(:data:`PIPELINES`: a plain crop, flips only, warps with elastic deformation and misalignment, warps
+with every intensity augmenter).
 
 Part 2 (``--train``): trains ELEKTRONN2's neuro3d_lite architecture (input 11×155×155, output
 4×30×30, strides 2×4×4; built directly with Keras layers here) on synthetic EM volumes fed by
 :class:`~ekn_plugins.data.workers.BackgroundBatches` with 2 workers and warping, and reports the
 share of wall time the loop spends waiting in ``get()``. Goal: < 5 %.
 
-Run: ``python bench/bench_augment.py [--seconds 5] [--train] [--steps 30]``. Numbers are noisy
-when other processes share the cores.
+Run: ``python bench/bench_augment.py [--seconds 5] [--train] [--steps 30] [--workers 2]``. Numbers
+are noisy when other processes share the cores; each row gives the load average of the machine.
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ from ekn_plugins.data.synth import write_dataset
 
 WARP = [{"type": "warp", "rotation": 180, "shear": 0.1, "stretch": 0.1, "perspective": 0.001},
         {"type": "grey"}]
+#: Further pipelines timed at 25×171×171 (image and labels, one process).
+PIPELINES = {
+    "crop": None,
+    "flip": [{"type": "flip"}],
+    "warp+elastic+misalignment+grey": [{"type": "warp"}, {"type": "elastic"},
+                                       {"type": "misalignment", "probability": 1}, {"type": "grey"}],
+    "warp+all intensity": [{"type": "warp"}, {"type": "grey"}, {"type": "histogram"}, {"type": "blur"},
+                           {"type": "noise"}, {"type": "missing_section", "probability": 1},
+                           {"type": "low_contrast", "probability": 1}],
+}
 
 
 def per_core_rate(fn, seconds: float) -> float:
@@ -68,10 +80,24 @@ def bench_augment(files: list[dict[str, str]], seconds: float) -> list[dict]:
         src = PatchSource(patch_size=patch, offsets=offsets, strides=strides, d_files=[f["raw"] for f in files],
                           l_files=[f["barrier"] for f in files], aniso_factor=2.0, augmenters=WARP, seed=0)
         ours = per_core_rate(lambda: src.getbatch(1), seconds)
-        base = per_core_rate(baseline(src.train_cubes[0].raw[0], patch, np.random.default_rng(0)), seconds)
+        base = per_core_rate(baseline(np.asarray(src.train_cubes[0].raw)[0], patch, np.random.default_rng(0)), seconds)
         rows.append({"patch": "x".join(map(str, patch)), "augmented_per_s_per_core": round(ours, 1),
                      "baseline_map_coordinates_per_s_per_core": round(base, 1), "speedup": round(ours / base, 2),
-                     "numba": sampling.HAVE_NUMBA, "warp_redraws": src.warp_stats["redrawn"]})
+                     "numba": sampling.HAVE_NUMBA, "warp_redraws": src.warp_stats["redrawn"],
+                     "load": round(os.getloadavg()[0], 2)})
+    return rows
+
+
+def bench_pipelines(files: list[dict[str, str]], seconds: float) -> list[dict]:
+    """Patches per second per core of each of :data:`PIPELINES` at 25×171×171."""
+    rows = []
+    for name, augmenters in PIPELINES.items():
+        src = PatchSource(patch_size=(25, 171, 171), offsets=(7, 52, 52), strides=(2, 4, 4), aniso_factor=2.0,
+                          d_files=[f["raw"] for f in files], l_files=[f["barrier"] for f in files],
+                          augmenters=augmenters, seed=0, in_memory=True)
+        rows.append({"pipeline": name, "patch": "25x171x171",
+                     "per_s_per_core": round(per_core_rate(lambda: src.getbatch(1), seconds), 1),
+                     "load": round(os.getloadavg()[0], 2)})
     return rows
 
 
@@ -117,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         files = write_dataset(tmp, n_volumes=2, shape=(40, 300, 300), label_margin=(4, 24, 24), seed=0)
-        for row in bench_augment(files, args.seconds):
+        for row in bench_augment(files, args.seconds) + bench_pipelines(files, args.seconds):
             print(json.dumps(row))
         if args.train:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

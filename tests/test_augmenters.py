@@ -20,6 +20,12 @@ def crop_matrix(transform, patch, start, aniso=2.0):
     return T.voxel_matrix(transform, patch, aniso, start=start)
 
 
+def random_source(rng, shape, order):
+    """Random images (float32, order 1) or labels (int16, order 0) in 0..100."""
+    src = rng.random(shape, dtype=np.float32) * 100
+    return src if order else src.astype(np.int16)
+
+
 @pytest.mark.parametrize("use_numba", NUMBA)
 def test_affine_warp_matches_scipy_affine_transform(use_numba):
     rng = np.random.default_rng(0)
@@ -37,9 +43,7 @@ def test_affine_warp_matches_scipy_affine_transform(use_numba):
 @pytest.mark.parametrize("order", [0, 1])
 def test_numba_kernel_matches_reference_with_all_parts(order):
     rng = np.random.default_rng(1)
-    src = rng.random((1, 30, 60, 60), dtype=np.float32) * 100
-    if order == 0:
-        src = src.astype(np.int16)
+    src = random_source(rng, (1, 30, 60, 60), order)
     t = T.Transform(T.random_rotation(rng, 3.0, True) @ T.random_perspective(rng, 0.002, True),
                     displacement=rng.normal(0, 2, (3, 3, 4, 5)), spacing=(4.0, 6.0, 5.0),
                     slice_shift=rng.normal(0, 1, (10, 2)))
@@ -201,3 +205,155 @@ def test_warp_check_bounds_the_perspective_where_patches_fold():
     Warp(perspective=0.0235, lock_z=False, sample_aniso=False).check(ctx)  # isotropic output: z half extent 2, 1/42
     with pytest.raises(ConfigError, match="from 1/44 = "):
         Warp(perspective=0.0235, lock_z=False).check(ctx)
+
+
+@pytest.mark.parametrize("use_numba", NUMBA)
+def test_section_shifts_beyond_the_patch_take_the_nearest_sections_shift(use_numba):
+    """A target grid one section beyond the patch on each side (negative z offsets): sections -1
+    and 6 take the shifts of sections 0 and 5, never another section's or memory past the array."""
+    src = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in (20, 40, 40)], indexing="ij"))
+    shift = np.zeros((6, 2))
+    shift[3:] = (2.0, -3.0)  # 'shift' mode from section 3 on
+    m = np.eye(4)
+    m[:3, 3] = (5, 10, 10)
+    out = sampling.warp(src, m, (8, 4, 4), order=1, origin=(-1, 0, 0), slice_shift=shift, use_numba=use_numba)
+    np.testing.assert_array_equal(out[1, :, 0, 0] - 10, [0, 0, 0, 0, 2, 2, 2, 2])
+    np.testing.assert_array_equal(out[2, :, 0, 0] - 10, [0, 0, 0, 0, -3, -3, -3, -3])
+    np.testing.assert_array_equal(out[0, :, 0, 0], np.arange(4, 12))
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_reflections_and_swaps_are_copied_as_slices_with_the_kernels_values(order):
+    rng = np.random.default_rng(9)
+    src = random_source(rng, (2, 24, 24, 24), order)
+    seen = set()
+    for _ in range(12):
+        lin = T.random_reflection(rng, (0, 1, 2)) @ T.random_swap(rng, lock_z=bool(rng.random() < 0.5))
+        m = T.voxel_matrix(T.Transform(lin), (8, 12, 12), 1.0, start=rng.integers(0, 10, 3))
+        kw = dict(order=order, origin=(1, 2, 2), step=(1, 2, 3))
+        sliced = sampling.grid_slice(m, (6, 5, 3), src.shape[1:], kw["origin"], kw["step"])
+        assert sliced is not None
+        seen.add(sliced[0])
+        fast = sampling.warp(src, m, (6, 5, 3), **kw)
+        ref = np.empty_like(fast)
+        sampling._warp_scipy(src, m, (6, 5, 3), order, kw["origin"], kw["step"], None, None, None, ref)
+        assert fast.dtype == ref.dtype
+        np.testing.assert_array_equal(fast, ref)  # bit-identical to the interpolating kernel
+    assert len(seen) > 2  # several axis orders
+    rot = T.voxel_matrix(T.Transform(T.rotate(0, 0.3)), (8, 12, 12), 1.0, start=(2, 9, 9))
+    shifted = np.zeros((8, 2)); shifted[4:] = 1.0
+    assert sampling.grid_slice(rot, (8, 12, 12), src.shape[1:]) is None
+    assert sampling.grid_slice(np.eye(4), (8, 12, 12), src.shape[1:], origin=(0.5, 0, 0)) is None
+    assert sampling.grid_slice(np.eye(4), (30, 12, 12), src.shape[1:]) is None  # would read past the array
+    moved = sampling.warp(src.astype(np.float32), np.eye(4), (8, 12, 12), slice_shift=shifted)  # interpolated
+    np.testing.assert_array_equal(moved[:, 4:], src[:, 4:8, 1:13, 1:13])
+
+
+def test_reach_is_the_box_of_every_displaced_and_shifted_point():
+    rng = np.random.default_rng(10)
+    for trial in range(6):
+        mode = ("slip", "shift")[trial % 2]
+        pipe = Pipeline([{"type": "elastic", "alpha": 3, "spacing": 8},
+                         {"type": "misalignment", "probability": 1.0, "max_shift": 4, "mode": mode}])
+        t = pipe.sample_transform(rng, PatchContext((7, 31, 31), 2.0))
+        for origin, step, shape in (((0, 0, 0), (1, 1, 1), (7, 31, 31)), ((-1, 3, 5), (1, 2, 3), (9, 13, 9))):
+            axes = [o + s * np.arange(n) for o, s, n in zip(origin, step, shape)]
+            q = T.displace(np.stack(np.meshgrid(*axes, indexing="ij")), t.displacement, t.spacing, t.slice_shift)
+            lo, hi = t.reach(origin, step, shape)
+            brute_lo, brute_hi = q.reshape(3, -1).min(axis=1), q.reshape(3, -1).max(axis=1)
+            assert np.all(lo <= brute_lo + 1e-9) and np.all(hi >= brute_hi - 1e-9)
+            if step == (1, 1, 1):  # the grid holds every node of the coarse grid: exact
+                np.testing.assert_allclose(lo, brute_lo, atol=1e-9)
+                np.testing.assert_allclose(hi, brute_hi, atol=1e-9)
+            margin = np.abs(t.displacement).reshape(3, -1).max(axis=1) + np.r_[0, np.abs(t.slice_shift).max(axis=0)]
+            assert np.all(hi - lo < np.asarray(shape) * step + 2 * margin)  # tighter than a global margin
+
+
+def test_histogram_tone_curve_against_brute_force():
+    x = np.linspace(0, 1, 1001, dtype=np.float32).reshape(1, 1, 1, -1)
+    for strength, n_points in ((0.4, 4), (0.4, 19), (0.05, 1)):
+        aug, largest = Histogram(strength=strength, n_points=n_points), 0.0
+        nodes = np.linspace(0, 1, n_points + 2)
+        for seed in range(200):
+            ys = aug.curve(np.random.default_rng(seed))
+            out = aug(x.copy(), np.random.default_rng(seed), CTX)
+            np.testing.assert_allclose(out[0, 0, 0], np.interp(x[0, 0, 0], nodes, ys), atol=2e-6)
+            largest = max(largest, float(np.abs(ys - nodes).max()))
+            assert np.all(np.diff(ys) > 0)
+        assert 0.9 * strength < largest <= strength + 1e-5  # nodes move by up to `strength` grey values
+    img = np.random.default_rng(1).random((2, 3, 4, 4), dtype=np.float32)
+    out = Histogram(strength=0.3, channels=[1])(img.copy(), np.random.default_rng(2), CTX)
+    np.testing.assert_array_equal(out[0], img[0])
+    assert np.abs(out[1] - img[1]).max() > 0.01
+
+
+def test_missing_sections_are_uniform_and_refused_for_2d_patches():
+    rng = np.random.default_rng(11)
+    counts = np.zeros(10)
+    aug = MissingSection(max_sections=2, fill=-1.0, probability=1)
+    for _ in range(3000):
+        out = aug(np.zeros((1, 10, 2, 2), np.float32), rng, CTX)
+        counts += np.all(out[0] == -1, axis=(1, 2))
+    expected = 3000 * 1.5 / 10  # 1 or 2 sections, each section equally likely
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 27.9  # chi-squared, 9 degrees of freedom, p = 0.001
+    iso = PatchContext((10, 4, 4), aniso_factor=2.0, iso_output=True)  # a data section is 2 output sections
+    for _ in range(20):
+        out = MissingSection(probability=1)(np.ones((1, 10, 4, 4), np.float32), rng, iso)
+        blank = np.flatnonzero(np.all(out[0] == 0, axis=(1, 2)))
+        assert len(blank) == 2 and blank[0] % 2 == 0 and blank[1] == blank[0] + 1
+    with pytest.raises(ConfigError, match="missing_section: the patches are one section thick"):
+        Pipeline([{"type": "missing_section"}]).check(PatchContext((1, 64, 64)))
+
+
+def test_isotropic_output_makes_elastic_and_blur_isotropic_in_physical_units():
+    for sample_aniso in (True, False):
+        pipe = Pipeline([{"type": "warp", "rotation": 0, "shear": 0, "stretch": 0, "flip": False, "swap": False,
+                          "sample_aniso": sample_aniso, "probability": 0.0},
+                         {"type": "elastic", "alpha": 3, "spacing": 8}])
+        ctx = pipe.context((9, 33, 33), 2.0)
+        assert ctx.iso_output is (not sample_aniso)
+        dz, dy = [], []
+        for seed in range(150):
+            t = pipe.sample_transform(np.random.default_rng(seed), ctx)
+            assert t.iso_output is (not sample_aniso)  # also when the warp does not act
+            m = T.voxel_matrix(t, ctx.patch_shape, ctx.aniso_factor)
+            moved = sampling.coordinates(m, ctx.patch_shape, displacement=t.displacement, spacing=t.spacing)
+            still = sampling.coordinates(m, ctx.patch_shape)
+            dz.append((moved[0] - still[0]).ravel() * ctx.aniso_factor)  # source z voxels → lateral units
+            dy.append((moved[1] - still[1]).ravel())
+        assert abs(np.std(np.concatenate(dz)) / np.std(np.concatenate(dy)) - 1) < 0.1
+        img = np.random.default_rng(1).random((1, 9, 20, 20), dtype=np.float32)
+        blurred = Blur(sigma=1.0)(img.copy(), np.random.default_rng(0), ctx)
+        z_sigma = 0.5 if sample_aniso else 1.0
+        np.testing.assert_allclose(blurred[0], ndimage.gaussian_filter(img[0], (z_sigma, 1, 1), mode="reflect"),
+                                   atol=1e-6)
+        for seed in range(10):  # a slipped data section is 1 output section thick, or 2 with isotropic output
+            shift = Misalignment(mode="slip", probability=1).transform(np.random.default_rng(seed), ctx).slice_shift
+            slipped = np.flatnonzero(np.abs(shift).sum(axis=1))
+            assert len(slipped) == min(1 if sample_aniso else 2, 9 - slipped[0])
+
+
+def test_scalar_options_and_clear_option_errors():
+    assert Blur(sigma=1.0).sigma == (1.0, 1.0) and LowContrast(factor=0.5).factor == (0.5, 0.5)
+    assert Flip(axes=2).axes == (2,) and Grey(channels=0).channels == [0]
+    for spec, message in [
+        ({"type": "warp", "rotation": "30"}, "warp: rotation must be a number, got '30'"),
+        ({"type": "blur", "sigma": "wide"}, r"blur: sigma must be a number or a \(low, high\) range"),
+        ({"type": "low_contrast", "factor": (0.6, 0.2)}, r"low_contrast: factor must be .* got \(0.6, 0.2\)"),
+        ({"type": "flip", "axes": "zy"}, "flip: axes must be an index or a list of indices"),
+        ({"type": "noise", "std": None}, "noise: std must be a number, got None"),
+        ({"type": "histogram", "n_points": 2.5}, "histogram: n_points must be a whole number"),
+        ({"type": "grey", "channels": "0"}, "Grey: channels must be an index or a list of indices"),
+        ({"type": "elastic", "alpha": -1}, "elastic: alpha must be a number >= 0, got -1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Pipeline([spec])
+
+
+def test_flip_permutes_all_axes_without_lock_z():
+    rng = np.random.default_rng(12)
+    orders = {tuple(np.abs(Flip(lock_z=False).transform(rng, CTX).linear[:3, :3]).argmax(axis=1)) for _ in range(200)}
+    assert len(orders) == 6
+    orders = {tuple(np.abs(Flip().transform(rng, CTX).linear[:3, :3]).argmax(axis=1)) for _ in range(100)}
+    assert orders == {(0, 1, 2), (0, 2, 1)}

@@ -107,12 +107,13 @@ def test_auto_reads_into_memory_only_what_fits(files, monkeypatch):
 
     kw = dict(patch_size=(6, 24, 24), offsets=(1, 4, 4), strides=(1, 2, 2), d_files=[("c1.zarr", "raw")],
               l_files=[("c1.zarr", "lab")], **files)
-    need = np.prod(RAW) * 4 + np.prod(LAB) * 2  # float32 raw + int16 labels
+    need = np.prod(RAW) * 1 + np.prod(LAB) * 2  # uint8 raw (held as stored) + int16 labels
     for available, in_memory in ((need / patches.AUTO_MEMORY_SHARE, True), (need / patches.AUTO_MEMORY_SHARE - 1, False)):
         monkeypatch.setattr(psutil, "virtual_memory", lambda a=available: type("M", (), {"available": a}))
         with PatchSource(**kw) as src:
             assert src.in_memory is in_memory
-            assert isinstance(src.train_cubes[0].raw, np.ndarray) is in_memory
+            assert isinstance(src.train_cubes[0].raw.volume, np.ndarray) is in_memory
+            assert isinstance(src.train_cubes[0].label, np.ndarray) is in_memory
     for copies, in_memory in ((3, True), (4, False)):  # each of `copies` processes gets an equal part of the share
         available = 3 * need / patches.AUTO_MEMORY_SHARE
         monkeypatch.setattr(psutil, "virtual_memory", lambda a=available: type("M", (), {"available": a}))

@@ -1,12 +1,16 @@
 """Patch source: target/output alignment for strided nets and U-Nets, warps, modes, layouts, errors."""
 
+import logging
+import re
+
 import h5py
 import numpy as np
 import pytest
 
 from ekn_core.errors import ConfigError, ShapeError
+from ekn_plugins.augmenters.sampling import coordinates
 from ekn_plugins.augmenters.transform import Transform, source_bounds, voxel_matrix
-from ekn_plugins.data.patches import BatchCreatorImage, PatchSource
+from ekn_plugins.data.patches import MAX_WARP_TRIES, BatchCreatorImage, PatchSource
 
 RAW_SHAPE, LAB_SHAPE = (12, 40, 40), (8, 30, 30)
 LAB_OFF = np.array([2, 5, 5])
@@ -20,16 +24,20 @@ WARPS = [
 ]
 
 
+def write_coords(path, raw_shape, lab_shape):
+    """Raw channels hold their own z, y, x coordinates, label channels those of the label cube."""
+    raw = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in raw_shape], indexing="ij"))
+    lab = np.stack(np.meshgrid(*[np.arange(s, dtype=np.int32) for s in lab_shape], indexing="ij"))
+    with h5py.File(path / "raw.h5", "w") as f:
+        f["raw"] = raw
+    with h5py.File(path / "lab.h5", "w") as f:
+        f["lab"] = lab
+    return dict(d_path=str(path), l_path=str(path), d_files=[("raw.h5", "raw")], l_files=[("lab.h5", "lab")])
+
+
 @pytest.fixture
 def coord_files(tmp_path):
-    """Raw channels hold their own z, y, x coordinates; label channels the label-cube coordinates."""
-    raw = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in RAW_SHAPE], indexing="ij"))
-    lab = np.stack(np.meshgrid(*[np.arange(s, dtype=np.int32) for s in LAB_SHAPE], indexing="ij"))
-    with h5py.File(tmp_path / "raw.h5", "w") as f:
-        f["raw"] = raw
-    with h5py.File(tmp_path / "lab.h5", "w") as f:
-        f["lab"] = lab
-    return dict(d_path=str(tmp_path), l_path=str(tmp_path), d_files=[("raw.h5", "raw")], l_files=[("lab.h5", "lab")])
+    return write_coords(tmp_path, RAW_SHAPE, LAB_SHAPE)
 
 
 def check_alignment(img, target, offsets, strides, exact):
@@ -68,27 +76,42 @@ def test_dense_targets_and_warp_never_reads_outside(coord_files):
     assert target.shape == (2, 3, 4, 12, 12)
     check_alignment(img, target, (1, 4, 4), (1, 1, 1), exact=False)
     rng = np.random.default_rng(0)
-    cube = src.train_cubes[0]
-    for _ in range(30):
+    cube, placed_count = src.train_cubes[0], 0
+    for _ in range(30):  # brute force: every coordinate the image and the targets are read at
         t = src.pipeline.sample_transform(rng, src.ctx)
-        m = src._place(cube, t, src.target_shape, src.strides, rng)
-        if m is None:
+        placed = src._place(cube, t, (src.target_shape, src.strides), rng)
+        if placed is None:
             continue
-        lo, hi = source_bounds(m, (0, 0, 0), np.array(src.patch_size) - 1, t.margin())
-        assert np.all(lo >= -1e-6) and np.all(hi <= np.array(RAW_SHAPE) - 1 + 1e-6)
-        t_hi = np.array(src.offsets) + (np.array(src.target_shape) - 1) * src.strides
-        m_lab = m.copy()
-        m_lab[:3] -= np.outer(LAB_OFF, m[3])
-        lo, hi = source_bounds(m_lab, src.offsets, t_hi, t.margin())
-        assert np.all(lo >= -1e-6) and np.all(hi <= np.array(LAB_SHAPE) - 1 + 1e-6)
+        placed_count += 1
+        parts = dict(displacement=t.displacement, spacing=t.spacing, slice_shift=t.slice_shift)
+        crd = coordinates(placed.matrix, src.patch_size, **parts).reshape(3, -1)
+        assert np.all(crd >= -1e-6) and np.all(crd <= np.array(RAW_SHAPE)[:, None] - 1 + 1e-6)
+        m_lab = placed.matrix.copy()
+        m_lab[:3] -= np.outer(LAB_OFF, placed.matrix[3])
+        crd = coordinates(m_lab, src.target_shape, src.offsets, src.strides, **parts).reshape(3, -1)
+        assert np.all(crd >= -1e-6) and np.all(crd <= np.array(LAB_SHAPE)[:, None] - 1 + 1e-6)
+    assert placed_count > 5
 
 
-def test_impossible_warp_raises_clear_error(coord_files):
-    src = PatchSource(patch_size=(12, 40, 40), offsets=(2, 5, 5), target_dtype="int32",
-                      augmenters=[{"type": "elastic", "alpha": 3}], **coord_files)
-    with pytest.raises(ShapeError, match="no position fits"):
+def test_examples_whose_warps_never_fit_are_cut_unwarped_and_counted(coord_files, caplog):
+    """The patch is as big as the raw cube: no elastic deformation fits, each example falls back to
+    the plain crop (the only position), with one warning; nothing raises mid-training."""
+    src = PatchSource(patch_size=(12, 40, 40), offsets=(2, 5, 5), target_dtype="int32", seed=0,
+                      augmenters=[{"type": "elastic", "alpha": 3}, {"type": "grey", "probability": 0}], **coord_files)
+    assert "0 % of 200 transforms drawn by the geometric augmenters fit" in caplog.text
+    caplog.clear()
+    img, target = src.getbatch(3)
+    assert src.warp_stats == {"ok": 3, "drawn": 3 * MAX_WARP_TRIES, "redrawn": 3 * MAX_WARP_TRIES, "fallback": 3}
+    check_alignment(img, target, (2, 5, 5), (1, 1, 1), exact=True)
+    np.testing.assert_array_equal(img[:, 0, :, 0, 0], np.broadcast_to(np.arange(12), (3, 12)))  # the plain crop
+    src.getbatch(2)
+    assert caplog.text.count("are cut unwarped and counted in the warp statistics") == 1
+    src.warp_stats["ok"] = 1023  # the statistics are logged after 1024, 2048, ... examples
+    with caplog.at_level(logging.INFO, logger="ekn.data"):
         src.getbatch(1)
-    assert src.warp_stats["redrawn"] > 0
+    records = [r for r in caplog.records if "warp statistics of" in r.getMessage()]
+    assert len(records) == 1 and records[0].relay  # relayed from background workers
+    assert "after 1024 examples: 300 transforms drawn, 0.0 % fitted (300 drawn again), 6 examples" in records[0].getMessage()
 
 
 @pytest.mark.parametrize("offsets, strides", [((2, 5, 5), (1, 1, 1)), ((1, 4, 4), (1, 2, 2)), ((3, 7, 7), (1, 3, 3))])
@@ -268,14 +291,11 @@ def test_perspective_that_folds_is_refused_or_redrawn(coord_files):
     with pytest.raises(ConfigError, match=r"warp: perspective\*amount = 0.04 folds patches of shape \(5, 31, 31\) "
                                           r"\(w <= 0 at their corners\) from 1/30 = 0.0333 on; use at most about 0.017"):
         PatchSource(augmenters=[{"type": "warp", "perspective": 0.04}], **kw)
-    with pytest.raises(ConfigError, match=r"folds patches of shape \(5, 39, 39\)"):  # ELEKTRONN2's batch args too
-        PatchSource(**dict(kw, patch_size=(5, 39, 39))).getbatch(1, warp=True, warp_args={"perspective": True,
-                                                                                          "warp_amount": 9})
     src = PatchSource(augmenters=[{"type": "warp", "perspective": 0.02}], **kw)
     folding = Transform(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.05, 0.05, 1]], dtype=np.float64))
     with pytest.raises(ShapeError, match="folds the patch"):
         source_bounds(voxel_matrix(folding, src.patch_size, src.aniso_factor), (0, 0, 0), (4, 30, 30))
-    assert src._place(src.train_cubes[0], folding, src.target_shape, src.strides, np.random.default_rng(0)) is None
+    assert src._place(src.train_cubes[0], folding, (src.target_shape, src.strides), np.random.default_rng(0)) is None
 
 
 def test_elastic_keeps_2d_patches_in_their_section(coord_files):
@@ -309,3 +329,115 @@ def test_reader_options_reach_the_volumes(tmp_path):
     with pytest.raises(ConfigError, match=r"ds.k.toml: the fourth entry holds the reader's options as a dict, e.g. "
                                           r"\{'mag': 2\}, got 2"):
         PatchSource(d_files=[("ds.k.toml", None, None, 2)], **kw)
+
+
+def test_warps_that_do_not_fit_keep_the_warp_probability(coord_files, caplog):
+    """The rotated patch barely fits the raw cube: most rotations are drawn again, but whether an
+    example is warped is drawn once, so the warped share stays the configured probability."""
+    src = PatchSource(patch_size=(6, 36, 36), offsets=(1, 4, 4), strides=(1, 2, 2), target_dtype="int32", seed=0,
+                      augmenters=[{"type": "warp", "probability": 0.5, "shear": 0, "stretch": 0, "flip": False,
+                                   "swap": False}], **coord_files)
+    share = float(re.search(r"only (\d+) % of 200 transforms", caplog.text).group(1)) / 100
+    rng, n = np.random.default_rng(1), 800
+    warped = sum(not np.allclose(src._transform(src.train_cubes[0], src.pipeline, src.ctx, rng,
+                                                (src.target_shape, src.strides)).transform.linear, np.eye(4))
+                 for _ in range(n))
+    stats = src.warp_stats
+    assert stats["fallback"] < 0.02 * n and 0.03 < 1 - stats["redrawn"] / stats["drawn"] < 0.2
+    assert abs(1 - stats["redrawn"] / stats["drawn"] - share) < 0.1  # the estimate when the source was built
+    assert abs(warped / n - 0.5) < 4 * np.sqrt(0.25 / n)
+
+
+def test_unlabelled_and_nan_targets_are_never_blended(tmp_path):
+    """Float targets, left part unlabelled (-666 in channel 0, NaN in channel 1), resampled
+    trilinearly under rotations: a target voxel is -666 exactly where its stencil reaches the
+    unlabelled part (label x < 15, from the raw's x coordinate channel), else the label."""
+    files = write_coords(tmp_path, RAW_SHAPE, LAB_SHAPE)
+    x = np.arange(LAB_SHAPE[2])
+    with h5py.File(tmp_path / "lab.h5", "w") as f:
+        f["lab"] = np.stack([np.broadcast_to(np.where(x < 15, -666.0, 0.5), LAB_SHAPE),
+                             np.broadcast_to(np.where(x < 15, np.nan, 0.25), LAB_SHAPE)]).astype(np.float32)
+    kw = dict(patch_size=(6, 20, 20), offsets=(1, 4, 4), strides=(1, 2, 2), target_dtype="float32", aniso_factor=2.0,
+              augmenters=[{"type": "warp", "rotation": 30}], **files)
+    img, target = PatchSource(target_discrete_ix=[], seed=0, **kw).getbatch(16)
+    label_x = img[:, 2, 1:5, 4:16:2, 4:16:2] - LAB_OFF[2]  # the label cube's x where each target sits
+    unlabelled, clear = label_x < 15 - 1e-3, label_x > 15 + 1e-3
+    assert unlabelled.sum() > 100 and clear.sum() > 100
+    for channel, value in ((0, 0.5), (1, 0.25)):
+        assert np.all(target[:, channel][unlabelled] == -666) and np.all(target[:, channel][clear] == value)
+    _, target = PatchSource(target_discrete_ix=[1], seed=0, **kw).getbatch(8)  # nearest neighbour: NaN → -666
+    assert set(np.unique(target[:, 1]).tolist()) == {-666.0, 0.25}
+
+
+def test_negative_z_offsets_with_misalignment(tmp_path):
+    """Target sections beyond the patch (offset -1) move with the nearest patch section."""
+    src = PatchSource(patch_size=(6, 21, 21), offsets=(-1, 0, 0), target_dtype="int32", aniso_factor=2.0, seed=0,
+                      augmenters=[{"type": "misalignment", "probability": 1, "max_shift": 3}],
+                      **write_coords(tmp_path, (20, 80, 80), (12, 60, 60)))
+    img, target = src.getbatch(12)
+    assert target.shape == (12, 3, 8, 21, 21)
+    np.testing.assert_array_equal(target[:, 1:, 0], target[:, 1:, 1])
+    np.testing.assert_array_equal(target[:, 1:, -1], target[:, 1:, -2])
+    assert np.any(target[:, 1:, 1] != target[:, 1:, -2])  # really shifted
+
+
+def test_a_perspective_that_folds_the_targets_beyond_the_patch(tmp_path):
+    files = write_coords(tmp_path, (20, 80, 80), (12, 60, 60))
+    kw = dict(patch_size=(5, 21, 21), offsets=(0, -8, -8), target_dtype="int32", aniso_factor=2.0, seed=0, **files)
+    with pytest.raises(ConfigError, match=r"perspective\*amount = 0.04 folds patches of shape \(5, 21, 21\) with their "
+                                          r"targets beyond them .* from 1/36 = 0.0278 on"):
+        PatchSource(augmenters=[{"type": "warp", "perspective": 0.04, "rotation": 0}], **kw)
+    src = PatchSource(augmenters=[{"type": "warp", "perspective": 0.025, "rotation": 0}], **kw)
+    for _ in range(5):
+        src.getbatch(4)
+    folding = Transform(np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0.04, 0.04, 1]], dtype=np.float64))
+    m = voxel_matrix(folding, src.patch_size, src.aniso_factor)
+    source_bounds(m, (0, 0, 0), (4, 20, 20))  # the patch does not fold, its targets do:
+    assert src._place(src.train_cubes[0], folding, (src.target_shape, src.strides), np.random.default_rng(0)) is None
+
+
+def test_isotropic_sampling_holds_for_every_patch_of_the_pipeline(coord_files):
+    files = dict(coord_files, d_files=coord_files["d_files"] * 2, l_files=coord_files["l_files"] * 2)
+    src = PatchSource(patch_size=(6, 20, 20), offsets=(1, 4, 4), strides=(1, 2, 2), target_dtype="int32", seed=0,
+                      aniso_factor=2.0, valid_cubes=[0], augmenters=[{"type": "warp", "probability": 0.0,
+                                                                       "sample_aniso": False}], **files)
+    for source in ("train", "valid"):  # warp never acts, validation is not augmented: still isotropic
+        img, target = src.getbatch(3, source)
+        np.testing.assert_allclose(np.diff(img[:, 0], axis=1), 0.5)  # z step: half a data section
+        check_alignment(img, target, (1, 4, 4), (1, 2, 2), exact=False)
+
+
+def test_elektronn2_batch_args_draw_perspective_and_swaps_as_elektronn2():
+    from ekn_plugins.augmenters.base import PatchContext
+    from ekn_plugins.data.patches import elektronn2_pipeline
+
+    pipe = elektronn2_pipeline(True, {"perspective": True, "warp_amount": 2, "lock_z": False})
+    pipe.check(PatchContext((23, 185, 185), 2.0))  # ELEKTRONN2 ran this: coefficients are clipped to 0.003
+    rng = np.random.default_rng(0)
+    flip, warp = pipe.augmenters
+    linear = [warp.transform(rng, PatchContext((23, 185, 185), 2.0)).linear for _ in range(2000)]
+    p = np.array([m[3, :3] @ np.linalg.inv(m[:3, :3]) for m in linear])  # the perspective row drawn: P @ affine
+    assert np.abs(p).max() <= 0.003 + 1e-12
+    assert 0.65 < np.mean(np.abs(p) > 0.003 - 1e-12) < 0.75  # U(±0.01) clipped at ±0.003: 70 % at the bound
+    orders = {tuple(np.abs(flip.transform(rng, None).linear[:3, :3]).argmax(axis=1)) for _ in range(200)}
+    assert len(orders) == 6  # lock_z=False: every axis order, as ELEKTRONN2's swaps
+
+
+def test_raw_is_held_in_its_stored_dtype(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (10, 30, 30), dtype=np.uint8)
+    with h5py.File(tmp_path / "u8.h5", "w") as f:
+        f["raw"], f["lab"] = raw, rng.integers(0, 3, (10, 30, 30)).astype(np.int16)
+    with h5py.File(tmp_path / "f32.h5", "w") as f:
+        f["raw"] = raw.astype(np.float32) / np.float32(255)
+    kw = dict(patch_size=(4, 16, 16), offsets=(1, 2, 2), strides=(1, 2, 2), d_path=str(tmp_path), l_path=str(tmp_path),
+              l_files=[("u8.h5", "lab")], in_memory=True,
+              augmenters=[{"type": "flip"}, {"type": "warp", "rotation": 20}])
+    held = PatchSource(d_files=[("u8.h5", "raw")], **kw)
+    assert held.train_cubes[0].raw.volume.dtype == np.uint8 and held.train_cubes[0].raw.volume.nbytes == raw.nbytes
+    scaled = PatchSource(d_files=[("f32.h5", "raw")], **kw)  # the same grey values, scaled before
+    for step in range(3):
+        want = scaled.getbatch(2, rng=np.random.default_rng(step))
+        for a, b in zip(held.getbatch(2, rng=np.random.default_rng(step)), want):
+            np.testing.assert_array_equal(a, b)
+

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from ekn_core.errors import EknError, ShapeError, WaitInterrupted
+from ekn_core.errors import ConfigError, EknError, ShapeError, WaitInterrupted
 from ekn_plugins.data.workers import BackgroundBatches, batch_rng
 
 
@@ -251,21 +251,22 @@ class PatchSourceCopy(CountingSource):
         PatchSource(**kwargs).close()
 
 
-def _user_sees(capfd, run, logger="ekn.data"):
+def _user_sees(capfd, run, logger="ekn.data", level=logging.WARNING):
     """What reaches stderr (of this process and its workers) while ``run()`` runs, with one console
-    handler on ``logger`` (isolated from the test session's logging set-up)."""
+    handler for ``level`` on ``logger`` (isolated from the test session's logging set-up)."""
     target = logging.getLogger(logger)
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.WARNING)
-    saved = target.propagate
+    console.setLevel(level)
+    saved = target.propagate, target.level
     target.addHandler(console)
     target.propagate = False
+    target.setLevel(level)
     capfd.readouterr()
     try:
         run()
     finally:
         target.removeHandler(console)
-        target.propagate = saved
+        target.propagate, target.level = saved
     return capfd.readouterr().err
 
 
@@ -299,3 +300,35 @@ def test_repeated_worker_warnings_are_shown_once_and_new_ones_each(capfd):
     assert err.count("slow read of cube 0") == 1, err
     means = sorted(f"odd patch with mean {batch[0].mean():.6f}" for batch in serial(6))
     assert sorted(re.findall(r"odd patch with mean [\d.]+", err))[:6] == means, err
+
+
+class StatisticsSource(CountingSource):
+    """Logs statistics marked for relaying, and other INFO records."""
+
+    def getbatch(self, batch_size, source="train", rng=None):
+        batch = super().getbatch(batch_size, source, rng)
+        log = logging.getLogger("ekn.data")
+        log.info("statistics after batch with mean %.6f", batch[0].mean(), extra={"relay": True})
+        log.info("chatter of a worker")
+        return batch
+
+
+def test_worker_statistics_are_relayed_and_other_info_is_not(capfd):
+    def draw():
+        with BackgroundBatches(StatisticsSource, batch_size=2, n_workers=2, seed=0) as batches:
+            for _ in range(4):
+                batches.get()
+        time.sleep(0.5)
+
+    err = _user_sees(capfd, draw, level=logging.INFO)
+    assert err.count("statistics after batch") >= 4 and "chatter" not in err, err
+    assert f"statistics after batch with mean {serial(1)[0][0].mean():.6f}" in err
+
+
+def test_batch_arguments_that_getbatch_does_not_take_fail_at_once():
+    with BackgroundBatches(CountingSource, batch_size=2, n_workers=1, seed=0,
+                           batch_kwargs={"ignore_thresh": 0.5}) as batches:
+        with pytest.raises(ConfigError, match="batch arguments: getbatch takes no argument 'ignore_thresh'; it takes "
+                                              "batch_size, source, rng"):
+            batches.get()
+        assert batches.restarts == 0

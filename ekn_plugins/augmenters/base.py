@@ -10,8 +10,13 @@ arguments. There are two kinds:
 - *intensity* augmenters implement ``__call__(image, rng, ctx) -> image`` on a float32
   ``(c, z, y, x)`` image patch (labels are left alone).
 
-Every augmenter takes ``probability`` (chance to act on an example, default 1). All randomness
-comes from the ``numpy.random.Generator`` passed in, so a pipeline is deterministic for a seed.
+Every augmenter takes ``probability`` (chance to act on an example, default 1). Which geometric
+augmenters act is drawn once per example (:meth:`Pipeline.active_geometric`); a data source that
+refuses a transform draws only their parameters again (:meth:`Pipeline.compose`), so each acts
+with its probability. Options are checked when an augmenter is built: a wrong type or value is a
+:class:`~ekn_core.errors.ConfigError` naming augmenter and option (:func:`number`,
+:func:`value_range`, :func:`indices`; a range may be given as one number). All randomness comes
+from the ``numpy.random.Generator`` passed in, so a pipeline is deterministic for a seed.
 
 Example:
     >>> import numpy as np
@@ -46,10 +51,106 @@ class PatchContext:
     Attributes:
         patch_shape: Spatial ``(z, y, x)`` shape of the input patch.
         aniso_factor: z spacing / lateral spacing of the data.
+        iso_output: The patch is sampled isotropically (a ``warp`` with ``sample_aniso=False`` in
+            the pipeline): its z step equals the lateral step, so one data section is
+            ``aniso_factor`` output sections thick.
+        target_box: ``((z0, y0, x0), (z1, y1, x1))``: the box of patch coordinates the patch and
+            its target grid cover (beyond the patch where a net's offsets are negative); None:
+            the patch.
+
+    Example:
+        >>> ctx = PatchContext((9, 33, 33), aniso_factor=2.0, iso_output=True)
+        >>> ctx.output_aniso, ctx.section_thickness
+        (1.0, 2.0)
+        >>> PatchContext((5, 21, 21), target_box=((0, -8, -8), (4, 28, 28))).box
+        ((0.0, -8.0, -8.0), (4.0, 28.0, 28.0))
     """
 
     patch_shape: tuple[int, int, int]
     aniso_factor: float = 1.0
+    iso_output: bool = False
+    target_box: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None
+
+    @property
+    def output_aniso(self) -> float:
+        """z step / lateral step of the output patch: ``aniso_factor``, or 1 with ``iso_output``."""
+        return 1.0 if self.iso_output else float(self.aniso_factor)
+
+    @property
+    def section_thickness(self) -> float:
+        """Output sections per data section: 1, or ``aniso_factor`` with ``iso_output``."""
+        return float(self.aniso_factor) / self.output_aniso
+
+    @property
+    def box(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The box of patch coordinates that the patch and its targets cover (see ``target_box``)."""
+        lo, hi = np.zeros(3), np.asarray(self.patch_shape, dtype=np.float64) - 1
+        if self.target_box is not None:
+            lo, hi = np.minimum(lo, self.target_box[0]), np.maximum(hi, self.target_box[1])
+        return tuple(lo.tolist()), tuple(hi.tolist())
+
+
+def number(owner: str, name: str, value: Any, minimum: float | None = None, integer: bool = False) -> float:
+    """An augmenter option that is one number (``minimum`` or more), or a :class:`ConfigError`
+    naming the augmenter ``owner`` and the option.
+
+    Example:
+        >>> number("warp", "rotation", 30)
+        30.0
+        >>> number("warp", "rotation", "30")
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: warp: rotation must be a number, got '30'
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    kind = "a whole number" if integer else "a number"
+    if not ok or not np.isfinite(value) or (integer and value != int(value)):
+        raise ConfigError(f"{owner}: {name} must be {kind}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{owner}: {name} must be {kind} >= {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def value_range(owner: str, name: str, value: Any) -> tuple[float, float]:
+    """An augmenter option that is a ``(low, high)`` range with ``0 <= low <= high``; one number
+    ``v`` means ``(v, v)``. Anything else is a :class:`ConfigError` naming augmenter and option.
+
+    Example:
+        >>> value_range("blur", "sigma", 1.0), value_range("blur", "sigma", [0, 2])
+        ((1.0, 1.0), (0.0, 2.0))
+        >>> value_range("blur", "sigma", (2, 1))
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: blur: sigma must be a number or a (low, high) range ... got (2, 1)
+    """
+    values = [value] * 2 if not isinstance(value, (list, tuple, np.ndarray)) else list(value)
+    expected = f"{owner}: {name} must be a number or a (low, high) range with 0 <= low <= high, got {value!r}"
+    try:
+        low, high = (number(owner, name, v, minimum=0) for v in values)
+    except (ConfigError, ValueError):
+        raise ConfigError(expected) from None
+    if low > high:
+        raise ConfigError(expected)
+    return low, high
+
+
+def indices(owner: str, name: str, value: Any) -> tuple[int, ...]:
+    """An augmenter option that lists indices (axes, channels); one index ``i`` means ``(i,)``.
+
+    Example:
+        >>> indices("flip", "axes", 2), indices("flip", "axes", [1, 2])
+        ((2,), (1, 2))
+        >>> indices("flip", "axes", "yx")
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: flip: axes must be an index or a list of indices (whole numbers >= 0), got 'yx'
+    """
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+    try:
+        return tuple(int(number(owner, name, v, minimum=0, integer=True)) for v in values)
+    except ConfigError:
+        raise ConfigError(f"{owner}: {name} must be an index or a list of indices (whole numbers >= 0), "
+                          f"got {value!r}") from None
 
 
 class Augmenter:
@@ -62,11 +163,16 @@ class Augmenter:
 
     geometric: bool = False
 
-    def __init__(self, probability: float = 1.0, channels: Sequence[int] | None = None):
-        if not 0.0 <= float(probability) <= 1.0:
-            raise ConfigError(f"{type(self).__name__}: probability must be in [0, 1], got {probability}")
-        self.probability = float(probability)
-        self.channels = None if channels is None else [int(c) for c in channels]
+    #: Geometric augmenters: every patch of a pipeline with this augmenter is sampled
+    #: isotropically (:attr:`PatchContext.iso_output`), whether or not it acts on the patch.
+    iso_output: bool = False
+
+    def __init__(self, probability: float = 1.0, channels: Sequence[int] | int | None = None):
+        name = type(self).__name__
+        self.probability = number(name, "probability", probability, minimum=0)
+        if self.probability > 1:
+            raise ConfigError(f"{name}: probability must be in [0, 1], got {probability}")
+        self.channels = None if channels is None else list(indices(name, "channels", channels))
 
     def active(self, rng: np.random.Generator) -> bool:
         """Draws whether to act on this example (always draws, to keep streams aligned)."""
@@ -143,19 +249,49 @@ class Pipeline:
     def intensity(self) -> list[Augmenter]:
         return [a for a in self.augmenters if not a.geometric]
 
+    def context(self, patch_shape: Sequence[int], aniso_factor: float = 1.0,
+                target_box: tuple[Sequence[float], Sequence[float]] | None = None) -> PatchContext:
+        """The :class:`PatchContext` of patches this pipeline makes (isotropic when it asks for it).
+
+        Example:
+            >>> pipe = Pipeline([{"type": "warp", "probability": 0.5, "sample_aniso": False}])
+            >>> pipe.context((9, 33, 33), 2.0).iso_output
+            True
+        """
+        box = None if target_box is None else tuple(tuple(float(v) for v in corner) for corner in target_box)
+        return PatchContext(tuple(int(n) for n in patch_shape), float(aniso_factor), self.iso_output, box)
+
     def check(self, ctx: PatchContext) -> Pipeline:
         """Checks every augmenter's options against the patches of ``ctx``; returns the pipeline."""
         for aug in self.augmenters:
             aug.check(ctx)
         return self
 
-    def sample_transform(self, rng: np.random.Generator, ctx: PatchContext) -> Transform:
-        """Composes one random transform from the geometric augmenters (identity if none act)."""
-        total = Transform.identity()
-        for aug in self.geometric:
-            if aug.active(rng):
-                total = total.compose(aug.transform(rng, ctx))
+    @property
+    def iso_output(self) -> bool:
+        """Whether the patches are sampled isotropically (a geometric augmenter asks for it)."""
+        return any(a.iso_output for a in self.geometric)
+
+    def active_geometric(self, rng: np.random.Generator) -> list[Augmenter]:
+        """Draws which geometric augmenters act on an example (one draw per augmenter)."""
+        return [aug for aug in self.geometric if aug.active(rng)]
+
+    def compose(self, augmenters: Sequence[Augmenter], rng: np.random.Generator, ctx: PatchContext) -> Transform:
+        """Draws the parameters of ``augmenters`` (those that act, :meth:`active_geometric`) and
+        composes their transforms, in pipeline order, on the identity of ``ctx``'s output sampling.
+
+        A data source that refuses a transform (it does not fit the data) draws it again with the
+        same ``augmenters``, so each augmenter still acts with its ``probability``.
+        """
+        total = Transform.identity(iso_output=ctx.iso_output)
+        for aug in augmenters:
+            total = total.compose(aug.transform(rng, ctx))
         return total
+
+    def sample_transform(self, rng: np.random.Generator, ctx: PatchContext) -> Transform:
+        """One random transform: which geometric augmenters act, then their parameters (the
+        identity of ``ctx``'s output sampling if none act)."""
+        return self.compose(self.active_geometric(rng), rng, ctx)
 
     def augment_image(self, image: np.ndarray, rng: np.random.Generator, ctx: PatchContext) -> np.ndarray:
         """Applies the intensity augmenters in order to a ``(c, z, y, x)`` float32 image."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ekn_core.errors import ConfigError
-from ekn_plugins.augmenters.base import Augmenter, PatchContext
+from ekn_plugins.augmenters.base import Augmenter, PatchContext, number, value_range
 
 
 class Grey(Augmenter):
@@ -37,7 +37,9 @@ class Grey(Augmenter):
     def __init__(self, contrast: float = 0.15, brightness: float = 0.15, gamma: float = 1.0,
                  channels: list[int] | None = None, probability: float = 1.0):
         super().__init__(probability, channels)
-        self.contrast, self.brightness, self.gamma = contrast, brightness, gamma
+        self.contrast, self.brightness, self.gamma = (number("grey", name, value, minimum=0) for name, value in
+                                                      (("contrast", contrast), ("brightness", brightness),
+                                                       ("gamma", gamma)))
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator, ctx: PatchContext) -> np.ndarray:
         for c in self.selected(image):
@@ -55,11 +57,13 @@ class Grey(Augmenter):
 class Histogram(Augmenter):
     """Random monotone distortion of the grey-value histogram (piecewise-linear tone curve).
 
-    The curve maps [0, 1] onto [0, 1] through ``n_points`` inner nodes moved by up to
-    ``strength``; it is strictly increasing, so grey-value order is kept.
+    The curve maps [0, 1] onto [0, 1]: its ``n_points`` inner nodes, equally spaced in [0, 1],
+    are moved up or down by up to ``strength`` grey values (uniformly; clipped to [0, 1], and a
+    node is raised to the one before it where they would cross). It is increasing, so grey-value
+    order is kept (up to 1e-6 per node, which keeps it strictly increasing).
 
     Args:
-        strength: Largest displacement of a curve node (0–0.5).
+        strength: Largest change of a curve node, in grey values (0 ≤ strength < 0.5).
         n_points: Number of inner nodes.
         channels: Channels to change (None = all).
         probability: Chance to act on an example.
@@ -68,45 +72,58 @@ class Histogram(Augmenter):
     def __init__(self, strength: float = 0.1, n_points: int = 4, channels: list[int] | None = None,
                  probability: float = 1.0):
         super().__init__(probability, channels)
-        if not 0 <= strength < 0.5 or n_points < 1:
-            raise ConfigError(f"histogram: need 0 <= strength < 0.5 and n_points >= 1, got {strength}, {n_points}")
-        self.strength, self.n_points = float(strength), int(n_points)
+        strength = number("histogram", "strength", strength, minimum=0)
+        n_points = int(number("histogram", "n_points", n_points, minimum=1, integer=True))
+        if strength >= 0.5:
+            raise ConfigError(f"histogram: strength must be < 0.5, got {strength}")
+        self.strength, self.n_points = strength, n_points
+
+    def curve(self, rng: np.random.Generator) -> np.ndarray:
+        """The node values of one random tone curve at ``linspace(0, 1, n_points + 2)``."""
+        ys = np.linspace(0.0, 1.0, self.n_points + 2)
+        ys[1:-1] += rng.uniform(-self.strength, self.strength, self.n_points)
+        ys = np.maximum.accumulate(np.clip(ys, 0.0, 1.0)) + np.arange(len(ys)) * 1e-6
+        return ys / ys[-1]
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator, ctx: PatchContext) -> np.ndarray:
-        xs = np.linspace(0.0, 1.0, self.n_points + 2)
-        step = xs[1]
+        segments = self.n_points + 1
         for c in self.selected(image):
-            ys = xs.copy()
-            ys[1:-1] += rng.uniform(-self.strength, self.strength, self.n_points) * step / 0.5
-            ys = np.maximum.accumulate(np.clip(ys, 0.0, 1.0)) + np.arange(len(ys)) * 1e-6
-            ys /= ys[-1]
-            image[c] = np.interp(np.clip(image[c], 0.0, 1.0), xs, ys).astype(np.float32)
+            ys = self.curve(rng)
+            rise = np.diff(ys)  # segment i: y = ys[i] + rise[i] * (s - i), s = x * segments
+            slope, intercept = rise.astype(np.float32), (ys[:-1] - rise * np.arange(segments)).astype(np.float32)
+            s = np.clip(image[c], 0.0, 1.0)
+            s *= np.float32(segments)
+            i = s.astype(np.int32)
+            np.minimum(i, segments - 1, out=i)
+            out = slope[i]
+            out *= s
+            out += intercept[i]
+            image[c] = out
         return image
 
 
 class Blur(Augmenter):
-    """Gaussian blur with a random lateral sigma; the z sigma is divided by the anisotropy.
+    """Gaussian blur with a random lateral sigma; the z sigma is divided by the patch's z step in
+    lateral voxels (``ctx.output_aniso``: the data's anisotropy, 1 for isotropically sampled
+    patches), so the blur is isotropic in physical units.
 
     Args:
-        sigma: ``(low, high)`` range of the lateral sigma in voxels.
+        sigma: ``(low, high)`` range of the lateral sigma in voxels, or one number (a fixed sigma).
         channels: Channels to blur (None = all).
         probability: Chance to act on an example.
     """
 
-    def __init__(self, sigma: tuple[float, float] = (0.0, 1.5), channels: list[int] | None = None,
+    def __init__(self, sigma: tuple[float, float] | float = (0.0, 1.5), channels: list[int] | None = None,
                  probability: float = 1.0):
         super().__init__(probability, channels)
-        lo, hi = (float(s) for s in sigma)
-        if not 0 <= lo <= hi:
-            raise ConfigError(f"blur: sigma must be a (low, high) range with 0 <= low <= high, got {sigma}")
-        self.sigma = (lo, hi)
+        self.sigma = value_range("blur", "sigma", sigma)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator, ctx: PatchContext) -> np.ndarray:
         from scipy.ndimage import gaussian_filter
 
         s = rng.uniform(*self.sigma)
         if s > 0:
-            sigmas = (s / ctx.aniso_factor, s, s)
+            sigmas = (s / ctx.output_aniso, s, s)
             for c in self.selected(image):
                 image[c] = gaussian_filter(image[c], sigmas, mode="reflect")
         return image
@@ -126,10 +143,10 @@ class Noise(Augmenter):
     def __init__(self, std: float = 0.05, distribution: str = "gaussian", clip: bool = False,
                  channels: list[int] | None = None, probability: float = 1.0):
         super().__init__(probability, channels)
-        if distribution not in ("gaussian", "uniform") or std < 0:
-            raise ConfigError(f"noise: distribution must be 'gaussian' or 'uniform' and std >= 0, got "
-                              f"{distribution!r}, {std}")
-        self.std, self.distribution, self.clip = float(std), distribution, clip
+        std = number("noise", "std", std, minimum=0)
+        if distribution not in ("gaussian", "uniform"):
+            raise ConfigError(f"noise: distribution must be 'gaussian' or 'uniform', got {distribution!r}")
+        self.std, self.distribution, self.clip = std, distribution, clip
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator, ctx: PatchContext) -> np.ndarray:
         for c in self.selected(image):

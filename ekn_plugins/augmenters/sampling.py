@@ -1,15 +1,18 @@
 """Resampling a source array on a warped grid: trilinear for images, nearest for labels.
 
 Output point ``idx`` sits at patch coordinate ``p = origin + step * idx``; it is moved by the
-per-section shift and the coarse displacement field, mapped through a 4×4 homogeneous matrix
-(see :mod:`ekn_plugins.augmenters.transform`) and read from ``src`` (``(c, z, y, x)``).
-Coordinates are clamped to the array, but callers check :func:`~.transform.source_bounds`
-first so that clamping never changes a value.
+per-section shift and the coarse displacement field (:func:`~.transform.displace`), mapped
+through a 4×4 homogeneous matrix (see :mod:`ekn_plugins.augmenters.transform`) and read from
+``src`` (``(c, z, y, x)``). Coordinates are clamped to the array, but callers check
+:func:`~.transform.source_bounds` first so that clamping never changes a value.
 
 Two implementations give the same result: a numba kernel that computes each coordinate on the
 fly (≈6× faster than ``scipy.ndimage.map_coordinates`` for a 25×171×171 patch, no coordinate
 arrays), used when numba is installed, and a numpy/scipy one (the reference and fallback).
-Set ``EKN_NO_NUMBA=1`` to force the fallback.
+Set ``EKN_NO_NUMBA=1`` to force the fallback. A transform that only reflects and permutes axes
+(flips, swaps, a plain crop: an integer grid mapped onto the integer grid, no shifts or
+displacement) is a strided slice of ``src`` and is copied as one (:func:`grid_slice`), with the
+values interpolation would give.
 
 Example:
     >>> import numpy as np
@@ -28,6 +31,8 @@ import os
 from typing import Sequence
 
 import numpy as np
+
+from ekn_plugins.augmenters.transform import displace
 
 #: numba is an optional accelerator, imported on first use (it costs ~0.3 s to import).
 HAVE_NUMBA = (importlib.util.find_spec("numba") is not None
@@ -48,8 +53,9 @@ def _warp_python(src, m, origin, step, out_shape, order, disp, spacing, shift, o
         pz = origin[0] + step[0] * k
         for j in range(ny):
             py = origin[1] + step[1] * j
-            dy = shift[int(pz), 0] if has_shift else 0.0
-            dx = shift[int(pz), 1] if has_shift else 0.0
+            section = min(max(int(np.floor(pz)), 0), shift.shape[0] - 1)  # clamped, as transform.displace
+            dy = shift[section, 0] if has_shift else 0.0
+            dx = shift[section, 1] if has_shift else 0.0
             if has_disp:  # the field along this output row: bilinear in (z, y) at every x node
                 cz = min(max(pz / spacing[0], 0.0), gz - 1.0)
                 cy = min(max(py / spacing[1], 0.0), gy - 1.0)
@@ -108,16 +114,8 @@ def coordinates(matrix: np.ndarray, out_shape: Sequence[int], origin: Sequence[f
                 step: Sequence[float] = (1, 1, 1), displacement: np.ndarray | None = None,
                 spacing: Sequence[float] | None = None, slice_shift: np.ndarray | None = None) -> np.ndarray:
     """Source coordinates ``(3, *out_shape)`` of every output point (numpy reference)."""
-    from scipy.ndimage import map_coordinates
-
     axes = [o + s * np.arange(n, dtype=np.float64) for o, s, n in zip(origin, step, out_shape)]
-    p = np.stack(np.meshgrid(*axes, indexing="ij"))
-    q = p.copy()
-    if slice_shift is not None and len(slice_shift):
-        q[1:] += np.moveaxis(slice_shift[p[0].astype(np.intp)], -1, 0)
-    if displacement is not None:
-        grid = [np.clip(p[a] / spacing[a], 0, displacement.shape[a + 1] - 1) for a in range(3)]
-        q += np.stack([map_coordinates(displacement[a].astype(np.float64), grid, order=1) for a in range(3)])
+    q = displace(np.stack(np.meshgrid(*axes, indexing="ij")), displacement, spacing, slice_shift)
     flat = q.reshape(3, -1).T
     h = flat @ matrix[:3, :3].T + matrix[:3, 3]
     w = flat @ matrix[3, :3] + matrix[3, 3]
@@ -138,6 +136,42 @@ def _warp_scipy(src, matrix, out_shape, order, origin, step, displacement, spaci
         for c in range(src.shape[0]):
             out[c] = map_coordinates(src[c], crd, order=1, prefilter=False)
     return out
+
+
+def grid_slice(matrix: np.ndarray, out_shape: Sequence[int], src_shape: Sequence[int],
+               origin: Sequence[float] = (0, 0, 0), step: Sequence[float] = (1, 1, 1)) -> tuple | None:
+    """The ``(axes, slices)`` that read the output grid from a ``src_shape`` array when
+    ``matrix`` only reflects, permutes and translates by whole voxels (and the output grid is an
+    integer grid inside the array): ``src[(slice(None), *slices)]`` with its spatial axes put in
+    the order ``axes`` is the warp's result; else None.
+
+    Example:
+        >>> m = np.array([[1., 0, 0, 2], [0, 0, -1, 9], [0, 1, 0, 1], [0, 0, 0, 1]])  # swap y/x, reflect
+        >>> grid_slice(m, (2, 3, 4), (5, 10, 10))
+        ((0, 2, 1), (slice(2, 4, 1), slice(9, 5, -1), slice(1, 4, 1)))
+        >>> grid_slice(m, (2, 3, 4), (5, 10, 10), origin=(0.5, 0, 0)) is None
+        True
+    """
+    lin, shift = matrix[:3, :3], matrix[:3, 3]
+    whole = np.concatenate([np.ravel(origin), np.ravel(step), shift])
+    if (np.any(matrix[3, :3] != 0) or matrix[3, 3] != 1 or np.any(np.abs(whole - np.round(whole)) > 1e-9)
+            or np.any(np.abs(lin - np.round(lin)) > 1e-9) or np.any(np.abs(np.round(lin)).sum(axis=1) != 1)
+            or np.any(np.abs(np.round(lin)).sum(axis=0) != 1)):
+        return None
+    perm = np.abs(np.round(lin)).argmax(axis=1)  # source axis a runs along output axis perm[a]
+    sign = np.round(lin[np.arange(3), perm]).astype(np.int64)
+    origin, step = np.round(np.asarray(origin, dtype=np.float64)), np.round(np.asarray(step, dtype=np.float64))
+    slices = []
+    for a in range(3):
+        o = perm[a]
+        first = int(sign[a] * origin[o] + round(shift[a]))
+        stride = int(sign[a] * step[o])
+        last = first + stride * (int(out_shape[o]) - 1)
+        if stride == 0 or min(first, last) < 0 or max(first, last) >= src_shape[a]:
+            return None
+        stop = last + (1 if stride > 0 else -1)
+        slices.append(slice(first, stop if stop >= 0 else None, stride))
+    return tuple(int(np.flatnonzero(perm == o)[0]) for o in range(3)), tuple(slices)
 
 
 def warp(src: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], order: int = 1,
@@ -168,6 +202,12 @@ def warp(src: np.ndarray, matrix: np.ndarray, out_shape: Sequence[int], order: i
     dtype = src.dtype if order == 0 else np.float32
     if out is None:
         out = np.empty((src.shape[0], *out_shape), dtype=dtype)
+    plain = displacement is None and (slice_shift is None or not np.any(slice_shift))
+    sliced = grid_slice(matrix, out_shape, src.shape[1:], origin, step) if plain else None
+    if sliced is not None:
+        axes, slices = sliced
+        out[...] = src[(slice(None), *slices)].transpose(0, *(1 + a for a in axes))
+        return out
     if order == 1 and src.dtype != np.float32:
         src = src.astype(np.float32)
     if displacement is not None and spacing is None:

@@ -12,8 +12,9 @@ A :class:`Transform` describes how a patch is sampled from its source volume. It
    reflection, axis swaps, perspective), a 4×4 homogeneous matrix;
 4. ``s = A_src^-1 v + c_out + start``: back to anisotropic source voxels at the chosen position.
 
-:func:`voxel_matrix` folds steps 2–4 into one 4×4 matrix; :func:`source_bounds` gives the box
-in the source that a set of output points can reach, so that a patch never reads outside its data.
+:func:`voxel_matrix` folds steps 2–4 into one 4×4 matrix; :meth:`Transform.reach` gives the
+box of the points ``q`` of step 1 and :func:`source_bounds` the box in the source that such a box
+maps to, so that a patch never reads outside its data.
 
 Example:
     >>> import numpy as np
@@ -103,13 +104,49 @@ def random_affine(rng: np.random.Generator, shear: float, stretch: float, lock_z
     return m
 
 
-def random_perspective(rng: np.random.Generator, amount: float, lock_z: bool) -> np.ndarray:
-    """A projective matrix whose last row is ``(pz, py, px, 1)`` with ``|p| <= amount`` per voxel."""
+def random_perspective(rng: np.random.Generator, amount: float, lock_z: bool, clip: float | None = None) -> np.ndarray:
+    """A projective matrix whose last row is ``(pz, py, px, 1)`` with ``p`` uniform in ``±amount``
+    per voxel, then clipped to ``±clip`` (ELEKTRONN2 drew ``±0.005·warp_amount`` clipped to ``±0.003``).
+
+    Example:
+        >>> m = random_perspective(np.random.default_rng(0), 0.01, lock_z=True, clip=0.003)
+        >>> float(m[3, 0]), bool(np.all(np.abs(m[3, 1:3]) <= 0.003))
+        (0.0, True)
+    """
     m = np.eye(4)
     axes = (1, 2) if lock_z else (0, 1, 2)
     for a in axes:
         m[3, a] = rng.uniform(-amount, amount)
+    if clip is not None:
+        np.clip(m[3, :3], -clip, clip, out=m[3, :3])
     return m
+
+
+def displace(points: np.ndarray, displacement: np.ndarray | None = None, spacing: Sequence[float] | None = None,
+             slice_shift: np.ndarray | None = None) -> np.ndarray:
+    """Step 1 of the module docstring: ``q = p + slice_shift[p_z] + d(p)`` for ``(3, ...)`` points ``p``.
+
+    The shift of a point is that of its section ``floor(p_z)``, clamped to the sections given
+    (points beyond the patch, e.g. targets of nets with negative offsets, take the first or last
+    section's shift); ``d`` is interpolated trilinearly on the coarse grid and constant beyond it.
+    The sampling kernel computes the same (:mod:`~ekn_plugins.augmenters.sampling`).
+
+    Example:
+        >>> shift = np.array([[0.0, 0.0], [2.0, -1.0]])
+        >>> displace(np.array([[-1.0, 0.0, 1.0, 5.0], [0, 0, 0, 0], [0, 0, 0, 0]]), slice_shift=shift)[1:].tolist()
+        [[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, -1.0, -1.0]]
+    """
+    from scipy.ndimage import map_coordinates
+
+    p = np.asarray(points, dtype=np.float64)
+    q = p.copy()
+    if slice_shift is not None and len(slice_shift):
+        section = np.clip(np.floor(p[0]), 0, len(slice_shift) - 1).astype(np.intp)
+        q[1:] += np.moveaxis(np.asarray(slice_shift, dtype=np.float64)[section], -1, 0)
+    if displacement is not None:
+        grid = [np.clip(p[a] / spacing[a], 0, displacement.shape[a + 1] - 1) for a in range(3)]
+        q += np.stack([map_coordinates(displacement[a].astype(np.float64), grid, order=1) for a in range(3)])
+    return q
 
 
 @dataclass(frozen=True)
@@ -133,9 +170,9 @@ class Transform:
     slice_shift: np.ndarray | None = None
 
     @classmethod
-    def identity(cls) -> Transform:
-        """The transform that cuts a plain crop."""
-        return cls(np.eye(4))
+    def identity(cls, iso_output: bool = False) -> Transform:
+        """The transform that cuts a plain crop (sampled isotropically with ``iso_output``)."""
+        return cls(np.eye(4), iso_output=iso_output)
 
     def compose(self, other: Transform) -> Transform:
         """``self`` followed by ``other`` (as augmenters listed in that order)."""
@@ -151,14 +188,33 @@ class Transform:
             slice_shift=self.slice_shift if self.slice_shift is not None else other.slice_shift,
         )
 
-    def margin(self) -> np.ndarray:
-        """Largest ``|shift + displacement|`` per axis, in output voxels (for bounds checks)."""
-        m = np.zeros(3)
-        if self.displacement is not None:
-            m += np.abs(self.displacement).reshape(3, -1).max(axis=1)
-        if self.slice_shift is not None and len(self.slice_shift):
-            m[1:] += np.abs(self.slice_shift).max(axis=0)
-        return m
+    def reach(self, origin: Sequence[float], step: Sequence[float],
+              shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest box ``(lo, hi)`` that holds ``q`` (step 1 of the module docstring) of every
+        output point ``p = origin + step * idx`` (``0 <= idx < shape``); the grid's own box for a
+        transform without shifts and displacement.
+
+        Exact per axis: the shift is constant on a section and ``d`` is multilinear in each cell of
+        the coarse grid, so on every section of the grid ``q``'s extremes lie at the corners of the
+        cells (cut to the grid's box); those are the points looked at.
+
+        Example:
+            >>> shift = np.zeros((4, 2)); shift[2:] = (3.0, -2.0)
+            >>> [b.tolist() for b in Transform(np.eye(4), slice_shift=shift).reach((0, 0, 0), (1, 1, 1), (4, 8, 8))]
+            [[0.0, 0.0, -2.0], [3.0, 10.0, 7.0]]
+        """
+        origin, step = np.asarray(origin, dtype=np.float64), np.asarray(step, dtype=np.float64)
+        lo, hi = origin, origin + (np.asarray(shape) - 1) * step
+        if self.displacement is None and (self.slice_shift is None or not len(self.slice_shift)):
+            return lo, hi
+        axes = [origin[0] + step[0] * np.arange(shape[0])]
+        for a in (1, 2):
+            nodes = (np.arange(self.displacement.shape[a + 1]) * self.spacing[a] if self.displacement is not None
+                     else np.empty(0))
+            axes.append(np.concatenate([[lo[a], hi[a]], nodes[(nodes > lo[a]) & (nodes < hi[a])]]))
+        points = np.stack(np.meshgrid(*axes, indexing="ij")).reshape(3, -1)
+        q = displace(points, self.displacement, self.spacing, self.slice_shift)
+        return q.min(axis=1), q.max(axis=1)
 
 
 def voxel_matrix(transform: Transform, patch_shape: Sequence[int], aniso_factor: float,
@@ -188,19 +244,17 @@ def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return h / w[:, None]
 
 
-def source_bounds(matrix: np.ndarray, lo: Sequence[float], hi: Sequence[float],
-                  margin: Sequence[float] = (0, 0, 0)) -> tuple[np.ndarray, np.ndarray]:
-    """Smallest box of source coordinates reached from the output box ``[lo, hi]``.
+def source_bounds(matrix: np.ndarray, lo: Sequence[float], hi: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest box of source coordinates reached from the box ``[lo, hi]`` of points ``q``
+    (:meth:`Transform.reach`).
 
     The image of a box under a projective map with positive ``w`` is the convex hull of the
-    images of its corners, so the corners give exact bounds. ``margin`` widens the output box
-    (for displacements and shifts).
+    images of its corners, so the corners give exact bounds.
 
     Raises:
         FoldError: The perspective part is so strong that ``w`` changes sign inside the box.
     """
-    lo = np.asarray(lo, dtype=np.float64) - np.asarray(margin, dtype=np.float64)
-    hi = np.asarray(hi, dtype=np.float64) + np.asarray(margin, dtype=np.float64)
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     corners = np.array([[(lo, hi)[b][a] for a, b in enumerate(bits)]
                         for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
     w = corners @ matrix[3, :3] + matrix[3, 3]

@@ -5,7 +5,8 @@ TIFF stacks, Neuroglancer precomputed). A :class:`LazyView` presents one volume 
 it) the way the source wants to see it, and converts only what is read: each read box is scaled
 to float32 grey values (:func:`ekn_core.grey.grey_range`) or cast to a label dtype (checking that the values
 fit). Reading the whole view gives exactly the in-memory array, so lazy and in-memory sources
-produce bit-identical batches.
+produce bit-identical batches. :meth:`LazyView.in_memory` reads the data into memory in their stored
+dtype (uint8 raw: a quarter of float32) and still converts per read.
 
 Example:
     >>> import numpy as np
@@ -118,6 +119,13 @@ class LazyView(VolumeBase):
         return int(np.prod(self.shape))
 
     def __getitem__(self, index: Any) -> np.ndarray:
+        data = self._stored(index)
+        if self.grey:
+            return to_grey(data, self.grey_range)
+        return cast_labels(data, self.dtype, self.name)
+
+    def _stored(self, index: Any) -> np.ndarray:
+        """The box ``index`` of the view, in the stored dtype."""
         index = index if isinstance(index, tuple) else (index,)
         spatial = index[-3:]
         if len(index) != len(self.shape) or not all(isinstance(i, slice) and i.step in (None, 1) for i in spatial):
@@ -139,14 +147,25 @@ class LazyView(VolumeBase):
                             + data.shape[data.ndim - self.n_spatial:])
         if len(self.shape) == 4 and not self.has_channel:
             data = data[None][channel]
-        data = data if pick is None else data[pick]
-        if self.grey:
-            return to_grey(data, self.grey_range)
-        return cast_labels(data, self.dtype, self.name)
+        return data if pick is None else data[pick]
 
     def read(self) -> np.ndarray:
-        """The whole view as an array (what an in-memory source holds)."""
+        """The whole view as an array, converted."""
         return self[tuple(slice(None) for _ in self.shape)]
+
+    def in_memory(self) -> LazyView:
+        """The same view with its data read into memory in the stored dtype, converted per read
+        (reads give exactly what this view's reads give).
+
+        Example:
+            >>> view = LazyView(np.full((2, 3, 4), 51, np.uint8), ndim=4, grey=True)
+            >>> held = view.in_memory()
+            >>> held.volume.dtype, held.shape, float(held[:, :1, :1, :1].item())
+            (dtype('uint8'), (1, 2, 3, 4), 0.2)
+        """
+        data = np.ascontiguousarray(self._stored(tuple(slice(None) for _ in self.shape)))
+        return LazyView(data, ndim=len(self.shape), grey=self.grey, dtype=None if self.grey else self.dtype,
+                        name=self.name, grey_range=self.grey_range)
 
     def close(self) -> None:
         """Closes the underlying volume if this view opened it."""

@@ -11,7 +11,10 @@ less, even negative, for nets that pad) on each side, sampled every
 A pipeline of augmenters (:mod:`ekn_plugins.augmenters`) is applied per example: geometric ones
 are composed into one transform used while cutting (image trilinear, labels nearest neighbour;
 the position is drawn so that the warped patch never reads outside the data), intensity ones
-change the image afterwards. Without geometric augmenters a patch is a plain crop.
+change the image afterwards. Which augmenters act on an example is drawn once; a transform that
+fits no position is drawn again with the same augmenters, and after :data:`MAX_WARP_TRIES`
+draws the example is cut unwarped (counted and logged, :attr:`PatchSource.warp_stats`). Without
+geometric augmenters a patch is a plain crop (copied as a slice).
 
 Modes: ``"img-img"`` (label volumes, dense per-voxel targets) and ``"img-scalar"`` (one target
 vector per cube, e.g. a class; ELEKTRONN2's ``border_mode`` pre-processing of the cubes).
@@ -59,14 +62,29 @@ from ekn_plugins.data.lazy import LazyView, cast_labels, open_view
 
 log = logging.getLogger("ekn.data")
 
-#: How often a random transform is redrawn when the warped patch does not fit into a cube.
+#: How often a random transform is drawn for an example before it is cut unwarped.
 MAX_WARP_TRIES = 50
+#: Transforms drawn when a source is built, to estimate the share that fits the cubes.
+WARP_FIT_DRAWS = 200
+#: A warning says what to change when less than this share of the drawn transforms fits.
+WARP_FIT_WARN = 0.25
+#: ELEKTRONN2's value of unlabelled voxels in float targets (the losses' ``ignore_value``).
+IGNORE_VALUE = -666.0
 
 #: ``in_memory='auto'`` loads the cubes when they take at most this share of the available memory.
 AUTO_MEMORY_SHARE = 0.25
 
 
 Region = tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+class _Placed(NamedTuple):
+    """A transform at its position: the final voxel ``matrix`` and the boxes its points ``q``
+    reach (:meth:`~ekn_plugins.augmenters.transform.Transform.reach`), of the patch and of the targets."""
+
+    transform: Transform
+    matrix: np.ndarray
+    reach: list[tuple[np.ndarray, np.ndarray]]
 
 
 class VolumeEntry(NamedTuple):
@@ -160,14 +178,16 @@ def _read_vector(entry: VolumeEntry) -> np.ndarray:
 
 @dataclass
 class Cube:
-    """One training cube: ``raw (c, z, y, x)`` float32, labels ``(t, z, y, x)`` in the target dtype
-    (arrays in memory or :class:`~ekn_plugins.data.lazy.LazyView` s), or img-scalar labels ``(t, 1, 1, 1)``."""
+    """One training cube: ``raw (c, z, y, x)`` (a :class:`~ekn_plugins.data.lazy.LazyView` that
+    reads float32 grey values: of the volume, or of the stored values held in memory; img-scalar:
+    a float32 array), labels ``(t, z, y, x)`` in the target dtype (an array in memory or a lazy
+    view), or img-scalar labels ``(t, 1, 1, 1)``."""
 
     raw: np.ndarray | LazyView
     label: np.ndarray | LazyView
     label_offset: tuple[int, int, int]
     name: str
-    raw_dtype: np.dtype | None = None  # of the stored raw, which ``raw`` holds scaled to grey values
+    raw_dtype: np.dtype | None = None  # of the stored raw, which ``raw`` reads scaled to grey values
     grey_range: tuple[float, float] | None = None  # the range stated for the raw (None: its dtype's)
 
     def close(self) -> None:
@@ -215,9 +235,14 @@ class PatchSource:
         target_dtype: dtype of the targets (``"int16"`` for class ids; float for dense targets).
         target_discrete_ix: Target channels warped with nearest neighbour (default: all); the
             others are interpolated trilinearly (continuous dense targets).
+        ignore_value: Float targets: the value of unlabelled voxels (ELEKTRONN2's -666; give the
+            losses the same ``ignore_value``). NaN labels become it, and a trilinearly resampled
+            target voxel becomes it where any label it blends is unlabelled.
         augmenters: Augmenter config list, e.g. ``[{"type": "warp"}, {"type": "grey"}]``
             (ELEKTRONN2's ``getbatch`` arguments ``warp``, ``warp_args`` and
-            ``grey_augment_channels`` are accepted too).
+            ``grey_augment_channels`` are accepted too). When the source is built,
+            :data:`WARP_FIT_DRAWS` transforms are drawn, and a warning says what to change when
+            less than :data:`WARP_FIT_WARN` of them fit the cubes.
         augment_valid: Also augment validation patches.
         class_weights: Per-class weights; ``getbatch`` then also returns a per-target-voxel weight array
             (unlabelled voxels, negative ids, weigh 0).
@@ -235,14 +260,15 @@ class PatchSource:
             ``mknhood3d(1)`` or ``mknhood2d(1)``: one edge to the previous voxel per axis).
 
         seed: Seed of the source's own random generator (``getbatch`` may be given one).
-        in_memory: ``True`` reads the cubes into memory once (as ELEKTRONN2 did; fastest);
-            ``False`` keeps them as lazy volumes, each example reading only the bounding box its
-            (warped) patch reaches, with grey values scaled and labels cast per read (volumes
-            larger than memory); ``'auto'`` reads them into memory when they take at most
-            :data:`AUTO_MEMORY_SHARE` / ``copies`` of the available memory. Batches are
-            bit-identical either way. img-scalar cubes are always read into memory. Integer label
-            values are checked against ``target_dtype`` when read: at the start in memory, per
-            patch when lazy.
+        in_memory: ``True`` reads the cubes into memory once (as ELEKTRONN2 did; fastest): raw
+            in its stored dtype (uint8: 1 byte a voxel), scaled to grey values per patch, labels
+            cast to the target dtype; ``False`` keeps them as lazy volumes, each example reading
+            only the bounding box its (warped) patch reaches, with grey values scaled and labels
+            cast per read (volumes larger than memory); ``'auto'`` reads them into memory when
+            they take at most :data:`AUTO_MEMORY_SHARE` / ``copies`` of the available memory.
+            Batches are bit-identical either way. img-scalar cubes are always read into memory.
+            Integer label values are checked against ``target_dtype`` when read: at the start in
+            memory, per patch when lazy.
         copies: How many processes build this source with these arguments and may each read the
             cubes into memory (``ekn train``: this process and its ``background_processes``
             workers); ``in_memory='auto'`` gives each of them an equal part of the share.
@@ -261,7 +287,7 @@ class PatchSource:
                  class_weights: Sequence[float] | None = None, border_mode: str = "crop",
                  input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None,
                  affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto", copies: int = 1,
-                 grey_range: Sequence[float] | None = None):
+                 grey_range: Sequence[float] | None = None, ignore_value: float = IGNORE_VALUE):
         ndim = len(patch_size)
         if ndim not in (2, 3):
             raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
@@ -297,8 +323,10 @@ class PatchSource:
             raise ConfigError(f"border_mode must be crop, keep, mirror or 0-pad, got {border_mode!r}")
         self.border_mode = border_mode
         self.augment_valid = augment_valid
-        self.ctx = PatchContext(self.patch_size, self.aniso_factor)
-        self.pipeline = Pipeline.from_config(augmenters).check(self.ctx)
+        self.ignore_value = float(ignore_value)
+        self.pipeline = Pipeline.from_config(augmenters)
+        self.ctx = self._context(self.pipeline)
+        self.pipeline.check(self.ctx)
         spatial = "z,y,x" if ndim == 3 else "y,x"
         tags = input_tags or f"b,f,{spatial}"
         self.input_perm, _ = _layout_perm(tags, ndim)
@@ -310,8 +338,11 @@ class PatchSource:
         self.affinities, self.nhood = self._affinity_setup(affinities, nhood)
         self.grey_range = grey_range
         self.rng = np.random.default_rng(seed)
-        self.warp_stats = {"ok": 0, "redrawn": 0}
-        self._compat: dict[str, Pipeline] = {}
+        #: Examples cut (``ok``), transforms drawn for the examples that geometric augmenters act on
+        #: (``drawn``), drawn again because they fitted no position (``redrawn``), and examples cut
+        #: unwarped after :data:`MAX_WARP_TRIES` draws (``fallback``); logged now and then.
+        self.warp_stats = {"ok": 0, "drawn": 0, "redrawn": 0, "fallback": 0}
+        self._compat: dict[str, tuple[Pipeline, PatchContext]] = {}
         cubes: list[Cube] = []
         self.train_cubes, self.valid_cubes = cubes, []
         try:
@@ -323,10 +354,11 @@ class PatchSource:
                     for name in ("raw", "label"):
                         view = getattr(cube, name)
                         if isinstance(view, LazyView):
-                            with view:
-                                setattr(cube, name, view.read())
+                            with view:  # raw in its stored dtype, labels cast (their values checked) now
+                                setattr(cube, name, view.in_memory() if name == "raw" else view.read())
             self._check_cubes(cubes, valid_cubes, cube_prios)
             self._check_patches_fit()
+            self._check_warp_fit(self.pipeline, self.ctx)
         except BaseException:
             self.close()
             raise
@@ -469,7 +501,7 @@ class PatchSource:
             return bool(in_memory) or self.mode == "img-scalar"
         import psutil
 
-        need = sum(c.raw.size * 4 + c.label.size * self.target_dtype.itemsize for c in cubes)
+        need = sum(c.raw.size * c.raw.source_dtype.itemsize + c.label.size * self.target_dtype.itemsize for c in cubes)
         available = psutil.virtual_memory().available
         fits = need <= AUTO_MEMORY_SHARE * available / copies
         log.info("in_memory='auto': the cubes take %.3g GB, %.3g GB of memory are available for %d cop%s: %s",
@@ -499,35 +531,43 @@ class PatchSource:
             return tuple(p - 2 * o for p, o in zip(self.patch_size, self.offsets)), (1, 1, 1)
         return self.target_shape, self.strides
 
-    def _place(self, cube: Cube, transform: Transform, t_shape, t_step, rng) -> np.ndarray | None:
-        """The final voxel matrix of a transform at a random position that fits, or None (also
-        when its perspective part folds the patch)."""
+    def _context(self, pipeline: Pipeline) -> PatchContext:
+        """What the augmenters of ``pipeline`` know about the patches: their shape, the data's
+        anisotropy, whether the pipeline samples them isotropically, and the box the targets cover."""
+        target_box = None
+        if self.mode == "img-img":  # the dense target region holds the strided one
+            target_box = (self.offsets, tuple(p - o - 1 for p, o in zip(self.patch_size, self.offsets)))
+        return pipeline.context(self.patch_size, self.aniso_factor, target_box)
+
+    def _place(self, cube: Cube, transform: Transform, t_grid, rng: np.random.Generator) -> _Placed | None:
+        """``transform`` at a random position where its patch and targets lie inside ``cube``, or
+        None (no such position, or its perspective part folds them)."""
         m0 = voxel_matrix(transform, self.patch_size, self.aniso_factor)
-        positions = self._positions(cube, m0, transform.margin(), t_shape, t_step)
+        reach = [transform.reach((0, 0, 0), (1, 1, 1), self.patch_size)]
+        if self.mode == "img-img":
+            reach.append(transform.reach(self.offsets, t_grid[1], t_grid[0]))
+        positions = self._positions(cube, m0, reach)
         if positions is None:
             return None
         start = np.array([rng.integers(a, b + 1) for a, b in zip(*positions)])
         m = m0.copy()
         m[:3] += np.outer(start, m0[3])
-        return m
+        return _Placed(transform, m, reach)
 
-    def _positions(self, cube: Cube, m0: np.ndarray, margin: np.ndarray, t_shape, t_step
+    def _positions(self, cube: Cube, m0: np.ndarray, reach: list[tuple[np.ndarray, np.ndarray]]
                    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The lowest and highest start positions (per axis) at which a patch cut through the
-        voxel matrix ``m0`` and its targets lie inside the cube, or None (none, or a folding warp)."""
-        ps = np.array(self.patch_size)
-        try:  # the target grid lies inside the patch: it folds only where the patch does
-            lo_r, hi_r = source_bounds(m0, (0, 0, 0), ps - 1, margin)
+        """The lowest and highest start positions (per axis) at which the boxes ``reach`` (of the
+        patch, and of its targets), mapped through the voxel matrix ``m0``, lie inside the cube;
+        None if there are none or the mapping folds a box."""
+        try:
+            bounds = [source_bounds(m0, *box) for box in reach]
         except FoldError:
             return None
-        raw_shape = np.array(cube.raw.shape[1:])
+        (lo_r, hi_r), raw_shape = bounds[0], np.array(cube.raw.shape[1:])
         low = np.ceil(-lo_r - 1e-6)
         high = np.floor(raw_shape - 1 - hi_r + 1e-6)
-        if self.mode == "img-img":
-            t_lo = np.array(self.offsets, dtype=np.float64)
-            t_hi = t_lo + (np.array(t_shape) - 1) * np.array(t_step)
-            lo_t, hi_t = source_bounds(m0, t_lo, t_hi, margin)
-            loff = np.array(cube.label_offset)
+        if len(bounds) > 1:
+            (lo_t, hi_t), loff = bounds[1], np.array(cube.label_offset)
             low = np.maximum(low, np.ceil(loff - lo_t - 1e-6))
             high = np.minimum(high, np.floor(loff + np.array(cube.label.shape[1:]) - 1 - hi_t + 1e-6))
         if np.any(low > high):
@@ -536,63 +576,132 @@ class PatchSource:
 
     def _check_patches_fit(self) -> None:
         """Raises :class:`ShapeError` unless a patch without a warp, with the targets of training,
-        fits every cube: else no batch could ever be drawn (warps, drawn again up to
-        :data:`MAX_WARP_TRIES` times per example, can only be refused on top)."""
-        t_shape, t_step = self._target_grid(False)
-        identity = voxel_matrix(Transform.identity(), self.patch_size, self.aniso_factor)
+        fits every cube: else no batch could ever be drawn (examples whose warps fit nowhere are
+        cut unwarped)."""
+        rng = np.random.default_rng(0)
+        identity = Transform.identity(iso_output=self.ctx.iso_output)
         for cube in self.train_cubes + self.valid_cubes:
-            if self._positions(cube, identity, np.zeros(3), t_shape, t_step) is None:
+            if self._place(cube, identity, self._target_grid(False), rng) is None:
                 labels = (f"labels {tuple(cube.label.shape[1:])} at offset {cube.label_offset}, "
                           if self.mode == "img-img" else "")
                 raise ShapeError(f"{cube.name}: a patch of {self.patch_size[3 - self.ndim:]} (the net's input) does "
                                  f"not fit this cube ({labels}raw {tuple(cube.raw.shape[1:])}), even without a warp; "
                                  "use a smaller patch (model_load_args / create_model) or bigger cubes")
 
+    def _check_warp_fit(self, pipeline: Pipeline, ctx: PatchContext) -> None:
+        """Draws :data:`WARP_FIT_DRAWS` transforms of ``pipeline``'s geometric augmenters (with its
+        own generator) and warns once, with what to change, when less than :data:`WARP_FIT_WARN`
+        of them fit the training cubes: the warps used then lean towards those that fit, and an
+        example whose :data:`MAX_WARP_TRIES` draws all fail is cut unwarped."""
+        if not any(a.probability > 0 for a in pipeline.geometric):
+            return
+        rng, grid = np.random.default_rng(0), self._target_grid(False)
+        drawn = fits = 0
+        for _ in range(100 * WARP_FIT_DRAWS):
+            active = pipeline.active_geometric(rng)
+            if active:
+                cube = self.train_cubes[rng.choice(len(self.train_cubes), p=self.train_prios)]
+                fits += self._place(cube, pipeline.compose(active, rng, ctx), grid, rng) is not None
+                drawn += 1
+                if drawn == WARP_FIT_DRAWS:
+                    break
+        share = fits / max(drawn, 1)
+        if drawn and share < WARP_FIT_WARN:
+            unwarped = (1 - share) ** MAX_WARP_TRIES
+            acting = ", ".join(f"{type(a).__name__.lower()} {a.probability:g} → {a.probability * (1 - unwarped):.3g}"
+                               for a in pipeline.geometric)
+            log.warning("augmenters: only %.0f %% of %d transforms drawn by the geometric augmenters fit the training "
+                        "cubes (patch %s, labels %s): the others are drawn again, so the warps used lean towards those "
+                        "that fit (e.g. rotations near multiples of 90°), and an estimated %.1f %% of the examples "
+                        "they act on are cut unwarped after %d draws (probability: %s). Use a smaller rotation (or lock_z), "
+                        "shear, stretch, perspective, elastic alpha or misalignment max_shift; label cubes wider than "
+                        "the patch's diagonal (a rotation by any angle needs that); or a smaller patch",
+                        100 * share, drawn, self.patch_size[3 - self.ndim:],
+                        ", ".join(str(tuple(c.label.shape[1:])) for c in self.train_cubes), 100 * unwarped,
+                        MAX_WARP_TRIES, acting)
+
     def _cut(self, array: np.ndarray | LazyView, matrix: np.ndarray, out_shape, order: int, origin, step,
-             transform: Transform, margin: np.ndarray, channels: slice | list[int] = slice(None)) -> np.ndarray:
-        """Warps ``channels`` of the part of ``array`` the output grid can reach (read as a bounding box first)."""
-        hi_grid = np.asarray(origin, dtype=np.float64) + (np.asarray(out_shape) - 1) * np.asarray(step)
-        lo, hi = source_bounds(matrix, origin, hi_grid, margin)
+             transform: Transform, reach: tuple[np.ndarray, np.ndarray], channels: slice | list[int] = slice(None),
+             ignore: float | None = None) -> np.ndarray:
+        """Warps ``channels`` of the part of ``array`` the output grid can reach (its points ``q``
+        lie in the box ``reach``; read as a bounding box first). With ``ignore``, output voxels
+        that blend a NaN or ``ignore`` value become ``ignore``."""
+        lo, hi = source_bounds(matrix, *reach)
         start = np.clip(np.floor(lo + 1e-6).astype(np.int64), 0, None)
         stop = np.minimum(np.ceil(hi - 1e-6).astype(np.int64) + 2, array.shape[1:])
         region = array[(channels, *(slice(a, b) for a, b in zip(start, stop)))]
         shifted = matrix.copy()
         shifted[:3] -= np.outer(start, matrix[3])
-        return warp(region, shifted, out_shape, order=order, origin=origin, step=step,
-                    displacement=transform.displacement, spacing=transform.spacing,
-                    slice_shift=transform.slice_shift)
+        kwargs = dict(origin=origin, step=step, displacement=transform.displacement, spacing=transform.spacing,
+                      slice_shift=transform.slice_shift)
+        out = warp(region, shifted, out_shape, order=order, **kwargs)
+        if ignore is not None:
+            unlabelled = np.isnan(region) | (region == ignore)
+            if unlabelled.any():  # the share of unlabelled voxels each output voxel blends
+                out[warp(unlabelled.astype(np.float32), shifted, out_shape, order=1, **kwargs) > 0] = ignore
+        return out
 
-    def _example(self, cube: Cube, pipeline: Pipeline | None, rng: np.random.Generator, force_dense: bool):
-        t_shape, t_step = self._target_grid(force_dense)
-        matrix = None
-        for _ in range(MAX_WARP_TRIES):
-            transform = pipeline.sample_transform(rng, self.ctx) if pipeline else Transform.identity()
-            matrix = self._place(cube, transform, t_shape, t_step, rng)
-            if matrix is not None:
-                break
-            self.warp_stats["redrawn"] += 1
-            if not pipeline:
-                break
-        if matrix is None:
+    def _transform(self, cube: Cube, pipeline: Pipeline | None, ctx: PatchContext, rng: np.random.Generator,
+                   t_grid) -> _Placed:
+        """The placed transform of an example: the geometric augmenters that act on it are drawn
+        once, their parameters up to :data:`MAX_WARP_TRIES` times until the patch fits; else (or
+        with none acting) the identity."""
+        active = pipeline.active_geometric(rng) if pipeline is not None else []
+        stats = self.warp_stats
+        if active:
+            for _ in range(MAX_WARP_TRIES):
+                stats["drawn"] += 1
+                placed = self._place(cube, pipeline.compose(active, rng, ctx), t_grid, rng)
+                if placed is not None:
+                    return placed
+                stats["redrawn"] += 1
+            stats["fallback"] += 1
+            if stats["fallback"] == 1:
+                log.warning("%s: none of %d transforms drawn for an example fits the cube (patch %s, labels %s at "
+                            "offset %s, raw %s); such examples are cut unwarped and counted in the warp statistics "
+                            "(logged now and then). Use weaker geometric augmenters, bigger cubes or a smaller patch",
+                            cube.name, MAX_WARP_TRIES, self.patch_size[3 - self.ndim:], tuple(cube.label.shape[1:]),
+                            cube.label_offset, tuple(cube.raw.shape[1:]))
+        placed = self._place(cube, Transform.identity(iso_output=ctx.iso_output), t_grid, rng)
+        if placed is None:
             raise ShapeError(f"{cube.name}: no position fits a patch of {self.patch_size} (labels "
                              f"{tuple(cube.label.shape[1:])} at offset {cube.label_offset}, raw "
-                             f"{tuple(cube.raw.shape[1:])}) with the warp drawn {MAX_WARP_TRIES} times; use a "
-                             "smaller patch, bigger cubes or weaker warp parameters")
+                             f"{tuple(cube.raw.shape[1:])}) with targets at every output voxel (force_dense); use a "
+                             "smaller patch or bigger cubes")
+        return placed
+
+    def _log_warp_stats(self) -> None:
+        """Logs :attr:`warp_stats` after 1024, 2048, 4096, ... examples (relayed from workers)."""
+        stats = self.warp_stats
+        n = stats["ok"]
+        if n >= 1024 and n & (n - 1) == 0 and stats["drawn"]:
+            log.info("warp statistics of the data source in process %d after %d examples: %d transforms drawn, "
+                     "%.1f %% fitted (%d drawn again), %d examples (%.2f %%) cut unwarped because none fitted",
+                     os.getpid(), n, stats["drawn"], 100 * (1 - stats["redrawn"] / stats["drawn"]), stats["redrawn"],
+                     stats["fallback"], 100 * stats["fallback"] / n, extra={"relay": True})
+
+    def _example(self, cube: Cube, pipeline: Pipeline | None, ctx: PatchContext, rng: np.random.Generator,
+                 force_dense: bool):
+        t_grid = self._target_grid(force_dense)
+        transform, matrix, reach = self._transform(cube, pipeline, ctx, rng, t_grid)
         self.warp_stats["ok"] += 1
-        margin = transform.margin()
-        img = self._cut(cube.raw, matrix, self.patch_size, 1, (0, 0, 0), (1, 1, 1), transform, margin)
+        self._log_warp_stats()
+        img = self._cut(cube.raw, matrix, self.patch_size, 1, (0, 0, 0), (1, 1, 1), transform, reach[0])
         if pipeline:
-            img = pipeline.augment_image(img, rng, self.ctx)
+            img = pipeline.augment_image(img, rng, ctx)
         if self.mode == "img-scalar":
             return img, cube.label[:, 0, 0, 0]
         lab_matrix = matrix.copy()
         lab_matrix[:3] -= np.outer(cube.label_offset, matrix[3])
         discrete = self.target_discrete_ix if self.target_discrete_ix is not None else range(self.t_n_f)
-        target = np.empty((self.t_n_f, *t_shape), dtype=self.target_dtype)
+        floating = self.target_dtype.kind == "f"
+        target = np.empty((self.t_n_f, *t_grid[0]), dtype=self.target_dtype)
         for order, channels in ((0, sorted(discrete)), (1, [c for c in range(self.t_n_f) if c not in discrete])):
             if channels:
-                target[channels] = self._cut(cube.label, lab_matrix, t_shape, order, self.offsets, t_step,
-                                             transform, margin, channels)
+                target[channels] = self._cut(cube.label, lab_matrix, t_grid[0], order, self.offsets, t_grid[1],
+                                             transform, reach[1], channels, self.ignore_value if order else None)
+        if floating:  # NaN labels are unlabelled (ELEKTRONN2 did the same)
+            np.copyto(target, self.target_dtype.type(self.ignore_value), where=np.isnan(target))
         return img, target
 
     def _allocbatch(self, batch_size: int, force_dense: bool = False) -> list[np.ndarray]:
@@ -633,7 +742,9 @@ class PatchSource:
             rng: Random generator for this batch (default: the source's own).
             force_dense: Targets at every output-region voxel instead of every stride-th.
             warp, warp_args, grey_augment_channels: ELEKTRONN2's ``data_batch_args``; when given
-                they replace the ``augmenters`` pipeline (see :func:`elektronn2_pipeline`).
+                they replace the ``augmenters`` pipeline (see :func:`elektronn2_pipeline`). Its
+                other arguments are not taken (:mod:`ekn_plugins.data.batch_args` says what to
+                use instead when a config is checked).
 
         Returns:
             Arrays in the layout of ``input_tags`` / ``target_tags``: images float32, targets in
@@ -649,16 +760,21 @@ class PatchSource:
             cubes, prios, augment = self.valid_cubes, None, self.augment_valid
         else:
             raise ConfigError(f"source must be 'train' or 'valid', got {source!r}")
-        pipeline = self.pipeline
+        pipeline, ctx = self.pipeline, self.ctx
         if warp or warp_args or grey_augment_channels:
             key = repr((warp, warp_args, grey_augment_channels))
             if key not in self._compat:
-                self._compat[key] = elektronn2_pipeline(warp, warp_args, grey_augment_channels).check(self.ctx)
-            pipeline = self._compat[key]
+                compat = elektronn2_pipeline(warp, warp_args, grey_augment_channels)
+                compat_ctx = self._context(compat)
+                compat.check(compat_ctx)
+                self._check_warp_fit(compat, compat_ctx)
+                self._compat[key] = compat, compat_ctx
+            pipeline, ctx = self._compat[key]
         img, target = self._allocbatch(batch_size, force_dense)
         for b in range(batch_size):
             cube = cubes[rng.choice(len(cubes), p=prios)]
-            img[b], target[b] = self._example(cube, pipeline if augment and len(pipeline) else None, rng, force_dense)
+            img[b], target[b] = self._example(cube, pipeline if augment and len(pipeline) else None, ctx, rng,
+                                              force_dense)
         weights = None if self.class_weights is None else self._voxel_weights(target)
         return self._layout(img, target, weights)
 
@@ -687,13 +803,17 @@ def elektronn2_pipeline(warp: bool | float = False, warp_args: dict[str, Any] | 
                         grey_augment_channels: Sequence[int] | None = None) -> Pipeline:
     """The augmenters equivalent to ELEKTRONN2's ``getbatch(warp=..., warp_args=..., grey_augment_channels=...)``.
 
-    Every example is flipped/swapped; a fraction ``warp`` (True = all) is also warped with
-    ``warp_args`` (``warp_amount``, ``lock_z``, ``no_x_flip``, ``perspective``, ``sample_aniso``);
-    ``grey_augment_channels`` get ELEKTRONN2's grey-value augmentation.
+    Every example is flipped and its axes swapped (y↔x; all three axes with ``lock_z=False``); a
+    fraction ``warp`` (True = all) is also warped with ``warp_args`` (``warp_amount``, ``lock_z``,
+    ``no_x_flip``, ``perspective``: coefficients drawn in ±0.005·warp_amount and clipped to
+    ±0.003, ``sample_aniso``: also for the examples not warped); ``grey_augment_channels`` get
+    ELEKTRONN2's grey-value augmentation. Rotation angles are uniform in ±180°·warp_amount
+    (ELEKTRONN2: in [0°, 360°·warp_amount), and other Euler angles with ``lock_z=False``).
 
     Example:
-        >>> [type(a).__name__ for a in elektronn2_pipeline(0.5, {"perspective": True}, [0]).augmenters]
-        ['Flip', 'Warp', 'Grey']
+        >>> pipe = elektronn2_pipeline(0.5, {"perspective": True, "lock_z": False}, [0])
+        >>> [type(a).__name__ for a in pipe.augmenters], pipe.augmenters[0].lock_z, pipe.augmenters[1].max_perspective
+        (['Flip', 'Warp', 'Grey'], False, 0.003)
     """
     args = dict(warp_args or {})
     if "aniso_factor" in args:
@@ -705,11 +825,11 @@ def elektronn2_pipeline(warp: bool | float = False, warp_args: dict[str, Any] | 
         raise ConfigError(f"warp_args {sorted(set(args) - known)} are not supported; known: {sorted(known)}")
     lock_z = bool(args.get("lock_z", True))
     augmenters: list[dict[str, Any]] = [{"type": "flip", "axes": (0, 1) if args.get("no_x_flip") else (0, 1, 2),
-                                         "swap": not args.get("no_x_flip", False)}]
+                                         "swap": not args.get("no_x_flip", False), "lock_z": lock_z}]
     if warp:
         augmenters.append({"type": "warp", "probability": 1.0 if warp is True else float(warp), "flip": False,
                            "swap": False, "lock_z": lock_z, "amount": float(args.get("warp_amount", 1.0)),
-                           "perspective": 0.003 if args.get("perspective") else 0.0,
+                           "perspective": 0.005 if args.get("perspective") else 0.0, "max_perspective": 0.003,
                            "sample_aniso": bool(args.get("sample_aniso", True))})
     if grey_augment_channels:
         augmenters.append({"type": "grey", "channels": list(grey_augment_channels)})

@@ -10,7 +10,8 @@ Determinism: batch ``i`` is made by worker ``i % n_workers`` with the generator
 the seed, not on the number of workers or on timing (and equals a serial loop).
 
 Failures: an :class:`~ekn_core.errors.EknError` in a worker (a patch that fits no cube, a bad
-setting: the same on every try) is raised in the parent at once, with the same message and no traceback
+setting: the same on every try; ``batch_kwargs`` that ``getbatch`` does not take are a
+:class:`~ekn_core.errors.ConfigError` naming them) is raised in the parent at once, with the same message and no traceback
 (as the same class for ekn's own error classes, as ``EknError`` for a plugin's subclass). Any other exception is reported (logged with the worker's traceback) and
 the worker is replaced, starting again at the batch it failed on; a worker that dies without a word
 (killed, segfault) is replaced too, and so is one that does not deliver within ``timeout_s`` of
@@ -25,9 +26,10 @@ Ctrl-C the parent gets the KeyboardInterrupt and :meth:`BackgroundBatches.close`
 ``with`` exit, at interpreter exit and on garbage collection) stops the workers and frees the
 shared memory.
 
-Log records: a worker sends its warnings (and errors) to the parent, which logs each message once
-(through its handlers: the console, a run's log file), however many workers and restarts repeat
-it. The warnings of building a worker's copy of the data source (grey values that misfit their
+Log records: a worker sends its warnings (and errors), and the INFO records marked
+``extra={"relay": True}`` (the patch source's warp statistics), to the parent, which logs each
+message once (through its handlers: the console, a run's log file), however many workers and
+restarts repeat it. The warnings of building a worker's copy of the data source (grey values that misfit their
 scaling, ...) repeat those of the copy the parent built first (the trainer does, and checks the
 data there), so the parent logs them at DEBUG only.
 
@@ -60,7 +62,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ekn_core.errors import ConfigError, EknError, NoValidationData, ShapeError, WaitInterrupted
+from ekn_core.errors import ConfigError, EknError, NoValidationData, ShapeError, WaitInterrupted, unknown_keywords
 
 log = logging.getLogger("ekn.data.workers")
 
@@ -84,15 +86,17 @@ def _attach(names: list[list[str]]) -> list[list[shared_memory.SharedMemory]]:
 
 
 class _LogRelay(logging.Handler):
-    """A worker's handler of its WARNING and higher records: sends each to the parent as
-    ``("log", logger name, level, text, building)``; ``building`` is True while the worker builds
-    its data source."""
+    """A worker's handler of its WARNING and higher records and of INFO records marked
+    ``extra={"relay": True}``: sends each to the parent as ``("log", logger name, level, text,
+    building)``; ``building`` is True while the worker builds its data source."""
 
     def __init__(self, results: Any):
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)
         self.results, self.building = results, True
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING and not getattr(record, "relay", False):
+            return
         try:
             self.results.put(("log", record.name, record.levelno, self.format(record), self.building))
         except Exception:  # a closed queue while the worker ends: logging's own fallback reports it
@@ -101,11 +105,13 @@ class _LogRelay(logging.Handler):
 
 def _relay_logs(results: Any) -> _LogRelay:
     """Sends this worker's log records to the parent instead of this process's stderr (with the
-    ``fork`` start method the parent's handlers of the ``ekn`` logger were copied: they go too)."""
+    ``fork`` start method the parent's handlers of the ``ekn`` logger were copied: they go too);
+    ekn's INFO records reach the relay, which passes on those marked for it."""
     relay = _LogRelay(results)
     logging.getLogger().handlers = [relay]
     ekn = logging.getLogger("ekn")
     ekn.handlers, ekn.propagate = [], True
+    ekn.setLevel(logging.INFO)
     return relay
 
 
@@ -122,6 +128,7 @@ def _worker_main(wid: int, n_workers: int, first: int, factory: Callable[[], Any
     try:
         data = factory()
         relay.building = False
+        _check_batch_kwargs(data, batch_kwargs)
         free = list(range(depth))
         while True:
             arrays = data.getbatch(batch_size, source, rng=batch_rng(seed, index), **batch_kwargs)
@@ -155,6 +162,22 @@ def _worker_main(wid: int, n_workers: int, first: int, factory: Callable[[], Any
         for slot in slots or ():
             for shm in slot:
                 shm.close()
+
+
+def _check_batch_kwargs(data: Any, batch_kwargs: dict) -> None:
+    """Raises :class:`ConfigError` naming the ``batch_kwargs`` that ``data.getbatch`` does not take
+    (they would fail every batch alike).
+
+    Example:
+        >>> from ekn_plugins.data.mnist import DigitsSource
+        >>> _check_batch_kwargs(DigitsSource(), {"ignore_thresh": 0.5})
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: batch arguments: getbatch takes no argument 'ignore_thresh'; ...
+    """
+    problems = unknown_keywords(data.getbatch, batch_kwargs, "batch arguments")
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _next_message(ctrl: Any, parent: int) -> tuple:
