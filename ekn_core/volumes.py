@@ -65,6 +65,9 @@ class VolumeBase:
     dtype: Any
     axes: str = ""
     chunks: tuple[int, ...] | None = None
+    #: Voxel size in nm along the spatial axes (z, y, x) where the format stores it (KNOSSOS, OME-Zarr,
+    #: Neuroglancer precomputed), else None.
+    voxel_size: tuple[float, ...] | None = None
 
     @property
     def ndim(self) -> int:

@@ -79,7 +79,7 @@ def test_reads_hand_written_scales(tmp_path):
         with open_volume(path) as vol:
             assert vol.shape == (7, 19, 23) and vol.dtype == np.uint16 and vol.axes == "zyx"
             assert vol.chunks == (3, 8, 8) and vol.voxel_offset == (100, -2, 5)
-            assert vol.resolution == (40.0, 4.0, 4.0)
+            assert vol.voxel_size == (40.0, 4.0, 4.0)
             np.testing.assert_array_equal(vol[2:6, 3:17, -9:], fine[0, 2:6, 3:17, -9:])
             np.testing.assert_array_equal(vol[-1, ::-3, 4], fine[0, -1, ::-3, 4])
             np.testing.assert_array_equal(np.asarray(vol), fine[0])

@@ -7,7 +7,7 @@ with ``"type": "image"`` or ``"segmentation"``. The key after a colon selects th
 
 Axes: the files store voxels as (x, y, z, channel) with x fastest; ekn shows them in its own
 C-order **(z, y, x)**, or ``(c, z, y, x)`` with several channels, shifted so that the scale's
-``voxel_offset`` is index 0 (``vol.voxel_offset`` and ``vol.resolution`` give it in (z, y, x), nm).
+``voxel_offset`` is index 0 (``vol.voxel_offset`` and ``vol.voxel_size`` (the scale's resolution, nm) are in (z, y, x)).
 Every encoding and sharding tensorstore reads works (raw, jpeg, png, compressed_segmentation);
 raw chunk files that were gzip-compressed on a local disk (CloudVolume's ``compress="gzip"``) are
 refused with how to decompress them. Volumes opened read-only are read with a chunk cache
@@ -20,7 +20,7 @@ Example:
     >>> with PrecomputedReader.create(url, shape=(2, 3, 4), dtype="uint8", resolution=(40, 8, 8)) as vol:
     ...     vol[:] = np.arange(24).reshape(2, 3, 4)
     >>> vol = PrecomputedReader.open(url, key="8_8_40")
-    >>> vol.shape, vol.axes, vol[1, 2].tolist(), vol.resolution
+    >>> vol.shape, vol.axes, vol[1, 2].tolist(), vol.voxel_size
     ((2, 3, 4), 'zyx', [20, 21, 22, 23], (40.0, 8.0, 8.0))
 """
 
@@ -151,7 +151,7 @@ class PrecomputedVolume(TensorStoreVolume):
         super().__init__(view[0] if num_channels == 1 else view,
                          chunks=chunk if num_channels == 1 else (num_channels, *chunk),
                          axes="zyx" if num_channels == 1 else "czyx", writable=writable, kind="precomputed")
-        self.resolution = tuple(float(r) for r in scale["resolution"][::-1])
+        self.voxel_size = tuple(float(r) for r in scale["resolution"][::-1])
         self.voxel_offset = tuple(int(o) for o in scale.get("voxel_offset", (0, 0, 0))[::-1])
 
 
