@@ -35,6 +35,7 @@ import io
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,15 @@ class LegacyPickleError(EknError):
     """An ELEKTRONN2 model file that cannot be read safely (or is not one)."""
 
 
-class _Record:
+class _Sealed(type):
+    """Metaclass of the records: a pickle's BUILD cannot change the classes themselves."""
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        raise LegacyPickleError(f"the file tries to change the class {cls.__name__} (attribute {name!r}); it was "
+                                "refused (ekn runs no code from model files)")
+
+
+class _Record(metaclass=_Sealed):
     """Base of the inert stand-ins for ELEKTRONN2 objects: unpickling fills ``__dict__`` only."""
 
     def __repr__(self) -> str:
@@ -104,6 +113,26 @@ class LegacyName:
         return f"{self.module}.{self.name}"
 
 
+class _Allowed:
+    """One allowed callable as the unpickler hands it out: a pickle may call it, but its BUILD cannot
+    change it (or the function behind it) for later files."""
+
+    __slots__ = ("_call", "_name")
+
+    def __init__(self, call: Callable[..., Any], name: str):
+        object.__setattr__(self, "_call", call)
+        object.__setattr__(self, "_name", name)
+
+    def __call__(self, *args: Any) -> Any:
+        return self._call(*args)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise LegacyPickleError(f"the file tries to change {self._name}; it was refused")
+
+    def __setstate__(self, state: Any) -> None:
+        raise LegacyPickleError(f"the file tries to change {self._name}; it was refused")
+
+
 def _refuse_objects(dtype: np.dtype) -> np.dtype:
     if dtype.hasobject:
         raise LegacyPickleError("the file holds an array of Python objects (dtype object), which an ELEKTRONN2 "
@@ -119,6 +148,22 @@ _NUMPY_RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]
 _NUMPY_SCALAR = np.float32(0).__reduce__()[0]
 
 
+def _not_callable(*args: Any) -> Any:
+    raise LegacyPickleError("the file calls numpy.ndarray directly, which numpy's own pickles never do")
+
+
+#: ``numpy.ndarray`` as the file names it: only the subtype argument of ``_reconstruct``.
+_NDARRAY = _Allowed(_not_callable, "numpy.ndarray")
+
+
+def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` as numpy pickles call it: an empty ndarray that BUILD then fills."""
+    if subtype is not _NDARRAY or tuple(shape) != (0,):
+        raise LegacyPickleError(f"the file rebuilds an array as {subtype!r} of shape {shape!r}, which numpy's own "
+                                "pickles never do")
+    return _NUMPY_RECONSTRUCT(np.ndarray, (0,), _refuse_objects(np.dtype(dtype)))
+
+
 def _scalar(dtype: np.dtype, *data: Any) -> Any:
     return _NUMPY_SCALAR(_refuse_objects(dtype), *data)
 
@@ -129,23 +174,37 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode("latin-1")
 
 
+def _bytes(value: Any = b"", *rest: Any) -> bytes:
+    """``bytes`` of text or bytes only: ``bytes(n)`` would let a tiny file allocate n bytes."""
+    if not isinstance(value, str | bytes | bytearray):
+        raise LegacyPickleError(f"the file calls bytes({type(value).__name__}), which model files never do")
+    return bytes(value, *rest)
+
+
 _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "list": list, "dict": dict, "tuple": tuple, "int": int,
-                  "float": float, "complex": complex, "str": str, "bytes": bytes, "bool": bool}
+                  "float": float, "complex": complex, "str": str, "bytes": _bytes, "bool": bool}
 #: The ``future`` package's Python-2 types that ELEKTRONN2's ``from builtins import int, ...`` pickled.
 _FUTURE_TYPES = {("future.types.newint", "newint"): int, ("future.types.newstr", "newstr"): str,
                  ("future.types.newbytes", "newbytes"): bytes, ("future.types.newlist", "newlist"): list,
                  ("future.types.newdict", "newdict"): dict}
 _NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
-ALLOWED: dict[tuple[str, str], Callable[..., Any] | type] = {
+#: The allowed names. Python functions are handed out wrapped (:class:`_Allowed`); builtin types
+#: (immutable) as they are, so protocol 2's NEWOBJ can create their instances.
+ALLOWED: dict[tuple[str, str], Any] = {key: _Allowed(value, ".".join(key)) if isinstance(value, FunctionType) else value
+                                       for key, value in {
     **{(m, n): v for m in ("builtins", "__builtin__") for n, v in _SAFE_BUILTINS.items()},
     **_FUTURE_TYPES,
-    **{(m, "_reconstruct"): _NUMPY_RECONSTRUCT for m in _NUMPY_MODULES},
+    **{(m, "_reconstruct"): _reconstruct for m in _NUMPY_MODULES},
     **{(m, "scalar"): _scalar for m in _NUMPY_MODULES},
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("_codecs", "encode"): _latin1_encode,
-}
+}.items()}
+#: Deepest nesting of containers a model file may have (ELEKTRONN2's nest a few levels).
+MAX_DEPTH = 100
+#: An expanded gzip file may be at most this many times its compressed size (plus 1 MiB).
+MAX_GZIP_RATIO = 64
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -175,21 +234,41 @@ def looks_like_legacy_model(path: str) -> bool:
     return head[:1] == PICKLE_PROTO or head == GZIP_MAGIC
 
 
-def _check_arrays(value: Any, seen: set[int]) -> None:
-    """Refuses object arrays anywhere inside ``value`` (a second line of defence after ``_dtype``)."""
-    if id(value) in seen:
-        return
-    seen.add(id(value))
-    if isinstance(value, np.ndarray | np.generic):
-        _refuse_objects(value.dtype)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _check_arrays(item, seen)
-    elif isinstance(value, list | tuple | set | frozenset):
-        for item in value:
-            _check_arrays(item, seen)
-    elif isinstance(value, _Record):
-        _check_arrays(value.__dict__, seen)
+def _check_content(content: Any) -> None:
+    """Refuses object arrays anywhere inside ``content`` (a second line of defence after ``_dtype``) and
+    nesting deeper than :data:`MAX_DEPTH` (the converter walks the arguments recursively)."""
+    seen: set[int] = set()
+    stack = [(content, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if depth > MAX_DEPTH:
+            raise LegacyPickleError(f"the file nests containers more than {MAX_DEPTH} levels deep, which ELEKTRONN2 "
+                                    "model files do not")
+        if isinstance(value, np.ndarray | np.generic):
+            _refuse_objects(value.dtype)
+        elif isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list | tuple | set | frozenset):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, _Record):
+            stack.append((value.__dict__, depth + 1))
+
+
+def _gunzip(data: bytes, path: str) -> bytes:
+    """Expands gzip ``data``, at most :data:`MAX_GZIP_RATIO` times its size (a small file cannot fill memory)."""
+    limit = MAX_GZIP_RATIO * len(data) + 2**20
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            out = f.read(limit + 1)
+    except (OSError, EOFError) as err:
+        raise LegacyPickleError(f"{path}: damaged gzip data ({err})") from None
+    if len(out) > limit:
+        raise LegacyPickleError(f"{path}: its gzip data expand to more than {MAX_GZIP_RATIO} times the file's size, "
+                                "which a model file does not; it was refused")
+    return out
 
 
 def read_legacy_model(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -202,22 +281,20 @@ def read_legacy_model(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     with open(path, "rb") as f:
         data = f.read()
     if data[:2] == GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
-            raise LegacyPickleError(f"{path}: damaged gzip data ({err})") from None
+        data = _gunzip(data, path)
     try:
         content = RestrictedUnpickler(io.BytesIO(data)).load()
     except LegacyPickleError as err:
         raise LegacyPickleError(f"{path}: {err}") from None
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError) as err:
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError, IndexError, MemoryError,
+            OverflowError, RecursionError) as err:
         raise LegacyPickleError(f"{path} is not a readable ELEKTRONN2 model file ({type(err).__name__}: {err})") \
             from None
     if not (isinstance(content, tuple | list) and len(content) == 2 and isinstance(content[0], dict)
             and isinstance(content[1], dict)):
         raise LegacyPickleError(f"{path} is a pickle but not an ELEKTRONN2 model file (expected the pair "
                                 f"(descriptors, desig_descr) that Model.save writes)")
-    _check_arrays(content, set())
+    _check_content(content)
     return content[0], content[1]
 
 

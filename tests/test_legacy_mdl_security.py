@@ -81,3 +81,50 @@ def test_other_pickles_and_damaged_files_get_one_clear_error(tmp_path):
     truncated.write_bytes(pickle.dumps((OrderedDict(), {}), protocol=2)[:-3])
     with pytest.raises(EknError, match="not a readable ELEKTRONN2 model file"):
         nm.modelload(str(truncated))
+
+
+def _model_pickle(*ops):
+    """A protocol-2 pickle of ``(OrderedDict(x=<ops>), {})``: ``ops`` push one value."""
+    return (b"\x80\x02" + b"ccollections\nOrderedDict\n)R" + b"X\x01\x00\x00\x00x" + b"".join(ops)
+            + b"s}\x86.")  # od['x'] = value (SETITEM), then the pair with an empty dict
+
+
+def test_a_file_cannot_change_the_readers_classes_or_functions(tmp_path):
+    """BUILD on an allowed global (a record class, a reader function) is refused, so one file cannot
+    change how later files are read."""
+    from ekn_core import legacy_pickle
+
+    repr_before = legacy_pickle.NodeDescriptor.__repr__
+    targets = (b"celektronn2.neuromancer.graphmanager\nNodeDescriptor\n", b"c_codecs\nencode\n",
+               b"cnumpy\ndtype\n", b"cnumpy\nndarray\n")
+    for target in targets:
+        path = tmp_path / "build.mdl"
+        path.write_bytes(_model_pickle(target, b"N}X\x08\x00\x00\x00__repr__cbuiltins\nstr\ns\x86b"))
+        with pytest.raises(LegacyPickleError, match="tries to change"):
+            nm.modelload(str(path))
+    assert legacy_pickle.NodeDescriptor.__repr__ is repr_before
+
+
+@pytest.mark.parametrize("ops, message", [
+    ((b"cbuiltins\nbytes\n", b"J\x00\x00\x00\x40\x85R"), r"calls bytes\(int\)"),  # bytes(2**30)
+    ((b"cnumpy\nndarray\n", b"J\x00\x00\x00\x40\x85\x85R"), "calls numpy.ndarray directly"),
+    ((b"cnumpy.core.multiarray\n_reconstruct\n", b"cnumpy\nndarray\n", b"J\x00\x00\x00\x40\x85", b"U\x01b\x87R"),
+     "rebuilds an array"),
+], ids=["bytes-of-a-size", "ndarray-of-a-shape", "reconstruct-of-a-shape"])
+def test_tiny_files_cannot_allocate_memory(tmp_path, ops, message):
+    path = tmp_path / "big.mdl"
+    path.write_bytes(_model_pickle(*ops))
+    with pytest.raises(LegacyPickleError, match=message):
+        nm.modelload(str(path))
+
+
+def test_deep_nesting_and_gzip_bombs_are_one_clear_error(tmp_path):
+    nested = []
+    for _ in range(150):
+        nested = [nested]
+    with pytest.raises(LegacyPickleError, match="nests containers more than 100 levels"):
+        nm.modelload(write(tmp_path / "deep.mdl", (OrderedDict(x=nested), {})))
+    bomb = tmp_path / "bomb.mdl"
+    bomb.write_bytes(gzip.compress(pickle.dumps((OrderedDict(x=b"\x00" * 2**25), {}), protocol=2)))
+    with pytest.raises(LegacyPickleError, match="expand to more than 64 times"):
+        nm.modelload(str(bomb))
