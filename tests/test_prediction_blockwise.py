@@ -380,8 +380,7 @@ def test_each_tile_is_predicted_once_also_where_the_region_ends_off_the_tile_ste
     assert plan.block_counts != plan.lattice_counts  # the last tile starts before a seam of the block lattice
     counts = Counter(start for _, start in reads)
     assert set(counts) == set(plan.grid.tiles(plan.origin, plan.end))
-    assert plan.blend is None
-    assert max(counts.values()) == 1, counts.most_common(3)
+    assert max(counts.values()) == 1, counts.most_common(3)  # no overlap asked: written over, not blended
     for block in blocks:  # each block predicts a tile that starts in it (the first one: at the region start)
         assert any(all(s >= l or l == o for s, l, o in zip(start, block[0], plan.origin))
                    for b, start in reads if b == block), block
@@ -493,3 +492,18 @@ def test_plan_refuses_an_overlap_without_a_step():
     with pytest.raises(ShapeError, match=r"largest usable overlap is \(8, 80, 80\)"):
         make_plan(g, (64, 512, 512), 1, 2, overlap=(0, 84, 0))
     assert make_plan(g, (64, 512, 512), 1, 2, overlap=(8, 80, 80)).grid.step == (2, 4, 4)
+
+
+def test_jobs_whose_tiles_overlap_only_through_the_period_keep_the_fingerprint_of_earlier_versions():
+    """Earlier versions blended (blend = the mode asked for) tiles that overlap only because their
+    step keeps to the shift period; they are written over now, and the plan's fingerprint still
+    names the mode, so an unfinished job of such a net resumes (the output is the same)."""
+    rounded = TileGeometry((9, 9, 9), (5, 5, 5), (1, 1, 1), (2, 2, 2))  # tiles of 5, step 4
+    for mode in ("gaussian", "linear"):
+        plan = make_plan(rounded, (30, 30, 30), 1, 2, memory_budget=MB, blend=mode)
+        assert plan.blend is None and plan.to_json()["blend"] == mode
+        assert "blend_asked" not in plan.to_json()
+        asked = make_plan(rounded, (30, 30, 30), 1, 2, memory_budget=MB, blend=mode, overlap=2)
+        assert asked.blend == asked.to_json()["blend"] == mode
+    exact = make_plan(TileGeometry((8, 8, 8), (4, 4, 4), (1, 1, 1), (2, 2, 2)), (30, 30, 30), 1, 2, memory_budget=MB)
+    assert exact.blend is None and exact.to_json()["blend"] is None  # no overlap at all: as before

@@ -68,6 +68,9 @@ class Plan:
             :func:`ekn_core.grey.to_grey`).
         anchor: A point of the tile lattice of the whole volume when ``origin`` is not on it (a
             ROI of a net with a shift period > 1; :class:`~ekn_core.prediction.tiling.TileGrid`).
+        blend_asked: The blend mode the job asked for. Not part of the plan itself: the fingerprint
+            names it where tiles overlap only through the shift period, as earlier versions, which
+            blended such tiles (to the same output), did, so their unfinished jobs resume.
     """
 
     geometry: TileGeometry
@@ -81,6 +84,7 @@ class Plan:
     affinity_offsets: tuple[tuple[int, ...], ...] | None = None
     grey_range: tuple[float, float] | None = None
     anchor: Shape | None = None
+    blend_asked: str | None = None
 
     @property
     def grid(self) -> TileGrid:
@@ -127,6 +131,9 @@ class Plan:
         """JSON-able description (part of the resume fingerprint)."""
         data = asdict(self)
         data["geometry"] = asdict(self.geometry)
+        del data["blend_asked"]
+        if self.blend is None and tile_step(self.geometry.tile_out, self.geometry.period) != self.geometry.tile_out:
+            data["blend"] = self.blend_asked  # the fingerprint of earlier versions (see blend_asked)
         if not self.tta:
             del data["tta"]  # plans without TTA keep the fingerprint of earlier versions (resume)
         for optional in ("affinity_offsets", "grey_range", "anchor"):
@@ -256,7 +263,7 @@ def make_plan(geometry: TileGeometry, in_shape: Shape, in_channels: int, n_lab: 
             break
         block = trial
     return Plan(g, lo, hi, tuple(block), ov, blending, int(batch), tuple(tta), affinity_offsets,
-                None if grey_range is None else tuple(float(v) for v in grey_range), anchor)
+                None if grey_range is None else tuple(float(v) for v in grey_range), anchor, blend)
 
 
 def as_channel_volume(volume: Any) -> Any:
