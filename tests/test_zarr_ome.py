@@ -89,6 +89,16 @@ def test_ngff_05_image_multiplies_the_image_wide_scale_and_converts_units(tmp_pa
         np.testing.assert_allclose(vol.voxel_size, (4.0, 0.5, 0.5))  # 40 Å, 5 Å, 5 Å
 
 
+def test_an_image_stored_in_another_axis_order_keeps_its_voxel_size_in_ekns_order(tmp_path):
+    data = np.random.default_rng(2).integers(0, 255, (2, 5, 12, 10), dtype=np.uint8)  # c, z, x, y
+    path = str(tmp_path / "img.zarr")
+    write_image(path, [data], "czxy", [(1, 0.03, 0.004, 0.008)])
+    with open_volume(path) as vol:
+        assert vol.axes == "czyx" and vol.shape == (2, 5, 10, 12)
+        np.testing.assert_array_equal(vol[...], data.transpose(0, 1, 3, 2))
+        np.testing.assert_allclose(vol.voxel_size, (30.0, 8.0, 4.0))  # z, y, x
+
+
 def test_labels_image_inside_an_image_and_no_units(tmp_path):
     import zarr
 

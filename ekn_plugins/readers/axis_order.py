@@ -104,6 +104,10 @@ class Transposed(VolumeBase):
         self.dtype = np.dtype(volume.dtype)
         chunks = getattr(volume, "chunks", None)
         self.chunks = None if chunks is None else tuple(int(chunks[i]) for i in self._stored)
+        stored_size = getattr(volume, "voxel_size", None)  # along the stored spatial axes
+        stored_spatial = [a for a in volume.axes if a in "zyx"]
+        self.voxel_size = None if stored_size is None else tuple(
+            stored_size[stored_spatial.index(a)] for a in self.axes if a in "zyx")
 
     def _box(self, index: Any) -> tuple[list[range], list[int], list[bool], tuple, list[int]]:
         """The index as ranges, the bounding box's starts, dropped axes, the stored index of the box,

@@ -50,8 +50,9 @@ class OmeLevel:
         axes: Its axes in storage order without a dropped time axis, one letter each (``c`` for
             the channel axis).
         drop_time: Whether the array has a leading time axis of length 1 that ekn drops.
-        voxel_size: The size of a voxel in nm along the spatial axes (ekn's order), or None where
-            the metadata gives no scale or a spatial axis no unit of length.
+        voxel_size: The size of a voxel in nm along the spatial axes as stored (a volume stored in
+            another order gives it in ekn's order, :class:`~ekn_plugins.readers.axis_order.Transposed`),
+            or None where the metadata gives no scale or a spatial axis no unit of length.
     """
 
     path: str
