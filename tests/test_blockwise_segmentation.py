@@ -1,6 +1,9 @@
 """Blockwise watershed segmentation with stitching (ekn_plugins.evaluation.blockwise_segmentation,
 .stitching, ``ekn segment``) against the in-memory watershed of the whole volume."""
 
+import argparse
+import dataclasses
+import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -15,10 +18,14 @@ import ekn_plugins.evaluation.blockwise_segmentation as bs
 from ekn_core.cli import main
 from ekn_core.errors import ConfigError, EknError
 from ekn_core.volumes import open_volume
+from ekn_plugins.commands.segment import SegmentCommand
 from ekn_plugins.data.image import ids2barriers
 from ekn_plugins.evaluation.seg_search import search_segmentation
-from ekn_plugins.evaluation.segmentation import WatershedParams, segmentation_scores, watershed_segmentation
+from ekn_plugins.evaluation.agglomeration import MutexParams, WaterzParams
+from ekn_plugins.evaluation.segmentation import (AffinityParams, WatershedParams, segmentation_scores,
+                                                 watershed_segmentation)
 from ekn_plugins.evaluation.stitching import final_ids, overlap_matches
+from ekn_plugins.malis import mknhood3d, seg_to_affgraph
 
 SHAPE = (15, 48, 48)
 BLOCK = (5, 16, 16)  # 3 x 3 x 3 blocks
@@ -77,9 +84,11 @@ def block_of(point):
 
 def test_overlap_matches_against_brute_force():
     rng = np.random.default_rng(0)
+    matched = restricted = 0
     for _ in range(20):
         a, b = rng.integers(0, 6, (2, 4, 5, 6))
-        a[rng.random(a.shape) < 0.5] = a.flat[0]  # some large segments, so that majorities occur
+        a[rng.random(a.shape) < 0.5] = a.flat[0]  # some large segments
+        b = np.where(rng.random(a.shape) < rng.random(), a + 10 * (a > 0), b)  # partly a's: majorities occur
         expected = []
         for i in np.unique(a[a > 0]):
             for j in np.unique(b[b > 0]):
@@ -87,6 +96,11 @@ def test_overlap_matches_against_brute_force():
                 if 2 * shared > max(np.sum(a == i), np.sum(b == j)):
                     expected.append([i, j])
         assert overlap_matches(a, b).tolist() == expected
+        allowed_a, allowed_b = rng.choice(6, 4, replace=False), rng.choice(16, 12, replace=False)
+        allowed = [[i, j] for i, j in expected if i in allowed_a and j in allowed_b]
+        assert overlap_matches(a, b, allowed_a, allowed_b).tolist() == allowed
+        matched, restricted = matched + len(expected), restricted + len(expected) - len(allowed)
+    assert matched > 10 and restricted > 3  # the cases occur
     assert overlap_matches(np.zeros(3, int), np.zeros(3, int)).shape == (0, 2)
 
 
@@ -149,23 +163,66 @@ def test_clean_map_equals_whole_volume(tmp_path, params, halo):
     assert sorted(np.unique(seg[seg > 0])) == list(range(1, seg.max() + 1))  # consecutive
 
 
-def test_noisy_map_close_to_whole_volume(tmp_path, monkeypatch):
-    """On a noisy, blurred map the blocks see different seeds near their faces; with a halo of 8 the
-    stitched result equals the whole volume's here (VI 0; 0.16 with a halo of 4, 0.27 with 2),
-    against VI > 2 without stitching."""
+@pytest.mark.parametrize("halo", [4, 8])
+def test_noisy_map_equals_whole_volume(tmp_path, monkeypatch, halo):
+    """On a noisy, blurred map the blocks see different seeds near their faces. Matched over the face
+    ± half the halo (the outer half of a halo sees least of the map), the stitched result equals
+    the whole volume's with a halo of 4 and of 8 (VI 0; matched over the face ± the whole halo it
+    was 0.156 with a halo of 4: false merges), against VI > 2 without stitching."""
     ids = voronoi(n_cells=14)
     prob = noisy_map(ids)
     params = search_segmentation(prob, ids, grid={"threshold": [0.2, 0.3], "min_size": [1, 20]}).best_params
     whole = watershed_segmentation(prob, params)
     source = write_h5(tmp_path, prob)
-    bs.segment_volume(source, str(tmp_path / "seg.zarr"), params, block=BLOCK, halo=8, progress=False)
-    vi = segmentation_scores(whole.astype(np.int64) + 1, read(str(tmp_path / "seg.zarr")).astype(np.int64))["vi"]
-    assert vi < 0.1
+    bs.segment_volume(source, str(tmp_path / "seg.zarr"), params, block=BLOCK, halo=halo, progress=False)
+    assert_same_segmentation(read(str(tmp_path / "seg.zarr")), whole)
+    if halo == 8:
+        monkeypatch.setattr(bs, "overlap_matches", lambda *args: np.zeros((0, 2), np.int64))
+        bs.segment_volume(source, str(tmp_path / "unstitched.zarr"), params, block=BLOCK, halo=8, progress=False)
+        unstitched = read(str(tmp_path / "unstitched.zarr")).astype(np.int64)
+        assert segmentation_scores(whole.astype(np.int64) + 1, unstitched)["vi"] > 2.0
 
-    monkeypatch.setattr(bs, "overlap_matches", lambda a, b: np.zeros((0, 2), np.int64))
-    bs.segment_volume(source, str(tmp_path / "unstitched.zarr"), params, block=BLOCK, halo=8, progress=False)
-    unstitched = read(str(tmp_path / "unstitched.zarr")).astype(np.int64)
-    assert segmentation_scores(whole.astype(np.int64) + 1, unstitched)["vi"] > 2.0
+
+def test_segments_in_no_core_join_nothing(tmp_path):
+    """Every block's core agrees with the whole volume's watershed (one-to-one), yet segments that a
+    block has only in its halo overlapped different cells on two faces and chained them (VI 0.20,
+    3 of 51 cells merged, before such segments were kept out of the matching): the output equals
+    the whole volume."""
+    prob = np.clip(ndimage.gaussian_filter(np.random.default_rng(0).random((16, 64, 64)), 2) * 3 - 1, 0, 1)
+    prob = prob.astype(np.float32)
+    params = WatershedParams(threshold=0.4)
+    whole = watershed_segmentation(prob, params)
+    block = (8, 16, 16)
+    out = str(tmp_path / "seg.zarr")
+    summary = bs.segment_volume(write_h5(tmp_path, prob), out, params, block=block, progress=False)
+    grid = bs.make_grid(prob.shape, block, bs.default_halo(params), params)
+    for index in range(summary["blocks"]):
+        (lo, hi), (dlo, dhi) = grid.core(index), grid.domain(index)
+        local = watershed_segmentation(prob[tuple(slice(l, h) for l, h in zip(dlo, dhi))], params)
+        core = local[tuple(slice(l - d, h - d) for l, h, d in zip(lo, hi, dlo))]
+        truth = whole[tuple(slice(l, h) for l, h in zip(lo, hi))]
+        pairs = np.unique(np.stack([core.ravel(), truth.ravel()]), axis=1)
+        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]  # the core is right
+    assert_same_segmentation(read(out), whole)
+
+
+@pytest.mark.parametrize("segmenter", [AffinityParams, WaterzParams, MutexParams])
+def test_min_size_of_affinity_segmenters_counts_whole_segments(tmp_path, segmenter):
+    """A 60-voxel process is kept with min_size 50 on the whole volume, but no block with its halo
+    sees 50 of its voxels (it was erased); a 40-voxel one is erased by both."""
+    ids = np.zeros((16, 16, 64), np.int64)
+    ids[:8, :8, :] = 1  # a big cell
+    ids[10, 10, 2:62] = 2  # a thin process across four blocks
+    ids[12, 3, 10:50] = 4  # a shorter one
+    ids[8:] = np.where(ids[8:] == 0, 3, ids[8:])
+    aff = seg_to_affgraph(ids, mknhood3d(1)).astype(np.float32) * 0.9 + 0.05
+    params = segmenter(min_size=50)
+    whole = params.segment(aff)
+    assert (whole[ids == 2] > 0).all() and (whole[ids == 4] == 0).all()
+    out = str(tmp_path / "seg.zarr")
+    summary = bs.segment_volume(write_h5(tmp_path, aff), out, params, block=(16, 16, 16), halo=4, progress=False)
+    assert_same_segmentation(read(out), whole)
+    assert summary["segments"] == whole.max()
 
 
 def test_roi_channel_uint8_interior(tmp_path):
@@ -245,6 +302,19 @@ def test_two_workers_equal_one(tmp_path):
     np.testing.assert_array_equal(read(str(tmp_path / "one.zarr")), read(str(tmp_path / "two.zarr")))
     again = bs.segment_volume(source, str(tmp_path / "two.zarr"), params, block=BLOCK, halo=4, progress=False)
     assert again["skipped"] == 27  # every block the workers finished was recorded
+
+
+def test_two_workers_read_a_zarr_input(tmp_path):
+    """A zarr input is read through tensorstore, which aborts a forked child that reads after the
+    parent did: the workers start from a fork server instead."""
+    prob = noisy_map(voronoi())
+    source = str(tmp_path / "prob.zarr")
+    with ekn_core.volumes.create_volume(source, shape=prob.shape, dtype=prob.dtype) as volume:
+        volume[...] = prob
+    params = WatershedParams(threshold=0.3)
+    bs.segment_volume(source, str(tmp_path / "one.zarr"), params, block=BLOCK, halo=4, progress=False)
+    bs.segment_volume(source, str(tmp_path / "two.zarr"), params, block=BLOCK, halo=4, workers=2, progress=False)
+    np.testing.assert_array_equal(read(str(tmp_path / "one.zarr")), read(str(tmp_path / "two.zarr")))
 
 
 def _opened_inputs():
@@ -350,6 +420,52 @@ def test_command_with_params_file(tmp_path, capsys):
     np.testing.assert_array_equal(read(inline), read(out))
 
 
+def test_command_uses_the_searched_channel_and_polarity(tmp_path, capsys):
+    """Parameters that ekn evaluate searched on channel 0 as the interior probability segment that
+    channel as 1 - p without --channel and --interior; another channel is refused."""
+    ids = voronoi()
+    boundary = noisy_map(ids)
+    source = write_h5(tmp_path, np.stack([1 - boundary, boundary]))  # channel 0: the interior
+    search = search_segmentation(boundary, ids, grid={"threshold": [0.25, 0.35]})
+    params_file, _ = dataclasses.replace(search, channel=0, interior=True).save(str(tmp_path / "valid"))
+    out = str(tmp_path / "seg.zarr")
+    options = ["--block", "5,16,16", "--halo", "4", "--no-progress"]
+    assert main(["segment", source, out, "--params", params_file, *options]) == 0
+    bs.segment_volume(source, str(tmp_path / "api.zarr"), search.best_params, block=BLOCK, halo=4, channel=0,
+                      interior=True, progress=False)
+    np.testing.assert_array_equal(read(out), read(str(tmp_path / "api.zarr")))
+    capsys.readouterr()
+    assert main(["segment", source, str(tmp_path / "x.zarr"), "--params", params_file, "--channel", "1",
+                 *options]) == 2
+    assert "searched (ekn evaluate) on channel 0 of the net; channel 1 is another" in capsys.readouterr().err
+
+
+def test_min_size_help_names_both_meanings():
+    parser = argparse.ArgumentParser()
+    SegmentCommand().add_arguments(parser)
+    (action,) = [a for a in parser._actions if "--min-size" in a.option_strings]
+    assert "watershed merges them into their neighbours" in action.help
+    assert "affinity segmenter (affinity, waterz, mutex) leaves them unassigned, 0" in action.help
+
+
+def test_work_folders_of_the_former_stitching_are_segmented_anew(tmp_path, monkeypatch):
+    """Progress logs of the former format (version 1: slabs of the face ± the whole halo, affinity
+    blocks segmented with min_size) are not resumed: their block files would be stitched wrongly."""
+    source = write_h5(tmp_path, noisy_map(voronoi()))
+    params = WatershedParams(threshold=0.3)
+    out = str(tmp_path / "seg.zarr")
+    bs.segment_volume(source, out, params, block=BLOCK, halo=4, progress=False)
+    logs = [os.path.join(bs.work_folder(out), f"{name}.ekn-progress") for name in ("segment", "stitch")]
+    for path in [*logs, out + ".ekn-progress"]:
+        with open(path) as f:
+            header, rest = f.read().split("\n", 1)
+        with open(path, "w") as f:
+            f.write(json.dumps({**json.loads(header), "version": 1}) + "\n" + rest)
+    calls = counting_watershed(monkeypatch)
+    assert bs.segment_volume(source, out, params, block=BLOCK, halo=4, progress=False)["skipped"] == 0
+    assert len(calls) == 27
+
+
 # --- errors ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -386,6 +502,8 @@ def test_bad_inputs(tmp_path):
     ("{not json", "cannot read the segmentation parameters"),
     ('{"threshold": 0.3, "colour": 1}', "neither a segmentation search"),
     ('{"metric": "vi", "rows": [{"params": {}}]}', "no valid segmentation search record"),
+    ('{"metric": "vi", "interior": "yes", "rows": [{"params": {}, "scores": {}}]}',
+     "no valid segmentation search record: channel must be a channel number or null and interior true"),
     ('{"threshold": 2.0}', "threshold must be a boundary probability"),
     ('{"segmenter": "waterz", "scoring": "max"}', "scoring must be one of the scoring functions waterz ships"),
     ('{"segmenter": "mutex", "seed_erosion": 1}', "nor an object of watershed parameters .* or of another segmenter"),

@@ -3,6 +3,7 @@ against references computed here on the whole box, the prediction cache, run dir
 error, the segmentation search after importing TensorFlow, and the real ``ekn`` command on a saved
 TensorFlow model in a run directory."""
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ from ekn_plugins.data.image import center_offset, ids2barriers
 from ekn_plugins.data.synth import write_dataset
 from ekn_plugins.evaluation import seg_search
 from ekn_plugins.evaluation.binary import ThresholdCurves
+from ekn_plugins.evaluation.blockwise_segmentation import segment_volume
 from ekn_plugins.evaluation.inputs import evaluated_channel
 from ekn_plugins.evaluation.model_evaluation import evaluate_model
 from ekn_plugins.evaluation.runs import default_out_dir, resolve_model, run_validation_spec
@@ -109,7 +111,8 @@ def test_curves_and_segmentation_equal_references_on_the_whole_box(tmp_path, dat
     ids = read(data["ids"])[tuple(slice(s.start - o, s.stop - o) for s, o in zip(box, offset))]
     search = search_segmentation(prediction[1], ids, GRID)
     with open(tmp_path / "out" / v["segmentation"]["search"]) as f:
-        assert json.load(f) == json.loads(json.dumps(search.to_dict()))
+        recorded = dataclasses.replace(search, channel=1, interior=False)  # as ekn evaluate records them
+        assert json.load(f) == json.loads(json.dumps(recorded.to_dict()))
     assert v["segmentation"]["params"] == search.best_params.to_dict()
     assert v["segmentation"]["scores"] == search.best_scores
     np.testing.assert_array_equal(read(str(tmp_path / "out" / v["segmentation"]["volume"])),
@@ -156,6 +159,14 @@ def test_labels_derived_from_ids_and_interior(tmp_path, data):
         search = search_segmentation(1 - prob if interior else prob, ids, GRID)
         assert (out / "v" / "seg_params.md").read_text().endswith(search.table() + "\n")
         assert v["segmentation"]["scores"] == search.best_scores
+        # the search records the channel and its polarity: ekn segment --params segments the same map
+        params_file = str(out / "v" / "seg_params.json")
+        assert {k: json.loads(open(params_file).read())[k] for k in ("channel", "interior")} == {
+            "channel": 1, "interior": interior}
+        segmented = str(out / "seg.zarr")
+        segment_volume(str(out / v["prediction"]["path"]), segmented, params_file, block=prob.shape, progress=False)
+        expected = watershed_segmentation(1 - prob if interior else prob, search.best_params)
+        assert np.array_equal(read(segmented), expected)
     assert "the boundaries of the ids" in (out / "REPORT.md").read_text()
 
 
@@ -269,6 +280,10 @@ def test_segmentation_search_after_importing_tensorflow_starts_no_forked_workers
     assert search_segmentation(prob, true, grid, n_proc=2).table() == search_segmentation(prob, true, grid).table()
     assert methods == ["forkserver"]
     monkeypatch.delitem(__import__("sys").modules, "tensorflow")
+    import tensorstore  # noqa: F401  (ekn's zarr reader: forked children that read after the parent abort)
+
+    assert seg_search.start_method() == "forkserver"
+    monkeypatch.delitem(__import__("sys").modules, "tensorstore")
     assert seg_search.start_method() == "fork"
 
 

@@ -89,6 +89,29 @@ def test_the_recorded_channel_of_a_one_channel_prediction_is_checked(data, tmp_p
     with caplog.at_level(logging.WARNING, "ekn.segment"):
         segment_volume(background, str(tmp_path / "s1.zarr"), interior=True, progress=False)
     assert "channel 0 of the net" not in caplog.text
+    # parameters searched (ekn evaluate) on channel 0 as the interior: adopted; on channel 1: refused
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "ekn.segment"):
+        segment_volume(background, str(tmp_path / "s2.zarr"), searched={"channel": 0, "interior": True},
+                       progress=False)
+    assert "channel 0 of the net" not in caplog.text
+    assert np.array_equal(read(str(tmp_path / "s2.zarr")), read(str(tmp_path / "s1.zarr")))
+    with pytest.raises(ConfigError, match=r"c0.zarr' is channel 0 of the net \(ekn predict --channel 0\), but the "
+                                          "segmentation parameters were searched .* on channel 1"):
+        segment_volume(background, str(tmp_path / "s3.zarr"), searched={"channel": 1, "interior": False},
+                       progress=False)
+    with pytest.raises(ConfigError, match=r"searched \(ekn evaluate\) on the interior .* interior=False would "
+                                          "segment the opposite polarity"):
+        segment_volume(background, str(tmp_path / "s3.zarr"), interior=False, searched={"channel": 0, "interior": True},
+                       progress=False)
+    both = str(tmp_path / "both.zarr")  # all channels: the searched one is read, another is refused
+    predict_volume(NET, data["raw"], both, tile=None, progress=False)
+    segment_volume(both, str(tmp_path / "s4.zarr"), searched={"channel": 0, "interior": True}, progress=False)
+    assert np.array_equal(read(str(tmp_path / "s4.zarr")), read(str(tmp_path / "s1.zarr")))
+    with pytest.raises(ConfigError, match=r"searched \(ekn evaluate\) on channel 0 of the net; channel 1 is "
+                                          r"another: leave --channel \(channel=\) out"):
+        segment_volume(both, str(tmp_path / "s5.zarr"), channel=1, searched={"channel": 0, "interior": True},
+                       progress=False)
 
 
 def test_float_ids_are_refused_before_anything_is_predicted(data, tmp_path):
@@ -134,6 +157,26 @@ def test_ignore_ids_reach_the_segmentation_scores_and_the_record_is_strict_json(
     assert not _has_nan(on_disk) and on_disk["volumes"][0]["segmentation"]["scores"] == pytest.approx(reference)
     with pytest.raises(ConfigError, match=r"ignore_ids must be ground-truth ids .* got \['a'\]"):
         evaluate_model(None, [volume], str(tmp_path / "ev"), prediction=pred, ignore_ids=["a"], **FAST)
+
+
+def test_ignore_label_is_refused_for_labels_derived_from_ids(data, tmp_path, monkeypatch):
+    """Labels derived from ids are 0/1: ignore_label 0 would drop every negative voxel (AUC NaN);
+    given explicitly it is refused, and the run's (a value of its label volumes) is not applied."""
+    prob = np.clip(read(data["barrier"]).astype(np.float32) * 0.7 + 0.2, 0, 1)
+    pred = write(str(tmp_path / "prob.zarr"), prob)
+    volume = ValidationVolume(None, None, None, "v", data["ids"])
+    with pytest.raises(ConfigError, match=r"ignore_label 0 is a value of binary labels \(--labels\), but volume 'v' "
+                                          r"has none: .* --ignore-ids"):
+        evaluate_model(None, [volume], str(tmp_path / "a"), prediction=pred, ignore_label=0, segmentation=False,
+                       **FAST)
+    reference = evaluate_model(None, [volume], str(tmp_path / "b"), prediction=pred, segmentation=False, **FAST)
+    monkeypatch.setattr("ekn_plugins.evaluation.model_evaluation.check_label_values", lambda *args: None)
+    run_like = evaluate_model(None, [volume], str(tmp_path / "c"), prediction=pred, ignore_label=0,
+                              segmentation=False, **FAST)  # as a run's ignore_label reaches the sweep
+    binary, expected = run_like["volumes"][0]["binary"], reference["volumes"][0]["binary"]
+    assert binary["n_negative"] > 0
+    assert [binary[k] for k in ("positive_counts", "negative_counts")] == [
+        expected[k] for k in ("positive_counts", "negative_counts")]
 
 
 def test_overlap_matches_of_uint64_ids_equal_the_pairwise_reference():

@@ -100,6 +100,30 @@ def test_error_bounds_hold_where_binning_errs_most(positives_on_top):
     assert abs(average_precision_score(labels, prob) - ev.average_precision) <= ev.average_precision_error_bound
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_error_bounds_are_zero_where_every_bin_holds_one_probability(dtype):
+    """8-bit probabilities (k / 255) with bins=510: every bin holds one probability, AUC and AP equal
+    scikit-learn's, and the bounds say so (0); a second probability in one bin makes them positive,
+    also when it comes from another block merged in."""
+    rng = np.random.default_rng(8)
+    prob = (rng.integers(0, 256, 3000) / 255.0).astype(dtype)
+    labels = (rng.random(prob.size) < 0.8 * prob + 0.1).astype(int)
+    curves = ThresholdCurves(510)
+    curves.add(prob, labels)
+    ev = curves.result()
+    assert ev.roc_auc == pytest.approx(roc_auc_score(labels, prob), abs=1e-12)
+    assert ev.average_precision == pytest.approx(average_precision_score(labels, prob), abs=1e-12)
+    assert (ev.roc_auc_error_bound, ev.average_precision_error_bound) == (0.0, 0.0)
+    close = np.full(40, float(dtype(100 / 255)) - 1e-9)  # in the bin of 100/255 (as stored)
+    other = ThresholdCurves(510)
+    other.add(close, np.arange(40) % 2)
+    curves.merge(other)
+    ev = curves.result()
+    assert ev.roc_auc_error_bound > 0 and ev.average_precision_error_bound > 0
+    both = np.concatenate([prob, close]), np.concatenate([labels, np.arange(40) % 2])
+    assert abs(ev.roc_auc - roc_auc_score(*both[::-1])) <= ev.roc_auc_error_bound
+
+
 def test_thresholds_off_the_grid_are_rounded_and_default_to_elektronn2s_64():
     curves = ThresholdCurves(1000)
     prob, labels = _scored_labels(np.random.default_rng(3), 500)

@@ -1,6 +1,7 @@
 """Segmentations from boundary probabilities and affinities, their scores, the parameter search and
 saving (ekn_plugins.evaluation.segmentation and .seg_search)."""
 
+import dataclasses
 import functools
 import json
 import math
@@ -16,8 +17,9 @@ from ekn_core.errors import ConfigError, EknError, ShapeError
 from ekn_core.volumes import open_volume
 from ekn_plugins.data.image import ids2barriers
 from ekn_plugins.evaluation.seg_search import SegmentationSearch, grid_points, search_segmentation
-from ekn_plugins.evaluation.segmentation import (SCORE_NAMES, WatershedParams, affinity_segmentation,
-                                                 save_segmentation, segmentation_scores, watershed_segmentation)
+from ekn_plugins.evaluation.segmentation import (SCORE_NAMES, AffinityParams, WatershedParams,
+                                                 affinity_segmentation, save_segmentation, segmentation_scores,
+                                                 watershed_segmentation)
 from ekn_plugins.malis import mknhood3d, seg_to_affgraph
 
 
@@ -300,6 +302,11 @@ def test_boundary_prob_is_checked():
         watershed_segmentation(np.zeros((3, 4, 5), np.uint8))
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         watershed_segmentation(np.full((3, 4, 5), np.nan))
+    for empty in (np.zeros((0, 4, 4)), np.zeros((3, 4, 0), np.float32)):  # not numpy's reduction error
+        with pytest.raises(ShapeError, match=r"boundary_prob array is empty \(shape .*\): nothing to segment"):
+            watershed_segmentation(empty)
+    with pytest.raises(ShapeError, match="affinities array is empty"):
+        AffinityParams().segment(np.zeros((3, 0, 4, 4)))
 
 
 # --- affinities -----------------------------------------------------------------------------------
@@ -388,6 +395,10 @@ def test_search_save_and_load(tmp_path, monkeypatch):
     record = json.loads(open(json_path).read())
     assert record["best"]["params"] == search.best_params.to_dict() and len(record["rows"]) == 2
     assert SegmentationSearch.load(json_path) == search
+    assert (record["channel"], record["interior"]) == (None, None)  # not recorded (search_segmentation alone)
+    recorded = dataclasses.replace(search, channel=0, interior=True)  # as ekn evaluate records them
+    loaded = SegmentationSearch.load(recorded.save(tmp_path / "recorded")[0])
+    assert loaded == recorded and (loaded.channel, loaded.interior) == (0, True)
     assert search.table() in open(md_path).read()
     assert search.save(tmp_path)[0] == str(tmp_path / "seg_params.json")
     # a NaN score (e.g. a precision of nothing) is written as null, strict JSON, and read back as NaN

@@ -55,6 +55,16 @@ def test_metrics_summed_in_blocks_match_scikit_learn():
     assert np.isnan(MetricSums(2).result(("pixel_error", "f1"))["volume_f1"])  # nothing labelled
 
 
+def test_fractional_float_labels_are_refused_not_truncated():
+    from ekn_plugins.validation.metrics import label_ids
+
+    with pytest.raises(ShapeError, match="labels must be integer class ids, found the value 0.7; threshold or round"):
+        label_ids(np.array([0.7, 1.0, 0.3, 1.9]))  # was [0, 1, 0, 1]
+    with pytest.raises(ShapeError, match="not of dtype <U1"):
+        label_ids(np.array(["a"]))
+    assert label_ids(np.array([0.0, 1.0, 2.0, 255.0, -1.0]), ignore_label=255).tolist() == [0, 1, 2, -1, -1]
+
+
 def test_blockwise_prediction_equals_predict_dense():
     raw = np.random.default_rng(1).random((11, 41, 37)).astype(np.float32)
     net = make_net()

@@ -165,9 +165,9 @@ class EvaluateCommand(Command):
                             "probability: segment 1 - p, and labels from --ids are the non-boundary voxels")
         parser.add_argument("--positive", type=int, help="class of multi-class labels the channel predicts "
                             "(the others are negative); default: binary labels 0/1")
-        parser.add_argument("--ignore-label", type=int, help="label value of unlabelled voxels in --labels (with "
-                            "--affinities: the id whose edges are unlabelled; it is then also left out of the "
-                            "segmentation scores)")
+        parser.add_argument("--ignore-label", type=int, help="label value of unlabelled voxels in --labels; not "
+                            "for labels derived from --ids (0/1: leave ids out with --ignore-ids); with --affinities: "
+                            "the id whose edges are unlabelled (it is then also left out of the segmentation scores)")
         parser.add_argument("--ignore-ids", default="0", help="ground-truth ids left out of the segmentation "
                             "scores (VI, adapted Rand error), comma-separated (default 0)")
         parser.add_argument("--bins", type=int, default=1000, help="histogram bins of the threshold sweep "

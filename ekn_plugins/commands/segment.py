@@ -77,7 +77,8 @@ class SegmentCommand(Command):
     evaluate --affinities). Every block is segmented with a halo; segments
     of neighbouring blocks that are each other's majority in their overlap are joined, and OUTPUT
     gets consecutive ids (uint32, uint64 if they do not fit). The parameters come from --params
-    (the seg_params.json of ekn evaluate) and the options. Rerunning the same command after an
+    (the seg_params.json of ekn evaluate, whose channel and --interior are used unless given)
+    and the options. Rerunning the same command after an
     interruption skips finished blocks; intermediate files are kept in OUTPUT.ekn-segment/. An
     OUTPUT that no ekn job wrote is refused unless --overwrite.
     """
@@ -86,10 +87,11 @@ class SegmentCommand(Command):
         parser.add_argument("input", help="boundary probabilities (or affinities, see --params), e.g. pred.zarr, "
                             "pred.h5:probs")
         parser.add_argument("output", help="segmentation, e.g. seg.zarr (default format), seg.h5:seg")
-        parser.add_argument("--channel", type=int, help="channel of a (c, z, y, x) input (default: 1 of two "
-                            "softmax channels, 0 of one)")
-        parser.add_argument("--interior", action="store_true", help="the channel is the interior (cell) "
-                            "probability: segment 1 - p")
+        parser.add_argument("--channel", type=int, help="channel of a (c, z, y, x) input (default: the one the "
+                            "--params search of ekn evaluate segmented, else 1 of two softmax channels, 0 of one)")
+        parser.add_argument("--interior", action="store_true", default=None, help="the channel is the interior "
+                            "(cell) probability: segment 1 - p (default: as the --params search of ekn evaluate "
+                            "did)")
         parser.add_argument("--params", help="parameters as a JSON file (seg_params.json of ekn evaluate) or JSON "
                             "text: an object such as {\"threshold\": 0.3, \"min_size\": 50} (watershed) or {\"segmenter\": \"waterz\", "
                             "\"threshold\": 0.4} (an affinity segmenter: INPUT holds affinities); the options below "
@@ -100,8 +102,10 @@ class SegmentCommand(Command):
                             "finest axis; default 0)")
         parser.add_argument("--min-seed-size", type=int, help="drop seeds of fewer voxels (default 1)")
         parser.add_argument("--mask-threshold", type=float, help="voxels above it stay 0 (default: flood all)")
-        parser.add_argument("--min-size", type=int, help="merge segments of fewer voxels (within a block with its "
-                            "halo) into their neighbours (default 1)")
+        parser.add_argument("--min-size", type=int, help="segments of fewer voxels: the watershed merges them into "
+                            "their neighbours (counting the voxels within a block with its halo); an affinity "
+                            "segmenter (affinity, waterz, mutex) leaves them unassigned, 0 (counting the voxels of "
+                            "the whole stitched segment) (default 1)")
         parser.add_argument("--per-slice", action="store_true", help="segment every z slice on its own")
         parser.add_argument("--anisotropy", help="voxel size z,y,x for the seed erosion and the halo, e.g. 2,1,1")
         parser.add_argument("--block", default="64,256,256", help="block (core) shape Z,Y,X (default 64,256,256)")
@@ -119,12 +123,13 @@ class SegmentCommand(Command):
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ekn_plugins.evaluation.blockwise_segmentation import segment_volume
+        from ekn_plugins.evaluation.blockwise_segmentation import searched_input, segment_volume
 
         summary = segment_volume(
             args.input, args.output, segmentation_params(args), block=parse_shape(args.block, "--block"),
             halo=parse_shape(args.halo, "--halo"), roi=parse_roi(args.roi), channel=args.channel,
-            interior=args.interior, workers=args.processes, scheduler=args.scheduler, progress=not args.no_progress,
+            interior=args.interior, searched=searched_input(args.params) if args.params else None,
+            workers=args.processes, scheduler=args.scheduler, progress=not args.no_progress,
             overwrite=args.overwrite)
         rate = summary["voxels"] / max(summary["seconds"], 1e-9)
         print(f"wrote {args.output} {summary['shape']} {summary['dtype']}: {summary['segments']} segments, "

@@ -8,19 +8,21 @@ fingerprint holds the input, the channel, the parameters, the ROI, block and hal
 
 1. **segment**: every block is segmented with
    :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation` (or the affinity
-   segmenter of the parameters, on the affinity channels) on the block plus a halo (clipped to
-   the region). Its core (the block without halo) and, for each neighbouring block,
-   its segmentation of the slab both blocks segment (the face ± the halo) are saved as one
-   compressed ``.npz`` per block (numpy arrays, no pickle), written atomically, in the work
-   folder beside the output (``OUTPUT.ekn-segment/``).
+   segmenter of the parameters, on the affinity channels, with ``min_size=1``) on the block plus
+   a halo (clipped to the region). Its core (the block without halo, with its ids and their
+   voxel counts) and, for each neighbouring block, its segmentation of the slab the two blocks
+   are matched over (the face ± half the halo) are saved as one compressed ``.npz`` per block
+   (numpy arrays, no pickle), written atomically, in the work folder beside the output
+   (``OUTPUT.ekn-segment/``).
 2. **stitch**: for every face, :func:`~ekn_plugins.evaluation.stitching.overlap_matches` pairs
-   the two blocks' segments that are each other's majority in the slab; the pairs go to one
-   ``.npy`` per block.
+   the two blocks' segments that are each other's majority in the slab, among the segments each
+   block has in its core; the pairs go to one ``.npy`` per block.
 3. **relabel**: the matched pairs of all faces are joined (union-find:
    :func:`~ekn_plugins.evaluation.stitching.final_ids`) into consecutive ids, uint32 where they
-   fit, else uint64; every block's core is written into the output with them. A block's write is
-   recomputed from its ``.npz`` whenever it was not recorded, so a killed run never leaves a
-   half-written block marked done.
+   fit, else uint64 (an affinity segmenter's segments of fewer than ``min_size`` voxels, counted
+   over all cores, become 0); every block's core is written into the output with them. A block's
+   write is recomputed from its ``.npz`` whenever it was not recorded, so a killed run never
+   leaves a half-written block marked done.
 
 Memory is bounded by a block with its halo (the watershed's working arrays), plus one integer
 per segment of the whole volume for the final table. Workers (processes) segment and stitch
@@ -87,8 +89,8 @@ class BlockGrid:
         >>> grid = BlockGrid((0, 0, 0), (10, 20, 20), (10, 8, 8), (0, 2, 2))
         >>> grid.counts, grid.core(4), grid.domain(4)
         ((1, 3, 3), ((0, 8, 8), (10, 16, 16)), ((0, 6, 6), (10, 18, 18)))
-        >>> grid.neighbour(4, 2, +1), grid.face(4, 2)           # the slab shared with block 5
-        (5, ((0, 8, 14), (10, 16, 18)))
+        >>> grid.neighbour(4, 2, +1), grid.face(4, 2)           # the slab matched with block 5
+        (5, ((0, 8, 15), (10, 16, 17)))
     """
 
     origin: Shape
@@ -125,13 +127,15 @@ class BlockGrid:
         return int(np.ravel_multi_index(position, self.counts))
 
     def face(self, index: int, axis: int) -> tuple[Shape, Shape]:
-        """The slab that block ``index`` and its upper neighbour along ``axis`` both segment: the
-        face between their cores ± the halo along ``axis``, the core's extent along the others."""
+        """The slab over which block ``index`` and its upper neighbour along ``axis`` are matched:
+        the face between their cores ± half the halo along ``axis`` (at least 1 voxel), the core's
+        extent along the others. Both blocks segment it; the outer half of each one's halo, where
+        it sees least of the map around a voxel, is left out."""
         lo, hi = self.core(index)
-        f = hi[axis]
+        f, width = hi[axis], max(1, self.halo[axis] // 2)
         face_lo, face_hi = list(lo), list(hi)
-        face_lo[axis] = max(f - self.halo[axis], self.origin[axis])
-        face_hi[axis] = min(f + self.halo[axis], self.end[axis])
+        face_lo[axis] = max(f - width, self.origin[axis])
+        face_hi[axis] = min(f + width, self.end[axis])
         return tuple(face_lo), tuple(face_hi)
 
     def stitched_axes(self) -> list[int]:
@@ -214,7 +218,8 @@ def load_params(path: str | os.PathLike) -> Params:
     """Segmentation parameters from a JSON file, or from JSON text (starting with ``{``): the
     ``seg_params.json`` of ``ekn evaluate`` (a segmentation search; its best parameters, of any
     segmenter), or one object of parameters: of :class:`WatershedParams`, or of the segmenter named
-    by its ``"segmenter"`` key (``affinity``, ``waterz``, ``mutex``).
+    by its ``"segmenter"`` key (``affinity``, ``waterz``, ``mutex``). The channel and polarity the
+    search segmented: :func:`searched_input`.
 
     Example:
         >>> import tempfile
@@ -228,6 +233,28 @@ def load_params(path: str | os.PathLike) -> Params:
         >>> load_params('{"threshold": 0.2}').threshold
         0.2
     """
+    return _read_params(path)[0]
+
+
+def searched_input(path: str | os.PathLike) -> dict[str, Any]:
+    """What the parameters of ``path`` (as :func:`load_params` reads them) were searched on, as the
+    ``seg_params.json`` of ``ekn evaluate`` records it: ``channel`` (the net's output channel; None
+    for affinities or where unknown) and ``interior`` (the channel is the interior probability,
+    segmented as ``1 - p``); ``{}`` for plain parameters and for search records written before ekn
+    recorded them. :func:`segment_volume` adopts them (``searched=``) and refuses a contradiction.
+
+    Example:
+        >>> searched_input('{"threshold": 0.2}')
+        {}
+        >>> row = '{"params": {}, "scores": {"vi": 0}}'
+        >>> searched_input(f'{{"metric": "vi", "channel": 0, "interior": true, "rows": [{row}]}}')
+        {'channel': 0, 'interior': True}
+    """
+    return _read_params(path)[1]
+
+
+def _read_params(path: str | os.PathLike) -> tuple[Params, dict[str, Any]]:
+    """The parameters of :func:`load_params` and the input of :func:`searched_input`."""
     text = os.fspath(path)
     try:
         if text.lstrip().startswith("{"):
@@ -239,16 +266,60 @@ def load_params(path: str | os.PathLike) -> Params:
         raise ConfigError(f"cannot read the segmentation parameters {text!r}: {err}") from None
     if isinstance(record, dict) and "rows" in record:
         try:
-            return SegmentationSearch.from_dict(record).best_params
+            search = SegmentationSearch.from_dict(record)
+            searched = {} if search.interior is None else {"channel": search.channel, "interior": search.interior}
+            return search.best_params, searched
         except (KeyError, TypeError, IndexError, ValueError) as err:
             raise ConfigError(f"{os.fspath(path)!r} is no valid segmentation search record: {err}") from None
     kind = record.get("segmenter", "watershed") if isinstance(record, dict) else None
     fields = {field.name for field in dataclasses.fields(SEGMENTERS.get(str(kind), WatershedParams))}
     if str(kind) in SEGMENTERS and set(record) - {"segmenter"} <= fields:
-        return SEGMENTERS[kind](**{k: v for k, v in record.items() if k != "segmenter"})
+        return SEGMENTERS[kind](**{k: v for k, v in record.items() if k != "segmenter"}), {}
     raise ConfigError(f"{os.fspath(path)!r} holds neither a segmentation search (seg_params.json of ekn evaluate) "
                       f"nor an object of watershed parameters ({', '.join(sorted(fields))}) or of another segmenter "
                       f"named by a \"segmenter\" key ({', '.join(k for k in SEGMENTERS if k != 'watershed')})")
+
+
+def _searched_polarity(searched: dict[str, Any], interior: bool | None) -> bool:
+    """``interior``, or where None the searched one (default False).
+
+    Raises:
+        ConfigError: ``interior`` contradicts the searched one.
+    """
+    recorded = searched.get("interior")
+    if interior is None:
+        return bool(recorded)
+    if recorded is not None and bool(interior) != recorded:
+        searched_on = "the interior (cell) probability, with --interior" if recorded else "the boundary probability"
+        raise ConfigError(f"the segmentation parameters were searched (ekn evaluate) on {searched_on}; "
+                          f"interior={bool(interior)} would segment the opposite polarity: leave --interior "
+                          "(interior=) out to use the recorded one")
+    return bool(interior)
+
+
+def _searched_channel(searched: dict[str, Any], channel: int | None, n_channels: int, input: str,
+                      record: dict[str, Any] | None) -> int | None:
+    """``channel``, or where None the searched channel of the net as a channel of the input (0 of a
+    one-channel input, ekn predict --channel K, that holds it).
+
+    Raises:
+        ConfigError: ``channel``, or the net's channel that a one-channel input holds, is not the
+            searched one.
+    """
+    wanted = searched.get("channel")
+    if wanted is None:
+        return channel
+    if n_channels == 1:
+        held = None if record is None else record.get("channel")
+        if held is not None and held != wanted:
+            raise ConfigError(f"{input!r} is channel {held} of the net (ekn predict --channel {held}), but the "
+                              f"segmentation parameters were searched (ekn evaluate) on channel {wanted}: segment a "
+                              f"prediction of channel {wanted}, or search the parameters for channel {held}")
+        return channel
+    if channel is not None and channel != wanted:
+        raise ConfigError(f"the segmentation parameters were searched (ekn evaluate) on channel {wanted} of the net; "
+                          f"channel {channel} is another: leave --channel (channel=) out to use channel {wanted}")
+    return wanted
 
 
 def work_folder(output: str) -> str:
@@ -337,7 +408,9 @@ def _save(path: str, save: Callable[[Any], None]) -> None:
 
 
 def _segment_block(job: _Job, index: int) -> int:
-    """Segments block ``index`` with its halo; saves its core and face slabs."""
+    """Segments block ``index`` with its halo; saves its core (with its ids and their sizes) and
+    face slabs. An affinity segmenter's ``min_size`` is left to the relabel pass (:func:`_table`),
+    which counts the voxels of whole stitched segments."""
     from ekn_plugins.evaluation.prediction_reading import prediction_values  # as ekn evaluate's search reads them
 
     grid = job.grid
@@ -347,9 +420,11 @@ def _segment_block(job: _Job, index: int) -> int:
     if isinstance(job.params, WatershedParams):
         seg = watershed_segmentation(1.0 - values[0] if job.interior else values[0], job.params)
     else:
-        seg = job.params.segment(values)
+        seg = dataclasses.replace(job.params, min_size=1).segment(values)
     core = seg[box_window(*grid.core(index), lo)]
-    arrays = {"core": core, "n_ids": np.int64(seg.max(initial=0)), "core_ids": np.unique(core[core > 0])}
+    core_ids, core_sizes = np.unique(core[core > 0], return_counts=True)
+    arrays = {"core": core, "n_ids": np.int64(seg.max(initial=0)), "core_ids": core_ids,
+              "core_sizes": core_sizes.astype(np.int64)}
     for axis in grid.stitched_axes():
         if grid.neighbour(index, axis, +1) is not None:
             arrays[f"hi{axis}"] = seg[box_window(*grid.face(index, axis), lo)]
@@ -377,9 +452,9 @@ def _stitch_block(job: _Job, index: int) -> int:
         upper = job.grid.neighbour(index, axis, +1)
         if upper is None:
             continue
-        (mine,) = _block_arrays(job, index, [f"hi{axis}"])
-        (theirs,) = _block_arrays(job, upper, [f"lo{axis}"])
-        pairs = overlap_matches(mine, theirs)
+        mine, my_core = _block_arrays(job, index, [f"hi{axis}", "core_ids"])
+        theirs, their_core = _block_arrays(job, upper, [f"lo{axis}", "core_ids"])
+        pairs = overlap_matches(mine, theirs, my_core, their_core)  # a segment in no core joins nothing
         rows.append(np.column_stack([np.full(len(pairs), index), pairs[:, 0], np.full(len(pairs), upper),
                                      pairs[:, 1]]))
     merges = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
@@ -447,20 +522,28 @@ def _pass_log(job: _Job, name: str, fingerprint: dict[str, Any], done_file: Call
 
 def _table(job: _Job) -> tuple[np.ndarray, np.ndarray, int]:
     """The final id of every block's local ids (``final[offsets[k] + id - 1]``), the offsets,
-    and the number of matched pairs."""
-    n_ids, written, merges = [], [], []
+    and the number of matched pairs. An affinity segmenter's segments of fewer than ``min_size``
+    voxels (summed over the cores of all blocks) become 0, the others keep their order."""
+    n_ids, written, sizes, merges = [], [], [], []
     for index in range(len(job.grid)):
-        count, core_ids = _block_arrays(job, index, ["n_ids", "core_ids"])
+        count, core_ids, core_sizes = _block_arrays(job, index, ["n_ids", "core_ids", "core_sizes"])
         n_ids.append(int(count))
         written.append(core_ids)
+        sizes.append(core_sizes)
         merges.append(np.load(job.merges_file(index), allow_pickle=False))
     matches = np.concatenate(merges)
     final, offsets = final_ids(n_ids, matches, written)
+    if isinstance(job.params, AffinitySegmenter) and job.params.min_size > 1:
+        nodes = np.concatenate([offset + ids.astype(np.int64) - 1 for offset, ids in zip(offsets, written)])
+        size = np.bincount(final[nodes], weights=np.concatenate(sizes), minlength=int(final.max(initial=0)) + 1)
+        keep = size >= job.params.min_size
+        keep[0] = False
+        final = np.where(keep[final], np.cumsum(keep)[final], 0)
     return final, offsets, len(matches)
 
 
 def _affinity_channels(params: AffinitySegmenter, n_channels: int, channel: int | None,
-                       interior: bool) -> tuple[slice, list[int]]:
+                       interior: bool | None) -> tuple[slice, list[int]]:
     """The channels of P(connected) of an affinity input (the slice to read, and as a list).
 
     Raises:
@@ -482,27 +565,29 @@ def _affinity_channels(params: AffinitySegmenter, n_channels: int, channel: int 
     return channels, list(range(n_channels))[channels]
 
 
-def segment_volume(input: str, output: str, params: Params | None = None, *,
+def segment_volume(input: str, output: str, params: Params | str | os.PathLike | None = None, *,
                    block: Sequence[int] = DEFAULT_BLOCK, halo: Sequence[int] | int | None = None,
                    roi: tuple[Sequence[int], Sequence[int]] | None = None, channel: int | None = None,
-                   interior: bool = False, workers: int = 1, scheduler: str | None = None, progress: bool = True,
-                   input_options: dict[str, Any] | None = None, output_options: dict[str, Any] | None = None,
+                   interior: bool | None = None, searched: dict[str, Any] | None = None, workers: int = 1,
+                   scheduler: str | None = None, progress: bool = True, input_options: dict[str, Any] | None = None,
+                   output_options: dict[str, Any] | None = None,
                    on_block: Callable[[str, int], Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Segments a boundary probability volume (or affinities) of any size block by block; resumable.
 
     For a map without ties (no voxel equally far, in flooding order, from two seeds) and a halo
     that reaches the seeds of every voxel of a core, the result equals
     :func:`~ekn_plugins.evaluation.segmentation.watershed_segmentation` of the whole region up to
-    the numbering of the segments. ``params.min_size`` and ``min_seed_size`` count the voxels of
-    a segment or seed inside one block with its halo: a segment cut by the halo can be merged
-    into a neighbour where the whole volume would keep it (a halo of a few cell radii makes that
-    rare).
+    the numbering of the segments. The watershed's ``min_size`` and ``min_seed_size`` count the
+    voxels of a segment or seed inside one block with its halo: a segment cut by the halo can be
+    merged into a neighbour where the whole volume would keep it (a halo of a few cell radii makes
+    that rare).
 
     With the parameters of an affinity segmenter, the input holds affinities and each block (with
     its halo) is segmented by that segmenter; edges from a block's voxels to voxels outside it
-    are left out there. Agglomeration (waterz, the mutex watershed) is not local: near a block's
-    faces it can decide otherwise than on the whole volume, which the halo and the stitching
-    absorb as they do the watershed's differences.
+    are left out there. Its ``min_size`` counts the voxels of the whole stitched segment (the
+    blocks are segmented with ``min_size=1``), as on the whole volume. Agglomeration (waterz, the
+    mutex watershed) is not local: near a block's faces it can decide otherwise than on the whole
+    volume, which the halo and the stitching absorb as they do the watershed's differences.
 
     Args:
         input: Boundary probabilities (1 = boundary) for ``open_volume``: ``(z, y, x)`` or
@@ -515,16 +600,21 @@ def segment_volume(input: str, output: str, params: Params | None = None, *,
             (:func:`~ekn_core.prediction.blockwise.check_output_replaceable`, checked before the
             first block).
         params: Watershed parameters (default :class:`WatershedParams()`), or those of an
-            affinity segmenter (:data:`~ekn_plugins.evaluation.seg_search.SEGMENTERS`).
+            affinity segmenter (:data:`~ekn_plugins.evaluation.seg_search.SEGMENTERS`); or a
+            path (or JSON text) for :func:`load_params`, whose :func:`searched_input` is then
+            ``searched``.
         block: Core shape (z, y, x) of a block.
         halo: Voxels segmented around each core, (z, y, x) or one number (default
             :func:`default_halo`).
         roi: ``(lo, hi)`` region of the input to segment (default everything); it is segmented
             as if it were the whole volume (no voxel outside it is read).
-        channel: Channel of a ``(c, z, y, x)`` input (default 1 of two softmax channels, 0 of one);
-            not for affinities.
-        interior: The channel is the interior (cell) probability: segment ``1 - p``; not for
-            affinities.
+        channel: Channel of a ``(c, z, y, x)`` input (default: the searched one, else 1 of two
+            softmax channels, 0 of one); not for affinities.
+        interior: The channel is the interior (cell) probability: segment ``1 - p`` (default: the
+            searched polarity, else False); not for affinities.
+        searched: What the parameters were searched on (:func:`searched_input` of a
+            ``seg_params.json``): its channel and polarity are used where ``channel`` and
+            ``interior`` are None; ones that contradict them are an error.
         workers: Processes that segment and stitch blocks (1: this process).
         scheduler: Address of a Dask scheduler (``tcp://host:8786``) whose workers segment and stitch
             the blocks instead (they must see ``input`` and the output's folder under the same paths,
@@ -543,7 +633,9 @@ def segment_volume(input: str, output: str, params: Params | None = None, *,
     from ekn_core.volumes import check_distinct, open_volume
     from ekn_plugins.validation.segmentation_metrics import boundary_channel
 
-    params = params or WatershedParams()
+    if isinstance(params, (str, os.PathLike)):
+        params, searched = _read_params(params)
+    params, searched = params or WatershedParams(), searched or {}
     if not isinstance(params, (WatershedParams, AffinitySegmenter)):
         raise ConfigError(f"params must be WatershedParams or those of an affinity segmenter, got "
                           f"{type(params).__name__}")
@@ -562,7 +654,13 @@ def segment_volume(input: str, output: str, params: Params | None = None, *,
     record = finished_prediction(input)  # a prediction that ekn predict has not finished is mostly zeros
     if isinstance(params, AffinitySegmenter):
         channels, channel = _affinity_channels(params, n_channels, channel, interior)
+        interior = False
     else:
+        interior = _searched_polarity(searched, interior)
+        channel = _searched_channel(searched, channel, n_channels, input, record)
+        if searched:
+            log.info("the parameters were searched (ekn evaluate) on channel %s of the net as the %s probability",
+                     searched.get("channel"), "interior" if searched.get("interior") else "boundary")
         if n_channels == 1 and record is not None and record.get("channel") == 0 and not interior:
             log.warning("%s is channel 0 of the net (ekn predict --channel 0), segmented as the boundary "
                         "probability; of a 2-class softmax that is the background: use --interior, or predict "
@@ -576,7 +674,7 @@ def segment_volume(input: str, output: str, params: Params | None = None, *,
     os.makedirs(folder, exist_ok=True)
     job = _Job(absolute(input), dict(input_options or {}), channels, bool(interior), params, grid,
                os.path.abspath(folder))
-    fingerprint = {"version": 1, "input": job.input, "input_shape": [n_channels, *shape], "dtype": dtype.name,
+    fingerprint = {"version": 2, "input": job.input, "input_shape": [n_channels, *shape], "dtype": dtype.name,
                    "channel": channel, "interior": job.interior, "params": params.to_dict(),
                    "grid": json.loads(json.dumps(dataclasses.asdict(grid)))}
     log.info("segmenting %s -> %s: %d blocks of %s with halo %s (%s)", input, output, len(grid), grid.block,

@@ -144,6 +144,26 @@ def affinity_setup(loss: Any, nhood: Any, n_lab: int, *, channel: int | None, in
     return record, dataclasses.replace(base_params or AffinityParams(), nhood=nh)
 
 
+def check_label_values(volumes: Sequence[ValidationVolume], ignore_label: int | None) -> None:
+    """Refuses an ``ignore_label`` (a value of binary labels) for a volume without labels, whose labels
+    are derived from its ids (0 and 1 only: ignoring one of them would drop that whole class).
+
+    Example:
+        >>> check_label_values([ValidationVolume("raw.h5:raw", None, None, "v", "ids.h5:ids")], 0)
+        Traceback (most recent call last):
+        ekn_core.errors.ConfigError: ignore_label 0 is a value of binary labels (--labels), but volume 'v' has none: ...
+    """
+    if ignore_label is None:
+        return
+    for v in volumes:
+        if v.labels is None:
+            raise ConfigError(f"ignore_label {ignore_label} is a value of binary labels (--labels), but volume "
+                              f"{v.name!r} has none: its labels are the boundaries of its ids (0 and 1 only), and "
+                              f"ignoring {ignore_label} would drop every voxel of that class; leave ground-truth ids "
+                              "out of the scores with --ignore-ids (ignore_ids= in Python), or give the volume's "
+                              "--labels")
+
+
 def checked_volumes(volumes: Sequence[ValidationVolume], affinities: bool) -> list[ValidationVolume]:
     volumes = list(volumes)
     if not volumes:

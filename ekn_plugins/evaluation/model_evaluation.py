@@ -65,9 +65,9 @@ from ekn_plugins.data.patches import Region, parse_region
 from ekn_plugins.evaluation.affinities import recorded_nhood
 from ekn_plugins.evaluation.binary import ThresholdCurves
 from ekn_plugins.evaluation.ground_truth import BARRIER_OPTIONS
-from ekn_plugins.evaluation.inputs import (affinity_setup, check_outputs, check_source, checked_volumes,
-                                          evaluated_channel, ignored_ids, prediction_out_dir, single_channel,
-                                          tta_offsets)
+from ekn_plugins.evaluation.inputs import (affinity_setup, check_label_values, check_outputs, check_source,
+                                          checked_volumes, evaluated_channel, ignored_ids, prediction_out_dir,
+                                          single_channel, tta_offsets)
 from ekn_plugins.evaluation.options import EvaluationOptions
 from ekn_plugins.evaluation.prediction_reading import open_prediction
 from ekn_plugins.evaluation.runs import default_out_dir, model_fingerprint, resolve_model, run_validation_spec
@@ -112,8 +112,10 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
         interior: The channel is the interior (cell) probability, not the boundary probability.
         positive: Class id of multi-class labels that the channel predicts (the others are
             negative); None: binary labels 0/1.
-        ignore_label: Label value of unlabelled voxels (None: the run's ``volume_validation``
-            ``ignore_label`` for run volumes); for affinities, the id whose edges are unlabelled
+        ignore_label: Label value of unlabelled voxels in the volumes' ``labels`` (None: the run's
+            ``volume_validation`` ``ignore_label`` for run volumes, applied to those with labels);
+            refused when a volume has no labels (its labels derived from the ids are 0 and 1 only:
+            leave ids out with ``ignore_ids``). For affinities, the id whose edges are unlabelled
             (the run's labels and ``ignore_label`` do not apply: run volumes need ids; that id is
             then not scored by the segmentation search either).
         ignore_ids: Ground-truth ids whose voxels the segmentation scores (VI, adapted Rand
@@ -154,6 +156,7 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
                                               "scheduler": scheduler, "grey_range": grey_range,
                                               "overwrite": overwrite})
     chosen, loss, given, recorded = None, None, None, None
+    given_ignore_label = ignore_label  # not the run's, which applies to its labels only
     if prediction is None:
         chosen = resolve_model(model)
         if chosen.which:
@@ -178,6 +181,8 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
     if region is not None:
         volumes = [dataclasses.replace(v, region=parse_region(region, "region")) for v in volumes]
     volumes = checked_volumes(volumes, affinities)
+    if not affinities:
+        check_label_values(volumes, given_ignore_label)
     if metric not in METRICS:
         raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if isinstance(n_proc, bool) or not isinstance(n_proc, (int, np.integer)) or n_proc < 1:
@@ -185,16 +190,18 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
     if affinities:
         affinity, base = affinity_setup(loss, nhood, n_lab, channel=channel, interior=interior, positive=positive,
                                         base_params=base_params, recorded=recorded)
-        channel = None
+        channel = net_channel = None
     else:
         if nhood is not None:
             raise ConfigError("nhood describes affinity channels: evaluate them with --affinities (affinities=True)")
         if isinstance(base_params, AffinitySegmenter):
             raise ConfigError(f"{type(base_params).__name__} segment affinities: evaluate them with --affinities "
                               "(affinities=True)")
-        if given is not None and len(given["shape"]) == 3:  # the file's one channel, the net's recorded one
+        one_channel = given is not None and len(given["shape"]) == 3
+        if one_channel:  # the file's one channel, the net's recorded one
             given["net_channel"], channel = single_channel(prediction, channel), 0
         affinity, base, channel = None, base_params or WatershedParams(), evaluated_channel(n_lab, channel)
+        net_channel = given["net_channel"] if one_channel else channel  # recorded with the segmentation search
     n_points = len(grid_points(grid, base))  # checks the grid before anything is predicted
     ignore_ids = ignored_ids(ignore_ids, ignore_label if affinities else None)
     options = EvaluationOptions(channel, affinity, bool(interior), positive, ignore_label, ignore_ids, bins,
@@ -208,7 +215,7 @@ def evaluate_model(model: str | None = None, volumes: Sequence[ValidationVolume]
     pooled, records = ThresholdCurves(bins, positive), []
     for volume in volumes:
         record, curves = evaluate_volume(chosen.path if chosen else None, volume, os.path.join(out_dir, volume.name),
-                                         options, n_points, progress)
+                                         options, n_points, progress, net_channel)
         pooled.merge(curves)
         records.append(record)
     pooled_ev = pooled.result()

@@ -84,10 +84,16 @@ class SegmentationSearch:
     Attributes:
         metric: The minimised score (one of :data:`METRICS`).
         rows: ``(params, scores)`` of every grid point, in grid order (the params of one segmenter).
+        channel: The net's output channel that was segmented (``ekn evaluate`` records it; None:
+            not recorded, or affinities). ``ekn segment --params`` uses it.
+        interior: The channel was the interior (cell) probability, segmented as ``1 - p`` (None:
+            not recorded). ``ekn segment --params`` uses it.
     """
 
     metric: str
     rows: list[tuple[Params, dict[str, float]]]
+    channel: int | None = None
+    interior: bool | None = None
 
     @property
     def best_index(self) -> int:
@@ -110,9 +116,11 @@ class SegmentationSearch:
         return self.rows[self.best_index][1]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready record: ``segmenter``, ``metric``, ``best`` and ``rows`` (each ``{"params", "scores"}``)."""
+        """JSON-ready record: ``segmenter``, ``metric``, ``channel``, ``interior``, ``best`` and ``rows``
+        (each ``{"params", "scores"}``)."""
         rows = [{"params": params.to_dict(), "scores": dict(scores)} for params, scores in self.rows]
-        return {"segmenter": self.segmenter, "metric": self.metric, "best": rows[self.best_index], "rows": rows}
+        return {"segmenter": self.segmenter, "metric": self.metric, "channel": self.channel,
+                "interior": self.interior, "best": rows[self.best_index], "rows": rows}
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> SegmentationSearch:
@@ -120,7 +128,12 @@ class SegmentationSearch:
         params = SEGMENTERS[record.get("segmenter", "watershed")]
         rows = [(params(**row["params"]), {k: math.nan if v is None else v for k, v in row["scores"].items()})
                 for row in record["rows"]]  # null: a score that was NaN (strict JSON)
-        return cls(record["metric"], rows)
+        channel, interior = record.get("channel"), record.get("interior")
+        if not (channel is None or (isinstance(channel, int) and not isinstance(channel, bool) and channel >= 0)) \
+                or not (interior is None or isinstance(interior, bool)):
+            raise ValueError(f"channel must be a channel number or null and interior true, false or null, got "
+                             f"{channel!r} and {interior!r}")
+        return cls(record["metric"], rows, channel, interior)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SegmentationSearch:
@@ -210,9 +223,11 @@ def grid_points(grid: dict[str, Sequence[Any]] | None = None, base: Params | Non
 
 def start_method() -> str:
     """``fork`` where the platform has it and the process is safe to fork; ``forkserver`` (else
-    ``spawn``) once TensorFlow was imported: its thread pools make forked children hang or crash."""
+    ``spawn``) once TensorFlow or tensorstore (ekn's zarr, N5 and precomputed reader) was imported:
+    TensorFlow's thread pools make forked children hang or crash, and tensorstore aborts a forked
+    child that reads a volume after the parent read one."""
     methods = multiprocessing.get_all_start_methods()
-    if "tensorflow" not in sys.modules and "fork" in methods:
+    if not {"tensorflow", "tensorstore"} & set(sys.modules) and "fork" in methods:
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
 
@@ -273,7 +288,7 @@ def search_segmentation(prediction: Any, seg_true: Any, grid: dict[str, Sequence
         n_proc: Worker processes (each takes a segmenter run: a point, or waterz's thresholds of
             one agglomeration); 1 runs in this process. Workers are forked where the platform
             allows (the volumes are shared copy-on-write, never pickled), else, and after
-            TensorFlow was imported (forking it is unsafe), started from a fork server or spawned
+            TensorFlow or tensorstore was imported (:func:`start_method`), started from a fork server or spawned
             (each receives the volumes once); only the parameters and scores travel per grid point.
         base: The segmenter and the values of the fields not in ``grid`` (e.g. ``per_slice``,
             ``anisotropy`` of the watershed; ``nhood`` of the affinity segmenters).

@@ -252,7 +252,10 @@ def check_boundary_prob(boundary_prob: Any) -> np.ndarray:
 
 
 def _check_unit_floats(prob: np.ndarray, name: str, one: str) -> np.ndarray:
-    """``prob`` after checking that it holds floats in [0, 1] (``one``: what 1 means)."""
+    """``prob`` after checking that it is not empty and holds floats in [0, 1] (``one``: what 1 means)."""
+    if prob.size == 0:
+        raise ShapeError(f"the {name} array is empty (shape {prob.shape}): nothing to segment; pass a map with "
+                         "at least one voxel along every axis")
     if not np.issubdtype(prob.dtype, np.floating):
         raise ConfigError(f"{name} must hold float probabilities in [0, 1], got dtype {prob.dtype} "
                           "(scale 8-bit maps with prob / 255)")

@@ -3,9 +3,10 @@ the global relabelling by connected components.
 
 Two neighbouring blocks both segment the slab around their common face (each one's halo covers
 the other's border). :func:`overlap_matches` pairs the segments of the two segmentations of that
-slab that are each other's clear majority; :func:`final_ids` joins all matched pairs of all faces
-(union-find, as connected components of the match graph) and numbers the joined segments
-consecutively. :mod:`ekn_plugins.evaluation.blockwise_segmentation` drives them block by block.
+slab that are each other's clear majority (among the segments each block has in its core);
+:func:`final_ids` joins all matched pairs of all faces (union-find, as connected components of
+the match graph) and numbers the joined segments consecutively.
+:mod:`ekn_plugins.evaluation.blockwise_segmentation` drives them block by block.
 
 Example:
     >>> import numpy as np
@@ -24,19 +25,25 @@ import numpy as np
 from ekn_core.errors import ShapeError
 
 
-def overlap_matches(seg_a: np.ndarray, seg_b: np.ndarray) -> np.ndarray:
+def overlap_matches(seg_a: np.ndarray, seg_b: np.ndarray, allowed_a: np.ndarray | None = None,
+                    allowed_b: np.ndarray | None = None) -> np.ndarray:
     """The pairs of segments of two segmentations of one region that are each other's majority.
 
     Segment ``i`` of ``seg_a`` and ``j`` of ``seg_b`` match when they share more than half of
     the voxels of each of them in the region: ``2 * |i ∩ j| > max(|i|, |j|)``. Every segment
-    then has at most one partner, so a single face never chains segments together: a segment
-    that one block merged by mistake (two cells, both smaller than half of it) matches neither
-    of the other block's two cells, and a sliver that one block flooded into a big segment
-    (a cell whose interior lies outside that block's halo) does not join the big segment to
-    the sliver's cell. Id 0 (unassigned) matches nothing.
+    then has at most one partner per region, so a single face does not chain segments together:
+    a segment that one block merged by mistake (two cells, both smaller than half of it)
+    matches neither of the other block's two cells. Id 0 (unassigned) matches nothing.
+
+    Across several faces, segments can still chain: a segment that lies only in a block's halo
+    (the least reliable part of its segmentation, where it sees least of the map) can match
+    different cells on two faces and join them. ``allowed_a`` and ``allowed_b`` restrict the matches
+    to segments that a block has in its core (the part it writes to the output): a segment
+    that no core holds joins nothing.
 
     Args:
         seg_a, seg_b: Integer ids of the same region, the same shape.
+        allowed_a, allowed_b: The ids of ``seg_a`` (``seg_b``) that may match; None: every id.
 
     Returns:
         ``(k, 2)`` int64 array of matched ``(id in seg_a, id in seg_b)``, sorted.
@@ -44,6 +51,8 @@ def overlap_matches(seg_a: np.ndarray, seg_b: np.ndarray) -> np.ndarray:
     Example:
         >>> a = np.array([1, 1, 1, 1, 0, 0])
         >>> overlap_matches(a, np.array([3, 3, 4, 4, 4, 4])).tolist()   # 2 of 4 voxels: no majority
+        []
+        >>> overlap_matches(a, np.array([3, 3, 3, 4, 4, 4]), allowed_b=np.array([4])).tolist()  # 3: in no core
         []
     """
     a, b = np.asarray(seg_a).ravel(), np.asarray(seg_b).ravel()
@@ -58,7 +67,11 @@ def overlap_matches(seg_a: np.ndarray, seg_b: np.ndarray) -> np.ndarray:
     first, second = np.divmod(keys, len(ids_b))
     larger = np.maximum(size_a[first], size_b[second])
     match = 2 * shared > larger
-    return np.column_stack([ids_a[first[match]], ids_b[second[match]]]).astype(np.int64)
+    pairs = np.column_stack([ids_a[first[match]], ids_b[second[match]]]).astype(np.int64)
+    for column, allowed in enumerate((allowed_a, allowed_b)):
+        if allowed is not None:
+            pairs = pairs[np.isin(pairs[:, column], allowed)]
+    return pairs
 
 
 def final_ids(n_ids: Sequence[int], matches: np.ndarray,

@@ -6,6 +6,7 @@ and with ids the segmentation search and the best segmentation (``OUT/<name>/seg
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -67,10 +68,10 @@ def sweep_box(pred: Any, pred_offset: Shape, box: tuple[Shape, Shape], views: di
     for sel in grid_blocks(*(tuple(c - o for c, o in zip(corner, pred_offset)) for corner in box),
                            spatial_chunks(pred)):
         lo, hi = (tuple(getattr(s, end) + o for s, o in zip(sel, pred_offset)) for end in ("start", "stop"))
-        if options.affinities is None:
+        if options.affinities is None:  # ignore_label is a value of given labels, not of those from ids (0/1)
             truth = (read_window(labels, box_window(lo, hi, label_offset)) if "labels" in views  # else chunk by chunk:
                      else labels_from_ids(views["ids"], (lo, hi), offsets["ids"], options.interior))
-            ignore = options.ignore_label
+            ignore = options.ignore_label if "labels" in views else None
         else:
             ids, inner = read_ids(views["ids"], (lo, hi), offsets["ids"], halo=int(np.abs(nhood).max()))
             truth, ignore = affinity_labels(ids, nhood, options.ignore_label)[(slice(None), *inner)], None
@@ -82,8 +83,10 @@ def sweep_box(pred: Any, pred_offset: Shape, box: tuple[Shape, Shape], views: di
 
 
 def evaluate_volume(model: str | None, volume: ValidationVolume, folder: str, options: EvaluationOptions,
-                    n_points: int, progress: bool) -> tuple[dict[str, Any], ThresholdCurves]:
-    """Prediction (or the given one), threshold sweep, figures and segmentation search of one volume."""
+                    n_points: int, progress: bool, net_channel: int | None = None) -> tuple[dict[str, Any],
+                                                                                        ThresholdCurves]:
+    """Prediction (or the given one), threshold sweep, figures and segmentation search of one volume
+    (``net_channel``: the net's output channel that ``options.channel`` is, recorded with the search)."""
     from ekn_core.prediction.blockwise import predict_volume
 
     seconds = {}
@@ -129,7 +132,8 @@ def evaluate_volume(model: str | None, volume: ValidationVolume, folder: str, op
             ids, inner = read_ids(views["ids"], box, offsets["ids"])
             log.info("volume %s: segmentation search over %d grid points (%d process(es))", volume.name, n_points,
                      options.n_proc)
-            search = segment_box(1.0 - values if options.interior else values, ids[inner], folder, options)
+            search = segment_box(1.0 - values if options.interior else values, ids[inner], folder, options,
+                                 net_channel)
             seconds["segmentation"] = time.perf_counter() - t
     record = {
         "name": volume.name, "raw": volume.raw, "labels": volume.labels, "ids": volume.ids,
@@ -143,13 +147,16 @@ def evaluate_volume(model: str | None, volume: ValidationVolume, folder: str, op
     return record, curves
 
 
-def segment_box(values: np.ndarray, ids: np.ndarray, folder: str, options: EvaluationOptions) -> dict[str, Any]:
-    """Searches the segmentation parameters, saves the table and the best segmentation."""
+def segment_box(values: np.ndarray, ids: np.ndarray, folder: str, options: EvaluationOptions,
+                net_channel: int | None) -> dict[str, Any]:
+    """Searches the segmentation parameters, saves the table (with the net's channel and its
+    polarity, for ``ekn segment --params``) and the best segmentation."""
     from ekn_plugins.evaluation.seg_search import search_segmentation
     from ekn_plugins.evaluation.segmentation import save_segmentation
 
     search = search_segmentation(values, ids, options.grid, options.metric, options.n_proc, options.base(),
                                  ignore_labels=options.ignore_ids)
+    search = dataclasses.replace(search, channel=net_channel, interior=options.interior)
     json_path, md_path = search.save(folder + os.sep)
     seg_path = save_segmentation(search.best_params.segment(values), os.path.join(folder, "segmentation.zarr"))
     parent = os.path.dirname(folder)

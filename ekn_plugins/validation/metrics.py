@@ -56,11 +56,28 @@ def predicted_classes(pred: np.ndarray, groups: int, threshold: float | None = N
 def label_ids(labels: np.ndarray, ignore_label: int | None = None) -> np.ndarray:
     """Integer class ids with -1 for unlabelled voxels (< 0 or ``ignore_label``).
 
+    Float labels must hold whole numbers (class ids stored as floats); a fractional value (soft
+    labels) is an error rather than being truncated to a class.
+
+    Raises:
+        ShapeError: A fractional label value, or labels that are no numbers.
+
     Example:
         >>> label_ids(np.array([0, 1, 255, -3]), ignore_label=255).tolist()
         [0, 1, -1, -1]
+        >>> label_ids(np.array([0.0, 1.0, 0.3]))
+        Traceback (most recent call last):
+        ekn_core.errors.ShapeError: labels must be integer class ids, found the value 0.3; threshold or round ...
     """
-    ids = np.asarray(labels).astype(np.int64)
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        fractional = labels[labels != np.round(labels)]
+        if fractional.size:
+            raise ShapeError(f"labels must be integer class ids, found the value {float(fractional[0])}; "
+                             "threshold or round soft labels first")
+    elif labels.dtype.kind not in "iub":
+        raise ShapeError(f"labels must be integer class ids, not of dtype {labels.dtype}; cast them to integers")
+    ids = labels.astype(np.int64)
     if ignore_label is not None:
         ids[ids == ignore_label] = -1
     return np.where(ids < 0, -1, ids)
