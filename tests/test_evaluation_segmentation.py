@@ -365,6 +365,16 @@ def test_search_ties_go_to_the_first_grid_point():
     assert search.best_params.threshold == 0.9 and search.table().splitlines()[2].startswith("| 1 | 0.9 |")
 
 
+def test_search_ties_go_to_a_segmentation_with_segments_before_an_empty_one():
+    """A threshold below every probability leaves no seed: 0 segments score VI 0 against one true
+    object, as does one segment over everything; the non-empty one is chosen (ekn segment would
+    otherwise write an empty segmentation)."""
+    ids = np.ones((2, 4, 8), np.uint32)
+    search = search_segmentation(np.full(ids.shape, 0.3), ids, grid={"threshold": [0.1, 0.5]})
+    assert [(s["vi"], s["n_pred"]) for _, s in search.rows] == [(0.0, 0), (0.0, 1)]
+    assert search.best_params.threshold == 0.5 and search.table().splitlines()[3].startswith("| 1 | 0.5 |")
+
+
 def test_search_in_two_processes_gives_the_same_rows():
     prob, ids = search_case()
     base = WatershedParams(anisotropy=(2, 1, 1))

@@ -115,7 +115,7 @@ class SegmentCommand(Command):
         where = parser.add_mutually_exclusive_group()
         where.add_argument("--processes", type=int, default=1, metavar="N", help="processes that segment blocks "
                            "(default 1)")
-        where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tcp://host:8786, whose "
+        where.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler, e.g. tls://host:8786, whose "
                            "workers segment the blocks (they must see INPUT and OUTPUT's folder under the same paths)")
         add_renamed_option(parser, "--workers", "--processes", " (local processes; --workers N of ekn predict and "
                            "ekn evaluate starts a local Dask cluster)")

@@ -616,7 +616,7 @@ def segment_volume(input: str, output: str, params: Params | str | os.PathLike |
             ``seg_params.json``): its channel and polarity are used where ``channel`` and
             ``interior`` are None; ones that contradict them are an error.
         workers: Processes that segment and stitch blocks (1: this process).
-        scheduler: Address of a Dask scheduler (``tcp://host:8786``) whose workers segment and stitch
+        scheduler: Address of a Dask scheduler (``tls://host:8786``) whose workers segment and stitch
             the blocks instead (they must see ``input`` and the output's folder under the same paths,
             e.g. on a shared file system); the relabelling into ``output`` runs here.
         progress: tqdm bars (blocks) per pass.

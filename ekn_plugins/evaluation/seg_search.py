@@ -9,7 +9,8 @@ probability map with :func:`~ekn_plugins.evaluation.segmentation.watershed_segme
 :class:`~ekn_plugins.evaluation.agglomeration.MutexParams` segment an affinity graph. Every grid
 point is segmented and scored with :func:`~ekn_plugins.evaluation.segmentation.segmentation_scores`
 (waterz: the points that differ only in ``threshold`` from one agglomeration); the best point has
-the lowest ``metric``, ties going to the first in grid order.
+the lowest ``metric``, ties going to a segmentation with segments before an empty one, then to the first in
+grid order.
 
 Example:
     >>> import numpy as np
@@ -95,10 +96,16 @@ class SegmentationSearch:
     channel: int | None = None
     interior: bool | None = None
 
+    def _rank_key(self, i: int) -> tuple[float, bool, int]:
+        """Lowest ``metric`` first; on ties a segmentation with segments before an empty one (an empty
+        segmentation can score as well as one segment over everything), then grid order."""
+        scores = self.rows[i][1]
+        return scores[self.metric], scores.get("n_pred", 1) == 0, i
+
     @property
     def best_index(self) -> int:
-        """Index of the best row: lowest ``metric``, the first one on ties."""
-        return min(range(len(self.rows)), key=lambda i: (self.rows[i][1][self.metric], i))
+        """Index of the best row: lowest ``metric``; on ties, one with segments, else the first."""
+        return min(range(len(self.rows)), key=self._rank_key)
 
     @property
     def segmenter(self) -> str:
@@ -146,7 +153,7 @@ class SegmentationSearch:
         between rows, and the main scores."""
         params = [p.to_dict() for p, _ in self.rows]
         varied = [name for name in params[0] if any(p[name] != params[0][name] for p in params)] or ["threshold"]
-        order = sorted(range(len(self.rows)), key=lambda i: (self.rows[i][1][self.metric], i))
+        order = sorted(range(len(self.rows)), key=self._rank_key)
         rank = {row: position + 1 for position, row in enumerate(order)}
 
         lines = ["| " + " | ".join(["rank", *varied, *_TABLE_SCORES]) + " |",
