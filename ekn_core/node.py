@@ -173,9 +173,11 @@ PRECISIONS = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16
 _precision_override: str | None = None
 
 
-def set_precision(policy: str | None) -> None:
+def set_precision(policy: str | None) -> str | None:
     """Sets the precision policy: ``'float32'``, ``'mixed_bfloat16'`` or ``'mixed_float16'``, or
-    None for the default (``EKN_PRECISION`` environment variable, else float32).
+    None for the default (``EKN_PRECISION`` environment variable, else float32). The trainer sets
+    its config's ``precision`` (or ``EKN_PRECISION``) for the run and restores the previous policy
+    when it is closed.
 
     With a mixed policy, nodes whose ``mixed_precision`` attribute is true (convolutions,
     up-convolutions and perceptrons without batch normalisation or dropout, pooling,
@@ -185,19 +187,29 @@ def set_precision(policy: str | None) -> None:
     GPU of compute capability >= 8 or a CPU with AVX512_BF16/AMX to be fast; float16 a GPU.
     Existing compiled functions are retraced on their next call.
 
+    Returns:
+        The policy set before (None: the default), to restore it with ``set_precision(previous)``.
+
     Example:
-        >>> set_precision('mixed_bfloat16'); precision(), compute_dtype()
+        >>> previous = set_precision('mixed_bfloat16'); precision(), compute_dtype()
         ('mixed_bfloat16', 'bfloat16')
-        >>> set_precision(None); compute_dtype()
+        >>> _ = set_precision(previous); compute_dtype()
         'float32'
     """
     global _precision_override
+    previous = _precision_override
     _precision_override = None if policy is None else _checked(policy, tuple(PRECISIONS), "precision")
+    return previous
+
+
+def env_precision() -> str | None:
+    """The policy the ``EKN_PRECISION`` environment variable names (checked), None when it is unset."""
+    return _from_env("EKN_PRECISION", tuple(PRECISIONS))
 
 
 def precision() -> str:
     """The precision policy in effect (see :func:`set_precision`)."""
-    return _precision_override or _from_env("EKN_PRECISION", tuple(PRECISIONS)) or "float32"
+    return _precision_override or env_precision() or "float32"
 
 
 def compute_dtype() -> str:

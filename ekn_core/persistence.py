@@ -169,6 +169,13 @@ def read_model_file(path: str) -> ModelFile:
             from None
     with f:
         if f.attrs.get("format") != FORMAT:
+            from ekn_core.trainer.checkpoint import FORMAT as CHECKPOINT_FORMAT
+
+            if f.attrs.get("format") == CHECKPOINT_FORMAT:
+                run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+                raise EknError(f"{path} is a training checkpoint (what `ekn train --resume` continues from), not a "
+                               f"model file: give one of the run's model files, {run}/models/latest.mdl, best.mdl "
+                               "or final.mdl")
             raise EknError(f"{path} is not an ekn model file (attribute format={f.attrs.get('format')!r})")
         version = int(f.attrs["format_version"])
         if version > FORMAT_VERSION:

@@ -5,12 +5,12 @@ sets instead of HDF5 files. Each training cube is one data set ``vol_<i>/vol_<i>
 two layers: ``raw`` (uint8 image) and ``barrier`` (uint8, 1 = membrane or extracellular space).
 Write synthetic ones (the volumes of ``ekn data synth``, as KNOSSOS cubes) with
 
-    python examples/knossos_neuro3d_lite.py ~/ekn_data/knossos_synth
+    python knossos_neuro3d_lite.py ~/ekn_data/knossos_synth    # this file (docs/knossos.md: where it is)
 
 (or point EKN_KNOSSOS_DIR at a folder with your own ``vol_<i>/vol_<i>.k.toml``), then train and
 predict into a new KNOSSOS data set (uint8 probabilities, one layer per class):
 
-    ekn train examples/knossos_neuro3d_lite.py
+    ekn train knossos_neuro3d_lite
     ekn predict ~/ekn_training/<run>/models/final.mdl ~/ekn_data/knossos_synth/vol_2/vol_2.k.toml:raw \\
         ~/ekn_predictions/barrier.k.toml --uint8
 """

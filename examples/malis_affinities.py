@@ -15,7 +15,7 @@ Data: ELEKTRONN2's ``neuro_data_zxy`` layout with cell ids. ``ekn data synth`` w
 The data source option ``affinities='malis'`` turns each label patch into the batch
 ``(raw, aff, seg)``: the true affinity graph and its connected components. Then
 
-    ekn train examples/malis_affinities.py
+    ekn train malis_affinities
 
 Previews show P(connected) of the three edges (channels 1, 3 and 5).
 """
@@ -25,6 +25,8 @@ import runpy
 
 _shared = runpy.run_path(os.path.join(os.path.dirname(__file__), "neuro_settings.py"))
 globals().update({k: v for k, v in _shared.items() if not k.startswith("__")})
+if __name__ == "ekn_config":  # read by ekn train (not run, nor read by another config)
+    warn_without_data(_data, f"ekn data synth {_data}")
 
 data_init_kwargs["l_files"] = [(f"ids_{i}.h5", "ids") for i in range(3)]
 data_init_kwargs["affinities"] = "malis"  # batches (raw, aff, seg) for mknhood3d(1)

@@ -3,7 +3,7 @@
 ELEKTRONN2's ``examples/mnist.py`` for ekn: the data needs no download (``data_class =
 'MNISTData'`` maps to ekn's digits source, 7×7 crops with one-pixel shift augmentation).
 
-    ekn train examples/mnist.py
+    ekn train mnist
     python examples/mnist.py        # build the model and test-run it on random input
 """
 

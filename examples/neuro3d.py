@@ -6,7 +6,7 @@ Output 5×21×21 voxels per 23×185×185 patch, strides 2×4×4, field of view 1
 elsewhere). ``model_load_args = {'patch_size': ..., 'width': ...}`` changes the patch size and
 scales the number of features (tests use tiny nets).
 
-    ekn train examples/neuro3d.py
+    ekn train neuro3d
 """
 
 import os
@@ -14,6 +14,8 @@ import runpy
 
 _shared = runpy.run_path(os.path.join(os.path.dirname(__file__), "neuro_settings.py"))
 globals().update({k: v for k, v in _shared.items() if not k.startswith("__")})
+if __name__ == "ekn_config":  # read by ekn train (not run, nor read by another config)
+    warn_without_data(_data, f"ekn data synth {_data} --shape 48 260 260")
 
 
 def create_model(patch_size=(23, 185, 185), width=1.0):

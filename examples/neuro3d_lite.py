@@ -9,7 +9,7 @@ Data: ELEKTRONN2's ``neuro_data_zxy`` layout. Make synthetic data with
 
 (or point EKN_DATA_DIR at a folder with raw_<i>.h5:raw and barrier_int16_<i>.h5:lab), then
 
-    ekn train examples/neuro3d_lite.py
+    ekn train neuro3d_lite
 """
 
 import os
@@ -17,6 +17,8 @@ import runpy
 
 _shared = runpy.run_path(os.path.join(os.path.dirname(__file__), "neuro_settings.py"))
 globals().update({k: v for k, v in _shared.items() if not k.startswith("__")})
+if __name__ == "ekn_config":  # read by ekn train (not run, nor read by another config)
+    warn_without_data(_data, f"ekn data synth {_data} --shape 48 220 220")
 
 n_steps = 150000
 max_runtime = 24 * 3600

@@ -56,6 +56,18 @@ def barrier_model(inp, logits):
     return model
 
 
+def warn_without_data(folder, make):
+    """Logs how to get the training data when ``folder`` has no ``raw_0.h5``: ``make`` is the ``ekn
+    data synth`` command for this config. The config still loads (e.g. for its ``create_model``);
+    training then stops at the missing file."""
+    import logging
+
+    if not os.path.isfile(os.path.join(os.path.expanduser(folder), "raw_0.h5")):
+        logging.getLogger("ekn.config").warning(
+            "no training data in %s (raw_0.h5 is missing): make synthetic volumes with `%s`, or set EKN_DATA_DIR "
+            "to the folder of your raw_<i>.h5 and label files", folder, make)
+
+
 def scaled(width):
     """``n(f)``: the feature count ``f`` scaled by ``width`` (at least 1)."""
     return lambda f: max(1, round(f * width))

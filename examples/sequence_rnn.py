@@ -6,13 +6,18 @@ the net predicts whether the centre voxel of the last section is a barrier. The 
 recurrence is written once (``GRU`` or ``LSTM`` on one section) and repeated by ``Scan``.
 
     ekn data synth ~/ekn_data/neuro_data_zxy
-    ekn train examples/sequence_rnn.py                                   # GRU
-    ekn train examples/sequence_rnn.py --set "model_load_args={'cell': 'lstm'}"
+    ekn train sequence_rnn                                   # GRU
+    ekn train sequence_rnn --set "model_load_args={'cell': 'lstm'}"
 """
 
+import logging
 import os
 
 _data = os.environ.get("EKN_DATA_DIR", "~/ekn_data/neuro_data_zxy")
+if __name__ == "ekn_config" and not os.path.isfile(os.path.join(os.path.expanduser(_data), "raw_0.h5")):
+    logging.getLogger("ekn.config").warning(  # ekn train reads this config: say how to get its data
+        "no training data in %s (raw_0.h5 is missing): make synthetic volumes with `ekn data synth %s`, or set "
+        "EKN_DATA_DIR to the folder of your raw_<i>.h5 and barrier_int16_<i>.h5", _data, _data)
 
 save_path = "~/ekn_training/"
 data_class = ("sequence_data.py", "ZColumns")

@@ -14,12 +14,17 @@ Data: bright tubes in noise with their skeletons. Write them with
 
 (or point EKN_TUBES_DIR at a folder with tube_<i>.h5:raw and tube_<i>.nml), then
 
-    ekn train examples/tracing_agent_rnn.py
+    ekn train tracing_agent_rnn
 """
 
+import logging
 import os
 
 _data = os.environ.get("EKN_TUBES_DIR", "~/ekn_data/tubes")
+if __name__ == "ekn_config" and not os.path.isfile(os.path.join(os.path.expanduser(_data), "tube_0.h5")):
+    logging.getLogger("ekn.config").warning(  # ekn train reads this config: say how to get its data
+        "no training data in %s (tube_0.h5 is missing): make synthetic tubes with `ekn data tubes %s`, or set "
+        "EKN_TUBES_DIR to the folder of your tube_<i>.h5 and tube_<i>.nml", _data, _data)
 _steps = 8
 
 save_path = "~/ekn_training/"

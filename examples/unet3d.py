@@ -4,7 +4,7 @@ Output 28×44×44 per 116×132×132 patch, strides 1, field of view 88×88×88, 
 parameters: meant for a large GPU. ``model_load_args = {'patch_size': ..., 'width': ...}``
 changes the patch size and scales the number of features.
 
-    ekn train examples/unet3d.py --gpu auto
+    ekn train unet3d --gpu auto
 """
 
 import os
@@ -12,6 +12,8 @@ import runpy
 
 _shared = runpy.run_path(os.path.join(os.path.dirname(__file__), "neuro_settings.py"))
 globals().update({k: v for k, v in _shared.items() if not k.startswith("__")})
+if __name__ == "ekn_config":  # read by ekn train (not run, nor read by another config)
+    warn_without_data(_data, f"ekn data synth {_data} --shape 132 160 160")
 
 max_runtime = 14 * 24 * 3600
 

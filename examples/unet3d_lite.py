@@ -4,7 +4,7 @@ Output 10×52×52 per 22×140×140 patch, field of view 12×88×88, about 7.8 M 
 continue from a model file instead of create_model, set ``model_load_path`` (and e.g.
 ``model_load_args = {'override_mfp_to_active': False}``).
 
-    ekn train examples/unet3d_lite.py
+    ekn train unet3d_lite
 """
 
 import os
@@ -12,6 +12,8 @@ import runpy
 
 _shared = runpy.run_path(os.path.join(os.path.dirname(__file__), "neuro_settings.py"))
 globals().update({k: v for k, v in _shared.items() if not k.startswith("__")})
+if __name__ == "ekn_config":  # read by ekn train (not run, nor read by another config)
+    warn_without_data(_data, f"ekn data synth {_data}")
 
 max_runtime = 14 * 24 * 3600
 # model_load_path = "~/ekn_training/unet3d_lite/models/latest.mdl"

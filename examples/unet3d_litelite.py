@@ -3,7 +3,7 @@
 Output 10×36×36 per 22×140×140 patch, field of view 12×104×104, about 0.35 M parameters; the
 deepest merge up-samples by (1, 4, 4).
 
-    ekn train examples/unet3d_litelite.py
+    ekn train unet3d_litelite
 """
 
 import os
@@ -11,6 +11,8 @@ import runpy
 
 _shared = runpy.run_path(os.path.join(os.path.dirname(__file__), "neuro_settings.py"))
 globals().update({k: v for k, v in _shared.items() if not k.startswith("__")})
+if __name__ == "ekn_config":  # read by ekn train (not run, nor read by another config)
+    warn_without_data(_data, f"ekn data synth {_data}")
 
 data_init_kwargs["augmenters"][0]["probability"] = 0.1
 n_steps = 150000

@@ -149,6 +149,45 @@ def test_a_run_directory_given_as_model_file_points_to_its_models(tmp_path):
         read_model_file(str(tmp_path))
 
 
+def test_a_checkpoint_given_as_model_file_points_to_the_runs_model_files(tmp_path):
+    from ekn_core.trainer.checkpoint import CheckpointData, write_checkpoint
+
+    path = write_checkpoint(str(tmp_path / "run" / "checkpoints"), CheckpointData(step=40))
+    models = os.path.join(str(tmp_path), "run", "models")
+    with pytest.raises(EknError, match=rf"ckpt-00000040\.h5 is a training checkpoint \(what `ekn train --resume` "
+                                       rf"continues from\), not a model file: give one of the run's model files, "
+                                       rf"{re.escape(models)}/latest\.mdl, best\.mdl or final\.mdl$"):
+        read_model_file(path)
+
+
+def test_the_fine_tuning_recipe_of_the_docs_keeps_the_trained_layers_and_trains_a_new_head(tmp_path):
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "nodes.md"), encoding="utf-8").read()
+    recipe = re.search(r"### Fine-tuning\n.*?```python\n(.*?)```", docs, re.S).group(1)
+    trained = nm.model_manager.newmodel("barrier")  # the trained net: the same layers, a 2-class head
+    inp = nm.Input((None, 1, 11, 155, 155), "b,f,z,x,y", name="raw")
+    out = nm.Conv(nm.Conv(inp, 20, (1, 4, 4), (1, 2, 2), name="conv1"), 40, (3, 3, 3), (1, 2, 2), name="conv2")
+    trained.designate_nodes(input_node=inp, prediction_node=nm.Conv(out, 2, (1, 1, 1), name="head"))
+    old = trained.get_param_values()
+    path = trained.save(str(tmp_path / "best.mdl"))
+    namespace = {}
+    exec(recipe, namespace)
+    from ekn_core.trainer.model_setup import fresh_default_model
+
+    fresh_default_model()  # as the trainer calls create_model
+    model = namespace["create_model"](pretrained=path, patch_size=(3, 15, 15))
+    for name in ("conv1", "conv2"):
+        for key, value in model[name].get_param_values().items():
+            np.testing.assert_array_equal(value, old[name][key], err_msg=f"{name}/{key}")
+    assert model["head3"].params["w"].shape[-1] == 3 and "head" not in model.nodes
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 1, 3, 15, 15), dtype=np.float32)
+    y = rng.integers(0, 3, (1, 1, *model.prediction_node.shape.spatial_shape)).astype("int16")
+    model.trainingstep(x, y, optimiser="Adam")
+    new = model.get_param_values()
+    np.testing.assert_array_equal(new["conv1"]["w"], old["conv1"]["w"])  # frozen
+    assert not np.array_equal(new["conv2"]["w"], old["conv2"]["w"])  # trained further
+
+
 def test_lock_trainable_params_and_constant_flags_survive_save(tmp_path):
     model = _small()
     locked = nm.rebuild_model(model, lock_trainable_params=2, name="locked")

@@ -346,3 +346,45 @@ def test_plugin_names_optimiser_params_and_the_device_are_checked_before_a_run_d
     with pytest.raises(ConfigError, match="--gpu must be a GPU number"):
         Trainer(cfg, device="first")
     assert not runs.exists()
+
+
+def test_text_settings_take_numbers_as_typed_and_refuse_other_values(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    cfg = ExperimentConfig.from_file(path, ["save_name=20240501", "save_path=1"])
+    assert (cfg.save_name, os.path.basename(cfg.save_path), cfg.default_save_name()) == ("20240501", "1", "20240501")
+    assert ExperimentConfig.from_file(path, ["save_name=0.5"]).save_name == "0.5"
+    with pytest.raises(ConfigError, match=r"save_name must be text, got 20240501 \(quote it in the config: "
+                                          r"save_name = '20240501'\); save_path must be text, got None"):
+        ExperimentConfig.from_file(write(tmp_path, MINIMAL + "save_name = 20240501\nsave_path = None\n"))
+
+
+def test_precision_is_a_checked_setting(tmp_path):
+    path = write(tmp_path, MINIMAL)
+    assert ExperimentConfig.from_file(path).precision == "float32"
+    assert ExperimentConfig.from_file(path, ["precision=mixed_bfloat16"]).precision == "mixed_bfloat16"
+    with pytest.raises(ConfigError, match="precision must be one of 'float32', 'mixed_bfloat16', 'mixed_float16', "
+                                          "got 'bf16'"):
+        ExperimentConfig.from_file(path, ["precision=bf16"])
+
+
+def test_a_volume_metric_to_monitor_names_the_setting_that_measures_it(tmp_path):
+    path = write(tmp_path, MINIMAL + "history_freq = 5\n")
+    with pytest.raises(ConfigError, match=r"monitor_metric 'volume_f1' is measured by validation on whole volumes, "
+                                          r"which is off: set volume_validation = \{'volumes': \[\.\.\.\], 'metrics': "
+                                          r"\['f1', \.\.\.\]\} \(docs/training.md, 'Validation on whole volumes'\)"):
+        ExperimentConfig.from_file(path, ["monitor_metric='volume_f1'"])
+    spec = "volume_validation={'volumes': [{'raw': 'v.h5:raw', 'labels': 'v.h5:lab'}], 'metrics': ['mse']}"
+    with pytest.raises(ConfigError, match="monitor_metric 'volume_iou_c1': volume_validation measures mse; add 'iou' "
+                                          "to its 'metrics'"):
+        ExperimentConfig.from_file(path, [spec, "monitor_metric='volume_iou_c1'"])
+    with pytest.raises(ConfigError) as err:  # no metric of validation on whole volumes: only the core's message
+        ExperimentConfig.from_file(path, ["monitor_metric='volume_foo'"])
+    assert "volume_validation" not in str(err.value)
+
+
+def test_the_optimiser_setting_names_every_built_in_optimiser():
+    from ekn_core.plugins import BUILTIN_DISTRIBUTION, discovered
+
+    names = {ep.name for ep in discovered()["optimisers"] if ep.distribution == BUILTIN_DISTRIBUTION}
+    described = {name.lower() for name in re.findall(r"'(\w+)'", SETTINGS["optimiser"].doc)}
+    assert names and names <= described, names - described

@@ -350,9 +350,19 @@ def test_status_line_shows_errors_in_percent_or_dashes(tmp_path):
         trainer.close()
 
 
-def test_a_run_that_failed_in_set_up_starts_afresh_with_the_fixed_config(tmp_path, caplog):
-    """A set-up error leaves status 'error' and no checkpoint; the same command with the config fixed
-    trains in that directory (the log says so), while a run that saved a checkpoint stays protected."""
+class FailsToBegin:
+    """A hook plugin whose start of training fails (after the run directory was made)."""
+
+    @hookimpl
+    def ekn_on_train_begin(self, trainer):
+        raise RuntimeError("boom at the start")
+
+
+def test_a_failed_set_up_leaves_no_run_directory_and_a_run_that_failed_early_starts_afresh(tmp_path, caplog):
+    """A set-up error (the data source rejects a data_init_kwargs value) comes before the run
+    directory exists. A run that failed after it, before its first checkpoint (status 'error'), is
+    started afresh by the same command with the fault gone (the log says so), while a run that
+    saved a checkpoint stays protected."""
     import json
 
     from ekn_core.errors import ConfigError
@@ -362,20 +372,30 @@ def test_a_run_that_failed_in_set_up_starts_afresh_with_the_fixed_config(tmp_pat
                                               "data_init_kwargs={'n_valid': 'many'}"])
     with pytest.raises(TypeError):
         Trainer(broken)
+    assert os.listdir(tmp_path) == []
+    fails = FailsToBegin()
+    host().register(fails)
+    caplog.set_level(logging.INFO, logger="ekn")
+    try:
+        trainer = make_trainer(tmp_path, "n_steps=1", "history_freq=0")
+        with pytest.raises(RuntimeError, match="boom at the start"):
+            trainer.run()
+        trainer.close()
+    finally:
+        host().unregister(fails)
     run_json = os.path.join(str(tmp_path), "run", "run.json")
     assert json.load(open(run_json))["status"] == "error"
-    with caplog.at_level(logging.WARNING, logger="ekn"):
-        trainer = make_trainer(tmp_path, "n_steps=1", "history_freq=0")
+    trainer = make_trainer(tmp_path, "n_steps=1", "history_freq=0")
     try:
         assert trainer.run() == "finished"
     finally:
         trainer.close()
     assert any("held a run that failed (status 'error') before its first checkpoint: it starts afresh"
                in r.getMessage() for r in caplog.records)
-    info = json.load(open(run_json))
-    assert info["status"] == "finished" and "data_init_kwargs={'n_valid': 'many'}" not in info["overrides"]
+    assert json.load(open(run_json))["status"] == "finished"
     log_text = open(os.path.join(str(tmp_path), "run", "train.log")).read()
-    assert log_text.index("could not set up the run: TypeError") < log_text.index("starts afresh")
+    second = log_text.index("starting run", log_text.index("starting run") + 1)
+    assert second < log_text.index("data: ", second) < log_text.index("starts afresh")  # the set-up's lines kept
     with pytest.raises(ConfigError, match="already exists"):
         make_trainer(tmp_path, "n_steps=1")
 
@@ -392,7 +412,7 @@ def test_in_memory_auto_counts_the_background_workers_copies(tmp_path, monkeypat
 
     write_dataset(str(tmp_path / "data"), n_volumes=3, shape=(6, 48, 48), label_margin=(2, 8, 8), seed=0)
     monkeypatch.setenv("EKN_TEST_DATA", str(tmp_path / "data"))
-    need = 2 * 6 * 48 * 48 * 4 + 2 * 2 * 32 * 32 * 2  # two training cubes: float32 raw, int16 labels
+    need = 2 * 6 * 48 * 48 * 1 + 2 * 2 * 32 * 32 * 2  # two training cubes: uint8 raw (held as stored), int16 labels
     available = need / patches.AUTO_MEMORY_SHARE * 2  # room for two copies, not for three
     monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=available))
     cfg = ExperimentConfig.from_file(os.path.join(HERE, "trainer_files", "tiny2d_config.py"), [

@@ -118,17 +118,8 @@ def test_resume_deletes_the_temporary_files_of_writes_killed_midway(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ exact resume
-@pytest.fixture
-def float16():
-    from ekn_core.node import set_precision
-
-    set_precision("mixed_float16")
-    yield
-    set_precision(None)
-
-
-def test_resume_restores_the_float16_loss_scale(tmp_path, float16):
-    common = ("checkpoint_freq=3", "history_freq=0", "schedules={}")
+def test_resume_restores_the_float16_loss_scale(tmp_path):
+    common = ("checkpoint_freq=3", "history_freq=0", "schedules={}", "precision='mixed_float16'")
     whole = finished(tmp_path / "whole", "n_steps=6", *common)
     finished(tmp_path / "parts", "n_steps=3", *common)
     resumed = finished(tmp_path / "parts", "n_steps=6", *common, resume=True)
@@ -145,6 +136,48 @@ def test_resume_restores_the_float16_loss_scale(tmp_path, float16):
         assert step.get_loss_scale() == (4.0, 7)
     finally:
         trainer.close()
+
+
+def test_a_bfloat16_run_records_its_precision_and_resumes_exactly_only_in_it(tmp_path, monkeypatch, caplog):
+    """The precision (here from EKN_PRECISION, which overrides the setting) is recorded in run.json,
+    train.log and the checkpoints; a resume without it is refused with the way to resume; resumed in
+    it, the run equals the uninterrupted one; a change named by the resume's --set is taken."""
+    import json
+    import shutil
+
+    from ekn_core.errors import ConfigError
+    from ekn_core.node import precision
+    from ekn_core.trainer.checkpoint import read_checkpoint_state
+
+    caplog.set_level(logging.INFO, logger="ekn")
+    common = ("checkpoint_freq=3", "history_freq=0", "schedules={}")
+    whole = finished(tmp_path / "whole", "n_steps=6", *common, "precision='mixed_bfloat16'")
+    monkeypatch.setenv("EKN_PRECISION", "mixed_bfloat16")
+    first = finished(tmp_path / "parts", "n_steps=3", *common)
+    monkeypatch.delenv("EKN_PRECISION")
+    assert precision() == "float32"  # the trainer's policy ended with it
+    rd = first.run_dir
+    info = json.load(open(rd.run_json))
+    assert info["precision"] == info["settings"]["precision"] == "mixed_bfloat16"
+    assert read_checkpoint_state(os.path.join(rd.checkpoints, "ckpt-00000003.h5"))["precision"] == "mixed_bfloat16"
+    assert ("precision: mixed_bfloat16 (EKN_PRECISION=mixed_bfloat16, which overrides the config's precision "
+            "setting 'float32')") in open(rd.log).read()
+    shutil.copytree(tmp_path / "parts", tmp_path / "changed")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"cannot resume {rd.path} in precision 'float32' (the config's precision setting): the run trained in "
+            f"'mixed_bfloat16' (its checkpoint ckpt-00000003.h5 records it). To resume in 'mixed_bfloat16': `ekn "
+            f"train --resume {rd.path} --set precision=mixed_bfloat16`. To change the precision on purpose, resume "
+            "with --set precision=float32.")):
+        make_trainer(tmp_path / "parts", "n_steps=6", *common, resume=True)
+    assert json.load(open(rd.run_json))["status"] == "finished"  # a refused resume is no failed run
+    resumed = finished(tmp_path / "parts", "n_steps=6", *common, "precision='mixed_bfloat16'", resume=True)
+    assert_same_params(params(whole), params(resumed))
+    changed = finished(tmp_path / "changed", "n_steps=6", *common, "precision='float32'", resume=True)
+    assert not all(np.array_equal(a, params(changed)[k]) for k, a in params(whole).items())  # the precision counts
+    assert read_checkpoint_state(os.path.join(changed.run_dir.checkpoints, "ckpt-00000006.h5"))["precision"] == "float32"
+    assert json.load(open(changed.run_dir.run_json))["precision"] == "float32"
+    assert "the run trained in precision mixed_bfloat16 until step 3 (ckpt-00000003.h5); it continues in float32" \
+        in caplog.text
 
 
 def test_the_lr_lowered_by_nan_rollbacks_holds_under_an_absolute_schedule_and_on_resume(tmp_path, caplog):

@@ -227,3 +227,32 @@ def test_resources_parsing_and_config_errors(tmp_path):
     (tmp_path / "b.toml~").write_text("")
     (tmp_path / "b.toml").write_text("")
     assert ExperimentDaemon(str(tmp_path)).queued() == ["b.toml"]
+
+
+def test_helper_files_of_configs_are_not_started_and_the_documented_way_to_queue_an_example_works(tmp_path, caplog):
+    """`ekn train` queues: the examples' neuro_settings.py is a helper (not started, logged once); the
+    config docs/utilities.md shows for queueing an example loads from running/ (where it is started)."""
+    import re
+    import shutil
+
+    from ekn_core.trainer.config import ExperimentConfig
+    from ekn_plugins.commands.demo import example_path
+
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "utilities.md"), encoding="utf-8").read()
+    recipe = re.search(r"```python\n# QUEUE_DIR/neuro3d_lite_long.py\n(.*?)```", docs, re.S).group(1)
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    shutil.copy(example_path("neuro_settings.py"), queue)
+    (queue / "neuro3d_lite_long.py").write_text(recipe)
+    busy = Requirements(max_cpu_load=-1.0)  # nothing starts: each round logs why it waits
+    daemon = ExperimentDaemon(str(queue), requirements=busy, probe=lambda: FREE)  # the default command: ekn train
+    with caplog.at_level(logging.INFO, logger="ekn.daemon"):
+        assert daemon.queued() == ["neuro3d_lite_long.py"] and not daemon.step() and not daemon.step()
+    helper_lines = [r.getMessage() for r in caplog.records if "neuro_settings.py names neither" in r.getMessage()]
+    assert len(helper_lines) == 1 and str(queue / "neuro_settings.py") in helper_lines[0]
+    other = ExperimentDaemon(str(queue), command="python {config}", probe=lambda: FREE)
+    assert other.queued() == ["neuro3d_lite_long.py", "neuro_settings.py"]  # another command: every file
+    os.rename(queue / "neuro3d_lite_long.py", queue / "running" / "neuro3d_lite_long.py")
+    cfg = ExperimentConfig.from_file(str(queue / "running" / "neuro3d_lite_long.py"))
+    assert (cfg.n_steps, cfg.save_name, cfg.data_class) == (500000, "neuro3d_lite_long", "BatchCreatorImage")
+    assert callable(cfg.create_model)

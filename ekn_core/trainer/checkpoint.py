@@ -9,8 +9,9 @@ A checkpoint ``checkpoints/ckpt-<step:08d>.h5`` holds
 * ``history/...``: the training history (see :mod:`ekn_core.trainer.history`),
 * attribute ``state``: JSON with the step, training time, schedule states, the lr factor of
   NaN rollbacks, model meta-parameters (those in effect, and those set on the model, which a
-  resume sets again), the ``mixed_float16`` loss scale of each optimiser's
-  training step, best value of the monitored metric, preview clock and data-worker state.
+  resume sets again), the precision policy the run trains in and the ``mixed_float16`` loss scale
+  of each optimiser's training step, best value of the monitored metric, preview clock and
+  data-worker state (:func:`read_checkpoint_state` reads it alone).
 
 It is written to a temporary file, fsynced and renamed, so a crash leaves the previous
 checkpoint intact. No pickle is used.
@@ -24,16 +25,20 @@ Example:
     >>> back = read_checkpoint(latest_checkpoint(folder))
     >>> back.step, float(back.params["conv/w"].sum()), back.state["elapsed"]
     (5, 4.0, 1.5)
+    >>> read_checkpoint_state(path)
+    {'elapsed': 1.5}
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import os
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,11 +112,12 @@ def write_checkpoint(folder: str, data: CheckpointData) -> str:
     return path
 
 
-def read_checkpoint(path: str) -> CheckpointData:
-    """Reads a checkpoint written by :func:`write_checkpoint`.
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Any]:
+    """The checkpoint file ``path`` open for reading, its format and version checked.
 
     Raises:
-        EknError: The file is not an ekn checkpoint or cannot be read.
+        EknError: The file is not an ekn checkpoint, is newer than this ekn or cannot be read.
     """
     import h5py
 
@@ -122,16 +128,36 @@ def read_checkpoint(path: str) -> CheckpointData:
             if int(f.attrs["version"]) > VERSION:
                 raise EknError(f"{path} has checkpoint version {int(f.attrs['version'])}; this ekn reads up to "
                                f"{VERSION}: upgrade ekn")
-            return CheckpointData(
-                step=int(f.attrs["step"]),
-                params=_read_dict(f["params"]),
-                optimisers={name: _read_dict(f["optimisers"][name]) for name in f["optimisers"]},
-                rng=_read_dict(f["rng"]),
-                state=json.loads(f.attrs["state"]),
-                history=History.read_group(f["history"]),
-            )
+            yield f
     except (OSError, KeyError) as err:
         raise EknError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def read_checkpoint(path: str) -> CheckpointData:
+    """Reads a checkpoint written by :func:`write_checkpoint`.
+
+    Raises:
+        EknError: The file is not an ekn checkpoint or cannot be read.
+    """
+    with _opened(path) as f:
+        return CheckpointData(
+            step=int(f.attrs["step"]),
+            params=_read_dict(f["params"]),
+            optimisers={name: _read_dict(f["optimisers"][name]) for name in f["optimisers"]},
+            rng=_read_dict(f["rng"]),
+            state=json.loads(f.attrs["state"]),
+            history=History.read_group(f["history"]),
+        )
+
+
+def read_checkpoint_state(path: str) -> dict[str, Any]:
+    """The ``state`` of a checkpoint written by :func:`write_checkpoint`, without its arrays.
+
+    Raises:
+        EknError: The file is not an ekn checkpoint or cannot be read.
+    """
+    with _opened(path) as f:
+        return json.loads(f.attrs["state"])
 
 
 def list_checkpoints(folder: str) -> list[tuple[int, str]]:

@@ -85,7 +85,10 @@ SETTINGS: dict[str, Setting] = {
                             "create_model / model_load_path is required). Called with model_load_args "
                             "as keyword arguments if those are set.", "ELEKTRONN2"),
     "model_load_path": Setting(None, "Model file to load instead of create_model (fine-tuning); "
-                               "passed to modelload(path, **model_load_args). '~' is expanded.", "ELEKTRONN2"),
+                               "passed to modelload(path, **model_load_args), e.g. model_load_args = "
+                               "{'lock_trainable_params': 2} freezes the first two layers with parameters. '~' is "
+                               "expanded. A new head (another number of classes) is built by create_model: see "
+                               "[fine-tuning](nodes.md#fine-tuning).", "ELEKTRONN2"),
     "model_load_args": Setting(None, "Keyword arguments for modelload (e.g. imposed_patch_size) or for "
                                "create_model.", "ELEKTRONN2"),
     # -- run directory ------------------------------------------------------------------------------
@@ -128,7 +131,7 @@ SETTINGS: dict[str, Setting] = {
     "loss_smoothing_length": Setting(200, "Steps in the moving average of the loss (console and plots).", "ELEKTRONN2"),
     # -- optimisation ------------------------------------------------------------------------------
     "optimiser": Setting("Adam", "Optimiser name from the 'ekn.optimisers' registry: 'SGD', 'AdaGrad', "
-                         "'AdaDelta', 'Adam', 'AdamW' (any case).", "ELEKTRONN2"),
+                         "'AdaDelta', 'Adam', 'AdamW', 'RMSProp' (any case).", "ELEKTRONN2"),
     "optimiser_params": Setting(None, "Meta-parameters: lr, mom, wd, beta2 (Adam) and any other "
                                 "meta-parameter of the optimiser; those not given keep the optimiser's own "
                                 "defaults (docs/optimisers.md).", "ELEKTRONN2"),
@@ -186,6 +189,10 @@ SETTINGS: dict[str, Setting] = {
                             "plain on CPU."),
     "distribute": Setting(None, "Data-parallel training: None, 'mirrored' (several local GPUs) or "
                           "'multiworker' (several hosts, TF_CONFIG)."),
+    "precision": Setting("float32", "Precision policy: 'float32', 'mixed_bfloat16' or 'mixed_float16' (convolutions "
+                         "and similar layers compute in 16 bits, parameters stay float32; docs/performance.md). "
+                         "EKN_PRECISION overrides it. run.json and the checkpoints record the precision a run "
+                         "trains in; a resume in another one is refused unless its --set names the new one."),
 }
 
 #: Names accepted for compatibility with ELEKTRONN2 configs but ignored (with a warning).
@@ -225,6 +232,8 @@ MONITORABLE = {"valid_loss": "min", "train_loss": "min", "valid_error": "min", "
 
 #: Settings whose string value (or first tuple element) is a path with '~' to expand.
 _PATH_SETTINGS = ("save_path", "model_load_path", "preview_data_path", "data_class")
+#: Settings that are text: ``--set save_name=20240501`` gives the text '20240501', not a number.
+_TEXT_SETTINGS = ("save_name", "save_path", "model_load_path")
 _DICT_SETTINGS = ("model_load_args", "data_init_kwargs", "data_batch_args", "optimiser_params", "schedules",
                   "preview_kwargs")
 
@@ -279,11 +288,12 @@ def all_settings() -> dict[str, Setting]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Splits ``'name=value'``; the value is a Python literal or, failing that, a string.
+    """Splits ``'name=value'``; the value is a Python literal or, failing that, a string. A number
+    given to a text setting (``save_name``, ``save_path``, ``model_load_path``) is the text as typed.
 
     Example:
-        >>> parse_override("n_steps=100"), parse_override("save_name=run1")
-        (('n_steps', 100), ('save_name', 'run1'))
+        >>> parse_override("n_steps=100"), parse_override("save_name=run1"), parse_override("save_name=20240501")
+        (('n_steps', 100), ('save_name', 'run1'), ('save_name', '20240501'))
         >>> parse_override("optimiser_params.lr=1e-3")
         ('optimiser_params.lr', 0.001)
     """
@@ -296,6 +306,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
+        value = raw
+    if name in _TEXT_SETTINGS and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = raw
     return name, value
 
@@ -549,6 +561,14 @@ class ExperimentConfig:
             problems.append(f"distribute must be None, 'mirrored' or 'multiworker', got {v['distribute']!r}")
         if v["compile_mode"] not in (None, "plain", "xla", "eager", "auto"):
             problems.append(f"compile_mode must be None, 'plain', 'xla', 'eager' or 'auto', got {v['compile_mode']!r}")
+        from ekn_core.node import PRECISIONS
+
+        if v["precision"] not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {v['precision']!r}")
+        for name in _TEXT_SETTINGS:
+            if not (isinstance(v[name], str) or (v[name] is None and name != "save_path")):
+                problems.append(f"{name} must be text, got {v[name]!r} (quote it in the config: {name} = "
+                                f"'{v[name]}')")
         bp = v["background_processes"]
         if not (isinstance(bp, (bool, int)) and bp >= 0):
             problems.append(f"background_processes must be False or a number of processes, got {bp!r}")

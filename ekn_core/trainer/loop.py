@@ -69,7 +69,7 @@ from ekn_core.trainer.monitoring import Monitoring, worst_score
 from ekn_core.trainer.nan_rollback import NanRollback
 from ekn_core.trainer.outputs import RunOutputs
 from ekn_core.trainer.rundir import RunDir
-from ekn_core.trainer.run_setup import RunSetup
+from ekn_core.trainer.run_setup import RunSetup, check_resume_precision, log_kept, run_precision
 from ekn_core.trainer.training_state import TrainingState
 
 log = logging.getLogger("ekn.trainer")
@@ -134,33 +134,64 @@ class Trainer(RunSetup, ModelSetup, BatchFeeding, BatchPictureWriter, Monitoring
         # key of the prefetched batch, and the error if drawing it failed
         self._next: tuple[tuple[Any, ...], BaseException | None] | None = None
 
+        self._precision_before: str | None = None  # the precision policy before the run's, restored by close()
+        self._precision_set = False
         if resume and not self.run_dir.exists():
             raise ConfigError(f"cannot resume: {self.run_dir.path} is not a run directory")
         parse_device_spec(device)  # a bad --gpu fails before the run directory exists (the config's: in validation)
+        config.precision, self._precision_source = run_precision(config.precision)  # run.json records it
         #: The descriptor holding the run directory's lock (``run.lock``) until :meth:`close`.
-        self._run_lock: int | None = self.run_dir.acquire_lock()
-        restarted = False  # the directory held a run that failed before it saved anything
-        if not resume:
-            try:
-                restarted = self.run_dir.create(overwrite=bool(config.overwrite))
-                self._write_initial_files()
-            except BaseException:
-                self.close()
-                raise
+        self._run_lock: int | None = None
+        if resume:
+            self._resume_set_up(device)
+        else:
+            self._new_run_set_up(device)
+
+    def _resume_set_up(self, device: Any) -> None:
+        """Under the run's lock: the log, the precision check, then the set-up and the checkpoint."""
+        self._run_lock = self.run_dir.acquire_lock()
         self._start_log()
-        if restarted:
-            log.warning("%s held a run that failed (status 'error') before its first checkpoint: it starts afresh "
-                        "with the config %s", self.run_dir.path, config.path)
         try:
-            if resume:  # under the run's lock
-                for path in self.run_dir.remove_stale_temporaries():
-                    log.info("deleted %s, left by an interrupted write", path)
+            check_resume_precision(self.run_dir, self.config, self._precision_source)
+        except BaseException:
+            self.close()
+            raise
+        try:
+            for path in self.run_dir.remove_stale_temporaries():
+                log.info("deleted %s, left by an interrupted write", path)
             self._setup(device)
         except BaseException as err:
             log.error("could not set up the run: %s: %s", type(err).__name__, err)
             self.run_dir.update_run_json(status="error")
             self.close()
             raise
+
+    def _new_run_set_up(self, device: Any) -> None:
+        """The set-up first (model, data, previews: errors leave no run directory), then the run
+        directory, its first files and the log, under the run's lock. An existing directory is
+        locked (and checked) before the set-up."""
+        self.run_dir.check_new(overwrite=bool(self.config.overwrite))
+        if os.path.isdir(self.run_dir.path):
+            self._run_lock = self.run_dir.acquire_lock()
+        with log_kept() as kept:
+            try:
+                self._setup(device)
+            except BaseException as err:
+                log.error("could not set up the run: %s: %s", type(err).__name__, err)
+                self.close()
+                raise
+            try:
+                if self._run_lock is None:
+                    self._run_lock = self.run_dir.acquire_lock()
+                restarted = self.run_dir.create(overwrite=bool(self.config.overwrite))
+                self._write_initial_files()
+            except BaseException:
+                self.close()
+                raise
+            self._start_log(kept)
+        if restarted:
+            log.warning("%s held a run that failed (status 'error') before its first checkpoint: it starts afresh "
+                        "with the config %s", self.run_dir.path, self.config.path)
 
     def train_step(self) -> float:
         """Runs one training step (schedules, batch, compiled step, timeline, hook); returns the loss.
@@ -251,17 +282,18 @@ class Trainer(RunSetup, ModelSetup, BatchFeeding, BatchPictureWriter, Monitoring
 
         shell_server = ShellServer.start(self)  # `ekn shell RUN_DIR` attaches through it
         self.status = "running"
-        self.run_dir.update_run_json(status="running", step=self.step, overrides=self.config.overrides)
+        self.run_dir.update_run_json(status="running", step=self.step, overrides=self.config.overrides,
+                                     precision=self.config.precision)
         hooks = host()
-        hooks.train_begin(self)
-        if latest_checkpoint(self.run_dir.checkpoints) is None:
-            self.save_checkpoint()
-        self._safe_batch_picture()
         bar = self._progress()
         status = "error"
         try:
             with logging_redirect_tqdm(loggers=[logging.getLogger("ekn")]) if not bar.disable else \
                     contextlib.nullcontext():
+                hooks.train_begin(self)
+                if latest_checkpoint(self.run_dir.checkpoints) is None:
+                    self.save_checkpoint()
+                self._safe_batch_picture()
                 while (reason := self._stop_reason()) is None:
                     try:
                         loss = self.train_step()
@@ -319,10 +351,16 @@ class Trainer(RunSetup, ModelSetup, BatchFeeding, BatchPictureWriter, Monitoring
         host().train_end(self, status)
 
     def close(self) -> None:
-        """Stops the prefetch thread and the background data workers, detaches the run's log file
-        and releases the run directory's lock (call when done with the trainer in a long-lived process)."""
+        """Stops the prefetch thread and the background data workers, restores the precision policy
+        of before the run, detaches the run's log file and releases the run directory's lock (call
+        when done with the trainer in a long-lived process)."""
         self.close_prefetcher()
         self.close_background()
+        if self._precision_set:
+            from ekn_core.node import set_precision
+
+            set_precision(self._precision_before)
+            self._precision_set = False
         if self._run_lock is not None:
             os.close(self._run_lock)
             self._run_lock = None

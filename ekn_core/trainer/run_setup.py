@@ -1,7 +1,11 @@
 """The start of a training run: the run directory's first files (the config's copy, ``run.json``
-with what ran where), the run's log file, TensorFlow (device, ``tf.distribute`` strategy, seeds,
-determinism, compile mode), the device batches are prefetched to, and the order in which the model,
-data, schedules, previews and, on resume, the newest checkpoint are set up.
+with what ran where), the run's log file, TensorFlow (device, ``tf.distribute`` strategy, precision,
+seeds, determinism, compile mode), the device batches are prefetched to, and the order in which the
+model, data, schedules, previews and, on resume, the newest checkpoint are set up.
+
+A new run is set up before its run directory is made (the log lines of the set-up are kept and
+written into ``train.log`` then), so a set-up error (missing data files, a patch larger than the
+data, a ``data_init_kwargs`` typo) leaves no run directory behind.
 
 :class:`RunSetup` is mixed into :class:`~ekn_core.trainer.loop.Trainer`; it builds through
 :class:`~ekn_core.trainer.model_setup.ModelSetup`,
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import logging
+import logging.handlers
 import os
 import platform
 import sys
@@ -27,6 +32,74 @@ from ekn_core.errors import ConfigError
 from ekn_core.hooks import host
 
 log = logging.getLogger("ekn.trainer")
+
+
+def run_precision(setting: str) -> tuple[str, str]:
+    """The precision policy a run trains in and where it comes from: ``EKN_PRECISION`` when it is
+    set (it overrides the config), else the config's ``precision`` setting.
+
+    Example:
+        >>> policy, source = run_precision("mixed_bfloat16")
+        >>> policy == (os.environ.get("EKN_PRECISION") or "mixed_bfloat16")
+        True
+    """
+    from ekn_core.node import env_precision
+
+    env = env_precision()
+    if env is not None:
+        return env, f"EKN_PRECISION={env}, which overrides the config's precision setting {setting!r}"
+    return setting, "the config's precision setting"
+
+
+def check_resume_precision(run_dir: Any, config: Any, source: str) -> None:
+    """Refuses to resume a run in a precision other than the one its newest checkpoint records,
+    unless the ``--set`` overrides of this resume name the new one (a change on purpose: a warning).
+
+    Args:
+        run_dir: The run's :class:`~ekn_core.trainer.rundir.RunDir`.
+        config: The resumed run's config (its ``overrides``: those of ``run.json``, then the new ones).
+        source: Where ``config.precision`` comes from (:func:`run_precision`).
+
+    Raises:
+        ConfigError: The precisions differ: says how to resume in the run's precision, or change it.
+    """
+    from ekn_core.trainer.checkpoint import latest_checkpoint, read_checkpoint_state
+    from ekn_core.trainer.config import parse_override
+
+    path = latest_checkpoint(run_dir.checkpoints)
+    state = read_checkpoint_state(path) if path else {}
+    recorded = state.get("precision")  # None: no checkpoint, or one written before ekn recorded the precision
+    if recorded is None or recorded == config.precision:
+        return
+    previous = run_dir.read_run_json().get("overrides", [])
+    new = config.overrides[len(previous):] if config.overrides[:len(previous)] == previous else config.overrides
+    named = [value for name, value in map(parse_override, new) if name == "precision"]
+    if named and named[-1] == config.precision:
+        log.warning("the run trained in precision %s until step %d (%s); it continues in %s, as --set "
+                    "precision=%s asks", recorded, state.get("step", 0),
+                    os.path.basename(path), config.precision, config.precision)
+        return
+    by_env = source.startswith("EKN_PRECISION")
+    keep = ("unset EKN_PRECISION (or set it to that)" if by_env else
+            f"`ekn train --resume {run_dir.path} --set precision={recorded}`")
+    change = f"--set precision={config.precision}" + (" with EKN_PRECISION unset" if by_env else "")
+    raise ConfigError(f"cannot resume {run_dir.path} in precision {config.precision!r} ({source}): the run trained "
+                      f"in {recorded!r} (its checkpoint {os.path.basename(path)} records it). To resume in "
+                      f"{recorded!r}: {keep}. To change the precision on purpose, resume with {change}.")
+
+
+@contextlib.contextmanager
+def log_kept() -> Iterator[logging.handlers.MemoryHandler]:
+    """Keeps the ``ekn`` log records of the block (they still reach the console) so that they can be
+    written into a log file made later: ``kept.setTarget(handler); kept.flush()`` inside the block."""
+    kept = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1)
+    logger = logging.getLogger("ekn")
+    logger.addHandler(kept)
+    try:
+        yield kept
+    finally:
+        logger.removeHandler(kept)
+        kept.close()
 
 
 class RunSetup:
@@ -75,15 +148,20 @@ class RunSetup:
             "tensorflow_version": tf_version, "python": platform.python_version(), "host": platform.node(),
             "user": getpass.getuser(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv,
             "cwd": os.getcwd(),  # relative volume paths in the settings refer to it (ekn evaluate RUN_DIR)
+            "precision": self.config.precision,  # in effect, also from EKN_PRECISION; updated on resume
         }
 
-    def _start_log(self) -> None:
-        """Attaches the run's log file (detached by :meth:`~ekn_core.trainer.loop.Trainer.close`)."""
+    def _start_log(self, kept: logging.handlers.MemoryHandler | None = None) -> None:
+        """Attaches the run's log file (detached by :meth:`~ekn_core.trainer.loop.Trainer.close`) and
+        writes into it the records ``kept`` of the set-up before the run directory existed."""
         from ekn_core.log import add_file_log
 
         self._log_handler = add_file_log(self.run_dir.log)
         log.info("%s run %s (pid %d, user %s, host %s)", "resuming" if self.resume else "starting",
                  self.run_dir.path, os.getpid(), getpass.getuser(), platform.node())
+        if kept is not None:
+            kept.setTarget(self._log_handler)
+            kept.flush()
 
     def _setup_tensorflow(self, device: Any) -> None:
         """Device, distribution strategy, prefetch device, determinism, compile mode and every seed."""
@@ -99,6 +177,10 @@ class RunSetup:
 
         self.strategy = make_strategy(self.config.distribute)  # before any op: MultiWorker needs that
         self.prefetch_device = self._choose_prefetch_device()
+        from ekn_core.node import set_precision
+
+        self._precision_before, self._precision_set = set_precision(self.config.precision), True  # see close()
+        log.info("precision: %s (%s)", self.config.precision, self._precision_source)
         seed = int(self.config.seed)
         if self.config.deterministic:
             tf.config.experimental.enable_op_determinism()

@@ -4,7 +4,7 @@
 
     <save_path>/<save_name>/
         config.py            copy of the experiment config (as given, before --set overrides)
-        run.json             resolved settings, overrides, seed, versions, status, paths
+        run.json             resolved settings, overrides, seed, precision, versions, status, paths
         run.lock             locked (fcntl.flock) by the process training in it; holds its pid
         .shell/shell.sock    while training: the socket of ``ekn shell RUN_DIR`` (folder mode 0700)
         train.log            the log (appended to on resume)
@@ -74,12 +74,8 @@ class RunDir:
             ConfigError: The directory already holds a run and ``overwrite`` is False.
         """
         failed_early = False
-        if os.path.exists(self.run_json) or os.path.isdir(self.checkpoints):
+        if self.check_new(overwrite):
             failed_early = not overwrite and self.failed_early()
-            if not overwrite and not failed_early:
-                raise ConfigError(f"run directory {self.path} already exists. Continue it with "
-                                  f"`ekn train --resume {self.path}`, choose another save_name, or set "
-                                  "overwrite=True to delete it.")
             for entry in os.scandir(self.path):
                 if entry.path == self.lock or (failed_early and entry.path == self.log):
                     continue
@@ -92,9 +88,26 @@ class RunDir:
             os.makedirs(os.path.join(self.path, sub), exist_ok=True)
         return failed_early
 
+    def check_new(self, overwrite: bool = False) -> bool:
+        """Checks that a new run may start here (:meth:`create` may make it); changes nothing.
+
+        Returns:
+            Whether the directory holds a run (to be deleted with ``overwrite``, or one that failed early).
+
+        Raises:
+            ConfigError: The directory already holds a run and ``overwrite`` is False.
+        """
+        if not (os.path.exists(self.run_json) or os.path.isdir(self.checkpoints)):
+            return False
+        if not overwrite and not self.failed_early():
+            raise ConfigError(f"run directory {self.path} already exists. Continue it with "
+                              f"`ekn train --resume {self.path}`, choose another save_name, or set "
+                              "overwrite=True to delete it.")
+        return True
+
     def failed_early(self) -> bool:
         """Whether the run here ended with status ``error`` before it saved a checkpoint or a model
-        (e.g. a plugin or ``create_model`` failed during set-up): there is nothing to resume."""
+        (e.g. a hook plugin failed at the start of training): there is nothing to resume."""
         try:
             status = self.read_run_json().get("status")
         except (OSError, ValueError):  # no run here, or an unreadable run.json: not known to have failed

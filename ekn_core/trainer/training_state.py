@@ -43,7 +43,7 @@ class TrainingState:
             "meta": {k: getattr(self.model, k) for k in META_PARAMETERS}, "meta_overrides": self.model.meta_overrides,
             "iterations": self.model.iterations,
             "model_elapsed": self.model.elapsed_time, "schedules": self.schedules.get_state(),
-            "lr_factor": self.lr_factor,
+            "lr_factor": self.lr_factor, "precision": self.config.precision,
             "loss_scale": {name: list(self.model.train_function(name).get_loss_scale())
                            for name in self.model.optimisers},
             "host_rng": host_state, "tf_algorithm": int(self.tf_generator.algorithm),

@@ -14,6 +14,8 @@ class DaemonCommand(Command):
     Started configs move to running/, then done/ or failed/; status/NAME.json and logs/NAME.log
     record each experiment, logs/daemon-HOST-PID.log every decision of a daemon. The command
     line may use {config}, {name}, {gpu} and {host}; CUDA_VISIBLE_DEVICES is set to the chosen GPU.
+    With `ekn train`, Python files that are helpers of configs (no create_model, no model_load_path)
+    stay in the queue unstarted; configs load them by absolute path (they run from running/).
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -21,6 +21,42 @@ from ekn_core.errors import ConfigError
 log = logging.getLogger("ekn.trainer")
 
 
+def is_experiment_config(path: str) -> bool:
+    """Whether the Python file ``path`` is an experiment config, not a helper file that configs load
+    (such as ``neuro_settings.py``): outside its functions it binds ``create_model`` or
+    ``model_load_path``, or takes names from elsewhere (``globals().update(...)``, ``import *``). A file that
+    does not parse counts as a config (``ekn train`` then says what is wrong).
+
+    Example:
+        >>> is_experiment_config(resolve_config("neuro3d_lite")), is_experiment_config(resolve_config("neuro_settings"))
+        (True, False)
+    """
+    import ast
+
+    with open(path, encoding="utf-8") as f:
+        try:
+            tree = ast.parse(f.read(), path)
+        except SyntaxError:
+            return True
+    wanted = {"create_model", "model_load_path"}
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name in wanted:
+                return True
+            continue  # names bound inside functions and classes are not the config's
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id in wanted:
+            return True
+        if isinstance(node, ast.alias) and (node.name == "*" or (node.asname or node.name) in wanted):
+            return True
+        if (isinstance(node, ast.Attribute) and node.attr == "update" and isinstance(node.value, ast.Call)
+                and isinstance(node.value.func, ast.Name) and node.value.func.id == "globals"):
+            return True
+        todo.extend(ast.iter_child_nodes(node))
+    return False
+
+
 def resolve_config(config: str | None) -> str | None:
     """CONFIG as given when it exists; else a bare name (``neuro3d_lite`` or ``neuro3d_lite.py``)
     of an example config ekn ships (``ekn_plugins/examples``, the repository's ``examples/``).
@@ -41,12 +77,8 @@ def resolve_config(config: str | None) -> str | None:
         shipped = os.path.join(folder, config if config.endswith(".py") else config + ".py")
         if os.path.isfile(shipped):
             return shipped
-    examples = []
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".py"):
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                if "create_model" in (text := f.read()) or "model_load_path" in text:  # an experiment config
-                    examples.append(name[:-3])
+    examples = [name[:-3] for name in sorted(os.listdir(folder))
+                if name.endswith(".py") and is_experiment_config(os.path.join(folder, name))]
     raise ConfigError(f"the config file {config} does not exist. ekn ships example configs in {folder}; run one by "
                       f"its name, e.g. `ekn train neuro3d_lite`: {', '.join(examples)}")
 

@@ -44,8 +44,37 @@ def ekn_settings() -> dict[str, Setting]:
 
 @hookimpl
 def ekn_check_config(config: dict[str, Any]) -> list[str]:
-    """Every mistake in ``volume_validation``."""
-    return problems(config.get("volume_validation"), config.get("history_freq"))
+    """Every mistake in ``volume_validation``, and a ``monitor_metric`` of it that it does not measure.
+
+    Example:
+        >>> ekn_check_config({"monitor_metric": "volume_f1", "volume_validation": None})  # doctest: +ELLIPSIS
+        ["monitor_metric 'volume_f1' is measured by validation on whole volumes, which is off: set volume_validation ..."]
+    """
+    found = problems(config.get("volume_validation"), config.get("history_freq"))
+    return found or _monitor_problems(config)
+
+
+def _monitor_problems(config: dict[str, Any]) -> list[str]:
+    """Says which setting a ``monitor_metric`` of validation on whole volumes (``volume_<metric>``)
+    needs when the config does not measure it."""
+    from ekn_plugins.validation.spec import METRICS, per_class_column
+
+    metric = config.get("monitor_metric")
+    if not (isinstance(metric, str) and metric.startswith("volume_")):
+        return []
+    column = per_class_column(metric)
+    name = column[0] if column else metric[len("volume_"):]
+    if name not in METRICS:  # no metric of this plugin: the core's message lists the choices
+        return []
+    spec = parse_spec(config.get("volume_validation"), config.get("history_freq"))
+    if spec is None:
+        return [f"monitor_metric {metric!r} is measured by validation on whole volumes, which is off: set "
+                f"volume_validation = {{'volumes': [...], 'metrics': [{name!r}, ...]}} (docs/training.md, "
+                "'Validation on whole volumes')"]
+    if name not in spec.metrics:
+        return [f"monitor_metric {metric!r}: volume_validation measures {', '.join(spec.metrics)}; add {name!r} to "
+                "its 'metrics'"]
+    return []
 
 
 @hookimpl

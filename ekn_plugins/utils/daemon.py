@@ -19,7 +19,11 @@ host sees the new experiment's load; release the lock. Every decision is logged 
 ``ekn.daemon`` logger. A daemon killed while holding the lock leaves a stale lock that the next
 daemon breaks (dead pid on the same host, or older than ``stale_after``).
 
-Hidden files (``.name``), editor backups (``name~``) and sub-directories are never started.
+Hidden files (``.name``), editor backups (``name~``) and sub-directories are never started, nor,
+when the command is ``ekn train`` (the default), Python files that are no experiment config but a
+helper file configs load (:func:`~ekn_plugins.commands.train.is_experiment_config`): they stay in
+the queue. A started config runs from ``running/``, so it must load its helpers by a path that does
+not depend on its own folder (docs/utilities.md).
 
 Example:
     >>> import os, sys, tempfile
@@ -129,6 +133,10 @@ class ExperimentDaemon:
         self.started = 0
         self._stop = threading.Event()
         self._last_message = ""
+        program = os.path.basename(self.command[0])
+        #: Whether the command trains ekn configs (then helper .py files in the queue are not started).
+        self.trains = program == "ekn-train" or (program == "ekn" and self.command[1:2] == ["train"])
+        self._helpers: set[str] = set()  # the helper files found in the queue (each logged once)
 
     # --- queue ---
     def queued(self) -> list[str]:
@@ -136,9 +144,29 @@ class ExperimentDaemon:
         names = []
         with os.scandir(self.queue_dir) as entries:
             for entry in entries:
-                if entry.is_file() and not entry.name.startswith(".") and not entry.name.endswith("~"):
+                if (entry.is_file() and not entry.name.startswith(".") and not entry.name.endswith("~")
+                        and not self._is_helper(entry.path)):
                     names.append(entry.name)
         return sorted(names)
+
+    def _is_helper(self, path: str) -> bool:
+        """Whether ``path`` is a helper file of ``ekn train`` configs, not an experiment (logged once)."""
+        if not (self.trains and path.endswith(".py")):
+            return False
+        from ekn_plugins.commands.train import is_experiment_config
+
+        try:
+            if is_experiment_config(path):
+                return False
+        except (OSError, ValueError):  # claimed by another daemon meanwhile, or not text: ekn train says so
+            return False
+        name = os.path.basename(path)
+        if name not in self._helpers:
+            self._helpers.add(name)
+            self._say(f"{name} names neither create_model nor model_load_path: a helper file of configs, not "
+                      "started. It stays in the queue; a started config runs from running/, so it must load it "
+                      f"by its absolute path, {path}")
+        return True
 
     def _say(self, message: str, level: int = logging.INFO) -> None:
         """Logs a decision; an unchanged repeat of the last decision is logged at DEBUG only."""
