@@ -68,3 +68,15 @@ def scratch_model():
     yield model
     for name in [n for n in model_manager.models if n.startswith(model.name)]:
         model_manager.remove(name)
+
+
+@pytest.fixture
+def forget_new_models():
+    """Removes the models a test made (use it module-wide: ``pytestmark =
+    pytest.mark.usefixtures("forget_new_models")``)."""
+    from ekn_core.node import model_manager
+
+    before = set(model_manager.models)
+    yield
+    for name in set(model_manager.models) - before:
+        model_manager.remove(name)

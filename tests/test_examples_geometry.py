@@ -103,12 +103,7 @@ def _trainable(model):
     return sum(p.size for p in model.all_params.values() if p.trainable)
 
 
-@pytest.fixture(autouse=True)
-def _cleanup():
-    before = set(nm.model_manager.models)
-    yield
-    for name in set(nm.model_manager.models) - before:
-        nm.model_manager.remove(name)
+pytestmark = pytest.mark.usefixtures("forget_new_models")
 
 
 def test_neuro3d_geometry():

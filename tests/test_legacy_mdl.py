@@ -20,12 +20,7 @@ from elektronn2_lookalike import E2Graph
 RNG = np.random.default_rng(7)
 
 
-@pytest.fixture(autouse=True)
-def _cleanup():
-    before = set(nm.model_manager.models)
-    yield
-    for name in set(nm.model_manager.models) - before:
-        nm.model_manager.remove(name)
+pytestmark = pytest.mark.usefixtures("forget_new_models")
 
 
 def rand(*shape):

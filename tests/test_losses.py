@@ -518,18 +518,26 @@ TARGET_PATHS = {  # fed label shape → the (2, 1, 10, 10) target the loss reads
 }
 
 
-@pytest.mark.parametrize("path", sorted(TARGET_PATHS))
-def test_class_ids_are_checked_through_nodes_that_only_move_the_target(nodes, path):
+def _sparse_target_model(nodes, lab_shape, target_of, **loss_kwargs):
+    """A 2-class net on (2, 1, 12, 12) whose MultinoulliNLL 'nll' reads ``target_of(nm, lab)`` of the
+    int16 source 'lab' of ``lab_shape``; returns the model and an input batch."""
     import ekn_core.neuromancer as nm
 
     model, Input, N, O = nodes
-    shape, build = TARGET_PATHS[path]
     inp = Input((2, 1, 12, 12), "b,f,x,y", name="x")
     probs = O.Softmax(nm.Conv(inp, 2, (3, 3), activation_func="lin"))
-    lab = Input(shape, "b,f" if len(shape) == 2 else "b,f,x,y", dtype="int16", name="lab")
-    loss = N.AggregateLoss(N.MultinoulliNLL(probs, build(nm, lab), target_is_sparse=True, name="nll"))
+    lab = Input(lab_shape, "b,f" if len(lab_shape) == 2 else "b,f,x,y", dtype="int16", name="lab")
+    loss = N.AggregateLoss(N.MultinoulliNLL(probs, target_of(nm, lab), target_is_sparse=True, name="nll",
+                                            **loss_kwargs))
     model.designate_nodes(input_node=inp, target_node=lab, loss_node=loss, prediction_node=probs)
-    x, bad = RNG.random((2, 1, 12, 12)).astype("float32"), np.full(shape, 7, "int16")
+    return model, RNG.random((2, 1, 12, 12)).astype("float32")
+
+
+@pytest.mark.parametrize("path", sorted(TARGET_PATHS))
+def test_class_ids_are_checked_through_nodes_that_only_move_the_target(nodes, path):
+    shape, build = TARGET_PATHS[path]
+    model, x = _sparse_target_model(nodes, shape, build)
+    bad = np.full(shape, 7, "int16")
     if path == "computed":  # values a node computed are the loss's own check (no false error here)
         model.trainingstep(x, bad)
         assert model.iterations == 1
@@ -545,16 +553,11 @@ def test_class_ids_are_checked_through_nodes_that_only_move_the_target(nodes, pa
 def test_a_target_padded_with_an_id_outside_the_classes_is_refused(nodes, value, ok):
     """Pad's constant joins the target's ids: 7 with n_class=2 is refused (the fed ids are fine),
     ids < 0, < n_class and the ignore_label pass."""
-    import ekn_core.neuromancer as nm
+    def padded(nm, lab):
+        return nm.Crop(nm.Pad(lab, 2, value=value, name="border"), 1)
 
-    model, Input, N, O = nodes
-    inp = Input((2, 1, 12, 12), "b,f,x,y", name="x")
-    probs = O.Softmax(nm.Conv(inp, 2, (3, 3), activation_func="lin"))
-    lab = Input((2, 1, 8, 8), "b,f,x,y", dtype="int16", name="lab")
-    target = nm.Crop(nm.Pad(lab, 2, value=value, name="border"), 1)
-    loss = N.AggregateLoss(N.MultinoulliNLL(probs, target, target_is_sparse=True, ignore_label=255, name="nll"))
-    model.designate_nodes(input_node=inp, target_node=lab, loss_node=loss, prediction_node=probs)
-    x, ids = RNG.random((2, 1, 12, 12)).astype("float32"), RNG.integers(0, 2, (2, 1, 8, 8)).astype("int16")
+    model, x = _sparse_target_model(nodes, (2, 1, 8, 8), padded, ignore_label=255)
+    ids = RNG.integers(0, 2, (2, 1, 8, 8)).astype("int16")
     if ok:
         model.trainingstep(x, ids)
         assert model.iterations == 1

@@ -15,12 +15,7 @@ from ekn_core.node import Node
 from test_examples_geometry import build_mnist, build_neuro3d
 
 
-@pytest.fixture(autouse=True)
-def _cleanup():
-    before = set(nm.model_manager.models)
-    yield
-    for name in set(nm.model_manager.models) - before:
-        nm.model_manager.remove(name)
+pytestmark = pytest.mark.usefixtures("forget_new_models")
 
 
 def _small(name="small"):
