@@ -209,3 +209,27 @@ def test_grey_values_that_do_not_fit_their_scaling_are_warned_about(tmp_path, ca
         else:
             assert len(warnings) == 1 and re.search(problem, warnings[0]), warnings
             assert warnings[0].startswith(f"{tmp_path}/raw.h5:raw: ")
+
+
+def test_float64_raw_is_held_as_float32_and_counted_so(tmp_path, monkeypatch):
+    """float64 grey values are used in float32 (``to_grey``): held so in memory, batches stay those
+    of lazy reading, and ``'auto'`` counts 4 bytes a voxel for them."""
+    import psutil
+
+    from ekn_plugins.data import patches
+
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "f64.h5", "w") as f:
+        f["raw"], f["lab"] = rng.random(RAW), rng.integers(0, 4, LAB).astype(np.int16)
+    kw = dict(patch_size=(6, 24, 24), offsets=(1, 4, 4), strides=(1, 2, 2), augmenters=AUGMENT, aniso_factor=2.0,
+              d_path=str(tmp_path), l_path=str(tmp_path), d_files=[("f64.h5", "raw")], l_files=[("f64.h5", "lab")])
+    with PatchSource(in_memory=True, **kw) as memory, PatchSource(in_memory=False, **kw) as lazy:
+        held = memory.train_cubes[0].raw.volume
+        assert held.dtype == np.float32 and held.nbytes == 4 * np.prod(RAW)
+        assert memory.train_cubes[0].raw_dtype == np.float64  # what the model file records
+        assert_same_batches(lazy, memory)
+    enough = (np.prod(RAW) * 4 + np.prod(LAB) * 2) / patches.AUTO_MEMORY_SHARE  # float32 raw, int16 labels
+    for available, in_memory in ((enough, True), (enough - 1, False)):
+        monkeypatch.setattr(psutil, "virtual_memory", lambda a=available: type("M", (), {"available": a}))
+        with PatchSource(**kw) as src:
+            assert src.in_memory is in_memory

@@ -98,7 +98,7 @@ def test_examples_whose_warps_never_fit_are_cut_unwarped_and_counted(coord_files
     the plain crop (the only position), with one warning; nothing raises mid-training."""
     src = PatchSource(patch_size=(12, 40, 40), offsets=(2, 5, 5), target_dtype="int32", seed=0,
                       augmenters=[{"type": "elastic", "alpha": 3}, {"type": "grey", "probability": 0}], **coord_files)
-    assert "0 % of 200 transforms drawn by the geometric augmenters fit" in caplog.text
+    assert "(patch (12, 40, 40), labels {(8, 30, 30): 1}): elastic: 0 % of 200 fit, probability 1 → 0." in caplog.text
     caplog.clear()
     img, target = src.getbatch(3)
     assert src.warp_stats == {"ok": 3, "drawn": 3 * MAX_WARP_TRIES, "redrawn": 3 * MAX_WARP_TRIES, "fallback": 3}
@@ -337,7 +337,7 @@ def test_warps_that_do_not_fit_keep_the_warp_probability(coord_files, caplog):
     src = PatchSource(patch_size=(6, 36, 36), offsets=(1, 4, 4), strides=(1, 2, 2), target_dtype="int32", seed=0,
                       augmenters=[{"type": "warp", "probability": 0.5, "shear": 0, "stretch": 0, "flip": False,
                                    "swap": False}], **coord_files)
-    share = float(re.search(r"only (\d+) % of 200 transforms", caplog.text).group(1)) / 100
+    share = float(re.search(r"warp: (\d+) % of 200 fit", caplog.text).group(1)) / 100
     rng, n = np.random.default_rng(1), 800
     warped = sum(not np.allclose(src._transform(src.train_cubes[0], src.pipeline, src.ctx, rng,
                                                 (src.target_shape, src.strides)).transform.linear, np.eye(4))
@@ -441,3 +441,115 @@ def test_raw_is_held_in_its_stored_dtype(tmp_path):
         for a, b in zip(held.getbatch(2, rng=np.random.default_rng(step)), want):
             np.testing.assert_array_equal(a, b)
 
+
+
+@pytest.mark.parametrize("use_numba", [True, False], ids=["numba", "scipy"])
+@pytest.mark.parametrize("offsets", [(1, 4, 4), (-1, -2, -2)], ids=["valid", "padded"])
+def test_sparse_nan_labels_mark_only_the_target_voxels_that_blend_them(tmp_path, monkeypatch, offsets, use_numba):
+    """Float targets with 1 % scattered NaN and a block of -666, rotated with lock_z (whole
+    sections): a target voxel is -666 exactly where a label that its trilinear stencil weighs above
+    0 is unlabelled (brute force, from the label coordinates it got), else the blend of the labels.
+    NaN reaches no voxel that gives it weight 0 (``a + (NaN - a) · 0`` is NaN), e.g. the section above."""
+    from ekn_plugins.augmenters import sampling
+
+    if use_numba and not sampling.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(sampling, "HAVE_NUMBA", use_numba)
+    rng, shape = np.random.default_rng(5), (14, 56, 56)
+    value = rng.normal(size=shape).astype(np.float32)
+    value[:, 20:30, 20:30] = -666
+    value[rng.random(shape) < 0.01] = np.nan
+    unlabelled = np.isnan(value) | (value == -666)
+    coords = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
+    with h5py.File(tmp_path / "lab.h5", "w") as f:
+        f["lab"] = np.concatenate([coords, value[None]])
+    with h5py.File(tmp_path / "raw.h5", "w") as f:
+        f["raw"] = rng.integers(0, 256, (20, 70, 70), dtype=np.uint8)
+    src = PatchSource(patch_size=(6, 24, 24), offsets=offsets, strides=(1, 1, 1), target_dtype="float32",
+                      target_discrete_ix=[], aniso_factor=2.0, seed=3, augmenters=[{"type": "warp", "rotation": 30}],
+                      d_path=str(tmp_path), l_path=str(tmp_path), d_files=[("raw.h5", "raw")],
+                      l_files=[("lab.h5", "lab")])
+    _, target = src.getbatch(16)
+    crd = np.moveaxis(target[:, :3], 1, 0).reshape(3, -1).astype(np.float64)
+    got = target[:, 3].ravel()
+    assert np.all(crd[0] == np.round(crd[0]))  # lock_z: sections are not interpolated
+    must, may, blend = np.zeros(got.shape, bool), np.zeros(got.shape, bool), np.zeros(got.shape)
+    for near in (0, 1e-4, -1e-4):  # a coordinate this close to a whole number may fall on either side of it
+        lo = np.floor(crd + near).astype(np.int64)
+        frac = crd - lo
+        for corner in np.ndindex(2, 2, 2):
+            idx = tuple(np.minimum(lo[a] + corner[a], shape[a] - 1) for a in range(3))
+            weight = np.prod([frac[a] if corner[a] else 1 - frac[a] for a in range(3)], axis=0)
+            may |= unlabelled[idx] & (weight > 0)
+            if near == 0:
+                must |= unlabelled[idx] & (weight > 1e-4)
+                blend += weight * np.where(unlabelled, 0, value)[idx]
+    ignored = got == -666
+    assert not np.isnan(got).any() and must.sum() > 500 and (~may).sum() > 0.5 * got.size
+    assert np.all(ignored[must]) and not np.any(ignored & ~may)
+    np.testing.assert_allclose(got[~ignored], blend[~ignored], atol=1e-4)
+
+
+def test_the_fit_estimate_leaves_out_draws_that_only_reflect_or_permute(tmp_path, caplog):
+    """flip acts on every example, warp (rotations only) on half of them, and a rotated patch
+    barely fits the raw cube: the fit share is that of the draws warp acts in (the reflections
+    and swaps alone all fit), and the probabilities the warning gives for flip and warp, after
+    the examples whose 50 draws all fail are cut unwarped, are those measured. The label shapes
+    of the cubes are listed once, with counts."""
+    files = write_coords(tmp_path, (8, 104, 104), (6, 98, 98))
+    files.update(d_files=files["d_files"] * 2, l_files=files["l_files"] * 2)
+    src = PatchSource(patch_size=(4, 101, 101), offsets=(1, 4, 4), strides=(1, 2, 2), target_dtype="int32", seed=0,
+                      augmenters=[{"type": "flip"}, {"type": "warp", "probability": 0.5, "shear": 0, "stretch": 0,
+                                                     "flip": False, "swap": False}], **files)
+    found = re.search(r"\(patch \(4, 101, 101\), labels \{\(6, 98, 98\): 2\}\): flip: (\d+) % of (\d+) fit "
+                      r"\(\+ (\d+) that only reflect or permute\), probability 1 → ([\d.]+); warp: (\d+) % of (\d+) "
+                      r"fit, probability 0.5 → ([\d.]+)\.", caplog.text)
+    flip_share, flip_drawn, plain, flip_p, warp_share, warp_drawn, warp_p = map(float, found.groups())
+    assert flip_share == warp_share < 5 and flip_drawn == warp_drawn == 200 and 0.7 < plain / 200 < 1.4
+    rng, n = np.random.default_rng(1), 400
+    linear = [src._transform(src.train_cubes[0], src.pipeline, src.ctx, rng, (src.target_shape, src.strides))
+              .transform.linear[:3, :3] for _ in range(n)]
+    warped = np.mean([not np.allclose(np.abs(m), np.round(np.abs(m))) for m in linear])
+    flipped = 1 - src.warp_stats["fallback"] / n  # flip acts on every example that is not cut unwarped
+    assert warped < 0.45 and abs(warp_p - warped) < 0.1 and abs(flip_p - flipped) < 0.1
+
+
+@pytest.mark.usefixtures("scratch_model")
+def test_unlabelled_float_labels_are_warned_about_unless_the_losses_ignore_them(tmp_path, caplog):
+    """Float labels with NaN or -666: the source built for a model's target names the loss nodes
+    whose ignore_value is not -666 (in memory and lazily, once each); one built without the
+    losses known says that they need it; labels without them, or losses that ignore -666: no word."""
+    import ekn_core.neuromancer as nm
+
+    files = write_coords(tmp_path, RAW_SHAPE, LAB_SHAPE)
+    labels = np.random.default_rng(0).random((1, *LAB_SHAPE)).astype(np.float32)
+    inp = nm.Input((None, 3, 6, 20, 20), "b,f,z,y,x", name="raw")
+    pred = nm.Conv(inp, 1, (3, 9, 9), activation_func="lin")
+    plain, ignoring = (nm.Input_like(pred, dtype="float32", name=name) for name in ("target", "target_ignoring"))
+    nm.SquaredLoss(pred, plain, name="se_plain")
+    nm.AbsLoss(pred, ignoring, ignore_value=-666, name="abs_ignoring")
+
+    def warnings(labels, target, **extra):
+        with h5py.File(tmp_path / "lab.h5", "w") as f:
+            f["lab"] = labels
+        caplog.clear()
+        for in_memory in (True, False):
+            PatchSource.from_nodes(inp, target, in_memory=in_memory, aniso_factor=2.0, **files, **extra).close()
+        said = [r.getMessage() for r in caplog.records if "hold unlabelled voxels" in r.getMessage()]
+        assert len(said) in (0, 2) and len(set(said)) <= 1
+        return said[:1]
+
+    assert warnings(labels, plain) == []  # every voxel labelled
+    labels[0, 4, 10:20, 10:20] = np.nan  # in the centre box that a lazy source looks at
+    said = warnings(labels, plain)
+    assert said and said[0] == (
+        f"the float labels of {tmp_path}/raw.h5:raw hold unlabelled voxels (NaN or -666), which are -666 in the "
+        "targets, but the loss node(s) 'se_plain' take them with ignore_value None, so they learn -666 as a target "
+        "value; give them ignore_value=-666 (e.g. nm.SquaredLoss(pred, target, ignore_value=-666))")
+    assert warnings(labels, ignoring) == []
+    labels[0, 4, 10:20, 10:20] = -666
+    assert warnings(labels, plain) == said
+    assert warnings(labels, ignoring, loss_ignore_values=None)[0].endswith(
+        "which are -666 in the targets; give the loss nodes that take them ignore_value=-666 (e.g. "
+        "nm.SquaredLoss(pred, target, ignore_value=-666)): with their default ignore_value=None they learn -666 as a "
+        "target value")

@@ -6,7 +6,8 @@ it) the way the source wants to see it, and converts only what is read: each rea
 to float32 grey values (:func:`ekn_core.grey.grey_range`) or cast to a label dtype (checking that the values
 fit). Reading the whole view gives exactly the in-memory array, so lazy and in-memory sources
 produce bit-identical batches. :meth:`LazyView.in_memory` reads the data into memory in their stored
-dtype (uint8 raw: a quarter of float32) and still converts per read.
+dtype (uint8 raw: a quarter of float32; float raw wider than float32 as float32, see
+:attr:`LazyView.held_dtype`) and still converts per read.
 
 Example:
     >>> import numpy as np
@@ -153,8 +154,21 @@ class LazyView(VolumeBase):
         """The whole view as an array, converted."""
         return self[tuple(slice(None) for _ in self.shape)]
 
+    @property
+    def held_dtype(self) -> np.dtype:
+        """The dtype :meth:`in_memory` holds the data in: the stored one, except float32 for grey
+        values stored as wider floats (float64: :func:`~ekn_core.grey.to_grey` casts to float32 first,
+        so reads give the same values for half the memory).
+
+        Example:
+            >>> LazyView(np.zeros((2, 3, 4)), grey=True).held_dtype, LazyView(np.zeros((2, 3, 4))).held_dtype
+            (dtype('float32'), dtype('float64'))
+        """
+        wide = self.grey and is_float_dtype(self.source_dtype) and self.source_dtype.itemsize > 4
+        return np.dtype(np.float32) if wide else self.source_dtype
+
     def in_memory(self) -> LazyView:
-        """The same view with its data read into memory in the stored dtype, converted per read
+        """The same view with its data read into memory in :attr:`held_dtype`, converted per read
         (reads give exactly what this view's reads give).
 
         Example:
@@ -163,7 +177,7 @@ class LazyView(VolumeBase):
             >>> held.volume.dtype, held.shape, float(held[:, :1, :1, :1].item())
             (dtype('uint8'), (1, 2, 3, 4), 0.2)
         """
-        data = np.ascontiguousarray(self._stored(tuple(slice(None) for _ in self.shape)))
+        data = np.ascontiguousarray(self._stored(tuple(slice(None) for _ in self.shape)), dtype=self.held_dtype)
         return LazyView(data, ndim=len(self.shape), grey=self.grey, dtype=None if self.grey else self.dtype,
                         name=self.name, grey_range=self.grey_range)
 

@@ -46,13 +46,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from ekn_core.errors import ConfigError, NoValidationData, ShapeError
-from ekn_core.grey import check_grey
+from ekn_core.grey import GREY_SAMPLE, check_grey
 from ekn_core.training_data import TrainingData, input_scalings, record_training_data
 from ekn_plugins.augmenters.base import PatchContext, Pipeline
 from ekn_plugins.augmenters.sampling import warp
@@ -64,9 +65,11 @@ log = logging.getLogger("ekn.data")
 
 #: How often a random transform is drawn for an example before it is cut unwarped.
 MAX_WARP_TRIES = 50
-#: Transforms drawn when a source is built, to estimate the share that fits the cubes.
+#: Transforms that do more than reflect and permute axes, drawn when a source is built to estimate
+#: the share that fits the cubes.
 WARP_FIT_DRAWS = 200
-#: A warning says what to change when less than this share of the drawn transforms fits.
+#: A warning says what to change when less than this share of the transforms drawn while an
+#: augmenter acts fits.
 WARP_FIT_WARN = 0.25
 #: ELEKTRONN2's value of unlabelled voxels in float targets (the losses' ``ignore_value``).
 IGNORE_VALUE = -666.0
@@ -166,6 +169,43 @@ def _label_offset(raw: VolumeEntry, label: VolumeEntry, raw_shape: Sequence[int]
     return offset
 
 
+def _reflects_or_permutes(transform: Transform, matrix: np.ndarray) -> bool:
+    """Whether ``transform``, whose voxel matrix is ``matrix``, only reflects and permutes the axes
+    of the voxel grid (no scaling, shear, rotation, perspective, shifts or displacement).
+
+    Example:
+        >>> swap = Transform(np.array([[1., 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]))
+        >>> _reflects_or_permutes(swap, voxel_matrix(swap, (5, 9, 9), aniso_factor=2.0))
+        True
+        >>> _reflects_or_permutes(swap, voxel_matrix(swap, (5, 9, 9), aniso_factor=2.0) * [[1], [1], [1.1], [1]])
+        False
+    """
+    if transform.displacement is not None or (transform.slice_shift is not None and np.any(transform.slice_shift)):
+        return False
+    lin = np.abs(matrix[:3, :3])
+    ones = np.round(lin)
+    return bool(np.allclose(lin, ones, rtol=0, atol=1e-9) and not np.any(matrix[3, :3])
+                and np.all(ones.sum(axis=0) == 1) and np.all(ones.sum(axis=1) == 1))
+
+
+def _holds_unlabelled(label: np.ndarray | LazyView, ignore: float) -> bool:
+    """Whether float labels ``(t, z, y, x)`` hold NaN or ``ignore``: an array all of it, a lazy view
+    the centre box that :func:`~ekn_core.grey.check_grey` looks at in raw volumes (at most
+    :data:`~ekn_core.grey.GREY_SAMPLE`).
+
+    Example:
+        >>> labels = np.zeros((1, 4, 8, 8), np.float32)
+        >>> labels[0, 0, 0, 0] = np.nan
+        >>> _holds_unlabelled(labels, -666.0), _holds_unlabelled(LazyView(labels), -666.0)
+        (True, False)
+    """
+    if isinstance(label, LazyView):
+        spatial = label.shape[1:]
+        size = [max(1, min(n // 2, s)) for n, s in zip(spatial, GREY_SAMPLE)]
+        label = label[(slice(None), *(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(spatial, size)))]
+    return bool(np.isnan(label).any() or (label == ignore).any())
+
+
 def _read_vector(entry: VolumeEntry) -> np.ndarray:
     """img-scalar: the whole label volume of ``entry`` (or its spatial region) as a vector."""
     from ekn_core.volumes import open_volume
@@ -236,13 +276,18 @@ class PatchSource:
         target_discrete_ix: Target channels warped with nearest neighbour (default: all); the
             others are interpolated trilinearly (continuous dense targets).
         ignore_value: Float targets: the value of unlabelled voxels (ELEKTRONN2's -666; give the
-            losses the same ``ignore_value``). NaN labels become it, and a trilinearly resampled
-            target voxel becomes it where any label it blends is unlabelled.
+            loss nodes the same ``ignore_value``, their default None learns it as a target value).
+            NaN labels become it, and a trilinearly resampled target voxel becomes it where a label
+            it blends with a weight above 0 is unlabelled (NaN or ``ignore_value``).
+        loss_ignore_values: The ``ignore_value`` of each loss node that takes the targets, by node
+            name (:meth:`from_nodes` reads them from the model). When float labels hold unlabelled
+            voxels (see :meth:`_check_unlabelled`), a warning names the loss nodes whose
+            ``ignore_value`` differs; None (not known): a warning says that they need it.
         augmenters: Augmenter config list, e.g. ``[{"type": "warp"}, {"type": "grey"}]``
             (ELEKTRONN2's ``getbatch`` arguments ``warp``, ``warp_args`` and
-            ``grey_augment_channels`` are accepted too). When the source is built,
-            :data:`WARP_FIT_DRAWS` transforms are drawn, and a warning says what to change when
-            less than :data:`WARP_FIT_WARN` of them fit the cubes.
+            ``grey_augment_channels`` are accepted too). When the source is built, transforms
+            are drawn, and a warning says what to change when less than :data:`WARP_FIT_WARN` of
+            those an augmenter acts in fit the cubes (see :meth:`_check_warp_fit`).
         augment_valid: Also augment validation patches.
         class_weights: Per-class weights; ``getbatch`` then also returns a per-target-voxel weight array
             (unlabelled voxels, negative ids, weigh 0).
@@ -261,8 +306,8 @@ class PatchSource:
 
         seed: Seed of the source's own random generator (``getbatch`` may be given one).
         in_memory: ``True`` reads the cubes into memory once (as ELEKTRONN2 did; fastest): raw
-            in its stored dtype (uint8: 1 byte a voxel), scaled to grey values per patch, labels
-            cast to the target dtype; ``False`` keeps them as lazy volumes, each example reading
+            in its stored dtype (uint8: 1 byte a voxel; float64 as float32), scaled to grey values per
+            patch, labels cast to the target dtype; ``False`` keeps them as lazy volumes, each example reading
             only the bounding box its (warped) patch reaches, with grey values scaled and labels
             cast per read (volumes larger than memory); ``'auto'`` reads them into memory when
             they take at most :data:`AUTO_MEMORY_SHARE` / ``copies`` of the available memory.
@@ -287,7 +332,8 @@ class PatchSource:
                  class_weights: Sequence[float] | None = None, border_mode: str = "crop",
                  input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None,
                  affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto", copies: int = 1,
-                 grey_range: Sequence[float] | None = None, ignore_value: float = IGNORE_VALUE):
+                 grey_range: Sequence[float] | None = None, ignore_value: float = IGNORE_VALUE,
+                 loss_ignore_values: Mapping[str, float | None] | None = None):
         ndim = len(patch_size)
         if ndim not in (2, 3):
             raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
@@ -354,11 +400,12 @@ class PatchSource:
                     for name in ("raw", "label"):
                         view = getattr(cube, name)
                         if isinstance(view, LazyView):
-                            with view:  # raw in its stored dtype, labels cast (their values checked) now
+                            with view:  # raw as stored (float64: float32), labels cast (their values checked) now
                                 setattr(cube, name, view.in_memory() if name == "raw" else view.read())
             self._check_cubes(cubes, valid_cubes, cube_prios)
             self._check_patches_fit()
             self._check_warp_fit(self.pipeline, self.ctx)
+            self._check_unlabelled(loss_ignore_values)
         except BaseException:
             self.close()
             raise
@@ -451,6 +498,10 @@ class PatchSource:
                     kwargs.setdefault("target_shape", tshape.spatial_shape)
             if getattr(target_node, "dtype", None) is not None:
                 kwargs.setdefault("target_dtype", target_node.dtype)
+            if hasattr(target_node, "all_children"):  # a model's node (worker copies get its geometry only)
+                kwargs.setdefault("loss_ignore_values", {name: node.ignore_value for name, node in
+                                                         target_node.all_children.items()
+                                                         if hasattr(node, "ignore_value")})
         source = cls(patch_size=shape.spatial_shape, **kwargs)
         record_training_data(input_node, source.training_data())  # the model file keeps it
         return source
@@ -501,7 +552,7 @@ class PatchSource:
             return bool(in_memory) or self.mode == "img-scalar"
         import psutil
 
-        need = sum(c.raw.size * c.raw.source_dtype.itemsize + c.label.size * self.target_dtype.itemsize for c in cubes)
+        need = sum(c.raw.size * c.raw.held_dtype.itemsize + c.label.size * self.target_dtype.itemsize for c in cubes)
         available = psutil.virtual_memory().available
         fits = need <= AUTO_MEMORY_SHARE * available / copies
         log.info("in_memory='auto': the cubes take %.3g GB, %.3g GB of memory are available for %d cop%s: %s",
@@ -589,54 +640,107 @@ class PatchSource:
                                  "use a smaller patch (model_load_args / create_model) or bigger cubes")
 
     def _check_warp_fit(self, pipeline: Pipeline, ctx: PatchContext) -> None:
-        """Draws :data:`WARP_FIT_DRAWS` transforms of ``pipeline``'s geometric augmenters (with its
-        own generator) and warns once, with what to change, when less than :data:`WARP_FIT_WARN`
-        of them fit the training cubes: the warps used then lean towards those that fit, and an
-        example whose :data:`MAX_WARP_TRIES` draws all fail is cut unwarped."""
-        if not any(a.probability > 0 for a in pipeline.geometric):
+        """Estimates, for each of ``pipeline``'s geometric augmenters, the share of the transforms
+        drawn while it acts that fit the training cubes, and warns once, with what to change, when
+        it is less than :data:`WARP_FIT_WARN` for one: the warps used then lean towards those that
+        fit, and an example whose :data:`MAX_WARP_TRIES` draws all fail is cut unwarped.
+
+        Transforms are drawn with the source's own generator until :data:`WARP_FIT_DRAWS` of them
+        do more than reflect and permute the axes (draws that only do that, e.g. a ``flip`` acting
+        alone, are counted apart: they fit wherever the plain crop does). An augmenter that acted
+        in fewer than a tenth of those draws is not judged. The warning gives each augmenter's
+        estimated probability of acting, ``probability · (1 − q · (1 − share)^MAX_WARP_TRIES)``,
+        ``q`` being the part of its draws that did more than reflect and permute."""
+        augmenters = [a for a in pipeline.geometric if a.probability > 0]
+        if not augmenters:
             return
         rng, grid = np.random.default_rng(0), self._target_grid(False)
-        drawn = fits = 0
+        drawn = 0
+        counts = {a: {"plain": 0, "drawn": 0, "fits": 0} for a in augmenters}  # plain: reflect/permute only
         for _ in range(100 * WARP_FIT_DRAWS):
             active = pipeline.active_geometric(rng)
-            if active:
-                cube = self.train_cubes[rng.choice(len(self.train_cubes), p=self.train_prios)]
-                fits += self._place(cube, pipeline.compose(active, rng, ctx), grid, rng) is not None
-                drawn += 1
-                if drawn == WARP_FIT_DRAWS:
-                    break
-        share = fits / max(drawn, 1)
-        if drawn and share < WARP_FIT_WARN:
-            unwarped = (1 - share) ** MAX_WARP_TRIES
-            acting = ", ".join(f"{type(a).__name__.lower()} {a.probability:g} → {a.probability * (1 - unwarped):.3g}"
-                               for a in pipeline.geometric)
-            log.warning("augmenters: only %.0f %% of %d transforms drawn by the geometric augmenters fit the training "
-                        "cubes (patch %s, labels %s): the others are drawn again, so the warps used lean towards those "
-                        "that fit (e.g. rotations near multiples of 90°), and an estimated %.1f %% of the examples "
-                        "they act on are cut unwarped after %d draws (probability: %s). Use a smaller rotation (or lock_z), "
-                        "shear, stretch, perspective, elastic alpha or misalignment max_shift; label cubes wider than "
-                        "the patch's diagonal (a rotation by any angle needs that); or a smaller patch",
-                        100 * share, drawn, self.patch_size[3 - self.ndim:],
-                        ", ".join(str(tuple(c.label.shape[1:])) for c in self.train_cubes), 100 * unwarped,
-                        MAX_WARP_TRIES, acting)
+            if not active:
+                continue
+            transform = pipeline.compose(active, rng, ctx)
+            if _reflects_or_permutes(transform, voxel_matrix(transform, self.patch_size, self.aniso_factor)):
+                for aug in active:
+                    counts[aug]["plain"] += 1
+                continue
+            cube = self.train_cubes[rng.choice(len(self.train_cubes), p=self.train_prios)]
+            fits = self._place(cube, transform, grid, rng) is not None
+            for aug in active:
+                counts[aug]["drawn"] += 1
+                counts[aug]["fits"] += fits
+            drawn += 1
+            if drawn == WARP_FIT_DRAWS:
+                break
+        judged = [(a, c) for a, c in counts.items() if c["drawn"] >= max(drawn // 10, 1)]
+        if not any(c["fits"] < WARP_FIT_WARN * c["drawn"] for _, c in judged):
+            return
+        parts = []
+        for aug, c in judged:
+            share = c["fits"] / c["drawn"]
+            unwarped = c["drawn"] / (c["drawn"] + c["plain"]) * (1 - share) ** MAX_WARP_TRIES
+            plain = f" (+ {c['plain']} that only reflect or permute)" if c["plain"] else ""
+            parts.append(f"{type(aug).__name__.lower()}: {100 * share:.0f} % of {c['drawn']} fit{plain}, probability "
+                         f"{aug.probability:g} → {aug.probability * (1 - unwarped):.2g}")
+        shapes = Counter(tuple(c.label.shape[1:]) for c in self.train_cubes)
+        log.warning("augmenters: few of the transforms drawn while a geometric augmenter acts fit the training cubes "
+                    "(patch %s, labels %s): %s. The others are drawn again, so the warps used lean towards those that "
+                    "fit (e.g. rotations near multiples of 90°), and an example is cut unwarped when %d draws all "
+                    "fail, so each augmenter acts with about the probability after the arrow. Use a smaller rotation "
+                    "(or lock_z), shear, stretch, perspective, elastic alpha or misalignment max_shift; label cubes "
+                    "wider than the patch's diagonal (a rotation by any angle needs that); or a smaller patch",
+                    self.patch_size[3 - self.ndim:], dict(shapes), "; ".join(parts), MAX_WARP_TRIES)
+
+    def _check_unlabelled(self, loss_ignore_values: Mapping[str, float | None] | None) -> None:
+        """Float img-img targets: warns once when the labels of a cube hold unlabelled voxels (NaN
+        or ``ignore_value``; labels in memory: all of them, lazy ones: the centre box that
+        :func:`~ekn_core.grey.check_grey` looks at in raw) and a loss node in ``loss_ignore_values``
+        has another ``ignore_value``, or, with ``loss_ignore_values`` None, to say that the loss
+        nodes need it: their default None learns ``ignore_value`` as a target value."""
+        if self.mode != "img-img" or self.target_dtype.kind != "f":
+            return
+        ignore = self.ignore_value
+        where = next((c.name for c in self.train_cubes + self.valid_cubes if _holds_unlabelled(c.label, ignore)), None)
+        if where is None:
+            return
+        found = (f"the float labels of {where} hold unlabelled voxels (NaN or {ignore:g}), which are {ignore:g} in "
+                 "the targets")
+        if loss_ignore_values is None:
+            log.warning("%s; give the loss nodes that take them ignore_value=%g (e.g. nm.SquaredLoss(pred, target, "
+                        "ignore_value=%g)): with their default ignore_value=None they learn %g as a target value",
+                        found, ignore, ignore, ignore)
+            return
+        other = {name: value for name, value in loss_ignore_values.items() if value is None or float(value) != ignore}
+        if other:
+            log.warning("%s, but the loss node(s) %s take them with ignore_value %s, so they learn %g as a target "
+                        "value; give them ignore_value=%g (e.g. nm.SquaredLoss(pred, target, ignore_value=%g))",
+                        found, ", ".join(map(repr, other)), ", ".join(map(repr, other.values())), ignore, ignore,
+                        ignore)
 
     def _cut(self, array: np.ndarray | LazyView, matrix: np.ndarray, out_shape, order: int, origin, step,
              transform: Transform, reach: tuple[np.ndarray, np.ndarray], channels: slice | list[int] = slice(None),
              ignore: float | None = None) -> np.ndarray:
         """Warps ``channels`` of the part of ``array`` the output grid can reach (its points ``q``
-        lie in the box ``reach``; read as a bounding box first). With ``ignore``, output voxels
-        that blend a NaN or ``ignore`` value become ``ignore``."""
+        lie in the box ``reach``; read as a bounding box first). With ``ignore``, NaN values are
+        ``ignore`` (NaN would reach the voxels that give it weight 0 too: ``a + (NaN - a) · 0``),
+        and output voxels that blend an ``ignore`` value with a weight above 0 become ``ignore``."""
         lo, hi = source_bounds(matrix, *reach)
         start = np.clip(np.floor(lo + 1e-6).astype(np.int64), 0, None)
         stop = np.minimum(np.ceil(hi - 1e-6).astype(np.int64) + 2, array.shape[1:])
         region = array[(channels, *(slice(a, b) for a, b in zip(start, stop)))]
+        if ignore is not None:
+            nan = np.isnan(region)
+            if nan.any():  # a copy: in-memory labels are left as they are
+                region = np.where(nan, region.dtype.type(ignore), region)
         shifted = matrix.copy()
         shifted[:3] -= np.outer(start, matrix[3])
         kwargs = dict(origin=origin, step=step, displacement=transform.displacement, spacing=transform.spacing,
                       slice_shift=transform.slice_shift)
         out = warp(region, shifted, out_shape, order=order, **kwargs)
         if ignore is not None:
-            unlabelled = np.isnan(region) | (region == ignore)
+            unlabelled = region == ignore
             if unlabelled.any():  # the share of unlabelled voxels each output voxel blends
                 out[warp(unlabelled.astype(np.float32), shifted, out_shape, order=1, **kwargs) > 0] = ignore
         return out
