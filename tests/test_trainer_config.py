@@ -354,8 +354,15 @@ def test_text_settings_take_numbers_as_typed_and_refuse_other_values(tmp_path):
     assert (cfg.save_name, os.path.basename(cfg.save_path), cfg.default_save_name()) == ("20240501", "1", "20240501")
     assert ExperimentConfig.from_file(path, ["save_name=0.5"]).save_name == "0.5"
     with pytest.raises(ConfigError, match=r"save_name must be text, got 20240501 \(quote it in the config: "
-                                          r"save_name = '20240501'\); save_path must be text, got None"):
+                                          r"save_name = '20240501'\); save_path must be text or a pathlib.Path, "
+                                          r"got None"):
         ExperimentConfig.from_file(write(tmp_path, MINIMAL + "save_name = 20240501\nsave_path = None\n"))
+    paths = ("import pathlib\nsave_path = pathlib.Path('~') / 'runs'\nsave_name = pathlib.PurePath('r7')\n"
+             "model_load_path = pathlib.Path('~/m.mdl')\n")
+    cfg = ExperimentConfig.from_file(write(tmp_path, MINIMAL + paths))
+    home = os.path.expanduser("~")
+    assert (cfg.save_path, cfg.save_name, cfg.model_load_path) == (os.path.join(home, "runs"), "r7",
+                                                                   os.path.join(home, "m.mdl"))
 
 
 def test_precision_is_a_checked_setting(tmp_path):

@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import re
 import signal
 
 import numpy as np
@@ -394,8 +395,11 @@ def test_a_failed_set_up_leaves_no_run_directory_and_a_run_that_failed_early_sta
                in r.getMessage() for r in caplog.records)
     assert json.load(open(run_json))["status"] == "finished"
     log_text = open(os.path.join(str(tmp_path), "run", "train.log")).read()
-    second = log_text.index("starting run", log_text.index("starting run") + 1)
-    assert second < log_text.index("data: ", second) < log_text.index("starts afresh")  # the set-up's lines kept
+    stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", log_text, flags=re.MULTILINE)
+    assert stamps == sorted(stamps)  # in time order: the set-up's kept lines come before the start line
+    starts = [match.start() for match in re.finditer("starting run", log_text)]
+    assert len(starts) == 2  # the failed run and the fresh start, each once
+    assert starts[0] < log_text.index("data: ", starts[0]) < starts[1] < log_text.index("starts afresh")
     with pytest.raises(ConfigError, match="already exists"):
         make_trainer(tmp_path, "n_steps=1")
 

@@ -17,7 +17,7 @@ tf = pytest.importorskip("tensorflow")
 
 import toy_training  # noqa: E402
 from ekn_core.trainer.prefetch import DevicePrefetcher  # noqa: E402
-from toy_training import TOY, assert_same_params, make_trainer, params  # noqa: E402
+from toy_training import TOY, StopAt, assert_same_params, make_trainer, params  # noqa: E402
 
 CPU = "/device:CPU:0"
 
@@ -183,18 +183,6 @@ def test_training_with_prefetching_equals_training_without(tmp_path):
     assert trainer.last_metrics["data_time"] >= 0
     assert trainer.model._functions["train:adam"].traces == 1, "tensors retraced the training step"
     assert threads() == before and not prefetch_threads()
-
-
-class StopAt:
-    """Interrupts a run (as a crash would) after step ``step``."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @hookimpl
-    def ekn_on_train_step_end(self, trainer, step, metrics):
-        if step == self.step:
-            raise KeyError(f"interrupted after step {step}")
 
 
 def test_resume_after_an_interrupted_run_with_prefetching_equals_the_uninterrupted_run(tmp_path):

@@ -4,6 +4,7 @@ own meta-parameters, the last evaluation of a run that stops between evaluations
 or an evaluation must not hide (non-finite parameters, errors drawing validation batches, batch
 settings the background workers did not follow)."""
 
+import json
 import logging
 import math
 import os
@@ -16,14 +17,14 @@ import h5py
 import numpy as np
 import pytest
 
-from ekn_core.errors import EknError
+from ekn_core.errors import ConfigError, EknError
 from ekn_core.hooks import host
 from ekn_core.hookspecs import hookimpl
 from ekn_core.trainer.checkpoint import read_checkpoint
 
 pytest.importorskip("tensorflow")
 
-from toy_training import assert_same_params, make_trainer, params, train  # noqa: E402
+from toy_training import StopAt, assert_same_params, make_trainer, params, train  # noqa: E402
 
 
 def finished(path, *overrides, **kwargs):
@@ -91,6 +92,76 @@ def test_a_run_directory_trains_in_one_process_at_a_time(tmp_path):
         anew.close()
 
 
+def test_a_second_trainer_of_a_new_run_fails_before_its_set_up_and_a_failed_start_leaves_nothing(tmp_path,
+                                                                                                  monkeypatch):
+    """The first trainer of a new run directory locks it before its set-up: a second one with the
+    same save_name fails at once (it builds no model). A start that fails after the set-up (here
+    writing run.json) deletes the folders it made, and with them the lock."""
+    import threading
+
+    from ekn_core.trainer.loop import Trainer
+    from ekn_core.trainer.rundir import RunDir
+
+    building, go_on, built, first = threading.Event(), threading.Event(), [], []
+    build_model = Trainer._build_model
+
+    def build(trainer):
+        built.append(trainer)
+        if len(built) == 1:  # the first trainer waits in its set-up
+            building.set()
+            go_on.wait(60)
+        build_model(trainer)
+
+    monkeypatch.setattr(Trainer, "_build_model", build)
+    thread = threading.Thread(target=lambda: first.append(make_trainer(tmp_path, "n_steps=1")))
+    thread.start()
+    try:
+        assert building.wait(60)
+        with pytest.raises(EknError, match=f"another trainer of this process .* trains in "
+                                           f"{re.escape(str(tmp_path / 'run'))}; close it first"):
+            make_trainer(tmp_path, "n_steps=1")
+        assert len(built) == 1
+    finally:
+        go_on.set()
+        thread.join(60)
+        for trainer in first:
+            trainer.close()
+    assert first and first[0].run_dir.exists()
+
+    def disk_full(run_dir, info):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(RunDir, "write_run_json", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        make_trainer(tmp_path / "full", "n_steps=1")
+    assert not os.path.exists(tmp_path / "full")  # nor the save_path folder the run made
+
+
+def test_a_lock_taken_on_a_deleted_run_directory_is_taken_again_on_the_new_one(tmp_path, monkeypatch):
+    from ekn_core.trainer import rundir
+
+    rd = rundir.RunDir(str(tmp_path / "run"))
+    try_lock, calls = rundir.try_lock, []
+
+    def deleted_meanwhile(path):  # the holder deleted the directory after this process opened the lock file
+        fd = try_lock(path)
+        calls.append(path)
+        if len(calls) == 1:
+            import shutil
+
+            shutil.rmtree(rd.path)
+        return fd
+
+    monkeypatch.setattr(rundir, "try_lock", deleted_meanwhile)
+    fd = rd.acquire_lock()
+    try:
+        assert len(calls) == 2 and os.path.samestat(os.fstat(fd), os.stat(rd.lock))
+        with pytest.raises(EknError, match="close it first"):  # the file the path names now is the locked one
+            rd.acquire_lock()
+    finally:
+        os.close(fd)
+
+
 KILLED_WRITE = ("import os, signal, sys\nfrom ekn_core.atomic import atomic_write\n"
                 "def write(tmp):\n    open(tmp, 'wb').write(b'x' * 1000)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
                 "atomic_write(sys.argv[1], write)")
@@ -121,7 +192,14 @@ def test_resume_deletes_the_temporary_files_of_writes_killed_midway(tmp_path):
 def test_resume_restores_the_float16_loss_scale(tmp_path):
     common = ("checkpoint_freq=3", "history_freq=0", "schedules={}", "precision='mixed_float16'")
     whole = finished(tmp_path / "whole", "n_steps=6", *common)
-    finished(tmp_path / "parts", "n_steps=3", *common)
+    first = finished(tmp_path / "parts", "n_steps=3", *common)
+    with h5py.File(os.path.join(first.run_dir.checkpoints, "ckpt-00000003.h5"), "r+") as f:  # as ekn wrote it
+        state = json.loads(f.attrs["state"])                                                  # before it recorded
+        f.attrs["state"] = json.dumps({k: v for k, v in state.items() if k != "precision"})  # the precision
+    with pytest.raises(ConfigError, match=re.escape(
+            "the run trained in 'mixed_float16' (its checkpoint ckpt-00000003.h5 records no precision, but its "
+            "float16 loss scale moved)")):
+        make_trainer(tmp_path / "parts", "n_steps=6", *common[:-1], resume=True)
     resumed = finished(tmp_path / "parts", "n_steps=6", *common, resume=True)
     scale = [t.model.train_function("Adam").get_loss_scale() for t in (whole, resumed)]
     assert scale[0] == scale[1] == (2.0 ** 15, 6)  # six finite steps since the scale was set
@@ -142,10 +220,8 @@ def test_a_bfloat16_run_records_its_precision_and_resumes_exactly_only_in_it(tmp
     """The precision (here from EKN_PRECISION, which overrides the setting) is recorded in run.json,
     train.log and the checkpoints; a resume without it is refused with the way to resume; resumed in
     it, the run equals the uninterrupted one; a change named by the resume's --set is taken."""
-    import json
     import shutil
 
-    from ekn_core.errors import ConfigError
     from ekn_core.node import precision
     from ekn_core.trainer.checkpoint import read_checkpoint_state
 
@@ -178,6 +254,78 @@ def test_a_bfloat16_run_records_its_precision_and_resumes_exactly_only_in_it(tmp
     assert json.load(open(changed.run_dir.run_json))["precision"] == "float32"
     assert "the run trained in precision mixed_bfloat16 until step 3 (ckpt-00000003.h5); it continues in float32" \
         in caplog.text
+
+
+def test_a_precision_set_before_the_trainer_gives_way_to_the_config_with_a_warning(tmp_path, caplog):
+    from ekn_core.node import precision, set_precision
+
+    caplog.set_level(logging.WARNING, logger="ekn")
+    before = set_precision("mixed_bfloat16")
+    try:
+        trainer = make_trainer(tmp_path, "n_steps=1")
+        assert precision() == "float32"
+        trainer.close()
+        assert precision() == "mixed_bfloat16"  # restored when the trainer is closed
+        assert ("set_precision('mixed_bfloat16'), called in the config or before the trainer, does not apply to the "
+                "run: it trains in float32 (the config's precision setting). To train in mixed_bfloat16, set "
+                "precision = 'mixed_bfloat16' in the config (or --set precision=mixed_bfloat16)") in caplog.text
+        caplog.clear()
+        make_trainer(tmp_path / "same", "n_steps=1", "precision='mixed_bfloat16'").close()
+        assert "set_precision" not in caplog.text
+    finally:
+        set_precision(before)
+
+
+def resume_as_cli(run_dir, *overrides, hook=None):
+    """``ekn train --resume RUN_DIR --set ...`` in-process (the run's config copy with its recorded
+    overrides, then these); returns ``(trainer, status or the exception that ended the run)``."""
+    from ekn_core.trainer.loop import Trainer
+    from ekn_plugins.commands.train import load_for_run
+
+    cfg, rd = load_for_run(None, list(overrides), str(run_dir))
+    trainer = Trainer(cfg, run_dir=rd, resume=True)
+    if hook is not None:
+        host().register(hook)
+    try:
+        try:
+            status = trainer.run()
+        except KeyError as err:
+            status = err
+    finally:
+        trainer.close()
+        if hook is not None:
+            host().unregister(hook)
+    return trainer, status
+
+
+def test_a_precision_change_stopped_before_its_first_checkpoint_holds_on_the_next_resume(tmp_path, monkeypatch,
+                                                                                          caplog):
+    """A resume with --set precision=float32 stopped before its first checkpoint: the next plain
+    resume (whose config has that override from run.json) continues in float32, exactly as the
+    changed resume would have; unless that resume had not trained in float32 (EKN_PRECISION won)."""
+    import shutil
+
+    caplog.set_level(logging.WARNING, logger="ekn")
+    common = ("checkpoint_freq=3", "history_freq=0", "schedules={}")
+    first = finished(tmp_path / "parts", "n_steps=3", *common, "precision='mixed_bfloat16'")
+    for name in ("changed", "env"):
+        shutil.copytree(tmp_path / "parts", tmp_path / name)
+    changed, status = resume_as_cli(first.run_dir.path.replace("parts", "changed"), "n_steps=6", "precision=float32")
+    assert status == "finished"
+    _, status = resume_as_cli(first.run_dir.path, "n_steps=6", "precision=float32", hook=StopAt(4))
+    assert isinstance(status, KeyError), status  # interrupted after step 4
+    resumed, status = resume_as_cli(first.run_dir.path)
+    assert status == "finished" and resumed.config.precision == "float32"
+    assert_same_params(params(changed), params(resumed))
+    assert ("it continues in float32, as --set precision=float32 of an earlier resume asked (run.json records it)"
+            in caplog.text)
+    env_run = first.run_dir.path.replace("parts", "env")
+    monkeypatch.setenv("EKN_PRECISION", "mixed_bfloat16")
+    _, status = resume_as_cli(env_run, "n_steps=6", "precision=float32", hook=StopAt(4))
+    assert isinstance(status, KeyError), status  # interrupted after step 4
+    monkeypatch.delenv("EKN_PRECISION")
+    with pytest.raises(ConfigError, match="cannot resume .* in precision 'float32'"):
+        resume_as_cli(env_run)
 
 
 def test_the_lr_lowered_by_nan_rollbacks_holds_under_an_absolute_schedule_and_on_resume(tmp_path, caplog):

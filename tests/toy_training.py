@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from ekn_core.hooks import host
+from ekn_core.hookspecs import hookimpl
 from ekn_core.trainer.config import ExperimentConfig
 
 TOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trainer_files", "toy_config.py")
@@ -52,3 +53,15 @@ def assert_same_params(a, b):
     assert sorted(a) == sorted(b)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+class StopAt:
+    """A hook plugin that interrupts a run (as a crash would: no checkpoint) after step ``step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @hookimpl
+    def ekn_on_train_step_end(self, trainer, step, metrics):
+        if step == self.step:
+            raise KeyError(f"interrupted after step {step}")

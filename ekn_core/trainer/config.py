@@ -346,8 +346,10 @@ class ExperimentConfig:
             self._values[name] = default if default is REQUIRED else copy.deepcopy(default)  # plugins' lists, dicts
         for name, value in values.items():
             self._set_checked(name, value)
-        for name in list(self._values):
-            self._values[name] = _expand(self._values[name]) if name in _PATH_SETTINGS else self._values[name]
+        for name, value in list(self._values.items()):
+            if name in (*_PATH_SETTINGS, *_TEXT_SETTINGS) and isinstance(value, os.PathLike):
+                value = os.fspath(value)  # save_path = pathlib.Path(...) in a config
+            self._values[name] = _expand(value) if name in _PATH_SETTINGS else value
         self.validate()
 
     # -- loading ---------------------------------------------------------------------------------------
@@ -566,9 +568,11 @@ class ExperimentConfig:
         if v["precision"] not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {v['precision']!r}")
         for name in _TEXT_SETTINGS:
-            if not (isinstance(v[name], str) or (v[name] is None and name != "save_path")):
+            if isinstance(v[name], (int, float)) and not isinstance(v[name], bool):
                 problems.append(f"{name} must be text, got {v[name]!r} (quote it in the config: {name} = "
                                 f"'{v[name]}')")
+            elif not (isinstance(v[name], str) or (v[name] is None and name != "save_path")):
+                problems.append(f"{name} must be text or a pathlib.Path, got {v[name]!r}")
         bp = v["background_processes"]
         if not (isinstance(bp, (bool, int)) and bp >= 0):
             problems.append(f"background_processes must be False or a number of processes, got {bp!r}")

@@ -167,28 +167,26 @@ class Trainer(RunSetup, ModelSetup, BatchFeeding, BatchPictureWriter, Monitoring
             raise
 
     def _new_run_set_up(self, device: Any) -> None:
-        """The set-up first (model, data, previews: errors leave no run directory), then the run
-        directory, its first files and the log, under the run's lock. An existing directory is
-        locked (and checked) before the set-up."""
-        self.run_dir.check_new(overwrite=bool(self.config.overwrite))
-        if os.path.isdir(self.run_dir.path):
-            self._run_lock = self.run_dir.acquire_lock()
-        with log_kept() as kept:
-            try:
-                self._setup(device)
-            except BaseException as err:
-                log.error("could not set up the run: %s: %s", type(err).__name__, err)
-                self.close()
-                raise
-            try:
-                if self._run_lock is None:
-                    self._run_lock = self.run_dir.acquire_lock()
+        """Under the run's lock, taken first (a second trainer of the run directory fails at once):
+        the check that no run is there, the set-up (model, data, previews), then the directory's
+        first files and the log. If anything fails, a directory this trainer made is deleted again
+        (before the lock is released), so a set-up error leaves no run directory."""
+        self._run_lock, made = self.run_dir.lock_new()
+        try:
+            self.run_dir.check_new(overwrite=bool(self.config.overwrite))
+            with log_kept() as kept:
+                try:
+                    self._setup(device)
+                except BaseException as err:
+                    log.error("could not set up the run: %s: %s", type(err).__name__, err)
+                    raise
                 restarted = self.run_dir.create(overwrite=bool(self.config.overwrite))
                 self._write_initial_files()
-            except BaseException:
-                self.close()
-                raise
-            self._start_log(kept)
+                self._start_log(kept)
+        except BaseException:
+            self.run_dir.remove_made(made)
+            self.close()
+            raise
         if restarted:
             log.warning("%s held a run that failed (status 'error') before its first checkpoint: it starts afresh "
                         "with the config %s", self.run_dir.path, self.config.path)

@@ -3,9 +3,11 @@ with what ran where), the run's log file, TensorFlow (device, ``tf.distribute`` 
 seeds, determinism, compile mode), the device batches are prefetched to, and the order in which the
 model, data, schedules, previews and, on resume, the newest checkpoint are set up.
 
-A new run is set up before its run directory is made (the log lines of the set-up are kept and
-written into ``train.log`` then), so a set-up error (missing data files, a patch larger than the
-data, a ``data_init_kwargs`` typo) leaves no run directory behind.
+A new run locks its run directory (made empty if needed) first, so that a second trainer of the
+same directory fails at once; then it is set up, and only then does the directory get its files (the
+log lines of the set-up are kept and written into ``train.log`` then, before the start line). A
+set-up error (missing data files, a patch larger than the data, a ``data_init_kwargs`` typo)
+deletes the directory again if the trainer made it, so it leaves no run directory behind.
 
 :class:`RunSetup` is mixed into :class:`~ekn_core.trainer.loop.Trainer`; it builds through
 :class:`~ekn_core.trainer.model_setup.ModelSetup`,
@@ -51,9 +53,34 @@ def run_precision(setting: str) -> tuple[str, str]:
     return setting, "the config's precision setting"
 
 
+def checkpoint_precision(state: dict[str, Any]) -> tuple[str | None, str]:
+    """The precision a checkpoint's run trained in, and how that is known: the checkpoint records
+    it, or, in one written before ekn recorded the precision, a loss scale that moved from its
+    start shows ``mixed_float16`` (only float16 training scales the loss). None: not known.
+
+    Example:
+        >>> checkpoint_precision({"precision": "mixed_bfloat16", "loss_scale": {"adam": [32768.0, 0]}})
+        ('mixed_bfloat16', 'records it')
+        >>> checkpoint_precision({"loss_scale": {"adam": [32768.0, 12]}})
+        ('mixed_float16', 'records no precision, but its float16 loss scale moved')
+        >>> checkpoint_precision({"loss_scale": {"adam": [32768.0, 0]}})[0] is None
+        True
+    """
+    from ekn_core.model import LOSS_SCALE_INITIAL
+
+    if state.get("precision") is not None:
+        return state["precision"], "records it"
+    if any(tuple(scale) != (LOSS_SCALE_INITIAL, 0) for scale in state.get("loss_scale", {}).values()):
+        return "mixed_float16", "records no precision, but its float16 loss scale moved"
+    return None, ""
+
+
 def check_resume_precision(run_dir: Any, config: Any, source: str) -> None:
-    """Refuses to resume a run in a precision other than the one its newest checkpoint records,
-    unless the ``--set`` overrides of this resume name the new one (a change on purpose: a warning).
+    """Refuses to resume a run in a precision other than the one its newest checkpoint records
+    (:func:`checkpoint_precision`), unless a ``--set precision=...`` names the new one (a change on
+    purpose: a warning): one of this resume, or the last one recorded in ``run.json`` when the run
+    went on in it after that checkpoint (an earlier resume that changed it was stopped before its
+    first checkpoint).
 
     Args:
         run_dir: The run's :class:`~ekn_core.trainer.rundir.RunDir`.
@@ -68,23 +95,26 @@ def check_resume_precision(run_dir: Any, config: Any, source: str) -> None:
 
     path = latest_checkpoint(run_dir.checkpoints)
     state = read_checkpoint_state(path) if path else {}
-    recorded = state.get("precision")  # None: no checkpoint, or one written before ekn recorded the precision
+    recorded, known = checkpoint_precision(state)
     if recorded is None or recorded == config.precision:
         return
-    previous = run_dir.read_run_json().get("overrides", [])
+    info = run_dir.read_run_json()
+    previous = info.get("overrides", [])
     new = config.overrides[len(previous):] if config.overrides[:len(previous)] == previous else config.overrides
-    named = [value for name, value in map(parse_override, new) if name == "precision"]
-    if named and named[-1] == config.precision:
-        log.warning("the run trained in precision %s until step %d (%s); it continues in %s, as --set "
-                    "precision=%s asks", recorded, state.get("step", 0),
-                    os.path.basename(path), config.precision, config.precision)
+    named = [text for text in config.overrides if parse_override(text)[0] == "precision"]
+    now = bool(named) and named[-1] in new
+    went_on = now or info.get("precision") == config.precision  # run.json: the precision of the last resume
+    if named and parse_override(named[-1])[1] == config.precision and went_on:
+        log.warning("the run trained in precision %s until step %d (%s); it continues in %s, as --set precision=%s "
+                    "%s", recorded, state.get("step", 0), os.path.basename(path), config.precision, config.precision,
+                    "asks" if now else "of an earlier resume asked (run.json records it)")
         return
     by_env = source.startswith("EKN_PRECISION")
     keep = ("unset EKN_PRECISION (or set it to that)" if by_env else
             f"`ekn train --resume {run_dir.path} --set precision={recorded}`")
     change = f"--set precision={config.precision}" + (" with EKN_PRECISION unset" if by_env else "")
     raise ConfigError(f"cannot resume {run_dir.path} in precision {config.precision!r} ({source}): the run trained "
-                      f"in {recorded!r} (its checkpoint {os.path.basename(path)} records it). To resume in "
+                      f"in {recorded!r} (its checkpoint {os.path.basename(path)} {known}). To resume in "
                       f"{recorded!r}: {keep}. To change the precision on purpose, resume with {change}.")
 
 
@@ -152,16 +182,18 @@ class RunSetup:
         }
 
     def _start_log(self, kept: logging.handlers.MemoryHandler | None = None) -> None:
-        """Attaches the run's log file (detached by :meth:`~ekn_core.trainer.loop.Trainer.close`) and
-        writes into it the records ``kept`` of the set-up before the run directory existed."""
+        """Attaches the run's log file (detached by :meth:`~ekn_core.trainer.loop.Trainer.close`),
+        writes into it the records ``kept`` of the set-up before the run directory existed (and
+        keeps no more), then the run's start line."""
         from ekn_core.log import add_file_log
 
         self._log_handler = add_file_log(self.run_dir.log)
-        log.info("%s run %s (pid %d, user %s, host %s)", "resuming" if self.resume else "starting",
-                 self.run_dir.path, os.getpid(), getpass.getuser(), platform.node())
         if kept is not None:
+            logging.getLogger("ekn").removeHandler(kept)
             kept.setTarget(self._log_handler)
             kept.flush()
+        log.info("%s run %s (pid %d, user %s, host %s)", "resuming" if self.resume else "starting",
+                 self.run_dir.path, os.getpid(), getpass.getuser(), platform.node())
 
     def _setup_tensorflow(self, device: Any) -> None:
         """Device, distribution strategy, prefetch device, determinism, compile mode and every seed."""
@@ -181,6 +213,11 @@ class RunSetup:
 
         self._precision_before, self._precision_set = set_precision(self.config.precision), True  # see close()
         log.info("precision: %s (%s)", self.config.precision, self._precision_source)
+        if self._precision_before not in (None, self.config.precision):
+            log.warning("set_precision(%r), called in the config or before the trainer, does not apply to the run: "
+                        "it trains in %s (%s). To train in %s, set precision = %r in the config (or --set "
+                        "precision=%s)", self._precision_before, self.config.precision, self._precision_source,
+                        self._precision_before, self._precision_before, self._precision_before)
         seed = int(self.config.seed)
         if self.config.deterministic:
             tf.config.experimental.enable_op_determinism()

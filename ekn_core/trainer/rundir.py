@@ -157,6 +157,10 @@ class RunDir:
             >>> os.close(fd); os.close(rd.acquire_lock())
         """
         fd = try_lock(self.lock)
+        if fd is not None and not _names(self.lock, fd):
+            # its holder deleted the directory of a run that did not start after this process opened the file
+            os.close(fd)
+            return self.acquire_lock()
         if fd is None:
             try:
                 with open(self.lock, encoding="utf-8") as f:
@@ -169,6 +173,50 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return fd
+
+    def lock_new(self) -> tuple[int, list[str]]:
+        """Locks the directory of a new run (:meth:`acquire_lock`), made here, with its missing
+        parent folders, if it does not exist.
+
+        Returns:
+            The descriptor holding the lock, and the folders this call made, the run directory last
+            (:meth:`remove_made` deletes them again if the run does not start).
+
+        Raises:
+            EknError: Another trainer uses the directory.
+
+        Example:
+            >>> import tempfile
+            >>> rd = RunDir(tempfile.mkdtemp() + "/runs/exp1")
+            >>> fd, made = rd.lock_new(); [os.path.basename(m) for m in made], os.listdir(rd.path)
+            (['runs', 'exp1'], ['run.lock'])
+            >>> rd.remove_made(made); os.close(fd); os.path.exists(os.path.dirname(rd.path))
+            False
+        """
+        missing, folder = [], self.path
+        while not os.path.isdir(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+        made = []
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+                made.append(folder)
+            except FileExistsError:  # made by another process meanwhile
+                pass
+        return self.acquire_lock(), made
+
+    def remove_made(self, made: list[str]) -> None:
+        """Deletes the folders :meth:`lock_new` made: the run directory with all in it (call this
+        before releasing its lock), then the parent folders that are still empty."""
+        for folder in reversed(made):
+            if folder == self.path:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                try:
+                    os.rmdir(folder)  # only an empty one: another run may have started in it
+                except OSError:
+                    return
 
     def remove_stale_temporaries(self) -> list[str]:
         """Deletes the temporary files of atomic writes that a ``kill -9`` interrupted, in the folders
@@ -217,6 +265,14 @@ class RunDir:
         info = self.read_run_json()
         info.update(changes)
         self.write_run_json(info)
+
+
+def _names(path: str, fd: int) -> bool:
+    """Whether ``path`` names the file open as ``fd`` (not deleted or replaced since it was opened)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _started_by(run: RunDir) -> str | None:
