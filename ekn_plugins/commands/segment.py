@@ -46,15 +46,26 @@ def parse_shape(text: str | None, option: str) -> tuple[int, int, int] | None:
     return values
 
 
-def segmentation_params(args: argparse.Namespace) -> Any:
+def segmentation_params(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The parameters of the command line: ``--params`` (or the watershed's defaults), with each
-    parameter option given on top (for an affinity segmenter, those among its parameters)."""
+    parameter option given on top (for an affinity segmenter, those among its parameters); and what
+    the ``--params`` search segmented (:func:`~ekn_plugins.evaluation.blockwise_segmentation.read_params`),
+    from one read of the file.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> SegmentCommand().add_arguments(parser)
+        >>> params, searched = segmentation_params(parser.parse_args(["p.zarr", "s.zarr", "--params",
+        ...                                                          '{"threshold": 0.3}', "--min-size", "9"]))
+        >>> params.threshold, params.min_size, searched
+        (0.3, 9, {})
+    """
     import dataclasses
 
-    from ekn_plugins.evaluation.blockwise_segmentation import load_params
+    from ekn_plugins.evaluation.blockwise_segmentation import read_params
     from ekn_plugins.evaluation.segmentation import WatershedParams
 
-    params = load_params(args.params) if args.params else WatershedParams()
+    params, searched = read_params(args.params) if args.params else (WatershedParams(), {})
     changes = {name: getattr(args, name) for name in PARAM_OPTIONS if getattr(args, name) is not None}
     if args.per_slice:
         changes["per_slice"] = True
@@ -65,7 +76,7 @@ def segmentation_params(args: argparse.Namespace) -> Any:
     if foreign:
         raise ConfigError(f"--params holds parameters of the {params.kind} segmenter, which has no "
                           f"{', '.join('--' + name.replace('_', '-') for name in foreign)}: leave them out")
-    return dataclasses.replace(params, **changes)
+    return dataclasses.replace(params, **changes), searched
 
 
 class SegmentCommand(Command):
@@ -123,14 +134,14 @@ class SegmentCommand(Command):
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ekn_plugins.evaluation.blockwise_segmentation import searched_input, segment_volume
+        from ekn_plugins.evaluation.blockwise_segmentation import segment_volume
 
+        params, searched = segmentation_params(args)
         summary = segment_volume(
-            args.input, args.output, segmentation_params(args), block=parse_shape(args.block, "--block"),
+            args.input, args.output, params, block=parse_shape(args.block, "--block"),
             halo=parse_shape(args.halo, "--halo"), roi=parse_roi(args.roi), channel=args.channel,
-            interior=args.interior, searched=searched_input(args.params) if args.params else None,
-            workers=args.processes, scheduler=args.scheduler, progress=not args.no_progress,
-            overwrite=args.overwrite)
+            interior=args.interior, searched=searched, workers=args.processes, scheduler=args.scheduler,
+            progress=not args.no_progress, overwrite=args.overwrite)
         rate = summary["voxels"] / max(summary["seconds"], 1e-9)
         print(f"wrote {args.output} {summary['shape']} {summary['dtype']}: {summary['segments']} segments, "
               f"{summary['blocks']} blocks ({summary['skipped']} already done), {summary['merges']} merges "

@@ -218,8 +218,8 @@ def load_params(path: str | os.PathLike) -> Params:
     """Segmentation parameters from a JSON file, or from JSON text (starting with ``{``): the
     ``seg_params.json`` of ``ekn evaluate`` (a segmentation search; its best parameters, of any
     segmenter), or one object of parameters: of :class:`WatershedParams`, or of the segmenter named
-    by its ``"segmenter"`` key (``affinity``, ``waterz``, ``mutex``). The channel and polarity the
-    search segmented: :func:`searched_input`.
+    by its ``"segmenter"`` key (``affinity``, ``waterz``, ``mutex``). With the channel and polarity
+    the search segmented: :func:`read_params`.
 
     Example:
         >>> import tempfile
@@ -233,28 +233,25 @@ def load_params(path: str | os.PathLike) -> Params:
         >>> load_params('{"threshold": 0.2}').threshold
         0.2
     """
-    return _read_params(path)[0]
+    return read_params(path)[0]
 
 
-def searched_input(path: str | os.PathLike) -> dict[str, Any]:
-    """What the parameters of ``path`` (as :func:`load_params` reads them) were searched on, as the
-    ``seg_params.json`` of ``ekn evaluate`` records it: ``channel`` (the net's output channel; None
-    for affinities or where unknown) and ``interior`` (the channel is the interior probability,
-    segmented as ``1 - p``); ``{}`` for plain parameters and for search records written before ekn
-    recorded them. :func:`segment_volume` adopts them (``searched=``) and refuses a contradiction.
+def read_params(path: str | os.PathLike) -> tuple[Params, dict[str, Any]]:
+    """The parameters of ``path`` (as :func:`load_params` reads them, in one read) and what they were
+    searched on, as the ``seg_params.json`` of ``ekn evaluate`` records it: ``channel`` (the net's
+    output channel; None for affinities or where unknown) and ``interior`` (the channel is the
+    interior probability, segmented as ``1 - p``); ``{}`` for plain parameters and for search records
+    written before ekn recorded them. :func:`segment_volume` adopts them (``searched=``) and refuses
+    a contradiction.
 
     Example:
-        >>> searched_input('{"threshold": 0.2}')
+        >>> read_params('{"threshold": 0.2}')[1]
         {}
-        >>> row = '{"params": {}, "scores": {"vi": 0}}'
-        >>> searched_input(f'{{"metric": "vi", "channel": 0, "interior": true, "rows": [{row}]}}')
-        {'channel': 0, 'interior': True}
+        >>> row = '{"params": {"threshold": 0.3}, "scores": {"vi": 0}}'
+        >>> params, searched = read_params(f'{{"metric": "vi", "channel": 0, "interior": true, "rows": [{row}]}}')
+        >>> params.threshold, searched
+        (0.3, {'channel': 0, 'interior': True})
     """
-    return _read_params(path)[1]
-
-
-def _read_params(path: str | os.PathLike) -> tuple[Params, dict[str, Any]]:
-    """The parameters of :func:`load_params` and the input of :func:`searched_input`."""
     text = os.fspath(path)
     try:
         if text.lstrip().startswith("{"):
@@ -496,7 +493,8 @@ def _run_pass(plog: Any, pending: list[int], work: Callable[[_Job, int], int], j
             for index in pending:
                 finished(work(job, index))
         else:
-            with ProcessPoolExecutor(min(workers, len(pending)), multiprocessing.get_context(start_method())) as pool:
+            context = multiprocessing.get_context(start_method(reads_volumes=True))
+            with ProcessPoolExecutor(min(workers, len(pending)), context) as pool:
                 try:
                     running = {pool.submit(work, job, index) for index in pending}
                     while running:
@@ -601,8 +599,8 @@ def segment_volume(input: str, output: str, params: Params | str | os.PathLike |
             first block).
         params: Watershed parameters (default :class:`WatershedParams()`), or those of an
             affinity segmenter (:data:`~ekn_plugins.evaluation.seg_search.SEGMENTERS`); or a
-            path (or JSON text) for :func:`load_params`, whose :func:`searched_input` is then
-            ``searched``.
+            path (or JSON text) for :func:`read_params`, whose searched input is then ``searched``
+            (giving ``searched`` too is an error).
         block: Core shape (z, y, x) of a block.
         halo: Voxels segmented around each core, (z, y, x) or one number (default
             :func:`default_halo`).
@@ -612,10 +610,14 @@ def segment_volume(input: str, output: str, params: Params | str | os.PathLike |
             softmax channels, 0 of one); not for affinities.
         interior: The channel is the interior (cell) probability: segment ``1 - p`` (default: the
             searched polarity, else False); not for affinities.
-        searched: What the parameters were searched on (:func:`searched_input` of a
-            ``seg_params.json``): its channel and polarity are used where ``channel`` and
+        searched: What the parameters were searched on (the second value of :func:`read_params` of
+            a ``seg_params.json``): its channel and polarity are used where ``channel`` and
             ``interior`` are None; ones that contradict them are an error.
-        workers: Processes that segment and stitch blocks (1: this process).
+        workers: Processes that segment and stitch blocks (1: this process). They are forked, or
+            started from a fork server where forking is unsafe (a zarr, N5 or precomputed input, or
+            TensorFlow imported: :func:`~ekn_plugins.evaluation.seg_search.start_method`), which
+            imports a calling script again: its top level must be guarded by
+            ``if __name__ == "__main__":``.
         scheduler: Address of a Dask scheduler (``tls://host:8786``) whose workers segment and stitch
             the blocks instead (they must see ``input`` and the output's folder under the same paths,
             e.g. on a shared file system); the relabelling into ``output`` runs here.
@@ -634,7 +636,10 @@ def segment_volume(input: str, output: str, params: Params | str | os.PathLike |
     from ekn_plugins.validation.segmentation_metrics import boundary_channel
 
     if isinstance(params, (str, os.PathLike)):
-        params, searched = _read_params(params)
+        if searched is not None:
+            raise ConfigError("params is a file (or JSON text), whose recorded search input is used; searched= "
+                              "is for parameters given as objects: leave it out, or pass read_params(file)")
+        params, searched = read_params(params)
     params, searched = params or WatershedParams(), searched or {}
     if not isinstance(params, (WatershedParams, AffinitySegmenter)):
         raise ConfigError(f"params must be WatershedParams or those of an affinity segmenter, got "

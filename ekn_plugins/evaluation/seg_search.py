@@ -228,13 +228,23 @@ def grid_points(grid: dict[str, Sequence[Any]] | None = None, base: Params | Non
     return points
 
 
-def start_method() -> str:
-    """``fork`` where the platform has it and the process is safe to fork; ``forkserver`` (else
-    ``spawn``) once TensorFlow or tensorstore (ekn's zarr, N5 and precomputed reader) was imported:
-    TensorFlow's thread pools make forked children hang or crash, and tensorstore aborts a forked
-    child that reads a volume after the parent read one."""
+def start_method(reads_volumes: bool = False) -> str:
+    """How to start worker processes: ``fork`` where the platform has it and the process is safe to
+    fork; ``forkserver`` (else ``spawn``) once TensorFlow was imported, whose thread pools make forked
+    children hang or crash, and, for workers that read volumes (``reads_volumes``), once tensorstore
+    (ekn's zarr, N5 and precomputed reader) was imported: it aborts a forked child that reads a
+    volume after the parent read one. Workers that read no volume are forked with tensorstore
+    imported: they share the parent's arrays instead of receiving a copy each. A worker from a fork
+    server or spawned imports the main module again, so a script that starts such workers needs
+    ``if __name__ == "__main__":``.
+
+    Example:
+        >>> import multiprocessing
+        >>> context = multiprocessing.get_context(start_method(reads_volumes=True))  # workers that read volumes
+    """
     methods = multiprocessing.get_all_start_methods()
-    if not {"tensorflow", "tensorstore"} & set(sys.modules) and "fork" in methods:
+    unsafe = {"tensorflow", "tensorstore"} if reads_volumes else {"tensorflow"}
+    if not unsafe & set(sys.modules) and "fork" in methods:
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
 
@@ -295,8 +305,9 @@ def search_segmentation(prediction: Any, seg_true: Any, grid: dict[str, Sequence
         n_proc: Worker processes (each takes a segmenter run: a point, or waterz's thresholds of
             one agglomeration); 1 runs in this process. Workers are forked where the platform
             allows (the volumes are shared copy-on-write, never pickled), else, and after
-            TensorFlow or tensorstore was imported (:func:`start_method`), started from a fork server or spawned
-            (each receives the volumes once); only the parameters and scores travel per grid point.
+            TensorFlow was imported (:func:`start_method`), started from a fork server or spawned
+            (each receives the volumes once; a calling script needs ``if __name__ == "__main__":``);
+            only the parameters and scores travel per grid point.
         base: The segmenter and the values of the fields not in ``grid`` (e.g. ``per_slice``,
             ``anisotropy`` of the watershed; ``nhood`` of the affinity segmenters).
         ignore_labels: True ids not scored (see
