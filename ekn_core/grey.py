@@ -152,12 +152,27 @@ def grey_problem(scaled: np.ndarray, dtype: Any, name: str, grey_range: Any = No
     return None
 
 
+def sample_box(volume: Any) -> np.ndarray:
+    """The values :func:`check_grey` looks at: every channel of the centre box of half the volume's
+    size per spatial axis (the last three axes, or fewer), at most :data:`GREY_SAMPLE`.
+
+    Example:
+        >>> sample_box(np.zeros((2, 8, 64, 1024))).shape  # (c, z, y, x)
+        (2, 4, 32, 256)
+    """
+    shape = tuple(volume.shape)
+    spatial = shape[-3:]
+    size = [max(1, min(n // 2, s)) for n, s in zip(spatial, GREY_SAMPLE[-len(spatial):])]
+    box = tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(spatial, size))
+    return np.asarray(volume[(slice(None),) * (len(shape) - len(spatial)) + box])
+
+
 def check_grey(volume: Any, dtype: Any, name: str, grey_range: Any = None, scaled: bool = False) -> str | None:
     """Logs a warning, and returns it, when the grey values of a raw ``volume`` (``(z, y, x)`` or
     ``(c, z, y, x)``: raw values of ``dtype``, or with ``scaled`` values :func:`to_grey` scaled with
     ``grey_range`` already) do not fit their scaling (:func:`grey_problem`; ``grey_range``: the
     range stated for the raw values). Looks at the
-    centre box of half the volume's size per axis, at most :data:`GREY_SAMPLE`, channel by channel;
+    centre box (:func:`sample_box`), channel by channel;
     the training data source and ``predict_volume`` call it once per volume.
 
     Example:
@@ -168,11 +183,8 @@ def check_grey(volume: Any, dtype: Any, name: str, grey_range: Any = None, scale
         >>> check_grey(twelve_bit, twelve_bit.dtype, "em.h5", (0, 4095)) is None
         True
     """
-    shape = tuple(volume.shape)
-    spatial = shape[-3:]
-    size = [max(1, min(n // 2, s)) for n, s in zip(spatial, GREY_SAMPLE[-len(spatial):])]
-    box = tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(spatial, size))
-    values = np.asarray(volume[(slice(None),) * (len(shape) - len(spatial)) + box])
+    values = sample_box(volume)
+    size = values.shape[-min(3, values.ndim):]
     values = values.astype(np.float32, copy=False) if scaled else to_grey(values, grey_range)
     values = values.reshape(-1, *size)
     for c, channel in enumerate(values):

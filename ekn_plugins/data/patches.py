@@ -53,7 +53,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from ekn_core.errors import ConfigError, NoValidationData, ShapeError
-from ekn_core.grey import GREY_SAMPLE, check_grey
+from ekn_core.grey import check_grey, sample_box
 from ekn_core.training_data import TrainingData, input_scalings, record_training_data
 from ekn_plugins.augmenters.base import PatchContext, Pipeline
 from ekn_plugins.augmenters.sampling import warp
@@ -190,8 +190,8 @@ def _reflects_or_permutes(transform: Transform, matrix: np.ndarray) -> bool:
 
 def _holds_unlabelled(label: np.ndarray | LazyView, ignore: float) -> bool:
     """Whether float labels ``(t, z, y, x)`` hold NaN or ``ignore``: an array all of it, a lazy view
-    the centre box that :func:`~ekn_core.grey.check_grey` looks at in raw volumes (at most
-    :data:`~ekn_core.grey.GREY_SAMPLE`).
+    the centre box that :func:`~ekn_core.grey.check_grey` looks at in raw volumes
+    (:func:`~ekn_core.grey.sample_box`).
 
     Example:
         >>> labels = np.zeros((1, 4, 8, 8), np.float32)
@@ -200,9 +200,7 @@ def _holds_unlabelled(label: np.ndarray | LazyView, ignore: float) -> bool:
         (True, False)
     """
     if isinstance(label, LazyView):
-        spatial = label.shape[1:]
-        size = [max(1, min(n // 2, s)) for n, s in zip(spatial, GREY_SAMPLE)]
-        label = label[(slice(None), *(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(spatial, size)))]
+        label = sample_box(label)
     return bool(np.isnan(label).any() or (label == ignore).any())
 
 
