@@ -8,7 +8,7 @@
 #       wheels/        the pure-Python and small binary wheels TensorFlow, Keras and ekn need there
 #       cuda/          CUDA 12's runtime wheel (libcudart.so.12, 0.7 MB)
 #       SHA256SUMS
-#   bench/offline_gpu_tf.sh install DIR [PARTS_DIR...]   (there) checks the parts, unpacks
+#   bench/offline_gpu_tf.sh install DIR [PARTS_DIR...]   (there; no unzip needed) checks the parts, unpacks
 #       TensorFlow and the wheels into /tmp/site, exposes the image's CUDA 13 libraries under the
 #       CUDA 12 names TensorFlow loads, and prints the environment to use:
 #           eval "$(bench/offline_gpu_tf.sh install DIR)"; bench/gpu_check.sh
@@ -26,7 +26,8 @@ SMALL="keras namex optree astunparse gast google-pasta termcolor flatbuffers pro
        prompt_toolkit wcwidth pydot jedi parso absl-py ml_dtypes wrapt"
 
 pack() {
-  local dir=$1 part_mib=${2:-58} work
+  local dir part_mib=${2:-58} work
+  dir=$(realpath -m "$1")  # the parts are written from a temporary folder
   work=$(mktemp -d)
   mkdir -p "$dir/parts" "$dir/wheels" "$dir/cuda"
   python3 -m pip download -q "${PYPI[@]}" -d "$work" "tensorflow==$TF_VERSION"
@@ -41,14 +42,22 @@ pack() {
 }
 
 install() {
-  local dir=$1; shift
+  local dir; dir=$(realpath "$1"); shift
   local site=/tmp/site libs=/tmp/cuda12 parts=/tmp/ekn_tf_parts dirs="" want have
   mkdir -p "$site" "$libs" "$parts"
   for p in "$dir/parts" "$@"; do cp "$p"/part.* "$parts"/ 2>/dev/null || true; done
   (cd "$parts" && sha256sum -c --quiet "$(realpath "$dir")/SHA256SUMS") >&2
   if [ ! -f "$site/tensorflow/__init__.py" ]; then cat "$parts"/part.* | xz -d -T0 | tar -x -C "$site"; fi
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$dir"/wheels/*.whl >&2
-  (cd "$libs" && unzip -q -j -o "$dir"/cuda/*.whl 'nvidia/cuda_runtime/lib/*')
+  python3 - "$libs" "$dir"/cuda/*.whl <<'PY'  # the libraries of CUDA's runtime wheel (no unzip needed)
+import os, sys, zipfile
+for wheel in sys.argv[2:]:
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if name.startswith("nvidia/cuda_runtime/lib/") and not name.endswith("/"):
+                with open(os.path.join(sys.argv[1], os.path.basename(name)), "wb") as out:
+                    out.write(z.read(name))
+PY
   for pair in libcublas.so.12:libcublas.so.13 libcublasLt.so.12:libcublasLt.so.13 libcufft.so.11:libcufft.so.12 \
               libcusolver.so.11:libcusolver.so.12 libcupti.so.12:libcupti.so.13 libcusparse.so.12:libcusparse.so.12 \
               libcudnn.so.9:libcudnn.so.9 libnvJitLink.so.13:libnvJitLink.so.13; do
