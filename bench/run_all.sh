@@ -26,6 +26,7 @@ if [ "${QUICK:-0}" = 1 ]; then
     [bench_train_step]="--nets unet3d --rounds 1 --steps 1 --frameworks ekn keras_train_on_batch"
     [bench_compile_modes]="--nets unet3d --modes plain eager --steps 1 --cache $OUT/compile_modes_cache.json"
     [bench_conv_replacements]="--small --repeat 2"
+    [bench_conv_layers]="--small --repeat 1"
     [bench_augment]="--seconds 0.5"
     [bench_knossos]="--patches 5 --shape 64,256,256 --patch 16,64,64"
     [bench_kdtree]=""
