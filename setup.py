@@ -131,6 +131,7 @@ SCHEDULES = [
 ]
 AUGMENTERS = [
     "blur = ekn_plugins.augmenters.intensity:Blur",
+    "blurry_blobs = ekn_plugins.augmenters.occlusion:BlurryBlobs",
     "elastic = ekn_plugins.augmenters.geometric:Elastic",
     "flip = ekn_plugins.augmenters.geometric:Flip",
     "grey = ekn_plugins.augmenters.intensity:Grey",
@@ -139,6 +140,7 @@ AUGMENTERS = [
     "misalignment = ekn_plugins.augmenters.geometric:Misalignment",
     "missing_section = ekn_plugins.augmenters.defects:MissingSection",
     "noise = ekn_plugins.augmenters.intensity:Noise",
+    "random_erasing = ekn_plugins.augmenters.occlusion:RandomErasing",
     "warp = ekn_plugins.augmenters.geometric:Warp",
 ]
 DATA_SOURCES = [

@@ -514,6 +514,20 @@ def test_the_fit_estimate_leaves_out_draws_that_only_reflect_or_permute(tmp_path
     assert warped < 0.45 and abs(warp_p - warped) < 0.1 and abs(flip_p - flipped) < 0.1
 
 
+def test_the_fit_estimate_stops_early_when_the_pipeline_only_reflects_and_permutes(tmp_path, monkeypatch):
+    """A flip-only pipeline fits wherever the plain crop fits: the estimate stops after
+    WARP_FIT_DRAWS draws instead of drawing 100 times as many (seconds per new source)."""
+    from ekn_plugins.augmenters.base import Pipeline
+    from ekn_plugins.data import patches
+
+    composed = []
+    compose = Pipeline.compose
+    monkeypatch.setattr(Pipeline, "compose", lambda self, *a: composed.append(1) or compose(self, *a))
+    PatchSource(patch_size=(4, 40, 40), offsets=(1, 4, 4), strides=(1, 2, 2), target_dtype="int32", seed=0,
+                augmenters=[{"type": "flip"}], **write_coords(tmp_path, (8, 64, 64), (6, 56, 56)))
+    assert 0 < len(composed) <= patches.WARP_FIT_DRAWS
+
+
 @pytest.mark.usefixtures("scratch_model")
 def test_unlabelled_float_labels_are_warned_about_unless_the_losses_ignore_them(tmp_path, caplog):
     """Float labels with NaN or -666: the source built for a model's target names the loss nodes

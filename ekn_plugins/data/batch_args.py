@@ -7,8 +7,8 @@ take are named with what to use instead, others with the closest argument, when 
 validated (before a run directory exists), not as a ``TypeError`` at the first batch.
 
 Example:
-    >>> ekn_check_config({"data_class": "BatchCreatorImage", "data_batch_args": {"warp": 0.5, "ignore_thresh": 0.9}})
-    ["data_batch_args: ELEKTRONN2's 'ignore_thresh' is not supported: ekn does not reject patches ..."]
+    >>> ekn_check_config({"data_class": "BatchCreatorImage", "data_batch_args": {"warp": 0.5, "affinities": "malis"}})
+    ["data_batch_args: ELEKTRONN2's 'affinities' is not supported: move it to data_init_kwargs ..."]
     >>> ekn_check_config({"data_class": "patch_source", "data_batch_args": {"warp_arg": {}}})
     ["data_batch_args: getbatch takes no argument 'warp_arg' (did you mean 'warp_args'?); it takes batch_size, ..."]
 """
@@ -21,22 +21,6 @@ from ekn_core.hookspecs import hookimpl
 
 #: ELEKTRONN2's ``getbatch`` arguments that ekn's patch source does not take, and what to do instead.
 ELEKTRONN2_ONLY = {
-    "ignore_thresh": "ekn does not reject patches by their share of unlabelled voxels; remove it (unlabelled voxels, "
-                     "negative ids or the ignore value, are left out of the losses)",
-    "ret_ll_mask": "ekn has no lazy-label masks; remove it and mark unlabelled voxels with negative ids (or the "
-                   "ignore value -666 in float targets), which the losses leave out",
-    "nga_blur_noise_probability": "add {'type': 'noise', 'distribution': 'uniform', 'probability': P} to "
-                                  "data_init_kwargs['augmenters'] (ELEKTRONN2 kept only the noise of this option)",
-    "blurry_blobs_probability": "use the 'blur' augmenter in data_init_kwargs['augmenters'] (ekn has no blurry blobs)",
-    "blurry_blobs_args": "use the 'blur' augmenter in data_init_kwargs['augmenters'] (ekn has no blurry blobs)",
-    "noisy_random_erasing_probability": "ekn has no random erasing; remove it (the closest augmenters are 'noise' "
-                                        "and 'missing_section')",
-    "noisy_random_erasing_args": "ekn has no random erasing; remove it",
-    "uniform_random_erasing_probability": "ekn has no random erasing; remove it (the closest augmenter is "
-                                          "'missing_section')",
-    "uniform_random_erasing_args": "ekn has no random erasing; remove it",
-    "nhood_targets": "ekn has no neighbourhood targets; for affinity targets set affinities='affinity' and nhood in "
-                     "data_init_kwargs",
     "affinities": "move it to data_init_kwargs (ekn's patch source takes affinities and nhood when it is built)",
 }
 
@@ -47,20 +31,34 @@ PATCH_SOURCES = {"batchcreatorimage", "patchsource"}
 
 def batch_args_problems(args: Mapping[str, Any]) -> list[str]:
     """The problems of ``data_batch_args`` for the patch source: ELEKTRONN2's arguments it does not
-    take (with what to use instead) and unknown ones (with the closest argument).
+    take (with what to use instead), unknown ones (with the closest argument), and else the error
+    of the augmentation its ELEKTRONN2 arguments make (:func:`~ekn_plugins.data.patches.elektronn2_pipeline`:
+    ``warp_args``, ``blurry_blobs_args``, ...), if any.
 
     Example:
         >>> batch_args_problems({"warp": True, "grey_augment_channels": [0]})
         []
+        >>> batch_args_problems({"blurry_blobs_probability": 0.5, "blurry_blobs_args": {"diffusenes": 2}})
+        ["data_batch_args: blurry_blobs_args ['diffusenes'] are not supported; known: ['blob_size_range', ...]"]
     """
-    from ekn_core.errors import keyword_names, unknown_keywords
-    from ekn_plugins.data.patches import PatchSource
+    from ekn_core.errors import EknError, keyword_names, unknown_keywords
+    from ekn_plugins.data.elektronn2_nga import NGA_ARGS
+    from ekn_plugins.data.patches import PatchSource, elektronn2_pipeline
 
     problems = [f"data_batch_args: ELEKTRONN2's {key!r} is not supported: {ELEKTRONN2_ONLY[key]}"
                 for key in args if key in ELEKTRONN2_ONLY]
     others = [key for key in args if key not in ELEKTRONN2_ONLY]
     names = [n for n in keyword_names(PatchSource.getbatch) if n != "self"]
-    return problems + unknown_keywords(PatchSource.getbatch, others, "data_batch_args", names)
+    problems += unknown_keywords(PatchSource.getbatch, others, "data_batch_args", names)
+    if problems:
+        return problems
+    augmentation = {key: value for key, value in args.items()
+                    if key in ("warp", "warp_args", "grey_augment_channels", *NGA_ARGS)}
+    try:
+        elektronn2_pipeline(**augmentation)
+    except (EknError, TypeError, ValueError) as err:
+        return [f"data_batch_args: {err}"]
+    return []
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""Label and image utilities: ID images to boundary (barrier) images, centring of cubes.
+"""Label and image utilities: ID images to boundary (barrier) images, neighbourhood targets, centring of cubes.
 
 Example:
     >>> import numpy as np
@@ -80,6 +80,44 @@ def ids2barriers(ids: np.ndarray, dilute: bool | Sequence[bool] = True,
         out[ids == 0] = 1
     elif ecs_as_barr == "new_class":
         out[ids == 0] = 2
+    return out
+
+
+#: ELEKTRONN2's default ``nhood_targets`` offsets ``(z, y, x)``: the voxel itself and its 6 face neighbours.
+NHOOD_TARGETS_3D = np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+#: The same in a section ``(y, x)`` for 2-D nets (ELEKTRONN2 had none).
+NHOOD_TARGETS_2D = np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1]])
+
+
+def make_nhood_targets(target: np.ndarray, nhood: np.ndarray, fill: float = -1) -> np.ndarray:
+    """Neighbourhood targets, as ELEKTRONN2's ``make_nhood_targets``: channel ``i`` holds at voxel
+    ``p`` the label of voxel ``p - nhood[i]``, and ``fill`` where that voxel lies outside the patch
+    (a channel whose offset is as large as the patch holds ``fill`` only). Labels are copied as
+    they are (ids <= 0 too).
+
+    Args:
+        target: Labels ``(b, 1, *spatial)``.
+        nhood: Integer offsets ``(n, len(spatial))``.
+        fill: Value where the neighbour lies outside the patch (ELEKTRONN2: -1).
+
+    Returns:
+        ``(b, n, *spatial)`` in the dtype of ``target``.
+
+    Example:
+        >>> make_nhood_targets(np.array([[[5, 0, 7]]]), np.array([[0], [1], [-1]]))[0].tolist()
+        [[5, 0, 7], [-1, 5, 0], [0, 7, -1]]
+    """
+    target, nhood = np.asarray(target), np.asarray(nhood)
+    if target.ndim < 3 or target.shape[1] != 1 or nhood.ndim != 2 or nhood.shape[1] != target.ndim - 2:
+        raise ShapeError(f"nhood targets need labels (b, 1, *spatial) and offsets (n, n_spatial), got {target.shape} "
+                         f"and {nhood.shape}")
+    spatial = target.shape[2:]
+    out = np.full((target.shape[0], len(nhood), *spatial), fill, dtype=target.dtype)
+    for i, offset in enumerate(nhood.tolist()):
+        if all(abs(o) < n for o, n in zip(offset, spatial)):
+            read = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(offset, spatial))
+            write = tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(offset, spatial))
+            out[(slice(None), i, *write)] = target[(slice(None), 0, *read)]
     return out
 
 

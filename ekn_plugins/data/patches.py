@@ -19,6 +19,11 @@ geometric augmenters a patch is a plain crop (copied as a slice).
 Modes: ``"img-img"`` (label volumes, dense per-voxel targets) and ``"img-scalar"`` (one target
 vector per cube, e.g. a class; ELEKTRONN2's ``border_mode`` pre-processing of the cubes).
 
+Sparse labels (ELEKTRONN2's ``getbatch`` options): ``ignore_thresh`` draws an example again
+(cube, position, transform) while more than that share of its targets is unlabelled, counted in
+:attr:`PatchSource.label_stats`; ``ret_ll_mask`` appends each example's lazy-label flags
+(``ll_masks``, or the label file's ``'ll_mask'`` dataset) for ``MultinoulliNLL``'s masks.
+
 Data volumes are opened through :func:`ekn_core.volumes.open_volume` (HDF5, zarr, KNOSSOS, any
 reader plugin, with reader options from the entries); raw volumes are ``(z, y, x)`` or
 ``(c, z, y, x)``; integer grey values are mapped to [0, 1] by their dtype's range (uint8 / 255,
@@ -58,7 +63,9 @@ from ekn_core.training_data import TrainingData, input_scalings, record_training
 from ekn_plugins.augmenters.base import PatchContext, Pipeline
 from ekn_plugins.augmenters.sampling import warp
 from ekn_plugins.augmenters.transform import FoldError, Transform, source_bounds, voxel_matrix
-from ekn_plugins.data.image import center_offset
+from ekn_plugins.augmenters.vectors import turn_vectors, vector_matrices, vector_triples
+from ekn_plugins.data.elektronn2_nga import nga_augmenters
+from ekn_plugins.data.image import NHOOD_TARGETS_2D, NHOOD_TARGETS_3D, center_offset, make_nhood_targets
 from ekn_plugins.data.lazy import LazyView, cast_labels, open_view
 
 log = logging.getLogger("ekn.data")
@@ -76,6 +83,11 @@ IGNORE_VALUE = -666.0
 
 #: ``in_memory='auto'`` loads the cubes when they take at most this share of the available memory.
 AUTO_MEMORY_SHARE = 0.25
+#: How often an example is drawn (cube, position, transform) before ``getbatch(ignore_thresh=...)``
+#: gives up with an error saying what threshold the cubes allow.
+MAX_LABEL_TRIES = 1000
+#: The dataset at the root of an HDF5 label file that holds ELEKTRONN2's lazy-label flags.
+LL_MASK_KEY = "ll_mask"
 
 
 Region = tuple[tuple[int, int, int], tuple[int, int, int]]
@@ -201,7 +213,83 @@ def _holds_unlabelled(label: np.ndarray | LazyView, ignore: float) -> bool:
     """
     if isinstance(label, LazyView):
         label = sample_box(label)
-    return bool(np.isnan(label).any() or (label == ignore).any())
+    return bool(unlabelled(label, ignore).any())
+
+
+def unlabelled(target: np.ndarray, ignore: float) -> np.ndarray:
+    """Where ``target`` is unlabelled: negative ids of integer targets, ``ignore`` or NaN in float ones.
+
+    Example:
+        >>> unlabelled(np.array([-1, 0, 2], np.int16), -666.0), unlabelled(np.array([-666, np.nan, 0.5]), -666.0)
+        (array([ True, False, False]), array([ True,  True, False]))
+    """
+    if target.dtype.kind == "f":
+        return np.isnan(target) | (target == ignore)
+    return target < 0
+
+
+def _ignore_thresh(value: Any) -> float | None:
+    """``getbatch``'s ``ignore_thresh`` as a share, or None (False or None: no check).
+
+    Example:
+        >>> _ignore_thresh(False), _ignore_thresh(0.5)
+        (None, 0.5)
+        >>> _ignore_thresh(True)
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: ignore_thresh must be a share in [0, 1] ...
+    """
+    if value is None or value is False:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not 0 <= value <= 1:
+        raise ConfigError(f"ignore_thresh must be a share in [0, 1] (an example with a larger share of unlabelled "
+                          f"targets is drawn again), or False for none, got {value!r}")
+    return float(value)
+
+
+def _log_now(n: int) -> bool:
+    """Whether statistics are logged after ``n`` events: after 1024, 2048, 4096, ...
+
+    Example:
+        >>> [n for n in range(5000) if _log_now(n)]
+        [1024, 2048, 4096]
+    """
+    return n >= 1024 and n & (n - 1) == 0
+
+
+def _lazy_label_flags(given: Any, entry: VolumeEntry) -> np.ndarray | None:
+    """The lazy-label flags ``(2, n)`` of a label cube, checked (two rows of 0/1 flags, one per class:
+    labelled, not present): ``given`` (its ``ll_masks`` entry), else the :data:`LL_MASK_KEY` dataset
+    at the root of its HDF5 file (ELEKTRONN2's), else None.
+
+    Example:
+        >>> _lazy_label_flags([[1, 1, 0], [0, 0, 1]], VolumeEntry("lab.zarr:lab", None, {}))
+        array([[1., 1., 0.],
+               [0., 0., 1.]], dtype=float32)
+    """
+    where = "its ll_masks entry"
+    if given is None:
+        from ekn_core.hooks import host
+        from ekn_core.volumes import split_key
+
+        path = split_key(entry.path)[0]
+        if (entry.options.get("reader") or host().get_reader(path)) != "hdf5" or not os.path.isfile(path):
+            return None
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            dataset = f.get(LL_MASK_KEY)
+            if not isinstance(dataset, h5py.Dataset):
+                return None
+            given, where = dataset[()], f"the dataset {LL_MASK_KEY!r} of {path}"
+    try:
+        flags = np.asarray(given, dtype=np.float64)
+    except (TypeError, ValueError):
+        flags = np.full((0,), np.nan)
+    if flags.ndim != 2 or flags.shape[0] != 2 or not flags.shape[1] or not np.isin(flags, (0, 1)).all():
+        raise ConfigError(f"{entry.path}: the lazy-label flags ({where}) must be two rows of 0/1 flags with one entry "
+                          f"per class, [[labelled, ...], [not present, ...]], got {given!r}")
+    return flags.astype(np.float32)
 
 
 def _read_vector(entry: VolumeEntry) -> np.ndarray:
@@ -227,6 +315,7 @@ class Cube:
     name: str
     raw_dtype: np.dtype | None = None  # of the stored raw, which ``raw`` reads scaled to grey values
     grey_range: tuple[float, float] | None = None  # the range stated for the raw (None: its dtype's)
+    ll_mask: np.ndarray | None = None  # lazy-label flags (2, n): labelled, not present (PatchSource's ll_masks)
 
     def close(self) -> None:
         """Closes the files of lazy volumes."""
@@ -271,8 +360,15 @@ class PatchSource:
         cube_prios: Relative sampling weights of the training cubes (default: label size).
         mode: ``"img-img"`` or ``"img-scalar"``.
         target_dtype: dtype of the targets (``"int16"`` for class ids; float for dense targets).
-        target_discrete_ix: Target channels warped with nearest neighbour (default: all); the
-            others are interpolated trilinearly (continuous dense targets).
+        target_discrete_ix: Target channels warped with nearest neighbour (default: all but those
+            of ``target_vec_ix``); the others are interpolated trilinearly (continuous dense targets).
+        target_vec_ix: Vector targets (ELEKTRONN2's): channel triples ``(z, y, x)``, e.g.
+            ``[(0, 1, 2)]``, holding the components of a vector along the volume's axes in storage
+            order, in one length unit on all axes (nm or lateral voxels, not sections); they are
+            resampled trilinearly and turned with the patch (rotations, reflections, axis swaps;
+            perspective and elastic warps by their local Jacobian): see
+            :mod:`ekn_plugins.augmenters.vectors`. Needs a float ``target_dtype``; a vector with an
+            unlabelled component is unlabelled in all three.
         ignore_value: Float targets: the value of unlabelled voxels (ELEKTRONN2's -666; give the
             loss nodes the same ``ignore_value``, their default None learns it as a target value).
             NaN labels become it, and a trilinearly resampled target voxel becomes it where a label
@@ -319,6 +415,13 @@ class PatchSource:
             range (e.g. ``(0, 4095)`` for 12-bit data in uint16); a raw entry's ``"grey_range"``
             reader option overrides it for that volume. The model file records it, and prediction
             on raw of the same dtype uses it (:mod:`ekn_core.training_data`).
+        ll_masks: Lazy labels (ELEKTRONN2): per cube (in ``l_files`` order) None or two rows of 0/1
+            flags, one per class: ``[[labelled, ...], [not present, ...]]``; None reads the
+            ``'ll_mask'`` dataset at the root of the cube's HDF5 label file, where there is one.
+            Cubes without flags get every class labelled and none absent. All flags have one
+            length: ``t_n_f`` without any given, else that of those given (``n_class`` for class
+            ids). ``getbatch(ret_ll_mask=True)`` returns each example's flags; cubes with a class
+            flagged absent are not checked against ``ignore_thresh``.
     """
 
     def __init__(self, patch_size: Sequence[int], d_files: Sequence[Any], l_files: Sequence[Any],
@@ -326,12 +429,13 @@ class PatchSource:
                  target_shape: Sequence[int] | None = None, d_path: str | None = None, l_path: str | None = None,
                  aniso_factor: float = 2.0, valid_cubes: Sequence[int] = (), cube_prios: Sequence[float] | None = None,
                  mode: str = "img-img", target_dtype: Any = "int16", target_discrete_ix: Sequence[int] | None = None,
+                 target_vec_ix: Sequence[Sequence[int]] | None = None,
                  augmenters: Sequence[dict[str, Any]] | None = None, augment_valid: bool = False,
                  class_weights: Sequence[float] | None = None, border_mode: str = "crop",
                  input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None,
                  affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto", copies: int = 1,
                  grey_range: Sequence[float] | None = None, ignore_value: float = IGNORE_VALUE,
-                 loss_ignore_values: Mapping[str, float | None] | None = None):
+                 loss_ignore_values: Mapping[str, float | None] | None = None, ll_masks: Sequence[Any] | None = None):
         ndim = len(patch_size)
         if ndim not in (2, 3):
             raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
@@ -386,12 +490,23 @@ class PatchSource:
         #: (``drawn``), drawn again because they fitted no position (``redrawn``), and examples cut
         #: unwarped after :data:`MAX_WARP_TRIES` draws (``fallback``); logged now and then.
         self.warp_stats = {"ok": 0, "drawn": 0, "redrawn": 0, "fallback": 0}
+        #: Examples checked against ``getbatch``'s ``ignore_thresh`` (``checked``) and drawn again
+        #: because more of their targets were unlabelled (``redrawn``); logged now and then.
+        self.label_stats = {"checked": 0, "redrawn": 0}
         self._compat: dict[str, tuple[Pipeline, PatchContext]] = {}
+        #: The volumes read, raw and labels of each cube in turn (:meth:`data_files`).
+        self.volume_paths = [_volume_path(base, entry).path for pair in zip(d_files, l_files)
+                             for base, entry in zip((d_path, l_path), pair)]
         cubes: list[Cube] = []
         self.train_cubes, self.valid_cubes = cubes, []
         try:
-            for d, lab in zip(d_files, l_files):
-                cubes.append(self._load(_volume_path(d_path, d), _volume_path(l_path, lab)))
+            if ll_masks is not None and len(ll_masks) != len(l_files):
+                raise ConfigError(f"ll_masks needs one entry per cube ({len(l_files)}: None or [[labelled, ...], "
+                                  f"[not present, ...]]), got {len(ll_masks)}")
+            for d, lab, flags in zip(d_files, l_files, ll_masks or [None] * len(l_files)):
+                label_entry = _volume_path(l_path, lab)
+                cubes.append(self._load(_volume_path(d_path, d), label_entry))
+                cubes[-1].ll_mask = _lazy_label_flags(flags, label_entry)
             self.in_memory = self._keep_in_memory(in_memory, cubes, copies)
             if self.in_memory:
                 for cube in cubes:
@@ -401,6 +516,8 @@ class PatchSource:
                             with view:  # raw as stored (float64: float32), labels cast (their values checked) now
                                 setattr(cube, name, view.in_memory() if name == "raw" else view.read())
             self._check_cubes(cubes, valid_cubes, cube_prios)
+            self.target_vec_ix = self._vector_channels(target_vec_ix)
+            self._complete_ll_masks(cubes)
             self._check_patches_fit()
             self._check_warp_fit(self.pipeline, self.ctx)
             self._check_unlabelled(loss_ignore_values)
@@ -432,6 +549,27 @@ class PatchSource:
         if self.affinities and self.t_n_f != 1:
             raise ConfigError(f"affinities={self.affinities!r} needs one label channel of ids, the cubes have "
                               f"{self.t_n_f}")
+
+    def _complete_ll_masks(self, cubes: list[Cube]) -> None:
+        """Gives the cubes without lazy-label flags ELEKTRONN2's default (every class labelled, none
+        absent) with the length of the others' (``t_n_f`` when none has flags); one length for all."""
+        lengths = Counter(c.ll_mask.shape[1] for c in cubes if c.ll_mask is not None)
+        if len(lengths) > 1:
+            found = ", ".join(f"{c.name}: {c.ll_mask.shape[1]}" for c in cubes if c.ll_mask is not None)
+            raise ConfigError(f"the lazy-label flags of the cubes have different lengths ({found}); give every cube "
+                              "one flag per class of the loss (t_n_f for one-hot targets, n_class for class ids)")
+        n = next(iter(lengths), self.t_n_f)
+        for cube in cubes:
+            if cube.ll_mask is None:
+                cube.ll_mask = np.stack([np.ones(n, np.float32), np.zeros(n, np.float32)])
+
+    def _vector_channels(self, target_vec_ix: Any) -> list[tuple[int, int, int]]:
+        """The checked channel triples of ``target_vec_ix`` (img-img, float targets only)."""
+        triples = vector_triples(target_vec_ix, self.t_n_f, self.target_discrete_ix)
+        if triples and (self.mode != "img-img" or self.target_dtype.kind != "f"):
+            raise ConfigError(f"target_vec_ix needs mode 'img-img' and a float target_dtype (vectors are resampled "
+                              f"trilinearly and turned), got mode {self.mode!r} and target_dtype {self.target_dtype}")
+        return triples
 
     def close(self) -> None:
         """Closes the volume files of lazily read cubes (also on ``with`` exit)."""
@@ -503,6 +641,11 @@ class PatchSource:
         source = cls(patch_size=shape.spatial_shape, **kwargs)
         record_training_data(input_node, source.training_data())  # the model file keeps it
         return source
+
+    def data_files(self) -> list[str]:
+        """The volumes read (raw and labels of each cube in turn): what ``run.json`` records of
+        the run's data, checked on ``--resume`` (:mod:`ekn_core.trainer.data_files`)."""
+        return list(self.volume_paths)
 
     def training_data(self) -> TrainingData:
         """What a net trained on these batches records in its model file: the grey scaling of every
@@ -645,7 +788,8 @@ class PatchSource:
 
         Transforms are drawn with the source's own generator until :data:`WARP_FIT_DRAWS` of them
         do more than reflect and permute the axes (draws that only do that, e.g. a ``flip`` acting
-        alone, are counted apart: they fit wherever the plain crop does). An augmenter that acted
+        alone, are counted apart: they fit wherever the plain crop does; when the first
+        :data:`WARP_FIT_DRAWS` draws all only do that, the estimate stops there). An augmenter that acted
         in fewer than a tenth of those draws is not judged. The warning gives each augmenter's
         estimated probability of acting, ``probability · (1 − q · (1 − share)^MAX_WARP_TRIES)``,
         ``q`` being the part of its draws that did more than reflect and permute."""
@@ -655,7 +799,9 @@ class PatchSource:
         rng, grid = np.random.default_rng(0), self._target_grid(False)
         drawn = 0
         counts = {a: {"plain": 0, "drawn": 0, "fits": 0} for a in augmenters}  # plain: reflect/permute only
-        for _ in range(100 * WARP_FIT_DRAWS):
+        for attempt in range(100 * WARP_FIT_DRAWS):
+            if attempt == WARP_FIT_DRAWS and drawn == 0:
+                return
             active = pipeline.active_geometric(rng)
             if not active:
                 continue
@@ -776,7 +922,7 @@ class PatchSource:
         """Logs :attr:`warp_stats` after 1024, 2048, 4096, ... examples (relayed from workers)."""
         stats = self.warp_stats
         n = stats["ok"]
-        if n >= 1024 and n & (n - 1) == 0 and stats["drawn"]:
+        if _log_now(n) and stats["drawn"]:
             log.info("warp statistics of the data source in process %d after %d examples: %d transforms drawn, "
                      "%.1f %% fitted (%d drawn again), %d examples (%.2f %%) cut unwarped because none fitted",
                      os.getpid(), n, stats["drawn"], 100 * (1 - stats["redrawn"] / stats["drawn"]), stats["redrawn"],
@@ -795,13 +941,18 @@ class PatchSource:
             return img, cube.label[:, 0, 0, 0]
         lab_matrix = matrix.copy()
         lab_matrix[:3] -= np.outer(cube.label_offset, matrix[3])
-        discrete = self.target_discrete_ix if self.target_discrete_ix is not None else range(self.t_n_f)
+        vector_channels = {c for triple in self.target_vec_ix for c in triple}
+        discrete = (self.target_discrete_ix if self.target_discrete_ix is not None
+                    else [c for c in range(self.t_n_f) if c not in vector_channels])
         floating = self.target_dtype.kind == "f"
         target = np.empty((self.t_n_f, *t_grid[0]), dtype=self.target_dtype)
         for order, channels in ((0, sorted(discrete)), (1, [c for c in range(self.t_n_f) if c not in discrete])):
             if channels:
                 target[channels] = self._cut(cube.label, lab_matrix, t_grid[0], order, self.offsets, t_grid[1],
                                              transform, reach[1], channels, self.ignore_value if order else None)
+        if self.target_vec_ix:  # the vectors turn with the patch
+            matrices = vector_matrices(transform, lab_matrix, self.aniso_factor, t_grid[0], self.offsets, t_grid[1])
+            turn_vectors(target, self.target_vec_ix, matrices, self.ignore_value)
         if floating:  # NaN labels are unlabelled (ELEKTRONN2 did the same)
             np.copyto(target, self.target_dtype.type(self.ignore_value), where=np.isnan(target))
         return img, target
@@ -834,7 +985,14 @@ class PatchSource:
 
     def getbatch(self, batch_size: int = 1, source: str = "train", rng: np.random.Generator | None = None,
                  force_dense: bool = False, warp: bool | float = False, warp_args: dict[str, Any] | None = None,
-                 grey_augment_channels: Sequence[int] | None = None) -> tuple[np.ndarray, ...]:
+                 grey_augment_channels: Sequence[int] | None = None, ignore_thresh: float | bool | None = None,
+                 nhood_targets: bool | Sequence[Sequence[int]] | np.ndarray = False,
+                 ret_ll_mask: bool = False, nga_blur_noise_probability: bool | float = 0.0,
+                 blurry_blobs_probability: bool | float = 0.0, blurry_blobs_args: dict[str, Any] | None = None,
+                 noisy_random_erasing_probability: bool | float = 0.0,
+                 noisy_random_erasing_args: dict[str, Any] | None = None,
+                 uniform_random_erasing_probability: bool | float = 0.0,
+                 uniform_random_erasing_args: dict[str, Any] | None = None) -> tuple[np.ndarray, ...]:
         """A batch of examples: ``(images, targets)``, plus per-voxel ``weights`` with ``class_weights``.
 
         Args:
@@ -843,15 +1001,37 @@ class PatchSource:
                 augmented only with ``augment_valid``).
             rng: Random generator for this batch (default: the source's own).
             force_dense: Targets at every output-region voxel instead of every stride-th.
-            warp, warp_args, grey_augment_channels: ELEKTRONN2's ``data_batch_args``; when given
-                they replace the ``augmenters`` pipeline (see :func:`elektronn2_pipeline`). Its
-                other arguments are not taken (:mod:`ekn_plugins.data.batch_args` says what to
+            nhood_targets: ELEKTRONN2's neighbourhood targets: the first target channel becomes one
+                channel per offset of ``nhood_targets`` (``(n, ndim)`` integers in the spatial axis
+                order of ``patch_size``; True: :data:`~ekn_plugins.data.image.NHOOD_TARGETS_3D`,
+                the voxel and its 6 face neighbours, or ``NHOOD_TARGETS_2D`` for 2-D nets), the
+                others follow it. Channel ``i`` holds at each voxel the label of the voxel
+                ``nhood_targets[i]`` before it in the dense target patch (of every output-region
+                voxel), -1 beyond that patch (float targets: ``ignore_value``; ELEKTRONN2's -1
+                would be learned), labels <= 0 copied as they are; the targets are then sampled
+                every ``strides``-th voxel unless ``force_dense``
+                (:func:`~ekn_plugins.data.image.make_nhood_targets`). Not with ``affinities``.
+            warp, warp_args, grey_augment_channels, nga_blur_noise_probability,
+                blurry_blobs_probability, blurry_blobs_args, noisy_random_erasing_probability,
+                noisy_random_erasing_args, uniform_random_erasing_probability,
+                uniform_random_erasing_args: ELEKTRONN2's augmentation ``data_batch_args``; when
+                given they replace the ``augmenters`` pipeline (see :func:`elektronn2_pipeline`).
+                Its other arguments are not taken (:mod:`ekn_plugins.data.batch_args` says what to
                 use instead when a config is checked).
+            ignore_thresh: ELEKTRONN2's: an example whose share of unlabelled targets (of those
+                returned; negative ids, or ``ignore_value`` in float targets) exceeds it is drawn
+                again, cube too (not checked for cubes with a class flagged absent in ``ll_masks``);
+                after :data:`MAX_LABEL_TRIES` draws a :class:`~ekn_core.errors.ConfigError` says
+                what threshold the cubes allow. False or None: no check.
+            ret_ll_mask: Also return each example's lazy-label flags (``ll_masks``) as two float32
+                arrays ``(b, n)``: labelled, not present (``MultinoulliNLL``'s
+                ``mask_class_labeled`` and ``mask_class_not_present``).
 
         Returns:
             Arrays in the layout of ``input_tags`` / ``target_tags``: images float32, targets in
             ``target_dtype``, weights float32; with ``affinities``: images, ``aff`` (int16) and,
-            for ``'malis'``, ``seg`` (int32) instead of the targets.
+            for ``'malis'``, ``seg`` (int32) instead of the targets; with ``ret_ll_mask`` the
+            two flag arrays after them.
         """
         rng = self.rng if rng is None else rng
         if source == "train":
@@ -863,22 +1043,108 @@ class PatchSource:
         else:
             raise ConfigError(f"source must be 'train' or 'valid', got {source!r}")
         pipeline, ctx = self.pipeline, self.ctx
-        if warp or warp_args or grey_augment_channels:
-            key = repr((warp, warp_args, grey_augment_channels))
+        elektronn2 = dict(warp=warp, warp_args=warp_args, grey_augment_channels=grey_augment_channels,
+                          nga_blur_noise_probability=nga_blur_noise_probability,
+                          blurry_blobs_probability=blurry_blobs_probability, blurry_blobs_args=blurry_blobs_args,
+                          noisy_random_erasing_probability=noisy_random_erasing_probability,
+                          noisy_random_erasing_args=noisy_random_erasing_args,
+                          uniform_random_erasing_probability=uniform_random_erasing_probability,
+                          uniform_random_erasing_args=uniform_random_erasing_args)
+        if any(elektronn2.values()):
+            key = repr(elektronn2)
             if key not in self._compat:
-                compat = elektronn2_pipeline(warp, warp_args, grey_augment_channels)
+                compat = elektronn2_pipeline(**elektronn2)
                 compat_ctx = self._context(compat)
                 compat.check(compat_ctx)
                 self._check_warp_fit(compat, compat_ctx)
                 self._compat[key] = compat, compat_ctx
             pipeline, ctx = self._compat[key]
-        img, target = self._allocbatch(batch_size, force_dense)
+        nhood = self._nhood_offsets(nhood_targets)
+        dense = force_dense or nhood is not None  # ELEKTRONN2 shifted the dense target patch, then strided it
+        img, target = self._allocbatch(batch_size, dense)
+        thresh, drawn = _ignore_thresh(ignore_thresh), []
         for b in range(batch_size):
-            cube = cubes[rng.choice(len(cubes), p=prios)]
-            img[b], target[b] = self._example(cube, pipeline if augment and len(pipeline) else None, ctx, rng,
-                                              force_dense)
+            cube, img[b], target[b] = self._labelled_example(cubes, prios, pipeline if augment and len(pipeline)
+                                                             else None, ctx, rng, dense, thresh)
+            drawn.append(cube)
+        if nhood is not None:
+            target = self._nhood_target_batch(target, nhood, force_dense)
         weights = None if self.class_weights is None else self._voxel_weights(target)
-        return self._layout(img, target, weights)
+        batch = self._layout(img, target, weights)
+        if not ret_ll_mask:
+            return batch
+        flags = np.stack([cube.ll_mask for cube in drawn])
+        return (*batch, np.ascontiguousarray(flags[:, 0]), np.ascontiguousarray(flags[:, 1]))
+
+    def _labelled_example(self, cubes: list[Cube], prios: np.ndarray | None, pipeline: Pipeline | None,
+                          ctx: PatchContext, rng: np.random.Generator, force_dense: bool,
+                          ignore_thresh: float | None) -> tuple[Cube, np.ndarray, np.ndarray]:
+        """A cube drawn by ``prios`` and an example cut from it; with ``ignore_thresh``, both drawn
+        again while more than that share of the example's targets is unlabelled (cubes with a class
+        flagged absent are not checked), at most :data:`MAX_LABEL_TRIES` times."""
+        rejected: dict[str, list[float]] = {}
+        for _ in range(MAX_LABEL_TRIES if ignore_thresh is not None else 1):
+            cube = cubes[rng.choice(len(cubes), p=prios)]
+            img, target = self._example(cube, pipeline, ctx, rng, force_dense)
+            if ignore_thresh is None or cube.ll_mask[1].any():
+                return cube, img, target
+            share = float(unlabelled(target, self.ignore_value).mean())
+            stats = self.label_stats
+            stats["checked"] += 1
+            stats["redrawn"] += int(share > ignore_thresh)
+            if _log_now(stats["checked"]):
+                log.info("unlabelled-target statistics of the data source in process %d: %d examples checked against "
+                         "ignore_thresh=%g, %d (%.1f %%) drawn again", os.getpid(), stats["checked"], ignore_thresh,
+                         stats["redrawn"], 100 * stats["redrawn"] / stats["checked"], extra={"relay": True})
+            if share <= ignore_thresh:
+                return cube, img, target
+            rejected.setdefault(cube.name, []).append(share)
+        raise ConfigError(self._ignore_thresh_message(ignore_thresh, rejected))
+
+    def _ignore_thresh_message(self, ignore_thresh: float, rejected: dict[str, list[float]]) -> str:
+        """Why no example met ``ignore_thresh``: the unlabelled shares of the examples drawn from each
+        cube (``rejected``), and the thresholds that accept the least unlabelled one and about half."""
+        what = "negative ids" if self.target_dtype.kind != "f" else f"{self.ignore_value:g} or NaN"
+        cubes = "; ".join(f"{name}: {len(v)} drawn, {100 * min(v):.1f} to {100 * max(v):.1f} % unlabelled (median "
+                          f"{100 * float(np.median(v)):.1f} %)" for name, v in rejected.items())
+        shares = [share for v in rejected.values() for share in v]
+        least, half = (np.ceil(1000 * x) / 1000 for x in (min(shares), np.median(shares)))
+        return (f"getbatch(ignore_thresh={ignore_thresh:g}): none of {MAX_LABEL_TRIES} examples drawn had at most "
+                f"{100 * ignore_thresh:g} % unlabelled targets ({what}); {cubes}. ignore_thresh={least:g} accepts the "
+                f"least unlabelled of them and {half:g} about half; or label more of these cubes, flag the classes "
+                "absent from sparsely labelled cubes (ll_masks; such cubes are not checked), or leave ignore_thresh out")
+
+    def _nhood_offsets(self, nhood_targets: Any) -> np.ndarray | None:
+        """The ``(n, 3)`` offsets of ``getbatch``'s ``nhood_targets`` (a 2-D net's with z 0), or None."""
+        if nhood_targets is None or nhood_targets is False:
+            return None
+        if self.mode != "img-img" or self.affinities or self.target_dtype.kind in "ub":
+            raise ConfigError(f"nhood_targets needs mode 'img-img', no affinities and a signed target_dtype (beyond "
+                              f"the patch they are -1), got mode {self.mode!r}, affinities={self.affinities!r}, "
+                              f"target_dtype {self.target_dtype}")
+        if any(0 in triple for triple in self.target_vec_ix):
+            raise ConfigError("nhood_targets replaces the first target channel, which target_vec_ix holds as a "
+                              "vector component; put the labels of the neighbourhood first")
+        default = NHOOD_TARGETS_3D if self.ndim == 3 else NHOOD_TARGETS_2D
+        try:
+            nhood = np.asarray(default if nhood_targets is True else nhood_targets)
+        except (TypeError, ValueError):  # ragged
+            nhood = np.empty((0, 0))
+        if (nhood.ndim != 2 or nhood.shape[1] != self.ndim or not len(nhood) or nhood.dtype.kind not in "iuf"
+                or np.any(nhood != np.round(nhood))):
+            raise ConfigError(f"nhood_targets is True or whole-number offsets of shape (n, {self.ndim}) (spatial axes "
+                              f"in the order of patch_size), got {nhood_targets!r}")
+        nhood = nhood.astype(np.int64)
+        return nhood if self.ndim == 3 else np.concatenate([np.zeros((len(nhood), 1), np.int64), nhood], axis=1)
+
+    def _nhood_target_batch(self, target: np.ndarray, nhood: np.ndarray, force_dense: bool) -> np.ndarray:
+        """Dense targets ``(b, t, z, y, x)`` with the first channel replaced by its nhood targets, sampled
+        every ``strides``-th voxel unless ``force_dense`` (ELEKTRONN2's order)."""
+        fill = self.ignore_value if self.target_dtype.kind == "f" else -1
+        target = np.concatenate([make_nhood_targets(target[:, :1], nhood, fill), target[:, 1:]], axis=1)
+        if force_dense:
+            return target
+        return target[(slice(None), slice(None), *(slice(None, None, s) for s in self.strides))]
 
     def _voxel_weights(self, target: np.ndarray) -> np.ndarray:
         """``class_weights`` of each target voxel's class; negative ids (unlabelled) weigh 0."""
@@ -889,11 +1155,18 @@ class PatchSource:
                              f"add weights for classes {n}..{ids.max()} to class_weights")
         return np.where(ids < 0, np.float32(0), self.class_weights[np.maximum(ids, 0)])
 
-    def batch_spec(self, batch_size: int, force_dense: bool = False) -> list[tuple[tuple[int, ...], np.dtype]]:
+    def batch_spec(self, batch_size: int, force_dense: bool = False, ret_ll_mask: bool = False,
+                   nhood_targets: bool | Sequence[Sequence[int]] | np.ndarray = False
+                   ) -> list[tuple[tuple[int, ...], np.dtype]]:
         """Shapes and dtypes of what :meth:`getbatch` returns (for shared-memory buffers)."""
         img, target = self._allocbatch(batch_size, force_dense)
+        nhood = self._nhood_offsets(nhood_targets)
+        if nhood is not None:
+            target = np.empty((batch_size, self.t_n_f - 1 + len(nhood), *target.shape[2:]), target.dtype)
         weights = target.astype(np.float32) if self.class_weights is not None else None
-        return [(a.shape, a.dtype) for a in self._layout(img, target, weights)]
+        spec = [(a.shape, a.dtype) for a in self._layout(img, target, weights)]
+        flags = ((batch_size, self.train_cubes[0].ll_mask.shape[1]), np.dtype(np.float32))
+        return spec + [flags, flags] if ret_ll_mask else spec
 
     def __repr__(self) -> str:
         return (f"PatchSource({self.mode}, patch {self.patch_size}, offsets {self.offsets}, strides {self.strides}, "
@@ -902,8 +1175,10 @@ class PatchSource:
 
 
 def elektronn2_pipeline(warp: bool | float = False, warp_args: dict[str, Any] | None = None,
-                        grey_augment_channels: Sequence[int] | None = None) -> Pipeline:
-    """The augmenters equivalent to ELEKTRONN2's ``getbatch(warp=..., warp_args=..., grey_augment_channels=...)``.
+                        grey_augment_channels: Sequence[int] | None = None, **nga_args: Any) -> Pipeline:
+    """The augmenters equivalent to ELEKTRONN2's ``getbatch(warp=..., warp_args=..., grey_augment_channels=...)``
+    and its non-geometric augmentation arguments ``nga_args`` (``nga_blur_noise_probability``,
+    ``blurry_blobs_probability``, ...; see :mod:`ekn_plugins.data.elektronn2_nga`).
 
     Every example is flipped and its axes swapped (y↔x; all three axes with ``lock_z=False``); a
     fraction ``warp`` (True = all) is also warped with ``warp_args`` (``warp_amount``, ``lock_z``,
@@ -935,14 +1210,15 @@ def elektronn2_pipeline(warp: bool | float = False, warp_args: dict[str, Any] | 
                            "sample_aniso": bool(args.get("sample_aniso", True))})
     if grey_augment_channels:
         augmenters.append({"type": "grey", "channels": list(grey_augment_channels)})
-    return Pipeline(augmenters)
+    return Pipeline([*augmenters, *nga_augmenters(**nga_args)])
 
 
 def BatchCreatorImage(input_node: Any, target_node: Any = None, **kwargs: Any) -> PatchSource:  # noqa: N802
     """ELEKTRONN2-compatible constructor: a :class:`PatchSource` with the geometry of the model.
 
     Accepts ELEKTRONN2's keyword names (``d_path``, ``l_path``, ``d_files``, ``l_files``,
-    ``aniso_factor``, ``valid_cubes``, ``cube_prios``, ``border_mode``, ``target_discrete_ix``)
+    ``aniso_factor``, ``valid_cubes``, ``cube_prios``, ``border_mode``, ``target_discrete_ix``,
+    ``target_vec_ix``)
     plus this source's own (``augmenters``, ``class_weights``, ...). ELEKTRONN2's ``zxy`` is
     accepted and ignored (axes are used in storage order); ``h5stream`` is not needed.
     """
