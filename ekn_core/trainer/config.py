@@ -157,6 +157,9 @@ SETTINGS: dict[str, Setting] = {
     "checkpoint_freq": Setting(None, "Steps between checkpoints (default: history_freq, or 100 if that "
                                "is 0). A checkpoint is also written at the start and the end."),
     "keep_checkpoints": Setting(2, "Number of newest checkpoints kept."),
+    "accept_new_data": Setting(False, "--resume only: train on data files at other paths than those the run "
+                               "trained on (run.json records them); without it such a resume is refused. Counts "
+                               "only in the --set of the resume itself."),
     "seed": Setting(0, "Seed of weight initialisation, data sampling (per step) and TensorFlow random "
                     "ops; the run is a function of the seed."),
     "deterministic": Setting(False, "Enable TensorFlow op determinism (bit-identical reruns; may be "
@@ -581,8 +584,9 @@ class ExperimentConfig:
             if timeout is not None and not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
                                             and timeout > 0):
                 problems.append(f"{name} must be None or a number of seconds > 0, got {timeout!r}")
-        if not isinstance(v["batch_picture"], (bool, np.bool_)):
-            problems.append(f"batch_picture must be True or False, got {v['batch_picture']!r}")
+        for name in ("batch_picture", "accept_new_data"):
+            if not isinstance(v[name], (bool, np.bool_)):
+                problems.append(f"{name} must be True or False, got {v[name]!r}")
         pf = v["prefetch_to_device"]
         if not (pf is None or isinstance(pf, (bool, np.bool_))):
             problems.append(f"prefetch_to_device must be None (on when training on a GPU), True or False, got {pf!r}")

@@ -69,7 +69,8 @@ from ekn_core.trainer.monitoring import Monitoring, worst_score
 from ekn_core.trainer.nan_rollback import NanRollback
 from ekn_core.trainer.outputs import RunOutputs
 from ekn_core.trainer.rundir import RunDir
-from ekn_core.trainer.run_setup import RunSetup, check_resume_precision, log_kept, run_precision
+from ekn_core.trainer.run_setup import (RunSetup, check_resume_data_files, check_resume_precision, log_kept,
+                                        run_precision)
 from ekn_core.trainer.training_state import TrainingState
 
 log = logging.getLogger("ekn.trainer")
@@ -148,7 +149,8 @@ class Trainer(RunSetup, ModelSetup, BatchFeeding, BatchPictureWriter, Monitoring
             self._new_run_set_up(device)
 
     def _resume_set_up(self, device: Any) -> None:
-        """Under the run's lock: the log, the precision check, then the set-up and the checkpoint."""
+        """Under the run's lock: the log, the precision check, then the set-up and the checkpoint,
+        then the check of the data files (a refused resume leaves the run's status as it was)."""
         self._run_lock = self.run_dir.acquire_lock()
         self._start_log()
         try:
@@ -163,6 +165,11 @@ class Trainer(RunSetup, ModelSetup, BatchFeeding, BatchPictureWriter, Monitoring
         except BaseException as err:
             log.error("could not set up the run: %s: %s", type(err).__name__, err)
             self.run_dir.update_run_json(status="error")
+            self.close()
+            raise
+        try:
+            check_resume_data_files(self.run_dir, self.config, self.data_files_record)
+        except BaseException:
             self.close()
             raise
 
@@ -281,7 +288,7 @@ class Trainer(RunSetup, ModelSetup, BatchFeeding, BatchPictureWriter, Monitoring
         shell_server = ShellServer.start(self)  # `ekn shell RUN_DIR` attaches through it
         self.status = "running"
         self.run_dir.update_run_json(status="running", step=self.step, overrides=self.config.overrides,
-                                     precision=self.config.precision)
+                                     precision=self.config.precision, data_files=self.data_files_record)
         hooks = host()
         bar = self._progress()
         status = "error"

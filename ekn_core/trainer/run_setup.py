@@ -99,8 +99,7 @@ def check_resume_precision(run_dir: Any, config: Any, source: str) -> None:
     if recorded is None or recorded == config.precision:
         return
     info = run_dir.read_run_json()
-    previous = info.get("overrides", [])
-    new = config.overrides[len(previous):] if config.overrides[:len(previous)] == previous else config.overrides
+    new = resume_overrides(info, config)
     named = [text for text in config.overrides if parse_override(text)[0] == "precision"]
     now = bool(named) and named[-1] in new
     went_on = now or info.get("precision") == config.precision  # run.json: the precision of the last resume
@@ -116,6 +115,37 @@ def check_resume_precision(run_dir: Any, config: Any, source: str) -> None:
     raise ConfigError(f"cannot resume {run_dir.path} in precision {config.precision!r} ({source}): the run trained "
                       f"in {recorded!r} (its checkpoint {os.path.basename(path)} {known}). To resume in "
                       f"{recorded!r}: {keep}. To change the precision on purpose, resume with {change}.")
+
+
+def resume_overrides(info: dict[str, Any], config: Any) -> list[str]:
+    """The ``--set`` overrides of this resume: those of the config after the ones ``run.json``
+    (``info``) records (all of them when they do not begin with those).
+
+    Example:
+        >>> class Config:
+        ...     overrides = ["n_steps=4", "precision=float32"]
+        >>> resume_overrides({"overrides": ["n_steps=4"]}, Config())
+        ['precision=float32']
+    """
+    previous = info.get("overrides", [])
+    return config.overrides[len(previous):] if config.overrides[:len(previous)] == previous else config.overrides
+
+
+def check_resume_data_files(run_dir: Any, config: Any, current: dict[str, Any]) -> None:
+    """Compares the data files of a resumed run (``current``: its data source's record) with those
+    ``run.json`` records (:func:`~ekn_core.trainer.data_files.check_resume_data`); other paths are
+    accepted only when this resume's own ``--set`` gives ``accept_new_data=True``.
+
+    Raises:
+        ConfigError: Other paths, not accepted: names them and how to resume on the run's files.
+    """
+    from ekn_core.trainer.config import parse_override
+    from ekn_core.trainer.data_files import check_resume_data
+
+    info = run_dir.read_run_json()
+    named = any(parse_override(text)[0] == "accept_new_data" for text in resume_overrides(info, config))
+    check_resume_data(info.get("data_files"), current, run_dir.path, named and bool(config.accept_new_data),
+                      info.get("cwd"))
 
 
 @contextlib.contextmanager
@@ -142,6 +172,10 @@ class RunSetup:
         with self.strategy_scope():
             self._build_model()
         self._build_data()
+        from ekn_core.trainer.data_files import data_files_record
+
+        #: The files the data source reads, as ``run.json`` records them (``data_files``).
+        self.data_files_record = data_files_record(self.data)
         from ekn_core.schedules import bind_schedules
 
         self.schedules = bind_schedules(config.schedules, self.model, self.config)
@@ -179,6 +213,7 @@ class RunSetup:
             "user": getpass.getuser(), "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": sys.argv,
             "cwd": os.getcwd(),  # relative volume paths in the settings refer to it (ekn evaluate RUN_DIR)
             "precision": self.config.precision,  # in effect, also from EKN_PRECISION; updated on resume
+            "data_files": self.data_files_record,  # checked and updated on resume
         }
 
     def _start_log(self, kept: logging.handlers.MemoryHandler | None = None) -> None:

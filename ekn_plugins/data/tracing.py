@@ -72,9 +72,9 @@ class Track:
     inside: np.ndarray
 
 
-def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple[str, TubeSkeleton, bool]]:
-    """``[(name, skeleton, from an NML file)]`` of one volume's entry: a TubeSkeleton, an NML / k.zip
-    path, or a list."""
+def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple[str, TubeSkeleton, str | None]]:
+    """``[(name, skeleton, its NML file or None)]`` of one volume's entry: a TubeSkeleton, an NML /
+    k.zip path, or a list."""
     from ekn_plugins.readers.knossos.nml import Skeleton
 
     items = entry if isinstance(entry, (list, tuple)) else [entry]
@@ -83,7 +83,7 @@ def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple
     found = []
     for item in items:
         if isinstance(item, TubeSkeleton):
-            found.append((f"volume {volume} skeleton {len(found)}", item, False))
+            found.append((f"volume {volume} skeleton {len(found)}", item, None))
             continue
         if not isinstance(item, (str, os.PathLike)):
             raise ConfigError(f"skeletons of volume {volume}: expected TubeSkeletons or NML file paths, got "
@@ -95,7 +95,7 @@ def _skeleton_entries(entry: Any, d_path: str | None, volume: int) -> list[tuple
             raise ShapeError(f"{path} holds no skeleton with at least 2 nodes and an edge")
         if len(trees) < len(every):
             log.info("%s: %d tree(s) without an edge skipped", path, len(every) - len(trees))
-        found += [(f"{path} tree {t.id}", TubeSkeleton.from_tree(t), True) for t in trees]
+        found += [(f"{path} tree {t.id}", TubeSkeleton.from_tree(t), path) for t in trees]
     return found
 
 
@@ -210,12 +210,18 @@ class TracingData:
         self.spacing, self.lookahead, self.max_turn = float(spacing), float(lookahead), float(max_turn)
         self.position_spread, self.radius_target = float(position_spread), bool(radius_target)
         self.volumes, self.tracks = [], []
+        #: The volume and NML files read (:meth:`data_files`).
+        self.file_paths: list[str] = []
         for v, (vol_entry, skel_entry) in enumerate(zip(volumes, skeletons)):
             volume, start = _open_volume(vol_entry, d_path, v)
             self._check_patch_fits(volume.shape, v)
             self.volumes.append(volume)
-            for name, skel, mag_1 in _skeleton_entries(skel_entry, d_path, v):
-                scale = _mag_factor(volume) if mag_1 else np.ones(3)
+            if volume.owned:  # opened from a path (not an array given)
+                self.file_paths.append(volume.name)
+            for name, skel, nml in _skeleton_entries(skel_entry, d_path, v):
+                if nml and nml not in self.file_paths:
+                    self.file_paths.append(nml)
+                scale = _mag_factor(volume) if nml else np.ones(3)
                 self.tracks.append(self._track(skel, scale, start, v, name, float(skeleton_step)))
         bad = [i for i in valid_skeletons if not 0 <= int(i) < len(self.tracks)]
         if bad:
@@ -272,6 +278,11 @@ class TracingData:
             source = cls(patch_shape, **kwargs)
         record_training_data(input_node, source.training_data())  # the model file keeps it for the Tracer
         return source
+
+    def data_files(self) -> list[str]:
+        """The volume and NML files read: what ``run.json`` records of the run's data, checked on
+        ``--resume`` (:mod:`ekn_core.trainer.data_files`)."""
+        return list(self.file_paths)
 
     def training_data(self) -> TrainingData:
         """What a net trained on these examples records in its model file: the grey scaling of
