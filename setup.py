@@ -178,6 +178,7 @@ setup(
         "scipy>=1.10",
         "h5py>=3.8",
         "pluggy>=1.3",
+        "packaging>=21",  # plugin versions in model files (ekn_core.plugins.check_required)
         "stevedore>=5.1",
         "matplotlib>=3.7",
         "tqdm>=4.60",

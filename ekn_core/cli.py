@@ -24,6 +24,7 @@ from ekn_core._version import __version__
 from ekn_core.commands import SHELL_PREFIX, Command, summary_from_source
 from ekn_core.errors import DuplicatePluginError, EknError, PluginLoadError
 from ekn_core.log import setup_logging
+from ekn_core.plugin_checks import checked, command_problem
 from ekn_core.plugins import EntryInfo, registry, strict_mode
 
 log = logging.getLogger("ekn.plugins")
@@ -74,12 +75,13 @@ def load_command(cli_name: str, entry_name: str) -> tuple[Command, argparse.Argu
     Raises:
         PluginLoadError: Importing, starting it or declaring its arguments raised anything
             (``sys.exit`` included, not Ctrl-C); it names the entry and its distribution, and
-            ``ekn plugins`` shows the entry as failed.
+            ``ekn plugins`` shows the entry as failed. A :class:`~ekn_core.errors.BrokenPluginError`
+            when it is no ``Command`` subclass with ``run`` (:func:`~ekn_core.plugin_checks.command_problem`).
     """
     reg = registry("commands")
     had_tensorflow = "tensorflow" in sys.modules
     try:
-        command = reg.get(entry_name)()
+        command = checked("commands", entry_name, command_problem)()
         parser = argparse.ArgumentParser(prog=f"ekn {cli_name}", description=command.description(),
                                          formatter_class=argparse.RawDescriptionHelpFormatter,
                                          allow_abbrev=False)  # a renamed option must not live on as a prefix

@@ -43,6 +43,30 @@ class PluginLoadError(EknError):
         )
 
 
+class BrokenPluginError(PluginLoadError):
+    """A plugin that imports but lacks what its kind must provide (:mod:`ekn_core.plugin_checks`);
+    ``ekn plugins`` shows it as ``broken``.
+
+    Args:
+        kind: Registry kind, e.g. ``"augmenters"``.
+        name: Entry-point name.
+        distribution: Distribution that provides it.
+        version: Version of that distribution.
+        problem: What is missing.
+
+    Example:
+        >>> print(BrokenPluginError("commands", "vox_hello", "ekn-vox", "0.2", "Hello does not define run(self, args)"))
+        plugin commands:vox_hello from distribution ekn-vox 0.2 is broken: Hello does not define run(self, args). Fix \
+it (docs: plugins.md), upgrade ekn-vox, or block it with EKN_BLOCK_PLUGINS=commands:vox_hello@ekn-vox.
+    """
+
+    def __init__(self, kind: str, name: str, distribution: str, version: str, problem: str):
+        self.kind, self.name, self.distribution, self.version, self.cause = kind, name, distribution, version, problem
+        EknError.__init__(self, f"plugin {kind}:{name} from distribution {distribution} {version} is broken: "
+                                f"{problem}. Fix it (docs: plugins.md), upgrade {distribution}, or block it with "
+                                f"EKN_BLOCK_PLUGINS={kind}:{name}@{distribution}.")
+
+
 class PluginHookError(EknError):
     """A hook implementation of an installed third-party plugin raised something other than an
     :class:`EknError`.

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import os
@@ -188,10 +189,20 @@ def check_hook_plugin(plugin: Any, name: str) -> None:
         pm.register(plugin, name=name)
         pm.check_pending()
     except (pluggy.PluginValidationError, ValueError) as err:
-        text = " ".join(str(err).split())  # pluggy's message has line breaks
+        text = " ".join(str(err).split()) + _closest_hooks(plugin, pm)  # pluggy's message has line breaks
         one_line = pluggy.PluginValidationError(plugin, text) if isinstance(err, pluggy.PluginValidationError) \
             else ValueError(text)
         raise registry("plugins").mark_failed(name, one_line) from err
+
+
+def _closest_hooks(plugin: Any, pm: pluggy.PluginManager) -> str:
+    """The closest hook names to those of ``plugin``'s ``@hookimpl`` functions that name no hook."""
+    specs = [n for n, f in vars(hookspecs).items() if hasattr(f, "ekn_spec")]
+    unknown = [n for n in dir(plugin) if n not in specs and pm.parse_hookimpl_opts(plugin, n) is not None]
+    close = {n: difflib.get_close_matches(n, specs, n=1, cutoff=0.6) for n in unknown}
+    hints = [f"{c[0]!r} for {n!r}" for n, c in close.items() if c]
+    return (f" (did you mean {', '.join(hints)}? An implementation is named like the hook it implements, see "
+            "docs/hooks.md)") if hints else ""
 
 
 def _attributed(function: Callable[..., Any], hook: str, plugin: str, distribution: str) -> Callable[..., Any]:

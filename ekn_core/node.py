@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import logging
 import math
@@ -750,9 +751,11 @@ class Node(metaclass=NodeMeta):
         """Output tensor (canonical layout) from the parents' output tensors (canonical layout).
 
         ``training`` is a Python bool: True inside training steps (dropout active, batch
-        normalisation uses and updates batch statistics). Must be pure TensorFlow.
+        normalisation uses and updates batch statistics). Must be pure TensorFlow. Every node with
+        parents defines it (or inherits it from a base layer): constructing one that does not is
+        an error; source nodes (no parents) are fed and have none.
         """
-        return inputs[0]
+        raise EknError(missing_forward(type(self)))
 
     def check_feed(self, feed: Mapping[str, np.ndarray]) -> None:
         """Checks the values fed to source nodes before a compiled call (default: nothing).
@@ -772,6 +775,8 @@ class Node(metaclass=NodeMeta):
 
     # ----------------------------------------------------------------------------- construction
     def _finalize(self, model: Model, bound: inspect.BoundArguments) -> None:
+        if self.parents and type(self)._forward is Node._forward:
+            raise EknError(missing_forward(type(self)))
         self.shape = self._compute_shape([p.shape for p in self.parents])
         if not isinstance(self.shape, TaggedShape):
             raise TypeError(f"{type(self).__name__}._compute_shape must return a TaggedShape")
@@ -971,6 +976,40 @@ class Node(metaclass=NodeMeta):
         return (f"<{type(self).__name__}-Node> {self.name!r} #Params={self.param_count:,} "
                 f"Comp.Cost={pretty_cost(self.computational_cost)} Out:[{shape}]{geometry}"
                 + (f" {extras}" if extras else ""))
+
+
+def near_forward(cls: type) -> list[str]:
+    """The method of a node class (defined below ``Node``) whose name is a near miss of
+    ``_forward``, as a list of at most one name.
+
+    Example:
+        >>> class Half(Node):
+        ...     def forward(self, inputs, training):
+        ...         return inputs[0] / 2
+        >>> near_forward(Half)
+        ['forward']
+    """
+    own = [name for c in cls.__mro__[:cls.__mro__.index(Node)] for name, value in vars(c).items() if callable(value)]
+    return difflib.get_close_matches("_forward", own, n=1, cutoff=0.75)
+
+
+def missing_forward(cls: type) -> str:
+    """The error for a node class with parents that neither defines nor inherits ``_forward``, with
+    the method it probably meant.
+
+    Example:
+        >>> class Half(Node):
+        ...     def _foward(self, inputs, training):
+        ...         return inputs[0] / 2
+        >>> print(missing_forward(Half))  # doctest: +ELLIPSIS
+        ekn_core.node:Half defines no _forward(self, inputs, training) (it defines _foward: a misspelt
+        _forward?), so its nodes would have no output: ...
+    """
+    close = near_forward(cls)
+    hint = f" (it defines {close[0]}: a misspelt _forward?)" if close else ""
+    return (f"{cls.__module__}:{cls.__qualname__} defines no _forward(self, inputs, training){hint}, so its nodes "
+            "would have no output: define it to return the output tensor computed from the parents' tensors "
+            "(docs/writing_layers.md)")
 
 
 def pretty_cost(cost: float) -> str:

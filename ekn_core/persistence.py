@@ -13,8 +13,10 @@ File layout (``format = "ekn-model"``, ``format_version = 1``):
   ``constant``, ``weight_decay``.
 
 Node types are resolved only through the ``ekn.layers``/``ekn.losses`` registries; a descriptor
-naming a module path or an unregistered class is refused, and a missing plugin is reported as
-"this model needs layer X from distribution Y >= v". ELEKTRONN2 ``.mdl`` pickles are read too:
+naming a module path or an unregistered class is refused, a missing plugin is reported as
+"this file needs layer X from distribution Y >= v" with why (not installed, blocked, disabled), and
+a plugin older than the one the file was saved with gets a warning
+(:func:`ekn_core.plugins.check_required`). ELEKTRONN2 ``.mdl`` pickles are read too:
 :func:`read_model_file` converts them (:mod:`ekn_core.legacy_mdl`; no code from the file runs).
 
 :func:`modelload` and :func:`rebuild_model` replay the descriptors with changes: imposed batch or
@@ -201,7 +203,7 @@ def read_model_file(path: str) -> ModelFile:
 
 def registry_resolver(requirements: Sequence[dict[str, str]] = ()) -> Resolver:
     """Resolves descriptor types through the registries only (never by module path)."""
-    from ekn_core.plugins import registry
+    from ekn_core.plugins import kind_label, missing_requirement, normalise_distribution, registry
 
     by_name = {(r["kind"], r["name"]): r for r in requirements}
 
@@ -214,19 +216,19 @@ def registry_resolver(requirements: Sequence[dict[str, str]] = ()) -> Resolver:
             raise EknError(f"node {node!r} has no registry type (class {descriptor.get('local')}); ekn loads only "
                            f"node types registered under the 'ekn.{kind}' entry-point group")
         req = by_name.get((kind, name))
-        label = kind[:-1] if kind.endswith("s") else kind
+        label = kind_label(kind)
         if name not in registry(kind):
-            source = (f" from distribution {req['distribution']} >= {req['version']}" if req
-                      else " (no such registered name; a module path or class name is not accepted)")
-            raise EknError(f"this model needs {label} {name!r}{source} for node {node!r}, which is not installed. "
-                           f"Install it with pip, then run `ekn plugins` to check.")
+            needs = (missing_requirement(req) if req else f"{label} {name!r}, which is not installed (no such "
+                     f"registered name; a module path or class name is not accepted)")
+            raise EknError(f"this model needs {needs} for node {node!r}. Then run `ekn plugins` to check.")
         entry = registry(kind).info(name)
-        if req and req.get("distribution", entry.distribution) != entry.distribution:
+        if req and normalise_distribution(req.get("distribution", entry.distribution)) != entry.distribution:
             raise EknError(f"node {node!r} was saved with {label} {name!r} of distribution {req['distribution']} "
                            f"{req['version']}, but here {name!r} is {entry.distribution} {entry.version}'s (several "
                            f"distributions register the name; `ekn plugins` lists them): install "
-                           f"{req['distribution']} and block {entry.distribution} "
-                           f"(EKN_BLOCK_PLUGINS={entry.distribution}) to load this model")
+                           f"{req['distribution']} and block {entry.distribution}'s (EKN_BLOCK_PLUGINS={kind}:{name}@"
+                           f"{entry.distribution}, or all of it: EKN_BLOCK_PLUGINS={entry.distribution}) to load "
+                           f"this model")
         return registry(kind).get(name)
 
     return resolve
@@ -260,7 +262,13 @@ def _replay_nodes(model: Any, descriptors: Sequence[dict[str, Any]], resolve: Re
         if version > cls.config_version:
             raise EknError(f"node {name!r} was saved with config version {version} of {d['type']!r}, the installed "
                            f"plugin knows up to {cls.config_version}: upgrade the plugin")
-        if version < cls.config_version and hasattr(cls, "upgrade_config"):
+        if version < cls.config_version:
+            if not hasattr(cls, "upgrade_config"):
+                raise EknError(f"node {name!r} was saved with config version {version} of {d['type']!r}, but the "
+                               f"installed {cls.__module__}:{cls.__qualname__} has config_version "
+                               f"{cls.config_version} and no upgrade_config(config, from_version) classmethod to "
+                               f"convert older configs: its plugin must define one (docs/writing_layers.md), or "
+                               f"install the plugin version the model was saved with")
             config = cls.upgrade_config(config, version)
         kwargs = {k: decode_argument(v, model, weights, name) for k, v in config.items()}
         node = cls(name=name, **kwargs)
@@ -492,8 +500,11 @@ def modelload(file_name: str, override_mfp_to_active: bool = False, imposed_patc
     Returns:
         The new model (also ``model_manager.current``).
     """
+    from ekn_core.plugins import check_required
+
     _check_options(modelload, model_load_kwargs)
     data = read_model_file(file_name)
+    check_required(data.required_plugins)
     resolve = registry_resolver(data.required_plugins)
     for d in data.descriptors:  # refuse the whole file before building anything
         resolve(d)

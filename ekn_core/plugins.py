@@ -7,8 +7,10 @@ when it is asked for by name (through a stevedore named manager).
 
 Loading policy (environment variables, in order of precedence):
 
-1. ``EKN_BLOCK_PLUGINS=a,b``: distributions, or single entries written ``kind:name``, that are
-   never loaded. Blocking wins over everything else.
+1. ``EKN_BLOCK_PLUGINS=a,b``: distributions, single entries written ``kind:name`` (whoever
+   provides them), or one distribution's entry written ``kind:name@distribution`` (e.g.
+   ``layers:conv@ekn`` blocks the built-in ``conv`` and lets a third-party ``conv`` serve), that
+   are never loaded. Blocking wins over everything else.
 2. Built-in entries (distribution ``ekn``) are always active unless blocked.
 3. ``EKN_LOAD_PLUGINS=dist1,dist2``: when set (even empty) only these third-party distributions
    are active.
@@ -19,6 +21,11 @@ Duplicate names within one group: the built-in wins; between third parties, the 
 whose name sorts first wins. Either way a warning names both, and strict mode raises
 :class:`~ekn_core.errors.DuplicatePluginError`.
 
+Each distribution counts once, as in :func:`importlib.metadata.entry_points`: when its metadata
+lies on ``sys.path`` more than once (a stale ``src/*.egg-info`` beside a new editable install),
+the first copy is read. Entry points in an ``ekn.*`` group that is none of :data:`GROUPS` (a
+misspelt ``ekn.layer``) get a warning with the closest group.
+
 Example:
     >>> from ekn_core.plugins import registry
     >>> "plugins" in registry("commands").names()
@@ -27,9 +34,11 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as metadata
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,9 +88,10 @@ class EntryInfo:
         value: ``module:attr`` target.
         distribution: Providing distribution's name.
         version: Providing distribution's version.
-        status: ``"available"``, ``"loaded"``, ``"failed"``, ``"blocked"``, ``"disabled"`` or
+        status: ``"available"``, ``"loaded"``, ``"failed"``, ``"broken"`` (loads but lacks what its
+            kind needs, :mod:`ekn_core.plugin_checks`), ``"blocked"``, ``"disabled"`` or
             ``"shadowed"`` (lost a duplicate-name resolution).
-        error: The import error, when ``status == "failed"``.
+        error: The import error (``"failed"``) or what is missing (``"broken"``).
     """
 
     kind: str
@@ -101,47 +111,80 @@ class EntryInfo:
         return {k: getattr(self, k) for k in ("kind", "name", "value", "distribution", "version", "status", "error")}
 
 
+def normalise_distribution(name: str) -> str:
+    """A distribution name as ekn shows and compares it (PEP 503: lowercase, runs of ``-_.`` → ``-``).
+
+    Example:
+        >>> normalise_distribution("EKN_Blob.Tools")
+        'ekn-blob-tools'
+    """
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _blocks(item: str, kind: str, name: str, dist: str) -> bool:
+    """Whether one ``EKN_BLOCK_PLUGINS`` item (``dist``, ``kind:name`` or ``kind:name@dist``) blocks an entry."""
+    entry, _, of_dist = item.partition("@")
+    if ":" not in entry:
+        return normalise_distribution(entry) == dist
+    return entry == f"{kind}:{name}" and (not of_dist or normalise_distribution(of_dist) == dist)
+
+
 def _policy_status(kind: str, name: str, dist: str) -> str:
-    blocked = _env_list("EKN_BLOCK_PLUGINS") or []
-    if dist in blocked or f"{kind}:{name}" in blocked:
+    if any(_blocks(item, kind, name, dist) for item in _env_list("EKN_BLOCK_PLUGINS") or []):
         return "blocked"
     if dist == BUILTIN_DISTRIBUTION:
         return "available"
     allow = _env_list("EKN_LOAD_PLUGINS")
     if allow is not None:
-        return "available" if dist in allow else "disabled"
+        return "available" if dist in map(normalise_distribution, allow) else "disabled"
     if _env_flag("EKN_DISABLE_PLUGIN_AUTOLOAD"):
         return "disabled"
     return "available"
 
 
-def _dist_name(dist: metadata.Distribution) -> str:
-    name = dist.metadata["Name"] or "unknown"
-    return name.replace("_", "-").lower()
+def _unique_distributions() -> list[metadata.Distribution]:
+    """The installed distributions, each once: the first copy on ``sys.path``, as
+    :func:`importlib.metadata.entry_points` chooses (its name comes from the metadata folder's
+    name, so no METADATA file is read)."""
+    seen: set[str] = set()
+    unique = []
+    for dist in metadata.distributions():
+        key = dist._normalized_name  # what importlib.metadata's own de-duplication uses
+        if key not in seen:
+            seen.add(key)
+            unique.append(dist)
+    return unique
 
 
 def _discover() -> dict[str, list[EntryInfo]]:
     """Reads every distribution's entry points for ekn's groups (no plugin import)."""
     found: dict[str, list[EntryInfo]] = {kind: [] for kind in GROUPS}
     kind_of_group = {group: kind for kind, group in GROUPS.items()}
-    seen: set[tuple[str, str, str, str]] = set()
-    for dist in metadata.distributions():
+    for dist in _unique_distributions():
         # entry_points.txt is cheap to read; METADATA (name, version) only for ekn's plugins
-        eps = [ep for ep in dist.entry_points if ep.group in kind_of_group]
+        eps = [ep for ep in dist.entry_points if ep.group.startswith("ekn.")]
         if not eps:
             continue
-        dist_name, version = _dist_name(dist), dist.version or "?"
+        dist_name, version = normalise_distribution(dist.metadata["Name"] or "unknown"), dist.version or "?"
+        for group in sorted({ep.group for ep in eps} - set(kind_of_group)):
+            _warn_unknown_group(group, [ep.name for ep in eps if ep.group == group], dist_name)
         for ep in eps:
-            kind = kind_of_group[ep.group]
-            key = (ep.group, ep.name, ep.value, dist_name)
-            if key in seen:
+            if ep.group not in kind_of_group:
                 continue
-            seen.add(key)
+            kind = kind_of_group[ep.group]
             status = _policy_status(kind, ep.name, dist_name)
             found[kind].append(EntryInfo(kind, ep.name, ep.value, dist_name, version, status, entry_point=ep))
     for entries in found.values():
         _resolve_duplicates(entries)
     return found
+
+
+def _warn_unknown_group(group: str, names: list[str], dist: str) -> None:
+    close = difflib.get_close_matches(group, list(GROUPS.values()), n=1, cutoff=0.6)
+    log.warning("distribution %s registers %s in the entry-point group %r, which ekn does not read%s; ekn's "
+                "groups are %s. Fix the group in its pyproject.toml and reinstall it.", dist,
+                ", ".join(map(repr, names)), group, f" (did you mean {close[0]!r}?)" if close else "",
+                ", ".join(GROUPS.values()))
 
 
 def _resolve_duplicates(entries: list[EntryInfo]) -> None:
@@ -154,9 +197,11 @@ def _resolve_duplicates(entries: list[EntryInfo]) -> None:
             continue
         group.sort(key=lambda e: (not e.builtin, e.distribution))
         winner, losers = group[0], group[1:]
+        only_entry = f"EKN_BLOCK_PLUGINS={winner.kind}:{name}@{winner.distribution}"
         advice = (f"To use {losers[0].distribution}'s, block {winner.distribution}: "
-                  f"EKN_BLOCK_PLUGINS={winner.distribution}" if "." in name
-                  else f"Third-party plugins should prefix their names, e.g. 'foo.{name}'")
+                  f"EKN_BLOCK_PLUGINS={winner.distribution} (or only this entry of it: {only_entry})" if "." in name
+                  else f"Third-party plugins should prefix their names, e.g. 'foo.{name}'; to use "
+                       f"{losers[0].distribution}'s, block {winner.distribution}'s: {only_entry}")
         message = (
             f"{winner.kind} plugin name {name!r} is registered by several distributions: "
             f"{', '.join(e.distribution for e in group)}; using {winner.distribution} "
@@ -254,12 +299,33 @@ class Registry:
         """The :class:`EntryInfo` of an active entry; raises :class:`UnknownPluginError`."""
         active = self._active()
         if name not in active:
-            hint = ""
-            inactive = [e for e in self.entries() if e.name == name]
-            if inactive:
-                hint = f" An entry from {inactive[0].distribution} exists but is {inactive[0].status}."
-            raise UnknownPluginError(self.kind, name, list(active), hint)
+            reason = self.inactive_reason(name)
+            raise UnknownPluginError(self.kind, name, list(active), f" {reason}." if reason else "")
         return active[name]
+
+    def inactive_reason(self, name: str, distribution: str | None = None) -> str:
+        """Why an installed entry ``name`` (of ``distribution``, when given) is not active, and how to
+        switch it on; "" when there is no such inactive entry.
+
+        Example:
+            >>> registry("layers").inactive_reason("no_such_layer")
+            ''
+        """
+        inactive = [e for e in self.entries() if e.name == name and e.status not in {"available", "loaded", "failed"}
+                    and distribution in {None, e.distribution}]
+        if not inactive:
+            return ""
+        entry = inactive[0]
+        has = f"{entry.distribution} {entry.version} provides it, but it is {entry.status}"
+        if entry.status == "blocked":
+            items = [i for i in _env_list("EKN_BLOCK_PLUGINS") or [] if _blocks(i, self.kind, name, entry.distribution)]
+            return f"{has} by EKN_BLOCK_PLUGINS: take {', '.join(items)} out of that list"
+        if entry.status == "disabled" and _env_list("EKN_LOAD_PLUGINS") is not None:
+            return f"{has}: EKN_LOAD_PLUGINS leaves {entry.distribution} out; add it to that list"
+        if entry.status == "disabled":
+            return (f"{has} by EKN_DISABLE_PLUGIN_AUTOLOAD: unset it, or name {entry.distribution} in "
+                    f"EKN_LOAD_PLUGINS")
+        return f"{has} ({entry.error})"
 
     def get(self, name: str) -> Any:
         """Imports and returns the object registered as ``name`` (only that entry point).
@@ -277,6 +343,12 @@ class Registry:
             raise
         except BaseException as err:  # a plugin can raise anything on import, sys.exit() included
             raise self.mark_failed(name, err) from err
+        node_kind = getattr(obj, "kind", self.kind) if isinstance(obj, type) else self.kind
+        if self.kind in {"layers", "losses"} and node_kind != self.kind:
+            raise self.mark_failed(name, TypeError(
+                f"{obj.__module__}:{obj.__qualname__} is registered in the {GROUPS[self.kind]!r} group but its class "
+                f"attribute kind is {node_kind!r}: add `kind = {self.kind!r}` to the class (model files record a node "
+                f"by kind and name)"))
         entry.status = "loaded"
         if isinstance(obj, type):
             obj.registry_name = name
@@ -325,16 +397,64 @@ def required_plugin(kind: str, name: str) -> dict[str, str]:
     return {"kind": kind, "name": name, "distribution": entry.distribution, "version": entry.version}
 
 
+def kind_label(kind: str) -> str:
+    """One plugin of ``kind``, in words: ``kind_label("losses")`` is ``'loss'``, ``kind_label("data")`` ``'data'``."""
+    return kind[:-2] if kind.endswith("sses") else kind[:-1] if kind.endswith("s") else kind
+
+
+def missing_requirement(req: dict[str, str]) -> str:
+    """A saved file's requirement (see :func:`required_plugin`) that is not active here, in words: which
+    plugin, and why it is missing (not installed, blocked, disabled) with how to get it.
+
+    Example:
+        >>> print(missing_requirement({"kind": "layers", "name": "foo.x", "distribution": "ekn-foo", "version": "1.2"}))
+        layer 'foo.x' from distribution ekn-foo >= 1.2, which is not installed (install it: pip install 'ekn-foo>=1.2')
+    """
+    what = f"{kind_label(req['kind'])} {req['name']!r} from distribution {req['distribution']} >= {req['version']}"
+    reason = registry(req["kind"]).inactive_reason(req["name"], normalise_distribution(req["distribution"]))
+    if reason:
+        return f"{what} ({reason})"
+    return f"{what}, which is not installed (install it: pip install '{req['distribution']}>={req['version']}')"
+
+
+def _older(installed: str, saved: str) -> bool:
+    """Whether version ``installed`` precedes ``saved`` (False when either is not a PEP 440 version)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(installed) < Version(saved)
+    except InvalidVersion:
+        return False
+
+
 def check_required(requirements: list[dict[str, str]]) -> None:
-    """Raises one clear error listing every required plugin that is not installed or too old."""
+    """Checks the plugins a saved file needs (its ``required_plugins``) against the active ones.
+
+    Raises one clear error listing every required plugin that is not active here, saying why (not
+    installed, blocked, disabled) and how to get it. A plugin whose installed distribution is older
+    than the one the file was saved with gets a warning naming both versions and the upgrade
+    command: an older plugin may build a node differently, or not know its newer arguments. (A
+    name that another distribution provides here is left to the model's resolver, which refuses it.)
+
+    Example:
+        >>> check_required([{"kind": "layers", "name": "conv", "distribution": "ekn", "version": "0.0.1"}])
+    """
     from ekn_core.errors import EknError
 
-    missing = []
+    missing: list[str] = []
+    older: dict[tuple[str, str, str], list[str]] = {}
     for req in requirements:
         reg = registry(req["kind"])
         if req["name"] not in reg:
-            missing.append(f"{req['kind'][:-1] if req['kind'].endswith('s') else req['kind']} "
-                           f"{req['name']!r} from distribution {req['distribution']} >= {req['version']}")
+            missing.append(missing_requirement(req))
+            continue
+        entry = reg.info(req["name"])
+        if entry.distribution == normalise_distribution(req["distribution"]) and _older(entry.version, req["version"]):
+            key = (entry.distribution, req["version"], entry.version)
+            older.setdefault(key, []).append(f"{kind_label(req['kind'])} {req['name']!r}")
     if missing:
-        raise EknError("this file needs plugins that are not installed: " + "; ".join(missing)
-                       + ". Install them with pip (e.g. `pip install <distribution>`).")
+        raise EknError(f"this file needs {'; and '.join(missing)}. Then run `ekn plugins` to check.")
+    for (dist, saved, installed), what in older.items():
+        log.warning("this file was saved with %s %s (for %s), but %s %s is installed, which may build these nodes "
+                    "differently or not know their newer arguments: upgrade it with pip install -U '%s>=%s'",
+                    dist, saved, ", ".join(what), dist, installed, dist, saved)

@@ -22,10 +22,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -44,12 +46,64 @@ def _resolve_type(node_type: str | type) -> type:
     raise AssertionError(f"{node_type!r} is not registered in ekn.layers or ekn.losses")
 
 
-def _run(node: Node, x: np.ndarray, mode: str) -> np.ndarray:
+def _run(node: Node, inputs: Sequence[Node], arrays: Sequence[np.ndarray], mode: str) -> np.ndarray:
     set_compile_mode(mode)
     try:
-        return GraphFunction([node], name=f"{node.name}:{mode}")(x)
+        return GraphFunction([node], inputs=inputs, name=f"{node.name}:{mode}")(*arrays)
     finally:
         set_compile_mode(None)
+
+
+@contextlib.contextmanager
+def _throwaway_model() -> Iterator[tuple[Any, list[str]]]:
+    """A new current model, and a list of the models made while it is current; all are removed
+    afterwards and the previous model is current again."""
+    previous = model_manager._current
+    name = f"check-{uuid.uuid4().hex[:8]}"
+    created = [name]
+    try:
+        yield model_manager.newmodel(name), created
+    finally:
+        for created_name in created:
+            if created_name in model_manager.models:
+                model_manager.remove(created_name)
+        if previous is not None:
+            model_manager._activate(previous)
+
+
+def _check_node_type(node: Node, cls: type, inputs: Sequence[Node], arrays: Sequence[np.ndarray], model: Any,
+                     created: list[str], atol: float, xla: bool, roundtrip: bool) -> dict[str, Any]:
+    """Checks 1–4 of the module docs on ``node`` (built from ``inputs``, fed ``arrays``); returns
+    ``{"shape", "modes", "output"}`` (the tf.function output)."""
+    from ekn_core.persistence import modelload, replay
+
+    outs = {"plain": _run(node, inputs, arrays, "plain"), "eager": _run(node, inputs, arrays, "eager")}
+    if xla:
+        outs["xla"] = _run(node, inputs, arrays, "xla")
+    want = tuple(a if s is None else s for s, a in zip(node.shape.shape, outs["plain"].shape))
+    assert outs["plain"].shape == want, (f"computed shape {node.shape.shape} of {node.name!r} differs from the "
+                                         f"actual output shape {outs['plain'].shape}")
+    for mode, value in outs.items():
+        assert np.allclose(value, outs["plain"], atol=atol, rtol=0), \
+            f"{mode} output differs from tf.function output by {np.abs(value - outs['plain']).max()}"
+
+    descriptor = model.descriptors[node.name]
+    assert json.loads(json.dumps(descriptor)) == descriptor, "descriptor is not JSON round-trip stable"
+    types = {**{inp.name: type(inp) for inp in inputs}, node.name: cls}
+    with model_manager.scratch(), shape_only():
+        replay([model.descriptors[inp.name] for inp in inputs] + [json.loads(json.dumps(descriptor))],
+               lambda d: types[d["name"]])
+        replayed = model_manager.current[node.name].shape
+    assert replayed == node.shape, f"replayed descriptor gives shape {replayed}, original {node.shape}"
+
+    if roundtrip:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = model.save(os.path.join(tmp, "check.h5"))
+            loaded = modelload(path, name=f"{model.name}-loaded")
+            created.append(loaded.name)
+        again = _run(loaded[node.name], [loaded[inp.name] for inp in inputs], arrays, "plain")
+        assert np.array_equal(again, outs["plain"]), "save → load changed the output"
+    return {"shape": node.shape.shape, "modes": sorted(outs), "output": outs["plain"]}
 
 
 class MeasuredField(NamedTuple):
@@ -115,51 +169,20 @@ def check_node(node_type: str | type, *args: Any, input_shape: tuple[int, ...] =
         ``{"shape", "fov", "measured_fov", "measured_field_start", "modes"}``.
     """
     from ekn_core.node import set_seed
-    from ekn_core.persistence import modelload, replay
     from ekn_core.plugins import registry
     from ekn_core.shapes import TaggedShape
 
     cls = _resolve_type(node_type)
     set_seed(seed)
     rng = np.random.default_rng(seed)
-    previous = model_manager._current
-    name = f"check-{uuid.uuid4().hex[:8]}"
-    created = [name]
-    model = model_manager.newmodel(name)
-    report: dict[str, Any] = {}
-    try:
+    with _throwaway_model() as (model, created):
         declared = TaggedShape(input_shape, tags)
         free = declared.updateshape("b", None) if declared.hastag("b") and fov else declared
         inp = registry("layers").get("input")(free.shape, tags, dtype=dtype, name="input")
         node = cls(inp, *args, **kwargs)
         x = rng.random(input_shape).astype(dtype)
-
-        outs = {"plain": _run(node, x, "plain"), "eager": _run(node, x, "eager")}
-        if xla:
-            outs["xla"] = _run(node, x, "xla")
-        want = tuple(a if s is None else s for s, a in zip(node.shape.shape, outs["plain"].shape))
-        assert outs["plain"].shape == want, (f"computed shape {node.shape.shape} of {node.name!r} differs from the "
-                                             f"actual output shape {outs['plain'].shape}")
-        for mode, value in outs.items():
-            assert np.allclose(value, outs["plain"], atol=atol, rtol=0), \
-                f"{mode} output differs from tf.function output by {np.abs(value - outs['plain']).max()}"
-        report.update(shape=node.shape.shape, modes=sorted(outs))
-
-        descriptor = model.descriptors[node.name]
-        assert json.loads(json.dumps(descriptor)) == descriptor, "descriptor is not JSON round-trip stable"
-        with model_manager.scratch(), shape_only():
-            replay([model.descriptors["input"], json.loads(json.dumps(descriptor))],
-                   lambda d: cls if d["name"] == node.name else type(inp))
-            replayed = model_manager.current[node.name].shape
-        assert replayed == node.shape, f"replayed descriptor gives shape {replayed}, original {node.shape}"
-
-        if roundtrip:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = model.save(os.path.join(tmp, "check.h5"))
-                loaded = modelload(path, name=f"{name}-loaded")
-                created.append(loaded.name)
-            again = loaded[node.name](x)
-            assert np.array_equal(again, outs["plain"]), "save → load changed the output"
+        report = _check_node_type(node, cls, [inp], [x], model, created, atol, xla, roundtrip)
+        del report["output"]
 
         report["fov"] = node.shape.fov
         if fov and node.shape.ndim and min(node.shape.fov) > 0 and declared.hastag("b"):
@@ -172,9 +195,158 @@ def check_node(node_type: str | type, *args: Any, input_shape: tuple[int, ...] =
                 f"{node.shape.strides}, field_start {node.shape.field_start} (offsets {node.shape.offsets}) put "
                 f"its field at {start}: the node moves its output grid without updating field_start")
         return report
-    finally:
-        for created_name in created:
-            if created_name in model_manager.models:
-                model_manager.remove(created_name)
-        if previous is not None:
-            model_manager._activate(previous)
+
+
+def check_loss(loss_type: str | type, inputs: Sequence[tuple[np.ndarray, str]], *args: Any, atol: float = 1e-5,
+               xla: bool = True, gradient: bool = True, roundtrip: bool = True, seed: int = 0,
+               **kwargs: Any) -> dict[str, Any]:
+    """Runs the conformance battery on a loss (or any node with several parents): checks 1–4 of the
+    module docs, that its class says ``kind = "losses"``, and (``gradient``) that the gradient of
+    its output with respect to the first input (the prediction) is nonzero and matches central
+    finite differences along a random direction.
+
+    Args:
+        loss_type: Registry name (``ekn.losses``) or class.
+        inputs: One ``(array, tags)`` per parent, in the order the constructor takes them (one
+            argument each, first), e.g.
+            ``[(prediction, "b,f,x"), (target, "b,f,x")]``; a parent's input node gets the
+            array's shape and dtype.
+        *args: Constructor arguments after the parents.
+        atol: Tolerance between compile modes.
+        xla: Also compare with ``jit_compile=True``.
+        gradient: Check the gradient (the first input must be floating point).
+        roundtrip: Check save → load (needs a registered type).
+        seed: Seed of the initial values and the gradient's direction.
+        **kwargs: Constructor keyword arguments.
+
+    Returns:
+        ``{"shape", "modes", "gradient"}``, the last the directional derivative
+        ``(from the tape, from finite differences)``, or None.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> pred, target = rng.random((2, 3, 4)).astype("float32"), rng.random((2, 3, 4)).astype("float32")
+        >>> report = check_loss("squared_loss", [(pred, "b,f,x"), (target, "b,f,x")], xla=False)
+        >>> report["shape"], report["modes"]
+        ((2, 1, 4), ['eager', 'plain'])
+    """
+    from ekn_core.node import set_seed
+    from ekn_core.plugins import registry
+
+    cls = _resolve_type(loss_type)
+    assert getattr(cls, "kind", "layers") == "losses", (
+        f"{cls.__name__} has kind = {getattr(cls, 'kind', 'layers')!r}: a loss class needs kind = 'losses', "
+        "else a model that uses it cannot be saved")
+    set_seed(seed)
+    with _throwaway_model() as (model, created):
+        arrays = [np.asarray(array) for array, _ in inputs]
+        nodes = [registry("layers").get("input")(array.shape, tags, dtype=array.dtype.name, name=f"input{i}")
+                 for i, (array, (_, tags)) in enumerate(zip(arrays, inputs))]
+        node = cls(*nodes, *args, **kwargs)
+        report = _check_node_type(node, cls, nodes, arrays, model, created, atol, xla, roundtrip)
+        del report["output"]
+        report["gradient"] = _check_gradient(node, nodes, arrays, np.random.default_rng(seed)) if gradient else None
+        return report
+
+
+def _check_gradient(node: Node, inputs: Sequence[Node], arrays: Sequence[np.ndarray],
+                    rng: np.random.Generator, step: float = 1e-3, rtol: float = 2e-2) -> tuple[float, float]:
+    """The derivative of ``sum(weights * node output)`` along a random direction of the first
+    input, from the gradient tape and from central differences; they must agree and be nonzero."""
+    from ekn_core.lazy import tf
+
+    function = GraphFunction([node], inputs=inputs)
+    tensors = [tf.constant(a) for a in function.check_arrays(arrays)]
+    assert tensors[0].dtype.is_floating, f"the first input of {node.name!r} is {tensors[0].dtype.name}, not floating"
+    weights = tf.constant(rng.random(function.body(*tensors)[0].shape), tf.float64)
+    direction = tf.constant(rng.standard_normal(tensors[0].shape), tensors[0].dtype)
+
+    def weighted(first: Any) -> Any:
+        return tf.reduce_sum(tf.cast(function.body(first, *tensors[1:])[0], tf.float64) * weights)
+
+    with tf.GradientTape() as tape:
+        tape.watch(tensors[0])
+        value = weighted(tensors[0])
+    grad = tape.gradient(value, tensors[0])
+    assert grad is not None, f"{node.name!r} has no gradient with respect to its first input (the prediction)"
+    taped = float(tf.reduce_sum(tf.cast(grad, tf.float64) * tf.cast(direction, tf.float64)))
+    differences = float(weighted(tensors[0] + step * direction) - weighted(tensors[0] - step * direction)) / (2 * step)
+    assert taped != 0, f"the gradient of {node.name!r} with respect to its first input is zero"
+    assert abs(taped - differences) <= rtol * max(abs(taped), abs(differences)), (
+        f"the gradient of {node.name!r} along a random direction is {taped:.6g}, but finite differences give "
+        f"{differences:.6g}")
+    return taped, differences
+
+
+def check_reader(reader: str, path: str | os.PathLike, shape: tuple[int, ...] = (3, 10, 12), dtype: str = "uint8",
+                 seed: int = 0, **options: Any) -> dict[str, Any]:
+    """Runs the conformance battery on a volume reader (``ekn.readers``) with a new volume at
+    ``path`` (e.g. in a temporary folder; its suffix or ``:key`` as the reader wants):
+
+    1. the reader provides ``open`` and ``create`` (:func:`ekn_core.plugin_checks.reader_problem`);
+    2. :func:`~ekn_core.volumes.create_volume` (``options`` are its options) gives a writable
+       volume of that shape, dtype and ``ndim``, whose ``axes`` and ``chunks`` fit it; values
+       written (then ``flush()``, if it has one, and ``close()``) read back the same through
+       :func:`~ekn_core.volumes.open_volume`, whole and in a box;
+    3. opened with ``mode="r+"`` (when ``open`` takes it), a box written reads back after reopening;
+    4. ``create`` at the same place with another shape (and ``overwrite=True``, when ``create``
+       takes it) replaces the volume there: ``ekn predict`` replaces an earlier job's output so.
+
+    Returns:
+        ``{"axes", "chunks", "writable_open"}`` of the volume it made.
+
+    Example:
+        >>> import tempfile
+        >>> check_reader("hdf5", os.path.join(tempfile.mkdtemp(), "v.h5:raw"))["axes"]
+        'zyx'
+    """
+    from ekn_core.errors import keyword_names
+    from ekn_core.plugin_checks import reader_problem
+    from ekn_core.plugins import registry
+    from ekn_core.volumes import create_volume, open_volume
+
+    cls = registry("readers").get(reader)
+    problem = reader_problem(cls, reader)
+    assert problem is None, f"reader {reader!r}: {problem}"
+    rng = np.random.default_rng(seed)
+
+    def values(size: tuple[int, ...]) -> np.ndarray:
+        if np.issubdtype(dtype, np.integer):
+            return rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size, endpoint=True).astype(dtype)
+        return rng.standard_normal(size).astype(dtype)
+
+    data = values(shape)
+    with create_volume(path, shape, dtype, reader=reader, **options) as volume:
+        assert tuple(volume.shape) == tuple(shape) and np.dtype(volume.dtype) == np.dtype(dtype) and \
+            volume.ndim == len(shape), f"created {volume.shape} {volume.dtype}, asked for {shape} {dtype}"
+        assert len(volume.axes) == volume.ndim, f"axes {volume.axes!r} do not fit {volume.ndim} dimensions"
+        assert volume.chunks is None or len(volume.chunks) == volume.ndim, f"chunks {volume.chunks} do not fit"
+        report = {"axes": volume.axes, "chunks": volume.chunks}
+        volume[...] = data
+        if callable(getattr(volume, "flush", None)):
+            volume.flush()
+    box = tuple(slice(n // 3, n // 3 + max(1, n // 2)) for n in shape)
+    with open_volume(path, reader=reader) as volume:
+        assert tuple(volume.shape) == tuple(shape) and np.dtype(volume.dtype) == np.dtype(dtype), \
+            f"reopened as {volume.shape} {volume.dtype}, created as {shape} {dtype}"
+        assert np.array_equal(volume[...], data), "the values read back differ from those written"
+        assert np.array_equal(volume[box], data[box]), f"the box {box} read back differs from the values written"
+    report["writable_open"] = "mode" in (keyword_names(cls.open, named_only=True) or ())
+    if report["writable_open"]:
+        patch = values(tuple(s.stop - s.start for s in box))
+        with open_volume(path, reader=reader, mode="r+") as volume:
+            volume[box] = patch
+        data[box] = patch
+        with open_volume(path, reader=reader) as volume:
+            assert np.array_equal(volume[...], data), "values written after open(mode='r+') did not read back"
+    other = tuple(n + 1 for n in shape)
+    replace = {"overwrite": True} if "overwrite" in (keyword_names(cls.create, named_only=True) or ()) else {}
+    replaced = f"create at {os.fspath(path)!r} again with shape {other} left shape"
+    with create_volume(path, other, dtype, reader=reader, **{**options, **replace}) as volume:
+        assert tuple(volume.shape) == other, f"{replaced} {volume.shape}: create must replace the volume at that place"
+        data = values(other)
+        volume[...] = data
+    with open_volume(path, reader=reader) as volume:
+        assert tuple(volume.shape) == other and np.array_equal(volume[...], data), \
+            f"{replaced} {volume.shape} on reopening, or other values: create must replace the volume at that place"
+    return report

@@ -232,16 +232,19 @@ def volume_name(path: str) -> str:
 def _choose_reader(path: str, reader: str | None) -> tuple[str, Any]:
     """``(name, class)`` of the reader named ``reader``, else of the one that claims ``path``."""
     from ekn_core.hooks import host
+    from ekn_core.plugin_checks import checked, reader_problem
     from ekn_core.plugins import registry
 
     name = reader or host().get_reader(path)
     if name is None:
         raise EknError(
-            f"no reader plugin claims {path!r}. Name one with reader=... (installed: "
-            f"{', '.join(registry('readers').names())}), or use a known suffix (.h5, .zarr, a "
-            "KNOSSOS config, .tif, a 'dir/*.png' glob, precomputed://...)."
+            f"no reader plugin claims {path!r} (installed readers: {', '.join(registry('readers').names())}). "
+            "Give it a suffix a reader knows (.h5, .zarr, .n5, a KNOSSOS config, .tif, a 'dir/*.png' glob, "
+            "precomputed://...) or install a reader plugin whose ekn_get_reader hook claims it; from Python, "
+            "name the reader: open_volume(path, reader='NAME'), or {'reader': 'NAME'} in a training data "
+            "entry's options."
         )
-    return name, registry("readers").get(name)
+    return name, checked("readers", name, reader_problem)
 
 
 #: What :func:`open_volume` and :func:`create_volume` pass a reader's ``open`` / ``create`` themselves;

@@ -91,7 +91,7 @@ def test_a_plugin_command_shows_its_docstring_without_doctests(tmp_path):
     site = _dist(tmp_path, "ekn-greet", "[ekn.commands]\ngreet = ekn_greet_mod:Greet\n",
                  {"ekn_greet_mod": 'from ekn_core.commands import Command\nclass Greet(Command):\n'
                                    '    """Greet someone.\n\n    Politely.\n\n    Example:\n        >>> 1 + 1\n'
-                                   '        2\n    """\n'})
+                                   '        2\n    """\n    def run(self, args):\n        return 0\n'})
     result = _ekn(["greet", "--help"], site)
     assert result.returncode == 0 and "Politely." in result.stdout
     assert ">>>" not in result.stdout and "Example:" not in result.stdout

@@ -30,7 +30,7 @@ def test_new_plugin_installs_and_is_listed(tmp_path):
         mine = {(r["kind"], r["name"]): r for r in rows if r["distribution"] == "ekn-blob-tools"}
         assert set(mine) == {("layers", "blob_tools.scale"), ("losses", "blob_tools.log_cosh"),
                              ("augmenters", "blob_tools.invert"), ("commands", "blob_tools_hello"),
-                             ("plugins", "ekn_blob_tools")}
+                             ("commands", "shell.blob_tools_steps"), ("plugins", "ekn_blob_tools")}
         assert all(r["status"] == "loaded" for r in mine.values()), mine
         assert _ekn("blob-tools-hello", "you").stdout.strip() == "hello, you"
     finally:
@@ -62,18 +62,23 @@ def test_existing_directory_is_refused(tmp_path):
 
 
 def test_copy_gets_its_own_readme_intro_and_setting_name(tmp_path):
-    """The template's first README sentence (a link valid only inside ekn's repository) and its config
-    setting are replaced: two plugins made from the template do not declare the same setting."""
+    """The template's first README sentence (a link valid only inside ekn's repository), its description
+    and its config setting are replaced: two plugins made from the template do not declare the same setting."""
     import os
 
-    from ekn_plugins.commands.plugin_new import COPY_INTRO, TEMPLATE_INTRO, template_dir
+    from ekn_plugins.commands.plugin_new import (COPY_DESCRIPTION, COPY_INTRO, TEMPLATE_DESCRIPTION, TEMPLATE_INTRO,
+                                                 template_dir)
 
     assert TEMPLATE_INTRO in open(os.path.join(template_dir(), "README.md"), encoding="utf-8").read()
+    assert TEMPLATE_DESCRIPTION in open(os.path.join(template_dir(), "pyproject.toml"), encoding="utf-8").read()
     target = new_plugin("blob_tools", str(tmp_path / "p"))
     readme = open(os.path.join(target, "README.md"), encoding="utf-8").read()
     assert COPY_INTRO in readme and "../README.md" not in readme and "the template that" not in readme
     hooks = open(os.path.join(target, "src", "ekn_blob_tools", "hooks.py"), encoding="utf-8").read()
     assert '"blob_tools_count_every": Setting(' in hooks and "example_count" not in hooks
+    pyproject = open(os.path.join(target, "pyproject.toml"), encoding="utf-8").read()
+    assert f'description = "{COPY_DESCRIPTION}"' in pyproject and "An example" not in pyproject
+    assert '"shell.blob_tools_steps" = "ekn_blob_tools.commands:StepsCommand"' in pyproject
 
 
 def test_name_starting_with_ekn_names_the_hyphenated_distribution():

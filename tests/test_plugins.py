@@ -199,14 +199,17 @@ BROKEN_COMMANDS = {  # module text, what the error says
     "import": ("open(__file__ + '.imported', 'w')\nraise RuntimeError('broken on purpose')\n", "broken on purpose"),
     "exit": ("open(__file__ + '.imported', 'w')\nimport sys\nsys.exit('plugin exit at import')\n",
              "SystemExit: plugin exit at import"),
-    "init": ("open(__file__ + '.imported', 'w')\nclass Cmd:\n    'Start badly.'\n"
-             "    def __init__(self):\n        raise RuntimeError('cannot start')\n", "cannot start"),
-    "init-exit": ("open(__file__ + '.imported', 'w')\nimport sys\nclass Cmd:\n    'Exit on start.'\n"
-                  "    def __init__(self):\n        sys.exit('cannot start')\n", "SystemExit: cannot start"),
+    "init": ("open(__file__ + '.imported', 'w')\nfrom ekn_core.commands import Command\nclass Cmd(Command):\n"
+             "    'Start badly.'\n    def __init__(self):\n        raise RuntimeError('cannot start')\n"
+             "    def run(self, args):\n        return 0\n", "cannot start"),
+    "init-exit": ("open(__file__ + '.imported', 'w')\nimport sys\nfrom ekn_core.commands import Command\n"
+                  "class Cmd(Command):\n    'Exit on start.'\n    def __init__(self):\n"
+                  "        sys.exit('cannot start')\n"
+                  "    def run(self, args):\n        return 0\n", "SystemExit: cannot start"),
     "arguments": ("open(__file__ + '.imported', 'w')\nfrom ekn_core.commands import Command\nclass Cmd(Command):\n"
                   "    'Declare an option twice.'\n    def add_arguments(self, parser):\n"
-                  "        parser.add_argument('--x')\n        parser.add_argument('--x')\n",
-                  "conflicting option string: --x"),
+                  "        parser.add_argument('--x')\n        parser.add_argument('--x')\n"
+                  "    def run(self, args):\n        return 0\n", "conflicting option string: --x"),
 }
 
 

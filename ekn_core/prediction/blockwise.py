@@ -936,7 +936,7 @@ def open_output(output: str, resume: bool, shape: Shape, dtype: Any, chunks: Sha
     two leaves no earlier job's record of finished blocks over the new output; the caller's
     :meth:`ProgressLog.start` writes its own header after the creation succeeded."""
     from ekn_core.errors import keyword_names
-    from ekn_core.plugins import registry
+    from ekn_core.plugin_checks import checked, reader_problem
     from ekn_core.volumes import create_volume, open_volume, reopen_options
 
     options = {"reader": output_reader(output), **(options or {})}
@@ -948,7 +948,7 @@ def open_output(output: str, resume: bool, shape: Shape, dtype: Any, chunks: Sha
                            "delete it and its progress log to start over")
         return volume
     check_output_replaceable(output, options["reader"], overwrite)
-    takes = keyword_names(registry("readers").get(options["reader"]).create)  # None: **options, checked there
+    takes = keyword_names(checked("readers", options["reader"], reader_problem).create)  # None: **options
     if overwrite and (takes is None or "overwrite" in takes):
         options.setdefault("overwrite", True)
     if options["reader"] == "knossos":

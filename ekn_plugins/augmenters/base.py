@@ -205,16 +205,43 @@ class Augmenter:
         return f"{type(self).__name__}({params})"
 
 
+def augmenter_problem(obj: Any, name: str) -> str | None:
+    """What the ``ekn.augmenters`` entry ``obj`` lacks (None: nothing): an :class:`Augmenter`
+    subclass with ``transform`` (``geometric = True``) or ``__call__`` (intensity). The check of
+    :func:`ekn_core.plugin_checks.checked` for this kind.
+
+    Example:
+        >>> class Darken(Augmenter):
+        ...     def __cal__(self, image, rng, ctx):
+        ...         return image * 0.5
+        >>> print(augmenter_problem(Darken, "darken"))
+        Darken defines no __call__(self, image, rng, ctx) (an intensity augmenter; a geometric one says
+        geometric = True and defines transform(self, rng, ctx))
+    """
+    from ekn_core.plugin_checks import describe
+
+    if not (isinstance(obj, type) and issubclass(obj, Augmenter)):
+        return f"{describe(obj)} is not a subclass of ekn_plugins.augmenters.base.Augmenter"
+    if obj.geometric and obj.transform is Augmenter.transform:
+        return f"{obj.__name__} says geometric = True but defines no transform(self, rng, ctx)"
+    if not obj.geometric and obj.__call__ is Augmenter.__call__:
+        return (f"{obj.__name__} defines no __call__(self, image, rng, ctx) (an intensity augmenter; a geometric one "
+                "says geometric = True and defines transform(self, rng, ctx))")
+    return None
+
+
 def build_augmenter(spec: dict[str, Any] | Augmenter) -> Augmenter:
-    """One augmenter from ``{"type": name, **kwargs}`` (names from the ``ekn.augmenters`` registry)."""
+    """One augmenter from ``{"type": name, **kwargs}`` (names from the ``ekn.augmenters`` registry,
+    refused with a :class:`~ekn_core.errors.BrokenPluginError` when :func:`augmenter_problem` finds
+    something missing)."""
     if isinstance(spec, Augmenter):
         return spec
     if not isinstance(spec, dict) or "type" not in spec:
         raise ConfigError(f"an augmenter is written as {{'type': NAME, ...}}, got {spec!r}")
-    from ekn_core.plugins import registry
+    from ekn_core.plugin_checks import checked
 
     kwargs = {k: v for k, v in spec.items() if k != "type"}
-    cls = registry("augmenters").get(spec["type"])
+    cls = checked("augmenters", spec["type"], augmenter_problem)
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params) - {"self"})

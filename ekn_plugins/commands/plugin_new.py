@@ -29,6 +29,10 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 TEMPLATE_INTRO = ("A complete third-party plugin for [ekn](../README.md), and the template that `ekn plugin new` "
                   "copies.")
 COPY_INTRO = "A plugin for ekn, started with `ekn plugin new` from ekn's plugin template."
+#: The template's ``description`` in ``pyproject.toml``, and the copy's, which its author rewrites.
+TEMPLATE_DESCRIPTION = ("An example ekn plugin: one layer, one loss, one augmenter, two commands and hook "
+                        "implementations.")
+COPY_DESCRIPTION = "A plugin for ekn (say here what it adds)."
 
 
 def template_dir() -> str:
@@ -40,6 +44,7 @@ def _substitutions(name: str) -> list[tuple[str, str]]:
     hyphen = name.replace("_", "-")
     return [
         (TEMPLATE_INTRO, COPY_INTRO),
+        (TEMPLATE_DESCRIPTION, COPY_DESCRIPTION),
         ("ekn_plugin_example", f"ekn_{name}"),
         ("ekn-plugin-example", f"ekn-{hyphen}"),
         ('"example.', f'"{name}.'),
@@ -48,6 +53,7 @@ def _substitutions(name: str) -> list[tuple[str, str]]:
         ("# example.", f"# {name}."),
         ("example_hello", f"{name}_hello"),
         ("example-hello", f"{hyphen}-hello"),
+        ("example_steps", f"{name}_steps"),  # the training-shell command shell.example_steps
         ("example_count_", f"{name}_count_"),  # the config setting example_count_every
     ]
 
@@ -118,5 +124,6 @@ class PluginCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         out = new_plugin(args.name, args.directory)
-        print(f"created {out}\n  install it with: pip install -e {out}\n  test it with:    pytest {out}/tests")
+        print(f"created {out}\n  install it with: pip install -e {out}   (again after changing its entry points)\n"
+              f"  test it with:    cd {out} && pytest")
         return 0

@@ -13,29 +13,41 @@ import argparse
 import json
 
 from ekn_core.commands import Command
+from ekn_core.plugin_checks import Problem
 from ekn_core.plugins import GROUPS
 
 
+def _problems() -> dict[str, Problem]:
+    """Each kind's check of what its entries must provide (kinds without one: only the import)."""
+    from ekn_core import plugin_checks as checks
+    from ekn_plugins.augmenters.base import augmenter_problem
+
+    return {"layers": checks.node_problem, "losses": checks.node_problem, "augmenters": augmenter_problem,
+            "readers": checks.reader_problem, "commands": checks.command_problem, "plugins": checks.hook_module_problem}
+
+
 def _check(kind: str) -> list[Exception]:
-    """Imports every active entry of ``kind``, starts each ``ekn`` command and builds its parser,
-    and checks each hook module against the hook specs; returns the failures (the entries record
-    them, so the table shows them)."""
+    """Imports every active entry of ``kind`` and checks that it provides what its kind must
+    (:mod:`ekn_core.plugin_checks`), starts each ``ekn`` command and builds its parser, and checks
+    each hook module against the hook specs; returns the failures (the entries record them, so the
+    table shows them as failed or broken)."""
     from ekn_core.cli import command_names, load_command
     from ekn_core.errors import PluginLoadError
     from ekn_core.hooks import check_hook_plugin
+    from ekn_core.plugin_checks import checked
     from ekn_core.plugins import registry
 
-    reg = registry(kind)
     cli_names = {entry: cli for cli, entry in command_names().items()} if kind == "commands" else {}
+    problem = _problems().get(kind)
     failures: list[Exception] = []
-    for name in reg.names():
+    for name in registry(kind).names():
         try:
             if name in cli_names:
                 load_command(cli_names[name], name)
-            elif kind == "plugins":
-                check_hook_plugin(reg.get(name), name)
-            else:
-                reg.get(name)
+                continue
+            obj = checked(kind, name, problem)
+            if kind == "plugins":
+                check_hook_plugin(obj, name)
         except PluginLoadError as err:
             failures.append(err)
     return failures
@@ -46,8 +58,9 @@ class PluginsCommand(Command):
 
     Plugins are imported to check them (except with ``--no-load``): an ``ekn`` command is also
     started and its arguments declared, a hook module's implementations are checked against the
-    hook specs. A plugin that fails is shown as failed and the command still exits 0, unless
-    ``EKN_STRICT_PLUGINS=1`` is set.
+    hook specs. A plugin that fails is shown as failed, one that imports but lacks what its kind
+    must provide (a layer without ``_forward``, a command without ``run``, ...) as broken, with
+    what is missing; the command still exits 0, unless ``EKN_STRICT_PLUGINS=1`` is set.
     """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,9 @@
-"""Tests of ekn-plugin-example: discovery through entry points, conformance, behaviour."""
+"""Tests of ekn-plugin-example: discovery through entry points, conformance, behaviour.
 
+They run with ``EKN_STRICT_PLUGINS=1`` (``conftest.py``): a plugin that fails to load raises.
+"""
+
+import json
 import subprocess
 import sys
 
@@ -11,17 +15,34 @@ from ekn_core.plugins import registry
 
 @pytest.mark.parametrize("kind,name", [("layers", "example.scale"), ("losses", "example.log_cosh"),
                                        ("augmenters", "example.invert"), ("commands", "example_hello"),
-                                       ("plugins", "ekn_plugin_example")])
+                                       ("commands", "shell.example_steps"), ("plugins", "ekn_plugin_example")])
 def test_registered_under_its_distribution(kind, name):
+    from ekn_core.plugins import strict_mode
+
     entry = registry(kind).info(name)
-    assert entry.distribution == "ekn-plugin-example"
+    assert entry.distribution == "ekn-plugin-example" and strict_mode()
     registry(kind).get(name)
+
+
+def test_ekn_plugins_finds_nothing_broken():
+    result = subprocess.run([sys.executable, "-m", "ekn_core.cli", "plugins", "--json"], capture_output=True, text=True,
+                            timeout=120)
+    rows = [r for r in json.loads(result.stdout) if r["distribution"] == "ekn-plugin-example"]
+    assert result.returncode == 0 and len(rows) == 6 and all(r["status"] == "loaded" for r in rows), rows
 
 
 def test_layer_passes_conformance_checks():
     from ekn_core.testing import check_node
 
     check_node("example.scale", input_shape=(1, 2, 3, 5, 5), tags="b,f,z,y,x", init_value=1.5)
+
+
+def test_loss_passes_conformance_checks():
+    from ekn_core.testing import check_loss
+
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(2, 3, 4, 4)).astype("float32"), rng.normal(size=(2, 3, 4, 4)).astype("float32")
+    check_loss("example.log_cosh", [(pred, "b,f,y,x"), (target, "b,f,y,x")])
 
 
 def test_loss_matches_numpy():
@@ -37,6 +58,12 @@ def test_loss_matches_numpy():
     np.testing.assert_allclose(loss(p, t), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_augmenter_passes_conformance_checks():
+    from ekn_plugins.augmenters.testing import check_augmenter
+
+    assert check_augmenter("example.invert") == {"geometric": False, "changes": True}
+
+
 def test_augmenter_twice_is_identity():
     from ekn_plugins.augmenters.base import PatchContext, Pipeline
 
@@ -50,6 +77,24 @@ def test_command_runs_through_ekn_cli():
     result = subprocess.run([sys.executable, "-m", "ekn_core.cli", "example-hello", "plugin"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "hello, plugin"
+
+
+def test_shell_command_runs_in_the_training_shell():
+    import io
+    from types import SimpleNamespace
+
+    from ekn_core.trainer.shell import run_shell
+    from ekn_plugin_example.hooks import STEPS_SEEN
+
+    STEPS_SEEN.clear()
+    STEPS_SEEN.extend([5, 10, 15])
+    trainer = SimpleNamespace(step=15, model=None, data=None, optimiser=None, schedules=None, history=None,
+                              config=None, last_batch=None, run_dir=None)
+    out = io.StringIO()
+    assert run_shell(trainer, stdin=io.StringIO("example_steps 2\nexample_steps two\nq\n"), stdout=out) == "continue"
+    assert "recorded steps: 10, 15" in out.getvalue()
+    assert "example_steps takes a number of steps, got 'two'" in out.getvalue()  # shown, and the shell goes on
+    STEPS_SEEN.clear()
 
 
 def _config(tmp_path, text="", overrides=()):

@@ -6,6 +6,7 @@ It registers, through entry points in ``pyproject.toml``:
 - loss ``example.log_cosh`` (:class:`~ekn_plugin_example.losses.LogCoshLoss`),
 - augmenter ``example.invert`` (:class:`~ekn_plugin_example.augmenters.Invert`),
 - command ``ekn example-hello`` (:class:`~ekn_plugin_example.commands.HelloCommand`),
+- training-shell command ``example_steps`` (:class:`~ekn_plugin_example.commands.StepsCommand`),
 - hook implementations in :mod:`ekn_plugin_example.hooks`.
 """
 
