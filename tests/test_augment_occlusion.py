@@ -197,8 +197,8 @@ def test_getbatch_takes_elektronn2_erasing_and_noise_arguments(tmp_path):
     erased = 0
     for seed in range(10):
         img, target = src.getbatch(1, rng=np.random.default_rng(seed), **uniform)
-        plain_img, plain_target = src.getbatch(1, rng=np.random.default_rng(seed),  # flips only
-                                               **{**uniform, "uniform_random_erasing_probability": 0})
+        plain_img, plain_target = src.getbatch(1, rng=np.random.default_rng(seed),  # flips only (its *_args alone
+                                               warp_args={"lock_z": True})  # do nothing; warp_args: ELEKTRONN2's flip)
         np.testing.assert_array_equal(target, plain_target)  # labels are untouched
         assert set(np.unique(img).tolist()) <= {0.5, np.float32(0.9)} and np.all(plain_img == 0.5)
         extent, _ = changed_box(plain_img[0], img[0])
@@ -233,3 +233,37 @@ def test_config_check_takes_the_arguments_and_refuses_misspellings(tmp_path):
                     "def create_model():\n    pass\n")
     with pytest.raises(ConfigError, match=r"noisy_random_erasing_args \['blob_size'\] are not supported"):
         ExperimentConfig.from_file(str(path))
+
+
+def test_elektronn2_augmentation_beside_augmenters_is_refused_and_its_args_alone_do_nothing(tmp_path):
+    src = constant_source(tmp_path, augmenters=[{"type": "warp", "rotation": 30}, {"type": "grey"}])
+    blobs = {"blurry_blobs_args": {"diffuseness": 2}}
+    for args in (blobs, {**blobs, "blurry_blobs_probability": 0}):  # no probability: the configured pipeline
+        for got, plain in zip(src.getbatch(3, rng=np.random.default_rng(1), **args),
+                              src.getbatch(3, rng=np.random.default_rng(1))):
+            np.testing.assert_array_equal(got, plain)
+    spec = "{'type': 'blurry_blobs', 'sigma': 2, 'probability': 0.3}"
+    for args, acting in (({**blobs, "blurry_blobs_probability": 0.3}, "['blurry_blobs_probability']"),
+                         ({"warp": 0.5}, "['warp']"), ({"grey_augment_channels": [0]}, "['grey_augment_channels']")):
+        with pytest.raises(ConfigError, match=r"data_batch_args " + acting.replace("[", r"\[").replace("]", r"\]")
+                           + r" \(ELEKTRONN2's augmentation\) and data_init_kwargs 'augmenters' both set"):
+            src.getbatch(1, **args)
+        config = {"data_class": "BatchCreatorImage", "data_batch_args": args,
+                  "data_init_kwargs": {"augmenters": [{"type": "grey"}]}}
+        assert [p.split(" (")[0] for p in ekn_check_config(config)] == [f"data_batch_args {acting}"]
+        assert ekn_check_config({**config, "data_init_kwargs": {}}) == []  # without augmenters they build them
+    problem = ekn_check_config({**config, "data_batch_args": {**blobs, "blurry_blobs_probability": 0.3}})[0]
+    tail = (f"Remove ['blurry_blobs_probability', 'blurry_blobs_args'] from data_batch_args and add what they build to "
+            f"'augmenters': [{spec}]; or leave 'augmenters' out")
+    assert problem.endswith(tail)
+    with pytest.raises(ConfigError) as err:
+        src.getbatch(1, **blobs, blurry_blobs_probability=0.3)
+    assert str(err.value) == problem  # getbatch names only the arguments given, too
+    assert ekn_check_config({**config, "data_batch_args": blobs}) == []
+    # a source without augmenters: *_args alone do not switch ELEKTRONN2's flips on either
+    (tmp_path / "plain").mkdir()
+    plain = constant_source(tmp_path / "plain", value=0.25)
+    for got, expected in zip(plain.getbatch(3, rng=np.random.default_rng(1), **blobs),
+                             plain.getbatch(3, rng=np.random.default_rng(1))):
+        np.testing.assert_array_equal(got, expected)
+    assert list(plain._compat.values()) == [None]

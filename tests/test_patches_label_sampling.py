@@ -100,8 +100,8 @@ def test_an_unreachable_threshold_says_which_cubes_and_what_threshold_works(tmp_
     n_half = int((shares == 0.5).sum())
     assert str(err.value) == (
         "getbatch(ignore_thresh=0.2): none of 150 examples drawn had at most 20 % unlabelled targets (negative ids); "
-        f"{tmp_path}/raw_0.h5:raw: {n_half} drawn, 50.0 to 50.0 % unlabelled (median 50.0 %); "
-        f"{tmp_path}/raw_1.h5:raw: {150 - n_half} drawn, 25.0 to 25.0 % unlabelled (median 25.0 %). "
+        f"{tmp_path}/lab_0.h5:lab: {n_half} drawn, 50.0 to 50.0 % unlabelled (median 50.0 %); "
+        f"{tmp_path}/lab_1.h5:lab: {150 - n_half} drawn, 25.0 to 25.0 % unlabelled (median 25.0 %). "
         f"ignore_thresh=0.25 accepts the least unlabelled of them and {median:g} "
         "about half; or label more of these cubes, flag the classes absent from sparsely labelled cubes (ll_masks; "
         "such cubes are not checked), or leave ignore_thresh out")
@@ -158,8 +158,8 @@ def test_bad_lazy_label_flags_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"lab_2.zarr:lab: the lazy-label flags \(its ll_masks entry\) must be two "
                                           r"rows of 0/1 flags .*got \[\[1, 2\], \[0, 0\]\]"):
         PatchSource(**GEOMETRY, **files, ll_masks=[None, None, [[1, 2], [0, 0]]])
-    with pytest.raises(ConfigError, match=r"the lazy-label flags of the cubes have different lengths \(.*raw_1.h5:raw: "
-                                          r"2, .*raw_2.h5:raw: 3\)"):
+    with pytest.raises(ConfigError, match=r"the lazy-label flags of the cubes have different lengths \(.*lab_1.h5:lab: "
+                                          r"2, .*lab_2.zarr:lab: 3\)"):
         PatchSource(**GEOMETRY, **files, ll_masks=[None, None, [[1, 1, 1], [0, 0, 0]]])
     with h5py.File(tmp_path / "lab_1.h5", "a") as f:
         del f["ll_mask"]
@@ -238,6 +238,7 @@ data_class = "BatchCreatorImage"
 data_init_kwargs = {"d_path": _data, "l_path": _data, "d_files": [(f"raw_{i}.h5", "raw") for i in range(3)],
                     "l_files": [(f"barrier_int16_{i}.h5", "lab") for i in range(3)], "valid_cubes": [2]}
 data_batch_args = {"ignore_thresh": 0.5, "ret_ll_mask": True}
+class_weights = [0.5, 2.0]  # fed to the loss's class weights node, which comes before the masks
 n_steps = 4
 history_freq = 2
 monitor_batch_size = 2
@@ -260,7 +261,8 @@ def create_model():
     target = nm.Input_like(probs, override_f=1, dtype="int16", name="target")
     labelled = nm.Input((None, 2), "b,f", name="labelled")
     absent = nm.Input((None, 2), "b,f", name="absent")
-    nll = nm.MultinoulliNLL(probs, target, target_is_sparse=True, mask_class_labeled=labelled,
+    weights = nm.Input((2,), "f", name="class_weights")
+    nll = nm.MultinoulliNLL(probs, target, target_is_sparse=True, class_weights=weights, mask_class_labeled=labelled,
                             mask_class_not_present=absent, name="nll")
     loss = nm.AggregateLoss(nll, name="loss")
     errors = nm.Errors(probs, target, target_is_sparse=True)
@@ -271,7 +273,7 @@ def create_model():
 '''
 
 
-def test_a_net_with_lazy_label_masks_trains_end_to_end(tmp_path, monkeypatch):
+def test_a_net_with_lazy_label_masks_and_class_weights_trains_end_to_end(tmp_path, monkeypatch):
     from ekn_core.trainer.config import ExperimentConfig
     from ekn_core.trainer.loop import Trainer
     from ekn_plugins.data.synth import write_dataset
@@ -296,7 +298,62 @@ def test_a_net_with_lazy_label_masks_trains_end_to_end(tmp_path, monkeypatch):
     finally:
         trainer.close()
     assert len(losses) == 4 and np.all(np.isfinite(losses))
-    assert [a.shape for a in batch[2:]] == [(2, 2), (2, 2)]
-    assert all([row.tolist() for row in np.stack(m)] in flags.values() for m in zip(batch[2], batch[3]))
+    assert batch[2].tolist() == [0.5, 2.0]  # the config's class_weights in the loss's input order
+    assert [a.shape for a in batch[3:]] == [(2, 2), (2, 2)]
+    assert all([row.tolist() for row in np.stack(m)] in flags.values() for m in zip(batch[3], batch[4]))
     assert stats["checked"] > stats["redrawn"] > 0
     assert os.path.exists(trainer.run_dir.model_path("final"))
+
+
+def test_the_config_check_refuses_bad_values_of_the_sparse_label_options():
+    from ekn_plugins.data.batch_args import ekn_check_config
+
+    config = {"data_class": "BatchCreatorImage"}
+    good = {"ignore_thresh": 0.5, "ret_ll_mask": True, "nhood_targets": [[0, 0, 0], [1, 0, 0]]}
+    assert ekn_check_config({**config, "data_batch_args": good}) == []
+    assert ekn_check_config({**config, "data_batch_args": {"ignore_thresh": False, "nhood_targets": True}}) == []
+    bad = {"ignore_thresh": 1.5, "ret_ll_mask": "yes", "nhood_targets": [[0, 0.5, 0]]}
+    assert [p.split(",")[0] for p in ekn_check_config({**config, "data_batch_args": bad})] == [
+        "data_batch_args: ignore_thresh must be a share in [0", "data_batch_args: ret_ll_mask must be True or False "
+        "(return the lazy-label flags)", "data_batch_args: nhood_targets is True or whole-number offsets of shape (n"]
+
+
+def test_negative_float_targets_besides_ignore_value_count_as_labelled_with_a_warning(tmp_path, caplog):
+    labels = [np.ones(LAB_SHAPE, np.float32)]
+    labels[0][:, :, :15] = -1  # ELEKTRONN2's marker, not ekn's: labelled for ignore_thresh
+    src = PatchSource(**GEOMETRY, **write_cubes(tmp_path, labels), target_dtype="float32", seed=0)
+    with caplog.at_level("WARNING", logger="ekn.data"):
+        _, target = src.getbatch(4, rng=np.random.default_rng(0), ignore_thresh=0.0)
+        src.getbatch(4, rng=np.random.default_rng(1), ignore_thresh=0.0)
+    assert (target == -1).any() and src.label_stats["redrawn"] == 0
+    warnings = [r.getMessage() for r in caplog.records if "ignore_thresh counts them as labelled" in r.getMessage()]
+    assert len(warnings) == 1 and f"{tmp_path}/lab_0.h5:lab" in warnings[0]
+
+
+@pytest.mark.usefixtures("scratch_model")
+def test_flags_of_another_length_than_the_losses_masks_are_refused_naming_ll_mask_classes(tmp_path):
+    import ekn_core.neuromancer as nm
+
+    files = write_cubes(tmp_path, [np.random.default_rng(4).integers(-1, 3, LAB_SHAPE).astype(np.int16)])
+    inp = nm.Input((None, 1, 6, 20, 20), "b,f,z,y,x", name="raw")
+    probs = nm.Softmax(nm.Conv(inp, 3, (3, 5, 5), (1, 1, 1), activation_func="lin"))
+    target = nm.Input_like(probs, override_f=1, dtype="int16", name="target")
+    labelled, absent = (nm.Input((None, 3), "b,f", name=name) for name in ("labelled", "absent"))
+    loss = nm.MultinoulliNLL(probs, target, target_is_sparse=True, mask_class_labeled=labelled,
+                             mask_class_not_present=absent)
+    with pytest.raises(ConfigError) as err:
+        PatchSource.from_nodes(inp, target, **files, seed=0)
+    assert str(err.value) == (
+        "the lazy-label flags of the cubes have 1 entry (no cube has flags: ll_mask_classes, else one per label "
+        "channel), but MultinoulliNLL 'nll' takes masks of 3 ('labelled', 'absent'; one flag per class): give "
+        "data_init_kwargs 'll_mask_classes': 3 (then every class is labelled and none absent)")
+    with pytest.raises(ConfigError, match=r"have 2 entries \(as those of .*lab_0.h5:lab\), .* give every cube 3 flags"):
+        PatchSource.from_nodes(inp, target, **files, ll_masks=[[[1, 1], [0, 0]]], seed=0)
+    src = PatchSource.from_nodes(inp, target, **files, ll_mask_classes=3, seed=0)
+    batch = src.getbatch(2, ret_ll_mask=True)
+    assert batch[2].tolist() == [[1, 1, 1]] * 2 and batch[3].tolist() == [[0, 0, 0]] * 2
+    assert np.isfinite(np.asarray(loss(*batch))).all()
+    with pytest.raises(ConfigError, match=r"different lengths \(.*lab_0.h5:lab: 2, ll_mask_classes 3\)"):
+        PatchSource(**GEOMETRY, **files, ll_masks=[[[1, 1], [0, 0]]], ll_mask_classes=3)
+    with pytest.raises(ConfigError, match="ll_mask_classes must be a whole number >= 1"):
+        PatchSource(**GEOMETRY, **files, ll_mask_classes=0)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from ekn_core.errors import ConfigError
-from ekn_core.trainer.data_files import DATA_DIR_VARIABLES, fingerprint_file
+from ekn_core.trainer.data_files import (DATA_DIR_VARIABLES, DataFilesRefused, check_resume_data, data_files_record,
+                                        fingerprint_file)
 from ekn_core.trainer.rundir import RunDir
 
 pytest.importorskip("tensorflow")
@@ -202,6 +203,66 @@ def test_a_run_json_without_the_record_resumes_unchecked_and_gets_it(setup, monk
     assert (f"run.json of {run_dir.path} records no data files (the run started before ekn recorded them): the data "
             "of this resume is not checked against the run's") in caplog.text
     assert [f["path"] for f in data_record(run_dir)["files"]] == volumes(str(tmp_path / "b"))
+
+
+def test_a_resume_whose_data_source_cannot_be_built_says_why_and_keeps_the_status(setup, monkeypatch):
+    """The common "data moved" case: the files are missing where the config now points (the
+    check after the build never ran) or gone from where the run read them; a symlink to them is
+    the same files."""
+    tmp_path, config = setup
+    a = str(tmp_path / "a")
+    monkeypatch.setenv("EKN_DATA_DIR", a)
+    run_dir = train(config, "save_name='run'", save_path=str(tmp_path / "runs")).run_dir
+    run = run_dir.path
+    missing = str(tmp_path / "c")
+    monkeypatch.setenv("EKN_DATA_DIR", missing)
+    with pytest.raises(DataFilesRefused) as err:
+        train(None, "n_steps=4", resume=run)
+    assert str(err.value).startswith(f"cannot resume {run}: its data source could not be built (")
+    assert str(err.value).endswith(
+        f"/raw_0.h5' does not exist). EKN_DATA_DIR was '{a}' when the run started, now '{missing}'. To resume on "
+        f"the run's files: `EKN_DATA_DIR={a} ekn train --resume {run}`")
+    assert json.load(open(run_dir.run_json))["status"] == "finished"  # refused, not failed
+    os.rename(a, missing)  # moved: the config's paths still point to the old folder
+    monkeypatch.setenv("EKN_DATA_DIR", a)
+    with pytest.raises(DataFilesRefused, match=re.escape(
+            f"the run's data files '{a}/raw_0.h5:raw' (and 3 more) no longer exist. Put them back, or point the "
+            "config's data paths to where they are now and resume with --set accept_new_data=True")):
+        train(None, "n_steps=4", resume=run)
+    assert json.load(open(run_dir.run_json))["status"] == "finished"
+    os.symlink(missing, a)  # the files reached through a link: the same files
+    assert train(None, "n_steps=4", resume=run).step == 4
+    monkeypatch.setenv("EKN_DATA_DIR", missing)
+    assert train(None, "n_steps=6", resume=run).step == 6
+
+
+def test_paths_and_working_directories_are_compared_with_their_links_resolved(tmp_path, monkeypatch):
+    real, other = tmp_path / "real", tmp_path / "other"
+    for folder in (real, other):
+        folder.mkdir()
+        (folder / "raw.h5").write_bytes(b"1234")
+    (tmp_path / "link").symlink_to(real)
+
+    class Source:
+        def __init__(self, path):
+            self.path = str(path)
+
+        def data_files(self):
+            return [self.path + ":raw"]
+
+    linked = data_files_record(Source(tmp_path / "link" / "raw.h5"))
+    assert linked["files"][0]["place"] == str(real / "raw.h5" / "raw")
+    check_resume_data(linked, data_files_record(Source(real / "raw.h5")), "RUN", accepted=False)  # the same file
+    old = {**linked, "files": [{k: v for k, v in f.items() if k != "place"} for f in linked["files"]]}
+    check_resume_data(old, data_files_record(Source(real / "raw.h5")), "RUN", accepted=False)  # recorded without it
+    monkeypatch.chdir(real)
+    elsewhere = data_files_record(Source(other / "raw.h5"))
+    with pytest.raises(DataFilesRefused, match=re.escape(f"The run started in {tmp_path / 'cwd'} (relative")):
+        check_resume_data(linked, elsewhere, "RUN", accepted=False, cwd=str(tmp_path / "cwd"))
+    (tmp_path / "cwd").symlink_to(real)  # the run's working directory, reached through a link
+    with pytest.raises(DataFilesRefused) as err:
+        check_resume_data(linked, elsewhere, "RUN", accepted=False, cwd=str(tmp_path / "cwd"))
+    assert "The run started in" not in str(err.value)
 
 
 @pytest.mark.parametrize("layout, path, expected", [

@@ -55,6 +55,24 @@ def parameter_names(method: Any) -> frozenset[str]:
     return frozenset(names)
 
 
+def class_weights_position(inputs: Sequence[Any], n_arrays: int) -> int:
+    """Where the config's ``class_weights`` go among the ``n_arrays`` arrays of a batch, for a loss
+    whose inputs are ``inputs`` (``loss_node.input_nodes``, the order the training step takes): the
+    place of its first input without a batch axis (``'b'``; e.g. ``MultinoulliNLL``'s class weights
+    node, which comes before its lazy-label masks), else after the arrays (ELEKTRONN2 appended them).
+
+    Example:
+        >>> class Input:
+        ...     def __init__(self, tags):
+        ...         self.shape = type("Shape", (), {"tags": tuple(tags.split(","))})()
+        >>> loss_inputs = [Input("b,f,z,y,x"), Input("b,f,z,y,x"), Input("f"), Input("b,f"), Input("b,f")]
+        >>> class_weights_position(loss_inputs, 4), class_weights_position(loss_inputs[:3], 2)
+        (2, 2)
+    """
+    unbatched = [i for i, node in enumerate(inputs) if "b" not in node.shape.tags]
+    return unbatched[0] if unbatched and unbatched[0] <= n_arrays else n_arrays
+
+
 class BatchFeeding:
     """Batches for the training step, the monitor batches and the shell (mixed into the trainer)."""
 
@@ -142,10 +160,12 @@ class BatchFeeding:
                                                              *BATCH_STREAMS[stream]]))
 
     def _with_class_weights(self, batch: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        """``batch`` with the config's ``class_weights`` appended (when set), as the training step takes it."""
-        if self.config.class_weights is not None:
-            batch = (*batch, np.asarray(self.config.class_weights, dtype=np.float32))
-        return batch
+        """``batch`` with the config's ``class_weights`` (when set) where the training step takes
+        them (:func:`class_weights_position`)."""
+        if self.config.class_weights is None:
+            return batch
+        at = class_weights_position(self.model.loss_node.input_nodes, len(batch))
+        return (*batch[:at], np.asarray(self.config.class_weights, dtype=np.float32), *batch[at:])
 
     def get_batch(self, source: str = "train", size: int | None = None, step: int | None = None,
                   stream: str | None = None) -> tuple[np.ndarray, ...]:

@@ -5,15 +5,21 @@ data folder variables of the example configs (``EKN_DATA_DIR``, ...), paths rela
 directory, edited files. When a run starts, ``run.json`` records (``data_files``) the files its
 data source reads (its optional ``data_files()`` method: the volume paths as
 :func:`~ekn_core.volumes.open_volume` takes them; a source without it reads none) with absolute
-paths and a cheap fingerprint (size and modification time, of a folder volume's metadata file),
-and the data folder variables in effect. A resume compares its data source's files with the
-record (:func:`check_resume_data`):
+paths, the places they resolve to (symbolic links followed) and a cheap fingerprint (size and
+modification time, of a folder volume's metadata file), and the data folder variables in effect.
+A resume compares its data source's files with the record (:func:`check_resume_data`); a file is
+the same when its path is, or when both paths point to the same place (a link to the file):
 
-- a file at another path (or another number of files): refused, with the way to resume on the
+- another file (or another number of files): refused, with the way to resume on the
   run's files, unless the resume's own ``--set accept_new_data=True`` accepts them (a warning);
-- the same path with another size or modification time: a warning naming the file (files are
+- the same file with another size or modification time: a warning naming the file (files are
   copied, touched and restored with the same content; the resume cannot tell);
 - a ``run.json`` without the record (a run started before ekn recorded it): not checked (INFO).
+
+A data source that cannot be built on resume (its files are missing) is explained by the record
+(:func:`unbuilt_data_message`): the data folder variables or the working directory differ from the
+run's start, or the run's files are gone. Refusals raise :class:`DataFilesRefused`, after which the
+run's status stays as it was.
 
 The resumed run then records what it reads, so each change is reported once.
 
@@ -41,7 +47,7 @@ from itertools import zip_longest
 from typing import Any
 
 from ekn_core.errors import ConfigError
-from ekn_core.volumes import _CONFIG_ENDINGS, _CONFIG_FILES, local_path, split_key
+from ekn_core.volumes import _CONFIG_ENDINGS, _CONFIG_FILES, _location, local_path, split_key
 
 log = logging.getLogger("ekn.trainer")
 
@@ -53,6 +59,11 @@ DATA_DIR_VARIABLES = ("EKN_DATA_DIR", "EKN_TUBES_DIR", "EKN_KNOSSOS_DIR")
 METADATA_FILES = ("zarr.json", ".zarray", ".zgroup", "attributes.json", "info")
 #: How many changed paths an error or warning names.
 SHOWN = 1
+
+
+class DataFilesRefused(ConfigError):
+    """A resume refused because its data source reads other files than the run trained on, or
+    cannot be built where the run's files were (the run is left as it was)."""
 
 
 def resolved_path(path: str) -> str:
@@ -112,16 +123,28 @@ def fingerprint_file(path: str) -> str | None:
 
 
 def file_record(path: str) -> dict[str, Any]:
-    """``{"path": resolved path, "stat_of": the file fingerprinted, "size": bytes, "mtime_ns": ...}``
-    of the volume at ``path`` (the last three None when there is no local file)."""
+    """``{"path": resolved path, "place": where it points, "stat_of": the file fingerprinted,
+    "size": bytes, "mtime_ns": ...}`` of the volume at ``path`` (the last three None when there is
+    no local file). ``place`` follows symbolic links (:func:`~ekn_core.volumes._location`)."""
     resolved = resolved_path(path)
     stat_of = fingerprint_file(resolved)
     try:
         stat = os.stat(stat_of) if stat_of else None
     except OSError:
         stat = None
-    return {"path": resolved, "stat_of": stat_of, "size": stat.st_size if stat else None,
-            "mtime_ns": stat.st_mtime_ns if stat else None}
+    return {"path": resolved, "place": _location(resolved)[0], "stat_of": stat_of,
+            "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
+
+
+def _same_file(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether two file records name the same file: the same path, or paths that point to the same
+    place (a record written without its ``place``: resolved now)."""
+    return before["path"] == now["path"] or (before.get("place") or _location(before["path"])[0]) == now["place"]
+
+
+def _same_directory(a: str | None, b: str) -> bool:
+    """Whether the directories ``a`` and ``b`` are one (symbolic links followed)."""
+    return a is None or os.path.realpath(a) == os.path.realpath(b)
 
 
 def data_files_record(source: Any) -> dict[str, Any]:
@@ -141,7 +164,7 @@ def _moved(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:
             changes.append(f"it also reads {now['path']!r}")
         elif now is None:
             changes.append(f"it no longer reads {before['path']!r}")
-        elif before["path"] != now["path"]:
+        elif not _same_file(before, now):
             changes.append(f"{before['path']!r} is now {now['path']!r}")
     return changes
 
@@ -165,9 +188,9 @@ def _how_to_keep(recorded: dict[str, Any], run_path: str, cwd: str | None) -> st
         unset = "".join(f"-u {name} " for name in differ if before[name] is None)
         assign = "".join(f"{name}={before[name]} " for name in differ if before[name] is not None)
         was = ", ".join(f"{name} was {before[name]!r} when the run started, now {now.get(name)!r}" for name in differ)
-        where = f" in {cwd}" if cwd and cwd != os.getcwd() else ""
+        where = "" if _same_directory(cwd, os.getcwd()) else f" in {cwd}"
         return f"{was}. To resume on the run's files: `{'env ' + unset if unset else ''}{assign}{command}`{where}"
-    if cwd and cwd != os.getcwd():
+    if not _same_directory(cwd, os.getcwd()):
         return (f"The run started in {cwd} (relative data paths refer to the working directory). To resume on the "
                 f"run's files: `{command}` in {cwd}")
     return "To resume on the run's files, make the config's data paths point to them again (run.json: data_files)"
@@ -186,8 +209,9 @@ def check_resume_data(recorded: dict[str, Any] | None, current: dict[str, Any], 
         cwd: The working directory the run started in (``run.json``'s ``cwd``).
 
     Raises:
-        ConfigError: A file is at another path (or the number of files differs) and not ``accepted``:
-            names the old and the new path, how to resume on the old ones and how to accept the new.
+        DataFilesRefused: Another file (or another number of files) and not
+            ``accepted``: names the old and the new path, how to resume on the old ones and how to
+            accept the new.
     """
     if recorded is None:
         log.info("run.json of %s records no data files (the run started before ekn recorded them): the data of this "
@@ -196,15 +220,44 @@ def check_resume_data(recorded: dict[str, Any] | None, current: dict[str, Any], 
     old, new = recorded.get("files", []), current["files"]
     moved = _moved(old, new)
     if moved and not accepted:
-        raise ConfigError(f"cannot resume {run_path}: its data source reads other files than the run trained on: "
+        raise DataFilesRefused(f"cannot resume {run_path}: its data source reads other files than the run trained on: "
                           f"{_listed(moved)}. {_how_to_keep(recorded, run_path, cwd)}. To train on the new files on "
                           "purpose, resume with --set accept_new_data=True.")
     if moved:
         log.warning("the run trained on other data files: %s; it continues on the new ones, as --set "
                     "accept_new_data=True asks", _listed(moved))
     for before, now in zip(old, new):
-        if before["path"] == now["path"] and (before["size"], before["mtime_ns"]) != (now["size"], now["mtime_ns"]):
+        if _same_file(before, now) and (before["size"], before["mtime_ns"]) != (now["size"], now["mtime_ns"]):
             log.warning("the data file %s changed since the run recorded it (size %s -> %s bytes, modified %s -> %s): "
                         "the resumed run reads it as it is now; it trains exactly as before only if the content is "
                         "the same", now["stat_of"] or now["path"], before["size"], now["size"],
                         _when(before["mtime_ns"]), _when(now["mtime_ns"]))
+
+
+def unbuilt_data_message(recorded: dict[str, Any] | None, error: BaseException, run_path: str,
+                         cwd: str | None = None) -> str | None:
+    """Why a resumed run's data source could not be built (``error``), told from ``run.json``'s
+    record (``recorded``; None: not known): the data folder variables or the working directory
+    differ from the run's start (with how to resume on the run's files), or files the run read no
+    longer exist. None when the record tells nothing (the error stands as it is).
+
+    Example:
+        >>> record = {"files": [{"path": "/gone/raw.h5:raw", "stat_of": "/gone/raw.h5"}], "environment": {}}
+        >>> print(unbuilt_data_message(record, FileNotFoundError("no /gone/raw.h5"), "RUN"))
+        cannot resume RUN: its data source could not be built (FileNotFoundError: no /gone/raw.h5): the run's data
+        file '/gone/raw.h5:raw' no longer exists. Put it back, or point the config's data paths to where it is now
+        and resume with --set accept_new_data=True
+    """
+    if recorded is None:
+        return None
+    failed = f"cannot resume {run_path}: its data source could not be built ({type(error).__name__}: {error})"
+    before = recorded.get("environment", {})
+    if any(before[name] != os.environ.get(name) for name in before) or not _same_directory(cwd, os.getcwd()):
+        return f"{failed}. {_how_to_keep(recorded, run_path, cwd)}"
+    gone = [repr(r["path"]) for r in recorded.get("files", []) if r.get("stat_of") and not os.path.exists(r["stat_of"])]
+    if not gone:
+        return None
+    file, it, is_ = ("file", "it", "exists") if len(gone) == 1 else ("files", "them", "exist")
+    return (f"{failed}: the run's data {file} {_listed(gone)} no longer {is_}. Put {it} back, or point the config's "
+            f"data paths to where {'it is' if len(gone) == 1 else 'they are'} now and resume with --set "
+            "accept_new_data=True")

@@ -61,6 +61,7 @@ from ekn_core.trainer.batch_feeding import BatchFeeding
 from ekn_core.trainer.batch_picture_writer import BatchPictureWriter
 from ekn_core.trainer.checkpoint import latest_checkpoint
 from ekn_core.trainer.config import ExperimentConfig
+from ekn_core.trainer.data_files import DataFilesRefused
 from ekn_core.trainer.devices import parse_device_spec
 from ekn_core.trainer.history import History
 from ekn_core.trainer.interrupts import Interrupts
@@ -69,8 +70,7 @@ from ekn_core.trainer.monitoring import Monitoring, worst_score
 from ekn_core.trainer.nan_rollback import NanRollback
 from ekn_core.trainer.outputs import RunOutputs
 from ekn_core.trainer.rundir import RunDir
-from ekn_core.trainer.run_setup import (RunSetup, check_resume_data_files, check_resume_precision, log_kept,
-                                        run_precision)
+from ekn_core.trainer.run_setup import RunSetup, check_resume_precision, log_kept, run_precision
 from ekn_core.trainer.training_state import TrainingState
 
 log = logging.getLogger("ekn.trainer")
@@ -149,8 +149,9 @@ class Trainer(RunSetup, ModelSetup, BatchFeeding, BatchPictureWriter, Monitoring
             self._new_run_set_up(device)
 
     def _resume_set_up(self, device: Any) -> None:
-        """Under the run's lock: the log, the precision check, then the set-up and the checkpoint,
-        then the check of the data files (a refused resume leaves the run's status as it was)."""
+        """Under the run's lock: the log, the precision check, then the set-up (with the check of
+        the data files) and the checkpoint. A refused resume (precision, data files) leaves the
+        run's status as it was; another set-up error marks it ``error``."""
         self._run_lock = self.run_dir.acquire_lock()
         self._start_log()
         try:
@@ -162,14 +163,12 @@ class Trainer(RunSetup, ModelSetup, BatchFeeding, BatchPictureWriter, Monitoring
             for path in self.run_dir.remove_stale_temporaries():
                 log.info("deleted %s, left by an interrupted write", path)
             self._setup(device)
+        except DataFilesRefused:
+            self.close()
+            raise
         except BaseException as err:
             log.error("could not set up the run: %s: %s", type(err).__name__, err)
             self.run_dir.update_run_json(status="error")
-            self.close()
-            raise
-        try:
-            check_resume_data_files(self.run_dir, self.config, self.data_files_record)
-        except BaseException:
             self.close()
             raise
 

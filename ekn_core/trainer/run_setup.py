@@ -131,21 +131,44 @@ def resume_overrides(info: dict[str, Any], config: Any) -> list[str]:
     return config.overrides[len(previous):] if config.overrides[:len(previous)] == previous else config.overrides
 
 
+def accepts_new_data(info: dict[str, Any], config: Any) -> bool:
+    """Whether this resume's own ``--set`` (not one of ``run.json``'s, ``info``) gives ``accept_new_data=True``."""
+    from ekn_core.trainer.config import parse_override
+
+    named = any(parse_override(text)[0] == "accept_new_data" for text in resume_overrides(info, config))
+    return named and bool(config.accept_new_data)
+
+
 def check_resume_data_files(run_dir: Any, config: Any, current: dict[str, Any]) -> None:
     """Compares the data files of a resumed run (``current``: its data source's record) with those
     ``run.json`` records (:func:`~ekn_core.trainer.data_files.check_resume_data`); other paths are
     accepted only when this resume's own ``--set`` gives ``accept_new_data=True``.
 
     Raises:
-        ConfigError: Other paths, not accepted: names them and how to resume on the run's files.
+        DataFilesRefused: Other paths, not accepted: names them and how to resume on the run's files.
     """
-    from ekn_core.trainer.config import parse_override
     from ekn_core.trainer.data_files import check_resume_data
 
     info = run_dir.read_run_json()
-    named = any(parse_override(text)[0] == "accept_new_data" for text in resume_overrides(info, config))
-    check_resume_data(info.get("data_files"), current, run_dir.path, named and bool(config.accept_new_data),
-                      info.get("cwd"))
+    check_resume_data(info.get("data_files"), current, run_dir.path, accepts_new_data(info, config), info.get("cwd"))
+
+
+def refuse_unbuilt_resume_data(run_dir: Any, config: Any, error: BaseException) -> None:
+    """A resumed run whose data source could not be built (``error``): refused with what
+    ``run.json``'s record tells (:func:`~ekn_core.trainer.data_files.unbuilt_data_message`: other data
+    folder variables or working directory than at the run's start, the run's files gone), unless
+    this resume accepts new data; returns when the record tells nothing (``error`` stands).
+
+    Raises:
+        DataFilesRefused: Naming the cause and how to resume on the run's files.
+    """
+    from ekn_core.trainer.data_files import DataFilesRefused, unbuilt_data_message
+
+    info = run_dir.read_run_json()
+    message = None if accepts_new_data(info, config) else unbuilt_data_message(
+        info.get("data_files"), error, run_dir.path, info.get("cwd"))
+    if message:
+        raise DataFilesRefused(message) from error
 
 
 @contextlib.contextmanager
@@ -166,16 +189,24 @@ class RunSetup:
     """Run directory files, log, TensorFlow and the set-up order (mixed into the trainer)."""
 
     def _setup(self, device: Any) -> None:
-        """Device, seeds, model, optimiser, data, schedules, previews, and the checkpoint on resume."""
+        """Device, seeds, model, optimiser, data (on resume: checked against ``run.json``'s record,
+        :func:`check_resume_data_files`), schedules, previews, and the checkpoint on resume."""
         config = self.config
         self._setup_tensorflow(device)
         with self.strategy_scope():
             self._build_model()
-        self._build_data()
+        try:
+            self._build_data()
+        except Exception as err:
+            if self.resume:
+                refuse_unbuilt_resume_data(self.run_dir, config, err)
+            raise
         from ekn_core.trainer.data_files import data_files_record
 
         #: The files the data source reads, as ``run.json`` records them (``data_files``).
         self.data_files_record = data_files_record(self.data)
+        if self.resume:
+            check_resume_data_files(self.run_dir, config, self.data_files_record)
         from ekn_core.schedules import bind_schedules
 
         self.schedules = bind_schedules(config.schedules, self.model, self.config)

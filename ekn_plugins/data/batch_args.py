@@ -29,21 +29,28 @@ ELEKTRONN2_ONLY = {
 PATCH_SOURCES = {"batchcreatorimage", "patchsource"}
 
 
-def batch_args_problems(args: Mapping[str, Any]) -> list[str]:
+def batch_args_problems(args: Mapping[str, Any], augmenters: Any = None) -> list[str]:
     """The problems of ``data_batch_args`` for the patch source: ELEKTRONN2's arguments it does not
-    take (with what to use instead), unknown ones (with the closest argument), and else the error
-    of the augmentation its ELEKTRONN2 arguments make (:func:`~ekn_plugins.data.patches.elektronn2_pipeline`:
-    ``warp_args``, ``blurry_blobs_args``, ...), if any.
+    take (with what to use instead), unknown ones (with the closest argument), else values it
+    refuses: the error of the augmentation its ELEKTRONN2 arguments make
+    (:func:`~ekn_plugins.data.patches.elektronn2_pipeline`: ``warp_args``, ``blurry_blobs_args``,
+    ...), such arguments beside a configured pipeline ``augmenters`` (``data_init_kwargs``;
+    :func:`~ekn_plugins.data.patches.augmentation_conflict`), and the values of ``ignore_thresh``,
+    ``nhood_targets`` and ``ret_ll_mask``.
 
     Example:
         >>> batch_args_problems({"warp": True, "grey_augment_channels": [0]})
         []
         >>> batch_args_problems({"blurry_blobs_probability": 0.5, "blurry_blobs_args": {"diffusenes": 2}})
         ["data_batch_args: blurry_blobs_args ['diffusenes'] are not supported; known: ['blob_size_range', ...]"]
+        >>> for problem in batch_args_problems({"ignore_thresh": 50, "ret_ll_mask": "yes"}):
+        ...     print(problem)
+        data_batch_args: ignore_thresh must be a share in [0, 1] ... got 50
+        data_batch_args: ret_ll_mask must be True or False (return the lazy-label flags), got 'yes'
     """
     from ekn_core.errors import EknError, keyword_names, unknown_keywords
-    from ekn_plugins.data.elektronn2_nga import NGA_ARGS
-    from ekn_plugins.data.patches import PatchSource, elektronn2_pipeline
+    from ekn_plugins.data.patches import (ELEKTRONN2_AUGMENTATION_ARGS, PatchSource, augmentation_conflict,
+                                          batch_values_problems, elektronn2_pipeline)
 
     problems = [f"data_batch_args: ELEKTRONN2's {key!r} is not supported: {ELEKTRONN2_ONLY[key]}"
                 for key in args if key in ELEKTRONN2_ONLY]
@@ -52,13 +59,15 @@ def batch_args_problems(args: Mapping[str, Any]) -> list[str]:
     problems += unknown_keywords(PatchSource.getbatch, others, "data_batch_args", names)
     if problems:
         return problems
-    augmentation = {key: value for key, value in args.items()
-                    if key in ("warp", "warp_args", "grey_augment_channels", *NGA_ARGS)}
+    augmentation = {key: value for key, value in args.items() if key in ELEKTRONN2_AUGMENTATION_ARGS}
     try:
         elektronn2_pipeline(**augmentation)
     except (EknError, TypeError, ValueError) as err:
-        return [f"data_batch_args: {err}"]
-    return []
+        problems.append(f"data_batch_args: {err}")
+    else:
+        conflict = augmentation_conflict(augmentation) if augmenters else None
+        problems += [conflict] if conflict else []
+    return problems + [f"data_batch_args: {problem}" for problem in batch_values_problems(args)]
 
 
 @hookimpl
@@ -69,4 +78,6 @@ def ekn_check_config(config: dict[str, Any]) -> list[str]:
     data_class, args = config.get("data_class"), config.get("data_batch_args")
     if not isinstance(data_class, str) or normalised_name(data_class) not in PATCH_SOURCES:
         return []
-    return batch_args_problems(args) if isinstance(args, Mapping) else []
+    init = config.get("data_init_kwargs")
+    augmenters = init.get("augmenters") if isinstance(init, Mapping) else None
+    return batch_args_problems(args, augmenters) if isinstance(args, Mapping) else []

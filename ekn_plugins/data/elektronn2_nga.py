@@ -98,14 +98,14 @@ def options(name: str, args: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def nga_augmenters(nga_blur_noise_probability: bool | float = 0.0, blurry_blobs_probability: bool | float = 0.0,
-                   blurry_blobs_args: Mapping[str, Any] | None = None,
-                   noisy_random_erasing_probability: bool | float = 0.0,
-                   noisy_random_erasing_args: Mapping[str, Any] | None = None,
-                   uniform_random_erasing_probability: bool | float = 0.0,
-                   uniform_random_erasing_args: Mapping[str, Any] | None = None) -> list[Augmenter]:
-    """The augmenters equivalent to ELEKTRONN2's non-geometric ``getbatch`` arguments (see the
-    module), in its order. Every ``*_args`` given is checked, also where its probability is 0."""
+def _named_specs(nga_blur_noise_probability: bool | float = 0.0, blurry_blobs_probability: bool | float = 0.0,
+                 blurry_blobs_args: Mapping[str, Any] | None = None,
+                 noisy_random_erasing_probability: bool | float = 0.0,
+                 noisy_random_erasing_args: Mapping[str, Any] | None = None,
+                 uniform_random_erasing_probability: bool | float = 0.0,
+                 uniform_random_erasing_args: Mapping[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """``(ELEKTRONN2 name, augmenter spec)`` of each argument with a probability above 0, in its
+    order; every ``*_args`` given is checked, also where its probability is 0."""
     blobs = options("blurry_blobs", blurry_blobs_args)
     blobs["sigma"] = blobs.get("sigma") or (1.0, 5.0)  # no diffuseness: a random one for each blob
     uniform = options("uniform_random_erasing", uniform_random_erasing_args)
@@ -115,7 +115,7 @@ def nga_augmenters(nga_blur_noise_probability: bool | float = 0.0, blurry_blobs_
               ("blurry_blobs", blurry_blobs_probability, {"type": "blurry_blobs", **blobs}),
               ("uniform_random_erasing", uniform_random_erasing_probability, {"type": "random_erasing", **uniform}),
               ("noisy_random_erasing", noisy_random_erasing_probability, {"type": "random_erasing", **noisy})]
-    augmenters = []
+    specs = []
     for name, chance, spec in wanted:
         chance = probability(f"{name}_probability", chance)
         if not chance:
@@ -123,8 +123,30 @@ def nga_augmenters(nga_blur_noise_probability: bool | float = 0.0, blurry_blobs_
         if name == "uniform_random_erasing" and "fill" not in spec:
             raise ConfigError("uniform_random_erasing_args needs 'value', the grey value of the erased boxes "
                               "(ELEKTRONN2 had no default either)")
+        specs.append((name, {**spec, "probability": chance}))
+    return specs
+
+
+def nga_specs(**nga_args: Any) -> list[dict[str, Any]]:
+    """The augmenter specs (``{"type": ..., ...}``, as in ``augmenters``) equivalent to ELEKTRONN2's
+    non-geometric ``getbatch`` arguments :data:`NGA_ARGS` (see the module), in its order: one for
+    each probability above 0 (an ``*_args`` without its probability adds nothing, but is checked).
+
+    Example:
+        >>> nga_specs(blurry_blobs_probability=0.3, blurry_blobs_args={"diffuseness": 2},
+        ...           uniform_random_erasing_args={"value": 0})
+        [{'type': 'blurry_blobs', 'sigma': 2, 'probability': 0.3}]
+    """
+    return [spec for _, spec in _named_specs(**nga_args)]
+
+
+def nga_augmenters(**nga_args: Any) -> list[Augmenter]:
+    """The augmenters of :func:`nga_specs`, built (an option an augmenter refuses is named with
+    the ELEKTRONN2 keys that set the options)."""
+    augmenters = []
+    for name, spec in _named_specs(**nga_args):
         try:
-            augmenters.append(build_augmenter({**spec, "probability": chance}))
+            augmenters.append(build_augmenter(spec))
         except ConfigError as err:
             keys = ", ".join(f"{key} → {option}" for key, option in ARG_KEYS.get(name, {}).items())
             raise ConfigError(f"{name}_args: {err} (ELEKTRONN2's keys set these options: {keys})") from None

@@ -64,7 +64,7 @@ from ekn_plugins.augmenters.base import PatchContext, Pipeline
 from ekn_plugins.augmenters.sampling import warp
 from ekn_plugins.augmenters.transform import FoldError, Transform, source_bounds, voxel_matrix
 from ekn_plugins.augmenters.vectors import turn_vectors, vector_matrices, vector_triples
-from ekn_plugins.data.elektronn2_nga import nga_augmenters
+from ekn_plugins.data.elektronn2_nga import NGA_ARGS, nga_augmenters, nga_specs
 from ekn_plugins.data.image import NHOOD_TARGETS_2D, NHOOD_TARGETS_3D, center_offset, make_nhood_targets
 from ekn_plugins.data.lazy import LazyView, cast_labels, open_view
 
@@ -247,6 +247,64 @@ def _ignore_thresh(value: Any) -> float | None:
     return float(value)
 
 
+def nhood_target_offsets(value: Any, ndim: int | None) -> np.ndarray:
+    """The ``(n, ndim)`` offsets of ``getbatch``'s ``nhood_targets`` (True: ELEKTRONN2's default),
+    checked; ``ndim`` None (not known yet) takes 2 or 3 spatial axes.
+
+    Example:
+        >>> nhood_target_offsets([[0, 0], [0, 1]], 2).tolist(), len(nhood_target_offsets(True, 3))
+        ([[0, 0], [0, 1]], 7)
+        >>> nhood_target_offsets([[0, 0.5]], None)
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: nhood_targets is True or whole-number offsets of shape (n, 2 or 3) ...
+    """
+    default = NHOOD_TARGETS_2D if ndim == 2 else NHOOD_TARGETS_3D
+    try:
+        nhood = np.asarray(default if value is True else value)
+    except (TypeError, ValueError):  # ragged
+        nhood = np.empty((0, 0))
+    if (nhood.ndim != 2 or nhood.shape[1] not in ((ndim,) if ndim else (2, 3)) or not len(nhood)
+            or nhood.dtype.kind not in "iuf" or np.any(nhood != np.round(nhood))):
+        raise ConfigError(f"nhood_targets is True or whole-number offsets of shape (n, {ndim or '2 or 3'}) (spatial "
+                          f"axes in the order of patch_size), got {value!r}")
+    return nhood.astype(np.int64)
+
+
+def _ret_ll_mask(value: Any) -> bool:
+    """``getbatch``'s ``ret_ll_mask``, checked (True or False).
+
+    Example:
+        >>> _ret_ll_mask(False), _ret_ll_mask(np.True_)
+        (False, True)
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"ret_ll_mask must be True or False (return the lazy-label flags), got {value!r}")
+    return bool(value)
+
+
+def batch_values_problems(args: Mapping[str, Any]) -> list[str]:
+    """The values of ``getbatch``'s ``ignore_thresh``, ``nhood_targets`` and ``ret_ll_mask`` in
+    ``args`` that it would refuse (what the config check can tell without the model and the cubes).
+
+    Example:
+        >>> batch_values_problems({"ignore_thresh": 0.5, "nhood_targets": True, "ret_ll_mask": True})
+        []
+        >>> batch_values_problems({"nhood_targets": [[1, 0, 0, 0]]})
+        ['nhood_targets is True or whole-number offsets of shape (n, 2 or 3) ...']
+    """
+    checks = {"ignore_thresh": _ignore_thresh, "ret_ll_mask": _ret_ll_mask,
+              "nhood_targets": lambda value: value is None or value is False or nhood_target_offsets(value, None)}
+    problems = []
+    for key, check in checks.items():
+        try:
+            if key in args:
+                check(args[key])
+        except ConfigError as err:
+            problems.append(str(err))
+    return problems
+
+
 def _log_now(n: int) -> bool:
     """Whether statistics are logged after ``n`` events: after 1024, 2048, 4096, ...
 
@@ -316,6 +374,8 @@ class Cube:
     raw_dtype: np.dtype | None = None  # of the stored raw, which ``raw`` reads scaled to grey values
     grey_range: tuple[float, float] | None = None  # the range stated for the raw (None: its dtype's)
     ll_mask: np.ndarray | None = None  # lazy-label flags (2, n): labelled, not present (PatchSource's ll_masks)
+    label_name: str = ""  # the label volume's path
+    ll_mask_given: bool = False  # whether ll_mask came from ll_masks or the label file (else the default)
 
     def close(self) -> None:
         """Closes the files of lazy volumes."""
@@ -378,8 +438,8 @@ class PatchSource:
             voxels (see :meth:`_check_unlabelled`), a warning names the loss nodes whose
             ``ignore_value`` differs; None (not known): a warning says that they need it.
         augmenters: Augmenter config list, e.g. ``[{"type": "warp"}, {"type": "grey"}]``
-            (ELEKTRONN2's ``getbatch`` arguments ``warp``, ``warp_args`` and
-            ``grey_augment_channels`` are accepted too). When the source is built, transforms
+            (or ELEKTRONN2's ``getbatch`` augmentation arguments, ``warp``, ``blurry_blobs_probability``,
+            ...: not both, see :func:`augmentation_conflict`). When the source is built, transforms
             are drawn, and a warning says what to change when less than :data:`WARP_FIT_WARN` of
             those an augmenter acts in fit the cubes (see :meth:`_check_warp_fit`).
         augment_valid: Also augment validation patches.
@@ -419,9 +479,13 @@ class PatchSource:
             flags, one per class: ``[[labelled, ...], [not present, ...]]``; None reads the
             ``'ll_mask'`` dataset at the root of the cube's HDF5 label file, where there is one.
             Cubes without flags get every class labelled and none absent. All flags have one
-            length: ``t_n_f`` without any given, else that of those given (``n_class`` for class
-            ids). ``getbatch(ret_ll_mask=True)`` returns each example's flags; cubes with a class
+            length: that of those given, else ``ll_mask_classes``, else ``t_n_f``.
+            ``getbatch(ret_ll_mask=True)`` returns each example's flags; cubes with a class
             flagged absent are not checked against ``ignore_thresh``.
+        ll_mask_classes: The number of lazy-label flags per cube (one per class of the loss:
+            ``n_class`` for class ids, ``t_n_f`` for one-hot targets); None: that of the flags
+            given, else ``t_n_f``. :meth:`from_nodes` refuses flags of another length than the
+            lazy-label mask inputs of the model's ``MultinoulliNLL`` take, saying what to give.
     """
 
     def __init__(self, patch_size: Sequence[int], d_files: Sequence[Any], l_files: Sequence[Any],
@@ -435,7 +499,8 @@ class PatchSource:
                  input_tags: str | None = None, target_tags: str | None = None, seed: int | None = None,
                  affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto", copies: int = 1,
                  grey_range: Sequence[float] | None = None, ignore_value: float = IGNORE_VALUE,
-                 loss_ignore_values: Mapping[str, float | None] | None = None, ll_masks: Sequence[Any] | None = None):
+                 loss_ignore_values: Mapping[str, float | None] | None = None, ll_masks: Sequence[Any] | None = None,
+                 ll_mask_classes: int | None = None):
         ndim = len(patch_size)
         if ndim not in (2, 3):
             raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
@@ -493,6 +558,7 @@ class PatchSource:
         #: Examples checked against ``getbatch``'s ``ignore_thresh`` (``checked``) and drawn again
         #: because more of their targets were unlabelled (``redrawn``); logged now and then.
         self.label_stats = {"checked": 0, "redrawn": 0}
+        self._warned_negative = False  # see _warn_negative_targets
         self._compat: dict[str, tuple[Pipeline, PatchContext]] = {}
         #: The volumes read, raw and labels of each cube in turn (:meth:`data_files`).
         self.volume_paths = [_volume_path(base, entry).path for pair in zip(d_files, l_files)
@@ -507,6 +573,7 @@ class PatchSource:
                 label_entry = _volume_path(l_path, lab)
                 cubes.append(self._load(_volume_path(d_path, d), label_entry))
                 cubes[-1].ll_mask = _lazy_label_flags(flags, label_entry)
+                cubes[-1].ll_mask_given = cubes[-1].ll_mask is not None
             self.in_memory = self._keep_in_memory(in_memory, cubes, copies)
             if self.in_memory:
                 for cube in cubes:
@@ -517,7 +584,7 @@ class PatchSource:
                                 setattr(cube, name, view.in_memory() if name == "raw" else view.read())
             self._check_cubes(cubes, valid_cubes, cube_prios)
             self.target_vec_ix = self._vector_channels(target_vec_ix)
-            self._complete_ll_masks(cubes)
+            self._complete_ll_masks(cubes, ll_mask_classes)
             self._check_patches_fit()
             self._check_warp_fit(self.pipeline, self.ctx)
             self._check_unlabelled(loss_ignore_values)
@@ -550,15 +617,20 @@ class PatchSource:
             raise ConfigError(f"affinities={self.affinities!r} needs one label channel of ids, the cubes have "
                               f"{self.t_n_f}")
 
-    def _complete_ll_masks(self, cubes: list[Cube]) -> None:
+    def _complete_ll_masks(self, cubes: list[Cube], n_flags: int | None) -> None:
         """Gives the cubes without lazy-label flags ELEKTRONN2's default (every class labelled, none
-        absent) with the length of the others' (``t_n_f`` when none has flags); one length for all."""
+        absent) with the length of the others' (else ``n_flags``, else ``t_n_f``); one length for all."""
+        if n_flags is not None and (isinstance(n_flags, bool) or not isinstance(n_flags, (int, np.integer))
+                                    or n_flags < 1):
+            raise ConfigError(f"ll_mask_classes must be a whole number >= 1 (the lazy-label flags per cube: one per "
+                              f"class of the loss), got {n_flags!r}")
         lengths = Counter(c.ll_mask.shape[1] for c in cubes if c.ll_mask is not None)
-        if len(lengths) > 1:
-            found = ", ".join(f"{c.name}: {c.ll_mask.shape[1]}" for c in cubes if c.ll_mask is not None)
-            raise ConfigError(f"the lazy-label flags of the cubes have different lengths ({found}); give every cube "
-                              "one flag per class of the loss (t_n_f for one-hot targets, n_class for class ids)")
-        n = next(iter(lengths), self.t_n_f)
+        if len(lengths) > 1 or (lengths and n_flags is not None and n_flags not in lengths):
+            found = ", ".join(f"{c.label_name}: {c.ll_mask.shape[1]}" for c in cubes if c.ll_mask is not None)
+            given = f", ll_mask_classes {n_flags}" if n_flags is not None else ""
+            raise ConfigError(f"the lazy-label flags of the cubes have different lengths ({found}{given}); give every "
+                              "cube one flag per class of the loss (t_n_f for one-hot targets, n_class for class ids)")
+        n = next(iter(lengths), n_flags or self.t_n_f)
         for cube in cubes:
             if cube.ll_mask is None:
                 cube.ll_mask = np.stack([np.ones(n, np.float32), np.zeros(n, np.float32)])
@@ -639,8 +711,36 @@ class PatchSource:
                                                          target_node.all_children.items()
                                                          if hasattr(node, "ignore_value")})
         source = cls(patch_size=shape.spatial_shape, **kwargs)
+        try:
+            if hasattr(target_node, "all_children"):
+                source._check_lazy_label_inputs(target_node)
+        except BaseException:
+            source.close()
+            raise
         record_training_data(input_node, source.training_data())  # the model file keeps it
         return source
+
+    def _check_lazy_label_inputs(self, target_node: Any) -> None:
+        """Refuses lazy-label flags of another length than the mask inputs of the losses that take
+        ``target_node`` (``MultinoulliNLL``'s ``mask_class_labeled`` / ``mask_class_not_present``
+        fed per batch) declare, saying what to give instead."""
+        n = self.train_cubes[0].ll_mask.shape[1]
+        for loss in target_node.all_children.values():
+            keys = getattr(loss, "_mask_nodes", None) or []
+            masks = loss.parents[len(loss.parents) - len(keys):] if keys else []
+            wanted = {mask.shape["f"] for mask in masks} - {n, None}
+            if not wanted:
+                continue
+            given = [c.label_name for c in self.train_cubes + self.valid_cubes if c.ll_mask_given]
+            want = min(wanted)
+            why, fix = ((f"as those of {given[0]}", f"give every cube {want} flags (ll_masks, or the label files' "
+                         f"'{LL_MASK_KEY}')") if given else
+                        ("no cube has flags: ll_mask_classes, else one per label channel",
+                         f"give data_init_kwargs 'll_mask_classes': {want} (then every class is labelled and none "
+                         "absent)"))
+            raise ConfigError(f"the lazy-label flags of the cubes have {n} entr{'y' if n == 1 else 'ies'} ({why}), but "
+                              f"{type(loss).__name__} {loss.name!r} takes masks of {want} "
+                              f"({', '.join(repr(m.name) for m in masks)}; one flag per class): {fix}")
 
     def data_files(self) -> list[str]:
         """The volumes read (raw and labels of each cube in turn): what ``run.json`` records of
@@ -666,13 +766,14 @@ class PatchSource:
                 check_grey(raw, raw.source_dtype, raw.name, raw.grey_range, scaled=True)
                 image = self._border_treatment(raw.read(), raw.name)
             label = cast_labels(_read_vector(label_entry), self.target_dtype, label_entry.path)
-            return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name, raw.source_dtype, raw.grey_range)
+            return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name, raw.source_dtype, raw.grey_range,
+                        label_name=label_entry.path)
         try:
             label = open_view(*label_entry, ndim=4, dtype=self.target_dtype)
         except BaseException:
             raw.close()
             raise
-        cube = Cube(raw, label, (0, 0, 0), raw.name, raw.source_dtype, raw.grey_range)
+        cube = Cube(raw, label, (0, 0, 0), raw.name, raw.source_dtype, raw.grey_range, label_name=label_entry.path)
         try:
             check_grey(raw, raw.source_dtype, raw.name, raw.grey_range, scaled=True)
             cube.label_offset = _label_offset(raw_entry, label_entry, raw.shape[1:], label.shape[1:])
@@ -1014,14 +1115,21 @@ class PatchSource:
             warp, warp_args, grey_augment_channels, nga_blur_noise_probability,
                 blurry_blobs_probability, blurry_blobs_args, noisy_random_erasing_probability,
                 noisy_random_erasing_args, uniform_random_erasing_probability,
-                uniform_random_erasing_args: ELEKTRONN2's augmentation ``data_batch_args``; when
-                given they replace the ``augmenters`` pipeline (see :func:`elektronn2_pipeline`).
-                Its other arguments are not taken (:mod:`ekn_plugins.data.batch_args` says what to
-                use instead when a config is checked).
-            ignore_thresh: ELEKTRONN2's: an example whose share of unlabelled targets (of those
-                returned; negative ids, or ``ignore_value`` in float targets) exceeds it is drawn
-                again, cube too (not checked for cubes with a class flagged absent in ``ll_masks``);
-                after :data:`MAX_LABEL_TRIES` draws a :class:`~ekn_core.errors.ConfigError` says
+                uniform_random_erasing_args: ELEKTRONN2's augmentation ``data_batch_args``: when one
+                of them augments (:func:`elektronn2_augments`; an ``*_args`` without its probability
+                does not), they build the pipeline (see :func:`elektronn2_pipeline`), and a source
+                with ``augmenters`` refuses them (:func:`augmentation_conflict`). Its other
+                arguments are not taken (:mod:`ekn_plugins.data.batch_args` says what to use
+                instead when a config is checked).
+            ignore_thresh: ELEKTRONN2's: an example whose share of unlabelled targets exceeds it is
+                drawn again, cube too. The share is counted on all channels of the targets as cut:
+                at the strided output voxels, or at every voxel of the output region with
+                ``force_dense`` or ``nhood_targets`` (then before the neighbourhood step; ELEKTRONN2
+                always counted the dense patch), the label ids with ``affinities``; unlabelled are
+                negative ids, or ``ignore_value`` and NaN in float targets (other negative values,
+                e.g. vector components, count as labelled; a warning says when float targets hold
+                some outside ``target_vec_ix``). Cubes with a class flagged absent in ``ll_masks``
+                are not checked. After :data:`MAX_LABEL_TRIES` draws a :class:`~ekn_core.errors.ConfigError` says
                 what threshold the cubes allow. False or None: no check.
             ret_ll_mask: Also return each example's lazy-label flags (``ll_masks``) as two float32
                 arrays ``(b, n)``: labelled, not present (``MultinoulliNLL``'s
@@ -1053,12 +1161,8 @@ class PatchSource:
         if any(elektronn2.values()):
             key = repr(elektronn2)
             if key not in self._compat:
-                compat = elektronn2_pipeline(**elektronn2)
-                compat_ctx = self._context(compat)
-                compat.check(compat_ctx)
-                self._check_warp_fit(compat, compat_ctx)
-                self._compat[key] = compat, compat_ctx
-            pipeline, ctx = self._compat[key]
+                self._compat[key] = self._elektronn2_augmentation(elektronn2)
+            pipeline, ctx = self._compat[key] or (pipeline, ctx)
         nhood = self._nhood_offsets(nhood_targets)
         dense = force_dense or nhood is not None  # ELEKTRONN2 shifted the dense target patch, then strided it
         img, target = self._allocbatch(batch_size, dense)
@@ -1071,10 +1175,25 @@ class PatchSource:
             target = self._nhood_target_batch(target, nhood, force_dense)
         weights = None if self.class_weights is None else self._voxel_weights(target)
         batch = self._layout(img, target, weights)
-        if not ret_ll_mask:
+        if not _ret_ll_mask(ret_ll_mask):
             return batch
         flags = np.stack([cube.ll_mask for cube in drawn])
         return (*batch, np.ascontiguousarray(flags[:, 0]), np.ascontiguousarray(flags[:, 1]))
+
+    def _elektronn2_augmentation(self, args: dict[str, Any]) -> tuple[Pipeline, PatchContext] | None:
+        """The pipeline that ELEKTRONN2's augmentation arguments ``args`` build (all of them
+        checked), with its context, checked against the patches; None when none of them augments
+        (:func:`elektronn2_augments`: the source's own pipeline is used)."""
+        compat = elektronn2_pipeline(**args)
+        conflict = augmentation_conflict(args) if len(self.pipeline) else None
+        if conflict:
+            raise ConfigError(conflict)
+        if not elektronn2_augments(args):
+            return None
+        compat_ctx = self._context(compat)
+        compat.check(compat_ctx)
+        self._check_warp_fit(compat, compat_ctx)
+        return compat, compat_ctx
 
     def _labelled_example(self, cubes: list[Cube], prios: np.ndarray | None, pipeline: Pipeline | None,
                           ctx: PatchContext, rng: np.random.Generator, force_dense: bool,
@@ -1089,6 +1208,8 @@ class PatchSource:
             if ignore_thresh is None or cube.ll_mask[1].any():
                 return cube, img, target
             share = float(unlabelled(target, self.ignore_value).mean())
+            if target.dtype.kind == "f" and not self._warned_negative:
+                self._warn_negative_targets(target, cube)
             stats = self.label_stats
             stats["checked"] += 1
             stats["redrawn"] += int(share > ignore_thresh)
@@ -1098,12 +1219,26 @@ class PatchSource:
                          stats["redrawn"], 100 * stats["redrawn"] / stats["checked"], extra={"relay": True})
             if share <= ignore_thresh:
                 return cube, img, target
-            rejected.setdefault(cube.name, []).append(share)
+            rejected.setdefault(cube.label_name, []).append(share)
         raise ConfigError(self._ignore_thresh_message(ignore_thresh, rejected))
+
+    def _warn_negative_targets(self, target: np.ndarray, cube: Cube) -> None:
+        """``ignore_thresh`` with float targets: warns once when ``target`` (of ``cube``) holds
+        negative values besides ``ignore_value`` outside the vector channels: they count as labelled,
+        where ELEKTRONN2 counted every negative target as unlabelled (and ``BinaryNLL`` skips them)."""
+        vector = {c for triple in self.target_vec_ix for c in triple}
+        values = target[[c for c in range(target.shape[0]) if c not in vector]]
+        if np.any((values < 0) & ~unlabelled(values, self.ignore_value)):
+            self._warned_negative = True
+            log.warning("getbatch(ignore_thresh=...): the float targets of %s hold negative values besides "
+                        "ignore_value %g; ignore_thresh counts them as labelled (float targets: only %g and NaN are "
+                        "unlabelled), where ELEKTRONN2 counted every negative target as unlabelled. If they mark "
+                        "unlabelled voxels, store them as %g or NaN in the label files", cube.label_name,
+                        self.ignore_value, self.ignore_value, self.ignore_value)
 
     def _ignore_thresh_message(self, ignore_thresh: float, rejected: dict[str, list[float]]) -> str:
         """Why no example met ``ignore_thresh``: the unlabelled shares of the examples drawn from each
-        cube (``rejected``), and the thresholds that accept the least unlabelled one and about half."""
+        cube (``rejected``, by label volume), and the thresholds that accept the least unlabelled one and about half."""
         what = "negative ids" if self.target_dtype.kind != "f" else f"{self.ignore_value:g} or NaN"
         cubes = "; ".join(f"{name}: {len(v)} drawn, {100 * min(v):.1f} to {100 * max(v):.1f} % unlabelled (median "
                           f"{100 * float(np.median(v)):.1f} %)" for name, v in rejected.items())
@@ -1125,16 +1260,7 @@ class PatchSource:
         if any(0 in triple for triple in self.target_vec_ix):
             raise ConfigError("nhood_targets replaces the first target channel, which target_vec_ix holds as a "
                               "vector component; put the labels of the neighbourhood first")
-        default = NHOOD_TARGETS_3D if self.ndim == 3 else NHOOD_TARGETS_2D
-        try:
-            nhood = np.asarray(default if nhood_targets is True else nhood_targets)
-        except (TypeError, ValueError):  # ragged
-            nhood = np.empty((0, 0))
-        if (nhood.ndim != 2 or nhood.shape[1] != self.ndim or not len(nhood) or nhood.dtype.kind not in "iuf"
-                or np.any(nhood != np.round(nhood))):
-            raise ConfigError(f"nhood_targets is True or whole-number offsets of shape (n, {self.ndim}) (spatial axes "
-                              f"in the order of patch_size), got {nhood_targets!r}")
-        nhood = nhood.astype(np.int64)
+        nhood = nhood_target_offsets(nhood_targets, self.ndim)
         return nhood if self.ndim == 3 else np.concatenate([np.zeros((len(nhood), 1), np.int64), nhood], axis=1)
 
     def _nhood_target_batch(self, target: np.ndarray, nhood: np.ndarray, force_dense: bool) -> np.ndarray:
@@ -1174,6 +1300,62 @@ class PatchSource:
                 f"t_n_f={self.t_n_f}, augmenters={len(self.pipeline)}, in_memory={self.in_memory})")
 
 
+#: ``getbatch``'s ELEKTRONN2 arguments that build the flip, warp and grey augmenters of :func:`elektronn2_pipeline`.
+ELEKTRONN2_GEOMETRY_ARGS = ("warp", "warp_args", "grey_augment_channels")
+#: All of ``getbatch``'s ELEKTRONN2 augmentation arguments (:func:`elektronn2_pipeline`).
+ELEKTRONN2_AUGMENTATION_ARGS = (*ELEKTRONN2_GEOMETRY_ARGS, *NGA_ARGS)
+
+
+def elektronn2_augments(args: Mapping[str, Any]) -> list[str]:
+    """The ELEKTRONN2 augmentation arguments of ``args`` that augment: ``warp``, ``warp_args`` and
+    ``grey_augment_channels`` when set, and each ``*_probability`` of :data:`NGA_ARGS` above 0. Its
+    ``*_args`` dicts alone do nothing (ELEKTRONN2 used them only with their probability).
+
+    Example:
+        >>> elektronn2_augments({"blurry_blobs_args": {"diffuseness": 2}, "blurry_blobs_probability": 0})
+        []
+        >>> elektronn2_augments({"warp": 0.5, "noisy_random_erasing_probability": 0.2, "ignore_thresh": 0.5})
+        ['warp', 'noisy_random_erasing_probability']
+    """
+    def augments(key: str, value: Any) -> bool:
+        if key.endswith("_probability"):
+            return value is not None and value is not False and value != 0
+        return key in ELEKTRONN2_GEOMETRY_ARGS and bool(value)
+
+    return [key for key in ELEKTRONN2_AUGMENTATION_ARGS if key in args and augments(key, args[key])]
+
+
+def elektronn2_specs(warp: bool | float = False, warp_args: dict[str, Any] | None = None,
+                     grey_augment_channels: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The augmenter specs (as in ``augmenters``) of ELEKTRONN2's ``getbatch(warp=..., warp_args=...,
+    grey_augment_channels=...)``: a flip, a warp for the fraction ``warp`` and ``grey``
+    (see :func:`elektronn2_pipeline`).
+
+    Example:
+        >>> [spec["type"] for spec in elektronn2_specs(0.5, {"lock_z": False}, [0])]
+        ['flip', 'warp', 'grey']
+    """
+    args = dict(warp_args or {})
+    if "aniso_factor" in args:
+        raise ConfigError(f"warp_args['aniso_factor'] ({args['aniso_factor']!r}) is not used: warps take the data's "
+                          "anisotropy from the patch source; remove it from warp_args and set aniso_factor in "
+                          "data_init_kwargs (PatchSource(aniso_factor=...))")
+    known = {"warp_amount", "lock_z", "no_x_flip", "perspective", "sample_aniso"}
+    if set(args) - known:
+        raise ConfigError(f"warp_args {sorted(set(args) - known)} are not supported; known: {sorted(known)}")
+    lock_z = bool(args.get("lock_z", True))
+    specs: list[dict[str, Any]] = [{"type": "flip", "axes": (0, 1) if args.get("no_x_flip") else (0, 1, 2),
+                                    "swap": not args.get("no_x_flip", False), "lock_z": lock_z}]
+    if warp:
+        specs.append({"type": "warp", "probability": 1.0 if warp is True else float(warp), "flip": False,
+                      "swap": False, "lock_z": lock_z, "amount": float(args.get("warp_amount", 1.0)),
+                      "perspective": 0.005 if args.get("perspective") else 0.0, "max_perspective": 0.003,
+                      "sample_aniso": bool(args.get("sample_aniso", True))})
+    if grey_augment_channels:
+        specs.append({"type": "grey", "channels": list(grey_augment_channels)})
+    return specs
+
+
 def elektronn2_pipeline(warp: bool | float = False, warp_args: dict[str, Any] | None = None,
                         grey_augment_channels: Sequence[int] | None = None, **nga_args: Any) -> Pipeline:
     """The augmenters equivalent to ELEKTRONN2's ``getbatch(warp=..., warp_args=..., grey_augment_channels=...)``
@@ -1192,25 +1374,28 @@ def elektronn2_pipeline(warp: bool | float = False, warp_args: dict[str, Any] | 
         >>> [type(a).__name__ for a in pipe.augmenters], pipe.augmenters[0].lock_z, pipe.augmenters[1].max_perspective
         (['Flip', 'Warp', 'Grey'], False, 0.003)
     """
-    args = dict(warp_args or {})
-    if "aniso_factor" in args:
-        raise ConfigError(f"warp_args['aniso_factor'] ({args['aniso_factor']!r}) is not used: warps take the data's "
-                          "anisotropy from the patch source; remove it from warp_args and set aniso_factor in "
-                          "data_init_kwargs (PatchSource(aniso_factor=...))")
-    known = {"warp_amount", "lock_z", "no_x_flip", "perspective", "sample_aniso"}
-    if set(args) - known:
-        raise ConfigError(f"warp_args {sorted(set(args) - known)} are not supported; known: {sorted(known)}")
-    lock_z = bool(args.get("lock_z", True))
-    augmenters: list[dict[str, Any]] = [{"type": "flip", "axes": (0, 1) if args.get("no_x_flip") else (0, 1, 2),
-                                         "swap": not args.get("no_x_flip", False), "lock_z": lock_z}]
-    if warp:
-        augmenters.append({"type": "warp", "probability": 1.0 if warp is True else float(warp), "flip": False,
-                           "swap": False, "lock_z": lock_z, "amount": float(args.get("warp_amount", 1.0)),
-                           "perspective": 0.005 if args.get("perspective") else 0.0, "max_perspective": 0.003,
-                           "sample_aniso": bool(args.get("sample_aniso", True))})
-    if grey_augment_channels:
-        augmenters.append({"type": "grey", "channels": list(grey_augment_channels)})
-    return Pipeline([*augmenters, *nga_augmenters(**nga_args)])
+    return Pipeline([*elektronn2_specs(warp, warp_args, grey_augment_channels), *nga_augmenters(**nga_args)])
+
+
+def augmentation_conflict(args: Mapping[str, Any]) -> str | None:
+    """Why ELEKTRONN2's augmentation arguments in ``args`` (``data_batch_args``) cannot be used with
+    a configured ``augmenters`` pipeline, with the augmenters to put into it instead; None when none
+    of them augments (:func:`elektronn2_augments`). The arguments must be valid.
+
+    Example:
+        >>> print(augmentation_conflict({"blurry_blobs_probability": 0.3, "blurry_blobs_args": {"diffuseness": 2}}))
+        data_batch_args ['blurry_blobs_probability'] (ELEKTRONN2's augmentation) and data_init_kwargs 'augmenters' ...
+    """
+    acting = elektronn2_augments(args)
+    if not acting:
+        return None
+    geometry = {k: args[k] for k in ELEKTRONN2_GEOMETRY_ARGS if k in args}
+    specs = ((elektronn2_specs(**geometry) if any(k in ELEKTRONN2_GEOMETRY_ARGS for k in acting) else [])
+             + nga_specs(**{k: args[k] for k in NGA_ARGS if k in args}))
+    return (f"data_batch_args {acting} (ELEKTRONN2's augmentation) and data_init_kwargs 'augmenters' both set the "
+            f"augmentation of the patches, and one would silently replace the other: use one. Remove "
+            f"{[k for k in ELEKTRONN2_AUGMENTATION_ARGS if args.get(k)]} from data_batch_args and add what they build "
+            f"to 'augmenters': {specs}; or leave 'augmenters' out")
 
 
 def BatchCreatorImage(input_node: Any, target_node: Any = None, **kwargs: Any) -> PatchSource:  # noqa: N802
