@@ -4,8 +4,10 @@
 the file runs), maps each ELEKTRONN2 node class by its name to the registered ekn node (the
 ``ekn_core.neuromancer`` names: ``Conv`` → ``conv``, ``_Errors`` → ``errors`` ...), replays the
 constructor arguments in creation order (shapes only, no TensorFlow), turns ``split`` descriptors
-into ``split_node`` pieces named like ELEKTRONN2's ``FromTensor`` nodes, and translates the weights
-to ekn's layouts so the converted model computes the same function:
+into ``split_node`` pieces named like ELEKTRONN2's ``FromTensor`` nodes, turns an ``Input`` that
+ELEKTRONN2's ``Input_like`` saved with the fixed shape of a node (a target) back into ekn's
+``Input_like`` of that node (so it follows MFP and new patch sizes), and translates the weights to
+ekn's layouts so the converted model computes the same function:
 
 * ``Conv``: ELEKTRONN2 ``w`` is ``(n_f, n_in, *filter)`` (``(n_f, kz, n_in, kx, ky)`` for 3-D
   inputs in Theano order ``b,z,f,x,y``), and Theano's ``conv2d``, ``conv3d2d`` and cuDNN's
@@ -197,6 +199,11 @@ def _check_options(cls_name: str, config: dict[str, Any], where: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Graph
 # ---------------------------------------------------------------------------------------------
+def _check_name(node: Any, name: str, where: str) -> None:
+    if node.name != name:
+        raise LegacyModelError(f"{where} was built under the name {node.name!r}: duplicate names in the file")
+
+
 def _build_node(name: str, descr: NodeDescriptor, params: dict[str, Any], model: Any,
                 weights: dict[str, dict[str, np.ndarray]]) -> None:
     cls_name, ekn_cls = _resolve(descr.cls, name)
@@ -214,8 +221,7 @@ def _build_node(name: str, descr: NodeDescriptor, params: dict[str, Any], model:
         node = ekn_cls(**config)
     except (TypeError, ValueError, NotImplementedError, KeyError) as err:  # ekn's errors are ValueErrors
         raise LegacyModelError(f"{where} cannot be built in ekn: {err}") from None
-    if node.name != name:
-        raise LegacyModelError(f"{where} was built under the name {node.name!r}: duplicate names in the file")
+    _check_name(node, name, where)
     converted = {}
     for pname, value in (params or {}).items():
         target = node.params.get(pname)
@@ -227,6 +233,63 @@ def _build_node(name: str, descr: NodeDescriptor, params: dict[str, Any], model:
         converted[pname] = array.reshape(target.shape).astype(target.dtype)
     if converted:
         weights[name] = converted
+
+
+def _node_pointers(value: Any) -> list[str]:
+    """Names of the nodes that ``NodePointer``s in ``value`` (nested lists, tuples, dicts) point to."""
+    if isinstance(value, NodePointer):
+        return [value.target_id]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [name for v in value for name in _node_pointers(v)]
+    return []
+
+
+def _like_candidates(items: list[tuple[str, Any]], start: int, name: str, designated: dict[str, Any]) -> list[str]:
+    """Nodes whose shape an ELEKTRONN2 ``Input`` called ``name`` may have copied (``Input_like``): the
+    prediction node, then the other nodes read by the nodes that read it (e.g. the loss's prediction).
+    Empty for the designated input node."""
+    if name == designated.get("input_node"):
+        return []
+    names = [designated.get("prediction_node")]
+    for _, entry in items[start:]:
+        descr = entry[0] if isinstance(entry, list | tuple) and entry else None
+        if isinstance(descr, NodeDescriptor):
+            read = _node_pointers([descr.args, dict(descr.kwargs)])
+            if name in read:
+                names += [n for n in read if n != name]
+    return [n for n in names if n]
+
+
+def _build_input_like(name: str, descr: NodeDescriptor, model: Any, candidates: Sequence[str]) -> bool:
+    """Builds an ELEKTRONN2 ``Input`` that has the shape of a node built before it as ekn's
+    ``Input_like`` of that node; False (nothing built) when none of the ``candidates`` fits.
+
+    ELEKTRONN2's ``Input_like`` (e.g. of the target) saved a plain ``Input`` of fixed shape, which
+    would not follow the net when it is rebuilt with MFP or another patch size; ekn's follows its
+    reference, as in models built with ekn. Tags, sizes (but ``f``) and strides must agree.
+    """
+    from ekn_core.plugins import registry
+    from ekn_core.shapes import TaggedShape as EknShape
+
+    _, input_cls = _resolve(descr.cls, name)
+    config = _keywords("Input", input_cls, descr, model, f"node {name!r} ({descr.cls})")
+    declared = EknShape(config["shape"], config["tags"], config.get("strides"), config.get("fov"))
+    for ref in (model.nodes.get(n) for n in candidates):
+        if ref is None or ref.is_source:
+            continue
+        shape = ref.shape
+        if shape.tags != declared.tags or shape.strides != declared.strides or \
+                any(shape[t] != declared[t] for t in declared.tags if t != "f"):
+            continue
+        f = declared["f"] if declared.hastag("f") and declared["f"] != shape["f"] else False
+        node = registry("layers").get("input_like")(ref, dtype=config.get("dtype"), name=name, override_f=f)
+        _check_name(node, name, f"node {name!r} ({descr.cls})")
+        log.debug("ELEKTRONN2 Input %r has the shape of %r: converted as Input_like(%r) so that it follows new "
+                  "patch sizes", name, ref.name, ref.name)
+        return True
+    return False
 
 
 def _build_split(descr: SplitDescriptor, pieces: list[str], model: Any) -> None:
@@ -285,7 +348,9 @@ def convert_legacy_model(path: str) -> Any:
                 _build_split(entry, pieces, model)
                 index += len(pieces)
             elif isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[0], NodeDescriptor):
-                _build_node(name, entry[0], entry[1], model, weights)
+                if getattr(entry[0].cls, "name", None) != "Input" or not _build_input_like(
+                        name, entry[0], model, _like_candidates(items, index, name, designated)):
+                    _build_node(name, entry[0], entry[1], model, weights)
             else:
                 raise LegacyModelError(f"{path}: entry {name!r} is neither a node nor a split descriptor")
         roles = {k: v for k, v in designated.items() if k in ROLES and v not in (None, [], ())}

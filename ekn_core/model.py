@@ -30,7 +30,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,40 @@ LOSS_SCALE_PERIOD = 2000
 
 #: The meta-parameters a model sets on its optimisers (``model.lr``, ``model.mom``, ...).
 META_PARAMETERS = ("lr", "mom", "wd", "beta2")
+
+
+def optimiser_params_problems(optimiser: str, params: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a config's ``optimiser_params`` for the optimiser named ``optimiser``:
+    names that are neither the model's meta-parameters (:data:`META_PARAMETERS`) nor the
+    optimiser's, and invalid values (without building anything, so before a run starts).
+
+    Raises:
+        UnknownPluginError: No optimiser of that name.
+
+    Example:
+        >>> optimiser_params_problems("SGD", {"lrr": 0.1, "mom": 1.5})
+        ["optimiser_params ['lrr'] are not meta-parameters of SGD (did you mean 'lr'?); it has lr, mom, wd, beta2", 'optimiser_params: mom must be in [0, 1), got 1.5.']
+    """
+    import difflib
+
+    from ekn_core.optimisation import optimiser_class
+
+    cls = optimiser_class(optimiser)
+    known = list(dict.fromkeys([*META_PARAMETERS, *cls.META]))
+    unknown = [k for k in params if k not in known]
+    problems = []
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(f"optimiser_params {unknown} are not meta-parameters of {optimiser}{hint}; it has "
+                        f"{', '.join(known)}")
+    for name, value in params.items():
+        if name in known:
+            try:
+                cls.check_meta(name, value, owner="optimiser_params")
+            except ConfigError as err:
+                problems.append(str(err))
+    return problems
 
 
 def _has_one_output(node: Node) -> bool:
@@ -295,6 +329,9 @@ class Model:
                         debug_outputs: Sequence[Node | str] | None = None) -> None:
         """Names the roles of nodes (nodes or node names; lists for ``prediction_ext``/``debug_outputs``).
 
+        Without an ``error_node``, ELEKTRONN2's convention ``prediction_ext=[loss, errors, prediction]``
+        designates its second node as the error node (the trainer's train/valid error rates).
+
         Repairs the FOV of the prediction and target nodes when up-convolutions left it unknown
         (U-Nets): ``fov = in - strides * (out - 1)`` per spatial axis (the input context of the
         output block plus one, as dense prediction counts it: ``lead = fov - 1``) with the field
@@ -309,6 +346,12 @@ class Model:
         self.error_node = self._resolve(error_node)
         self.prediction_ext = [self._resolve(n) for n in (prediction_ext or [])]  # type: ignore[misc]
         self.debug_outputs = [self._resolve(n) for n in (debug_outputs or [])]  # type: ignore[misc]
+        quiet = logging.DEBUG if is_shape_only() else None  # a shape-only build plans; the real one reports
+        if self.error_node is None and len(self.prediction_ext) == 3 and \
+                self.prediction_ext[1] not in (self.loss_node, self.prediction_node):
+            self.error_node = self.prediction_ext[1]
+            log.log(quiet or logging.INFO, "error node: %r, the second of prediction_ext (ELEKTRONN2's [loss, "
+                    "errors, prediction])", self.error_node.name)
         if self.input_node is None and self.prediction_node is not None:
             self.input_node = self.prediction_node.input_nodes[0]
         self._designated = {
@@ -321,7 +364,6 @@ class Model:
             "debug_outputs": [n.name for n in self.debug_outputs],
         }
         pred = self.prediction_node
-        quiet = logging.DEBUG if is_shape_only() else None  # a shape-only build plans; the real one reports
         if pred is not None:
             self.batch_size = pred.shape["b"] if pred.shape.hastag("b") else None
             self.ndim = pred.shape.ndim
@@ -558,6 +600,39 @@ class Model:
                   doc="Weight decay (times each parameter's weight_decay multiplier).")
     beta2 = property(lambda self: self._get_meta("beta2"), lambda self, v: self._set_meta("beta2", v),
                      doc="Adam's second-moment decay, in [0, 1).")
+
+    def set_opt_meta_params(self, opt_name: str, value_dict: dict[str, float]) -> Any:
+        """Sets meta-parameters for optimiser ``opt_name`` (ELEKTRONN2's method; the trainer's
+        ``optimiser`` and ``optimiser_params``): ``lr``, ``mom``, ``wd`` and ``beta2`` as
+        ``model.lr = ...`` does (on every optimiser of the model, as ELEKTRONN2's were shared), any
+        other meta-parameter of that optimiser on it.
+
+        Returns:
+            The optimiser (built on first use, see :meth:`get_optimiser`).
+
+        Raises:
+            ConfigError: A name that is no meta-parameter of the optimiser, or an invalid value;
+                nothing is changed then.
+
+        Example:
+            >>> from ekn_core import neuromancer as nm
+            >>> model = nm.model_manager.newmodel("doc_set_opt_meta_params")
+            >>> out = nm.Perceptron(nm.Input((None, 4), 'b,f'), 1, activation_func='lin')
+            >>> model.designate_nodes(loss_node=nm.AggregateLoss(out), prediction_node=out)
+            >>> model.set_opt_meta_params("Adam", {"lr": 1e-3, "beta2": 0.99}), model.lr
+            (Adam(lr=0.001, mom=0.9, beta2=0.99, wd=0), 0.001)
+        """
+        params = dict(value_dict)
+        problems = optimiser_params_problems(opt_name, params)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        for key in META_PARAMETERS:
+            if key in params:
+                setattr(self, key, params.pop(key))
+        optimiser = self.get_optimiser(opt_name)
+        if params:
+            optimiser.set_meta(**params)
+        return optimiser
 
     def _params_named(self, pname: str) -> list[Param]:
         return [n.params[pname] for n in self.nodes.values() if pname in n.params]

@@ -7,7 +7,8 @@ registry names (``Conv`` → ``conv``, ``MultinoulliNLL`` → ``multinoulli_nll`
 (``nm.conv``). Only the entry point that is asked for is imported.
 
 Also here: ``model_manager``, ``modelload``, ``rebuild_model``, ``Model``, ``Node``,
-``TaggedShape``.
+``TaggedShape``, and ``model`` for ELEKTRONN2's ``neuromancer.model`` module
+(``nm.model.modelload`` is ``nm.modelload``).
 
 Example:
     >>> import ekn_core.neuromancer as nm
@@ -20,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import re
+import types
 from typing import Any
 
 from ekn_core.errors import UnknownPluginError
@@ -63,6 +65,12 @@ def rebuild_rnn(model: Model, name: str | None = None) -> tuple[Model, dict[str,
     return module.one_step_model(model, name=name)
 
 
+#: ELEKTRONN2's ``neuromancer.model`` module, as far as ekn has it (``nm.model.modelload``).
+model = types.ModuleType(f"{__name__}.model", "ELEKTRONN2's neuromancer.model: Model, modelload, rebuild_model, "
+                         "rebuild_rnn (the same objects as nm.Model, nm.modelload, ...).")
+model.Model, model.modelload, model.rebuild_model, model.rebuild_rnn = Model, modelload, rebuild_model, rebuild_rnn
+
+
 def registry_name(name: str) -> str:
     """Registry name for an ELEKTRONN2 name (``'MultinoulliNLL'`` → ``'multinoulli_nll'``)."""
     if name in ALIASES:
@@ -89,7 +97,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    names = set(__all__)
+    names = {*__all__, "model"}
     for kind in KINDS:
         names.update(registry(kind).names())
     return sorted(names)

@@ -92,9 +92,9 @@ def test_model_files_keep_only_the_values_that_were_set(tmp_path):
 
 def test_the_trainer_sets_and_checkpoints_the_meta_parameters_the_model_has():
     from ekn_core import model
-    from ekn_core.trainer import model_setup, training_state
+    from ekn_core.trainer import training_state
 
-    assert model_setup.META_PARAMETERS is model.META_PARAMETERS is training_state.META_PARAMETERS  # one list
+    assert model.META_PARAMETERS is training_state.META_PARAMETERS  # one list
 
 
 @pytest.mark.parametrize("optimiser, lr", [("Adam", 0.001), ("SGD", 0.01)])  # SGD: no beta2 in the checkpoint

@@ -107,8 +107,9 @@ SETTINGS: dict[str, Setting] = {
                                "source).", "ELEKTRONN2"),
     "batch_size": Setting(None, "Examples per training step; must agree with the model's fixed batch size "
                           "if it has one (then it may be left out).", "ELEKTRONN2"),
-    "class_weights": Setting(None, "Appended to every batch as an extra input (the loss must have a "
-                             "matching Input node).", "ELEKTRONN2"),
+    "class_weights": Setting(None, "Added to every batch as an extra input for the loss's class weights Input "
+                             "node (shape (n_class,), no batch axis): in the place of the loss's first input "
+                             "without a batch axis, else last.", "ELEKTRONN2"),
     "background_processes": Setting(False, "False, or the number of background worker processes "
                                     "preparing batches (True means 2).", "ELEKTRONN2"),
     "batch_timeout_s": Setting(None, "Seconds the trainer waits for a batch from a background worker before it "
@@ -145,9 +146,9 @@ SETTINGS: dict[str, Setting] = {
                              "(image-to-image nets); the shell's debugbatch writes it either way."),
     "preview_data_path": Setting(None, "Volume(s) for previews: an HDF5 file (every dataset), "
                                  "'file.h5:key' or (file, key); '~' is expanded.", "ELEKTRONN2"),
-    "preview_kwargs": Setting(None, "Preview options: export_class ('all', an int or a list of channel "
-                              "numbers) and max_z_pred (central slices per preview, default 5; 'all': every "
-                              "slice).", "ELEKTRONN2"),
+    "preview_kwargs": Setting(None, "Preview options: export_class ('all', a channel number, also as text as "
+                              "in ELEKTRONN2's examples ('1'), or a list of them) and max_z_pred (central slices "
+                              "per preview, default 5; 'all': every slice).", "ELEKTRONN2"),
     "initial_prev_h": Setting(1.0, "Hours of training before the first preview.", "ELEKTRONN2"),
     "prev_save_h": Setting(3.0, "Hours of training between previews.", "ELEKTRONN2"),
     "preview_freq": Setting(None, "Also preview every this many steps (None: only by the hour settings)."),
@@ -250,6 +251,23 @@ def _is_data_class(value: Any) -> bool:
     """Whether ``value`` has the form of a ``data_class``: a name or ``(path_to_py_file, class_name)``."""
     return isinstance(value, str) or (isinstance(value, (tuple, list)) and len(value) == 2
                                       and all(isinstance(x, str) for x in value))
+
+
+def _is_legacy(name: str, where: str) -> bool:
+    """Whether ``name`` is an ELEKTRONN2 setting ekn ignores (:data:`IGNORED`: a warning says so);
+    raises for one that names a feature ekn has elsewhere (:data:`UNSUPPORTED`). The config file and
+    ``--set`` treat these names alike (``where`` says which it was).
+
+    Example:
+        >>> _is_legacy("gui_plot", "--set gui_plot"), _is_legacy("n_steps", "--set n_steps")
+        (True, False)
+    """
+    if name in UNSUPPORTED:
+        raise ConfigError(f"{where}: {name!r} is not supported: {UNSUPPORTED[name]}")
+    if name in IGNORED:
+        log.warning("%s: %r is ignored (%s)", where, name, IGNORED[name])
+        return True
+    return False
 
 
 def _unknown(name: str, settings: Iterable[str]) -> str:
@@ -375,11 +393,17 @@ class ExperimentConfig:
         with open(path, encoding="utf-8") as f:
             source = f.read()
         origin = os.path.abspath(origin) if origin else path
+        from ekn_core.trainer.elektronn2_names import import_problems, missing_module_hint
+
+        imports = import_problems(source)
+        if imports:
+            raise ConfigError(f"config {path} imports ELEKTRONN2, which ekn replaces: " + "; ".join(imports))
         namespace: dict[str, Any] = {"__file__": origin, "__name__": "ekn_config", "np": np}
         try:
             exec(compile(source, path, "exec"), namespace)  # noqa: S102 - configs are Python by design
         except Exception as err:
-            raise ConfigError(f"config {path} failed to execute: {type(err).__name__}: {err}") from err
+            raise ConfigError(f"config {path} failed to execute: {type(err).__name__}: {err}"
+                              f"{missing_module_hint(err)}") from err
         settings = all_settings()
         values = cls._settings_of_namespace(namespace, path, settings)
         overrides = list(overrides)
@@ -397,11 +421,8 @@ class ExperimentConfig:
         for name, value in namespace.items():
             if name.startswith("_") or name == "np" or isinstance(value, types.ModuleType):
                 continue
-            if name in IGNORED:
-                log.warning("config %s: %r is ignored (%s)", os.path.basename(path), name, IGNORED[name])
+            if _is_legacy(name, f"config {path}"):
                 continue
-            if name in UNSUPPORTED:
-                raise ConfigError(f"config {path}: {name!r} is not supported: {UNSUPPORTED[name]}")
             if name not in settings:
                 if callable(value):  # helper functions and imported classes
                     continue
@@ -418,6 +439,8 @@ class ExperimentConfig:
     @staticmethod
     def _apply_override(values: dict[str, Any], name: str, value: Any, settings: Mapping[str, Setting]) -> None:
         base, _, key = name.partition(".")
+        if _is_legacy(base, f"--set {name}"):
+            return
         if base not in settings:
             raise ConfigError(f"--set {name}: {_unknown(base, settings)}")
         if not key:
@@ -555,6 +578,13 @@ class ExperimentConfig:
         for name in _DICT_SETTINGS:
             if not isinstance(v[name], Mapping):
                 problems.append(f"{name} must be a dict, got {v[name]!r}")
+        if isinstance(v["preview_kwargs"], Mapping):
+            from ekn_core.trainer.preview import preview_options
+
+            try:
+                preview_options(v["preview_kwargs"])
+            except ConfigError as err:
+                problems.append(str(err))
         dc = v["data_class"]
         if dc is not REQUIRED and not _is_data_class(dc):
             problems.append(f"data_class must be a registry name or a (path_to_py_file, class_name) tuple, got {dc!r}")
@@ -608,7 +638,7 @@ class ExperimentConfig:
         the optimiser's class."""
         from ekn_core.trainer.data_source import check_data_class
         from ekn_core.trainer.devices import parse_device_spec
-        from ekn_core.trainer.model_setup import optimiser_params_problems
+        from ekn_core.model import optimiser_params_problems
 
         v, problems = self._values, []
         try:

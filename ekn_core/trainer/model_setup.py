@@ -6,57 +6,23 @@ and the compile mode measured before the first step when it is ``'auto'``.
 ``config`` and ``strategy`` and sets ``model``, ``optimiser`` and ``batch_size``.
 
 Example:
-    >>> "lr" in META_PARAMETERS and "beta2" in META_PARAMETERS
-    True
+    >>> from ekn_core.node import model_manager
+    >>> fresh_default_model()
+    >>> model_manager.getmodel().name, len(model_manager.getmodel().nodes)
+    ('default', 0)
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ekn_core.errors import ConfigError, ShapeError
-from ekn_core.model import META_PARAMETERS  # those optimiser_params may set on the model; checkpoints hold them
 
 log = logging.getLogger("ekn.trainer")
-
-
-def optimiser_params_problems(optimiser: str, params: Mapping[str, Any]) -> list[str]:
-    """What is wrong with a config's ``optimiser_params`` for the optimiser named ``optimiser``:
-    names that are neither the model's meta-parameters (:data:`META_PARAMETERS`) nor the
-    optimiser's, and invalid values (without building anything, so before a run starts).
-
-    Raises:
-        UnknownPluginError: No optimiser of that name.
-
-    Example:
-        >>> optimiser_params_problems("SGD", {"lrr": 0.1, "mom": 1.5})
-        ["optimiser_params ['lrr'] are not meta-parameters of SGD (did you mean 'lr'?); it has lr, mom, wd, beta2", 'optimiser_params: mom must be in [0, 1), got 1.5.']
-    """
-    import difflib
-
-    from ekn_core.optimisation import optimiser_class
-
-    cls = optimiser_class(optimiser)
-    known = list(dict.fromkeys([*META_PARAMETERS, *cls.META]))
-    unknown = [k for k in params if k not in known]
-    problems = []
-    if unknown:
-        close = difflib.get_close_matches(str(unknown[0]), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(f"optimiser_params {unknown} are not meta-parameters of {optimiser}{hint}; it has "
-                        f"{', '.join(known)}")
-    for name, value in params.items():
-        if name in known:
-            try:
-                cls.check_meta(name, value, owner="optimiser_params")
-            except ConfigError as err:
-                problems.append(str(err))
-    return problems
 
 
 def fresh_default_model() -> None:
@@ -112,6 +78,12 @@ class ModelSetup:
                 self.model = cfg.create_model(**args)
             except ShapeError as err:
                 raise ShapeError(f"{err}{patch_size_hint(cfg.create_model, args)}") from None
+            except ModuleNotFoundError as err:  # a file create_model uses imports ELEKTRONN2
+                from ekn_core.trainer.elektronn2_names import missing_module_hint
+
+                if missing_module_hint(err):
+                    raise ConfigError(f"create_model failed: {err}{missing_module_hint(err)}") from None
+                raise
             if self.model is None:
                 self.model = model_manager.current
         for role in ("input_node", "loss_node"):
@@ -119,16 +91,8 @@ class ModelSetup:
                 raise ConfigError(f"the model has no {role.replace('_', ' ')}: create_model must call "
                                   f"model.designate_nodes(input_node=..., target_node=..., loss_node=..., "
                                   f"prediction_node=...) and return the model")
-        params = dict(cfg.optimiser_params)
-        problems = optimiser_params_problems(cfg.optimiser, params)  # the config may have changed since validation
-        if problems:
-            raise ConfigError("; ".join(problems))
-        for key in META_PARAMETERS:
-            if key in params:
-                setattr(self.model, key, params.pop(key))
-        self.optimiser = self.model.get_optimiser(cfg.optimiser)
-        if params:
-            self.optimiser.set_meta(**params)
+        # checked again: the config may have changed since validation
+        self.optimiser = self.model.set_opt_meta_params(cfg.optimiser, cfg.optimiser_params)
         model_b = self.model.batch_size
         if cfg.batch_size is not None and model_b is not None and cfg.batch_size != model_b:
             raise ConfigError(f"batch_size {cfg.batch_size} disagrees with the model's fixed batch size {model_b}")

@@ -55,7 +55,8 @@ class Monitoring:
     """Monitor batches, history rows, the best model and the status line (mixed into the trainer)."""
 
     def _monitor_function(self) -> Any:
-        """The loss (and, where it needs no other inputs, the error) in inference mode, built once."""
+        """The loss (and, where it needs no other inputs, the error) in inference mode, built once;
+        a warning when the model has no error node."""
         if self._monitor_fn is None:
             from ekn_core.node import GraphFunction, union_inputs
 
@@ -64,6 +65,11 @@ class Monitoring:
             err = self.model.error_node
             if err is not None and set(n.name for n in union_inputs([err])) <= {n.name for n in loss.input_nodes}:
                 outputs.append(err)
+            elif err is None:
+                log.warning("the model has no error node, so the train/valid error rates are not measured ('--' in "
+                            "the status line, NaN in history.csv); to measure them, designate one: "
+                            "model.designate_nodes(..., error_node=nm.Errors(probs, target, target_is_sparse=True)) "
+                            "or ELEKTRONN2's prediction_ext=[loss, errors, probs]")
             self._monitor_fn = GraphFunction(outputs, inputs=loss.input_nodes, training=False,
                                              name=f"{self.model.name}:monitor", role="monitor")
         return self._monitor_fn

@@ -23,7 +23,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -180,12 +180,7 @@ class Previewer:
 
     def __init__(self, node: Any, volumes: Sequence[PreviewVolume | tuple[str, np.ndarray]], folder: str,
                  export_class: Any = "all", max_z_pred: int | str = 5):
-        if max_z_pred != "all" and (isinstance(max_z_pred, bool) or not isinstance(max_z_pred, int) or max_z_pred < 1):
-            raise ConfigError(f"preview_kwargs max_z_pred must be a positive integer or 'all', got {max_z_pred!r}")
-        if not (export_class == "all" or isinstance(export_class, int)
-                or (isinstance(export_class, (list, tuple)) and all(isinstance(c, int) for c in export_class))):
-            raise ConfigError(f"preview_kwargs export_class must be 'all', an int or a list of ints, got "
-                              f"{export_class!r}")
+        options = preview_options({"export_class": export_class, "max_z_pred": max_z_pred})
         self.volumes = [v if isinstance(v, PreviewVolume) else PreviewVolume(v[0], v[1]) for v in volumes]
         names = [v.name for v in self.volumes]
         twice = sorted({name for name in names if names.count(name) > 1})
@@ -197,7 +192,7 @@ class Previewer:
         for vol in self.volumes:
             _check_volume(vol, max_z_pred == "all" or vol.all_z)
         self.node, self.folder = node, folder
-        self.export_class, self.max_z_pred = export_class, max_z_pred
+        self.export_class, self.max_z_pred = options["export_class"], options["max_z_pred"]
         self._raw_written: set[str] = set()
 
     def _slab(self, vol: PreviewVolume) -> tuple[np.ndarray, int, int]:
@@ -226,11 +221,10 @@ class Previewer:
     def _channels(self, n: int) -> list[int]:
         if self.export_class == "all":
             return list(range(n))
-        wanted = [self.export_class] if isinstance(self.export_class, int) else list(self.export_class)
-        bad = [c for c in wanted if not 0 <= c < n]
+        bad = [c for c in self.export_class if not 0 <= c < n]
         if bad:
             raise ConfigError(f"preview export_class {bad} out of range: the prediction has {n} channel(s)")
-        return wanted
+        return list(self.export_class)
 
     def predict(self) -> list[PreviewBlock]:
         """Predicts every preview volume (the time each took is logged)."""
@@ -266,6 +260,46 @@ class Previewer:
         return written
 
 
+def preview_options(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``preview_kwargs`` setting checked and completed: ``export_class`` ``'all'`` or a list of
+    channel numbers (given as one number, a list, or one number as text as in ELEKTRONN2's examples:
+    ``'1'``), ``max_z_pred`` a positive number or ``'all'``. The config's validation calls it, so a
+    bad value fails before the model is built.
+
+    Raises:
+        ConfigError: An unknown option or a bad value, saying what to give instead.
+
+    Example:
+        >>> preview_options({"export_class": "1"}), preview_options({"export_class": 2, "max_z_pred": "all"})
+        ({'export_class': [1], 'max_z_pred': 5}, {'export_class': [2], 'max_z_pred': 'all'})
+        >>> preview_options({"export_class": "1,2"})
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: preview_kwargs export_class must be ... got '1,2'; for several channels give a list: export_class=[1, 2]
+    """
+    unknown = set(kwargs) - {"export_class", "max_z_pred"}
+    if unknown:
+        raise ConfigError(f"preview_kwargs: unknown option(s) {sorted(unknown)}; use export_class and max_z_pred")
+    export_class, max_z_pred = kwargs.get("export_class", "all"), kwargs.get("max_z_pred", 5)
+    if max_z_pred != "all" and (isinstance(max_z_pred, bool) or not isinstance(max_z_pred, int) or max_z_pred < 1):
+        raise ConfigError(f"preview_kwargs max_z_pred must be a positive integer or 'all', got {max_z_pred!r}")
+    if isinstance(export_class, str) and export_class.strip().isdigit():
+        export_class = int(export_class)  # ELEKTRONN2 took int(export_class)
+    channels = [export_class] if isinstance(export_class, (int, np.integer)) else export_class
+    if export_class == "all" or (isinstance(channels, (list, tuple)) and all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in channels)):
+        channels = "all" if export_class == "all" else [int(c) for c in channels]
+        return {"export_class": channels, "max_z_pred": max_z_pred}
+    parts = export_class.replace(" ", "").split(",") if isinstance(export_class, str) else []
+    hint = ""
+    if len(parts) > 1 and all(p.isdigit() for p in parts):
+        hint = f"; for several channels give a list: export_class=[{', '.join(parts)}]"
+    elif export_class in ("malis", "affinity"):
+        hint = "; ELEKTRONN2's RGB preview of affinities showed channels 0, 2 and 4: export_class=[0, 2, 4]"
+    raise ConfigError(f"preview_kwargs export_class must be 'all', a channel number or a list of them, got "
+                      f"{export_class!r}{hint}")
+
+
 def _check_volume(vol: PreviewVolume, all_z: bool) -> None:
     """One clear error for a preview volume of the wrong rank, or too large to predict in full."""
     if vol.data.ndim not in (3, 4):
@@ -291,10 +325,7 @@ def make_previewer(model: Any, config: Any, folder: str) -> Previewer | None:
         log.warning("previews are skipped: the prediction node %r has no spatial axes",
                     getattr(node, "name", None))
         return None
-    kwargs = dict(config.preview_kwargs)
-    unknown = set(kwargs) - {"export_class", "max_z_pred"}
-    if unknown:
-        raise ConfigError(f"preview_kwargs: unknown option(s) {sorted(unknown)}; use export_class and max_z_pred")
+    kwargs = preview_options(config.preview_kwargs)
     from ekn_core.training_data import training_data_of
 
     training = training_data_of(node)

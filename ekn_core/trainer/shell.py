@@ -222,7 +222,8 @@ class _Writer(io.TextIOBase):
 
 
 class _Console(code.InteractiveConsole):
-    """InteractiveConsole whose tracebacks go to the shell's output."""
+    """InteractiveConsole whose tracebacks go to the shell's output; a NameError for a variable of
+    ELEKTRONN2's shell (``exp_config``, ``i``, ``self``, ...) also names ekn's."""
 
     def __init__(self, namespace: dict[str, Any], shell_io: Any):
         super().__init__(namespace, filename="<ekn shell>")
@@ -230,6 +231,15 @@ class _Console(code.InteractiveConsole):
 
     def write(self, data: str) -> None:
         self.shell_io.write(data)
+
+    def showtraceback(self) -> None:
+        from ekn_core.trainer.elektronn2_names import SHELL_NAMES
+
+        err = sys.exc_info()[1]
+        super().showtraceback()
+        name = getattr(err, "name", None) if isinstance(err, NameError) else None
+        if name in SHELL_NAMES:
+            self.write(f"({name!r} is a variable of ELEKTRONN2's shell; in ekn's write {SHELL_NAMES[name]})\n")
 
 
 def shell_command_names() -> list[str]:
@@ -299,7 +309,7 @@ class TrainingShell:
         run = getattr(getattr(self.trainer, "run_dir", None), "name", "")
         return (f"=== ekn training shell: run {run}, paused after step {getattr(self.trainer, 'step', '?')} ===\n"
                 "Commands: " + ", ".join(self._names) + ".\nAnything else runs as Python with "
-                "trainer, model, data, optimiser, schedules, history, config, batch, np, plt.\n"
+                "trainer, model, data, optimiser, schedules, history, config, batch, step, np, plt.\n"
                 "q (or Ctrl-D) continues training; kill saves the model and stops.")
 
     # ------------------------------------------------------------------------------ commands

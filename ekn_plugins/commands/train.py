@@ -20,6 +20,64 @@ from ekn_core.errors import ConfigError
 
 log = logging.getLogger("ekn.trainer")
 
+#: What replaces ELEKTRONN2's ``elektronn2-train --func``, which picked the trainer class.
+FUNC_HINTS = {
+    "train": "ekn has one trainer, which does what --func train did",
+    "trace": "ekn has one trainer; a tracing agent is trained by its data source: data_class = 'TracingData', with "
+             "data_init_kwargs = {..., 'sequence_training': N} for ELEKTRONN2's sequence training",
+    "tracernn": "ekn has one trainer; a recurrent tracing agent is trained by its data source: data_class = "
+                "'TracingData' with data_init_kwargs = {..., 'sequence_length': R} and a model whose input has an "
+                "'r' axis of R steps",
+}
+
+
+def func_error(func: str) -> ConfigError:
+    """The error for ELEKTRONN2's ``--func FUNC``, saying what ekn does instead.
+
+    Example:
+        >>> print(func_error("train"))
+        --func is ELEKTRONN2's option: ekn has one trainer, which does what --func train did. Leave --func out.
+    """
+    hint = FUNC_HINTS.get(func, f"ELEKTRONN2's --func took train, trace or tracernn, not {func!r}; "
+                                "ekn has one trainer, and the config's data source decides what it trains")
+    where = "" if func == "train" else " (docs/training.md, 'Training a tracing agent')"
+    return ConfigError(f"--func is ELEKTRONN2's option: {hint}. Leave --func out{where}.")
+
+
+def set_mpl_backend(spec: str | None) -> None:
+    """ELEKTRONN2's ``--mpl-backend``: matplotlib's backend for the training shell's ``plt``.
+    ``NAME`` falls back to ``agg`` when it cannot start (no display, not installed);
+    ``force-NAME`` must start; ``auto`` and None keep matplotlib's own choice. ekn's plot and
+    preview files need no backend.
+
+    Raises:
+        ConfigError: An unknown backend, or a ``force-`` one that cannot start.
+
+    Example:
+        >>> set_mpl_backend("agg"); __import__("matplotlib").get_backend().lower()
+        'agg'
+    """
+    if spec is None or spec == "auto":
+        return
+    force = spec.startswith("force-")
+    name = spec[len("force-"):] if force else spec
+    from matplotlib import rcsetup
+
+    try:
+        rcsetup.validate_backend(name)
+    except ValueError as err:
+        raise ConfigError(f"--mpl-backend {spec}: {err}") from None
+    import matplotlib.pyplot as plt
+
+    try:
+        plt.switch_backend(name)
+    except ImportError as err:
+        if force:
+            raise ConfigError(f"--mpl-backend {spec}: matplotlib cannot start {name} ({err}); without 'force-' "
+                              "ekn falls back to agg") from None
+        log.info("matplotlib backend %s cannot start (%s): the shell's plt uses agg", name, err)
+        plt.switch_backend("agg")
+
 
 def is_experiment_config(path: str) -> bool:
     """Whether the Python file ``path`` is an experiment config, not a helper file that configs load
@@ -151,8 +209,20 @@ class TrainCommand(Command):
         parser.add_argument("--distribution", default=None, choices=("mirrored", "multiworker"),
                             help="tf.distribute strategy (same as --set distribute=...): 'mirrored' for "
                                  "several local GPUs, 'multiworker' for several hosts (TF_CONFIG)")
+        parser.add_argument("--mpl-backend", default=None, metavar="auto|agg|NAME|force-NAME",
+                            help="matplotlib backend of the training shell's plt (ELEKTRONN2's option): NAME falls "
+                                 "back to agg without a display, force-NAME must start; plot files need none")
+        parser.add_argument("--func", default=None, help=argparse.SUPPRESS)  # ELEKTRONN2's: refused with a hint
 
     def run(self, args: argparse.Namespace) -> int:
+        if args.func is not None:
+            raise func_error(args.func)
+        set_mpl_backend(args.mpl_backend)
+        from ekn_core.trainer.elektronn2_names import rc_file_warning
+
+        rc_warning = rc_file_warning()
+        if rc_warning:
+            log.warning("%s", rc_warning)
         from ekn_core.trainer.loop import Trainer
 
         overrides = list(args.set) + ([f"distribute={args.distribution!r}"] if args.distribution else [])
