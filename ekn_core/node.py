@@ -980,17 +980,23 @@ class Node(metaclass=NodeMeta):
 
 def near_forward(cls: type) -> list[str]:
     """The method of a node class (defined below ``Node``) whose name is a near miss of
-    ``_forward``, as a list of at most one name.
+    ``_forward`` (``forward``, ``_foward``), as a list of at most one name. A name with ``forward``
+    in a longer word (``_forward_impl``, ``fast_forward``) is another method.
 
     Example:
         >>> class Half(Node):
         ...     def forward(self, inputs, training):
         ...         return inputs[0] / 2
+        ...     def _forward_impl(self, x):
+        ...         return x
+        ...     def _onward(self):
+        ...         pass
         >>> near_forward(Half)
         ['forward']
     """
-    own = [name for c in cls.__mro__[:cls.__mro__.index(Node)] for name, value in vars(c).items() if callable(value)]
-    return difflib.get_close_matches("_forward", own, n=1, cutoff=0.75)
+    own = [name for c in cls.__mro__[:cls.__mro__.index(Node)] for name, value in vars(c).items()
+           if callable(value) and ("forward" not in name or name.strip("_") == "forward")]
+    return difflib.get_close_matches("_forward", own, n=1, cutoff=0.85)
 
 
 def missing_forward(cls: type) -> str:

@@ -12,7 +12,8 @@ plugins`` all go through it. One check per kind, ``problem(obj, name) -> what is
 - commands (:func:`command_problem`): a :class:`~ekn_core.commands.Command` subclass with ``run``
   (entries named ``shell.*``: ``run_shell``);
 - readers (:func:`reader_problem`): the class methods ``open`` and ``create``;
-- hook modules (:func:`hook_module_problem`): no function named like a hook without ``@hookimpl``;
+- hook modules (:func:`hook_module_problem`): no function named exactly like a hook without
+  ``@hookimpl`` (a near miss of a hook's name gets a warning);
 - augmenters: ``ekn_plugins.augmenters.base.augmenter_problem``, beside the ``Augmenter`` class.
 
 Nothing here imports TensorFlow.
@@ -32,10 +33,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from ekn_core.errors import BrokenPluginError
+log = logging.getLogger("ekn.plugins")
 
 #: A kind's check: ``(object, entry name) -> what is missing, or None``.
 Problem = Callable[[Any, str], "str | None"]
@@ -121,32 +123,42 @@ def reader_problem(obj: Any, name: str) -> str | None:
 
 def hook_module_problem(obj: Any, name: str) -> str | None:
     """The functions of the ``ekn.plugins`` entry ``obj`` (a module of hook implementations)
-    that are named like a hook but lack ``@hookimpl``, so ekn would never call them (None: none).
+    named exactly like a hook but lacking ``@hookimpl``, so ekn would never call them (None: none).
+
+    A function whose name is only close to a hook's (``ekn_on_train_stepend``) gets a warning
+    naming the hook, as it may be a misspelt implementation, but is no problem: a helper may be
+    named so. One that takes an argument the hook lacks (``ekn_settings_for(section)``) or whose
+    name starts with ``_`` gets no warning.
 
     Example:
         >>> import types
         >>> module = types.ModuleType("vox_hooks")
         >>> exec("def ekn_report_header(config):\\n    return 'vox'\\n"
-        ...      "def ekn_on_train_stepend(trainer, step, metrics): pass", module.__dict__)
+        ...      "def ekn_settings_for(section):\\n    return {}", module.__dict__)
         >>> print(hook_module_problem(module, "vox_hooks"))
-        ekn_report_header, ekn_on_train_stepend (did you mean ekn_on_train_step_end?) lack @hookimpl, so ekn never
-        calls them: decorate them with @hookimpl (from ekn_core import hookimpl)
+        ekn_report_header lacks @hookimpl, so ekn never calls it: decorate it with @hookimpl (from ekn_core import
+        hookimpl)
     """
     from ekn_core import hookspecs
 
-    specs = [n for n, f in vars(hookspecs).items() if hasattr(f, "ekn_spec")]
-    unmarked = []
-    for function_name, function in getattr(obj, "__dict__", {}).items():
-        if not inspect.isfunction(function) or hasattr(function, "ekn_impl"):
-            continue
-        close = [] if function_name in specs else difflib.get_close_matches(function_name, specs, n=1, cutoff=0.85)
-        if function_name in specs or close:
-            unmarked.append(function_name + (f" (did you mean {close[0]}?)" if close else ""))
+    specs = {n: inspect.signature(f).parameters for n, f in vars(hookspecs).items() if hasattr(f, "ekn_spec")}
+    functions = {n: f for n, f in getattr(obj, "__dict__", {}).items()
+                 if inspect.isfunction(f) and not hasattr(f, "ekn_impl")}
+    for function_name, function in functions.items():
+        close = [] if function_name in specs or function_name.startswith("_") else \
+            difflib.get_close_matches(function_name, list(specs), n=1, cutoff=0.85)
+        if close and set(inspect.signature(function).parameters) <= set(specs[close[0]]):
+            log.warning("ekn.plugins entry %s: %s is named almost like the hook %s but is no hook implementation, "
+                        "so ekn never calls it. If it should implement that hook, rename it %s and decorate it with "
+                        "@hookimpl; if it is a helper, a name further from the hook's (or starting with _) ends "
+                        "this warning.", name, function_name, close[0], close[0])
+    unmarked = [n for n in functions if n in specs]
     if not unmarked:
         return None
-    return (f"{', '.join(unmarked)} {'lacks' if len(unmarked) == 1 else 'lack'} @hookimpl, so ekn never calls "
-            f"{'it' if len(unmarked) == 1 else 'them'}: decorate {'it' if len(unmarked) == 1 else 'them'} with "
-            "@hookimpl (from ekn_core import hookimpl)")
+    one = len(unmarked) == 1
+    return (f"{', '.join(unmarked)} {'lacks' if one else 'lack'} @hookimpl, so ekn never calls "
+            f"{'it' if one else 'them'}: decorate {'it' if one else 'them'} with @hookimpl (from ekn_core import "
+            "hookimpl)")
 
 
 def checked(kind: str, name: str, problem: Problem | None) -> Any:
@@ -154,8 +166,8 @@ def checked(kind: str, name: str, problem: Problem | None) -> Any:
     ``problem``.
 
     Raises:
-        BrokenPluginError: ``problem`` found something missing; the entry shows as ``broken`` in
-            ``ekn plugins``.
+        BrokenPluginError: ``problem`` found something missing (now or before); the entry shows as
+            ``broken`` in ``ekn plugins``, and the registry's ``get`` refuses it from then on.
         PluginLoadError: The import failed.
         UnknownPluginError: No active entry of that name.
     """
@@ -165,6 +177,4 @@ def checked(kind: str, name: str, problem: Problem | None) -> Any:
     missing = problem(obj, name) if problem is not None else None
     if missing is None:
         return obj
-    entry = next(e for e in registry(kind).entries() if e.name == name and e.status in ("loaded", "broken"))
-    entry.status, entry.error = "broken", missing
-    raise BrokenPluginError(kind, name, entry.distribution, entry.version, missing)
+    raise registry(kind).mark_broken(name, missing)

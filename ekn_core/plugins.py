@@ -10,7 +10,8 @@ Loading policy (environment variables, in order of precedence):
 1. ``EKN_BLOCK_PLUGINS=a,b``: distributions, single entries written ``kind:name`` (whoever
    provides them), or one distribution's entry written ``kind:name@distribution`` (e.g.
    ``layers:conv@ekn`` blocks the built-in ``conv`` and lets a third-party ``conv`` serve), that
-   are never loaded. Blocking wins over everything else.
+   are never loaded; ``kind`` is plural, as in :data:`GROUPS`. An item of another form
+   (:func:`block_item_problem`) gets a warning and blocks nothing. Blocking wins over everything else.
 2. Built-in entries (distribution ``ekn``) are always active unless blocked.
 3. ``EKN_LOAD_PLUGINS=dist1,dist2``: when set (even empty) only these third-party distributions
    are active.
@@ -23,8 +24,9 @@ whose name sorts first wins. Either way a warning names both, and strict mode ra
 
 Each distribution counts once, as in :func:`importlib.metadata.entry_points`: when its metadata
 lies on ``sys.path`` more than once (a stale ``src/*.egg-info`` beside a new editable install),
-the first copy is read. Entry points in an ``ekn.*`` group that is none of :data:`GROUPS` (a
-misspelt ``ekn.layer``) get a warning with the closest group.
+the first copy is read. Entry points in an ``ekn.*`` group that is a near miss of one of
+:data:`GROUPS` (a misspelt ``ekn.layer``) get a warning with that group; other ``ekn.*`` groups
+(``ekn.blob_tools.filters``) belong to their distributions.
 
 Example:
     >>> from ekn_core.plugins import registry
@@ -42,7 +44,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ekn_core.errors import DuplicatePluginError, PluginLoadError, UnknownPluginError
+from ekn_core.errors import BrokenPluginError, DuplicatePluginError, PluginLoadError, UnknownPluginError
 
 log = logging.getLogger("ekn.plugins")
 
@@ -60,6 +62,9 @@ GROUPS: dict[str, str] = {
 }
 
 BUILTIN_DISTRIBUTION = "ekn"
+
+#: The statuses of an active entry: one a name resolves to (a failed or broken one raises on ``get``).
+ACTIVE = frozenset({"available", "loaded", "failed", "broken"})
 
 
 def _env_list(name: str) -> list[str] | None:
@@ -121,6 +126,45 @@ def normalise_distribution(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def block_item_problem(item: str) -> str | None:
+    """What is wrong with one ``EKN_BLOCK_PLUGINS`` item, or None for one of its forms: ``dist``,
+    ``kind:name`` or ``kind:name@dist`` (``kind`` plural, as in :data:`GROUPS`).
+
+    Example:
+        >>> block_item_problem("layers:conv@ekn") is None, block_item_problem("layer:conv")
+        (True, "'layer' is no plugin kind (did you mean 'layers'?)")
+    """
+    entry, at, dist = item.partition("@")
+    kind, colon, name = entry.partition(":")
+    close = difflib.get_close_matches(kind, list(GROUPS), n=1, cutoff=0.6)
+    problems = [
+        (any(c.isspace() for c in item), "names hold no spaces"),
+        (bool(at) and not colon, "@DISTRIBUTION follows kind:name"),
+        ("@" in dist, "it has more than one @"),
+        (bool(at) and not dist, "no distribution follows @"),
+        (bool(colon) and kind not in GROUPS,
+         f"{kind!r} is no plugin kind" + (f" (did you mean {close[0]!r}?)" if close else "")),
+        (bool(colon) and not name, "no entry name follows the kind"),
+        (not entry, "it names nothing before @"),
+    ]
+    return next((problem for found, problem in problems if found), None)
+
+
+def _block_items(warn: bool = False) -> list[str]:
+    """The ``EKN_BLOCK_PLUGINS`` items of a valid form; with ``warn``, one warning for each other item
+    (it blocks nothing)."""
+    items = []
+    for item in _env_list("EKN_BLOCK_PLUGINS") or []:
+        problem = block_item_problem(item)
+        if problem is None:
+            items.append(item)
+        elif warn:
+            log.warning("EKN_BLOCK_PLUGINS item %r blocks nothing: %s. Write a distribution (ekn-foo), an entry "
+                        "KIND:NAME (layers:conv: every distribution's) or one distribution's entry "
+                        "KIND:NAME@DISTRIBUTION (layers:conv@ekn), KIND one of %s.", item, problem, ", ".join(GROUPS))
+    return items
+
+
 def _blocks(item: str, kind: str, name: str, dist: str) -> bool:
     """Whether one ``EKN_BLOCK_PLUGINS`` item (``dist``, ``kind:name`` or ``kind:name@dist``) blocks an entry."""
     entry, _, of_dist = item.partition("@")
@@ -129,8 +173,8 @@ def _blocks(item: str, kind: str, name: str, dist: str) -> bool:
     return entry == f"{kind}:{name}" and (not of_dist or normalise_distribution(of_dist) == dist)
 
 
-def _policy_status(kind: str, name: str, dist: str) -> str:
-    if any(_blocks(item, kind, name, dist) for item in _env_list("EKN_BLOCK_PLUGINS") or []):
+def _policy_status(kind: str, name: str, dist: str, blocking: list[str]) -> str:
+    if any(_blocks(item, kind, name, dist) for item in blocking):
         return "blocked"
     if dist == BUILTIN_DISTRIBUTION:
         return "available"
@@ -160,6 +204,7 @@ def _discover() -> dict[str, list[EntryInfo]]:
     """Reads every distribution's entry points for ekn's groups (no plugin import)."""
     found: dict[str, list[EntryInfo]] = {kind: [] for kind in GROUPS}
     kind_of_group = {group: kind for kind, group in GROUPS.items()}
+    blocking = _block_items(warn=True)
     for dist in _unique_distributions():
         # entry_points.txt is cheap to read; METADATA (name, version) only for ekn's plugins
         eps = [ep for ep in dist.entry_points if ep.group.startswith("ekn.")]
@@ -167,24 +212,26 @@ def _discover() -> dict[str, list[EntryInfo]]:
             continue
         dist_name, version = normalise_distribution(dist.metadata["Name"] or "unknown"), dist.version or "?"
         for group in sorted({ep.group for ep in eps} - set(kind_of_group)):
-            _warn_unknown_group(group, [ep.name for ep in eps if ep.group == group], dist_name)
+            _warn_near_group(group, [ep.name for ep in eps if ep.group == group], dist_name)
         for ep in eps:
             if ep.group not in kind_of_group:
                 continue
             kind = kind_of_group[ep.group]
-            status = _policy_status(kind, ep.name, dist_name)
+            status = _policy_status(kind, ep.name, dist_name, blocking)
             found[kind].append(EntryInfo(kind, ep.name, ep.value, dist_name, version, status, entry_point=ep))
     for entries in found.values():
         _resolve_duplicates(entries)
     return found
 
 
-def _warn_unknown_group(group: str, names: list[str], dist: str) -> None:
-    close = difflib.get_close_matches(group, list(GROUPS.values()), n=1, cutoff=0.6)
-    log.warning("distribution %s registers %s in the entry-point group %r, which ekn does not read%s; ekn's "
-                "groups are %s. Fix the group in its pyproject.toml and reinstall it.", dist,
-                ", ".join(map(repr, names)), group, f" (did you mean {close[0]!r}?)" if close else "",
-                ", ".join(GROUPS.values()))
+def _warn_near_group(group: str, names: list[str], dist: str) -> None:
+    """Warns when ``group`` (an ``ekn.*`` group that ekn does not read) is a near miss of one of
+    :data:`GROUPS` (``ekn.layer``); any other group (``ekn.blob_tools.filters``) is its distribution's own."""
+    close = difflib.get_close_matches(group, list(GROUPS.values()), n=1, cutoff=0.8)
+    if close:
+        log.warning("distribution %s registers %s in the entry-point group %r, which ekn does not read (did you mean "
+                    "%r?); ekn's groups are %s. Fix the group in its pyproject.toml and reinstall it.", dist,
+                    ", ".join(map(repr, names)), group, close[0], ", ".join(GROUPS.values()))
 
 
 def _resolve_duplicates(entries: list[EntryInfo]) -> None:
@@ -286,10 +333,10 @@ class Registry:
         return discovered()[self.kind]
 
     def _active(self) -> dict[str, EntryInfo]:
-        return {e.name: e for e in self.entries() if e.status in {"available", "loaded", "failed"}}
+        return {e.name: e for e in self.entries() if e.status in ACTIVE}
 
     def names(self) -> list[str]:
-        """Sorted names of the active entries (imports nothing)."""
+        """Sorted names of the active entries, failed and broken ones included (imports nothing)."""
         return sorted(self._active())
 
     def __contains__(self, name: str) -> bool:
@@ -311,14 +358,14 @@ class Registry:
             >>> registry("layers").inactive_reason("no_such_layer")
             ''
         """
-        inactive = [e for e in self.entries() if e.name == name and e.status not in {"available", "loaded", "failed"}
+        inactive = [e for e in self.entries() if e.name == name and e.status not in ACTIVE
                     and distribution in {None, e.distribution}]
         if not inactive:
             return ""
         entry = inactive[0]
         has = f"{entry.distribution} {entry.version} provides it, but it is {entry.status}"
         if entry.status == "blocked":
-            items = [i for i in _env_list("EKN_BLOCK_PLUGINS") or [] if _blocks(i, self.kind, name, entry.distribution)]
+            items = [i for i in _block_items() if _blocks(i, self.kind, name, entry.distribution)]
             return f"{has} by EKN_BLOCK_PLUGINS: take {', '.join(items)} out of that list"
         if entry.status == "disabled" and _env_list("EKN_LOAD_PLUGINS") is not None:
             return f"{has}: EKN_LOAD_PLUGINS leaves {entry.distribution} out; add it to that list"
@@ -333,10 +380,14 @@ class Registry:
         Raises:
             UnknownPluginError: No active entry of that name.
             PluginLoadError: The entry exists but its import failed.
+            BrokenPluginError: The entry was found to lack what its kind must provide
+                (:func:`ekn_core.plugin_checks.checked`).
         """
         if name in self._loaded:
             return self._loaded[name]
         entry = self.info(name)
+        if entry.status == "broken":
+            raise BrokenPluginError(self.kind, name, entry.distribution, entry.version, entry.error)
         try:
             obj = _load_entry_point(entry)
         except KeyboardInterrupt:
@@ -362,6 +413,14 @@ class Registry:
         entry.status, entry.error = "failed", f"{type(err).__name__}: {err}"
         self._loaded.pop(name, None)
         return PluginLoadError(self.kind, name, entry.distribution, entry.version, err)
+
+    def mark_broken(self, name: str, problem: str) -> BrokenPluginError:
+        """Records that the entry ``name`` imports but lacks what its kind must provide (``problem``):
+        :meth:`get` refuses it from then on. Returns the :class:`BrokenPluginError` to raise."""
+        entry = self.info(name)
+        entry.status, entry.error = "broken", problem
+        self._loaded.pop(name, None)
+        return BrokenPluginError(self.kind, name, entry.distribution, entry.version, problem)
 
     def load_all(self) -> dict[str, Any]:
         """Imports every active entry; failures are recorded (or raised in strict mode)."""
@@ -402,6 +461,30 @@ def kind_label(kind: str) -> str:
     return kind[:-2] if kind.endswith("sses") else kind[:-1] if kind.endswith("s") else kind
 
 
+def _public_version(version: str) -> Any:
+    """``version`` as a :class:`packaging.version.Version` without its local label (``0.2.0+local``
+    is ``0.2.0``: a specifier cannot name a local label, and it says nothing about the order), or
+    None when it is no PEP 440 version (``"?"``: the metadata gave none)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(Version(version).public)
+    except InvalidVersion:
+        return None
+
+
+def _at_least(distribution: str, version: str, joiner: str = ">=") -> str:
+    """``distribution`` with ``joiner`` and the public part of ``version``, or alone when that is no
+    version: what a pip command or a message asks for.
+
+    Example:
+        >>> _at_least("ekn-foo", "0.2.0+local"), _at_least("ekn-foo", "?", " >= ")
+        ('ekn-foo>=0.2.0', 'ekn-foo')
+    """
+    public = _public_version(version)
+    return f"{distribution}{joiner}{public}" if public is not None else distribution
+
+
 def missing_requirement(req: dict[str, str]) -> str:
     """A saved file's requirement (see :func:`required_plugin`) that is not active here, in words: which
     plugin, and why it is missing (not installed, blocked, disabled) with how to get it.
@@ -410,21 +493,19 @@ def missing_requirement(req: dict[str, str]) -> str:
         >>> print(missing_requirement({"kind": "layers", "name": "foo.x", "distribution": "ekn-foo", "version": "1.2"}))
         layer 'foo.x' from distribution ekn-foo >= 1.2, which is not installed (install it: pip install 'ekn-foo>=1.2')
     """
-    what = f"{kind_label(req['kind'])} {req['name']!r} from distribution {req['distribution']} >= {req['version']}"
-    reason = registry(req["kind"]).inactive_reason(req["name"], normalise_distribution(req["distribution"]))
+    dist, version = req["distribution"], req["version"]
+    what = f"{kind_label(req['kind'])} {req['name']!r} from distribution {_at_least(dist, version, ' >= ')}"
+    reason = registry(req["kind"]).inactive_reason(req["name"], normalise_distribution(dist))
     if reason:
         return f"{what} ({reason})"
-    return f"{what}, which is not installed (install it: pip install '{req['distribution']}>={req['version']}')"
+    return f"{what}, which is not installed (install it: pip install '{_at_least(dist, version)}')"
 
 
 def _older(installed: str, saved: str) -> bool:
-    """Whether version ``installed`` precedes ``saved`` (False when either is not a PEP 440 version)."""
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        return Version(installed) < Version(saved)
-    except InvalidVersion:
-        return False
+    """Whether version ``installed`` precedes ``saved``, local labels aside (False when either is
+    not a PEP 440 version)."""
+    installed_version, saved_version = _public_version(installed), _public_version(saved)
+    return installed_version is not None and saved_version is not None and installed_version < saved_version
 
 
 def check_required(requirements: list[dict[str, str]]) -> None:
@@ -432,9 +513,10 @@ def check_required(requirements: list[dict[str, str]]) -> None:
 
     Raises one clear error listing every required plugin that is not active here, saying why (not
     installed, blocked, disabled) and how to get it. A plugin whose installed distribution is older
-    than the one the file was saved with gets a warning naming both versions and the upgrade
-    command: an older plugin may build a node differently, or not know its newer arguments. (A
-    name that another distribution provides here is left to the model's resolver, which refuses it.)
+    than the one the file was saved with (local version labels, ``+local``, aside) gets a warning
+    naming both versions and the upgrade command: an older plugin may build a node differently, or
+    not know its newer arguments. (A name that another distribution provides here is left to the
+    model's resolver, which refuses it.)
 
     Example:
         >>> check_required([{"kind": "layers", "name": "conv", "distribution": "ekn", "version": "0.0.1"}])
@@ -456,5 +538,5 @@ def check_required(requirements: list[dict[str, str]]) -> None:
         raise EknError(f"this file needs {'; and '.join(missing)}. Then run `ekn plugins` to check.")
     for (dist, saved, installed), what in older.items():
         log.warning("this file was saved with %s %s (for %s), but %s %s is installed, which may build these nodes "
-                    "differently or not know their newer arguments: upgrade it with pip install -U '%s>=%s'",
-                    dist, saved, ", ".join(what), dist, installed, dist, saved)
+                    "differently or not know their newer arguments: upgrade it with pip install -U '%s'",
+                    dist, saved, ", ".join(what), dist, installed, _at_least(dist, saved))

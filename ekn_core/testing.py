@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import uuid
@@ -71,10 +72,30 @@ def _throwaway_model() -> Iterator[tuple[Any, list[str]]]:
             model_manager._activate(previous)
 
 
-def _check_node_type(node: Node, cls: type, inputs: Sequence[Node], arrays: Sequence[np.ndarray], model: Any,
+class _NoRetracingWarning(logging.Filter):
+    """Drops TensorFlow's warning that calls "triggered tf.function retracing": the checks compile
+    new functions of the same nodes on purpose (one per compile mode, after a reload)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_retracing_warnings() -> Iterator[None]:
+    """TensorFlow's logger without the retracing warning (:class:`_NoRetracingWarning`) meanwhile."""
+    quiet = _NoRetracingWarning()
+    logging.getLogger("tensorflow").addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger("tensorflow").removeFilter(quiet)
+
+
+def _check_node_type(node: Node, inputs: Sequence[Node], arrays: Sequence[np.ndarray], model: Any,
                      created: list[str], atol: float, xla: bool, roundtrip: bool) -> dict[str, Any]:
-    """Checks 1–4 of the module docs on ``node`` (built from ``inputs``, fed ``arrays``); returns
-    ``{"shape", "modes", "output"}`` (the tf.function output)."""
+    """Checks 1–4 of the module docs on ``node`` (built from ``inputs``, perhaps through other
+    nodes of ``model``, and fed ``arrays``); returns ``{"shape", "modes", "output"}`` (the
+    tf.function output)."""
     from ekn_core.persistence import modelload, replay
 
     outs = {"plain": _run(node, inputs, arrays, "plain"), "eager": _run(node, inputs, arrays, "eager")}
@@ -89,10 +110,9 @@ def _check_node_type(node: Node, cls: type, inputs: Sequence[Node], arrays: Sequ
 
     descriptor = model.descriptors[node.name]
     assert json.loads(json.dumps(descriptor)) == descriptor, "descriptor is not JSON round-trip stable"
-    types = {**{inp.name: type(inp) for inp in inputs}, node.name: cls}
+    types = {name: type(model[name]) for name in model.descriptors}
     with model_manager.scratch(), shape_only():
-        replay([model.descriptors[inp.name] for inp in inputs] + [json.loads(json.dumps(descriptor))],
-               lambda d: types[d["name"]])
+        replay([json.loads(json.dumps(d)) for d in model.descriptors.values()], lambda d: types[d["name"]])
         replayed = model_manager.current[node.name].shape
     assert replayed == node.shape, f"replayed descriptor gives shape {replayed}, original {node.shape}"
 
@@ -175,13 +195,13 @@ def check_node(node_type: str | type, *args: Any, input_shape: tuple[int, ...] =
     cls = _resolve_type(node_type)
     set_seed(seed)
     rng = np.random.default_rng(seed)
-    with _throwaway_model() as (model, created):
+    with _throwaway_model() as (model, created), _no_retracing_warnings():
         declared = TaggedShape(input_shape, tags)
         free = declared.updateshape("b", None) if declared.hastag("b") and fov else declared
         inp = registry("layers").get("input")(free.shape, tags, dtype=dtype, name="input")
         node = cls(inp, *args, **kwargs)
         x = rng.random(input_shape).astype(dtype)
-        report = _check_node_type(node, cls, [inp], [x], model, created, atol, xla, roundtrip)
+        report = _check_node_type(node, [inp], [x], model, created, atol, xla, roundtrip)
         del report["output"]
 
         report["fov"] = node.shape.fov
@@ -197,20 +217,23 @@ def check_node(node_type: str | type, *args: Any, input_shape: tuple[int, ...] =
         return report
 
 
-def check_loss(loss_type: str | type, inputs: Sequence[tuple[np.ndarray, str]], *args: Any, atol: float = 1e-5,
+def check_loss(node_type: str | type, inputs: Sequence[tuple[Any, ...]], *args: Any, atol: float = 1e-5,
                xla: bool = True, gradient: bool = True, roundtrip: bool = True, seed: int = 0,
                **kwargs: Any) -> dict[str, Any]:
-    """Runs the conformance battery on a loss (or any node with several parents): checks 1–4 of the
-    module docs, that its class says ``kind = "losses"``, and (``gradient``) that the gradient of
-    its output with respect to the first input (the prediction) is nonzero and matches central
-    finite differences along a random direction.
+    """Runs the conformance battery on a node type with several parents, a loss or a layer (``add``,
+    ``mult``): checks 1–4 of the module docs, that a class registered in ``ekn.losses`` says
+    ``kind = "losses"`` (else a model that uses it cannot be saved; a name of ``ekn.losses`` with
+    another kind already fails to import), and (``gradient``) that the gradient of its output with
+    respect to the first input (the prediction) is nonzero and matches central finite differences
+    along a random direction.
 
     Args:
-        loss_type: Registry name (``ekn.losses``) or class.
+        node_type: Registry name (``ekn.losses`` or ``ekn.layers``) or class.
         inputs: One ``(array, tags)`` per parent, in the order the constructor takes them (one
-            argument each, first), e.g.
-            ``[(prediction, "b,f,x"), (target, "b,f,x")]``; a parent's input node gets the
-            array's shape and dtype.
+            argument each, first), e.g. ``[(prediction, "b,f,x"), (target, "b,f,x")]``: an input
+            node of the array's shape and dtype is that parent. ``(array, tags, make_parent)``
+            makes the parent ``make_parent(input node)`` instead, for a type that needs a parent of
+            some kind: ``registry("losses").get("softmax")`` for ``multinoulli_nll``.
         *args: Constructor arguments after the parents.
         atol: Tolerance between compile modes.
         xla: Also compare with ``jit_compile=True``.
@@ -224,26 +247,38 @@ def check_loss(loss_type: str | type, inputs: Sequence[tuple[np.ndarray, str]], 
         ``(from the tape, from finite differences)``, or None.
 
     Example:
+        >>> from ekn_core.plugins import registry
         >>> rng = np.random.default_rng(0)
         >>> pred, target = rng.random((2, 3, 4)).astype("float32"), rng.random((2, 3, 4)).astype("float32")
         >>> report = check_loss("squared_loss", [(pred, "b,f,x"), (target, "b,f,x")], xla=False)
         >>> report["shape"], report["modes"]
         ((2, 1, 4), ['eager', 'plain'])
+        >>> check_loss("add", [(pred, "b,f,x"), (target, "b,f,x")], xla=False)["shape"]  # a layer
+        (2, 3, 4)
+        >>> ids = rng.integers(0, 3, (2, 1, 4)).astype("int16")
+        >>> softmax = registry("losses").get("softmax")
+        >>> check_loss("multinoulli_nll", [(pred, "b,f,x", softmax), (ids, "b,f,x")], target_is_sparse=True,
+        ...            xla=False)["shape"]
+        (2, 1, 4)
     """
     from ekn_core.node import set_seed
     from ekn_core.plugins import registry
 
-    cls = _resolve_type(loss_type)
-    assert getattr(cls, "kind", "layers") == "losses", (
-        f"{cls.__name__} has kind = {getattr(cls, 'kind', 'layers')!r}: a loss class needs kind = 'losses', "
-        "else a model that uses it cannot be saved")
+    cls = _resolve_type(node_type)
+    target = f"{getattr(cls, '__module__', '')}:{getattr(cls, '__qualname__', '')}"
+    as_loss = [e.name for e in registry("losses").entries() if e.value.replace(" ", "") == target]
+    assert not as_loss or getattr(cls, "kind", "layers") == "losses", (
+        f"{cls.__name__} is registered in ekn.losses as {as_loss[0]!r} but has kind = "
+        f"{getattr(cls, 'kind', 'layers')!r}: a loss class needs kind = 'losses', else a model that uses it cannot "
+        "be saved")
     set_seed(seed)
-    with _throwaway_model() as (model, created):
-        arrays = [np.asarray(array) for array, _ in inputs]
-        nodes = [registry("layers").get("input")(array.shape, tags, dtype=array.dtype.name, name=f"input{i}")
-                 for i, (array, (_, tags)) in enumerate(zip(arrays, inputs))]
-        node = cls(*nodes, *args, **kwargs)
-        report = _check_node_type(node, cls, nodes, arrays, model, created, atol, xla, roundtrip)
+    with _throwaway_model() as (model, created), _no_retracing_warnings():
+        arrays = [np.asarray(item[0]) for item in inputs]
+        nodes = [registry("layers").get("input")(array.shape, item[1], dtype=array.dtype.name, name=f"input{i}")
+                 for i, (array, item) in enumerate(zip(arrays, inputs))]
+        parents = [item[2](inp) if len(item) > 2 else inp for inp, item in zip(nodes, inputs)]
+        node = cls(*parents, *args, **kwargs)
+        report = _check_node_type(node, nodes, arrays, model, created, atol, xla, roundtrip)
         del report["output"]
         report["gradient"] = _check_gradient(node, nodes, arrays, np.random.default_rng(seed)) if gradient else None
         return report
@@ -312,7 +347,7 @@ def check_reader(reader: str, path: str | os.PathLike, shape: tuple[int, ...] = 
 
     def values(size: tuple[int, ...]) -> np.ndarray:
         if np.issubdtype(dtype, np.integer):
-            return rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size, endpoint=True).astype(dtype)
+            return rng.integers(np.iinfo(dtype).min, np.iinfo(dtype).max, size, dtype=dtype, endpoint=True)
         return rng.standard_normal(size).astype(dtype)
 
     data = values(shape)

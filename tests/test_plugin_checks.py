@@ -6,6 +6,7 @@ The broken plugins live in a fake distribution written into ``tmp_path`` (as in 
 
 import argparse
 import json
+import re
 
 import pytest
 from test_cli_host import _dist, _ekn, fake_site  # noqa: F401  (a fixture)
@@ -168,3 +169,70 @@ def test_a_path_no_reader_claims_says_what_a_command_line_user_can_do(tmp_path):
     assert message.startswith(f"no reader plugin claims {str(tmp_path / 'x.rvol')!r} (installed readers: hdf5, ")
     assert "Give it a suffix a reader knows (.h5, .zarr" in message and "ekn_get_reader hook" in message
     assert "open_volume(path, reader='NAME')" in message and "Name one with reader=" not in message
+
+
+HELPERS = '''
+from ekn_core import hookimpl
+
+def ekn_settings_for(section):  # a helper named near ekn_settings
+    return {}
+
+def _ekn_report_header(config):  # a private helper named near ekn_report_header
+    return "helper"
+
+def ekn_on_train_stepend(trainer, step, metrics):  # a misspelt implementation (no @hookimpl)
+    pass
+
+@hookimpl
+def ekn_report_header(config):
+    return _ekn_report_header(config) + " " + str(ekn_settings_for("x"))
+'''
+
+
+def test_helpers_named_near_a_hook_are_no_problem_and_a_near_miss_is_a_warning(fake_site, caplog):  # noqa: F811
+    from ekn_core import plugins
+    from ekn_core.hooks import host
+    from ekn_core.plugin_checks import checked, hook_module_problem
+
+    _dist(fake_site, "ekn-voxhelp", "[ekn.plugins]\nvoxhelp_hooks = ekn_voxhelp_hooks\n",
+          {"ekn_voxhelp_hooks": HELPERS})
+    with caplog.at_level("WARNING", logger="ekn.plugins"):
+        module = checked("plugins", "voxhelp_hooks", hook_module_problem)
+    assert [e.status for e in plugins.registry("plugins").entries() if e.name == "voxhelp_hooks"] == ["loaded"]
+    [warning] = [r.getMessage() for r in caplog.records if "voxhelp_hooks" in r.getMessage()]
+    assert warning.startswith("ekn.plugins entry voxhelp_hooks: ekn_on_train_stepend is named almost like the hook "
+                              "ekn_on_train_step_end but is no hook implementation"), warning
+    assert "helper {}" in host().report_header({})  # the module registers, and its hook is called
+    assert host().pm.get_plugin("voxhelp_hooks") is module
+
+
+def test_a_broken_entry_stays_listed_and_get_refuses_it(voxbad):
+    from ekn_core import plugins
+    from ekn_core.plugin_checks import checked, command_problem
+
+    reg = plugins.registry("commands")
+    assert reg.get("voxbad_no_run").__name__ == "NoRun"  # imports fine
+    with pytest.raises(BrokenPluginError, match=re.escape(MISSING["voxbad_no_run"])):
+        checked("commands", "voxbad_no_run", command_problem)
+    assert "voxbad_no_run" in reg.names() and "voxbad_no_run" in reg and reg.info("voxbad_no_run").status == "broken"
+    with pytest.raises(BrokenPluginError, match=re.escape("commands:voxbad_no_run from distribution ekn-voxbad 0.1 is "
+                                                          f"broken: {MISSING['voxbad_no_run']}")):
+        reg.get("voxbad_no_run")  # not the cached class
+    with pytest.raises(BrokenPluginError):  # and again through the check
+        checked("commands", "voxbad_no_run", command_problem)
+
+
+def test_a_broken_training_shell_command_is_one_line_and_the_shell_goes_on(voxbad):
+    import io
+    from types import SimpleNamespace
+
+    from ekn_core.trainer.shell import run_shell
+
+    trainer = SimpleNamespace(step=3, model=None, data=None, optimiser=None, schedules=None, history=None,
+                              config=None, last_batch=None, run_dir=None)
+    out = io.StringIO()
+    assert run_shell(trainer, stdin=io.StringIO("voxbad\nprint(6 * 7)\nq\n"), stdout=out) == "continue"
+    text = out.getvalue()
+    assert "voxbad: plugin commands:shell.voxbad from distribution ekn-voxbad 0.1 is broken: " \
+           f"{MISSING['shell.voxbad']}" in text and "Traceback" not in text, text
+    assert "42" in text

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from test_cli_host import _dist, fake_site  # noqa: F401  (a fixture)
 
+from ekn_core import plugins
 from ekn_core.lazy import tf
 from ekn_core.node import Node
 from ekn_core.testing import check_loss, check_reader
@@ -54,11 +55,64 @@ def test_check_loss_passes_built_in_losses_and_a_correct_one():
 @pytest.mark.parametrize("cls,options,error", [
     (Squared, {"wrong_gradient": True}, "finite differences give"),
     (Squared, {"wrong_shape": True}, "computed shape"),
-    (SquaredAsLayer, {}, "a loss class needs kind = 'losses'"),
+    (SquaredAsLayer, {"wrong_gradient": True}, "finite differences give"),  # a layer: checked the same
 ])
 def test_check_loss_catches_a_broken_loss(cls, options, error):
     with pytest.raises(AssertionError, match=error):
         check_loss(cls, INPUTS, roundtrip=False, xla=False, **options)
+
+
+GAP = """
+from ekn_core.node import Node
+
+class Gap(Node):
+    def __init__(self, pred, target, name="gap"):
+        super().__init__([pred, target], name)
+
+    def _forward(self, inputs, training):
+        return inputs[0] - inputs[1]
+"""
+
+
+def test_check_loss_checks_layers_with_several_parents_and_the_kind_of_registered_losses(fake_site):  # noqa: F811
+    """A layer with several parents passes as a loss does; a class registered in ekn.losses, given
+    as a class, must say kind = "losses"."""
+    import importlib
+
+    as_layer = check_loss(SquaredAsLayer, INPUTS, roundtrip=False, xla=False)
+    assert as_layer == check_loss(Squared, INPUTS, roundtrip=False, xla=False)
+    assert check_loss("mult", INPUTS, xla=False)["shape"] == (2, 3, 5, 4)  # a built-in layer, saved and loaded
+    _dist(fake_site, "ekn-gaploss", "[ekn.losses]\ngaploss.gap = ekn_gaploss_mod:Gap\n", {"ekn_gaploss_mod": GAP})
+    plugins.reset()
+    gap = importlib.import_module("ekn_gaploss_mod").Gap
+    with pytest.raises(AssertionError, match="Gap is registered in ekn.losses as 'gaploss.gap' but has kind = "
+                                             "'layers': a loss class needs kind = 'losses'"):
+        check_loss(gap, INPUTS, roundtrip=False, xla=False)
+
+
+def test_check_loss_builds_parents_a_loss_needs_and_its_gradient_is_that_of_the_nll(caplog):
+    """multinoulli_nll needs a softmax parent: the helper builds it from the logits input, and the
+    directional derivative it reports is that of sum(w * -log softmax(z)[t]) along the direction,
+    (softmax(z) - onehot(t)) · direction weighted per voxel, computed here with numpy from the same seed."""
+    from ekn_core.plugins import registry
+
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((2, 3, 5, 4)).astype("float32")
+    ids = rng.integers(0, 3, (2, 1, 5, 4)).astype("int16")
+    inputs = [(logits, "b,f,y,x", registry("losses").get("softmax")), (ids, "b,f,y,x")]
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        report = check_loss("multinoulli_nll", inputs, target_is_sparse=True, seed=2)
+        assert check_loss("multinoulli_nll", inputs, target_is_sparse=True, seed=2) == report  # compiles again
+    assert report["shape"] == (2, 1, 5, 4) and report["modes"] == ["eager", "plain", "xla"]
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]  # as many functions on purpose
+    z = np.moveaxis(logits, 1, -1).astype(np.float64)  # b,y,x,f
+    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    onehot = np.eye(3)[np.moveaxis(ids, 1, -1)[..., 0]]
+    check_rng = np.random.default_rng(2)
+    weights = check_rng.random((2, 5, 4, 1))
+    direction = check_rng.standard_normal((2, 5, 4, 3)).astype(np.float32).astype(np.float64)
+    expected = np.sum(weights * (probs - onehot) * direction)
+    assert np.isclose(report["gradient"][0], expected, rtol=1e-4), (report["gradient"], expected)
 
 
 def test_check_loss_gradient_is_the_derivative():
@@ -100,6 +154,8 @@ def test_check_reader_passes_built_in_readers_and_catches_broken_ones(fake_site,
     assert check_reader("hdf5", tmp_path / "v.h5:raw")["writable_open"]
     assert check_reader("zarr", tmp_path / "v.zarr", dtype="float32")["axes"] == "zyx"
     assert check_reader("knossos", tmp_path / "k" / "ds.k.toml")["chunks"] == (128, 128, 128)
+    for dtype in ("uint64", "int64"):  # values over the whole range of the type
+        assert check_reader("hdf5", tmp_path / f"{dtype}.h5:raw", dtype=dtype)["axes"] == "zyx"
     with pytest.raises(AssertionError, match="left shape \\(3, 10, 12\\): create must replace the volume"):
         check_reader("badread.keeps_old", tmp_path / "keeps.h5:raw")
     with pytest.raises(AssertionError, match="created \\(3, 10, 12\\) float32, asked for \\(3, 10, 12\\) uint8"):

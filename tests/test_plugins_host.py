@@ -202,9 +202,10 @@ def test_a_bumped_config_version_without_upgrade_config_is_a_clear_error():
 # -- 6: unknown groups, blocking one distribution's entry ---------------------------------------
 def test_an_unknown_ekn_group_gets_one_warning_with_the_closest_group(site, caplog):
     with caplog.at_level("WARNING", logger="ekn.plugins"):
-        site("typo", "ekn-typo", "0.1", "[ekn.layer]\ntypo.a = m:A\ntypo.b = m:B\n[ekn.losses]\ntypo.c = m:C\n")
+        site("typo", "ekn-typo", "0.1", "[ekn.layer]\ntypo.a = m:A\ntypo.b = m:B\n[ekn.losses]\ntypo.c = m:C\n"
+                                        "[ekn.typo.filters]\ngauss = m:gauss\n[ekn.filters]\nmedian = m:median\n")
         assert "typo.c" in plugins.registry("losses").names()
-    [record] = [r for r in caplog.records if "ekn-typo" in r.getMessage()]
+    [record] = [r for r in caplog.records if "ekn-typo" in r.getMessage()]  # its own groups: no warning
     assert record.getMessage().startswith("distribution ekn-typo registers 'typo.a', 'typo.b' in the entry-point "
                                           "group 'ekn.layer', which ekn does not read (did you mean 'ekn.layers'?)")
 
@@ -238,3 +239,93 @@ def test_a_misspelt_hook_name_gets_the_closest_hook(site):
     with pytest.raises(PluginLoadError, match=r"unknown hook 'ekn_on_train_stepend' .*\(did you mean "
                                               r"'ekn_on_train_step_end' for 'ekn_on_train_stepend'\?"):
         check_hook_plugin(plugins.registry("plugins").get("hooktypo"), "hooktypo")
+
+
+# -- local version labels, unknown versions ----------------------------------------------------
+@pytest.mark.parametrize("saved,installed,upgrade", [
+    ("0.2.0+local", "0.2.0", None),  # the same release: a local label says nothing about the order
+    ("0.1.0", "0.1.0+local", None),
+    ("1.0", "1.0.dev0", "pip install -U 'ekn-ver>=1.0'"),
+    ("0.3+local.7", "0.2", "pip install -U 'ekn-ver>=0.3'"),  # a specifier cannot name a local label
+])
+def test_local_version_labels_are_compared_and_asked_for_by_their_public_version(site, caplog, saved, installed,
+                                                                                  upgrade):
+    from packaging.requirements import Requirement
+
+    site("ver", "ekn-ver", installed, "[ekn.layers]\nver.scale = ekn_ver_mod:Scale\n")
+    with caplog.at_level("WARNING", logger="ekn.plugins"):
+        plugins.check_required([{"kind": "layers", "name": "ver.scale", "distribution": "ekn-ver", "version": saved}])
+    warnings = [r.getMessage() for r in caplog.records if "saved with" in r.getMessage()]
+    assert [upgrade in w for w in warnings] == ([] if upgrade is None else [True]), warnings
+    if upgrade:
+        Requirement(upgrade.split("'")[1])  # a valid requirement for pip
+
+
+@pytest.mark.parametrize("version,wanted", [("0.2.0+local", "ekn-foo >= 0.2.0"), ("?", "ekn-foo")])
+def test_a_missing_plugin_gets_an_install_command_pip_takes(site, version, wanted):
+    from packaging.requirements import Requirement
+
+    message = plugins.missing_requirement({"kind": "layers", "name": "foo.x", "distribution": "ekn-foo",
+                                           "version": version})
+    command = message.split("pip install '")[1].split("'")[0]
+    assert message.startswith(f"layer 'foo.x' from distribution {wanted}, which is not installed"), message
+    assert command == wanted.replace(" ", "") and Requirement(command).name == "ekn-foo"
+
+
+# -- EKN_BLOCK_PLUGINS items of no valid form --------------------------------------------------
+@pytest.mark.parametrize("item,problem", [
+    ("layer:conv", "'layer' is no plugin kind (did you mean 'layers'?)"),
+    ("ekn:conv", "'ekn' is no plugin kind"),
+    ("conv@ekn", "@DISTRIBUTION follows kind:name"),
+    ("@ekn", "@DISTRIBUTION follows kind:name"),
+    ("layers : conv", "names hold no spaces"),
+    ("layers:conv@ekn@x", "it has more than one @"),
+    ("layers:conv@", "no distribution follows @"),
+    ("layers:", "no entry name follows the kind"),
+])
+def test_a_block_item_of_no_valid_form_gets_one_warning_and_blocks_nothing(site, monkeypatch, caplog, item, problem):
+    monkeypatch.setenv("EKN_BLOCK_PLUGINS", f"{item},ekn-nothing-here")
+    plugins.reset()
+    with caplog.at_level("WARNING", logger="ekn.plugins"):
+        statuses = {e.status for e in plugins.registry("layers").entries() if e.name == "conv"}
+        plugins.registry("losses").names()  # read once per process: no second warning
+    assert statuses == {"available"}
+    [warning] = [r.getMessage() for r in caplog.records if "EKN_BLOCK_PLUGINS" in r.getMessage()]
+    assert warning.startswith(f"EKN_BLOCK_PLUGINS item {item!r} blocks nothing: {problem}. Write a distribution "
+                              "(ekn-foo), an entry KIND:NAME (layers:conv: every distribution's) or one "
+                              "distribution's entry KIND:NAME@DISTRIBUTION (layers:conv@ekn), KIND one of layers, "
+                              "losses,"), warning
+
+
+def test_every_entry_named_in_a_message_is_a_valid_block_item(site):
+    """The forms ekn's own messages advise (plural kinds) are the forms EKN_BLOCK_PLUGINS takes."""
+    from ekn_core.errors import BrokenPluginError
+
+    advice = str(BrokenPluginError("layers", "conv", "ekn", "1.0", "x")).split("EKN_BLOCK_PLUGINS=")[1].rstrip(".")
+    assert advice == "layers:conv@ekn" and plugins.block_item_problem(advice) is None
+
+
+# -- near misses of _forward -------------------------------------------------------------------
+def test_only_near_misses_of_forward_count_not_longer_words_with_forward():
+    from ekn_core.node import near_forward
+    from ekn_core.plugin_checks import node_problem
+
+    class Helpers(Node):  # a source-like node with helper methods: nothing to flag
+        def _forward_impl(self, x):
+            return x
+
+        def fast_forward(self):
+            pass
+
+        def _forwarded(self):
+            pass
+
+        def _onward(self):
+            pass
+
+    class Misspelt(Node):
+        def _froward(self, inputs, training):
+            return inputs[0]
+
+    assert near_forward(Helpers) == [] and node_problem(Helpers, "helpers") is None
+    assert near_forward(Misspelt) == ["_froward"] and "a misspelt _forward?" in node_problem(Misspelt, "misspelt")

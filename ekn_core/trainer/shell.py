@@ -50,7 +50,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ekn_core.commands import SHELL_PREFIX
-from ekn_core.errors import EknError
+from ekn_core.errors import EknError, PluginLoadError
 
 log = logging.getLogger("ekn.trainer")
 
@@ -318,11 +318,16 @@ class TrainingShell:
         return list(self._names)
 
     def command(self, name: str) -> Any:
-        """The command object registered as ``shell.<name>``."""
-        if name not in self._commands:
-            from ekn_core.plugins import registry
+        """The command object registered as ``shell.<name>``.
 
-            self._commands[name] = registry("commands").get(SHELL_PREFIX + name)()
+        Raises:
+            PluginLoadError: Its import failed, or (a ``BrokenPluginError``) it lacks ``run_shell``
+                (:func:`ekn_core.plugin_checks.command_problem`).
+        """
+        if name not in self._commands:
+            from ekn_core.plugin_checks import checked, command_problem
+
+            self._commands[name] = checked("commands", SHELL_PREFIX + name, command_problem)()
         return self._commands[name]
 
     def parse(self, line: str) -> tuple[str, str] | None:
@@ -342,8 +347,13 @@ class TrainingShell:
         return match.group(1), rest.strip()
 
     def run_command(self, name: str, argument: str) -> bool:
-        """Runs one shell command; returns True when the shell should close."""
-        command = self.command(name)
+        """Runs one shell command; returns True when the shell should close. A command plugin that
+        fails to load, or lacks ``run_shell``, is one line (and the shell goes on)."""
+        try:
+            command = self.command(name)
+        except PluginLoadError as err:
+            self.write(f"{name}: {err}")
+            return False
         try:
             return bool(command.run_shell(self, argument))
         except (EknError, ValueError, TypeError, IndexError, KeyError, OSError) as err:
