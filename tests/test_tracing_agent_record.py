@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ekn_core.errors import ConfigError
+from ekn_core.node import set_seed
 from ekn_plugins.data.tracing import Agent, TracingData
 from ekn_plugins.utils.skeleton import TubeSkeleton, sample_patch
 from ekn_plugins.utils.tracing import Tracer
@@ -88,6 +89,7 @@ def test_a_direction_and_radius_head_learns_the_radius():
 
     rng = np.random.default_rng(0)
     tubes = [synthetic_tube((24, 32, 40), radius=r, rng=rng) for r in (1.5, 3.0, 4.5)]
+    set_seed(0)  # initial weights independent of the tests that ran before in the process
     model = nm.model_manager.newmodel("radius_agent")
     inp = nm.Input((None, 1, 3, 11, 11), "b,f,z,y,x", name="raw")
     out = nm.Perceptron(nm.Perceptron(inp, 32, flatten=True), 4, activation_func="lin", name="direction_radius")

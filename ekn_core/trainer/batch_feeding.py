@@ -10,7 +10,10 @@ batches of the coming steps in other processes with the same seeds; with prefetc
 
 :class:`BatchFeeding` is mixed into :class:`~ekn_core.trainer.loop.Trainer`: it reads ``config``,
 ``model``, ``step``, ``batch_size``, ``prefetch_device``, ``stop_requested`` and
-``pause_requested``, and sets ``data``.
+``pause_requested``, and sets ``data``. When it builds the source it refuses the config's
+``class_weights`` for a loss without a class-weights input (:func:`check_class_weights`) and logs
+what batches the source draws with ``data_batch_args``: its optional ``describe_batches(batch_args)``,
+which may refuse them, else its ``repr``.
 
 Example:
     >>> sorted(BATCH_STREAMS)
@@ -26,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ekn_core.errors import ConfigError
 from ekn_core.trainer.data_source import NodeInfo, data_source_keywords, make_data_source, resolve_data_class
 
 log = logging.getLogger("ekn.trainer")
@@ -73,11 +77,57 @@ def class_weights_position(inputs: Sequence[Any], n_arrays: int) -> int:
     return unbatched[0] if unbatched and unbatched[0] <= n_arrays else n_arrays
 
 
+def check_class_weights(class_weights: Sequence[float] | None, loss: Any) -> None:
+    """Refuses the config's ``class_weights`` for a loss node ``loss`` that cannot take them, when
+    the run is set up rather than as a wrong number of arrays at the first step: the loss needs a
+    class-weights input (an input without a batch axis, see :func:`class_weights_position`) of one
+    weight per class.
+
+    Raises:
+        ConfigError: Saying how to give the loss its class weights.
+
+    Example:
+        >>> class Input:
+        ...     def __init__(self, name, shape, tags):
+        ...         self.name, self.shape = name, type("Shape", (), {"shape": shape, "tags": tuple(tags.split(","))})()
+        >>> class Loss:
+        ...     name = "loss"
+        ...     def __init__(self, *inputs):
+        ...         self.input_nodes = list(inputs)
+        >>> raw, target = Input("raw", (None, 4), "b,f"), Input("target", (None, 1), "b,f")
+        >>> check_class_weights([0.3, 0.7], Loss(raw, target, Input("cw", (2,), "f")))
+        >>> check_class_weights([0.3, 0.7], Loss(raw, target))
+        Traceback (most recent call last):
+        ...
+        ekn_core.errors.ConfigError: class_weights = [0.3, 0.7] (a config setting) feeds the loss's ...
+    """
+    if class_weights is None:
+        return
+    weights = [float(w) for w in np.ravel(class_weights)]
+    inputs = loss.input_nodes
+    unbatched = [node for node in inputs if "b" not in node.shape.tags]
+    if not unbatched:
+        names = ", ".join(repr(node.name) for node in inputs)
+        raise ConfigError(
+            f"class_weights = {weights} (a config setting) feeds the loss's class-weights input, but loss "
+            f"{loss.name!r} has none (it takes {names}; a class-weights input has no batch axis). Either give the "
+            f"loss node the weights and delete the setting: nm.MultinoulliNLL(probs, target, target_is_sparse=True, "
+            f"class_weights={weights}); or give the loss a class-weights input, which the setting then feeds: "
+            f"weights = nm.Input(({len(weights)},), 'f', name='class_weights') and nm.MultinoulliNLL(probs, target, "
+            "target_is_sparse=True, class_weights=weights)")
+    node = unbatched[0]
+    if tuple(node.shape.shape) not in ((len(weights),), (None,)):
+        raise ConfigError(f"class_weights = {weights} (a config setting) has {len(weights)} entries, but the loss's "
+                          f"class-weights input {node.name!r} takes shape {tuple(node.shape.shape)}: give one weight "
+                          "per class")
+
+
 class BatchFeeding:
     """Batches for the training step, the monitor batches and the shell (mixed into the trainer)."""
 
     def _build_data(self) -> None:
         cfg = self.config
+        check_class_weights(cfg.class_weights, self.model.loss_node)
         kwargs = dict(cfg.data_init_kwargs)
         if (self._n_workers and "copies" not in kwargs
                 and "copies" in data_source_keywords(resolve_data_class(cfg.data_class))):
@@ -89,7 +139,8 @@ class BatchFeeding:
         #: ``getbatch``'s keyword names, read once: which of rng, monitor, force_dense it takes.
         self._batch_keywords = parameter_names(self.data.getbatch)
         self._data_takes_rng = bool({"rng", "**"} & self._batch_keywords)
-        log.info("data: %r", self.data)
+        describe = getattr(self.data, "describe_batches", None)  # checks data_batch_args against the source too
+        log.info("data: %s", describe(dict(cfg.data_batch_args)) if callable(describe) else repr(self.data))
         if self._data_feedback:
             log.info("the data source takes feedback from every step: batches are drawn in this process "
                      "after the previous step (no background workers, no prefetching)")

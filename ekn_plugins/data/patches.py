@@ -30,7 +30,7 @@ reader plugin, with reader options from the entries); raw volumes are ``(z, y, x
 see :func:`~ekn_core.grey.grey_range`), float ones are used as they are, unless a range is stated
 (``grey_range=(0, 4095)`` for 12-bit data in uint16; per raw volume in its reader options). The two lateral
 axes are used in storage order, so ELEKTRONN2's ``zxy`` files work unchanged with tags
-``'b,f,z,x,y'``.
+``'b,f,z,x,y'``; files stored ``(x, y, z)`` are read as ELEKTRONN2 read them with ``zxy=False``.
 
 Example:
     >>> import numpy as np, tempfile, os, h5py
@@ -360,6 +360,43 @@ def _read_vector(entry: VolumeEntry) -> np.ndarray:
         return np.atleast_1d(np.asarray(data)).reshape(-1)
 
 
+def stored_xyz(volume: Any, name: str) -> Any:
+    """ELEKTRONN2's ``zxy=False``: ``volume``, stored ``(x, y, z)`` or ``(c, x, y, z)``, seen lazily
+    as ``(z, x, y)`` / ``(c, z, x, y)`` (ELEKTRONN2's ``xyz2zxy``: z moved in front, the lateral axes in
+    storage order, as ekn reads ELEKTRONN2's ``zxy`` files); a
+    :class:`~ekn_plugins.readers.axis_order.Transposed` view that reads only the boxes asked for.
+    Closes ``volume`` when it refuses it.
+
+    Raises:
+        ConfigError: A volume without three spatial axes, or one that names its axes in another
+            order (its reader already gives it in ekn's order).
+
+    Example:
+        >>> from ekn_core.volumes import VolumeBase
+        >>> class Stored(VolumeBase):
+        ...     def __init__(self, data):
+        ...         self.data, self.shape, self.dtype, self.axes = data, data.shape, data.dtype, "zyx"
+        ...     def __getitem__(self, index):
+        ...         return self.data[index]
+        >>> xyz = np.arange(4 * 5 * 3).reshape(4, 5, 3)
+        >>> view = stored_xyz(Stored(xyz), "a.h5:raw")
+        >>> view.shape, bool((view[1:3, :, 2:4] == xyz.transpose(2, 0, 1)[1:3, :, 2:4]).all())
+        ((3, 4, 5), True)
+    """
+    from ekn_plugins.readers.axis_order import Transposed
+
+    ndim = len(volume.shape)
+    if isinstance(volume, Transposed) or ndim not in (3, 4):
+        volume.close()
+        why = (f"has shape {tuple(volume.shape)}, not (x, y, z) or (c, x, y, z): leave zxy out for volumes "
+               "without three spatial axes" if ndim not in (3, 4) else
+               "names its axes (an 'axes' attribute) in another order than (c, z, y, x), so ekn reads it in its "
+               "order already: leave zxy out, or delete the attribute")
+        raise ConfigError(f"data_init_kwargs zxy=False reads every volume as stored (x, y, z), but {name} {why}")
+    volume.axes = "yxz" if ndim == 3 else "cyxz"  # the stored axes, named so that ekn's order is xyz2zxy's
+    return Transposed(volume)
+
+
 @dataclass
 class Cube:
     """One training cube: ``raw (c, z, y, x)`` (a :class:`~ekn_plugins.data.lazy.LazyView` that
@@ -486,6 +523,11 @@ class PatchSource:
             ``n_class`` for class ids, ``t_n_f`` for one-hot targets); None: that of the flags
             given, else ``t_n_f``. :meth:`from_nodes` refuses flags of another length than the
             lazy-label mask inputs of the model's ``MultinoulliNLL`` take, saying what to give.
+        zxy: ELEKTRONN2's: False says that every raw and label volume is stored ``(x, y, z)`` (or
+            ``(c, x, y, z)``): they are read moving z in front of the lateral axes, which keep their
+            storage order (ELEKTRONN2's ``xyz2zxy``; lazily, :func:`stored_xyz`), and regions are
+            given in that order, ``((z0, y0, x0), (z1, y1, x1))``. True (the default): volumes are
+            ``(z, y, x)``, ELEKTRONN2's ``(z, x, y)`` ``zxy`` files among them.
     """
 
     def __init__(self, patch_size: Sequence[int], d_files: Sequence[Any], l_files: Sequence[Any],
@@ -500,7 +542,7 @@ class PatchSource:
                  affinities: bool | str = False, nhood: Any = None, in_memory: bool | str = "auto", copies: int = 1,
                  grey_range: Sequence[float] | None = None, ignore_value: float = IGNORE_VALUE,
                  loss_ignore_values: Mapping[str, float | None] | None = None, ll_masks: Sequence[Any] | None = None,
-                 ll_mask_classes: int | None = None):
+                 ll_mask_classes: int | None = None, zxy: bool = True):
         ndim = len(patch_size)
         if ndim not in (2, 3):
             raise ConfigError(f"patch_size must have 2 or 3 spatial sizes, got {tuple(patch_size)}")
@@ -550,6 +592,10 @@ class PatchSource:
                                                             0 if mode == "img-scalar" else ndim)
         self.affinities, self.nhood = self._affinity_setup(affinities, nhood)
         self.grey_range = grey_range
+        if zxy not in (True, False):
+            raise ConfigError(f"zxy must be True (volumes stored (z, y, x), or ELEKTRONN2's (z, x, y)) or False "
+                              f"(stored (x, y, z)), got {zxy!r}")
+        self.zxy = bool(zxy)
         self.rng = np.random.default_rng(seed)
         #: Examples cut (``ok``), transforms drawn for the examples that geometric augmenters act on
         #: (``drawn``), drawn again because they fitted no position (``redrawn``), and examples cut
@@ -760,7 +806,7 @@ class PatchSource:
         """The cube of one (raw, label) entry pair; img-img volumes as lazy views (see ``in_memory``)."""
         options = dict(raw_entry.options)
         grey_range = options.pop("grey_range", self.grey_range)  # not a reader option: this volume's scaling
-        raw = open_view(raw_entry.path, raw_entry.region, options, ndim=4, grey=True, grey_range=grey_range)
+        raw = self._open(raw_entry._replace(options=options), grey=True, grey_range=grey_range)
         if self.mode == "img-scalar":  # small cubes, kept in memory (border_mode pads them)
             with raw:
                 check_grey(raw, raw.source_dtype, raw.name, raw.grey_range, scaled=True)
@@ -769,7 +815,7 @@ class PatchSource:
             return Cube(image, label[:, None, None, None], (0, 0, 0), raw.name, raw.source_dtype, raw.grey_range,
                         label_name=label_entry.path)
         try:
-            label = open_view(*label_entry, ndim=4, dtype=self.target_dtype)
+            label = self._open(label_entry, dtype=self.target_dtype)
         except BaseException:
             raw.close()
             raise
@@ -781,6 +827,16 @@ class PatchSource:
             cube.close()
             raise
         return cube
+
+    def _open(self, entry: VolumeEntry, **view_args: Any) -> LazyView:
+        """The lazy view (``ndim=4``, ``view_args``) of the volume of ``entry``; with ``zxy=False``
+        of the volume stored ``(x, y, z)`` (:func:`stored_xyz`), its region in the order it is seen in."""
+        if self.zxy:
+            return open_view(*entry, ndim=4, **view_args)
+        from ekn_core.volumes import open_volume
+
+        volume = stored_xyz(open_volume(entry.path, **entry.options), entry.path)
+        return LazyView(volume, entry.region, ndim=4, name=entry.path, owned=True, **view_args)
 
     def _keep_in_memory(self, in_memory: bool | str, cubes: list[Cube], copies: int) -> bool:
         """Whether the cubes are read into memory: ``in_memory``, or for ``'auto'`` whether they
@@ -1150,19 +1206,14 @@ class PatchSource:
             cubes, prios, augment = self.valid_cubes, None, self.augment_valid
         else:
             raise ConfigError(f"source must be 'train' or 'valid', got {source!r}")
-        pipeline, ctx = self.pipeline, self.ctx
-        elektronn2 = dict(warp=warp, warp_args=warp_args, grey_augment_channels=grey_augment_channels,
-                          nga_blur_noise_probability=nga_blur_noise_probability,
-                          blurry_blobs_probability=blurry_blobs_probability, blurry_blobs_args=blurry_blobs_args,
-                          noisy_random_erasing_probability=noisy_random_erasing_probability,
-                          noisy_random_erasing_args=noisy_random_erasing_args,
-                          uniform_random_erasing_probability=uniform_random_erasing_probability,
-                          uniform_random_erasing_args=uniform_random_erasing_args)
-        if any(elektronn2.values()):
-            key = repr(elektronn2)
-            if key not in self._compat:
-                self._compat[key] = self._elektronn2_augmentation(elektronn2)
-            pipeline, ctx = self._compat[key] or (pipeline, ctx)
+        pipeline, ctx = self._batch_pipeline(dict(
+            warp=warp, warp_args=warp_args, grey_augment_channels=grey_augment_channels,
+            nga_blur_noise_probability=nga_blur_noise_probability,
+            blurry_blobs_probability=blurry_blobs_probability, blurry_blobs_args=blurry_blobs_args,
+            noisy_random_erasing_probability=noisy_random_erasing_probability,
+            noisy_random_erasing_args=noisy_random_erasing_args,
+            uniform_random_erasing_probability=uniform_random_erasing_probability,
+            uniform_random_erasing_args=uniform_random_erasing_args))
         nhood = self._nhood_offsets(nhood_targets)
         dense = force_dense or nhood is not None  # ELEKTRONN2 shifted the dense target patch, then strided it
         img, target = self._allocbatch(batch_size, dense)
@@ -1179,6 +1230,59 @@ class PatchSource:
             return batch
         flags = np.stack([cube.ll_mask for cube in drawn])
         return (*batch, np.ascontiguousarray(flags[:, 0]), np.ascontiguousarray(flags[:, 1]))
+
+    def _batch_pipeline(self, augmentation: Mapping[str, Any]) -> tuple[Pipeline, PatchContext]:
+        """The augmenters of batches drawn with ELEKTRONN2's augmentation arguments ``augmentation``
+        (any of :data:`ELEKTRONN2_AUGMENTATION_ARGS`) and their context: the pipeline those build
+        (once per set of values, :meth:`_elektronn2_augmentation`), else the source's own."""
+        given = {key: value for key, value in augmentation.items() if value}
+        if not given:
+            return self.pipeline, self.ctx
+        key = repr(sorted(given.items()))
+        if key not in self._compat:
+            self._compat[key] = self._elektronn2_augmentation(given)
+        return self._compat[key] or (self.pipeline, self.ctx)
+
+    def describe_batches(self, batch_args: Mapping[str, Any]) -> str:
+        """What ``getbatch(**batch_args)`` draws, for the start-up log of a run (the trainer calls
+        it with ``data_batch_args`` when the source is built): this source as ``repr`` shows it,
+        with the augmenters that act, those that ELEKTRONN2's augmentation arguments in
+        ``batch_args`` build (made and checked now, as ``getbatch`` would at the first batch) or
+        else the source's own ``augmenters``.
+
+        Raises:
+            ConfigError: Arguments ``getbatch`` refuses, or ``force_dense`` with output strides
+                above 1, whose targets do not fit the net's target node (:meth:`_check_force_dense`).
+
+        Example:
+            >>> import h5py, os, tempfile
+            >>> d = tempfile.mkdtemp()
+            >>> with h5py.File(os.path.join(d, "raw.h5"), "w") as f:
+            ...     f["raw"] = np.zeros((12, 40, 40), np.uint8)
+            >>> with h5py.File(os.path.join(d, "lab.h5"), "w") as f:
+            ...     f["lab"] = np.ones((8, 30, 30), np.int16)
+            >>> src = PatchSource(patch_size=(6, 20, 20), offsets=(1, 4, 4), strides=(1, 2, 2), d_path=d, l_path=d,
+            ...                   d_files=[("raw.h5", "raw")], l_files=[("lab.h5", "lab")])
+            >>> src.describe_batches({"warp": 0.5, "grey_augment_channels": [0]})
+            'PatchSource(img-img, ..., augmenters from data_batch_args: Flip, Warp(p=0.5), Grey, in_memory=True)'
+        """
+        self._check_force_dense(bool(batch_args.get("force_dense", False)))
+        pipeline, _ = self._batch_pipeline({k: v for k, v in batch_args.items() if k in ELEKTRONN2_AUGMENTATION_ARGS})
+        return self._description(pipeline, "augmenters from data_batch_args" if pipeline is not self.pipeline
+                                 else "augmenters")
+
+    def _check_force_dense(self, force_dense: bool) -> None:
+        """Refuses ``force_dense`` (targets at every voxel of the output region) for a net whose
+        output has strides above 1: its target node takes targets every ``strides``-th voxel."""
+        if not force_dense or self.mode != "img-img" or max(self.strides) == 1:
+            return
+        cut = 3 - self.ndim
+        dense = self._target_grid(True)[0][cut:]
+        raise ConfigError(f"data_batch_args force_dense=True gives targets at every voxel of the output region, "
+                          f"{dense}, but the net's output has strides {self.strides[cut:]}: its target node takes "
+                          f"them every strides-th voxel, {self.target_shape[cut:]}. Remove force_dense from "
+                          "data_batch_args: the net trains on the targets at its strides (a net with strides 1, such "
+                          "as a U-Net, has a target at every voxel without force_dense)")
 
     def _elektronn2_augmentation(self, args: dict[str, Any]) -> tuple[Pipeline, PatchContext] | None:
         """The pipeline that ELEKTRONN2's augmentation arguments ``args`` build (all of them
@@ -1294,10 +1398,17 @@ class PatchSource:
         flags = ((batch_size, self.train_cubes[0].ll_mask.shape[1]), np.dtype(np.float32))
         return spec + [flags, flags] if ret_ll_mask else spec
 
-    def __repr__(self) -> str:
+    def _description(self, pipeline: Pipeline, origin: str) -> str:
+        """This source, with the augmenters of ``pipeline`` (named with their probability below 1)
+        after ``origin``."""
+        names = [type(a).__name__ + (f"(p={a.probability:g})" if a.probability < 1 else "")
+                 for a in pipeline.augmenters]
         return (f"PatchSource({self.mode}, patch {self.patch_size}, offsets {self.offsets}, strides {self.strides}, "
                 f"{len(self.train_cubes)} train / {len(self.valid_cubes)} valid cubes, n_f={self.n_f}, "
-                f"t_n_f={self.t_n_f}, augmenters={len(self.pipeline)}, in_memory={self.in_memory})")
+                f"t_n_f={self.t_n_f}, {origin}: {', '.join(names) or 'none'}, in_memory={self.in_memory})")
+
+    def __repr__(self) -> str:
+        return self._description(self.pipeline, "augmenters")
 
 
 #: ``getbatch``'s ELEKTRONN2 arguments that build the flip, warp and grey augmenters of :func:`elektronn2_pipeline`.
@@ -1404,9 +1515,8 @@ def BatchCreatorImage(input_node: Any, target_node: Any = None, **kwargs: Any) -
     Accepts ELEKTRONN2's keyword names (``d_path``, ``l_path``, ``d_files``, ``l_files``,
     ``aniso_factor``, ``valid_cubes``, ``cube_prios``, ``border_mode``, ``target_discrete_ix``,
     ``target_vec_ix``)
-    plus this source's own (``augmenters``, ``class_weights``, ...). ELEKTRONN2's ``zxy`` is
-    accepted and ignored (axes are used in storage order); ``h5stream`` is not needed.
+    plus this source's own (``augmenters``, ``class_weights``, ...), ``zxy`` among them;
+    ``h5stream`` is not needed.
     """
-    kwargs.pop("zxy", None)
     kwargs.pop("h5stream", None)
     return PatchSource.from_nodes(input_node, target_node, **kwargs)
