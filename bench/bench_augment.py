@@ -9,12 +9,17 @@ per core. Goal: ≥ 2× the baseline. Then the same rate at 25×171×171 for oth
 (:data:`PIPELINES`: a plain crop, flips only, warps with elastic deformation and misalignment, warps
 with every intensity augmenter).
 
+``--per-augmenter`` instead prints a table of each augmenter's milliseconds per patch and share of
+the patch time (:meth:`~ekn_plugins.augmenters.base.Pipeline.timings`; the rest is cutting and
+resampling) for :data:`PER_AUGMENTER`, every augmenter acting, at 25×171×171 (wall time, one
+process).
+
 Part 2 (``--train``): trains ELEKTRONN2's neuro3d_lite architecture (input 11×155×155, output
 4×30×30, strides 2×4×4; built directly with Keras layers here) on synthetic EM volumes fed by
 :class:`~ekn_plugins.data.workers.BackgroundBatches` with 2 workers and warping, and reports the
 share of wall time the loop spends waiting in ``get()``. Goal: < 5 %.
 
-Run: ``python bench/bench_augment.py [--seconds 5] [--train] [--steps 30] [--workers 2]``. Numbers
+Run: ``python bench/bench_augment.py [--seconds 5] [--per-augmenter] [--train] [--steps 30] [--workers 2]``. Numbers
 are noisy when other processes share the cores; each row gives the load average of the machine.
 """
 
@@ -45,6 +50,11 @@ PIPELINES = {
                            {"type": "noise"}, {"type": "missing_section", "probability": 1},
                            {"type": "low_contrast", "probability": 1}],
 }
+
+#: The pipeline that ``--per-augmenter`` times: every augmenter, each acting on every patch.
+PER_AUGMENTER = [{"type": name, "probability": 1} for name in
+                 ("flip", "warp", "elastic", "misalignment", "grey", "histogram", "blur", "noise", "missing_section",
+                  "low_contrast", "random_erasing", "blurry_blobs")]
 
 
 def per_core_rate(fn, seconds: float) -> float:
@@ -101,6 +111,33 @@ def bench_pipelines(files: list[dict[str, str]], seconds: float) -> list[dict]:
     return rows
 
 
+def bench_per_augmenter(files: list[dict[str, str]], seconds: float) -> str:
+    """A markdown table of each augmenter's time per patch and share of the patch time (wall time
+    of ``getbatch(1)``), :data:`PER_AUGMENTER` at 25×171×171 for ``seconds`` seconds."""
+    src = PatchSource(patch_size=(25, 171, 171), offsets=(7, 52, 52), strides=(2, 4, 4), aniso_factor=2.0,
+                      d_files=[f["raw"] for f in files], l_files=[f["barrier"] for f in files],
+                      augmenters=PER_AUGMENTER, seed=0, in_memory=True)
+    src.getbatch(1)  # warm-up (numba compilation, caches)
+    before = src.pipeline.timings()
+    start, n = time.perf_counter(), 0
+    while not n or time.perf_counter() - start < seconds:
+        src.getbatch(1)
+        n += 1
+    total = time.perf_counter() - start
+    lines = [f"{n} patches 25x171x171, {1000 * total / n:.2f} ms each (load {os.getloadavg()[0]:.2f}, "
+             f"numba {sampling.HAVE_NUMBA})", "", "| augmenter | calls per patch | ms per patch | share |",
+             "|---|---|---|---|"]
+    spent = 0.0
+    for name, t in src.pipeline.timings().items():
+        seconds_used = t["seconds"] - before[name]["seconds"]
+        spent += seconds_used
+        lines.append(f"| {name} | {(t['calls'] - before[name]['calls']) / n:.2f} | {1000 * seconds_used / n:.2f} | "
+                     f"{100 * seconds_used / total:.1f} % |")
+    lines.append(f"| rest (cutting, resampling, labels) | | {1000 * (total - spent) / n:.2f} | "
+                 f"{100 * (total - spent) / total:.1f} % |")
+    return "\n".join(lines)
+
+
 def bench_training(files: list[dict[str, str]], steps: int, n_workers: int) -> dict:
     """Share of the training-step time spent waiting for augmented batches, training ekn's
     neuro3d_lite model (``examples/neuro3d_lite.py``) with warping on ``n_workers`` workers."""
@@ -137,12 +174,17 @@ def bench_training(files: list[dict[str, str]], steps: int, n_workers: int) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="CPU seconds per throughput measurement")
+    parser.add_argument("--per-augmenter", action="store_true",
+                        help="only print the time per patch of each augmenter (a table), for --seconds seconds")
     parser.add_argument("--train", action="store_true", help="also measure the data-wait share of training")
     parser.add_argument("--steps", type=int, default=30, help="training steps to time")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         files = write_dataset(tmp, n_volumes=2, shape=(40, 300, 300), label_margin=(4, 24, 24), seed=0)
+        if args.per_augmenter:
+            print(bench_per_augmenter(files, args.seconds))
+            return
         for row in bench_augment(files, args.seconds) + bench_pipelines(files, args.seconds):
             print(json.dumps(row))
         if args.train:

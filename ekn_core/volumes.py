@@ -17,7 +17,8 @@ every reader pass an option only to readers that take it; a job that reopens its
 passes :func:`reopen_options`.
 
 A :class:`Volume` is a lazy, numpy-like array: ``shape``, ``dtype``, ``ndim``, ``axes`` (a
-string such as ``"zyx"`` or ``"czyx"``), ``chunks`` (or None), ``vol[slices] -> np.ndarray``,
+string such as ``"zyx"`` or ``"czyx"``; optionally ``declared_axes``, the names the dataset's metadata
+gives in storage order, None where it gives none), ``chunks`` (or None), ``vol[slices] -> np.ndarray``,
 ``vol[slices] = array`` when writable, and ``close()`` (also a context manager). Volumes are
 always in C order with the spatial axes last, ``(z, y, x)`` or ``(c, z, y, x)``.
 
@@ -64,6 +65,11 @@ class VolumeBase:
     shape: tuple[int, ...]
     dtype: Any
     axes: str = ""
+    #: The axis names the dataset declares in its metadata (an ``axes`` attribute, OME-Zarr axes), in
+    #: storage order, where the reader read them, or ``axes`` where the format fixes the order
+    #: (KNOSSOS, Neuroglancer precomputed, image stacks); None where nothing declares it (``axes`` is
+    #: then the default of the volume's dimensions, as for HDF5, zarr and N5 arrays without names).
+    declared_axes: str | None = None
     chunks: tuple[int, ...] | None = None
     #: Voxel size in nm along the spatial axes (z, y, x) where the format stores it (KNOSSOS, OME-Zarr,
     #: Neuroglancer precomputed), else None.

@@ -1,6 +1,8 @@
 """ELEKTRONN2's patch-source options at their edges: ``zxy=False`` (volumes stored (x, y, z)),
 ``force_dense`` for a strided net, and what ``describe_batches`` logs of the augmentation."""
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -84,13 +86,14 @@ def test_stored_xyz_is_numpys_xyz2zxy_for_any_box():
         np.testing.assert_array_equal(view[(slice(None),) * want.ndim], want)
 
 
-def test_zxy_false_refuses_volumes_that_name_their_axes_or_have_no_three_spatial_axes(tmp_path):
+@pytest.mark.parametrize("names", ["yxz", "zyx", ["z", "y", "x"]], ids=["other_order", "ekn_order", "list"])
+def test_zxy_false_refuses_volumes_that_name_their_axes_or_have_no_three_spatial_axes(tmp_path, names):
     raw = np.zeros((8, 30, 26), np.uint8)
     files = write_volumes(tmp_path, raw, np.ones((6, 20, 18), np.int16), True)
     with h5py.File(tmp_path / "raw.h5", "a") as f:
-        f["raw"].attrs["axes"] = "yxz"
+        f["raw"].attrs["axes"] = names
     with pytest.raises(ConfigError, match=r"zxy=False reads every volume as stored \(x, y, z\), but .*raw.h5:raw "
-                                          r"names its axes .*leave zxy out"):
+                                          r"names its axes '(yxz|zyx)' .*leave zxy out"):
         PatchSource(**GEOMETRY, **files, zxy=False)
     with h5py.File(tmp_path / "raw.h5", "w") as f:
         f["raw"] = np.zeros((30, 26), np.uint8)
@@ -98,6 +101,44 @@ def test_zxy_false_refuses_volumes_that_name_their_axes_or_have_no_three_spatial
         PatchSource(**GEOMETRY, **files, zxy=False)
     with pytest.raises(ConfigError, match="zxy must be True .* or False"):
         PatchSource(**GEOMETRY, **files, zxy="no")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".zarr", ".n5"])
+def test_readers_tell_declared_axes_from_default_ones(tmp_path, suffix):
+    from ekn_core.volumes import create_volume, open_volume
+
+    for i, (axes, declared) in enumerate([(None, None), ("zyx", "zyx"), ("czyx", "czyx")]):
+        path = f"{tmp_path / f'v{i}'}{suffix}:raw"
+        with create_volume(path, shape=(2, 3, 4) if axes != "czyx" else (1, 2, 3, 4), dtype="uint8", axes=axes):
+            pass
+        if axes is None and suffix == ".n5":  # ekn's N5 datasets always name their axes; other tools' may not
+            attributes = tmp_path / f"v{i}.n5" / "raw" / "attributes.json"
+            attributes.write_text(json.dumps({k: v for k, v in json.loads(attributes.read_text()).items()
+                                              if k != "axes"}))
+        with open_volume(path) as vol:
+            assert (vol.axes, vol.declared_axes) == (axes or "zyx", declared)
+        if axes is None:
+            assert isinstance(stored_xyz(open_volume(path), path).shape, tuple)  # undeclared: read as (x, y, z)
+        else:
+            with pytest.raises(ConfigError, match=f"names its axes '{declared}'"):
+                stored_xyz(open_volume(path), path)
+
+
+@pytest.mark.parametrize("reader, path", [("knossos", "k"), (None, "precomputed://file://{}/p"),
+                                          ("imagestack", "s")])
+def test_formats_that_fix_the_axis_order_declare_it_and_zxy_false_refuses_them(tmp_path, reader, path):
+    """KNOSSOS, Neuroglancer precomputed and image stacks store x, y, z in a fixed way, which their
+    readers already turn into ekn's order: zxy=False must not transpose them again."""
+    from ekn_core.volumes import create_volume, open_volume
+
+    path = path.format(tmp_path) if "://" in path else str(tmp_path / path)
+    options = {"reader": reader} if reader else {}
+    with create_volume(path, shape=(2, 64, 64), dtype="uint8", **options):
+        pass
+    with open_volume(path, **options) as vol:
+        assert (vol.axes, vol.declared_axes) == ("zyx", "zyx")
+    with pytest.raises(ConfigError, match="names its axes 'zyx' .*a format with a fixed order"):
+        stored_xyz(open_volume(path, **options), path)
 
 
 @pytest.fixture

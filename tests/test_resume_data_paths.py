@@ -207,8 +207,8 @@ def test_a_run_json_without_the_record_resumes_unchecked_and_gets_it(setup, monk
 
 def test_a_resume_whose_data_source_cannot_be_built_says_why_and_keeps_the_status(setup, monkeypatch):
     """The common "data moved" case: the files are missing where the config now points (the
-    check after the build never ran) or gone from where the run read them; a symlink to them is
-    the same files."""
+    check after the build never ran) or gone from where the run read them; a symlink left at the
+    old place points elsewhere (accepted on purpose), a path to where they are now is the same files."""
     tmp_path, config = setup
     a = str(tmp_path / "a")
     monkeypatch.setenv("EKN_DATA_DIR", a)
@@ -230,10 +230,30 @@ def test_a_resume_whose_data_source_cannot_be_built_says_why_and_keeps_the_statu
             "config's data paths to where they are now and resume with --set accept_new_data=True")):
         train(None, "n_steps=4", resume=run)
     assert json.load(open(run_dir.run_json))["status"] == "finished"
-    os.symlink(missing, a)  # the files reached through a link: the same files
-    assert train(None, "n_steps=4", resume=run).step == 4
+    os.symlink(missing, a)  # the old path now a link to another place: the run's files or copies, not told apart
+    with pytest.raises(DataFilesRefused, match=re.escape(
+            f"'{a}/raw_0.h5:raw' points to '{missing}/raw_0.h5/raw' now, to '{a}/raw_0.h5/raw' when the run started "
+            "(a symbolic link on its way points elsewhere) (and 3 more)")):
+        train(None, "n_steps=4", resume=run)
+    assert train(None, "n_steps=4", "accept_new_data=True", resume=run).step == 4
     monkeypatch.setenv("EKN_DATA_DIR", missing)
     assert train(None, "n_steps=6", resume=run).step == 6
+
+
+def test_set_up_errors_around_the_data_source_are_not_blamed_on_moved_data(setup, monkeypatch):
+    """A resume in another data folder whose class_weights (checked before the source is built) or
+    data_batch_args (checked after) are wrong gets their own error, not "could not be built"."""
+    tmp_path, _ = setup
+    strided = tmp_path / "strided.py"
+    strided.write_text(CONFIG.replace("nm.Conv(inp, 3, (3, 3))", "nm.Conv(inp, 3, (2, 2), pool_shape=(2, 2))"))
+    monkeypatch.setenv("EKN_DATA_DIR", str(tmp_path / "a"))
+    run = train(str(strided), "save_name='run'", save_path=str(tmp_path / "runs")).run_dir.path
+    monkeypatch.setenv("EKN_DATA_DIR", str(tmp_path / "b"))
+    for override, error in [("class_weights=[0.3, 0.7]", r"^class_weights = \[0.3, 0.7\] \(a config setting\) feeds"),
+                            ("data_batch_args={'force_dense': True}", "^data_batch_args force_dense=True gives")]:
+        with pytest.raises(ConfigError, match=error) as err:
+            train(None, "n_steps=4", override, resume=run)
+        assert not isinstance(err.value, DataFilesRefused) and "could not be built" not in str(err.value)
 
 
 def test_paths_and_working_directories_are_compared_with_their_links_resolved(tmp_path, monkeypatch):
@@ -263,6 +283,31 @@ def test_paths_and_working_directories_are_compared_with_their_links_resolved(tm
     with pytest.raises(DataFilesRefused) as err:
         check_resume_data(linked, elsewhere, "RUN", accepted=False, cwd=str(tmp_path / "cwd"))
     assert "The run started in" not in str(err.value)
+
+
+def test_a_link_re_pointed_to_copies_of_the_same_size_and_time_is_another_file(tmp_path):
+    real, copy = tmp_path / "real", tmp_path / "copy"
+    real.mkdir()
+    (real / "raw.h5").write_bytes(b"1234")
+    shutil.copytree(real, copy)  # copy2: the same size and modification time
+    assert os.stat(copy / "raw.h5").st_mtime_ns == os.stat(real / "raw.h5").st_mtime_ns
+    (tmp_path / "current").symlink_to(real)
+
+    class Source:
+        def data_files(self):
+            return [str(tmp_path / "current" / "raw.h5") + ":raw"]
+
+    recorded = data_files_record(Source())
+    check_resume_data(recorded, data_files_record(Source()), "RUN", accepted=False)  # the link unchanged: fine
+    (tmp_path / "current").unlink()
+    (tmp_path / "current").symlink_to(copy)
+    with pytest.raises(DataFilesRefused, match=re.escape(
+            f"'{tmp_path}/current/raw.h5:raw' points to '{copy}/raw.h5/raw' now, to '{real}/raw.h5/raw' when the run "
+            "started (a symbolic link on its way points elsewhere). To resume on the run's files, make the config's "
+            "data paths point to them again")):
+        check_resume_data(recorded, data_files_record(Source()), "RUN", accepted=False)
+    old = {**recorded, "files": [{k: v for k, v in f.items() if k != "place"} for f in recorded["files"]]}
+    check_resume_data(old, data_files_record(Source()), "RUN", accepted=False)  # recorded without it: not known
 
 
 @pytest.mark.parametrize("layout, path, expected", [

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,29 +59,37 @@ def parameter_names(method: Any) -> frozenset[str]:
     return frozenset(names)
 
 
-def class_weights_position(inputs: Sequence[Any], n_arrays: int) -> int:
+def class_weights_positions(inputs: Sequence[Any], n_arrays: int) -> list[int]:
     """Where the config's ``class_weights`` go among the ``n_arrays`` arrays of a batch, for a loss
-    whose inputs are ``inputs`` (``loss_node.input_nodes``, the order the training step takes): the
-    place of its first input without a batch axis (``'b'``; e.g. ``MultinoulliNLL``'s class weights
-    node, which comes before its lazy-label masks), else after the arrays (ELEKTRONN2 appended them).
+    whose inputs are ``inputs`` (``loss_node.input_nodes``, the order the training step takes): one
+    copy in the place of each input without a batch axis (``'b'``; e.g. ``MultinoulliNLL``'s class
+    weights node, which comes before its lazy-label masks; every class-weights input of an
+    ``AggregateLoss``), a place after the arrays going last (ELEKTRONN2 appended them). The places
+    are those in the batch with the weights inserted, ascending.
 
     Example:
         >>> class Input:
         ...     def __init__(self, tags):
         ...         self.shape = type("Shape", (), {"tags": tuple(tags.split(","))})()
         >>> loss_inputs = [Input("b,f,z,y,x"), Input("b,f,z,y,x"), Input("f"), Input("b,f"), Input("b,f")]
-        >>> class_weights_position(loss_inputs, 4), class_weights_position(loss_inputs[:3], 2)
-        (2, 2)
+        >>> class_weights_positions(loss_inputs, 4), class_weights_positions(loss_inputs[:3], 2)
+        ([2], [2])
+        >>> class_weights_positions([Input("b,f"), Input("b,f"), Input("f"), Input("f")], 2)
+        [2, 3]
     """
-    unbatched = [i for i, node in enumerate(inputs) if "b" not in node.shape.tags]
-    return unbatched[0] if unbatched and unbatched[0] <= n_arrays else n_arrays
+    places: list[int] = []
+    for i, node in enumerate(inputs):
+        if "b" not in node.shape.tags:
+            places.append(min(i, n_arrays + len(places)))
+    return places
 
 
 def check_class_weights(class_weights: Sequence[float] | None, loss: Any) -> None:
     """Refuses the config's ``class_weights`` for a loss node ``loss`` that cannot take them, when
     the run is set up rather than as a wrong number of arrays at the first step: the loss needs a
-    class-weights input (an input without a batch axis, see :func:`class_weights_position`) of one
-    weight per class.
+    class-weights input (an input without a batch axis, see :func:`class_weights_positions`) of one
+    weight per class. A loss with several such inputs (an ``AggregateLoss`` of weighted losses) gets
+    the same weights in each, so each must take that many.
 
     Raises:
         ConfigError: Saying how to give the loss its class weights.
@@ -115,17 +123,25 @@ def check_class_weights(class_weights: Sequence[float] | None, loss: Any) -> Non
             f"class_weights={weights}); or give the loss a class-weights input, which the setting then feeds: "
             f"weights = nm.Input(({len(weights)},), 'f', name='class_weights') and nm.MultinoulliNLL(probs, target, "
             "target_is_sparse=True, class_weights=weights)")
-    node = unbatched[0]
-    if tuple(node.shape.shape) not in ((len(weights),), (None,)):
-        raise ConfigError(f"class_weights = {weights} (a config setting) has {len(weights)} entries, but the loss's "
-                          f"class-weights input {node.name!r} takes shape {tuple(node.shape.shape)}: give one weight "
-                          "per class")
+    for node in unbatched:
+        if tuple(node.shape.shape) not in ((len(weights),), (None,)):
+            several = (f" (the setting feeds each of its class-weights inputs, "
+                       f"{', '.join(repr(n.name) for n in unbatched)}: a loss of another number of classes takes "
+                       "its own weights, e.g. nm.MultinoulliNLL(probs, target, target_is_sparse=True, "
+                       "class_weights=[...]))") if len(unbatched) > 1 else ""
+            raise ConfigError(f"class_weights = {weights} (a config setting) has {len(weights)} entries, but the "
+                              f"loss's class-weights input {node.name!r} takes shape {tuple(node.shape.shape)}: give "
+                              f"one weight per class{several}")
 
 
 class BatchFeeding:
     """Batches for the training step, the monitor batches and the shell (mixed into the trainer)."""
 
-    def _build_data(self) -> None:
+    def _build_data(self, unbuilt: Callable[[Exception], None] | None = None) -> None:
+        """Builds the data source from the config after checking ``class_weights`` against the loss,
+        and logs what batches it draws (which may refuse ``data_batch_args``). ``unbuilt`` is called
+        with the error when the source itself cannot be built (a resume explains it from ``run.json``;
+        it raises or returns, and the error stands); the checks around it raise as they are."""
         cfg = self.config
         check_class_weights(cfg.class_weights, self.model.loss_node)
         kwargs = dict(cfg.data_init_kwargs)
@@ -134,7 +150,12 @@ class BatchFeeding:
             kwargs["copies"] = self._n_workers + 1  # this process and each worker hold a copy ('auto' memory)
         #: What ``data`` was built from; the background workers build their copies of it from this.
         self._data_recipe = (cfg.data_class, kwargs)
-        self.data = make_data_source(cfg.data_class, self.model.input_node, self.model.target_node, dict(kwargs))
+        try:
+            self.data = make_data_source(cfg.data_class, self.model.input_node, self.model.target_node, dict(kwargs))
+        except Exception as err:
+            if unbuilt is not None:
+                unbuilt(err)
+            raise
         self._recipe_data = self.data  # the source the workers copy; another one in trainer.data is drawn here
         #: ``getbatch``'s keyword names, read once: which of rng, monitor, force_dense it takes.
         self._batch_keywords = parameter_names(self.data.getbatch)
@@ -211,12 +232,15 @@ class BatchFeeding:
                                                              *BATCH_STREAMS[stream]]))
 
     def _with_class_weights(self, batch: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
-        """``batch`` with the config's ``class_weights`` (when set) where the training step takes
-        them (:func:`class_weights_position`)."""
+        """``batch`` with the config's ``class_weights`` (when set) wherever the training step takes
+        them (:func:`class_weights_positions`)."""
         if self.config.class_weights is None:
             return batch
-        at = class_weights_position(self.model.loss_node.input_nodes, len(batch))
-        return (*batch[:at], np.asarray(self.config.class_weights, dtype=np.float32), *batch[at:])
+        weights = np.asarray(self.config.class_weights, dtype=np.float32)
+        arrays = list(batch)
+        for at in class_weights_positions(self.model.loss_node.input_nodes, len(batch)):
+            arrays.insert(at, weights)
+        return tuple(arrays)
 
     def get_batch(self, source: str = "train", size: int | None = None, step: int | None = None,
                   stream: str | None = None) -> tuple[np.ndarray, ...]:

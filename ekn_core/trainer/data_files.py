@@ -8,7 +8,8 @@ data source reads (its optional ``data_files()`` method: the volume paths as
 paths, the places they resolve to (symbolic links followed) and a cheap fingerprint (size and
 modification time, of a folder volume's metadata file), and the data folder variables in effect.
 A resume compares its data source's files with the record (:func:`check_resume_data`); a file is
-the same when its path is, or when both paths point to the same place (a link to the file):
+the same when both paths point to the same place (the same path, or a link to the file; a path
+whose link now points elsewhere is another file):
 
 - another file (or another number of files): refused, with the way to resume on the
   run's files, unless the resume's own ``--set accept_new_data=True`` accepts them (a warning);
@@ -136,10 +137,16 @@ def file_record(path: str) -> dict[str, Any]:
             "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
 
 
+def _place(record: dict[str, Any]) -> str:
+    """Where a file record's path pointed when it was recorded (a record written without its
+    ``place``: where it points now)."""
+    return record.get("place") or _location(record["path"])[0]
+
+
 def _same_file(before: dict[str, Any], now: dict[str, Any]) -> bool:
-    """Whether two file records name the same file: the same path, or paths that point to the same
-    place (a record written without its ``place``: resolved now)."""
-    return before["path"] == now["path"] or (before.get("place") or _location(before["path"])[0]) == now["place"]
+    """Whether two file records name the same file: paths that point to the same place (the same
+    path whose symbolic link was re-pointed is another file)."""
+    return _place(before) == now["place"]
 
 
 def _same_directory(a: str | None, b: str) -> bool:
@@ -164,6 +171,9 @@ def _moved(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:
             changes.append(f"it also reads {now['path']!r}")
         elif now is None:
             changes.append(f"it no longer reads {before['path']!r}")
+        elif not _same_file(before, now) and before["path"] == now["path"]:
+            changes.append(f"{now['path']!r} points to {now['place']!r} now, to {_place(before)!r} when the run "
+                           "started (a symbolic link on its way points elsewhere)")
         elif not _same_file(before, now):
             changes.append(f"{before['path']!r} is now {now['path']!r}")
     return changes

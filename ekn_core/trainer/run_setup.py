@@ -18,6 +18,7 @@ deletes the directory again if the trainer made it, so it leaves no run director
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import logging
 import logging.handlers
@@ -195,12 +196,8 @@ class RunSetup:
         self._setup_tensorflow(device)
         with self.strategy_scope():
             self._build_model()
-        try:
-            self._build_data()
-        except Exception as err:
-            if self.resume:
-                refuse_unbuilt_resume_data(self.run_dir, config, err)
-            raise
+        self._build_data(unbuilt=functools.partial(refuse_unbuilt_resume_data, self.run_dir, config)
+                         if self.resume else None)
         from ekn_core.trainer.data_files import data_files_record
 
         #: The files the data source reads, as ``run.json`` records them (``data_files``).

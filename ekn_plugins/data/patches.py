@@ -368,8 +368,9 @@ def stored_xyz(volume: Any, name: str) -> Any:
     Closes ``volume`` when it refuses it.
 
     Raises:
-        ConfigError: A volume without three spatial axes, or one that names its axes in another
-            order (its reader already gives it in ekn's order).
+        ConfigError: A volume without three spatial axes, or one that names its axes (its
+            ``declared_axes``: its reader already gives it in ekn's order, as every KNOSSOS,
+            precomputed and image-stack volume).
 
     Example:
         >>> from ekn_core.volumes import VolumeBase
@@ -386,12 +387,13 @@ def stored_xyz(volume: Any, name: str) -> Any:
     from ekn_plugins.readers.axis_order import Transposed
 
     ndim = len(volume.shape)
-    if isinstance(volume, Transposed) or ndim not in (3, 4):
+    declared = getattr(volume, "declared_axes", None)
+    if declared is not None or ndim not in (3, 4):
         volume.close()
         why = (f"has shape {tuple(volume.shape)}, not (x, y, z) or (c, x, y, z): leave zxy out for volumes "
                "without three spatial axes" if ndim not in (3, 4) else
-               "names its axes (an 'axes' attribute) in another order than (c, z, y, x), so ekn reads it in its "
-               "order already: leave zxy out, or delete the attribute")
+               f"names its axes {declared!r} (an 'axes' attribute, or a format with a fixed order), so ekn reads "
+               "it in its order, (c, z, y, x), already: leave zxy out, or delete the attribute")
         raise ConfigError(f"data_init_kwargs zxy=False reads every volume as stored (x, y, z), but {name} {why}")
     volume.axes = "yxz" if ndim == 3 else "cyxz"  # the stored axes, named so that ekn's order is xyz2zxy's
     return Transposed(volume)
@@ -1076,7 +1078,8 @@ class PatchSource:
         return placed
 
     def _log_warp_stats(self) -> None:
-        """Logs :attr:`warp_stats` after 1024, 2048, 4096, ... examples (relayed from workers)."""
+        """Logs :attr:`warp_stats` and the augmenters' times (:meth:`Pipeline.timings`) after 1024, 2048,
+        4096, ... examples (relayed from workers)."""
         stats = self.warp_stats
         n = stats["ok"]
         if _log_now(n) and stats["drawn"]:
@@ -1084,6 +1087,10 @@ class PatchSource:
                      "%.1f %% fitted (%d drawn again), %d examples (%.2f %%) cut unwarped because none fitted",
                      os.getpid(), n, stats["drawn"], 100 * (1 - stats["redrawn"] / stats["drawn"]), stats["redrawn"],
                      stats["fallback"], 100 * stats["fallback"] / n, extra={"relay": True})
+        if _log_now(n) and (pipelines := [p for p in (self.pipeline, *(c[0] for c in self._compat.values() if c))
+                                          if len(p)]):
+            log.info("augmenter time of the data source in process %d after %d examples (resampling not included): "
+                     "%s", os.getpid(), n, "; ".join(p.describe_timings(n) for p in pipelines), extra={"relay": True})
 
     def _example(self, cube: Cube, pipeline: Pipeline | None, ctx: PatchContext, rng: np.random.Generator,
                  force_dense: bool):

@@ -49,7 +49,7 @@ def axis_names(names: Any, ndim: int, where: str) -> str:
         >>> axis_names(["Z", "C", "Y", "X"], 4, "a.zarr"), axis_names(None, 3, "a.zarr")
         ('zcyx', 'zyx')
     """
-    if names is None or (isinstance(names, (str, bytes)) and not names):
+    if not names_declared(names):
         return DEFAULT_AXES.get(ndim, "")
     if isinstance(names, bytes):
         names = names.decode()
@@ -64,6 +64,16 @@ def axis_names(names: Any, ndim: int, where: str) -> str:
     return text
 
 
+def names_declared(names: Any) -> bool:
+    """Whether a dataset's ``axes`` attribute ``names`` names its axes (not missing or empty).
+
+    Example:
+        >>> names_declared("zyx"), names_declared(["z", "y", "x"]), names_declared(None), names_declared(b"")
+        (True, True, False, False)
+    """
+    return not (names is None or (isinstance(names, (str, bytes)) and not names))
+
+
 def ekn_order(axes: str) -> str:
     """``axes`` sorted into ekn's order (channels first, spatial axes last).
 
@@ -76,12 +86,24 @@ def ekn_order(axes: str) -> str:
 
 def in_ekn_order(volume: Any, where: str) -> Any:
     """``volume`` in ekn's axis order: itself when its ``axes`` already are, else a
-    :class:`Transposed` view; closes it and raises :class:`EknError` for names it cannot order."""
+    :class:`Transposed` view; closes it and raises :class:`EknError` for names it cannot order.
+    ``declared_axes`` of the volume it gives are the stored names when the dataset declares them,
+    else None (its ``axes`` are then the default of its dimensions).
+
+    Example:
+        >>> from ekn_core.volumes import VolumeBase
+        >>> class Stored(VolumeBase):
+        ...     def __init__(self, axes):
+        ...         self.shape, self.dtype, self.axes = (2, 3, 4), np.uint8, axes
+        >>> [(v.axes, v.declared_axes) for v in (in_ekn_order(Stored(a), "a.h5:raw") for a in ("zyx", None, "xyz"))]
+        [('zyx', 'zyx'), ('zyx', None), ('zyx', 'xyz')]
+    """
     try:
         stored = axis_names(volume.axes, len(volume.shape), where)
     except EknError:
         volume.close()
         raise
+    volume.declared_axes = stored if names_declared(volume.axes) else None
     volume.axes = stored
     return volume if stored == ekn_order(stored) else Transposed(volume)
 
@@ -98,6 +120,7 @@ class Transposed(VolumeBase):
 
     def __init__(self, volume: Any):
         self._volume = volume
+        self.declared_axes = getattr(volume, "declared_axes", None)
         self.axes = ekn_order(volume.axes)
         self._stored = [volume.axes.index(a) for a in self.axes]  # stored axis of each axis here
         self.shape = tuple(int(volume.shape[i]) for i in self._stored)

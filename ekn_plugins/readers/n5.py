@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ekn_core.errors import EknError
-from ekn_plugins.readers.axis_order import axis_names, created_axes, in_ekn_order
+from ekn_plugins.readers.axis_order import created_axes, in_ekn_order
 from ekn_plugins.readers.replacing import ARRAY, GROUP, check_replaceable
 from ekn_plugins.readers.tensorstore_volume import TensorStoreVolume, read_spec
 
@@ -157,6 +157,6 @@ def _volume(store: Any, attributes: dict[str, Any], writable: bool, where: str) 
     """The dataset in ekn's C order (N5's dimensions reversed; then by its axis names)."""
     view = store.T
     names = attributes.get("axes")
-    axes = axis_names(names[::-1] if isinstance(names, list) else names, view.rank, where)
+    axes = names[::-1] if isinstance(names, list) else names  # checked (and None told apart) by in_ekn_order
     chunks = tuple(int(c) for c in attributes["blockSize"][::-1])
     return in_ekn_order(TensorStoreVolume(view, chunks=chunks, axes=axes, writable=writable, kind="N5"), where)

@@ -151,6 +151,7 @@ class PrecomputedVolume(TensorStoreVolume):
         super().__init__(view[0] if num_channels == 1 else view,
                          chunks=chunk if num_channels == 1 else (num_channels, *chunk),
                          axes="zyx" if num_channels == 1 else "czyx", writable=writable, kind="precomputed")
+        self.declared_axes = self.axes  # the format fixes the order (x, y, z, c in its files)
         self.voxel_size = tuple(float(r) for r in scale["resolution"][::-1])
         self.voxel_offset = tuple(int(o) for o in scale.get("voxel_offset", (0, 0, 0))[::-1])
 

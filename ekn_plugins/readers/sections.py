@@ -53,6 +53,7 @@ class SectionVolume(VolumeBase):
         else:
             c, y, x = section_shape
             self.shape, self.axes, self.chunks = (c, n_sections, y, x), "czyx", (c, 1, y, x)
+        self.declared_axes = self.axes  # sections are (y, x) images: the format fixes the order
         self._z_axis = len(self.shape) - 3
 
     def read_section(self, z: int) -> np.ndarray:

@@ -55,7 +55,7 @@ class KnossosArray(VolumeBase):
         writer: A :class:`~ekn_plugins.readers.knossos.writer.CubeWriter` makes the array writable.
     """
 
-    axes = "zyx"
+    axes = declared_axes = "zyx"  # the format fixes the order
 
     def __init__(self, layer: LayerConfig, mag: int = 1, fill_value: Any = 0, cache: CubeCache | None = None,
                  cache_mb: float = DEFAULT_CACHE_MB, prefetch: int = 1, threads: int = 2, writer: Any = None):
@@ -175,7 +175,7 @@ class StackedArray(VolumeBase):
         arrays: The channel arrays, in order.
     """
 
-    axes = "czyx"
+    axes = declared_axes = "czyx"  # the format fixes the order
 
     def __init__(self, arrays: Sequence[KnossosArray]):
         if not arrays:
