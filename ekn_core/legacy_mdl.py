@@ -6,8 +6,10 @@ the file runs), maps each ELEKTRONN2 node class by its name to the registered ek
 constructor arguments in creation order (shapes only, no TensorFlow), turns ``split`` descriptors
 into ``split_node`` pieces named like ELEKTRONN2's ``FromTensor`` nodes, turns an ``Input`` that
 ELEKTRONN2's ``Input_like`` saved with the fixed shape of a node (a target) back into ekn's
-``Input_like`` of that node (so it follows MFP and new patch sizes), and translates the weights to
-ekn's layouts so the converted model computes the same function:
+``Input_like`` of that node (so it follows MFP and new patch sizes; the prediction node or a node
+read together with the target or its split pieces, built first where the file created the target
+before it), and translates the weights to ekn's layouts so the converted model computes the same
+function:
 
 * ``Conv``: ELEKTRONN2 ``w`` is ``(n_f, n_in, *filter)`` (``(n_f, kz, n_in, kx, ky)`` for 3-D
   inputs in Theano order ``b,z,f,x,y``), and Theano's ``conv2d``, ``conv3d2d`` and cuDNN's
@@ -38,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 from collections.abc import Sequence
@@ -66,6 +69,8 @@ UNSUPPORTED = {
 PARAM_ARGUMENTS = ("w", "b", "gamma", "mean", "std")
 ROLES = ("input_node", "target_node", "loss_node", "prediction_node", "prediction_ext", "error_node",
          "debug_outputs")
+#: Names defined at once and their file entry: a node, or the pieces of a split (see :func:`_units`).
+Unit = tuple[list[str], Any]
 
 
 class LegacyModelError(LegacyPickleError):
@@ -235,40 +240,81 @@ def _build_node(name: str, descr: NodeDescriptor, params: dict[str, Any], model:
         weights[name] = converted
 
 
-def _node_pointers(value: Any) -> list[str]:
-    """Names of the nodes that ``NodePointer``s in ``value`` (nested lists, tuples, dicts) point to."""
-    if isinstance(value, NodePointer):
+def _node_pointers(value: Any, shared: bool = False) -> list[str]:
+    """Names of the nodes that ``NodePointer``s (with ``shared``: also ``ParamPointer``s) in ``value``
+    (nested lists, tuples, dicts) point to."""
+    if isinstance(value, NodePointer) or (shared and isinstance(value, ParamPointer)):
         return [value.target_id]
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, list | tuple):
-        return [name for v in value for name in _node_pointers(v)]
+        return [name for v in value for name in _node_pointers(v, shared)]
     return []
 
 
-def _like_candidates(items: list[tuple[str, Any]], start: int, name: str, designated: dict[str, Any]) -> list[str]:
+def _same_geometry(shape: Any, declared: Any) -> bool:
+    """Whether a node's ``shape`` has the tags, strides and sizes (``f`` apart) of ``declared``."""
+    return shape.tags == declared.tags and shape.strides == declared.strides and \
+        all(shape[t] == declared[t] for t in declared.tags if t != "f")
+
+
+def _like_candidates(units: list[Unit], name: str, designated: dict[str, Any]) -> list[str]:
     """Nodes whose shape an ELEKTRONN2 ``Input`` called ``name`` may have copied (``Input_like``): the
-    prediction node, then the other nodes read by the nodes that read it (e.g. the loss's prediction).
-    Empty for the designated input node."""
+    prediction node, then the other nodes read by the nodes that read it or a split piece of it
+    (e.g. the loss's prediction). Empty for the designated input node."""
     if name == designated.get("input_node"):
         return []
-    names = [designated.get("prediction_node")]
-    for _, entry in items[start:]:
-        descr = entry[0] if isinstance(entry, list | tuple) and entry else None
-        if isinstance(descr, NodeDescriptor):
-            read = _node_pointers([descr.args, dict(descr.kwargs)])
-            if name in read:
-                names += [n for n in read if n != name]
+    sources, names = {name}, [designated.get("prediction_node")]
+    for defined, entry in units:  # creation order: readers come after what they read
+        if isinstance(entry, SplitDescriptor):
+            sources.update(defined if entry.node_id in sources else [])
+            continue
+        read = _node_pointers([entry[0].args, dict(entry[0].kwargs)])
+        if sources.intersection(read):
+            names += [n for n in read if n not in sources]
     return [n for n in names if n]
 
 
-def _build_input_like(name: str, descr: NodeDescriptor, model: Any, candidates: Sequence[str]) -> bool:
-    """Builds an ELEKTRONN2 ``Input`` that has the shape of a node built before it as ekn's
-    ``Input_like`` of that node; False (nothing built) when none of the ``candidates`` fits.
+def _reaches(start: int, goal: int, needs: list[set[int]]) -> bool:
+    """Whether unit ``start`` needs unit ``goal``, directly or through others."""
+    todo, seen = [start], set()
+    while todo:
+        unit = todo.pop()
+        if unit == goal:
+            return True
+        if unit not in seen:
+            seen.add(unit)
+            todo.extend(needs[unit])
+    return False
+
+
+def _input_references(units: list[Unit], needs: list[set[int]], built: Any, designated: dict[str, Any]
+                      ) -> dict[str, str]:
+    """``{input name: reference name}`` for the ELEKTRONN2 ``Input``s that have the geometry of one of
+    their :func:`_like_candidates` in the model ``built`` from the file as it is (a reference that
+    needs the input itself is skipped); adds each input's need of its reference to ``needs``."""
+    owner = {name: k for k, (defined, _) in enumerate(units) for name in defined}
+    found = {}
+    for k, (defined, entry) in enumerate(units):
+        if isinstance(entry, SplitDescriptor) or getattr(entry[0].cls, "name", None) != "Input":
+            continue
+        declared = built.nodes[defined[0]].shape
+        for ref in (built.nodes.get(n) for n in _like_candidates(units, defined[0], designated)):
+            if ref is not None and not ref.is_source and _same_geometry(ref.shape, declared) and \
+                    not _reaches(owner[ref.name], k, needs):
+                found[defined[0]] = ref.name
+                needs[k].add(owner[ref.name])
+                break
+    return found
+
+
+def _build_input_like(name: str, descr: NodeDescriptor, model: Any, reference: str) -> None:
+    """Builds an ELEKTRONN2 ``Input`` as ekn's ``Input_like`` of the node ``reference`` (built before
+    it, with the same tags, strides and sizes but ``f``).
 
     ELEKTRONN2's ``Input_like`` (e.g. of the target) saved a plain ``Input`` of fixed shape, which
     would not follow the net when it is rebuilt with MFP or another patch size; ekn's follows its
-    reference, as in models built with ekn. Tags, sizes (but ``f``) and strides must agree.
+    reference, as in models built with ekn.
     """
     from ekn_core.plugins import registry
     from ekn_core.shapes import TaggedShape as EknShape
@@ -276,20 +322,12 @@ def _build_input_like(name: str, descr: NodeDescriptor, model: Any, candidates: 
     _, input_cls = _resolve(descr.cls, name)
     config = _keywords("Input", input_cls, descr, model, f"node {name!r} ({descr.cls})")
     declared = EknShape(config["shape"], config["tags"], config.get("strides"), config.get("fov"))
-    for ref in (model.nodes.get(n) for n in candidates):
-        if ref is None or ref.is_source:
-            continue
-        shape = ref.shape
-        if shape.tags != declared.tags or shape.strides != declared.strides or \
-                any(shape[t] != declared[t] for t in declared.tags if t != "f"):
-            continue
-        f = declared["f"] if declared.hastag("f") and declared["f"] != shape["f"] else False
-        node = registry("layers").get("input_like")(ref, dtype=config.get("dtype"), name=name, override_f=f)
-        _check_name(node, name, f"node {name!r} ({descr.cls})")
-        log.debug("ELEKTRONN2 Input %r has the shape of %r: converted as Input_like(%r) so that it follows new "
-                  "patch sizes", name, ref.name, ref.name)
-        return True
-    return False
+    ref = model.nodes[reference]
+    f = declared["f"] if declared.hastag("f") and declared["f"] != ref.shape["f"] else False
+    node = registry("layers").get("input_like")(ref, dtype=config.get("dtype"), name=name, override_f=f)
+    _check_name(node, name, f"node {name!r} ({descr.cls})")
+    log.debug("ELEKTRONN2 Input %r has the shape of %r: converted as Input_like(%r) so that it follows new "
+              "patch sizes", name, reference, reference)
 
 
 def _build_split(descr: SplitDescriptor, pieces: list[str], model: Any) -> None:
@@ -323,8 +361,69 @@ def _split_pieces(items: list[tuple[str, Any]], start: int, node_id: str) -> lis
     return names
 
 
+def _units(items: list[tuple[str, Any]], path: str) -> list[Unit]:
+    """The file's entries in creation order as units that are built at once: ``([name], [descriptor,
+    params])`` for a node, ``(piece names, SplitDescriptor)`` for a split with its FromTensor pieces."""
+    units: list[Unit] = []
+    index = 0
+    while index < len(items):
+        name, entry = items[index]
+        index += 1
+        if isinstance(entry, SplitDescriptor):
+            pieces = _split_pieces(items, index, entry.node_id)
+            units.append((pieces, entry))
+            index += len(pieces)
+        elif isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[0], NodeDescriptor):
+            units.append(([name], entry))
+        else:
+            raise LegacyModelError(f"{path}: entry {name!r} is neither a node nor a split descriptor")
+    return units
+
+
+def _needs(units: list[Unit]) -> list[set[int]]:
+    """For each unit, the units it refers to (nodes read, parameters shared, the node split)."""
+    owner = {name: k for k, (defined, _) in enumerate(units) for name in defined}
+    pointed = [[entry.node_id, *_node_pointers(dict(entry.kwargs), shared=True)]
+               if isinstance(entry, SplitDescriptor) else _node_pointers([entry[0].args, dict(entry[0].kwargs)], True)
+               for _, entry in units]
+    return [{owner[n] for n in names if n in owner} for names in pointed]
+
+
+def _build_order(needs: list[set[int]]) -> list[int]:
+    """Unit indices in creation order, except that each comes after the units it needs."""
+    waiting = [set(n) for n in needs]
+    users: dict[int, list[int]] = {}
+    for k, unit_needs in enumerate(needs):
+        for needed in unit_needs:
+            users.setdefault(needed, []).append(k)
+    ready = [k for k, n in enumerate(waiting) if not n]
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for user in users.get(k, []):
+            waiting[user].discard(k)
+            if not waiting[user]:
+                heapq.heappush(ready, user)
+    return order
+
+
+def _build_unit(unit: Unit, model: Any, weights: dict[str, dict[str, np.ndarray]], like: dict[str, str]) -> None:
+    defined, entry = unit
+    if isinstance(entry, SplitDescriptor):
+        _build_split(entry, defined, model)
+    elif defined[0] in like:
+        _build_input_like(defined[0], entry[0], model, like[defined[0]])
+    else:
+        _build_node(defined[0], entry[0], entry[1], model, weights)
+
+
 def convert_legacy_model(path: str) -> Any:
     """Reads an ELEKTRONN2 ``.mdl`` file as an ekn :class:`~ekn_core.persistence.ModelFile`.
+
+    The graph is built twice: as the file has it, to learn every node's shape, then with each
+    ``Input`` that has the geometry of the prediction (or of a node read together with it) as
+    ``Input_like`` of that node, built after it where the file created the ``Input`` first.
 
     Raises:
         LegacyPickleError: The file cannot be read safely (:mod:`ekn_core.legacy_pickle`).
@@ -336,29 +435,23 @@ def convert_legacy_model(path: str) -> Any:
     from ekn_core.persistence import ModelFile, _requirements
 
     descriptors, designated = read_legacy_model(path)
-    items = list(descriptors.items())
+    units = _units(list(descriptors.items()), path)
+    needs = _needs(units)
     weights: dict[str, dict[str, np.ndarray]] = {}
-    with model_manager.scratch() as model, shape_only(), replaying():
-        index = 0
-        while index < len(items):
-            name, entry = items[index]
-            index += 1
-            if isinstance(entry, SplitDescriptor):
-                pieces = _split_pieces(items, index, entry.node_id)
-                _build_split(entry, pieces, model)
-                index += len(pieces)
-            elif isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(entry[0], NodeDescriptor):
-                if getattr(entry[0].cls, "name", None) != "Input" or not _build_input_like(
-                        name, entry[0], model, _like_candidates(items, index, name, designated)):
-                    _build_node(name, entry[0], entry[1], model, weights)
-            else:
-                raise LegacyModelError(f"{path}: entry {name!r} is neither a node nor a split descriptor")
-        roles = {k: v for k, v in designated.items() if k in ROLES and v not in (None, [], ())}
-        missing = [n for v in roles.values() for n in (v if isinstance(v, list | tuple) else [v])
-                   if n not in model.nodes]
-        if missing:
-            raise LegacyModelError(f"{path}: designated node(s) {missing} are not in the model")
-        nodes = list(model.descriptors.values())
+    with shape_only(), replaying():
+        with model_manager.scratch() as built:
+            for unit in units:
+                _build_unit(unit, built, {}, {})
+            like = _input_references(units, needs, built, designated)
+        with model_manager.scratch() as model:
+            for k in _build_order(needs):
+                _build_unit(units[k], model, weights, like)
+            roles = {k: v for k, v in designated.items() if k in ROLES and v not in (None, [], ())}
+            missing = [n for v in roles.values() for n in (v if isinstance(v, list | tuple) else [v])
+                       if n not in model.nodes]
+            if missing:
+                raise LegacyModelError(f"{path}: designated node(s) {missing} are not in the model")
+            nodes = list(model.descriptors.values())
     log.info("%s is an ELEKTRONN2 model file: converted it (%d nodes) in memory; `ekn convert` writes it as an ekn "
              "model file", path, len(nodes))
     return ModelFile(descriptors=nodes, designated={k: list(v) if isinstance(v, list | tuple) else v

@@ -51,19 +51,19 @@ LOSS_SCALE_PERIOD = 2000
 
 #: The meta-parameters a model sets on its optimisers (``model.lr``, ``model.mom``, ...).
 META_PARAMETERS = ("lr", "mom", "wd", "beta2")
-
-
-def optimiser_params_problems(optimiser: str, params: Mapping[str, Any]) -> list[str]:
+def optimiser_params_problems(optimiser: str, params: Mapping[str, Any], owner: str = "optimiser_params"
+                              ) -> list[str]:
     """What is wrong with a config's ``optimiser_params`` for the optimiser named ``optimiser``:
-    names that are neither the model's meta-parameters (:data:`META_PARAMETERS`) nor the
-    optimiser's, and invalid values (without building anything, so before a run starts).
+    names that are neither the model's meta-parameters (:data:`META_PARAMETERS`, taken for every
+    optimiser: the model holds them, as ELEKTRONN2's shared values) nor the optimiser's, and invalid values (without building anything, so before a run starts).
+    ``owner`` names the source of ``params`` in the messages.
 
     Raises:
         UnknownPluginError: No optimiser of that name.
 
     Example:
-        >>> optimiser_params_problems("SGD", {"lrr": 0.1, "mom": 1.5})
-        ["optimiser_params ['lrr'] are not meta-parameters of SGD (did you mean 'lr'?); it has lr, mom, wd, beta2", 'optimiser_params: mom must be in [0, 1), got 1.5.']
+        >>> optimiser_params_problems("SGD", {"lrr": 0.1, "mom": 1.5, "beta2": 0.9})
+        ["optimiser_params: ['lrr'] are not meta-parameters of SGD (did you mean 'lr'?); it takes lr, mom, wd, beta2 (without the others: {'mom': 1.5, 'beta2': 0.9})", 'optimiser_params: mom must be in [0, 1), got 1.5.']
     """
     import difflib
 
@@ -76,12 +76,13 @@ def optimiser_params_problems(optimiser: str, params: Mapping[str, Any]) -> list
     if unknown:
         close = difflib.get_close_matches(str(unknown[0]), known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(f"optimiser_params {unknown} are not meta-parameters of {optimiser}{hint}; it has "
-                        f"{', '.join(known)}")
+        kept = {k: v for k, v in params.items() if k not in unknown}
+        problems.append(f"{owner}: {unknown} are not meta-parameters of {optimiser}{hint}; it takes "
+                        f"{', '.join(known)} (without the others: {kept})")
     for name, value in params.items():
         if name in known:
             try:
-                cls.check_meta(name, value, owner="optimiser_params")
+                cls.check_meta(name, value, owner=owner)
             except ConfigError as err:
                 problems.append(str(err))
     return problems
@@ -91,6 +92,11 @@ def _has_one_output(node: Node) -> bool:
     """Nodes whose single output statistics and timings describe (not sources, not tuple nodes
     such as a Scan's internal node, whose results are read through its output nodes)."""
     return not node.is_source and not getattr(node, "multi_output", False)
+
+
+def _is_one_number(node: Node) -> bool:
+    """Whether ``node`` outputs one number per batch (as an error rate: ``Errors`` gives ``(1,)``)."""
+    return all(size == 1 for size in node.shape.shape)
 
 
 def optimiser_role(optimiser: Any) -> str:
@@ -330,7 +336,8 @@ class Model:
         """Names the roles of nodes (nodes or node names; lists for ``prediction_ext``/``debug_outputs``).
 
         Without an ``error_node``, ELEKTRONN2's convention ``prediction_ext=[loss, errors, prediction]``
-        designates its second node as the error node (the trainer's train/valid error rates).
+        designates its second node as the error node (the trainer's train/valid error rates) if it
+        outputs one number (as ``Errors`` does) and is neither the loss nor the prediction node.
 
         Repairs the FOV of the prediction and target nodes when up-convolutions left it unknown
         (U-Nets): ``fov = in - strides * (out - 1)`` per spatial axis (the input context of the
@@ -348,7 +355,8 @@ class Model:
         self.debug_outputs = [self._resolve(n) for n in (debug_outputs or [])]  # type: ignore[misc]
         quiet = logging.DEBUG if is_shape_only() else None  # a shape-only build plans; the real one reports
         if self.error_node is None and len(self.prediction_ext) == 3 and \
-                self.prediction_ext[1] not in (self.loss_node, self.prediction_node):
+                self.prediction_ext[1] not in (self.loss_node, self.prediction_node) and \
+                _is_one_number(self.prediction_ext[1]):
             self.error_node = self.prediction_ext[1]
             log.log(quiet or logging.INFO, "error node: %r, the second of prediction_ext (ELEKTRONN2's [loss, "
                     "errors, prediction])", self.error_node.name)
@@ -603,16 +611,17 @@ class Model:
 
     def set_opt_meta_params(self, opt_name: str, value_dict: dict[str, float]) -> Any:
         """Sets meta-parameters for optimiser ``opt_name`` (ELEKTRONN2's method; the trainer's
-        ``optimiser`` and ``optimiser_params``): ``lr``, ``mom``, ``wd`` and ``beta2`` as
-        ``model.lr = ...`` does (on every optimiser of the model, as ELEKTRONN2's were shared), any
-        other meta-parameter of that optimiser on it.
+        ``optimiser`` and ``optimiser_params``): ``lr``, ``mom``, ``wd`` (and ``beta2``, which only
+        an optimiser that has it takes, e.g. Adam) as ``model.lr = ...`` does (on every optimiser of
+        the model, as ELEKTRONN2's were shared), any other meta-parameter of that optimiser on it.
 
         Returns:
             The optimiser (built on first use, see :meth:`get_optimiser`).
 
         Raises:
-            ConfigError: A name that is no meta-parameter of the optimiser, or an invalid value;
-                nothing is changed then.
+            ConfigError: A name that is neither the model's meta-parameter nor the optimiser's, or
+                an invalid value; nothing is changed then.
+            UnknownPluginError: No optimiser is registered as ``opt_name``.
 
         Example:
             >>> from ekn_core import neuromancer as nm
@@ -623,7 +632,7 @@ class Model:
             (Adam(lr=0.001, mom=0.9, beta2=0.99, wd=0), 0.001)
         """
         params = dict(value_dict)
-        problems = optimiser_params_problems(opt_name, params)
+        problems = optimiser_params_problems(opt_name, params, owner=f"model {self.name!r}")
         if problems:
             raise ConfigError("; ".join(problems))
         for key in META_PARAMETERS:

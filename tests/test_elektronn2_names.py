@@ -6,6 +6,7 @@ nm.model, preview export_class)."""
 import io
 import logging
 import os
+import re
 import textwrap
 from types import SimpleNamespace
 
@@ -65,6 +66,107 @@ def test_elektronn2_imports_fail_before_the_config_runs_naming_each_line_and_the
     assert namespace["load"] is namespace["neuromancer"].modelload and namespace["nm"].Conv.__name__ == "Conv"
 
 
+def test_elektronn2_imports_that_do_not_run_when_ekn_loads_the_config_are_left_alone(tmp_path):
+    """A try/except-ImportError fallback, TYPE_CHECKING and __main__ blocks (either order) load, as
+    they run; an import in the fallback itself, in the else of a __main__ block or in a try that
+    does not catch ImportError is refused."""
+    config = write(tmp_path / "compat.py", """\
+        import typing
+        from typing import TYPE_CHECKING
+        try:
+            from elektronn2 import neuromancer as nm
+            import elektronn2.utils
+        except (KeyError, ImportError):
+            import ekn_core.neuromancer as nm
+        try:
+            import elektronn2
+        except:
+            pass
+        if TYPE_CHECKING:
+            import elektronn2.neuromancer
+        if typing.TYPE_CHECKING:
+            import elektronn2.data
+        if "__main__" == __name__:
+            import elektronn2
+        data_class = 'MNISTData'
+        n_steps = 10
+
+        def create_model():
+            try:
+                from elektronn2.neuromancer.model import modelload
+            except Exception:
+                modelload = nm.modelload
+            return None
+        """)
+    cfg = ExperimentConfig.from_file(config)
+    assert cfg.namespace["nm"].Conv.__name__ == "Conv" and cfg.n_steps == 10
+    refused = write(tmp_path / "refused.py", """\
+        try:
+            import elektronn2
+        except ImportError:
+            from elektronn2 import neuromancer
+        try:
+            from elektronn2 import utils
+        except KeyError:
+            pass
+        if __name__ == "__main__":
+            pass
+        else:
+            import elektronn2.config
+        data_class = 'MNISTData'
+        """)
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_file(refused)
+    assert [line.split(":")[0] for line in str(err.value).split("replaces: ")[1].split("; ")] == \
+        ["line 4", "line 6", "line 12"]
+
+
+@pytest.mark.parametrize("old_line, code", [
+    ("from elektronn2.neuromancer import *", "model_manager.getmodel(), Conv.__name__"),
+    ("import elektronn2 as e2", "e2.neuromancer.model_manager.getmodel(), e2.neuromancer.Conv.__name__"),
+    ("import elektronn2", "elektronn2.neuromancer.model_manager.getmodel(), elektronn2.neuromancer.Conv.__name__"),
+    ("import elektronn2.neuromancer as e2nm", "e2nm.model_manager.getmodel(), e2nm.Conv.__name__"),
+    ("from elektronn2 import neuromancer", "neuromancer.model_manager.getmodel(), neuromancer.Conv.__name__"),
+])
+def test_the_suggested_import_line_and_rewrite_run_the_code_the_old_line_ran(old_line, code):
+    """Each suggestion is ekn lines and, where the names change, how to write them; both applied to
+    code that used the old line give ekn's objects."""
+    import re
+
+    from ekn_core.trainer.elektronn2_names import import_problems
+
+    (problem,) = import_problems(old_line)
+    suggestion = problem.split(" → ")[1]
+    new_line = re.match(r"'([^']+)'", suggestion).group(1)
+    rewrite = re.search(r"\(and write (\w+\.) where the code says ([\w.]+\.)\)", suggestion)
+    prefix = re.search(r"\(and write (\w+\.) before the names it gave", suggestion)
+    if rewrite:
+        code = code.replace(rewrite.group(2), rewrite.group(1))
+    elif prefix:
+        code = re.sub(r"\b(model_manager|Conv)\b", prefix.group(1) + r"\1", code)
+    namespace = {}
+    exec(new_line, namespace)
+    model, conv = eval(code, namespace)
+    assert conv == "Conv" and type(model).__name__ == "Model"
+
+
+def test_names_a_config_imports_are_helpers_unless_named_like_a_setting(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write(tmp_path / "e2_common.py", "n_steps = 7\nhelper_value = 3\n")
+    config = write(tmp_path / "exp.py", """\
+        from ekn_core.neuromancer import *
+        from ekn_core.neuromancer import model_manager as mm
+        from os.path import sep
+        from e2_common import n_steps, helper_value
+        data_class = 'MNISTData'
+        model_load_path = 'm.h5'
+        """)
+    cfg = ExperimentConfig.from_file(config)
+    assert cfg.n_steps == 7 and "helper_value" not in cfg.as_dict()
+    with pytest.raises(ConfigError, match="unknown setting 'helper_valu'"):
+        ExperimentConfig.from_file(write(tmp_path / "typo.py", MINIMAL + "helper_valu = 3\n"))
+
+
 def test_an_elektronn2_import_in_a_file_the_config_runs_names_ekns_import(tmp_path):
     from ekn_core.trainer.model_setup import ModelSetup
 
@@ -102,6 +204,11 @@ def test_set_treats_legacy_names_as_the_config_file_does(tmp_path, ekn_log):
             assert hint in str(err.value)
     with pytest.raises(ConfigError, match="--set gui_plott: unknown setting 'gui_plott'"):
         ExperimentConfig.from_file(config, ["gui_plott=True"])
+    for bad in ("gui_plot=(", "gui_plot=yes", "lr_schedule.dec=[1,"):
+        with pytest.raises(ConfigError, match=rf"--set {re.escape(bad)}: '.*' is not a Python literal; "
+                                              rf"{bad.split('=')[0].split('.')[0]} is an ELEKTRONN2 setting that ekn "
+                                              rf"ignores: leave it out, or give it a literal"):
+            ExperimentConfig.from_file(config, [bad])
 
 
 def test_ekn_train_warns_about_elektronn2rc_naming_where_its_settings_go(tmp_path, monkeypatch, capsys):
@@ -116,12 +223,13 @@ def test_ekn_train_warns_about_elektronn2rc_naming_where_its_settings_go(tmp_pat
         device = 1
         use_manual_cudnn_conv = False
         my_own = 3
+        knossos_preview = None
         """)
     assert main(["train", missing]) == 2
     err = capsys.readouterr().err
     assert err.count(".elektronn2rc (ELEKTRONN2's user-wide defaults) is not read by ekn") == 1
     assert "Experiment-config settings in ekn (set them in the config or with --set NAME=VALUE): save_path, " \
-           "device." in err
+           "device, knossos_preview." in err  # a plugin's setting too
     assert "Ignored by ekn: use_manual_cudnn_conv (Theano back-end option)." in err
     assert "Not ekn settings: my_own." in err
 

@@ -14,7 +14,7 @@ import pytest
 import ekn_core.neuromancer as nm
 from elektronn2_lookalike import E2Graph
 from prediction_testnets import read_volume, write_raw_h5
-from test_legacy_mdl import neuro3d_lite_like, neuro3d_reference, rand
+from test_legacy_mdl import e2_conv, e2_post, neuro3d_lite_like, neuro3d_reference, rand, softmax
 
 pytestmark = pytest.mark.usefixtures("forget_new_models")
 RNG = np.random.default_rng(11)
@@ -75,6 +75,81 @@ def test_only_inputs_with_the_geometry_of_a_node_become_input_like(tmp_path, tar
     assert nm.modelload(path).descriptors["target"]["type"] == kind
 
 
+def two_head_unet_like(g, prediction):
+    """ELEKTRONN2's ``examples/wip/unet_2d.py`` layout: the target (``Input_like`` of the prediction,
+    two channels) is created before the Concat prediction and read only through its split pieces."""
+    weights = {"top": (rand(4, 1, 3, 3), rand(4)), "barr": (rand(3, 4, 1, 1), rand(3)), "obj": (rand(2, 4, 1, 1),
+                                                                                                rand(2))}
+    inp = g.node("Input", [None, 1, 20, 20], "b,f,x,y", name="raw")
+    top = g.node("Conv", inp, 4, (3, 3), params=dict(zip("wb", weights["top"])))
+    heads = [g.node("Softmax", g.node("Conv", top, len(weights[n][1]), (1, 1), activation_func="lin", name=n,
+                                      params=dict(zip("wb", weights[n])))) for n in ("barr", "obj")]
+    target = g.node("Input", [None, 2, 18, 18], "b,f,x,y", None, dtype="int16", name="target")
+    pieces = g.split(target, "f", n_out=2)
+    nlls = [g.node("MultinoulliNLL", h, t, target_is_sparse=True) for h, t in zip(heads, pieces)]
+    pred = g.node("Concat", heads, axis="f", name="pred")
+    loss = g.node("AggregateLoss", nlls, params={"mixing_weights": np.ones(2, "float32")})
+    path = g.save(str(g.tmp / "unet_like.mdl"), input_node=inp, target_node=target, loss_node=loss,
+                  prediction_node=pred if prediction else None)
+    return path, weights
+
+
+def two_head_reference(x, y, weights):
+    """(prediction, loss) of :func:`two_head_unet_like` in numpy: the mean of the heads' mean NLLs."""
+    top = e2_post(e2_conv(x, weights["top"][0]), weights["top"][1])
+    heads = [softmax(e2_post(e2_conv(top, weights[n][0]), weights[n][1], act="lin")) for n in ("barr", "obj")]
+    nlls = [-np.mean(np.log(np.take_along_axis(h, y[:, i:i + 1].astype(int), 1))) for i, h in enumerate(heads)]
+    return np.concatenate(heads, 1), np.mean(nlls)
+
+
+@pytest.mark.parametrize("prediction", [True, False], ids=["prediction", "no_prediction_node"])
+def test_a_target_created_before_its_prediction_and_read_through_split_follows_the_net(tmp_path, prediction):
+    with E2Graph() as g:
+        g.tmp = tmp_path
+        path, weights = two_head_unet_like(g, prediction)
+    model = nm.modelload(path, imposed_patch_size=(24, 24))
+    target = model.descriptors["target"]
+    assert target["type"] == "input_like" and target["config"]["ref"] == {"node": "pred" if prediction else "softmax"}
+    assert model.target_node.shape.shape == (None, 2, 22, 22) and model.target_node.dtype == "int16"
+    x = rand(2, 1, 24, 24)
+    y = RNG.integers(0, 2, (2, 2, 22, 22)).astype("int16")  # ids both heads have (the check sees all of target)
+    probs, loss = two_head_reference(x, y, weights)
+    np.testing.assert_allclose(model.nodes["pred"](x), probs, rtol=1e-4, atol=1e-5)
+    assert float(np.ravel(model.loss(x, y))[0]) == pytest.approx(loss, rel=1e-4)
+
+
+def test_a_target_created_before_the_softmax_it_copies_follows_mfp(tmp_path):
+    with E2Graph() as g:
+        inp = g.node("Input", [None, 1, 12, 12], "b,f,x,y", name="raw")
+        conv = g.node("Conv", inp, 2, (3, 3), (2, 2), activation_func="lin", params={"w": rand(2, 1, 3, 3),
+                                                                                     "b": rand(2)})
+        target = g.node("Input", [None, 1, 5, 5], "b,f,x,y", [2, 2], dtype="int16", name="target")
+        probs = g.node("Softmax", conv)
+        loss = g.node("AggregateLoss", [g.node("MultinoulliNLL", probs, target, target_is_sparse=True)])
+        path = g.save(str(tmp_path / "late_softmax.mdl"), input_node=inp, target_node=target, loss_node=loss,
+                      prediction_node=probs)
+    model = nm.modelload(path, override_mfp_to_active=True)
+    assert list(model.nodes).index("target") > list(model.nodes).index("softmax")
+    assert model.descriptors["target"]["type"] == "input_like"
+    assert model.target_node.shape.strides == model.prediction_node.shape.strides == (1, 1)
+    assert model.target_node.shape.spatial_shape == model.prediction_node.shape.spatial_shape
+
+
+def test_a_node_computed_from_an_input_is_not_its_reference(tmp_path):
+    """The prediction reads the second input, so that input copies the node read beside it instead."""
+    w, b = rand(1, 1, 3, 3), rand(1)
+    with E2Graph() as g:
+        inp = g.node("Input", [None, 1, 7, 7], "b,f,x,y", name="raw")
+        conv = g.node("Conv", inp, 1, (3, 3), activation_func="lin", params={"w": w, "b": b})
+        extra = g.node("Input", [None, 1, 5, 5], "b,f,x,y", name="extra")
+        out = g.node("Add", conv, extra, name="out")
+        path = g.save(str(tmp_path / "added.mdl"), input_node=inp, prediction_node=out)
+    model = nm.modelload(path, imposed_patch_size=(9, 9))
+    assert model.descriptors["extra"]["config"]["ref"] == {"node": "conv"}
+    x, e = rand(1, 1, 9, 9), rand(1, 1, 7, 7)
+    np.testing.assert_allclose(model.predict(x, e), e2_post(e2_conv(x, w), b, act="lin") + e, rtol=1e-4, atol=1e-5)
+
+
 def test_converted_model_with_mfp_predicts_densely(tmp_path):
     path, weights = old_model_file(tmp_path)
     model = nm.modelload(path, override_mfp_to_active=True)
@@ -107,7 +182,8 @@ def test_prediction_ext_designates_the_error_node_of_converted_files(tmp_path):
     converted = str(tmp_path / "new.h5")
     model.save(converted)
     assert nm.modelload(converted).error_node.name == "errors"
-    for ext in ([], ["total_loss", "softmax", "softmax"]):  # none, or no error node in the middle
+    for ext in ([], ["total_loss", "softmax", "softmax"], ["total_loss", "conv2", "softmax"]):
+        # none, or no error node in the middle (the prediction; logits, not one number)
         path, _ = old_model_file(tmp_path, prediction_ext=ext)
         assert nm.modelload(path).error_node is None
 

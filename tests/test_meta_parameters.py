@@ -78,6 +78,24 @@ def test_values_set_on_the_model_reach_every_optimiser_and_are_validated():
     assert adam.lr == 0.001 and model.get_optimiser("AdaGrad").lr == 0.01 and "lr" not in model.meta_overrides
 
 
+def test_set_opt_meta_params_takes_the_models_names_for_every_optimiser_and_checks_all_first():
+    """ELEKTRONN2's lr, mom, wd and beta2 are taken for any optimiser (the model keeps them, as its
+    shared values; beta2 with SGD was a KeyError there, so `--set optimiser=SGD` on a config written
+    for Adam works); a name neither the model's nor the optimiser's changes nothing."""
+    from ekn_core.errors import UnknownPluginError
+
+    model = small_model("set_opt_meta_params")
+    for name, defaults in documented_defaults().items():
+        optimiser = model.set_opt_meta_params(name, {"lr": 0.25, "mom": 0.5, "wd": 0.125, "beta2": 0.75})
+        assert model.beta2 == 0.75 and optimiser.get_meta().get("beta2", 0.75) == 0.75
+        with pytest.raises(ConfigError, match=rf"^model 'set_opt_meta_params': \['beta3'\] are not meta-parameters "
+                                              rf"of {name} \(did you mean 'beta2'\?\); it takes lr, mom, wd, beta2"):
+            model.set_opt_meta_params(name, {"lr": 0.5, "beta3": 0.9})
+        assert model.lr == 0.25  # nothing changed
+    with pytest.raises(UnknownPluginError, match="no optimisers plugin named 'adma'. Did you mean 'adam'"):
+        model.set_opt_meta_params("Adma", {"lr": 0.5})
+
+
 def test_model_files_keep_only_the_values_that_were_set(tmp_path):
     model = small_model("saved")
     model.wd = 1e-4

@@ -333,8 +333,9 @@ def test_plugin_names_optimiser_params_and_the_device_are_checked_before_a_run_d
                   "optimiser: no optimisers plugin named 'adma'. Did you mean 'adam'",
                   "device: --gpu must be a GPU number, 'auto' or 'cpu', got 'gpu7'"):
         assert piece in text
-    with pytest.raises(ConfigError, match=r"optimiser_params \['lrr'\] are not meta-parameters of SGD \(did you "
-                                          r"mean 'lr'\?\); it has lr, mom, wd, beta2; optimiser_params: wd must be"):
+    with pytest.raises(ConfigError, match=r"optimiser_params: \['lrr'\] are not meta-parameters of SGD \(did you "
+                                          r"mean 'lr'\?\); it takes lr, mom, wd, beta2 \(without the others: \{'wd': -1\}\); "
+                                          r"optimiser_params: wd must be"):
         ExperimentConfig.from_file(path, ["optimiser=SGD", "optimiser_params.lrr=0.1", "optimiser_params.wd=-1"])
     with pytest.raises(ConfigError, match="data_class file .*nowhere.py does not exist"):
         ExperimentConfig.from_file(path, ["data_class=('nowhere.py', 'Data')"])

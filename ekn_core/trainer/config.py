@@ -4,8 +4,9 @@ A config is a Python file that is executed; its top-level names are the settings
 variable of ELEKTRONN2's ``ExperimentConfig`` and the ``DefaultConfig`` keys that still make
 sense, plus a few of ekn's own, see :data:`SETTINGS`, and those plugins declare with the
 ``ekn_settings`` hook, see :func:`all_settings`). ``np`` is predefined. Names starting with
-``_``, imported modules and functions or classes other than ``create_model`` are helpers and are
-not settings. Any other unknown name is an error that suggests the closest setting.
+``_``, imported modules, names a ``from ... import`` binds (``model_manager``) and functions or
+classes other than ``create_model`` are helpers and are not settings, unless they are named like
+one. Any other unknown name is an error that suggests the closest setting.
 
 ``if __name__ == "__main__":`` blocks do not run when the trainer loads a config.
 
@@ -34,6 +35,7 @@ import copy
 import difflib
 import logging
 import os
+import sys
 import time
 import types
 from collections.abc import Iterable, Mapping
@@ -108,8 +110,8 @@ SETTINGS: dict[str, Setting] = {
     "batch_size": Setting(None, "Examples per training step; must agree with the model's fixed batch size "
                           "if it has one (then it may be left out).", "ELEKTRONN2"),
     "class_weights": Setting(None, "Added to every batch as an extra input for the loss's class weights Input "
-                             "node (shape (n_class,), no batch axis): in the place of the loss's first input "
-                             "without a batch axis, else last.", "ELEKTRONN2"),
+                             "node (shape (n_class,), no batch axis): in the place of each of the loss's inputs "
+                             "without a batch axis (the same weights for each), else last.", "ELEKTRONN2"),
     "background_processes": Setting(False, "False, or the number of background worker processes "
                                     "preparing batches (True means 2).", "ELEKTRONN2"),
     "batch_timeout_s": Setting(None, "Seconds the trainer waits for a batch from a background worker before it "
@@ -253,6 +255,28 @@ def _is_data_class(value: Any) -> bool:
                                       and all(isinstance(x, str) for x in value))
 
 
+def _imported_names(source: str) -> set[str]:
+    """The names that ``from ... import`` statements of a config bind outside its functions and
+    classes (``*``: the module's ``__all__``): helpers, like imported modules and functions.
+
+    Example:
+        >>> sorted(_imported_names("from os import sep as _s, pathsep\\nif 1:\\n    from math import pi\\n"
+        ...                        "def f():\\n    from math import e\\n"))
+        ['_s', 'pathsep', 'pi']
+    """
+    names: set[str] = set()
+    todo: list[ast.AST] = [ast.parse(source)]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.ImportFrom) and node.names[0].name == "*":
+            names.update(getattr(sys.modules.get(node.module or ""), "__all__", ()))
+        elif isinstance(node, ast.ImportFrom):
+            names.update(a.asname or a.name for a in node.names)
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
 def _is_legacy(name: str, where: str) -> bool:
     """Whether ``name`` is an ELEKTRONN2 setting ekn ignores (:data:`IGNORED`: a warning says so);
     raises for one that names a feature ekn has elsewhere (:data:`UNSUPPORTED`). The config file and
@@ -311,6 +335,7 @@ def all_settings() -> dict[str, Setting]:
 def parse_override(text: str) -> tuple[str, Any]:
     """Splits ``'name=value'``; the value is a Python literal or, failing that, a string. A number
     given to a text setting (``save_name``, ``save_path``, ``model_load_path``) is the text as typed.
+    An ELEKTRONN2 setting that ekn ignores (:data:`IGNORED`) must be given a literal.
 
     Example:
         >>> parse_override("n_steps=100"), parse_override("save_name=run1"), parse_override("save_name=20240501")
@@ -327,6 +352,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
+        base = name.partition(".")[0]
+        if base in IGNORED:  # no setting's check will see the value
+            raise ConfigError(f"--set {text}: {raw!r} is not a Python literal; {base} is an ELEKTRONN2 setting that "
+                              f"ekn ignores: leave it out, or give it a literal (True, 2, ...)") from None
         value = raw
     if name in _TEXT_SETTINGS and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = raw
@@ -405,7 +434,7 @@ class ExperimentConfig:
             raise ConfigError(f"config {path} failed to execute: {type(err).__name__}: {err}"
                               f"{missing_module_hint(err)}") from err
         settings = all_settings()
-        values = cls._settings_of_namespace(namespace, path, settings)
+        values = cls._settings_of_namespace(namespace, path, settings, _imported_names(source))
         overrides = list(overrides)
         for text in overrides:
             name, value = parse_override(text)
@@ -414,8 +443,8 @@ class ExperimentConfig:
         return cls(values, path=origin, source=source, overrides=overrides, namespace=namespace)
 
     @staticmethod
-    def _settings_of_namespace(namespace: Mapping[str, Any], path: str, settings: Mapping[str, Setting]
-                               ) -> dict[str, Any]:
+    def _settings_of_namespace(namespace: Mapping[str, Any], path: str, settings: Mapping[str, Setting],
+                               imported: set[str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         unknown: list[str] = []
         for name, value in namespace.items():
@@ -424,7 +453,7 @@ class ExperimentConfig:
             if _is_legacy(name, f"config {path}"):
                 continue
             if name not in settings:
-                if callable(value):  # helper functions and imported classes
+                if callable(value) or name in imported:  # helper functions, imported classes and objects
                     continue
                 unknown.append(name)
                 continue

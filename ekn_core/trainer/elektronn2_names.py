@@ -45,12 +45,40 @@ SHELL_NAMES = {
 NEUROMANCER = "ekn_core.neuromancer"
 
 
-def _is_main_block(node: ast.AST) -> bool:
-    """``if __name__ == "__main__":`` (it does not run when ekn loads a config)."""
-    test = getattr(node, "test", None)
-    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
-            and test.left.id == "__name__" and len(test.comparators) == 1
-            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__")
+#: Exceptions whose ``except`` makes a ``try`` body an optional import (a fallback runs instead).
+IMPORT_GUARDS = ("ImportError", "ModuleNotFoundError", "Exception", "BaseException")
+
+
+def _is_main_test(test: ast.AST) -> bool:
+    """``__name__ == "__main__"`` (either order): false when ekn loads a config."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides)
+            and any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides))
+
+
+def _is_type_checking(test: ast.AST) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``: false at run time."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _guards_imports(handler: ast.ExceptHandler) -> bool:
+    """A bare ``except:`` or one that catches an ImportError (:data:`IMPORT_GUARDS`)."""
+    caught = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return handler.type is None or any(isinstance(c, ast.Name) and c.id in IMPORT_GUARDS for c in caught)
+
+
+def _running_children(node: ast.AST) -> list[ast.AST]:
+    """The children of ``node`` whose imports must work when ekn loads the config: not the body of
+    an ``if __name__ == "__main__":`` or ``if TYPE_CHECKING:`` block, nor the body (and ``else``) of
+    a ``try`` that falls back when the import fails."""
+    if isinstance(node, ast.If) and (_is_main_test(node.test) or _is_type_checking(node.test)):
+        return list(node.orelse)
+    if isinstance(node, ast.Try | getattr(ast, "TryStar", ast.Try)) and any(map(_guards_imports, node.handlers)):
+        return [*node.handlers, *node.finalbody]
+    return list(ast.iter_child_nodes(node))
 
 
 def _submodule(module: str) -> str:
@@ -64,9 +92,13 @@ def _other(submodule: str) -> str:
 
 
 def _replacement(node: ast.Import | ast.ImportFrom) -> str:
-    """What replaces one import statement that names ELEKTRONN2."""
+    """What replaces one import statement that names ELEKTRONN2 (lines that work as they are, or
+    with the names they bind written as ``nm.NAME``)."""
     if isinstance(node, ast.ImportFrom):
         sub = _submodule(node.module or "")
+        if sub == "neuromancer" and node.names[0].name == "*":  # ekn's nodes are not star-importable
+            return (repr(f"import {NEUROMANCER} as nm") +
+                    " (and write nm. before the names it gave: nm.Input, nm.Conv, nm.model_manager ...)")
         if sub == "neuromancer":
             return repr(f"from {NEUROMANCER} import {', '.join(ast.unparse(a) for a in node.names)}")
         if not sub:
@@ -79,9 +111,12 @@ def _replacement(node: ast.Import | ast.ImportFrom) -> str:
         sub = _submodule(alias.name)
         if alias.name.split(".")[0] != PACKAGE:
             continue
-        if sub in ("neuromancer", ""):
-            lines.append(repr(f"import {NEUROMANCER} as {alias.asname or 'nm'}") +
-                         ("" if alias.asname else f" (and write nm. where the code says {PACKAGE}.neuromancer.)"))
+        if sub == "neuromancer" and alias.asname:
+            lines.append(repr(f"import {NEUROMANCER} as {alias.asname}"))
+        elif sub in ("neuromancer", ""):  # the code reaches the nodes as PACKAGE.neuromancer.NAME (or ALIAS.…)
+            name = alias.asname or "nm"
+            lines.append(repr(f"import {NEUROMANCER} as {name}") +
+                         f" (and write {name}. where the code says {alias.asname or PACKAGE}.neuromancer.)")
         else:
             lines.append(_other(sub))
     return "; ".join(lines)
@@ -94,25 +129,29 @@ def _imports_elektronn2(node: ast.AST) -> bool:
 
 
 def import_problems(source: str) -> list[str]:
-    """The statements of a config's source that import ELEKTRONN2 (anywhere but in an
-    ``if __name__ == "__main__":`` block), each as ``"line N: 'statement' → replacement"``; empty
-    when there are none or the source does not parse (running it then says why).
+    """The statements of a config's source that import ELEKTRONN2, each as ``"line N: 'statement'
+    → replacement"``; empty when there are none or the source does not parse (running it then says
+    why). Imports that do not run when ekn loads the config are left alone: in an ``if __name__ ==
+    "__main__":`` or ``if TYPE_CHECKING:`` block, or in a ``try`` whose ``except`` catches an
+    ImportError (``except ImportError: import ekn_core.neuromancer as nm`` falls back to ekn).
 
     Example:
         >>> import_problems("from elektronn2.neuromancer.model import modelload\\nimport numpy")
         ["line 1: 'from elektronn2.neuromancer.model import modelload' → 'from ekn_core.neuromancer import modelload'"]
         >>> import_problems("from elektronn2.utils import h5load")[0].split(" → ")[1][:27]
         'ekn has no h5load/h5save: r'
+        >>> import_problems("try:\\n    import elektronn2\\nexcept ImportError:\\n    pass\\n")
+        []
     """
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return []
     problems = []
-    todo: list[ast.AST] = [n for n in tree.body if not _is_main_block(n)]
+    todo: list[ast.AST] = [tree]
     while todo:
         node = todo.pop()
-        todo.extend(ast.iter_child_nodes(node))
+        todo.extend(_running_children(node))
         if _imports_elektronn2(node):
             problems.append((node.lineno, f"line {node.lineno}: {ast.unparse(node)!r} → {_replacement(node)}"))
     return [text for _, text in sorted(problems)]
@@ -137,7 +176,8 @@ def missing_module_hint(err: BaseException) -> str:
 
 def rc_file_warning(path: str = "~/.elektronn2rc") -> str | None:
     """What ``ekn train`` says when ELEKTRONN2's user-wide defaults file exists (ekn reads no such
-    file): which of its settings are experiment-config settings in ekn and which ekn ignores.
+    file): which of its settings are experiment-config settings in ekn (the core's and the loaded
+    plugins') and which ekn ignores.
     The file is parsed, not run. None when there is no file.
 
     Example:
@@ -147,7 +187,7 @@ def rc_file_warning(path: str = "~/.elektronn2rc") -> str | None:
         >>> print(rc_file_warning(rc))  # doctest: +ELLIPSIS
         /.../.elektronn2rc (ELEKTRONN2's user-wide defaults) is not read by ekn, which has no such file. ...
     """
-    from ekn_core.trainer.config import IGNORED, SETTINGS
+    from ekn_core.trainer.config import IGNORED, all_settings
 
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
@@ -162,9 +202,10 @@ def rc_file_warning(path: str = "~/.elektronn2rc") -> str | None:
         names, unreadable = [], f" (it could not be read: {err})"
     else:
         unreadable = ""
-    settings = [n for n in names if n in SETTINGS]
+    known = all_settings()  # the plugins' settings too
+    settings = [n for n in names if n in known]
     ignored = [f"{n} ({IGNORED[n]})" for n in names if n in IGNORED]
-    others = [n for n in names if n not in SETTINGS and n not in IGNORED]
+    others = [n for n in names if n not in known and n not in IGNORED]
     text = f"{path} (ELEKTRONN2's user-wide defaults) is not read by ekn, which has no such file{unreadable}."
     if settings:
         text += (f" Experiment-config settings in ekn (set them in the config or with --set NAME=VALUE): "
@@ -173,6 +214,6 @@ def rc_file_warning(path: str = "~/.elektronn2rc") -> str | None:
         text += f" Ignored by ekn: {', '.join(ignored)}."
     if others:
         text += f" Not ekn settings: {', '.join(others)}."
-    text += (f" ekn's defaults differ: save_path {SETTINGS['save_path'].default!r} (ELEKTRONN2 "
-             f"'~/elektronn2_training/'), overwrite {SETTINGS['overwrite'].default} (ELEKTRONN2 True).")
+    text += (f" ekn's defaults differ: save_path {known['save_path'].default!r} (ELEKTRONN2 "
+             f"'~/elektronn2_training/'), overwrite {known['overwrite'].default} (ELEKTRONN2 True).")
     return text
