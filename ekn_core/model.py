@@ -51,11 +51,14 @@ LOSS_SCALE_PERIOD = 2000
 
 #: The meta-parameters a model sets on its optimisers (``model.lr``, ``model.mom``, ...).
 META_PARAMETERS = ("lr", "mom", "wd", "beta2")
+
+
 def optimiser_params_problems(optimiser: str, params: Mapping[str, Any], owner: str = "optimiser_params"
                               ) -> list[str]:
     """What is wrong with a config's ``optimiser_params`` for the optimiser named ``optimiser``:
     names that are neither the model's meta-parameters (:data:`META_PARAMETERS`, taken for every
-    optimiser: the model holds them, as ELEKTRONN2's shared values) nor the optimiser's, and invalid values (without building anything, so before a run starts).
+    optimiser: the model holds them, as ELEKTRONN2's shared values) nor the optimiser's, and
+    invalid values (without building anything, so before a run starts).
     ``owner`` names the source of ``params`` in the messages.
 
     Raises:
@@ -611,9 +614,10 @@ class Model:
 
     def set_opt_meta_params(self, opt_name: str, value_dict: dict[str, float]) -> Any:
         """Sets meta-parameters for optimiser ``opt_name`` (ELEKTRONN2's method; the trainer's
-        ``optimiser`` and ``optimiser_params``): ``lr``, ``mom``, ``wd`` (and ``beta2``, which only
-        an optimiser that has it takes, e.g. Adam) as ``model.lr = ...`` does (on every optimiser of
-        the model, as ELEKTRONN2's were shared), any other meta-parameter of that optimiser on it.
+        ``optimiser`` and ``optimiser_params``): ``lr``, ``mom``, ``wd`` and ``beta2`` as
+        ``model.lr = ...`` does (on every optimiser of the model, as ELEKTRONN2's were shared; an
+        optimiser without one, e.g. SGD without ``beta2``, leaves it to the others), any other
+        meta-parameter of that optimiser on it.
 
         Returns:
             The optimiser (built on first use, see :meth:`get_optimiser`).

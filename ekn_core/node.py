@@ -1086,9 +1086,10 @@ def evaluate(outputs: Sequence[Node], feed: dict[str, Any], training: bool) -> l
 
 
 def value_sources(node: Node) -> list[Node]:
-    """The source nodes whose values reach ``node`` unchanged: ``node`` itself when it is a source,
-    else those of its parents when it only moves values (:attr:`Node.keeps_values`), else none.
-    :meth:`Node.check_feed` uses it to check the arrays fed for a node, e.g. a cropped target.
+    """The source nodes whose values alone make up ``node``: ``node`` itself when it is a source,
+    else those of its parents when it only moves values (:attr:`Node.keeps_values`) and each parent
+    has such sources, else none (some value is computed). :meth:`Node.check_feed` uses it to check
+    the values a node gets from the arrays fed, e.g. a cropped target or one piece of a split one.
 
     Example:
         >>> from ekn_core import neuromancer as nm
@@ -1096,12 +1097,17 @@ def value_sources(node: Node) -> list[Node]:
         >>> lab = nm.Input((1, 1, 8, 8), 'b,f,x,y', dtype='int16', name='lab')
         >>> [n.name for n in value_sources(nm.Crop(lab, 1))], value_sources(nm.ApplyFunc(lab, 'square'))
         (['lab'], [])
+        >>> value_sources(nm.Concat([lab, nm.ApplyFunc(lab, 'neg')]))
+        []
     """
     if node.is_source:
         return [node]
     if not node.keeps_values:
         return []
-    return list({n.name: n for p in node.parents for n in value_sources(p)}.values())
+    found = [value_sources(p) for p in node.parents]
+    if not all(found):
+        return []
+    return list({n.name: n for sources in found for n in sources}.values())
 
 
 def added_constants(node: Node) -> dict[str, float]:

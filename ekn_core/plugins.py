@@ -212,7 +212,7 @@ def _discover() -> dict[str, list[EntryInfo]]:
             continue
         dist_name, version = normalise_distribution(dist.metadata["Name"] or "unknown"), dist.version or "?"
         for group in sorted({ep.group for ep in eps} - set(kind_of_group)):
-            _warn_near_group(group, [ep.name for ep in eps if ep.group == group], dist_name)
+            _warn_unknown_group(group, [ep.name for ep in eps if ep.group == group], dist_name)
         for ep in eps:
             if ep.group not in kind_of_group:
                 continue
@@ -224,14 +224,17 @@ def _discover() -> dict[str, list[EntryInfo]]:
     return found
 
 
-def _warn_near_group(group: str, names: list[str], dist: str) -> None:
-    """Warns when ``group`` (an ``ekn.*`` group that ekn does not read) is a near miss of one of
-    :data:`GROUPS` (``ekn.layer``); any other group (``ekn.blob_tools.filters``) is its distribution's own."""
-    close = difflib.get_close_matches(group, list(GROUPS.values()), n=1, cutoff=0.8)
-    if close:
-        log.warning("distribution %s registers %s in the entry-point group %r, which ekn does not read (did you mean "
-                    "%r?); ekn's groups are %s. Fix the group in its pyproject.toml and reinstall it.", dist,
-                    ", ".join(map(repr, names)), group, close[0], ", ".join(GROUPS.values()))
+def _warn_unknown_group(group: str, names: list[str], dist: str) -> None:
+    """Warns when ``group`` is an ``ekn.X`` group that ekn does not read (``ekn.layer``,
+    ``ekn.nodes``), with the closest of :data:`GROUPS`; nested groups (``ekn.blob_tools.filters``)
+    are their distribution's own."""
+    if group.count(".") != 1:
+        return
+    close = difflib.get_close_matches(group, list(GROUPS.values()), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    log.warning("distribution %s registers %s in the entry-point group %r, which ekn does not read%s; ekn's groups "
+                "are %s. Fix the group in its pyproject.toml and reinstall it.", dist,
+                ", ".join(map(repr, names)), group, hint, ", ".join(GROUPS.values()))
 
 
 def _resolve_duplicates(entries: list[EntryInfo]) -> None:

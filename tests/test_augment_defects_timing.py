@@ -211,6 +211,27 @@ def test_timings_count_calls_exactly_and_add_up_the_time_spent():
     assert line.endswith(" ms per example") and ms == pytest.approx(1000 * t["Sleepy"]["seconds"] / 7, abs=6e-4)
 
 
+def test_timings_survive_copies_foreign_augmenters_and_a_repeated_instance():
+    """A pickled or deep-copied pipeline (as a worker may get it) still runs and times; compose()
+    takes augmenters that are not the pipeline's (untimed); one instance listed twice is timed at
+    each place it acts."""
+    import copy
+    import pickle
+
+    noise = Pipeline([{"type": "noise", "probability": 1}]).augmenters[0]
+    rng, ctx, image = np.random.default_rng(0), PatchContext((2, 4, 4)), np.zeros((1, 2, 4, 4), np.float32)
+    for clone in (pickle.loads(pickle.dumps(Pipeline([noise]))), copy.deepcopy(Pipeline([noise]))):
+        clone.augment_image(image.copy(), rng, ctx)
+        assert clone.timings()["Noise"]["calls"] == 1
+    foreign = SleepyWarp()
+    pipe = Pipeline([SleepyWarp()])
+    pipe.compose([foreign], rng, ctx)
+    assert foreign.calls == 1 and pipe.timings()["SleepyWarp"]["calls"] == 0
+    twice = Pipeline([noise, noise])
+    twice.augment_image(image.copy(), rng, ctx)
+    assert [t["calls"] for t in twice.timings().values()] == [1, 1]
+
+
 def test_patch_source_counts_transforms_and_logs_augmenter_times(tmp_path, caplog):
     files = write_dataset(str(tmp_path), n_volumes=1, shape=(12, 60, 60), label_margin=(2, 8, 8), seed=1)
     src = PatchSource(patch_size=(5, 24, 24), offsets=(1, 4, 4), d_files=[f["raw"] for f in files],

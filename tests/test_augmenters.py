@@ -10,7 +10,7 @@ from ekn_plugins.augmenters import transform as T
 from ekn_plugins.augmenters.base import PatchContext, Pipeline
 from ekn_plugins.augmenters.defects import LowContrast, MissingSection
 from ekn_plugins.augmenters.geometric import Elastic, Flip, Misalignment, Warp
-from ekn_plugins.augmenters.intensity import Blur, Grey, Histogram, Noise
+from ekn_plugins.augmenters.intensity import Blur, Grey, Histogram, Noise, standard_normal
 
 CTX = PatchContext((8, 16, 16), aniso_factor=2.0)
 NUMBA = [pytest.param(True, marks=pytest.mark.skipif(not sampling.HAVE_NUMBA, reason="numba not installed")), False]
@@ -150,6 +150,36 @@ def test_intensity_ranges():
     b = Blur(sigma=(1.0, 1.0))(img.copy(), rng, CTX)
     assert b.std() < img.std() and abs(b.mean() - img.mean()) < 0.01
     np.testing.assert_allclose(b[0], ndimage.gaussian_filter(img[0], (0.5, 1, 1), mode="reflect"), atol=1e-6)
+
+
+def test_noise_samples_follow_scipys_distributions_and_the_seed():
+    """The Box–Muller normal (odd size) against scipy's: KS distance, moments, tails, and the two
+    samples of each pair uncorrelated (also their squares); the uniform noise against scipy's
+    uniform; the same seed gives the same noise, another seed other noise."""
+    from scipy import stats
+
+    z = standard_normal(np.random.default_rng(12), (2001, 1001))
+    assert z.dtype == np.float32 and z.shape == (2001, 1001)
+    flat = z.ravel().astype(np.float64)
+    n = flat.size
+    assert stats.kstest(flat, "norm").statistic < 1.5e-3  # 5 % critical value 1.36 / sqrt(n) = 9.6e-4
+    assert abs(flat.mean()) < 3e-3 and abs(flat.std() - 1) < 2e-3
+    assert abs(stats.skew(flat)) < 1e-2 and abs(stats.kurtosis(flat)) < 2e-2
+    for k, tol in ((2, 0.03), (3, 0.06), (4, 0.4)):
+        want = 2 * stats.norm.sf(k) * n
+        assert abs((np.abs(flat) > k).sum() - want) < tol * want, k
+    m = (n + 1) // 2  # sample i and i + m come from one draw
+    for a, b in ((flat[:n - m], flat[m:]), (flat[:n - m] ** 2, flat[m:] ** 2), (flat[:-1], flat[1:])):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 5e-3
+    np.testing.assert_array_equal(standard_normal(np.random.default_rng(12), (2001, 1001)), z)
+    assert not np.array_equal(standard_normal(np.random.default_rng(13), (5, 7)),
+                              standard_normal(np.random.default_rng(12), (5, 7)))
+    half = 0.2 * np.sqrt(3)
+    u = Noise(std=0.2, distribution="uniform")(np.zeros((1, 20, 100, 100), np.float32), np.random.default_rng(3), CTX)
+    assert -half <= u.min() and u.max() < half
+    assert stats.kstest(u.ravel().astype(np.float64), stats.uniform(-half, 2 * half).cdf).statistic < 5e-3
+    g = Noise(std=0.2)(np.zeros((1, 20, 100, 100), np.float32), np.random.default_rng(3), CTX)
+    assert stats.kstest(g.ravel().astype(np.float64), stats.norm(0, 0.2).cdf).statistic < 5e-3
 
 
 def test_defects():

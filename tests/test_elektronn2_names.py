@@ -123,6 +123,7 @@ def test_elektronn2_imports_that_do_not_run_when_ekn_loads_the_config_are_left_a
 
 @pytest.mark.parametrize("old_line, code", [
     ("from elektronn2.neuromancer import *", "model_manager.getmodel(), Conv.__name__"),
+    ("from elektronn2 import *", "model_manager.getmodel(), Conv.__name__"),
     ("import elektronn2 as e2", "e2.neuromancer.model_manager.getmodel(), e2.neuromancer.Conv.__name__"),
     ("import elektronn2", "elektronn2.neuromancer.model_manager.getmodel(), elektronn2.neuromancer.Conv.__name__"),
     ("import elektronn2.neuromancer as e2nm", "e2nm.model_manager.getmodel(), e2nm.Conv.__name__"),
@@ -153,8 +154,10 @@ def test_the_suggested_import_line_and_rewrite_run_the_code_the_old_line_ran(old
 def test_names_a_config_imports_are_helpers_unless_named_like_a_setting(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     write(tmp_path / "e2_common.py", "n_steps = 7\nhelper_value = 3\n")
+    write(tmp_path / "e2_defs.py", "DATA_DIR = '/tmp/data'\n")  # no __all__: * binds its public names
     config = write(tmp_path / "exp.py", """\
         from ekn_core.neuromancer import *
+        from e2_defs import *
         from ekn_core.neuromancer import model_manager as mm
         from os.path import sep
         from e2_common import n_steps, helper_value
@@ -162,7 +165,7 @@ def test_names_a_config_imports_are_helpers_unless_named_like_a_setting(tmp_path
         model_load_path = 'm.h5'
         """)
     cfg = ExperimentConfig.from_file(config)
-    assert cfg.n_steps == 7 and "helper_value" not in cfg.as_dict()
+    assert cfg.n_steps == 7 and "helper_value" not in cfg.as_dict() and "DATA_DIR" not in cfg.as_dict()
     with pytest.raises(ConfigError, match="unknown setting 'helper_valu'"):
         ExperimentConfig.from_file(write(tmp_path / "typo.py", MINIMAL + "helper_valu = 3\n"))
 

@@ -549,6 +549,38 @@ def test_class_ids_are_checked_through_nodes_that_only_move_the_target(nodes, pa
     assert model.iterations == 1
 
 
+def test_each_head_of_a_split_target_is_checked_against_its_own_classes(nodes):
+    """ELEKTRONN2's unet_2d layout: one int16 target (Input_like, override_f) split into heads with
+    3 and 2 classes; id 2 is valid for the first head, not for the second."""
+    import ekn_core.neuromancer as nm
+
+    model, Input, N, O = nodes
+    inp = Input((2, 1, 12, 12), "b,f,x,y", name="x")
+    feat = nm.Conv(inp, 4, (3, 3))
+    heads = {n_class: O.Softmax(nm.Conv(feat, n_class, (1, 1), activation_func="lin")) for n_class in (3, 2)}
+    target = nm.Input_like(feat, dtype="int16", override_f=2, name="target")
+    t_barr, t_obj = nm.split(target, "f", n_out=2, name=["t_barr", "t_obj"])
+    loss = N.AggregateLoss([N.MultinoulliNLL(heads[3], t_barr, target_is_sparse=True, name="nll_barr"),
+                            N.MultinoulliNLL(heads[2], t_obj, target_is_sparse=True, name="nll_obj")])
+    errors = O.Errors(heads[2], t_obj, target_is_sparse=True, name="err_obj")
+    model.designate_nodes(input_node=inp, target_node=target, loss_node=loss, prediction_node=heads[3],
+                          error_node=errors)
+    x = RNG.random((2, 1, 12, 12)).astype("float32")
+    ids = np.stack([RNG.integers(-1, 3, (2, 10, 10)), RNG.integers(-1, 2, (2, 10, 10))], 1).astype("int16")
+    ids[0, 0, 0, 0] = 2  # the first head's highest class
+    model.trainingstep(x, ids, optimiser="SGD")
+    assert model.iterations == 1
+    for head, bad, loss_name in ((1, 2, "nll_obj"), (0, 3, "nll_barr")):
+        wrong = ids.copy()
+        wrong[1, head, 4, 5] = bad
+        with pytest.raises(ConfigError, match=rf"MultinoulliNLL '{loss_name}': its target 't_\w+' \(fed as 'target'\) "
+                                              rf"holds class id {bad}, but the prediction has n_class={3 - head}"):
+            model.trainingstep(x, wrong, optimiser="SGD")
+    with pytest.raises(ConfigError, match=r"Errors 'err_obj': its target 't_obj' .* holds class id 2, but"):
+        errors(x, np.ascontiguousarray(ids[:, ::-1]))  # the first head's ids read as the second's
+    assert model.iterations == 1
+
+
 @pytest.mark.parametrize("value, ok", [(-1, True), (1, True), (255, True), (7, False)])
 def test_a_target_padded_with_an_id_outside_the_classes_is_refused(nodes, value, ok):
     """Pad's constant joins the target's ids: 7 with n_class=2 is refused (the fed ids are fine),

@@ -200,14 +200,18 @@ def test_a_bumped_config_version_without_upgrade_config_is_a_clear_error():
 
 
 # -- 6: unknown groups, blocking one distribution's entry ---------------------------------------
-def test_an_unknown_ekn_group_gets_one_warning_with_the_closest_group(site, caplog):
+def test_an_unknown_ekn_group_gets_one_warning_with_the_closest_group_nested_groups_none(site, caplog):
+    """An ``ekn.X`` group ekn does not read is a mistake (the plugin would never load): one warning
+    each, with the closest group where there is one; ``ekn.<dist>.<x>`` groups are the distribution's own."""
     with caplog.at_level("WARNING", logger="ekn.plugins"):
         site("typo", "ekn-typo", "0.1", "[ekn.layer]\ntypo.a = m:A\ntypo.b = m:B\n[ekn.losses]\ntypo.c = m:C\n"
                                         "[ekn.typo.filters]\ngauss = m:gauss\n[ekn.filters]\nmedian = m:median\n")
         assert "typo.c" in plugins.registry("losses").names()
-    [record] = [r for r in caplog.records if "ekn-typo" in r.getMessage()]  # its own groups: no warning
-    assert record.getMessage().startswith("distribution ekn-typo registers 'typo.a', 'typo.b' in the entry-point "
-                                          "group 'ekn.layer', which ekn does not read (did you mean 'ekn.layers'?)")
+    filters, layer = [r.getMessage() for r in caplog.records if "ekn-typo" in r.getMessage()]  # none for ekn.typo.*
+    assert layer.startswith("distribution ekn-typo registers 'typo.a', 'typo.b' in the entry-point group 'ekn.layer', "
+                            "which ekn does not read (did you mean 'ekn.layers'?)")
+    assert filters.startswith("distribution ekn-typo registers 'median' in the entry-point group 'ekn.filters', "
+                              "which ekn does not read")
 
 
 def test_an_entry_of_one_distribution_can_be_blocked(site, monkeypatch):

@@ -257,7 +257,8 @@ def _is_data_class(value: Any) -> bool:
 
 def _imported_names(source: str) -> set[str]:
     """The names that ``from ... import`` statements of a config bind outside its functions and
-    classes (``*``: the module's ``__all__``): helpers, like imported modules and functions.
+    classes (``*``: the module's ``__all__``, else its public names, as Python binds them):
+    helpers, like imported modules and functions.
 
     Example:
         >>> sorted(_imported_names("from os import sep as _s, pathsep\\nif 1:\\n    from math import pi\\n"
@@ -269,7 +270,9 @@ def _imported_names(source: str) -> set[str]:
     while todo:
         node = todo.pop()
         if isinstance(node, ast.ImportFrom) and node.names[0].name == "*":
-            names.update(getattr(sys.modules.get(node.module or ""), "__all__", ()))
+            module = sys.modules.get(node.module or "")
+            public = [n for n in vars(module) if not n.startswith("_")] if module is not None else ()
+            names.update(getattr(module, "__all__", public))
         elif isinstance(node, ast.ImportFrom):
             names.update(a.asname or a.name for a in node.names)
         elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):

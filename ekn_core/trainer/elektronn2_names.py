@@ -96,7 +96,7 @@ def _replacement(node: ast.Import | ast.ImportFrom) -> str:
     with the names they bind written as ``nm.NAME``)."""
     if isinstance(node, ast.ImportFrom):
         sub = _submodule(node.module or "")
-        if sub == "neuromancer" and node.names[0].name == "*":  # ekn's nodes are not star-importable
+        if sub in ("neuromancer", "") and node.names[0].name == "*":  # ekn's nodes are not star-importable
             return (repr(f"import {NEUROMANCER} as nm") +
                     " (and write nm. before the names it gave: nm.Input, nm.Conv, nm.model_manager ...)")
         if sub == "neuromancer":

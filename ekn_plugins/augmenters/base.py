@@ -269,18 +269,23 @@ class Pipeline:
         names = [a["type"] if isinstance(a, dict) else type(a).__name__ for a in augmenters]
         self._labels = [name if names[:i].count(name) == 0 else f"{name}#{names[:i].count(name) + 1}"
                         for i, name in enumerate(names)]
-        self._index = {id(aug): i for i, aug in enumerate(self.augmenters)}
         self._calls = [0] * len(self.augmenters)
         self._seconds = [0.0] * len(self.augmenters)
 
-    def _timed(self, aug: Augmenter, method: Any, *args: Any) -> Any:
-        """``method(*args)`` (a method of ``aug``), its call and seconds added to :meth:`timings`."""
+    def _timed(self, index: int | None, method: Any, *args: Any) -> Any:
+        """``method(*args)`` (a method of the augmenter at ``index``), its call and seconds added to
+        :meth:`timings` (None: an augmenter that is not this pipeline's, untimed)."""
+        if index is None:
+            return method(*args)
         start = time.perf_counter()
         result = method(*args)
-        i = self._index[id(aug)]
-        self._seconds[i] += time.perf_counter() - start
-        self._calls[i] += 1
+        self._seconds[index] += time.perf_counter() - start
+        self._calls[index] += 1
         return result
+
+    def _position(self, aug: Augmenter) -> int | None:
+        """Where ``aug`` (this very object) is in the pipeline; None if it is not there."""
+        return next((i for i, own in enumerate(self.augmenters) if own is aug), None)
 
     def timings(self) -> dict[str, dict[str, float]]:
         """Calls and seconds (``time.perf_counter``) of each augmenter since the pipeline was
@@ -362,7 +367,7 @@ class Pipeline:
         """
         total = Transform.identity(iso_output=ctx.iso_output)
         for aug in augmenters:
-            total = total.compose(self._timed(aug, aug.transform, rng, ctx))
+            total = total.compose(self._timed(self._position(aug), aug.transform, rng, ctx))
         return total
 
     def sample_transform(self, rng: np.random.Generator, ctx: PatchContext) -> Transform:
@@ -372,9 +377,9 @@ class Pipeline:
 
     def augment_image(self, image: np.ndarray, rng: np.random.Generator, ctx: PatchContext) -> np.ndarray:
         """Applies the intensity augmenters in order to a ``(c, z, y, x)`` float32 image."""
-        for aug in self.intensity:
-            if aug.active(rng):
-                image = self._timed(aug, aug, image, rng, ctx)
+        for index, aug in enumerate(self.augmenters):
+            if not aug.geometric and aug.active(rng):
+                image = self._timed(index, aug, image, rng, ctx)
         return image
 
     def __len__(self) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ekn_core.errors import ConfigError
 from ekn_core.lazy import tf
-from ekn_core.node import Node, added_constants, value_sources
+from ekn_core.node import Node, added_constants, evaluate, value_sources
 from ekn_core.shapes import TaggedShape
 from ekn_plugins.losses import functional as F
 
@@ -35,12 +35,38 @@ def activation_of(node: Node) -> str:
     return str(getattr(node, "activation_func", "lin")).strip().lower()
 
 
+def fed_values(node: Node, feed: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The values ``node`` gets from the canonical arrays fed, computed on the host's CPU, when
+    only nodes that move values lie between them (:func:`~ekn_core.node.value_sources`), e.g. one
+    piece of a split target; else None (a node computes them, or a source is not fed).
+
+    Example:
+        >>> from ekn_core import neuromancer as nm
+        >>> _ = nm.model_manager.newmodel("doc_fed_values")
+        >>> lab = nm.Input((1, 3, 2, 2), 'b,f,x,y', dtype='int16', name='lab')
+        >>> ids = np.arange(12, dtype='int16').reshape(1, 2, 2, 3)  # canonical: b,x,y,f
+        >>> fed_values(nm.split(lab, 'f', index=2)[1], {'lab': ids}).ravel().tolist()
+        [2, 5, 8, 11]
+        >>> fed_values(nm.ApplyFunc(lab, 'neg'), {'lab': ids}) is None
+        True
+    """
+    sources = value_sources(node)
+    if not sources or any(s.name not in feed for s in sources):
+        return None
+    if node.is_source:
+        return feed[node.name]
+    with tf.device("/cpu:0"):
+        return np.asarray(evaluate([node], {s.name: tf.constant(feed[s.name]) for s in sources}, training=False)[0])
+
+
 class ChecksClassIds:
     """Mixin of nodes whose second parent is a target of class ids (attributes ``target_is_sparse``,
     ``n_class``, ``ignore_label``): its :meth:`~ekn_core.node.Node.check_feed` refuses ids
-    ``>= n_class`` fed to that target, also through nodes that only move values such as ``Crop``
-    (:func:`~ekn_core.node.value_sources`, :func:`~ekn_plugins.losses.functional.check_class_ids`),
-    and a ``Pad`` of the target with such an id (:func:`~ekn_core.node.added_constants`)."""
+    ``>= n_class`` in the values that target gets from the arrays fed, also through nodes that only
+    move values such as ``Crop`` or ``Split`` (:func:`fed_values`,
+    :func:`~ekn_plugins.losses.functional.check_class_ids`): each head of a split target is checked
+    against its own classes. A ``Pad`` of the target with such an id is named as the cause
+    (:func:`~ekn_core.node.added_constants`)."""
 
     name: str
     parents: list[Node]
@@ -52,15 +78,20 @@ class ChecksClassIds:
         if not self.target_is_sparse:
             return
         target = self.parents[1]
-        for source in value_sources(target):
-            if source.name in feed:
-                via = "" if source is target else f" (fed as {source.name!r})"
-                F.check_class_ids(feed[source.name], self.n_class, self.ignore_label,
-                                  f"{type(self).__name__} {self.name!r}: its target {target.name!r}{via}")
+        sources = value_sources(target)
+        if not sources or any(s.name not in feed for s in sources):  # computed values: the loss's own check
+            return
         for name, value in added_constants(target).items():
             F.check_class_ids(np.array([value]), self.n_class, self.ignore_label,
                               f"{type(self).__name__} {self.name!r}: its target {target.name!r} (padded with "
                               f"{value:g} by {name!r}; pad a target with an id < n_class, a negative id or the ignore_label)")
+        owner = (f"{type(self).__name__} {self.name!r}: its target {target.name!r}"
+                 + ("" if target.is_source else f" (fed as {', '.join(repr(s.name) for s in sources)})"))
+        try:  # the fed arrays hold every value the target gets: a cheap check for each step
+            for source in sources:
+                F.check_class_ids(feed[source.name], self.n_class, self.ignore_label, owner)
+        except ConfigError:  # only the values the target gets count (one head of a split target)
+            F.check_class_ids(fed_values(target, feed), self.n_class, self.ignore_label, owner)
 
 
 def class_layout(pred: Node, n_class: int | str, n_indep: int | str) -> tuple[int, int, float | None]:
