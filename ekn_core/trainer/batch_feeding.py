@@ -78,10 +78,15 @@ def class_weights_positions(inputs: Sequence[Any], n_arrays: int) -> list[int]:
         [2, 3]
     """
     places: list[int] = []
-    for i, node in enumerate(inputs):
-        if "b" not in node.shape.tags:
-            places.append(min(i, n_arrays + len(places)))
+    for i in class_weight_inputs(inputs):
+        places.append(min(i, n_arrays + len(places)))
     return places
+
+
+def class_weight_inputs(inputs: Sequence[Any]) -> list[int]:
+    """The indices of the class-weights inputs among a loss's ``inputs``: those without a batch
+    axis (``'b'``)."""
+    return [i for i, node in enumerate(inputs) if "b" not in node.shape.tags]
 
 
 def check_class_weights(class_weights: Sequence[float] | None, loss: Any) -> None:
@@ -113,7 +118,7 @@ def check_class_weights(class_weights: Sequence[float] | None, loss: Any) -> Non
         return
     weights = [float(w) for w in np.ravel(class_weights)]
     inputs = loss.input_nodes
-    unbatched = [node for node in inputs if "b" not in node.shape.tags]
+    unbatched = [inputs[i] for i in class_weight_inputs(inputs)]
     if not unbatched:
         names = ", ".join(repr(node.name) for node in inputs)
         raise ConfigError(

@@ -774,8 +774,7 @@ class PatchSource:
         fed per batch) declare, saying what to give instead."""
         n = self.train_cubes[0].ll_mask.shape[1]
         for loss in target_node.all_children.values():
-            keys = getattr(loss, "_mask_nodes", None) or []
-            masks = loss.parents[len(loss.parents) - len(keys):] if keys else []
+            masks = getattr(loss, "mask_inputs", None) or []  # MultinoulliNLL's, without importing the losses
             wanted = {mask.shape["f"] for mask in masks} - {n, None}
             if not wanted:
                 continue

@@ -125,6 +125,13 @@ class MultinoulliNLL(ChecksClassIds, Node):
         if class_weights is not None and not self._cw_node:
             self.add_param("class_weights", np.asarray(class_weights, "float32").ravel(), trainable=False)
 
+    @property
+    def mask_inputs(self) -> list[Node]:
+        """The parent nodes that feed the lazy-label masks (``mask_class_labeled``, then
+        ``mask_class_not_present``, those given as nodes), e.g. for a data source to check the
+        length of the flags it feeds them."""
+        return self.parents[len(self.parents) - len(self._mask_nodes):] if self._mask_nodes else []
+
     def _compute_shape(self, parent_shapes: list[TaggedShape]) -> TaggedShape:
         pred, target = parent_shapes[:2]
         _check_same_grid(self, pred, target, "the target")
